@@ -1,0 +1,64 @@
+// `esper`: one binary, git-style subcommands. Dispatches argv[1] to the subcommand's main.
+// Exit codes: 0 success, 1 runtime failure (one-line reason on stderr), 2 usage error.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "agents/cli.h"
+#include "agents/commands.h"
+#include "core/error.h"
+
+namespace {
+
+struct Command {
+    const char* name;
+    const char* summary;
+    int (*main)(int, char**);
+};
+
+constexpr Command kCommands[] = {
+    {"version", "print the version and build configuration", esper::agents::version_main},
+};
+
+void print_help(std::FILE* out) {
+    std::fprintf(out,
+                 "usage: esper <command> [options]\n\n"
+                 "Esper trains neural networks that grow while they train.\n\ncommands:\n");
+    for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
+    std::fprintf(out, "\nRun 'esper <command> --help' for the options of one command.\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2) {
+        print_help(stderr);
+        return esper::cli::kExitUsage;
+    }
+    std::string name = argv[1];
+    if (name == "--help" || name == "-h" || name == "help") {
+        print_help(stdout);
+        return 0;
+    }
+    if (name == "--version") name = "version";
+    for (const Command& c : kCommands) {
+        if (name != c.name) continue;
+        std::string full = std::string("esper ") + c.name;
+        argv[1] = full.data();
+        try {
+            return c.main(argc - 1, argv + 1);
+        } catch (const esper::cli::UsageError& e) {
+            std::fprintf(stderr, "%s: %s\nTry '%s --help'.\n", full.c_str(), e.what(), full.c_str());
+            return esper::cli::kExitUsage;
+        } catch (const esper::Error& e) {
+            std::fprintf(stderr, "%s: error: %s\n", full.c_str(), e.what());
+            return 1;
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "%s: error: %s\n", full.c_str(), e.what());
+            return 1;
+        }
+    }
+    std::fprintf(stderr, "esper: unknown command '%s'\n\n", name.c_str());
+    print_help(stderr);
+    return esper::cli::kExitUsage;
+}
