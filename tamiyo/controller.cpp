@@ -1,0 +1,205 @@
+// The decision loop (tamiyo/controller.h).
+#include "tamiyo/controller.h"
+
+#include <exception>
+#include <set>
+
+#include "core/check.h"
+#include "core/clock.h"
+#include "core/log.h"
+
+namespace esper::tamiyo {
+namespace {
+
+Logger& log_policy() { return logger("tamiyo.policy"); }
+Logger& log_decision() { return logger("tamiyo.decision"); }
+
+}  // namespace
+
+std::string_view policy_action_name(PolicyAction a) {
+    switch (a) {
+        case PolicyAction::kLoad:
+            return "load";
+        case PolicyAction::kRollback:
+            return "rollback";
+        case PolicyAction::kDisabled:
+            return "disabled";
+        case PolicyAction::kFailed:
+            return "failed";
+    }
+    return "invalid";
+}
+
+Controller::Controller(ControllerConfig config, PolicyPtr initial)
+    : config_(std::move(config)), budget_(config_.budget) {
+    ESPER_REQUIRE(initial != nullptr, "controller needs an initial policy");
+    load(std::move(initial), "initial policy");
+}
+
+void Controller::load(PolicyPtr policy, std::string reason, uint64_t step) {
+    ESPER_REQUIRE(policy != nullptr);
+    const std::string affected = policy->name();
+    stack_.push_back(std::move(policy));
+    const Policy& p = *stack_.back();
+    history_.push_back({wall_time_ns(), step, PolicyAction::kLoad, p.name(), p.kind(), p.source(),
+                        affected, std::move(reason)});
+    ESPER_LOG_INFO(log_policy(), "action=load policy=", p.name(), " kind=", p.kind(),
+                   " source=", p.source());
+}
+
+void Controller::rollback(std::string reason, uint64_t step) {
+    if (stack_.size() < 2)
+        ESPER_THROW(kInvalidInput,
+                    "policy rollback: no previous policy (active: ", stack_.back()->name(), ")");
+    const std::string affected = stack_.back()->name();
+    stack_.pop_back();
+    const Policy& p = *stack_.back();
+    history_.push_back({wall_time_ns(), step, PolicyAction::kRollback, p.name(), p.kind(),
+                        p.source(), affected, std::move(reason)});
+    ESPER_LOG_INFO(log_policy(), "action=rollback from=", affected, " to=", p.name());
+}
+
+void Controller::disable_active(std::string reason, uint64_t step) {
+    const std::string affected = stack_.back()->name();
+    if (stack_.size() < 2) {
+        // Nothing to restore: the policy stays active, the failure is recorded.
+        const Policy& p = *stack_.back();
+        history_.push_back({wall_time_ns(), step, PolicyAction::kFailed, p.name(), p.kind(),
+                            p.source(), affected, reason});
+        ESPER_LOG_WARN(log_policy(), "action=failed policy=", affected, " reason=\"", reason,
+                       "\" (no previous policy to restore)");
+        return;
+    }
+    stack_.pop_back();
+    const Policy& p = *stack_.back();
+    history_.push_back({wall_time_ns(), step, PolicyAction::kDisabled, p.name(), p.kind(),
+                        p.source(), affected, reason});
+    ESPER_LOG_WARN(log_policy(), "action=disabled policy=", affected, " reason=\"", reason,
+                   "\" restored=", p.name());
+}
+
+void Controller::record(uint64_t step, const Decision& d, bool accepted, std::string refusal) {
+    if (accepted)
+        ESPER_LOG_INFO(log_decision(), "step=", step, " ", to_string(d));
+    else
+        ESPER_LOG_DEBUG(log_decision(), "step=", step, " refused=\"", refusal, "\" ", to_string(d));
+    journal_.push_back({step, wall_time_ns(), d, accepted, std::move(refusal)});
+    while (journal_.size() > config_.journal_size) journal_.pop_front();
+}
+
+std::optional<std::string> Controller::sanity(Decision& d, const View& view) const {
+    const SeedView* sv = view.seed(d.layer, d.seed);
+    if (sv == nullptr) return detail::concat("unknown seed ", d.layer, "/", d.seed);
+    if (pending_.count({d.layer, d.seed}))
+        return detail::concat("a command for seed ", d.layer, "/", d.seed, " is still pending");
+    const Stage s = sv->stage;
+    auto wrong_stage = [&](std::string_view wanted) {
+        return detail::concat(decision_kind_name(d.kind), " needs a seed in ", wanted, ", seed ",
+                              d.layer, "/", d.seed, " is ", stage_name(s));
+    };
+    switch (d.kind) {
+        case DecisionKind::kGerminate:
+            if (s != Stage::kDormant) return wrong_stage("DORMANT");
+            if (!is_known_strategy(d.strategy))
+                return detail::concat("unknown grafting strategy '", d.strategy, "'");
+            d.to_stage = Stage::kGerminated;
+            break;
+        case DecisionKind::kApprove:
+        case DecisionKind::kDeny: {
+            auto next = gate_next_stage(s);
+            if (!next) return wrong_stage("TRAINING, EVALUATING or FINE_TUNING");
+            d.to_stage = d.kind == DecisionKind::kApprove ? *next : s;
+            break;
+        }
+        case DecisionKind::kFossilize:
+            if (s != Stage::kFineTuning) return wrong_stage("FINE_TUNING");
+            d.to_stage = Stage::kFossilized;
+            break;
+        case DecisionKind::kCull:
+            if (s != Stage::kTraining && s != Stage::kEvaluating && s != Stage::kFineTuning)
+                return wrong_stage("TRAINING, EVALUATING or FINE_TUNING");
+            d.to_stage = Stage::kCulled;
+            break;
+        case DecisionKind::kCancel:
+            if (s != Stage::kGerminated && s != Stage::kTraining)
+                return wrong_stage("GERMINATED or TRAINING");
+            d.to_stage = Stage::kCancelled;
+            break;
+        case DecisionKind::kRollback:
+            if (s < Stage::kGrafting || s > Stage::kFineTuning)
+                return wrong_stage("GRAFTING..FINE_TUNING");
+            d.to_stage = Stage::kRolledBack;
+            break;
+        default:
+            return "unknown decision kind";
+    }
+    return std::nullopt;
+}
+
+void Controller::expire_pending(const View& view, uint64_t step) {
+    for (auto it = pending_.begin(); it != pending_.end();) {
+        const SeedView* sv = view.seed(it->first.first, it->first.second);
+        const bool confirmed = sv == nullptr || sv->stage != it->second.from;
+        const bool expired = step >= it->second.step + config_.pending_timeout_steps;
+        it = (confirmed || expired) ? pending_.erase(it) : std::next(it);
+    }
+}
+
+std::vector<Decision> Controller::decide(const View& view, uint64_t step) {
+    expire_pending(view, step);
+    Policy& policy = *stack_.back();
+    const std::string policy_name = policy.name();
+
+    std::vector<Decision> proposed;
+    Stopwatch sw;
+    try {
+        proposed = policy.decide(view, step);
+    } catch (const std::exception& e) {
+        disable_active(detail::concat("threw: ", e.what()), step);
+        return {};
+    }
+    const double elapsed_ms = static_cast<double>(sw.elapsed_ns()) * 1e-6;
+    if (elapsed_ms > config_.policy_time_budget_ms) {
+        disable_active(detail::concat("time budget exceeded: ", elapsed_ms, " ms > ",
+                                      config_.policy_time_budget_ms, " ms"),
+                       step);
+        return {};
+    }
+
+    std::vector<PendingGermination> pending_germinations;
+    for (const auto& [key, p] : pending_)
+        if (p.germinate)
+            pending_germinations.push_back({key.first, key.second, p.step, p.blueprint_params});
+    budget_.begin(view, step, pending_germinations);
+
+    std::vector<Decision> accepted;
+    std::set<std::pair<uint32_t, uint32_t>> seen;
+    for (Decision& d : proposed) {
+        d.policy = policy_name;
+        if (!seen.insert({d.layer, d.seed}).second) {
+            record(step, d, false, "duplicate decision for this seed in one round");
+            continue;
+        }
+        if (auto why = sanity(d, view)) {
+            record(step, d, false, *why);
+            continue;
+        }
+        if (auto why = budget_.admit(d, view)) {
+            record(step, d, false, *why);
+            continue;
+        }
+        record(step, d, true, {});
+        if (d.kind != DecisionKind::kDeny) {
+            int64_t params = 0;
+            if (d.kind == DecisionKind::kGerminate)
+                if (const LayerView* lv = view.layer(d.layer))
+                    params = blueprint_param_count(d.blueprint, d.blueprint_size, lv->chunk_width);
+            pending_[{d.layer, d.seed}] = {view.seed(d.layer, d.seed)->stage, step, params,
+                                           d.kind == DecisionKind::kGerminate};
+        }
+        accepted.push_back(std::move(d));
+    }
+    return accepted;
+}
+
+}  // namespace esper::tamiyo
