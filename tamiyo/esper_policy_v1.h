@@ -40,7 +40,7 @@ typedef struct esper_policy_seed_v1 {
     float grad_norm;
     float blueprint_grad_norm;
     float gradient_health;
-    float contribution; /* < 0: the seed helps */
+    float contribution; /* > 0: the seed helps (loss would rise without it) */
     float health;
 } esper_policy_seed_v1;
 

@@ -53,22 +53,22 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
                     break;
                 case Stage::kEvaluating:
                     if (in_stage < config_.evaluation_steps || !m.contribution) continue;
-                    if (*m.contribution < -config_.min_benefit) {
+                    if (*m.contribution > config_.min_benefit) {
                         d.kind = DecisionKind::kApprove;
                         d.reason = detail::concat("heuristic: contribution ", *m.contribution,
-                                                  " < ", -config_.min_benefit, " (seed helps)");
+                                                  " > ", config_.min_benefit, " (seed helps)");
                     } else {
                         d.kind = DecisionKind::kCull;
                         d.reason =
                             detail::concat("heuristic: contribution ", *m.contribution,
-                                           " >= ", -config_.min_benefit, " (seed does not help)");
+                                           " <= ", config_.min_benefit, " (seed does not help)");
                     }
                     break;
                 case Stage::kFineTuning:
-                    if (m.contribution && *m.contribution > config_.cull_contribution) {
+                    if (m.contribution && *m.contribution < config_.cull_contribution) {
                         d.kind = DecisionKind::kCull;
                         d.reason =
-                            detail::concat("heuristic: contribution ", *m.contribution, " > ",
+                            detail::concat("heuristic: contribution ", *m.contribution, " < ",
                                            config_.cull_contribution, " (seed hurts)");
                     } else if (in_stage >= config_.fine_tuning_steps) {
                         d.kind = DecisionKind::kFossilize;

@@ -1,6 +1,6 @@
 // The built-in policy (DESIGN §7.1): after a loss plateau, germinate the lowest-health dormant
 // seeds; approve TRAINING → GRAFTING when gradient health ≥ min_gradient_health; at the
-// EVALUATING gate keep seeds that help (contribution < −min_benefit; negative = helps, §4.6) and
+// EVALUATING gate keep seeds that help (contribution > min_benefit; positive = the loss would rise without the seed, §4.6) and
 // cull the others; fossilize after fine-tuning unless the seed hurts; cull seeds that hurt.
 // Seeds with unmeasured metrics are left waiting (the executor's gate timeout is the safe default).
 #pragma once
@@ -21,9 +21,9 @@ struct HeuristicConfig {
     double min_gradient_health = 0.7;
     uint64_t training_patience_steps = 600;  // unhealthy this long in TRAINING → cull
     uint64_t evaluation_steps = 100;         // EVALUATING gate due
-    double min_benefit = 0.0;                // approve when contribution < −min_benefit
+    double min_benefit = 0.0;                // approve when contribution > min_benefit
     uint64_t fine_tuning_steps = 200;        // FINE_TUNING gate due
-    double cull_contribution = 0.0;          // contribution > this in FINE_TUNING → cull (hurts)
+    double cull_contribution = 0.0;          // contribution < this in FINE_TUNING → cull (hurts)
 };
 
 class HeuristicPolicy final : public Policy {

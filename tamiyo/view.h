@@ -27,7 +27,7 @@ struct SeedMetrics {
     std::optional<double> grad_norm;  // output-gradient L2 norm
     std::optional<double> blueprint_grad_norm;
     std::optional<double> gradient_health;  // the TRAINING → GRAFTING gate metric
-    std::optional<double> contribution;     // < 0: the seed helps (DESIGN §4.6)
+    std::optional<double> contribution;     // > 0: the seed helps (loss would rise without it)
     std::optional<double> health;           // 0.5·min(1, var/var_ref) + 0.5·(1 − dead)
     bool operator==(const SeedMetrics&) const = default;
 };

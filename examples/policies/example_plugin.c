@@ -1,7 +1,7 @@
 /* Example Tamiyo policy plugin over the esper_policy_v1 C ABI (tamiyo/esper_policy_v1.h).
  * Policy: on a loss plateau germinate one dormant seed per layer that has no active seed (the
  * lowest health first); approve TRAINING gates after `training_steps` when gradient health >= 0.7;
- * at EVALUATING keep seeds that help (contribution < 0) and cull the others; fossilize after
+ * at EVALUATING keep seeds that help (contribution > 0) and cull the others; fossilize after
  * fine-tuning. Config string (optional): "training_steps=N". Load with `esper policy load
  * build/lib/libesper_example_policy.so`. */
 #include <math.h>
@@ -63,8 +63,8 @@ EXPORT int32_t esper_policy_decide(void* state, const esper_policy_input_v1* in,
             add(out, capacity, &n, ESPER_POLICY_APPROVE, s, "gradient health >= 0.7");
         else if (s->stage == 5 && !isnan(s->contribution))
             add(out, capacity, &n,
-                s->contribution < 0.0f ? ESPER_POLICY_APPROVE : ESPER_POLICY_CULL, s,
-                s->contribution < 0.0f ? "seed helps" : "seed does not help");
+                s->contribution > 0.0f ? ESPER_POLICY_APPROVE : ESPER_POLICY_CULL, s,
+                s->contribution > 0.0f ? "seed helps" : "seed does not help");
         else if (s->stage == 6 && s->steps_in_stage >= 200)
             add(out, capacity, &n, ESPER_POLICY_FOSSILIZE, s, "fine-tuned");
     }

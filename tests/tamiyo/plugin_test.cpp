@@ -35,7 +35,7 @@ TEST_CASE("the example plugin loads and decides through the C ABI", "[tamiyo][pl
     t.metrics.gradient_health = 0.91;
     r.telemetry(t);
     t = test::random_telemetry(rng, 1, 3, 500, Stage::kEvaluating, 120);
-    t.metrics.contribution = 0.07;
+    t.metrics.contribution = -0.07;  // hurts: the plugin culls it
     r.telemetry(t);
 
     auto ds = p->decide(v, 500);
