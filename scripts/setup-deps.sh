@@ -8,6 +8,7 @@ PACKAGES=(
   libzmq3-dev cppzmq-dev capnproto libcapnp-dev
   libboost-dev libyaml-cpp-dev libopenblas-dev libgloo-dev zlib1g-dev libssl-dev
   nlohmann-json3-dev catch2 dataset-fashion-mnist python3 python3-zmq iproute2 procps
+  patchelf
 )
 
 missing=()

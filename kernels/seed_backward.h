@@ -1,0 +1,25 @@
+// Launcher of the fused seed-layer backward on the GPU: dh = dy + a_in·J_rᵀdy, blueprint
+// gradients accumulated (+=, float atomics: summation order varies run to run) into the arenas'
+// grads, and grad_sq / contribution added to the telemetry accumulators. Device pointers only.
+#pragma once
+
+#include <cstddef>
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/seed_layer.h"
+
+namespace esper::kernels {
+
+// Workspace for num_seeds seeds; zero it once after allocation, launches leave it zeroed.
+size_t seed_backward_workspace_bytes(int32_t num_seeds);
+
+// h, dy, dh: [batch, width] row-major, dh aliasing neither h nor dy; tel: a host struct of device
+// pointers, or null for no telemetry. Order on `stream`: one streaming pass over dy, one pass
+// over the seeds that need their blueprint, one tiny reset of the workspace counters.
+[[nodiscard]] cudaError_t launch_seed_backward(const SeedLayerView& view, const float* h,
+                                               const float* dy, float* dh,
+                                               const SeedTelemetryAccum* tel, void* workspace,
+                                               size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace esper::kernels

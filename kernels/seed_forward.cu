@@ -1,0 +1,532 @@
+// Fused seed-layer forward. Pass 1 streams every column of h once: copies it to y unless the
+// seed blends, accumulates shifted per-seed sums for the telemetry (shift = the accumulated mean,
+// so the variance does not cancel) and lists the blending seeds; a seed whose columns sit in one
+// warp of a block that covers all rows is Chan-merged right there. Pass 2 evaluates blueprints for
+// the listed seeds only (persistent blocks over (seed, row tile) items); pass 3 Chan-merges the
+// seeds that were reduced through the workspace.
+#include "kernels/seed_forward.h"
+
+#include "kernels/seed_common.cuh"
+
+namespace esper::kernels {
+
+namespace {
+
+using detail::DeviceBlueprint;
+
+struct ForwardWorkspace {
+    double* stats;  // [S][3]: Σ(x−K), Σ(x−K)², dead count (seeds reduced across blocks/warps)
+    int32_t* counts;       // [0]: active seeds, [1]: pending seeds
+    int32_t* active_list;  // [S] seeds that blend
+    int32_t* pending_list;  // [S] seeds whose statistics went through `stats`
+};
+
+size_t align_up(size_t n) { return (n + 255) & ~size_t(255); }
+
+ForwardWorkspace carve(void* ws, int32_t s) {
+    char* p = static_cast<char*>(ws);
+    ForwardWorkspace w;
+    w.stats = reinterpret_cast<double*>(p);
+    p += align_up(sizeof(double) * 3 * size_t(s));
+    w.counts = reinterpret_cast<int32_t*>(p);
+    p += 256;
+    w.active_list = reinterpret_cast<int32_t*>(p);
+    p += align_up(sizeof(int32_t) * size_t(s));
+    w.pending_list = reinterpret_cast<int32_t*>(p);
+    return w;
+}
+
+__device__ inline bool seed_blends(const SeedLayerView& v, int32_t s, float* a_out) {
+    const auto st = static_cast<SeedStage>(v.stage[s]);
+    const float a = stage_forward_alpha(st, v.alpha[s]);
+    *a_out = a;
+    if (!stage_runs_blueprint(st) || a == 0.0f) return false;
+    return detail::blueprint_of(v, s).params != nullptr;
+}
+
+__device__ inline float stats_shift(const SeedTelemetryAccum& tel, int32_t s) {
+    return tel.count[s] > 0.0 ? static_cast<float>(tel.mean[s]) : 0.0f;
+}
+
+// Fast path for blueprints whose weights fit in shared memory next to a 64-row tile: weights are
+// staged transposed (conflict-free broadcasts), each thread keeps 8 hidden units or 4 outputs of
+// one row in registers, and y is written back through shared memory so stores stay coalesced.
+constexpr int kFastRows = 64;
+
+__host__ __device__ inline int32_t odd_stride(int32_t n) { return (n + 1) | 1; }
+
+__host__ __device__ inline size_t fast_smem_floats(int32_t w, int32_t hidden) {
+    return size_t(2) * w * hidden + hidden + w + size_t(kFastRows) * odd_stride(w) +
+           size_t(kFastRows) * odd_stride(hidden);
+}
+
+__global__ void __launch_bounds__(detail::kActiveThreads)
+forward_active_smem_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
+                           ForwardWorkspace ws) {
+    extern __shared__ float smem[];
+    const int32_t row_tiles = (v.batch + kFastRows - 1) / kFastRows;
+    const int64_t n_items = int64_t(ws.counts[0]) * row_tiles;
+    const int64_t ld = v.width;
+    const int32_t tid = threadIdx.x;
+    for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
+        const int32_t s = ws.active_list[item / row_tiles];
+        const int32_t r0 = int32_t(item % row_tiles) * kFastRows;
+        const int32_t rt = min(kFastRows, v.batch - r0);
+        const int32_t c0 = v.chunk_offset[s];
+        const int32_t w = v.chunk_offset[s + 1] - c0;
+        float a;
+        seed_blends(v, s, &a);
+        const DeviceBlueprint bp = detail::blueprint_of(v, s);
+        const float* p = bp.params;
+        if (bp.kind == BlueprintKind::kScaleShift) {
+            for (int32_t idx = tid; idx < rt * w; idx += blockDim.x) {
+                const int32_t r = idx / w, i = idx - r * w;
+                const int64_t off = int64_t(r0 + r) * ld + c0 + i;
+                const float x = h[off];
+                y[off] = x + a * fmaf(p[i], x, p[bp.max_width + i]);
+            }
+            continue;
+        }
+        const MlpSlotOffsets o = mlp_slot_offsets(bp.max_width, bp.hidden);
+        const bool relu = bp.kind == BlueprintKind::kResidualMlp;
+        const int32_t H = bp.hidden, M = bp.max_width;
+        const int32_t xst = odd_stride(w), hst = odd_stride(H);
+        float* vt = smem;           // [w][H]
+        float* ut = vt + w * H;     // [H][w]
+        float* b1 = ut + H * w;     // [H]
+        float* b2 = b1 + H;         // [w]
+        float* xs = b2 + w;         // [64][xst]
+        float* hid = xs + kFastRows * xst;  // [64][hst]
+        for (int32_t idx = tid; idx < H * w; idx += blockDim.x) {
+            const int32_t j = idx / w, i = idx - j * w;
+            vt[i * H + j] = p[o.v + int64_t(j) * M + i];
+        }
+        for (int32_t idx = tid; idx < w * H; idx += blockDim.x) {
+            const int32_t i = idx / H, j = idx - i * H;
+            ut[j * w + i] = p[o.u + int64_t(i) * H + j];
+        }
+        for (int32_t j = tid; j < H; j += blockDim.x) b1[j] = p[o.b1 + j];
+        for (int32_t i = tid; i < w; i += blockDim.x) b2[i] = p[o.b2 + i];
+        for (int32_t idx = tid; idx < rt * w; idx += blockDim.x) {
+            const int32_t r = idx / w, i = idx - r * w;
+            xs[r * xst + i] = h[int64_t(r0 + r) * ld + c0 + i];
+        }
+        __syncthreads();
+        const int32_t r = tid & (kFastRows - 1);
+        const int32_t g = tid / kFastRows;  // 0..3
+        if (r < rt) {
+            const float* xr = xs + r * xst;
+            for (int32_t jb = g * 8; jb < H; jb += 32) {
+                float z[8];
+#pragma unroll
+                for (int k = 0; k < 8; ++k) z[k] = jb + k < H ? b1[jb + k] : 0.0f;
+                if (jb + 8 <= H) {
+                    for (int32_t i = 0; i < w; ++i) {
+                        const float x = xr[i];
+                        const float* vi = vt + i * H + jb;
+#pragma unroll
+                        for (int k = 0; k < 8; ++k) z[k] = fmaf(vi[k], x, z[k]);
+                    }
+                } else {
+                    for (int32_t i = 0; i < w; ++i) {
+                        const float x = xr[i];
+                        const float* vi = vt + i * H + jb;
+                        for (int k = 0; k < 8 && jb + k < H; ++k) z[k] = fmaf(vi[k], x, z[k]);
+                    }
+                }
+                for (int k = 0; k < 8 && jb + k < H; ++k)
+                    hid[r * hst + jb + k] = relu ? fmaxf(z[k], 0.0f) : z[k];
+            }
+        }
+        __syncthreads();
+        if (r < rt) {
+            const float* hr = hid + r * hst;
+            float* xr = xs + r * xst;
+            for (int32_t ib = g * 4; ib < w; ib += 16) {
+                float acc[4];
+#pragma unroll
+                for (int k = 0; k < 4; ++k) acc[k] = ib + k < w ? b2[ib + k] : 0.0f;
+                if (ib + 4 <= w) {
+                    for (int32_t j = 0; j < H; ++j) {
+                        const float hv = hr[j];
+                        const float* uj = ut + j * w + ib;
+#pragma unroll
+                        for (int k = 0; k < 4; ++k) acc[k] = fmaf(uj[k], hv, acc[k]);
+                    }
+                } else {
+                    for (int32_t j = 0; j < H; ++j) {
+                        const float hv = hr[j];
+                        const float* uj = ut + j * w + ib;
+                        for (int k = 0; k < 4 && ib + k < w; ++k) acc[k] = fmaf(uj[k], hv, acc[k]);
+                    }
+                }
+                for (int k = 0; k < 4 && ib + k < w; ++k) xr[ib + k] = xr[ib + k] + a * acc[k];
+            }
+        }
+        __syncthreads();
+        for (int32_t idx = tid; idx < rt * w; idx += blockDim.x) {
+            const int32_t rr = idx / w, i = idx - rr * w;
+            y[int64_t(r0 + rr) * ld + c0 + i] = xs[rr * xst + i];
+        }
+        __syncthreads();
+    }
+}
+
+// Chan merge of one forward's shifted sums (n_b samples) into the accumulators of seed s.
+__device__ inline void merge_stats(const SeedTelemetryAccum& tel, int32_t s, double n_b, double s1,
+                                   double s2, double dead) {
+    if (n_b == 0.0) return;
+    const double shift = stats_shift(tel, s);
+    const double mean_b = shift + s1 / n_b;
+    double m2_b = s2 - s1 * s1 / n_b;
+    if (m2_b < 0.0) m2_b = 0.0;
+    const double n_a = tel.count[s];
+    const double n = n_a + n_b;
+    const double delta = mean_b - tel.mean[s];
+    tel.mean[s] += delta * (n_b / n);
+    tel.m2[s] += m2_b + delta * delta * (n_a * n_b / n);
+    tel.count[s] = n;
+    tel.dead[s] += dead;
+}
+
+// Blueprints small enough to evaluate inside the streaming pass (kInline): a seed of width
+// <= kInlineWidth and hidden <= kInlineHidden whose columns sit in one warp. Each of its lanes
+// gathers the seed's row with shuffles and evaluates its own output from registers.
+constexpr int kInlineWidth = 2;
+constexpr int kInlineHidden = 4;
+
+struct InlineBlueprint {
+    float v[kInlineHidden][kInlineWidth];  // V (scale_shift: unused)
+    float b1[kInlineHidden];
+    float u[kInlineHidden];  // this lane's row of U (scale_shift: u[0] = scale)
+    float b2;                // this lane's b2 (scale_shift: shift)
+    int32_t w, hidden, lane0, me;
+    bool relu, scale_shift;
+};
+
+__device__ inline void load_inline(const SeedLayerView& v, int32_t s, int32_t c, int32_t lane0,
+                                   InlineBlueprint& ib) {
+    const DeviceBlueprint bp = detail::blueprint_of(v, s);
+    const float* p = bp.params;
+    const int32_t k0 = v.chunk_offset[s];
+    ib.w = v.chunk_offset[s + 1] - k0;
+    ib.me = c - k0;
+    ib.lane0 = lane0;
+    ib.scale_shift = bp.kind == BlueprintKind::kScaleShift;
+    ib.relu = bp.kind == BlueprintKind::kResidualMlp;
+    ib.hidden = ib.scale_shift ? 0 : bp.hidden;
+    if (ib.scale_shift) {
+        ib.u[0] = p[ib.me];
+        ib.b2 = p[bp.max_width + ib.me];
+        return;
+    }
+    const MlpSlotOffsets o = mlp_slot_offsets(bp.max_width, bp.hidden);
+#pragma unroll
+    for (int j = 0; j < kInlineHidden; ++j) {
+        const bool jv = j < ib.hidden;
+        ib.b1[j] = jv ? p[o.b1 + j] : 0.0f;
+        ib.u[j] = jv ? p[o.u + int64_t(ib.me) * bp.hidden + j] : 0.0f;
+#pragma unroll
+        for (int i = 0; i < kInlineWidth; ++i)
+            ib.v[j][i] = (jv && i < ib.w) ? p[o.v + int64_t(j) * bp.max_width + i] : 0.0f;
+    }
+    ib.b2 = p[o.b2 + ib.me];
+}
+
+// Every lane of the warp must call this (shuffles); returns r(x)[me] on inline lanes.
+__device__ inline float eval_inline(const InlineBlueprint& ib, float x, bool active) {
+    float xs[kInlineWidth];
+#pragma unroll
+    for (int i = 0; i < kInlineWidth; ++i) xs[i] = __shfl_sync(0xffffffffu, x, (ib.lane0 + i) & 31);
+    if (!active) return 0.0f;
+    if (ib.scale_shift) return fmaf(ib.u[0], x, ib.b2);
+#pragma unroll
+    for (int i = 0; i < kInlineWidth; ++i)
+        if (i >= ib.w) xs[i] = 0.0f;  // neighbours' values never reach this seed (0·inf = NaN)
+    float out = ib.b2;
+#pragma unroll
+    for (int j = 0; j < kInlineHidden; ++j) {
+        float z = ib.b1[j];
+#pragma unroll
+        for (int i = 0; i < kInlineWidth; ++i) z = fmaf(ib.v[j][i], xs[i], z);  // v = 0 past w
+        if (ib.relu) z = fmaxf(z, 0.0f);
+        out = fmaf(ib.u[j], z, out);  // u = 0 past hidden
+    }
+    return out;
+}
+
+template <bool kInline>
+__global__ void __launch_bounds__(detail::kStreamThreads)
+forward_stream_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
+                      SeedTelemetryAccum tel, bool with_stats, ForwardWorkspace ws,
+                      int32_t rows_per_block) {
+    const int32_t c = blockIdx.x * detail::kStreamThreads + threadIdx.x;
+    const int32_t lane = int32_t(threadIdx.x & 31u);
+    const int32_t warp_c0 = c - lane;
+    const bool valid = c < v.width;
+    int32_t s = -1;
+    bool blend = false;
+    float shift = 0.0f, a = 0.0f;
+    bool inline_lane = false;
+    InlineBlueprint ib;
+    if (valid) {
+        s = detail::seed_of_column(v.chunk_offset, v.num_seeds, c);
+        blend = seed_blends(v, s, &a);
+        const int32_t k0 = v.chunk_offset[s], k1 = v.chunk_offset[s + 1];
+        if constexpr (kInline) {
+            inline_lane = blend && k0 >= warp_c0 && k1 <= warp_c0 + 32 && k1 - k0 <= kInlineWidth;
+            if (inline_lane) load_inline(v, s, c, k0 - warp_c0, ib);
+        }
+        if (blend && !inline_lane && blockIdx.y == 0 && c == k0)
+            ws.active_list[atomicAdd(ws.counts, 1)] = s;
+        if (with_stats) shift = stats_shift(tel, s);
+    }
+    if constexpr (kInline) {
+        if (!inline_lane) ib.lane0 = lane;
+    }
+    bool warp_inline = false;
+    if constexpr (kInline) warp_inline = __any_sync(0xffffffffu, inline_lane);
+    const bool write_plain = valid && !blend;
+    const int32_t r0 = blockIdx.y * rows_per_block;
+    const int32_t r1 = min(v.batch, r0 + rows_per_block);
+    float sum = 0.0f, sq = 0.0f, dead = 0.0f;
+    const int64_t ld = v.width;
+    const int64_t cc = valid ? c : 0;
+    const float* hp = h + int64_t(r0) * ld + cc;
+    float* yp = y + int64_t(r0) * ld + cc;
+    int32_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+        float x[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) x[k] = valid ? __ldcs(hp + k * ld) : 0.0f;
+        if (write_plain)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) __stcs(yp + k * ld, x[k]);
+        if constexpr (kInline) {
+            if (warp_inline)
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const float out = eval_inline(ib, x[k], inline_lane);
+                    if (inline_lane) __stcs(yp + k * ld, x[k] + a * out);
+                }
+        }
+        if (valid)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                const float d = x[k] - shift;
+                sum += d;
+                sq = fmaf(d, d, sq);
+                dead += fabsf(x[k]) < kDeadThreshold ? 1.0f : 0.0f;
+            }
+        hp += 4 * ld;
+        yp += 4 * ld;
+    }
+    for (; r < r1; ++r) {
+        const float x = valid ? __ldcs(hp) : 0.0f;
+        if (write_plain) __stcs(yp, x);
+        if constexpr (kInline) {
+            if (warp_inline) {
+                const float out = eval_inline(ib, x, inline_lane);
+                if (inline_lane) __stcs(yp, x + a * out);
+            }
+        }
+        if (valid) {
+            const float d = x - shift;
+            sum += d;
+            sq = fmaf(d, d, sq);
+            dead += fabsf(x) < kDeadThreshold ? 1.0f : 0.0f;
+        }
+        hp += ld;
+        yp += ld;
+    }
+    if (!with_stats) return;
+    double ds = sum, dq = sq, dd = dead;
+    const int32_t key = s;
+    bool tail = detail::segmented_warp_sum(key, ds);
+    detail::segmented_warp_sum(key, dq);
+    detail::segmented_warp_sum(key, dd);
+    if (!tail || key < 0) return;
+    // This lane holds the warp's total for `key`. When one block covers every row and the
+    // seed's chunk lies inside this warp's 32 columns, that total is the seed's: merge now.
+    const int32_t k0 = v.chunk_offset[key], k1 = v.chunk_offset[key + 1];
+    if (gridDim.y == 1 && k0 >= warp_c0 && k1 <= warp_c0 + 32) {
+        merge_stats(tel, key, double(v.batch) * double(k1 - k0), ds, dq, dd);
+        return;
+    }
+    atomicAdd(ws.stats + 3 * int64_t(key), ds);
+    atomicAdd(ws.stats + 3 * int64_t(key) + 1, dq);
+    if (dd != 0.0) atomicAdd(ws.stats + 3 * int64_t(key) + 2, dd);
+    if (blockIdx.y == 0 && k0 >= warp_c0) ws.pending_list[atomicAdd(ws.counts + 1, 1)] = key;
+}
+
+__global__ void __launch_bounds__(detail::kActiveThreads)
+forward_active_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
+                      ForwardWorkspace ws, int32_t row_tile) {
+    extern __shared__ float smem[];
+    const int32_t row_tiles = (v.batch + row_tile - 1) / row_tile;
+    const int64_t n_items = int64_t(ws.counts[0]) * row_tiles;
+    const int64_t ld = v.width;
+    for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
+        const int32_t s = ws.active_list[item / row_tiles];
+        const int32_t r0 = int32_t(item % row_tiles) * row_tile;
+        const int32_t rt = min(row_tile, v.batch - r0);
+        const int32_t c0 = v.chunk_offset[s];
+        const int32_t w = v.chunk_offset[s + 1] - c0;
+        float a;
+        seed_blends(v, s, &a);
+        const DeviceBlueprint bp = detail::blueprint_of(v, s);
+        const float* p = bp.params;
+        if (bp.kind == BlueprintKind::kScaleShift) {
+            for (int32_t idx = threadIdx.x; idx < rt * w; idx += blockDim.x) {
+                const int32_t r = idx / w, i = idx - r * w;
+                const int64_t off = int64_t(r0 + r) * ld + c0 + i;
+                const float x = h[off];
+                y[off] = x + a * fmaf(p[i], x, p[bp.max_width + i]);
+            }
+            continue;
+        }
+        const MlpSlotOffsets o = mlp_slot_offsets(bp.max_width, bp.hidden);
+        const bool relu = bp.kind == BlueprintKind::kResidualMlp;
+        const int32_t H = bp.hidden, M = bp.max_width;
+        float* xs = smem;
+        float* acc = xs + row_tile * w;
+        float* hid = acc + row_tile * w;
+        for (int32_t idx = threadIdx.x; idx < rt * w; idx += blockDim.x) {
+            const int32_t r = idx / w, i = idx - r * w;
+            xs[idx] = h[int64_t(r0 + r) * ld + c0 + i];
+            acc[idx] = p[o.b2 + i];
+        }
+        __syncthreads();
+        constexpr int HC = detail::kHiddenChunk;
+        for (int32_t hc = 0; hc < H; hc += HC) {
+            const int32_t hn = min(HC, H - hc);
+            for (int32_t idx = threadIdx.x; idx < rt * HC; idx += blockDim.x) {
+                const int32_t r = idx / HC, jj = idx - r * HC;
+                float z = 0.0f;
+                if (jj < hn) {
+                    const int32_t j = hc + jj;
+                    const float* vrow = p + o.v + int64_t(j) * M;
+                    const float* xr = xs + r * w;
+                    z = p[o.b1 + j];
+                    for (int32_t i = 0; i < w; ++i) z = fmaf(vrow[i], xr[i], z);
+                    if (relu) z = fmaxf(z, 0.0f);
+                }
+                hid[idx] = z;
+            }
+            __syncthreads();
+            for (int32_t idx = threadIdx.x; idx < rt * w; idx += blockDim.x) {
+                const int32_t r = idx / w, i = idx - r * w;
+                const float* urow = p + o.u + int64_t(i) * H + hc;
+                const float* hr = hid + r * HC;
+                float t = 0.0f;
+                for (int32_t jj = 0; jj < hn; ++jj) t = fmaf(urow[jj], hr[jj], t);
+                acc[idx] += t;
+            }
+            __syncthreads();
+        }
+        for (int32_t idx = threadIdx.x; idx < rt * w; idx += blockDim.x) {
+            const int32_t r = idx / w, i = idx - r * w;
+            y[int64_t(r0 + r) * ld + c0 + i] = xs[idx] + a * acc[idx];
+        }
+        __syncthreads();
+    }
+}
+
+__global__ void forward_finalize_kernel(SeedLayerView v, SeedTelemetryAccum tel, ForwardWorkspace ws) {
+    const int32_t n = ws.counts[1];
+    for (int32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < n; k += gridDim.x * blockDim.x) {
+        const int32_t s = ws.pending_list[k];
+        double* st = ws.stats + 3 * int64_t(s);
+        const double s1 = st[0], s2 = st[1], dead = st[2];
+        st[0] = 0.0;
+        st[1] = 0.0;
+        st[2] = 0.0;
+        merge_stats(tel, s, double(v.batch) * double(v.chunk_offset[s + 1] - v.chunk_offset[s]), s1,
+                    s2, dead);
+    }
+}
+
+__global__ void forward_reset_kernel(ForwardWorkspace ws) {
+    ws.counts[0] = 0;
+    ws.counts[1] = 0;
+}
+
+int sm_count() {
+    static int n = [] {
+        int dev = 0, v = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            v = 132;
+        return v;
+    }();
+    return n;
+}
+
+}  // namespace
+
+size_t seed_forward_workspace_bytes(int32_t num_seeds) {
+    return align_up(sizeof(double) * 3 * size_t(num_seeds)) + 256 +
+           2 * align_up(sizeof(int32_t) * size_t(num_seeds));
+}
+
+cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float* y,
+                                const SeedTelemetryAccum* tel, void* workspace,
+                                size_t workspace_bytes, cudaStream_t stream) {
+    if (view.batch <= 0 || view.width <= 0 || view.num_seeds <= 0) return cudaSuccess;
+    if (workspace == nullptr || workspace_bytes < seed_forward_workspace_bytes(view.num_seeds))
+        return cudaErrorInvalidValue;
+    const ForwardWorkspace ws = carve(workspace, view.num_seeds);
+    const bool with_stats = tel != nullptr;
+    const SeedTelemetryAccum t = with_stats ? *tel : SeedTelemetryAccum{};
+
+    const int32_t col_tiles = (view.width + detail::kStreamThreads - 1) / detail::kStreamThreads;
+    const int32_t target_blocks = sm_count() * 16;
+    int32_t splits = (target_blocks + col_tiles - 1) / col_tiles;
+    splits = max(1, min(splits, (view.batch + 3) / 4));
+    const int32_t rows_per_block = (view.batch + splits - 1) / splits;
+    splits = (view.batch + rows_per_block - 1) / rows_per_block;
+    const int32_t max_w = detail::view_max_width(view);
+    int32_t max_hidden = 0;
+    for (int k = 0; k < 2; ++k)
+        if (view.arenas[k].params != nullptr && view.arenas[k].hidden > max_hidden)
+            max_hidden = view.arenas[k].hidden;
+    bool any_arena = false;
+    for (int k = 0; k < kNumBlueprintKinds; ++k) any_arena |= view.arenas[k].params != nullptr;
+    const dim3 grid(col_tiles, splits);
+    if (any_arena && max_w <= kInlineWidth && max_hidden <= kInlineHidden)
+        forward_stream_kernel<true><<<grid, detail::kStreamThreads, 0, stream>>>(
+            view, h, y, t, with_stats, ws, rows_per_block);
+    else
+        forward_stream_kernel<false><<<grid, detail::kStreamThreads, 0, stream>>>(
+            view, h, y, t, with_stats, ws, rows_per_block);
+
+    constexpr size_t kSmemBudget = 160 * 1024;
+    const size_t fast_smem = fast_smem_floats(max_w, max_hidden) * sizeof(float);
+    if (fast_smem <= kSmemBudget) {
+        if (fast_smem > 48 * 1024) {
+            const cudaError_t e = cudaFuncSetAttribute(forward_active_smem_kernel,
+                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                       int(fast_smem));
+            if (e != cudaSuccess) return e;
+        }
+        forward_active_smem_kernel<<<sm_count() * 8, detail::kActiveThreads, fast_smem, stream>>>(
+            view, h, y, ws);
+    } else {
+        const int32_t row_tile = detail::active_row_tile(max_w, 2, view.batch, kSmemBudget);
+        const size_t smem = size_t(row_tile) * (2 * size_t(max_w) + detail::kHiddenChunk) * 4;
+        if (smem > 48 * 1024) {
+            const cudaError_t e = cudaFuncSetAttribute(
+                forward_active_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+            if (e != cudaSuccess) return e;
+        }
+        forward_active_kernel<<<sm_count() * 4, detail::kActiveThreads, smem, stream>>>(
+            view, h, y, ws, row_tile);
+    }
+    if (with_stats)
+        forward_finalize_kernel<<<min(sm_count() * 8, (view.num_seeds + 255) / 256), 256, 0,
+                                  stream>>>(view, t, ws);
+    forward_reset_kernel<<<1, 1, 0, stream>>>(ws);
+    return cudaGetLastError();
+}
+
+}  // namespace esper::kernels

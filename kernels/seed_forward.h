@@ -1,0 +1,28 @@
+// Launcher of the fused seed-layer forward on the GPU: y = h + a_eff·r(h) per chunk plus the
+// per-seed activation telemetry of kernels/seed_layer.h, in one pass over h for dormant seeds.
+// All pointers in the view, h, y, tel and the workspace are device memory.
+#pragma once
+
+#include <cstddef>
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/seed_layer.h"
+
+namespace esper::kernels {
+
+// Workspace for num_seeds seeds. It must be zeroed once after allocation (cudaMemsetAsync); every
+// launch leaves it zeroed again, so a captured graph can replay without a memset.
+size_t seed_forward_workspace_bytes(int32_t num_seeds);
+
+// h, y: [batch, width] row-major (y must not alias h); tel: a host struct of device pointers, or
+// null for no telemetry. Precondition: a seed with a blueprint has chunk width <= its arena's
+// max_width. Work on `stream`: a streaming pass (copy, statistics, list of blending seeds; tiny
+// blueprints — every arena max_width <= 2, hidden <= 4 — are evaluated right there), a pass over
+// the listed seeds' chunks (weights staged in shared memory when they fit next to a 64-row tile,
+// else a generic kernel), a Chan merge of seeds reduced across blocks, a counter reset.
+[[nodiscard]] cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float* y,
+                                              const SeedTelemetryAccum* tel, void* workspace,
+                                              size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace esper::kernels
