@@ -1,0 +1,242 @@
+// Tests of the training loop on small teacher data: TRAINING is straight-through (host bit-identical
+// to a run without the seed while the seed learns), governor rollback through the NaN knob,
+// bit-identical resume from a checkpoint, checkpoint refusal through the trainer, and (slow) the
+// Fashion-MNIST accuracy target.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "kasmina/trainer.h"
+
+namespace fs = std::filesystem;
+using namespace esper::kasmina;
+
+namespace {
+
+Config small_config() {
+    Config c;
+    c.run.seed = 5;
+    c.run.max_steps = 200;
+    c.data.dataset = "teacher";
+    c.data.batch_size = 32;
+    c.data.teacher = {1024, 256, 16, 4, 24, 0.0};
+    c.model.hidden = {24, 20};
+    c.model.seeds_per_layer = 4;
+    c.lifecycle.training_steps = 3;
+    c.lifecycle.stabilization_steps = 3;
+    c.lifecycle.evaluation_steps = 3;
+    c.lifecycle.fine_tuning_steps = 3;
+    c.lifecycle.gates.min_gradient_health = 0.0;
+    c.lifecycle.grafting.ramp_steps = 10;
+    c.governor.snapshot_every_steps = 10;
+    return c;
+}
+
+Command germinate(int32_t layer, int32_t seed, BlueprintKind kind = BlueprintKind::kResidualMlp) {
+    Command c;
+    c.origin = TransitionOrigin::kOperator;
+    c.body = GerminateCommand{SeedRef{layer, seed}, kind, std::nullopt};
+    return c;
+}
+
+fs::path temp_dir(const std::string& tag) {
+    fs::path d = fs::temp_directory_path() / ("esper_trainer_" + tag + "_" + std::to_string(::getpid()));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+}
+
+std::vector<std::string> read_lines(const fs::path& p) {
+    std::ifstream in(p);
+    std::vector<std::string> out;
+    for (std::string line; std::getline(in, line);) out.push_back(line);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("a seed in TRAINING is straight-through: host bit-identical, seed params move",
+          "[kasmina][trainer]") {
+    Config c = small_config();
+    c.lifecycle.training_steps = 50;  // the seed stays in TRAINING for the whole test
+    Trainer with(c), without(c);
+    REQUIRE(with.apply(germinate(0, 1)).applied());
+    REQUIRE(with.apply(germinate(1, 2, BlueprintKind::kLowrank)).applied());
+    with.step();
+    without.step();
+    REQUIRE(with.seeds().table(0).stage(1) == SeedStage::kTraining);
+    REQUIRE(with.seeds().table(1).stage(2) == SeedStage::kTraining);
+    const int32_t slot = with.seeds().table(0).slot(1);
+    std::vector<float> before(with.seeds().arenas(0).params(BlueprintKind::kResidualMlp, slot).begin(),
+                              with.seeds().arenas(0).params(BlueprintKind::kResidualMlp, slot).end());
+    for (int k = 0; k < 3; ++k) {
+        const TrainStep a = with.step(), b = without.step();
+        CHECK(a.loss == b.loss);
+        REQUIRE(with.seeds().table(0).stage(1) == SeedStage::kTraining);
+        for (int32_t l = 0; l < 2; ++l) {
+            const auto ha = with.model().hidden_output(l), hb = without.model().hidden_output(l);
+            const auto ya = with.model().seed_output(l), yb = without.model().seed_output(l);
+            CHECK(std::equal(ha.begin(), ha.end(), hb.begin()));
+            CHECK(std::equal(ya.begin(), ya.end(), yb.begin()));
+        }
+        for (size_t i = 0; i < with.model().params().size(); ++i) {
+            CHECK(*with.model().params()[i].grad == *without.model().params()[i].grad);
+            CHECK(*with.model().params()[i].value == *without.model().params()[i].value);
+        }
+    }
+    const auto after = with.seeds().arenas(0).params(BlueprintKind::kResidualMlp, slot);
+    double moved = 0;
+    for (size_t i = 0; i < after.size(); ++i) moved += std::abs(double(after[i]) - before[i]);
+    CHECK(moved > 0.0);
+}
+
+TEST_CASE("the governor rolls back on an injected NaN and training continues",
+          "[kasmina][trainer][governor]") {
+    Config c = small_config();
+    c.governor.inject_nan_at_step = 34;
+    c.governor.snapshot_every_steps = 20;
+    const fs::path dir = temp_dir("gov");
+    TrainerOptions opt;
+    opt.run_dir = dir.string();
+    Trainer t(c, opt);
+    std::vector<Tensor> at20;
+    for (int i = 0; i < 34; ++i) {
+        if (t.steps_done() == 21) REQUIRE(t.apply(germinate(0, 3)).applied());
+        t.step();
+        if (t.steps_done() == 20)
+            for (const ParamRef& p : t.model().params()) at20.push_back(*p.value);
+    }
+    const SeedStage before = t.seeds().table(0).stage(3);
+    REQUIRE(before >= SeedStage::kGrafting);  // germinated at 21, gates pass quickly
+    const TrainStep tripped = t.step();
+    CHECK(tripped.governor_tripped);
+    CHECK(std::isnan(tripped.loss));
+    CHECK(t.governor().trips() == 1);
+    for (size_t i = 0; i < at20.size(); ++i) CHECK(*t.model().params()[i].value == at20[i]);
+    CHECK(t.seeds().table(0).stage(3) == SeedStage::kRolledBack);
+    CHECK(t.seeds().table(0).slot(3) == -1);
+    bool governor_event = false;
+    for (const std::string& line : read_lines(dir / "events.jsonl"))
+        if (line.find("\"origin\":\"governor\"") != std::string::npos &&
+            line.find("\"to\":\"ROLLED_BACK\"") != std::string::npos)
+            governor_event = true;
+    CHECK(governor_event);
+    for (int i = 0; i < 10; ++i) CHECK(std::isfinite(t.step().loss));
+    fs::remove_all(dir);
+}
+
+TEST_CASE("resuming from a checkpoint continues bit-identically", "[kasmina][trainer][checkpoint]") {
+    Config c = small_config();
+    c.run.max_steps = 80;
+    const int64_t kCut = 40;
+    const fs::path dir = temp_dir("resume");
+    auto drive = [&](Trainer& t, int64_t until, std::vector<double>& losses) {
+        while (t.steps_done() < until) {
+            if (t.steps_done() == 5) REQUIRE(t.apply(germinate(0, 1)).applied());
+            if (t.steps_done() == 30) REQUIRE(t.apply(germinate(1, 0, BlueprintKind::kScaleShift)).applied());
+            losses.push_back(t.step().loss);
+        }
+    };
+    std::vector<double> straight, first, second;
+    Trainer a(c);
+    drive(a, 80, straight);
+    {
+        Trainer b(c);
+        drive(b, kCut, first);
+        b.save_checkpoint(dir / "40");
+    }
+    Trainer r(c);
+    r.load_checkpoint(dir / "40");
+    CHECK(r.steps_done() == kCut);
+    CHECK(r.seeds().digest() == [&] {
+        Trainer b(c);
+        std::vector<double> unused;
+        drive(b, kCut, unused);
+        return b.seeds().digest();
+    }());
+    drive(r, 80, second);
+    REQUIRE(first.size() + second.size() == straight.size());
+    for (size_t i = 0; i < first.size(); ++i) CHECK(first[i] == straight[i]);
+    for (size_t i = 0; i < second.size(); ++i) {
+        INFO("step " << kCut + int64_t(i) + 1);
+        CHECK(second[i] == straight[size_t(kCut) + i]);
+    }
+    CHECK(a.seeds().digest() == r.seeds().digest());
+    fs::remove_all(dir);
+}
+
+TEST_CASE("the trainer refuses a tampered checkpoint or one of another model shape",
+          "[kasmina][trainer][checkpoint]") {
+    Config c = small_config();
+    const fs::path dir = temp_dir("refuse");
+    Trainer t(c);
+    for (int i = 0; i < 3; ++i) t.step();
+    t.save_checkpoint(dir / "3");
+    {
+        std::fstream f(dir / "3" / "param.hidden0.weight.bin", std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(9);
+        f.put('\x7f');
+    }
+    Trainer fresh(c);
+    try {
+        fresh.load_checkpoint(dir / "3");
+        FAIL("tampered checkpoint accepted");
+    } catch (const esper::Error& e) {
+        CHECK(e.kind() == esper::ErrorKind::kIntegrity);
+        CHECK_THAT(std::string(e.what()), Catch::Contains("param.hidden0.weight.bin"));
+    }
+    CHECK(fresh.steps_done() == 0);
+    t.save_checkpoint(dir / "ok");
+    Config other = c;
+    other.model.hidden = {24, 21};
+    Trainer wrong(other);
+    try {
+        wrong.load_checkpoint(dir / "ok");
+        FAIL("checkpoint of another shape accepted");
+    } catch (const esper::Error& e) {
+        CHECK(e.kind() == esper::ErrorKind::kIntegrity);
+    }
+    fs::remove_all(dir);
+}
+
+TEST_CASE("the run writes metrics.jsonl train and test lines", "[kasmina][trainer]") {
+    Config c = small_config();
+    c.run.max_steps = 40;  // 32 steps per epoch: one epoch end + the final one
+    const fs::path dir = temp_dir("metrics");
+    TrainerOptions opt;
+    opt.run_dir = dir.string();
+    int epochs_seen = 0;
+    opt.on_epoch = [&](const EpochSummary&) { ++epochs_seen; };
+    Trainer t(c, opt);
+    t.run();
+    const auto lines = read_lines(dir / "metrics.jsonl");
+    int train = 0, test = 0;
+    for (const std::string& l : lines) {
+        if (l.find("\"split\":\"train\"") != std::string::npos) {
+            ++train;
+            CHECK_THAT(l, Catch::Contains("\"loss\":") && Catch::Contains("\"lr\":") &&
+                              Catch::Contains("\"samples_per_s\":"));
+        }
+        if (l.find("\"split\":\"test\"") != std::string::npos) {
+            ++test;
+            CHECK_THAT(l, Catch::Contains("\"accuracy\":"));
+        }
+    }
+    CHECK(train == 40);
+    CHECK(test == 2);
+    CHECK(epochs_seen == 2);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("Fashion-MNIST example reaches 0.83 test accuracy in two epochs", "[kasmina][.slow]") {
+    Config c = load_config(std::string(ESPER_SOURCE_DIR) + "/examples/fashion_mnist.yaml");
+    c.run.epochs = 2;
+    c.run.max_steps = 0;
+    Trainer t(c);
+    t.run();
+    const EvalResult e = t.evaluate();
+    INFO("test accuracy " << e.accuracy);
+    CHECK(e.accuracy >= 0.83);
+}
