@@ -1,0 +1,83 @@
+// The broker (DESIGN §6): an XSUB endpoint publishers connect to, an XPUB endpoint subscribers
+// connect to, and a ROUTER endpoint for request/reply between named agents, Majordomo-style.
+// It routes on frames and never decodes a payload. A slow subscriber only loses its own
+// messages (XPUB drops at its HWM), so publishers are never slowed by it.
+//
+// Request/reply frames on the ROUTER endpoint (after ZeroMQ's identity frame; see rpc_protocol.h):
+//   worker -> broker  HELLO name                 register or heartbeat (expires after agent_expiry_ms)
+//   worker -> broker  BYE name                   unregister
+//   client -> broker  REQ agent req_id envelope  forwarded as  REQ client_id req_id envelope
+//   worker -> broker  REP client_id req_id env   forwarded as  REP req_id envelope
+//   broker -> client  ERR req_id reason          e.g. "unknown agent kasmina/0"
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+#include <zmq.hpp>
+
+namespace esper::bus {
+
+struct BrokerConfig {
+    std::string pub_endpoint = "tcp://127.0.0.1:5555";  // XSUB: publishers connect here
+    std::string sub_endpoint = "tcp://127.0.0.1:5556";  // XPUB: subscribers connect here
+    std::string rpc_endpoint = "tcp://127.0.0.1:5557";  // ROUTER: request/reply
+    int agent_expiry_ms = 3000;
+    int hwm = 100000;                            // per-peer queue, messages
+    int64_t max_frame_bytes = int64_t{64} << 20;  // a peer sending more is disconnected
+};
+
+struct BrokerEndpoints {
+    std::string pub, sub, rpc;  // resolved (port 0 / * replaced by the bound port)
+};
+
+struct BrokerStats {
+    uint64_t forwarded = 0;      // pub/sub messages
+    uint64_t subscriptions = 0;  // subscription frames passed upstream
+    uint64_t requests = 0;
+    uint64_t replies = 0;
+    uint64_t unknown_agent = 0;
+    uint64_t undeliverable = 0;  // the peer was gone when we sent
+    uint64_t malformed = 0;      // rpc frames that fit no command
+    uint64_t registrations = 0;
+    uint64_t expired = 0;
+};
+
+class Broker {
+public:
+    Broker(zmq::context_t& context, BrokerConfig config);
+    Broker(const Broker&) = delete;
+    Broker& operator=(const Broker&) = delete;
+
+    const BrokerEndpoints& endpoints() const { return endpoints_; }
+    // One line for logs and for tests that parse it: "broker pub=... sub=... rpc=...".
+    std::string endpoints_line() const;
+
+    // Runs until `stop_requested` is true (checked at least every 50 ms).
+    void run(const std::atomic<bool>& stop_requested);
+    // Waits up to timeout_ms for traffic, then moves everything queued.
+    void poll_once(int timeout_ms);
+
+    std::vector<std::string> agents() const;
+    const BrokerStats& stats() const { return stats_; }
+
+private:
+    void forward(zmq::socket_t& from, zmq::socket_t& to, bool subscriptions);
+    void handle_rpc();
+    void expire_agents();
+    bool send_frames(std::vector<zmq::message_t>& frames);
+
+    struct Agent {
+        std::string identity;
+        int64_t last_seen_ns = 0;
+    };
+    BrokerConfig config_;
+    zmq::socket_t xsub_, xpub_, router_;
+    BrokerEndpoints endpoints_;
+    std::unordered_map<std::string, Agent> agents_;  // name -> agent
+    BrokerStats stats_;
+};
+
+}  // namespace esper::bus

@@ -1,0 +1,85 @@
+// Envelope encode/decode: every frame on the bus is [topic, Envelope]. `decode()` is the only
+// place bytes from the wire become capnp readers: it caps the size, sets the traversal and nesting
+// limits, copies frames that are not 8-byte aligned, walks the whole message once (so later
+// accessors cannot throw on malformed pointers) and checks the version. Bad input is an expected
+// outcome here: decode() returns a status and never throws.
+#pragma once
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <zmq.hpp>
+
+#include "schemas/envelope.capnp.h"
+
+namespace esper::bus {
+
+inline constexpr uint16_t kEnvelopeVersion = schema::CURRENT_VERSION;
+
+struct DecodeLimits {
+    size_t max_frame_bytes = size_t{16} << 20;        // larger frames are refused unread
+    uint64_t traversal_limit_words = uint64_t{4} << 20;  // 32 MiB of reads per message
+    int nesting_limit = 32;
+};
+
+enum class DecodeStatus { kOk, kEmpty, kOversized, kTruncated, kMalformed, kWrongVersion };
+std::string_view decode_status_name(DecodeStatus status);
+
+// An owned, validated Envelope. Movable; the reader stays valid while this object lives.
+class Decoded {
+public:
+    struct Impl;  // internal
+    explicit Decoded(std::unique_ptr<Impl> impl);
+    Decoded(Decoded&&) noexcept;
+    Decoded& operator=(Decoded&&) noexcept;
+    ~Decoded();
+
+    schema::Envelope::Reader envelope() const;
+    size_t size_bytes() const;
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+struct DecodeResult {
+    DecodeStatus status = DecodeStatus::kMalformed;
+    std::string detail;              // why, for logs (empty when ok)
+    std::optional<Decoded> value;  // set iff status == kOk
+    bool ok() const { return status == DecodeStatus::kOk; }
+};
+
+// Takes ownership of the frame (no copy when it is aligned).
+DecodeResult decode(zmq::message_t&& frame, const DecodeLimits& limits = {});
+// Always copies `bytes`.
+DecodeResult decode(std::span<const std::byte> bytes, const DecodeLimits& limits = {});
+
+// Serialises a message into one frame (segment table + segments, the capnp stream format).
+zmq::message_t encode(capnp::MessageBuilder& message);
+
+// The capnp type id of the struct carried by a payload member (0 for Void members), and the
+// member's name ("seedTelemetry"). Both come from schema reflection, so new members need no code.
+uint64_t payload_type_id(schema::Envelope::Payload::Which which);
+std::string_view payload_type_name(schema::Envelope::Payload::Which which);
+
+// Fills the header fields an agent sets on every envelope (version, sender, run, time, type id).
+// Call after the payload is filled.
+void stamp_envelope(schema::Envelope::Builder envelope, std::string_view sender,
+                    std::string_view run_id, uint64_t sequence,
+                    std::string_view correlation_id = {});
+
+// Copies a string_view into a capnp Text field: `set_text(s, [&](unsigned n) { return b.initName(n); })`.
+template <typename InitFn>
+void set_text(std::string_view s, InitFn&& init) {
+    auto text = init(static_cast<unsigned>(s.size()));
+    if (!s.empty()) std::memcpy(text.begin(), s.data(), s.size());
+}
+
+}  // namespace esper::bus

@@ -1,0 +1,32 @@
+// JSON conversion for the tools (`esper tap`, `esper pub`), built on Cap'n Proto's JSON codec.
+// Output: one line per message, {"topic","type","sender","seq","sent_at_ns","run_id",
+// "correlation_id","payload":{...}} with enums as names and 64-bit integers as exact JSON
+// numbers (the capnp codec writes them as strings; we print the digits unquoted).
+// Input: JSON for one payload type, checked field by field against the schema first (capnp's
+// codec silently ignores unknown fields), so a misfit is refused with the field's path named.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "schemas/envelope.capnp.h"
+
+namespace esper::bus {
+
+// The payload member names usable with `esper pub --type` ("annotation", "seedTelemetry", ...).
+std::vector<std::string> payload_type_names();
+
+// One JSON line (no trailing newline) for a decoded message.
+std::string envelope_to_json(std::string_view topic, schema::Envelope::Reader envelope);
+
+// The payload alone, as JSON ({} for Void members).
+std::string payload_to_json(schema::Envelope::Reader envelope);
+
+// Fills `payload` with `json` as payload member `type` (member name, or struct name such as
+// "Annotation"). Throws esper::Error(kInvalidInput) naming the offending field, e.g.
+// "annotation.txt: no such field in Annotation (fields: kind, text, step)".
+void payload_from_json(std::string_view type, std::string_view json,
+                       schema::Envelope::Payload::Builder payload);
+
+}  // namespace esper::bus

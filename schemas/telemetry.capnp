@@ -1,0 +1,61 @@
+# Metrics-class payloads (best effort, DESIGN.md §6): per-seed telemetry for one seed layer and
+# one interval, and the per-run status line. "Not measured" is a flag, distinct from zero.
+@0xca8fed008e726660;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("esper::schema");
+
+using Common = import "common.capnp";
+
+struct SeedRecord {
+  # One seed's window of telemetry (DESIGN.md §4.6).
+  seed @0 :UInt32;
+  stage @1 :Common.SeedStage;
+  alpha @2 :Float32;
+  stepsInStage @3 :UInt32;
+  actMean @4 :Float32;
+  actVar @5 :Float32;
+  deadFraction @6 :Float32;
+  gradNorm @7 :Float32;
+  blueprintGradNorm @8 :Float32;
+  contribution @9 :Float32;
+  # First-order change in loss if the seed were removed; negative = the seed helps.
+  health @10 :Float32;
+  activationMeasured @11 :Bool;
+  gradientMeasured @12 :Bool;
+  contributionMeasured @13 :Bool;
+  gradientHealth @14 :Float32;
+  # The TRAINING → GRAFTING gate metric (kasmina's gradient health of the seed).
+  gradientHealthMeasured @15 :Bool;
+  chunkWidth @16 :UInt32;
+  # Features in the seed's chunk (lets the controller price a germination).
+  blueprintParams @17 :Int64;
+  # Parameters of the seed's blueprint while it holds one; 0 otherwise.
+}
+
+struct SeedTelemetryBatch {
+  # Every seed of one layer over steps [stepBegin, stepEnd), reduced across ranks.
+  layer @0 :UInt32;
+  stepBegin @1 :UInt64;
+  stepEnd @2 :UInt64;
+  worldSize @3 :UInt32;
+  seeds @4 :List(SeedRecord);
+}
+
+struct RunStatus {
+  step @0 :UInt64;
+  epoch @1 :UInt32;
+  loss @2 :Float32;
+  accuracy @3 :Float32;
+  lr @4 :Float32;
+  samplesPerS @5 :Float64;
+  stepTimeMs @6 :Float32;
+  hostParams @7 :UInt64;
+  blueprintParams @8 :UInt64;
+  seedsPerStage @9 :List(UInt32);
+  # Indexed by SeedStage value (11 entries).
+  lossMeasured @10 :Bool;
+  accuracyMeasured @11 :Bool;
+  backend @12 :Text;
+  # "cpu" or "cuda".
+}
