@@ -6,5 +6,14 @@
 namespace esper::agents {
 
 int version_main(int argc, char** argv);
+int kasmina_main(int argc, char** argv);
+int broker_main(int argc, char** argv);
+int tap_main(int argc, char** argv);
+int pub_main(int argc, char** argv);
+int tamiyo_main(int argc, char** argv);
+int run_main(int argc, char** argv);
+int policy_main(int argc, char** argv);
+int ctl_main(int argc, char** argv);
+int status_main(int argc, char** argv);
 
 }  // namespace esper::agents

@@ -424,7 +424,8 @@ Config read_root(const Reader& r, const YAML::Node& root) {
     Config c;
     if (!root.IsDefined() || root.IsNull()) return c;  // empty file: all defaults
     r.section(root, "",
-              {"run", "data", "model", "optimizer", "blueprints", "lifecycle", "governor"});
+              {"run", "data", "model", "optimizer", "blueprints", "lifecycle", "governor",
+               "tamiyo"});
     if (auto s = r.child_map(root, "", "run")) read_run(r, *s, c.run);
     if (auto s = r.child_map(root, "", "data")) read_data(r, *s, c.data);
     if (auto s = r.child_map(root, "", "model"))

@@ -213,6 +213,8 @@ std::string SeedManager::transition(SeedRef s, SeedStage to, TransitionOrigin or
         r.graft.ramp_steps = ramp;
     }
     if (to == SeedStage::kStabilization) r.alpha = 1.0f;
+    // The TRAINING gate judges the blueprint's own learning signal: start its average afresh.
+    if (to == SeedStage::kTraining) extra_[s.layer][s.seed].gradient_health.reset();
     if (to == SeedStage::kFossilized && r.slot >= 0) {
         // Fossilized seeds are frozen: their optimizer state is freed (zeroed in the arena).
         std::ranges::fill(arenas_[s.layer].opt_m(r.kind, r.slot), 0.0f);
@@ -481,7 +483,11 @@ void SeedManager::on_step_end(int64_t step, const StepMetrics& metrics) {
             const SeedMetrics& m = ms[s];
             SeedRow r = t.row(s);
             if (m.gradient_health) {
-                x.gradient_health = m.gradient_health;
+                // Exponential average of the per-step verdicts (kasmina/telemetry.cpp).
+                constexpr double kHealthEma = 0.1;
+                x.gradient_health = x.gradient_health
+                                        ? (1 - kHealthEma) * *x.gradient_health + kHealthEma * *m.gradient_health
+                                        : *m.gradient_health;
                 r.flags |= kSeedFlagHealthMeasured;
             }
             if (m.contribution) x.contribution = m.contribution;

@@ -79,15 +79,21 @@ StepMetrics Telemetry::end_step(double loss, const SeedManager& seeds) {
     for (size_t l = 0; l < step_.size(); ++l) {
         TelemetryBuffers& st = step_[l];
         TelemetryBuffers& w = window_[l];
-        const double var_ref = pooled_variance(st);
         const SeedTable& table = seeds.table(int32_t(l));
         m.seeds[l].resize(st.count.size());
         for (size_t s = 0; s < st.count.size(); ++s) {
             SeedMetrics& sm = m.seeds[l][s];
-            if (st.count[s] > 0) {
-                const double var = st.m2[s] / st.count[s];
-                sm.gradient_health = seed_health(var, var_ref, st.dead[s] / st.count[s]);
-                if (!std::isfinite(st.mean[s]) || !std::isfinite(st.m2[s])) sm.error = true;
+            if (st.count[s] > 0 && (!std::isfinite(st.mean[s]) || !std::isfinite(st.m2[s])))
+                sm.error = true;
+            // Gradient health (the TRAINING → GRAFTING gate): did the blueprint get a usable
+            // learning signal this step — finite and not vanishing? The seed manager averages
+            // the per-step verdicts (EMA), so health 0.7 means ~70 % of recent steps were usable.
+            // Measured only for seeds whose blueprint is trained in this stage.
+            const auto stage = static_cast<kernels::SeedStage>(table.stage(int32_t(s)));
+            if (st.backward_seen[s] && kernels::stage_blueprint_grad_scale(stage, table.alpha(int32_t(s))) > 0) {
+                const bool usable = std::isfinite(st.bp_grad_sq[s]) && st.bp_grad_sq[s] > 1e-30 &&
+                                    std::isfinite(st.grad_sq[s]);
+                sm.gradient_health = usable ? 1.0 : 0.0;
             }
             if (table.slot(int32_t(s)) >= 0) {
                 sm.contribution = st.contribution[s];

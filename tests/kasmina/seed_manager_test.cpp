@@ -245,7 +245,8 @@ TEST_CASE("a timed-out evaluation is culled as unproven", "[kasmina][seed_manage
     SeedManager m(cfg, {32});
     REQUIRE(m.apply(germinate(0, 0)).applied());
     int64_t step = 0;
-    m.on_step_end(step++, measured(m, 1.0, 0.9, 0.0));         // → TRAINING
+    m.on_step_end(step++, measured(m, 1.0, 0.9, 0.0));         // → TRAINING (health restarts)
+    m.on_step_end(step++, measured(m, 1.0, 0.9, 0.0));         // health measured in TRAINING
     REQUIRE(m.apply(to_stage(0, 0, S::kGrafting)).applied());  // no minimum configured
     while (m.table(0).stage(0) != S::kEvaluating) m.on_step_end(step++, measured(m, 1.0, 0.9, 0.0));
     const int64_t entered = step - 1;

@@ -1,0 +1,92 @@
+// `esper broker`: runs the message broker (bus/broker.h) until SIGINT/SIGTERM. Prints its bound
+// endpoints as one line on stdout ("broker pub=tcp://... sub=tcp://... rpc=tcp://..."), so a
+// port of 0 (ephemeral) can be used by tests and scripts. Binding a non-loopback address needs
+// --insecure until authentication exists (like Redis's protected mode).
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "agents/cli.h"
+#include "agents/commands.h"
+#include "bus/broker.h"
+#include "core/log.h"
+
+namespace esper::agents {
+
+namespace {
+
+std::atomic<bool> g_broker_stop{false};
+
+extern "C" void broker_on_signal(int) { g_broker_stop.store(true); }
+
+bool is_loopback(const std::string& host) {
+    return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+std::string endpoint(const std::string& host, int64_t port) {
+    std::string h = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+    return "tcp://" + h + ":" + (port == 0 ? std::string("*") : std::to_string(port));
+}
+
+int64_t port_value(const cli::Option& o) {
+    int64_t p = o.as_int();
+    if (p < 0 || p > 65535) throw cli::UsageError("--" + o.name + ": port out of range: " + o.str());
+    return p;
+}
+
+}  // namespace
+
+int broker_main(int argc, char** argv) {
+    cli::Parser p("esper broker", "Run the message broker: XSUB for publishers, XPUB for "
+                                  "subscribers, ROUTER for request/reply between named agents.");
+    auto& bind = p.option("bind", "ADDR", "address to bind", "127.0.0.1");
+    auto& pub_port = p.option("pub-port", "P", "port publishers connect to (0 = ephemeral)", "5555");
+    auto& sub_port = p.option("sub-port", "S", "port subscribers (esper tap) connect to", "5556");
+    auto& rpc_port = p.option("rpc-port", "R", "port for request/reply", "5557");
+    auto& expiry = p.option("agent-expiry-ms", "MS", "forget an agent after this long without "
+                                                     "a heartbeat", "3000");
+    auto& insecure = p.flag("insecure", "allow a non-loopback bind without authentication");
+    p.epilog("Prints 'broker pub=ENDPOINT sub=ENDPOINT rpc=ENDPOINT' on stdout once bound.\n"
+             "Stops cleanly on SIGINT or SIGTERM.");
+    if (int rc = p.parse(argc, argv); rc >= 0) return rc;
+    if (!p.positional().empty()) return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
+    if (const char* spec = std::getenv("ESPER_LOG")) set_log_levels(spec);
+
+    if (!is_loopback(bind.str())) {
+        if (!insecure.on())
+            return p.usage_error("refusing to bind non-loopback address " + bind.str() +
+                                 " without authentication; pass --insecure to do it anyway");
+        std::fprintf(stderr, "esper broker: WARNING: binding %s without authentication; anyone "
+                             "who can reach it can read telemetry and send commands\n",
+                     bind.str().c_str());
+    }
+    bus::BrokerConfig config;
+    config.pub_endpoint = endpoint(bind.str(), port_value(pub_port));
+    config.sub_endpoint = endpoint(bind.str(), port_value(sub_port));
+    config.rpc_endpoint = endpoint(bind.str(), port_value(rpc_port));
+    config.agent_expiry_ms = static_cast<int>(expiry.as_int());
+    if (config.agent_expiry_ms <= 0) throw cli::UsageError("--agent-expiry-ms must be positive");
+
+    struct sigaction sa {};
+    sa.sa_handler = broker_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+
+    zmq::context_t context(1);
+    bus::Broker broker(context, config);
+    std::printf("%s\n", broker.endpoints_line().c_str());
+    std::fflush(stdout);
+    Logger& log = logger("bus.broker");
+    ESPER_LOG_INFO(log, broker.endpoints_line());
+    broker.run(g_broker_stop);
+    const auto& s = broker.stats();
+    ESPER_LOG_INFO(log, "stopped forwarded=", s.forwarded, " requests=", s.requests,
+                   " replies=", s.replies, " unknown_agent=", s.unknown_agent,
+                   " malformed=", s.malformed);
+    return 0;
+}
+
+}  // namespace esper::agents

@@ -1,0 +1,221 @@
+// Operator tools that talk to a live run through the broker's request/reply endpoint:
+//   esper policy load FILE | show | history | rollback     (to `tamiyo`)
+//   esper ctl germinate|transition|cull|cancel|rollback …   (to the executor, `kasmina/0`)
+//   esper status                                           (both)
+// Requests go through the reliable client (timeout, retries with backoff, idempotency key), so
+// a retried command is applied once. Exit codes: 0 applied/ok, 1 refused or unreachable, 2 usage.
+#include <unistd.h>
+
+#include <capnp/schema.h>
+
+#include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+
+#include "agents/cli.h"
+#include "agents/commands.h"
+#include "bus/json.h"
+#include "bus/rpc.h"
+#include "core/clock.h"
+#include "core/error.h"
+
+namespace esper::agents {
+namespace {
+
+namespace fs = std::filesystem;
+
+bus::RpcClient make_client(zmq::context_t& ctx, const std::string& endpoint, int timeout_ms) {
+    return bus::RpcClient(ctx, {.endpoint = endpoint, .sender = "operator/" + std::to_string(::getpid()),
+                                .timeout_ms = timeout_ms, .max_attempts = 4});
+}
+
+std::string new_key(const char* what) {
+    std::random_device rd;
+    return std::string(what) + "-" + std::to_string(::getpid()) + "-" + std::to_string(rd());
+}
+
+// Prints a reply's payload as one JSON line; returns the exit code.
+int print_reply(const bus::RpcReply& r, const std::string& agent) {
+    if (!r.ok()) {
+        std::fprintf(stderr, "no answer from %s: %s%s%s (after %d attempts)\n", agent.c_str(),
+                     std::string(bus::rpc_status_name(r.status)).c_str(), r.error.empty() ? "" : ": ",
+                     r.error.c_str(), r.attempts);
+        return 1;
+    }
+    auto env = r.reply->envelope();
+    std::printf("%s\n", bus::payload_to_json(env).c_str());
+    auto p = env.getPayload();
+    if (p.isControlReply()) {
+        auto c = p.getControlReply();
+        if (!c.getOk()) {
+            std::fprintf(stderr, "%s refused: %s%s\n", agent.c_str(), c.getError().cStr(),
+                         c.isUnimplemented() ? c.getUnimplemented().cStr() : "");
+            return 1;
+        }
+        if (c.isCommandAck() && c.getCommandAck().getOutcome() != schema::CommandOutcome::APPLIED) return 1;
+    }
+    if (p.isCommandAck() && p.getCommandAck().getOutcome() != schema::CommandOutcome::APPLIED) {
+        std::fprintf(stderr, "rejected: %s\n", p.getCommandAck().getReason().cStr());
+        return 1;
+    }
+    return 0;
+}
+
+template <typename Fill>
+int control(const std::string& endpoint, const std::string& agent, int timeout_ms, Fill&& fill) {
+    zmq::context_t ctx;
+    bus::RpcClient client = make_client(ctx, endpoint, timeout_ms);
+    bus::RpcReply r = client.request(agent, new_key("ctl"), [&](schema::Envelope::Payload::Builder p) {
+        fill(p.initControlRequest());
+    });
+    return print_reply(r, agent);
+}
+
+uint32_t parse_u32(const std::string& s, const char* what) {
+    try {
+        size_t used = 0;
+        long long v = std::stoll(s, &used);
+        if (used == s.size() && v >= 0 && v <= 0xffffffffLL) return static_cast<uint32_t>(v);
+    } catch (const std::exception&) {
+    }
+    throw cli::UsageError(std::string(what) + ": expected a non-negative integer, got '" + s + "'");
+}
+
+// Case-insensitive, underscores ignored: "residual_mlp" and "FINE_TUNING" match the schema's
+// "residualMlp" and "fineTuning".
+std::string fold_name(std::string_view s) {
+    std::string out;
+    for (char c : s)
+        if (c != '_') out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+template <typename E>
+E parse_enum(const std::string& name, const char* what) {
+    std::string listed;
+    for (auto e : capnp::Schema::from<E>().getEnumerants()) {
+        std::string n = e.getProto().getName().cStr();
+        if (fold_name(n) == fold_name(name)) return static_cast<E>(e.getOrdinal());
+        listed += (listed.empty() ? "" : ", ") + n;
+    }
+    throw cli::UsageError(std::string(what) + ": unknown value '" + name + "' (one of " + listed + ")");
+}
+
+}  // namespace
+
+int policy_main(int argc, char** argv) {
+    cli::Parser p("esper policy",
+                  "Manage the controller's policy in a live run.\n\n"
+                  "  load FILE    validate and activate a rules YAML or a plugin .so\n"
+                  "  show         the active policy\n"
+                  "  history      every policy change of this controller\n"
+                  "  rollback     restore the previous policy",
+                  "load FILE | show | history | rollback");
+    auto& bus_ep = p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+    auto& timeout = p.option("timeout-ms", "MS", "per-attempt timeout", "1000");
+    if (int rc = p.parse(argc, argv); rc >= 0) return rc;
+    const auto& pos = p.positional();
+    if (pos.empty()) return p.usage_error("missing action (load, show, history, rollback)");
+    int t = static_cast<int>(timeout.as_int());
+    const std::string& action = pos[0];
+    if (action == "load") {
+        if (pos.size() != 2) return p.usage_error("load needs exactly one FILE");
+        fs::path file = pos[1];
+        if (!fs::exists(file)) ESPER_THROW(kInvalidInput, file.string(), ": no such file");
+        bool plugin = file.extension() == ".so";
+        std::string text;
+        if (!plugin) {
+            std::ifstream in(file);
+            std::stringstream ss;
+            ss << in.rdbuf();
+            text = ss.str();
+        }
+        return control(bus_ep.str(), "tamiyo", t, [&](schema::ControlRequest::Builder r) {
+            auto l = r.initPolicyLoad();
+            l.setName(file.string());
+            if (plugin) {
+                l.setKind(schema::PolicyKind::PLUGIN);
+                l.setPath(fs::absolute(file).string());
+            } else {
+                l.setKind(schema::PolicyKind::RULES);
+                l.setSource(text);
+            }
+        });
+    }
+    if (pos.size() != 1) return p.usage_error("unexpected argument '" + pos[1] + "'");
+    if (action == "show") return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyShow(); });
+    if (action == "history") return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyHistory(); });
+    if (action == "rollback") return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyRollback(); });
+    return p.usage_error("unknown action '" + action + "'");
+}
+
+int ctl_main(int argc, char** argv) {
+    cli::Parser p("esper ctl",
+                  "Send an operator lifecycle command to the executor of a live run and print the ack.\n\n"
+                  "  germinate LAYER SEED [--kind residual_mlp|lowrank|scale_shift] [--size N] [--strategy S]\n"
+                  "  transition LAYER SEED STAGE      (e.g. GRAFTING, FINE_TUNING, FOSSILIZED)\n"
+                  "  cull | cancel | rollback LAYER SEED",
+                  "ACTION LAYER SEED [STAGE]");
+    auto& bus_ep = p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+    auto& target = p.option("target", "AGENT", "executor to command", "kasmina/0");
+    auto& kind = p.option("kind", "KIND", "germinate: blueprint kind", "residual_mlp");
+    auto& size = p.option("size", "N", "germinate: expansion or rank (0 = config default)", "0");
+    auto& strategy = p.option("strategy", "S", "germinate: grafting strategy", "linear");
+    auto& reason = p.option("reason", "TEXT", "recorded with the event", "operator command");
+    auto& timeout = p.option("timeout-ms", "MS", "per-attempt timeout", "1000");
+    if (int rc = p.parse(argc, argv); rc >= 0) return rc;
+    const auto& pos = p.positional();
+    if (pos.size() < 3) return p.usage_error("need ACTION LAYER SEED");
+    const std::string& action = pos[0];
+    uint32_t layer = parse_u32(pos[1], "LAYER"), seed = parse_u32(pos[2], "SEED");
+    bool transition = action == "transition";
+    if (transition ? pos.size() != 4 : pos.size() != 3)
+        return p.usage_error(transition ? "transition needs LAYER SEED STAGE" : "too many arguments");
+    if (action != "germinate" && !transition && action != "cull" && action != "cancel" && action != "rollback")
+        return p.usage_error("unknown action '" + action + "'");
+    auto bk = parse_enum<schema::BlueprintKind>(kind.str(), "--kind");
+    auto gs = parse_enum<schema::GraftingStrategy>(strategy.str(), "--strategy");
+    auto to = transition ? parse_enum<schema::SeedStage>(pos[3], "STAGE") : schema::SeedStage::DORMANT;
+    uint32_t sz = parse_u32(size.str(), "--size");
+    std::string key = new_key("op");
+
+    zmq::context_t ctx;
+    bus::RpcClient client = make_client(ctx, bus_ep.str(), static_cast<int>(timeout.as_int()));
+    bus::RpcReply r = client.request(target.str(), key, [&](schema::Envelope::Payload::Builder pl) {
+        auto c = pl.initCommand();
+        c.setCommandId(key);
+        c.setTarget(target.str());
+        c.setIssuedBy("operator");
+        c.setReason(reason.str());
+        if (action == "germinate") {
+            auto g = c.initGerminate();
+            g.setLayer(layer), g.setSeed(seed), g.setBlueprintKind(bk), g.setSize(sz), g.setStrategy(gs);
+        } else if (transition) {
+            auto t = c.initTransition();
+            t.setLayer(layer), t.setSeed(seed), t.setToStage(to);
+        } else {
+            auto s = action == "cull" ? c.initCull() : action == "cancel" ? c.initCancel() : c.initRollback();
+            s.setLayer(layer), s.setSeed(seed);
+        }
+    });
+    return print_reply(r, target.str());
+}
+
+int status_main(int argc, char** argv) {
+    cli::Parser p("esper status", "Show the state of a live run: the controller's view and the executor's status.");
+    auto& bus_ep = p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+    auto& target = p.option("target", "AGENT", "executor to ask", "kasmina/0");
+    auto& timeout = p.option("timeout-ms", "MS", "per-attempt timeout", "1000");
+    if (int rc = p.parse(argc, argv); rc >= 0) return rc;
+    if (!p.positional().empty()) return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
+    int t = static_cast<int>(timeout.as_int());
+    int rc_t = control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setStatus(); });
+    int rc_k = control(bus_ep.str(), target.str(), t, [](auto r) { r.setStatus(); });
+    return rc_t == 0 && rc_k == 0 ? 0 : 1;
+}
+
+}  // namespace esper::agents

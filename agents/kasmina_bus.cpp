@@ -1,0 +1,364 @@
+#include "agents/kasmina_bus.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <zmq.hpp>
+
+#include "bus/pubsub.h"
+#include "bus/rpc.h"
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "kernels/seed_layer.h"
+
+namespace esper::agents {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace esper::kasmina;
+
+Logger& log() { return logger("kasmina.agent"); }
+
+// ---- wire → kasmina::Command (bus input: every field checked, nothing asserted) ----
+
+// Returns the command, or the reason it cannot be one (unknown variant, bad enum value, size).
+std::variant<Command, std::string> to_command(schema::Command::Reader c, const Config& config) {
+    Command out;
+    std::string issued = c.getIssuedBy().cStr();
+    out.origin = issued == "operator" || issued.rfind("operator/", 0) == 0 ? TransitionOrigin::kOperator
+                                                                          : TransitionOrigin::kController;
+    out.reason = c.getReason().cStr();
+    auto ref = [](auto r) { return SeedRef{static_cast<int32_t>(r.getLayer()), static_cast<int32_t>(r.getSeed())}; };
+    switch (c.which()) {
+        case schema::Command::GERMINATE: {
+            auto g = c.getGerminate();
+            auto kind = static_cast<uint16_t>(g.getBlueprintKind());
+            auto strategy = static_cast<uint16_t>(g.getStrategy());
+            if (kind >= kernels::kNumBlueprintKinds) return "unknown blueprint kind " + std::to_string(kind);
+            if (strategy >= kNumGraftingStrategies) return "unknown grafting strategy " + std::to_string(strategy);
+            GerminateCommand gc;
+            gc.target = {static_cast<int32_t>(g.getLayer()), static_cast<int32_t>(g.getSeed())};
+            gc.kind = static_cast<BlueprintKind>(kind);
+            gc.strategy = static_cast<GraftingStrategy>(strategy);
+            // Arenas are pre-allocated per kind with the configured size; another size would need
+            // a new arena (DESIGN §4.2: no allocation in the hot path).
+            int64_t configured = gc.kind == BlueprintKind::kResidualMlp ? config.blueprints.residual_mlp.expansion
+                                 : gc.kind == BlueprintKind::kLowrank   ? config.blueprints.lowrank.rank
+                                                                        : 0;
+            if (g.getSize() != 0 && static_cast<int64_t>(g.getSize()) != configured)
+                return "blueprint size " + std::to_string(g.getSize()) + " not available: the arena of this kind is sized " +
+                       std::to_string(configured) + " (set blueprints.* in the run config)";
+            out.body = gc;
+            break;
+        }
+        case schema::Command::TRANSITION: {
+            auto t = c.getTransition();
+            auto to = static_cast<uint16_t>(t.getToStage());
+            if (to >= kernels::kNumSeedStages) return "unknown stage " + std::to_string(to);
+            out.body = TransitionCommand{ref(t), static_cast<SeedStage>(to)};
+            break;
+        }
+        case schema::Command::CULL: out.body = CullCommand{ref(c.getCull())}; break;
+        case schema::Command::CANCEL: out.body = CancelCommand{ref(c.getCancel())}; break;
+        case schema::Command::ROLLBACK: out.body = RollbackCommand{ref(c.getRollback())}; break;
+        case schema::Command::SET_ALPHA_SCHEDULE: {
+            auto a = c.getSetAlphaSchedule();
+            auto strategy = static_cast<uint16_t>(a.getStrategy());
+            if (strategy >= kNumGraftingStrategies) return "unknown grafting strategy " + std::to_string(strategy);
+            SetAlphaScheduleCommand sc;
+            sc.target = {static_cast<int32_t>(a.getLayer()), static_cast<int32_t>(a.getSeed())};
+            sc.strategy = static_cast<GraftingStrategy>(strategy);
+            if (a.getRampSteps() > 0) sc.ramp_steps = a.getRampSteps();
+            out.body = sc;
+            break;
+        }
+        case schema::Command::BATCH: {
+            BatchCommand b;
+            for (auto item : c.getBatch()) {
+                auto r = to_command(item, config);
+                if (auto* why = std::get_if<std::string>(&r)) return "batch item: " + *why;
+                b.commands.push_back(std::get<Command>(std::move(r)));
+            }
+            out.body = std::move(b);
+            break;
+        }
+        default:
+            return std::string("unimplemented command variant ") + std::to_string(static_cast<int>(c.which()));
+    }
+    return out;
+}
+
+class KasminaBusAgent {
+public:
+    KasminaBusAgent(Trainer& trainer, const KasminaBusOptions& o, const std::atomic<bool>& stop)
+        : trainer_(trainer),
+          o_(o),
+          stop_(stop),
+          name_("kasmina/" + std::to_string(o.rank)),
+          telemetry_(ctx_, {.endpoint = o.pub_endpoint, .sender = name_, .run_id = o.run_id}),
+          control_(ctx_, {.endpoint = o.pub_endpoint, .sender = name_, .run_id = o.run_id,
+                          .reliability = bus::Reliability::kControl}),
+          worker_(ctx_, {.endpoint = o.rpc_endpoint, .name = name_, .run_id = o.run_id}) {}
+
+    // Called by the trainer between optimizer steps.
+    void boundary() {
+        if (stop_.load()) trainer_.request_stop();
+        const TrainStep& s = trainer_.last_step();
+        if (s.step > last_seen_step_) {
+            last_seen_step_ = s.step;
+            loss_sum_ += s.loss;
+            correct_sum_ += s.correct;
+            samples_ += trainer_.config().data.batch_size;
+            ++loss_steps_;
+        }
+        worker_.process([this](schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
+            handle(req, rep);
+        });
+        publish_events();
+        if (heartbeat_clock_.elapsed_ns() > 1'000'000'000) {
+            heartbeat_clock_.reset();
+            worker_.heartbeat();
+            control_.publish("heartbeat." + name_, [&](schema::Envelope::Payload::Builder p) {
+                auto h = p.initHeartbeat();
+                h.setAgent(name_);
+                h.setRole("executor");
+                h.setPid(static_cast<uint32_t>(::getpid()));
+                h.setUptimeMs(static_cast<uint64_t>(uptime_.elapsed_ns() / 1'000'000));
+                h.setStep(static_cast<uint64_t>(trainer_.steps_done()));
+                h.setState(trainer_.stop_requested() ? "stopping" : "training");
+            });
+        }
+    }
+
+    void on_telemetry(std::vector<SeedTelemetryRecord>&& records) {
+        SeedManager& seeds = trainer_.seeds();
+        const uint64_t step = static_cast<uint64_t>(trainer_.steps_done());
+        for (int32_t layer = 0; layer < seeds.num_layers(); ++layer) {
+            const SeedTable& table = seeds.table(layer);
+            const int64_t hidden_mlp = trainer_.config().blueprints.residual_mlp.expansion * table.max_chunk_width();
+            const int64_t hidden_lr = trainer_.config().blueprints.lowrank.rank;
+            size_t n = 0;
+            for (const auto& r : records) n += r.layer == layer ? 1 : 0;
+            telemetry_.publish("telemetry.seeds." + o_.run_id + "." + std::to_string(layer),
+                               [&](schema::Envelope::Payload::Builder p) {
+                auto b = p.initSeedTelemetry();
+                b.setLayer(static_cast<uint32_t>(layer));
+                b.setStepBegin(last_telemetry_step_);
+                b.setStepEnd(step);
+                b.setWorldSize(1);
+                auto list = b.initSeeds(static_cast<unsigned>(n));
+                unsigned i = 0;
+                for (const auto& r : records) {
+                    if (r.layer != layer) continue;
+                    auto out = list[i++];
+                    out.setSeed(static_cast<uint32_t>(r.seed));
+                    out.setStage(static_cast<schema::SeedStage>(r.stage));
+                    out.setAlpha(r.alpha);
+                    out.setStepsInStage(r.steps_in_stage);
+                    if (r.mean && r.variance) {
+                        out.setActMean(static_cast<float>(*r.mean));
+                        out.setActVar(static_cast<float>(*r.variance));
+                        out.setDeadFraction(static_cast<float>(r.dead_fraction.value_or(0)));
+                        out.setHealth(static_cast<float>(r.health.value_or(0)));
+                        out.setActivationMeasured(true);
+                    }
+                    if (r.grad_norm) {
+                        out.setGradNorm(static_cast<float>(*r.grad_norm));
+                        out.setBlueprintGradNorm(static_cast<float>(r.blueprint_grad_norm.value_or(0)));
+                        out.setGradientMeasured(true);
+                    }
+                    if (r.contribution) {
+                        out.setContribution(static_cast<float>(*r.contribution));
+                        out.setContributionMeasured(true);
+                    }
+                    if (auto gh = seeds.gradient_health({layer, r.seed})) {
+                        out.setGradientHealth(static_cast<float>(*gh));
+                        out.setGradientHealthMeasured(true);
+                    }
+                    const int32_t w = table.chunk_width(r.seed);
+                    out.setChunkWidth(static_cast<uint32_t>(w));
+                    if (table.slot(r.seed) >= 0) {
+                        auto kind = static_cast<kernels::BlueprintKind>(table.kind(r.seed));
+                        out.setBlueprintParams(kernels::blueprint_param_count(
+                            kind, w, kind == kernels::BlueprintKind::kResidualMlp ? hidden_mlp : hidden_lr));
+                    }
+                }
+            });
+        }
+        last_telemetry_step_ = step;
+        publish_run_status();
+    }
+
+    void publish_run_status() {
+        const SeedManager& seeds = trainer_.seeds();
+        const int64_t host = trainer_.model().param_count();
+        telemetry_.publish("telemetry.run." + o_.run_id, [&](schema::Envelope::Payload::Builder p) {
+            fill_status(p.initRunStatus(), host, seeds);
+        });
+        loss_sum_ = 0;
+        correct_sum_ = 0;
+        samples_ = 0;
+        loss_steps_ = 0;
+        interval_clock_.reset();
+    }
+
+    void fill_status(schema::RunStatus::Builder s, int64_t host, const SeedManager& seeds) {
+        const TrainStep& last = trainer_.last_step();
+        s.setStep(static_cast<uint64_t>(trainer_.steps_done()));
+        s.setEpoch(static_cast<uint32_t>(last.epoch));
+        if (loss_steps_ > 0) {
+            s.setLoss(static_cast<float>(loss_sum_ / static_cast<double>(loss_steps_)));
+            s.setLossMeasured(true);
+            s.setAccuracy(static_cast<float>(static_cast<double>(correct_sum_) / static_cast<double>(samples_)));
+            s.setAccuracyMeasured(true);
+            double secs = interval_clock_.elapsed_s();
+            s.setSamplesPerS(secs > 0 ? static_cast<double>(samples_) / secs : 0.0);
+            s.setStepTimeMs(static_cast<float>(secs * 1e3 / static_cast<double>(loss_steps_)));
+        }
+        s.setLr(static_cast<float>(last.lr));
+        s.setHostParams(static_cast<uint64_t>(host));
+        s.setBlueprintParams(static_cast<uint64_t>(trainer_.param_count() - host));
+        std::array<uint32_t, kernels::kNumSeedStages> counts{};
+        for (int32_t l = 0; l < seeds.num_layers(); ++l)
+            for (int i = 0; i < kernels::kNumSeedStages; ++i)
+                counts[i] += static_cast<uint32_t>(seeds.table(l).count_in_stage(static_cast<SeedStage>(i)));
+        auto list = s.initSeedsPerStage(kernels::kNumSeedStages);
+        for (int i = 0; i < kernels::kNumSeedStages; ++i) list.set(i, counts[i]);
+        s.setBackend("cpu");
+    }
+
+    // Publishes every lifecycle event since the last call (also written to events.jsonl).
+    void publish_events() {
+        for (const LifecycleEvent& e : trainer_.seeds().drain_events()) {
+            control_.publish("events.lifecycle." + o_.run_id + "." + std::to_string(e.layer),
+                             [&](schema::Envelope::Payload::Builder p) {
+                auto t = p.initLifecycleTransition();
+                t.setStep(static_cast<uint64_t>(e.step));
+                t.setLayer(static_cast<uint32_t>(e.layer));
+                t.setSeed(static_cast<uint32_t>(e.seed));
+                t.setFrom(static_cast<schema::SeedStage>(e.from));
+                t.setTo(static_cast<schema::SeedStage>(e.to));
+                t.setReason(e.reason);
+                t.setOrigin(static_cast<schema::TransitionOrigin>(e.origin));
+                t.setAlpha(trainer_.seeds().table(e.layer).alpha(e.seed));
+            });
+        }
+    }
+
+    void ack(schema::CommandAck::Builder a, const std::string& id, const std::string& outcome_reason,
+             schema::CommandOutcome outcome) {
+        a.setCommandId(id);
+        a.setOutcome(outcome);
+        a.setReason(outcome_reason);
+        a.setSeedTableDigest(trainer_.seeds().digest());
+        a.setStep(static_cast<uint64_t>(trainer_.steps_done()));
+    }
+
+    void apply(schema::Command::Reader c, schema::CommandAck::Builder a) {
+        std::string id = c.getCommandId().cStr();
+        auto cmd = to_command(c, trainer_.config());
+        if (auto* why = std::get_if<std::string>(&cmd)) {
+            bool unimpl = why->rfind("unimplemented", 0) == 0;
+            ack(a, id, *why, unimpl ? schema::CommandOutcome::UNIMPLEMENTED : schema::CommandOutcome::REJECTED);
+            ESPER_LOG_WARN(log(), "command=", id, " refused: ", *why);
+            return;
+        }
+        Outcome o = trainer_.apply(std::get<Command>(cmd));
+        ack(a, id, o.reason, o.applied() ? schema::CommandOutcome::APPLIED : schema::CommandOutcome::REJECTED);
+        ESPER_LOG_INFO(log(), "command=", id, " step=", trainer_.steps_done(),
+                       " outcome=", o.applied() ? "applied" : "rejected", o.applied() ? "" : " reason=", o.reason);
+        publish_events();  // the transitions this command caused, before the ack leaves
+    }
+
+    void handle(schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
+        auto p = req.getPayload();
+        if (p.isCommand()) {
+            apply(p.getCommand(), rep.initCommandAck());
+            return;
+        }
+        auto reply = rep.initControlReply();
+        if (!p.isControlRequest()) {
+            reply.setOk(false);
+            reply.setUnimplemented("kasmina serves command and controlRequest payloads");
+            return;
+        }
+        auto r = p.getControlRequest();
+        reply.setOk(true);
+        switch (r.which()) {
+            case schema::ControlRequest::STATUS:
+                fill_status(reply.initStatus(), trainer_.model().param_count(), trainer_.seeds());
+                break;
+            case schema::ControlRequest::COMMAND:
+                apply(r.getCommand(), reply.initCommandAck());
+                break;
+            case schema::ControlRequest::PING:
+                reply.setPong(r.getPing());
+                break;
+            default:
+                reply.setOk(false);
+                reply.setUnimplemented("request not served by kasmina");
+                break;
+        }
+    }
+
+private:
+    Trainer& trainer_;
+    const KasminaBusOptions& o_;
+    const std::atomic<bool>& stop_;
+    std::string name_;
+    zmq::context_t ctx_;
+    bus::TelemetryPublisher telemetry_;
+    bus::Publisher control_;
+    bus::RpcWorker worker_;
+    Stopwatch heartbeat_clock_, uptime_, interval_clock_;
+    uint64_t last_telemetry_step_ = 0;
+    int64_t last_seen_step_ = 0;
+    double loss_sum_ = 0;
+    int64_t correct_sum_ = 0, samples_ = 0, loss_steps_ = 0;
+};
+
+}  // namespace
+
+int run_kasmina_bus(const Config& config, TrainerOptions trainer_options, const KasminaBusOptions& options,
+                    const std::atomic<bool>& stop) {
+    std::unique_ptr<KasminaBusAgent> agent;
+    trainer_options.before_step = [&agent](Trainer&) { agent->boundary(); };
+    trainer_options.on_telemetry = [&agent](Trainer&, std::vector<SeedTelemetryRecord>&& r) {
+        agent->on_telemetry(std::move(r));
+    };
+    Trainer trainer(config, trainer_options);
+    if (!options.resume.empty()) {
+        trainer.load_checkpoint(options.resume);
+        ESPER_LOG_INFO(log(), "resumed from=", options.resume, " step=", trainer.steps_done());
+    }
+    agent = std::make_unique<KasminaBusAgent>(trainer, options, stop);
+    ESPER_LOG_INFO(log(), "run=", options.run_id, " rank=", options.rank, " steps=", trainer.total_steps(),
+                   " rpc=", options.rpc_endpoint, " pub=", options.pub_endpoint);
+    std::printf("data: %s; %lld steps (%lld per epoch), %lld host parameters\n",
+                trainer.data().description.c_str(), (long long)trainer.total_steps(),
+                (long long)trainer.steps_per_epoch(), (long long)trainer.model().param_count());
+    std::fflush(stdout);
+    agent->boundary();  // register and publish the initial state before the first step
+    trainer.run();
+    agent->boundary();  // events of the last step, commands that arrived during it
+    if (trainer.stop_requested()) {
+        // A stop between epochs: evaluate what we have so the run directory ends with a test line.
+        const EvalResult e = trainer.evaluate();
+        std::printf("stopped at step %lld: test_loss %.4f test_accuracy %.4f\n",
+                    (long long)trainer.steps_done(), e.loss, e.accuracy);
+    }
+    agent->publish_run_status();
+    if (!trainer_options.run_dir.empty()) {
+        fs::path dir = fs::path(trainer_options.run_dir) / "checkpoints" / std::to_string(trainer.steps_done());
+        if (!fs::exists(dir)) trainer.save_checkpoint(dir);
+        std::printf("final checkpoint %s\n", dir.c_str());
+    }
+    std::fflush(stdout);
+    return 0;
+}
+
+}  // namespace esper::agents

@@ -1,0 +1,31 @@
+// The Kasmina executor in bus mode (`esper kasmina` without --standalone): drives a
+// kasmina::Trainer and connects it to the broker. Training never waits on the bus: between two
+// optimizer steps the agent handles the commands already queued (applied through the same
+// validator as every other entry point, acked with outcome, reason and seed-table digest),
+// publishes lifecycle events (control class; they are also in events.jsonl), and every
+// run.telemetry_interval_steps the per-layer seed telemetry and the run status (metrics class,
+// never blocks, drops counted). It registers as `kasmina/<rank>` and heartbeats.
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "kasmina/config.h"
+#include "kasmina/trainer.h"
+
+namespace esper::agents {
+
+struct KasminaBusOptions {
+    std::string rpc_endpoint;  // broker request/reply endpoint
+    std::string pub_endpoint;  // broker XSUB endpoint (we publish)
+    std::string run_id;
+    int rank = 0;
+    std::string resume;        // checkpoint dir, or empty
+};
+
+// Runs until the trainer is done or `stop` becomes true; writes a final checkpoint into
+// run_dir/checkpoints/<step>. Returns the process exit code.
+int run_kasmina_bus(const kasmina::Config& config, kasmina::TrainerOptions trainer_options,
+                    const KasminaBusOptions& options, const std::atomic<bool>& stop);
+
+}  // namespace esper::agents

@@ -1,0 +1,449 @@
+// `esper tamiyo`: the controller agent. One event-loop thread owns its sockets: it subscribes to
+// the run's telemetry and lifecycle events and feeds them to the tamiyo::View, runs the
+// tamiyo::Controller every --decide-every-ms and sends each accepted decision to the executor
+// (kasmina/0) as a reliable command, and serves control requests as `tamiyo` on the broker's
+// request/reply endpoint: status, policy load/show/history/rollback. Policy changes (including a
+// policy disabled for throwing or overrunning its time budget) are announced on
+// events.policy.<run>. A restarted Tamiyo rebuilds its view from what the bus delivers next.
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include "agents/cli.h"
+#include "agents/commands.h"
+#include "bus/event_loop.h"
+#include "bus/pubsub.h"
+#include "bus/rpc.h"
+#include "core/clock.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "tamiyo/config.h"
+#include "tamiyo/controller.h"
+#include "tamiyo/policy_factory.h"
+
+namespace esper::agents {
+namespace {
+
+namespace fs = std::filesystem;
+
+Logger& log() { return logger("tamiyo.agent"); }
+
+// A policy from a PolicyLoad request: a plugin path, or rules YAML text named by its file.
+tamiyo::PolicyPtr policy_from_request(schema::PolicyLoad::Reader l) {
+    std::string name = l.getName().cStr();
+    if (l.isPath()) return tamiyo::make_policy(l.getPath().cStr());
+    if (name == "heuristic") return tamiyo::make_policy("heuristic");
+    return tamiyo::make_rules_policy_from_text(l.getSource().cStr(), name);
+}
+
+schema::PolicyKind policy_kind(const std::string& kind) {
+    if (kind == "plugin") return schema::PolicyKind::PLUGIN;
+    if (kind == "heuristic") return schema::PolicyKind::HEURISTIC;
+    return schema::PolicyKind::RULES;
+}
+
+std::optional<tamiyo::Stage> stage_of(schema::SeedStage s) {
+    return tamiyo::stage_from_value(static_cast<int>(s));
+}
+
+class TamiyoAgent {
+public:
+    struct Options {
+        std::string pub, sub, rpc, run_id, target = "kasmina/0";
+        int tick_ms = 50;       // how often the loop checks whether a decision is due
+        tamiyo::Config config;  // decision_interval_steps, view, controller, heuristic, policy
+    };
+
+    TamiyoAgent(Options o, tamiyo::PolicyPtr initial)
+        : o_(std::move(o)),
+          view_(o_.config.view),
+          controller_(o_.config.controller, std::move(initial)),
+          sub_(ctx_, {.endpoint = o_.sub,
+                      .prefixes = {"telemetry.seeds." + o_.run_id + ".",
+                                   "telemetry.run." + o_.run_id,
+                                   "events.lifecycle." + o_.run_id + "."}}),
+          events_(ctx_, {.endpoint = o_.pub, .sender = "tamiyo", .run_id = o_.run_id,
+                         .reliability = bus::Reliability::kControl}),
+          worker_(ctx_, {.endpoint = o_.rpc, .name = "tamiyo", .run_id = o_.run_id}),
+          client_(ctx_, {.endpoint = o_.rpc, .sender = "tamiyo", .run_id = o_.run_id,
+                         .timeout_ms = 300, .max_attempts = 4}) {
+        history_seen_ = controller_.history().size();
+    }
+
+    int run() {
+        loop_.watch(sub_.socket(), [this] {
+            while (auto m = sub_.try_receive()) ingest(*m);
+        });
+        loop_.watch(worker_.socket(), [this] { worker_.process(handler()); });
+        loop_.every(std::chrono::milliseconds(o_.tick_ms), [this] { decide(); });
+        loop_.every(std::chrono::milliseconds(1000), [this] {
+            worker_.heartbeat();
+            publish_heartbeat();
+        });
+        loop_.on_signal([this](int sig) {
+            ESPER_LOG_INFO(log(), "signal=", sig, " stopping");
+            loop_.stop();
+        });
+        ESPER_LOG_INFO(log(), "run=", o_.run_id, " policy=", controller_.active().name(),
+                       " target=", o_.target, " rpc=", o_.rpc);
+        announce(schema::PolicyAction::LOADED, controller_.active().name(),
+                 controller_.active().kind(), "", "initial policy");
+        loop_.run();
+        return 0;
+    }
+
+private:
+    void ingest(const bus::Message& m) {
+        auto env = m.envelope();
+        auto p = env.getPayload();
+        switch (p.which()) {
+            case schema::Envelope::Payload::SEED_TELEMETRY: {
+                auto b = p.getSeedTelemetry();
+                for (auto r : b.getSeeds()) {
+                    auto st = stage_of(r.getStage());
+                    if (!st) continue;
+                    tamiyo::SeedTelemetry t;
+                    t.layer = b.getLayer();
+                    t.seed = r.getSeed();
+                    t.step = b.getStepEnd();
+                    t.stage = *st;
+                    t.alpha = r.getAlpha();
+                    t.steps_in_stage = r.getStepsInStage();
+                    auto& mt = t.metrics;
+                    if (r.getActivationMeasured()) {
+                        mt.act_mean = r.getActMean();
+                        mt.act_var = r.getActVar();
+                        mt.dead_fraction = r.getDeadFraction();
+                        mt.health = r.getHealth();
+                    }
+                    if (r.getGradientMeasured()) {
+                        mt.grad_norm = r.getGradNorm();
+                        mt.blueprint_grad_norm = r.getBlueprintGradNorm();
+                    }
+                    if (r.getGradientHealthMeasured()) mt.gradient_health = r.getGradientHealth();
+                    if (r.getContributionMeasured()) mt.contribution = r.getContribution();
+                    view_.ingest_telemetry(t);
+                }
+                break;
+            }
+            case schema::Envelope::Payload::RUN_STATUS: {
+                auto s = p.getRunStatus();
+                tamiyo::RunStatus rs;
+                rs.step = s.getStep();
+                rs.epoch = s.getEpoch();
+                if (s.getLossMeasured()) rs.loss = s.getLoss();
+                if (s.getAccuracyMeasured()) rs.accuracy = s.getAccuracy();
+                rs.learning_rate = s.getLr();
+                rs.host_params = static_cast<int64_t>(s.getHostParams());
+                rs.blueprint_params = static_cast<int64_t>(s.getBlueprintParams());
+                view_.ingest_run_status(rs);
+                break;
+            }
+            case schema::Envelope::Payload::LIFECYCLE_TRANSITION: {
+                auto e = p.getLifecycleTransition();
+                auto from = stage_of(e.getFrom()), to = stage_of(e.getTo());
+                if (!from || !to) break;
+                tamiyo::TransitionEvent t;
+                t.layer = e.getLayer();
+                t.seed = e.getSeed();
+                t.step = e.getStep();
+                t.from = *from;
+                t.to = *to;
+                t.reason = e.getReason().cStr();
+                view_.ingest_transition(t);
+                break;
+            }
+            default:
+                break;  // other payloads on these topics are not ours
+        }
+    }
+
+    void decide() {
+        if (!view_.run().has_status) return;  // nothing to decide on yet
+        // One decision round per decision_interval_steps of training progress.
+        if (decided_once_ && view_.step() < last_decision_step_ + o_.config.decision_interval_steps) return;
+        decided_once_ = true;
+        last_decision_step_ = view_.step();
+        std::vector<tamiyo::Decision> decisions = controller_.decide(view_, view_.step());
+        announce_history();
+        for (const tamiyo::Decision& d : decisions) {
+            if (d.kind == tamiyo::DecisionKind::kDeny) continue;
+            send(d);
+        }
+    }
+
+    void fill_command(schema::Command::Builder c, const tamiyo::Decision& d, const std::string& id) {
+        c.setCommandId(id);
+        c.setTarget(o_.target);
+        c.setIssuedBy("tamiyo");
+        std::string reason = "policy " + d.policy + ": " + d.reason;
+        c.setReason(reason);
+        switch (d.kind) {
+            case tamiyo::DecisionKind::kGerminate: {
+                auto g = c.initGerminate();
+                g.setLayer(d.layer);
+                g.setSeed(d.seed);
+                g.setBlueprintKind(static_cast<schema::BlueprintKind>(d.blueprint));
+                g.setSize(d.blueprint_size);
+                auto it = std::find(tamiyo::kStrategyNames.begin(), tamiyo::kStrategyNames.end(), d.strategy);
+                g.setStrategy(static_cast<schema::GraftingStrategy>(
+                    it == tamiyo::kStrategyNames.end() ? 0 : it - tamiyo::kStrategyNames.begin()));
+                break;
+            }
+            case tamiyo::DecisionKind::kCull: {
+                auto r = c.initCull();
+                r.setLayer(d.layer);
+                r.setSeed(d.seed);
+                break;
+            }
+            case tamiyo::DecisionKind::kCancel: {
+                auto r = c.initCancel();
+                r.setLayer(d.layer);
+                r.setSeed(d.seed);
+                break;
+            }
+            case tamiyo::DecisionKind::kRollback: {
+                auto r = c.initRollback();
+                r.setLayer(d.layer);
+                r.setSeed(d.seed);
+                break;
+            }
+            default: {  // approve / fossilize: a transition to the stage the controller chose
+                auto t = c.initTransition();
+                t.setLayer(d.layer);
+                t.setSeed(d.seed);
+                t.setToStage(static_cast<schema::SeedStage>(d.to_stage));
+                break;
+            }
+        }
+    }
+
+    void send(const tamiyo::Decision& d) {
+        std::string id = "tamiyo-" + std::to_string(::getpid()) + "-" + std::to_string(++commands_sent_);
+        bus::RpcReply reply = client_.request(o_.target, id, [&](schema::Envelope::Payload::Builder p) {
+            fill_command(p.initCommand(), d, id);
+        });
+        std::string outcome = "no reply", reason = reply.error;
+        if (!reply.ok()) controller_.forget_pending(d.layer, d.seed);
+        if (reply.ok()) {
+            auto rp = reply.reply->envelope().getPayload();
+            if (rp.isCommandAck()) {
+                auto ack = rp.getCommandAck();
+                outcome = ack.getOutcome() == schema::CommandOutcome::APPLIED ? "applied" : "rejected";
+                reason = ack.getReason().cStr();
+                if (ack.getOutcome() != schema::CommandOutcome::APPLIED)
+                    controller_.forget_pending(d.layer, d.seed);
+                events_.publish("events.commands." + o_.run_id, [&](schema::Envelope::Payload::Builder p) {
+                    auto res = p.initCommandResult();
+                    fill_command(res.initCommand(), d, id);
+                    res.setAck(ack);
+                }, id);
+            }
+        }
+        ESPER_LOG_INFO(log(), "command=", id, " ", tamiyo::to_string(d), " outcome=", outcome,
+                       reason.empty() ? "" : " reason=", reason);
+    }
+
+    void announce(schema::PolicyAction action, const std::string& name, const std::string& kind,
+                  const std::string& previous, const std::string& reason) {
+        events_.publish("events.policy." + o_.run_id, [&](schema::Envelope::Payload::Builder p) {
+            auto c = p.initPolicyChange();
+            c.setName(name);
+            c.setKind(kind);
+            c.setAction(action);
+            c.setPrevious(previous);
+            c.setReason(reason);
+            c.setStep(view_.step());
+        });
+    }
+
+    // Announces history entries the controller added by itself (a disabled policy).
+    void announce_history() {
+        const auto& h = controller_.history();
+        for (; history_seen_ < h.size(); ++history_seen_) {
+            const tamiyo::PolicyHistoryEntry& e = h[history_seen_];
+            schema::PolicyAction a = e.action == tamiyo::PolicyAction::kRollback ? schema::PolicyAction::ROLLED_BACK
+                                     : e.action == tamiyo::PolicyAction::kLoad   ? schema::PolicyAction::LOADED
+                                                                                 : schema::PolicyAction::DISABLED;
+            ESPER_LOG_WARN(log(), "policy=", e.name, " action=", tamiyo::policy_action_name(e.action),
+                           " affected=", e.affected, " reason=", e.reason);
+            announce(a, e.name, e.kind, e.affected, e.reason);
+        }
+    }
+
+    void fill_info(schema::PolicyInfo::Builder info, const tamiyo::PolicyHistoryEntry* e, bool active) {
+        const tamiyo::Policy& p = controller_.active();
+        info.setName(e ? e->name : p.name());
+        info.setKind(policy_kind(e ? e->kind : p.kind()));
+        info.setVersion(static_cast<uint32_t>(controller_.depth()));
+        info.setLoadedAtStep(e ? e->step : 0);
+        info.setLoadedAtNs(e ? e->wall_ns : 0);
+        info.setActive(active);
+        info.setDigest(e ? e->source : p.source());
+    }
+
+    bus::RpcWorker::Handler handler() {
+        return [this](schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
+            auto reply = rep.initControlReply();
+            auto p = req.getPayload();
+            if (!p.isControlRequest()) {
+                reply.setOk(false);
+                reply.setUnimplemented("tamiyo serves controlRequest payloads only");
+                return;
+            }
+            auto r = p.getControlRequest();
+            reply.setOk(true);
+            switch (r.which()) {
+                case schema::ControlRequest::STATUS: {
+                    auto s = reply.initStatus();
+                    const tamiyo::RunView& run = view_.run();
+                    s.setStep(run.step);
+                    s.setEpoch(run.epoch);
+                    if (run.latest.loss) {
+                        s.setLoss(static_cast<float>(*run.latest.loss));
+                        s.setLossMeasured(true);
+                    }
+                    if (run.latest.accuracy) {
+                        s.setAccuracy(static_cast<float>(*run.latest.accuracy));
+                        s.setAccuracyMeasured(true);
+                    }
+                    s.setHostParams(static_cast<uint64_t>(run.latest.host_params));
+                    s.setBlueprintParams(static_cast<uint64_t>(run.latest.blueprint_params));
+                    std::array<uint32_t, tamiyo::kNumStages> counts{};
+                    for (const auto& [id, layer] : view_.layers())
+                        for (int i = 0; i < tamiyo::kNumStages; ++i) counts[i] += layer.stage_counts[i];
+                    auto list = s.initSeedsPerStage(tamiyo::kNumStages);
+                    for (int i = 0; i < tamiyo::kNumStages; ++i) list.set(i, counts[i]);
+                    std::string backend = "policy=" + controller_.active().name() + " plateau=" +
+                                          (run.plateau ? "yes" : "no") + " pending=" +
+                                          std::to_string(controller_.pending_count());
+                    s.setBackend(backend);
+                    break;
+                }
+                case schema::ControlRequest::POLICY_LOAD: {
+                    auto l = r.getPolicyLoad();
+                    std::string name = l.getName().cStr();
+                    try {
+                        tamiyo::PolicyPtr policy = policy_from_request(l);
+                        std::string previous = controller_.active().name();
+                        controller_.load(std::move(policy), "esper policy load", view_.step());
+                        history_seen_ = controller_.history().size();
+                        announce(schema::PolicyAction::LOADED, controller_.active().name(),
+                                 controller_.active().kind(), previous, "esper policy load " + name);
+                        ESPER_LOG_INFO(log(), "policy=", controller_.active().name(), " loaded previous=", previous);
+                        fill_info(reply.initPolicy(), &controller_.history().back(), true);
+                    } catch (const Error& e) {
+                        reply.setOk(false);
+                        reply.setError(e.what());
+                        ESPER_LOG_WARN(log(), "policy load refused: ", e.what());
+                    }
+                    break;
+                }
+                case schema::ControlRequest::POLICY_SHOW:
+                    fill_info(reply.initPolicy(),
+                              controller_.history().empty() ? nullptr : &controller_.history().back(), true);
+                    break;
+                case schema::ControlRequest::POLICY_HISTORY: {
+                    const auto& h = controller_.history();
+                    auto list = reply.initPolicyHistory(static_cast<unsigned>(h.size()));
+                    for (size_t i = 0; i < h.size(); ++i) fill_info(list[i], &h[i], i + 1 == h.size());
+                    break;
+                }
+                case schema::ControlRequest::POLICY_ROLLBACK: {
+                    try {
+                        std::string previous = controller_.active().name();
+                        controller_.rollback("esper policy rollback", view_.step());
+                        history_seen_ = controller_.history().size();
+                        announce(schema::PolicyAction::ROLLED_BACK, controller_.active().name(),
+                                 controller_.active().kind(), previous, "esper policy rollback");
+                        fill_info(reply.initPolicy(), &controller_.history().back(), true);
+                    } catch (const Error& e) {
+                        reply.setOk(false);
+                        reply.setError(e.what());
+                    }
+                    break;
+                }
+                case schema::ControlRequest::PING:
+                    reply.setPong(r.getPing());
+                    break;
+                default:
+                    reply.setOk(false);
+                    reply.setUnimplemented("request not served by tamiyo");
+                    break;
+            }
+        };
+    }
+
+    void publish_heartbeat() {
+        events_.publish("heartbeat.tamiyo", [&](schema::Envelope::Payload::Builder p) {
+            auto h = p.initHeartbeat();
+            h.setAgent("tamiyo");
+            h.setRole("controller");
+            h.setPid(static_cast<uint32_t>(::getpid()));
+            h.setUptimeMs(static_cast<uint64_t>(uptime_.elapsed_ns() / 1'000'000));
+            h.setStep(view_.step());
+            h.setState("policy=" + controller_.active().name());
+        });
+    }
+
+    Options o_;
+    tamiyo::View view_;
+    tamiyo::Controller controller_;
+    zmq::context_t ctx_;
+    bus::Subscriber sub_;
+    bus::Publisher events_;
+    bus::RpcWorker worker_;
+    bus::RpcClient client_;
+    bus::EventLoop loop_;
+    size_t history_seen_ = 0;
+    bool decided_once_ = false;
+    uint64_t last_decision_step_ = 0;
+    uint64_t commands_sent_ = 0;
+    Stopwatch uptime_;
+};
+
+}  // namespace
+
+int tamiyo_main(int argc, char** argv) {
+    cli::Parser p("esper tamiyo",
+                  "Run the Tamiyo controller: watch a run's telemetry and events on the bus, run the\n"
+                  "policy, and send lifecycle commands to the executor.");
+    auto& bus_rpc = p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+    auto& bus_pub = p.option("bus-pub", "tcp://HOST:P", "broker publisher endpoint", "tcp://127.0.0.1:5555");
+    auto& bus_sub = p.option("bus-sub", "tcp://HOST:S", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
+    auto& run_id = p.option("run-id", "ID", "the run to control (topic component)");
+    auto& config = p.option("config", "FILE", "YAML file whose `tamiyo:` section sets plateau, budgets, "
+                            "heuristic thresholds and the policy (docs/policies.md)");
+    auto& policy = p.option("policy", "FILE|heuristic", "initial policy (overrides tamiyo.policy): "
+                            "heuristic, rules YAML or plugin .so");
+    auto& target = p.option("target", "AGENT", "executor that receives commands", "kasmina/0");
+    auto& tick = p.option("tick-ms", "MS", "how often to check whether a decision is due", "50");
+    p.option("run-dir", "DIR", "run directory (accepted for symmetry with the executor; unused)");
+    if (int rc = p.parse(argc, argv); rc >= 0) return rc;
+    if (!run_id.given()) return p.usage_error("--run-id is required");
+    if (const char* spec = std::getenv("ESPER_LOG")) set_log_levels(spec);
+
+    TamiyoAgent::Options o;
+    o.pub = bus_pub.str();
+    o.sub = bus_sub.str();
+    o.rpc = bus_rpc.str();
+    o.run_id = run_id.str();
+    o.target = target.str();
+    o.tick_ms = static_cast<int>(tick.as_int());
+    if (o.tick_ms <= 0) return p.usage_error("--tick-ms must be > 0");
+    if (config.given()) o.config = tamiyo::load_config_file(config.str());
+    if (policy.given()) o.config.policy = policy.str();
+    ESPER_LOG_INFO(log(), "effective config\n", tamiyo::format_config(o.config));
+    tamiyo::PolicyPtr initial = tamiyo::make_policy(o.config.policy, o.config.heuristic);
+    TamiyoAgent agent(std::move(o), std::move(initial));
+    return agent.run();
+}
+
+}  // namespace esper::agents

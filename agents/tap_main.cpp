@@ -1,0 +1,88 @@
+// `esper tap`: subscribes to the broker's XPUB endpoint and prints every message as one JSON
+// line (bus/json.h). Exits 0 after --count messages, or after --timeout-ms without a message
+// (1 if nothing arrived at all). Sequence gaps and dropped frames are reported on stderr.
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "agents/cli.h"
+#include "agents/commands.h"
+#include "bus/event_loop.h"
+#include "bus/json.h"
+#include "bus/pubsub.h"
+#include "core/clock.h"
+#include "core/log.h"
+
+namespace esper::agents {
+
+int tap_main(int argc, char** argv) {
+    cli::Parser p("esper tap", "Print bus messages as JSON lines.", "[PREFIX...]");
+    auto& bus_ep = p.option("bus", "ENDPOINT", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
+    auto& count = p.option("count", "N", "exit after N messages (0 = no limit)", "0");
+    auto& timeout = p.option("timeout-ms", "T", "exit after T ms without a message "
+                                                "(0 = never; exit code 1 if none arrived)", "0");
+    p.epilog("Topic prefixes use ZeroMQ prefix matching, e.g. 'telemetry.seeds.' or 'events.'.\n"
+             "Output: {\"topic\",\"type\",\"sender\",\"seq\",\"sent_at_ns\",\"run_id\",\"payload\"}.");
+    if (int rc = p.parse(argc, argv); rc >= 0) return rc;
+    if (const char* spec = std::getenv("ESPER_LOG")) set_log_levels(spec);
+    int64_t max_count = count.as_int();
+    int64_t timeout_ms = timeout.as_int();
+    if (max_count < 0) throw cli::UsageError("--count must be >= 0");
+    if (timeout_ms < 0) throw cli::UsageError("--timeout-ms must be >= 0");
+
+    zmq::context_t context(1);
+    bus::Subscriber sub(context, {.endpoint = bus_ep.str(), .prefixes = p.positional()});
+    bus::EventLoop loop;
+    int64_t received = 0;
+    int64_t last_activity_ns = monotonic_ns();
+    uint64_t malformed_reported = 0;
+    int exit_code = 0;
+
+    loop.watch(sub.socket(), [&] {
+        while (auto m = sub.try_receive()) {
+            last_activity_ns = monotonic_ns();
+            auto env = m->envelope();
+            if (m->missing_before > 0) {
+                std::fprintf(stderr, "esper tap: gap sender=%s topic=%s missing=%llu before seq=%llu\n",
+                             env.getSender().cStr(), m->topic.c_str(),
+                             static_cast<unsigned long long>(m->missing_before),
+                             static_cast<unsigned long long>(env.getSequence()));
+            }
+            std::string line = bus::envelope_to_json(m->topic, env);
+            line.push_back('\n');
+            std::fwrite(line.data(), 1, line.size(), stdout);
+            std::fflush(stdout);
+            if (++received == max_count && max_count > 0) {
+                loop.stop();
+                return;
+            }
+        }
+        if (sub.stats().malformed > malformed_reported) {
+            std::fprintf(stderr, "esper tap: dropped %llu malformed frame(s) so far\n",
+                         static_cast<unsigned long long>(sub.stats().malformed));
+            malformed_reported = sub.stats().malformed;
+        }
+    });
+    if (timeout_ms > 0) {
+        loop.every(std::chrono::milliseconds(20), [&] {
+            if (monotonic_ns() - last_activity_ns >= timeout_ms * 1000000) {
+                if (received == 0) {
+                    std::fprintf(stderr, "esper tap: no message within %lld ms\n",
+                                 static_cast<long long>(timeout_ms));
+                    exit_code = 1;
+                }
+                loop.stop();
+            }
+        });
+    }
+    loop.on_signal([&](int) { loop.stop(); });
+    loop.run();
+    std::fprintf(stderr, "esper tap: received=%lld gaps=%llu reordered=%llu malformed=%llu\n",
+                 static_cast<long long>(received),
+                 static_cast<unsigned long long>(sub.sequences().gaps()),
+                 static_cast<unsigned long long>(sub.sequences().reordered()),
+                 static_cast<unsigned long long>(sub.stats().malformed));
+    return exit_code;
+}
+
+}  // namespace esper::agents
