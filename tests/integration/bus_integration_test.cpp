@@ -20,6 +20,7 @@
 #include <zmq.hpp>
 
 #include "agents/process.h"
+#include "tests/integration/fixtures.h"
 #include "bus/envelope.h"
 #include "bus/pubsub.h"
 #include "bus/rpc.h"
@@ -27,77 +28,10 @@
 
 using namespace esper;
 using esper::agents::ChildProcess;
+using namespace esper::test;
 using std::chrono::milliseconds;
 
 namespace {
-
-const std::string kEsper = ESPER_BINARY_DIR "/bin/esper";
-
-std::filesystem::path scratch_dir() {
-    static int n = 0;
-    auto dir = std::filesystem::temp_directory_path() /
-               ("esper-bus-it-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
-    std::filesystem::create_directories(dir);
-    return dir;
-}
-
-std::vector<std::string> read_lines(const std::filesystem::path& path) {
-    std::vector<std::string> lines;
-    std::ifstream in(path);
-    for (std::string line; std::getline(in, line);) lines.push_back(line);
-    return lines;
-}
-
-std::vector<nlohmann::json> json_lines(const std::filesystem::path& path) {
-    std::vector<nlohmann::json> out;
-    for (const auto& line : read_lines(path))
-        if (!line.empty() && line[0] == '{') out.push_back(nlohmann::json::parse(line));
-    return out;
-}
-
-// A broker child process on ephemeral ports; endpoints parsed from its stdout line.
-struct BrokerProcess {
-    std::filesystem::path dir = scratch_dir();
-    std::unique_ptr<ChildProcess> child;
-    std::string pub, sub, rpc;
-
-    BrokerProcess() {
-        child = std::make_unique<ChildProcess>(
-            "broker",
-            std::vector<std::string>{kEsper, "broker", "--pub-port", "0", "--sub-port", "0",
-                                     "--rpc-port", "0", "--agent-expiry-ms", "2000"},
-            dir / "broker.log");
-        std::regex re("^broker pub=(\\S+) sub=(\\S+) rpc=(\\S+)$");
-        Stopwatch sw;
-        while (sw.elapsed_s() < 10) {
-            for (const auto& line : read_lines(dir / "broker.log")) {
-                std::smatch m;
-                if (std::regex_match(line, m, re)) {
-                    pub = m[1];
-                    sub = m[2];
-                    rpc = m[3];
-                    return;
-                }
-            }
-            REQUIRE(child->running());
-            std::this_thread::sleep_for(milliseconds(10));
-        }
-        FAIL("broker did not print its endpoints");
-    }
-    ~BrokerProcess() {
-        if (child) child->stop(milliseconds(3000));
-        std::error_code ec;
-        std::filesystem::remove_all(dir, ec);
-    }
-};
-
-int run_to_exit(const std::vector<std::string>& argv, const std::filesystem::path& log,
-                int timeout_ms = 10000) {
-    ChildProcess p("cmd", argv, log);
-    auto rc = p.wait_for(milliseconds(timeout_ms));
-    REQUIRE(rc.has_value());
-    return *rc;
-}
 
 void run_worker(zmq::context_t& ctx, const std::string& rpc, std::atomic<bool>& stop,
                 std::atomic<int>& applied, int drop_first) {

@@ -1,0 +1,256 @@
+// Agents end to end: the real broker, Tamiyo and Kasmina processes on loopback with ephemeral
+// ports, on a small teacher task whose lifecycle timers are short enough for seeds to move in
+// seconds. Covers the heuristic growing the network, a rules policy injected into a live run (and
+// an invalid one refused), duplicated and illegal commands, a controller killed and restarted,
+// and `esper run` stopping on SIGINT with a final checkpoint and a report.
+#include <signal.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <zmq.hpp>
+
+#include "bus/rpc.h"
+#include "tests/integration/fixtures.h"
+
+using namespace esper;
+using namespace esper::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kRunId = "it";
+
+// Teacher task, 4 seeds per layer, lifecycle minimums of tens of steps, gates by the controller.
+std::string fast_config(int64_t max_steps, int64_t plateau_patience) {
+    return "run: {seed: 5, epochs: 0, max_steps: " + std::to_string(max_steps) +
+           ", telemetry_interval_steps: 10}\n"
+           "data:\n"
+           "  dataset: teacher\n"
+           "  batch_size: 64\n"
+           "  teacher: {train_samples: 4096, test_samples: 512, features: 16, classes: 4, hidden: 32}\n"
+           "model: {hidden: [32, 32], activation: gelu, seeds_per_layer: 4}\n"
+           "optimizer: {kind: sgd, lr: 0.05, momentum: 0.9}\n"
+           "lifecycle: {training_steps: 30, stabilization_steps: 10, evaluation_steps: 10,\n"
+           "            fine_tuning_steps: 30, embargo_steps: 50, decision_timeout_steps: 60,\n"
+           "            grafting: {strategy: linear, ramp_steps: 10}}\n"
+           "tamiyo:\n"
+           "  decision_interval_steps: 10\n"
+           "  plateau: {patience_steps: " + std::to_string(plateau_patience) + ", min_delta: 0.01}\n"
+           "  heuristic: {training_steps: 30, evaluation_steps: 10, fine_tuning_steps: 30,\n"
+           "              training_patience_steps: 200, cull_contribution: -1.0}\n";
+}
+
+// A broker plus the run's executor and controller as separate processes.
+struct LiveRun {
+    BrokerProcess broker;
+    fs::path dir = broker.dir;
+    fs::path run_dir = dir / "run";
+    fs::path config = dir / "run.yaml";
+    std::unique_ptr<ChildProcess> kasmina, tamiyo;
+    int tamiyo_starts = 0;
+
+    explicit LiveRun(const std::string& config_text) { std::ofstream(config) << config_text; }
+    ~LiveRun() {
+        if (tamiyo) tamiyo->stop(milliseconds(3000));
+        if (kasmina) kasmina->stop(milliseconds(5000));
+    }
+
+    void start_kasmina() {
+        kasmina = std::make_unique<ChildProcess>(
+            "kasmina",
+            std::vector<std::string>{kEsper, "kasmina", "--config", config.string(), "--run-dir",
+                                     run_dir.string(), "--run-id", kRunId, "--bus", broker.rpc,
+                                     "--bus-pub", broker.pub},
+            dir / "kasmina.log");
+        REQUIRE(wait_until([&] { return steps_done() > 0; }, 30));
+    }
+    void start_tamiyo(const std::string& policy = "") {
+        std::vector<std::string> argv{kEsper, "tamiyo", "--config", config.string(), "--run-id", kRunId,
+                                      "--bus", broker.rpc, "--bus-pub", broker.pub, "--bus-sub", broker.sub};
+        if (!policy.empty()) argv.insert(argv.end(), {"--policy", policy});
+        tamiyo = std::make_unique<ChildProcess>("tamiyo", argv, dir / ("tamiyo-" + std::to_string(++tamiyo_starts) + ".log"));
+        // Registered once it answers a control request.
+        REQUIRE(wait_until([&] { return esper({"policy", "show", "--timeout-ms", "300"}) == 0; }, 20));
+    }
+    int esper(std::vector<std::string> args, const std::string& tag = "cmd") {
+        args.insert(args.begin(), kEsper);
+        args.insert(args.end(), {"--bus", broker.rpc});
+        return run_to_exit(args, dir / (tag + ".log"), 20000);
+    }
+    std::vector<nlohmann::json> events() const { return json_lines(run_dir / "events.jsonl"); }
+    int64_t steps_done() const {
+        int64_t step = 0;
+        for (const auto& m : json_lines(run_dir / "metrics.jsonl"))
+            if (m.value("split", "") == "train") step = m.value("step", step);
+        return step;
+    }
+    bool has_event(const std::function<bool(const nlohmann::json&)>& pred) const {
+        for (const auto& e : events())
+            if (pred(e)) return true;
+        return false;
+    }
+};
+
+std::string file_text(const fs::path& p) {
+    std::ifstream in(p);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+TEST_CASE("under the heuristic a plateau leads to germination and a seed passes its gates",
+          "[integration][agents]") {
+    LiveRun run(fast_config(200000, 50));
+    run.start_kasmina();
+    run.start_tamiyo();
+    // Germinated by the controller on a plateau, then approved at the TRAINING gate.
+    bool grafted = wait_until([&] {
+        return run.has_event([](const nlohmann::json& e) {
+            return e["to"] == "GRAFTING" && e["origin"] == "controller";
+        });
+    }, 60);
+    INFO(file_text(run.dir / "tamiyo-1.log"));
+    REQUIRE(grafted);
+    CHECK(run.has_event([](const nlohmann::json& e) {
+        return e["to"] == "GERMINATED" && e["origin"] == "controller" &&
+               e["reason"].get<std::string>().find("plateau") != std::string::npos;
+    }));
+    CHECK(run.kasmina->running());
+    CHECK(run.tamiyo->running());
+}
+
+TEST_CASE("a rules policy loaded into a live run takes effect; an invalid one is refused",
+          "[integration][agents]") {
+    LiveRun run(fast_config(200000, 1000000));  // the heuristic never sees a plateau
+    run.start_kasmina();
+    run.start_tamiyo();
+    fs::path good = run.dir / "grow_now.yaml";
+    std::ofstream(good) << "version: 1\nname: grow_now\nrules:\n"
+                           "  - name: seed-two\n"
+                           "    when: [\"seed.layer == 0\", \"seed.id == 2\", \"seed.stage == DORMANT\","
+                           " \"seed.germinations == 0\"]\n"
+                           "    action: germinate\n";
+    fs::path bad = run.dir / "bad.yaml";
+    std::ofstream(bad) << "version: 1\nname: bad\nrules:\n  - when: [\"seed.no_such_metric > 1\"]\n"
+                          "    action: germinate\n";
+    // Someone tapping events.policy sees the change announced.
+    ChildProcess tap("tap", {kEsper, "tap", "--bus", run.broker.sub, "events.policy.", "--count", "1",
+                             "--timeout-ms", "20000"},
+                     run.dir / "tap.log");
+    std::this_thread::sleep_for(milliseconds(300));  // let the subscription reach the broker
+
+    REQUIRE(run.esper({"policy", "load", good.string()}, "load-good") == 0);
+    bool germinated = wait_until([&] {
+        return run.has_event([](const nlohmann::json& e) {
+            return e["to"] == "GERMINATED" && e["layer"] == 0 && e["seed"] == 2 &&
+                   e["reason"].get<std::string>().find("grow_now") != std::string::npos;
+        });
+    }, 30);
+    CHECK(germinated);
+    REQUIRE(tap.wait_for(milliseconds(20000)).value_or(-1) == 0);
+    CHECK_THAT(file_text(run.dir / "tap.log"), Catch::Contains("grow_now") && Catch::Contains("policyChange"));
+
+    CHECK(run.esper({"policy", "load", bad.string()}, "load-bad") == 1);
+    CHECK_THAT(file_text(run.dir / "load-bad.log"), Catch::Contains("bad.yaml:4"));
+    REQUIRE(run.esper({"policy", "show"}, "show") == 0);
+    CHECK_THAT(file_text(run.dir / "show.log"), Catch::Contains("grow_now"));
+    REQUIRE(run.esper({"policy", "rollback"}, "rollback") == 0);
+    CHECK_THAT(file_text(run.dir / "rollback.log"), Catch::Contains("heuristic"));
+}
+
+TEST_CASE("a duplicated command is applied once and an illegal one is rejected with the reason",
+          "[integration][agents]") {
+    LiveRun run(fast_config(200000, 1000000));
+    run.start_kasmina();
+    zmq::context_t ctx;
+    bus::RpcClient client(ctx, {.endpoint = run.broker.rpc, .sender = "operator/test", .timeout_ms = 2000});
+    auto germinate = [](schema::Envelope::Payload::Builder p) {
+        auto c = p.initCommand();
+        c.setCommandId("dup-1");
+        c.setIssuedBy("operator");
+        c.setReason("duplicate test");
+        auto g = c.initGerminate();
+        g.setLayer(1);
+        g.setSeed(3);
+    };
+    bus::RpcReply first = client.request("kasmina/0", "dup-1", germinate);
+    bus::RpcReply second = client.request("kasmina/0", "dup-1", germinate);
+    REQUIRE(first.ok());
+    REQUIRE(second.ok());
+    CHECK(first.reply->envelope().getPayload().getCommandAck().getOutcome() == schema::CommandOutcome::APPLIED);
+    CHECK(second.reply->envelope().getPayload().getCommandAck().getOutcome() == schema::CommandOutcome::APPLIED);
+    std::this_thread::sleep_for(milliseconds(500));
+    int germinations = 0;
+    for (const auto& e : run.events())
+        if (e["to"] == "GERMINATED" && e["layer"] == 1 && e["seed"] == 3) ++germinations;
+    CHECK(germinations == 1);
+
+    CHECK(run.esper({"ctl", "transition", "0", "1", "FOSSILIZED"}, "illegal") == 1);
+    CHECK_THAT(file_text(run.dir / "illegal.log"), Catch::Contains("invalid transition DORMANT→FOSSILIZED"));
+    CHECK(run.esper({"ctl", "cull", "0", "99"}, "unknown-seed") == 1);
+    CHECK_THAT(file_text(run.dir / "unknown-seed.log"), Catch::Contains("seed 99"));
+    CHECK(run.kasmina->running());
+}
+
+TEST_CASE("killing Tamiyo leaves Kasmina training, waiting seeds get the safe default, and a "
+          "restarted Tamiyo resumes control",
+          "[integration][agents]") {
+    LiveRun run(fast_config(200000, 50));
+    run.start_kasmina();
+    std::ofstream(run.dir / "hold.yaml") << "version: 1\nname: hold\nrules:\n"
+                                           "  - when: [\"seed.stage == TRAINING\"]\n    action: deny\n";
+    run.start_tamiyo((run.dir / "hold.yaml").string());  // never approves: seeds wait at gates
+    run.tamiyo->signal(SIGKILL);
+    REQUIRE(run.tamiyo->wait_for(milliseconds(5000)));
+    const int64_t before = run.steps_done();
+    REQUIRE(run.esper({"ctl", "germinate", "0", "1"}, "germinate") == 0);
+    // No controller: the seed waits at the TRAINING gate until decision_timeout_steps, then the
+    // executor applies the safe default (cull) on its own.
+    bool timed_out = wait_until([&] {
+        return run.has_event([](const nlohmann::json& e) {
+            return e["seed"] == 1 && e["to"] == "CULLED" && e["origin"] == "auto" &&
+                   e["reason"].get<std::string>().find("decision timeout") != std::string::npos;
+        });
+    }, 30);
+    CHECK(timed_out);
+    CHECK(run.steps_done() > before + 50);  // training went on without a controller
+    CHECK(run.kasmina->running());
+
+    // A new controller rebuilds its view from the bus and takes over (plateau → germination).
+    run.start_tamiyo();
+    bool resumed = wait_until([&] {
+        return run.has_event([](const nlohmann::json& e) { return e["origin"] == "controller"; });
+    }, 60);
+    CHECK(resumed);
+}
+
+TEST_CASE("esper run stops on SIGINT within seconds with a final checkpoint and a report",
+          "[integration][agents]") {
+    fs::path dir = scratch_dir();
+    std::ofstream(dir / "run.yaml") << fast_config(200000, 50);
+    ChildProcess run("esper-run",
+                     {kEsper, "run", "--config", (dir / "run.yaml").string(), "--run-dir",
+                      (dir / "run").string(), "--bus-port-base", "0"},
+                     dir / "run.log");
+    REQUIRE(wait_until([&] {
+        int64_t step = 0;
+        for (const auto& m : json_lines(dir / "run" / "metrics.jsonl")) step = m.value("step", step);
+        return step >= 300;
+    }, 60));
+    run.signal(SIGINT);
+    auto status = run.wait_for(milliseconds(15000));
+    INFO(file_text(dir / "run.log"));
+    REQUIRE(status);
+    CHECK(*status == 130);
+    CHECK(fs::exists(dir / "run" / "report.html"));
+    bool checkpoint = false;
+    for (const auto& entry : fs::directory_iterator(dir / "run" / "checkpoints"))
+        checkpoint = checkpoint || fs::exists(entry.path() / "manifest.txt");
+    CHECK(checkpoint);
+    CHECK_THAT(file_text(dir / "run.log"), Catch::Contains("run summary"));
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+}

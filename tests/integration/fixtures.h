@@ -1,0 +1,107 @@
+// Fixtures shared by the integration tests: the real `esper` binary, scratch directories, JSON
+// line files, and a broker child process on ephemeral loopback ports whose endpoints are read
+// from its first stdout line ("broker pub=… sub=… rpc=…").
+#pragma once
+
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agents/process.h"
+#include "core/clock.h"
+
+namespace esper::test {
+
+using esper::agents::ChildProcess;
+using std::chrono::milliseconds;
+
+inline const std::string kEsper = ESPER_BINARY_DIR "/bin/esper";
+
+inline std::filesystem::path scratch_dir() {
+    static int n = 0;  // one process per test case under ctest
+    auto dir = std::filesystem::temp_directory_path() /
+               ("esper-it-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+    std::filesystem::create_directories(dir);
+    return dir;
+}
+
+inline std::vector<std::string> read_lines(const std::filesystem::path& path) {
+    std::vector<std::string> lines;
+    std::ifstream in(path);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+}
+
+inline std::vector<nlohmann::json> json_lines(const std::filesystem::path& path) {
+    std::vector<nlohmann::json> out;
+    for (const auto& line : read_lines(path)) {
+        if (line.empty() || line[0] != '{') continue;
+        auto j = nlohmann::json::parse(line, nullptr, false);  // a line being written is skipped
+        if (!j.is_discarded()) out.push_back(std::move(j));
+    }
+    return out;
+}
+
+// A broker child process on ephemeral ports; endpoints parsed from its stdout line.
+struct BrokerProcess {
+    std::filesystem::path dir = scratch_dir();
+    std::unique_ptr<ChildProcess> child;
+    std::string pub, sub, rpc;
+
+    BrokerProcess() {
+        child = std::make_unique<ChildProcess>(
+            "broker",
+            std::vector<std::string>{kEsper, "broker", "--pub-port", "0", "--sub-port", "0",
+                                     "--rpc-port", "0", "--agent-expiry-ms", "2000"},
+            dir / "broker.log");
+        std::regex re("^broker pub=(\\S+) sub=(\\S+) rpc=(\\S+)$");
+        Stopwatch sw;
+        while (sw.elapsed_s() < 10) {
+            for (const auto& line : read_lines(dir / "broker.log")) {
+                std::smatch m;
+                if (std::regex_match(line, m, re)) {
+                    pub = m[1];
+                    sub = m[2];
+                    rpc = m[3];
+                    return;
+                }
+            }
+            REQUIRE(child->running());
+            std::this_thread::sleep_for(milliseconds(10));
+        }
+        FAIL("broker did not print its endpoints");
+    }
+    ~BrokerProcess() {
+        if (child) child->stop(milliseconds(3000));
+        std::error_code ec;
+        std::filesystem::remove_all(dir, ec);
+    }
+};
+
+inline int run_to_exit(const std::vector<std::string>& argv, const std::filesystem::path& log,
+                int timeout_ms = 10000) {
+    ChildProcess p("cmd", argv, log);
+    auto rc = p.wait_for(milliseconds(timeout_ms));
+    REQUIRE(rc.has_value());
+    return *rc;
+}
+
+
+// Polls `pred` every 20 ms until it holds or `timeout_s` passes.
+inline bool wait_until(const std::function<bool()>& pred, double timeout_s) {
+    for (Stopwatch sw; sw.elapsed_s() < timeout_s; std::this_thread::sleep_for(milliseconds(20)))
+        if (pred()) return true;
+    return pred();
+}
+
+}  // namespace esper::test
