@@ -157,6 +157,19 @@ double num(const json& j, const char* key, double fallback = NAN) {
     return it != j.end() && it->is_number() ? it->get<double>() : fallback;
 }
 
+// Trailing mean over `window` points (the per-step train loss is too noisy to read).
+Series smooth(const Series& in, size_t window) {
+    Series out = in;
+    double sum = 0;
+    size_t n = 0;  // finite values inside the window (a governor trip logs a non-finite loss)
+    for (size_t i = 0; i < in.points.size(); ++i) {
+        if (std::isfinite(in.points[i].y)) sum += in.points[i].y, ++n;
+        if (i >= window && std::isfinite(in.points[i - window].y)) sum -= in.points[i - window].y, --n;
+        out.points[i].y = n > 0 ? sum / static_cast<double>(n) : NAN;
+    }
+    return out;
+}
+
 // Replays lifecycle events: seeds start DORMANT; counts of non-dormant seeds per stage after
 // each event go to `on_event(step, counts, from, to)`.
 template <typename F>
@@ -280,11 +293,14 @@ std::string render_report(const std::filesystem::path& run_dir) {
         os << "<p>Final test accuracy <b>" << fmt(test_acc.points.back().y) << "</b> at step "
            << fmt(test_acc.points.back().x) << ".</p>";
     os << "<h2>Learning curves</h2>";
-    os << svg_chart("Loss", "loss", {train_loss, test_loss});
+    os << svg_chart("Loss (train: mean of the last 50 steps)", "loss", {smooth(train_loss, 50), test_loss});
     os << svg_chart("Test accuracy", "accuracy", {test_acc});
     os << "<h2>Seeds</h2>";
     os << svg_chart("Seeds per stage (non-dormant)", "seeds", stage_series);
-    os << svg_chart("Parameters", "parameters", {host_params, bp_params});
+    std::string host_note = host_params.points.empty()
+                                ? std::string()
+                                : " (host: " + fmt(host_params.points.back().y) + ")";
+    os << svg_chart("Blueprint parameters" + host_note, "parameters", {bp_params});
     os << "<table><tr><th>stage</th><th>transitions into</th><th>seeds now</th></tr>";
     for (int s = 0; s < 11; ++s)
         if (totals[s] != 0 || counts[s] != 0)

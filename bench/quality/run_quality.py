@@ -8,8 +8,9 @@ Training FLOPs are counted from the run's own metrics: each train line carries h
 blueprint_params, and one step costs 6 · params · batch FLOPs (forward 2, backward 4 per
 parameter and sample, the usual dense-layer count).
 
-usage: bench/quality/run_quality.py [--esper build/bin/esper] [--seeds 1 2 3] [--epochs 2]
+usage: bench/quality/run_quality.py [--esper build/bin/esper] [--seeds 1 2 3] [--epochs 10]
                                     [--out runs/quality] [--variants narrow wide grown fixed]
+                                    [--config examples/fashion_mnist.yaml]
 """
 import argparse
 import json
@@ -22,13 +23,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def variants(esper):
+def variants(esper, narrow_config):
     ex = os.path.join(ROOT, "examples")
     return {
-        "narrow": [esper, "kasmina", "--standalone", "--config", os.path.join(ex, "fashion_mnist.yaml")],
+        "narrow": [esper, "kasmina", "--standalone", "--config", narrow_config],
         "wide": [esper, "kasmina", "--standalone", "--config", os.path.join(ex, "fashion_mnist_wide.yaml")],
-        "grown": [esper, "run", "--config", os.path.join(ex, "fashion_mnist.yaml"), "--policy", "heuristic"],
-        "fixed": [esper, "run", "--config", os.path.join(ex, "fashion_mnist.yaml"),
+        "grown": [esper, "run", "--config", narrow_config, "--policy", "heuristic"],
+        "fixed": [esper, "run", "--config", narrow_config,
                   "--policy", os.path.join(ex, "policies", "fixed_schedule.yaml")],
     }
 
@@ -64,14 +65,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--esper", default=os.path.join(ROOT, "build", "bin", "esper"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch", type=int, default=128, help="batch size of the configs (FLOP count)")
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "quality"))
     ap.add_argument("--variants", nargs="+", default=["narrow", "wide", "grown", "fixed"])
-    ap.add_argument("--port-base", type=int, default=6100)
+    ap.add_argument("--port-base", type=int, default=0, help="0 = ephemeral broker ports")
+    ap.add_argument("--config", default=os.path.join(ROOT, "examples", "fashion_mnist.yaml"),
+                    help="the narrow host with seed layers (narrow, grown and fixed variants)")
     args = ap.parse_args()
 
-    table = variants(args.esper)
+    table = variants(args.esper, args.config)
     results = {}
     for name in args.variants:
         runs = []
