@@ -40,6 +40,7 @@ public:
     void load(const CheckpointData& in);
 
 private:
+    friend class CudaBackend;  // mirrors m_/v_ and the step counters on the device
     void update(float* p, const float* g, float* m, float* v, int64_t n, double lr, int64_t t) const;
 
     OptimizerConfig config_;

@@ -8,6 +8,7 @@
 #include "core/check.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "kasmina/cuda_backend.h"
 
 namespace esper::kasmina {
 
@@ -71,6 +72,13 @@ void Trainer::init() {
     x_.resize(size_t(config_.data.batch_size * tr.features));
     y_.resize(size_t(config_.data.batch_size));
     views_.resize(size_t(seeds_->num_layers()));
+    if (resolve_use_cuda(config_.run.device)) {
+        CudaBackendOptions o;
+        o.batch = int32_t(config_.data.batch_size);
+        o.eval_batch = int32_t(options_.eval_batch);
+        gpu_ = std::make_unique<CudaBackend>(config_, *model_, seeds_.get(), *optimizer_, o);
+        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "device=cuda name=", gpu_->device_name());
+    }
     capture(last_good_);
     last_good_seeds_ = seeds_->snapshot();
 }
@@ -93,27 +101,47 @@ TrainStep Trainer::step() {
     out.epoch = s / spe;
     gather_batch(data_.train, sampler_->batch(out.epoch, s % spe), x_.data(), y_.data());
 
-    for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
-        views_[size_t(l)] = seeds_->view(l, B);
-        seeds_->arenas(l).zero_grads();
-    }
+    out.lr = scheduled_lr(config_.optimizer, config_.optimizer.lr, s, total_steps_);
+    const double bp_lr =
+        scheduled_lr(config_.optimizer, config_.optimizer.blueprint_lr, s, total_steps_);
     telemetry_->begin_step();
-    const BatchResult r = model_->train_batch(x_.data(), y_.data(), B, views_, telemetry_->step_accums());
-    telemetry_->record_blueprint_grads(*seeds_);
+    BatchResult r;
+    bool finite = true;
+    if (gpu_) {
+        // The whole step (update included) runs as one graph; a governor trip below restores
+        // the last-known-good state over it.
+        gpu_->sync_structure();
+        gpu_->set_batch(x_.data(), y_.data());
+        gpu_->launch_step(out.lr, bp_lr);
+        const CudaStepResult g = gpu_->finish_step(telemetry_.get());
+        r.loss = g.loss;
+        r.correct = g.correct;
+        r.batch = B;
+        finite = g.finite;
+        telemetry_->record_blueprint_grads(*seeds_);
+    } else {
+        for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
+            views_[size_t(l)] = seeds_->view(l, B);
+            seeds_->arenas(l).zero_grads();
+        }
+        r = model_->train_batch(x_.data(), y_.data(), B, views_, telemetry_->step_accums());
+        telemetry_->record_blueprint_grads(*seeds_);
+    }
     double loss = r.loss;
     if (governor_.inject_nan(s)) {
         loss = std::nan("");
-        (*model_->params().front().grad)[0] = std::nanf("");
+        if (!gpu_) (*model_->params().front().grad)[0] = std::nanf("");
+        finite = false;
     }
-    bool finite = true;
-    for (const ParamRef& p : model_->params()) finite = finite && all_finite(p.grad->span());
-    for (int32_t l = 0; l < seeds_->num_layers() && finite; ++l)
-        for (int k = 0; k < kNumBlueprintKinds; ++k)
-            finite = finite && all_finite(seeds_->arenas(l).all_grads(BlueprintKind(k)));
+    if (!gpu_) {
+        for (const ParamRef& p : model_->params()) finite = finite && all_finite(p.grad->span());
+        for (int32_t l = 0; l < seeds_->num_layers() && finite; ++l)
+            for (int k = 0; k < kNumBlueprintKinds; ++k)
+                finite = finite && all_finite(seeds_->arenas(l).all_grads(BlueprintKind(k)));
+    }
 
     out.loss = loss;
     out.correct = r.correct;
-    out.lr = scheduled_lr(config_.optimizer, config_.optimizer.lr, s, total_steps_);
     const Vitals vitals = governor_.check(loss, finite);
     if (vitals != Vitals::kOk) {
         out.governor_tripped = true;
@@ -121,14 +149,18 @@ TrainStep Trainer::step() {
                      " restoring step ", last_good_.step);
         restore(last_good_, false);
         const int64_t moved = seeds_->governor_rollback(last_good_seeds_, governor_.last_reason());
+        if (gpu_) gpu_->upload_all();
         ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "governor rolled_back_seeds=", moved);
         StepMetrics m;
         m.loss = governor_.window().empty() ? 0.0 : governor_.window().back();
         seeds_->on_step_end(s, m);
     } else {
-        optimizer_->step_host(out.lr);
-        optimizer_->step_blueprints(
-            *seeds_, scheduled_lr(config_.optimizer, config_.optimizer.blueprint_lr, s, total_steps_));
+        if (gpu_) {
+            gpu_->commit_step();
+        } else {
+            optimizer_->step_host(out.lr);
+            optimizer_->step_blueprints(*seeds_, bp_lr);
+        }
         const StepMetrics m = telemetry_->end_step(loss, *seeds_);
         seeds_->on_step_end(s, m);
         epoch_loss_sum_ += loss;
@@ -137,6 +169,7 @@ TrainStep Trainer::step() {
     step_ = s + 1;
     out.step = step_;
     if (vitals == Vitals::kOk && governor_.snapshot_due(step_)) {
+        if (gpu_) gpu_->download_all();
         capture(last_good_);
         last_good_seeds_ = seeds_->snapshot();
     }
@@ -170,8 +203,15 @@ EvalResult Trainer::evaluate() {
         x.resize(size_t(b * te.features));
         y.resize(size_t(b));
         gather_batch(te, idx, x.data(), y.data());
-        for (int32_t l = 0; l < seeds_->num_layers(); ++l) views[size_t(l)] = seeds_->view(l, int32_t(b));
-        const BatchResult r = model_->eval_batch(x.data(), y.data(), int32_t(b), views);
+        BatchResult r;
+        if (gpu_) {
+            gpu_->sync_structure();
+            r = gpu_->eval_batch(x.data(), y.data(), int32_t(b));
+        } else {
+            for (int32_t l = 0; l < seeds_->num_layers(); ++l)
+                views[size_t(l)] = seeds_->view(l, int32_t(b));
+            r = model_->eval_batch(x.data(), y.data(), int32_t(b), views);
+        }
         loss_sum += r.loss * double(b);
         correct += r.correct;
     }
@@ -295,6 +335,7 @@ void Trainer::restore(const CheckpointData& in, bool with_seeds) {
 }
 
 void Trainer::save_checkpoint(const fs::path& dir, const CheckpointWriteOptions& opt) {
+    if (gpu_) gpu_->download_all();
     CheckpointData data;
     capture(data);
     write_checkpoint(dir, data, opt);
@@ -304,6 +345,7 @@ void Trainer::save_checkpoint(const fs::path& dir, const CheckpointWriteOptions&
 void Trainer::load_checkpoint(const fs::path& dir) {
     const CheckpointData data = read_checkpoint(dir);
     restore(data, true);
+    if (gpu_) gpu_->upload_all();
     capture(last_good_);
     last_good_seeds_ = seeds_->snapshot();
     ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "resumed step=", step_, " from ", dir.string());

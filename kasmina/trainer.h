@@ -27,6 +27,8 @@
 
 namespace esper::kasmina {
 
+class CudaBackend;
+
 struct TrainStep {
     int64_t step = 0;           // optimizer steps done after this one (1-based)
     int64_t epoch = 0;          // epoch the batch came from (0-based)
@@ -105,6 +107,11 @@ public:
     Optimizer& optimizer() { return *optimizer_; }
     const Governor& governor() const { return governor_; }
     Telemetry& telemetry() { return *telemetry_; }
+    // run.device resolved at construction: the CUDA backend (kasmina/cuda_backend.h) or null
+    // (CPU). On CUDA, model() parameters and optimizer() state on the host are refreshed only
+    // at snapshots and checkpoints; blueprint slots in use after every step.
+    CudaBackend* cuda() { return gpu_.get(); }
+    bool uses_cuda() const { return gpu_ != nullptr; }
     // Host + live blueprint parameters.
     int64_t param_count() const;
 
@@ -129,6 +136,7 @@ private:
     std::unique_ptr<Telemetry> telemetry_;
     Governor governor_;
     std::unique_ptr<Sampler> sampler_;
+    std::unique_ptr<CudaBackend> gpu_;
     int64_t total_steps_ = 0;
     int64_t step_ = 0;
     AlignedVector<float> x_;

@@ -3,7 +3,8 @@
 # non-system shared libraries they load (found with ldd) into OUT_DIR/lib, so the build runs on a
 # GPU node without the Debian packages. RPATH becomes $ORIGIN/../lib via patchelf when installed;
 # otherwise each binary gets a wrapper that sets LD_LIBRARY_PATH. libc/libm/libstdc++/libgcc,
-# the dynamic loader, libcuda (the driver's) and libnccl (the node's) are never bundled.
+# the dynamic loader, libcuda (the driver's), libnccl and the CUDA toolkit's cuBLAS/cudart (the node's)
+# are never bundled.
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -22,6 +23,8 @@ is_system_lib() {
   case "$(basename "$1")" in
     libc.so*|libm.so*|libstdc++.so*|libgcc_s.so*|ld-linux*|libdl.so*|libpthread.so*|librt.so*) return 0 ;;
     libcuda.so*|libnccl.so*|linux-vdso*|libutil.so*|libresolv.so*) return 0 ;;
+    # The CUDA toolkit's own libraries (hundreds of MB) come from the GPU node's toolkit.
+    libcublas.so*|libcublasLt.so*|libcudart.so*) return 0 ;;
   esac
   return 1
 }

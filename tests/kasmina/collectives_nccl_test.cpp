@@ -40,7 +40,7 @@ void require_devices(int needed) {
 }  // namespace
 
 TEST_CASE("two nccl ranks sum exactly and broadcast on their streams",
-          "[kasmina][dist][gpu][multi_gpu]") {
+          "[kasmina][dist][multi_gpu]") {
     require_devices(2);
     const int world = 2;
     const std::size_t n = 1 << 20;
@@ -106,7 +106,7 @@ TEST_CASE("two nccl ranks sum exactly and broadcast on their streams",
 }
 
 TEST_CASE("an nccl rank whose peer leaves mid-run aborts at its deadline instead of hanging",
-          "[kasmina][dist][gpu][multi_gpu]") {
+          "[kasmina][dist][multi_gpu]") {
     require_devices(2);
     InMemoryKvStore store;
     std::atomic<bool> left{false};
