@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs everything that needs a GPU from a bundle (scripts/bundle.sh) on a GPU node and writes the
+# logs into OUT_DIR: the [gpu] kernel and kasmina tests, and a short `esper run` on the CUDA
+# backend with the Fashion-MNIST files in DATA_DIR (the node may lack Debian's package).
+#   scripts/gpu-selftest.sh BUNDLE_DIR DATA_DIR OUT_DIR
+# Exit status: the number of failed steps (0 = all passed).
+set -uo pipefail
+if [ $# -ne 3 ]; then
+  echo "usage: scripts/gpu-selftest.sh BUNDLE_DIR DATA_DIR OUT_DIR" >&2
+  exit 2
+fi
+bundle=$1 data=$2 out=$3
+mkdir -p "$out"
+failed=0
+step() {  # step NAME CMD...: runs CMD with its output in OUT/NAME.log
+  local name=$1; shift
+  echo "== $name: $*"
+  if "$@" >"$out/$name.log" 2>&1; then echo "   ok"; else echo "   FAILED (rc=$?)"; tail -20 "$out/$name.log"; failed=$((failed + 1)); fi
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/device.txt" 2>&1
+step kernels_gpu "$bundle/bin/esper_kernels_tests" "[gpu]"
+ESPER_FASHION_MNIST_DIR=$data step kasmina_gpu "$bundle/bin/esper_kasmina_tests" "[gpu]"
+sed "s|path: /usr/share/datasets/fashion-mnist|path: $data|; s|device: auto|device: cuda|" \
+  "$(dirname "$0")/../examples/fashion_mnist.yaml" > "$out/run.yaml"
+run_dir=$(mktemp -d)/run
+step esper_run_cuda "$bundle/bin/esper" run --config "$out/run.yaml" --run-dir "$run_dir" --bus-port-base 0
+cp "$run_dir/report.html" "$out/report.html" 2>/dev/null
+grep -h "device=cuda" "$run_dir/logs/kasmina-0.log" >> "$out/esper_run_cuda.log" 2>/dev/null
+echo "failed steps: $failed"
+exit $failed
