@@ -170,14 +170,17 @@ int run_main(int argc, char** argv) {
     std::string host = "127.0.0.1";
     auto port = [base](int64_t offset) { return std::to_string(base == 0 ? 0 : base + offset); };
 
-    // Validate the config before anything starts (same loader as the executor).
-    {
-        std::vector<std::string> check = {exe.string(), "kasmina", "--check-config", "--config",
-                                          config_path.string()};
-        ChildProcess c("config-check", check, run_dir / "logs" / "config-check.log");
+    // Validate the config (and the policy) before anything starts, with the same loaders the
+    // executor and the controller use.
+    std::vector<std::vector<std::string>> checks = {
+        {exe.string(), "kasmina", "--check-config", "--config", config_path.string()},
+        {exe.string(), "tamiyo", "--check-config", "--config", config_path.string()}};
+    if (policy.given()) checks[1].insert(checks[1].end(), {"--policy", policy.str()});
+    for (const auto& check : checks) {
+        ChildProcess c("config-check", check, run_dir / "logs" / ("check-" + check[1] + ".log"));
         int st = c.wait_for(std::chrono::seconds(60)).value_or(-1);
-        if (st != 0) {
-            for (const std::string& l : c.last_log_lines(10)) std::fprintf(stderr, "%s\n", l.c_str());
+        if (st != 0) {  // the loaders print one line naming file:line: field: reason
+            for (const std::string& l : c.last_log_lines(1)) std::fprintf(stderr, "%s\n", l.c_str());
             return st == 2 ? cli::kExitUsage : 1;
         }
     }

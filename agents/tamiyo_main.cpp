@@ -426,7 +426,15 @@ int tamiyo_main(int argc, char** argv) {
     auto& target = p.option("target", "AGENT", "executor that receives commands", "kasmina/0");
     auto& tick = p.option("tick-ms", "MS", "how often to check whether a decision is due", "50");
     p.option("run-dir", "DIR", "run directory (accepted for symmetry with the executor; unused)");
+    auto& check = p.flag("check-config", "validate the tamiyo section and the policy, print them, and exit");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
+    if (check.on()) {
+        tamiyo::Config c = config.given() ? tamiyo::load_config_file(config.str()) : tamiyo::Config{};
+        if (policy.given()) c.policy = policy.str();
+        tamiyo::PolicyPtr checked = tamiyo::make_policy(c.policy, c.heuristic);
+        std::printf("%s%s\n", tamiyo::format_config(c).c_str(), tamiyo::describe_policy(*checked).c_str());
+        return 0;
+    }
     if (!run_id.given()) return p.usage_error("--run-id is required");
     if (const char* spec = std::getenv("ESPER_LOG")) set_log_levels(spec);
 

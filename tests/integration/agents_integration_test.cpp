@@ -254,3 +254,31 @@ TEST_CASE("esper run stops on SIGINT within seconds with a final checkpoint and 
     std::error_code ec;
     fs::remove_all(dir, ec);
 }
+
+TEST_CASE("esper run refuses an invalid config or policy before anything starts",
+          "[integration][agents]") {
+    fs::path dir = scratch_dir();
+    std::ofstream(dir / "bad_kasmina.yaml") << "model:\n  hidden: [64, x]\n";
+    std::ofstream(dir / "bad_tamiyo.yaml") << "tamiyo:\n  plateau: {patience_steps: -3}\n";
+    struct Case {
+        std::vector<std::string> args;
+        std::string expect;
+    };
+    const std::vector<Case> cases = {
+        {{"--config", (dir / "bad_kasmina.yaml").string()}, "bad_kasmina.yaml:2: model.hidden[1]"},
+        {{"--config", (dir / "bad_tamiyo.yaml").string()}, "bad_tamiyo.yaml:2: tamiyo.plateau.patience_steps"},
+        {{"--policy", (dir / "missing.yaml").string()}, "missing.yaml"},
+    };
+    int n = 0;
+    for (const Case& c : cases) {
+        fs::path run_dir = dir / ("run" + std::to_string(n++));
+        std::vector<std::string> argv{kEsper, "run", "--run-dir", run_dir.string(), "--bus-port-base", "0"};
+        argv.insert(argv.end(), c.args.begin(), c.args.end());
+        fs::path log = dir / ("out" + std::to_string(n) + ".log");
+        CHECK(run_to_exit(argv, log, 30000) == 1);
+        CHECK_THAT(file_text(log), Catch::Contains(c.expect));
+        CHECK_FALSE(fs::exists(run_dir / "logs" / "broker.log"));  // nothing was started
+    }
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+}
