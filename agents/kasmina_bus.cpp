@@ -135,6 +135,7 @@ public:
     }
 
     void on_telemetry(std::vector<SeedTelemetryRecord>&& records) {
+        if (o_.rank != 0) return;  // all-reduced: every rank holds the global-batch telemetry
         SeedManager& seeds = trainer_.seeds();
         const uint64_t step = static_cast<uint64_t>(trainer_.steps_done());
         for (int32_t layer = 0; layer < seeds.num_layers(); ++layer) {
@@ -233,7 +234,9 @@ public:
 
     // Publishes every lifecycle event since the last call (also written to events.jsonl).
     void publish_events() {
-        for (const LifecycleEvent& e : trainer_.seeds().drain_events()) {
+        std::vector<LifecycleEvent> events = trainer_.seeds().drain_events();
+        if (o_.rank != 0) return;  // every rank has the same events; rank 0 publishes them
+        for (const LifecycleEvent& e : events) {
             control_.publish("events.lifecycle." + o_.run_id + "." + std::to_string(e.layer),
                              [&](schema::Envelope::Payload::Builder p) {
                 auto t = p.initLifecycleTransition();
@@ -260,6 +263,11 @@ public:
 
     void apply(schema::Command::Reader c, schema::CommandAck::Builder a) {
         std::string id = c.getCommandId().cStr();
+        if (o_.rank != 0) {  // data-parallel: only the leader changes the seed tables
+            ack(a, id, "commands go to rank 0 (kasmina/0); this is " + name_,
+                schema::CommandOutcome::REJECTED);
+            return;
+        }
         auto cmd = to_command(c, trainer_.config());
         if (auto* why = std::get_if<std::string>(&cmd)) {
             bool unimpl = why->rfind("unimplemented", 0) == 0;
@@ -344,6 +352,9 @@ int run_kasmina_bus(const Config& config, TrainerOptions trainer_options, const 
     std::fflush(stdout);
     agent->boundary();  // register and publish the initial state before the first step
     trainer.run();
+    if (options.world > 1)  // before the last boundary: commands applied there reach rank 0 only
+        ESPER_LOG_INFO(log(), "rank=", options.rank, " world=", options.world, " step=",
+                       trainer.steps_done(), " final digest=", trainer.seeds().digest());
     agent->boundary();  // events of the last step, commands that arrived during it
     if (trainer.stop_requested()) {
         // A stop between epochs: evaluate what we have so the run directory ends with a test line.
@@ -351,8 +362,8 @@ int run_kasmina_bus(const Config& config, TrainerOptions trainer_options, const 
         std::printf("stopped at step %lld: test_loss %.4f test_accuracy %.4f\n",
                     (long long)trainer.steps_done(), e.loss, e.accuracy);
     }
-    agent->publish_run_status();
-    if (!trainer_options.run_dir.empty()) {
+    if (options.rank == 0) agent->publish_run_status();
+    if (options.rank == 0 && !trainer_options.run_dir.empty()) {
         fs::path dir = fs::path(trainer_options.run_dir) / "checkpoints" / std::to_string(trainer.steps_done());
         if (!fs::exists(dir)) trainer.save_checkpoint(dir);
         std::printf("final checkpoint %s\n", dir.c_str());

@@ -20,6 +20,7 @@ struct KasminaBusOptions {
     std::string pub_endpoint;  // broker XSUB endpoint (we publish)
     std::string run_id;
     int rank = 0;
+    int world = 1;             // > 1: rank 0 serves commands, the others train and heartbeat
     std::string resume;        // checkpoint dir, or empty
 };
 

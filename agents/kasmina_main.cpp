@@ -7,6 +7,9 @@
 #include <signal.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <memory>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -16,13 +19,19 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/bus_kv_store.h"
 #include "agents/kasmina_bus.h"
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "kasmina/blueprints.h"
+#include "kasmina/collectives.h"
 #include "kasmina/config.h"
+#include "kasmina/rank_env.h"
 #include "kasmina/trainer.h"
+#ifdef ESPER_HAVE_GLOO
+#include "kasmina/collectives_gloo.h"
+#endif
 
 namespace esper::agents {
 
@@ -68,6 +77,22 @@ Germination parse_germination(const std::string& text) {
 std::atomic<bool> g_stop{false};
 extern "C" void on_stop_signal(int) { g_stop.store(true); }
 
+// Rank/world from flags, torchrun or Slurm variables (kasmina/rank_env.h).
+RankInfo resolve_rank(const cli::Option& rank, const cli::Option& world) {
+    EnvMap env;
+    for (std::string_view name : rank_env_names())
+        if (const char* v = std::getenv(std::string(name).c_str())) env.emplace(std::string(name), v);
+    RankOverrides o;
+    if (rank.given()) o.rank = static_cast<int>(rank.as_int());
+    if (world.given()) o.world = static_cast<int>(world.as_int());
+    return resolve_rank_info(env, o);
+}
+
+std::string env_or(const char* name, const std::string& fallback) {
+    const char* v = std::getenv(name);
+    return v != nullptr && *v != '\0' ? std::string(v) : fallback;
+}
+
 std::string default_run_dir() {
     return "runs/kasmina-" + std::to_string(wall_time_ns() / 1000000000);
 }
@@ -93,7 +118,11 @@ int kasmina_main(int argc, char** argv) {
                              "tcp://127.0.0.1:5555");
     p.option("bus-sub", "tcp://HOST:S", "bus mode: broker subscriber endpoint (unused by the executor)");
     auto& run_id = p.option("run-id", "ID", "bus mode: run id used in topics (default: run dir name)");
-    auto& rank = p.option("rank", "N", "bus mode: this executor's rank (agent name kasmina/N)", "0");
+    auto& rank = p.option("rank", "N", "this executor's rank (agent name kasmina/N; env RANK)", "0");
+    auto& world = p.option("world", "N", "ranks in the data-parallel job (env WORLD_SIZE)", "1");
+    auto& rendezvous = p.option("rendezvous-dir", "DIR",
+                                "world > 1: rendezvous through files in DIR instead of the broker",
+                                "broker kv; standalone: RUN_DIR/rendezvous");
     auto& auto_gates = p.flag("auto-gates", "bus mode: keep evaluating gates in-process");
     p.epilog(
         "examples:\n"
@@ -135,10 +164,11 @@ int kasmina_main(int argc, char** argv) {
         std::printf("%s", config_to_yaml(config).c_str());
         return 0;
     }
+    const RankInfo ri = resolve_rank(rank, world);
     const std::string dir = run_dir.given() ? run_dir.str() : default_run_dir();
     fs::create_directories(dir);
     const std::string effective = config_to_yaml(config);
-    {
+    if (ri.is_leader()) {
         std::ofstream out(fs::path(dir) / "config.yaml");
         out << effective;
         if (!out) ESPER_THROW(kFailed, dir, "/config.yaml: cannot write");
@@ -148,6 +178,38 @@ int kasmina_main(int argc, char** argv) {
 
     TrainerOptions opt;
     opt.run_dir = dir;
+    // world > 1: Gloo over TCP. Peers meet through the broker's kv service in bus mode, else
+    // (or with --rendezvous-dir) through a FileKvStore in a directory every rank sees.
+    std::unique_ptr<KvStore> kv_store;
+    std::unique_ptr<Collectives> comm;
+    opt.rank = ri.rank;
+    opt.world = ri.world;
+    if (ri.world > 1) {
+#ifdef ESPER_HAVE_GLOO
+        const std::string rid = run_id.given() ? run_id.str() : fs::path(dir).filename().string();
+        std::string rdv;
+        if (!standalone.on() && !rendezvous.given()) {
+            rdv = "broker " + bus_rpc.str();
+            kv_store = std::make_unique<BusKvStore>(bus_rpc.str(),
+                                                    "kasmina/" + std::to_string(ri.rank), rid);
+        } else {
+            rdv = rendezvous.given() ? rendezvous.str() : (fs::path(dir) / "rendezvous").string();
+            kv_store = std::make_unique<FileKvStore>(rdv);
+        }
+        GlooConfig gc;
+        gc.rank = ri.rank;
+        gc.world = ri.world;
+        gc.hostname = env_or("ESPER_NODE_ADDR", "127.0.0.1");
+        gc.key_prefix = rid + "/" + env_or("ESPER_ATTEMPT", "0") + "/gloo";
+        gc.timeout = std::chrono::milliseconds(120000);
+        comm = std::make_unique<GlooCollectives>(gc, *kv_store);
+        opt.collectives = comm.get();
+        ESPER_LOG_AT(logger("kasmina"), LogLevel::kInfo, "rank=", ri.rank, " world=", ri.world,
+                     " source=", ri.source, " backend=gloo rendezvous=", rdv);
+#else
+        ESPER_THROW(kInvalidInput, "world ", ri.world, ": this build has no Gloo (libgloo-dev)");
+#endif
+    }
     opt.on_epoch = [](const EpochSummary& s) {
         std::printf("epoch %lld  step %lld  train_loss %.4f  test_loss %.4f  test_acc %.4f  "
                     "live_seeds %lld  params %lld  %.1fs\n",
@@ -179,7 +241,8 @@ int kasmina_main(int argc, char** argv) {
         bo.rpc_endpoint = bus_rpc.str();
         bo.pub_endpoint = bus_pub.str();
         bo.run_id = run_id.given() ? run_id.str() : fs::path(dir).filename().string();
-        bo.rank = static_cast<int>(rank.as_int());
+        bo.rank = ri.rank;
+        bo.world = ri.world;
         bo.resume = resume.given() ? resume.str() : "";
         return run_kasmina_bus(config, opt, bo, g_stop);
     }
@@ -201,11 +264,14 @@ int kasmina_main(int argc, char** argv) {
     trainer.run();
     if (trainer.stop_requested()) {
         fs::path ck = fs::path(dir) / "checkpoints" / std::to_string(trainer.steps_done());
-        if (!fs::exists(ck)) trainer.save_checkpoint(ck);
+        if (ri.is_leader() && !fs::exists(ck)) trainer.save_checkpoint(ck);
         std::printf("stopped by signal at step %lld; final checkpoint %s\n",
                     (long long)trainer.steps_done(), ck.c_str());
     }
     const EvalResult final_eval = trainer.evaluate();
+    if (ri.world > 1)
+        std::printf("rank %d final digest=%llu\n", ri.rank,
+                    static_cast<unsigned long long>(trainer.seeds().digest()));
     std::printf("done: %lld steps in %.1fs, test_loss %.4f, test_accuracy %.4f, events %lld, run dir %s\n",
                 (long long)trainer.steps_done(), clock.elapsed_s(), final_eval.loss,
                 final_eval.accuracy, (long long)trainer.seeds().events_written(), dir.c_str());

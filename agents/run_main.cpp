@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
@@ -146,11 +147,14 @@ int run_main(int argc, char** argv) {
     auto& port_base = p.option("bus-port-base", "N", "broker ports N (pub), N+1 (sub), N+2 (rpc); 0 = ephemeral", "5555");
     auto& policy = p.option("policy", "FILE|heuristic", "controller policy (default: the config's tamiyo.policy, else heuristic)");
     auto& seed = p.option("seed", "N", "override run.seed");
+    auto& ranks_opt = p.option("ranks", "N", "data-parallel executors on this machine (CPU: Gloo)", "1");
     p.epilog("Watch a run with the `esper tap` command it prints; change its policy with\n"
              "`esper policy load FILE --bus tcp://127.0.0.1:<N+2>`.");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     if (!p.positional().empty()) return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
     int64_t base = port_base.as_int();
+    const int64_t ranks = ranks_opt.as_int();
+    if (ranks < 1 || ranks > 64) return p.usage_error("--ranks must be in 1..64");
     if (base < 0 || base > 65533) return p.usage_error("--bus-port-base must be in 0..65533");
 
     std::string run_id = new_run_id();
@@ -234,7 +238,20 @@ int run_main(int argc, char** argv) {
     if (epochs.given()) kargs.insert(kargs.end(), {"--epochs", epochs.str()});
     if (max_steps.given()) kargs.insert(kargs.end(), {"--max-steps", max_steps.str()});
     if (seed.given()) kargs.insert(kargs.end(), {"--seed", seed.str()});
+    // --ranks N: rank 0 serves commands and writes the run directory, ranks 1..N-1 train on
+    // their shards; they meet through a FileKvStore in RUN_DIR/rendezvous (docs/distributed.md).
+    // TODO(dist): with N GPUs and the CUDA backend, one rank per GPU (LOCAL_RANK) over NCCL;
+    // today world > 1 needs run.device cpu.
+    if (ranks > 1) kargs.insert(kargs.end(), {"--world", std::to_string(ranks), "--rank", "0"});
     auto kasmina = std::make_unique<ChildProcess>("kasmina", kargs, run_dir / "logs" / "kasmina-0.log");
+    std::vector<std::unique_ptr<ChildProcess>> peers;
+    for (int64_t r = 1; r < ranks; ++r) {
+        std::vector<std::string> a = kargs;
+        a.back() = std::to_string(r);  // "--rank" is the last flag
+        const std::string name = "kasmina-" + std::to_string(r);
+        peers.push_back(
+            std::make_unique<ChildProcess>(name, a, run_dir / "logs" / (name + ".log")));
+    }
 
     Progress progress(run_dir / "metrics.jsonl", ::isatty(STDOUT_FILENO) != 0);
     int exit_code = 0;
@@ -249,6 +266,7 @@ int run_main(int argc, char** argv) {
                             sig == SIGINT ? "SIGINT" : "SIGTERM");
                 std::fflush(stdout);
                 kasmina->signal(SIGTERM);
+                for (auto& peer : peers) peer->signal(SIGTERM);
                 stopping = true;
                 stop_clock.reset();
                 exit_code = sig == SIGINT ? 130 : 0;
@@ -269,6 +287,16 @@ int run_main(int argc, char** argv) {
             kasmina->stop(std::chrono::milliseconds(100));
             break;
         }
+        for (auto& peer : peers) {
+            if (auto st = peer->poll(); st && *st != 0 && !stopping) {
+                progress.finish();
+                report_death(*peer, *st);
+                kasmina->signal(SIGTERM);  // it would fail at its next collective anyway
+                stopping = true;
+                stop_clock.reset();
+                exit_code = 1;
+            }
+        }
         for (ChildProcess* c : {broker.get(), tamiyo.get()}) {
             if (auto st = c->poll(); st && !stopping) {
                 progress.finish();
@@ -282,6 +310,14 @@ int run_main(int argc, char** argv) {
             }
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    for (auto& peer : peers) {
+        std::optional<int> st = peer->wait_for(std::chrono::seconds(30));
+        if (!st) st = peer->stop(std::chrono::milliseconds(3000));
+        if (*st != 0 && exit_code == 0) {
+            report_death(*peer, *st);
+            exit_code = 1;
+        }
     }
     progress.poll();
     progress.finish();

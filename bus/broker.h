@@ -9,6 +9,9 @@
 //   client -> broker  REQ agent req_id envelope  forwarded as  REQ client_id req_id envelope
 //   worker -> broker  REP client_id req_id env   forwarded as  REP req_id envelope
 //   broker -> client  ERR req_id reason          e.g. "unknown agent kasmina/0"
+// Exception: requests to the reserved agent name "kv" are decoded and answered by the broker
+// itself (kvSet/kvGet, the rendezvous key-value service of distributed runs; values live as long
+// as the broker; the reply is sent as REP req_id envelope from sender "broker").
 #pragma once
 
 #include <atomic>
@@ -63,10 +66,14 @@ public:
     std::vector<std::string> agents() const;
     const BrokerStats& stats() const { return stats_; }
 
+    static constexpr const char* kKvAgent = "kv";
+
 private:
     void forward(zmq::socket_t& from, zmq::socket_t& to, bool subscriptions);
     void handle_rpc();
     void expire_agents();
+    // Answers a request addressed to kKvAgent; `body` is the request envelope.
+    void serve_kv(const std::string& identity, zmq::message_t& req_id, zmq::message_t&& body);
     bool send_frames(std::vector<zmq::message_t>& frames);
 
     struct Agent {
@@ -77,6 +84,8 @@ private:
     zmq::socket_t xsub_, xpub_, router_;
     BrokerEndpoints endpoints_;
     std::unordered_map<std::string, Agent> agents_;  // name -> agent
+    std::unordered_map<std::string, std::string> kv_;  // rendezvous store (agent "kv")
+    uint64_t kv_sequence_ = 0;
     BrokerStats stats_;
 };
 

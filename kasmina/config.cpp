@@ -238,7 +238,8 @@ void read_run(const Reader& r, const YAML::Node& n, RunConfig& c) {
     const std::string p = "run";
     r.section(n, p,
               {"seed", "device", "epochs", "max_steps", "checkpoint_every_steps",
-               "telemetry_interval_steps", "eval_every_steps"});
+               "telemetry_interval_steps", "eval_every_steps", "digest_every_steps",
+               "test_corrupt_digest_rank"});
     r.get_uint(n, p, "seed", c.seed);
     r.get_string(n, p, "device", c.device);
     if (c.device != "auto" && c.device != "cpu" && c.device != "cuda") {
@@ -250,6 +251,8 @@ void read_run(const Reader& r, const YAML::Node& n, RunConfig& c) {
     r.get_int(n, p, "checkpoint_every_steps", c.checkpoint_every_steps);
     r.get_int(n, p, "telemetry_interval_steps", c.telemetry_interval_steps, 1);
     r.get_int(n, p, "eval_every_steps", c.eval_every_steps);
+    r.get_int(n, p, "digest_every_steps", c.digest_every_steps);
+    r.get_int(n, p, "test_corrupt_digest_rank", c.test_corrupt_digest_rank, -1);
     if (c.epochs == 0 && c.max_steps == 0) {
         r.fail(r.at(n, "epochs"), "run.epochs", "epochs and max_steps are both 0: nothing to run");
     }
@@ -494,7 +497,9 @@ std::string config_to_yaml(const Config& c) {
       << "  max_steps: " << c.run.max_steps << "\n"
       << "  checkpoint_every_steps: " << c.run.checkpoint_every_steps << "\n"
       << "  telemetry_interval_steps: " << c.run.telemetry_interval_steps << "\n"
-      << "  eval_every_steps: " << c.run.eval_every_steps << "\n";
+      << "  eval_every_steps: " << c.run.eval_every_steps << "\n"
+      << "  digest_every_steps: " << c.run.digest_every_steps << "\n"
+      << "  test_corrupt_digest_rank: " << c.run.test_corrupt_digest_rank << "\n";
     o << "data:\n"
       << "  dataset: " << c.data.dataset << "\n"
       << "  path: " << quoted(c.data.path) << "\n"

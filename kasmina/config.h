@@ -49,6 +49,8 @@ struct RunConfig {
     int64_t checkpoint_every_steps = 0;     // 0 = never
     int64_t telemetry_interval_steps = 50;  // >= 1
     int64_t eval_every_steps = 0;           // 0 = evaluate at the end of each epoch only
+    int64_t digest_every_steps = 100;       // world > 1: compare seed tables/params (0 = never)
+    int64_t test_corrupt_digest_rank = -1;  // tests only: this rank perturbs its seed table
     bool operator==(const RunConfig&) const = default;
 };
 

@@ -9,6 +9,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "kasmina/cuda_backend.h"
+#include "kasmina/distributed.h"
 
 namespace esper::kasmina {
 
@@ -48,6 +49,7 @@ Trainer::~Trainer() {
 
 void Trainer::init() {
     const Dataset& tr = data_.train;
+    if (options_.rank != 0) options_.run_dir.clear();  // only rank 0 writes files
     ESPER_CHECK_INPUT(tr.n >= config_.data.batch_size, "data.batch_size: ", config_.data.batch_size,
                       " exceeds the ", tr.n, " training samples");
     model_ = std::make_unique<Model>(config_.model, tr.features, std::max(tr.classes, data_.test.classes),
@@ -79,8 +81,21 @@ void Trainer::init() {
         gpu_ = std::make_unique<CudaBackend>(config_, *model_, seeds_.get(), *optimizer_, o);
         ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "device=cuda name=", gpu_->device_name());
     }
+    init_distributed();
     capture(last_good_);
     last_good_seeds_ = seeds_->snapshot();
+}
+
+void Trainer::init_distributed() {
+    if (options_.world <= 1) return;
+    const Collectives* comm = options_.collectives;
+    ESPER_REQUIRE(comm != nullptr && comm->world() == options_.world &&
+                      comm->rank() == options_.rank,
+                  "world ", options_.world, " needs matching TrainerOptions::collectives");
+    // TODO(dist): the CUDA backend keeps gradients on the device; wire NcclComm there.
+    ESPER_CHECK_INPUT(!gpu_, "run.device: cuda with ", options_.world,
+                      " ranks is not supported yet; use run.device: cpu (Gloo)");
+    dist_ = std::make_unique<DistributedSync>(*options_.collectives, config_, *model_, *seeds_);
 }
 
 int64_t Trainer::param_count() const {
@@ -125,6 +140,10 @@ TrainStep Trainer::step() {
             seeds_->arenas(l).zero_grads();
         }
         r = model_->train_batch(x_.data(), y_.data(), B, views_, telemetry_->step_accums());
+        if (dist_) {
+            dist_->reduce_gradients();
+            dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
+        }
         telemetry_->record_blueprint_grads(*seeds_);
     }
     double loss = r.loss;
@@ -174,7 +193,7 @@ TrainStep Trainer::step() {
         last_good_seeds_ = seeds_->snapshot();
     }
     const double secs = sw.elapsed_s();
-    out.samples_per_s = secs > 0 ? double(B) / secs : 0.0;
+    out.samples_per_s = secs > 0 ? double(B) * options_.world / secs : 0.0;
     write_metrics_line("{\"step\":" + std::to_string(out.step) + ",\"epoch\":" +
                        std::to_string(out.epoch) + ",\"split\":\"train\",\"loss\":" + num(out.loss) +
                        ",\"lr\":" + num(out.lr) + ",\"samples_per_s\":" + num(out.samples_per_s) +
@@ -242,8 +261,10 @@ void Trainer::run() {
     Stopwatch epoch_clock;
     while (!done()) {
         if (options_.before_step) options_.before_step(*this);
+        if (dist_ && dist_->sync_boundary(stop_requested_)) stop_requested_ = true;
         if (stop_requested_) break;
         step();
+        if (dist_) dist_->after_step(step_);
         const int64_t interval = config_.run.telemetry_interval_steps;
         if (interval > 0 && step_ % interval == 0) {
             std::vector<SeedTelemetryRecord> records = collect_telemetry();

@@ -28,6 +28,8 @@
 namespace esper::kasmina {
 
 class CudaBackend;
+class Collectives;
+class DistributedSync;
 
 struct TrainStep {
     int64_t step = 0;           // optimizer steps done after this one (1-based)
@@ -65,6 +67,11 @@ struct TrainerOptions {
     std::function<void(class Trainer&, std::vector<SeedTelemetryRecord>&&)> on_telemetry;
     int rank = 0;
     int world = 1;
+    // world > 1: the collectives of this rank's group (not owned, must outlive the Trainer).
+    // Gradients, step telemetry, loss and correct are combined over ranks, rank 0's seed state
+    // is replicated at run()'s step boundaries, digests compared (kasmina/distributed.h). Only
+    // rank 0 writes run_dir files (metrics, events, checkpoints); the others write nothing.
+    Collectives* collectives = nullptr;
     int64_t eval_batch = 1000;
 };
 
@@ -112,11 +119,14 @@ public:
     // at snapshots and checkpoints; blueprint slots in use after every step.
     CudaBackend* cuda() { return gpu_.get(); }
     bool uses_cuda() const { return gpu_ != nullptr; }
+    // The data-parallel glue when world > 1 (null otherwise).
+    DistributedSync* distributed() { return dist_.get(); }
     // Host + live blueprint parameters.
     int64_t param_count() const;
 
 private:
     void init();
+    void init_distributed();
     bool stop_requested_ = false;
     TrainStep last_step_;
     EvalResult last_eval_;
@@ -137,6 +147,7 @@ private:
     Governor governor_;
     std::unique_ptr<Sampler> sampler_;
     std::unique_ptr<CudaBackend> gpu_;
+    std::unique_ptr<DistributedSync> dist_;
     int64_t total_steps_ = 0;
     int64_t step_ = 0;
     AlignedVector<float> x_;

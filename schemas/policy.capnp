@@ -45,7 +45,22 @@ struct ControlRequest {
     policyRollback @4 :Void;
     command @5 :Commands.Command;
     ping @6 :Text;
+    kvSet @7 :KvSet;
+    # Rendezvous key-value service, served by the broker itself for the reserved agent name
+    # "kv" (docs/distributed.md). Replied with `none`.
+    kvGet @8 :Text;
+    # The key; replied with `kvValue`.
   }
+}
+
+struct KvSet {
+  key @0 :Text;
+  value @1 :Data;
+}
+
+struct KvValue {
+  found @0 :Bool;
+  value @1 :Data;
 }
 
 struct ControlReply {
@@ -61,5 +76,6 @@ struct ControlReply {
     pong @7 :Text;
     unimplemented @8 :Text;
     # The receiver does not know the request variant; the text names what it got.
+    kvValue @9 :KvValue;
   }
 }

@@ -1,0 +1,36 @@
+// BusKvStore: the rendezvous KvStore (kasmina/collectives.h) over the broker's key-value
+// service: kvSet/kvGet control requests addressed to the reserved agent name "kv", answered by
+// the broker itself (bus/broker.h). Lets ranks on different hosts find each other with nothing
+// but the broker's request/reply endpoint. wait() polls get() until the keys exist.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <zmq.hpp>
+
+#include "bus/rpc.h"
+#include "kasmina/collectives.h"
+
+namespace esper::agents {
+
+class BusKvStore final : public kasmina::KvStore {
+public:
+    // `rpc_endpoint`: the broker's request/reply endpoint; `sender`: this agent's name.
+    BusKvStore(std::string rpc_endpoint, std::string sender, std::string run_id);
+    // Throws esper::Error(kDisconnected) when the broker does not answer.
+    void set(const std::string& key, std::span<const std::uint8_t> value) override;
+    std::optional<kasmina::Bytes> get(const std::string& key) override;
+    bool wait(std::span<const std::string> keys, std::chrono::milliseconds timeout) override;
+
+private:
+    std::mutex mutex_;
+    zmq::context_t context_;
+    std::unique_ptr<bus::RpcClient> client_;
+    std::string endpoint_;
+};
+
+}  // namespace esper::agents
