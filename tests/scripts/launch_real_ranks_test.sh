@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# scripts/launch_cluster.sh with the real `esper` (ESPER as first argument): two Gloo ranks on
+# this machine (--rsh local) train a small teacher task with checkpoints; rank 1 is killed with
+# SIGKILL mid-run; rank 0 must fail instead of hanging, the launcher must restart both ranks from
+# the newest checkpoint, and the restarted job must finish with identical seed-table digests.
+set -uo pipefail
+esper=${1:?usage: launch_real_ranks_test.sh ESPER}
+here="$(cd "$(dirname "$0")" && pwd)"
+launcher="$here/../../scripts/launch_cluster.sh"
+tmp="$(mktemp -d)"
+trap 'pkill -KILL -f "kasmina --config $tmp/c.yaml" 2>/dev/null; rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*" >&2; tail -5 "$tmp/out.log" >&2; exit 1; }
+
+echo "localhost slots=2" >"$tmp/hosts"
+cat >"$tmp/c.yaml" <<'YAML'
+run: {seed: 5, epochs: 0, max_steps: 6000, telemetry_interval_steps: 20, checkpoint_every_steps: 500}
+data:
+  dataset: teacher
+  batch_size: 64
+  teacher: {train_samples: 4096, test_samples: 512, features: 16, classes: 4, hidden: 32}
+model: {hidden: [32, 32], activation: gelu, seeds_per_layer: 4}
+YAML
+"$launcher" --hostfile "$tmp/hosts" --rsh local --config "$tmp/c.yaml" --run-dir "$tmp/run" \
+    --bus-port-base "$(( 20000 + RANDOM % 40000 ))" --esper "$esper" --max-restarts 1 --grace-s 3 >"$tmp/out.log" 2>&1 &
+launcher_pid=$!
+# Wait for the first checkpoint, then kill rank 1.
+for _ in $(seq 1 300); do
+    [ -f "$tmp/run/checkpoints/500/manifest.txt" ] && break
+    sleep 0.1
+done
+[ -f "$tmp/run/checkpoints/500/manifest.txt" ] || fail "no checkpoint at step 500"
+victim=$(pgrep -f "kasmina --config $tmp/c.yaml" | tail -1)
+[ -n "$victim" ] || fail "no rank process found"
+kill -KILL "$victim"
+wait "$launcher_pid"
+rc=$?
+cat "$tmp/out.log"
+[ "$rc" -eq 0 ] || fail "launcher exited $rc"
+grep -q "resuming from $tmp/run/checkpoints/" "$tmp/out.log" || fail "no restart from a checkpoint"
+mapfile -t digests < <(grep -rhoE "step=6000 final digest=[0-9]+" "$tmp/run/launcher" | sort -u)
+[ "${#digests[@]}" -eq 1 ] || fail "ranks ended with different digests: ${digests[*]:-none}"
+echo "PASS: restarted after a killed rank; final ${digests[0]}"
