@@ -7,6 +7,8 @@
 // events.policy.<run>. A restarted Tamiyo rebuilds its view from what the bus delivers next.
 #include <unistd.h>
 
+#include <kj/exception.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -79,7 +81,17 @@ public:
 
     int run() {
         loop_.watch(sub_.socket(), [this] {
-            while (auto m = sub_.try_receive()) ingest(*m);
+            while (auto m = sub_.try_receive()) {
+                // decode() validated the structure; a text field is checked only when read, so a
+                // malformed one throws here. Bus input is never fatal: drop, count, log.
+                try {
+                    ingest(*m);
+                } catch (const std::exception& e) {
+                    drop(m->topic, e.what());
+                } catch (const kj::Exception& e) {
+                    drop(m->topic, e.getDescription().cStr());
+                }
+            }
         });
         loop_.watch(worker_.socket(), [this] { worker_.process(handler()); });
         loop_.every(std::chrono::milliseconds(o_.tick_ms), [this] { decide(); });
@@ -100,6 +112,12 @@ public:
     }
 
 private:
+    void drop(const std::string& topic, const char* why) {
+        ++dropped_;
+        ESPER_LOG_WARN_RATE(log(), 5, "dropped message topic=", topic, " reason=", why,
+                            " dropped_total=", dropped_);
+    }
+
     void ingest(const bus::Message& m) {
         auto env = m.envelope();
         auto p = env.getPayload();
@@ -406,6 +424,7 @@ private:
     bool decided_once_ = false;
     uint64_t last_decision_step_ = 0;
     uint64_t commands_sent_ = 0;
+    uint64_t dropped_ = 0;
     Stopwatch uptime_;
 };
 
