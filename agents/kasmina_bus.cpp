@@ -107,14 +107,7 @@ public:
     // Called by the trainer between optimizer steps.
     void boundary() {
         if (stop_.load()) trainer_.request_stop();
-        const TrainStep& s = trainer_.last_step();
-        if (s.step > last_seen_step_) {
-            last_seen_step_ = s.step;
-            loss_sum_ += s.loss;
-            correct_sum_ += s.correct;
-            samples_ += trainer_.config().data.batch_size;
-            ++loss_steps_;
-        }
+        absorb_last_step();
         worker_.process([this](schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
             handle(req, rep);
         });
@@ -134,7 +127,20 @@ public:
         }
     }
 
+    // Adds the newest step to the run-status window once (the window closes in on_telemetry,
+    // which runs after the step and before the next boundary).
+    void absorb_last_step() {
+        const TrainStep& s = trainer_.last_step();
+        if (s.step <= last_seen_step_) return;
+        last_seen_step_ = s.step;
+        loss_sum_ += s.loss;
+        correct_sum_ += s.correct;
+        samples_ += trainer_.config().data.batch_size;
+        ++loss_steps_;
+    }
+
     void on_telemetry(std::vector<SeedTelemetryRecord>&& records) {
+        absorb_last_step();
         if (o_.rank != 0) return;  // all-reduced: every rank holds the global-batch telemetry
         SeedManager& seeds = trainer_.seeds();
         const uint64_t step = static_cast<uint64_t>(trainer_.steps_done());

@@ -300,7 +300,9 @@ private:
         const tamiyo::Policy& p = controller_.active();
         info.setName(e ? e->name : p.name());
         info.setKind(policy_kind(e ? e->kind : p.kind()));
-        info.setVersion(static_cast<uint32_t>(controller_.depth()));
+        // The n-th entry of the policy history (1-based); the active policy without history: 1.
+        const auto& h = controller_.history();
+        info.setVersion(e != nullptr ? static_cast<uint32_t>(e - h.data() + 1) : 1u);
         info.setLoadedAtStep(e ? e->step : 0);
         info.setLoadedAtNs(e ? e->wall_ns : 0);
         info.setActive(active);
