@@ -27,10 +27,14 @@
 #include "kasmina/blueprints.h"
 #include "kasmina/collectives.h"
 #include "kasmina/config.h"
+#include "kasmina/cuda_backend.h"
 #include "kasmina/rank_env.h"
 #include "kasmina/trainer.h"
 #ifdef ESPER_HAVE_GLOO
 #include "kasmina/collectives_gloo.h"
+#endif
+#ifdef ESPER_HAVE_NCCL
+#include "kasmina/collectives_nccl.h"
 #endif
 
 namespace esper::agents {
@@ -85,6 +89,14 @@ RankInfo resolve_rank(const cli::Option& rank, const cli::Option& world) {
     RankOverrides o;
     if (rank.given()) o.rank = static_cast<int>(rank.as_int());
     if (world.given()) o.world = static_cast<int>(world.as_int());
+    // --rank/--world with LOCAL_RANK in the environment (as `esper run --ranks N` starts them):
+    // LOCAL_RANK still picks the GPU.
+    if (auto it = env.find("LOCAL_RANK"); rank.given() && it != env.end()) {
+        const std::string& v = it->second;
+        if (v.empty() || v.size() > 4 || v.find_first_not_of("0123456789") != std::string::npos)
+            ESPER_THROW(kInvalidInput, "LOCAL_RANK=", v, ": not a rank number");
+        o.local_rank = std::stoi(v);
+    }
     return resolve_rank_info(env, o);
 }
 
@@ -182,6 +194,9 @@ int kasmina_main(int argc, char** argv) {
     // (or with --rendezvous-dir) through a FileKvStore in a directory every rank sees.
     std::unique_ptr<KvStore> kv_store;
     std::unique_ptr<Collectives> comm;
+#ifdef ESPER_HAVE_NCCL
+    std::unique_ptr<NcclComm> nccl;  // declared after comm: destroyed first
+#endif
     opt.rank = ri.rank;
     opt.world = ri.world;
     if (ri.world > 1) {
@@ -204,8 +219,45 @@ int kasmina_main(int argc, char** argv) {
         gc.timeout = std::chrono::milliseconds(120000);
         comm = std::make_unique<GlooCollectives>(gc, *kv_store);
         opt.collectives = comm.get();
+        // CUDA ranks: LOCAL_RANK picks the device; device gradients are averaged over NCCL (the
+        // host-side sync above stays on Gloo). Without a device for this rank: CPU (auto) or an
+        // error (cuda).
+        const char* grad_backend = "gloo";
+        if (resolve_use_cuda(config.run.device)) {
+            const int devices = CudaBackend::device_count();
+#ifdef ESPER_HAVE_NCCL
+            const bool gpu_rank = ri.local_rank < devices;
+#else
+            const bool gpu_rank = false;
+#endif
+            if (gpu_rank) {
+#ifdef ESPER_HAVE_NCCL
+                NcclConfig nc;
+                nc.rank = ri.rank;
+                nc.world = ri.world;
+                nc.device = ri.local_rank;  // NcclComm's constructor calls cudaSetDevice
+                nc.key_prefix = rid + "/" + env_or("ESPER_ATTEMPT", "0") + "/nccl";
+                nc.timeout = std::chrono::milliseconds(120000);
+                nccl = std::make_unique<NcclComm>(nc, *kv_store);
+                opt.nccl = nccl.get();
+                grad_backend = "nccl";
+#endif
+            } else if (config.run.device == "cuda") {
+                ESPER_THROW(kInvalidInput, "run.device: cuda: rank ", ri.rank, " has LOCAL_RANK=",
+                            ri.local_rank, " but ", devices, " CUDA device(s) are visible",
+#ifdef ESPER_HAVE_NCCL
+                            "");
+#else
+                            " and this build has no NCCL");
+#endif
+            } else {
+                config.run.device = "cpu";
+            }
+        }
         ESPER_LOG_AT(logger("kasmina"), LogLevel::kInfo, "rank=", ri.rank, " world=", ri.world,
-                     " source=", ri.source, " backend=gloo rendezvous=", rdv);
+                     " source=", ri.source, " backend=gloo grads=", grad_backend,
+                     " device=", config.run.device, " local_rank=", ri.local_rank,
+                     " rendezvous=", rdv);
 #else
         ESPER_THROW(kInvalidInput, "world ", ri.world, ": this build has no Gloo (libgloo-dev)");
 #endif

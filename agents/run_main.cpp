@@ -147,7 +147,7 @@ int run_main(int argc, char** argv) {
     auto& port_base = p.option("bus-port-base", "N", "broker ports N (pub), N+1 (sub), N+2 (rpc); 0 = ephemeral", "5555");
     auto& policy = p.option("policy", "FILE|heuristic", "controller policy (default: the config's tamiyo.policy, else heuristic)");
     auto& seed = p.option("seed", "N", "override run.seed");
-    auto& ranks_opt = p.option("ranks", "N", "data-parallel executors on this machine (CPU: Gloo)", "1");
+    auto& ranks_opt = p.option("ranks", "N", "data-parallel executors on this machine (GPU per rank over NCCL when there are N, else CPU: Gloo)", "1");
     p.epilog("Watch a run with the `esper tap` command it prints; change its policy with\n"
              "`esper policy load FILE --bus tcp://127.0.0.1:<N+2>`.");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
@@ -240,17 +240,22 @@ int run_main(int argc, char** argv) {
     if (seed.given()) kargs.insert(kargs.end(), {"--seed", seed.str()});
     // --ranks N: rank 0 serves commands and writes the run directory, ranks 1..N-1 train on
     // their shards; they meet through a FileKvStore in RUN_DIR/rendezvous (docs/distributed.md).
-    // TODO(dist): with N GPUs and the CUDA backend, one rank per GPU (LOCAL_RANK) over NCCL;
-    // today world > 1 needs run.device cpu.
+    // Each rank gets LOCAL_RANK = its rank: with the CUDA backend and at least N devices, rank r
+    // trains on GPU r and the device gradients are averaged over NCCL; otherwise CPU with Gloo.
     if (ranks > 1) kargs.insert(kargs.end(), {"--world", std::to_string(ranks), "--rank", "0"});
-    auto kasmina = std::make_unique<ChildProcess>("kasmina", kargs, run_dir / "logs" / "kasmina-0.log");
+    const std::vector<std::string> env0 =
+        ranks > 1 ? std::vector<std::string>{"LOCAL_RANK=0"} : std::vector<std::string>{};
+    auto kasmina = std::make_unique<ChildProcess>("kasmina", kargs,
+                                                  run_dir / "logs" / "kasmina-0.log", env0);
     std::vector<std::unique_ptr<ChildProcess>> peers;
     for (int64_t r = 1; r < ranks; ++r) {
         std::vector<std::string> a = kargs;
         a.back() = std::to_string(r);  // "--rank" is the last flag
         const std::string name = "kasmina-" + std::to_string(r);
         peers.push_back(
-            std::make_unique<ChildProcess>(name, a, run_dir / "logs" / (name + ".log")));
+            std::make_unique<ChildProcess>(name, a, run_dir / "logs" / (name + ".log"),
+                                           std::vector<std::string>{"LOCAL_RANK=" +
+                                                                    std::to_string(r)}));
     }
 
     Progress progress(run_dir / "metrics.jsonl", ::isatty(STDOUT_FILENO) != 0);

@@ -167,6 +167,17 @@ void NcclComm::all_reduce_sum(const void* send, void* recv, std::size_t count, N
     complete(r, "all_reduce", timeout_);
 }
 
+void NcclComm::all_reduce_mean(const void* send, void* recv, std::size_t count, NcclType type,
+                               cudaStream_t stream) {
+    ncclResult_t r;
+    {
+        std::lock_guard lock(mutex_);
+        r = ncclAllReduce(send, recv, count, to_nccl(type), ncclAvg, live("all_reduce_mean"),
+                          stream);
+    }
+    complete(r, "all_reduce_mean", timeout_);
+}
+
 void NcclComm::broadcast(const void* send, void* recv, std::size_t bytes, int root,
                          cudaStream_t stream) {
     ESPER_REQUIRE(root >= 0 && root < world_, "root=", root, " world=", world_);

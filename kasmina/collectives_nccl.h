@@ -52,6 +52,9 @@ public:
     // Enqueue on `stream`; in-place when send == recv. `count` is in elements.
     void all_reduce_sum(const void* send, void* recv, std::size_t count, NcclType type,
                         cudaStream_t stream);
+    // As all_reduce_sum, then divided by the world size (ncclAvg): the mean over ranks.
+    void all_reduce_mean(const void* send, void* recv, std::size_t count, NcclType type,
+                         cudaStream_t stream);
     void broadcast(const void* send, void* recv, std::size_t bytes, int root,
                    cudaStream_t stream);
     // Group calls (several all-reduces fused into one launch): begin/end bracket them.

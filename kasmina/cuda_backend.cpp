@@ -23,6 +23,9 @@
 #include "kernels/seed_forward.h"
 #include "kernels/seed_state_update.h"
 #include "kernels/softmax_xent.h"
+#if ESPER_HAVE_NCCL
+#include "kasmina/collectives_nccl.h"
+#endif
 #endif
 
 namespace esper::kasmina {
@@ -57,6 +60,9 @@ int64_t CudaBackend::graph_captures() const { return 0; }
 void CudaBackend::set_use_graphs(bool) {}
 void CudaBackend::set_overlap_dormant(bool) {}
 std::string CudaBackend::device_name() const { return "none"; }
+int CudaBackend::device_count() { return 0; }
+int64_t CudaBackend::grad_reduce_bytes() const { return 0; }
+double CudaBackend::last_grad_reduce_ms() const { return 0.0; }
 void CudaBackend::begin_blueprint_counts() {}
 void CudaBackend::commit_blueprint_counts() {}
 void CudaBackend::copy_optimizer_state(bool) {}
@@ -213,6 +219,7 @@ struct CudaBackend::Impl {
     std::vector<uint8_t> bypass;
     cudaEvent_t done = nullptr;
     cudaEvent_t updates_done = nullptr;
+    cudaEvent_t reduce_begin = nullptr, reduce_end = nullptr;  // time_grad_reduce
     cublasHandle_t cublas = nullptr;
     DeviceBuffer<uint8_t> cublas_ws;
     cudaGraphExec_t graph = nullptr;
@@ -257,6 +264,8 @@ struct CudaBackend::Impl {
         if (cublas != nullptr) (void)cublasDestroy(cublas);
         if (done != nullptr) (void)cudaEventDestroy(done);
         if (updates_done != nullptr) (void)cudaEventDestroy(updates_done);
+        if (reduce_begin != nullptr) (void)cudaEventDestroy(reduce_begin);
+        if (reduce_end != nullptr) (void)cudaEventDestroy(reduce_end);
         for (cudaEvent_t e : events) (void)cudaEventDestroy(e);
         if (side != nullptr) (void)cudaStreamDestroy(side);
         if (stream != nullptr) (void)cudaStreamDestroy(stream);
@@ -407,6 +416,55 @@ struct CudaBackend::Impl {
         return size_t(layers[e.layer].arenas[e.kind].view.stride);
     }
 
+    bool data_parallel() const {
+#if ESPER_HAVE_NCCL
+        return opt.nccl != nullptr && opt.nccl->world() > 1;
+#else
+        return false;
+#endif
+    }
+
+    // Data parallelism: every gradient the optimizer reads becomes the mean over ranks (NCCL's
+    // ring/tree result is the same on every rank). One group, so one launch.
+    void reduce_gradients() {
+#if ESPER_HAVE_NCCL
+        // External: inside a stream capture a plain record is only a dependency marker; this
+        // makes it an event-record node, so cudaEventElapsedTime works after a replay.
+        if (opt.time_grad_reduce)
+            ESPER_CUDA_CHECK(cudaEventRecordWithFlags(reduce_begin, stream, cudaEventRecordExternal));
+        NcclComm& c = *opt.nccl;
+        c.group_start();
+        c.all_reduce_mean(grads.get(), grads.get(), n_flat, NcclType::kFloat32, stream);
+        for (const LiveSlot& e : live) {
+            float* g = slot_ptr(layers[e.layer].arenas[e.kind].grads, e);
+            c.all_reduce_mean(g, g, slot_floats(e), NcclType::kFloat32, stream);
+        }
+        c.group_end();
+        if (opt.time_grad_reduce)
+            ESPER_CUDA_CHECK(cudaEventRecordWithFlags(reduce_end, stream, cudaEventRecordExternal));
+#endif
+    }
+
+    // The sums of squares come from double atomics (order varies), so ranks with identical
+    // gradients may differ in the last bit: rank 0's values decide clipping and finiteness.
+    void agree_sumsq() {
+#if ESPER_HAVE_NCCL
+        NcclComm& c = *opt.nccl;
+        c.group_start();
+        c.broadcast(host_sumsq.get(), host_sumsq.get(), sizeof(double), 0, stream);
+        if (slot_sumsq.size() > 0)
+            c.broadcast(slot_sumsq.get(), slot_sumsq.get(), slot_sumsq.size() * sizeof(double), 0,
+                        stream);
+        c.group_end();
+#endif
+    }
+
+    int64_t reduce_floats() const {
+        int64_t n = int64_t(n_flat);
+        for (const LiveSlot& e : live) n += int64_t(slot_floats(e));
+        return n;
+    }
+
     // The whole training step on `stream`: capturable (no sync, no allocation, no host reads).
     void enqueue_step() {
         const int32_t B = opt.batch;
@@ -438,6 +496,8 @@ struct CudaBackend::Impl {
         forward(B, true, opt.overlap_dormant);
         backward(B, opt.overlap_dormant);
         join_side();
+        const bool dp = data_parallel();
+        if (dp) reduce_gradients();
 
         ESPER_CUDA_CHECK(launch_sum_squares(grads.get(), int64_t(n_flat), host_sumsq.get(), stream));
         for (size_t i = 0; i < live.size(); ++i) {
@@ -448,6 +508,20 @@ struct CudaBackend::Impl {
                                              stream));
         }
         const float clip = float(config.optimizer.grad_clip);
+        if (slot_sumsq.size() > 0)
+            ESPER_CUDA_CHECK(cudaMemsetAsync(slot_sumsq.get(), 0, slot_sumsq.size() * sizeof(double),
+                                             stream));
+        if (clip > 0.0f) {
+            for (size_t i = 0; i < live.size(); ++i) {
+                const int32_t ti = train_index[i];
+                if (ti < 0) continue;
+                const LiveSlot& e = live[i];
+                ESPER_CUDA_CHECK(launch_sum_squares(slot_ptr(layers[e.layer].arenas[e.kind].grads, e),
+                                                    int64_t(slot_floats(e)), slot_sumsq.get() + ti,
+                                                    stream));
+            }
+        }
+        if (dp) agree_sumsq();
         if (clip > 0.0f)
             ESPER_CUDA_CHECK(launch_clip_scale(grads.get(), int64_t(n_flat), host_sumsq.get(), clip,
                                                stream));
@@ -458,9 +532,6 @@ struct CudaBackend::Impl {
             ESPER_CUDA_CHECK(kernels::launch_sgd_momentum_step(params.get(), grads.get(), m.get(),
                                                                int64_t(n_flat), sgd.get(), stream));
         }
-        if (slot_sumsq.size() > 0)
-            ESPER_CUDA_CHECK(cudaMemsetAsync(slot_sumsq.get(), 0, slot_sumsq.size() * sizeof(double),
-                                             stream));
         for (size_t i = 0; i < live.size(); ++i) {
             const int32_t ti = train_index[i];
             if (ti < 0) continue;
@@ -468,10 +539,8 @@ struct CudaBackend::Impl {
             ArenaDev& ar = layers[e.layer].arenas[e.kind];
             const int64_t n = int64_t(slot_floats(e));
             float* g = slot_ptr(ar.grads, e);
-            if (clip > 0.0f) {
-                ESPER_CUDA_CHECK(launch_sum_squares(g, n, slot_sumsq.get() + ti, stream));
+            if (clip > 0.0f)
                 ESPER_CUDA_CHECK(launch_clip_scale(g, n, slot_sumsq.get() + ti, clip, stream));
-            }
             if (adamw) {
                 ESPER_CUDA_CHECK(kernels::launch_adamw_step(slot_ptr(ar.params, e), g,
                                                             slot_ptr(ar.m, e), slot_ptr(ar.v, e), n,
@@ -605,7 +674,15 @@ CudaBackend::CudaBackend(const Config& config, Model& model, SeedManager* seeds,
     d.classes = model.classes();
     d.adamw = config.optimizer.kind == OptimizerKind::kAdamw;
 
+#if !ESPER_HAVE_NCCL
+    ESPER_CHECK_INPUT(options.nccl == nullptr, "CUDA backend: data parallelism needs NCCL, and "
+                      "this build has none (use run.device: cpu with Gloo)");
+#endif
     ESPER_CUDA_CHECK(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking));
+    if (options.time_grad_reduce) {
+        ESPER_CUDA_CHECK(cudaEventCreate(&d.reduce_begin));
+        ESPER_CUDA_CHECK(cudaEventCreate(&d.reduce_end));
+    }
     ESPER_CUDA_CHECK(cudaStreamCreateWithFlags(&d.side, cudaStreamNonBlocking));
     ESPER_CUDA_CHECK(cudaEventCreateWithFlags(&d.done, cudaEventDisableTiming));
     ESPER_CUDA_CHECK(cudaEventCreateWithFlags(&d.updates_done, cudaEventDisableTiming));
@@ -1021,6 +1098,30 @@ std::string CudaBackend::device_name() const {
     if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&p, dev) != cudaSuccess)
         return "unknown";
     return p.name;
+}
+
+int CudaBackend::device_count() {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+int64_t CudaBackend::grad_reduce_bytes() const {
+    return impl_->data_parallel() ? impl_->reduce_floats() * int64_t(sizeof(float)) : 0;
+}
+
+double CudaBackend::last_grad_reduce_ms() const {
+    const Impl& d = *impl_;
+    if (!d.opt.time_grad_reduce || !d.data_parallel()) return 0.0;
+    float ms = 0.0f;
+    if (cudaEventElapsedTime(&ms, d.reduce_begin, d.reduce_end) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return -1.0;  // timing not available for events recorded by this graph
+    }
+    return double(ms);
 }
 
 #endif  // ESPER_HAVE_CUDA

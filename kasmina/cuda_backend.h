@@ -22,6 +22,8 @@
 
 namespace esper::kasmina {
 
+class NcclComm;
+
 // True when this build has CUDA and a device is visible.
 bool cuda_device_available();
 // run.device → use CUDA? auto = CUDA when available; cuda without a device throws esper::Error.
@@ -37,6 +39,14 @@ struct CudaBackendOptions {
     // GRAFTING..FOSSILIZED: y == h, dh == dy exactly) run their kernels (telemetry, TRAINING
     // blueprint grads) on a side stream, off the critical path of the host network.
     bool overlap_dormant = true;
+    // Data parallelism over CUDA ranks (world > 1; not owned, must outlive the backend): inside
+    // the captured step, between backward and the optimizer, the flat host-parameter gradients
+    // and the live blueprint slots' gradients become their mean over ranks (one grouped
+    // ncclAllReduce/ncclAvg), and rank 0's gradient sums of squares are broadcast so clipping
+    // and finiteness agree bit for bit on every rank. Needs an NCCL build.
+    NcclComm* nccl = nullptr;
+    // Records timing events around the gradient all-reduce (benchmarks: last_grad_reduce_ms).
+    bool time_grad_reduce = false;
 };
 
 struct CudaStepResult {
@@ -83,6 +93,14 @@ public:
     // Before the first step (or at a step boundary): see CudaBackendOptions::overlap_dormant.
     void set_overlap_dormant(bool on);
     std::string device_name() const;
+    // Devices this process can see (0 without CUDA or without a device).
+    static int device_count();
+    // Bytes the gradient all-reduce moves per step (flat host grads + live slots' grads).
+    int64_t grad_reduce_bytes() const;
+    // With time_grad_reduce and an NcclComm: the all-reduce time of the last finished step
+    // (device events inside the graph), in ms; 0 otherwise, -1 when the events gave no time.
+    // Call after finish_step.
+    double last_grad_reduce_ms() const;
 
 private:
     struct Impl;

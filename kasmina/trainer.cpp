@@ -78,6 +78,13 @@ void Trainer::init() {
         CudaBackendOptions o;
         o.batch = int32_t(config_.data.batch_size);
         o.eval_batch = int32_t(options_.eval_batch);
+        o.time_grad_reduce = options_.time_grad_reduce;
+        if (options_.world > 1) {
+            ESPER_CHECK_INPUT(options_.nccl != nullptr, "run.device: cuda with ", options_.world,
+                              " ranks needs an NCCL communicator per rank (none was given); "
+                              "use run.device: cpu (Gloo)");
+            o.nccl = options_.nccl;
+        }
         gpu_ = std::make_unique<CudaBackend>(config_, *model_, seeds_.get(), *optimizer_, o);
         ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "device=cuda name=", gpu_->device_name());
     }
@@ -92,9 +99,8 @@ void Trainer::init_distributed() {
     ESPER_REQUIRE(comm != nullptr && comm->world() == options_.world &&
                       comm->rank() == options_.rank,
                   "world ", options_.world, " needs matching TrainerOptions::collectives");
-    // TODO(dist): the CUDA backend keeps gradients on the device; wire NcclComm there.
-    ESPER_CHECK_INPUT(!gpu_, "run.device: cuda with ", options_.world,
-                      " ranks is not supported yet; use run.device: cpu (Gloo)");
+    // CUDA: gradients are averaged on the device (NcclComm, in the backend's step graph);
+    // DistributedSync's host gradient buckets are then unused.
     dist_ = std::make_unique<DistributedSync>(*options_.collectives, config_, *model_, *seeds_);
 }
 
@@ -133,6 +139,10 @@ TrainStep Trainer::step() {
         r.correct = g.correct;
         r.batch = B;
         finite = g.finite;
+        if (dist_) {
+            dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
+            finite = finite && std::isfinite(r.loss);
+        }
         telemetry_->record_blueprint_grads(*seeds_);
     } else {
         for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
@@ -264,7 +274,12 @@ void Trainer::run() {
         if (dist_ && dist_->sync_boundary(stop_requested_)) stop_requested_ = true;
         if (stop_requested_) break;
         step();
-        if (dist_) dist_->after_step(step_);
+        if (dist_) {
+            // CUDA: host parameters are refreshed only on download; the digest needs them.
+            const int64_t every = config_.run.digest_every_steps;
+            if (gpu_ && every > 0 && step_ % every == 0) gpu_->download_all();
+            dist_->after_step(step_);
+        }
         const int64_t interval = config_.run.telemetry_interval_steps;
         if (interval > 0 && step_ % interval == 0) {
             std::vector<SeedTelemetryRecord> records = collect_telemetry();

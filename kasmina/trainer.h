@@ -30,6 +30,7 @@ namespace esper::kasmina {
 class CudaBackend;
 class Collectives;
 class DistributedSync;
+class NcclComm;
 
 struct TrainStep {
     int64_t step = 0;           // optimizer steps done after this one (1-based)
@@ -72,6 +73,13 @@ struct TrainerOptions {
     // is replicated at run()'s step boundaries, digests compared (kasmina/distributed.h). Only
     // rank 0 writes run_dir files (metrics, events, checkpoints); the others write nothing.
     Collectives* collectives = nullptr;
+    // world > 1 with run.device resolving to CUDA: this rank's NCCL communicator (not owned),
+    // made on the device this rank trains on (cudaSetDevice(local_rank) before the Trainer).
+    // The CUDA backend averages the device gradients with it inside the captured step; the
+    // host-side work above (seed state, digests, loss and telemetry) stays on `collectives`.
+    NcclComm* nccl = nullptr;
+    // Benchmarks: CudaBackendOptions::time_grad_reduce (cuda()->last_grad_reduce_ms()).
+    bool time_grad_reduce = false;
     int64_t eval_batch = 1000;
 };
 
