@@ -220,7 +220,7 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
 }
 
 // Benchmark: ESPER_BENCH_STEPS (default 300) timed steps after 30 warm-up steps.
-TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and 1 to 2 gpu scaling",
+TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from 1 gpu",
           "[kasmina][dist][multi_gpu][.bench]") {
     require_two_devices();
     const char* env_steps = std::getenv("ESPER_BENCH_STEPS");
@@ -338,38 +338,60 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and 1 to 2 gpu s
     single.join();
     if (err1) FAIL("1 gpu: " << message_of(err1));
 
-    std::vector<Timing> two(2);
-    std::vector<std::exception_ptr> errors;
-    on_ranks(2, [&](int r, Collectives& gloo, NcclComm& nccl) {
-        run_rank(r, 2, &gloo, &nccl, two[size_t(r)]);
-    }, errors);
-    for (int r = 0; r < 2; ++r) {
-        INFO("rank " << r << ": " << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
-        REQUIRE(!errors[size_t(r)]);
+    // ESPER_BENCH_WORLDS="2,4,8": the rank counts to measure (those above the device count are
+    // skipped). One JSON line per world; the last stdout line holds them all.
+    std::vector<int> worlds;
+    const char* env_worlds = std::getenv("ESPER_BENCH_WORLDS");
+    for (std::string rest = env_worlds != nullptr ? env_worlds : "2"; !rest.empty();) {
+        const size_t comma = rest.find(',');
+        worlds.push_back(std::atoi(rest.substr(0, comma).c_str()));
+        rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
     }
+    int devices = 0;
+    ESPER_CUDA_CHECK(cudaGetDeviceCount(&devices));
     const double B = double(c.data.batch_size);
-    const Timing& t0 = two[0];
     const double sps1 = B * double(steps) / one.loop_s;
-    const double sps2 = 2.0 * B * double(steps) / t0.loop_s;
     const double step_ms1 = one.step_s * 1e3 / double(steps);
-    const double step_ms2 = t0.step_s * 1e3 / double(steps);
-    const double reduce_ms = t0.reduce_samples > 0 ? t0.reduce_ms / double(t0.reduce_samples) : -1;
-    const double sync_ms = t0.sync_s * 1e3 / double(steps);
     CHECK(sps1 > 0);
-    CHECK(sps2 > 0);
-    CHECK(t0.grad_bytes > 0);
-    CHECK(t0.syncs >= 2);
-    std::printf("{\"bench\":\"nccl_data_parallel\",\"device\":\"%s\",\"world\":2,"
-                "\"local_batch\":%d,\"hidden\":[2048,2048],\"features\":512,\"steps\":%lld,"
-                "\"grad_bytes\":%lld,\"grad_reduce_in_step_ms\":%.4f,\"bare_allreduce_ms\":%.4f,"
-                "\"reduce_efficiency\":%.3f,\"seed_sync_ms_per_step\":%.4f,"
-                "\"step_ms_2gpu\":%.4f,\"seed_sync_fraction\":%.4f,\"seed_syncs\":%lld,"
-                "\"seed_sync_bytes\":%lld,\"step_ms_1gpu\":%.4f,\"samples_per_s_1gpu\":%.0f,"
-                "\"samples_per_s_2gpu\":%.0f,\"scaling_efficiency\":%.3f}\n",
-                t0.device.c_str(), int(B), (long long)steps, (long long)t0.grad_bytes, reduce_ms,
-                t0.bare_ms, reduce_ms > 0 ? t0.bare_ms / reduce_ms : -1.0, sync_ms, step_ms2,
-                sync_ms / (step_ms2 + sync_ms), (long long)t0.syncs, (long long)t0.sync_bytes,
-                step_ms1, sps1, sps2, sps2 / (2.0 * sps1));
+    std::string all;
+    for (int world : worlds) {
+        if (world < 2 || world > devices) continue;
+        std::vector<Timing> ranks(static_cast<size_t>(world));
+        std::vector<std::exception_ptr> errors;
+        on_ranks(world, [&](int r, Collectives& gloo, NcclComm& nccl) {
+            run_rank(r, world, &gloo, &nccl, ranks[size_t(r)]);
+        }, errors);
+        for (int r = 0; r < world; ++r) {
+            INFO("world " << world << " rank " << r << ": "
+                          << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
+            REQUIRE(!errors[size_t(r)]);
+        }
+        const Timing& t0 = ranks[0];
+        const double spsw = double(world) * B * double(steps) / t0.loop_s;
+        const double step_ms = t0.step_s * 1e3 / double(steps);
+        const double reduce_ms = t0.reduce_samples > 0 ? t0.reduce_ms / double(t0.reduce_samples) : -1;
+        const double sync_ms = t0.sync_s * 1e3 / double(steps);
+        CHECK(spsw > 0);
+        CHECK(t0.grad_bytes > 0);
+        CHECK(t0.syncs >= 2);
+        char line[1024];
+        std::snprintf(line, sizeof line,
+                      "{\"bench\":\"nccl_data_parallel\",\"device\":\"%s\",\"world\":%d,"
+                      "\"local_batch\":%d,\"hidden\":[2048,2048],\"features\":512,\"steps\":%lld,"
+                      "\"grad_bytes\":%lld,\"grad_reduce_in_step_ms\":%.4f,\"bare_allreduce_ms\":%.4f,"
+                      "\"reduce_efficiency\":%.3f,\"seed_sync_ms_per_step\":%.4f,"
+                      "\"step_ms\":%.4f,\"seed_sync_fraction\":%.4f,\"seed_syncs\":%lld,"
+                      "\"seed_sync_bytes\":%lld,\"step_ms_1gpu\":%.4f,\"samples_per_s_1gpu\":%.0f,"
+                      "\"samples_per_s\":%.0f,\"scaling_efficiency\":%.3f}",
+                      t0.device.c_str(), world, int(B), (long long)steps, (long long)t0.grad_bytes,
+                      reduce_ms, t0.bare_ms, reduce_ms > 0 ? t0.bare_ms / reduce_ms : -1.0, sync_ms,
+                      step_ms, sync_ms / (step_ms + sync_ms), (long long)t0.syncs,
+                      (long long)t0.sync_bytes, step_ms1, sps1, spsw, spsw / (double(world) * sps1));
+        std::printf("%s\n", line);
+        if (!all.empty()) all.push_back(',');
+        all.append(line);
+    }
+    std::printf("{\"bench\":\"nccl_data_parallel_sweep\",\"results\":[%s]}\n", all.c_str());
     std::fflush(stdout);
 }
 

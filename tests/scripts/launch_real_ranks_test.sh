@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# scripts/launch_cluster.sh with the real `esper` (ESPER as first argument): two Gloo ranks on
-# this machine (--rsh local) train a small teacher task with checkpoints; rank 1 is killed with
-# SIGKILL mid-run; rank 0 must fail instead of hanging, the launcher must restart both ranks from
-# the newest checkpoint, and the restarted job must finish with identical seed-table digests.
+# scripts/launch_cluster.sh with the real `esper`: launch_real_ranks_test.sh ESPER [SLOTS]
+# SLOTS ranks (default 2) on this machine (--rsh local) train a small teacher task with
+# checkpoints (Gloo on CPU; on a machine with SLOTS GPUs, one GPU per rank over NCCL); the last
+# rank is killed with SIGKILL mid-run; the others must fail instead of hanging, the launcher must
+# restart every rank from the newest checkpoint, and the restarted job must finish with identical
+# seed-table digests on all ranks.
 set -uo pipefail
-esper=${1:?usage: launch_real_ranks_test.sh ESPER}
+esper=${1:?usage: launch_real_ranks_test.sh ESPER [SLOTS]}
+slots=${2:-2}
+max_steps=${MAX_STEPS:-6000}
 here="$(cd "$(dirname "$0")" && pwd)"
 launcher="$here/../../scripts/launch_cluster.sh"
 tmp="$(mktemp -d)"
 trap 'pkill -KILL -f "kasmina --config $tmp/c.yaml" 2>/dev/null; rm -rf "$tmp"' EXIT
 fail() { echo "FAIL: $*" >&2; tail -5 "$tmp/out.log" >&2; exit 1; }
 
-echo "localhost slots=2" >"$tmp/hosts"
-cat >"$tmp/c.yaml" <<'YAML'
-run: {seed: 5, epochs: 0, max_steps: 6000, telemetry_interval_steps: 20, checkpoint_every_steps: 500}
+echo "localhost slots=$slots" >"$tmp/hosts"
+cat >"$tmp/c.yaml" <<YAML
+run: {seed: 5, epochs: 0, max_steps: $max_steps, telemetry_interval_steps: 20, checkpoint_every_steps: 500}
 data:
   dataset: teacher
   batch_size: 64
@@ -37,6 +41,6 @@ rc=$?
 cat "$tmp/out.log"
 [ "$rc" -eq 0 ] || fail "launcher exited $rc"
 grep -q "resuming from $tmp/run/checkpoints/" "$tmp/out.log" || fail "no restart from a checkpoint"
-mapfile -t digests < <(grep -rhoE "step=6000 final digest=[0-9]+" "$tmp/run/launcher" | sort -u)
+mapfile -t digests < <(grep -rhoE "step=$max_steps final digest=[0-9]+" "$tmp/run/launcher" | sort -u)
 [ "${#digests[@]}" -eq 1 ] || fail "ranks ended with different digests: ${digests[*]:-none}"
 echo "PASS: restarted after a killed rank; final ${digests[0]}"
