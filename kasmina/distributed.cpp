@@ -87,11 +87,14 @@ bool DistributedSync::sync_boundary(bool stop_requested) {
         corrupt_for_test();
     // One all-reduce: slot 0 only rank 0 fills (changed), slot 1 any rank (stop).
     double flags[2] = {0.0, stop_requested ? 1.0 : 0.0};
-    if (comm_.rank() == 0) flags[0] = (first_ || seeds_.digest() != last_digest_) ? 1.0 : 0.0;
+    // Steps change the seed state identically on every rank; only commands applied on rank 0
+    // since the last step make it differ.
+    if (comm_.rank() == 0)
+        flags[0] = (first_ || seeds_.applied_commands() != applied_at_last_step_) ? 1.0 : 0.0;
     comm_.all_reduce_sum(flags, 2);
     first_ = false;
     if (flags[0] > 0) broadcast_seed_state();
-    last_digest_ = seeds_.digest();
+    applied_at_last_step_ = seeds_.applied_commands();
     return flags[1] > 0;
 }
 
@@ -139,10 +142,11 @@ void DistributedSync::corrupt_for_test() {
 }
 
 void DistributedSync::after_step(int64_t step) {
-    last_digest_ = seeds_.digest();
+    applied_at_last_step_ = seeds_.applied_commands();
     const int64_t every = config_.run.digest_every_steps;
     if (every <= 0 || step % every != 0) return;
-    const std::vector<int> seed_bad = digest_mismatches(comm_, last_digest_);
+    // Hashing the seed tables costs ~32 bytes per seed: only at the check steps.
+    const std::vector<int> seed_bad = digest_mismatches(comm_, seeds_.digest());
     const std::vector<int> param_bad = digest_mismatches(comm_, param_digest());
     if (seed_bad.empty() && param_bad.empty()) {
         ESPER_LOG_AT(dist_log(), LogLevel::kDebug, "digest check step=", step, " ok");

@@ -61,7 +61,7 @@ private:
     SeedManager& seeds_;
     GradientBuckets buckets_;
     std::vector<double> stats_;
-    uint64_t last_digest_ = 0;
+    uint64_t applied_at_last_step_ = 0;  // seeds_.applied_commands() after the last step
     bool first_ = true;
     bool corrupted_ = false;
     int64_t sync_bytes_ = 0;

@@ -340,7 +340,10 @@ Outcome SeedManager::apply(const Command& command) {
     const int64_t stamp = next_step_;
     if (!std::holds_alternative<BatchCommand>(command.body)) {
         auto reason = apply_one(command, stamp);
-        if (reason.empty()) return Outcome{};
+        if (reason.empty()) {
+            ++applied_commands_;
+            return Outcome{};
+        }
         return Outcome{OutcomeStatus::kRejected, std::move(reason)};
     }
     // All or nothing: keep a copy, run, undo on the first rejection.
@@ -361,6 +364,7 @@ Outcome SeedManager::apply(const Command& command) {
     std::vector<LifecycleEvent> events;
     events.swap(batch_events_);
     for (auto& e : events) emit(std::move(e));
+    ++applied_commands_;
     return Outcome{};
 }
 

@@ -85,6 +85,9 @@ public:
     // Events since the last drain (also written to the EventLog when there is one).
     std::vector<LifecycleEvent> drain_events();
     int64_t events_written() const { return events_total_; }
+    // Commands applied so far (apply() calls that succeeded): rank 0 compares it across a step
+    // boundary to know whether its seed state must be broadcast, without hashing the tables.
+    uint64_t applied_commands() const { return applied_commands_; }
     // Live blueprint parameters in a layer (GERMINATED..FOSSILIZED seeds).
     int64_t blueprint_params_in_layer(int32_t layer) const;
     // Latest measured gradient health of a seed (nullopt = never measured).
@@ -137,6 +140,7 @@ private:
     bool buffering_ = false;  // inside a batch: events held until commit
     std::vector<LifecycleEvent> batch_events_;
     int64_t events_total_ = 0;
+    uint64_t applied_commands_ = 0;
     int64_t next_step_ = 0;
     // Run-loss history for the strategies' metrics.
     std::vector<double> loss_window_;
