@@ -18,6 +18,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -241,15 +242,31 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
     c.lifecycle.training_steps = 20;
     c.lifecycle.gates.min_gradient_health = 0.0;
     c.governor.snapshot_every_steps = 100000;
+    // ESPER_BENCH_BURST=N: rank 0 germinates N seeds across both layers in one boundary (1024
+    // seeds per layer, arenas sized for them), to time the seed-state sync after a burst.
+    const char* env_burst = std::getenv("ESPER_BENCH_BURST");
+    const int64_t burst = env_burst != nullptr ? std::atoll(env_burst) : 0;
+    if (burst > 0) {
+        c.model.seeds_per_layer = 1024;
+        c.blueprints.residual_mlp.slots = burst / 2 + 8;
+        c.blueprints.max_params_per_layer = int64_t(1) << 40;
+        c.lifecycle.max_active_per_layer = burst;
+    }
 
     struct Timing {
-        double loop_s = 0, step_s = 0, sync_s = 0, reduce_ms = 0, bare_ms = 0;
+        double loop_s = 0, step_s = 0, sync_s = 0, max_sync_s = 0, reduce_ms = 0, bare_ms = 0;
         int64_t reduce_samples = 0, grad_bytes = 0, syncs = 0, sync_bytes = 0;
         std::string device;
     };
     // Germinations on rank 0 during the timed loop, so seed state really changes.
     auto script = [&](Trainer& t) {
         const int64_t s = t.steps_done();
+        if (s == warm + 10 && burst > 0) {
+            for (int64_t i = 0; i < burst; ++i)
+                (void)t.apply(make(GerminateCommand{SeedRef{int32_t(i % 2), int32_t(i / 2)},
+                                                    BlueprintKind::kResidualMlp, std::nullopt}));
+            return;
+        }
         if (s == warm + 10)
             (void)t.apply(make(GerminateCommand{SeedRef{0, 1}, BlueprintKind::kResidualMlp,
                                                 std::nullopt}));
@@ -282,6 +299,7 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
             if (dist != nullptr) dist->after_step(t.steps_done());
             if (i < warm) continue;
             out.sync_s += sync;
+            out.max_sync_s = std::max(out.max_sync_s, sync);
             out.step_s += step;
             const double ms = t.cuda()->last_grad_reduce_ms();
             if (ms > 0) {
@@ -374,7 +392,7 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
         CHECK(spsw > 0);
         CHECK(t0.grad_bytes > 0);
         CHECK(t0.syncs >= 2);
-        char line[1024];
+        char line[1280];
         std::snprintf(line, sizeof line,
                       "{\"bench\":\"nccl_data_parallel\",\"device\":\"%s\",\"world\":%d,"
                       "\"local_batch\":%d,\"hidden\":[2048,2048],\"features\":512,\"steps\":%lld,"
@@ -382,11 +400,13 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
                       "\"reduce_efficiency\":%.3f,\"seed_sync_ms_per_step\":%.4f,"
                       "\"step_ms\":%.4f,\"seed_sync_fraction\":%.4f,\"seed_syncs\":%lld,"
                       "\"seed_sync_bytes\":%lld,\"step_ms_1gpu\":%.4f,\"samples_per_s_1gpu\":%.0f,"
-                      "\"samples_per_s\":%.0f,\"scaling_efficiency\":%.3f}",
+                      "\"samples_per_s\":%.0f,\"scaling_efficiency\":%.3f,\"burst\":%lld,"
+                      "\"max_seed_sync_ms\":%.3f}",
                       t0.device.c_str(), world, int(B), (long long)steps, (long long)t0.grad_bytes,
                       reduce_ms, t0.bare_ms, reduce_ms > 0 ? t0.bare_ms / reduce_ms : -1.0, sync_ms,
                       step_ms, sync_ms / (step_ms + sync_ms), (long long)t0.syncs,
-                      (long long)t0.sync_bytes, step_ms1, sps1, spsw, spsw / (double(world) * sps1));
+                      (long long)t0.sync_bytes, step_ms1, sps1, spsw, spsw / (double(world) * sps1),
+                      (long long)burst, t0.max_sync_s * 1e3);
         std::printf("%s\n", line);
         if (!all.empty()) all.push_back(',');
         all.append(line);
