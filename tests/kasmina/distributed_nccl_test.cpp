@@ -28,10 +28,12 @@
 #include "kasmina/collectives_nccl.h"
 #include "kasmina/cuda_backend.h"
 #include "kasmina/distributed.h"
+#include "tests/kasmina/dist_test_util.h"
 #include "kasmina/trainer.h"
 
 using namespace esper;
 using namespace esper::kasmina;
+using esper::kasmina::test::make;
 
 namespace {
 
@@ -43,33 +45,7 @@ void require_two_devices() {
 }
 
 Config gpu_config() {
-    Config c;
-    c.run.seed = 23;
-    c.run.device = "cuda";
-    c.run.max_steps = 40;
-    c.run.digest_every_steps = 5;
-    c.run.telemetry_interval_steps = 10;
-    c.data.dataset = "teacher";
-    c.data.batch_size = 32;  // per rank
-    c.data.teacher = {2048, 256, 32, 6, 48, 0.1};
-    c.model.hidden = {64, 48};
-    c.model.seeds_per_layer = 4;
-    c.lifecycle.training_steps = 3;
-    c.lifecycle.stabilization_steps = 3;
-    c.lifecycle.evaluation_steps = 3;
-    c.lifecycle.fine_tuning_steps = 30;
-    c.lifecycle.gates.min_gradient_health = 0.0;
-    c.lifecycle.grafting.ramp_steps = 4;
-    c.governor.snapshot_every_steps = 10;
-    return c;
-}
-
-Command make(std::variant<GerminateCommand, TransitionCommand, CullCommand, CancelCommand,
-                          RollbackCommand, SetAlphaScheduleCommand, BatchCommand> body) {
-    Command c;
-    c.origin = TransitionOrigin::kOperator;
-    c.body = std::move(body);
-    return c;
+    return test::small_dist_config("cuda", 23, 32, {2048, 256, 32, 6, 48, 0.1}, {64, 48});
 }
 
 // Commands on rank 0 only, at step boundaries: two germinations at 2, one at 4, a cull at 6.

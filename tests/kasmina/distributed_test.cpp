@@ -15,42 +15,18 @@
 #include "core/error.h"
 #include "kasmina/collectives_gloo.h"
 #include "kasmina/distributed.h"
+#include "tests/kasmina/dist_test_util.h"
 #include "kasmina/trainer.h"
 
 using namespace esper::kasmina;
+using esper::kasmina::test::make;
 
 namespace {
 
 constexpr int32_t kLocalBatch = 16;
 
 Config dist_config(int64_t global_batch) {
-    Config c;
-    c.run.seed = 11;
-    c.run.device = "cpu";
-    c.run.max_steps = 40;
-    c.run.digest_every_steps = 5;
-    c.run.telemetry_interval_steps = 10;
-    c.data.dataset = "teacher";
-    c.data.batch_size = global_batch;
-    c.data.teacher = {1024, 128, 16, 4, 24, 0.1};
-    c.model.hidden = {24, 20};
-    c.model.seeds_per_layer = 4;
-    c.lifecycle.training_steps = 3;
-    c.lifecycle.stabilization_steps = 3;
-    c.lifecycle.evaluation_steps = 3;
-    c.lifecycle.fine_tuning_steps = 30;
-    c.lifecycle.gates.min_gradient_health = 0.0;
-    c.lifecycle.grafting.ramp_steps = 4;
-    c.governor.snapshot_every_steps = 10;
-    return c;
-}
-
-Command make(std::variant<GerminateCommand, TransitionCommand, CullCommand, CancelCommand,
-                          RollbackCommand, SetAlphaScheduleCommand, BatchCommand> body) {
-    Command c;
-    c.origin = TransitionOrigin::kOperator;
-    c.body = std::move(body);
-    return c;
+    return test::small_dist_config("cpu", 11, global_batch, {1024, 128, 16, 4, 24, 0.1}, {24, 20});
 }
 
 // The controller's script, applied at step boundaries of the leader: two germinations at step 2,

@@ -8,6 +8,7 @@
 set -uo pipefail
 esper=${1:?usage: launch_netns_real_test.sh ESPER}
 here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/real_ranks_lib.sh"
 launcher="$here/../../scripts/launch_cluster.sh"
 tmp="$(mktemp -d)"
 skip() { echo "skipped: $*" >&2; exit 4; }
@@ -40,21 +41,6 @@ YAML
 "$launcher" --hostfile "$tmp/hosts" --rsh 'ip netns exec' --config "$tmp/c.yaml" \
     --run-dir "$tmp/run" --esper "$esper" --max-restarts 1 --grace-s 3 >"$tmp/out.log" 2>&1 &
 launcher_pid=$!
-for _ in $(seq 1 600); do
-    [ -f "$tmp/run/checkpoints/500/manifest.txt" ] && break
-    sleep 0.1
-done
-[ -f "$tmp/run/checkpoints/500/manifest.txt" ] || fail "no checkpoint at step 500"
-# The rank in the second namespace: the newest kasmina process.
-victim=$(pgrep -f "kasmina --config $tmp/c.yaml" | tail -1)
-[ -n "$victim" ] || fail "no rank process found"
-kill -KILL "$victim"
-wait "$launcher_pid"
-rc=$?
-cat "$tmp/out.log"
-[ "$rc" -eq 0 ] || fail "launcher exited $rc"
-grep -q "resuming from $tmp/run/checkpoints/" "$tmp/out.log" || fail "no restart from a checkpoint"
-mapfile -t digests < <(grep -rhoE "step=6000 final digest=[0-9]+" "$tmp/run/launcher" | sort -u)
-[ "${#digests[@]}" -eq 1 ] || fail "ranks ended with different digests: ${digests[*]:-none}"
+kill_rank_and_check "$launcher_pid" 6000
 grep -rq "10.78.0.1" "$tmp/run/launcher" || fail "ranks did not use the first namespace's address"
 echo "PASS: two namespaces, a killed rank restarted; final ${digests[0]}"

@@ -10,6 +10,7 @@ esper=${1:?usage: launch_real_ranks_test.sh ESPER [SLOTS]}
 slots=${2:-2}
 max_steps=${MAX_STEPS:-6000}
 here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/real_ranks_lib.sh"
 launcher="$here/../../scripts/launch_cluster.sh"
 tmp="$(mktemp -d)"
 trap 'pkill -KILL -f "kasmina --config $tmp/c.yaml" 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -27,20 +28,5 @@ YAML
 "$launcher" --hostfile "$tmp/hosts" --rsh local --config "$tmp/c.yaml" --run-dir "$tmp/run" \
     --bus-port-base "$(( 20000 + RANDOM % 40000 ))" --esper "$esper" --max-restarts 1 --grace-s 3 >"$tmp/out.log" 2>&1 &
 launcher_pid=$!
-# Wait for the first checkpoint, then kill rank 1.
-for _ in $(seq 1 300); do
-    [ -f "$tmp/run/checkpoints/500/manifest.txt" ] && break
-    sleep 0.1
-done
-[ -f "$tmp/run/checkpoints/500/manifest.txt" ] || fail "no checkpoint at step 500"
-victim=$(pgrep -f "kasmina --config $tmp/c.yaml" | tail -1)
-[ -n "$victim" ] || fail "no rank process found"
-kill -KILL "$victim"
-wait "$launcher_pid"
-rc=$?
-cat "$tmp/out.log"
-[ "$rc" -eq 0 ] || fail "launcher exited $rc"
-grep -q "resuming from $tmp/run/checkpoints/" "$tmp/out.log" || fail "no restart from a checkpoint"
-mapfile -t digests < <(grep -rhoE "step=$max_steps final digest=[0-9]+" "$tmp/run/launcher" | sort -u)
-[ "${#digests[@]}" -eq 1 ] || fail "ranks ended with different digests: ${digests[*]:-none}"
+kill_rank_and_check "$launcher_pid" "$max_steps"
 echo "PASS: restarted after a killed rank; final ${digests[0]}"
