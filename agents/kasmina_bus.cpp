@@ -146,8 +146,6 @@ public:
         const uint64_t step = static_cast<uint64_t>(trainer_.steps_done());
         for (int32_t layer = 0; layer < seeds.num_layers(); ++layer) {
             const SeedTable& table = seeds.table(layer);
-            const int64_t hidden_mlp = trainer_.config().blueprints.residual_mlp.expansion * table.max_chunk_width();
-            const int64_t hidden_lr = trainer_.config().blueprints.lowrank.rank;
             size_t n = 0;
             for (const auto& r : records) n += r.layer == layer ? 1 : 0;
             telemetry_.publish("telemetry.seeds." + o_.run_id + "." + std::to_string(layer),
@@ -188,11 +186,9 @@ public:
                     }
                     const int32_t w = table.chunk_width(r.seed);
                     out.setChunkWidth(static_cast<uint32_t>(w));
-                    if (table.slot(r.seed) >= 0) {
-                        auto kind = static_cast<kernels::BlueprintKind>(table.kind(r.seed));
-                        out.setBlueprintParams(kernels::blueprint_param_count(
-                            kind, w, kind == kernels::BlueprintKind::kResidualMlp ? hidden_mlp : hidden_lr));
-                    }
+                    if (table.slot(r.seed) >= 0)
+                        out.setBlueprintParams(static_cast<uint64_t>(
+                            seeds.seed_blueprint_params({layer, int32_t(r.seed)})));
                 }
             });
         }

@@ -58,18 +58,20 @@ int64_t blueprint_capacity(BlueprintKind k, const BlueprintsConfig& cfg) {
 }
 
 int64_t blueprint_params(BlueprintKind k, int64_t w, int64_t max_width,
-                         const BlueprintsConfig& cfg) {
-    return kernels::blueprint_param_count(k, w, blueprint_hidden(k, max_width, cfg));
+                         const BlueprintsConfig& cfg, int64_t in_width) {
+    return kernels::blueprint_param_count(k, w, blueprint_hidden(k, max_width, cfg), in_width);
 }
 
-BlueprintArenas::BlueprintArenas(int64_t max_width, const BlueprintsConfig& cfg)
-    : max_width_(static_cast<int32_t>(max_width)) {
+BlueprintArenas::BlueprintArenas(int64_t max_width, const BlueprintsConfig& cfg, int64_t in_width)
+    : max_width_(static_cast<int32_t>(max_width)), in_width_(static_cast<int32_t>(in_width)) {
+    ESPER_REQUIRE(in_width >= 0, "in_width=", in_width);
     for (int i = 0; i < kNumBlueprintKinds; ++i) {
         const auto k = static_cast<BlueprintKind>(i);
         Arena& a = arenas_[i];
         a.capacity = static_cast<int32_t>(blueprint_capacity(k, cfg));
         a.hidden = static_cast<int32_t>(blueprint_hidden(k, max_width, cfg));
-        a.stride = static_cast<int32_t>(kernels::blueprint_slot_floats(k, max_width, a.hidden));
+        a.stride =
+            static_cast<int32_t>(kernels::blueprint_slot_floats(k, max_width, a.hidden, in_width));
         const auto n = static_cast<size_t>(a.capacity) * static_cast<size_t>(a.stride);
         a.params.assign(n, 0.0f);
         a.grads.assign(n, 0.0f);
@@ -125,14 +127,17 @@ void BlueprintArenas::init_slot(BlueprintKind k, int32_t slot, int32_t width, ui
     std::ranges::fill(opt_v(k, slot), 0.0f);
     if (k == BlueprintKind::kScaleShift) return;  // s = 0, b = 0: r ≡ 0
     const int64_t hidden = arena(k).hidden;
-    const auto off = kernels::mlp_slot_offsets(max_width_, hidden);
-    // Kaiming-uniform over the fan-in of V (the chunk width): U(−√(6/w), √(6/w)).
-    const double bound = std::sqrt(6.0 / static_cast<double>(width));
+    const auto off = kernels::mlp_slot_offsets(max_width_, hidden, in_width_);
+    // Kaiming-uniform over the fan-in of V (the chunk width, or the layer input's width):
+    // U(−√(6/n), √(6/n)).
+    const int64_t fan_in = in_width_ > 0 ? in_width_ : width;
+    const int64_t v_stride = in_width_ > 0 ? in_width_ : max_width_;
+    const double bound = std::sqrt(6.0 / static_cast<double>(fan_in));
     uint64_t state = rng_seed;
     for (int64_t j = 0; j < hidden; ++j) {
-        for (int64_t i = 0; i < width; ++i) {
+        for (int64_t i = 0; i < fan_in; ++i) {
             const double u = static_cast<double>(splitmix64(state) >> 11) * 0x1.0p-53;
-            p[off.v + j * max_width_ + i] = static_cast<float>((2.0 * u - 1.0) * bound);
+            p[off.v + j * v_stride + i] = static_cast<float>((2.0 * u - 1.0) * bound);
         }
     }
 }
@@ -191,6 +196,7 @@ kernels::BlueprintArena BlueprintArenas::view(BlueprintKind k) {
     v.stride = a.stride;
     v.hidden = a.hidden;
     v.max_width = max_width_;
+    v.in_width = in_width_;
     return v;
 }
 

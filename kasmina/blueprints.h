@@ -1,7 +1,8 @@
 // Blueprint registry and per-layer arenas (DESIGN §4.5, kernels/seed_layer.h slot layout).
 // One arena per kind, pre-allocated from the config: params, grads and two optimizer-state
 // buffers (m, v) of `capacity × stride` floats. Germination takes the lowest free slot and
-// initialises it (V kaiming-uniform from a seeded RNG, b1 0, U/b2 0; scale_shift all 0), so a
+// initialises it (V kaiming-uniform over its fan-in from a seeded RNG, b1 0, U/b2 0; scale_shift
+// all 0), so a
 // new seed is the identity; release zeroes the slot's grads and optimizer state.
 #pragma once
 
@@ -26,18 +27,21 @@ std::optional<BlueprintKind> parse_blueprint_kind(std::string_view name);
 int64_t blueprint_hidden(BlueprintKind k, int64_t max_width, const BlueprintsConfig& cfg);
 // Arena capacity (slots per layer) of a kind.
 int64_t blueprint_capacity(BlueprintKind k, const BlueprintsConfig& cfg);
-// Parameters a seed of chunk width w really uses.
+// Parameters a seed of chunk width w really uses; in_width > 0 for layer-input arenas.
 int64_t blueprint_params(BlueprintKind k, int64_t w, int64_t max_width,
-                         const BlueprintsConfig& cfg);
+                         const BlueprintsConfig& cfg, int64_t in_width = 0);
 
 class BlueprintArenas {
 public:
-    BlueprintArenas(int64_t max_width, const BlueprintsConfig& cfg);
+    // in_width > 0: residual_mlp and lowrank slots read the layer's input of that many features
+    // (blueprints.input: layer); 0: they read their chunk.
+    BlueprintArenas(int64_t max_width, const BlueprintsConfig& cfg, int64_t in_width = 0);
 
     int32_t capacity(BlueprintKind k) const { return arena(k).capacity; }
     int32_t stride(BlueprintKind k) const { return arena(k).stride; }
     int32_t hidden(BlueprintKind k) const { return arena(k).hidden; }
     int32_t max_width() const { return max_width_; }
+    int32_t in_width() const { return in_width_; }
     int32_t free_slots(BlueprintKind k) const;
     bool slot_in_use(BlueprintKind k, int32_t slot) const;
 
@@ -82,6 +86,7 @@ private:
     const Arena& arena(BlueprintKind k) const { return arenas_[static_cast<int>(k)]; }
 
     int32_t max_width_;
+    int32_t in_width_;
     Arena arenas_[kNumBlueprintKinds];
 };
 

@@ -21,6 +21,7 @@ namespace {
 constexpr std::string_view kActivationNames[] = {"relu", "gelu"};
 constexpr std::string_view kOptimizerNames[] = {"sgd", "adamw"};
 constexpr std::string_view kScheduleNames[] = {"constant", "cosine", "step"};
+constexpr std::string_view kBlueprintInputNames[] = {"chunk", "layer"};
 constexpr std::string_view kStrategyNames[] = {
     "linear", "cosine", "sigmoid", "drift_controlled", "momentum", "stability", "adaptive"};
 
@@ -54,6 +55,9 @@ std::string_view optimizer_kind_name(OptimizerKind k) {
 }
 std::string_view lr_schedule_name(LrSchedule s) {
     return enum_name(static_cast<size_t>(s), kScheduleNames);
+}
+std::string_view blueprint_input_name(BlueprintInput i) {
+    return enum_name(static_cast<size_t>(i), kBlueprintInputNames);
 }
 std::string_view grafting_strategy_name(GraftingStrategy s) {
     return enum_name(static_cast<size_t>(s), kStrategyNames);
@@ -341,7 +345,8 @@ void read_optimizer(const Reader& r, const YAML::Node& n, OptimizerConfig& c) {
 
 void read_blueprints(const Reader& r, const YAML::Node& n, BlueprintsConfig& c) {
     const std::string p = "blueprints";
-    r.section(n, p, {"residual_mlp", "lowrank", "scale_shift", "max_params_per_layer"});
+    r.section(n, p, {"residual_mlp", "lowrank", "scale_shift", "max_params_per_layer", "input"});
+    r.get_enum(n, p, "input", c.input, kBlueprintInputNames);
     if (auto b = r.child_map(n, p, "residual_mlp")) {
         r.section(*b, "blueprints.residual_mlp", {"expansion", "slots"});
         r.get_int(*b, "blueprints.residual_mlp", "expansion", c.residual_mlp.expansion, 1, 64);
@@ -439,6 +444,11 @@ Config read_root(const Reader& r, const YAML::Node& root) {
     if (auto s = r.child_map(root, "", "blueprints")) read_blueprints(r, *s, c.blueprints);
     if (auto s = r.child_map(root, "", "lifecycle")) read_lifecycle(r, *s, c.lifecycle);
     if (auto s = r.child_map(root, "", "governor")) read_governor(r, *s, c.governor);
+    if (c.blueprints.input == BlueprintInput::kLayer && c.run.device == "cuda") {
+        const YAML::Node bp = root["blueprints"];
+        r.fail(r.at(bp, "input"), "blueprints.input",
+               "'layer' (widening blueprints) runs on the CPU only; set run.device: cpu or auto");
+    }
     return c;
 }
 
@@ -542,7 +552,8 @@ std::string config_to_yaml(const Config& c) {
       << "  lowrank: {rank: " << c.blueprints.lowrank.rank
       << ", slots: " << c.blueprints.lowrank.slots << "}\n"
       << "  scale_shift: {slots: " << c.blueprints.scale_shift.slots << "}\n"
-      << "  max_params_per_layer: " << c.blueprints.max_params_per_layer << "\n";
+      << "  max_params_per_layer: " << c.blueprints.max_params_per_layer << "\n"
+      << "  input: " << blueprint_input_name(c.blueprints.input) << "\n";
     const LifecycleConfig& l = c.lifecycle;
     const GraftingConfig& g = l.grafting;
     o << "lifecycle:\n"

@@ -18,6 +18,9 @@ namespace esper::kasmina {
 enum class Activation : uint8_t { kRelu = 0, kGelu = 1 };
 enum class OptimizerKind : uint8_t { kSgd = 0, kAdamw = 1 };
 enum class LrSchedule : uint8_t { kConstant = 0, kCosine = 1, kStep = 2 };
+// What residual_mlp / lowrank blueprints read: their chunk of h (DESIGN §4.5) or the host layer's
+// whole input ("widening" blueprints, CPU only; docs/kasmina.md).
+enum class BlueprintInput : uint8_t { kChunk = 0, kLayer = 1 };
 // Values are stored in the seed table's `strategy` column and in checkpoints: never renumber.
 enum class GraftingStrategy : uint8_t {
     kLinear = 0,
@@ -34,6 +37,7 @@ std::string_view activation_name(Activation a);
 std::string_view optimizer_kind_name(OptimizerKind k);
 std::string_view lr_schedule_name(LrSchedule s);
 std::string_view grafting_strategy_name(GraftingStrategy s);
+std::string_view blueprint_input_name(BlueprintInput i);
 std::optional<Activation> parse_activation(std::string_view name);
 std::optional<OptimizerKind> parse_optimizer_kind(std::string_view name);
 std::optional<LrSchedule> parse_lr_schedule(std::string_view name);
@@ -124,6 +128,7 @@ struct BlueprintsConfig {
     LowrankBlueprintConfig lowrank;
     ScaleShiftBlueprintConfig scale_shift;
     int64_t max_params_per_layer = 1000000;  // budget over live blueprints of one layer
+    BlueprintInput input = BlueprintInput::kChunk;
     bool operator==(const BlueprintsConfig&) const = default;
 };
 

@@ -82,6 +82,12 @@ std::vector<int64_t> Model::seed_layer_widths() const {
     return w;
 }
 
+std::vector<int64_t> Model::seed_layer_inputs() const {
+    std::vector<int64_t> w;
+    for (const auto& layer : hidden_) w.push_back(layer->in_features());
+    return w;
+}
+
 int64_t Model::param_count() const {
     int64_t n = 0;
     for (const ParamRef& p : params_) n += p.value->numel();
@@ -90,6 +96,7 @@ int64_t Model::param_count() const {
 
 void Model::ensure_batch(int32_t batch) {
     if (batch <= capacity_) return;
+    widening_.resize(hidden_.size());
     for (size_t l = 0; l < hidden_.size(); ++l) {
         const size_t n = size_t(batch) * size_t(hidden_[l]->out_features());
         h_[l].resize(n);
@@ -118,8 +125,15 @@ void Model::forward(const float* x, int32_t batch, std::span<const kernels::Seed
         } else {
             ESPER_REQUIRE(views[l].batch == batch && views[l].width == hidden_[l]->out_features(),
                           "layer ", l, " view batch=", views[l].batch, " width=", views[l].width);
-            kernels::seed_forward_reference(views[l], h_[l].data(), y_[l].data(),
+            kernels::SeedLayerView v = views[l];
+            if (v.input_width > 0) {
+                ESPER_REQUIRE(v.input_width == hidden_[l]->in_features(), "layer ", l,
+                              " input_width=", v.input_width);
+                v.input = in;  // layer-input (widening) blueprints read what the layer reads
+            }
+            kernels::seed_forward_reference(widening_[l].mask(v), h_[l].data(), y_[l].data(),
                                             tel.empty() ? nullptr : tel[l]);
+            widening_[l].forward(v, y_[l].data());
         }
         in = y_[l].data();
     }
@@ -139,15 +153,26 @@ BatchResult Model::train_batch(const float* x, const int32_t* y, int32_t batch,
     const size_t L = hidden_.size();
     head_->backward(y_[L - 1].data(), dlogits_.data(), batch, dy_[L - 1].data());
     for (size_t l = L; l-- > 0;) {
+        const float* in = l == 0 ? x : y_[l - 1].data();
+        // Layer-input blueprints also send gradient to the layer's input (none for the data).
+        const bool seed_din = !views.empty() && views[l].input_width > 0 && l > 0;
         if (views.empty()) {
             std::memcpy(dh_[l].data(), dy_[l].data(),
                         size_t(batch) * size_t(hidden_[l]->out_features()) * sizeof(float));
         } else {
-            kernels::seed_backward_reference(views[l], h_[l].data(), dy_[l].data(), dh_[l].data(),
-                                             tel.empty() ? nullptr : tel[l]);
+            kernels::SeedLayerView v = views[l];
+            if (v.input_width > 0) v.input = in;
+            if (seed_din) din_.assign(size_t(batch) * size_t(v.input_width), 0.0f);
+            kernels::seed_backward_reference(widening_[l].mask(v), h_[l].data(), dy_[l].data(),
+                                             dh_[l].data(), tel.empty() ? nullptr : tel[l]);
+            widening_[l].backward(v, dy_[l].data(), seed_din ? din_.data() : nullptr,
+                                  tel.empty() ? nullptr : tel[l]);
         }
-        const float* in = l == 0 ? x : y_[l - 1].data();
         hidden_[l]->backward(in, dh_[l].data(), batch, l == 0 ? nullptr : dy_[l - 1].data());
+        if (seed_din) {
+            float* d = dy_[l - 1].data();
+            for (size_t i = 0; i < din_.size(); ++i) d[i] += din_[i];
+        }
     }
     return r;
 }

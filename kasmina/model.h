@@ -14,6 +14,7 @@
 
 #include "kasmina/config.h"
 #include "kasmina/tensor.h"
+#include "kasmina/widening.h"
 #include "kernels/bias_act.h"
 #include "kernels/seed_layer.h"
 
@@ -70,6 +71,8 @@ public:
 
     int32_t num_seed_layers() const { return static_cast<int32_t>(hidden_.size()); }
     std::vector<int64_t> seed_layer_widths() const;
+    // Input features of each seed layer's host layer (what widening blueprints read).
+    std::vector<int64_t> seed_layer_inputs() const;
     int64_t in_features() const { return in_features_; }
     int64_t classes() const { return classes_; }
     // Every host parameter, in a fixed order (optimizer state and checkpoints follow it).
@@ -103,6 +106,8 @@ private:
     int32_t capacity_ = 0;
     std::vector<AlignedVector<float>> h_, y_, dh_, dy_;  // per seed layer [B, D]
     AlignedVector<float> logits_, dlogits_;
+    std::vector<float> din_;  // layer-input blueprints' gradient into a layer's input [B, in]
+    std::vector<WideningPath> widening_;  // per seed layer: layer-input blueprints (BLAS)
 };
 
 kernels::Activation kernel_activation(Activation a);

@@ -80,17 +80,22 @@ constexpr uint32_t kStateVersion = 1;
 
 }  // namespace
 
-SeedManager::SeedManager(const Config& config, std::vector<int64_t> layer_widths, EventLog* events)
+SeedManager::SeedManager(const Config& config, std::vector<int64_t> layer_widths, EventLog* events,
+                         std::vector<int64_t> layer_inputs)
     : lifecycle_(config.lifecycle),
       blueprints_cfg_(config.blueprints),
       run_seed_(config.run.seed),
       log_(events) {
     tables_.reserve(layer_widths.size());
     arenas_.reserve(layer_widths.size());
+    const bool layer_input = config.blueprints.input == BlueprintInput::kLayer;
+    ESPER_CHECK_INPUT(!layer_input || layer_inputs.size() == layer_widths.size(),
+                      "blueprints.input: layer needs the input width of every seed layer");
     for (size_t i = 0; i < layer_widths.size(); ++i) {
         tables_.emplace_back(static_cast<int32_t>(i), layer_widths[i],
                              config.model.seeds_per_layer);
-        arenas_.emplace_back(tables_.back().max_chunk_width(), blueprints_cfg_);
+        arenas_.emplace_back(tables_.back().max_chunk_width(), blueprints_cfg_,
+                             layer_input ? layer_inputs[i] : 0);
         extra_.emplace_back(static_cast<size_t>(tables_.back().num_seeds()));
     }
 }
@@ -110,6 +115,7 @@ kernels::SeedLayerView SeedManager::view(int32_t layer, int32_t batch) {
     for (int k = 0; k < kNumBlueprintKinds; ++k) {
         v.arenas[k] = arenas_[layer].view(static_cast<BlueprintKind>(k));
     }
+    v.input_width = arenas_[layer].in_width();  // the model sets v.input per batch
     return v;
 }
 
@@ -129,12 +135,16 @@ int64_t SeedManager::blueprint_params_in_layer(int32_t layer) const {
     const SeedTable& t = tables_[layer];
     int64_t n = 0;
     for (int32_t s = 0; s < t.num_seeds(); ++s) {
-        if (stage_holds_slot(t.stage(s)) && t.slot(s) >= 0) {
-            n +=
-                blueprint_params(t.kind(s), t.chunk_width(s), t.max_chunk_width(), blueprints_cfg_);
-        }
+        n += seed_blueprint_params({layer, s});
     }
     return n;
+}
+
+int64_t SeedManager::seed_blueprint_params(SeedRef s) const {
+    const SeedTable& t = tables_[s.layer];
+    if (!stage_holds_slot(t.stage(s.seed)) || t.slot(s.seed) < 0) return 0;
+    return blueprint_params(t.kind(s.seed), t.chunk_width(s.seed), t.max_chunk_width(),
+                            blueprints_cfg_, arenas_[s.layer].in_width());
 }
 
 std::optional<double> SeedManager::gradient_health(SeedRef s) const {
@@ -157,8 +167,8 @@ TransitionFacts SeedManager::facts(SeedRef s, SeedStage to,
     if (to == SeedStage::kGerminated && kind) {
         f.blueprint_name = std::string(blueprint_kind_name(*kind));
         f.arena_slot_free = arenas_[s.layer].free_slots(*kind) > 0;
-        const int64_t add =
-            blueprint_params(*kind, t.chunk_width(s.seed), t.max_chunk_width(), blueprints_cfg_);
+        const int64_t add = blueprint_params(*kind, t.chunk_width(s.seed), t.max_chunk_width(),
+                                             blueprints_cfg_, arenas_[s.layer].in_width());
         f.param_budget_ok =
             blueprint_params_in_layer(s.layer) + add <= blueprints_cfg_.max_params_per_layer;
     }

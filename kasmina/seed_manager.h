@@ -55,9 +55,10 @@ class SeedManager {
 public:
     // layer_widths[i] = D of seed layer i; seeds per layer from config.model.seeds_per_layer.
     // `events` may be null (no file); it must outlive the manager. Throws esper::Error on a bad
-    // layout (S = 0, S > D).
+    // layout (S = 0, S > D). layer_inputs[i] = input features of host layer i, needed when
+    // config.blueprints.input is layer (widening blueprints) and ignored otherwise.
     SeedManager(const Config& config, std::vector<int64_t> layer_widths,
-                EventLog* events = nullptr);
+                EventLog* events = nullptr, std::vector<int64_t> layer_inputs = {});
 
     int32_t num_layers() const { return static_cast<int32_t>(tables_.size()); }
     const SeedTable& table(int32_t layer) const { return tables_[layer]; }
@@ -90,6 +91,8 @@ public:
     uint64_t applied_commands() const { return applied_commands_; }
     // Live blueprint parameters in a layer (GERMINATED..FOSSILIZED seeds).
     int64_t blueprint_params_in_layer(int32_t layer) const;
+    // Parameters of one seed's blueprint (0 when it holds no slot).
+    int64_t seed_blueprint_params(SeedRef s) const;
     // Latest measured gradient health of a seed (nullopt = never measured).
     std::optional<double> gradient_health(SeedRef s) const;
 

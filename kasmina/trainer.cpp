@@ -61,7 +61,8 @@ void Trainer::init() {
         metrics_ = std::fopen(mpath.c_str(), "a");
         if (metrics_ == nullptr) ESPER_THROW(kFailed, mpath, ": cannot open: ", std::strerror(errno));
     }
-    seeds_ = std::make_unique<SeedManager>(config_, model_->seed_layer_widths(), events_.get());
+    seeds_ = std::make_unique<SeedManager>(config_, model_->seed_layer_widths(), events_.get(),
+                                           model_->seed_layer_inputs());
     optimizer_ = std::make_unique<Optimizer>(config_.optimizer, model_->params(),
                                              model_->seed_layer_widths());
     std::vector<int32_t> per_layer;
@@ -74,7 +75,14 @@ void Trainer::init() {
     x_.resize(size_t(config_.data.batch_size * tr.features));
     y_.resize(size_t(config_.data.batch_size));
     views_.resize(size_t(seeds_->num_layers()));
-    if (resolve_use_cuda(config_.run.device)) {
+    // Widening (layer-input) blueprints have CPU kernels only; load_config refuses device: cuda.
+    const bool cpu_only = config_.blueprints.input == BlueprintInput::kLayer;
+    ESPER_CHECK_INPUT(!(cpu_only && config_.run.device == "cuda"),
+                      "blueprints.input: layer runs on the CPU only; set run.device: cpu or auto");
+    if (cpu_only && config_.run.device == "auto")
+        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo,
+                     "device=cpu (blueprints.input: layer has no CUDA kernels yet)");
+    if (!cpu_only && resolve_use_cuda(config_.run.device)) {
         CudaBackendOptions o;
         o.batch = int32_t(config_.data.batch_size);
         o.eval_batch = int32_t(options_.eval_batch);

@@ -1,6 +1,8 @@
 // Internal helpers shared by the seed-layer CPU references: evaluate one blueprint on one row of
 // a chunk in double precision, and its vector-Jacobian product. Not part of the public contract.
-// Convention: x and every output hold w entries (the chunk width); arena tensors use max_width.
+// Convention: outputs hold w entries (the chunk width); x (and dx) hold input_width(bp, w)
+// entries: w for chunk-input blueprints, the arena's in_width for layer-input ones. Arena tensors
+// use max_width (V's rows: v_stride(bp)).
 #pragma once
 
 #include <cstddef>
@@ -18,7 +20,20 @@ struct BlueprintRef {
     float* grads = nullptr;         // slot start in the arena's grads (may be null)
     int64_t hidden = 0;
     int64_t max_width = 0;
+    int64_t in_width = 0;  // > 0: reads the layer input (seed_layer.h)
+    bool reads_layer_input() const { return blueprint_reads_layer_input(kind, in_width); }
 };
+
+// Entries of x the blueprint reads for a chunk of w features, and V's row stride.
+inline int64_t input_width(const BlueprintRef& bp, int64_t w) {
+    return bp.reads_layer_input() ? bp.in_width : w;
+}
+inline int64_t v_stride(const BlueprintRef& bp) {
+    return bp.reads_layer_input() ? bp.in_width : bp.max_width;
+}
+inline MlpSlotOffsets slot_offsets(const BlueprintRef& bp) {
+    return mlp_slot_offsets(bp.max_width, bp.hidden, bp.reads_layer_input() ? bp.in_width : 0);
+}
 
 inline BlueprintRef blueprint_of(const SeedLayerView& view, int32_t s) {
     BlueprintRef bp;
@@ -31,6 +46,7 @@ inline BlueprintRef blueprint_of(const SeedLayerView& view, int32_t s) {
                            : nullptr;
     bp.hidden = arena.hidden;
     bp.max_width = arena.max_width;
+    bp.in_width = arena.in_width;
     return bp;
 }
 
@@ -49,14 +65,15 @@ inline void blueprint_eval(const BlueprintRef& bp, const float* x, int64_t w, do
             r[i] = double(p[i]) * double(x[i]) + double(p[bp.max_width + i]);
         return;
     }
-    const MlpSlotOffsets o = mlp_slot_offsets(bp.max_width, bp.hidden);
+    const MlpSlotOffsets o = slot_offsets(bp);
+    const int64_t n = input_width(bp, w), vs = v_stride(bp);
     const bool relu = blueprint_uses_relu(bp.kind);
     pre.assign(static_cast<size_t>(bp.hidden), 0.0);
     std::vector<double> act(static_cast<size_t>(bp.hidden));
     for (int64_t j = 0; j < bp.hidden; ++j) {
         double z = p[o.b1 + j];
-        const float* vrow = p + o.v + j * bp.max_width;
-        for (int64_t i = 0; i < w; ++i) z += double(vrow[i]) * double(x[i]);
+        const float* vrow = p + o.v + j * vs;
+        for (int64_t i = 0; i < n; ++i) z += double(vrow[i]) * double(x[i]);
         pre[j] = z;
         act[j] = relu ? (z > 0.0 ? z : 0.0) : z;
     }
@@ -85,14 +102,15 @@ inline void blueprint_vjp(const BlueprintRef& bp, const float* x, int64_t w, con
         }
         return;
     }
-    const MlpSlotOffsets o = mlp_slot_offsets(bp.max_width, bp.hidden);
+    const MlpSlotOffsets o = slot_offsets(bp);
+    const int64_t n = input_width(bp, w), vs = v_stride(bp);
     const bool relu = blueprint_uses_relu(bp.kind);
     const int64_t hn = bp.hidden;
     std::vector<double> pre(static_cast<size_t>(hn)), act(static_cast<size_t>(hn));
     for (int64_t j = 0; j < hn; ++j) {
         double z = p[o.b1 + j];
-        const float* vrow = p + o.v + j * bp.max_width;
-        for (int64_t i = 0; i < w; ++i) z += double(vrow[i]) * double(x[i]);
+        const float* vrow = p + o.v + j * vs;
+        for (int64_t i = 0; i < n; ++i) z += double(vrow[i]) * double(x[i]);
         pre[j] = z;
         act[j] = relu ? (z > 0.0 ? z : 0.0) : z;
     }
@@ -112,8 +130,8 @@ inline void blueprint_vjp(const BlueprintRef& bp, const float* x, int64_t w, con
             gp[o.b2 + i] += param_scale * double(g[i]);
         }
         for (int64_t j = 0; j < hn; ++j) {
-            double* gvrow = gp + o.v + j * bp.max_width;
-            for (int64_t i = 0; i < w; ++i)
+            double* gvrow = gp + o.v + j * vs;
+            for (int64_t i = 0; i < n; ++i)
                 gvrow[i] += param_scale * dz[j] * double(x[i]);
             gp[o.b1 + j] += param_scale * dz[j];
         }
@@ -121,8 +139,8 @@ inline void blueprint_vjp(const BlueprintRef& bp, const float* x, int64_t w, con
     if (dx) {
         for (int64_t j = 0; j < hn; ++j) {
             if (dz[j] == 0.0) continue;
-            const float* vrow = p + o.v + j * bp.max_width;
-            for (int64_t i = 0; i < w; ++i) dx[i] += input_scale * dz[j] * double(vrow[i]);
+            const float* vrow = p + o.v + j * vs;
+            for (int64_t i = 0; i < n; ++i) dx[i] += input_scale * dz[j] * double(vrow[i]);
         }
     }
 }

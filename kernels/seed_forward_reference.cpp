@@ -1,5 +1,6 @@
 // CPU reference of the seed-layer forward (the math every seed_forward kernel is tested against):
-// y = h + a_eff·r(h) per chunk, plus per-seed activation telemetry merged with Chan's formula.
+// y = h + a_eff·r(x) per chunk (x = the chunk of h, or the layer input for layer-input
+// blueprints), plus per-seed activation telemetry merged with Chan's formula.
 // Blueprint math runs in double and rounds once to float; a seed without a slot has r ≡ 0.
 #include "kernels/seed_layer.h"
 
@@ -61,7 +62,9 @@ void seed_forward_reference(const SeedLayerView& view, const float* h, float* y,
                 for (int64_t i = 0; i < w; ++i) yrow[i] = hrow[i];
                 continue;
             }
-            detail::blueprint_eval(bp, hrow, w, r.data(), pre);
+            const float* xrow =
+                bp.reads_layer_input() ? view.input + int64_t(b) * view.input_width : hrow;
+            detail::blueprint_eval(bp, xrow, w, r.data(), pre);
             for (int64_t i = 0; i < w; ++i)
                 yrow[i] = static_cast<float>(double(hrow[i]) + double(a) * r[i]);
         }

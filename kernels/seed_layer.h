@@ -68,37 +68,56 @@ ESPER_HD constexpr float stage_input_grad_alpha(SeedStage s, float alpha) {
 
 // ---- blueprint arenas ----
 // One arena per kind per layer, pre-allocated: `capacity` slots of `stride` floats each.
-// Slot layout for kResidualMlp and kLowrank (chunk width w <= max_width, H = hidden):
-//   V  [H, max_width]   row j holds the weights into hidden unit j (columns >= w unused)
+// Slot layout for kResidualMlp and kLowrank (chunk width w <= max_width, H = hidden, and
+// N = the blueprint's input width: max_width for chunk input, in_width for layer input):
+//   V  [H, N]           row j holds the weights into hidden unit j (columns >= w unused)
 //   b1 [H]
 //   U  [max_width, H]   row i produces output feature i (rows >= w unused)
 //   b2 [max_width]
 //   r(x) = U·act(V·x + b1) + b2 with act = relu for kResidualMlp, identity for kLowrank.
 // kScaleShift: s [max_width], b [max_width]; r(x) = s⊙x + b.
 // At birth U, b2 (and s, b) are zero so r ≡ 0 and a new seed changes nothing.
+//
+// Input of the blueprint: by default x = h[:, chunk] (DESIGN §4.5). An arena with in_width > 0
+// holds *layer-input* blueprints (docs/kasmina.md, "Widening blueprints"): x is the host layer's
+// whole input row (SeedLayerView::input, in_width features), so a seed adds `hidden` new units
+// that see everything the host layer sees and write into its chunk: the layer grows wider, not
+// deeper. kScaleShift always reads its chunk. Layer-input arenas are CPU-only for now: the CUDA
+// kernels assume in_width == 0 and the CUDA backend refuses such a config.
 struct BlueprintArena {
     float* params = nullptr;  // [capacity, stride]
     float* grads = nullptr;   // [capacity, stride]; backward accumulates (+=), the owner zeroes
     int32_t capacity = 0;
-    int32_t stride = 0;       // == blueprint_slot_floats(kind, max_width, hidden)
+    int32_t stride = 0;       // == blueprint_slot_floats(kind, max_width, hidden, in_width)
     int32_t hidden = 0;       // residual_mlp: expansion·max_width; lowrank: rank; scale_shift: 0
     int32_t max_width = 0;
+    int32_t in_width = 0;     // 0: the blueprint reads its chunk; > 0: the layer input row
 };
 
-ESPER_HD constexpr int64_t blueprint_slot_floats(BlueprintKind k, int64_t max_width, int64_t hidden) {
+// True when blueprints of kind k in an arena with this in_width read the layer input.
+ESPER_HD constexpr bool blueprint_reads_layer_input(BlueprintKind k, int64_t in_width) {
+    return in_width > 0 && k != BlueprintKind::kScaleShift;
+}
+ESPER_HD constexpr int64_t blueprint_slot_floats(BlueprintKind k, int64_t max_width, int64_t hidden,
+                                                 int64_t in_width = 0) {
+    const int64_t n = blueprint_reads_layer_input(k, in_width) ? in_width : max_width;
     return k == BlueprintKind::kScaleShift ? 2 * max_width
-                                           : hidden * max_width + hidden + max_width * hidden + max_width;
+                                           : hidden * n + hidden + max_width * hidden + max_width;
 }
 // Parameters a seed of chunk width w really uses (for parameter counts and FLOPs).
-ESPER_HD constexpr int64_t blueprint_param_count(BlueprintKind k, int64_t w, int64_t hidden) {
-    return k == BlueprintKind::kScaleShift ? 2 * w : hidden * w + hidden + w * hidden + w;
+ESPER_HD constexpr int64_t blueprint_param_count(BlueprintKind k, int64_t w, int64_t hidden,
+                                                 int64_t in_width = 0) {
+    const int64_t n = blueprint_reads_layer_input(k, in_width) ? in_width : w;
+    return k == BlueprintKind::kScaleShift ? 2 * w : hidden * n + hidden + w * hidden + w;
 }
 // Offsets of the tensors inside a slot (floats from the slot start).
 struct MlpSlotOffsets {
     int64_t v, b1, u, b2;
 };
-ESPER_HD constexpr MlpSlotOffsets mlp_slot_offsets(int64_t max_width, int64_t hidden) {
-    return {0, hidden * max_width, hidden * max_width + hidden, 2 * hidden * max_width + hidden};
+ESPER_HD constexpr MlpSlotOffsets mlp_slot_offsets(int64_t max_width, int64_t hidden,
+                                                   int64_t in_width = 0) {
+    const int64_t n = in_width > 0 ? in_width : max_width;
+    return {0, hidden * n, hidden * n + hidden, hidden * n + hidden + max_width * hidden};
 }
 
 // ---- the layer view: raw pointers, host or device, never owning ----
@@ -112,6 +131,10 @@ struct SeedLayerView {
     const int32_t* slot = nullptr;            // [S] arena row, -1 when none
     const float* alpha = nullptr;             // [S] current blend factor
     BlueprintArena arenas[kNumBlueprintKinds];
+    // The host layer's input [B, input_width] for layer-input arenas (in_width > 0); ignored
+    // otherwise. input_width must equal those arenas' in_width.
+    const float* input = nullptr;
+    int32_t input_width = 0;
 };
 
 // Per-seed telemetry accumulators ([S] each), merged across steps until the owner reads and
@@ -137,8 +160,9 @@ void seed_forward_reference(const SeedLayerView& view, const float* h, float* y,
 
 // Given h (the forward input) and dy = ∂L/∂y, writes dh = ∂L/∂h (overwrites), accumulates
 // blueprint gradients into the arenas' grads (+=), and, when `tel` is non-null, grad_sq and
-// contribution. r is recomputed from h (no saved activations).
+// contribution. r is recomputed from h (no saved activations). Layer-input blueprints add their
+// input gradient into d_input [B, input_width] (+=) when it is non-null.
 void seed_backward_reference(const SeedLayerView& view, const float* h, const float* dy, float* dh,
-                             SeedTelemetryAccum* tel);
+                             SeedTelemetryAccum* tel, float* d_input = nullptr);
 
 }  // namespace esper::kernels

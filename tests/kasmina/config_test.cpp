@@ -137,6 +137,13 @@ TEST_CASE("config errors name file, line, field and reason", "[kasmina][config]"
               "drift_controlled, momentum, stability, adaptive, got 'fast'");
         CHECK(config_error("model: {activation: tanh}\n") ==
               "run.yaml:1: model.activation: expected one of relu, gelu, got 'tanh'");
+        CHECK(config_error("blueprints:\n  input: pixels\n") ==
+              "run.yaml:2: blueprints.input: expected one of chunk, layer, got 'pixels'");
+    }
+    SECTION("widening blueprints are CPU-only") {
+        CHECK(config_error("run: {device: cuda}\nblueprints:\n  input: layer\n") ==
+              "run.yaml:3: blueprints.input: 'layer' (widening blueprints) runs on the CPU only; "
+              "set run.device: cpu or auto");
     }
     SECTION("cross-field checks") {
         CHECK(config_error("model:\n  hidden: [64, 6]\n  seeds_per_layer: 8\n") ==
@@ -184,5 +191,14 @@ TEST_CASE("the example run configs load", "[kasmina][config]") {
         if (!probe) continue;  // examples are written by another owner; absence is not ours
         const Config c = load_config(path);
         CHECK(parse_config(config_to_yaml(c), "effective.yaml") == c);
+    }
+    // The learning-quality benchmark's hosts (docs/benchmarks.md): widening seeds on the narrow one.
+    for (const char* name : {"narrow.yaml", "wide.yaml"}) {
+        const std::string path = std::string(ESPER_SOURCE_DIR) + "/bench/quality/" + name;
+        INFO(path);
+        const Config c = load_config(path);
+        CHECK(parse_config(config_to_yaml(c), "effective.yaml") == c);
+        CHECK(c.blueprints.input == (std::string(name) == "narrow.yaml" ? BlueprintInput::kLayer
+                                                                        : BlueprintInput::kChunk));
     }
 }

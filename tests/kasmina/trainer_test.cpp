@@ -3,9 +3,11 @@
 // bit-identical resume from a checkpoint, checkpoint refusal through the trainer, and (slow) the
 // Fashion-MNIST accuracy target.
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <vector>
 
 #include "core/error.h"
 #include "kasmina/trainer.h"
@@ -90,6 +92,72 @@ TEST_CASE("a seed in TRAINING is straight-through: host bit-identical, seed para
     double moved = 0;
     for (size_t i = 0; i < after.size(); ++i) moved += std::abs(double(after[i]) - before[i]);
     CHECK(moved > 0.0);
+}
+
+TEST_CASE("widening blueprints read the layer input, count its width and train the host through it",
+          "[kasmina][trainer]") {
+    Config c = small_config();
+    c.run.device = "auto";  // layer-input blueprints pick the CPU
+    c.blueprints.input = BlueprintInput::kLayer;
+    c.model.seeds_per_layer = 2;  // layer 1: chunks of 10, input of 24 features
+    c.lifecycle.gates.min_contribution = -1e9;  // pass the EVALUATING gate whatever it measures
+    c.lifecycle.gates.cull_contribution = 1e9;
+    c.lifecycle.fine_tuning_steps = 50;
+    Trainer t(c);
+    REQUIRE(t.apply(germinate(1, 0)).applied());
+    for (int i = 0; i < 30 && t.seeds().table(1).stage(0) != SeedStage::kFineTuning; ++i) t.step();
+    REQUIRE(t.seeds().table(1).stage(0) == SeedStage::kFineTuning);
+    // residual_mlp: hidden = expansion (2) · max chunk width (10), V reads all 24 input features.
+    const int64_t H = 20, in = 24, w = 10;
+    CHECK(t.seeds().seed_blueprint_params({1, 0}) == H * in + H + w * H + w);
+    CHECK(t.param_count() - t.model().param_count() == H * in + H + w * H + w);
+    // Forward: features outside the seed's chunk are untouched, its chunk gets h + r(input).
+    t.step();
+    const auto h = t.model().hidden_output(1), y = t.model().seed_output(1);
+    double changed = 0.0;
+    for (int32_t b = 0; b < c.data.batch_size; ++b)
+        for (int32_t i = 0; i < 20; ++i) {
+            const size_t k = size_t(b) * 20 + size_t(i);
+            if (i >= w) CHECK(y[k] == h[k]);
+            else changed += std::abs(double(y[k]) - h[k]);
+        }
+    CHECK(changed > 0.0);
+
+    // FINE_TUNING sends the blueprint's input gradient into layer 0: the host's layer-0 weight
+    // gradient matches finite differences of the loss only with that path included. Large random
+    // blueprint weights make the path matter.
+    Rng rng(8);
+    for (float& p : t.seeds().arenas(1).params(BlueprintKind::kResidualMlp, t.seeds().table(1).slot(0)))
+        p = rng.uniform(-0.8f, 0.8f);
+    const int32_t B = 16, F = 16;
+    std::vector<float> x(size_t(B * F));
+    for (float& v : x) v = rng.uniform(-1.0f, 1.0f);
+    std::vector<int32_t> labels(static_cast<size_t>(B));
+    for (int32_t b = 0; b < B; ++b) labels[size_t(b)] = b % 4;
+    std::vector<esper::kernels::SeedLayerView> views;
+    for (int32_t l = 0; l < 2; ++l) views.push_back(t.seeds().view(l, B));
+    Model& m = t.model();
+    for (const ParamRef& p : m.params()) std::fill(p.grad->span().begin(), p.grad->span().end(), 0.0f);
+    m.train_batch(x.data(), labels.data(), B, views, {});
+    Tensor& w0 = *m.params()[0].value;  // layer 0 weight
+    const Tensor g0 = *m.params()[0].grad;
+    std::vector<size_t> idx(size_t(g0.numel()));
+    for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+    std::partial_sort(idx.begin(), idx.begin() + 5, idx.end(), [&](size_t a, size_t b) {
+        return std::abs(g0.data()[a]) > std::abs(g0.data()[b]);
+    });
+    for (int n = 0; n < 5; ++n) {
+        const size_t i = idx[size_t(n)];
+        const float keep = w0.data()[i], eps = 1e-2f;
+        w0.data()[i] = keep + eps;
+        const double lp = m.eval_batch(x.data(), labels.data(), B, views).loss;
+        w0.data()[i] = keep - eps;
+        const double lm = m.eval_batch(x.data(), labels.data(), B, views).loss;
+        w0.data()[i] = keep;
+        const double fd = (lp - lm) / (2.0 * eps);
+        INFO("w0[" << i << "] grad " << g0.data()[i] << " finite difference " << fd);
+        CHECK(std::abs(g0.data()[i] - fd) <= 1e-4 + 0.05 * std::abs(fd));
+    }
 }
 
 TEST_CASE("the governor rolls back on an injected NaN and training continues",

@@ -288,3 +288,139 @@ TEST_CASE("grafting gradients equal direct finite differences of the blended los
     INFO(err);
     CHECK(err.empty());
 }
+
+namespace {
+
+// Turns every arena of L into a layer-input arena reading `in_w` features (slot layout of
+// seed_layer.h with V [H, in_w]) and refills the parameters with random, non-zero values.
+void make_layer_input(HostSeedLayer& L, int32_t in_w, std::mt19937& rng) {
+    for (int k = 0; k < kNumBlueprintKinds; ++k) {
+        BlueprintArena& a = L.arena[k];
+        a.in_width = in_w;
+        a.stride = static_cast<int32_t>(
+            blueprint_slot_floats(static_cast<BlueprintKind>(k), a.max_width, a.hidden, in_w));
+        L.params[k].assign(static_cast<size_t>(a.capacity) * a.stride, 0.0f);
+        L.grads[k].assign(L.params[k].size(), 0.0f);
+        fill_uniform(L.params[k], rng, -0.6f, 0.6f);
+    }
+}
+
+// Independent r of a layer-input MLP blueprint for one row: x has in_w entries.
+std::vector<double> naive_r_input(HostSeedLayer& L, int32_t s, const float* x, int32_t w) {
+    std::vector<double> out(w, 0.0);
+    const int k = L.kind[s];
+    const BlueprintArena& a = L.arena[k];
+    const float* p = L.params[k].data() + static_cast<size_t>(L.slot[s]) * a.stride;
+    const int H = a.hidden, M = a.max_width, N = a.in_width;
+    const float* V = p;
+    const float* b1 = p + H * N;
+    const float* U = b1 + H;
+    const float* b2 = U + M * H;
+    std::vector<double> hid(H);
+    for (int j = 0; j < H; ++j) {
+        double z = b1[j];
+        for (int i = 0; i < N; ++i) z += double(V[j * N + i]) * x[i];
+        hid[j] = (k == static_cast<int>(BlueprintKind::kResidualMlp) && z < 0) ? 0.0 : z;
+    }
+    for (int i = 0; i < w; ++i) {
+        double acc = b2[i];
+        for (int j = 0; j < H; ++j) acc += double(U[i * H + j]) * hid[j];
+        out[i] = acc;
+    }
+    return out;
+}
+
+double loss_of_input(HostSeedLayer& L, const std::vector<float>& x, int32_t in_w,
+                     const std::vector<float>& h, const std::vector<float>& dy) {
+    SeedLayerView v = L.view();
+    v.input = x.data();
+    v.input_width = in_w;
+    std::vector<float> y(h.size());
+    seed_forward_reference(v, h.data(), y.data(), nullptr);
+    double acc = 0.0;
+    for (size_t i = 0; i < y.size(); ++i) acc += double(dy[i]) * y[i];
+    return acc;
+}
+
+}  // namespace
+
+TEST_CASE("layer-input blueprints read the whole layer input and send its gradient to d_input",
+          "[kernels][reference]") {
+    const int kind = GENERATE(range(0, kNumBlueprintKinds));
+    const bool isolated = GENERATE(false, true);  // TRAINING (isolated) or FINE_TUNING
+    CAPTURE(kind, isolated);
+    std::mt19937 rng(4242 + kind * 3 + (isolated ? 1 : 0));
+    LayerSpec spec;
+    spec.batch = 3;
+    spec.num_seeds = 3;
+    spec.min_width = 2;
+    spec.max_chunk = 4;
+    spec.forced_stage = static_cast<int>(isolated ? SeedStage::kTraining : SeedStage::kFineTuning);
+    spec.forced_kind = kind;
+    HostSeedLayer L = make_layer(spec, rng);
+    const int32_t in_w = 7;  // wider than any chunk: the blueprint sees features outside it
+    make_layer_input(L, in_w, rng);
+    const bool mlp = kind != static_cast<int>(BlueprintKind::kScaleShift);
+    const size_t n = size_t(L.batch) * L.width, nx = size_t(L.batch) * in_w;
+    std::vector<float> x(nx), h(n), dy(n), y(n), dh(n, NAN), dx(nx, 0.25f);
+    fill_uniform(x, rng, -1.f, 1.f);
+    fill_uniform(h, rng, -1.f, 1.f);
+    fill_uniform(dy, rng, -1.f, 1.f);
+    SeedLayerView v = L.view();
+    v.input = x.data();
+    v.input_width = in_w;
+
+    // Forward: FINE_TUNING blends r(x) of the whole input row into each chunk (scale_shift still
+    // reads its chunk); TRAINING is straight-through (y == h).
+    seed_forward_reference(v, h.data(), y.data(), nullptr);
+    std::vector<double> want_y(n);
+    for (int32_t s = 0; s < L.num_seeds; ++s) {
+        const int32_t c0 = L.chunk_offset[s], w = L.chunk_offset[s + 1] - c0;
+        for (int32_t b = 0; b < L.batch; ++b) {
+            const float* hrow = h.data() + size_t(b) * L.width + c0;
+            const std::vector<double> r = mlp ? naive_r_input(L, s, x.data() + size_t(b) * in_w, w)
+                                              : naive_r(L, s, hrow, w);
+            for (int32_t i = 0; i < w; ++i)
+                want_y[size_t(b) * L.width + c0 + i] = hrow[i] + (isolated ? 0.0 : r[i]);
+        }
+    }
+    std::string err = compare(y, want_y, 1e-5, 1e-5, "y");
+
+    // Backward against finite differences of Σ dy·y (forward value with α = 1).
+    seed_backward_reference(v, h.data(), dy.data(), dh.data(), nullptr, dx.data());
+    HostSeedLayer F = L;
+    for (auto& st : F.stage) st = static_cast<uint8_t>(SeedStage::kFineTuning);
+    const double eps = 1e-3;
+    std::vector<double> fd_p(F.params[kind].size()), want_dx(nx), want_dh(n);
+    for (size_t k = 0; k < fd_p.size(); ++k) {
+        const float p0 = F.params[kind][k];
+        F.params[kind][k] = p0 + float(eps);
+        const double up = F.params[kind][k], lp = loss_of_input(F, x, in_w, h, dy);
+        F.params[kind][k] = p0 - float(eps);
+        const double dn = F.params[kind][k], lm = loss_of_input(F, x, in_w, h, dy);
+        F.params[kind][k] = p0;
+        fd_p[k] = (lp - lm) / (up - dn);
+    }
+    for (size_t i = 0; i < nx; ++i) {
+        std::vector<float> xp = x, xm = x;
+        xp[i] += float(eps);
+        xm[i] -= float(eps);
+        const double fd = (loss_of_input(F, xp, in_w, h, dy) - loss_of_input(F, xm, in_w, h, dy)) /
+                          (double(xp[i]) - double(xm[i]));
+        // Isolated stages send nothing; scale_shift never reads the input.
+        want_dx[i] = 0.25 + (isolated || !mlp ? 0.0 : fd);
+    }
+    for (size_t i = 0; i < n; ++i) {
+        std::vector<float> hp = h, hm = h;
+        hp[i] += float(eps);
+        hm[i] -= float(eps);
+        const double fd = (loss_of_input(F, x, in_w, hp, dy) - loss_of_input(F, x, in_w, hm, dy)) /
+                          (double(hp[i]) - double(hm[i]));
+        want_dh[i] = isolated ? dy[i] : fd;  // MLP kinds: fd == dy (r does not read h)
+    }
+    err += compare(F.params[kind].size() == L.grads[kind].size() ? L.grads[kind] : std::vector<float>{},
+                   fd_p, 2e-3, 1e-2, "grads") +
+           compare(dx, want_dx, 2e-3, 1e-2, "d_input") + compare(dh, want_dh, 2e-3, 1e-2, "dh");
+    INFO(err);
+    CHECK(err.empty());
+}
