@@ -10,7 +10,9 @@ parameter and sample, the usual dense-layer count).
 
 usage: bench/quality/run_quality.py [--esper build/bin/esper] [--seeds 1 2 3] [--epochs 10]
                                     [--out runs/quality] [--variants narrow wide grown fixed]
-                                    [--config examples/fashion_mnist.yaml]
+                                    [--config bench/quality/narrow.yaml]
+                                    [--wide-config bench/quality/wide.yaml]
+                                    [--fixed-policy bench/quality/fixed_schedule.yaml]
 """
 import argparse
 import json
@@ -23,14 +25,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def variants(esper, narrow_config):
-    ex = os.path.join(ROOT, "examples")
+def variants(esper, narrow_config, wide_config, fixed_policy):
     return {
         "narrow": [esper, "kasmina", "--standalone", "--config", narrow_config],
-        "wide": [esper, "kasmina", "--standalone", "--config", os.path.join(ex, "fashion_mnist_wide.yaml")],
+        "wide": [esper, "kasmina", "--standalone", "--config", wide_config],
         "grown": [esper, "run", "--config", narrow_config, "--policy", "heuristic"],
-        "fixed": [esper, "run", "--config", narrow_config,
-                  "--policy", os.path.join(ex, "policies", "fixed_schedule.yaml")],
+        "fixed": [esper, "run", "--config", narrow_config, "--policy", fixed_policy],
     }
 
 
@@ -70,11 +70,16 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "runs", "quality"))
     ap.add_argument("--variants", nargs="+", default=["narrow", "wide", "grown", "fixed"])
     ap.add_argument("--port-base", type=int, default=0, help="0 = ephemeral broker ports")
-    ap.add_argument("--config", default=os.path.join(ROOT, "examples", "fashion_mnist.yaml"),
+    here = os.path.join(ROOT, "bench", "quality")
+    ap.add_argument("--config", default=os.path.join(here, "narrow.yaml"),
                     help="the narrow host with seed layers (narrow, grown and fixed variants)")
+    ap.add_argument("--wide-config", default=os.path.join(here, "wide.yaml"),
+                    help="the static wide host")
+    ap.add_argument("--fixed-policy", default=os.path.join(here, "fixed_schedule.yaml"),
+                    help="the rules policy of the fixed-schedule variant")
     args = ap.parse_args()
 
-    table = variants(args.esper, args.config)
+    table = variants(args.esper, args.config, args.wide_config, args.fixed_policy)
     results = {}
     for name in args.variants:
         runs = []
