@@ -223,7 +223,7 @@ int kasmina_main(int argc, char** argv) {
         // host-side sync above stays on Gloo). Without a device for this rank: CPU (auto) or an
         // error (cuda).
         const char* grad_backend = "gloo";
-        if (resolve_use_cuda(config.run.device)) {
+        if (trainer_uses_cuda(config)) {
             const int devices = CudaBackend::device_count();
 #ifdef ESPER_HAVE_NCCL
             const bool gpu_rank = ri.local_rank < devices;

@@ -34,6 +34,17 @@ bool all_finite(std::span<const float> v) {
 
 }  // namespace
 
+bool trainer_uses_cuda(const Config& config) {
+    // Widening (layer-input) blueprints have CPU kernels only; load_config refuses device: cuda.
+    if (config.blueprints.input != BlueprintInput::kLayer) return resolve_use_cuda(config.run.device);
+    ESPER_CHECK_INPUT(config.run.device != "cuda",
+                      "blueprints.input: layer runs on the CPU only; set run.device: cpu or auto");
+    if (config.run.device == "auto")
+        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo,
+                     "device=cpu (blueprints.input: layer has no CUDA kernels yet)");
+    return false;
+}
+
 Trainer::Trainer(const Config& config, TrainerOptions options)
     : Trainer(config, load_data(config.data, config.run.seed), std::move(options)) {}
 
@@ -75,14 +86,7 @@ void Trainer::init() {
     x_.resize(size_t(config_.data.batch_size * tr.features));
     y_.resize(size_t(config_.data.batch_size));
     views_.resize(size_t(seeds_->num_layers()));
-    // Widening (layer-input) blueprints have CPU kernels only; load_config refuses device: cuda.
-    const bool cpu_only = config_.blueprints.input == BlueprintInput::kLayer;
-    ESPER_CHECK_INPUT(!(cpu_only && config_.run.device == "cuda"),
-                      "blueprints.input: layer runs on the CPU only; set run.device: cpu or auto");
-    if (cpu_only && config_.run.device == "auto")
-        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo,
-                     "device=cpu (blueprints.input: layer has no CUDA kernels yet)");
-    if (!cpu_only && resolve_use_cuda(config_.run.device)) {
+    if (trainer_uses_cuda(config_)) {
         CudaBackendOptions o;
         o.batch = int32_t(config_.data.batch_size);
         o.eval_batch = int32_t(options_.eval_batch);

@@ -83,6 +83,11 @@ struct TrainerOptions {
     int64_t eval_batch = 1000;
 };
 
+// Whether a run of this config trains on the GPU: run.device resolved as resolve_use_cuda does,
+// except that widening blueprints (blueprints.input: layer) have CPU kernels only — `auto` then
+// means the CPU and `cuda` is an error.
+bool trainer_uses_cuda(const Config& config);
+
 class Trainer {
 public:
     Trainer(const Config& config, TrainerOptions options = {});
