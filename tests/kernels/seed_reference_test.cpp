@@ -21,7 +21,8 @@ using esper::kernels::test::Telemetry;
 
 namespace {
 
-// Independent evaluation of r for one seed row (written from the seed_layer.h slot layout).
+// Independent evaluation of r for one seed row (written from the seed_layer.h slot layout). x has
+// w entries for chunk input, the arena's in_width entries for a layer-input MLP blueprint.
 std::vector<double> naive_r(HostSeedLayer& L, int32_t s, const float* x, int32_t w) {
     std::vector<double> out(w, 0.0);
     if (L.slot[s] < 0) return out;
@@ -33,14 +34,16 @@ std::vector<double> naive_r(HostSeedLayer& L, int32_t s, const float* x, int32_t
         return out;
     }
     const int H = a.hidden, M = a.max_width;
+    const int N = a.in_width > 0 ? a.in_width : M;  // V's row stride
+    const int n = a.in_width > 0 ? a.in_width : w;  // entries of x read
     const float* V = p;
-    const float* b1 = p + H * M;
+    const float* b1 = p + H * N;
     const float* U = b1 + H;
     const float* b2 = U + M * H;
     std::vector<double> hid(H);
     for (int j = 0; j < H; ++j) {
         double z = b1[j];
-        for (int i = 0; i < w; ++i) z += double(V[j * M + i]) * x[i];
+        for (int i = 0; i < n; ++i) z += double(V[j * N + i]) * x[i];
         hid[j] = (k == static_cast<int>(BlueprintKind::kResidualMlp) && z < 0) ? 0.0 : z;
     }
     for (int i = 0; i < w; ++i) {
@@ -305,31 +308,6 @@ void make_layer_input(HostSeedLayer& L, int32_t in_w, std::mt19937& rng) {
     }
 }
 
-// Independent r of a layer-input MLP blueprint for one row: x has in_w entries.
-std::vector<double> naive_r_input(HostSeedLayer& L, int32_t s, const float* x, int32_t w) {
-    std::vector<double> out(w, 0.0);
-    const int k = L.kind[s];
-    const BlueprintArena& a = L.arena[k];
-    const float* p = L.params[k].data() + static_cast<size_t>(L.slot[s]) * a.stride;
-    const int H = a.hidden, M = a.max_width, N = a.in_width;
-    const float* V = p;
-    const float* b1 = p + H * N;
-    const float* U = b1 + H;
-    const float* b2 = U + M * H;
-    std::vector<double> hid(H);
-    for (int j = 0; j < H; ++j) {
-        double z = b1[j];
-        for (int i = 0; i < N; ++i) z += double(V[j * N + i]) * x[i];
-        hid[j] = (k == static_cast<int>(BlueprintKind::kResidualMlp) && z < 0) ? 0.0 : z;
-    }
-    for (int i = 0; i < w; ++i) {
-        double acc = b2[i];
-        for (int j = 0; j < H; ++j) acc += double(U[i * H + j]) * hid[j];
-        out[i] = acc;
-    }
-    return out;
-}
-
 double loss_of_input(HostSeedLayer& L, const std::vector<float>& x, int32_t in_w,
                      const std::vector<float>& h, const std::vector<float>& dy) {
     SeedLayerView v = L.view();
@@ -378,8 +356,7 @@ TEST_CASE("layer-input blueprints read the whole layer input and send its gradie
         const int32_t c0 = L.chunk_offset[s], w = L.chunk_offset[s + 1] - c0;
         for (int32_t b = 0; b < L.batch; ++b) {
             const float* hrow = h.data() + size_t(b) * L.width + c0;
-            const std::vector<double> r = mlp ? naive_r_input(L, s, x.data() + size_t(b) * in_w, w)
-                                              : naive_r(L, s, hrow, w);
+            const std::vector<double> r = naive_r(L, s, mlp ? x.data() + size_t(b) * in_w : hrow, w);
             for (int32_t i = 0; i < w; ++i)
                 want_y[size_t(b) * L.width + c0 + i] = hrow[i] + (isolated ? 0.0 : r[i]);
         }
