@@ -1,4 +1,4 @@
-// BusKvStore: the rendezvous KvStore (kasmina/collectives.h) over the broker's key-value
+// BusKvStore: the rendezvous KvStore (kasmina/dist/collectives.h) over the broker's key-value
 // service: kvSet/kvGet control requests addressed to the reserved agent name "kv", answered by
 // the broker itself (bus/broker.h). Lets ranks on different hosts find each other with nothing
 // but the broker's request/reply endpoint. wait() polls get() until the keys exist.
@@ -13,7 +13,7 @@
 #include <zmq.hpp>
 
 #include "bus/rpc.h"
-#include "kasmina/collectives.h"
+#include "kasmina/dist/collectives.h"
 
 namespace esper::agents {
 

@@ -10,8 +10,8 @@
 #include <atomic>
 #include <string>
 
-#include "kasmina/config.h"
-#include "kasmina/trainer.h"
+#include "kasmina/io/config.h"
+#include "kasmina/train/trainer.h"
 
 namespace esper::agents {
 

@@ -24,17 +24,17 @@
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "kasmina/blueprints.h"
-#include "kasmina/collectives.h"
-#include "kasmina/config.h"
-#include "kasmina/cuda_backend.h"
-#include "kasmina/rank_env.h"
-#include "kasmina/trainer.h"
+#include "kasmina/model/blueprints.h"
+#include "kasmina/dist/collectives.h"
+#include "kasmina/io/config.h"
+#include "kasmina/train/cuda_backend.h"
+#include "kasmina/dist/rank_env.h"
+#include "kasmina/train/trainer.h"
 #ifdef ESPER_HAVE_GLOO
-#include "kasmina/collectives_gloo.h"
+#include "kasmina/dist/collectives_gloo.h"
 #endif
 #ifdef ESPER_HAVE_NCCL
-#include "kasmina/collectives_nccl.h"
+#include "kasmina/dist/collectives_nccl.h"
 #endif
 
 namespace esper::agents {
@@ -81,7 +81,7 @@ Germination parse_germination(const std::string& text) {
 std::atomic<bool> g_stop{false};
 extern "C" void on_stop_signal(int) { g_stop.store(true); }
 
-// Rank/world from flags, torchrun or Slurm variables (kasmina/rank_env.h).
+// Rank/world from flags, torchrun or Slurm variables (kasmina/dist/rank_env.h).
 RankInfo resolve_rank(const cli::Option& rank, const cli::Option& world) {
     EnvMap env;
     for (std::string_view name : rank_env_names())

@@ -10,32 +10,18 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define ESPER_HD __host__ __device__
-#else
-#define ESPER_HD
-#endif
+#include "kernels/vocabulary.h"
 
 namespace esper::kernels {
 
-// Values are fixed: they appear in schemas and checkpoints.
-enum class SeedStage : uint8_t {
-    kDormant = 0,
-    kGerminated = 1,
-    kTraining = 2,
-    kGrafting = 3,
-    kStabilization = 4,
-    kEvaluating = 5,
-    kFineTuning = 6,
-    kFossilized = 7,
-    kCulled = 8,
-    kCancelled = 9,
-    kRolledBack = 10,
-};
-inline constexpr int kNumSeedStages = 11;
-
-enum class BlueprintKind : uint8_t { kResidualMlp = 0, kLowrank = 1, kScaleShift = 2 };
-inline constexpr int kNumBlueprintKinds = 3;
+// The vocabulary lives in kernels/vocabulary.h (namespace esper); these make it visible as
+// kernels:: for code that names the kernels' contract explicitly.
+using esper::BlueprintKind;
+using esper::blueprint_param_count;
+using esper::blueprint_reads_layer_input;
+using esper::kNumBlueprintKinds;
+using esper::kNumSeedStages;
+using esper::SeedStage;
 
 // ---- stage semantics (DESIGN.md §4.3) ----
 
@@ -94,21 +80,11 @@ struct BlueprintArena {
     int32_t in_width = 0;     // 0: the blueprint reads its chunk; > 0: the layer input row
 };
 
-// True when blueprints of kind k in an arena with this in_width read the layer input.
-ESPER_HD constexpr bool blueprint_reads_layer_input(BlueprintKind k, int64_t in_width) {
-    return in_width > 0 && k != BlueprintKind::kScaleShift;
-}
 ESPER_HD constexpr int64_t blueprint_slot_floats(BlueprintKind k, int64_t max_width, int64_t hidden,
                                                  int64_t in_width = 0) {
     const int64_t n = blueprint_reads_layer_input(k, in_width) ? in_width : max_width;
     return k == BlueprintKind::kScaleShift ? 2 * max_width
                                            : hidden * n + hidden + max_width * hidden + max_width;
-}
-// Parameters a seed of chunk width w really uses (for parameter counts and FLOPs).
-ESPER_HD constexpr int64_t blueprint_param_count(BlueprintKind k, int64_t w, int64_t hidden,
-                                                 int64_t in_width = 0) {
-    const int64_t n = blueprint_reads_layer_input(k, in_width) ? in_width : w;
-    return k == BlueprintKind::kScaleShift ? 2 * w : hidden * n + hidden + w * hidden + w;
 }
 // Offsets of the tensors inside a slot (floats from the slot start).
 struct MlpSlotOffsets {

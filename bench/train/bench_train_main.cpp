@@ -14,10 +14,10 @@
 #include <vector>
 
 #include "core/clock.h"
-#include "kasmina/cuda_backend.h"
-#include "kasmina/model.h"
-#include "kasmina/optimizer.h"
-#include "kasmina/seed_manager.h"
+#include "kasmina/train/cuda_backend.h"
+#include "kasmina/model/model.h"
+#include "kasmina/train/optimizer.h"
+#include "kasmina/lifecycle/seed_manager.h"
 
 using namespace esper;
 using namespace esper::kasmina;
@@ -49,7 +49,7 @@ Result run_case(const Case& k, bool seed_layers, bool overlap, int iters, int wa
     c.optimizer.weight_decay = 1e-4;
     const int64_t in = 784, classes = 10;
     Model model(c.model, in, classes, c.run.seed);
-    SeedManager seeds(c, model.seed_layer_widths());
+    SeedManager seeds(seed_manager_config(c), model.seed_layer_widths());
     Optimizer opt(c.optimizer, model.params(), model.seed_layer_widths());
     CudaBackendOptions o;
     o.batch = k.batch;

@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "core/error.h"
-#include "kasmina/collectives.h"
-#include "kasmina/collectives_gloo.h"
-#include "kasmina/rank_env.h"
+#include "kasmina/dist/collectives.h"
+#include "kasmina/dist/collectives_gloo.h"
+#include "kasmina/dist/rank_env.h"
 
 using namespace esper;
 using namespace esper::kasmina;

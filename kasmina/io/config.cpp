@@ -1,0 +1,557 @@
+// YAML → kasmina::Config. Each section reader first refuses unknown keys (reporting the key's
+// line), then reads each known key with a typed, range-checked helper (reporting the value's
+// line). yaml-cpp marks are 0-based; messages use 1-based lines.
+#include "kasmina/io/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cmath>
+#include <fstream>
+#include <initializer_list>
+#include <limits>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace esper::kasmina {
+
+namespace {
+template <size_t N>
+std::string join_names(const std::array<std::string_view, N>& names) {
+    std::string out;
+    for (size_t i = 0; i < N; ++i) {
+        if (i) out += ", ";
+        out += names[i];
+    }
+    return out;
+}
+}  // namespace
+
+// ---- the reader ----
+
+namespace {
+
+constexpr int64_t kMaxInt = std::numeric_limits<int64_t>::max();
+
+class Reader {
+public:
+    explicit Reader(std::string_view source) : source_(source) {}
+
+    [[noreturn]] void fail(const YAML::Node& at, const std::string& field,
+                           const std::string& reason) const {
+        const int line = at.Mark().line >= 0 ? at.Mark().line + 1 : 0;
+        ESPER_THROW(kInvalidInput, source_, ":", line, ": ", field, ": ", reason);
+    }
+
+    static std::string join(const std::string& prefix, std::string_view key) {
+        return prefix.empty() ? std::string(key) : prefix + "." + std::string(key);
+    }
+
+    // Returns the section's map node (or an undefined node when absent), refusing unknown keys.
+    YAML::Node section(const YAML::Node& parent, const std::string& prefix,
+                       std::initializer_list<std::string_view> known) const {
+        if (!parent.IsMap())
+            fail(parent, prefix.empty() ? "(top level)" : prefix, "expected a mapping");
+        for (auto it = parent.begin(); it != parent.end(); ++it) {
+            const YAML::Node k = it->first;  // the iterator yields temporaries
+            if (!k.IsScalar())
+                fail(k, prefix.empty() ? "(top level)" : prefix, "keys must be plain names");
+            const std::string key = k.Scalar();
+            bool ok = false;
+            for (std::string_view n : known) ok = ok || n == key;
+            if (!ok) {
+                std::string list;
+                for (std::string_view n : known) {
+                    if (!list.empty()) list += ", ";
+                    list += n;
+                }
+                fail(k, join(prefix, key), "unknown key (known: " + list + ")");
+            }
+        }
+        return parent;
+    }
+
+    // Child of a map, or nullopt when absent. `child_map` requires the child to be a mapping.
+    std::optional<YAML::Node> child(const YAML::Node& map, std::string_view key) const {
+        for (auto it = map.begin(); it != map.end(); ++it) {
+            if (it->first.Scalar() == key) return it->second;
+        }
+        return std::nullopt;
+    }
+    std::optional<YAML::Node> child_map(const YAML::Node& map, const std::string& prefix,
+                                        std::string_view key) const {
+        auto c = child(map, key);
+        if (c && !c->IsMap()) fail(*c, join(prefix, key), "expected a mapping" + got(*c));
+        return c;
+    }
+
+    static std::string got(const YAML::Node& n) {
+        if (n.IsNull()) return ", got nothing";
+        if (n.IsScalar()) return ", got '" + n.Scalar() + "'";
+        if (n.IsSequence()) return ", got a list";
+        if (n.IsMap()) return ", got a mapping";
+        return "";
+    }
+
+    void get_int(const YAML::Node& map, const std::string& prefix, std::string_view key,
+                 int64_t& out, int64_t lo = 0, int64_t hi = kMaxInt) const {
+        auto c = child(map, key);
+        if (!c) return;
+        out = parse_int(*c, join(prefix, key), lo, hi);
+    }
+    int64_t parse_int(const YAML::Node& n, const std::string& field, int64_t lo, int64_t hi) const {
+        long long v = 0;
+        if (!n.IsScalar() || !YAML::convert<long long>::decode(n, v)) {
+            fail(n, field, "expected an integer" + got(n));
+        }
+        if (v < lo || v > hi) {
+            std::ostringstream os;
+            os << "out of range: " << v << " not in [" << lo << ", ";
+            if (hi == kMaxInt)
+                os << "inf)";
+            else
+                os << hi << "]";
+            fail(n, field, os.str());
+        }
+        return v;
+    }
+    void get_uint(const YAML::Node& map, const std::string& prefix, std::string_view key,
+                  uint64_t& out) const {
+        auto c = child(map, key);
+        if (!c) return;
+        unsigned long long v = 0;
+        const bool neg = c->IsScalar() && !c->Scalar().empty() && c->Scalar()[0] == '-';
+        if (!c->IsScalar() || neg || !YAML::convert<unsigned long long>::decode(*c, v)) {
+            fail(*c, join(prefix, key), "expected a non-negative integer" + got(*c));
+        }
+        out = v;
+    }
+    void get_double(const YAML::Node& map, const std::string& prefix, std::string_view key,
+                    double& out, double lo, double hi, bool lo_open = false) const {
+        auto c = child(map, key);
+        if (!c) return;
+        double v = 0;
+        if (!c->IsScalar() || !YAML::convert<double>::decode(*c, v) || !std::isfinite(v)) {
+            fail(*c, join(prefix, key), "expected a finite number" + got(*c));
+        }
+        if (v < lo || v > hi || (lo_open && v == lo)) {
+            std::ostringstream os;
+            os << "out of range: " << v << " not in " << (lo_open ? "(" : "[") << lo << ", ";
+            if (std::isinf(hi))
+                os << "inf)";
+            else
+                os << hi << "]";
+            fail(*c, join(prefix, key), os.str());
+        }
+        out = v;
+    }
+    void get_bool(const YAML::Node& map, const std::string& prefix, std::string_view key,
+                  bool& out) const {
+        auto c = child(map, key);
+        if (!c) return;
+        bool v = false;
+        if (!c->IsScalar() || !YAML::convert<bool>::decode(*c, v)) {
+            fail(*c, join(prefix, key), "expected true or false" + got(*c));
+        }
+        out = v;
+    }
+    void get_string(const YAML::Node& map, const std::string& prefix, std::string_view key,
+                    std::string& out) const {
+        auto c = child(map, key);
+        if (!c) return;
+        if (c->IsNull()) {
+            out.clear();
+            return;
+        }
+        if (!c->IsScalar()) fail(*c, join(prefix, key), "expected a string" + got(*c));
+        out = c->Scalar();
+    }
+    template <typename E, size_t N>
+    void get_enum(const YAML::Node& map, const std::string& prefix, std::string_view key, E& out,
+                  const std::array<std::string_view, N>& names) const {
+        auto c = child(map, key);
+        if (!c) return;
+        if (!c->IsScalar())
+            fail(*c, join(prefix, key), "expected one of " + join_names(names) + got(*c));
+        auto v = parse_enum<E>(c->Scalar(), names);
+        if (!v) fail(*c, join(prefix, key), "expected one of " + join_names(names) + got(*c));
+        out = *v;
+    }
+
+    // Line of a key's value (or of the map when the key is absent), for cross-field checks.
+    YAML::Node at(const YAML::Node& map, std::string_view key) const {
+        auto c = child(map, key);
+        return c ? *c : map;
+    }
+
+private:
+    std::string source_;
+};
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+void read_run(const Reader& r, const YAML::Node& n, RunConfig& c) {
+    const std::string p = "run";
+    r.section(n, p,
+              {"seed", "device", "epochs", "max_steps", "checkpoint_every_steps",
+               "telemetry_interval_steps", "eval_every_steps", "digest_every_steps",
+               "test_corrupt_digest_rank"});
+    r.get_uint(n, p, "seed", c.seed);
+    r.get_string(n, p, "device", c.device);
+    if (c.device != "auto" && c.device != "cpu" && c.device != "cuda") {
+        r.fail(r.at(n, "device"), "run.device",
+               "expected one of auto, cpu, cuda, got '" + c.device + "'");
+    }
+    r.get_int(n, p, "epochs", c.epochs);
+    r.get_int(n, p, "max_steps", c.max_steps);
+    r.get_int(n, p, "checkpoint_every_steps", c.checkpoint_every_steps);
+    r.get_int(n, p, "telemetry_interval_steps", c.telemetry_interval_steps, 1);
+    r.get_int(n, p, "eval_every_steps", c.eval_every_steps);
+    r.get_int(n, p, "digest_every_steps", c.digest_every_steps);
+    r.get_int(n, p, "test_corrupt_digest_rank", c.test_corrupt_digest_rank, -1);
+    if (c.epochs == 0 && c.max_steps == 0) {
+        r.fail(r.at(n, "epochs"), "run.epochs", "epochs and max_steps are both 0: nothing to run");
+    }
+}
+
+void read_data(const Reader& r, const YAML::Node& n, DataConfig& c) {
+    const std::string p = "data";
+    r.section(n, p, {"dataset", "path", "batch_size", "teacher", "npy"});
+    r.get_string(n, p, "dataset", c.dataset);
+    if (c.dataset != "fashion_mnist" && c.dataset != "teacher" && c.dataset != "npy") {
+        r.fail(r.at(n, "dataset"), "data.dataset",
+               "expected one of fashion_mnist, teacher, npy, got '" + c.dataset + "'");
+    }
+    r.get_string(n, p, "path", c.path);
+    r.get_int(n, p, "batch_size", c.batch_size, 1, 1 << 24);
+    if (auto t = r.child_map(n, p, "teacher")) {
+        const std::string tp = "data.teacher";
+        r.section(*t, tp,
+                  {"train_samples", "test_samples", "features", "classes", "hidden", "noise"});
+        r.get_int(*t, tp, "train_samples", c.teacher.train_samples, 1);
+        r.get_int(*t, tp, "test_samples", c.teacher.test_samples, 1);
+        r.get_int(*t, tp, "features", c.teacher.features, 1);
+        r.get_int(*t, tp, "classes", c.teacher.classes, 2);
+        r.get_int(*t, tp, "hidden", c.teacher.hidden, 1);
+        r.get_double(*t, tp, "noise", c.teacher.noise, 0.0, kInf);
+    }
+    if (auto t = r.child_map(n, p, "npy")) {
+        const std::string tp = "data.npy";
+        r.section(*t, tp, {"train_features", "train_labels", "test_features", "test_labels"});
+        r.get_string(*t, tp, "train_features", c.npy.train_features);
+        r.get_string(*t, tp, "train_labels", c.npy.train_labels);
+        r.get_string(*t, tp, "test_features", c.npy.test_features);
+        r.get_string(*t, tp, "test_labels", c.npy.test_labels);
+    }
+    if (c.dataset == "npy" && (c.npy.train_features.empty() || c.npy.train_labels.empty())) {
+        r.fail(r.at(n, "dataset"), "data.npy",
+               "dataset npy needs npy.train_features and npy.train_labels");
+    }
+}
+
+void read_model(const Reader& r, const YAML::Node& n, ModelConfig& c) {
+    const std::string p = "model";
+    r.section(n, p, {"hidden", "activation", "seeds_per_layer"});
+    if (auto h = r.child(n, "hidden")) {
+        if (!h->IsSequence() || h->size() == 0) {
+            r.fail(*h, "model.hidden",
+                   "expected a non-empty list of layer widths" + Reader::got(*h));
+        }
+        c.hidden.clear();
+        for (size_t i = 0; i < h->size(); ++i) {
+            c.hidden.push_back(
+                r.parse_int((*h)[i], "model.hidden[" + std::to_string(i) + "]", 1, 1 << 24));
+        }
+    }
+    r.get_enum(n, p, "activation", c.activation, kActivationNames);
+    r.get_int(n, p, "seeds_per_layer", c.seeds_per_layer, 1, 1 << 24);
+    for (size_t i = 0; i < c.hidden.size(); ++i) {
+        if (c.seeds_per_layer > c.hidden[i]) {
+            std::ostringstream os;
+            os << "seeds_per_layer " << c.seeds_per_layer << " exceeds the width " << c.hidden[i]
+               << " of layer " << i << " (S > D)";
+            r.fail(r.at(n, "seeds_per_layer"), "model.seeds_per_layer", os.str());
+        }
+    }
+}
+
+void read_optimizer(const Reader& r, const YAML::Node& n, OptimizerConfig& c) {
+    const std::string p = "optimizer";
+    r.section(n, p,
+              {"kind", "lr", "momentum", "beta1", "beta2", "eps", "weight_decay", "schedule",
+               "warmup_steps", "step_size", "gamma", "grad_clip", "blueprint_lr"});
+    r.get_enum(n, p, "kind", c.kind, kOptimizerKindNames);
+    r.get_double(n, p, "lr", c.lr, 0.0, kInf, true);
+    r.get_double(n, p, "momentum", c.momentum, 0.0, 1.0);
+    r.get_double(n, p, "beta1", c.beta1, 0.0, 1.0);
+    r.get_double(n, p, "beta2", c.beta2, 0.0, 1.0);
+    r.get_double(n, p, "eps", c.eps, 0.0, kInf, true);
+    r.get_double(n, p, "weight_decay", c.weight_decay, 0.0, kInf);
+    r.get_enum(n, p, "schedule", c.schedule, kLrScheduleNames);
+    r.get_int(n, p, "warmup_steps", c.warmup_steps);
+    r.get_int(n, p, "step_size", c.step_size, 1);
+    r.get_double(n, p, "gamma", c.gamma, 0.0, 1.0, true);
+    r.get_double(n, p, "grad_clip", c.grad_clip, 0.0, kInf);
+    r.get_double(n, p, "blueprint_lr", c.blueprint_lr, 0.0, kInf);
+}
+
+void read_blueprints(const Reader& r, const YAML::Node& n, BlueprintsConfig& c) {
+    const std::string p = "blueprints";
+    r.section(n, p, {"residual_mlp", "lowrank", "scale_shift", "max_params_per_layer", "input"});
+    r.get_enum(n, p, "input", c.input, kBlueprintInputNames);
+    if (auto b = r.child_map(n, p, "residual_mlp")) {
+        r.section(*b, "blueprints.residual_mlp", {"expansion", "slots"});
+        r.get_int(*b, "blueprints.residual_mlp", "expansion", c.residual_mlp.expansion, 1, 64);
+        r.get_int(*b, "blueprints.residual_mlp", "slots", c.residual_mlp.slots, 0, 1 << 24);
+    }
+    if (auto b = r.child_map(n, p, "lowrank")) {
+        r.section(*b, "blueprints.lowrank", {"rank", "slots"});
+        r.get_int(*b, "blueprints.lowrank", "rank", c.lowrank.rank, 1, 1 << 16);
+        r.get_int(*b, "blueprints.lowrank", "slots", c.lowrank.slots, 0, 1 << 24);
+    }
+    if (auto b = r.child_map(n, p, "scale_shift")) {
+        r.section(*b, "blueprints.scale_shift", {"slots"});
+        r.get_int(*b, "blueprints.scale_shift", "slots", c.scale_shift.slots, 0, 1 << 24);
+    }
+    r.get_int(n, p, "max_params_per_layer", c.max_params_per_layer);
+}
+
+void read_lifecycle(const Reader& r, const YAML::Node& n, LifecycleConfig& c) {
+    const std::string p = "lifecycle";
+    r.section(n, p,
+              {"training_steps", "stabilization_steps", "evaluation_steps", "fine_tuning_steps",
+               "embargo_steps", "max_training_per_layer", "max_active_per_layer", "auto_gates",
+               "decision_timeout_steps", "grafting", "gates"});
+    r.get_int(n, p, "training_steps", c.training_steps);
+    r.get_int(n, p, "stabilization_steps", c.stabilization_steps);
+    r.get_int(n, p, "evaluation_steps", c.evaluation_steps);
+    r.get_int(n, p, "fine_tuning_steps", c.fine_tuning_steps);
+    r.get_int(n, p, "embargo_steps", c.embargo_steps);
+    r.get_int(n, p, "max_training_per_layer", c.max_training_per_layer, 1);
+    r.get_int(n, p, "max_active_per_layer", c.max_active_per_layer, 1);
+    r.get_bool(n, p, "auto_gates", c.auto_gates);
+    r.get_int(n, p, "decision_timeout_steps", c.decision_timeout_steps, 1);
+    if (auto g = r.child_map(n, p, "grafting")) {
+        const std::string gp = "lifecycle.grafting";
+        GraftingConfig& s = c.grafting;
+        r.section(
+            *g, gp,
+            {"strategy", "ramp_steps", "steepness", "momentum", "momentum_gain", "drift_threshold",
+             "drift_ema", "stability_threshold", "stability_patience", "adaptive_window"});
+        r.get_enum(*g, gp, "strategy", s.strategy, kGraftingStrategyNames);
+        r.get_int(*g, gp, "ramp_steps", s.ramp_steps, 1);
+        r.get_double(*g, gp, "steepness", s.steepness, 0.0, kInf, true);
+        r.get_double(*g, gp, "momentum", s.momentum, 0.0, 1.0);
+        r.get_double(*g, gp, "momentum_gain", s.momentum_gain, 0.0, kInf);
+        r.get_double(*g, gp, "drift_threshold", s.drift_threshold, 0.0, kInf, true);
+        r.get_double(*g, gp, "drift_ema", s.drift_ema, 0.0, 1.0);
+        r.get_double(*g, gp, "stability_threshold", s.stability_threshold, 0.0, kInf, true);
+        r.get_int(*g, gp, "stability_patience", s.stability_patience, 1);
+        r.get_int(*g, gp, "adaptive_window", s.adaptive_window, 1);
+    }
+    if (auto g = r.child_map(n, p, "gates")) {
+        const std::string gp = "lifecycle.gates";
+        GatesConfig& s = c.gates;
+        r.section(*g, gp,
+                  {"min_gradient_health", "min_contribution", "cull_contribution",
+                   "min_improvement", "max_error_rate", "min_stability"});
+        r.get_double(*g, gp, "min_gradient_health", s.min_gradient_health, 0.0, 1.0);
+        r.get_double(*g, gp, "min_contribution", s.min_contribution, -kInf, kInf);
+        r.get_double(*g, gp, "cull_contribution", s.cull_contribution, 0.0, kInf);
+        r.get_double(*g, gp, "min_improvement", s.min_improvement, -kInf, kInf);
+        r.get_double(*g, gp, "max_error_rate", s.max_error_rate, 0.0, 1.0);
+        r.get_double(*g, gp, "min_stability", s.min_stability, 0.0, 1.0);
+    }
+    if (c.max_training_per_layer > c.max_active_per_layer) {
+        r.fail(r.at(n, "max_training_per_layer"), "lifecycle.max_training_per_layer",
+               "exceeds max_active_per_layer");
+    }
+}
+
+void read_governor(const Reader& r, const YAML::Node& n, GovernorConfig& c) {
+    const std::string p = "governor";
+    r.section(
+        n, p,
+        {"enabled", "divergence_factor", "window", "snapshot_every_steps", "inject_nan_at_step"});
+    r.get_bool(n, p, "enabled", c.enabled);
+    r.get_double(n, p, "divergence_factor", c.divergence_factor, 1.0, kInf, true);
+    r.get_int(n, p, "window", c.window, 1);
+    r.get_int(n, p, "snapshot_every_steps", c.snapshot_every_steps, 1);
+    r.get_int(n, p, "inject_nan_at_step", c.inject_nan_at_step, -1);
+}
+
+Config read_root(const Reader& r, const YAML::Node& root) {
+    Config c;
+    if (!root.IsDefined() || root.IsNull()) return c;  // empty file: all defaults
+    r.section(root, "",
+              {"run", "data", "model", "optimizer", "blueprints", "lifecycle", "governor",
+               "tamiyo"});
+    if (auto s = r.child_map(root, "", "run")) read_run(r, *s, c.run);
+    if (auto s = r.child_map(root, "", "data")) read_data(r, *s, c.data);
+    if (auto s = r.child_map(root, "", "model"))
+        read_model(r, *s, c.model);
+    else
+        read_model(r, YAML::Node(YAML::NodeType::Map), c.model);
+    if (auto s = r.child_map(root, "", "optimizer")) read_optimizer(r, *s, c.optimizer);
+    if (auto s = r.child_map(root, "", "blueprints")) read_blueprints(r, *s, c.blueprints);
+    if (auto s = r.child_map(root, "", "lifecycle")) read_lifecycle(r, *s, c.lifecycle);
+    if (auto s = r.child_map(root, "", "governor")) read_governor(r, *s, c.governor);
+    if (c.blueprints.input == BlueprintInput::kLayer && c.run.device == "cuda") {
+        const YAML::Node bp = root["blueprints"];
+        r.fail(r.at(bp, "input"), "blueprints.input",
+               "'layer' (widening blueprints) runs on the CPU only; set run.device: cpu or auto");
+    }
+    return c;
+}
+
+}  // namespace
+
+SeedManagerConfig seed_manager_config(const Config& config) {
+    SeedManagerConfig c;
+    c.lifecycle = config.lifecycle;
+    c.blueprints = config.blueprints;
+    c.run_seed = config.run.seed;
+    c.seeds_per_layer = config.model.seeds_per_layer;
+    return c;
+}
+
+Config parse_config(std::string_view yaml_text, std::string_view source_name) {
+    Reader r(source_name);
+    YAML::Node root;
+    try {
+        root = YAML::Load(std::string(yaml_text));
+    } catch (const YAML::Exception& e) {
+        ESPER_THROW(kInvalidInput, source_name, ":", e.mark.line + 1, ": (yaml): ", e.msg);
+    }
+    return read_root(r, root);
+}
+
+Config load_config(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) ESPER_THROW(kInvalidInput, path, ":0: (file): cannot open the config file");
+    std::ostringstream os;
+    os << in.rdbuf();
+    return parse_config(os.str(), path);
+}
+
+// ---- effective config ----
+
+namespace {
+std::string num(double v) {
+    std::ostringstream os;
+    os.precision(17);
+    os << v;
+    std::string s = os.str();
+    // Keep doubles recognisable as floats in the YAML (1 → 1.0).
+    if (s.find_first_of(".eE") == std::string::npos && s.find("inf") == std::string::npos &&
+        s.find("nan") == std::string::npos) {
+        s += ".0";
+    }
+    return s;
+}
+std::string quoted(const std::string& s) {
+    std::string out = "\"";
+    for (char ch : s) {
+        if (ch == '"' || ch == '\\') out += '\\';
+        out += ch;
+    }
+    return out + "\"";
+}
+}  // namespace
+
+std::string config_to_yaml(const Config& c) {
+    std::ostringstream o;
+    o << "run:\n"
+      << "  seed: " << c.run.seed << "\n"
+      << "  device: " << c.run.device << "\n"
+      << "  epochs: " << c.run.epochs << "\n"
+      << "  max_steps: " << c.run.max_steps << "\n"
+      << "  checkpoint_every_steps: " << c.run.checkpoint_every_steps << "\n"
+      << "  telemetry_interval_steps: " << c.run.telemetry_interval_steps << "\n"
+      << "  eval_every_steps: " << c.run.eval_every_steps << "\n"
+      << "  digest_every_steps: " << c.run.digest_every_steps << "\n"
+      << "  test_corrupt_digest_rank: " << c.run.test_corrupt_digest_rank << "\n";
+    o << "data:\n"
+      << "  dataset: " << c.data.dataset << "\n"
+      << "  path: " << quoted(c.data.path) << "\n"
+      << "  batch_size: " << c.data.batch_size << "\n"
+      << "  teacher:\n"
+      << "    train_samples: " << c.data.teacher.train_samples << "\n"
+      << "    test_samples: " << c.data.teacher.test_samples << "\n"
+      << "    features: " << c.data.teacher.features << "\n"
+      << "    classes: " << c.data.teacher.classes << "\n"
+      << "    hidden: " << c.data.teacher.hidden << "\n"
+      << "    noise: " << num(c.data.teacher.noise) << "\n"
+      << "  npy:\n"
+      << "    train_features: " << quoted(c.data.npy.train_features) << "\n"
+      << "    train_labels: " << quoted(c.data.npy.train_labels) << "\n"
+      << "    test_features: " << quoted(c.data.npy.test_features) << "\n"
+      << "    test_labels: " << quoted(c.data.npy.test_labels) << "\n";
+    o << "model:\n  hidden: [";
+    for (size_t i = 0; i < c.model.hidden.size(); ++i) o << (i ? ", " : "") << c.model.hidden[i];
+    o << "]\n"
+      << "  activation: " << activation_name(c.model.activation) << "\n"
+      << "  seeds_per_layer: " << c.model.seeds_per_layer << "\n";
+    const OptimizerConfig& op = c.optimizer;
+    o << "optimizer:\n"
+      << "  kind: " << optimizer_kind_name(op.kind) << "\n"
+      << "  lr: " << num(op.lr) << "\n"
+      << "  momentum: " << num(op.momentum) << "\n"
+      << "  beta1: " << num(op.beta1) << "\n"
+      << "  beta2: " << num(op.beta2) << "\n"
+      << "  eps: " << num(op.eps) << "\n"
+      << "  weight_decay: " << num(op.weight_decay) << "\n"
+      << "  schedule: " << lr_schedule_name(op.schedule) << "\n"
+      << "  warmup_steps: " << op.warmup_steps << "\n"
+      << "  step_size: " << op.step_size << "\n"
+      << "  gamma: " << num(op.gamma) << "\n"
+      << "  grad_clip: " << num(op.grad_clip) << "\n"
+      << "  blueprint_lr: " << num(op.blueprint_lr) << "\n";
+    o << "blueprints:\n"
+      << "  residual_mlp: {expansion: " << c.blueprints.residual_mlp.expansion
+      << ", slots: " << c.blueprints.residual_mlp.slots << "}\n"
+      << "  lowrank: {rank: " << c.blueprints.lowrank.rank
+      << ", slots: " << c.blueprints.lowrank.slots << "}\n"
+      << "  scale_shift: {slots: " << c.blueprints.scale_shift.slots << "}\n"
+      << "  max_params_per_layer: " << c.blueprints.max_params_per_layer << "\n"
+      << "  input: " << blueprint_input_name(c.blueprints.input) << "\n";
+    const LifecycleConfig& l = c.lifecycle;
+    const GraftingConfig& g = l.grafting;
+    o << "lifecycle:\n"
+      << "  training_steps: " << l.training_steps << "\n"
+      << "  stabilization_steps: " << l.stabilization_steps << "\n"
+      << "  evaluation_steps: " << l.evaluation_steps << "\n"
+      << "  fine_tuning_steps: " << l.fine_tuning_steps << "\n"
+      << "  embargo_steps: " << l.embargo_steps << "\n"
+      << "  max_training_per_layer: " << l.max_training_per_layer << "\n"
+      << "  max_active_per_layer: " << l.max_active_per_layer << "\n"
+      << "  auto_gates: " << (l.auto_gates ? "true" : "false") << "\n"
+      << "  decision_timeout_steps: " << l.decision_timeout_steps << "\n"
+      << "  grafting:\n"
+      << "    strategy: " << grafting_strategy_name(g.strategy) << "\n"
+      << "    ramp_steps: " << g.ramp_steps << "\n"
+      << "    steepness: " << num(g.steepness) << "\n"
+      << "    momentum: " << num(g.momentum) << "\n"
+      << "    momentum_gain: " << num(g.momentum_gain) << "\n"
+      << "    drift_threshold: " << num(g.drift_threshold) << "\n"
+      << "    drift_ema: " << num(g.drift_ema) << "\n"
+      << "    stability_threshold: " << num(g.stability_threshold) << "\n"
+      << "    stability_patience: " << g.stability_patience << "\n"
+      << "    adaptive_window: " << g.adaptive_window << "\n"
+      << "  gates:\n"
+      << "    min_gradient_health: " << num(l.gates.min_gradient_health) << "\n"
+      << "    min_contribution: " << num(l.gates.min_contribution) << "\n"
+      << "    cull_contribution: " << num(l.gates.cull_contribution) << "\n"
+      << "    min_improvement: " << num(l.gates.min_improvement) << "\n"
+      << "    max_error_rate: " << num(l.gates.max_error_rate) << "\n"
+      << "    min_stability: " << num(l.gates.min_stability) << "\n";
+    o << "governor:\n"
+      << "  enabled: " << (c.governor.enabled ? "true" : "false") << "\n"
+      << "  divergence_factor: " << num(c.governor.divergence_factor) << "\n"
+      << "  window: " << c.governor.window << "\n"
+      << "  snapshot_every_steps: " << c.governor.snapshot_every_steps << "\n"
+      << "  inject_nan_at_step: " << c.governor.inject_nan_at_step << "\n";
+    return o.str();
+}
+
+}  // namespace esper::kasmina

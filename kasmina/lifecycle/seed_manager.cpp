@@ -1,0 +1,751 @@
+// The lifecycle engine. Every stage change goes through transition() (validator + bookkeeping +
+// one event) except germination, which also takes and initialises an arena slot. A batch runs on
+// the live state after a full copy and is undone from the copy when an item is rejected.
+#include "kasmina/lifecycle/seed_manager.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <type_traits>
+
+#include "core/check.h"
+#include "core/error.h"
+
+namespace esper::kasmina {
+
+namespace {
+
+constexpr size_t kLossWindow = 20;
+
+std::string fmt(double v) {
+    std::ostringstream os;
+    os << v;
+    return os.str();
+}
+
+std::string with_reason(std::string base, const std::string& why) {
+    return why.empty() ? base : base + ": " + why;
+}
+
+SeedStage target_of(const Command& c) {
+    if (std::holds_alternative<CullCommand>(c.body)) return SeedStage::kCulled;
+    if (std::holds_alternative<CancelCommand>(c.body)) return SeedStage::kCancelled;
+    if (std::holds_alternative<RollbackCommand>(c.body)) return SeedStage::kRolledBack;
+    return std::get<TransitionCommand>(c.body).to;
+}
+
+// ---- binary helpers for save_state ----
+template <typename T>
+void put(std::vector<uint8_t>& out, const T& v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    const auto* p = reinterpret_cast<const uint8_t*>(&v);
+    out.insert(out.end(), p, p + sizeof(T));
+}
+void put_opt(std::vector<uint8_t>& out, const std::optional<double>& v) {
+    put(out, static_cast<uint8_t>(v.has_value()));
+    put(out, v.value_or(0.0));
+}
+class Cursor {
+public:
+    explicit Cursor(std::span<const uint8_t> b) : b_(b) {}
+    template <typename T>
+    T get() {
+        if (at_ + sizeof(T) > b_.size()) ESPER_THROW(kIntegrity, "seed manager state truncated");
+        T v;
+        std::memcpy(&v, b_.data() + at_, sizeof(T));
+        at_ += sizeof(T);
+        return v;
+    }
+    std::optional<double> get_opt() {
+        const auto has = get<uint8_t>();
+        const auto v = get<double>();
+        return has ? std::optional<double>(v) : std::nullopt;
+    }
+    std::span<const uint8_t> take(size_t n) {
+        if (at_ + n > b_.size()) ESPER_THROW(kIntegrity, "seed manager state truncated");
+        auto s = b_.subspan(at_, n);
+        at_ += n;
+        return s;
+    }
+    bool done() const { return at_ == b_.size(); }
+
+private:
+    std::span<const uint8_t> b_;
+    size_t at_ = 0;
+};
+constexpr char kStateMagic[4] = {'E', 'S', 'M', 'S'};
+constexpr uint32_t kStateVersion = 1;
+
+}  // namespace
+
+SeedManager::SeedManager(const SeedManagerConfig& config, std::vector<int64_t> layer_widths, EventSink* events,
+                         std::vector<int64_t> layer_inputs)
+    : lifecycle_(config.lifecycle),
+      blueprints_cfg_(config.blueprints),
+      run_seed_(config.run_seed),
+      log_(events) {
+    tables_.reserve(layer_widths.size());
+    arenas_.reserve(layer_widths.size());
+    const bool layer_input = config.blueprints.input == BlueprintInput::kLayer;
+    ESPER_CHECK_INPUT(!layer_input || layer_inputs.size() == layer_widths.size(),
+                      "blueprints.input: layer needs the input width of every seed layer");
+    for (size_t i = 0; i < layer_widths.size(); ++i) {
+        tables_.emplace_back(static_cast<int32_t>(i), layer_widths[i],
+                             config.seeds_per_layer);
+        arenas_.emplace_back(tables_.back().max_chunk_width(), blueprints_cfg_,
+                             layer_input ? layer_inputs[i] : 0);
+        extra_.emplace_back(static_cast<size_t>(tables_.back().num_seeds()));
+    }
+}
+
+kernels::SeedLayerView SeedManager::view(int32_t layer, int32_t batch) {
+    ESPER_REQUIRE(layer >= 0 && layer < num_layers(), "layer=", layer);
+    const SeedTable& t = tables_[layer];
+    kernels::SeedLayerView v;
+    v.batch = batch;
+    v.width = t.width();
+    v.num_seeds = t.num_seeds();
+    v.chunk_offset = t.chunk_offset_data();
+    v.stage = t.stage_data();
+    v.kind = t.kind_data();
+    v.slot = t.slot_data();
+    v.alpha = t.alpha_data();
+    for (int k = 0; k < kNumBlueprintKinds; ++k) {
+        v.arenas[k] = arenas_[layer].view(static_cast<BlueprintKind>(k));
+    }
+    v.input_width = arenas_[layer].in_width();  // the model sets v.input per batch
+    return v;
+}
+
+std::string SeedManager::check_seed(SeedRef s) const {
+    if (s.layer < 0 || s.layer >= num_layers()) {
+        return "unknown layer " + std::to_string(s.layer) + " (the run has " +
+               std::to_string(num_layers()) + " seed layers)";
+    }
+    if (s.seed < 0 || s.seed >= tables_[s.layer].num_seeds()) {
+        return "unknown seed " + std::to_string(s.seed) + " in layer " + std::to_string(s.layer) +
+               " (the layer has " + std::to_string(tables_[s.layer].num_seeds()) + " seeds)";
+    }
+    return {};
+}
+
+int64_t SeedManager::blueprint_params_in_layer(int32_t layer) const {
+    const SeedTable& t = tables_[layer];
+    int64_t n = 0;
+    for (int32_t s = 0; s < t.num_seeds(); ++s) {
+        n += seed_blueprint_params({layer, s});
+    }
+    return n;
+}
+
+int64_t SeedManager::seed_blueprint_params(SeedRef s) const {
+    const SeedTable& t = tables_[s.layer];
+    if (!stage_holds_slot(t.stage(s.seed)) || t.slot(s.seed) < 0) return 0;
+    return blueprint_params(t.kind(s.seed), t.chunk_width(s.seed), t.max_chunk_width(),
+                            blueprints_cfg_, arenas_[s.layer].in_width());
+}
+
+std::optional<double> SeedManager::gradient_health(SeedRef s) const {
+    if (!check_seed(s).empty()) return std::nullopt;
+    return extra_[s.layer][s.seed].gradient_health;
+}
+
+TransitionFacts SeedManager::facts(SeedRef s, SeedStage to,
+                                   std::optional<BlueprintKind> kind) const {
+    const SeedTable& t = tables_[s.layer];
+    TransitionFacts f;
+    f.from = t.stage(s.seed);
+    f.steps_in_stage = t.steps_in_stage(s.seed);
+    f.step = next_step_;
+    f.embargo_until_step = t.embargo_until_step(s.seed);
+    f.alpha = t.alpha(s.seed);
+    f.gradient_health = extra_[s.layer][s.seed].gradient_health;
+    f.active_in_layer = t.count_active();
+    f.training_in_layer = t.count_in_stage(SeedStage::kTraining);
+    if (to == SeedStage::kGerminated && kind) {
+        f.blueprint_name = std::string(blueprint_kind_name(*kind));
+        f.arena_slot_free = arenas_[s.layer].free_slots(*kind) > 0;
+        const int64_t add = blueprint_params(*kind, t.chunk_width(s.seed), t.max_chunk_width(),
+                                             blueprints_cfg_, arenas_[s.layer].in_width());
+        f.param_budget_ok =
+            blueprint_params_in_layer(s.layer) + add <= blueprints_cfg_.max_params_per_layer;
+    }
+    return f;
+}
+
+void SeedManager::emit(LifecycleEvent e) {
+    if (buffering_) {
+        batch_events_.push_back(std::move(e));
+        return;
+    }
+    if (log_) log_->write(e);
+    ++events_total_;
+    pending_events_.push_back(std::move(e));
+}
+
+std::vector<LifecycleEvent> SeedManager::drain_events() {
+    std::vector<LifecycleEvent> out;
+    out.swap(pending_events_);
+    return out;
+}
+
+std::string SeedManager::transition(SeedRef s, SeedStage to, TransitionOrigin origin,
+                                    const std::string& why, int64_t stamp) {
+    if (auto bad = check_seed(s); !bad.empty()) return bad;
+    TransitionFacts f = facts(s, to, std::nullopt);
+    f.step = stamp;
+    if (auto reason = validate_transition(to, f, lifecycle_); !reason.empty()) return reason;
+
+    SeedTable& t = tables_[s.layer];
+    SeedRow r = t.row(s.seed);
+    const SeedStage from = r.stage;
+    r.stage = to;
+    r.steps_in_stage = 0;
+    if (stage_holds_slot(from) && !stage_holds_slot(to)) {
+        if (r.slot >= 0) arenas_[s.layer].release(r.kind, r.slot);
+        r.slot = -1;
+        r.alpha = 0.0f;
+        const int32_t ramp = r.graft.ramp_steps;
+        r.graft = GraftState{};
+        r.graft.ramp_steps = ramp;
+    }
+    if (to == SeedStage::kCulled || to == SeedStage::kRolledBack) {
+        const int64_t until = stamp + lifecycle_.embargo_steps;
+        r.embargo_until_step = static_cast<uint32_t>(
+            std::clamp<int64_t>(until, 0, std::numeric_limits<uint32_t>::max()));
+    }
+    if (to == SeedStage::kGrafting) {
+        r.alpha = 0.0f;
+        const int32_t ramp = r.graft.ramp_steps;
+        r.graft = GraftState{};
+        r.graft.ramp_steps = ramp;
+    }
+    if (to == SeedStage::kStabilization) r.alpha = 1.0f;
+    // The TRAINING gate judges the blueprint's own learning signal: start its average afresh.
+    if (to == SeedStage::kTraining) extra_[s.layer][s.seed].gradient_health.reset();
+    if (to == SeedStage::kFossilized && r.slot >= 0) {
+        // Fossilized seeds are frozen: their optimizer state is freed (zeroed in the arena).
+        std::ranges::fill(arenas_[s.layer].opt_m(r.kind, r.slot), 0.0f);
+        std::ranges::fill(arenas_[s.layer].opt_v(r.kind, r.slot), 0.0f);
+    }
+    if (to == SeedStage::kDormant) {
+        r.flags = 0;
+        r.error_count = 0;
+        r.graft = GraftState{};
+        extra_[s.layer][s.seed] = SeedExtra{};
+    }
+    t.set_row(s.seed, r);
+    emit(LifecycleEvent{stamp, s.layer, s.seed, from, to, why, origin});
+    return {};
+}
+
+uint64_t SeedManager::init_seed_for(SeedRef s, int64_t stamp) const {
+    uint64_t h = run_seed_ * 0x9E3779B97F4A7C15ull;
+    h ^= (static_cast<uint64_t>(s.layer) + 1) * 0xC2B2AE3D27D4EB4Full;
+    h ^= (static_cast<uint64_t>(s.seed) + 1) * 0x165667B19E3779F9ull;
+    h ^= (static_cast<uint64_t>(stamp) + 1) * 0x27D4EB2F165667C5ull;
+    return h;
+}
+
+std::string SeedManager::germinate(const GerminateCommand& c, TransitionOrigin origin,
+                                   const std::string& why, int64_t stamp) {
+    const SeedRef s = c.target;
+    if (auto bad = check_seed(s); !bad.empty()) return bad;
+    if (static_cast<int>(c.kind) >= kNumBlueprintKinds) return "unknown blueprint kind";
+    if (c.strategy && static_cast<int>(*c.strategy) >= kNumGraftingStrategies) {
+        return "unknown grafting strategy";
+    }
+    TransitionFacts f = facts(s, SeedStage::kGerminated, c.kind);
+    f.step = stamp;
+    if (auto reason = validate_transition(SeedStage::kGerminated, f, lifecycle_); !reason.empty()) {
+        return reason;
+    }
+    SeedTable& t = tables_[s.layer];
+    BlueprintArenas& a = arenas_[s.layer];
+    const std::optional<int32_t> slot = a.acquire(c.kind);
+    ESPER_ASSERT(slot.has_value(), "validator saw a free slot");
+    a.init_slot(c.kind, *slot, t.chunk_width(s.seed), init_seed_for(s, stamp));
+
+    SeedRow r = t.row(s.seed);
+    const SeedStage from = r.stage;
+    r.stage = SeedStage::kGerminated;
+    r.kind = c.kind;
+    r.strategy = c.strategy.value_or(lifecycle_.grafting.strategy);
+    r.flags = 0;
+    r.slot = *slot;
+    r.alpha = 0.0f;
+    r.steps_in_stage = 0;
+    r.error_count = 0;
+    r.graft = GraftState{};
+    t.set_row(s.seed, r);
+    SeedExtra& x = extra_[s.layer][s.seed];
+    x = SeedExtra{};
+    x.loss_at_germination = has_loss_ema_ ? loss_ema_ : 0.0;
+    emit(LifecycleEvent{stamp, s.layer, s.seed, from, SeedStage::kGerminated,
+                        with_reason("germinate " + std::string(blueprint_kind_name(c.kind)), why),
+                        origin});
+    return {};
+}
+
+std::string SeedManager::apply_one(const Command& c, int64_t stamp) {
+    if (const auto* g = std::get_if<GerminateCommand>(&c.body)) {
+        return germinate(*g, c.origin, c.reason, stamp);
+    }
+    if (const auto* b = std::get_if<BatchCommand>(&c.body)) {
+        for (size_t i = 0; i < b->commands.size(); ++i) {
+            if (auto r = apply_one(b->commands[i], stamp); !r.empty()) {
+                return "batch item " + std::to_string(i) + ": " + r;
+            }
+        }
+        return {};
+    }
+    if (const auto* a = std::get_if<SetAlphaScheduleCommand>(&c.body)) {
+        if (auto bad = check_seed(a->target); !bad.empty()) return bad;
+        if (static_cast<int>(a->strategy) >= kNumGraftingStrategies) return "unknown strategy";
+        SeedTable& t = tables_[a->target.layer];
+        SeedRow r = t.row(a->target.seed);
+        if (r.stage != SeedStage::kGerminated && r.stage != SeedStage::kTraining &&
+            r.stage != SeedStage::kGrafting) {
+            return "set_alpha_schedule: seed is " + std::string(stage_name(r.stage)) +
+                   " (allowed in GERMINATED, TRAINING, GRAFTING)";
+        }
+        if (a->ramp_steps && (*a->ramp_steps < 1 || *a->ramp_steps > (int64_t{1} << 30))) {
+            return "set_alpha_schedule: ramp_steps must be in [1, 2^30], got " +
+                   std::to_string(*a->ramp_steps);
+        }
+        r.strategy = a->strategy;
+        if (a->ramp_steps) r.graft.ramp_steps = static_cast<int32_t>(*a->ramp_steps);
+        t.set_row(a->target.seed, r);
+        return {};
+    }
+    const SeedRef target = std::visit(
+        [](const auto& v) -> SeedRef {
+            if constexpr (requires { v.target; }) {
+                return v.target;
+            } else {
+                return SeedRef{};
+            }
+        },
+        c.body);
+    const SeedStage to = target_of(c);
+    if (to == SeedStage::kGerminated) {
+        // Germination takes and initialises a blueprint slot: only GerminateCommand does that.
+        return "transition to GERMINATED needs a germinate command (with a blueprint kind)";
+    }
+    std::string base = c.origin == TransitionOrigin::kOperator ? "operator" : "controller";
+    if (std::holds_alternative<CullCommand>(c.body))
+        base += " cull";
+    else if (std::holds_alternative<CancelCommand>(c.body))
+        base += " cancel";
+    else if (std::holds_alternative<RollbackCommand>(c.body))
+        base += " rollback";
+    else
+        base += " decision";
+    return transition(target, to, c.origin, with_reason(base, c.reason), stamp);
+}
+
+Outcome SeedManager::apply(const Command& command) {
+    const int64_t stamp = next_step_;
+    if (!std::holds_alternative<BatchCommand>(command.body)) {
+        auto reason = apply_one(command, stamp);
+        if (reason.empty()) {
+            ++applied_commands_;
+            return Outcome{};
+        }
+        return Outcome{OutcomeStatus::kRejected, std::move(reason)};
+    }
+    // All or nothing: keep a copy, run, undo on the first rejection.
+    const std::vector<SeedTable> tables = tables_;
+    const std::vector<BlueprintArenas> arenas = arenas_;
+    const auto extra = extra_;
+    buffering_ = true;
+    batch_events_.clear();
+    auto reason = apply_one(command, stamp);
+    buffering_ = false;
+    if (!reason.empty()) {
+        tables_ = tables;
+        arenas_ = arenas;
+        extra_ = extra;
+        batch_events_.clear();
+        return Outcome{OutcomeStatus::kRejected, std::move(reason)};
+    }
+    std::vector<LifecycleEvent> events;
+    events.swap(batch_events_);
+    for (auto& e : events) emit(std::move(e));
+    ++applied_commands_;
+    return Outcome{};
+}
+
+GraftMetrics SeedManager::graft_metrics(SeedRef s) const {
+    GraftMetrics m;
+    m.loss_delta = last_loss_delta_;
+    const SeedTable& t = tables_[s.layer];
+    if (t.slot(s.seed) >= 0)
+        m.weight_norm = arenas_[s.layer].param_norm(t.kind(s.seed), t.slot(s.seed));
+    if (loss_window_.size() >= 2) {
+        double mean = 0.0;
+        for (double v : loss_window_) mean += v;
+        mean /= static_cast<double>(loss_window_.size());
+        double var = 0.0;
+        for (double v : loss_window_) var += (v - mean) * (v - mean);
+        var /= static_cast<double>(loss_window_.size());
+        m.loss_variance = mean != 0.0 ? var / (mean * mean) : 0.0;
+    }
+    return m;
+}
+
+void SeedManager::run_gate(SeedRef s, int64_t step) {
+    const SeedTable& t = tables_[s.layer];
+    const SeedStage st = t.stage(s.seed);
+    const int64_t due = gate_due_steps(st, lifecycle_);
+    const int64_t steps = t.steps_in_stage(s.seed);
+    if (steps < due) return;
+    const int64_t waiting = steps - due;
+    const bool timed_out = waiting > lifecycle_.decision_timeout_steps;
+    const GatesConfig& g = lifecycle_.gates;
+    const SeedExtra& x = extra_[s.layer][s.seed];
+    const auto auto_ = TransitionOrigin::kAuto;
+
+    if (!lifecycle_.auto_gates) {
+        if (timed_out) {
+            transition(s, SeedStage::kCulled, auto_,
+                       "decision timeout: no controller decision within " +
+                           std::to_string(lifecycle_.decision_timeout_steps) +
+                           " steps (safe default: cull)",
+                       step);
+        }
+        return;
+    }
+    if (st == SeedStage::kTraining) {
+        if (x.gradient_health && *x.gradient_health >= g.min_gradient_health) {
+            transition(s, SeedStage::kGrafting, auto_,
+                       "auto gate: gradient health " + fmt(*x.gradient_health) +
+                           " >= " + fmt(g.min_gradient_health),
+                       step);
+        } else if (timed_out) {
+            transition(
+                s, SeedStage::kCulled, auto_,
+                "auto gate: gradient health " +
+                    (x.gradient_health ? fmt(*x.gradient_health) : std::string("unmeasured")) +
+                    " after " + std::to_string(waiting) + " steps (safe default: cull)",
+                step);
+        }
+        return;
+    }
+    if (st == SeedStage::kEvaluating) {
+        const double error_rate = static_cast<double>(t.error_count(s.seed)) /
+                                  static_cast<double>(std::max<int64_t>(1, steps));
+        const bool stable = x.stability ? *x.stability >= g.min_stability : g.min_stability <= 0.0;
+        if (error_rate > g.max_error_rate) {
+            transition(s, SeedStage::kCulled, auto_,
+                       "auto gate: error rate " + fmt(error_rate) + " > " + fmt(g.max_error_rate),
+                       step);
+        } else if (x.contribution && *x.contribution < -g.cull_contribution) {
+            transition(s, SeedStage::kCulled, auto_,
+                       "auto gate: contribution " + fmt(*x.contribution) + " < " +
+                           fmt(-g.cull_contribution),
+                       step);
+        } else if (x.contribution && *x.contribution > g.min_contribution && stable) {
+            transition(
+                s, SeedStage::kFineTuning, auto_,
+                "auto gate: contribution " + fmt(*x.contribution) + " > " + fmt(g.min_contribution),
+                step);
+        } else if (timed_out) {
+            transition(s, SeedStage::kCulled, auto_,
+                       "auto gate: no proven contribution after " + std::to_string(waiting) +
+                           " steps (safe default: cull)",
+                       step);
+        }
+        return;
+    }
+    if (st == SeedStage::kFineTuning) {
+        std::optional<double> improvement = x.improvement;
+        if (!improvement && has_loss_ema_) improvement = x.loss_at_germination - loss_ema_;
+        if (improvement && *improvement >= g.min_improvement) {
+            transition(
+                s, SeedStage::kFossilized, auto_,
+                "auto gate: improvement " + fmt(*improvement) + " >= " + fmt(g.min_improvement),
+                step);
+        } else {
+            transition(s, SeedStage::kCulled, auto_,
+                       "auto gate: improvement " +
+                           (improvement ? fmt(*improvement) : std::string("unmeasured")) + " < " +
+                           fmt(g.min_improvement),
+                       step);
+        }
+    }
+}
+
+void SeedManager::on_step_end(int64_t step, const StepMetrics& metrics) {
+    // Run-level loss history (finite losses only; the governor handles the others).
+    if (std::isfinite(metrics.loss)) {
+        last_loss_delta_ = last_loss_ ? *last_loss_ - metrics.loss : 0.0;
+        last_loss_ = metrics.loss;
+        loss_ema_ = has_loss_ema_ ? 0.9 * loss_ema_ + 0.1 * metrics.loss : metrics.loss;
+        has_loss_ema_ = true;
+        loss_window_.push_back(metrics.loss);
+        if (loss_window_.size() > kLossWindow) loss_window_.erase(loss_window_.begin());
+    }
+    // Measured seed metrics (a value replaces the last one; absent keeps it).
+    for (int32_t l = 0; l < num_layers() && l < static_cast<int32_t>(metrics.seeds.size()); ++l) {
+        SeedTable& t = tables_[l];
+        const auto& ms = metrics.seeds[l];
+        for (int32_t s = 0; s < t.num_seeds() && s < static_cast<int32_t>(ms.size()); ++s) {
+            SeedExtra& x = extra_[l][s];
+            const SeedMetrics& m = ms[s];
+            SeedRow r = t.row(s);
+            if (m.gradient_health) {
+                // Exponential average of the per-step verdicts (kasmina/telemetry.cpp).
+                constexpr double kHealthEma = 0.1;
+                x.gradient_health = x.gradient_health
+                                        ? (1 - kHealthEma) * *x.gradient_health + kHealthEma * *m.gradient_health
+                                        : *m.gradient_health;
+                r.flags |= kSeedFlagHealthMeasured;
+            }
+            if (m.contribution) x.contribution = m.contribution;
+            if (m.stability) x.stability = m.stability;
+            if (m.improvement) x.improvement = m.improvement;
+            if (m.error && r.error_count < std::numeric_limits<uint16_t>::max()) ++r.error_count;
+            t.set_row(s, r);
+        }
+    }
+    // Time passes for everyone.
+    for (SeedTable& t : tables_) {
+        for (int32_t s = 0; s < t.num_seeds(); ++s) {
+            SeedRow r = t.row(s);
+            if (r.steps_in_stage < std::numeric_limits<uint32_t>::max()) ++r.steps_in_stage;
+            t.set_row(s, r);
+        }
+    }
+    // α schedules and automatic transitions, at most one transition per seed per step.
+    const auto auto_ = TransitionOrigin::kAuto;
+    for (int32_t l = 0; l < num_layers(); ++l) {
+        for (int32_t s = 0; s < tables_[l].num_seeds(); ++s) {
+            const SeedRef ref{l, s};
+            SeedTable& t = tables_[l];
+            switch (t.stage(s)) {
+                case SeedStage::kGrafting: {
+                    SeedRow r = t.row(s);
+                    const GraftResult g = graft_step(r.strategy, lifecycle_.grafting, r.graft,
+                                                     r.alpha, graft_metrics(ref));
+                    r.alpha = g.alpha;
+                    r.graft = g.state;
+                    t.set_row(s, r);
+                    if (r.alpha >= 1.0f) {
+                        transition(ref, SeedStage::kStabilization, auto_, "alpha reached 1", step);
+                    }
+                    break;
+                }
+                case SeedStage::kStabilization:
+                    if (t.steps_in_stage(s) >= lifecycle_.stabilization_steps) {
+                        transition(ref, SeedStage::kEvaluating, auto_, "stabilization complete",
+                                   step);
+                    }
+                    break;
+                case SeedStage::kCulled:
+                case SeedStage::kRolledBack:
+                    if (t.steps_in_stage(s) >= lifecycle_.embargo_steps) {
+                        transition(ref, SeedStage::kDormant, auto_, "embargo over", step);
+                    }
+                    break;
+                case SeedStage::kCancelled:
+                    transition(ref, SeedStage::kDormant, auto_, "cancelled", step);
+                    break;
+                case SeedStage::kGerminated:
+                    // Silently waits while the layer's training slots are full.
+                    transition(ref, SeedStage::kTraining, auto_, "training slot free", step);
+                    break;
+                case SeedStage::kTraining:
+                case SeedStage::kEvaluating:
+                case SeedStage::kFineTuning:
+                    run_gate(ref, step);
+                    break;
+                default:
+                    break;
+            }
+        }
+    }
+    next_step_ = step + 1;
+}
+
+std::vector<PendingGate> SeedManager::pending_gates() const {
+    std::vector<PendingGate> out;
+    for (const SeedTable& t : tables_) {
+        for (int32_t s = 0; s < t.num_seeds(); ++s) {
+            const SeedStage st = t.stage(s);
+            if (!stage_has_gate(st)) continue;
+            const int64_t due = gate_due_steps(st, lifecycle_);
+            const int64_t steps = t.steps_in_stage(s);
+            if (steps < due) continue;
+            PendingGate p;
+            p.seed = SeedRef{t.layer(), s};
+            p.stage = st;
+            p.waiting_steps = steps - due;
+            p.timeout_in_steps =
+                std::max<int64_t>(0, lifecycle_.decision_timeout_steps + 1 - p.waiting_steps);
+            out.push_back(p);
+        }
+    }
+    return out;
+}
+
+uint64_t SeedManager::digest() const {
+    uint64_t h = 1469598103934665603ull;
+    auto mix = [&h](uint64_t v) {
+        for (int i = 0; i < 8; ++i) {
+            h ^= (v >> (8 * i)) & 0xFF;
+            h *= 1099511628211ull;
+        }
+    };
+    mix(static_cast<uint64_t>(next_step_));
+    for (const SeedTable& t : tables_) mix(t.digest());
+    return h;
+}
+
+// ---- state images ----
+
+std::vector<uint8_t> SeedManager::save_state() const {
+    std::vector<uint8_t> out(kStateMagic, kStateMagic + 4);
+    put(out, kStateVersion);
+    put(out, next_step_);
+    put(out, static_cast<int32_t>(num_layers()));
+    for (int32_t l = 0; l < num_layers(); ++l) {
+        std::vector<uint8_t> img;
+        tables_[l].write_to(img);
+        put(out, static_cast<uint64_t>(img.size()));
+        out.insert(out.end(), img.begin(), img.end());
+        for (const SeedExtra& x : extra_[l]) {
+            put_opt(out, x.gradient_health);
+            put_opt(out, x.contribution);
+            put_opt(out, x.stability);
+            put_opt(out, x.improvement);
+            put(out, x.loss_at_germination);
+        }
+    }
+    put(out, static_cast<uint64_t>(loss_window_.size()));
+    for (double v : loss_window_) put(out, v);
+    put_opt(out, last_loss_);
+    put(out, last_loss_delta_);
+    put(out, loss_ema_);
+    put(out, static_cast<uint8_t>(has_loss_ema_));
+    return out;
+}
+
+void SeedManager::load_state(std::span<const uint8_t> image) {
+    Cursor c(image);
+    char magic[4];
+    for (char& m : magic) m = c.get<char>();
+    if (std::memcmp(magic, kStateMagic, 4) != 0)
+        ESPER_THROW(kIntegrity, "seed manager state: bad magic");
+    const auto version = c.get<uint32_t>();
+    if (version != kStateVersion) {
+        ESPER_THROW(kIntegrity, "seed manager state version ", version, " (this build reads ",
+                    kStateVersion, ")");
+    }
+    // Parse into copies first so a bad image leaves this object untouched.
+    std::vector<SeedTable> tables = tables_;
+    auto extra = extra_;
+    const auto next = c.get<int64_t>();
+    const auto layers = c.get<int32_t>();
+    if (layers != num_layers()) {
+        ESPER_THROW(kIntegrity, "seed manager state has ", layers, " layers; this run has ",
+                    num_layers());
+    }
+    for (int32_t l = 0; l < layers; ++l) {
+        const auto n = c.get<uint64_t>();
+        tables[l].read_from(c.take(static_cast<size_t>(n)));
+        for (SeedExtra& x : extra[l]) {
+            x.gradient_health = c.get_opt();
+            x.contribution = c.get_opt();
+            x.stability = c.get_opt();
+            x.improvement = c.get_opt();
+            x.loss_at_germination = c.get<double>();
+        }
+    }
+    const auto window = c.get<uint64_t>();
+    if (window > kLossWindow) ESPER_THROW(kIntegrity, "seed manager state: loss window too long");
+    std::vector<double> losses(static_cast<size_t>(window));
+    for (double& v : losses) v = c.get<double>();
+    const auto last = c.get_opt();
+    const auto last_delta = c.get<double>();
+    const auto ema = c.get<double>();
+    const auto has_ema = c.get<uint8_t>();
+    if (!c.done()) ESPER_THROW(kIntegrity, "seed manager state has trailing bytes");
+    // Slot bookkeeping must be consistent with the rows.
+    for (int32_t l = 0; l < layers; ++l) {
+        const SeedTable& t = tables[l];
+        std::vector<std::vector<uint8_t>> used(kNumBlueprintKinds);
+        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+            used[k].assign(static_cast<size_t>(arenas_[l].capacity(static_cast<BlueprintKind>(k))),
+                           0);
+        }
+        for (int32_t s = 0; s < t.num_seeds(); ++s) {
+            const bool holds = stage_holds_slot(t.stage(s));
+            const int32_t slot = t.slot(s);
+            if (holds != (slot >= 0))
+                ESPER_THROW(kIntegrity, "seed manager state: slot/stage mismatch");
+            if (!holds) continue;
+            auto& u = used[static_cast<int>(t.kind(s))];
+            if (slot >= static_cast<int32_t>(u.size()) || u[slot]) {
+                ESPER_THROW(kIntegrity, "seed manager state: bad or shared arena slot ", slot);
+            }
+            u[slot] = 1;
+        }
+        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+            for (size_t s = 0; s < used[k].size(); ++s) {
+                arenas_[l].set_in_use(static_cast<BlueprintKind>(k), static_cast<int32_t>(s),
+                                      used[k][s]);
+            }
+        }
+    }
+    tables_ = std::move(tables);
+    extra_ = std::move(extra);
+    next_step_ = next;
+    loss_window_ = std::move(losses);
+    last_loss_ = last;
+    last_loss_delta_ = last_delta;
+    loss_ema_ = ema;
+    has_loss_ema_ = has_ema != 0;
+}
+
+SeedManagerSnapshot SeedManager::snapshot() const {
+    SeedManagerSnapshot snap;
+    snap.next_step = next_step_;
+    for (const SeedTable& t : tables_) {
+        auto& rows = snap.rows.emplace_back();
+        for (int32_t s = 0; s < t.num_seeds(); ++s) rows.push_back(t.row(s));
+    }
+    snap.state = save_state();
+    return snap;
+}
+
+int64_t SeedManager::governor_rollback(const SeedManagerSnapshot& last_good,
+                                       const std::string& reason) {
+    ESPER_REQUIRE(static_cast<int32_t>(last_good.rows.size()) == num_layers());
+    int64_t moved = 0;
+    for (int32_t l = 0; l < num_layers(); ++l) {
+        SeedTable& t = tables_[l];
+        ESPER_REQUIRE(static_cast<int32_t>(last_good.rows[l].size()) == t.num_seeds());
+        for (int32_t s = 0; s < t.num_seeds(); ++s) {
+            const SeedRow now = t.row(s);
+            const SeedRow& then = last_good.rows[l][s];
+            const bool changed = now.stage != then.stage || now.kind != then.kind ||
+                                 now.slot != then.slot || now.alpha != then.alpha;
+            if (!changed || !stage_is_active(now.stage)) continue;
+            const SeedStage to =
+                (now.stage == SeedStage::kGerminated || now.stage == SeedStage::kTraining)
+                    ? SeedStage::kCancelled
+                    : SeedStage::kRolledBack;
+            if (transition(SeedRef{l, s}, to, TransitionOrigin::kGovernor,
+                           with_reason("governor rollback", reason), next_step_)
+                    .empty()) {
+                ++moved;
+            }
+        }
+    }
+    return moved;
+}
+
+}  // namespace esper::kasmina

@@ -1,0 +1,75 @@
+// Per-seed telemetry (DESIGN §4.6): owns the SeedTelemetryAccum buffers the seed-layer forward
+// and backward fill, merges each step's values into a window (Welford/Chan, so the variance is
+// never negative), and turns the window into records. "Not measured" is std::nullopt, never 0.
+// health = 0.5·min(1, var/var_ref) + 0.5·(1 − dead_fraction), var_ref = the layer's pooled
+// activation variance over the same window. contribution c = −Σ⟨∂L/∂y, α·r(h)⟩ summed over the
+// window's steps (the loss is a batch mean, so c is the first-order change of the mean loss if
+// the seed were removed: positive = the seed helps).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "kasmina/lifecycle/lifecycle.h"
+#include "kasmina/lifecycle/seed_manager.h"
+#include "kernels/seed_layer.h"
+
+namespace esper::kasmina {
+
+struct SeedTelemetryRecord {
+    int32_t layer = 0;
+    int32_t seed = 0;
+    SeedStage stage = SeedStage::kDormant;
+    float alpha = 0.0f;
+    uint32_t steps_in_stage = 0;
+    int64_t samples = 0;                         // activation samples in the window
+    std::optional<double> mean, variance, dead_fraction;
+    std::optional<double> grad_norm;             // ‖∂L/∂y‖₂ over the chunk (root of summed squares)
+    std::optional<double> blueprint_grad_norm;   // ‖∂L/∂θ‖₂ of the blueprint (seeds with a slot)
+    std::optional<double> contribution;
+    std::optional<double> health;
+};
+
+// One layer's raw sums: the accumulator layout of kernels/seed_layer.h, owned.
+struct TelemetryBuffers {
+    std::vector<double> count, mean, m2, dead, grad_sq, contribution;
+    std::vector<double> bp_grad_sq;   // blueprint gradient Σ g² (filled by the trainer)
+    std::vector<uint8_t> backward_seen;
+    void resize(size_t s);
+    void clear();
+    kernels::SeedTelemetryAccum accum();
+};
+
+// Chan's parallel merge of (n_b, mean_b, m2_b) into (n_a, mean_a, m2_a).
+void chan_merge(double& n_a, double& mean_a, double& m2_a, double n_b, double mean_b, double m2_b);
+
+class Telemetry {
+public:
+    explicit Telemetry(std::vector<int32_t> seeds_per_layer);
+
+    // Accumulators for this step's forward/backward of layer l (zeroed by begin_step).
+    kernels::SeedTelemetryAccum* step_accum(int32_t l) { return &step_views_[l]; }
+    std::span<kernels::SeedTelemetryAccum* const> step_accums() { return step_ptrs_; }
+    void begin_step();
+    // Blueprint gradient Σg² of every seed holding a slot (read from the arenas' grads).
+    void record_blueprint_grads(SeedManager& seeds);
+    // Merges this step into the window and returns the per-seed metrics of this step for the
+    // seed manager (gradient health, contribution; nullopt where nothing was measured).
+    StepMetrics end_step(double loss, const SeedManager& seeds);
+    // Records for the window so far, then starts a new window.
+    std::vector<SeedTelemetryRecord> collect(const SeedManager& seeds);
+    int64_t window_steps() const { return window_steps_; }
+
+private:
+    std::vector<TelemetryBuffers> step_, window_;
+    std::vector<kernels::SeedTelemetryAccum> step_views_;
+    std::vector<kernels::SeedTelemetryAccum*> step_ptrs_;
+    int64_t window_steps_ = 0;
+};
+
+// Health from a variance, its reference and the dead fraction (the §4.6 formula).
+double seed_health(double variance, double var_ref, double dead_fraction);
+
+}  // namespace esper::kasmina

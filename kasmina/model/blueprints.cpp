@@ -1,0 +1,188 @@
+// Blueprint kinds and arenas. Slot init draws from splitmix64 seeded per germination, so the
+// same (run seed, layer, seed, step) gives the same weights on every rank and after a resume.
+#include "kasmina/model/blueprints.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/check.h"
+
+namespace esper::kasmina {
+
+namespace {
+uint64_t splitmix64(uint64_t& x) {
+    uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+}  // namespace
+
+int64_t blueprint_hidden(BlueprintKind k, int64_t max_width, const BlueprintsConfig& cfg) {
+    switch (k) {
+        case BlueprintKind::kResidualMlp:
+            return cfg.residual_mlp.expansion * max_width;
+        case BlueprintKind::kLowrank:
+            return cfg.lowrank.rank;
+        case BlueprintKind::kScaleShift:
+            return 0;
+    }
+    return 0;
+}
+
+int64_t blueprint_capacity(BlueprintKind k, const BlueprintsConfig& cfg) {
+    switch (k) {
+        case BlueprintKind::kResidualMlp:
+            return cfg.residual_mlp.slots;
+        case BlueprintKind::kLowrank:
+            return cfg.lowrank.slots;
+        case BlueprintKind::kScaleShift:
+            return cfg.scale_shift.slots;
+    }
+    return 0;
+}
+
+int64_t blueprint_params(BlueprintKind k, int64_t w, int64_t max_width,
+                         const BlueprintsConfig& cfg, int64_t in_width) {
+    return kernels::blueprint_param_count(k, w, blueprint_hidden(k, max_width, cfg), in_width);
+}
+
+BlueprintArenas::BlueprintArenas(int64_t max_width, const BlueprintsConfig& cfg, int64_t in_width)
+    : max_width_(static_cast<int32_t>(max_width)), in_width_(static_cast<int32_t>(in_width)) {
+    ESPER_REQUIRE(in_width >= 0, "in_width=", in_width);
+    for (int i = 0; i < kNumBlueprintKinds; ++i) {
+        const auto k = static_cast<BlueprintKind>(i);
+        Arena& a = arenas_[i];
+        a.capacity = static_cast<int32_t>(blueprint_capacity(k, cfg));
+        a.hidden = static_cast<int32_t>(blueprint_hidden(k, max_width, cfg));
+        a.stride =
+            static_cast<int32_t>(kernels::blueprint_slot_floats(k, max_width, a.hidden, in_width));
+        const auto n = static_cast<size_t>(a.capacity) * static_cast<size_t>(a.stride);
+        a.params.assign(n, 0.0f);
+        a.grads.assign(n, 0.0f);
+        a.m.assign(n, 0.0f);
+        a.v.assign(n, 0.0f);
+        a.used.assign(static_cast<size_t>(a.capacity), 0);
+    }
+}
+
+int32_t BlueprintArenas::free_slots(BlueprintKind k) const {
+    const Arena& a = arena(k);
+    return static_cast<int32_t>(std::count(a.used.begin(), a.used.end(), uint8_t{0}));
+}
+
+bool BlueprintArenas::slot_in_use(BlueprintKind k, int32_t slot) const {
+    const Arena& a = arena(k);
+    ESPER_REQUIRE(slot >= 0 && slot < a.capacity, "slot=", slot);
+    return a.used[slot] != 0;
+}
+
+std::optional<int32_t> BlueprintArenas::acquire(BlueprintKind k) {
+    Arena& a = arena(k);
+    for (int32_t s = 0; s < a.capacity; ++s) {
+        if (!a.used[s]) {
+            a.used[s] = 1;
+            return s;
+        }
+    }
+    return std::nullopt;
+}
+
+void BlueprintArenas::release(BlueprintKind k, int32_t slot) {
+    Arena& a = arena(k);
+    ESPER_REQUIRE(slot >= 0 && slot < a.capacity && a.used[slot], "slot=", slot);
+    a.used[slot] = 0;
+    std::ranges::fill(grads(k, slot), 0.0f);
+    std::ranges::fill(opt_m(k, slot), 0.0f);
+    std::ranges::fill(opt_v(k, slot), 0.0f);
+}
+
+void BlueprintArenas::set_in_use(BlueprintKind k, int32_t slot, bool in_use) {
+    Arena& a = arena(k);
+    ESPER_REQUIRE(slot >= 0 && slot < a.capacity, "slot=", slot);
+    a.used[slot] = in_use ? 1 : 0;
+}
+
+void BlueprintArenas::init_slot(BlueprintKind k, int32_t slot, int32_t width, uint64_t rng_seed) {
+    ESPER_REQUIRE(width > 0 && width <= max_width_, "width=", width, " max_width=", max_width_);
+    std::span<float> p = params(k, slot);
+    std::ranges::fill(p, 0.0f);
+    std::ranges::fill(grads(k, slot), 0.0f);
+    std::ranges::fill(opt_m(k, slot), 0.0f);
+    std::ranges::fill(opt_v(k, slot), 0.0f);
+    if (k == BlueprintKind::kScaleShift) return;  // s = 0, b = 0: r ≡ 0
+    const int64_t hidden = arena(k).hidden;
+    const auto off = kernels::mlp_slot_offsets(max_width_, hidden, in_width_);
+    // Kaiming-uniform over the fan-in of V (the chunk width, or the layer input's width):
+    // U(−√(6/n), √(6/n)).
+    const int64_t fan_in = in_width_ > 0 ? in_width_ : width;
+    const int64_t v_stride = in_width_ > 0 ? in_width_ : max_width_;
+    const double bound = std::sqrt(6.0 / static_cast<double>(fan_in));
+    uint64_t state = rng_seed;
+    for (int64_t j = 0; j < hidden; ++j) {
+        for (int64_t i = 0; i < fan_in; ++i) {
+            const double u = static_cast<double>(splitmix64(state) >> 11) * 0x1.0p-53;
+            p[off.v + j * v_stride + i] = static_cast<float>((2.0 * u - 1.0) * bound);
+        }
+    }
+}
+
+std::span<float> BlueprintArenas::params(BlueprintKind k, int32_t slot) {
+    Arena& a = arena(k);
+    ESPER_REQUIRE(slot >= 0 && slot < a.capacity, "slot=", slot);
+    return {a.params.data() + static_cast<size_t>(slot) * a.stride, static_cast<size_t>(a.stride)};
+}
+std::span<const float> BlueprintArenas::params(BlueprintKind k, int32_t slot) const {
+    const Arena& a = arena(k);
+    ESPER_REQUIRE(slot >= 0 && slot < a.capacity, "slot=", slot);
+    return {a.params.data() + static_cast<size_t>(slot) * a.stride, static_cast<size_t>(a.stride)};
+}
+std::span<float> BlueprintArenas::grads(BlueprintKind k, int32_t slot) {
+    Arena& a = arena(k);
+    ESPER_REQUIRE(slot >= 0 && slot < a.capacity, "slot=", slot);
+    return {a.grads.data() + static_cast<size_t>(slot) * a.stride, static_cast<size_t>(a.stride)};
+}
+std::span<float> BlueprintArenas::opt_m(BlueprintKind k, int32_t slot) {
+    Arena& a = arena(k);
+    ESPER_REQUIRE(slot >= 0 && slot < a.capacity, "slot=", slot);
+    return {a.m.data() + static_cast<size_t>(slot) * a.stride, static_cast<size_t>(a.stride)};
+}
+std::span<float> BlueprintArenas::opt_v(BlueprintKind k, int32_t slot) {
+    Arena& a = arena(k);
+    ESPER_REQUIRE(slot >= 0 && slot < a.capacity, "slot=", slot);
+    return {a.v.data() + static_cast<size_t>(slot) * a.stride, static_cast<size_t>(a.stride)};
+}
+std::span<float> BlueprintArenas::all_params(BlueprintKind k) { return arena(k).params; }
+std::span<float> BlueprintArenas::all_grads(BlueprintKind k) { return arena(k).grads; }
+std::span<float> BlueprintArenas::all_opt_m(BlueprintKind k) { return arena(k).m; }
+std::span<float> BlueprintArenas::all_opt_v(BlueprintKind k) { return arena(k).v; }
+std::span<const float> BlueprintArenas::all_params(BlueprintKind k) const {
+    return arena(k).params;
+}
+std::span<const float> BlueprintArenas::all_opt_m(BlueprintKind k) const { return arena(k).m; }
+std::span<const float> BlueprintArenas::all_opt_v(BlueprintKind k) const { return arena(k).v; }
+
+void BlueprintArenas::zero_grads() {
+    for (Arena& a : arenas_) std::ranges::fill(a.grads, 0.0f);
+}
+
+double BlueprintArenas::param_norm(BlueprintKind k, int32_t slot) const {
+    double s = 0.0;
+    for (float v : params(k, slot)) s += static_cast<double>(v) * v;
+    return std::sqrt(s);
+}
+
+kernels::BlueprintArena BlueprintArenas::view(BlueprintKind k) {
+    Arena& a = arena(k);
+    kernels::BlueprintArena v;
+    v.params = a.params.data();
+    v.grads = a.grads.data();
+    v.capacity = a.capacity;
+    v.stride = a.stride;
+    v.hidden = a.hidden;
+    v.max_width = max_width_;
+    v.in_width = in_width_;
+    return v;
+}
+
+}  // namespace esper::kasmina

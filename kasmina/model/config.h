@@ -1,0 +1,66 @@
+// Configuration values of the model room: the host network's shape and the blueprint arenas
+// (the `model:` and `blueprints:` sections of a run config; kasmina/io/config.h reads them from
+// YAML). Plain values; the spellings of the enums are the YAML spellings.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string_view>
+#include <vector>
+
+#include "kernels/vocabulary.h"
+
+namespace esper::kasmina {
+
+// The shared vocabulary (kernels/vocabulary.h), visible as kasmina:: names.
+using esper::BlueprintKind;
+using esper::GraftingStrategy;
+using esper::kNumBlueprintKinds;
+using esper::kNumGraftingStrategies;
+using esper::kNumSeedStages;
+using esper::SeedStage;
+using esper::TransitionOrigin;
+
+enum class Activation : uint8_t { kRelu = 0, kGelu = 1 };
+inline constexpr std::array<std::string_view, 2> kActivationNames = {"relu", "gelu"};
+constexpr std::string_view activation_name(Activation a) { return enum_name(a, kActivationNames); }
+
+// What residual_mlp / lowrank blueprints read: their chunk of h (DESIGN §4.5) or the host layer's
+// whole input ("widening" blueprints, CPU only; docs/kasmina.md).
+enum class BlueprintInput : uint8_t { kChunk = 0, kLayer = 1 };
+inline constexpr std::array<std::string_view, 2> kBlueprintInputNames = {"chunk", "layer"};
+constexpr std::string_view blueprint_input_name(BlueprintInput i) {
+    return enum_name(i, kBlueprintInputNames);
+}
+
+struct ModelConfig {
+    std::vector<int64_t> hidden{128, 128};  // one seed layer per entry; each >= seeds_per_layer
+    Activation activation = Activation::kRelu;
+    int64_t seeds_per_layer = 16;  // >= 1 (0 is refused: S = 0)
+    bool operator==(const ModelConfig&) const = default;
+};
+
+struct ResidualMlpBlueprintConfig {
+    int64_t expansion = 2;  // hidden = expansion · chunk width
+    int64_t slots = 8;      // arena capacity per layer
+    bool operator==(const ResidualMlpBlueprintConfig&) const = default;
+};
+struct LowrankBlueprintConfig {
+    int64_t rank = 4;
+    int64_t slots = 8;
+    bool operator==(const LowrankBlueprintConfig&) const = default;
+};
+struct ScaleShiftBlueprintConfig {
+    int64_t slots = 8;
+    bool operator==(const ScaleShiftBlueprintConfig&) const = default;
+};
+struct BlueprintsConfig {
+    ResidualMlpBlueprintConfig residual_mlp;
+    LowrankBlueprintConfig lowrank;
+    ScaleShiftBlueprintConfig scale_shift;
+    int64_t max_params_per_layer = 1000000;  // budget over live blueprints of one layer
+    BlueprintInput input = BlueprintInput::kChunk;
+    bool operator==(const BlueprintsConfig&) const = default;
+};
+
+}  // namespace esper::kasmina

@@ -1,0 +1,402 @@
+// The CPU training loop (see trainer.h).
+#include "kasmina/train/trainer.h"
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include "core/check.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "kasmina/train/cuda_backend.h"
+#include "kasmina/dist/distributed.h"
+
+namespace esper::kasmina {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+Logger& trainer_log() { return logger("kasmina.trainer"); }
+
+std::string num(double v) {
+    if (!std::isfinite(v)) return "null";
+    char buf[40];
+    std::snprintf(buf, sizeof(buf), "%.17g", v);
+    return buf;
+}
+
+bool all_finite(std::span<const float> v) {
+    for (float x : v)
+        if (!std::isfinite(x)) return false;
+    return true;
+}
+
+}  // namespace
+
+bool trainer_uses_cuda(const Config& config) {
+    // Widening (layer-input) blueprints have CPU kernels only; load_config refuses device: cuda.
+    if (config.blueprints.input != BlueprintInput::kLayer) return resolve_use_cuda(config.run.device);
+    ESPER_CHECK_INPUT(config.run.device != "cuda",
+                      "blueprints.input: layer runs on the CPU only; set run.device: cpu or auto");
+    if (config.run.device == "auto")
+        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo,
+                     "device=cpu (blueprints.input: layer has no CUDA kernels yet)");
+    return false;
+}
+
+Trainer::Trainer(const Config& config, TrainerOptions options)
+    : Trainer(config, load_data(config.data, config.run.seed), std::move(options)) {}
+
+Trainer::Trainer(const Config& config, DataSplits data, TrainerOptions options)
+    : config_(config), options_(std::move(options)), data_(std::move(data)),
+      governor_(config.governor) {
+    init();
+}
+
+Trainer::~Trainer() {
+    if (metrics_ != nullptr) std::fclose(metrics_);
+}
+
+void Trainer::init() {
+    const Dataset& tr = data_.train;
+    if (options_.rank != 0) options_.run_dir.clear();  // only rank 0 writes files
+    ESPER_CHECK_INPUT(tr.n >= config_.data.batch_size, "data.batch_size: ", config_.data.batch_size,
+                      " exceeds the ", tr.n, " training samples");
+    model_ = std::make_unique<Model>(config_.model, tr.features, std::max(tr.classes, data_.test.classes),
+                                     config_.run.seed);
+    if (!options_.run_dir.empty()) {
+        fs::create_directories(options_.run_dir);
+        events_ = std::make_unique<EventLog>((fs::path(options_.run_dir) / "events.jsonl").string());
+        const std::string mpath = (fs::path(options_.run_dir) / "metrics.jsonl").string();
+        metrics_ = std::fopen(mpath.c_str(), "a");
+        if (metrics_ == nullptr) ESPER_THROW(kFailed, mpath, ": cannot open: ", std::strerror(errno));
+    }
+    seeds_ = std::make_unique<SeedManager>(seed_manager_config(config_), model_->seed_layer_widths(), events_.get(),
+                                           model_->seed_layer_inputs());
+    optimizer_ = std::make_unique<Optimizer>(config_.optimizer, model_->params(),
+                                             model_->seed_layer_widths());
+    std::vector<int32_t> per_layer;
+    for (int32_t l = 0; l < seeds_->num_layers(); ++l) per_layer.push_back(seeds_->table(l).num_seeds());
+    telemetry_ = std::make_unique<Telemetry>(per_layer);
+    sampler_ = std::make_unique<Sampler>(tr.n, config_.data.batch_size, config_.run.seed,
+                                         options_.rank, options_.world);
+    total_steps_ = config_.run.max_steps > 0 ? config_.run.max_steps
+                                             : config_.run.epochs * sampler_->batches_per_epoch();
+    x_.resize(size_t(config_.data.batch_size * tr.features));
+    y_.resize(size_t(config_.data.batch_size));
+    views_.resize(size_t(seeds_->num_layers()));
+    if (trainer_uses_cuda(config_)) {
+        CudaBackendOptions o;
+        o.batch = int32_t(config_.data.batch_size);
+        o.eval_batch = int32_t(options_.eval_batch);
+        o.time_grad_reduce = options_.time_grad_reduce;
+        if (options_.world > 1) {
+            ESPER_CHECK_INPUT(options_.nccl != nullptr, "run.device: cuda with ", options_.world,
+                              " ranks needs an NCCL communicator per rank (none was given); "
+                              "use run.device: cpu (Gloo)");
+            o.nccl = options_.nccl;
+        }
+        gpu_ = std::make_unique<CudaBackend>(config_, *model_, seeds_.get(), *optimizer_, o);
+        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "device=cuda name=", gpu_->device_name());
+    }
+    init_distributed();
+    capture(last_good_);
+    last_good_seeds_ = seeds_->snapshot();
+}
+
+void Trainer::init_distributed() {
+    if (options_.world <= 1) return;
+    const Collectives* comm = options_.collectives;
+    ESPER_REQUIRE(comm != nullptr && comm->world() == options_.world &&
+                      comm->rank() == options_.rank,
+                  "world ", options_.world, " needs matching TrainerOptions::collectives");
+    // CUDA: gradients are averaged on the device (NcclComm, in the backend's step graph);
+    // DistributedSync's host gradient buckets are then unused.
+    dist_ = std::make_unique<DistributedSync>(*options_.collectives, config_, *model_, *seeds_);
+}
+
+int64_t Trainer::param_count() const {
+    int64_t n = model_->param_count();
+    for (int32_t l = 0; l < seeds_->num_layers(); ++l) n += seeds_->blueprint_params_in_layer(l);
+    return n;
+}
+
+Outcome Trainer::apply(const Command& command) { return seeds_->apply(command); }
+
+TrainStep Trainer::step() {
+    ESPER_REQUIRE(!done(), "step ", step_, " of ", total_steps_);
+    Stopwatch sw;
+    const int64_t s = step_;
+    const int64_t spe = sampler_->batches_per_epoch();
+    const int32_t B = int32_t(config_.data.batch_size);
+    TrainStep out;
+    out.epoch = s / spe;
+    gather_batch(data_.train, sampler_->batch(out.epoch, s % spe), x_.data(), y_.data());
+
+    out.lr = scheduled_lr(config_.optimizer, config_.optimizer.lr, s, total_steps_);
+    const double bp_lr =
+        scheduled_lr(config_.optimizer, config_.optimizer.blueprint_lr, s, total_steps_);
+    telemetry_->begin_step();
+    BatchResult r;
+    bool finite = true;
+    if (gpu_) {
+        // The whole step (update included) runs as one graph; a governor trip below restores
+        // the last-known-good state over it.
+        gpu_->sync_structure();
+        gpu_->set_batch(x_.data(), y_.data());
+        gpu_->launch_step(out.lr, bp_lr);
+        const CudaStepResult g = gpu_->finish_step(telemetry_.get());
+        r.loss = g.loss;
+        r.correct = g.correct;
+        r.batch = B;
+        finite = g.finite;
+        if (dist_) {
+            dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
+            finite = finite && std::isfinite(r.loss);
+        }
+        telemetry_->record_blueprint_grads(*seeds_);
+    } else {
+        for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
+            views_[size_t(l)] = seeds_->view(l, B);
+            seeds_->arenas(l).zero_grads();
+        }
+        r = model_->train_batch(x_.data(), y_.data(), B, views_, telemetry_->step_accums());
+        if (dist_) {
+            dist_->reduce_gradients();
+            dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
+        }
+        telemetry_->record_blueprint_grads(*seeds_);
+    }
+    double loss = r.loss;
+    if (governor_.inject_nan(s)) {
+        loss = std::nan("");
+        if (!gpu_) (*model_->params().front().grad)[0] = std::nanf("");
+        finite = false;
+    }
+    if (!gpu_) {
+        for (const ParamRef& p : model_->params()) finite = finite && all_finite(p.grad->span());
+        for (int32_t l = 0; l < seeds_->num_layers() && finite; ++l)
+            for (int k = 0; k < kNumBlueprintKinds; ++k)
+                finite = finite && all_finite(seeds_->arenas(l).all_grads(BlueprintKind(k)));
+    }
+
+    out.loss = loss;
+    out.correct = r.correct;
+    const Vitals vitals = governor_.check(loss, finite);
+    if (vitals != Vitals::kOk) {
+        out.governor_tripped = true;
+        ESPER_LOG_AT(trainer_log(), LogLevel::kWarn, "step=", s + 1, " ", governor_.last_reason(),
+                     " restoring step ", last_good_.step);
+        restore(last_good_, false);
+        const int64_t moved = seeds_->governor_rollback(last_good_seeds_, governor_.last_reason());
+        if (gpu_) gpu_->upload_all();
+        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "governor rolled_back_seeds=", moved);
+        StepMetrics m;
+        m.loss = governor_.window().empty() ? 0.0 : governor_.window().back();
+        seeds_->on_step_end(s, m);
+    } else {
+        if (gpu_) {
+            gpu_->commit_step();
+        } else {
+            optimizer_->step_host(out.lr);
+            optimizer_->step_blueprints(*seeds_, bp_lr);
+        }
+        const StepMetrics m = telemetry_->end_step(loss, *seeds_);
+        seeds_->on_step_end(s, m);
+        epoch_loss_sum_ += loss;
+        ++epoch_loss_steps_;
+    }
+    step_ = s + 1;
+    out.step = step_;
+    if (vitals == Vitals::kOk && governor_.snapshot_due(step_)) {
+        if (gpu_) gpu_->download_all();
+        capture(last_good_);
+        last_good_seeds_ = seeds_->snapshot();
+    }
+    const double secs = sw.elapsed_s();
+    out.samples_per_s = secs > 0 ? double(B) * options_.world / secs : 0.0;
+    write_metrics_line("{\"step\":" + std::to_string(out.step) + ",\"epoch\":" +
+                       std::to_string(out.epoch) + ",\"split\":\"train\",\"loss\":" + num(out.loss) +
+                       ",\"lr\":" + num(out.lr) + ",\"samples_per_s\":" + num(out.samples_per_s) +
+                       ",\"host_params\":" + std::to_string(model_->param_count()) +
+                       ",\"blueprint_params\":" + std::to_string(param_count() - model_->param_count()) +
+                       ",\"total_steps\":" + std::to_string(total_steps_) + "}");
+    last_step_ = out;
+    return out;
+}
+
+EvalResult Trainer::evaluate() {
+    const Dataset& te = data_.test;
+    EvalResult e;
+    e.step = step_;
+    e.epoch = step_ / sampler_->batches_per_epoch();
+    std::vector<kernels::SeedLayerView> views(size_t(seeds_->num_layers()));
+    double loss_sum = 0.0;
+    int64_t correct = 0;
+    std::vector<int64_t> idx;
+    AlignedVector<float> x;
+    std::vector<int32_t> y;
+    for (int64_t start = 0; start < te.n; start += options_.eval_batch) {
+        const int64_t b = std::min(options_.eval_batch, te.n - start);
+        idx.resize(size_t(b));
+        for (int64_t i = 0; i < b; ++i) idx[size_t(i)] = start + i;
+        x.resize(size_t(b * te.features));
+        y.resize(size_t(b));
+        gather_batch(te, idx, x.data(), y.data());
+        BatchResult r;
+        if (gpu_) {
+            gpu_->sync_structure();
+            r = gpu_->eval_batch(x.data(), y.data(), int32_t(b));
+        } else {
+            for (int32_t l = 0; l < seeds_->num_layers(); ++l)
+                views[size_t(l)] = seeds_->view(l, int32_t(b));
+            r = model_->eval_batch(x.data(), y.data(), int32_t(b), views);
+        }
+        loss_sum += r.loss * double(b);
+        correct += r.correct;
+    }
+    e.samples = te.n;
+    e.loss = te.n > 0 ? loss_sum / double(te.n) : 0.0;
+    e.accuracy = te.n > 0 ? double(correct) / double(te.n) : 0.0;
+    last_eval_ = e;
+    return e;
+}
+
+std::vector<SeedTelemetryRecord> Trainer::collect_telemetry() { return telemetry_->collect(*seeds_); }
+
+void Trainer::write_metrics_line(const std::string& line) {
+    if (metrics_ == nullptr) return;
+    std::fputs(line.c_str(), metrics_);
+    std::fputc('\n', metrics_);
+    std::fflush(metrics_);
+}
+
+void Trainer::write_eval(const EvalResult& r) {
+    write_metrics_line("{\"step\":" + std::to_string(r.step) + ",\"epoch\":" + std::to_string(r.epoch) +
+                       ",\"split\":\"test\",\"loss\":" + num(r.loss) + ",\"accuracy\":" +
+                       num(r.accuracy) + "}");
+}
+
+void Trainer::run() {
+    const int64_t spe = sampler_->batches_per_epoch();
+    Stopwatch epoch_clock;
+    while (!done()) {
+        if (options_.before_step) options_.before_step(*this);
+        if (dist_ && dist_->sync_boundary(stop_requested_)) stop_requested_ = true;
+        if (stop_requested_) break;
+        step();
+        if (dist_) {
+            // CUDA: host parameters are refreshed only on download; the digest needs them.
+            const int64_t every = config_.run.digest_every_steps;
+            if (gpu_ && every > 0 && step_ % every == 0) gpu_->download_all();
+            dist_->after_step(step_);
+        }
+        const int64_t interval = config_.run.telemetry_interval_steps;
+        if (interval > 0 && step_ % interval == 0) {
+            std::vector<SeedTelemetryRecord> records = collect_telemetry();
+            if (options_.on_telemetry) options_.on_telemetry(*this, std::move(records));
+        }
+        const bool epoch_end = step_ % spe == 0 || done();
+        const int64_t every = config_.run.eval_every_steps;
+        if (epoch_end || (every > 0 && step_ % every == 0)) {
+            const EvalResult e = evaluate();
+            write_eval(e);
+            if (epoch_end && options_.on_epoch) {
+                EpochSummary sum;
+                sum.epoch = (step_ + spe - 1) / spe;
+                sum.step = step_;
+                sum.train_loss = epoch_loss_steps_ ? epoch_loss_sum_ / double(epoch_loss_steps_) : 0.0;
+                sum.test = e;
+                sum.seconds = epoch_clock.elapsed_s();
+                for (int32_t l = 0; l < seeds_->num_layers(); ++l)
+                    sum.active_seeds += seeds_->table(l).count_active() +
+                                        seeds_->table(l).count_in_stage(SeedStage::kFossilized);
+                sum.param_count = param_count();
+                options_.on_epoch(sum);
+            }
+            if (epoch_end) {
+                epoch_loss_sum_ = 0.0;
+                epoch_loss_steps_ = 0;
+                epoch_clock.reset();
+            }
+        }
+        const int64_t ck = config_.run.checkpoint_every_steps;
+        if (ck > 0 && step_ % ck == 0 && !options_.run_dir.empty())
+            save_checkpoint(fs::path(options_.run_dir) / "checkpoints" / std::to_string(step_));
+    }
+}
+
+// ---- state capture / restore (checkpoints and the governor's last-known-good) ----
+
+void Trainer::capture(CheckpointData& out) const {
+    out = CheckpointData();
+    out.step = step_;
+    out.run_id = "seed-" + std::to_string(config_.run.seed);
+    out.put_text("config", config_to_yaml(config_));
+    ByteWriter w;
+    w.pod<int64_t>(step_);
+    w.pod<int64_t>(total_steps_);
+    w.pod<double>(epoch_loss_sum_);
+    w.pod<int64_t>(epoch_loss_steps_);
+    const std::vector<double> window(governor_.window().begin(), governor_.window().end());
+    w.array<double>(window);
+    w.pod<int64_t>(governor_.trips());
+    out.put("trainer", w.take());
+    for (const ParamRef& p : model_->params()) out.put_floats("param." + p.name, p.value->span());
+    optimizer_->save(out);
+    out.put("seeds", seeds_->save_state());
+    for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
+        const BlueprintArenas& a = seeds_->arenas(l);
+        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+            const std::string base = "arena.l" + std::to_string(l) + ".k" + std::to_string(k);
+            out.put_floats(base + ".params", a.all_params(BlueprintKind(k)));
+            out.put_floats(base + ".m", a.all_opt_m(BlueprintKind(k)));
+            out.put_floats(base + ".v", a.all_opt_v(BlueprintKind(k)));
+        }
+    }
+}
+
+void Trainer::restore(const CheckpointData& in, bool with_seeds) {
+    for (const ParamRef& p : model_->params()) in.floats_into("param." + p.name, p.value->span());
+    optimizer_->load(in);
+    for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
+        BlueprintArenas& a = seeds_->arenas(l);
+        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+            const std::string base = "arena.l" + std::to_string(l) + ".k" + std::to_string(k);
+            in.floats_into(base + ".params", a.all_params(BlueprintKind(k)));
+            in.floats_into(base + ".m", a.all_opt_m(BlueprintKind(k)));
+            in.floats_into(base + ".v", a.all_opt_v(BlueprintKind(k)));
+        }
+    }
+    if (!with_seeds) return;
+    ByteReader r(in.bytes("trainer"), "trainer");
+    step_ = r.pod<int64_t>();
+    r.pod<int64_t>();  // total steps of the writer: this run's config decides
+    epoch_loss_sum_ = r.pod<double>();
+    epoch_loss_steps_ = r.pod<int64_t>();
+    const std::vector<double> window = r.array<double>();
+    const int64_t trips = r.pod<int64_t>();
+    r.expect_end();
+    governor_.set_window(std::deque<double>(window.begin(), window.end()), trips);
+    seeds_->load_state(in.bytes("seeds"));
+}
+
+void Trainer::save_checkpoint(const fs::path& dir, const CheckpointWriteOptions& opt) {
+    if (gpu_) gpu_->download_all();
+    CheckpointData data;
+    capture(data);
+    write_checkpoint(dir, data, opt);
+    ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "checkpoint step=", step_, " dir=", dir.string());
+}
+
+void Trainer::load_checkpoint(const fs::path& dir) {
+    const CheckpointData data = read_checkpoint(dir);
+    restore(data, true);
+    if (gpu_) gpu_->upload_all();
+    capture(last_good_);
+    last_good_seeds_ = seeds_->snapshot();
+    ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "resumed step=", step_, " from ", dir.string());
+}
+
+}  // namespace esper::kasmina

@@ -1,0 +1,176 @@
+// Trainer: the training loop on the CPU backend. Owns data, model, seed manager, optimizer,
+// telemetry and governor; step() runs one optimizer step (forward, loss, backward, vitals,
+// update, lifecycle step end), evaluate() the test split. The standalone agent and later the bus
+// agent drive it through step(), apply(command) and collect_telemetry(); both call apply only
+// between steps. Step numbers: a checkpoint at step N and the metrics line "step": N are taken
+// after N optimizer steps. Writes `metrics.jsonl` and `events.jsonl` under run_dir when set.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kasmina/io/checkpoint.h"
+#include "kasmina/lifecycle/command.h"
+#include "kasmina/io/config.h"
+#include "kasmina/train/data.h"
+#include "kasmina/io/event_log.h"
+#include "kasmina/lifecycle/governor.h"
+#include "kasmina/model/model.h"
+#include "kasmina/train/optimizer.h"
+#include "kasmina/lifecycle/seed_manager.h"
+#include "kasmina/lifecycle/telemetry.h"
+
+namespace esper::kasmina {
+
+class CudaBackend;
+class Collectives;
+class DistributedSync;
+class NcclComm;
+
+struct TrainStep {
+    int64_t step = 0;           // optimizer steps done after this one (1-based)
+    int64_t epoch = 0;          // epoch the batch came from (0-based)
+    double loss = 0.0;
+    double lr = 0.0;
+    int32_t correct = 0;
+    double samples_per_s = 0.0;
+    bool governor_tripped = false;
+};
+
+struct EvalResult {
+    int64_t step = 0;
+    int64_t epoch = 0;
+    double loss = 0.0;
+    double accuracy = 0.0;
+    int64_t samples = 0;
+};
+
+struct EpochSummary {
+    int64_t epoch = 0;          // 1-based epochs completed
+    int64_t step = 0;
+    double train_loss = 0.0;    // mean over the epoch's steps
+    EvalResult test;
+    double seconds = 0.0;
+    int64_t active_seeds = 0;   // seeds holding a blueprint (GERMINATED..FOSSILIZED)
+    int64_t param_count = 0;    // host + live blueprints
+};
+
+struct TrainerOptions {
+    std::string run_dir;                                     // "" = no files
+    std::function<void(const EpochSummary&)> on_epoch;       // progress
+    std::function<void(class Trainer&)> before_step;         // run(): commands at boundaries
+    // run(): the records collected every run.telemetry_interval_steps (the bus agent publishes them).
+    std::function<void(class Trainer&, std::vector<SeedTelemetryRecord>&&)> on_telemetry;
+    int rank = 0;
+    int world = 1;
+    // world > 1: the collectives of this rank's group (not owned, must outlive the Trainer).
+    // Gradients, step telemetry, loss and correct are combined over ranks, rank 0's seed state
+    // is replicated at run()'s step boundaries, digests compared (kasmina/distributed.h). Only
+    // rank 0 writes run_dir files (metrics, events, checkpoints); the others write nothing.
+    Collectives* collectives = nullptr;
+    // world > 1 with run.device resolving to CUDA: this rank's NCCL communicator (not owned),
+    // made on the device this rank trains on (cudaSetDevice(local_rank) before the Trainer).
+    // The CUDA backend averages the device gradients with it inside the captured step; the
+    // host-side work above (seed state, digests, loss and telemetry) stays on `collectives`.
+    NcclComm* nccl = nullptr;
+    // Benchmarks: CudaBackendOptions::time_grad_reduce (cuda()->last_grad_reduce_ms()).
+    bool time_grad_reduce = false;
+    int64_t eval_batch = 1000;
+};
+
+// Whether a run of this config trains on the GPU: run.device resolved as resolve_use_cuda does,
+// except that widening blueprints (blueprints.input: layer) have CPU kernels only — `auto` then
+// means the CPU and `cuda` is an error.
+bool trainer_uses_cuda(const Config& config);
+
+class Trainer {
+public:
+    Trainer(const Config& config, TrainerOptions options = {});
+    // Tests: supply the data instead of loading config.data.
+    Trainer(const Config& config, DataSplits data, TrainerOptions options = {});
+    ~Trainer();
+    Trainer(const Trainer&) = delete;
+    Trainer& operator=(const Trainer&) = delete;
+
+    const Config& config() const { return config_; }
+    const DataSplits& data() const { return data_; }
+    int64_t steps_done() const { return step_; }
+    int64_t steps_per_epoch() const { return sampler_->batches_per_epoch(); }
+    int64_t total_steps() const { return total_steps_; }
+    bool done() const { return step_ >= total_steps_; }
+    // run() returns at the next step boundary (SIGINT/SIGTERM in the agents).
+    void request_stop() { stop_requested_ = true; }
+    bool stop_requested() const { return stop_requested_; }
+    // The newest step() and evaluate() results (step 0 / empty before the first).
+    const TrainStep& last_step() const { return last_step_; }
+    const EvalResult& last_eval() const { return last_eval_; }
+
+    TrainStep step();
+    EvalResult evaluate();
+    Outcome apply(const Command& command);
+    std::vector<SeedTelemetryRecord> collect_telemetry();
+    // Loops until done(): eval at epoch ends (and every run.eval_every_steps), checkpoints every
+    // run.checkpoint_every_steps into run_dir/checkpoints/<step>, progress per epoch.
+    void run();
+
+    void save_checkpoint(const std::filesystem::path& dir, const CheckpointWriteOptions& opt = {});
+    // Restores everything a bit-identical continuation needs; throws on integrity/shape errors.
+    void load_checkpoint(const std::filesystem::path& dir);
+
+    Model& model() { return *model_; }
+    SeedManager& seeds() { return *seeds_; }
+    Optimizer& optimizer() { return *optimizer_; }
+    const Governor& governor() const { return governor_; }
+    Telemetry& telemetry() { return *telemetry_; }
+    // run.device resolved at construction: the CUDA backend (kasmina/cuda_backend.h) or null
+    // (CPU). On CUDA, model() parameters and optimizer() state on the host are refreshed only
+    // at snapshots and checkpoints; blueprint slots in use after every step.
+    CudaBackend* cuda() { return gpu_.get(); }
+    bool uses_cuda() const { return gpu_ != nullptr; }
+    // The data-parallel glue when world > 1 (null otherwise).
+    DistributedSync* distributed() { return dist_.get(); }
+    // Host + live blueprint parameters.
+    int64_t param_count() const;
+
+private:
+    void init();
+    void init_distributed();
+    bool stop_requested_ = false;
+    TrainStep last_step_;
+    EvalResult last_eval_;
+    void capture(CheckpointData& out) const;
+    // Restores parameters/optimizer/arenas (and, when `with_seeds`, seed tables and step).
+    void restore(const CheckpointData& in, bool with_seeds);
+    void write_metrics_line(const std::string& line);
+    void write_eval(const EvalResult& r);
+
+    Config config_;
+    TrainerOptions options_;
+    DataSplits data_;
+    std::unique_ptr<Model> model_;
+    std::unique_ptr<EventLog> events_;
+    std::unique_ptr<SeedManager> seeds_;
+    std::unique_ptr<Optimizer> optimizer_;
+    std::unique_ptr<Telemetry> telemetry_;
+    Governor governor_;
+    std::unique_ptr<Sampler> sampler_;
+    std::unique_ptr<CudaBackend> gpu_;
+    std::unique_ptr<DistributedSync> dist_;
+    int64_t total_steps_ = 0;
+    int64_t step_ = 0;
+    AlignedVector<float> x_;
+    std::vector<int32_t> y_;
+    std::vector<kernels::SeedLayerView> views_;
+    CheckpointData last_good_;
+    SeedManagerSnapshot last_good_seeds_;
+    std::FILE* metrics_ = nullptr;
+    double epoch_loss_sum_ = 0.0;
+    int64_t epoch_loss_steps_ = 0;
+};
+
+}  // namespace esper::kasmina

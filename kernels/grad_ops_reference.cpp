@@ -1,0 +1,21 @@
+// CPU references of the gradient-norm helpers (see grad_ops.h).
+#include "kernels/grad_ops.h"
+
+#include <cmath>
+
+namespace esper::kernels {
+
+double sum_squares_reference(const float* x, int64_t n) {
+    double sq = 0.0;
+    for (int64_t i = 0; i < n; ++i) sq += double(x[i]) * double(x[i]);
+    return sq;
+}
+
+void clip_scale_reference(float* x, int64_t n, double sumsq, double max_norm) {
+    const double norm = std::sqrt(sumsq);
+    if (!(max_norm > 0.0 && norm > max_norm) || !std::isfinite(norm)) return;
+    const float scale = float(max_norm / (norm + 1e-6));
+    for (int64_t i = 0; i < n; ++i) x[i] *= scale;
+}
+
+}  // namespace esper::kernels

@@ -1,0 +1,405 @@
+// Data-parallel training on CUDA ranks (kasmina/distributed.h + CudaBackendOptions::nccl): two
+// ranks as threads of one process, one GPU each; device gradients averaged over NCCL inside the
+// captured step, seed state / digests / loss / telemetry over Gloo on the host. Checks identical
+// parameters and seed tables after germinations and a cull on rank 0, and (hidden [.bench]) times
+// the in-step gradient all-reduce against a bare ncclAllReduce of the same bytes, the seed-state
+// sync per step and the 1 → 2 GPU scaling, printing JSON on the last line.
+// Without two devices every case prints "skipped: fewer than 2 CUDA devices" and exits 4.
+#include <catch2/catch.hpp>
+
+#if defined(ESPER_HAVE_NCCL) && defined(ESPER_HAVE_GLOO)
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <algorithm>
+#include <thread>
+#include <vector>
+
+#include "core/clock.h"
+#include "core/cuda_check.h"
+#include "kasmina/dist/collectives_gloo.h"
+#include "kasmina/dist/collectives_nccl.h"
+#include "kasmina/train/cuda_backend.h"
+#include "kasmina/dist/distributed.h"
+#include "tests/kasmina/dist/dist_test_util.h"
+#include "kasmina/train/trainer.h"
+
+using namespace esper;
+using namespace esper::kasmina;
+using esper::kasmina::test::make;
+
+namespace {
+
+void require_two_devices() {
+    if (CudaBackend::device_count() < 2) {
+        std::fprintf(stderr, "skipped: fewer than 2 CUDA devices\n");
+        std::exit(4);
+    }
+}
+
+Config gpu_config() {
+    return test::small_dist_config("cuda", 23, 32, {2048, 256, 32, 6, 48, 0.1}, {64, 48});
+}
+
+// Commands on rank 0 only, at step boundaries: two germinations at 2, one at 4, a cull at 6.
+struct Script {
+    std::vector<std::string> log;
+    void operator()(Trainer& t) {
+        const int64_t s = t.steps_done();
+        auto apply = [&](const Command& c, const char* what) {
+            const Outcome o = t.apply(c);
+            log.push_back(std::to_string(s) + " " + what + " " + (o.applied() ? "ok" : o.reason));
+        };
+        if (s == 2) {
+            apply(make(GerminateCommand{SeedRef{0, 1}, BlueprintKind::kResidualMlp, std::nullopt}),
+                  "germinate 0/1");
+            apply(make(GerminateCommand{SeedRef{1, 2}, BlueprintKind::kLowrank, std::nullopt}),
+                  "germinate 1/2");
+        }
+        if (s == 4)
+            apply(make(GerminateCommand{SeedRef{0, 3}, BlueprintKind::kScaleShift, std::nullopt}),
+                  "germinate 0/3");
+        if (s == 6) apply(make(CullCommand{SeedRef{0, 3}}), "cull 0/3");
+    }
+};
+
+struct RankResult {
+    uint64_t seed_digest = 0;
+    uint64_t param_digest = 0;
+    std::vector<float> params;  // host parameters + every arena's params, after download_all
+    std::vector<int> stages;
+    double last_loss = 0.0;
+    int64_t syncs = 0;
+    int64_t steps = 0;
+    int64_t captures = 0;
+    std::string device;
+};
+
+RankResult summarize(Trainer& t) {
+    t.cuda()->download_all();
+    RankResult r;
+    r.seed_digest = t.seeds().digest();
+    r.param_digest = t.distributed()->param_digest();
+    r.syncs = t.distributed()->syncs();
+    for (const ParamRef& p : t.model().params())
+        r.params.insert(r.params.end(), p.value->span().begin(), p.value->span().end());
+    for (int32_t l = 0; l < t.seeds().num_layers(); ++l) {
+        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+            std::span<float> a = t.seeds().arenas(l).all_params(BlueprintKind(k));
+            r.params.insert(r.params.end(), a.begin(), a.end());
+        }
+        for (int32_t s = 0; s < t.seeds().table(l).num_seeds(); ++s)
+            r.stages.push_back(int(t.seeds().table(l).stage(s)));
+    }
+    r.last_loss = t.last_step().loss;
+    r.steps = t.steps_done();
+    r.captures = t.cuda()->graph_captures();
+    r.device = t.cuda()->device_name();
+    return r;
+}
+
+GlooConfig loopback(int rank, int world) {
+    GlooConfig g;
+    g.rank = rank;
+    g.world = world;
+    g.hostname = "127.0.0.1";
+    g.timeout = std::chrono::milliseconds(30000);
+    return g;
+}
+
+NcclConfig nccl_config(int rank, int world) {
+    NcclConfig n;
+    n.rank = rank;
+    n.world = world;
+    n.device = rank;
+    n.timeout = std::chrono::milliseconds(60000);
+    return n;
+}
+
+std::string message_of(const std::exception_ptr& e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+        return x.what();
+    }
+}
+
+// Runs `body(rank, gloo, nccl)` on `world` threads, one device each.
+void on_ranks(int world, const std::function<void(int, Collectives&, NcclComm&)>& body,
+              std::vector<std::exception_ptr>& errors) {
+    InMemoryKvStore store;
+    errors.assign(size_t(world), nullptr);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < world; ++r) {
+        threads.emplace_back([&, r] {
+            try {
+                ESPER_CUDA_CHECK(cudaSetDevice(r));
+                GlooCollectives gloo(loopback(r, world), store);
+                NcclComm nccl(nccl_config(r, world), store);
+                body(r, gloo, nccl);
+            } catch (...) {
+                errors[size_t(r)] = std::current_exception();
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+}
+
+}  // namespace
+
+TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tables",
+          "[kasmina][dist][multi_gpu]") {
+    require_two_devices();
+    const int world = 2;
+    const Config c = gpu_config();
+    Script script;
+    std::vector<RankResult> res(world);
+    std::vector<std::exception_ptr> errors;
+    on_ranks(world, [&](int r, Collectives& gloo, NcclComm& nccl) {
+        TrainerOptions o;
+        o.rank = r;
+        o.world = world;
+        o.collectives = &gloo;
+        o.nccl = &nccl;
+        if (r == 0) o.before_step = std::ref(script);
+        Trainer t(c, o);
+        if (!t.uses_cuda()) throw std::runtime_error("trainer did not take the CUDA backend");
+        t.run();  // digests compared every 5 steps (host copies downloaded first)
+        res[size_t(r)] = summarize(t);
+    }, errors);
+    for (int r = 0; r < world; ++r) {
+        INFO("rank " << r << ": " << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
+        REQUIRE(!errors[size_t(r)]);
+    }
+    for (const std::string& line : script.log) INFO(line);
+    REQUIRE(script.log.size() == 4);
+    for (const std::string& line : script.log) CHECK(line.substr(line.size() - 2) == "ok");
+    CHECK(res[0].syncs >= 3);
+    CHECK(res[0].captures >= 2);  // the graph was re-captured after the germinations
+    CHECK(res[1].steps == c.run.max_steps);
+    CHECK(res[1].seed_digest == res[0].seed_digest);
+    CHECK(res[1].param_digest == res[0].param_digest);
+    CHECK(res[1].stages == res[0].stages);
+    REQUIRE(res[1].params.size() == res[0].params.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < res[0].params.size(); ++i)
+        differ += res[0].params[i] != res[1].params[i] ? 1 : 0;
+    CHECK(differ == 0);
+    CHECK(res[1].last_loss == res[0].last_loss);
+    CHECK(std::isfinite(res[0].last_loss));
+}
+
+// Benchmark: ESPER_BENCH_STEPS (default 300) timed steps after 30 warm-up steps.
+TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from 1 gpu",
+          "[kasmina][dist][multi_gpu][.bench]") {
+    require_two_devices();
+    const char* env_steps = std::getenv("ESPER_BENCH_STEPS");
+    const int64_t steps = env_steps != nullptr ? std::atoll(env_steps) : 300;
+    const int64_t warm = 30;
+    const int64_t bare_iters = 100;
+    Config c;
+    c.run.seed = 5;
+    c.run.device = "cuda";
+    c.run.max_steps = warm + steps;
+    c.run.digest_every_steps = 100;
+    c.run.telemetry_interval_steps = 0;
+    c.data.dataset = "teacher";
+    c.data.batch_size = 512;  // per rank
+    c.data.teacher = {32768, 1024, 512, 10, 256, 0.1};
+    c.model.hidden = {2048, 2048};
+    c.model.seeds_per_layer = 16;
+    c.lifecycle.training_steps = 20;
+    c.lifecycle.gates.min_gradient_health = 0.0;
+    c.governor.snapshot_every_steps = 100000;
+    // ESPER_BENCH_BURST=N: rank 0 germinates N seeds across both layers in one boundary (1024
+    // seeds per layer, arenas sized for them), to time the seed-state sync after a burst.
+    const char* env_burst = std::getenv("ESPER_BENCH_BURST");
+    const int64_t burst = env_burst != nullptr ? std::atoll(env_burst) : 0;
+    if (burst > 0) {
+        c.model.seeds_per_layer = 1024;
+        c.blueprints.residual_mlp.slots = burst / 2 + 8;
+        c.blueprints.max_params_per_layer = int64_t(1) << 40;
+        c.lifecycle.max_active_per_layer = burst;
+    }
+
+    struct Timing {
+        double loop_s = 0, step_s = 0, sync_s = 0, max_sync_s = 0, reduce_ms = 0, bare_ms = 0;
+        int64_t reduce_samples = 0, grad_bytes = 0, syncs = 0, sync_bytes = 0;
+        std::string device;
+    };
+    // Germinations on rank 0 during the timed loop, so seed state really changes.
+    auto script = [&](Trainer& t) {
+        const int64_t s = t.steps_done();
+        if (s == warm + 10 && burst > 0) {
+            for (int64_t i = 0; i < burst; ++i)
+                (void)t.apply(make(GerminateCommand{SeedRef{int32_t(i % 2), int32_t(i / 2)},
+                                                    BlueprintKind::kResidualMlp, std::nullopt}));
+            return;
+        }
+        if (s == warm + 10)
+            (void)t.apply(make(GerminateCommand{SeedRef{0, 1}, BlueprintKind::kResidualMlp,
+                                                std::nullopt}));
+        if (s == warm + 50)
+            (void)t.apply(make(GerminateCommand{SeedRef{1, 5}, BlueprintKind::kLowrank,
+                                                std::nullopt}));
+    };
+    auto run_rank = [&](int r, int world, Collectives* gloo, NcclComm* nccl, Timing& out) {
+        TrainerOptions o;
+        o.rank = r;
+        o.world = world;
+        o.collectives = gloo;
+        o.nccl = nccl;
+        o.time_grad_reduce = nccl != nullptr;
+        Trainer t(c, o);
+        DistributedSync* dist = t.distributed();
+        Stopwatch loop;
+        for (int64_t i = 0; i < warm + steps; ++i) {
+            if (i == warm) {
+                t.cuda()->synchronize();
+                loop.reset();
+            }
+            if (r == 0) script(t);
+            Stopwatch sw;
+            if (dist != nullptr) dist->sync_boundary(false);
+            const double sync = sw.elapsed_s();
+            sw.reset();
+            t.step();
+            const double step = sw.elapsed_s();
+            if (dist != nullptr) dist->after_step(t.steps_done());
+            if (i < warm) continue;
+            out.sync_s += sync;
+            out.max_sync_s = std::max(out.max_sync_s, sync);
+            out.step_s += step;
+            const double ms = t.cuda()->last_grad_reduce_ms();
+            if (ms > 0) {
+                out.reduce_ms += ms;
+                ++out.reduce_samples;
+            }
+        }
+        out.loop_s = loop.elapsed_s();
+        out.device = t.cuda()->device_name();
+        if (dist != nullptr) {
+            out.syncs = dist->syncs();
+            out.sync_bytes = dist->sync_bytes();
+        }
+        if (nccl == nullptr) return;
+        // The bare collective: one ncclAllReduce of the same bytes, same communicator.
+        out.grad_bytes = t.cuda()->grad_reduce_bytes();
+        const size_t n = size_t(out.grad_bytes) / sizeof(float);
+        float* buf = nullptr;
+        cudaStream_t s = nullptr;
+        cudaEvent_t e0 = nullptr, e1 = nullptr;
+        ESPER_CUDA_CHECK(cudaMalloc(&buf, n * sizeof(float)));
+        ESPER_CUDA_CHECK(cudaMemset(buf, 0, n * sizeof(float)));
+        ESPER_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+        ESPER_CUDA_CHECK(cudaEventCreate(&e0));
+        ESPER_CUDA_CHECK(cudaEventCreate(&e1));
+        ESPER_CUDA_CHECK(cudaDeviceSynchronize());
+        for (int i = 0; i < 10; ++i) nccl->all_reduce_mean(buf, buf, n, NcclType::kFloat32, s);
+        nccl->synchronize(s);
+        gloo->barrier();
+        ESPER_CUDA_CHECK(cudaEventRecord(e0, s));
+        for (int64_t i = 0; i < bare_iters; ++i)
+            nccl->all_reduce_mean(buf, buf, n, NcclType::kFloat32, s);
+        ESPER_CUDA_CHECK(cudaEventRecord(e1, s));
+        nccl->synchronize(s);
+        float ms = 0;
+        ESPER_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        out.bare_ms = double(ms) / double(bare_iters);
+        (void)cudaEventDestroy(e0);
+        (void)cudaEventDestroy(e1);
+        (void)cudaStreamDestroy(s);
+        (void)cudaFree(buf);
+    };
+
+    Timing one;
+    std::exception_ptr err1;
+    std::thread single([&] {
+        try {
+            ESPER_CUDA_CHECK(cudaSetDevice(0));
+            run_rank(0, 1, nullptr, nullptr, one);
+        } catch (...) {
+            err1 = std::current_exception();
+        }
+    });
+    single.join();
+    if (err1) FAIL("1 gpu: " << message_of(err1));
+
+    // ESPER_BENCH_WORLDS="2,4,8": the rank counts to measure (those above the device count are
+    // skipped). One JSON line per world; the last stdout line holds them all.
+    std::vector<int> worlds;
+    const char* env_worlds = std::getenv("ESPER_BENCH_WORLDS");
+    for (std::string rest = env_worlds != nullptr ? env_worlds : "2"; !rest.empty();) {
+        const size_t comma = rest.find(',');
+        worlds.push_back(std::atoi(rest.substr(0, comma).c_str()));
+        rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+    }
+    int devices = 0;
+    ESPER_CUDA_CHECK(cudaGetDeviceCount(&devices));
+    const double B = double(c.data.batch_size);
+    const double sps1 = B * double(steps) / one.loop_s;
+    const double step_ms1 = one.step_s * 1e3 / double(steps);
+    CHECK(sps1 > 0);
+    std::string all;
+    for (int world : worlds) {
+        if (world < 2 || world > devices) continue;
+        std::vector<Timing> ranks(static_cast<size_t>(world));
+        std::vector<std::exception_ptr> errors;
+        on_ranks(world, [&](int r, Collectives& gloo, NcclComm& nccl) {
+            run_rank(r, world, &gloo, &nccl, ranks[size_t(r)]);
+        }, errors);
+        for (int r = 0; r < world; ++r) {
+            INFO("world " << world << " rank " << r << ": "
+                          << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
+            REQUIRE(!errors[size_t(r)]);
+        }
+        const Timing& t0 = ranks[0];
+        const double spsw = double(world) * B * double(steps) / t0.loop_s;
+        const double step_ms = t0.step_s * 1e3 / double(steps);
+        const double reduce_ms = t0.reduce_samples > 0 ? t0.reduce_ms / double(t0.reduce_samples) : -1;
+        const double sync_ms = t0.sync_s * 1e3 / double(steps);
+        CHECK(spsw > 0);
+        CHECK(t0.grad_bytes > 0);
+        CHECK(t0.syncs >= 2);
+        char line[1280];
+        std::snprintf(line, sizeof line,
+                      "{\"bench\":\"nccl_data_parallel\",\"device\":\"%s\",\"world\":%d,"
+                      "\"local_batch\":%d,\"hidden\":[2048,2048],\"features\":512,\"steps\":%lld,"
+                      "\"grad_bytes\":%lld,\"grad_reduce_in_step_ms\":%.4f,\"bare_allreduce_ms\":%.4f,"
+                      "\"reduce_efficiency\":%.3f,\"seed_sync_ms_per_step\":%.4f,"
+                      "\"step_ms\":%.4f,\"seed_sync_fraction\":%.4f,\"seed_syncs\":%lld,"
+                      "\"seed_sync_bytes\":%lld,\"step_ms_1gpu\":%.4f,\"samples_per_s_1gpu\":%.0f,"
+                      "\"samples_per_s\":%.0f,\"scaling_efficiency\":%.3f,\"burst\":%lld,"
+                      "\"max_seed_sync_ms\":%.3f}",
+                      t0.device.c_str(), world, int(B), (long long)steps, (long long)t0.grad_bytes,
+                      reduce_ms, t0.bare_ms, reduce_ms > 0 ? t0.bare_ms / reduce_ms : -1.0, sync_ms,
+                      step_ms, sync_ms / (step_ms + sync_ms), (long long)t0.syncs,
+                      (long long)t0.sync_bytes, step_ms1, sps1, spsw, spsw / (double(world) * sps1),
+                      (long long)burst, t0.max_sync_s * 1e3);
+        std::printf("%s\n", line);
+        if (!all.empty()) all.push_back(',');
+        all.append(line);
+    }
+    std::printf("{\"bench\":\"nccl_data_parallel_sweep\",\"results\":[%s]}\n", all.c_str());
+    std::fflush(stdout);
+}
+
+#else
+
+#include <cstdio>
+#include <cstdlib>
+
+TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tables",
+          "[kasmina][dist][multi_gpu]") {
+    std::fprintf(stderr, "skipped: fewer than 2 CUDA devices (build without NCCL or Gloo)\n");
+    std::exit(4);
+}
+
+#endif

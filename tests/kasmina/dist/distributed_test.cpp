@@ -1,0 +1,227 @@
+// Tests of the data-parallel trainer (kasmina/distributed.h) with Gloo ranks as threads of one
+// process over loopback: bit-identical parameters and seed tables on every rank after
+// germinations, a cull and a rollback applied on rank 0 only; agreement with a single-rank run
+// on the same global batch; a forced seed-table divergence stopping every rank with the error.
+#include <catch2/catch.hpp>
+
+#ifdef ESPER_HAVE_GLOO
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+#include "kasmina/dist/collectives_gloo.h"
+#include "kasmina/dist/distributed.h"
+#include "tests/kasmina/dist/dist_test_util.h"
+#include "kasmina/train/trainer.h"
+
+using namespace esper::kasmina;
+using esper::kasmina::test::make;
+
+namespace {
+
+constexpr int32_t kLocalBatch = 16;
+
+Config dist_config(int64_t global_batch) {
+    return test::small_dist_config("cpu", 11, global_batch, {1024, 128, 16, 4, 24, 0.1}, {24, 20});
+}
+
+// The controller's script, applied at step boundaries of the leader: two germinations at step 2,
+// a germinate-then-cull at 4/6, a rollback of seed (0,1) once it reached GRAFTING or later.
+struct Script {
+    std::vector<std::string> log;
+    bool rolled_back = false;
+    void operator()(Trainer& t) {
+        const int64_t s = t.steps_done();
+        auto apply = [&](const Command& c, const char* what) {
+            const Outcome o = t.apply(c);
+            log.push_back(std::to_string(s) + " " + what + " " + (o.applied() ? "ok" : o.reason));
+        };
+        if (s == 2) {
+            apply(make(GerminateCommand{SeedRef{0, 1}, BlueprintKind::kResidualMlp, std::nullopt}),
+                  "germinate 0/1");
+            apply(make(GerminateCommand{SeedRef{1, 2}, BlueprintKind::kLowrank, std::nullopt}),
+                  "germinate 1/2");
+        }
+        if (s == 4)
+            apply(make(GerminateCommand{SeedRef{0, 3}, BlueprintKind::kScaleShift, std::nullopt}),
+                  "germinate 0/3");
+        if (s == 6) apply(make(CullCommand{SeedRef{0, 3}}), "cull 0/3");
+        const SeedStage st = t.seeds().table(0).stage(1);
+        if (!rolled_back && s >= 12 &&
+            (st == SeedStage::kGrafting || st == SeedStage::kStabilization ||
+             st == SeedStage::kEvaluating || st == SeedStage::kFineTuning)) {
+            apply(make(RollbackCommand{SeedRef{0, 1}}), "rollback 0/1");
+            rolled_back = true;
+        }
+    }
+};
+
+struct RankResult {
+    uint64_t seed_digest = 0;
+    uint64_t param_digest = 0;
+    std::vector<float> params;   // host parameters, concatenated
+    std::vector<int> stages;     // [layer][seed] flattened
+    double last_loss = 0.0;
+    int64_t syncs = 0;
+    int64_t steps = 0;
+};
+
+RankResult summarize(Trainer& t) {
+    RankResult r;
+    r.seed_digest = t.seeds().digest();
+    if (t.distributed() != nullptr) {
+        r.param_digest = t.distributed()->param_digest();
+        r.syncs = t.distributed()->syncs();
+    }
+    for (const ParamRef& p : t.model().params())
+        r.params.insert(r.params.end(), p.value->span().begin(), p.value->span().end());
+    for (int32_t l = 0; l < t.seeds().num_layers(); ++l)
+        for (int32_t s = 0; s < t.seeds().table(l).num_seeds(); ++s)
+            r.stages.push_back(int(t.seeds().table(l).stage(s)));
+    r.last_loss = t.last_step().loss;
+    r.steps = t.steps_done();
+    return r;
+}
+
+GlooConfig loopback(int rank, int world) {
+    GlooConfig g;
+    g.rank = rank;
+    g.world = world;
+    g.hostname = "127.0.0.1";
+    g.timeout = std::chrono::milliseconds(15000);
+    return g;
+}
+
+// Trains `world` ranks (threads); rank 0 runs `script`. Returns each rank's result and error.
+std::vector<RankResult> train_ranks(const Config& config, int world, Script* script,
+                                    std::vector<std::exception_ptr>& errors) {
+    InMemoryKvStore store;
+    std::vector<RankResult> results(static_cast<size_t>(world));
+    errors.assign(size_t(world), nullptr);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < world; ++r) {
+        threads.emplace_back([&, r] {
+            try {
+                GlooCollectives comm(loopback(r, world), store);
+                TrainerOptions o;
+                o.rank = r;
+                o.world = world;
+                o.collectives = &comm;
+                if (r == 0 && script != nullptr) o.before_step = std::ref(*script);
+                Trainer t(config, o);
+                t.run();
+                results[size_t(r)] = summarize(t);
+            } catch (...) {
+                errors[size_t(r)] = std::current_exception();
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    return results;
+}
+
+std::string message_of(const std::exception_ptr& e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+        return x.what();
+    }
+}
+
+}  // namespace
+
+TEST_CASE("gloo ranks train with bit-identical parameters and seed tables under commands on rank 0",
+          "[kasmina][dist]") {
+    const int world = GENERATE(2, 4);
+    Config c = dist_config(kLocalBatch);
+    Script script;
+    std::vector<std::exception_ptr> errors;
+    const std::vector<RankResult> res = train_ranks(c, world, &script, errors);
+    for (int r = 0; r < world; ++r) {
+        INFO("rank " << r << ": " << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
+        REQUIRE(!errors[size_t(r)]);
+    }
+    for (const std::string& line : script.log) INFO(line);
+    REQUIRE(script.log.size() == 5);
+    for (const std::string& line : script.log) CHECK(line.substr(line.size() - 2) == "ok");
+    REQUIRE(script.rolled_back);
+    // Rank 0 alone applied the commands; every rank ends in the same state.
+    CHECK(res[0].stages[1] == int(SeedStage::kRolledBack));
+    CHECK(res[0].syncs >= 4);  // initial + step 2, 4, 6 and the rollback
+    for (int r = 1; r < world; ++r) {
+        INFO("rank " << r);
+        CHECK(res[size_t(r)].steps == c.run.max_steps);
+        CHECK(res[size_t(r)].seed_digest == res[0].seed_digest);
+        CHECK(res[size_t(r)].param_digest == res[0].param_digest);
+        CHECK(res[size_t(r)].stages == res[0].stages);
+        CHECK(res[size_t(r)].params == res[0].params);
+        CHECK(res[size_t(r)].last_loss == res[0].last_loss);
+    }
+    CHECK(std::isfinite(res[0].last_loss));
+}
+
+TEST_CASE("two gloo ranks match a single-rank run on the same global batch", "[kasmina][dist]") {
+    const int world = 2;
+    Script dist_script, single_script;
+    std::vector<std::exception_ptr> errors;
+    const std::vector<RankResult> res =
+        train_ranks(dist_config(kLocalBatch), world, &dist_script, errors);
+    for (auto& e : errors) REQUIRE(!e);
+
+    TrainerOptions o;
+    o.before_step = std::ref(single_script);
+    Trainer single(dist_config(int64_t(kLocalBatch) * world), o);
+    single.run();
+    const RankResult one = summarize(single);
+
+    CHECK(dist_script.log == single_script.log);
+    CHECK(res[0].stages == one.stages);
+    REQUIRE(res[0].params.size() == one.params.size());
+    // Same math, different summation order: |Δ| ≤ 1e-4 + 1e-3·|w| after 40 steps.
+    double worst = 0.0;
+    size_t moved = 0;
+    for (size_t i = 0; i < one.params.size(); ++i) {
+        const double d = std::fabs(double(res[0].params[i]) - double(one.params[i]));
+        worst = std::max(worst, d - 1e-3 * std::fabs(double(one.params[i])));
+        if (res[0].params[i] != one.params[i]) ++moved;
+    }
+    INFO("worst excess " << worst << ", differing " << moved << " of " << one.params.size());
+    CHECK(worst <= 1e-4);
+    CHECK(std::fabs(res[0].last_loss - one.last_loss) <= 1e-4 + 1e-3 * std::fabs(one.last_loss));
+}
+
+TEST_CASE("a forced seed-table divergence stops every rank with the digest error",
+          "[kasmina][dist]") {
+    Config c = dist_config(kLocalBatch);
+    c.run.test_corrupt_digest_rank = 1;
+    c.run.digest_every_steps = 5;
+    std::vector<std::exception_ptr> errors;
+    const std::vector<RankResult> res = train_ranks(c, 2, nullptr, errors);
+    for (int r = 0; r < 2; ++r) {
+        INFO("rank " << r);
+        REQUIRE(errors[size_t(r)]);
+        const std::string m = message_of(errors[size_t(r)]);
+        INFO(m);
+        CHECK(m.find("seed-table divergence: ranks 1 differ from rank 0 at step 5") !=
+              std::string::npos);
+    }
+}
+
+TEST_CASE("digest_every_steps and test_corrupt_digest_rank are validated config keys",
+          "[kasmina][dist][config]") {
+    const Config c = parse_config("run: {digest_every_steps: 7, test_corrupt_digest_rank: 1}\n",
+                                  "inline.yaml");
+    CHECK(c.run.digest_every_steps == 7);
+    CHECK(c.run.test_corrupt_digest_rank == 1);
+    CHECK(Config().run.digest_every_steps == 100);
+    CHECK_THROWS_WITH(parse_config("run: {digest_every_steps: -1}\n", "x.yaml"),
+                      Catch::Contains("run.digest_every_steps"));
+    CHECK_THROWS_WITH(parse_config("run: {test_corrupt_digest_rank: -2}\n", "x.yaml"),
+                      Catch::Contains("run.test_corrupt_digest_rank"));
+}
+
+#endif  // ESPER_HAVE_GLOO
