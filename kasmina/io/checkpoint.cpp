@@ -92,8 +92,9 @@ void CheckpointData::floats_into(const std::string& name, std::span<float> out) 
     if (it == tensors_.end()) ESPER_THROW(kIntegrity, "checkpoint lacks tensor '", name, "'");
     const std::vector<uint8_t>& b = it->second;
     if (b.size() != out.size_bytes())
-        ESPER_THROW(kIntegrity, "checkpoint tensor '", name, "' has ", b.size(), " bytes, expected ",
-                    out.size_bytes(), " (model shape differs from the checkpoint's)");
+        ESPER_THROW(kIntegrity, "checkpoint tensor '", name, "' has ", b.size(),
+                    " bytes, expected ", out.size_bytes(),
+                    " (model shape differs from the checkpoint's)");
     if (!b.empty()) std::memcpy(out.data(), b.data(), b.size());
 }
 
@@ -117,8 +118,8 @@ std::string manifest_hash_line(const std::vector<uint8_t>& manifest) {
         ESPER_THROW(kIntegrity, path.string(), ": not an esper checkpoint manifest");
     ESPER_THROW(kIntegrity, path.string(), ": checkpoint format version ", version,
                 " (a text manifest), this build reads version ", kCheckpointFormatVersion,
-                " (", kCheckpointManifest, "); re-run the training, or resume this checkpoint "
-                "with the build that wrote it");
+                " (manifest.bin); re-run the training, or resume this checkpoint with the build "
+                "that wrote it");
 }
 
 }  // namespace

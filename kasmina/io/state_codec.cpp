@@ -51,7 +51,8 @@ public:
         if (bytes.empty() || bytes.size() % sizeof(capnp::word) != 0)
             fail("not a Cap'n Proto message (", bytes.size(), " bytes, truncated?)");
         // Copy to aligned words: capnp refuses unaligned data and the caller's bytes may be any.
-        kj::Array<capnp::word> words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+        kj::Array<capnp::word> words =
+            kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
         std::memcpy(words.begin(), bytes.data(), bytes.size());
         capnp::ReaderOptions options;
         // A valid message is walked about once; twice its size (plus slack for tiny ones)
@@ -179,7 +180,8 @@ void write_seed_state(schema::SeedState::Builder b, const SeedManagerSnapshot& s
         }
     }
     auto window = b.initLossWindow(static_cast<unsigned>(s.loss_window.size()));
-    for (size_t i = 0; i < s.loss_window.size(); ++i) window.set(static_cast<unsigned>(i), s.loss_window[i]);
+    for (size_t i = 0; i < s.loss_window.size(); ++i)
+        window.set(static_cast<unsigned>(i), s.loss_window[i]);
     set_optional(b.initLastLoss(), s.last_loss);
     b.setLastLossDelta(s.last_loss_delta);
     set_optional(b.initLossEma(), s.loss_ema);
@@ -218,7 +220,8 @@ void write_trainer(schema::TrainerState::Builder b, const TrainerScalars& t) {
     b.setEpochLossSum(t.epoch_loss_sum);
     b.setEpochLossSteps(t.epoch_loss_steps);
     auto w = b.initGovernorWindow(static_cast<unsigned>(t.governor_window.size()));
-    for (size_t i = 0; i < t.governor_window.size(); ++i) w.set(static_cast<unsigned>(i), t.governor_window[i]);
+    for (size_t i = 0; i < t.governor_window.size(); ++i)
+        w.set(static_cast<unsigned>(i), t.governor_window[i]);
     b.setGovernorTrips(t.governor_trips);
 }
 
@@ -245,7 +248,8 @@ void write_optimizer(schema::OptimizerState::Builder b, const OptimizerScalars& 
             const std::vector<int64_t>& steps = o.slot_steps[l][k];
             const std::vector<int64_t>& owner = o.slot_owner[l][k];
             ESPER_REQUIRE(steps.size() == owner.size(), "layer=", l, " kind=", k);
-            auto slots = kinds[static_cast<unsigned>(k)].initSlots(static_cast<unsigned>(steps.size()));
+            auto slots =
+                kinds[static_cast<unsigned>(k)].initSlots(static_cast<unsigned>(steps.size()));
             for (size_t i = 0; i < steps.size(); ++i) {
                 slots[static_cast<unsigned>(i)].setSteps(steps[i]);
                 slots[static_cast<unsigned>(i)].setOwner(owner[i]);
@@ -321,8 +325,8 @@ void decode_manifest(std::span<const uint8_t> bytes, const std::string& what, Ch
     const Decoder d(what);
     d.read_message<schema::Manifest>(bytes, [&](schema::Manifest::Reader m) {
         if (m.getFormatVersion() != static_cast<uint32_t>(kCheckpointFormatVersion)) {
-            d.fail("checkpoint format version ", m.getFormatVersion(), ", this build reads version ",
-                   kCheckpointFormatVersion);
+            d.fail("checkpoint format version ", m.getFormatVersion(),
+                   ", this build reads version ", kCheckpointFormatVersion);
         }
         data.run_id = str(m.getRunId());
         data.step = m.getStep();

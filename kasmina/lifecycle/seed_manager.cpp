@@ -34,7 +34,6 @@ SeedStage target_of(const Command& c) {
     return std::get<TransitionCommand>(c.body).to;
 }
 
-
 }  // namespace
 
 SeedManager::SeedManager(const SeedManagerConfig& config, std::vector<int64_t> layer_widths, EventSink* events,

@@ -59,7 +59,7 @@ struct SeedMeasurements {
 struct SeedLayerState {
     int32_t layer = 0;
     int32_t width = 0;
-    std::vector<SeedRow> rows;                // [seed]
+    std::vector<SeedRow> rows;               // [seed]
     std::vector<SeedMeasurements> measured;  // [seed]
     bool operator==(const SeedLayerState&) const = default;
 };

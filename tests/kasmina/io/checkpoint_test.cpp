@@ -91,7 +91,8 @@ void flip_byte(const fs::path& p, size_t at) {
 
 std::vector<uint8_t> read_bytes(const fs::path& p) {
     std::ifstream f(p, std::ios::binary);
-    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)),
+                                std::istreambuf_iterator<char>());
 }
 
 // Replaces a checkpoint's manifest and writes the matching manifest.sha256.

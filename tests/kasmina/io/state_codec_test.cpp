@@ -136,18 +136,18 @@ TEST_CASE("a seed-state image with an out-of-range stage, kind or strategy is re
     };
     std::string msg;
     CHECK(refusal(image_with([](schema::SeedRow::Builder r) {
-              r.setStage(static_cast<schema::SeedStage>(kNumSeedStages));
-          }),
+                      r.setStage(static_cast<schema::SeedStage>(kNumSeedStages));
+                  }),
                   &msg) == ErrorKind::kIntegrity);
     CHECK_THAT(msg, Catch::Contains("seed stage 11 out of range"));
     CHECK(refusal(image_with([](schema::SeedRow::Builder r) {
-              r.setKind(static_cast<schema::BlueprintKind>(7));
-          }),
+                      r.setKind(static_cast<schema::BlueprintKind>(7));
+                  }),
                   &msg) == ErrorKind::kIntegrity);
     CHECK_THAT(msg, Catch::Contains("blueprint kind 7"));
     CHECK(refusal(image_with([](schema::SeedRow::Builder r) {
-              r.getGraft().setAdaptiveChoice(static_cast<schema::GraftingStrategy>(99));
-          }),
+                      r.getGraft().setAdaptiveChoice(static_cast<schema::GraftingStrategy>(99));
+                  }),
                   &msg) == ErrorKind::kIntegrity);
     CHECK_THAT(msg, Catch::Contains("grafting strategy 99"));
 }
