@@ -6,8 +6,10 @@
 // a retried command is applied once. Exit codes: 0 applied/ok, 1 refused or unreachable, 2 usage.
 #include <unistd.h>
 
-#include <capnp/schema.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <array>
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
@@ -18,6 +20,7 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/wire_vocabulary.h"
 #include "bus/json.h"
 #include "bus/rpc.h"
 #include "core/clock.h"
@@ -85,8 +88,8 @@ uint32_t parse_u32(const std::string& s, const char* what) {
     throw cli::UsageError(std::string(what) + ": expected a non-negative integer, got '" + s + "'");
 }
 
-// Case-insensitive, underscores ignored: "residual_mlp" and "FINE_TUNING" match the schema's
-// "residualMlp" and "fineTuning".
+// Case-insensitive, underscores ignored: the vocabulary's "residual_mlp" and "FINE_TUNING", and
+// the schema's "residualMlp" and "fineTuning" (accepted for compatibility), all match.
 std::string fold_name(std::string_view s) {
     std::string out;
     for (char c : s)
@@ -94,15 +97,14 @@ std::string fold_name(std::string_view s) {
     return out;
 }
 
-template <typename E>
-E parse_enum(const std::string& name, const char* what) {
-    std::string listed;
-    for (auto e : capnp::Schema::from<E>().getEnumerants()) {
-        std::string n = e.getProto().getName().cStr();
-        if (fold_name(n) == fold_name(name)) return static_cast<E>(e.getOrdinal());
-        listed += (listed.empty() ? "" : ", ") + n;
-    }
-    throw cli::UsageError(std::string(what) + ": unknown value '" + name + "' (one of " + listed + ")");
+// The vocabulary value spelled `name` (kernels/vocabulary.h) as its wire enum.
+template <typename E, size_t N>
+auto parse_wire(const std::string& name, const std::array<std::string_view, N>& names,
+                const char* what) {
+    for (size_t i = 0; i < N; ++i)
+        if (fold_name(names[i]) == fold_name(name)) return to_wire(static_cast<E>(i));
+    throw cli::UsageError(fmt::format("{}: unknown value '{}' (one of {})", what, name,
+                                      fmt::join(names, ", ")));
 }
 
 }  // namespace
@@ -177,9 +179,10 @@ int ctl_main(int argc, char** argv) {
         return p.usage_error(transition ? "transition needs LAYER SEED STAGE" : "too many arguments");
     if (action != "germinate" && !transition && action != "cull" && action != "cancel" && action != "rollback")
         return p.usage_error("unknown action '" + action + "'");
-    auto bk = parse_enum<schema::BlueprintKind>(kind.str(), "--kind");
-    auto gs = parse_enum<schema::GraftingStrategy>(strategy.str(), "--strategy");
-    auto to = transition ? parse_enum<schema::SeedStage>(pos[3], "STAGE") : schema::SeedStage::DORMANT;
+    auto bk = parse_wire<BlueprintKind>(kind.str(), kBlueprintKindNames, "--kind");
+    auto gs = parse_wire<GraftingStrategy>(strategy.str(), kGraftingStrategyNames, "--strategy");
+    auto to = transition ? parse_wire<SeedStage>(pos[3], kSeedStageNames, "STAGE")
+                         : schema::SeedStage::DORMANT;
     uint32_t sz = parse_u32(size.str(), "--size");
     std::string key = new_key("op");
 
