@@ -31,6 +31,12 @@ struct SeedRecord {
   # Features in the seed's chunk (lets the controller price a germination).
   blueprintParams @17 :Int64;
   # Parameters of the seed's blueprint while it holds one; 0 otherwise.
+  germinationParams @18 :List(Int64);
+  # What germinating this seed would cost, indexed by BlueprintKind value: the parameters of a
+  # blueprint of that kind with the executor's configured arenas on this seed's chunk (a widening
+  # arena counts the layer's input width). Equal to blueprintParams after such a germination.
+  # The controller prices germinations with these numbers and never recomputes them; empty =
+  # not published (older executor).
 }
 
 struct SeedTelemetryBatch {

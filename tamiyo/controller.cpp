@@ -92,17 +92,17 @@ std::optional<std::string> Controller::sanity(Decision& d, const View& view) con
     if (sv == nullptr) return detail::concat("unknown seed ", d.layer, "/", d.seed);
     if (pending_.count({d.layer, d.seed}))
         return detail::concat("a command for seed ", d.layer, "/", d.seed, " is still pending");
-    const Stage s = sv->stage;
+    const SeedStage s = sv->stage;
     auto wrong_stage = [&](std::string_view wanted) {
         return detail::concat(decision_kind_name(d.kind), " needs a seed in ", wanted, ", seed ",
                               d.layer, "/", d.seed, " is ", stage_name(s));
     };
     switch (d.kind) {
         case DecisionKind::kGerminate:
-            if (s != Stage::kDormant) return wrong_stage("DORMANT");
-            if (!is_known_strategy(d.strategy))
+            if (s != SeedStage::kDormant) return wrong_stage("DORMANT");
+            if (!parse_grafting_strategy(d.strategy))
                 return detail::concat("unknown grafting strategy '", d.strategy, "'");
-            d.to_stage = Stage::kGerminated;
+            d.to_stage = SeedStage::kGerminated;
             break;
         case DecisionKind::kApprove:
         case DecisionKind::kDeny: {
@@ -112,23 +112,23 @@ std::optional<std::string> Controller::sanity(Decision& d, const View& view) con
             break;
         }
         case DecisionKind::kFossilize:
-            if (s != Stage::kFineTuning) return wrong_stage("FINE_TUNING");
-            d.to_stage = Stage::kFossilized;
+            if (s != SeedStage::kFineTuning) return wrong_stage("FINE_TUNING");
+            d.to_stage = SeedStage::kFossilized;
             break;
         case DecisionKind::kCull:
-            if (s != Stage::kTraining && s != Stage::kEvaluating && s != Stage::kFineTuning)
+            if (s != SeedStage::kTraining && s != SeedStage::kEvaluating && s != SeedStage::kFineTuning)
                 return wrong_stage("TRAINING, EVALUATING or FINE_TUNING");
-            d.to_stage = Stage::kCulled;
+            d.to_stage = SeedStage::kCulled;
             break;
         case DecisionKind::kCancel:
-            if (s != Stage::kGerminated && s != Stage::kTraining)
+            if (s != SeedStage::kGerminated && s != SeedStage::kTraining)
                 return wrong_stage("GERMINATED or TRAINING");
-            d.to_stage = Stage::kCancelled;
+            d.to_stage = SeedStage::kCancelled;
             break;
         case DecisionKind::kRollback:
-            if (s < Stage::kGrafting || s > Stage::kFineTuning)
+            if (s < SeedStage::kGrafting || s > SeedStage::kFineTuning)
                 return wrong_stage("GRAFTING..FINE_TUNING");
-            d.to_stage = Stage::kRolledBack;
+            d.to_stage = SeedStage::kRolledBack;
             break;
         default:
             return "unknown decision kind";
@@ -190,10 +190,10 @@ std::vector<Decision> Controller::decide(const View& view, uint64_t step) {
         }
         record(step, d, true, {});
         if (d.kind != DecisionKind::kDeny) {
-            int64_t params = 0;
-            if (d.kind == DecisionKind::kGerminate)
-                if (const LayerView* lv = view.layer(d.layer))
-                    params = blueprint_param_count(d.blueprint, d.blueprint_size, lv->chunk_width);
+            const int64_t params =
+                d.kind == DecisionKind::kGerminate
+                    ? germination_price(view, d.layer, d.seed, d.blueprint).value_or(0)
+                    : 0;
             pending_[{d.layer, d.seed}] = {view.seed(d.layer, d.seed)->stage, step, params,
                                            d.kind == DecisionKind::kGerminate};
         }

@@ -21,14 +21,14 @@ std::optional<DecisionKind> parse_decision_kind(std::string_view name) {
     return std::nullopt;
 }
 
-std::optional<Stage> gate_next_stage(Stage s) {
+std::optional<SeedStage> gate_next_stage(SeedStage s) {
     switch (s) {
-        case Stage::kTraining:
-            return Stage::kGrafting;
-        case Stage::kEvaluating:
-            return Stage::kFineTuning;
-        case Stage::kFineTuning:
-            return Stage::kFossilized;
+        case SeedStage::kTraining:
+            return SeedStage::kGrafting;
+        case SeedStage::kEvaluating:
+            return SeedStage::kFineTuning;
+        case SeedStage::kFineTuning:
+            return SeedStage::kFossilized;
         default:
             return std::nullopt;
     }

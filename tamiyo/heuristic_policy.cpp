@@ -26,13 +26,13 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
             d.layer = s.layer;
             d.seed = s.seed;
             switch (s.stage) {
-                case Stage::kDormant:
+                case SeedStage::kDormant:
                     // Unmeasured health sorts last: prefer seeds we know are weak.
                     dormant.push_back(
                         {m.health ? *m.health : std::numeric_limits<double>::infinity(), s.layer,
                          s.seed});
                     continue;
-                case Stage::kTraining:
+                case SeedStage::kTraining:
                     if (in_stage < config_.training_steps) continue;
                     if (m.gradient_health && *m.gradient_health >= config_.min_gradient_health) {
                         d.kind = DecisionKind::kApprove;
@@ -51,7 +51,7 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
                         continue;
                     }
                     break;
-                case Stage::kEvaluating:
+                case SeedStage::kEvaluating:
                     if (in_stage < config_.evaluation_steps || !m.contribution) continue;
                     if (*m.contribution > config_.min_benefit) {
                         d.kind = DecisionKind::kApprove;
@@ -64,7 +64,7 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
                                            " <= ", config_.min_benefit, " (seed does not help)");
                     }
                     break;
-                case Stage::kFineTuning:
+                case SeedStage::kFineTuning:
                     if (m.contribution && *m.contribution < config_.cull_contribution) {
                         d.kind = DecisionKind::kCull;
                         d.reason =

@@ -250,14 +250,16 @@ private:
         if (const YAML::Node s = n["size"])
             r.blueprint_size = static_cast<uint32_t>(get_uint(s, field + ".size", 0, 1u << 16));
         if (const YAML::Node s = n["strategy"]) {
-            r.strategy = get_string(s, field + ".strategy");
-            if (!is_known_strategy(r.strategy)) {
+            const std::string name = get_string(s, field + ".strategy");
+            const auto strategy = parse_grafting_strategy(name);
+            if (!strategy) {
                 std::string list;
-                for (auto name : kStrategyNames)
-                    list += std::string(list.empty() ? "" : ", ") + std::string(name);
+                for (auto known : kGraftingStrategyNames)
+                    list += std::string(list.empty() ? "" : ", ") + std::string(known);
                 fail(line_of(s, 1), field + ".strategy",
-                     "unknown strategy '" + r.strategy + "' (" + list + ")");
+                     "unknown strategy '" + name + "' (" + list + ")");
             }
+            r.strategy = std::string(grafting_strategy_name(*strategy));
         }
     }
 

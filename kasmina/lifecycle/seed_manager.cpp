@@ -143,8 +143,13 @@ int64_t SeedManager::blueprint_params_in_layer(int32_t layer) const {
 int64_t SeedManager::seed_blueprint_params(SeedRef s) const {
     const SeedTable& t = tables_[s.layer];
     if (!stage_holds_slot(t.stage(s.seed)) || t.slot(s.seed) < 0) return 0;
-    return blueprint_params(t.kind(s.seed), t.chunk_width(s.seed), t.max_chunk_width(),
-                            blueprints_cfg_, arenas_[s.layer].in_width());
+    return germination_params(s, t.kind(s.seed));
+}
+
+int64_t SeedManager::germination_params(SeedRef s, BlueprintKind kind) const {
+    const SeedTable& t = tables_[s.layer];
+    return blueprint_params(kind, t.chunk_width(s.seed), t.max_chunk_width(), blueprints_cfg_,
+                            arenas_[s.layer].in_width());
 }
 
 std::optional<double> SeedManager::gradient_health(SeedRef s) const {
@@ -167,8 +172,7 @@ TransitionFacts SeedManager::facts(SeedRef s, SeedStage to,
     if (to == SeedStage::kGerminated && kind) {
         f.blueprint_name = std::string(blueprint_kind_name(*kind));
         f.arena_slot_free = arenas_[s.layer].free_slots(*kind) > 0;
-        const int64_t add = blueprint_params(*kind, t.chunk_width(s.seed), t.max_chunk_width(),
-                                             blueprints_cfg_, arenas_[s.layer].in_width());
+        const int64_t add = germination_params(s, *kind);
         f.param_budget_ok =
             blueprint_params_in_layer(s.layer) + add <= blueprints_cfg_.max_params_per_layer;
     }

@@ -13,6 +13,7 @@
 #include "tamiyo/rules_policy.h"
 #include "tamiyo_test_util.h"
 
+using namespace esper;
 using namespace esper::tamiyo;
 using esper::tamiyo::test::Recorder;
 
@@ -131,7 +132,7 @@ TEST_CASE("rules match conditions in order with one decision per seed", "[tamiyo
     Recorder r{v, {}};
     std::mt19937 rng(101);
     test::populate(r, rng, 2, 4, 10);
-    r.telemetry(test::random_telemetry(rng, 1, 2, 400, Stage::kTraining, 300));
+    r.telemetry(test::random_telemetry(rng, 1, 2, 400, SeedStage::kTraining, 300));
     auto p = RulesPolicy::from_string(
         std::string(kHeader) +
             "  - name: graft\n"
@@ -224,7 +225,7 @@ TEST_CASE("plateau_germinate rules decide as the built-in heuristic",
     for (uint32_t l = 0; l < 3; ++l)
         for (uint32_t s = 0; s < 5; ++s)
             r.telemetry(
-                test::random_telemetry(rng, l, s, 900, static_cast<Stage>(stage(rng)), steps(rng)));
+                test::random_telemetry(rng, l, s, 900, static_cast<SeedStage>(stage(rng)), steps(rng)));
     double loss = 2.0;
     for (uint64_t step = 100; step <= 500; step += 100)
         r.status(test::status_at(step, loss -= 0.1));
@@ -262,8 +263,8 @@ TEST_CASE("the fixed schedule germinates the given seeds at the given steps",
             e.layer = d.layer;
             e.seed = d.seed;
             e.step = step + 1;
-            e.from = Stage::kDormant;
-            e.to = Stage::kGerminated;
+            e.from = SeedStage::kDormant;
+            e.to = SeedStage::kGerminated;
             e.blueprint = d.blueprint;
             r.transition(e);
         }
