@@ -19,7 +19,9 @@ struct SeedRecord {
   gradNorm @7 :Float32;
   blueprintGradNorm @8 :Float32;
   contribution @9 :Float32;
-  # First-order change in loss if the seed were removed; negative = the seed helps.
+  # c = −Σ⟨∂L/∂y, α·r(h)⟩: the first-order change in loss if the seed were removed, so
+  # POSITIVE = the seed helps (the loss would rise without it). DESIGN.md §4.6's parenthetical
+  # says the opposite; its gate table and the math agree with this sign (docs/kasmina.md).
   health @10 :Float32;
   activationMeasured @11 :Bool;
   gradientMeasured @12 :Bool;
