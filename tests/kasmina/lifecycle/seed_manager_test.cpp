@@ -439,6 +439,24 @@ TEST_CASE("events.jsonl gets one flushed JSON line per transition", "[kasmina][s
                       Catch::Contains("/nonexistent-dir"));
 }
 
+TEST_CASE("an event line escapes any reason and keeps UTF-8", "[kasmina][seed_manager]") {
+    LifecycleEvent e;
+    e.step = 9'000'000'000;  // beyond 32 bits
+    e.from = S::kEvaluating;
+    e.to = S::kFineTuning;
+    e.origin = TransitionOrigin::kOperator;
+    e.reason = "a\\b \"q\"\n\t\x01 EVALUATING→FINE_TUNING";
+    const std::string line = event_to_json(e);
+    CHECK(line.find('\n') == std::string::npos);
+    CHECK_THAT(line, Catch::Contains(R"("from":"EVALUATING","to":"FINE_TUNING")") &&
+                         Catch::Contains(R"(\u0001)") && Catch::Contains("→"));
+    CHECK(line.rfind(R"({"step":9000000000,)", 0) == 0);
+    CHECK(line.find(R"("origin":"operator"})") != std::string::npos);
+    // Invalid UTF-8 in a reason (bus input) is replaced, never a throw.
+    e.reason = "bad \xff byte";
+    CHECK_NOTHROW(event_to_json(e));
+}
+
 TEST_CASE("the state image restores a manager that then continues identically",
           "[kasmina][seed_manager]") {
     std::mt19937 rng(7);
