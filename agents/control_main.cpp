@@ -20,8 +20,8 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/tool_json.h"
 #include "agents/wire_vocabulary.h"
-#include "bus/json.h"
 #include "bus/rpc.h"
 #include "core/clock.h"
 #include "core/error.h"
@@ -50,7 +50,7 @@ int print_reply(const bus::RpcReply& r, const std::string& agent) {
         return 1;
     }
     auto env = r.reply->envelope();
-    std::printf("%s\n", bus::payload_to_json(env).c_str());
+    std::printf("%s\n", payload_to_json(env).c_str());
     auto p = env.getPayload();
     if (p.isControlReply()) {
         auto c = p.getControlReply();

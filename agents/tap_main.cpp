@@ -1,14 +1,14 @@
 // `esper tap`: subscribes to the broker's XPUB endpoint and prints every message as one JSON
-// line (bus/json.h). Exits 0 after --count messages, or after --timeout-ms without a message
-// (1 if nothing arrived at all). Sequence gaps and dropped frames are reported on stderr.
+// line (agents/tool_json.h). Exits 0 after --count messages, or after --timeout-ms without a
+// message (1 if nothing arrived at all). Sequence gaps and dropped frames are reported on stderr.
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/tool_json.h"
 #include "bus/event_loop.h"
-#include "bus/json.h"
 #include "bus/pubsub.h"
 #include "core/clock.h"
 #include "core/log.h"
@@ -48,7 +48,7 @@ int tap_main(int argc, char** argv) {
                              static_cast<unsigned long long>(m->missing_before),
                              static_cast<unsigned long long>(env.getSequence()));
             }
-            std::string line = bus::envelope_to_json(m->topic, env);
+            std::string line = envelope_to_json(m->topic, env);
             line.push_back('\n');
             std::fwrite(line.data(), 1, line.size(), stdout);
             std::fflush(stdout);

@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "bus/envelope.h"
-#include "bus/json.h"
 #include "tests/bus/random_payload.h"
 
 using namespace esper;
@@ -181,8 +180,13 @@ TEST_CASE("decode survives thousands of random and mutated buffers", "[bus][enve
         auto d = bus::decode(std::span<const std::byte>(bytes));
         if (d.ok()) {
             ++decoded;
-            std::string json = bus::envelope_to_json("t", d.value->envelope());
-            CHECK_FALSE(json.empty());
+            // Reading every field (capnp's text form walks the whole message) must not crash.
+            try {
+                std::string text = kj::str(d.value->envelope()).cStr();
+                CHECK_FALSE(text.empty());
+            } catch (const kj::Exception&) {
+                // a field failing capnp's lazy checks is reported, not a crash
+            }
         }
     }
     CHECK(decoded < 3000);

@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -55,8 +56,20 @@ auto cull(std::string id) {
     };
 }
 
-// Treats a string of digits and the number it spells as equal (capnp's tool quotes 64-bit ints).
+// Case and underscores dropped: capnp's "grafting" and the vocabulary's "GRAFTING" (tap's
+// spelling of stages, kinds, strategies and origins) name the same enumerant.
+std::string fold_enum(const std::string& s) {
+    std::string out;
+    for (char c : s)
+        if (c != '_') out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+}
+
+// Treats a string of digits and the number it spells as equal (capnp's tool quotes 64-bit ints),
+// and an enumerant's capnp and vocabulary spellings.
 bool same_json(const nlohmann::json& a, const nlohmann::json& b) {
+    if (a.is_string() && b.is_string())
+        return fold_enum(a.get<std::string>()) == fold_enum(b.get<std::string>());
     if (a.is_string() && b.is_number()) return a.get<std::string>() == b.dump();
     if (a.is_number() && b.is_string()) return same_json(b, a);
     if (a.is_object() && b.is_object()) {
@@ -332,4 +345,6 @@ TEST_CASE("a frame captured by an independent subscriber decodes with capnp conv
     REQUIRE(reference["payload"].contains("seedTelemetry"));
     CHECK(same_json(reference["payload"]["seedTelemetry"], t["payload"]));
     CHECK(t["payload"]["stepEnd"].dump() == "9007199254740993");
+    CHECK(reference["payload"]["seedTelemetry"]["seeds"][0]["stage"] == "grafting");
+    CHECK(t["payload"]["seeds"][0]["stage"] == "GRAFTING");  // the vocabulary's spelling
 }
