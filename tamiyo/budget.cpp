@@ -1,6 +1,8 @@
 // Budget accounting (tamiyo/budget.h).
 #include "tamiyo/budget.h"
 
+#include <fmt/format.h>
+
 #include "core/error.h"
 
 namespace esper::tamiyo {
@@ -38,30 +40,29 @@ std::optional<std::string> Budget::admit(const Decision& d, const View& view) {
     if (d.kind != DecisionKind::kGerminate) return std::nullopt;
     if (config_.max_germinations_per_decision > 0 &&
         batch_germinations_ >= config_.max_germinations_per_decision)
-        return detail::concat("budget: at most ", config_.max_germinations_per_decision,
-                              " germinations per decision");
+        return fmt::format("budget: at most {} germinations per decision",
+                           config_.max_germinations_per_decision);
     const uint32_t active = active_[d.layer];
     if (active >= config_.max_active_per_layer)
-        return detail::concat("budget: layer ", d.layer, " has ", active, " active seeds (max ",
-                              config_.max_active_per_layer, ")");
+        return fmt::format("budget: layer {} has {} active seeds (max {})", d.layer, active,
+                           config_.max_active_per_layer);
     if (config_.germination_cooldown_steps > 0) {
         auto it = last_germination_.find(d.layer);
         if (it != last_germination_.end() &&
             step_ < it->second + config_.germination_cooldown_steps)
-            return detail::concat("cooldown: layer ", d.layer, " germinated at step ", it->second,
-                                  ", next allowed at step ",
-                                  it->second + config_.germination_cooldown_steps);
+            return fmt::format("cooldown: layer {} germinated at step {}, next allowed at step {}",
+                               d.layer, it->second,
+                               it->second + config_.germination_cooldown_steps);
     }
     const std::optional<int64_t> price = germination_price(view, d.layer, d.seed, d.blueprint);
     if (!price)
-        return detail::concat("budget: no ", blueprint_kind_name(d.blueprint),
-                              " germination price published for seed ", d.layer, "/", d.seed,
-                              " yet");
+        return fmt::format("budget: no {} germination price published for seed {}/{} yet",
+                           blueprint_kind_name(d.blueprint), d.layer, d.seed);
     int64_t& layer_params = params_[d.layer];
     if (config_.max_blueprint_params_per_layer > 0 &&
         layer_params + *price > config_.max_blueprint_params_per_layer)
-        return detail::concat("budget: layer ", d.layer, " blueprint parameters ", layer_params,
-                              " + ", *price, " > max ", config_.max_blueprint_params_per_layer);
+        return fmt::format("budget: layer {} blueprint parameters {} + {} > max {}", d.layer,
+                           layer_params, *price, config_.max_blueprint_params_per_layer);
     ++active_[d.layer];
     layer_params += *price;
     last_germination_[d.layer] = step_;

@@ -1,6 +1,8 @@
 // The decision loop (tamiyo/controller.h).
 #include "tamiyo/controller.h"
 
+#include <fmt/format.h>
+
 #include <exception>
 #include <set>
 
@@ -89,19 +91,19 @@ void Controller::record(uint64_t step, const Decision& d, bool accepted, std::st
 
 std::optional<std::string> Controller::sanity(Decision& d, const View& view) const {
     const SeedView* sv = view.seed(d.layer, d.seed);
-    if (sv == nullptr) return detail::concat("unknown seed ", d.layer, "/", d.seed);
+    if (sv == nullptr) return fmt::format("unknown seed {}/{}", d.layer, d.seed);
     if (pending_.count({d.layer, d.seed}))
-        return detail::concat("a command for seed ", d.layer, "/", d.seed, " is still pending");
+        return fmt::format("a command for seed {}/{} is still pending", d.layer, d.seed);
     const SeedStage s = sv->stage;
     auto wrong_stage = [&](std::string_view wanted) {
-        return detail::concat(decision_kind_name(d.kind), " needs a seed in ", wanted, ", seed ",
-                              d.layer, "/", d.seed, " is ", stage_name(s));
+        return fmt::format("{} needs a seed in {}, seed {}/{} is {}", decision_kind_name(d.kind),
+                           wanted, d.layer, d.seed, stage_name(s));
     };
     switch (d.kind) {
         case DecisionKind::kGerminate:
             if (s != SeedStage::kDormant) return wrong_stage("DORMANT");
             if (!parse_grafting_strategy(d.strategy))
-                return detail::concat("unknown grafting strategy '", d.strategy, "'");
+                return fmt::format("unknown grafting strategy '{}'", d.strategy);
             d.to_stage = SeedStage::kGerminated;
             break;
         case DecisionKind::kApprove:
@@ -155,13 +157,13 @@ std::vector<Decision> Controller::decide(const View& view, uint64_t step) {
     try {
         proposed = policy.decide(view, step);
     } catch (const std::exception& e) {
-        disable_active(detail::concat("threw: ", e.what()), step);
+        disable_active(fmt::format("threw: {}", e.what()), step);
         return {};
     }
     const double elapsed_ms = static_cast<double>(sw.elapsed_ns()) * 1e-6;
     if (elapsed_ms > config_.policy_time_budget_ms) {
-        disable_active(detail::concat("time budget exceeded: ", elapsed_ms, " ms > ",
-                                      config_.policy_time_budget_ms, " ms"),
+        disable_active(fmt::format("time budget exceeded: {:g} ms > {:g} ms", elapsed_ms,
+                                   config_.policy_time_budget_ms),
                        step);
         return {};
     }

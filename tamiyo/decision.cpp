@@ -1,8 +1,9 @@
 // Names and formatting for tamiyo/decision.h.
 #include "tamiyo/decision.h"
 
+#include <fmt/format.h>
+
 #include <array>
-#include <sstream>
 
 namespace esper::tamiyo {
 namespace {
@@ -35,16 +36,14 @@ std::optional<SeedStage> gate_next_stage(SeedStage s) {
 }
 
 std::string to_string(const Decision& d) {
-    std::ostringstream os;
-    os << decision_kind_name(d.kind) << " layer=" << d.layer << " seed=" << d.seed;
+    std::string out = fmt::format("{} layer={} seed={}", decision_kind_name(d.kind), d.layer, d.seed);
     if (d.kind == DecisionKind::kGerminate)
-        os << " blueprint=" << blueprint_kind_name(d.blueprint) << "/" << d.blueprint_size
-           << " strategy=" << d.strategy;
+        out += fmt::format(" blueprint={}/{} strategy={}", blueprint_kind_name(d.blueprint),
+                           d.blueprint_size, d.strategy);
     else
-        os << " to=" << stage_name(d.to_stage);
-    if (!d.policy.empty()) os << " policy=" << d.policy;
-    os << " reason=\"" << d.reason << "\"";
-    return os.str();
+        out += fmt::format(" to={}", stage_name(d.to_stage));
+    if (!d.policy.empty()) out += fmt::format(" policy={}", d.policy);
+    return out + fmt::format(" reason=\"{}\"", d.reason);
 }
 
 }  // namespace esper::tamiyo

@@ -2,6 +2,7 @@
 // table, and evaluation with rate limits.
 #include "tamiyo/rules_policy.h"
 
+#include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -189,7 +190,7 @@ public:
             fail(line_of(rules, 1), "rules", "expected a non-empty list of rules");
         std::set<std::string> names;
         for (size_t i = 0; i < rules.size(); ++i) {
-            const std::string field = "rules[" + std::to_string(i) + "]";
+            const std::string field = fmt::format("rules[{}]", i);
             Rule r = parse_rule(rules[i], field, defaults);
             if (!names.insert(r.name).second)
                 fail(r.line, field + ".name", "duplicate rule name '" + r.name + "'");
@@ -234,8 +235,7 @@ private:
         if (used == 0 || used != s.size())
             fail(line_of(n, 1), field, "expected a non-negative integer, got '" + s + "'");
         if (v < lo || v > hi)
-            fail(line_of(n, 1), field,
-                 "out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]: " + s);
+            fail(line_of(n, 1), field, fmt::format("out of range [{}, {}]: {}", lo, hi, s));
         return v;
     }
 
@@ -294,7 +294,7 @@ private:
             if (!w.IsSequence())
                 fail(line_of(w, r.line), field + ".when", "expected a list of conditions");
             for (size_t i = 0; i < w.size(); ++i)
-                r.when.push_back(parse_condition(w[i], field + ".when[" + std::to_string(i) + "]"));
+                r.when.push_back(parse_condition(w[i], fmt::format("{}.when[{}]", field, i)));
         }
 
         if (const YAML::Node o = n["order_by"]) {
@@ -561,9 +561,9 @@ std::vector<Decision> RulesPolicy::decide(const View& view, uint64_t step) {
             std::string conds;
             for (const RuleCondition& c : rule.when)
                 conds += (conds.empty() ? "" : " and ") + c.text;
-            d.reason = detail::concat(config_.name, "/", rule.name, ": ",
-                                      rule.reason.empty() ? "" : rule.reason + "; ",
-                                      conds.empty() ? "always" : conds);
+            d.reason = fmt::format("{}/{}: {}{}", config_.name, rule.name,
+                                   rule.reason.empty() ? "" : rule.reason + "; ",
+                                   conds.empty() ? "always" : conds);
             out.push_back(std::move(d));
             decided.insert({m.seed->layer, m.seed->seed});
             ++per_layer[m.seed->layer];
