@@ -32,37 +32,36 @@ namespace {
 namespace fs = std::filesystem;
 
 bus::RpcClient make_client(zmq::context_t& ctx, const std::string& endpoint, int timeout_ms) {
-    return bus::RpcClient(ctx, {.endpoint = endpoint, .sender = "operator/" + std::to_string(::getpid()),
+    return bus::RpcClient(ctx, {.endpoint = endpoint, .sender = fmt::format("operator/{}", ::getpid()),
                                 .timeout_ms = timeout_ms, .max_attempts = 4});
 }
 
 std::string new_key(const char* what) {
     std::random_device rd;
-    return std::string(what) + "-" + std::to_string(::getpid()) + "-" + std::to_string(rd());
+    return fmt::format("{}-{}-{}", what, ::getpid(), rd());
 }
 
 // Prints a reply's payload as one JSON line; returns the exit code.
 int print_reply(const bus::RpcReply& r, const std::string& agent) {
     if (!r.ok()) {
-        std::fprintf(stderr, "no answer from %s: %s%s%s (after %d attempts)\n", agent.c_str(),
-                     std::string(bus::rpc_status_name(r.status)).c_str(), r.error.empty() ? "" : ": ",
-                     r.error.c_str(), r.attempts);
+        fmt::print(stderr, "no answer from {}: {}{}{} (after {} attempts)\n", agent,
+                   bus::rpc_status_name(r.status), r.error.empty() ? "" : ": ", r.error, r.attempts);
         return 1;
     }
     auto env = r.reply->envelope();
-    std::printf("%s\n", payload_to_json(env).c_str());
+    fmt::print("{}\n", payload_to_json(env));
     auto p = env.getPayload();
     if (p.isControlReply()) {
         auto c = p.getControlReply();
         if (!c.getOk()) {
-            std::fprintf(stderr, "%s refused: %s%s\n", agent.c_str(), c.getError().cStr(),
-                         c.isUnimplemented() ? c.getUnimplemented().cStr() : "");
+            fmt::print(stderr, "{} refused: {}{}\n", agent, c.getError().cStr(),
+                       c.isUnimplemented() ? c.getUnimplemented().cStr() : "");
             return 1;
         }
         if (c.isCommandAck() && c.getCommandAck().getOutcome() != schema::CommandOutcome::APPLIED) return 1;
     }
     if (p.isCommandAck() && p.getCommandAck().getOutcome() != schema::CommandOutcome::APPLIED) {
-        std::fprintf(stderr, "rejected: %s\n", p.getCommandAck().getReason().cStr());
+        fmt::print(stderr, "rejected: {}\n", p.getCommandAck().getReason().cStr());
         return 1;
     }
     return 0;
