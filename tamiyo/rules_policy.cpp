@@ -3,6 +3,7 @@
 #include "tamiyo/rules_policy.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -337,7 +338,8 @@ private:
         if (type == MetricType::kStage) {
             auto st = parse_stage(tok);
             if (!st)
-                fail(line, field, "'" + tok + "' is not a stage name (DORMANT, TRAINING, ...)");
+                fail(line, field, fmt::format("'{}' is not a stage name ({})", tok,
+                                              fmt::join(kSeedStageNames, ", ")));
             return static_cast<double>(*st);
         }
         if (type == MetricType::kBool) {
@@ -413,6 +415,11 @@ private:
                 c.values.push_back(parse_value(item, type, line, field, metric));
             }
             if (c.values.empty()) fail(line, field, "empty list after '" + op + "'");
+            if (type == MetricType::kStage) {
+                std::vector<std::string_view> names;
+                for (double v : c.values) names.push_back(stage_name(static_cast<SeedStage>(v)));
+                c.text = fmt::format("{} {} [{}]", metric, op, fmt::join(names, ", "));
+            }
             return c;
         }
         static const std::map<std::string, CmpOp> kOps = {{"<", CmpOp::kLt},  {"<=", CmpOp::kLe},
@@ -428,6 +435,9 @@ private:
         if (rest.empty() || rest.find_first_of(" \t") != std::string::npos)
             fail(line, field, "expected one value after '" + op + "', got '" + rest + "'");
         c.value = parse_value(rest, type, line, field, metric);
+        // One spelling of stages in every output: reasons echo this text.
+        if (type == MetricType::kStage)
+            c.text = fmt::format("{} {} {}", metric, op, stage_name(static_cast<SeedStage>(c.value)));
         return c;
     }
 

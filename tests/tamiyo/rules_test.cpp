@@ -59,6 +59,19 @@ TEST_CASE("the shipped rules files load", "[tamiyo][rules]") {
                       Catch::Contains("no_such_file.yaml: cannot open"));
 }
 
+TEST_CASE("stage values in conditions, and so in reasons, are spelled the vocabulary's way",
+          "[tamiyo][rules]") {
+    const RulesConfig c = parse_rules(std::string(kHeader) +
+                                          "  - name: r\n    action: cull\n    when:\n"
+                                          "      - \"seed.stage == fine_tuning\"\n"
+                                          "      - \"seed.stage not in [training, Evaluating]\"\n",
+                                      "t.yaml");
+    REQUIRE(c.rules.size() == 1);
+    REQUIRE(c.rules[0].when.size() == 2);
+    CHECK(c.rules[0].when[0].text == "seed.stage == FINE_TUNING");
+    CHECK(c.rules[0].when[1].text == "seed.stage not in [TRAINING, EVALUATING]");
+}
+
 TEST_CASE("every kind of mistake in a rules file is reported as file:line: field: reason",
           "[tamiyo][rules]") {
     struct Case {
@@ -94,7 +107,8 @@ TEST_CASE("every kind of mistake in a rules file is reported as file:line: field
         {h + rule + "    when:\n      - \"seed.stage < TRAINING\"\n", "t.yaml:7: rules[0].when[0]",
          "only be compared with == or !="},
         {h + rule + "    when:\n      - \"seed.stage == SLEEPING\"\n", "t.yaml:7: rules[0].when[0]",
-         "not a stage name"},
+         "not a stage name (DORMANT, GERMINATED, TRAINING, GRAFTING, STABILIZATION, EVALUATING, "
+         "FINE_TUNING, FOSSILIZED, CULLED, CANCELLED, ROLLED_BACK)"},
         {h + rule + "    when:\n      - \"run.plateau == maybe\"\n", "t.yaml:7: rules[0].when[0]",
          "true or false"},
         {h + rule + "    when:\n      - \"seed.id in 3\"\n", "t.yaml:7: rules[0].when[0]",
