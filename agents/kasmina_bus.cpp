@@ -53,8 +53,9 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
                                  : gc.kind == BlueprintKind::kLowrank   ? config.blueprints.lowrank.rank
                                                                         : 0;
             if (g.getSize() != 0 && static_cast<int64_t>(g.getSize()) != configured)
-                return "blueprint size " + std::to_string(g.getSize()) + " not available: the arena of this kind is sized " +
-                       std::to_string(configured) + " (set blueprints.* in the run config)";
+                return fmt::format("blueprint size {} not available: the arena of this kind is sized {} "
+                                   "(set blueprints.* in the run config)",
+                                   g.getSize(), configured);
             out.body = gc;
             break;
         }
@@ -90,7 +91,7 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
             break;
         }
         default:
-            return std::string("unimplemented command variant ") + std::to_string(static_cast<int>(c.which()));
+            return fmt::format("unimplemented command variant {}", static_cast<int>(c.which()));
     }
     return out;
 }
