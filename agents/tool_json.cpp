@@ -58,7 +58,9 @@ Json enum_to_json(capnp::DynamicEnum v, capnp::EnumSchema schema) {
     const uint16_t raw = v.getRaw();
     if (auto names = vocabulary_names(schema); names && raw < names->size())
         return std::string((*names)[raw]);
-    KJ_IF_MAYBE(en, v.getEnumerant()) { return en->getProto().getName().cStr(); }
+    KJ_IF_MAYBE (en, v.getEnumerant()) {
+        return en->getProto().getName().cStr();
+    }
     return raw;  // a value from a newer schema: the number, not a guess
 }
 
@@ -86,10 +88,9 @@ Json struct_to_json(capnp::DynamicStruct::Reader s) {
         const bool in_union =
             f.getProto().getDiscriminantValue() != capnp::schema::Field::NO_DISCRIMINANT;
         if (in_union) {
-            KJ_IF_MAYBE(a, active) {
+            KJ_IF_MAYBE (a, active) {
                 if (*a != f) continue;
-            }
-            else {
+            } else {
                 continue;
             }
         } else if (!s.has(f, capnp::HasMode::NON_NULL)) {
@@ -149,7 +150,7 @@ std::string dump(const Json& j) { return j.dump(-1, ' ', false, Json::error_hand
 
 Json payload_json(schema::Envelope::Reader envelope) {
     capnp::DynamicStruct::Reader payload = envelope.getPayload();
-    KJ_IF_MAYBE(field, payload.which()) {
+    KJ_IF_MAYBE (field, payload.which()) {
         const capnp::Type t = field->getType();
         if (t.which() == Type::VOID) return Json::object();
         try {
@@ -166,24 +167,42 @@ Json payload_json(schema::Envelope::Reader envelope) {
 
 std::string type_name(capnp::Type t) {
     switch (t.which()) {
-        case Type::VOID: return "Void";
-        case Type::BOOL: return "Bool";
-        case Type::INT8: return "Int8";
-        case Type::INT16: return "Int16";
-        case Type::INT32: return "Int32";
-        case Type::INT64: return "Int64";
-        case Type::UINT8: return "UInt8";
-        case Type::UINT16: return "UInt16";
-        case Type::UINT32: return "UInt32";
-        case Type::UINT64: return "UInt64";
-        case Type::FLOAT32: return "Float32";
-        case Type::FLOAT64: return "Float64";
-        case Type::TEXT: return "Text";
-        case Type::DATA: return "Data";
-        case Type::LIST: return "List(" + type_name(t.asList().getElementType()) + ")";
-        case Type::ENUM: return t.asEnum().getUnqualifiedName().cStr();
-        case Type::STRUCT: return t.asStruct().getUnqualifiedName().cStr();
-        default: return "?";
+        case Type::VOID:
+            return "Void";
+        case Type::BOOL:
+            return "Bool";
+        case Type::INT8:
+            return "Int8";
+        case Type::INT16:
+            return "Int16";
+        case Type::INT32:
+            return "Int32";
+        case Type::INT64:
+            return "Int64";
+        case Type::UINT8:
+            return "UInt8";
+        case Type::UINT16:
+            return "UInt16";
+        case Type::UINT32:
+            return "UInt32";
+        case Type::UINT64:
+            return "UInt64";
+        case Type::FLOAT32:
+            return "Float32";
+        case Type::FLOAT64:
+            return "Float64";
+        case Type::TEXT:
+            return "Text";
+        case Type::DATA:
+            return "Data";
+        case Type::LIST:
+            return "List(" + type_name(t.asList().getElementType()) + ")";
+        case Type::ENUM:
+            return t.asEnum().getUnqualifiedName().cStr();
+        case Type::STRUCT:
+            return t.asStruct().getUnqualifiedName().cStr();
+        default:
+            return "?";
     }
 }
 
@@ -200,14 +219,22 @@ bool is_64bit(capnp::Type t) { return t.which() == Type::INT64 || t.which() == T
 // Limits of an integer type as (min, max); the signed minimum as a negative int64.
 std::pair<int64_t, uint64_t> integer_range(capnp::Type t) {
     switch (t.which()) {
-        case Type::INT8: return {INT8_MIN, INT8_MAX};
-        case Type::INT16: return {INT16_MIN, INT16_MAX};
-        case Type::INT32: return {INT32_MIN, INT32_MAX};
-        case Type::INT64: return {INT64_MIN, INT64_MAX};
-        case Type::UINT8: return {0, UINT8_MAX};
-        case Type::UINT16: return {0, UINT16_MAX};
-        case Type::UINT32: return {0, UINT32_MAX};
-        default: return {0, UINT64_MAX};
+        case Type::INT8:
+            return {INT8_MIN, INT8_MAX};
+        case Type::INT16:
+            return {INT16_MIN, INT16_MAX};
+        case Type::INT32:
+            return {INT32_MIN, INT32_MAX};
+        case Type::INT64:
+            return {INT64_MIN, INT64_MAX};
+        case Type::UINT8:
+            return {0, UINT8_MAX};
+        case Type::UINT16:
+            return {0, UINT16_MAX};
+        case Type::UINT32:
+            return {0, UINT32_MAX};
+        default:
+            return {0, UINT64_MAX};
     }
 }
 
@@ -224,7 +251,8 @@ capnp::DynamicValue::Reader integer_from_json(const std::string& path, const Jso
         const char* first = s.data() + (negative ? 1 : 0);
         const char* last = s.data() + s.size();
         auto [end, ec] = std::from_chars(first, last, magnitude);
-        if (first == last || end != last || (ec != std::errc() && ec != std::errc::result_out_of_range))
+        if (first == last || end != last ||
+            (ec != std::errc() && ec != std::errc::result_out_of_range))
             refuse(path, "expected " + name + ", got string");
         if (ec == std::errc::result_out_of_range) refuse(path, "out of range for " + name);
         if (negative && t.which() == Type::UINT64) refuse(path, "negative value for UInt64");
@@ -238,7 +266,8 @@ capnp::DynamicValue::Reader integer_from_json(const std::string& path, const Jso
         const double v = j.get<double>();
         if (!std::isfinite(v) || v != std::floor(v)) refuse(path, "expected an integer " + name);
         if (std::fabs(v) > 9007199254740992.0) {
-            if (is_64bit(t)) refuse(path, "integer beyond 2^53 is not exact as a JSON number; quote it");
+            if (is_64bit(t))
+                refuse(path, "integer beyond 2^53 is not exact as a JSON number; quote it");
             refuse(path, "out of range for " + name);
         }
         negative = v < 0;
@@ -284,9 +313,11 @@ capnp::DynamicEnum enum_from_json(const std::string& path, const Json& j, capnp:
             if (same((*names)[i])) return capnp::DynamicEnum(e, static_cast<uint16_t>(i));
     }
     // capnp's own spelling ("fineTuning"), accepted for compatibility.
-    KJ_IF_MAYBE(en, e.findEnumerantByName(s)) { return capnp::DynamicEnum(*en); }
-    refuse(path, fmt::format("unknown {} '{}' (one of: {})", name, s,
-                             fmt::join(enum_names(e), ", ")));
+    KJ_IF_MAYBE (en, e.findEnumerantByName(s)) {
+        return capnp::DynamicEnum(*en);
+    }
+    refuse(path,
+           fmt::format("unknown {} '{}' (one of: {})", name, s, fmt::join(enum_names(e), ", ")));
 }
 
 void fill_struct(const std::string& path, const Json& j, capnp::DynamicStruct::Builder out);
@@ -305,8 +336,14 @@ void set_field(const std::string& path, const Json& j, capnp::DynamicStruct::Bui
             if (!j.is_boolean()) refuse(path, "expected true or false");
             out.set(f, j.get<bool>());
             return;
-        case Type::INT8: case Type::INT16: case Type::INT32: case Type::INT64:
-        case Type::UINT8: case Type::UINT16: case Type::UINT32: case Type::UINT64:
+        case Type::INT8:
+        case Type::INT16:
+        case Type::INT32:
+        case Type::INT64:
+        case Type::UINT8:
+        case Type::UINT16:
+        case Type::UINT32:
+        case Type::UINT64:
             out.set(f, integer_from_json(path, j, t));
             return;
         case Type::FLOAT32:
@@ -332,7 +369,8 @@ void set_field(const std::string& path, const Json& j, capnp::DynamicStruct::Bui
         }
         case Type::LIST:
             if (!j.is_array()) refuse(path, "expected an array (" + type_name(t) + ")");
-            fill_list(path, j, out.init(f, static_cast<unsigned>(j.size())).as<capnp::DynamicList>());
+            fill_list(path, j,
+                      out.init(f, static_cast<unsigned>(j.size())).as<capnp::DynamicList>());
             return;
         case Type::ENUM:
             out.set(f, enum_from_json(path, j, t.asEnum()));
@@ -359,8 +397,14 @@ void fill_list(const std::string& path, const Json& j, capnp::DynamicList::Build
                 if (!v.is_boolean()) refuse(at, "expected true or false");
                 out.set(i, v.get<bool>());
                 break;
-            case Type::INT8: case Type::INT16: case Type::INT32: case Type::INT64:
-            case Type::UINT8: case Type::UINT16: case Type::UINT32: case Type::UINT64:
+            case Type::INT8:
+            case Type::INT16:
+            case Type::INT32:
+            case Type::INT64:
+            case Type::UINT8:
+            case Type::UINT16:
+            case Type::UINT32:
+            case Type::UINT64:
                 out.set(i, integer_from_json(at, v, element));
                 break;
             case Type::FLOAT32:
@@ -382,7 +426,8 @@ void fill_list(const std::string& path, const Json& j, capnp::DynamicList::Build
                 break;
             case Type::LIST:
                 if (!v.is_array()) refuse(at, "expected an array (" + type_name(element) + ")");
-                fill_list(at, v, out.init(i, static_cast<unsigned>(v.size())).as<capnp::DynamicList>());
+                fill_list(at, v,
+                          out.init(i, static_cast<unsigned>(v.size())).as<capnp::DynamicList>());
                 break;
             default:
                 refuse(at, "type " + type_name(element) + " is not supported in JSON input");
@@ -395,14 +440,13 @@ void fill_struct(const std::string& path, const Json& j, capnp::DynamicStruct::B
     bool union_seen = false;
     for (const auto& [key, value] : j.items()) {
         const std::string at = path + "." + key;
-        KJ_IF_MAYBE(field, s.findFieldByName(key)) {
+        KJ_IF_MAYBE (field, s.findFieldByName(key)) {
             if (field->getProto().getDiscriminantValue() != capnp::schema::Field::NO_DISCRIMINANT) {
                 if (union_seen) refuse(at, "more than one member of the same union");
                 union_seen = true;
             }
             set_field(at, value, out, *field);
-        }
-        else {
+        } else {
             std::vector<std::string> names;
             for (auto f : s.getFields()) names.emplace_back(f.getProto().getName().cStr());
             refuse(at, fmt::format("no such field in {} (fields: {})", type_name(capnp::Type(s)),
@@ -418,8 +462,8 @@ capnp::StructSchema::Field find_member(std::string_view type) {
         const bool struct_match = t.isStruct() && type == t.asStruct().getUnqualifiedName().cStr();
         if (type == field.getProto().getName().cStr() || struct_match) return field;
     }
-    ESPER_THROW(kInvalidInput, "unknown type '", type, "' (one of: ",
-                fmt::format("{}", fmt::join(payload_type_names(), ", ")), ")");
+    ESPER_THROW(kInvalidInput, "unknown type '", type,
+                "' (one of: ", fmt::format("{}", fmt::join(payload_type_names(), ", ")), ")");
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // Tool JSON of `esper tap`/`esper pub` (agents/tool_json.h): every payload type survives
 // envelope -> JSON -> payload, 64-bit integers are exact JSON numbers, enums are names (the
 // vocabulary's spelling for stages, kinds, strategies and origins), misfits name the field.
+#include "agents/tool_json.h"
+
 #include <capnp/dynamic.h>
 #include <capnp/message.h>
 #include <capnp/schema.h>
@@ -12,7 +14,6 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
-#include "agents/tool_json.h"
 #include "bus/envelope.h"
 #include "core/error.h"
 #include "tests/bus/random_payload.h"
@@ -89,7 +90,8 @@ TEST_CASE("pub JSON that does not fit the type is refused with the field named",
     CHECK_THAT(refused("annotation", R"({"kind":)"), Catch::Contains("not valid JSON"));
     CHECK_THAT(refused("bogus", R"({})"), Catch::Contains("unknown type 'bogus'"));
 
-    agents::payload_from_json("Annotation", R"({"kind":"note","text":"lr drop","step":12})", payload);
+    agents::payload_from_json("Annotation", R"({"kind":"note","text":"lr drop","step":12})",
+                              payload);
     CHECK(payload.getAnnotation().getStep() == 12);
     agents::payload_from_json("runStatus", R"({"step":"18446744073709551615"})", payload);
     CHECK(payload.getRunStatus().getStep() == 18446744073709551615ull);
@@ -155,8 +157,7 @@ TEST_CASE("tool JSON keeps the line's fields, escapes text, and survives odd val
     CHECK(line.rfind(R"({"topic":"events.annotations.r1","type":"annotation","sender":"pub",)"
                      R"("seq":7,"sent_at_ns":)",
                      0) == 0);
-    CHECK(line.find(R"("run_id":"r1","correlation_id":"corr-1","payload":{)") !=
-          std::string::npos);
+    CHECK(line.find(R"("run_id":"r1","correlation_id":"corr-1","payload":{)") != std::string::npos);
     const auto parsed = nlohmann::json::parse(line);
     CHECK(parsed["payload"]["text"] == a.asReader().getText().cStr());
 
@@ -171,8 +172,8 @@ TEST_CASE("tool JSON keeps the line's fields, escapes text, and survives odd val
                          Catch::Contains(R"("actVar":"Infinity")"));
     capnp::MallocMessageBuilder b;
     auto payload = b.initRoot<schema::Envelope>().getPayload();
-    agents::payload_from_json("seedTelemetry", R"({"seeds":[{"actMean":"NaN","actVar":"Infinity"}]})",
-                              payload);
+    agents::payload_from_json("seedTelemetry",
+                              R"({"seeds":[{"actMean":"NaN","actVar":"Infinity"}]})", payload);
     CHECK(std::isnan(payload.getSeedTelemetry().getSeeds()[0].getActMean()));
     CHECK(std::isinf(payload.getSeedTelemetry().getSeeds()[0].getActVar()));
 }
