@@ -4,10 +4,9 @@
 //   esper status                                           (both)
 // Requests go through the reliable client (timeout, retries with backoff, idempotency key), so
 // a retried command is applied once. Exit codes: 0 applied/ok, 1 refused or unreachable, 2 usage.
-#include <unistd.h>
-
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <unistd.h>
 
 #include <array>
 #include <cctype>
@@ -32,8 +31,10 @@ namespace {
 namespace fs = std::filesystem;
 
 bus::RpcClient make_client(zmq::context_t& ctx, const std::string& endpoint, int timeout_ms) {
-    return bus::RpcClient(ctx, {.endpoint = endpoint, .sender = fmt::format("operator/{}", ::getpid()),
-                                .timeout_ms = timeout_ms, .max_attempts = 4});
+    return bus::RpcClient(ctx, {.endpoint = endpoint,
+                                .sender = fmt::format("operator/{}", ::getpid()),
+                                .timeout_ms = timeout_ms,
+                                .max_attempts = 4});
 }
 
 std::string new_key(const char* what) {
@@ -45,7 +46,8 @@ std::string new_key(const char* what) {
 int print_reply(const bus::RpcReply& r, const std::string& agent) {
     if (!r.ok()) {
         fmt::print(stderr, "no answer from {}: {}{}{} (after {} attempts)\n", agent,
-                   bus::rpc_status_name(r.status), r.error.empty() ? "" : ": ", r.error, r.attempts);
+                   bus::rpc_status_name(r.status), r.error.empty() ? "" : ": ", r.error,
+                   r.attempts);
         return 1;
     }
     auto env = r.reply->envelope();
@@ -102,8 +104,8 @@ auto parse_wire(const std::string& name, const std::array<std::string_view, N>& 
                 const char* what) {
     for (size_t i = 0; i < N; ++i)
         if (fold_name(names[i]) == fold_name(name)) return to_wire(static_cast<E>(i));
-    throw cli::UsageError(fmt::format("{}: unknown value '{}' (one of {})", what, name,
-                                      fmt::join(names, ", ")));
+    throw cli::UsageError(
+        fmt::format("{}: unknown value '{}' (one of {})", what, name, fmt::join(names, ", ")));
 }
 
 }  // namespace

@@ -25,7 +25,8 @@ int pub_main(int argc, char** argv) {
     auto& run = p.option("run", "ID", "run id in the envelope", "");
     auto& wait = p.option("wait-ms", "MS", "wait this long for a subscriber first (0 = don't)",
                           "1000");
-    p.epilog(fmt::format("Types: {}", fmt::join(payload_type_names(), ", ")) + "\nExample: esper pub events.annotations.r1 --type annotation "
+    p.epilog(fmt::format("Types: {}", fmt::join(payload_type_names(), ", ")) +
+             "\nExample: esper pub events.annotations.r1 --type annotation "
              "--json '{\"kind\":\"note\",\"text\":\"lr drop\"}'");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     if (const char* spec = std::getenv("ESPER_LOG")) set_log_levels(spec);
@@ -43,7 +44,7 @@ int pub_main(int argc, char** argv) {
         capnp::MallocMessageBuilder probe;
         try {
             payload_from_json(type.str(), json.str(),
-                                   probe.initRoot<schema::Envelope>().getPayload());
+                              probe.initRoot<schema::Envelope>().getPayload());
         } catch (const Error& e) {
             throw cli::UsageError("--json does not fit --type " + type.str() + ": " + e.message());
         }

@@ -104,7 +104,8 @@ std::string svg_chart(const std::string& title, const std::string& ylabel,
                    "class='chart'><text x='{:g}' y='18' class='title'>{}</text>",
                    kW, kH, kL, html_escape(title));
     if (!(x0 <= x1)) {
-        fmt::format_to(os, "<text x='{:g}' y='{:g}' class='muted'>no data</text></svg>", kL, kH / 2);
+        fmt::format_to(os, "<text x='{:g}' y='{:g}' class='muted'>no data</text></svg>", kL,
+                       kH / 2);
         return out;
     }
     if (x1 == x0) x1 = x0 + 1;
@@ -121,8 +122,7 @@ std::string svg_chart(const std::string& title, const std::string& ylabel,
                        "<line x1='{:g}' x2='{:g}' y1='{:g}' y2='{:g}' class='grid'/><text x='{:g}' "
                        "y='{:g}' class='tick' text-anchor='end'>{}</text>",
                        kL, kW - kR, sy(y), sy(y), kL - 4, sy(y) + 4, label(y));
-        fmt::format_to(os,
-                       "<text x='{:g}' y='{:g}' class='tick' text-anchor='middle'>{}</text>",
+        fmt::format_to(os, "<text x='{:g}' y='{:g}' class='tick' text-anchor='middle'>{}</text>",
                        sx(x), kH - kB + 16, label(std::round(x)));
     }
     fmt::format_to(os, "<text x='{:g}' y='{:g}' class='tick' text-anchor='middle'>step</text>",
@@ -135,11 +135,13 @@ std::string svg_chart(const std::string& title, const std::string& ylabel,
     double lx = kL + 8;
     for (const Series& s : series) {
         if (s.points.empty()) continue;
-        fmt::format_to(os, "<polyline fill='none' stroke='{}' stroke-width='1.6' points='", s.color);
+        fmt::format_to(os, "<polyline fill='none' stroke='{}' stroke-width='1.6' points='",
+                       s.color);
         double prev_y = NAN;
         for (const Point& p : s.points) {
             if (!std::isfinite(p.y)) continue;
-            if (s.steps && std::isfinite(prev_y)) fmt::format_to(os, "{:g},{:g} ", sx(p.x), sy(prev_y));
+            if (s.steps && std::isfinite(prev_y))
+                fmt::format_to(os, "{:g},{:g} ", sx(p.x), sy(prev_y));
             fmt::format_to(os, "{:g},{:g} ", sx(p.x), sy(p.y));
             prev_y = p.y;
         }
@@ -288,21 +290,22 @@ std::string render_report(const std::filesystem::path& run_dir) {
     std::string out;
     auto os = std::back_inserter(out);
     const std::string run_name = html_escape(run_dir.filename().string());
-    fmt::format_to(os,
-                   "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Esper run {}</title>"
-                   "<style>"
-                   "body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}}"
-                   "h1{{font-size:20px}}h2{{font-size:16px;margin-top:28px}}"
-                   ".chart{{margin:6px;border:1px solid #eee;background:#fff}}"
-                   ".title{{font-size:13px;font-weight:600}}"
-                   ".tick{{font-size:10px;fill:#555}}.legend{{font-size:11px}}"
-                   ".muted{{fill:#999;font-size:12px}}"
-                   ".frame{{fill:none;stroke:#bbb}}.grid{{stroke:#eee}}"
-                   "table{{border-collapse:collapse;font-size:12px}}"
-                   "td,th{{border:1px solid #ddd;padding:3px 8px;text-align:left}}"
-                   "th{{background:#f4f4f4}}pre{{background:#f7f7f7;padding:8px;font-size:12px}}"
-                   "</style></head><body><h1>Esper run {}</h1>",
-                   run_name, run_name);
+    fmt::format_to(
+        os,
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Esper run {}</title>"
+        "<style>"
+        "body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}}"
+        "h1{{font-size:20px}}h2{{font-size:16px;margin-top:28px}}"
+        ".chart{{margin:6px;border:1px solid #eee;background:#fff}}"
+        ".title{{font-size:13px;font-weight:600}}"
+        ".tick{{font-size:10px;fill:#555}}.legend{{font-size:11px}}"
+        ".muted{{fill:#999;font-size:12px}}"
+        ".frame{{fill:none;stroke:#bbb}}.grid{{stroke:#eee}}"
+        "table{{border-collapse:collapse;font-size:12px}}"
+        "td,th{{border:1px solid #ddd;padding:3px 8px;text-align:left}}"
+        "th{{background:#f4f4f4}}pre{{background:#f7f7f7;padding:8px;font-size:12px}}"
+        "</style></head><body><h1>Esper run {}</h1>",
+        run_name, run_name);
     if (!test_acc.points.empty())
         fmt::format_to(os, "<p>Final test accuracy <b>{}</b> at step {}.</p>",
                        label(test_acc.points.back().y), label(test_acc.points.back().x));
@@ -323,8 +326,9 @@ std::string render_report(const std::filesystem::path& run_dir) {
                            totals[s], s == 0 ? std::string("—") : fmt::format("{}", counts[s]));
     out += "</table>";
     fmt::format_to(os, "<h2>Lifecycle events ({})</h2>", events.size());
-    out += "<table><tr><th>step</th><th>layer</th><th>seed</th><th>from</th><th>to</th>"
-           "<th>origin</th><th>reason</th></tr>";
+    out +=
+        "<table><tr><th>step</th><th>layer</th><th>seed</th><th>from</th><th>to</th>"
+        "<th>origin</th><th>reason</th></tr>";
     for (const json& e : events) {
         auto cell = [&](const char* k) {
             auto it = e.find(k);

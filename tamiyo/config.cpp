@@ -144,9 +144,9 @@ Config parse_config(const std::string& text, const std::string& filename) {
                     {{"max_active_per_layer", "lifecycle.max_active_per_layer"},
                      {"max_blueprint_params", "blueprints.max_params_per_layer"}});
     }
-    if (const YAML::Node b = r.section(t, "budget", "tamiyo.budget",
-                                       {"germination_cooldown_steps",
-                                        "max_germinations_per_decision"})) {
+    if (const YAML::Node b =
+            r.section(t, "budget", "tamiyo.budget",
+                      {"germination_cooldown_steps", "max_germinations_per_decision"})) {
         BudgetConfig& bc = c.controller.budget;
         r.get(b, "germination_cooldown_steps", "tamiyo.budget", bc.germination_cooldown_steps, 0,
               kMaxSteps);
@@ -160,11 +160,11 @@ Config parse_config(const std::string& text, const std::string& filename) {
                      {"evaluation_steps", "lifecycle.evaluation_steps"},
                      {"fine_tuning_steps", "lifecycle.fine_tuning_steps"}});
     }
-    if (const YAML::Node h = r.section(
-            t, "heuristic", "tamiyo.heuristic",
-            {"germinations_per_round", "blueprint", "blueprint_size", "strategy",
-             "min_gradient_health", "training_patience_steps", "min_benefit",
-             "cull_contribution"})) {
+    if (const YAML::Node h =
+            r.section(t, "heuristic", "tamiyo.heuristic",
+                      {"germinations_per_round", "blueprint", "blueprint_size", "strategy",
+                       "min_gradient_health", "training_patience_steps", "min_benefit",
+                       "cull_contribution"})) {
         HeuristicConfig& hc = c.heuristic;
         const std::string f = "tamiyo.heuristic";
         r.get_int(h, "germinations_per_round", f, hc.germinations_per_round, 0, kMax32);
@@ -210,8 +210,8 @@ void set_executor_settings(Config& c, const ExecutorSettings& s) {
 }
 
 ExecutorSettings executor_settings(const Config& c) {
-    return {c.heuristic.training_steps, c.heuristic.evaluation_steps,
-            c.heuristic.fine_tuning_steps, c.controller.budget.max_active_per_layer,
+    return {c.heuristic.training_steps, c.heuristic.evaluation_steps, c.heuristic.fine_tuning_steps,
+            c.controller.budget.max_active_per_layer,
             c.controller.budget.max_blueprint_params_per_layer};
 }
 
@@ -236,8 +236,7 @@ std::string format_config(const Config& c) {
     out << YAML::Key << "min_delta" << YAML::Value << number(c.view.plateau.min_delta);
     out << YAML::EndMap;
     out << YAML::Key << "budget" << YAML::Value << YAML::BeginMap;
-    out << YAML::Key << "germination_cooldown_steps" << YAML::Value
-        << b.germination_cooldown_steps;
+    out << YAML::Key << "germination_cooldown_steps" << YAML::Value << b.germination_cooldown_steps;
     out << YAML::Key << "max_germinations_per_decision" << YAML::Value
         << b.max_germinations_per_decision;
     out << YAML::EndMap;
@@ -252,12 +251,12 @@ std::string format_config(const Config& c) {
     out << YAML::Key << "cull_contribution" << YAML::Value << number(h.cull_contribution);
     out << YAML::EndMap << YAML::EndMap << YAML::EndMap;
     out << YAML::Newline
-        << YAML::Comment(fmt::format(
-               "from the executor's sections: lifecycle.training_steps {}, "
-               "lifecycle.evaluation_steps {}, lifecycle.fine_tuning_steps {}, "
-               "lifecycle.max_active_per_layer {}, blueprints.max_params_per_layer {}",
-               h.training_steps, h.evaluation_steps, h.fine_tuning_steps, b.max_active_per_layer,
-               b.max_blueprint_params_per_layer));
+        << YAML::Comment(
+               fmt::format("from the executor's sections: lifecycle.training_steps {}, "
+                           "lifecycle.evaluation_steps {}, lifecycle.fine_tuning_steps {}, "
+                           "lifecycle.max_active_per_layer {}, blueprints.max_params_per_layer {}",
+                           h.training_steps, h.evaluation_steps, h.fine_tuning_steps,
+                           b.max_active_per_layer, b.max_blueprint_params_per_layer));
     return std::string(out.c_str()) + "\n";
 }
 

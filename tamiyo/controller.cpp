@@ -118,7 +118,8 @@ std::optional<std::string> Controller::sanity(Decision& d, const View& view) con
             d.to_stage = SeedStage::kFossilized;
             break;
         case DecisionKind::kCull:
-            if (s != SeedStage::kTraining && s != SeedStage::kEvaluating && s != SeedStage::kFineTuning)
+            if (s != SeedStage::kTraining && s != SeedStage::kEvaluating &&
+                s != SeedStage::kFineTuning)
                 return wrong_stage("TRAINING, EVALUATING or FINE_TUNING");
             d.to_stage = SeedStage::kCulled;
             break;

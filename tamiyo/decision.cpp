@@ -36,7 +36,8 @@ std::optional<SeedStage> gate_next_stage(SeedStage s) {
 }
 
 std::string to_string(const Decision& d) {
-    std::string out = fmt::format("{} layer={} seed={}", decision_kind_name(d.kind), d.layer, d.seed);
+    std::string out =
+        fmt::format("{} layer={} seed={}", decision_kind_name(d.kind), d.layer, d.seed);
     if (d.kind == DecisionKind::kGerminate)
         out += fmt::format(" blueprint={}/{} strategy={}", blueprint_kind_name(d.blueprint),
                            d.blueprint_size, d.strategy);

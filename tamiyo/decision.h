@@ -37,7 +37,8 @@ struct Decision {
     BlueprintKind blueprint = BlueprintKind::kResidualMlp;  // germinate only
     uint32_t blueprint_size = 0;       // e (residual_mlp) or r (lowrank); 0 = executor default
     std::string strategy = "linear";   // germinate only: the α schedule
-    SeedStage to_stage = SeedStage::kDormant;  // the stage the command asks for (set by the controller)
+    SeedStage to_stage =
+        SeedStage::kDormant;           // the stage the command asks for (set by the controller)
     std::string reason;                // human-readable, recorded in events
     std::string policy;                // name of the policy that made it (set by the controller)
 

@@ -44,11 +44,12 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
                         d.kind = DecisionKind::kCull;
                         d.reason =
                             m.gradient_health
-                                ? fmt::format("heuristic: gradient health {:g} < {:g} after {} steps",
-                                              *m.gradient_health, config_.min_gradient_health,
-                                              in_stage)
-                                : fmt::format("heuristic: gradient health unmeasured after {} steps",
-                                              in_stage);
+                                ? fmt::format(
+                                      "heuristic: gradient health {:g} < {:g} after {} steps",
+                                      *m.gradient_health, config_.min_gradient_health, in_stage)
+                                : fmt::format(
+                                      "heuristic: gradient health unmeasured after {} steps",
+                                      in_stage);
                     } else {
                         continue;
                     }
@@ -69,9 +70,8 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
                 case SeedStage::kFineTuning:
                     if (m.contribution && *m.contribution < config_.cull_contribution) {
                         d.kind = DecisionKind::kCull;
-                        d.reason =
-                            fmt::format("heuristic: contribution {:g} < {:g} (seed hurts)",
-                                        *m.contribution, config_.cull_contribution);
+                        d.reason = fmt::format("heuristic: contribution {:g} < {:g} (seed hurts)",
+                                               *m.contribution, config_.cull_contribution);
                     } else if (in_stage >= config_.fine_tuning_steps) {
                         d.kind = DecisionKind::kFossilize;
                         d.reason =

@@ -53,10 +53,12 @@ std::string describe_policy(const Policy& policy) {
             for (const RuleCondition& c : r.when) fmt::format_to(os, "    when {}\n", c.text);
             if (r.limits.per_decision)
                 fmt::format_to(os, "    limit per_decision {}\n", r.limits.per_decision);
-            if (r.limits.per_layer) fmt::format_to(os, "    limit per_layer {}\n", r.limits.per_layer);
+            if (r.limits.per_layer)
+                fmt::format_to(os, "    limit per_layer {}\n", r.limits.per_layer);
             if (r.limits.every_steps)
                 fmt::format_to(os, "    limit every_steps {}\n", r.limits.every_steps);
-            if (r.limits.max_total) fmt::format_to(os, "    limit max_total {}\n", r.limits.max_total);
+            if (r.limits.max_total)
+                fmt::format_to(os, "    limit max_total {}\n", r.limits.max_total);
         }
     } else if (const auto* h = dynamic_cast<const HeuristicPolicy*>(&policy)) {
         const HeuristicConfig& c = h->config();
@@ -67,8 +69,8 @@ std::string describe_policy(const Policy& policy) {
                        "  EVALUATING gate after {} steps: approve if contribution > {:g}, else "
                        "cull\n"
                        "  FINE_TUNING: cull if contribution < {:g}, fossilize after {} steps\n",
-                       c.germinations_per_round, blueprint_kind_name(c.blueprint),
-                       c.blueprint_size, c.strategy, c.training_steps, c.min_gradient_health,
+                       c.germinations_per_round, blueprint_kind_name(c.blueprint), c.blueprint_size,
+                       c.strategy, c.training_steps, c.min_gradient_health,
                        c.training_patience_steps, c.evaluation_steps, c.min_benefit,
                        c.cull_contribution, c.fine_tuning_steps);
     }

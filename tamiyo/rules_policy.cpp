@@ -338,8 +338,9 @@ private:
         if (type == MetricType::kStage) {
             auto st = parse_stage(tok);
             if (!st)
-                fail(line, field, fmt::format("'{}' is not a stage name ({})", tok,
-                                              fmt::join(kSeedStageNames, ", ")));
+                fail(line, field,
+                     fmt::format("'{}' is not a stage name ({})", tok,
+                                 fmt::join(kSeedStageNames, ", ")));
             return static_cast<double>(*st);
         }
         if (type == MetricType::kBool) {
@@ -437,7 +438,8 @@ private:
         c.value = parse_value(rest, type, line, field, metric);
         // One spelling of stages in every output: reasons echo this text.
         if (type == MetricType::kStage)
-            c.text = fmt::format("{} {} {}", metric, op, stage_name(static_cast<SeedStage>(c.value)));
+            c.text =
+                fmt::format("{} {} {}", metric, op, stage_name(static_cast<SeedStage>(c.value)));
         return c;
     }
 

@@ -135,8 +135,9 @@ public:
         if (v < lo || v > hi || (lo_open && v == lo)) {
             const char* open = lo_open ? "(" : "[";
             fail(*c, join(prefix, key),
-                 std::isinf(hi) ? fmt::format("out of range: {} not in {}{}, inf)", v, open, lo)
-                                : fmt::format("out of range: {} not in {}{}, {}]", v, open, lo, hi));
+                 std::isinf(hi)
+                     ? fmt::format("out of range: {} not in {}{}, inf)", v, open, lo)
+                     : fmt::format("out of range: {} not in {}{}, {}]", v, open, lo, hi));
         }
         out = v;
     }
@@ -462,12 +463,8 @@ private:
     YAML::Emitter& out_;
 };
 
-}  // namespace
-
-std::string config_to_yaml(const Config& c) {
-    YAML::Emitter out;
-    out.SetBoolFormat(YAML::TrueFalseBool);
-    {
+// The whole config as one mapping (the root map closes when this returns).
+void emit_config(YAML::Emitter& out, const Config& c) {
     YamlMap root(out);
     {
         root.key("run");
@@ -485,7 +482,9 @@ std::string config_to_yaml(const Config& c) {
     {
         root.key("data");
         YamlMap m(out);
-        m.put("dataset", c.data.dataset).put("path", c.data.path).put("batch_size", c.data.batch_size);
+        m.put("dataset", c.data.dataset)
+            .put("path", c.data.path)
+            .put("batch_size", c.data.batch_size);
         {
             m.key("teacher");
             YamlMap t(out);
@@ -537,7 +536,9 @@ std::string config_to_yaml(const Config& c) {
         YamlMap m(out);
         {
             m.key("residual_mlp");
-            YamlMap(out, true).put("expansion", b.residual_mlp.expansion).put("slots", b.residual_mlp.slots);
+            YamlMap(out, true)
+                .put("expansion", b.residual_mlp.expansion)
+                .put("slots", b.residual_mlp.slots);
         }
         {
             m.key("lowrank");
@@ -600,7 +601,14 @@ std::string config_to_yaml(const Config& c) {
             .put("snapshot_every_steps", g.snapshot_every_steps)
             .put("inject_nan_at_step", g.inject_nan_at_step);
     }
-    }  // root's EndMap
+}
+
+}  // namespace
+
+std::string config_to_yaml(const Config& c) {
+    YAML::Emitter out;
+    out.SetBoolFormat(YAML::TrueFalseBool);
+    emit_config(out, c);
     return std::string(out.c_str()) + "\n";
 }
 

@@ -22,8 +22,8 @@ Vitals Governor::check(double loss, bool grads_finite) {
         mean /= double(window_.size());
         if (loss > config_.divergence_factor * mean) {
             ++trips_;
-            reason_ = fmt::format("governor: divergence (loss {:g} > {:g} x recent mean {:g})", loss,
-                                  config_.divergence_factor, mean);
+            reason_ = fmt::format("governor: divergence (loss {:g} > {:g} x recent mean {:g})",
+                                  loss, config_.divergence_factor, mean);
             return Vitals::kDivergence;
         }
     }

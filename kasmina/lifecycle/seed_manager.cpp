@@ -3,13 +3,13 @@
 // the live state after a full copy and is undone from the copy when an item is rejected.
 #include "kasmina/lifecycle/seed_manager.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
-
-#include <fmt/format.h>
 
 #include "core/check.h"
 #include "core/error.h"
@@ -311,9 +311,10 @@ std::string SeedManager::apply_one(const Command& c, int64_t stamp) {
         SeedRow r = t.row(a->target.seed);
         if (r.stage != SeedStage::kGerminated && r.stage != SeedStage::kTraining &&
             r.stage != SeedStage::kGrafting) {
-            return fmt::format("set_alpha_schedule: seed is {} (allowed in GERMINATED, TRAINING, "
-                               "GRAFTING)",
-                               stage_name(r.stage));
+            return fmt::format(
+                "set_alpha_schedule: seed is {} (allowed in GERMINATED, TRAINING, "
+                "GRAFTING)",
+                stage_name(r.stage));
         }
         if (a->ramp_steps && (*a->ramp_steps < 1 || *a->ramp_steps > (int64_t{1} << 30))) {
             return fmt::format("set_alpha_schedule: ramp_steps must be in [1, 2^30], got {}",
@@ -442,26 +443,27 @@ void SeedManager::run_gate(SeedRef s, int64_t step) {
                                   static_cast<double>(std::max<int64_t>(1, steps));
         const bool stable = x.stability ? *x.stability >= g.min_stability : g.min_stability <= 0.0;
         if (error_rate > g.max_error_rate) {
-            transition(s, SeedStage::kCulled, auto_,
-                       fmt::format("auto gate: error rate {:g} > {:g}", error_rate, g.max_error_rate),
-                       step);
+            transition(
+                s, SeedStage::kCulled, auto_,
+                fmt::format("auto gate: error rate {:g} > {:g}", error_rate, g.max_error_rate),
+                step);
         } else if (x.contribution && *x.contribution < -g.cull_contribution) {
             transition(s, SeedStage::kCulled, auto_,
                        fmt::format("auto gate: contribution {:g} < {:g}", *x.contribution,
                                    -g.cull_contribution),
                        step);
         } else if (x.contribution && *x.contribution > g.min_contribution && stable) {
-            transition(
-                s, SeedStage::kFineTuning, auto_,
-                fmt::format("auto gate: contribution {:g} > {:g}", *x.contribution,
-                            g.min_contribution),
-                step);
-        } else if (timed_out) {
-            transition(s, SeedStage::kCulled, auto_,
-                       fmt::format("auto gate: no proven contribution after {} steps (safe default: "
-                                   "cull)",
-                                   waiting),
+            transition(s, SeedStage::kFineTuning, auto_,
+                       fmt::format("auto gate: contribution {:g} > {:g}", *x.contribution,
+                                   g.min_contribution),
                        step);
+        } else if (timed_out) {
+            transition(
+                s, SeedStage::kCulled, auto_,
+                fmt::format("auto gate: no proven contribution after {} steps (safe default: "
+                            "cull)",
+                            waiting),
+                step);
         }
         return;
     }

@@ -1,5 +1,7 @@
 // Envelope round trips for every payload type, and decode() against truncated, garbage,
 // oversized, wrong-version and randomly mutated frames (DESIGN §10, bus rows).
+#include "bus/envelope.h"
+
 #include <capnp/dynamic.h>
 #include <capnp/message.h>
 #include <capnp/schema.h>
@@ -10,7 +12,6 @@
 #include <random>
 #include <vector>
 
-#include "bus/envelope.h"
 #include "tests/bus/random_payload.h"
 
 using namespace esper;

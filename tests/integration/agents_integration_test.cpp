@@ -30,7 +30,8 @@ std::string fast_config(int64_t max_steps, int64_t plateau_patience) {
            "data:\n"
            "  dataset: teacher\n"
            "  batch_size: 64\n"
-           "  teacher: {train_samples: 4096, test_samples: 512, features: 16, classes: 4, hidden: 32}\n"
+           "  teacher: {train_samples: 4096, test_samples: 512, features: 16, classes: 4, hidden: "
+           "32}\n"
            "model: {hidden: [32, 32], activation: gelu, seeds_per_layer: 4}\n"
            "optimizer: {kind: sgd, lr: 0.05, momentum: 0.9}\n"
            "lifecycle: {training_steps: 30, stabilization_steps: 10, evaluation_steps: 10,\n"
@@ -38,7 +39,9 @@ std::string fast_config(int64_t max_steps, int64_t plateau_patience) {
            "            grafting: {strategy: linear, ramp_steps: 10}}\n"
            "tamiyo:\n"
            "  decision_interval_steps: 10\n"
-           "  plateau: {patience_steps: " + std::to_string(plateau_patience) + ", min_delta: 0.01}\n"
+           "  plateau: {patience_steps: " +
+           std::to_string(plateau_patience) +
+           ", min_delta: 0.01}\n"
            "  heuristic: {training_patience_steps: 200, cull_contribution: -1.0}\n";
 }
 

@@ -4,6 +4,7 @@
 // publisher, malformed frames dropped while agents keep running (DESIGN §10), and a frame
 // captured by an independent SUB socket decoding with `capnp convert` to the same content as tap.
 #include <capnp/message.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <catch2/catch.hpp>
@@ -16,16 +17,15 @@
 #include <regex>
 #include <string>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 #include <zmq.hpp>
 
 #include "agents/process.h"
-#include "tests/integration/fixtures.h"
 #include "bus/envelope.h"
 #include "bus/pubsub.h"
 #include "bus/rpc.h"
 #include "core/clock.h"
+#include "tests/integration/fixtures.h"
 
 using namespace esper;
 using esper::agents::ChildProcess;

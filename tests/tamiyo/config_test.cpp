@@ -123,7 +123,8 @@ TEST_CASE("tamiyo config errors name file, line and field", "[tamiyo][config]") 
           "run.yaml:2: tamiyo.polcy: unknown key (known: policy, decision_interval_steps, "
           "policy_time_budget_ms, pending_timeout_steps, plateau, budget, heuristic)");
     CHECK(error_of("tamiyo:\n  budget:\n    germination_cooldown_steps: many\n") ==
-          "run.yaml:3: tamiyo.budget.germination_cooldown_steps: expected a non-negative integer, got "
+          "run.yaml:3: tamiyo.budget.germination_cooldown_steps: expected a non-negative integer, "
+          "got "
           "'many'");
     CHECK(error_of("tamiyo:\n  plateau: {patience_steps: 0}\n")
               .rfind("run.yaml:2: tamiyo.plateau.patience_steps: out of range", 0) == 0);

@@ -112,13 +112,13 @@ TEST_CASE("heuristic approves and culls gates from gradient health and contribut
     seed_at(2, SeedStage::kTraining, 150, 0.95, std::nullopt);  // healthy, not due → wait
     seed_at(3, SeedStage::kTraining, 700, 0.41, std::nullopt);  // unhealthy for long → cull
     seed_at(4, SeedStage::kTraining, 250, std::nullopt, std::nullopt);  // unmeasured → wait
-    seed_at(5, SeedStage::kEvaluating, 120, 0.9, 0.031);                // helps → approve FINE_TUNING
-    seed_at(6, SeedStage::kEvaluating, 120, 0.9, -0.017);               // does not help → cull
-    seed_at(7, SeedStage::kEvaluating, 40, 0.9, 0.5);                   // not due → wait
-    seed_at(8, SeedStage::kFineTuning, 230, 0.9, 0.02);                 // done → fossilize
-    seed_at(9, SeedStage::kFineTuning, 50, 0.9, -0.2);                  // hurts → cull at once
-    seed_at(10, SeedStage::kFineTuning, 50, 0.9, 0.2);                  // fine, not done → wait
-    seed_at(11, SeedStage::kGrafting, 50, 0.9, -0.3);                   // no gate → nothing
+    seed_at(5, SeedStage::kEvaluating, 120, 0.9, 0.031);   // helps → approve FINE_TUNING
+    seed_at(6, SeedStage::kEvaluating, 120, 0.9, -0.017);  // does not help → cull
+    seed_at(7, SeedStage::kEvaluating, 40, 0.9, 0.5);      // not due → wait
+    seed_at(8, SeedStage::kFineTuning, 230, 0.9, 0.02);    // done → fossilize
+    seed_at(9, SeedStage::kFineTuning, 50, 0.9, -0.2);     // hurts → cull at once
+    seed_at(10, SeedStage::kFineTuning, 50, 0.9, 0.2);     // fine, not done → wait
+    seed_at(11, SeedStage::kGrafting, 50, 0.9, -0.3);      // no gate → nothing
 
     const auto ds = c.decide(v, 1000);
     std::map<uint32_t, Decision> by_seed;

@@ -238,8 +238,8 @@ TEST_CASE("plateau_germinate rules decide as the built-in heuristic",
     std::uniform_int_distribution<uint32_t> steps(0, 800);
     for (uint32_t l = 0; l < 3; ++l)
         for (uint32_t s = 0; s < 5; ++s)
-            r.telemetry(
-                test::random_telemetry(rng, l, s, 900, static_cast<SeedStage>(stage(rng)), steps(rng)));
+            r.telemetry(test::random_telemetry(rng, l, s, 900, static_cast<SeedStage>(stage(rng)),
+                                               steps(rng)));
     double loss = 2.0;
     for (uint64_t step = 100; step <= 500; step += 100)
         r.status(test::status_at(step, loss -= 0.1));
