@@ -8,6 +8,9 @@
 #include <string>
 #include <zmq.hpp>
 
+#include <fmt/format.h>
+
+#include "agents/wire_vocabulary.h"
 #include "bus/pubsub.h"
 #include "bus/rpc.h"
 #include "core/clock.h"
@@ -36,30 +39,31 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
     switch (c.which()) {
         case schema::Command::GERMINATE: {
             auto g = c.getGerminate();
-            auto kind = static_cast<uint16_t>(g.getBlueprintKind());
-            auto strategy = static_cast<uint16_t>(g.getStrategy());
-            if (kind >= kernels::kNumBlueprintKinds) return "unknown blueprint kind " + std::to_string(kind);
-            if (strategy >= kNumGraftingStrategies) return "unknown grafting strategy " + std::to_string(strategy);
+            const auto kind = from_wire(g.getBlueprintKind());
+            const auto strategy = from_wire(g.getStrategy());
+            if (!kind) return fmt::format("unknown blueprint kind {}", static_cast<uint16_t>(g.getBlueprintKind()));
+            if (!strategy) return fmt::format("unknown grafting strategy {}", static_cast<uint16_t>(g.getStrategy()));
             GerminateCommand gc;
             gc.target = {static_cast<int32_t>(g.getLayer()), static_cast<int32_t>(g.getSeed())};
-            gc.kind = static_cast<BlueprintKind>(kind);
-            gc.strategy = static_cast<GraftingStrategy>(strategy);
+            gc.kind = *kind;
+            gc.strategy = *strategy;
             // Arenas are pre-allocated per kind with the configured size; another size would need
             // a new arena (DESIGN §4.2: no allocation in the hot path).
             int64_t configured = gc.kind == BlueprintKind::kResidualMlp ? config.blueprints.residual_mlp.expansion
                                  : gc.kind == BlueprintKind::kLowrank   ? config.blueprints.lowrank.rank
                                                                         : 0;
             if (g.getSize() != 0 && static_cast<int64_t>(g.getSize()) != configured)
-                return "blueprint size " + std::to_string(g.getSize()) + " not available: the arena of this kind is sized " +
-                       std::to_string(configured) + " (set blueprints.* in the run config)";
+                return fmt::format("blueprint size {} not available: the arena of this kind is sized {} "
+                                   "(set blueprints.* in the run config)",
+                                   g.getSize(), configured);
             out.body = gc;
             break;
         }
         case schema::Command::TRANSITION: {
             auto t = c.getTransition();
-            auto to = static_cast<uint16_t>(t.getToStage());
-            if (to >= kernels::kNumSeedStages) return "unknown stage " + std::to_string(to);
-            out.body = TransitionCommand{ref(t), static_cast<SeedStage>(to)};
+            const auto to = from_wire(t.getToStage());
+            if (!to) return fmt::format("unknown stage {}", static_cast<uint16_t>(t.getToStage()));
+            out.body = TransitionCommand{ref(t), *to};
             break;
         }
         case schema::Command::CULL: out.body = CullCommand{ref(c.getCull())}; break;
@@ -67,11 +71,11 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
         case schema::Command::ROLLBACK: out.body = RollbackCommand{ref(c.getRollback())}; break;
         case schema::Command::SET_ALPHA_SCHEDULE: {
             auto a = c.getSetAlphaSchedule();
-            auto strategy = static_cast<uint16_t>(a.getStrategy());
-            if (strategy >= kNumGraftingStrategies) return "unknown grafting strategy " + std::to_string(strategy);
+            const auto strategy = from_wire(a.getStrategy());
+            if (!strategy) return fmt::format("unknown grafting strategy {}", static_cast<uint16_t>(a.getStrategy()));
             SetAlphaScheduleCommand sc;
             sc.target = {static_cast<int32_t>(a.getLayer()), static_cast<int32_t>(a.getSeed())};
-            sc.strategy = static_cast<GraftingStrategy>(strategy);
+            sc.strategy = *strategy;
             if (a.getRampSteps() > 0) sc.ramp_steps = a.getRampSteps();
             out.body = sc;
             break;
@@ -87,7 +91,7 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
             break;
         }
         default:
-            return std::string("unimplemented command variant ") + std::to_string(static_cast<int>(c.which()));
+            return fmt::format("unimplemented command variant {}", static_cast<int>(c.which()));
     }
     return out;
 }
@@ -161,7 +165,7 @@ public:
                     if (r.layer != layer) continue;
                     auto out = list[i++];
                     out.setSeed(static_cast<uint32_t>(r.seed));
-                    out.setStage(static_cast<schema::SeedStage>(r.stage));
+                    out.setStage(to_wire(r.stage));
                     out.setAlpha(r.alpha);
                     out.setStepsInStage(r.steps_in_stage);
                     if (r.mean && r.variance) {
@@ -189,6 +193,12 @@ public:
                     if (table.slot(r.seed) >= 0)
                         out.setBlueprintParams(static_cast<uint64_t>(
                             seeds.seed_blueprint_params({layer, int32_t(r.seed)})));
+                    // The controller prices germinations with these; it never recomputes them.
+                    auto prices = out.initGerminationParams(kNumBlueprintKinds);
+                    for (int k = 0; k < kNumBlueprintKinds; ++k)
+                        prices.set(static_cast<unsigned>(k),
+                                   seeds.germination_params({layer, int32_t(r.seed)},
+                                                            static_cast<BlueprintKind>(k)));
                 }
             });
         }
@@ -245,10 +255,10 @@ public:
                 t.setStep(static_cast<uint64_t>(e.step));
                 t.setLayer(static_cast<uint32_t>(e.layer));
                 t.setSeed(static_cast<uint32_t>(e.seed));
-                t.setFrom(static_cast<schema::SeedStage>(e.from));
-                t.setTo(static_cast<schema::SeedStage>(e.to));
+                t.setFrom(to_wire(e.from));
+                t.setTo(to_wire(e.to));
                 t.setReason(e.reason);
-                t.setOrigin(static_cast<schema::TransitionOrigin>(e.origin));
+                t.setOrigin(to_wire(e.origin));
                 t.setAlpha(trainer_.seeds().table(e.layer).alpha(e.seed));
             });
         }

@@ -3,10 +3,13 @@
 // the live state after a full copy and is undone from the copy when an item is rejected.
 #include "kasmina/lifecycle/seed_manager.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "core/check.h"
 #include "core/error.h"
@@ -17,10 +20,9 @@ namespace {
 
 constexpr size_t kLossWindow = 20;
 
-std::string fmt(double v) {
-    std::ostringstream os;
-    os << v;
-    return os.str();
+// A measured value in an event reason (6 significant digits), or "unmeasured".
+std::string measured(std::optional<double> v) {
+    return v ? fmt::format("{:g}", *v) : std::string("unmeasured");
 }
 
 std::string with_reason(std::string base, const std::string& why) {
@@ -77,12 +79,11 @@ kernels::SeedLayerView SeedManager::view(int32_t layer, int32_t batch) {
 
 std::string SeedManager::check_seed(SeedRef s) const {
     if (s.layer < 0 || s.layer >= num_layers()) {
-        return "unknown layer " + std::to_string(s.layer) + " (the run has " +
-               std::to_string(num_layers()) + " seed layers)";
+        return fmt::format("unknown layer {} (the run has {} seed layers)", s.layer, num_layers());
     }
     if (s.seed < 0 || s.seed >= tables_[s.layer].num_seeds()) {
-        return "unknown seed " + std::to_string(s.seed) + " in layer " + std::to_string(s.layer) +
-               " (the layer has " + std::to_string(tables_[s.layer].num_seeds()) + " seeds)";
+        return fmt::format("unknown seed {} in layer {} (the layer has {} seeds)", s.seed, s.layer,
+                           tables_[s.layer].num_seeds());
     }
     return {};
 }
@@ -99,8 +100,13 @@ int64_t SeedManager::blueprint_params_in_layer(int32_t layer) const {
 int64_t SeedManager::seed_blueprint_params(SeedRef s) const {
     const SeedTable& t = tables_[s.layer];
     if (!stage_holds_slot(t.stage(s.seed)) || t.slot(s.seed) < 0) return 0;
-    return blueprint_params(t.kind(s.seed), t.chunk_width(s.seed), t.max_chunk_width(),
-                            blueprints_cfg_, arenas_[s.layer].in_width());
+    return germination_params(s, t.kind(s.seed));
+}
+
+int64_t SeedManager::germination_params(SeedRef s, BlueprintKind kind) const {
+    const SeedTable& t = tables_[s.layer];
+    return blueprint_params(kind, t.chunk_width(s.seed), t.max_chunk_width(), blueprints_cfg_,
+                            arenas_[s.layer].in_width());
 }
 
 std::optional<double> SeedManager::gradient_health(SeedRef s) const {
@@ -123,8 +129,7 @@ TransitionFacts SeedManager::facts(SeedRef s, SeedStage to,
     if (to == SeedStage::kGerminated && kind) {
         f.blueprint_name = std::string(blueprint_kind_name(*kind));
         f.arena_slot_free = arenas_[s.layer].free_slots(*kind) > 0;
-        const int64_t add = blueprint_params(*kind, t.chunk_width(s.seed), t.max_chunk_width(),
-                                             blueprints_cfg_, arenas_[s.layer].in_width());
+        const int64_t add = germination_params(s, *kind);
         f.param_budget_ok =
             blueprint_params_in_layer(s.layer) + add <= blueprints_cfg_.max_params_per_layer;
     }
@@ -252,7 +257,7 @@ std::string SeedManager::apply_one(const Command& c, int64_t stamp) {
     if (const auto* b = std::get_if<BatchCommand>(&c.body)) {
         for (size_t i = 0; i < b->commands.size(); ++i) {
             if (auto r = apply_one(b->commands[i], stamp); !r.empty()) {
-                return "batch item " + std::to_string(i) + ": " + r;
+                return fmt::format("batch item {}: {}", i, r);
             }
         }
         return {};
@@ -264,12 +269,14 @@ std::string SeedManager::apply_one(const Command& c, int64_t stamp) {
         SeedRow r = t.row(a->target.seed);
         if (r.stage != SeedStage::kGerminated && r.stage != SeedStage::kTraining &&
             r.stage != SeedStage::kGrafting) {
-            return "set_alpha_schedule: seed is " + std::string(stage_name(r.stage)) +
-                   " (allowed in GERMINATED, TRAINING, GRAFTING)";
+            return fmt::format(
+                "set_alpha_schedule: seed is {} (allowed in GERMINATED, TRAINING, "
+                "GRAFTING)",
+                stage_name(r.stage));
         }
         if (a->ramp_steps && (*a->ramp_steps < 1 || *a->ramp_steps > (int64_t{1} << 30))) {
-            return "set_alpha_schedule: ramp_steps must be in [1, 2^30], got " +
-                   std::to_string(*a->ramp_steps);
+            return fmt::format("set_alpha_schedule: ramp_steps must be in [1, 2^30], got {}",
+                               *a->ramp_steps);
         }
         r.strategy = a->strategy;
         if (a->ramp_steps) r.graft.ramp_steps = static_cast<int32_t>(*a->ramp_steps);
@@ -367,9 +374,9 @@ void SeedManager::run_gate(SeedRef s, int64_t step) {
     if (!lifecycle_.auto_gates) {
         if (timed_out) {
             transition(s, SeedStage::kCulled, auto_,
-                       "decision timeout: no controller decision within " +
-                           std::to_string(lifecycle_.decision_timeout_steps) +
-                           " steps (safe default: cull)",
+                       fmt::format("decision timeout: no controller decision within {} steps "
+                                   "(safe default: cull)",
+                                   lifecycle_.decision_timeout_steps),
                        step);
         }
         return;
@@ -377,15 +384,14 @@ void SeedManager::run_gate(SeedRef s, int64_t step) {
     if (st == SeedStage::kTraining) {
         if (x.gradient_health && *x.gradient_health >= g.min_gradient_health) {
             transition(s, SeedStage::kGrafting, auto_,
-                       "auto gate: gradient health " + fmt(*x.gradient_health) +
-                           " >= " + fmt(g.min_gradient_health),
+                       fmt::format("auto gate: gradient health {:g} >= {:g}", *x.gradient_health,
+                                   g.min_gradient_health),
                        step);
         } else if (timed_out) {
             transition(
                 s, SeedStage::kCulled, auto_,
-                "auto gate: gradient health " +
-                    (x.gradient_health ? fmt(*x.gradient_health) : std::string("unmeasured")) +
-                    " after " + std::to_string(waiting) + " steps (safe default: cull)",
+                fmt::format("auto gate: gradient health {} after {} steps (safe default: cull)",
+                            measured(x.gradient_health), waiting),
                 step);
         }
         return;
@@ -395,24 +401,27 @@ void SeedManager::run_gate(SeedRef s, int64_t step) {
                                   static_cast<double>(std::max<int64_t>(1, steps));
         const bool stable = x.stability ? *x.stability >= g.min_stability : g.min_stability <= 0.0;
         if (error_rate > g.max_error_rate) {
-            transition(s, SeedStage::kCulled, auto_,
-                       "auto gate: error rate " + fmt(error_rate) + " > " + fmt(g.max_error_rate),
-                       step);
+            transition(
+                s, SeedStage::kCulled, auto_,
+                fmt::format("auto gate: error rate {:g} > {:g}", error_rate, g.max_error_rate),
+                step);
         } else if (x.contribution && *x.contribution < -g.cull_contribution) {
             transition(s, SeedStage::kCulled, auto_,
-                       "auto gate: contribution " + fmt(*x.contribution) + " < " +
-                           fmt(-g.cull_contribution),
+                       fmt::format("auto gate: contribution {:g} < {:g}", *x.contribution,
+                                   -g.cull_contribution),
                        step);
         } else if (x.contribution && *x.contribution > g.min_contribution && stable) {
-            transition(
-                s, SeedStage::kFineTuning, auto_,
-                "auto gate: contribution " + fmt(*x.contribution) + " > " + fmt(g.min_contribution),
-                step);
-        } else if (timed_out) {
-            transition(s, SeedStage::kCulled, auto_,
-                       "auto gate: no proven contribution after " + std::to_string(waiting) +
-                           " steps (safe default: cull)",
+            transition(s, SeedStage::kFineTuning, auto_,
+                       fmt::format("auto gate: contribution {:g} > {:g}", *x.contribution,
+                                   g.min_contribution),
                        step);
+        } else if (timed_out) {
+            transition(
+                s, SeedStage::kCulled, auto_,
+                fmt::format("auto gate: no proven contribution after {} steps (safe default: "
+                            "cull)",
+                            waiting),
+                step);
         }
         return;
     }
@@ -422,13 +431,12 @@ void SeedManager::run_gate(SeedRef s, int64_t step) {
         if (improvement && *improvement >= g.min_improvement) {
             transition(
                 s, SeedStage::kFossilized, auto_,
-                "auto gate: improvement " + fmt(*improvement) + " >= " + fmt(g.min_improvement),
+                fmt::format("auto gate: improvement {:g} >= {:g}", *improvement, g.min_improvement),
                 step);
         } else {
             transition(s, SeedStage::kCulled, auto_,
-                       "auto gate: improvement " +
-                           (improvement ? fmt(*improvement) : std::string("unmeasured")) + " < " +
-                           fmt(g.min_improvement),
+                       fmt::format("auto gate: improvement {} < {:g}", measured(improvement),
+                                   g.min_improvement),
                        step);
         }
     }

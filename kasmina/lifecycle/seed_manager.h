@@ -127,6 +127,10 @@ public:
     int64_t blueprint_params_in_layer(int32_t layer) const;
     // Parameters of one seed's blueprint (0 when it holds no slot).
     int64_t seed_blueprint_params(SeedRef s) const;
+    // What a germination of `kind` on seed `s` would cost with the configured arenas (its chunk
+    // width, or the layer's input width for widening arenas): seed_blueprint_params(s) after
+    // that germination. The executor publishes it; the controller prices with it.
+    int64_t germination_params(SeedRef s, BlueprintKind kind) const;
     // Latest measured gradient health of a seed (nullopt = never measured).
     std::optional<double> gradient_health(SeedRef s) const;
 

@@ -95,6 +95,9 @@ TEST_CASE("the effective config YAML loads back to an equal config", "[kasmina][
     const std::string yaml = config_to_yaml(c);
     CHECK(parse_config(yaml, "effective.yaml") == c);
     CHECK(parse_config(config_to_yaml(Config{}), "d.yaml") == Config{});
+    // Doubles print as the shortest text that reads back exactly.
+    const std::string defaults = config_to_yaml(Config{});
+    CHECK_THAT(defaults, Catch::Contains("\n  lr: 0.05\n") && Catch::Contains("\n  eps: 1e-08\n"));
 }
 
 TEST_CASE("config errors name file, line, field and reason", "[kasmina][config]") {

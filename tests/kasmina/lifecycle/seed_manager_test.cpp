@@ -367,6 +367,37 @@ TEST_CASE("the layer parameter budget and arena capacity gate germination",
           "gate failed: no free scale_shift arena slot");
 }
 
+TEST_CASE("the germination price the executor publishes is what the germination then costs",
+          "[kasmina][seed_manager]") {
+    // Uneven chunks (30 = 8+8+7+7, 13 = 4+3+3+3), every kind, chunk and widening arenas: the
+    // price of a dormant seed must equal seed_blueprint_params once it germinated (Tamiyo's
+    // budget charges the price, the executor's budget the actual count).
+    for (BlueprintInput input : {BlueprintInput::kChunk, BlueprintInput::kLayer}) {
+        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+            const auto kind = static_cast<BlueprintKind>(k);
+            Config cfg = small_config();
+            cfg.blueprints.input = input;
+            cfg.lifecycle.max_active_per_layer = 4;
+            SeedManager m(seed_manager_config(cfg), {30, 13}, nullptr, {784, 30});
+            for (int32_t l = 0; l < m.num_layers(); ++l) {
+                std::vector<int64_t> prices;
+                for (int32_t s = 0; s < m.table(l).num_seeds(); ++s) {
+                    INFO("input=" << blueprint_input_name(input) << " kind="
+                                  << blueprint_kind_name(kind) << " layer=" << l << " seed=" << s);
+                    const int64_t price = m.germination_params({l, s}, kind);
+                    const int64_t before = m.blueprint_params_in_layer(l);
+                    REQUIRE(m.apply(germinate(l, s, kind)).applied());
+                    CHECK(m.seed_blueprint_params({l, s}) == price);
+                    CHECK(m.blueprint_params_in_layer(l) == before + price);
+                    prices.push_back(price);
+                }
+                // Prices are per seed: the first chunk is wider than the last one.
+                CHECK(prices.front() > prices.back());
+            }
+        }
+    }
+}
+
 TEST_CASE("set_alpha_schedule changes the strategy of a live seed only",
           "[kasmina][seed_manager]") {
     SeedManager m(seed_manager_config(small_config()), {32});
@@ -406,6 +437,24 @@ TEST_CASE("events.jsonl gets one flushed JSON line per transition", "[kasmina][s
     std::remove(path.c_str());
     CHECK_THROWS_WITH(EventLog("/nonexistent-dir/events.jsonl"),
                       Catch::Contains("/nonexistent-dir"));
+}
+
+TEST_CASE("an event line escapes any reason and keeps UTF-8", "[kasmina][seed_manager]") {
+    LifecycleEvent e;
+    e.step = 9'000'000'000;  // beyond 32 bits
+    e.from = S::kEvaluating;
+    e.to = S::kFineTuning;
+    e.origin = TransitionOrigin::kOperator;
+    e.reason = "a\\b \"q\"\n\t\x01 EVALUATING→FINE_TUNING";
+    const std::string line = event_to_json(e);
+    CHECK(line.find('\n') == std::string::npos);
+    CHECK_THAT(line, Catch::Contains(R"("from":"EVALUATING","to":"FINE_TUNING")") &&
+                         Catch::Contains(R"(\u0001)") && Catch::Contains("→"));
+    CHECK(line.rfind(R"({"step":9000000000,)", 0) == 0);
+    CHECK(line.find(R"("origin":"operator"})") != std::string::npos);
+    // Invalid UTF-8 in a reason (bus input) is replaced, never a throw.
+    e.reason = "bad \xff byte";
+    CHECK_NOTHROW(event_to_json(e));
 }
 
 TEST_CASE("a snapshot restores a manager that then continues identically",
