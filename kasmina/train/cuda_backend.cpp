@@ -42,7 +42,7 @@ bool resolve_use_cuda(const std::string& device) {
 
 struct CudaBackend::Impl {};
 
-CudaBackend::CudaBackend(const Config&, Model&, SeedManager*, Optimizer&,
+CudaBackend::CudaBackend(const Config&, MlpModel&, SeedManager*, Optimizer&,
                          const CudaBackendOptions&) {
     ESPER_THROW(kUnimplemented, "CUDA backend: this build has no CUDA");
 }
@@ -201,7 +201,7 @@ struct StepResultHost {
 
 struct CudaBackend::Impl {
     Config config;
-    Model* model = nullptr;
+    MlpModel* model = nullptr;
     SeedManager* seeds = nullptr;
     Optimizer* optimizer = nullptr;
     CudaBackendOptions opt;
@@ -658,7 +658,7 @@ struct CudaBackend::Impl {
     }
 };
 
-CudaBackend::CudaBackend(const Config& config, Model& model, SeedManager* seeds,
+CudaBackend::CudaBackend(const Config& config, MlpModel& model, SeedManager* seeds,
                          Optimizer& optimizer, const CudaBackendOptions& options)
     : impl_(std::make_unique<Impl>()) {
     Impl& d = *impl_;
@@ -1079,7 +1079,7 @@ BatchResult CudaBackend::eval_batch(const float* x, const int32_t* y, int32_t ba
     BatchResult r;
     r.loss = loss;
     r.correct = correct;
-    r.batch = batch;
+    r.rows = batch;
     return r;
 }
 

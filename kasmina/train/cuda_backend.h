@@ -15,6 +15,7 @@
 #include <string>
 
 #include "kasmina/io/config.h"
+#include "kasmina/model/mlp.h"
 #include "kasmina/model/model.h"
 #include "kasmina/train/optimizer.h"
 #include "kasmina/lifecycle/seed_manager.h"
@@ -59,7 +60,7 @@ class CudaBackend {
 public:
     // Mirrors `model`'s parameters, `optimizer`'s state and `seeds`' tables/arenas (all must
     // outlive the backend) to the current CUDA device; upload_all() is called here.
-    CudaBackend(const Config& config, Model& model, SeedManager* seeds, Optimizer& optimizer,
+    CudaBackend(const Config& config, MlpModel& model, SeedManager* seeds, Optimizer& optimizer,
                 const CudaBackendOptions& options);
     ~CudaBackend();
     CudaBackend(const CudaBackend&) = delete;

@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "kasmina/train/cuda_backend.h"
 #include "kasmina/dist/distributed.h"
+#include "kasmina/model/mlp.h"
 
 namespace esper::kasmina {
 
@@ -63,8 +64,8 @@ void Trainer::init() {
     if (options_.rank != 0) options_.run_dir.clear();  // only rank 0 writes files
     ESPER_CHECK_INPUT(tr.n >= config_.data.batch_size, "data.batch_size: ", config_.data.batch_size,
                       " exceeds the ", tr.n, " training samples");
-    model_ = std::make_unique<Model>(config_.model, tr.features, std::max(tr.classes, data_.test.classes),
-                                     config_.run.seed);
+    model_ = make_model(config_.model, tr.features, std::max(tr.classes, data_.test.classes),
+                        config_.run.seed);
     if (!options_.run_dir.empty()) {
         fs::create_directories(options_.run_dir);
         events_ = std::make_unique<EventLog>((fs::path(options_.run_dir) / "events.jsonl").string());
@@ -97,7 +98,9 @@ void Trainer::init() {
                               "use run.device: cpu (Gloo)");
             o.nccl = options_.nccl;
         }
-        gpu_ = std::make_unique<CudaBackend>(config_, *model_, seeds_.get(), *optimizer_, o);
+        auto* mlp = dynamic_cast<MlpModel*>(model_.get());
+        ESPER_CHECK_INPUT(mlp != nullptr, "model ", model_->kind(), ": no CUDA backend");
+        gpu_ = std::make_unique<CudaBackend>(config_, *mlp, seeds_.get(), *optimizer_, o);
         ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "device=cuda name=", gpu_->device_name());
     }
     init_distributed();
@@ -149,7 +152,7 @@ TrainStep Trainer::step() {
         const CudaStepResult g = gpu_->finish_step(telemetry_.get());
         r.loss = g.loss;
         r.correct = g.correct;
-        r.batch = B;
+        r.rows = B;
         finite = g.finite;
         if (dist_) {
             dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
@@ -161,7 +164,8 @@ TrainStep Trainer::step() {
             views_[size_t(l)] = seeds_->view(l, B);
             seeds_->arenas(l).zero_grads();
         }
-        r = model_->train_batch(x_.data(), y_.data(), B, views_, telemetry_->step_accums());
+        r = model_->train_batch(features_batch(x_.data(), y_.data(), B), views_,
+                                telemetry_->step_accums());
         if (dist_) {
             dist_->reduce_gradients();
             dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
@@ -251,7 +255,7 @@ EvalResult Trainer::evaluate() {
         } else {
             for (int32_t l = 0; l < seeds_->num_layers(); ++l)
                 views[size_t(l)] = seeds_->view(l, int32_t(b));
-            r = model_->eval_batch(x.data(), y.data(), int32_t(b), views);
+            r = model_->eval_batch(features_batch(x.data(), y.data(), int32_t(b)), views);
         }
         loss_sum += r.loss * double(b);
         correct += r.correct;

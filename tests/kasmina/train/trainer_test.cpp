@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "kasmina/model/mlp.h"
 #include "kasmina/train/trainer.h"
 
 namespace fs = std::filesystem;
@@ -50,6 +51,9 @@ fs::path temp_dir(const std::string& tag) {
     return d;
 }
 
+// The MLP behind a trainer (its activations are test-only accessors).
+const MlpModel& mlp(Trainer& t) { return dynamic_cast<const MlpModel&>(t.model()); }
+
 std::vector<std::string> read_lines(const fs::path& p) {
     std::ifstream in(p);
     std::vector<std::string> out;
@@ -78,8 +82,8 @@ TEST_CASE("a seed in TRAINING is straight-through: host bit-identical, seed para
         CHECK(a.loss == b.loss);
         REQUIRE(with.seeds().table(0).stage(1) == SeedStage::kTraining);
         for (int32_t l = 0; l < 2; ++l) {
-            const auto ha = with.model().hidden_output(l), hb = without.model().hidden_output(l);
-            const auto ya = with.model().seed_output(l), yb = without.model().seed_output(l);
+            const auto ha = mlp(with).hidden_output(l), hb = mlp(without).hidden_output(l);
+            const auto ya = mlp(with).seed_output(l), yb = mlp(without).seed_output(l);
             CHECK(std::equal(ha.begin(), ha.end(), hb.begin()));
             CHECK(std::equal(ya.begin(), ya.end(), yb.begin()));
         }
@@ -113,7 +117,7 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
     CHECK(t.param_count() - t.model().param_count() == H * in + H + w * H + w);
     // Forward: features outside the seed's chunk are untouched, its chunk gets h + r(input).
     t.step();
-    const auto h = t.model().hidden_output(1), y = t.model().seed_output(1);
+    const auto h = mlp(t).hidden_output(1), y = mlp(t).seed_output(1);
     double changed = 0.0;
     for (int32_t b = 0; b < c.data.batch_size; ++b)
         for (int32_t i = 0; i < 20; ++i) {
@@ -137,8 +141,9 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
     std::vector<esper::kernels::SeedLayerView> views;
     for (int32_t l = 0; l < 2; ++l) views.push_back(t.seeds().view(l, B));
     Model& m = t.model();
+    const Batch batch = features_batch(x.data(), labels.data(), B);
     for (const ParamRef& p : m.params()) std::fill(p.grad->span().begin(), p.grad->span().end(), 0.0f);
-    m.train_batch(x.data(), labels.data(), B, views, {});
+    m.train_batch(batch, views, {});
     Tensor& w0 = *m.params()[0].value;  // layer 0 weight
     const Tensor g0 = *m.params()[0].grad;
     std::vector<size_t> idx(size_t(g0.numel()));
@@ -150,9 +155,9 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
         const size_t i = idx[size_t(n)];
         const float keep = w0.data()[i], eps = 1e-2f;
         w0.data()[i] = keep + eps;
-        const double lp = m.eval_batch(x.data(), labels.data(), B, views).loss;
+        const double lp = m.eval_batch(batch, views).loss;
         w0.data()[i] = keep - eps;
-        const double lm = m.eval_batch(x.data(), labels.data(), B, views).loss;
+        const double lm = m.eval_batch(batch, views).loss;
         w0.data()[i] = keep;
         const double fd = (lp - lm) / (2.0 * eps);
         INFO("w0[" << i << "] grad " << g0.data()[i] << " finite difference " << fd);
