@@ -231,7 +231,7 @@ public:
                 counts[i] += static_cast<uint32_t>(seeds.table(l).count_in_stage(static_cast<SeedStage>(i)));
         auto list = s.initSeedsPerStage(kernels::kNumSeedStages);
         for (int i = 0; i < kernels::kNumSeedStages; ++i) list.set(i, counts[i]);
-        s.setBackend(trainer_.uses_cuda() ? "cuda" : "cpu");
+        s.setBackend(std::string(trainer_.backend().name()));
     }
 
     // Publishes every lifecycle event since the last call (also written to events.jsonl).

@@ -224,7 +224,7 @@ int kasmina_main(int argc, char** argv) {
         // error (cuda).
         const char* grad_backend = "gloo";
         if (trainer_uses_cuda(config)) {
-            const int devices = CudaBackend::device_count();
+            const int devices = cuda_device_count();
 #ifdef ESPER_HAVE_NCCL
             const bool gpu_rank = ri.local_rank < devices;
 #else

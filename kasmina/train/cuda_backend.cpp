@@ -8,16 +8,15 @@
 #include <cstring>
 #include <vector>
 
-#include "core/check.h"
-#include "core/error.h"
-
-#if ESPER_HAVE_CUDA
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include "core/check.h"
 #include "core/cuda_check.h"
-#include "kernels/grad_ops.h"
+#include "core/error.h"
+#include "core/log.h"
 #include "kernels/bias_act.h"
+#include "kernels/grad_ops.h"
 #include "kernels/optimizer.h"
 #include "kernels/seed_backward.h"
 #include "kernels/seed_forward.h"
@@ -26,57 +25,19 @@
 #if ESPER_HAVE_NCCL
 #include "kasmina/dist/collectives_nccl.h"
 #endif
-#endif
 
 namespace esper::kasmina {
 
-#if !ESPER_HAVE_CUDA
-
-bool cuda_device_available() { return false; }
-
-bool resolve_use_cuda(const std::string& device) {
-    if (device == "cuda")
-        ESPER_THROW(kUnimplemented, "run.device: cuda: this build has no CUDA (use cpu or auto)");
-    return false;
-}
-
-struct CudaBackend::Impl {};
-
-CudaBackend::CudaBackend(const Config&, MlpModel&, SeedManager*, Optimizer&,
-                         const CudaBackendOptions&) {
-    ESPER_THROW(kUnimplemented, "CUDA backend: this build has no CUDA");
-}
-CudaBackend::~CudaBackend() = default;
-void CudaBackend::upload_all() {}
-void CudaBackend::download_all() {}
-void CudaBackend::sync_structure() {}
-void CudaBackend::set_batch(const float*, const int32_t*) {}
-void CudaBackend::launch_step(double, double) {}
-CudaStepResult CudaBackend::finish_step(Telemetry*) { return {}; }
-void CudaBackend::commit_step() {}
-void CudaBackend::synchronize() {}
-BatchResult CudaBackend::eval_batch(const float*, const int32_t*, int32_t) { return {}; }
-int64_t CudaBackend::graph_captures() const { return 0; }
-void CudaBackend::set_use_graphs(bool) {}
-void CudaBackend::set_overlap_dormant(bool) {}
-std::string CudaBackend::device_name() const { return "none"; }
-int CudaBackend::device_count() { return 0; }
-int64_t CudaBackend::grad_reduce_bytes() const { return 0; }
-double CudaBackend::last_grad_reduce_ms() const { return 0.0; }
-void CudaBackend::begin_blueprint_counts() {}
-void CudaBackend::commit_blueprint_counts() {}
-void CudaBackend::copy_optimizer_state(bool) {}
-
-#else  // ESPER_HAVE_CUDA
-
-bool cuda_device_available() {
+int cuda_device_count() {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
         (void)cudaGetLastError();  // clear the sticky "no device" error
-        return false;
+        return 0;
     }
-    return n > 0;
+    return n;
 }
+
+bool cuda_device_available() { return cuda_device_count() > 0; }
 
 bool resolve_use_cuda(const std::string& device) {
     if (device == "cpu") return false;
@@ -1021,11 +982,11 @@ void CudaBackend::launch_step(double lr, double bp_lr) {
     ESPER_CUDA_CHECK(cudaEventRecord(d.done, d.stream));
 }
 
-CudaStepResult CudaBackend::finish_step(Telemetry* telemetry) {
+StepResult CudaBackend::finish_step(Telemetry* telemetry) {
     Impl& d = *impl_;
     // sync-point: step boundary — loss, vitals and per-seed telemetry feed the host lifecycle.
     ESPER_CUDA_CHECK(cudaEventSynchronize(d.done));
-    CudaStepResult r;
+    StepResult r;
     const StepResultHost& h = d.result[0];
     r.loss = h.loss;
     r.correct = h.correct;
@@ -1055,14 +1016,28 @@ CudaStepResult CudaBackend::finish_step(Telemetry* telemetry) {
     return r;
 }
 
-void CudaBackend::commit_step() { commit_blueprint_counts(); }
+StepResult CudaBackend::run_step(const Batch& batch, const StepRates& rates, Telemetry& telemetry) {
+    ESPER_REQUIRE(batch.features != nullptr && batch.rows == impl_->opt.batch, "cuda step rows=",
+                  batch.rows, " batch=", impl_->opt.batch);
+    sync_structure();
+    set_batch(batch.features, batch.targets);
+    launch_step(rates.lr, rates.blueprint_lr);
+    return finish_step(&telemetry);
+}
+
+void CudaBackend::commit_step(const StepRates&) { commit_blueprint_counts(); }
 
 void CudaBackend::synchronize() {
     ESPER_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));  // sync-point: caller's request
 }
 
-BatchResult CudaBackend::eval_batch(const float* x, const int32_t* y, int32_t batch) {
+BatchResult CudaBackend::eval_batch(const Batch& data) {
+    sync_structure();
     Impl& d = *impl_;
+    const float* x = data.features;
+    const int32_t* y = data.targets;
+    const int32_t batch = data.rows;
+    ESPER_REQUIRE(x != nullptr && data.rows == data.samples, "cuda eval rows=", data.rows);
     ESPER_REQUIRE(batch > 0 && batch <= d.max_batch, "eval batch=", batch, " max=", d.max_batch);
     ESPER_CUDA_CHECK(cudaMemcpyAsync(d.x.get(), x, size_t(batch) * size_t(d.in_features) * sizeof(float),
                                      cudaMemcpyHostToDevice, d.stream));
@@ -1100,15 +1075,6 @@ std::string CudaBackend::device_name() const {
     return p.name;
 }
 
-int CudaBackend::device_count() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    return n;
-}
-
 int64_t CudaBackend::grad_reduce_bytes() const {
     return impl_->data_parallel() ? impl_->reduce_floats() * int64_t(sizeof(float)) : 0;
 }
@@ -1124,6 +1090,25 @@ double CudaBackend::last_grad_reduce_ms() const {
     return double(ms);
 }
 
-#endif  // ESPER_HAVE_CUDA
+std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Model& model,
+                                               SeedManager& seeds, Optimizer& optimizer,
+                                               const StepBackendOptions& options) {
+    auto* mlp = dynamic_cast<MlpModel*>(&model);
+    ESPER_CHECK_INPUT(mlp != nullptr, "model ", model.kind(), ": no CUDA backend yet (run.device: cpu)");
+    CudaBackendOptions o;
+    o.batch = options.batch;
+    o.eval_batch = options.eval_batch;
+    o.time_grad_reduce = options.time_grad_reduce;
+    if (options.world > 1) {
+        ESPER_CHECK_INPUT(options.nccl != nullptr, "run.device: cuda with ", options.world,
+                          " ranks needs an NCCL communicator per rank (none was given); "
+                          "use run.device: cpu (Gloo)");
+        o.nccl = options.nccl;
+    }
+    auto backend = std::make_unique<CudaBackend>(config, *mlp, &seeds, optimizer, o);
+    ESPER_LOG_AT(logger("kasmina.trainer"), LogLevel::kInfo, "device=cuda name=",
+                 backend->device_name());
+    return backend;
+}
 
 }  // namespace esper::kasmina

@@ -8,9 +8,7 @@
 #include "core/check.h"
 #include "core/clock.h"
 #include "core/log.h"
-#include "kasmina/train/cuda_backend.h"
 #include "kasmina/dist/distributed.h"
-#include "kasmina/model/mlp.h"
 
 namespace esper::kasmina {
 
@@ -27,24 +25,7 @@ std::string num(double v) {
     return buf;
 }
 
-bool all_finite(std::span<const float> v) {
-    for (float x : v)
-        if (!std::isfinite(x)) return false;
-    return true;
-}
-
 }  // namespace
-
-bool trainer_uses_cuda(const Config& config) {
-    // Widening (layer-input) blueprints have CPU kernels only; load_config refuses device: cuda.
-    if (config.blueprints.input != BlueprintInput::kLayer) return resolve_use_cuda(config.run.device);
-    ESPER_CHECK_INPUT(config.run.device != "cuda",
-                      "blueprints.input: layer runs on the CPU only; set run.device: cpu or auto");
-    if (config.run.device == "auto")
-        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo,
-                     "device=cpu (blueprints.input: layer has no CUDA kernels yet)");
-    return false;
-}
 
 Trainer::Trainer(const Config& config, TrainerOptions options)
     : Trainer(config, load_data(config.data, config.run.seed), std::move(options)) {}
@@ -86,24 +67,15 @@ void Trainer::init() {
                                              : config_.run.epochs * sampler_->batches_per_epoch();
     x_.resize(size_t(config_.data.batch_size * tr.features));
     y_.resize(size_t(config_.data.batch_size));
-    views_.resize(size_t(seeds_->num_layers()));
-    if (trainer_uses_cuda(config_)) {
-        CudaBackendOptions o;
-        o.batch = int32_t(config_.data.batch_size);
-        o.eval_batch = int32_t(options_.eval_batch);
-        o.time_grad_reduce = options_.time_grad_reduce;
-        if (options_.world > 1) {
-            ESPER_CHECK_INPUT(options_.nccl != nullptr, "run.device: cuda with ", options_.world,
-                              " ranks needs an NCCL communicator per rank (none was given); "
-                              "use run.device: cpu (Gloo)");
-            o.nccl = options_.nccl;
-        }
-        auto* mlp = dynamic_cast<MlpModel*>(model_.get());
-        ESPER_CHECK_INPUT(mlp != nullptr, "model ", model_->kind(), ": no CUDA backend");
-        gpu_ = std::make_unique<CudaBackend>(config_, *mlp, seeds_.get(), *optimizer_, o);
-        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "device=cuda name=", gpu_->device_name());
-    }
     init_distributed();
+    StepBackendOptions o;
+    o.batch = int32_t(config_.data.batch_size);
+    o.eval_batch = int32_t(options_.eval_batch);
+    o.world = options_.world;
+    o.dist = dist_.get();
+    o.nccl = options_.nccl;
+    o.time_grad_reduce = options_.time_grad_reduce;
+    backend_ = make_step_backend(config_, *model_, *seeds_, *optimizer_, o);
     capture(last_good_);
     last_good_seeds_ = seeds_->snapshot();
 }
@@ -115,7 +87,7 @@ void Trainer::init_distributed() {
                       comm->rank() == options_.rank,
                   "world ", options_.world, " needs matching TrainerOptions::collectives");
     // CUDA: gradients are averaged on the device (NcclComm, in the backend's step graph);
-    // DistributedSync's host gradient buckets are then unused.
+    // DistributedSync's host gradient buckets are then unused (the CPU backend uses them).
     dist_ = std::make_unique<DistributedSync>(*options_.collectives, config_, *model_, *seeds_);
 }
 
@@ -137,52 +109,26 @@ TrainStep Trainer::step() {
     out.epoch = s / spe;
     gather_batch(data_.train, sampler_->batch(out.epoch, s % spe), x_.data(), y_.data());
 
-    out.lr = scheduled_lr(config_.optimizer, config_.optimizer.lr, s, total_steps_);
-    const double bp_lr =
-        scheduled_lr(config_.optimizer, config_.optimizer.blueprint_lr, s, total_steps_);
+    const StepRates rates{scheduled_lr(config_.optimizer, config_.optimizer.lr, s, total_steps_),
+                          scheduled_lr(config_.optimizer, config_.optimizer.blueprint_lr, s,
+                                       total_steps_)};
+    out.lr = rates.lr;
     telemetry_->begin_step();
-    BatchResult r;
-    bool finite = true;
-    if (gpu_) {
-        // The whole step (update included) runs as one graph; a governor trip below restores
-        // the last-known-good state over it.
-        gpu_->sync_structure();
-        gpu_->set_batch(x_.data(), y_.data());
-        gpu_->launch_step(out.lr, bp_lr);
-        const CudaStepResult g = gpu_->finish_step(telemetry_.get());
-        r.loss = g.loss;
-        r.correct = g.correct;
-        r.rows = B;
-        finite = g.finite;
-        if (dist_) {
-            dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
-            finite = finite && std::isfinite(r.loss);
-        }
-        telemetry_->record_blueprint_grads(*seeds_);
-    } else {
-        for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
-            views_[size_t(l)] = seeds_->view(l, B);
-            seeds_->arenas(l).zero_grads();
-        }
-        r = model_->train_batch(features_batch(x_.data(), y_.data(), B), views_,
-                                telemetry_->step_accums());
-        if (dist_) {
-            dist_->reduce_gradients();
-            dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
-        }
-        telemetry_->record_blueprint_grads(*seeds_);
+    // CUDA runs the update too (one graph); a governor trip below restores the last-known-good
+    // state over it.
+    StepResult r = backend_->run_step(features_batch(x_.data(), y_.data(), B), rates, *telemetry_);
+    if (dist_) {
+        dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
+        r.finite = r.finite && std::isfinite(r.loss);
     }
+    telemetry_->record_blueprint_grads(*seeds_);
     double loss = r.loss;
+    bool finite = r.finite;
     if (governor_.inject_nan(s)) {
+        // The host gradient is read by the CPU update only (the CUDA step keeps its own).
         loss = std::nan("");
-        if (!gpu_) (*model_->params().front().grad)[0] = std::nanf("");
+        (*model_->params().front().grad)[0] = std::nanf("");
         finite = false;
-    }
-    if (!gpu_) {
-        for (const ParamRef& p : model_->params()) finite = finite && all_finite(p.grad->span());
-        for (int32_t l = 0; l < seeds_->num_layers() && finite; ++l)
-            for (int k = 0; k < kNumBlueprintKinds; ++k)
-                finite = finite && all_finite(seeds_->arenas(l).all_grads(BlueprintKind(k)));
     }
 
     out.loss = loss;
@@ -194,18 +140,13 @@ TrainStep Trainer::step() {
                      " restoring step ", last_good_.step);
         restore(last_good_, false);
         const int64_t moved = seeds_->governor_rollback(last_good_seeds_, governor_.last_reason());
-        if (gpu_) gpu_->upload_all();
+        backend_->upload_all();
         ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "governor rolled_back_seeds=", moved);
         StepMetrics m;
         m.loss = governor_.window().empty() ? 0.0 : governor_.window().back();
         seeds_->on_step_end(s, m);
     } else {
-        if (gpu_) {
-            gpu_->commit_step();
-        } else {
-            optimizer_->step_host(out.lr);
-            optimizer_->step_blueprints(*seeds_, bp_lr);
-        }
+        backend_->commit_step(rates);
         const StepMetrics m = telemetry_->end_step(loss, *seeds_);
         seeds_->on_step_end(s, m);
         epoch_loss_sum_ += loss;
@@ -214,7 +155,7 @@ TrainStep Trainer::step() {
     step_ = s + 1;
     out.step = step_;
     if (vitals == Vitals::kOk && governor_.snapshot_due(step_)) {
-        if (gpu_) gpu_->download_all();
+        backend_->download_all();
         capture(last_good_);
         last_good_seeds_ = seeds_->snapshot();
     }
@@ -235,7 +176,6 @@ EvalResult Trainer::evaluate() {
     EvalResult e;
     e.step = step_;
     e.epoch = step_ / sampler_->batches_per_epoch();
-    std::vector<kernels::SeedLayerView> views(size_t(seeds_->num_layers()));
     double loss_sum = 0.0;
     int64_t correct = 0;
     std::vector<int64_t> idx;
@@ -248,15 +188,7 @@ EvalResult Trainer::evaluate() {
         x.resize(size_t(b * te.features));
         y.resize(size_t(b));
         gather_batch(te, idx, x.data(), y.data());
-        BatchResult r;
-        if (gpu_) {
-            gpu_->sync_structure();
-            r = gpu_->eval_batch(x.data(), y.data(), int32_t(b));
-        } else {
-            for (int32_t l = 0; l < seeds_->num_layers(); ++l)
-                views[size_t(l)] = seeds_->view(l, int32_t(b));
-            r = model_->eval_batch(features_batch(x.data(), y.data(), int32_t(b)), views);
-        }
+        const BatchResult r = backend_->eval_batch(features_batch(x.data(), y.data(), int32_t(b)));
         loss_sum += r.loss * double(b);
         correct += r.correct;
     }
@@ -293,7 +225,7 @@ void Trainer::run() {
         if (dist_) {
             // CUDA: host parameters are refreshed only on download; the digest needs them.
             const int64_t every = config_.run.digest_every_steps;
-            if (gpu_ && every > 0 && step_ % every == 0) gpu_->download_all();
+            if (every > 0 && step_ % every == 0) backend_->download_all();
             dist_->after_step(step_);
         }
         const int64_t interval = config_.run.telemetry_interval_steps;
@@ -387,7 +319,7 @@ void Trainer::restore(const CheckpointData& in, bool with_seeds) {
 }
 
 void Trainer::save_checkpoint(const fs::path& dir, const CheckpointWriteOptions& opt) {
-    if (gpu_) gpu_->download_all();
+    backend_->download_all();
     CheckpointData data;
     capture(data);
     write_checkpoint(dir, data, opt);
@@ -397,7 +329,7 @@ void Trainer::save_checkpoint(const fs::path& dir, const CheckpointWriteOptions&
 void Trainer::load_checkpoint(const fs::path& dir) {
     const CheckpointData data = read_checkpoint(dir);
     restore(data, true);
-    if (gpu_) gpu_->upload_all();
+    backend_->upload_all();
     capture(last_good_);
     last_good_seeds_ = seeds_->snapshot();
     ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "resumed step=", step_, " from ", dir.string());

@@ -1,6 +1,7 @@
-// Trainer: the training loop on the CPU backend. Owns data, model, seed manager, optimizer,
-// telemetry and governor; step() runs one optimizer step (forward, loss, backward, vitals,
-// update, lifecycle step end), evaluate() the test split. The standalone agent and later the bus
+// Trainer: the training step of a run. Owns data, model, seed manager, optimizer, telemetry,
+// governor and the step backend (CPU or CUDA, step_backend.h); step() runs one optimizer step
+// (forward, loss, backward, vitals, update, lifecycle step end) on one path whatever the device,
+// evaluate() the test split. The standalone agent and later the bus
 // agent drive it through step(), apply(command) and collect_telemetry(); both call apply only
 // between steps. Step numbers: a checkpoint at step N and the metrics line "step": N are taken
 // after N optimizer steps. Writes `metrics.jsonl` and `events.jsonl` under run_dir when set.
@@ -24,6 +25,7 @@
 #include "kasmina/train/optimizer.h"
 #include "kasmina/lifecycle/seed_manager.h"
 #include "kasmina/lifecycle/telemetry.h"
+#include "kasmina/train/step_backend.h"
 
 namespace esper::kasmina {
 
@@ -83,11 +85,6 @@ struct TrainerOptions {
     int64_t eval_batch = 1000;
 };
 
-// Whether a run of this config trains on the GPU: run.device resolved as resolve_use_cuda does,
-// except that widening blueprints (blueprints.input: layer) have CPU kernels only — `auto` then
-// means the CPU and `cuda` is an error.
-bool trainer_uses_cuda(const Config& config);
-
 class Trainer {
 public:
     Trainer(const Config& config, TrainerOptions options = {});
@@ -124,14 +121,13 @@ public:
 
     Model& model() { return *model_; }
     SeedManager& seeds() { return *seeds_; }
-    Optimizer& optimizer() { return *optimizer_; }
     const Governor& governor() const { return governor_; }
-    Telemetry& telemetry() { return *telemetry_; }
-    // run.device resolved at construction: the CUDA backend (kasmina/cuda_backend.h) or null
-    // (CPU). On CUDA, model() parameters and optimizer() state on the host are refreshed only
-    // at snapshots and checkpoints; blueprint slots in use after every step.
-    CudaBackend* cuda() { return gpu_.get(); }
-    bool uses_cuda() const { return gpu_ != nullptr; }
+    // run.device resolved at construction (make_step_backend). On CUDA, model() parameters and
+    // optimizer state on the host are refreshed only at snapshots and checkpoints; blueprint
+    // slots in use after every step.
+    StepBackend& backend() { return *backend_; }
+    // The CUDA backend's own knobs (kasmina/train/cuda_backend.h), null on the CPU.
+    CudaBackend* cuda() { return backend_->cuda(); }
     // The data-parallel glue when world > 1 (null otherwise).
     DistributedSync* distributed() { return dist_.get(); }
     // Host + live blueprint parameters.
@@ -159,13 +155,12 @@ private:
     std::unique_ptr<Telemetry> telemetry_;
     Governor governor_;
     std::unique_ptr<Sampler> sampler_;
-    std::unique_ptr<CudaBackend> gpu_;
     std::unique_ptr<DistributedSync> dist_;
+    std::unique_ptr<StepBackend> backend_;  // after what it refers to: destroyed first
     int64_t total_steps_ = 0;
     int64_t step_ = 0;
     AlignedVector<float> x_;
     std::vector<int32_t> y_;
-    std::vector<kernels::SeedLayerView> views_;
     CheckpointData last_good_;
     SeedManagerSnapshot last_good_seeds_;
     std::FILE* metrics_ = nullptr;

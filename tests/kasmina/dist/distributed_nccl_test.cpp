@@ -38,7 +38,7 @@ using esper::kasmina::test::make;
 namespace {
 
 void require_two_devices() {
-    if (CudaBackend::device_count() < 2) {
+    if (cuda_device_count() < 2) {
         std::fprintf(stderr, "skipped: fewer than 2 CUDA devices\n");
         std::exit(4);
     }
@@ -170,7 +170,7 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
         o.nccl = &nccl;
         if (r == 0) o.before_step = std::ref(script);
         Trainer t(c, o);
-        if (!t.uses_cuda()) throw std::runtime_error("trainer did not take the CUDA backend");
+        if (t.cuda() == nullptr) throw std::runtime_error("trainer did not take the CUDA backend");
         t.run();  // digests compared every 5 steps (host copies downloaded first)
         res[size_t(r)] = summarize(t);
     }, errors);
