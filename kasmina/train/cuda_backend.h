@@ -7,7 +7,9 @@
 // with launch_seed_state_update and uploads newly initialised blueprint slots at step boundaries.
 // Host-side copies of parameters/optimizer state are refreshed only by download_all() (snapshots,
 // checkpoints); blueprint slots in use are refreshed after every step. This header has no CUDA
-// types, so it compiles in CPU-only builds (where constructing a CudaBackend throws).
+// types; the class is defined only in CUDA builds (cuda_backend.cpp), so code that calls its
+// methods (tests, benchmarks) builds only there. Every handle it holds has an RAII owner
+// (cuda_handles.h, NcclComm).
 #pragma once
 
 #include <cstdint>
