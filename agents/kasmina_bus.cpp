@@ -104,7 +104,7 @@ public:
                           .reliability = bus::Reliability::kControl}),
           worker_(ctx_, {.endpoint = o.rpc_endpoint, .name = name_, .run_id = o.run_id}) {}
 
-    // Called by the trainer between optimizer steps.
+    // At every step boundary, before Trainer::boundary().
     void boundary() {
         if (stop_.load()) trainer_.request_stop();
         absorb_last_step();
@@ -128,7 +128,7 @@ public:
     }
 
     // Adds the newest step to the run-status window once (the window closes in on_telemetry,
-    // which runs after the step and before the next boundary).
+    // which runs after the step when telemetry is due, before the next boundary).
     void absorb_last_step() {
         const TrainStep& s = trainer_.last_step();
         if (s.step <= last_seen_step_) return;
@@ -333,40 +333,34 @@ private:
 
 }  // namespace
 
-int run_kasmina_bus(const Config& config, TrainerOptions trainer_options, const KasminaBusOptions& options,
+int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
                     const std::atomic<bool>& stop) {
-    std::unique_ptr<KasminaBusAgent> agent;
-    trainer_options.before_step = [&agent](Trainer&) { agent->boundary(); };
-    trainer_options.on_telemetry = [&agent](Trainer&, std::vector<SeedTelemetryRecord>&& r) {
-        agent->on_telemetry(std::move(r));
-    };
-    Trainer trainer(config, trainer_options);
-    if (!options.resume.empty()) {
-        trainer.load_checkpoint(options.resume);
-        ESPER_LOG_INFO(log(), "resumed from=", options.resume, " step=", trainer.steps_done());
-    }
-    agent = std::make_unique<KasminaBusAgent>(trainer, options, stop);
+    KasminaBusAgent agent(trainer, options, stop);
     ESPER_LOG_INFO(log(), "run=", options.run_id, " rank=", options.rank, " steps=", trainer.total_steps(),
                    " rpc=", options.rpc_endpoint, " pub=", options.pub_endpoint);
-    std::printf("data: %s; %lld steps (%lld per epoch), %lld host parameters\n",
-                trainer.data().description.c_str(), (long long)trainer.total_steps(),
-                (long long)trainer.steps_per_epoch(), (long long)trainer.model().param_count());
-    std::fflush(stdout);
-    agent->boundary();  // register and publish the initial state before the first step
-    trainer.run();
+    agent.boundary();  // register and publish the initial state before the first step
+    while (!trainer.done()) {
+        agent.boundary();  // commands, events, heartbeat; a stop signal becomes request_stop
+        if (!trainer.boundary()) break;
+        trainer.step();
+        StepReport due = trainer.after_step();
+        if (due.telemetry) agent.on_telemetry(std::move(*due.telemetry));
+        if (due.epoch) print_epoch_summary(*due.epoch);
+    }
     if (options.world > 1)  // before the last boundary: commands applied there reach rank 0 only
         ESPER_LOG_INFO(log(), "rank=", options.rank, " world=", options.world, " step=",
                        trainer.steps_done(), " final digest=", trainer.seeds().digest());
-    agent->boundary();  // events of the last step, commands that arrived during it
+    agent.boundary();  // events of the last step, commands that arrived during it
     if (trainer.stop_requested()) {
         // A stop between epochs: evaluate what we have so the run directory ends with a test line.
         const EvalResult e = trainer.evaluate();
         std::printf("stopped at step %lld: test_loss %.4f test_accuracy %.4f\n",
                     (long long)trainer.steps_done(), e.loss, e.accuracy);
     }
-    if (options.rank == 0) agent->publish_run_status();
-    if (options.rank == 0 && !trainer_options.run_dir.empty()) {
-        fs::path dir = fs::path(trainer_options.run_dir) / "checkpoints" / std::to_string(trainer.steps_done());
+    if (options.rank == 0) agent.publish_run_status();
+    if (options.rank == 0 && !options.run_dir.empty()) {
+        fs::path dir =
+            fs::path(options.run_dir) / "checkpoints" / std::to_string(trainer.steps_done());
         if (!fs::exists(dir)) trainer.save_checkpoint(dir);
         std::printf("final checkpoint %s\n", dir.c_str());
     }

@@ -109,7 +109,32 @@ std::string default_run_dir() {
     return "runs/kasmina-" + std::to_string(wall_time_ns() / 1000000000);
 }
 
+// --germinate: operator commands applied at the boundary before their step.
+void apply_germinations(Trainer& t, const std::vector<Germination>& germs) {
+    for (const Germination& g : germs) {
+        if (g.step != t.steps_done()) continue;
+        Command c;
+        c.origin = TransitionOrigin::kOperator;
+        c.reason = "--germinate";
+        c.body = g.command;
+        const Outcome o = t.apply(c);
+        if (!o.applied())
+            ESPER_LOG_AT(logger("kasmina"), LogLevel::kWarn,
+                         "germinate layer=", g.command.target.layer,
+                         " seed=", g.command.target.seed, " rejected: ", o.reason);
+    }
+}
+
 }  // namespace
+
+void print_epoch_summary(const EpochSummary& s) {
+    std::printf(
+        "epoch %lld  step %lld  train_loss %.4f  test_loss %.4f  test_acc %.4f  "
+        "live_seeds %lld  params %lld  %.1fs\n",
+        (long long)s.epoch, (long long)s.step, s.train_loss, s.test.loss, s.test.accuracy,
+        (long long)s.active_seeds, (long long)s.param_count, s.seconds);
+    std::fflush(stdout);
+}
 
 int kasmina_main(int argc, char** argv) {
     cli::Parser p("esper kasmina", "Run the Kasmina executor (training with seed layers).");
@@ -262,46 +287,11 @@ int kasmina_main(int argc, char** argv) {
         ESPER_THROW(kInvalidInput, "world ", ri.world, ": this build has no Gloo (libgloo-dev)");
 #endif
     }
-    opt.on_epoch = [](const EpochSummary& s) {
-        std::printf("epoch %lld  step %lld  train_loss %.4f  test_loss %.4f  test_acc %.4f  "
-                    "live_seeds %lld  params %lld  %.1fs\n",
-                    (long long)s.epoch, (long long)s.step, s.train_loss, s.test.loss, s.test.accuracy,
-                    (long long)s.active_seeds, (long long)s.param_count, s.seconds);
-        std::fflush(stdout);
-    };
-    opt.before_step = [&germs](Trainer& t) {
-        for (const Germination& g : germs) {
-            if (g.step != t.steps_done()) continue;
-            Command c;
-            c.origin = TransitionOrigin::kOperator;
-            c.reason = "--germinate";
-            c.body = g.command;
-            const Outcome o = t.apply(c);
-            if (!o.applied())
-                ESPER_LOG_AT(logger("kasmina"), LogLevel::kWarn, "germinate layer=", g.command.target.layer,
-                             " seed=", g.command.target.seed, " rejected: ", o.reason);
-        }
-    };
     struct sigaction sa {};
     sa.sa_handler = on_stop_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
-
-    if (!standalone.on()) {
-        KasminaBusOptions bo;
-        bo.rpc_endpoint = bus_rpc.str();
-        bo.pub_endpoint = bus_pub.str();
-        bo.run_id = run_id.given() ? run_id.str() : fs::path(dir).filename().string();
-        bo.rank = ri.rank;
-        bo.world = ri.world;
-        bo.resume = resume.given() ? resume.str() : "";
-        return run_kasmina_bus(config, opt, bo, g_stop);
-    }
-    opt.before_step = [before = opt.before_step](Trainer& t) {
-        if (g_stop.load()) t.request_stop();
-        before(t);
-    };
 
     Stopwatch clock;
     Trainer trainer(config, opt);
@@ -313,7 +303,25 @@ int kasmina_main(int argc, char** argv) {
         std::printf("resumed from %s at step %lld\n", resume.str().c_str(),
                     (long long)trainer.steps_done());
     }
-    trainer.run();
+    std::fflush(stdout);
+    if (!standalone.on()) {
+        KasminaBusOptions bo;
+        bo.rpc_endpoint = bus_rpc.str();
+        bo.pub_endpoint = bus_pub.str();
+        bo.run_id = run_id.given() ? run_id.str() : fs::path(dir).filename().string();
+        bo.rank = ri.rank;
+        bo.world = ri.world;
+        bo.run_dir = dir;
+        return run_kasmina_bus(trainer, bo, g_stop);
+    }
+    while (!trainer.done()) {
+        if (g_stop.load()) trainer.request_stop();
+        apply_germinations(trainer, germs);
+        if (!trainer.boundary()) break;
+        trainer.step();
+        const StepReport due = trainer.after_step();
+        if (due.epoch) print_epoch_summary(*due.epoch);
+    }
     if (trainer.stop_requested()) {
         fs::path ck = fs::path(dir) / "checkpoints" / std::to_string(trainer.steps_done());
         if (ri.is_leader() && !fs::exists(ck)) trainer.save_checkpoint(ck);

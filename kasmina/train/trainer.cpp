@@ -214,53 +214,54 @@ void Trainer::write_eval(const EvalResult& r) {
                        num(r.accuracy) + "}");
 }
 
-void Trainer::run() {
-    const int64_t spe = sampler_->batches_per_epoch();
-    Stopwatch epoch_clock;
-    while (!done()) {
-        if (options_.before_step) options_.before_step(*this);
-        if (dist_ && dist_->sync_boundary(stop_requested_)) stop_requested_ = true;
-        if (stop_requested_) break;
-        step();
-        if (dist_) {
-            // CUDA: host parameters are refreshed only on download; the digest needs them.
-            const int64_t every = config_.run.digest_every_steps;
-            if (every > 0 && step_ % every == 0) backend_->download_all();
-            dist_->after_step(step_);
-        }
-        const int64_t interval = config_.run.telemetry_interval_steps;
-        if (interval > 0 && step_ % interval == 0) {
-            std::vector<SeedTelemetryRecord> records = collect_telemetry();
-            if (options_.on_telemetry) options_.on_telemetry(*this, std::move(records));
-        }
-        const bool epoch_end = step_ % spe == 0 || done();
-        const int64_t every = config_.run.eval_every_steps;
-        if (epoch_end || (every > 0 && step_ % every == 0)) {
-            const EvalResult e = evaluate();
-            write_eval(e);
-            if (epoch_end && options_.on_epoch) {
-                EpochSummary sum;
-                sum.epoch = (step_ + spe - 1) / spe;
-                sum.step = step_;
-                sum.train_loss = epoch_loss_steps_ ? epoch_loss_sum_ / double(epoch_loss_steps_) : 0.0;
-                sum.test = e;
-                sum.seconds = epoch_clock.elapsed_s();
-                for (int32_t l = 0; l < seeds_->num_layers(); ++l)
-                    sum.active_seeds += seeds_->table(l).count_active() +
-                                        seeds_->table(l).count_in_stage(SeedStage::kFossilized);
-                sum.param_count = param_count();
-                options_.on_epoch(sum);
-            }
-            if (epoch_end) {
-                epoch_loss_sum_ = 0.0;
-                epoch_loss_steps_ = 0;
-                epoch_clock.reset();
-            }
-        }
-        const int64_t ck = config_.run.checkpoint_every_steps;
-        if (ck > 0 && step_ % ck == 0 && !options_.run_dir.empty())
-            save_checkpoint(fs::path(options_.run_dir) / "checkpoints" / std::to_string(step_));
+bool Trainer::boundary() {
+    if (!loop_started_) {
+        loop_started_ = true;
+        epoch_clock_.reset();
     }
+    if (dist_ && dist_->sync_boundary(stop_requested_)) stop_requested_ = true;
+    return !stop_requested_;
+}
+
+StepReport Trainer::after_step() {
+    StepReport due;
+    if (dist_) {
+        // CUDA: host parameters are refreshed only on download; the digest needs them.
+        const int64_t every = config_.run.digest_every_steps;
+        if (every > 0 && step_ % every == 0) backend_->download_all();
+        dist_->after_step(step_);
+    }
+    const int64_t interval = config_.run.telemetry_interval_steps;
+    if (interval > 0 && step_ % interval == 0) due.telemetry = collect_telemetry();
+    const int64_t spe = sampler_->batches_per_epoch();
+    const bool epoch_end = step_ % spe == 0 || done();
+    const int64_t every = config_.run.eval_every_steps;
+    if (epoch_end || (every > 0 && step_ % every == 0)) {
+        due.eval = evaluate();
+        write_eval(*due.eval);
+        if (epoch_end) {
+            EpochSummary sum;
+            sum.epoch = (step_ + spe - 1) / spe;
+            sum.step = step_;
+            sum.train_loss = epoch_loss_steps_ ? epoch_loss_sum_ / double(epoch_loss_steps_) : 0.0;
+            sum.test = *due.eval;
+            sum.seconds = epoch_clock_.elapsed_s();
+            for (int32_t l = 0; l < seeds_->num_layers(); ++l)
+                sum.active_seeds += seeds_->table(l).count_active() +
+                                    seeds_->table(l).count_in_stage(SeedStage::kFossilized);
+            sum.param_count = param_count();
+            due.epoch = sum;
+            epoch_loss_sum_ = 0.0;
+            epoch_loss_steps_ = 0;
+            epoch_clock_.reset();
+        }
+    }
+    const int64_t ck = config_.run.checkpoint_every_steps;
+    if (ck > 0 && step_ % ck == 0 && !options_.run_dir.empty()) {
+        due.checkpoint = fs::path(options_.run_dir) / "checkpoints" / std::to_string(step_);
+        save_checkpoint(*due.checkpoint);
+    }
+    return due;
 }
 
 // ---- state capture / restore (checkpoints and the governor's last-known-good) ----

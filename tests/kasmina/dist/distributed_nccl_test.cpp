@@ -11,6 +11,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -18,7 +19,6 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
-#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -26,10 +26,11 @@
 #include "core/cuda_check.h"
 #include "kasmina/dist/collectives_gloo.h"
 #include "kasmina/dist/collectives_nccl.h"
-#include "kasmina/train/cuda_backend.h"
 #include "kasmina/dist/distributed.h"
-#include "tests/kasmina/dist/dist_test_util.h"
+#include "kasmina/train/cuda_backend.h"
 #include "kasmina/train/trainer.h"
+#include "tests/kasmina/dist/dist_test_util.h"
+#include "tests/kasmina/train/loop_test_util.h"
 
 using namespace esper;
 using namespace esper::kasmina;
@@ -168,10 +169,11 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
         o.world = world;
         o.collectives = &gloo;
         o.nccl = &nccl;
-        if (r == 0) o.before_step = std::ref(script);
         Trainer t(c, o);
         if (t.cuda() == nullptr) throw std::runtime_error("trainer did not take the CUDA backend");
-        t.run();  // digests compared every 5 steps (host copies downloaded first)
+        std::function<void(Trainer&)> before;
+        if (r == 0) before = std::ref(script);
+        test::run_loop(t, before);  // digests compared every 5 steps (host copies downloaded first)
         res[size_t(r)] = summarize(t);
     }, errors);
     for (int r = 0; r < world; ++r) {

@@ -15,8 +15,9 @@
 #include "core/error.h"
 #include "kasmina/dist/collectives_gloo.h"
 #include "kasmina/dist/distributed.h"
-#include "tests/kasmina/dist/dist_test_util.h"
 #include "kasmina/train/trainer.h"
+#include "tests/kasmina/dist/dist_test_util.h"
+#include "tests/kasmina/train/loop_test_util.h"
 
 using namespace esper::kasmina;
 using esper::kasmina::test::make;
@@ -111,9 +112,10 @@ std::vector<RankResult> train_ranks(const Config& config, int world, Script* scr
                 o.rank = r;
                 o.world = world;
                 o.collectives = &comm;
-                if (r == 0 && script != nullptr) o.before_step = std::ref(*script);
                 Trainer t(config, o);
-                t.run();
+                std::function<void(Trainer&)> before;
+                if (r == 0 && script != nullptr) before = std::ref(*script);
+                test::run_loop(t, before);
                 results[size_t(r)] = summarize(t);
             } catch (...) {
                 errors[size_t(r)] = std::current_exception();
@@ -172,10 +174,8 @@ TEST_CASE("two gloo ranks match a single-rank run on the same global batch", "[k
         train_ranks(dist_config(kLocalBatch), world, &dist_script, errors);
     for (auto& e : errors) REQUIRE(!e);
 
-    TrainerOptions o;
-    o.before_step = std::ref(single_script);
-    Trainer single(dist_config(int64_t(kLocalBatch) * world), o);
-    single.run();
+    Trainer single(dist_config(int64_t(kLocalBatch) * world));
+    test::run_loop(single, std::ref(single_script));
     const RankResult one = summarize(single);
 
     CHECK(dist_script.log == single_script.log);

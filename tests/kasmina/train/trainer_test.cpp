@@ -2,8 +2,10 @@
 // to a run without the seed while the seed learns), governor rollback through the NaN knob,
 // bit-identical resume from a checkpoint, checkpoint refusal through the trainer, and (slow) the
 // Fashion-MNIST accuracy target.
-#include <catch2/catch.hpp>
+#include "kasmina/train/trainer.h"
+
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -11,7 +13,7 @@
 
 #include "core/error.h"
 #include "kasmina/model/mlp.h"
-#include "kasmina/train/trainer.h"
+#include "tests/kasmina/train/loop_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace esper::kasmina;
@@ -281,9 +283,8 @@ TEST_CASE("the run writes metrics.jsonl train and test lines", "[kasmina][traine
     TrainerOptions opt;
     opt.run_dir = dir.string();
     int epochs_seen = 0;
-    opt.on_epoch = [&](const EpochSummary&) { ++epochs_seen; };
     Trainer t(c, opt);
-    t.run();
+    test::run_loop(t, {}, [&](const StepReport& due) { epochs_seen += due.epoch ? 1 : 0; });
     const auto lines = read_lines(dir / "metrics.jsonl");
     int train = 0, test = 0;
     for (const std::string& l : lines) {
@@ -308,7 +309,7 @@ TEST_CASE("Fashion-MNIST example reaches 0.83 test accuracy in two epochs", "[ka
     c.run.epochs = 2;
     c.run.max_steps = 0;
     Trainer t(c);
-    t.run();
+    test::run_loop(t);
     const EvalResult e = t.evaluate();
     INFO("test accuracy " << e.accuracy);
     CHECK(e.accuracy >= 0.83);
