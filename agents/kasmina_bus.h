@@ -22,6 +22,7 @@ struct KasminaBusOptions {
     int rank = 0;
     int world = 1;             // > 1: rank 0 serves commands, the others train and heartbeat
     std::string run_dir;       // where the final checkpoint goes ("" = none)
+    std::string config_path;   // the run config file (published with the effective config)
 };
 
 // Trains until the trainer is done or `stop` becomes true; rank 0 writes a final checkpoint
