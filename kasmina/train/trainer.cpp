@@ -2,7 +2,6 @@
 #include "kasmina/train/trainer.h"
 
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 
 #include "core/check.h"
@@ -18,13 +17,6 @@ namespace {
 
 Logger& trainer_log() { return logger("kasmina.trainer"); }
 
-std::string num(double v) {
-    if (!std::isfinite(v)) return "null";
-    char buf[40];
-    std::snprintf(buf, sizeof(buf), "%.17g", v);
-    return buf;
-}
-
 }  // namespace
 
 Trainer::Trainer(const Config& config, TrainerOptions options)
@@ -36,9 +28,7 @@ Trainer::Trainer(const Config& config, DataSplits data, TrainerOptions options)
     init();
 }
 
-Trainer::~Trainer() {
-    if (metrics_ != nullptr) std::fclose(metrics_);
-}
+Trainer::~Trainer() = default;
 
 void Trainer::init() {
     const Dataset& tr = data_.train;
@@ -50,9 +40,7 @@ void Trainer::init() {
     if (!options_.run_dir.empty()) {
         fs::create_directories(options_.run_dir);
         events_ = std::make_unique<EventLog>((fs::path(options_.run_dir) / "events.jsonl").string());
-        const std::string mpath = (fs::path(options_.run_dir) / "metrics.jsonl").string();
-        metrics_ = std::fopen(mpath.c_str(), "a");
-        if (metrics_ == nullptr) ESPER_THROW(kFailed, mpath, ": cannot open: ", std::strerror(errno));
+        metrics_ = std::make_unique<MetricsLog>(fs::path(options_.run_dir) / "metrics.jsonl");
     }
     seeds_ = std::make_unique<SeedManager>(seed_manager_config(config_), model_->seed_layer_widths(), events_.get(),
                                            model_->seed_layer_inputs());
@@ -161,12 +149,11 @@ TrainStep Trainer::step() {
     }
     const double secs = sw.elapsed_s();
     out.samples_per_s = secs > 0 ? double(B) * options_.world / secs : 0.0;
-    write_metrics_line("{\"step\":" + std::to_string(out.step) + ",\"epoch\":" +
-                       std::to_string(out.epoch) + ",\"split\":\"train\",\"loss\":" + num(out.loss) +
-                       ",\"lr\":" + num(out.lr) + ",\"samples_per_s\":" + num(out.samples_per_s) +
-                       ",\"host_params\":" + std::to_string(model_->param_count()) +
-                       ",\"blueprint_params\":" + std::to_string(param_count() - model_->param_count()) +
-                       ",\"total_steps\":" + std::to_string(total_steps_) + "}");
+    if (metrics_) {
+        const int64_t host = model_->param_count();
+        metrics_->write(TrainMetrics{out.step, out.epoch, out.loss, out.lr, out.samples_per_s, host,
+                                     param_count() - host, total_steps_});
+    }
     last_step_ = out;
     return out;
 }
@@ -201,19 +188,6 @@ EvalResult Trainer::evaluate() {
 
 std::vector<SeedTelemetryRecord> Trainer::collect_telemetry() { return telemetry_->collect(*seeds_); }
 
-void Trainer::write_metrics_line(const std::string& line) {
-    if (metrics_ == nullptr) return;
-    std::fputs(line.c_str(), metrics_);
-    std::fputc('\n', metrics_);
-    std::fflush(metrics_);
-}
-
-void Trainer::write_eval(const EvalResult& r) {
-    write_metrics_line("{\"step\":" + std::to_string(r.step) + ",\"epoch\":" + std::to_string(r.epoch) +
-                       ",\"split\":\"test\",\"loss\":" + num(r.loss) + ",\"accuracy\":" +
-                       num(r.accuracy) + "}");
-}
-
 bool Trainer::boundary() {
     if (!loop_started_) {
         loop_started_ = true;
@@ -238,7 +212,9 @@ StepReport Trainer::after_step() {
     const int64_t every = config_.run.eval_every_steps;
     if (epoch_end || (every > 0 && step_ % every == 0)) {
         due.eval = evaluate();
-        write_eval(*due.eval);
+        if (metrics_)
+            metrics_->write(
+                TestMetrics{due.eval->step, due.eval->epoch, due.eval->loss, due.eval->accuracy});
         if (epoch_end) {
             EpochSummary sum;
             sum.epoch = (step_ + spe - 1) / spe;

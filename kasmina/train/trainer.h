@@ -10,7 +10,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -21,6 +20,7 @@
 #include "kasmina/io/checkpoint.h"
 #include "kasmina/io/config.h"
 #include "kasmina/io/event_log.h"
+#include "kasmina/io/metrics_log.h"
 #include "kasmina/lifecycle/command.h"
 #include "kasmina/lifecycle/governor.h"
 #include "kasmina/lifecycle/seed_manager.h"
@@ -160,8 +160,6 @@ private:
     void capture(CheckpointData& out) const;
     // Restores parameters/optimizer/arenas (and, when `with_seeds`, seed tables and step).
     void restore(const CheckpointData& in, bool with_seeds);
-    void write_metrics_line(const std::string& line);
-    void write_eval(const EvalResult& r);
 
     Config config_;
     TrainerOptions options_;
@@ -181,7 +179,7 @@ private:
     std::vector<int32_t> y_;
     CheckpointData last_good_;
     SeedManagerSnapshot last_good_seeds_;
-    std::FILE* metrics_ = nullptr;
+    std::unique_ptr<MetricsLog> metrics_;  // metrics.jsonl (rank 0 with a run_dir)
     double epoch_loss_sum_ = 0.0;
     int64_t epoch_loss_steps_ = 0;
     Stopwatch epoch_clock_;  // from the first boundary() or the last epoch end
