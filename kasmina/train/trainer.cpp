@@ -112,7 +112,7 @@ TrainStep Trainer::step() {
     telemetry_->record_blueprint_grads(*seeds_);
     double loss = r.loss;
     bool finite = r.finite;
-    if (governor_.inject_nan(s)) {
+    if (config_.faults.nan_at_step == s) {
         // The host gradient is read by the CPU update only (the CUDA step keeps its own).
         loss = std::nan("");
         (*model_->params().front().grad)[0] = std::nanf("");
@@ -295,10 +295,12 @@ void Trainer::restore(const CheckpointData& in, bool with_seeds) {
     seeds_->load_state(in.bytes("seeds"));
 }
 
-void Trainer::save_checkpoint(const fs::path& dir, const CheckpointWriteOptions& opt) {
+void Trainer::save_checkpoint(const fs::path& dir) {
     backend_->download_all();
     CheckpointData data;
     capture(data);
+    CheckpointWriteOptions opt;
+    opt.crash_after_files = int(config_.faults.checkpoint_crash_after_files);
     write_checkpoint(dir, data, opt);
     ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "checkpoint step=", step_, " dir=", dir.string());
 }

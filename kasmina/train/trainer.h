@@ -133,7 +133,8 @@ public:
     Outcome apply(const Command& command);
     std::vector<SeedTelemetryRecord> collect_telemetry();
 
-    void save_checkpoint(const std::filesystem::path& dir, const CheckpointWriteOptions& opt = {});
+    // faults.checkpoint_crash_after_files makes it throw midway (test-only).
+    void save_checkpoint(const std::filesystem::path& dir);
     // Restores everything a bit-identical continuation needs; throws on integrity/shape errors.
     void load_checkpoint(const std::filesystem::path& dir);
 

@@ -170,7 +170,7 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
 TEST_CASE("the governor rolls back on an injected NaN and training continues",
           "[kasmina][trainer][governor]") {
     Config c = small_config();
-    c.governor.inject_nan_at_step = 34;
+    c.faults.nan_at_step = 34;
     c.governor.snapshot_every_steps = 20;
     const fs::path dir = temp_dir("gov");
     TrainerOptions opt;
@@ -273,6 +273,24 @@ TEST_CASE("the trainer refuses a tampered checkpoint or one of another model sha
     } catch (const esper::Error& e) {
         CHECK(e.kind() == esper::ErrorKind::kIntegrity);
     }
+    fs::remove_all(dir);
+}
+
+TEST_CASE("faults.checkpoint_crash_after_files fails a checkpoint write and keeps the old one",
+          "[kasmina][trainer][checkpoint]") {
+    Config c = small_config();
+    const fs::path dir = temp_dir("crash");
+    Trainer t(c);
+    for (int i = 0; i < 3; ++i) t.step();
+    t.save_checkpoint(dir / "ck");
+    Config crashing = c;
+    crashing.faults.checkpoint_crash_after_files = 1;
+    Trainer u(crashing);
+    for (int i = 0; i < 5; ++i) u.step();
+    CHECK_THROWS_WITH(u.save_checkpoint(dir / "ck"), Catch::Contains("simulated crash"));
+    Trainer r(c);
+    r.load_checkpoint(dir / "ck");
+    CHECK(r.steps_done() == 3);
     fs::remove_all(dir);
 }
 
