@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 #include <zmq.hpp>
 
 #include "bus/pubsub.h"
@@ -14,6 +15,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "kernels/seed_layer.h"
+#include "schemas/config.capnp.h"
 
 namespace esper::agents {
 namespace {
@@ -112,6 +114,7 @@ public:
             handle(req, rep);
         });
         publish_events();
+        publish_config(false);
         if (heartbeat_clock_.elapsed_ns() > 1'000'000'000) {
             heartbeat_clock_.reset();
             worker_.heartbeat();
@@ -125,6 +128,38 @@ public:
                 h.setState(trainer_.stop_requested() ? "stopping" : "training");
             });
         }
+    }
+
+    // The effective run config, once at startup (rank 0, control class) on config.<run>: the
+    // YAML (authoritative) and the fields a consumer routes on (schemas/config.capnp). It goes
+    // out at the first boundary that sees a subscriber of the topic connected (so one present at
+    // startup receives it), 2 s after startup without one, or when `now`; training never waits.
+    void publish_config(bool now) {
+        if (config_published_ || o_.rank != 0) return;  // every rank runs the same config
+        const std::string topic = "config." + o_.run_id;
+        if (!now && !control_.wait_for_subscriber(topic, 0) && uptime_.elapsed_ns() < 2'000'000'000)
+            return;
+        config_published_ = true;
+        const Config& c = trainer_.config();
+        const std::vector<int64_t> widths = trainer_.model().seed_layer_widths();
+        control_.publish(topic, [&](schema::Envelope::Payload::Builder p) {
+            auto rc = p.initRunConfig();
+            rc.setRunId(o_.run_id);
+            rc.setYaml(config_to_yaml(c));
+            rc.setSourcePath(o_.config_path);
+            rc.setBackend(std::string(trainer_.backend().name()));
+            rc.setSeed(c.run.seed);
+            rc.setSteps(static_cast<uint64_t>(trainer_.total_steps()));
+            rc.setBatchSize(static_cast<uint32_t>(c.data.batch_size));
+            rc.setWorldSize(static_cast<uint32_t>(o_.world));
+            rc.setTelemetryIntervalSteps(static_cast<uint32_t>(c.run.telemetry_interval_steps));
+            auto layers = rc.initLayers(static_cast<unsigned>(widths.size()));
+            for (size_t l = 0; l < widths.size(); ++l) {
+                layers[static_cast<unsigned>(l)].setWidth(static_cast<uint32_t>(widths[l]));
+                layers[static_cast<unsigned>(l)].setSeeds(
+                    static_cast<uint32_t>(trainer_.seeds().table(int32_t(l)).num_seeds()));
+            }
+        });
     }
 
     // Adds the newest step to the run-status window once (the window closes in on_telemetry,
@@ -326,6 +361,7 @@ private:
     bus::RpcWorker worker_;
     Stopwatch heartbeat_clock_, uptime_, interval_clock_;
     uint64_t last_telemetry_step_ = 0;
+    bool config_published_ = false;
     int64_t last_seen_step_ = 0;
     double loss_sum_ = 0;
     int64_t correct_sum_ = 0, samples_ = 0, loss_steps_ = 0;
@@ -350,6 +386,7 @@ int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
     if (options.world > 1)  // before the last boundary: commands applied there reach rank 0 only
         ESPER_LOG_INFO(log(), "rank=", options.rank, " world=", options.world, " step=",
                        trainer.steps_done(), " final digest=", trainer.seeds().digest());
+    agent.publish_config(true);  // a run shorter than the grace period still announces it
     agent.boundary();  // events of the last step, commands that arrived during it
     if (trainer.stop_requested()) {
         // A stop between epochs: evaluate what we have so the run directory ends with a test line.
