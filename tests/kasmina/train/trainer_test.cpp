@@ -294,6 +294,18 @@ TEST_CASE("faults.checkpoint_crash_after_files fails a checkpoint write and keep
     fs::remove_all(dir);
 }
 
+TEST_CASE("run.device cuda without a usable CUDA device is refused naming the field",
+          "[kasmina][trainer]") {
+    if (cuda_device_available()) {
+        WARN("a CUDA device is visible: nothing to refuse here");
+        return;
+    }
+    Config c = small_config();
+    c.run.device = "cuda";
+    // CUDA build without a device: "no CUDA device is visible"; CPU-only build: "no CUDA".
+    CHECK_THROWS_WITH(Trainer(c), Catch::Contains("run.device: cuda"));
+}
+
 TEST_CASE("the run writes metrics.jsonl train and test lines", "[kasmina][trainer]") {
     Config c = small_config();
     c.run.max_steps = 40;  // 32 steps per epoch: one epoch end + the final one
