@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/clock.h"
+#include "kasmina/io/state_codec.h"
 
 namespace esper::kasmina {
 
@@ -100,9 +101,9 @@ bool DistributedSync::sync_boundary(bool stop_requested) {
 void DistributedSync::broadcast_seed_state() {
     Stopwatch sw;
     Bytes image;
-    if (comm_.rank() == 0) image = seeds_.save_state();
+    if (comm_.rank() == 0) image = encode_seed_state(seeds_.snapshot());
     broadcast_bytes(comm_, image, 0);
-    if (comm_.rank() != 0) seeds_.load_state(image);
+    if (comm_.rank() != 0) seeds_.restore(decode_seed_state(image, "seed-state broadcast"));
     int64_t bytes = int64_t(image.size());
     for (int32_t l = 0; l < seeds_.num_layers(); ++l) {
         BlueprintArenas& a = seeds_.arenas(l);

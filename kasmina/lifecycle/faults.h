@@ -16,7 +16,7 @@ struct FaultInjection {
     // world > 1: this rank germinates a seed on its own once, a real seed-table divergence that
     // the digest comparison must catch.
     int64_t corrupt_digest_rank = -1;
-    // A checkpoint write throws after writing this many entry files, leaving its temporary
+    // A checkpoint write throws after writing this many tensor files, leaving its temporary
     // directory behind as a crashed writer would (CheckpointWriteOptions::crash_after_files).
     int64_t checkpoint_crash_after_files = -1;
     bool operator==(const FaultInjection&) const = default;

@@ -246,19 +246,16 @@ void Trainer::capture(CheckpointData& out) const {
     out = CheckpointData();
     out.step = step_;
     out.run_id = "seed-" + std::to_string(config_.run.seed);
-    out.put_text("config", config_to_yaml(config_));
-    ByteWriter w;
-    w.pod<int64_t>(step_);
-    w.pod<int64_t>(total_steps_);
-    w.pod<double>(epoch_loss_sum_);
-    w.pod<int64_t>(epoch_loss_steps_);
-    const std::vector<double> window(governor_.window().begin(), governor_.window().end());
-    w.array<double>(window);
-    w.pod<int64_t>(governor_.trips());
-    out.put("trainer", w.take());
+    out.config_yaml = config_to_yaml(config_);
+    out.trainer.step = step_;
+    out.trainer.total_steps = total_steps_;
+    out.trainer.epoch_loss_sum = epoch_loss_sum_;
+    out.trainer.epoch_loss_steps = epoch_loss_steps_;
+    out.trainer.governor_window.assign(governor_.window().begin(), governor_.window().end());
+    out.trainer.governor_trips = governor_.trips();
     for (const ParamRef& p : model_->params()) out.put_floats("param." + p.name, p.value->span());
     optimizer_->save(out);
-    out.put("seeds", seeds_->save_state());
+    out.seeds = seeds_->snapshot();
     for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
         const BlueprintArenas& a = seeds_->arenas(l);
         for (int k = 0; k < kNumBlueprintKinds; ++k) {
@@ -283,16 +280,14 @@ void Trainer::restore(const CheckpointData& in, bool with_seeds) {
         }
     }
     if (!with_seeds) return;
-    ByteReader r(in.bytes("trainer"), "trainer");
-    step_ = r.pod<int64_t>();
-    r.pod<int64_t>();  // total steps of the writer: this run's config decides
-    epoch_loss_sum_ = r.pod<double>();
-    epoch_loss_steps_ = r.pod<int64_t>();
-    const std::vector<double> window = r.array<double>();
-    const int64_t trips = r.pod<int64_t>();
-    r.expect_end();
-    governor_.set_window(std::deque<double>(window.begin(), window.end()), trips);
-    seeds_->load_state(in.bytes("seeds"));
+    seeds_->restore(in.seeds);  // first: it checks the shape before changing anything
+    // The writer's total steps are ignored: this run's config decides.
+    const TrainerScalars& t = in.trainer;
+    step_ = t.step;
+    epoch_loss_sum_ = t.epoch_loss_sum;
+    epoch_loss_steps_ = t.epoch_loss_steps;
+    governor_.set_window(std::deque<double>(t.governor_window.begin(), t.governor_window.end()),
+                         t.governor_trips);
 }
 
 void Trainer::save_checkpoint(const fs::path& dir) {

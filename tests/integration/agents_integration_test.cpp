@@ -248,7 +248,7 @@ TEST_CASE("esper run stops on SIGINT within seconds with a final checkpoint and 
     CHECK(fs::exists(dir / "run" / "report.html"));
     bool checkpoint = false;
     for (const auto& entry : fs::directory_iterator(dir / "run" / "checkpoints"))
-        checkpoint = checkpoint || fs::exists(entry.path() / "manifest.txt");
+        checkpoint = checkpoint || fs::exists(entry.path() / "manifest.bin");
     CHECK(checkpoint);
     CHECK_THAT(file_text(dir / "run.log"), Catch::Contains("run summary"));
     std::error_code ec;

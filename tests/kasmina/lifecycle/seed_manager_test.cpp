@@ -1,5 +1,5 @@
 // SeedManager: commands through the one validator, automatic transitions, auto gates, decision
-// timeouts, embargo, all-or-nothing batches, events.jsonl lines, state images and the governor's
+// timeouts, embargo, all-or-nothing batches, events.jsonl lines, snapshots and the governor's
 // rollback. Small minimum times keep every walk to a few dozen steps.
 #include "kasmina/lifecycle/seed_manager.h"
 
@@ -408,7 +408,7 @@ TEST_CASE("events.jsonl gets one flushed JSON line per transition", "[kasmina][s
                       Catch::Contains("/nonexistent-dir"));
 }
 
-TEST_CASE("the state image restores a manager that then continues identically",
+TEST_CASE("a snapshot restores a manager that then continues identically",
           "[kasmina][seed_manager]") {
     std::mt19937 rng(7);
     std::uniform_real_distribution<double> u(0.5, 1.0);
@@ -422,10 +422,15 @@ TEST_CASE("the state image restores a manager that then continues identically",
     REQUIRE(a.apply(germinate(1, 1, BlueprintKind::kLowrank)).applied());
     int64_t step = 0;
     for (; step < 6; ++step) a.on_step_end(step, metrics(a));
-    const std::vector<uint8_t> image = a.save_state();
+    const SeedManagerSnapshot snap = a.snapshot();
+    CHECK(snap.layers.size() == 2);
+    CHECK(snap.layers[1].rows[1].kind == BlueprintKind::kLowrank);
+    CHECK(snap.layers[1].measured[1].gradient_health.has_value());
+    CHECK(snap.loss_window.size() == 6);
 
     SeedManager b(seed_manager_config(cfg), {32, 20});
-    b.load_state(image);
+    b.restore(snap);
+    CHECK(b.snapshot() == snap);
     CHECK(b.digest() == a.digest());
     CHECK(b.next_step() == a.next_step());
     for (int k = 0; k < 3; ++k) {
@@ -438,17 +443,35 @@ TEST_CASE("the state image restores a manager that then continues identically",
         b.on_step_end(step, sm);
         REQUIRE(b.digest() == a.digest());
     }
-    SECTION("damaged images are refused and leave the manager untouched") {
-        const uint64_t d = b.digest();
-        auto bad = image;
-        bad[4] ^= 0x40;
-        CHECK_THROWS_WITH(b.load_state(bad), Catch::Contains("version"));
-        bad = image;
-        bad.resize(bad.size() - 3);
-        CHECK_THROWS_WITH(b.load_state(bad), Catch::Contains("truncated"));
+    SECTION("snapshots of another shape or with inconsistent slots are refused, changing nothing") {
+        const SeedManagerSnapshot before = b.snapshot();
+        auto refused = [&](const SeedManagerSnapshot& bad, const std::string& why) {
+            try {
+                b.restore(bad);
+                FAIL("restored: " << why);
+            } catch (const Error& e) {
+                CHECK(e.kind() == ErrorKind::kIntegrity);
+                CHECK_THAT(std::string(e.what()), Catch::Contains(why));
+            }
+            CHECK(b.snapshot() == before);
+        };
         SeedManager other(seed_manager_config(cfg), {32});
-        CHECK_THROWS_WITH(other.load_state(image), Catch::Contains("layers"));
-        CHECK(b.digest() == d);
+        CHECK_THROWS_WITH(other.restore(snap), Catch::Contains("layers"));
+        SeedManagerSnapshot bad = snap;
+        bad.layers[1].width = 21;
+        refused(bad, "width 21");
+        bad = snap;
+        bad.layers[0].rows.pop_back();
+        refused(bad, "seeds 3");
+        bad = snap;
+        bad.layers[0].rows[0].slot = -1;  // a TRAINING seed without a slot
+        refused(bad, "slot/stage mismatch");
+        bad = snap;
+        bad.layers[0].rows[1] = bad.layers[0].rows[0];  // two seeds on one arena slot
+        refused(bad, "shared arena slot");
+        bad = snap;
+        bad.loss_window.assign(21, 1.0);
+        refused(bad, "loss window");
     }
 }
 
