@@ -387,7 +387,7 @@ int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
         ESPER_LOG_INFO(log(), "rank=", options.rank, " world=", options.world, " step=",
                        trainer.steps_done(), " final digest=", trainer.seeds().digest());
     agent.publish_config(true);  // a run shorter than the grace period still announces it
-    agent.boundary();  // events of the last step, commands that arrived during it
+    agent.boundary();            // events of the last step, commands that arrived during it
     if (trainer.stop_requested()) {
         // A stop between epochs: evaluate what we have so the run directory ends with a test line.
         const EvalResult e = trainer.evaluate();
