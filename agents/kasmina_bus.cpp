@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 #include <zmq.hpp>
 
 #include <fmt/format.h>
@@ -17,6 +18,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "kernels/seed_layer.h"
+#include "schemas/config.capnp.h"
 
 namespace esper::agents {
 namespace {
@@ -108,7 +110,7 @@ public:
                           .reliability = bus::Reliability::kControl}),
           worker_(ctx_, {.endpoint = o.rpc_endpoint, .name = name_, .run_id = o.run_id}) {}
 
-    // Called by the trainer between optimizer steps.
+    // At every step boundary, before Trainer::boundary().
     void boundary() {
         if (stop_.load()) trainer_.request_stop();
         absorb_last_step();
@@ -116,6 +118,7 @@ public:
             handle(req, rep);
         });
         publish_events();
+        publish_config(false);
         if (heartbeat_clock_.elapsed_ns() > 1'000'000'000) {
             heartbeat_clock_.reset();
             worker_.heartbeat();
@@ -131,8 +134,40 @@ public:
         }
     }
 
+    // The effective run config, once at startup (rank 0, control class) on config.<run>: the
+    // YAML (authoritative) and the fields a consumer routes on (schemas/config.capnp). It goes
+    // out at the first boundary that sees a subscriber of the topic connected (so one present at
+    // startup receives it), 2 s after startup without one, or when `now`; training never waits.
+    void publish_config(bool now) {
+        if (config_published_ || o_.rank != 0) return;  // every rank runs the same config
+        const std::string topic = "config." + o_.run_id;
+        if (!now && !control_.wait_for_subscriber(topic, 0) && uptime_.elapsed_ns() < 2'000'000'000)
+            return;
+        config_published_ = true;
+        const Config& c = trainer_.config();
+        const std::vector<int64_t> widths = trainer_.model().seed_layer_widths();
+        control_.publish(topic, [&](schema::Envelope::Payload::Builder p) {
+            auto rc = p.initRunConfig();
+            rc.setRunId(o_.run_id);
+            rc.setYaml(config_to_yaml(c));
+            rc.setSourcePath(o_.config_path);
+            rc.setBackend(std::string(trainer_.backend().name()));
+            rc.setSeed(c.run.seed);
+            rc.setSteps(static_cast<uint64_t>(trainer_.total_steps()));
+            rc.setBatchSize(static_cast<uint32_t>(c.data.batch_size));
+            rc.setWorldSize(static_cast<uint32_t>(o_.world));
+            rc.setTelemetryIntervalSteps(static_cast<uint32_t>(c.run.telemetry_interval_steps));
+            auto layers = rc.initLayers(static_cast<unsigned>(widths.size()));
+            for (size_t l = 0; l < widths.size(); ++l) {
+                layers[static_cast<unsigned>(l)].setWidth(static_cast<uint32_t>(widths[l]));
+                layers[static_cast<unsigned>(l)].setSeeds(
+                    static_cast<uint32_t>(trainer_.seeds().table(int32_t(l)).num_seeds()));
+            }
+        });
+    }
+
     // Adds the newest step to the run-status window once (the window closes in on_telemetry,
-    // which runs after the step and before the next boundary).
+    // which runs after the step when telemetry is due, before the next boundary).
     void absorb_last_step() {
         const TrainStep& s = trainer_.last_step();
         if (s.step <= last_seen_step_) return;
@@ -241,7 +276,7 @@ public:
                 counts[i] += static_cast<uint32_t>(seeds.table(l).count_in_stage(static_cast<SeedStage>(i)));
         auto list = s.initSeedsPerStage(kernels::kNumSeedStages);
         for (int i = 0; i < kernels::kNumSeedStages; ++i) list.set(i, counts[i]);
-        s.setBackend(trainer_.uses_cuda() ? "cuda" : "cpu");
+        s.setBackend(std::string(trainer_.backend().name()));
     }
 
     // Publishes every lifecycle event since the last call (also written to events.jsonl).
@@ -336,6 +371,7 @@ private:
     bus::RpcWorker worker_;
     Stopwatch heartbeat_clock_, uptime_, interval_clock_;
     uint64_t last_telemetry_step_ = 0;
+    bool config_published_ = false;
     int64_t last_seen_step_ = 0;
     double loss_sum_ = 0;
     int64_t correct_sum_ = 0, samples_ = 0, loss_steps_ = 0;
@@ -343,40 +379,35 @@ private:
 
 }  // namespace
 
-int run_kasmina_bus(const Config& config, TrainerOptions trainer_options, const KasminaBusOptions& options,
+int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
                     const std::atomic<bool>& stop) {
-    std::unique_ptr<KasminaBusAgent> agent;
-    trainer_options.before_step = [&agent](Trainer&) { agent->boundary(); };
-    trainer_options.on_telemetry = [&agent](Trainer&, std::vector<SeedTelemetryRecord>&& r) {
-        agent->on_telemetry(std::move(r));
-    };
-    Trainer trainer(config, trainer_options);
-    if (!options.resume.empty()) {
-        trainer.load_checkpoint(options.resume);
-        ESPER_LOG_INFO(log(), "resumed from=", options.resume, " step=", trainer.steps_done());
-    }
-    agent = std::make_unique<KasminaBusAgent>(trainer, options, stop);
+    KasminaBusAgent agent(trainer, options, stop);
     ESPER_LOG_INFO(log(), "run=", options.run_id, " rank=", options.rank, " steps=", trainer.total_steps(),
                    " rpc=", options.rpc_endpoint, " pub=", options.pub_endpoint);
-    std::printf("data: %s; %lld steps (%lld per epoch), %lld host parameters\n",
-                trainer.data().description.c_str(), (long long)trainer.total_steps(),
-                (long long)trainer.steps_per_epoch(), (long long)trainer.model().param_count());
-    std::fflush(stdout);
-    agent->boundary();  // register and publish the initial state before the first step
-    trainer.run();
+    agent.boundary();  // register and publish the initial state before the first step
+    while (!trainer.done()) {
+        agent.boundary();  // commands, events, heartbeat; a stop signal becomes request_stop
+        if (!trainer.boundary()) break;
+        trainer.step();
+        StepReport due = trainer.after_step();
+        if (due.telemetry) agent.on_telemetry(std::move(*due.telemetry));
+        if (due.epoch) print_epoch_summary(*due.epoch);
+    }
     if (options.world > 1)  // before the last boundary: commands applied there reach rank 0 only
         ESPER_LOG_INFO(log(), "rank=", options.rank, " world=", options.world, " step=",
                        trainer.steps_done(), " final digest=", trainer.seeds().digest());
-    agent->boundary();  // events of the last step, commands that arrived during it
+    agent.publish_config(true);  // a run shorter than the grace period still announces it
+    agent.boundary();            // events of the last step, commands that arrived during it
     if (trainer.stop_requested()) {
         // A stop between epochs: evaluate what we have so the run directory ends with a test line.
         const EvalResult e = trainer.evaluate();
         std::printf("stopped at step %lld: test_loss %.4f test_accuracy %.4f\n",
                     (long long)trainer.steps_done(), e.loss, e.accuracy);
     }
-    if (options.rank == 0) agent->publish_run_status();
-    if (options.rank == 0 && !trainer_options.run_dir.empty()) {
-        fs::path dir = fs::path(trainer_options.run_dir) / "checkpoints" / std::to_string(trainer.steps_done());
+    if (options.rank == 0) agent.publish_run_status();
+    if (options.rank == 0 && !options.run_dir.empty()) {
+        fs::path dir =
+            fs::path(options.run_dir) / "checkpoints" / std::to_string(trainer.steps_done());
         if (!fs::exists(dir)) trainer.save_checkpoint(dir);
         std::printf("final checkpoint %s\n", dir.c_str());
     }

@@ -1,10 +1,11 @@
-// The Kasmina executor in bus mode (`esper kasmina` without --standalone): drives a
-// kasmina::Trainer and connects it to the broker. Training never waits on the bus: between two
-// optimizer steps the agent handles the commands already queued (applied through the same
+// The Kasmina executor in bus mode (`esper kasmina` without --standalone): owns the training
+// loop of a kasmina::Trainer and connects it to the broker. Training never waits on the bus: at
+// each step boundary the agent handles the commands already queued (applied through the same
 // validator as every other entry point, acked with outcome, reason and seed-table digest),
 // publishes lifecycle events (control class; they are also in events.jsonl), and every
 // run.telemetry_interval_steps the per-layer seed telemetry and the run status (metrics class,
-// never blocks, drops counted). It registers as `kasmina/<rank>` and heartbeats.
+// never blocks, drops counted). It registers as `kasmina/<rank>` and heartbeats; at startup rank 0
+// publishes the effective config (RunConfig) on `config.<run>`.
 #pragma once
 
 #include <atomic>
@@ -21,12 +22,16 @@ struct KasminaBusOptions {
     std::string run_id;
     int rank = 0;
     int world = 1;             // > 1: rank 0 serves commands, the others train and heartbeat
-    std::string resume;        // checkpoint dir, or empty
+    std::string run_dir;       // where the final checkpoint goes ("" = none)
+    std::string config_path;   // the run config file (published with the effective config)
 };
 
-// Runs until the trainer is done or `stop` becomes true; writes a final checkpoint into
-// run_dir/checkpoints/<step>. Returns the process exit code.
-int run_kasmina_bus(const kasmina::Config& config, kasmina::TrainerOptions trainer_options,
-                    const KasminaBusOptions& options, const std::atomic<bool>& stop);
+// Trains until the trainer is done or `stop` becomes true; rank 0 writes a final checkpoint
+// into run_dir/checkpoints/<step>. Returns the process exit code.
+int run_kasmina_bus(kasmina::Trainer& trainer, const KasminaBusOptions& options,
+                    const std::atomic<bool>& stop);
+
+// One human line per finished epoch on stdout (both loops of `esper kasmina`; kasmina_main.cpp).
+void print_epoch_summary(const kasmina::EpochSummary& summary);
 
 }  // namespace esper::agents

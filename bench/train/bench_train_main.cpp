@@ -15,7 +15,7 @@
 
 #include "core/clock.h"
 #include "kasmina/train/cuda_backend.h"
-#include "kasmina/model/model.h"
+#include "kasmina/model/mlp.h"
 #include "kasmina/train/optimizer.h"
 #include "kasmina/lifecycle/seed_manager.h"
 
@@ -48,7 +48,7 @@ Result run_case(const Case& k, bool seed_layers, bool overlap, int iters, int wa
     c.optimizer.momentum = 0.9;
     c.optimizer.weight_decay = 1e-4;
     const int64_t in = 784, classes = 10;
-    Model model(c.model, in, classes, c.run.seed);
+    MlpModel model(c.model, in, classes, c.run.seed);
     SeedManager seeds(seed_manager_config(c), model.seed_layer_widths());
     Optimizer opt(c.optimizer, model.params(), model.seed_layer_widths());
     CudaBackendOptions o;

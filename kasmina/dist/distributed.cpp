@@ -83,8 +83,7 @@ void DistributedSync::reduce_step_stats(std::span<kernels::SeedTelemetryAccum* c
 }
 
 bool DistributedSync::sync_boundary(bool stop_requested) {
-    if (!corrupted_ && config_.run.test_corrupt_digest_rank == comm_.rank() &&
-        seeds_.next_step() > 0)
+    if (!corrupted_ && config_.faults.corrupt_digest_rank == comm_.rank() && seeds_.next_step() > 0)
         corrupt_for_test();
     // One all-reduce: slot 0 only rank 0 fills (changed), slot 1 any rank (stop).
     double flags[2] = {0.0, stop_requested ? 1.0 : 0.0};
@@ -131,11 +130,11 @@ void DistributedSync::corrupt_for_test() {
         for (int32_t s = seeds_.table(l).num_seeds() - 1; s >= 0; --s) {
             Command c;
             c.origin = TransitionOrigin::kOperator;
-            c.reason = "test_corrupt_digest_rank";
+            c.reason = "faults.corrupt_digest_rank";
             c.body = GerminateCommand{SeedRef{l, s}, BlueprintKind::kScaleShift, std::nullopt};
             if (seeds_.apply(c).applied()) {
                 ESPER_LOG_AT(dist_log(), LogLevel::kWarn, "rank=", comm_.rank(),
-                             " test_corrupt_digest_rank: germinated layer ", l, " seed ", s,
+                             " faults.corrupt_digest_rank: germinated layer ", l, " seed ", s,
                              " on this rank only");
                 return;
             }

@@ -190,8 +190,7 @@ void read_run(const Reader& r, const YAML::Node& n, RunConfig& c) {
     const std::string p = "run";
     r.section(n, p,
               {"seed", "device", "epochs", "max_steps", "checkpoint_every_steps",
-               "telemetry_interval_steps", "eval_every_steps", "digest_every_steps",
-               "test_corrupt_digest_rank"});
+               "telemetry_interval_steps", "eval_every_steps", "digest_every_steps"});
     r.get_uint(n, p, "seed", c.seed);
     r.get_string(n, p, "device", c.device);
     if (c.device != "auto" && c.device != "cpu" && c.device != "cuda") {
@@ -204,7 +203,6 @@ void read_run(const Reader& r, const YAML::Node& n, RunConfig& c) {
     r.get_int(n, p, "telemetry_interval_steps", c.telemetry_interval_steps, 1);
     r.get_int(n, p, "eval_every_steps", c.eval_every_steps);
     r.get_int(n, p, "digest_every_steps", c.digest_every_steps);
-    r.get_int(n, p, "test_corrupt_digest_rank", c.test_corrupt_digest_rank, -1);
     if (c.epochs == 0 && c.max_steps == 0) {
         r.fail(r.at(n, "epochs"), "run.epochs", "epochs and max_steps are both 0: nothing to run");
     }
@@ -365,21 +363,26 @@ void read_lifecycle(const Reader& r, const YAML::Node& n, LifecycleConfig& c) {
 
 void read_governor(const Reader& r, const YAML::Node& n, GovernorConfig& c) {
     const std::string p = "governor";
-    r.section(
-        n, p,
-        {"enabled", "divergence_factor", "window", "snapshot_every_steps", "inject_nan_at_step"});
+    r.section(n, p, {"enabled", "divergence_factor", "window", "snapshot_every_steps"});
     r.get_bool(n, p, "enabled", c.enabled);
     r.get_double(n, p, "divergence_factor", c.divergence_factor, 1.0, kInf, true);
     r.get_int(n, p, "window", c.window, 1);
     r.get_int(n, p, "snapshot_every_steps", c.snapshot_every_steps, 1);
-    r.get_int(n, p, "inject_nan_at_step", c.inject_nan_at_step, -1);
+}
+
+void read_faults(const Reader& r, const YAML::Node& n, FaultInjection& c) {
+    const std::string p = "faults";
+    r.section(n, p, {"nan_at_step", "corrupt_digest_rank", "checkpoint_crash_after_files"});
+    r.get_int(n, p, "nan_at_step", c.nan_at_step, -1);
+    r.get_int(n, p, "corrupt_digest_rank", c.corrupt_digest_rank, -1);
+    r.get_int(n, p, "checkpoint_crash_after_files", c.checkpoint_crash_after_files, -1);
 }
 
 Config read_root(const Reader& r, const YAML::Node& root) {
     Config c;
     if (!root.IsDefined() || root.IsNull()) return c;  // empty file: all defaults
     r.section(root, "",
-              {"run", "data", "model", "optimizer", "blueprints", "lifecycle", "governor",
+              {"run", "data", "model", "optimizer", "blueprints", "lifecycle", "governor", "faults",
                "tamiyo"});
     if (auto s = r.child_map(root, "", "run")) read_run(r, *s, c.run);
     if (auto s = r.child_map(root, "", "data")) read_data(r, *s, c.data);
@@ -391,6 +394,7 @@ Config read_root(const Reader& r, const YAML::Node& root) {
     if (auto s = r.child_map(root, "", "blueprints")) read_blueprints(r, *s, c.blueprints);
     if (auto s = r.child_map(root, "", "lifecycle")) read_lifecycle(r, *s, c.lifecycle);
     if (auto s = r.child_map(root, "", "governor")) read_governor(r, *s, c.governor);
+    if (auto s = r.child_map(root, "", "faults")) read_faults(r, *s, c.faults);
     if (c.blueprints.input == BlueprintInput::kLayer && c.run.device == "cuda") {
         const YAML::Node bp = root["blueprints"];
         r.fail(r.at(bp, "input"), "blueprints.input",
@@ -476,8 +480,7 @@ void emit_config(YAML::Emitter& out, const Config& c) {
             .put("checkpoint_every_steps", c.run.checkpoint_every_steps)
             .put("telemetry_interval_steps", c.run.telemetry_interval_steps)
             .put("eval_every_steps", c.run.eval_every_steps)
-            .put("digest_every_steps", c.run.digest_every_steps)
-            .put("test_corrupt_digest_rank", c.run.test_corrupt_digest_rank);
+            .put("digest_every_steps", c.run.digest_every_steps);
     }
     {
         root.key("data");
@@ -598,8 +601,15 @@ void emit_config(YAML::Emitter& out, const Config& c) {
             .put("enabled", g.enabled)
             .put("divergence_factor", g.divergence_factor)
             .put("window", g.window)
-            .put("snapshot_every_steps", g.snapshot_every_steps)
-            .put("inject_nan_at_step", g.inject_nan_at_step);
+            .put("snapshot_every_steps", g.snapshot_every_steps);
+    }
+    {
+        const FaultInjection& f = c.faults;
+        root.key("faults");
+        YamlMap(out)
+            .put("nan_at_step", f.nan_at_step)
+            .put("corrupt_digest_rank", f.corrupt_digest_rank)
+            .put("checkpoint_crash_after_files", f.checkpoint_crash_after_files);
     }
 }
 

@@ -1,9 +1,9 @@
-// The host network on the CPU backend (DESIGN §4.1):
-//   input → [Linear → act → SeedLayer] × L → Linear → softmax cross-entropy.
-// Host layers implement HostLayer (a transformer block can later implement the same interface
-// without touching seed layers). GEMMs run through OpenBLAS; bias/act, softmax and the seed layer
-// itself run through the kernels/ CPU references. Gradients are overwritten (not accumulated) by
-// every backward; the blueprint arenas' grads are accumulated (+=) by the seed reference.
+// The host-network interface (DESIGN §4.1): what the trainer, the optimizer, the step backends,
+// the data-parallel sync and checkpoints need of a model — its parameters in a fixed order, its
+// seed sites, forward + loss + backward of a training batch and forward + loss of an evaluation
+// batch. The MLP implements it (mlp.h); the transformer host (DESIGN §14) implements it next.
+// Convention: a Batch has `rows` rows for the seed layers and the loss — one per sample for the
+// MLP, one per token position (samples · context) for a language model.
 #pragma once
 
 #include <cstdint>
@@ -14,102 +14,73 @@
 
 #include "kasmina/model/config.h"
 #include "kasmina/model/tensor.h"
-#include "kasmina/model/widening.h"
-#include "kernels/bias_act.h"
 #include "kernels/seed_layer.h"
 
 namespace esper::kasmina {
 
-// One trainable tensor and its gradient (both owned by the layer).
+// One trainable tensor and its gradient (both owned by the model).
 struct ParamRef {
     std::string name;
     Tensor* value = nullptr;
     Tensor* grad = nullptr;
 };
 
-class HostLayer {
-public:
-    virtual ~HostLayer() = default;
-    virtual int64_t in_features() const = 0;
-    virtual int64_t out_features() const = 0;
-    // x: [B, in] → y: [B, out]. Keeps what backward needs (valid until the next forward).
-    virtual void forward(const float* x, int32_t batch, float* y) = 0;
-    // Given the forward's x and dy: writes parameter grads and dx ([B, in]; null = not needed).
-    virtual void backward(const float* x, const float* dy, int32_t batch, float* dx) = 0;
-    virtual void collect_params(std::vector<ParamRef>& out) = 0;
+// One batch as a host network reads it (host memory, not owned). The MLP reads `features`
+// [samples, in_features] and one target class per sample; a language model reads `tokens`
+// [samples, context] (int32 bytes) and one next-token target per position.
+struct Batch {
+    int32_t samples = 0;
+    const float* features = nullptr;   // [samples, in_features], or null
+    const int32_t* tokens = nullptr;   // [samples, context], or null
+    const int32_t* targets = nullptr;  // [rows]
+    int32_t rows = 0;                  // rows of every seed layer and of the loss
 };
 
-// y = act(x·Wᵀ + b), W [out, in], b [out]; PyTorch-style U(±1/√in) initialisation.
-class LinearLayer final : public HostLayer {
-public:
-    LinearLayer(std::string name, int64_t in, int64_t out, kernels::Activation act, Rng& rng);
-    int64_t in_features() const override { return in_; }
-    int64_t out_features() const override { return out_; }
-    void forward(const float* x, int32_t batch, float* y) override;
-    void backward(const float* x, const float* dy, int32_t batch, float* dx) override;
-    void collect_params(std::vector<ParamRef>& out) override;
+// A batch of `samples` feature rows and their classes (rows = samples).
+inline Batch features_batch(const float* features, const int32_t* targets, int32_t samples) {
+    return Batch{samples, features, nullptr, targets, samples};
+}
 
-private:
-    std::string name_;
-    int64_t in_, out_;
-    kernels::Activation act_;
-    Tensor w_, b_, dw_, db_;
-    AlignedVector<float> z_, dz_;  // pre-activation and its gradient [B, out]
-};
-
+// Mean loss over the batch's rows and how many rows were predicted right.
 struct BatchResult {
     double loss = 0.0;
     int32_t correct = 0;
-    int32_t batch = 0;
+    int32_t rows = 0;
+};
+
+// Where seed layers sit: one per site, in the order of the seed tables.
+struct SeedSite {
+    int64_t width = 0;        // D: features the seed layer's chunks split
+    int64_t input_width = 0;  // input features of the host layer (what widening blueprints read)
 };
 
 class Model {
 public:
-    // in_features/classes come from the data; widths, activation from config. Deterministic in
-    // `seed`.
-    Model(const ModelConfig& config, int64_t in_features, int64_t classes, uint64_t seed);
+    virtual ~Model() = default;
 
-    int32_t num_seed_layers() const { return static_cast<int32_t>(hidden_.size()); }
-    std::vector<int64_t> seed_layer_widths() const;
-    // Input features of each seed layer's host layer (what widening blueprints read).
-    std::vector<int64_t> seed_layer_inputs() const;
-    int64_t in_features() const { return in_features_; }
-    int64_t classes() const { return classes_; }
+    virtual std::string_view kind() const = 0;
     // Every host parameter, in a fixed order (optimizer state and checkpoints follow it).
-    const std::vector<ParamRef>& params() const { return params_; }
-    int64_t param_count() const;
-
-    // Forward, loss and backward of one batch. views[l] describes seed layer l for this batch
-    // (empty span = no seed layers, i.e. the bare host); tel[l] may be null.
-    BatchResult train_batch(const float* x, const int32_t* y, int32_t batch,
-                            std::span<const kernels::SeedLayerView> views,
-                            std::span<kernels::SeedTelemetryAccum* const> tel = {});
+    virtual const std::vector<ParamRef>& params() const = 0;
+    virtual const std::vector<SeedSite>& seed_sites() const = 0;
+    // Forward, loss and backward of one batch: parameter gradients are overwritten, the blueprint
+    // arenas' gradients accumulated. views[l] describes seed layer l for this batch (rows =
+    // batch.rows; an empty span = no seed layers, the bare host); tel[l] may be null.
+    virtual BatchResult train_batch(const Batch& batch,
+                                    std::span<const kernels::SeedLayerView> views,
+                                    std::span<kernels::SeedTelemetryAccum* const> tel) = 0;
     // Forward and loss only (no gradients, no telemetry).
-    BatchResult eval_batch(const float* x, const int32_t* y, int32_t batch,
-                           std::span<const kernels::SeedLayerView> views);
+    virtual BatchResult eval_batch(const Batch& batch,
+                                   std::span<const kernels::SeedLayerView> views) = 0;
 
-    // Activations of the last forward, for tests: h[l] (host layer output, seed input) and
-    // y[l] (seed layer output), [B, D_l].
-    std::span<const float> hidden_output(int32_t l) const;
-    std::span<const float> seed_output(int32_t l) const;
-    std::span<const float> logits() const { return {logits_.data(), logits_.size()}; }
-
-private:
-    void forward(const float* x, int32_t batch, std::span<const kernels::SeedLayerView> views,
-                 std::span<kernels::SeedTelemetryAccum* const> tel);
-    void ensure_batch(int32_t batch);
-
-    int64_t in_features_, classes_;
-    std::vector<std::unique_ptr<HostLayer>> hidden_;
-    std::unique_ptr<HostLayer> head_;
-    std::vector<ParamRef> params_;
-    int32_t capacity_ = 0;
-    std::vector<AlignedVector<float>> h_, y_, dh_, dy_;  // per seed layer [B, D]
-    AlignedVector<float> logits_, dlogits_;
-    std::vector<float> din_;  // layer-input blueprints' gradient into a layer's input [B, in]
-    std::vector<WideningPath> widening_;  // per seed layer: layer-input blueprints (BLAS)
+    // Host parameters (blueprints not included).
+    int64_t param_count() const;
+    int32_t num_seed_layers() const { return static_cast<int32_t>(seed_sites().size()); }
+    std::vector<int64_t> seed_layer_widths() const;
+    std::vector<int64_t> seed_layer_inputs() const;
 };
 
-kernels::Activation kernel_activation(Activation a);
+// The configured host network. in_features/classes come from the data; deterministic in `seed`.
+std::unique_ptr<Model> make_model(const ModelConfig& config, int64_t in_features, int64_t classes,
+                                  uint64_t seed);
 
 }  // namespace esper::kasmina

@@ -3,21 +3,21 @@
 // Deliberate host syncs are marked `// sync-point:`; nothing inside enqueue_step() syncs.
 #include "kasmina/train/cuda_backend.h"
 
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "core/check.h"
-#include "core/error.h"
-
-#if ESPER_HAVE_CUDA
-#include <cublas_v2.h>
-#include <cuda_runtime_api.h>
-
 #include "core/cuda_check.h"
-#include "kernels/grad_ops.h"
+#include "core/error.h"
+#include "core/log.h"
+#include "kasmina/train/cuda_handles.h"
 #include "kernels/bias_act.h"
+#include "kernels/grad_ops.h"
 #include "kernels/optimizer.h"
 #include "kernels/seed_backward.h"
 #include "kernels/seed_forward.h"
@@ -26,57 +26,19 @@
 #if ESPER_HAVE_NCCL
 #include "kasmina/dist/collectives_nccl.h"
 #endif
-#endif
 
 namespace esper::kasmina {
 
-#if !ESPER_HAVE_CUDA
-
-bool cuda_device_available() { return false; }
-
-bool resolve_use_cuda(const std::string& device) {
-    if (device == "cuda")
-        ESPER_THROW(kUnimplemented, "run.device: cuda: this build has no CUDA (use cpu or auto)");
-    return false;
-}
-
-struct CudaBackend::Impl {};
-
-CudaBackend::CudaBackend(const Config&, Model&, SeedManager*, Optimizer&,
-                         const CudaBackendOptions&) {
-    ESPER_THROW(kUnimplemented, "CUDA backend: this build has no CUDA");
-}
-CudaBackend::~CudaBackend() = default;
-void CudaBackend::upload_all() {}
-void CudaBackend::download_all() {}
-void CudaBackend::sync_structure() {}
-void CudaBackend::set_batch(const float*, const int32_t*) {}
-void CudaBackend::launch_step(double, double) {}
-CudaStepResult CudaBackend::finish_step(Telemetry*) { return {}; }
-void CudaBackend::commit_step() {}
-void CudaBackend::synchronize() {}
-BatchResult CudaBackend::eval_batch(const float*, const int32_t*, int32_t) { return {}; }
-int64_t CudaBackend::graph_captures() const { return 0; }
-void CudaBackend::set_use_graphs(bool) {}
-void CudaBackend::set_overlap_dormant(bool) {}
-std::string CudaBackend::device_name() const { return "none"; }
-int CudaBackend::device_count() { return 0; }
-int64_t CudaBackend::grad_reduce_bytes() const { return 0; }
-double CudaBackend::last_grad_reduce_ms() const { return 0.0; }
-void CudaBackend::begin_blueprint_counts() {}
-void CudaBackend::commit_blueprint_counts() {}
-void CudaBackend::copy_optimizer_state(bool) {}
-
-#else  // ESPER_HAVE_CUDA
-
-bool cuda_device_available() {
+int cuda_device_count() {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
         (void)cudaGetLastError();  // clear the sticky "no device" error
-        return false;
+        return 0;
     }
-    return n > 0;
+    return n;
 }
+
+bool cuda_device_available() { return cuda_device_count() > 0; }
 
 bool resolve_use_cuda(const std::string& device) {
     if (device == "cpu") return false;
@@ -87,62 +49,6 @@ bool resolve_use_cuda(const std::string& device) {
 }
 
 namespace {
-
-// ---- RAII handles (one owner, cleanup never throws) ----
-
-template <typename T>
-class DeviceBuffer {
-public:
-    DeviceBuffer() = default;
-    explicit DeviceBuffer(size_t n) : n_(n) {
-        if (n == 0) return;
-        ESPER_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&p_), n * sizeof(T)));
-        ESPER_CUDA_CHECK(cudaMemset(p_, 0, n * sizeof(T)));
-    }
-    ~DeviceBuffer() {
-        if (p_ != nullptr) (void)cudaFree(p_);
-    }
-    DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
-    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
-        std::swap(p_, o.p_);
-        std::swap(n_, o.n_);
-        return *this;
-    }
-    T* get() const { return p_; }
-    size_t size() const { return n_; }
-
-private:
-    T* p_ = nullptr;
-    size_t n_ = 0;
-};
-
-template <typename T>
-class PinnedBuffer {
-public:
-    PinnedBuffer() = default;
-    explicit PinnedBuffer(size_t n) : n_(n) {
-        if (n == 0) return;
-        ESPER_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&p_), n * sizeof(T),
-                                       cudaHostAllocDefault));
-        std::memset(static_cast<void*>(p_), 0, n * sizeof(T));
-    }
-    ~PinnedBuffer() {
-        if (p_ != nullptr) (void)cudaFreeHost(p_);
-    }
-    PinnedBuffer(PinnedBuffer&& o) noexcept : p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
-    PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
-        std::swap(p_, o.p_);
-        std::swap(n_, o.n_);
-        return *this;
-    }
-    T* get() const { return p_; }
-    T& operator[](size_t i) const { return p_[i]; }
-    size_t size() const { return n_; }
-
-private:
-    T* p_ = nullptr;
-    size_t n_ = 0;
-};
 
 constexpr size_t kParamAlignFloats = 64;  // 256-byte aligned parameter tensors in the flat buffer
 constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
@@ -200,8 +106,9 @@ struct StepResultHost {
 }  // namespace
 
 struct CudaBackend::Impl {
+    // ---- what the step runs over (host objects, not owned) ----
     Config config;
-    Model* model = nullptr;
+    MlpModel* model = nullptr;
     SeedManager* seeds = nullptr;
     Optimizer* optimizer = nullptr;
     CudaBackendOptions opt;
@@ -209,30 +116,25 @@ struct CudaBackend::Impl {
     int64_t in_features = 0, classes = 0;
     bool adamw = false;
 
-    cudaStream_t stream = nullptr;
-    cudaStream_t side = nullptr;                  // bypassed seed layers' kernels
-    std::vector<cudaEvent_t> events;              // fork points (2 per layer) + the join
+    // ---- shape of the captured step ----
     size_t kJoinEvent = 0;
     bool side_used = false;
     // Per hidden layer: no seed can change the value or the input gradient (no seed in
     // GRAFTING..FOSSILIZED), so y == h and dh == dy bit for bit; structural (graph key).
     std::vector<uint8_t> bypass;
-    cudaEvent_t done = nullptr;
-    cudaEvent_t updates_done = nullptr;
-    cudaEvent_t reduce_begin = nullptr, reduce_end = nullptr;  // time_grad_reduce
-    cublasHandle_t cublas = nullptr;
     DeviceBuffer<uint8_t> cublas_ws;
-    cudaGraphExec_t graph = nullptr;
     bool graph_valid = false;
     int64_t captures = 0;
 
-    // Host parameters, flat: params/grads/momentum (v for AdamW); one fused optimizer launch.
+    // ---- the host network. Parameters flat: params/grads/momentum (v for AdamW), so one fused
+    // optimizer launch updates them all ----
     size_t n_flat = 0;
     DeviceBuffer<float> params, grads, m, v;
     std::vector<size_t> param_off;  // per Model::params() entry
     std::vector<HostLayerDev> hidden;
     HostLayerDev head;
 
+    // ---- batch in (pinned staging → device), loss/correct/norm out ----
     DeviceBuffer<float> x;
     DeviceBuffer<int32_t> labels;
     PinnedBuffer<float> x_host;
@@ -244,11 +146,13 @@ struct CudaBackend::Impl {
     DeviceBuffer<uint8_t> softmax_ws, bias_ws;
     size_t softmax_ws_bytes = 0, bias_ws_bytes = 0;
 
+    // ---- this step's optimizer scalars (pinned, copied inside the step) ----
     PinnedBuffer<kernels::SgdHyper> sgd_host;      // [0] host params, [1] blueprints
     DeviceBuffer<kernels::SgdHyper> sgd;
     PinnedBuffer<kernels::AdamwHyper> adam_host;   // [0] host params
     DeviceBuffer<kernels::AdamwHyper> adam;
 
+    // ---- seed layers and the blueprint slots in use ----
     std::vector<SeedLayerDev> layers;
     std::vector<LiveSlot> live;
     std::vector<size_t> live_off;                  // floats into the staging buffers
@@ -259,17 +163,16 @@ struct CudaBackend::Impl {
     DeviceBuffer<double> slot_sumsq;
     std::vector<int64_t> slot_t;                   // pending AdamW step per trained slot
 
-    ~Impl() {
-        if (graph != nullptr) (void)cudaGraphExecDestroy(graph);
-        if (cublas != nullptr) (void)cublasDestroy(cublas);
-        if (done != nullptr) (void)cudaEventDestroy(done);
-        if (updates_done != nullptr) (void)cudaEventDestroy(updates_done);
-        if (reduce_begin != nullptr) (void)cudaEventDestroy(reduce_begin);
-        if (reduce_end != nullptr) (void)cudaEventDestroy(reduce_end);
-        for (cudaEvent_t e : events) (void)cudaEventDestroy(e);
-        if (side != nullptr) (void)cudaStreamDestroy(side);
-        if (stream != nullptr) (void)cudaStreamDestroy(stream);
-    }
+    // ---- streams, events, cuBLAS, the graph: declared last, so they are released first
+    // (graph, cuBLAS, events, streams), before the buffers whose work they ordered ----
+    CudaStream stream;
+    CudaStream side;                     // bypassed seed layers' kernels
+    std::vector<CudaEvent> events;       // fork points (2 per layer) + the join
+    CudaEvent reduce_begin, reduce_end;  // time_grad_reduce
+    CudaEvent updates_done;
+    CudaEvent done;
+    CublasHandle cublas;
+    CudaGraphExec graph;
 
     std::vector<uint8_t> compute_bypass() const {
         std::vector<uint8_t> out(hidden.size(), 0);
@@ -296,14 +199,14 @@ struct CudaBackend::Impl {
 
     // Side-stream fork/join for bypassed seed layers (captured as graph edges).
     void fork_side(size_t ev) {
-        ESPER_CUDA_CHECK(cudaEventRecord(events[ev], stream));
-        ESPER_CUDA_CHECK(cudaStreamWaitEvent(side, events[ev], 0));
+        ESPER_CUDA_CHECK(cudaEventRecord(events[ev].get(), stream.get()));
+        ESPER_CUDA_CHECK(cudaStreamWaitEvent(side.get(), events[ev].get(), 0));
         side_used = true;
     }
     void join_side() {
         if (!side_used) return;
-        ESPER_CUDA_CHECK(cudaEventRecord(events[kJoinEvent], side));
-        ESPER_CUDA_CHECK(cudaStreamWaitEvent(stream, events[kJoinEvent], 0));
+        ESPER_CUDA_CHECK(cudaEventRecord(events[kJoinEvent].get(), side.get()));
+        ESPER_CUDA_CHECK(cudaStreamWaitEvent(stream.get(), events[kJoinEvent].get(), 0));
         side_used = false;
     }
 
@@ -331,21 +234,21 @@ struct CudaBackend::Impl {
     // ---- GEMMs on row-major data ----
     void gemm_forward(const float* xin, const HostLayerDev& L, float* z, int32_t b) {
         const float one = 1.0f, zero = 0.0f;
-        ESPER_CUBLAS_CHECK(cublasSgemm(cublas, CUBLAS_OP_T, CUBLAS_OP_N, int(L.out), b, int(L.in),
-                                       &one, params.get() + L.w_off, int(L.in), xin, int(L.in),
-                                       &zero, z, int(L.out)));
+        ESPER_CUBLAS_CHECK(cublasSgemm(cublas.get(), CUBLAS_OP_T, CUBLAS_OP_N, int(L.out), b,
+                                       int(L.in), &one, params.get() + L.w_off, int(L.in), xin,
+                                       int(L.in), &zero, z, int(L.out)));
     }
     void gemm_dw(const float* xin, const float* dz, const HostLayerDev& L, int32_t b) {
         const float one = 1.0f, zero = 0.0f;
-        ESPER_CUBLAS_CHECK(cublasSgemm(cublas, CUBLAS_OP_N, CUBLAS_OP_T, int(L.in), int(L.out), b,
-                                       &one, xin, int(L.in), dz, int(L.out), &zero,
+        ESPER_CUBLAS_CHECK(cublasSgemm(cublas.get(), CUBLAS_OP_N, CUBLAS_OP_T, int(L.in),
+                                       int(L.out), b, &one, xin, int(L.in), dz, int(L.out), &zero,
                                        grads.get() + L.w_off, int(L.in)));
     }
     void gemm_dx(const float* dz, const HostLayerDev& L, float* dx, int32_t b) {
         const float one = 1.0f, zero = 0.0f;
-        ESPER_CUBLAS_CHECK(cublasSgemm(cublas, CUBLAS_OP_N, CUBLAS_OP_N, int(L.in), b, int(L.out),
-                                       &one, params.get() + L.w_off, int(L.in), dz, int(L.out),
-                                       &zero, dx, int(L.in)));
+        ESPER_CUBLAS_CHECK(cublasSgemm(cublas.get(), CUBLAS_OP_N, CUBLAS_OP_N, int(L.in), b,
+                                       int(L.out), &one, params.get() + L.w_off, int(L.in), dz,
+                                       int(L.out), &zero, dx, int(L.in)));
     }
 
     // Forward and loss of `b` rows already in x/labels; telemetry only when training.
@@ -357,25 +260,24 @@ struct CudaBackend::Impl {
             gemm_forward(in, L, L.z.get(), b);
             ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(L.z.get(), params.get() + L.b_off,
                                                               L.a.get(), b, int32_t(L.out), L.act,
-                                                              stream));
+                                                              stream.get()));
             if (opt.seed_layers) {
                 const bool off_path = overlap && bypass[l];
                 if (off_path) fork_side(2 * l);
                 const kernels::SeedTelemetryAccum t = tel(l);
                 ESPER_CUDA_CHECK(kernels::launch_seed_forward(
-                    view(l, b), L.a.get(), L.y.get(), train ? &t : nullptr,
-                    layers[l].fwd_ws.get(), layers[l].fwd_ws.size(), off_path ? side : stream));
+                    view(l, b), L.a.get(), L.y.get(), train ? &t : nullptr, layers[l].fwd_ws.get(),
+                    layers[l].fwd_ws.size(), off_path ? side.get() : stream.get()));
             }
             in = layer_out(l, overlap);
         }
         gemm_forward(in, head, head.z.get(), b);
-        ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(head.z.get(), params.get() + head.b_off,
-                                                          head.z.get(), b, int32_t(head.out),
-                                                          kernels::Activation::kIdentity, stream));
-        ESPER_CUDA_CHECK(kernels::launch_softmax_xent(head.z.get(), labels.get(), b,
-                                                      int32_t(classes), loss.get(), head.dz.get(),
-                                                      correct.get(), softmax_ws.get(),
-                                                      softmax_ws_bytes, stream));
+        ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(
+            head.z.get(), params.get() + head.b_off, head.z.get(), b, int32_t(head.out),
+            kernels::Activation::kIdentity, stream.get()));
+        ESPER_CUDA_CHECK(kernels::launch_softmax_xent(
+            head.z.get(), labels.get(), b, int32_t(classes), loss.get(), head.dz.get(),
+            correct.get(), softmax_ws.get(), softmax_ws_bytes, stream.get()));
     }
 
     void backward(int32_t b, bool overlap) {
@@ -384,7 +286,7 @@ struct CudaBackend::Impl {
         ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
             head.dz.get(), head.z.get(), head.dz.get(), grads.get() + head.b_off, b,
             int32_t(head.out), kernels::Activation::kIdentity, bias_ws.get(), bias_ws_bytes,
-            stream));
+            stream.get()));
         gemm_dw(layer_out(L - 1, overlap), head.dz.get(), head, b);
         gemm_dx(head.dz.get(), head, hidden[L - 1].dy.get(), b);
         for (size_t l = L; l-- > 0;) {
@@ -398,12 +300,12 @@ struct CudaBackend::Impl {
                 const kernels::SeedTelemetryAccum t = tel(l);
                 ESPER_CUDA_CHECK(kernels::launch_seed_backward(
                     view(l, b), H.a.get(), H.dy.get(), H.dh.get(), &t, layers[l].bwd_ws.get(),
-                    layers[l].bwd_ws.size(), off_path ? side : stream));
+                    layers[l].bwd_ws.size(), off_path ? side.get() : stream.get()));
                 if (!off_path) g = H.dh.get();
             }
             ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
                 g, H.z.get(), H.dz.get(), grads.get() + H.b_off, b, int32_t(H.out), H.act,
-                bias_ws.get(), bias_ws_bytes, stream));
+                bias_ws.get(), bias_ws_bytes, stream.get()));
             gemm_dw(l == 0 ? x.get() : layer_out(l - 1, overlap), H.dz.get(), H, b);
             if (l > 0) gemm_dx(H.dz.get(), H, hidden[l - 1].dy.get(), b);
         }
@@ -431,17 +333,19 @@ struct CudaBackend::Impl {
         // External: inside a stream capture a plain record is only a dependency marker; this
         // makes it an event-record node, so cudaEventElapsedTime works after a replay.
         if (opt.time_grad_reduce)
-            ESPER_CUDA_CHECK(cudaEventRecordWithFlags(reduce_begin, stream, cudaEventRecordExternal));
+            ESPER_CUDA_CHECK(cudaEventRecordWithFlags(reduce_begin.get(), stream.get(),
+                                                      cudaEventRecordExternal));
         NcclComm& c = *opt.nccl;
         c.group_start();
-        c.all_reduce_mean(grads.get(), grads.get(), n_flat, NcclType::kFloat32, stream);
+        c.all_reduce_mean(grads.get(), grads.get(), n_flat, NcclType::kFloat32, stream.get());
         for (const LiveSlot& e : live) {
             float* g = slot_ptr(layers[e.layer].arenas[e.kind].grads, e);
-            c.all_reduce_mean(g, g, slot_floats(e), NcclType::kFloat32, stream);
+            c.all_reduce_mean(g, g, slot_floats(e), NcclType::kFloat32, stream.get());
         }
         c.group_end();
         if (opt.time_grad_reduce)
-            ESPER_CUDA_CHECK(cudaEventRecordWithFlags(reduce_end, stream, cudaEventRecordExternal));
+            ESPER_CUDA_CHECK(
+                cudaEventRecordWithFlags(reduce_end.get(), stream.get(), cudaEventRecordExternal));
 #endif
     }
 
@@ -451,10 +355,10 @@ struct CudaBackend::Impl {
 #if ESPER_HAVE_NCCL
         NcclComm& c = *opt.nccl;
         c.group_start();
-        c.broadcast(host_sumsq.get(), host_sumsq.get(), sizeof(double), 0, stream);
+        c.broadcast(host_sumsq.get(), host_sumsq.get(), sizeof(double), 0, stream.get());
         if (slot_sumsq.size() > 0)
             c.broadcast(slot_sumsq.get(), slot_sumsq.get(), slot_sumsq.size() * sizeof(double), 0,
-                        stream);
+                        stream.get());
         c.group_end();
 #endif
     }
@@ -470,28 +374,31 @@ struct CudaBackend::Impl {
         const int32_t B = opt.batch;
         ESPER_CUDA_CHECK(cudaMemcpyAsync(x.get(), x_host.get(),
                                          size_t(B) * size_t(in_features) * sizeof(float),
-                                         cudaMemcpyHostToDevice, stream));
-        ESPER_CUDA_CHECK(cudaMemcpyAsync(labels.get(), labels_host.get(), size_t(B) * sizeof(int32_t),
-                                         cudaMemcpyHostToDevice, stream));
+                                         cudaMemcpyHostToDevice, stream.get()));
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(labels.get(), labels_host.get(),
+                                         size_t(B) * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                         stream.get()));
         if (adamw) {
-            ESPER_CUDA_CHECK(cudaMemcpyAsync(adam.get(), adam_host.get(), sizeof(kernels::AdamwHyper),
-                                             cudaMemcpyHostToDevice, stream));
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(adam.get(), adam_host.get(),
+                                             sizeof(kernels::AdamwHyper), cudaMemcpyHostToDevice,
+                                             stream.get()));
             if (slot_adam.size() > 0)
                 ESPER_CUDA_CHECK(cudaMemcpyAsync(slot_adam.get(), slot_adam_host.get(),
                                                  slot_adam.size() * sizeof(kernels::AdamwHyper),
-                                                 cudaMemcpyHostToDevice, stream));
+                                                 cudaMemcpyHostToDevice, stream.get()));
         } else {
-            ESPER_CUDA_CHECK(cudaMemcpyAsync(sgd.get(), sgd_host.get(), 2 * sizeof(kernels::SgdHyper),
-                                             cudaMemcpyHostToDevice, stream));
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(sgd.get(), sgd_host.get(),
+                                             2 * sizeof(kernels::SgdHyper), cudaMemcpyHostToDevice,
+                                             stream.get()));
         }
         for (size_t l = 0; l < layers.size(); ++l)
             ESPER_CUDA_CHECK(cudaMemsetAsync(layers[l].tel.get(), 0,
-                                             layers[l].tel.size() * sizeof(double), stream));
+                                             layers[l].tel.size() * sizeof(double), stream.get()));
         for (const LiveSlot& e : live) {
             ESPER_CUDA_CHECK(cudaMemsetAsync(slot_ptr(layers[e.layer].arenas[e.kind].grads, e), 0,
-                                             slot_floats(e) * sizeof(float), stream));
+                                             slot_floats(e) * sizeof(float), stream.get()));
         }
-        ESPER_CUDA_CHECK(cudaMemsetAsync(host_sumsq.get(), 0, sizeof(double), stream));
+        ESPER_CUDA_CHECK(cudaMemsetAsync(host_sumsq.get(), 0, sizeof(double), stream.get()));
 
         forward(B, true, opt.overlap_dormant);
         backward(B, opt.overlap_dormant);
@@ -499,38 +406,38 @@ struct CudaBackend::Impl {
         const bool dp = data_parallel();
         if (dp) reduce_gradients();
 
-        ESPER_CUDA_CHECK(kernels::launch_sum_squares(grads.get(), int64_t(n_flat), host_sumsq.get(), stream));
+        ESPER_CUDA_CHECK(kernels::launch_sum_squares(grads.get(), int64_t(n_flat), host_sumsq.get(),
+                                                     stream.get()));
         for (size_t i = 0; i < live.size(); ++i) {
             const LiveSlot& e = live[i];
-            ESPER_CUDA_CHECK(cudaMemcpyAsync(stage_grads.get() + live_off[i],
-                                             slot_ptr(layers[e.layer].arenas[e.kind].grads, e),
-                                             slot_floats(e) * sizeof(float), cudaMemcpyDeviceToHost,
-                                             stream));
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(
+                stage_grads.get() + live_off[i], slot_ptr(layers[e.layer].arenas[e.kind].grads, e),
+                slot_floats(e) * sizeof(float), cudaMemcpyDeviceToHost, stream.get()));
         }
         const float clip = float(config.optimizer.grad_clip);
         if (slot_sumsq.size() > 0)
-            ESPER_CUDA_CHECK(cudaMemsetAsync(slot_sumsq.get(), 0, slot_sumsq.size() * sizeof(double),
-                                             stream));
+            ESPER_CUDA_CHECK(cudaMemsetAsync(slot_sumsq.get(), 0,
+                                             slot_sumsq.size() * sizeof(double), stream.get()));
         if (clip > 0.0f) {
             for (size_t i = 0; i < live.size(); ++i) {
                 const int32_t ti = train_index[i];
                 if (ti < 0) continue;
                 const LiveSlot& e = live[i];
-                ESPER_CUDA_CHECK(kernels::launch_sum_squares(slot_ptr(layers[e.layer].arenas[e.kind].grads, e),
-                                                    int64_t(slot_floats(e)), slot_sumsq.get() + ti,
-                                                    stream));
+                ESPER_CUDA_CHECK(kernels::launch_sum_squares(
+                    slot_ptr(layers[e.layer].arenas[e.kind].grads, e), int64_t(slot_floats(e)),
+                    slot_sumsq.get() + ti, stream.get()));
             }
         }
         if (dp) agree_sumsq();
         if (clip > 0.0f)
-            ESPER_CUDA_CHECK(kernels::launch_clip_scale(grads.get(), int64_t(n_flat), host_sumsq.get(), clip,
-                                               stream));
+            ESPER_CUDA_CHECK(kernels::launch_clip_scale(grads.get(), int64_t(n_flat),
+                                                        host_sumsq.get(), clip, stream.get()));
         if (adamw) {
             ESPER_CUDA_CHECK(kernels::launch_adamw_step(params.get(), grads.get(), m.get(), v.get(),
-                                                        int64_t(n_flat), adam.get(), stream));
+                                                        int64_t(n_flat), adam.get(), stream.get()));
         } else {
-            ESPER_CUDA_CHECK(kernels::launch_sgd_momentum_step(params.get(), grads.get(), m.get(),
-                                                               int64_t(n_flat), sgd.get(), stream));
+            ESPER_CUDA_CHECK(kernels::launch_sgd_momentum_step(
+                params.get(), grads.get(), m.get(), int64_t(n_flat), sgd.get(), stream.get()));
         }
         for (size_t i = 0; i < live.size(); ++i) {
             const int32_t ti = train_index[i];
@@ -540,42 +447,40 @@ struct CudaBackend::Impl {
             const int64_t n = int64_t(slot_floats(e));
             float* g = slot_ptr(ar.grads, e);
             if (clip > 0.0f)
-                ESPER_CUDA_CHECK(kernels::launch_clip_scale(g, n, slot_sumsq.get() + ti, clip, stream));
+                ESPER_CUDA_CHECK(
+                    kernels::launch_clip_scale(g, n, slot_sumsq.get() + ti, clip, stream.get()));
             if (adamw) {
                 ESPER_CUDA_CHECK(kernels::launch_adamw_step(slot_ptr(ar.params, e), g,
                                                             slot_ptr(ar.m, e), slot_ptr(ar.v, e), n,
-                                                            slot_adam.get() + ti, stream));
+                                                            slot_adam.get() + ti, stream.get()));
             } else {
                 ESPER_CUDA_CHECK(kernels::launch_sgd_momentum_step(
-                    slot_ptr(ar.params, e), g, slot_ptr(ar.m, e), n, sgd.get() + 1, stream));
+                    slot_ptr(ar.params, e), g, slot_ptr(ar.m, e), n, sgd.get() + 1, stream.get()));
             }
         }
         StepResultHost* r = result.get();
-        ESPER_CUDA_CHECK(cudaMemcpyAsync(&r->loss, loss.get(), sizeof(float), cudaMemcpyDeviceToHost,
-                                         stream));
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(&r->loss, loss.get(), sizeof(float),
+                                         cudaMemcpyDeviceToHost, stream.get()));
         ESPER_CUDA_CHECK(cudaMemcpyAsync(&r->correct, correct.get(), sizeof(int32_t),
-                                         cudaMemcpyDeviceToHost, stream));
+                                         cudaMemcpyDeviceToHost, stream.get()));
         ESPER_CUDA_CHECK(cudaMemcpyAsync(&r->host_sumsq, host_sumsq.get(), sizeof(double),
-                                         cudaMemcpyDeviceToHost, stream));
+                                         cudaMemcpyDeviceToHost, stream.get()));
         for (size_t l = 0; l < layers.size(); ++l)
             ESPER_CUDA_CHECK(cudaMemcpyAsync(layers[l].tel_host.get(), layers[l].tel.get(),
                                              layers[l].tel.size() * sizeof(double),
-                                             cudaMemcpyDeviceToHost, stream));
+                                             cudaMemcpyDeviceToHost, stream.get()));
         for (size_t i = 0; i < live.size(); ++i) {
             const LiveSlot& e = live[i];
             ESPER_CUDA_CHECK(cudaMemcpyAsync(stage_params.get() + live_off[i],
                                              slot_ptr(layers[e.layer].arenas[e.kind].params, e),
                                              slot_floats(e) * sizeof(float), cudaMemcpyDeviceToHost,
-                                             stream));
+                                             stream.get()));
         }
     }
 
     void capture() {
-        if (graph != nullptr) {
-            ESPER_CUDA_CHECK(cudaGraphExecDestroy(graph));
-            graph = nullptr;
-        }
-        ESPER_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        graph.destroy();
+        ESPER_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
         // Ends a capture that an exception interrupted, so the stream stays usable.
         struct CaptureGuard {
             cudaStream_t s;
@@ -586,14 +491,16 @@ struct CudaBackend::Impl {
                 (void)cudaStreamEndCapture(s, &g);
                 if (g != nullptr) (void)cudaGraphDestroy(g);
             }
-        } guard{stream};
+        } guard{stream.get()};
         enqueue_step();
         guard.open = false;
         cudaGraph_t g = nullptr;
-        ESPER_CUDA_CHECK(cudaStreamEndCapture(stream, &g));
-        const cudaError_t inst = cudaGraphInstantiate(&graph, g, 0);
+        ESPER_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &g));
+        cudaGraphExec_t exec = nullptr;
+        const cudaError_t inst = cudaGraphInstantiate(&exec, g, 0);
         (void)cudaGraphDestroy(g);
         ESPER_CUDA_CHECK(inst);
+        graph.reset(exec);
         graph_valid = true;
         ++captures;
     }
@@ -620,7 +527,7 @@ struct CudaBackend::Impl {
     // Structural change: new staging buffers and per-slot optimizer scalars; the graph must be
     // captured again. sync-point: step boundary (structural edit, buffers in use are replaced).
     void set_live(std::vector<LiveSlot> next) {
-        ESPER_CUDA_CHECK(cudaStreamSynchronize(stream));
+        ESPER_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
         live = std::move(next);
         live_off.assign(live.size(), 0);
         train_index.assign(live.size(), -1);
@@ -649,16 +556,17 @@ struct CudaBackend::Impl {
         const size_t n = size_t(ar.view.stride);
         const size_t off = size_t(slot) * n;
         ESPER_CUDA_CHECK(cudaMemcpyAsync(ar.params.get() + off, a.params(k, slot).data(),
-                                         n * sizeof(float), cudaMemcpyHostToDevice, stream));
+                                         n * sizeof(float), cudaMemcpyHostToDevice, stream.get()));
         ESPER_CUDA_CHECK(cudaMemcpyAsync(ar.m.get() + off, a.opt_m(k, slot).data(),
-                                         n * sizeof(float), cudaMemcpyHostToDevice, stream));
+                                         n * sizeof(float), cudaMemcpyHostToDevice, stream.get()));
         if (adamw)
             ESPER_CUDA_CHECK(cudaMemcpyAsync(ar.v.get() + off, a.opt_v(k, slot).data(),
-                                             n * sizeof(float), cudaMemcpyHostToDevice, stream));
+                                             n * sizeof(float), cudaMemcpyHostToDevice,
+                                             stream.get()));
     }
 };
 
-CudaBackend::CudaBackend(const Config& config, Model& model, SeedManager* seeds,
+CudaBackend::CudaBackend(const Config& config, MlpModel& model, SeedManager* seeds,
                          Optimizer& optimizer, const CudaBackendOptions& options)
     : impl_(std::make_unique<Impl>()) {
     Impl& d = *impl_;
@@ -678,20 +586,21 @@ CudaBackend::CudaBackend(const Config& config, Model& model, SeedManager* seeds,
     ESPER_CHECK_INPUT(options.nccl == nullptr, "CUDA backend: data parallelism needs NCCL, and "
                       "this build has none (use run.device: cpu with Gloo)");
 #endif
-    ESPER_CUDA_CHECK(cudaStreamCreateWithFlags(&d.stream, cudaStreamNonBlocking));
+    d.stream = CudaStream(cudaStreamNonBlocking);
     if (options.time_grad_reduce) {
-        ESPER_CUDA_CHECK(cudaEventCreate(&d.reduce_begin));
-        ESPER_CUDA_CHECK(cudaEventCreate(&d.reduce_end));
+        d.reduce_begin = CudaEvent(cudaEventDefault);
+        d.reduce_end = CudaEvent(cudaEventDefault);
     }
-    ESPER_CUDA_CHECK(cudaStreamCreateWithFlags(&d.side, cudaStreamNonBlocking));
-    ESPER_CUDA_CHECK(cudaEventCreateWithFlags(&d.done, cudaEventDisableTiming));
-    ESPER_CUDA_CHECK(cudaEventCreateWithFlags(&d.updates_done, cudaEventDisableTiming));
-    ESPER_CUBLAS_CHECK(cublasCreate(&d.cublas));
-    ESPER_CUBLAS_CHECK(cublasSetStream(d.cublas, d.stream));
+    d.side = CudaStream(cudaStreamNonBlocking);
+    d.done = CudaEvent(cudaEventDisableTiming);
+    d.updates_done = CudaEvent(cudaEventDisableTiming);
+    d.cublas = CublasHandle::create();
+    ESPER_CUBLAS_CHECK(cublasSetStream(d.cublas.get(), d.stream.get()));
     d.cublas_ws = DeviceBuffer<uint8_t>(kCublasWorkspaceBytes);
-    ESPER_CUBLAS_CHECK(cublasSetWorkspace(d.cublas, d.cublas_ws.get(), kCublasWorkspaceBytes));
+    ESPER_CUBLAS_CHECK(
+        cublasSetWorkspace(d.cublas.get(), d.cublas_ws.get(), kCublasWorkspaceBytes));
     ESPER_CUBLAS_CHECK(cublasSetMathMode(
-        d.cublas, options.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+        d.cublas.get(), options.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
 
     // Flat parameter layout: Model::params() is [hidden0.weight, hidden0.bias, ..., head.*].
     const std::vector<ParamRef>& ps = model.params();
@@ -738,9 +647,8 @@ CudaBackend::CudaBackend(const Config& config, Model& model, SeedManager* seeds,
     }
     d.bypass.assign(d.hidden.size(), 0);
     d.kJoinEvent = 2 * d.hidden.size();
-    d.events.assign(d.kJoinEvent + 1, nullptr);
-    for (cudaEvent_t& e : d.events)
-        ESPER_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    d.events.clear();
+    for (size_t i = 0; i <= d.kJoinEvent; ++i) d.events.emplace_back(cudaEventDisableTiming);
     d.bias_ws_bytes = bias_ws;
     d.bias_ws = DeviceBuffer<uint8_t>(bias_ws);
     d.softmax_ws_bytes = kernels::softmax_xent_workspace_bytes(d.max_batch);
@@ -801,7 +709,7 @@ CudaBackend::CudaBackend(const Config& config, Model& model, SeedManager* seeds,
 }
 
 CudaBackend::~CudaBackend() {
-    if (impl_ && impl_->stream != nullptr) (void)cudaStreamSynchronize(impl_->stream);
+    if (impl_ && impl_->stream.get() != nullptr) (void)cudaStreamSynchronize(impl_->stream.get());
 }
 
 void CudaBackend::copy_optimizer_state(bool to_device) {
@@ -816,23 +724,23 @@ void CudaBackend::copy_optimizer_state(bool to_device) {
         float* hm = d.optimizer->m_[i].data();
         ESPER_CUDA_CHECK(cudaMemcpyAsync(to_device ? static_cast<void*>(dp) : hp,
                                          to_device ? static_cast<const void*>(hp) : dp, n, kind,
-                                         d.stream));
+                                         d.stream.get()));
         ESPER_CUDA_CHECK(cudaMemcpyAsync(to_device ? static_cast<void*>(dm) : hm,
                                          to_device ? static_cast<const void*>(hm) : dm, n, kind,
-                                         d.stream));
+                                         d.stream.get()));
         if (d.adamw) {
             float* dv = d.v.get() + d.param_off[i];
             float* hv = d.optimizer->v_[i].data();
             ESPER_CUDA_CHECK(cudaMemcpyAsync(to_device ? static_cast<void*>(dv) : hv,
-                                             to_device ? static_cast<const void*>(hv) : dv, n,
-                                             kind, d.stream));
+                                             to_device ? static_cast<const void*>(hv) : dv, n, kind,
+                                             d.stream.get()));
         }
     }
 }
 
 void CudaBackend::upload_all() {
     Impl& d = *impl_;
-    ESPER_CUDA_CHECK(cudaStreamSynchronize(d.stream));  // sync-point: step boundary (restore)
+    ESPER_CUDA_CHECK(cudaStreamSynchronize(d.stream.get()));  // sync-point: step boundary (restore)
     copy_optimizer_state(true);
     if (d.seeds != nullptr) {
         for (size_t l = 0; l < d.layers.size(); ++l) {
@@ -846,16 +754,19 @@ void CudaBackend::upload_all() {
             std::vector<uint32_t> steps(S);
             for (size_t i = 0; i < S; ++i) steps[i] = t.steps_in_stage(int32_t(i));
             ESPER_CUDA_CHECK(cudaMemcpyAsync(s.stage.get(), s.stage_shadow.data(), S,
-                                             cudaMemcpyHostToDevice, d.stream));
+                                             cudaMemcpyHostToDevice, d.stream.get()));
             ESPER_CUDA_CHECK(cudaMemcpyAsync(s.kind.get(), s.kind_shadow.data(), S,
-                                             cudaMemcpyHostToDevice, d.stream));
-            ESPER_CUDA_CHECK(cudaMemcpyAsync(s.slot.get(), s.slot_shadow.data(), S * sizeof(int32_t),
-                                             cudaMemcpyHostToDevice, d.stream));
-            ESPER_CUDA_CHECK(cudaMemcpyAsync(s.alpha.get(), s.alpha_shadow.data(), S * sizeof(float),
-                                             cudaMemcpyHostToDevice, d.stream));
+                                             cudaMemcpyHostToDevice, d.stream.get()));
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(s.slot.get(), s.slot_shadow.data(),
+                                             S * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                             d.stream.get()));
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(s.alpha.get(), s.alpha_shadow.data(),
+                                             S * sizeof(float), cudaMemcpyHostToDevice,
+                                             d.stream.get()));
             ESPER_CUDA_CHECK(cudaMemcpyAsync(s.steps.get(), steps.data(), S * sizeof(uint32_t),
-                                             cudaMemcpyHostToDevice, d.stream));
-            ESPER_CUDA_CHECK(cudaStreamSynchronize(d.stream));  // sync-point: `steps` is local
+                                             cudaMemcpyHostToDevice, d.stream.get()));
+            ESPER_CUDA_CHECK(
+                cudaStreamSynchronize(d.stream.get()));  // sync-point: `steps` is local
         }
         for (const LiveSlot& e : d.live_slots()) d.upload_slot(e.layer, e.kind, e.slot);
         std::vector<LiveSlot> next = d.live_slots();
@@ -866,12 +777,13 @@ void CudaBackend::upload_all() {
             d.graph_valid = false;
         }
     }
-    ESPER_CUDA_CHECK(cudaStreamSynchronize(d.stream));  // sync-point: step boundary (restore)
+    ESPER_CUDA_CHECK(cudaStreamSynchronize(d.stream.get()));  // sync-point: step boundary (restore)
 }
 
 void CudaBackend::download_all() {
     Impl& d = *impl_;
-    ESPER_CUDA_CHECK(cudaStreamSynchronize(d.stream));  // sync-point: step boundary (snapshot)
+    ESPER_CUDA_CHECK(
+        cudaStreamSynchronize(d.stream.get()));  // sync-point: step boundary (snapshot)
     copy_optimizer_state(false);
     if (d.seeds != nullptr) {
         for (const LiveSlot& e : d.live_slots()) {
@@ -881,15 +793,16 @@ void CudaBackend::download_all() {
             const size_t n = size_t(ar.view.stride) * sizeof(float);
             const size_t off = size_t(e.slot) * size_t(ar.view.stride);
             ESPER_CUDA_CHECK(cudaMemcpyAsync(a.params(k, e.slot).data(), ar.params.get() + off, n,
-                                             cudaMemcpyDeviceToHost, d.stream));
+                                             cudaMemcpyDeviceToHost, d.stream.get()));
             ESPER_CUDA_CHECK(cudaMemcpyAsync(a.opt_m(k, e.slot).data(), ar.m.get() + off, n,
-                                             cudaMemcpyDeviceToHost, d.stream));
+                                             cudaMemcpyDeviceToHost, d.stream.get()));
             if (d.adamw)
                 ESPER_CUDA_CHECK(cudaMemcpyAsync(a.opt_v(k, e.slot).data(), ar.v.get() + off, n,
-                                                 cudaMemcpyDeviceToHost, d.stream));
+                                                 cudaMemcpyDeviceToHost, d.stream.get()));
         }
     }
-    ESPER_CUDA_CHECK(cudaStreamSynchronize(d.stream));  // sync-point: step boundary (snapshot)
+    ESPER_CUDA_CHECK(
+        cudaStreamSynchronize(d.stream.get()));  // sync-point: step boundary (snapshot)
 }
 
 void CudaBackend::sync_structure() {
@@ -897,7 +810,7 @@ void CudaBackend::sync_structure() {
     if (d.seeds == nullptr) return;
     // sync-point: step boundary; the previous batch of updates must have left the pinned buffer
     // (normally long done: finish_step waited for the whole step).
-    ESPER_CUDA_CHECK(cudaEventSynchronize(d.updates_done));
+    ESPER_CUDA_CHECK(cudaEventSynchronize(d.updates_done.get()));
     bool any = false;
     for (size_t l = 0; l < d.layers.size(); ++l) {
         SeedLayerDev& s = d.layers[l];
@@ -929,7 +842,7 @@ void CudaBackend::sync_structure() {
         if (n == 0) continue;
         ESPER_CUDA_CHECK(cudaMemcpyAsync(s.updates.get(), s.updates_host.get(),
                                          size_t(n) * sizeof(kernels::SeedUpdate),
-                                         cudaMemcpyHostToDevice, d.stream));
+                                         cudaMemcpyHostToDevice, d.stream.get()));
         kernels::SeedTableView tv;
         tv.num_seeds = s.num_seeds;
         tv.stage = s.stage.get();
@@ -937,10 +850,11 @@ void CudaBackend::sync_structure() {
         tv.slot = s.slot.get();
         tv.alpha = s.alpha.get();
         tv.steps_in_stage = s.steps.get();
-        ESPER_CUDA_CHECK(kernels::launch_seed_state_update(tv, s.updates.get(), n, false, d.stream));
+        ESPER_CUDA_CHECK(
+            kernels::launch_seed_state_update(tv, s.updates.get(), n, false, d.stream.get()));
         any = true;
     }
-    if (any) ESPER_CUDA_CHECK(cudaEventRecord(d.updates_done, d.stream));
+    if (any) ESPER_CUDA_CHECK(cudaEventRecord(d.updates_done.get(), d.stream.get()));
     std::vector<LiveSlot> next = d.live_slots();
     if (next != d.live) d.set_live(std::move(next));
     std::vector<uint8_t> bypass = d.compute_bypass();
@@ -1014,18 +928,18 @@ void CudaBackend::launch_step(double lr, double bp_lr) {
     }
     if (d.opt.use_graphs) {
         if (!d.graph_valid) d.capture();
-        ESPER_CUDA_CHECK(cudaGraphLaunch(d.graph, d.stream));
+        ESPER_CUDA_CHECK(cudaGraphLaunch(d.graph.get(), d.stream.get()));
     } else {
         d.enqueue_step();
     }
-    ESPER_CUDA_CHECK(cudaEventRecord(d.done, d.stream));
+    ESPER_CUDA_CHECK(cudaEventRecord(d.done.get(), d.stream.get()));
 }
 
-CudaStepResult CudaBackend::finish_step(Telemetry* telemetry) {
+StepResult CudaBackend::finish_step(Telemetry* telemetry) {
     Impl& d = *impl_;
     // sync-point: step boundary — loss, vitals and per-seed telemetry feed the host lifecycle.
-    ESPER_CUDA_CHECK(cudaEventSynchronize(d.done));
-    CudaStepResult r;
+    ESPER_CUDA_CHECK(cudaEventSynchronize(d.done.get()));
+    StepResult r;
     const StepResultHost& h = d.result[0];
     r.loss = h.loss;
     r.correct = h.correct;
@@ -1055,31 +969,46 @@ CudaStepResult CudaBackend::finish_step(Telemetry* telemetry) {
     return r;
 }
 
-void CudaBackend::commit_step() { commit_blueprint_counts(); }
-
-void CudaBackend::synchronize() {
-    ESPER_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));  // sync-point: caller's request
+StepResult CudaBackend::run_step(const Batch& batch, const StepRates& rates, Telemetry& telemetry) {
+    ESPER_REQUIRE(batch.features != nullptr && batch.rows == impl_->opt.batch, "cuda step rows=",
+                  batch.rows, " batch=", impl_->opt.batch);
+    sync_structure();
+    set_batch(batch.features, batch.targets);
+    launch_step(rates.lr, rates.blueprint_lr);
+    return finish_step(&telemetry);
 }
 
-BatchResult CudaBackend::eval_batch(const float* x, const int32_t* y, int32_t batch) {
+void CudaBackend::commit_step(const StepRates&) { commit_blueprint_counts(); }
+
+void CudaBackend::synchronize() {
+    ESPER_CUDA_CHECK(cudaStreamSynchronize(impl_->stream.get()));  // sync-point: caller's request
+}
+
+BatchResult CudaBackend::eval_batch(const Batch& data) {
+    sync_structure();
     Impl& d = *impl_;
+    const float* x = data.features;
+    const int32_t* y = data.targets;
+    const int32_t batch = data.rows;
+    ESPER_REQUIRE(x != nullptr && data.rows == data.samples, "cuda eval rows=", data.rows);
     ESPER_REQUIRE(batch > 0 && batch <= d.max_batch, "eval batch=", batch, " max=", d.max_batch);
-    ESPER_CUDA_CHECK(cudaMemcpyAsync(d.x.get(), x, size_t(batch) * size_t(d.in_features) * sizeof(float),
-                                     cudaMemcpyHostToDevice, d.stream));
+    ESPER_CUDA_CHECK(cudaMemcpyAsync(d.x.get(), x,
+                                     size_t(batch) * size_t(d.in_features) * sizeof(float),
+                                     cudaMemcpyHostToDevice, d.stream.get()));
     ESPER_CUDA_CHECK(cudaMemcpyAsync(d.labels.get(), y, size_t(batch) * sizeof(int32_t),
-                                     cudaMemcpyHostToDevice, d.stream));
+                                     cudaMemcpyHostToDevice, d.stream.get()));
     d.forward(batch, false, false);
     float loss = 0.0f;
     int32_t correct = 0;
     ESPER_CUDA_CHECK(cudaMemcpyAsync(&loss, d.loss.get(), sizeof(float), cudaMemcpyDeviceToHost,
-                                     d.stream));
+                                     d.stream.get()));
     ESPER_CUDA_CHECK(cudaMemcpyAsync(&correct, d.correct.get(), sizeof(int32_t),
-                                     cudaMemcpyDeviceToHost, d.stream));
-    ESPER_CUDA_CHECK(cudaStreamSynchronize(d.stream));  // sync-point: evaluation result
+                                     cudaMemcpyDeviceToHost, d.stream.get()));
+    ESPER_CUDA_CHECK(cudaStreamSynchronize(d.stream.get()));  // sync-point: evaluation result
     BatchResult r;
     r.loss = loss;
     r.correct = correct;
-    r.batch = batch;
+    r.rows = batch;
     return r;
 }
 
@@ -1100,15 +1029,6 @@ std::string CudaBackend::device_name() const {
     return p.name;
 }
 
-int CudaBackend::device_count() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    return n;
-}
-
 int64_t CudaBackend::grad_reduce_bytes() const {
     return impl_->data_parallel() ? impl_->reduce_floats() * int64_t(sizeof(float)) : 0;
 }
@@ -1117,13 +1037,32 @@ double CudaBackend::last_grad_reduce_ms() const {
     const Impl& d = *impl_;
     if (!d.opt.time_grad_reduce || !d.data_parallel()) return 0.0;
     float ms = 0.0f;
-    if (cudaEventElapsedTime(&ms, d.reduce_begin, d.reduce_end) != cudaSuccess) {
+    if (cudaEventElapsedTime(&ms, d.reduce_begin.get(), d.reduce_end.get()) != cudaSuccess) {
         (void)cudaGetLastError();
         return -1.0;  // timing not available for events recorded by this graph
     }
     return double(ms);
 }
 
-#endif  // ESPER_HAVE_CUDA
+std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Model& model,
+                                               SeedManager& seeds, Optimizer& optimizer,
+                                               const StepBackendOptions& options) {
+    auto* mlp = dynamic_cast<MlpModel*>(&model);
+    ESPER_CHECK_INPUT(mlp != nullptr, "model ", model.kind(), ": no CUDA backend yet (run.device: cpu)");
+    CudaBackendOptions o;
+    o.batch = options.batch;
+    o.eval_batch = options.eval_batch;
+    o.time_grad_reduce = options.time_grad_reduce;
+    if (options.world > 1) {
+        ESPER_CHECK_INPUT(options.nccl != nullptr, "run.device: cuda with ", options.world,
+                          " ranks needs an NCCL communicator per rank (none was given); "
+                          "use run.device: cpu (Gloo)");
+        o.nccl = options.nccl;
+    }
+    auto backend = std::make_unique<CudaBackend>(config, *mlp, &seeds, optimizer, o);
+    ESPER_LOG_AT(logger("kasmina.trainer"), LogLevel::kInfo, "device=cuda name=",
+                 backend->device_name());
+    return backend;
+}
 
 }  // namespace esper::kasmina

@@ -7,7 +7,9 @@
 // with launch_seed_state_update and uploads newly initialised blueprint slots at step boundaries.
 // Host-side copies of parameters/optimizer state are refreshed only by download_all() (snapshots,
 // checkpoints); blueprint slots in use are refreshed after every step. This header has no CUDA
-// types, so it compiles in CPU-only builds (where constructing a CudaBackend throws).
+// types; the class is defined only in CUDA builds (cuda_backend.cpp), so code that calls its
+// methods (tests, benchmarks) builds only there. Every handle it holds has an RAII owner
+// (cuda_handles.h, NcclComm).
 #pragma once
 
 #include <cstdint>
@@ -15,19 +17,15 @@
 #include <string>
 
 #include "kasmina/io/config.h"
-#include "kasmina/model/model.h"
-#include "kasmina/train/optimizer.h"
 #include "kasmina/lifecycle/seed_manager.h"
 #include "kasmina/lifecycle/telemetry.h"
+#include "kasmina/model/mlp.h"
+#include "kasmina/train/optimizer.h"
+#include "kasmina/train/step_backend.h"
 
 namespace esper::kasmina {
 
 class NcclComm;
-
-// True when this build has CUDA and a device is visible.
-bool cuda_device_available();
-// run.device → use CUDA? auto = CUDA when available; cuda without a device throws esper::Error.
-bool resolve_use_cuda(const std::string& device);
 
 struct CudaBackendOptions {
     int32_t batch = 0;          // training batch (the captured graph's shape)
@@ -49,27 +47,33 @@ struct CudaBackendOptions {
     bool time_grad_reduce = false;
 };
 
-struct CudaStepResult {
-    double loss = 0.0;
-    int32_t correct = 0;
-    bool finite = true;         // loss and every gradient finite
-};
-
-class CudaBackend {
+class CudaBackend final : public StepBackend {
 public:
     // Mirrors `model`'s parameters, `optimizer`'s state and `seeds`' tables/arenas (all must
     // outlive the backend) to the current CUDA device; upload_all() is called here.
-    CudaBackend(const Config& config, Model& model, SeedManager* seeds, Optimizer& optimizer,
+    CudaBackend(const Config& config, MlpModel& model, SeedManager* seeds, Optimizer& optimizer,
                 const CudaBackendOptions& options);
-    ~CudaBackend();
+    ~CudaBackend() override;
     CudaBackend(const CudaBackend&) = delete;
     CudaBackend& operator=(const CudaBackend&) = delete;
 
+    // ---- StepBackend ----
+    std::string_view name() const override { return "cuda"; }
+    // sync_structure, set_batch, launch_step and finish_step (batch.rows must equal
+    // CudaBackendOptions::batch).
+    StepResult run_step(const Batch& batch, const StepRates& rates, Telemetry& telemetry) override;
+    // The step's update is kept: advances the optimizer's step counters (AdamW bias correction).
+    void commit_step(const StepRates& rates) override;
+    // sync_structure, then forward + loss of an evaluation batch (uncaptured; syncs).
+    BatchResult eval_batch(const Batch& batch) override;
     // Host → device: every parameter, optimizer state, blueprint slots in use, the full seed
     // tables. Used after restores (checkpoint, governor). Syncs.
-    void upload_all();
+    void upload_all() override;
     // Device → host: parameters, optimizer state, blueprint slots in use. Syncs.
-    void download_all();
+    void download_all() override;
+    CudaBackend* cuda() override { return this; }
+
+    // ---- the step in pieces (benchmarks) and CUDA-only knobs ----
     // Step boundary: mirror seed-table changes (one SeedUpdate per changed seed), upload newly
     // acquired slots, invalidate the graph when the set of live slots changed.
     void sync_structure();
@@ -80,21 +84,15 @@ public:
     void launch_step(double lr, double bp_lr);
     // sync-point: waits for the step, copies telemetry (when non-null) and the live slots' grads
     // and params into the host objects; returns loss, correct count, finiteness.
-    CudaStepResult finish_step(Telemetry* telemetry);
-    // The step's update is kept: advances the optimizer's step counters (AdamW bias correction).
-    void commit_step();
+    StepResult finish_step(Telemetry* telemetry);
     // Blocks until all enqueued work is done.
     void synchronize();
-    // Forward + loss of an evaluation batch (uncaptured; syncs).
-    BatchResult eval_batch(const float* x, const int32_t* y, int32_t batch);
 
     int64_t graph_captures() const;
     void set_use_graphs(bool on);
     // Before the first step (or at a step boundary): see CudaBackendOptions::overlap_dormant.
     void set_overlap_dormant(bool on);
     std::string device_name() const;
-    // Devices this process can see (0 without CUDA or without a device).
-    static int device_count();
     // Bytes the gradient all-reduce moves per step (flat host grads + live slots' grads).
     int64_t grad_reduce_bytes() const;
     // With time_grad_reduce and an NcclComm: the all-reduce time of the last finished step

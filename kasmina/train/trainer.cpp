@@ -2,13 +2,11 @@
 #include "kasmina/train/trainer.h"
 
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 
 #include "core/check.h"
 #include "core/clock.h"
 #include "core/log.h"
-#include "kasmina/train/cuda_backend.h"
 #include "kasmina/dist/distributed.h"
 
 namespace esper::kasmina {
@@ -19,31 +17,7 @@ namespace {
 
 Logger& trainer_log() { return logger("kasmina.trainer"); }
 
-std::string num(double v) {
-    if (!std::isfinite(v)) return "null";
-    char buf[40];
-    std::snprintf(buf, sizeof(buf), "%.17g", v);
-    return buf;
-}
-
-bool all_finite(std::span<const float> v) {
-    for (float x : v)
-        if (!std::isfinite(x)) return false;
-    return true;
-}
-
 }  // namespace
-
-bool trainer_uses_cuda(const Config& config) {
-    // Widening (layer-input) blueprints have CPU kernels only; load_config refuses device: cuda.
-    if (config.blueprints.input != BlueprintInput::kLayer) return resolve_use_cuda(config.run.device);
-    ESPER_CHECK_INPUT(config.run.device != "cuda",
-                      "blueprints.input: layer runs on the CPU only; set run.device: cpu or auto");
-    if (config.run.device == "auto")
-        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo,
-                     "device=cpu (blueprints.input: layer has no CUDA kernels yet)");
-    return false;
-}
 
 Trainer::Trainer(const Config& config, TrainerOptions options)
     : Trainer(config, load_data(config.data, config.run.seed), std::move(options)) {}
@@ -54,23 +28,19 @@ Trainer::Trainer(const Config& config, DataSplits data, TrainerOptions options)
     init();
 }
 
-Trainer::~Trainer() {
-    if (metrics_ != nullptr) std::fclose(metrics_);
-}
+Trainer::~Trainer() = default;
 
 void Trainer::init() {
     const Dataset& tr = data_.train;
     if (options_.rank != 0) options_.run_dir.clear();  // only rank 0 writes files
     ESPER_CHECK_INPUT(tr.n >= config_.data.batch_size, "data.batch_size: ", config_.data.batch_size,
                       " exceeds the ", tr.n, " training samples");
-    model_ = std::make_unique<Model>(config_.model, tr.features, std::max(tr.classes, data_.test.classes),
-                                     config_.run.seed);
+    model_ = make_model(config_.model, tr.features, std::max(tr.classes, data_.test.classes),
+                        config_.run.seed);
     if (!options_.run_dir.empty()) {
         fs::create_directories(options_.run_dir);
         events_ = std::make_unique<EventLog>((fs::path(options_.run_dir) / "events.jsonl").string());
-        const std::string mpath = (fs::path(options_.run_dir) / "metrics.jsonl").string();
-        metrics_ = std::fopen(mpath.c_str(), "a");
-        if (metrics_ == nullptr) ESPER_THROW(kFailed, mpath, ": cannot open: ", std::strerror(errno));
+        metrics_ = std::make_unique<MetricsLog>(fs::path(options_.run_dir) / "metrics.jsonl");
     }
     seeds_ = std::make_unique<SeedManager>(seed_manager_config(config_), model_->seed_layer_widths(), events_.get(),
                                            model_->seed_layer_inputs());
@@ -85,22 +55,15 @@ void Trainer::init() {
                                              : config_.run.epochs * sampler_->batches_per_epoch();
     x_.resize(size_t(config_.data.batch_size * tr.features));
     y_.resize(size_t(config_.data.batch_size));
-    views_.resize(size_t(seeds_->num_layers()));
-    if (trainer_uses_cuda(config_)) {
-        CudaBackendOptions o;
-        o.batch = int32_t(config_.data.batch_size);
-        o.eval_batch = int32_t(options_.eval_batch);
-        o.time_grad_reduce = options_.time_grad_reduce;
-        if (options_.world > 1) {
-            ESPER_CHECK_INPUT(options_.nccl != nullptr, "run.device: cuda with ", options_.world,
-                              " ranks needs an NCCL communicator per rank (none was given); "
-                              "use run.device: cpu (Gloo)");
-            o.nccl = options_.nccl;
-        }
-        gpu_ = std::make_unique<CudaBackend>(config_, *model_, seeds_.get(), *optimizer_, o);
-        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "device=cuda name=", gpu_->device_name());
-    }
     init_distributed();
+    StepBackendOptions o;
+    o.batch = int32_t(config_.data.batch_size);
+    o.eval_batch = int32_t(options_.eval_batch);
+    o.world = options_.world;
+    o.dist = dist_.get();
+    o.nccl = options_.nccl;
+    o.time_grad_reduce = options_.time_grad_reduce;
+    backend_ = make_step_backend(config_, *model_, *seeds_, *optimizer_, o);
     capture(last_good_);
     last_good_seeds_ = seeds_->snapshot();
 }
@@ -112,7 +75,7 @@ void Trainer::init_distributed() {
                       comm->rank() == options_.rank,
                   "world ", options_.world, " needs matching TrainerOptions::collectives");
     // CUDA: gradients are averaged on the device (NcclComm, in the backend's step graph);
-    // DistributedSync's host gradient buckets are then unused.
+    // DistributedSync's host gradient buckets are then unused (the CPU backend uses them).
     dist_ = std::make_unique<DistributedSync>(*options_.collectives, config_, *model_, *seeds_);
 }
 
@@ -134,51 +97,26 @@ TrainStep Trainer::step() {
     out.epoch = s / spe;
     gather_batch(data_.train, sampler_->batch(out.epoch, s % spe), x_.data(), y_.data());
 
-    out.lr = scheduled_lr(config_.optimizer, config_.optimizer.lr, s, total_steps_);
-    const double bp_lr =
-        scheduled_lr(config_.optimizer, config_.optimizer.blueprint_lr, s, total_steps_);
+    const StepRates rates{scheduled_lr(config_.optimizer, config_.optimizer.lr, s, total_steps_),
+                          scheduled_lr(config_.optimizer, config_.optimizer.blueprint_lr, s,
+                                       total_steps_)};
+    out.lr = rates.lr;
     telemetry_->begin_step();
-    BatchResult r;
-    bool finite = true;
-    if (gpu_) {
-        // The whole step (update included) runs as one graph; a governor trip below restores
-        // the last-known-good state over it.
-        gpu_->sync_structure();
-        gpu_->set_batch(x_.data(), y_.data());
-        gpu_->launch_step(out.lr, bp_lr);
-        const CudaStepResult g = gpu_->finish_step(telemetry_.get());
-        r.loss = g.loss;
-        r.correct = g.correct;
-        r.batch = B;
-        finite = g.finite;
-        if (dist_) {
-            dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
-            finite = finite && std::isfinite(r.loss);
-        }
-        telemetry_->record_blueprint_grads(*seeds_);
-    } else {
-        for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
-            views_[size_t(l)] = seeds_->view(l, B);
-            seeds_->arenas(l).zero_grads();
-        }
-        r = model_->train_batch(x_.data(), y_.data(), B, views_, telemetry_->step_accums());
-        if (dist_) {
-            dist_->reduce_gradients();
-            dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
-        }
-        telemetry_->record_blueprint_grads(*seeds_);
+    // CUDA runs the update too (one graph); a governor trip below restores the last-known-good
+    // state over it.
+    StepResult r = backend_->run_step(features_batch(x_.data(), y_.data(), B), rates, *telemetry_);
+    if (dist_) {
+        dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
+        r.finite = r.finite && std::isfinite(r.loss);
     }
+    telemetry_->record_blueprint_grads(*seeds_);
     double loss = r.loss;
-    if (governor_.inject_nan(s)) {
+    bool finite = r.finite;
+    if (config_.faults.nan_at_step == s) {
+        // The host gradient is read by the CPU update only (the CUDA step keeps its own).
         loss = std::nan("");
-        if (!gpu_) (*model_->params().front().grad)[0] = std::nanf("");
+        (*model_->params().front().grad)[0] = std::nanf("");
         finite = false;
-    }
-    if (!gpu_) {
-        for (const ParamRef& p : model_->params()) finite = finite && all_finite(p.grad->span());
-        for (int32_t l = 0; l < seeds_->num_layers() && finite; ++l)
-            for (int k = 0; k < kNumBlueprintKinds; ++k)
-                finite = finite && all_finite(seeds_->arenas(l).all_grads(BlueprintKind(k)));
     }
 
     out.loss = loss;
@@ -190,18 +128,13 @@ TrainStep Trainer::step() {
                      " restoring step ", last_good_.step);
         restore(last_good_, false);
         const int64_t moved = seeds_->governor_rollback(last_good_seeds_, governor_.last_reason());
-        if (gpu_) gpu_->upload_all();
+        backend_->upload_all();
         ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "governor rolled_back_seeds=", moved);
         StepMetrics m;
         m.loss = governor_.window().empty() ? 0.0 : governor_.window().back();
         seeds_->on_step_end(s, m);
     } else {
-        if (gpu_) {
-            gpu_->commit_step();
-        } else {
-            optimizer_->step_host(out.lr);
-            optimizer_->step_blueprints(*seeds_, bp_lr);
-        }
+        backend_->commit_step(rates);
         const StepMetrics m = telemetry_->end_step(loss, *seeds_);
         seeds_->on_step_end(s, m);
         epoch_loss_sum_ += loss;
@@ -210,18 +143,17 @@ TrainStep Trainer::step() {
     step_ = s + 1;
     out.step = step_;
     if (vitals == Vitals::kOk && governor_.snapshot_due(step_)) {
-        if (gpu_) gpu_->download_all();
+        backend_->download_all();
         capture(last_good_);
         last_good_seeds_ = seeds_->snapshot();
     }
     const double secs = sw.elapsed_s();
     out.samples_per_s = secs > 0 ? double(B) * options_.world / secs : 0.0;
-    write_metrics_line("{\"step\":" + std::to_string(out.step) + ",\"epoch\":" +
-                       std::to_string(out.epoch) + ",\"split\":\"train\",\"loss\":" + num(out.loss) +
-                       ",\"lr\":" + num(out.lr) + ",\"samples_per_s\":" + num(out.samples_per_s) +
-                       ",\"host_params\":" + std::to_string(model_->param_count()) +
-                       ",\"blueprint_params\":" + std::to_string(param_count() - model_->param_count()) +
-                       ",\"total_steps\":" + std::to_string(total_steps_) + "}");
+    if (metrics_) {
+        const int64_t host = model_->param_count();
+        metrics_->write(TrainMetrics{out.step, out.epoch, out.loss, out.lr, out.samples_per_s, host,
+                                     param_count() - host, total_steps_});
+    }
     last_step_ = out;
     return out;
 }
@@ -231,7 +163,6 @@ EvalResult Trainer::evaluate() {
     EvalResult e;
     e.step = step_;
     e.epoch = step_ / sampler_->batches_per_epoch();
-    std::vector<kernels::SeedLayerView> views(size_t(seeds_->num_layers()));
     double loss_sum = 0.0;
     int64_t correct = 0;
     std::vector<int64_t> idx;
@@ -244,15 +175,7 @@ EvalResult Trainer::evaluate() {
         x.resize(size_t(b * te.features));
         y.resize(size_t(b));
         gather_batch(te, idx, x.data(), y.data());
-        BatchResult r;
-        if (gpu_) {
-            gpu_->sync_structure();
-            r = gpu_->eval_batch(x.data(), y.data(), int32_t(b));
-        } else {
-            for (int32_t l = 0; l < seeds_->num_layers(); ++l)
-                views[size_t(l)] = seeds_->view(l, int32_t(b));
-            r = model_->eval_batch(x.data(), y.data(), int32_t(b), views);
-        }
+        const BatchResult r = backend_->eval_batch(features_batch(x.data(), y.data(), int32_t(b)));
         loss_sum += r.loss * double(b);
         correct += r.correct;
     }
@@ -265,66 +188,56 @@ EvalResult Trainer::evaluate() {
 
 std::vector<SeedTelemetryRecord> Trainer::collect_telemetry() { return telemetry_->collect(*seeds_); }
 
-void Trainer::write_metrics_line(const std::string& line) {
-    if (metrics_ == nullptr) return;
-    std::fputs(line.c_str(), metrics_);
-    std::fputc('\n', metrics_);
-    std::fflush(metrics_);
-}
-
-void Trainer::write_eval(const EvalResult& r) {
-    write_metrics_line("{\"step\":" + std::to_string(r.step) + ",\"epoch\":" + std::to_string(r.epoch) +
-                       ",\"split\":\"test\",\"loss\":" + num(r.loss) + ",\"accuracy\":" +
-                       num(r.accuracy) + "}");
-}
-
-void Trainer::run() {
-    const int64_t spe = sampler_->batches_per_epoch();
-    Stopwatch epoch_clock;
-    while (!done()) {
-        if (options_.before_step) options_.before_step(*this);
-        if (dist_ && dist_->sync_boundary(stop_requested_)) stop_requested_ = true;
-        if (stop_requested_) break;
-        step();
-        if (dist_) {
-            // CUDA: host parameters are refreshed only on download; the digest needs them.
-            const int64_t every = config_.run.digest_every_steps;
-            if (gpu_ && every > 0 && step_ % every == 0) gpu_->download_all();
-            dist_->after_step(step_);
-        }
-        const int64_t interval = config_.run.telemetry_interval_steps;
-        if (interval > 0 && step_ % interval == 0) {
-            std::vector<SeedTelemetryRecord> records = collect_telemetry();
-            if (options_.on_telemetry) options_.on_telemetry(*this, std::move(records));
-        }
-        const bool epoch_end = step_ % spe == 0 || done();
-        const int64_t every = config_.run.eval_every_steps;
-        if (epoch_end || (every > 0 && step_ % every == 0)) {
-            const EvalResult e = evaluate();
-            write_eval(e);
-            if (epoch_end && options_.on_epoch) {
-                EpochSummary sum;
-                sum.epoch = (step_ + spe - 1) / spe;
-                sum.step = step_;
-                sum.train_loss = epoch_loss_steps_ ? epoch_loss_sum_ / double(epoch_loss_steps_) : 0.0;
-                sum.test = e;
-                sum.seconds = epoch_clock.elapsed_s();
-                for (int32_t l = 0; l < seeds_->num_layers(); ++l)
-                    sum.active_seeds += seeds_->table(l).count_active() +
-                                        seeds_->table(l).count_in_stage(SeedStage::kFossilized);
-                sum.param_count = param_count();
-                options_.on_epoch(sum);
-            }
-            if (epoch_end) {
-                epoch_loss_sum_ = 0.0;
-                epoch_loss_steps_ = 0;
-                epoch_clock.reset();
-            }
-        }
-        const int64_t ck = config_.run.checkpoint_every_steps;
-        if (ck > 0 && step_ % ck == 0 && !options_.run_dir.empty())
-            save_checkpoint(fs::path(options_.run_dir) / "checkpoints" / std::to_string(step_));
+bool Trainer::boundary() {
+    if (!loop_started_) {
+        loop_started_ = true;
+        epoch_clock_.reset();
     }
+    if (dist_ && dist_->sync_boundary(stop_requested_)) stop_requested_ = true;
+    return !stop_requested_;
+}
+
+StepReport Trainer::after_step() {
+    StepReport due;
+    if (dist_) {
+        // CUDA: host parameters are refreshed only on download; the digest needs them.
+        const int64_t every = config_.run.digest_every_steps;
+        if (every > 0 && step_ % every == 0) backend_->download_all();
+        dist_->after_step(step_);
+    }
+    const int64_t interval = config_.run.telemetry_interval_steps;
+    if (interval > 0 && step_ % interval == 0) due.telemetry = collect_telemetry();
+    const int64_t spe = sampler_->batches_per_epoch();
+    const bool epoch_end = step_ % spe == 0 || done();
+    const int64_t every = config_.run.eval_every_steps;
+    if (epoch_end || (every > 0 && step_ % every == 0)) {
+        due.eval = evaluate();
+        if (metrics_)
+            metrics_->write(
+                TestMetrics{due.eval->step, due.eval->epoch, due.eval->loss, due.eval->accuracy});
+        if (epoch_end) {
+            EpochSummary sum;
+            sum.epoch = (step_ + spe - 1) / spe;
+            sum.step = step_;
+            sum.train_loss = epoch_loss_steps_ ? epoch_loss_sum_ / double(epoch_loss_steps_) : 0.0;
+            sum.test = *due.eval;
+            sum.seconds = epoch_clock_.elapsed_s();
+            for (int32_t l = 0; l < seeds_->num_layers(); ++l)
+                sum.active_seeds += seeds_->table(l).count_active() +
+                                    seeds_->table(l).count_in_stage(SeedStage::kFossilized);
+            sum.param_count = param_count();
+            due.epoch = sum;
+            epoch_loss_sum_ = 0.0;
+            epoch_loss_steps_ = 0;
+            epoch_clock_.reset();
+        }
+    }
+    const int64_t ck = config_.run.checkpoint_every_steps;
+    if (ck > 0 && step_ % ck == 0 && !options_.run_dir.empty()) {
+        due.checkpoint = fs::path(options_.run_dir) / "checkpoints" / std::to_string(step_);
+        save_checkpoint(*due.checkpoint);
+    }
+    return due;
 }
 
 // ---- state capture / restore (checkpoints and the governor's last-known-good) ----
@@ -377,10 +290,12 @@ void Trainer::restore(const CheckpointData& in, bool with_seeds) {
                          t.governor_trips);
 }
 
-void Trainer::save_checkpoint(const fs::path& dir, const CheckpointWriteOptions& opt) {
-    if (gpu_) gpu_->download_all();
+void Trainer::save_checkpoint(const fs::path& dir) {
+    backend_->download_all();
     CheckpointData data;
     capture(data);
+    CheckpointWriteOptions opt;
+    opt.crash_after_files = int(config_.faults.checkpoint_crash_after_files);
     write_checkpoint(dir, data, opt);
     ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "checkpoint step=", step_, " dir=", dir.string());
 }
@@ -388,7 +303,7 @@ void Trainer::save_checkpoint(const fs::path& dir, const CheckpointWriteOptions&
 void Trainer::load_checkpoint(const fs::path& dir) {
     const CheckpointData data = read_checkpoint(dir);
     restore(data, true);
-    if (gpu_) gpu_->upload_all();
+    backend_->upload_all();
     capture(last_good_);
     last_good_seeds_ = seeds_->snapshot();
     ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "resumed step=", step_, " from ", dir.string());

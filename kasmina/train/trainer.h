@@ -1,29 +1,34 @@
-// Trainer: the training loop on the CPU backend. Owns data, model, seed manager, optimizer,
-// telemetry and governor; step() runs one optimizer step (forward, loss, backward, vitals,
-// update, lifecycle step end), evaluate() the test split. The standalone agent and later the bus
-// agent drive it through step(), apply(command) and collect_telemetry(); both call apply only
-// between steps. Step numbers: a checkpoint at step N and the metrics line "step": N are taken
-// after N optimizer steps. Writes `metrics.jsonl` and `events.jsonl` under run_dir when set.
+// Trainer: the training step of a run. Owns data, model, seed manager, optimizer, telemetry,
+// governor and the step backend (CPU or CUDA, step_backend.h); step() runs one optimizer step
+// (forward, loss, backward, vitals, update, lifecycle step end) on one path whatever the device,
+// evaluate() the test split. The agents own the loop (agents/kasmina_main.cpp, kasmina_bus.cpp):
+//   while (!trainer.done()) { apply commands; if (!trainer.boundary()) break;
+//                             trainer.step(); act on trainer.after_step(); }
+// and call apply(command) only between steps. Step numbers: a checkpoint at step N and the metrics
+// line "step": N are taken after N optimizer steps. Writes `metrics.jsonl` and `events.jsonl` under
+// run_dir when set.
 #pragma once
 
 #include <cstdint>
-#include <cstdio>
 #include <filesystem>
-#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "kasmina/io/checkpoint.h"
-#include "kasmina/lifecycle/command.h"
 #include "kasmina/io/config.h"
-#include "kasmina/train/data.h"
 #include "kasmina/io/event_log.h"
+#include "kasmina/io/metrics_log.h"
+#include "kasmina/lifecycle/command.h"
 #include "kasmina/lifecycle/governor.h"
-#include "kasmina/model/model.h"
-#include "kasmina/train/optimizer.h"
 #include "kasmina/lifecycle/seed_manager.h"
 #include "kasmina/lifecycle/telemetry.h"
+#include "kasmina/model/model.h"
+#include "kasmina/train/data.h"
+#include "kasmina/train/optimizer.h"
+#include "kasmina/train/step_backend.h"
 
 namespace esper::kasmina {
 
@@ -60,17 +65,26 @@ struct EpochSummary {
     int64_t param_count = 0;    // host + live blueprints
 };
 
+// What became due after a step (Trainer::after_step); the agent loop acts on it.
+struct StepReport {
+    // Every run.telemetry_interval_steps: the window's per-seed records (the bus agent publishes
+    // them; collecting closes the window).
+    std::optional<std::vector<SeedTelemetryRecord>> telemetry;
+    // At an epoch end and every run.eval_every_steps: the test split (already in metrics.jsonl).
+    std::optional<EvalResult> eval;
+    // At an epoch end (the last step ends one too).
+    std::optional<EpochSummary> epoch;
+    // Every run.checkpoint_every_steps with a run_dir: the checkpoint just written.
+    std::optional<std::filesystem::path> checkpoint;
+};
+
 struct TrainerOptions {
-    std::string run_dir;                                     // "" = no files
-    std::function<void(const EpochSummary&)> on_epoch;       // progress
-    std::function<void(class Trainer&)> before_step;         // run(): commands at boundaries
-    // run(): the records collected every run.telemetry_interval_steps (the bus agent publishes them).
-    std::function<void(class Trainer&, std::vector<SeedTelemetryRecord>&&)> on_telemetry;
+    std::string run_dir;  // "" = no files
     int rank = 0;
     int world = 1;
     // world > 1: the collectives of this rank's group (not owned, must outlive the Trainer).
     // Gradients, step telemetry, loss and correct are combined over ranks, rank 0's seed state
-    // is replicated at run()'s step boundaries, digests compared (kasmina/distributed.h). Only
+    // is replicated at boundary(), digests compared (kasmina/distributed.h). Only
     // rank 0 writes run_dir files (metrics, events, checkpoints); the others write nothing.
     Collectives* collectives = nullptr;
     // world > 1 with run.device resolving to CUDA: this rank's NCCL communicator (not owned),
@@ -82,11 +96,6 @@ struct TrainerOptions {
     bool time_grad_reduce = false;
     int64_t eval_batch = 1000;
 };
-
-// Whether a run of this config trains on the GPU: run.device resolved as resolve_use_cuda does,
-// except that widening blueprints (blueprints.input: layer) have CPU kernels only — `auto` then
-// means the CPU and `cuda` is an error.
-bool trainer_uses_cuda(const Config& config);
 
 class Trainer {
 public:
@@ -103,35 +112,41 @@ public:
     int64_t steps_per_epoch() const { return sampler_->batches_per_epoch(); }
     int64_t total_steps() const { return total_steps_; }
     bool done() const { return step_ >= total_steps_; }
-    // run() returns at the next step boundary (SIGINT/SIGTERM in the agents).
+    // The loop stops at the next boundary() (SIGINT/SIGTERM in the agents).
     void request_stop() { stop_requested_ = true; }
     bool stop_requested() const { return stop_requested_; }
     // The newest step() and evaluate() results (step 0 / empty before the first).
     const TrainStep& last_step() const { return last_step_; }
     const EvalResult& last_eval() const { return last_eval_; }
 
+    // The step boundary, after this rank's commands were applied; every rank calls it before
+    // each step. With world > 1 it replicates rank 0's seed state (DistributedSync::
+    // sync_boundary) and agrees on stopping. Returns false when the run stops here: a stop was
+    // requested on this rank or, with world > 1, on any rank.
+    bool boundary();
     TrainStep step();
+    // After each step, on every rank: the digest comparison (world > 1; the device state is
+    // downloaded first), then whatever became due — telemetry, an evaluation written to
+    // metrics.jsonl, an epoch summary, a checkpoint into run_dir/checkpoints/<step>.
+    StepReport after_step();
     EvalResult evaluate();
     Outcome apply(const Command& command);
     std::vector<SeedTelemetryRecord> collect_telemetry();
-    // Loops until done(): eval at epoch ends (and every run.eval_every_steps), checkpoints every
-    // run.checkpoint_every_steps into run_dir/checkpoints/<step>, progress per epoch.
-    void run();
 
-    void save_checkpoint(const std::filesystem::path& dir, const CheckpointWriteOptions& opt = {});
+    // faults.checkpoint_crash_after_files makes it throw midway (test-only).
+    void save_checkpoint(const std::filesystem::path& dir);
     // Restores everything a bit-identical continuation needs; throws on integrity/shape errors.
     void load_checkpoint(const std::filesystem::path& dir);
 
     Model& model() { return *model_; }
     SeedManager& seeds() { return *seeds_; }
-    Optimizer& optimizer() { return *optimizer_; }
     const Governor& governor() const { return governor_; }
-    Telemetry& telemetry() { return *telemetry_; }
-    // run.device resolved at construction: the CUDA backend (kasmina/cuda_backend.h) or null
-    // (CPU). On CUDA, model() parameters and optimizer() state on the host are refreshed only
-    // at snapshots and checkpoints; blueprint slots in use after every step.
-    CudaBackend* cuda() { return gpu_.get(); }
-    bool uses_cuda() const { return gpu_ != nullptr; }
+    // run.device resolved at construction (make_step_backend). On CUDA, model() parameters and
+    // optimizer state on the host are refreshed only at snapshots and checkpoints; blueprint
+    // slots in use after every step.
+    StepBackend& backend() { return *backend_; }
+    // The CUDA backend's own knobs (kasmina/train/cuda_backend.h), null on the CPU.
+    CudaBackend* cuda() { return backend_->cuda(); }
     // The data-parallel glue when world > 1 (null otherwise).
     DistributedSync* distributed() { return dist_.get(); }
     // Host + live blueprint parameters.
@@ -146,8 +161,6 @@ private:
     void capture(CheckpointData& out) const;
     // Restores parameters/optimizer/arenas (and, when `with_seeds`, seed tables and step).
     void restore(const CheckpointData& in, bool with_seeds);
-    void write_metrics_line(const std::string& line);
-    void write_eval(const EvalResult& r);
 
     Config config_;
     TrainerOptions options_;
@@ -159,18 +172,19 @@ private:
     std::unique_ptr<Telemetry> telemetry_;
     Governor governor_;
     std::unique_ptr<Sampler> sampler_;
-    std::unique_ptr<CudaBackend> gpu_;
     std::unique_ptr<DistributedSync> dist_;
+    std::unique_ptr<StepBackend> backend_;  // after what it refers to: destroyed first
     int64_t total_steps_ = 0;
     int64_t step_ = 0;
     AlignedVector<float> x_;
     std::vector<int32_t> y_;
-    std::vector<kernels::SeedLayerView> views_;
     CheckpointData last_good_;
     SeedManagerSnapshot last_good_seeds_;
-    std::FILE* metrics_ = nullptr;
+    std::unique_ptr<MetricsLog> metrics_;  // metrics.jsonl (rank 0 with a run_dir)
     double epoch_loss_sum_ = 0.0;
     int64_t epoch_loss_steps_ = 0;
+    Stopwatch epoch_clock_;  // from the first boundary() or the last epoch end
+    bool loop_started_ = false;
 };
 
 }  // namespace esper::kasmina

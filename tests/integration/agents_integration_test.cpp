@@ -313,3 +313,21 @@ TEST_CASE("esper run refuses an invalid config or policy before anything starts"
     std::error_code ec;
     fs::remove_all(dir, ec);
 }
+
+TEST_CASE("the executor publishes its effective config on config.<run> at startup",
+          "[integration][agents]") {
+    LiveRun run(fast_config(200000, 1000000));
+    ChildProcess tap("tap",
+                     {kEsper, "tap", "--bus", run.broker.sub, "config.", "--count", "1",
+                      "--timeout-ms", "20000"},
+                     run.dir / "tap.log");
+    std::this_thread::sleep_for(milliseconds(300));  // let the subscription reach the broker
+    run.start_kasmina();
+    REQUIRE(tap.wait_for(milliseconds(20000)).value_or(-1) == 0);
+    const std::string text = file_text(run.dir / "tap.log");
+    INFO(text);
+    const nlohmann::json line = nlohmann::json::parse(text.substr(0, text.find('\n')));
+    CHECK(line["topic"] == "config.it");
+    CHECK_THAT(text, Catch::Contains("runConfig") && Catch::Contains("seeds_per_layer: 4") &&
+                         Catch::Contains("\"batchSize\":64") && Catch::Contains("\"width\":32"));
+}

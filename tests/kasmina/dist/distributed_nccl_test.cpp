@@ -11,6 +11,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -18,7 +19,6 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
-#include <algorithm>
 #include <thread>
 #include <vector>
 
@@ -26,23 +26,19 @@
 #include "core/cuda_check.h"
 #include "kasmina/dist/collectives_gloo.h"
 #include "kasmina/dist/collectives_nccl.h"
-#include "kasmina/train/cuda_backend.h"
 #include "kasmina/dist/distributed.h"
-#include "tests/kasmina/dist/dist_test_util.h"
+#include "kasmina/train/cuda_backend.h"
 #include "kasmina/train/trainer.h"
+#include "tests/kasmina/dist/dist_test_util.h"
+#include "tests/kasmina/train/loop_test_util.h"
+#include "tests/support/gpu.h"
 
 using namespace esper;
 using namespace esper::kasmina;
 using esper::kasmina::test::make;
+using esper::testing::require_devices;
 
 namespace {
-
-void require_two_devices() {
-    if (CudaBackend::device_count() < 2) {
-        std::fprintf(stderr, "skipped: fewer than 2 CUDA devices\n");
-        std::exit(4);
-    }
-}
 
 Config gpu_config() {
     return test::small_dist_config("cuda", 23, 32, {2048, 256, 32, 6, 48, 0.1}, {64, 48});
@@ -156,7 +152,7 @@ void on_ranks(int world, const std::function<void(int, Collectives&, NcclComm&)>
 
 TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tables",
           "[kasmina][dist][multi_gpu]") {
-    require_two_devices();
+    require_devices(2);
     const int world = 2;
     const Config c = gpu_config();
     Script script;
@@ -168,10 +164,11 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
         o.world = world;
         o.collectives = &gloo;
         o.nccl = &nccl;
-        if (r == 0) o.before_step = std::ref(script);
         Trainer t(c, o);
-        if (!t.uses_cuda()) throw std::runtime_error("trainer did not take the CUDA backend");
-        t.run();  // digests compared every 5 steps (host copies downloaded first)
+        if (t.cuda() == nullptr) throw std::runtime_error("trainer did not take the CUDA backend");
+        std::function<void(Trainer&)> before;
+        if (r == 0) before = std::ref(script);
+        test::run_loop(t, before);  // digests compared every 5 steps (host copies downloaded first)
         res[size_t(r)] = summarize(t);
     }, errors);
     for (int r = 0; r < world; ++r) {
@@ -199,7 +196,7 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
 // Benchmark: ESPER_BENCH_STEPS (default 300) timed steps after 30 warm-up steps.
 TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from 1 gpu",
           "[kasmina][dist][multi_gpu][.bench]") {
-    require_two_devices();
+    require_devices(2);
     const char* env_steps = std::getenv("ESPER_BENCH_STEPS");
     const int64_t steps = env_steps != nullptr ? std::atoll(env_steps) : 300;
     const int64_t warm = 30;
@@ -398,7 +395,7 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
 
 TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tables",
           "[kasmina][dist][multi_gpu]") {
-    std::fprintf(stderr, "skipped: fewer than 2 CUDA devices (build without NCCL or Gloo)\n");
+    std::fprintf(stderr, "skipped: needs 2 CUDA devices (this build has no NCCL or no Gloo)\n");
     std::exit(4);
 }
 

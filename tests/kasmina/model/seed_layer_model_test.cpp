@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "kasmina/train/data.h"
-#include "kasmina/model/model.h"
+#include "kasmina/model/mlp.h"
 #include "kasmina/lifecycle/telemetry.h"
 #include "kernels/blueprint_reference.h"
 #include "kernels/seed_layer.h"
@@ -82,11 +82,12 @@ TEST_CASE("all-dormant seed layers leave the model bit-identical to the bare hos
     ModelConfig mc;
     mc.hidden = {20, 13};
     mc.seeds_per_layer = 4;
-    Model bare(mc, 12, 5, 11), seeded(mc, 12, 5, 11);
+    MlpModel bare(mc, 12, 5, 11), seeded(mc, 12, 5, 11);
     TestLayer l0(32, 20, 4, BlueprintKind::kResidualMlp, 1), l1(32, 13, 4, BlueprintKind::kLowrank, 2);
     std::vector<esper::kernels::SeedLayerView> views = {l0.view(), l1.view()};
-    const BatchResult a = bare.train_batch(d.train.x.data(), d.train.y.data(), 32, {});
-    const BatchResult b = seeded.train_batch(d.train.x.data(), d.train.y.data(), 32, views);
+    const Batch batch = features_batch(d.train.x.data(), d.train.y.data(), 32);
+    const BatchResult a = bare.train_batch(batch, {}, {});
+    const BatchResult b = seeded.train_batch(batch, views, {});
     CHECK(a.loss == b.loss);
     CHECK(std::equal(bare.logits().begin(), bare.logits().end(), seeded.logits().begin()));
     for (size_t i = 0; i < bare.params().size(); ++i)
@@ -279,19 +280,19 @@ TEST_CASE("contribution estimate predicts the loss change of setting a small alp
     ModelConfig mc;
     mc.hidden = {24};
     mc.seeds_per_layer = 4;
-    Model model(mc, 12, 5, 17);
+    MlpModel model(mc, 12, 5, 17);
     TestLayer t(64, 24, 4, BlueprintKind::kResidualMlp, 19, 0.6f);
     t.stage.assign(4, uint8_t(SeedStage::kGrafting));
     t.alpha = {0.0f, 0.05f, 0.0f, 0.0f};
     Telemetry tel({4});
     tel.begin_step();
     std::vector<esper::kernels::SeedLayerView> views = {t.view()};
-    const BatchResult with = model.train_batch(d.train.x.data(), d.train.y.data(), 64, views,
-                                               tel.step_accums());
+    const Batch batch = features_batch(d.train.x.data(), d.train.y.data(), 64);
+    const BatchResult with = model.train_batch(batch, views, tel.step_accums());
     const double c = tel.step_accum(0)->contribution[1];
     t.alpha[1] = 0.0f;
     views = {t.view()};
-    const BatchResult without = model.eval_batch(d.train.x.data(), d.train.y.data(), 64, views);
+    const BatchResult without = model.eval_batch(batch, views);
     const double measured = without.loss - with.loss;
     INFO("c=" << c << " measured=" << measured);
     REQUIRE(std::abs(measured) > 1e-5);

@@ -2,15 +2,18 @@
 // to a run without the seed while the seed learns), governor rollback through the NaN knob,
 // bit-identical resume from a checkpoint, checkpoint refusal through the trainer, and (slow) the
 // Fashion-MNIST accuracy target.
-#include <catch2/catch.hpp>
+#include "kasmina/train/trainer.h"
+
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <vector>
 
 #include "core/error.h"
-#include "kasmina/train/trainer.h"
+#include "kasmina/model/mlp.h"
+#include "tests/kasmina/train/loop_test_util.h"
 
 namespace fs = std::filesystem;
 using namespace esper::kasmina;
@@ -50,6 +53,9 @@ fs::path temp_dir(const std::string& tag) {
     return d;
 }
 
+// The MLP behind a trainer (its activations are test-only accessors).
+const MlpModel& mlp(Trainer& t) { return dynamic_cast<const MlpModel&>(t.model()); }
+
 std::vector<std::string> read_lines(const fs::path& p) {
     std::ifstream in(p);
     std::vector<std::string> out;
@@ -78,8 +84,8 @@ TEST_CASE("a seed in TRAINING is straight-through: host bit-identical, seed para
         CHECK(a.loss == b.loss);
         REQUIRE(with.seeds().table(0).stage(1) == SeedStage::kTraining);
         for (int32_t l = 0; l < 2; ++l) {
-            const auto ha = with.model().hidden_output(l), hb = without.model().hidden_output(l);
-            const auto ya = with.model().seed_output(l), yb = without.model().seed_output(l);
+            const auto ha = mlp(with).hidden_output(l), hb = mlp(without).hidden_output(l);
+            const auto ya = mlp(with).seed_output(l), yb = mlp(without).seed_output(l);
             CHECK(std::equal(ha.begin(), ha.end(), hb.begin()));
             CHECK(std::equal(ya.begin(), ya.end(), yb.begin()));
         }
@@ -113,7 +119,7 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
     CHECK(t.param_count() - t.model().param_count() == H * in + H + w * H + w);
     // Forward: features outside the seed's chunk are untouched, its chunk gets h + r(input).
     t.step();
-    const auto h = t.model().hidden_output(1), y = t.model().seed_output(1);
+    const auto h = mlp(t).hidden_output(1), y = mlp(t).seed_output(1);
     double changed = 0.0;
     for (int32_t b = 0; b < c.data.batch_size; ++b)
         for (int32_t i = 0; i < 20; ++i) {
@@ -137,8 +143,9 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
     std::vector<esper::kernels::SeedLayerView> views;
     for (int32_t l = 0; l < 2; ++l) views.push_back(t.seeds().view(l, B));
     Model& m = t.model();
+    const Batch batch = features_batch(x.data(), labels.data(), B);
     for (const ParamRef& p : m.params()) std::fill(p.grad->span().begin(), p.grad->span().end(), 0.0f);
-    m.train_batch(x.data(), labels.data(), B, views, {});
+    m.train_batch(batch, views, {});
     Tensor& w0 = *m.params()[0].value;  // layer 0 weight
     const Tensor g0 = *m.params()[0].grad;
     std::vector<size_t> idx(size_t(g0.numel()));
@@ -150,9 +157,9 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
         const size_t i = idx[size_t(n)];
         const float keep = w0.data()[i], eps = 1e-2f;
         w0.data()[i] = keep + eps;
-        const double lp = m.eval_batch(x.data(), labels.data(), B, views).loss;
+        const double lp = m.eval_batch(batch, views).loss;
         w0.data()[i] = keep - eps;
-        const double lm = m.eval_batch(x.data(), labels.data(), B, views).loss;
+        const double lm = m.eval_batch(batch, views).loss;
         w0.data()[i] = keep;
         const double fd = (lp - lm) / (2.0 * eps);
         INFO("w0[" << i << "] grad " << g0.data()[i] << " finite difference " << fd);
@@ -163,7 +170,7 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
 TEST_CASE("the governor rolls back on an injected NaN and training continues",
           "[kasmina][trainer][governor]") {
     Config c = small_config();
-    c.governor.inject_nan_at_step = 34;
+    c.faults.nan_at_step = 34;
     c.governor.snapshot_every_steps = 20;
     const fs::path dir = temp_dir("gov");
     TrainerOptions opt;
@@ -269,6 +276,36 @@ TEST_CASE("the trainer refuses a tampered checkpoint or one of another model sha
     fs::remove_all(dir);
 }
 
+TEST_CASE("faults.checkpoint_crash_after_files fails a checkpoint write and keeps the old one",
+          "[kasmina][trainer][checkpoint]") {
+    Config c = small_config();
+    const fs::path dir = temp_dir("crash");
+    Trainer t(c);
+    for (int i = 0; i < 3; ++i) t.step();
+    t.save_checkpoint(dir / "ck");
+    Config crashing = c;
+    crashing.faults.checkpoint_crash_after_files = 1;
+    Trainer u(crashing);
+    for (int i = 0; i < 5; ++i) u.step();
+    CHECK_THROWS_WITH(u.save_checkpoint(dir / "ck"), Catch::Contains("simulated crash"));
+    Trainer r(c);
+    r.load_checkpoint(dir / "ck");
+    CHECK(r.steps_done() == 3);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("run.device cuda without a usable CUDA device is refused naming the field",
+          "[kasmina][trainer]") {
+    if (cuda_device_available()) {
+        WARN("a CUDA device is visible: nothing to refuse here");
+        return;
+    }
+    Config c = small_config();
+    c.run.device = "cuda";
+    // CUDA build without a device: "no CUDA device is visible"; CPU-only build: "no CUDA".
+    CHECK_THROWS_WITH(Trainer(c), Catch::Contains("run.device: cuda"));
+}
+
 TEST_CASE("the run writes metrics.jsonl train and test lines", "[kasmina][trainer]") {
     Config c = small_config();
     c.run.max_steps = 40;  // 32 steps per epoch: one epoch end + the final one
@@ -276,9 +313,8 @@ TEST_CASE("the run writes metrics.jsonl train and test lines", "[kasmina][traine
     TrainerOptions opt;
     opt.run_dir = dir.string();
     int epochs_seen = 0;
-    opt.on_epoch = [&](const EpochSummary&) { ++epochs_seen; };
     Trainer t(c, opt);
-    t.run();
+    test::run_loop(t, {}, [&](const StepReport& due) { epochs_seen += due.epoch ? 1 : 0; });
     const auto lines = read_lines(dir / "metrics.jsonl");
     int train = 0, test = 0;
     for (const std::string& l : lines) {
@@ -303,7 +339,7 @@ TEST_CASE("Fashion-MNIST example reaches 0.83 test accuracy in two epochs", "[ka
     c.run.epochs = 2;
     c.run.max_steps = 0;
     Trainer t(c);
-    t.run();
+    test::run_loop(t);
     const EvalResult e = t.evaluate();
     INFO("test accuracy " << e.accuracy);
     CHECK(e.accuracy >= 0.83);

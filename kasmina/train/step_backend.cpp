@@ -1,0 +1,36 @@
+// Picks the step backend of a run (see step_backend.h).
+#include "kasmina/train/step_backend.h"
+
+#include "core/check.h"
+#include "core/log.h"
+#include "kasmina/train/cpu_backend.h"
+
+namespace esper::kasmina {
+
+namespace {
+
+Logger& backend_log() { return logger("kasmina.trainer"); }
+
+}  // namespace
+
+bool trainer_uses_cuda(const Config& config) {
+    // Widening (layer-input) blueprints have CPU kernels only; load_config refuses device: cuda.
+    if (config.blueprints.input != BlueprintInput::kLayer)
+        return resolve_use_cuda(config.run.device);
+    ESPER_CHECK_INPUT(config.run.device != "cuda",
+                      "blueprints.input: layer runs on the CPU only; set run.device: cpu or auto");
+    if (config.run.device == "auto")
+        ESPER_LOG_AT(backend_log(), LogLevel::kInfo,
+                     "device=cpu (blueprints.input: layer has no CUDA kernels yet)");
+    return false;
+}
+
+std::unique_ptr<StepBackend> make_step_backend(const Config& config, Model& model,
+                                               SeedManager& seeds, Optimizer& optimizer,
+                                               const StepBackendOptions& options) {
+    if (trainer_uses_cuda(config))
+        return make_cuda_backend(config, model, seeds, optimizer, options);
+    return std::make_unique<CpuBackend>(model, seeds, optimizer, options);
+}
+
+}  // namespace esper::kasmina
