@@ -4,7 +4,7 @@
 #include <thread>
 
 #include "core/error.h"
-#include "schemas/policy.capnp.h"
+#include "schemas/control.capnp.h"
 
 namespace esper::agents {
 

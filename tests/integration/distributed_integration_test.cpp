@@ -12,7 +12,7 @@
 #include <string>
 
 #include "bus/rpc.h"
-#include "schemas/policy.capnp.h"
+#include "schemas/control.capnp.h"
 #include "tests/integration/fixtures.h"
 
 using namespace esper;
