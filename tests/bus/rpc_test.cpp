@@ -176,3 +176,46 @@ TEST_CASE("a malformed request is answered with an error and the worker keeps se
     REQUIRE(client.request("kasmina/0", "after", cull("after", 1)).ok());
     CHECK(worker.applied == 2);
 }
+
+TEST_CASE("the broker forwards a kv request it cannot parse like any other request",
+          "[bus][rpc]") {
+    zmq::context_t ctx(1);
+    BrokerThread broker(ctx, "rpc-kv");
+    zmq::socket_t client(ctx, zmq::socket_type::dealer);
+    client.connect(broker.endpoints.rpc);
+    auto send_request = [&](const char* req_id) {
+        client.send(zmq::str_buffer("REQ"), zmq::send_flags::sndmore);
+        client.send(zmq::str_buffer("kv"), zmq::send_flags::sndmore);
+        client.send(zmq::buffer(std::string_view(req_id)), zmq::send_flags::sndmore);
+        client.send(zmq::str_buffer("not an envelope"), zmq::send_flags::none);
+    };
+    auto receive = [](zmq::socket_t& s) {
+        std::vector<std::string> parts;
+        zmq::pollitem_t item{s.handle(), 0, ZMQ_POLLIN, 0};
+        if (zmq::poll(&item, 1, std::chrono::milliseconds(2000)) == 0) return parts;
+        zmq::message_t part;
+        do {
+            REQUIRE(s.recv(part, zmq::recv_flags::none));
+            parts.push_back(part.to_string());
+        } while (part.more());
+        return parts;
+    };
+    // No kv worker: "kv" is a name like any other, and nobody has it.
+    send_request("1.1");
+    CHECK(receive(client) == std::vector<std::string>{"ERR", "1.1", "unknown agent kv"});
+    // A worker registered as kv gets the bytes untouched.
+    zmq::socket_t worker(ctx, zmq::socket_type::dealer);
+    worker.connect(broker.endpoints.rpc);
+    worker.send(zmq::str_buffer("HELLO"), zmq::send_flags::sndmore);
+    worker.send(zmq::str_buffer("kv"), zmq::send_flags::none);
+    std::vector<std::string> forwarded;
+    for (int i = 0; i < 50 && forwarded.empty(); ++i) {  // until the HELLO has been routed
+        send_request("2.1");
+        forwarded = receive(worker);
+        if (forwarded.empty()) CHECK(receive(client).at(0) == "ERR");
+    }
+    REQUIRE(forwarded.size() == 4);
+    CHECK(forwarded[0] == "REQ");
+    CHECK(forwarded[2] == "2.1");
+    CHECK(forwarded[3] == "not an envelope");
+}
