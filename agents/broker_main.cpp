@@ -66,12 +66,14 @@ int broker_main(int argc, char** argv) {
     auto& expiry = p.option("agent-expiry-ms", "MS", "forget an agent after this long without "
                                                      "a heartbeat", "3000");
     auto& insecure = p.flag("insecure", "allow a non-loopback bind without authentication");
-    auto& ready_fd = p.option("ready-fd", "N", "once ready, write the endpoints as one JSON line "
+    auto& ready_fd = p.option("ready-fd", "N",
+                              "once ready, write the endpoints as one JSON line "
                               "{\"pub\",\"sub\",\"rpc\"} to this inherited descriptor and "
                               "close it (used by esper run)");
-    p.epilog("Prints 'broker pub=ENDPOINT sub=ENDPOINT rpc=ENDPOINT' on stdout once bound.\n"
-             "Also serves the rendezvous key-value store as the agent 'kv'.\n"
-             "Stops cleanly on SIGINT or SIGTERM.");
+    p.epilog(
+        "Prints 'broker pub=ENDPOINT sub=ENDPOINT rpc=ENDPOINT' on stdout once bound.\n"
+        "Also serves the rendezvous key-value store as the agent 'kv'.\n"
+        "Stops cleanly on SIGINT or SIGTERM.");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     if (!p.positional().empty()) return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
     if (const char* spec = std::getenv("ESPER_LOG")) set_log_levels(spec);

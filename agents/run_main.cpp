@@ -15,8 +15,8 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -143,7 +143,7 @@ struct RunPlan {
 struct RunChildren {
     ChildProcess* broker = nullptr;
     ChildProcess* tamiyo = nullptr;
-    ChildProcess* kasmina = nullptr;    // rank 0: serves commands, writes the run directory
+    ChildProcess* kasmina = nullptr;   // rank 0: serves commands, writes the run directory
     std::vector<ChildProcess*> peers;  // ranks 1..N-1
 };
 
@@ -187,9 +187,10 @@ void install_signal_handlers() {
 }
 
 void print_banner(const RunPlan& plan, const BusEndpoints& bus) {
-    std::printf("esper run %s\n  run dir   %s\n  config    %s\n  bus       pub %s  sub %s  rpc %s\n",
-                plan.run_id.c_str(), plan.run_dir.c_str(), plan.config_path.c_str(),
-                bus.pub.c_str(), bus.sub.c_str(), bus.rpc.c_str());
+    std::printf(
+        "esper run %s\n  run dir   %s\n  config    %s\n  bus       pub %s  sub %s  rpc %s\n",
+        plan.run_id.c_str(), plan.run_dir.c_str(), plan.config_path.c_str(), bus.pub.c_str(),
+        bus.sub.c_str(), bus.rpc.c_str());
     std::printf("  watch it: %s tap --bus %s telemetry.run.%s events.\n", plan.exe.c_str(),
                 bus.sub.c_str(), plan.run_id.c_str());
     std::printf("  steer it: %s policy load FILE --bus %s\n", plan.exe.c_str(), bus.rpc.c_str());
@@ -212,16 +213,17 @@ bool start_children(Supervisor& supervisor, const RunPlan& plan, RunChildren& ch
     std::optional<BusEndpoints> endpoints;
     if (b.readiness.ok()) endpoints = broker_endpoints(b.readiness.line);
     if (!endpoints) {
-        if (b.readiness.ok()) b.readiness.detail = "wrote a ready line without pub/sub/rpc: " +
-                                                    b.readiness.line.dump();
+        if (b.readiness.ok())
+            b.readiness.detail =
+                "wrote a ready line without pub/sub/rpc: " + b.readiness.line.dump();
         report(describe_failure(b.child, b.readiness));
         return false;
     }
     bus = *endpoints;
     print_banner(plan, bus);
 
-    TamiyoLaunch tamiyo{.bus = bus, .run_id = plan.run_id, .config = plan.config_path,
-                        .policy = plan.policy};
+    TamiyoLaunch tamiyo{
+        .bus = bus, .run_id = plan.run_id, .config = plan.config_path, .policy = plan.policy};
     auto t = supervisor.start_ready("tamiyo", tamiyo.argv(plan.exe), std::chrono::seconds(30));
     children.tamiyo = &t.child;
     if (!t.readiness.ok()) {
@@ -233,9 +235,14 @@ bool start_children(Supervisor& supervisor, const RunPlan& plan, RunChildren& ch
     // their shards; they meet through a FileKvStore in RUN_DIR/rendezvous (docs/distributed.md).
     // Each rank gets LOCAL_RANK = its rank: with the CUDA backend and at least N devices, rank r
     // trains on GPU r and the device gradients are averaged over NCCL; otherwise CPU with Gloo.
-    KasminaLaunch kasmina{.bus = bus, .run_id = plan.run_id, .config = plan.config_path,
-                          .run_dir = plan.run_dir, .epochs = plan.epochs,
-                          .max_steps = plan.max_steps, .seed = plan.seed, .world = plan.ranks};
+    KasminaLaunch kasmina{.bus = bus,
+                          .run_id = plan.run_id,
+                          .config = plan.config_path,
+                          .run_dir = plan.run_dir,
+                          .epochs = plan.epochs,
+                          .max_steps = plan.max_steps,
+                          .seed = plan.seed,
+                          .world = plan.ranks};
     children.kasmina = &supervisor.start("kasmina-0", kasmina.argv(plan.exe), kasmina.env());
     for (int r = 1; r < plan.ranks; ++r) {
         kasmina.rank = r;
@@ -331,30 +338,41 @@ int finish_run(const RunPlan& plan, RunChildren& children, Progress& progress, i
 }  // namespace
 
 int run_main(int argc, char** argv) {
-    cli::Parser p("esper run",
-                  "Run the main job on this machine: a broker, the Tamiyo controller and a Kasmina\n"
-                  "executor, training the given config (default: the embedded Fashion-MNIST config)\n"
-                  "while the controller grows the network.");
+    cli::Parser p(
+        "esper run",
+        "Run the main job on this machine: a broker, the Tamiyo controller and a Kasmina\n"
+        "executor, training the given config (default: the embedded Fashion-MNIST config)\n"
+        "while the controller grows the network.");
     auto& config = p.option("config", "FILE", "run config (YAML)", "embedded fashion_mnist.yaml");
     auto& run_dir_opt = p.option("run-dir", "DIR", "run directory", "runs/<id>");
     auto& epochs = p.option("epochs", "N", "override run.epochs");
     auto& max_steps = p.option("max-steps", "N", "override run.max_steps (stop after N steps)");
-    auto& port_base = p.option("bus-port-base", "N", "broker ports N (pub), N+1 (sub), N+2 (rpc); 0 = ephemeral", "5555");
-    auto& policy = p.option("policy", "FILE|heuristic", "controller policy (default: the config's tamiyo.policy, else heuristic)");
+    auto& port_base = p.option("bus-port-base", "N",
+                               "broker ports N (pub), N+1 (sub), N+2 (rpc); 0 = ephemeral", "5555");
+    auto& policy =
+        p.option("policy", "FILE|heuristic",
+                 "controller policy (default: the config's tamiyo.policy, else heuristic)");
     auto& seed = p.option("seed", "N", "override run.seed");
-    auto& ranks_opt = p.option("ranks", "N", "data-parallel executors on this machine (GPU per rank over NCCL when there are N, else CPU: Gloo)", "1");
-    p.epilog("Watch a run with the `esper tap` command it prints; change its policy with\n"
-             "`esper policy load FILE --bus tcp://127.0.0.1:<N+2>`.");
+    auto& ranks_opt = p.option("ranks", "N",
+                               "data-parallel executors on this machine (GPU per rank over NCCL "
+                               "when there are N, else CPU: Gloo)",
+                               "1");
+    p.epilog(
+        "Watch a run with the `esper tap` command it prints; change its policy with\n"
+        "`esper policy load FILE --bus tcp://127.0.0.1:<N+2>`.");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
-    if (!p.positional().empty()) return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
+    if (!p.positional().empty())
+        return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
     RunPlan plan;
     plan.port_base = port_base.as_int();
     const int64_t ranks = ranks_opt.as_int();
     if (ranks < 1 || ranks > 64) return p.usage_error("--ranks must be in 1..64");
-    if (plan.port_base < 0 || plan.port_base > 65533) return p.usage_error("--bus-port-base must be in 0..65533");
+    if (plan.port_base < 0 || plan.port_base > 65533)
+        return p.usage_error("--bus-port-base must be in 0..65533");
     plan.ranks = static_cast<int>(ranks);
     plan.run_id = new_run_id();
-    plan.run_dir = run_dir_opt.given() ? fs::path(run_dir_opt.str()) : fs::path("runs") / plan.run_id;
+    plan.run_dir =
+        run_dir_opt.given() ? fs::path(run_dir_opt.str()) : fs::path("runs") / plan.run_id;
     if (run_dir_opt.given()) plan.run_id = plan.run_dir.filename().string();
     fs::create_directories(plan.run_dir / "logs");
     plan.config_path = resolve_config(config, plan.run_dir);

@@ -69,8 +69,8 @@ Readiness wait_ready(ChildProcess& child, int fd, std::chrono::milliseconds time
                        " bytes without a newline on its ready pipe";
             return r;
         }
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
-                                                                                Clock::now());
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
         if (left.count() <= 0) {
             Readiness r;
             r.status = ReadyStatus::kTimedOut;
@@ -101,9 +101,9 @@ Readiness wait_ready(ChildProcess& child, int fd, std::chrono::milliseconds time
         r.detail = "exited (status " + std::to_string(*st) + ") before it was ready";
     } else {
         r.status = ReadyStatus::kBadLine;
-        r.detail = buffer.empty() ? "closed its ready pipe without writing a line"
-                                  : "closed its ready pipe after a partial line: " +
-                                        buffer.substr(0, 200);
+        r.detail = buffer.empty()
+                       ? "closed its ready pipe without writing a line"
+                       : "closed its ready pipe after a partial line: " + buffer.substr(0, 200);
     }
     return r;
 }
@@ -128,8 +128,8 @@ void write_ready_line(int fd, const nlohmann::json& line) {
         ssize_t n = ::write(fd, text.data() + done, text.size() - done);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-            ESPER_LOG_WARN(supervisor_log(), "ready fd=", fd, " write failed: ",
-                           std::strerror(errno));
+            ESPER_LOG_WARN(supervisor_log(), "ready fd=", fd,
+                           " write failed: ", std::strerror(errno));
             break;
         }
         done += static_cast<size_t>(n);
@@ -140,12 +140,18 @@ void write_ready_line(int fd, const nlohmann::json& line) {
 // ---- launch structs ----
 
 std::vector<std::string> BrokerLaunch::argv(const fs::path& esper) const {
-    std::vector<std::string> a = {esper.string(),        "broker",
-                                  "--bind",              bind,
-                                  "--pub-port",          port_arg(pub_port),
-                                  "--sub-port",          port_arg(sub_port),
-                                  "--rpc-port",          port_arg(rpc_port),
-                                  "--agent-expiry-ms",   std::to_string(agent_expiry_ms)};
+    std::vector<std::string> a = {esper.string(),
+                                  "broker",
+                                  "--bind",
+                                  bind,
+                                  "--pub-port",
+                                  port_arg(pub_port),
+                                  "--sub-port",
+                                  port_arg(sub_port),
+                                  "--rpc-port",
+                                  port_arg(rpc_port),
+                                  "--agent-expiry-ms",
+                                  std::to_string(agent_expiry_ms)};
     if (insecure) a.push_back("--insecure");
     return a;
 }
@@ -162,17 +168,17 @@ std::optional<BusEndpoints> broker_endpoints(const nlohmann::json& ready_line) {
 }
 
 std::vector<std::string> TamiyoLaunch::argv(const fs::path& esper) const {
-    std::vector<std::string> a = {esper.string(), "tamiyo",  "--bus-pub", bus.pub, "--bus-sub",
-                                  bus.sub,        "--bus",   bus.rpc,     "--run-id", run_id};
+    std::vector<std::string> a = {esper.string(), "tamiyo", "--bus-pub", bus.pub,    "--bus-sub",
+                                  bus.sub,        "--bus",  bus.rpc,     "--run-id", run_id};
     if (!config.empty()) a.insert(a.end(), {"--config", config.string()});
     if (!policy.empty()) a.insert(a.end(), {"--policy", policy});
     return a;
 }
 
 std::vector<std::string> KasminaLaunch::argv(const fs::path& esper) const {
-    std::vector<std::string> a = {esper.string(), "kasmina",  "--config",  config.string(),
-                                  "--run-dir",    run_dir.string(), "--run-id", run_id,
-                                  "--bus-pub",    bus.pub,    "--bus-sub", bus.sub,
+    std::vector<std::string> a = {esper.string(), "kasmina",        "--config",  config.string(),
+                                  "--run-dir",    run_dir.string(), "--run-id",  run_id,
+                                  "--bus-pub",    bus.pub,          "--bus-sub", bus.sub,
                                   "--bus",        bus.rpc};
     if (!epochs.empty()) a.insert(a.end(), {"--epochs", epochs});
     if (!max_steps.empty()) a.insert(a.end(), {"--max-steps", max_steps});
@@ -192,10 +198,14 @@ std::vector<std::string> KasminaLaunch::env() const {
 
 std::string_view ready_status_name(ReadyStatus status) {
     switch (status) {
-        case ReadyStatus::kReady: return "ready";
-        case ReadyStatus::kExited: return "exited";
-        case ReadyStatus::kTimedOut: return "timed_out";
-        case ReadyStatus::kBadLine: return "bad_line";
+        case ReadyStatus::kReady:
+            return "ready";
+        case ReadyStatus::kExited:
+            return "exited";
+        case ReadyStatus::kTimedOut:
+            return "timed_out";
+        case ReadyStatus::kBadLine:
+            return "bad_line";
     }
     return "unknown";
 }
@@ -209,8 +219,7 @@ ChildProcess& Supervisor::start(const std::string& name, std::vector<std::string
     return *children_.back();
 }
 
-Supervisor::Started Supervisor::start_ready(const std::string& name,
-                                            std::vector<std::string> argv,
+Supervisor::Started Supervisor::start_ready(const std::string& name, std::vector<std::string> argv,
                                             std::chrono::milliseconds timeout,
                                             std::vector<std::string> env) {
     int fds[2];

@@ -59,7 +59,7 @@ struct KasminaLaunch {
     std::string run_id{};
     std::filesystem::path config{}, run_dir{};
     std::string epochs{}, max_steps{}, seed{};  // overrides; empty: the config's
-    int world = 1;                        // > 1: --world/--rank and LOCAL_RANK = rank
+    int world = 1;                              // > 1: --world/--rank and LOCAL_RANK = rank
     int rank = 0;
 
     std::vector<std::string> argv(const std::filesystem::path& esper) const;

@@ -121,9 +121,8 @@ private:
     // Registered once a ping through the broker comes back: then the ready line.
     void ping_self() {
         bool queued = client_.send(
-            "tamiyo", "", [](schema::Envelope::Payload::Builder p) {
-                p.initControlRequest().setPing("ready");
-            },
+            "tamiyo", "",
+            [](schema::Envelope::Payload::Builder p) { p.initControlRequest().setPing("ready"); },
             [this](bus::RpcReply reply) {
                 if (reply.ok()) {
                     write_ready_line(o_.ready_fd, {{"agent", "tamiyo"}});
@@ -482,7 +481,8 @@ int tamiyo_main(int argc, char** argv) {
     auto& target = p.option("target", "AGENT", "executor that receives commands", "kasmina/0");
     auto& tick = p.option("tick-ms", "MS", "how often to check whether a decision is due", "50");
     p.option("run-dir", "DIR", "run directory (accepted for symmetry with the executor; unused)");
-    auto& ready_fd = p.option("ready-fd", "N", "once registered with the broker, write "
+    auto& ready_fd = p.option("ready-fd", "N",
+                              "once registered with the broker, write "
                               "{\"agent\":\"tamiyo\"} as one line to this inherited descriptor "
                               "and close it (used by esper run)");
     auto& check = p.flag("check-config", "validate the tamiyo section and the policy, print them, and exit");

@@ -243,8 +243,7 @@ void AsyncRpcClient::finish(uint64_t request_no, RpcReply reply) {
 void AsyncRpcClient::on_readable() {
     for (;;) {
         std::vector<zmq::message_t> in;
-        if (!zmq::recv_multipart(socket_, std::back_inserter(in), zmq::recv_flags::dontwait))
-            break;
+        if (!zmq::recv_multipart(socket_, std::back_inserter(in), zmq::recv_flags::dontwait)) break;
         // REP req_id envelope | ERR req_id reason, req_id = "<request_no>.<attempt>"
         if (in.size() != 3) continue;
         std::string_view id = view(in[1]);
@@ -253,8 +252,7 @@ void AsyncRpcClient::on_readable() {
         auto dot = id.find('.');
         if (dot == std::string_view::npos ||
             std::from_chars(id.data(), id.data() + dot, no).ec != std::errc() ||
-            std::from_chars(id.data() + dot + 1, id.data() + id.size(), attempt).ec !=
-                std::errc())
+            std::from_chars(id.data() + dot + 1, id.data() + id.size(), attempt).ec != std::errc())
             continue;
         auto it = active_.find(no);
         if (it == active_.end()) {

@@ -50,8 +50,8 @@ struct RpcClientConfig {
     int backoff_initial_ms = 20;   // doubled after each failed attempt
     int backoff_max_ms = 1000;
     DecodeLimits limits{};
-    size_t max_in_flight = 16;   // AsyncRpcClient: requests sent and not yet finished
-    size_t max_queued = 1024;    // AsyncRpcClient: requests waiting for a slot; more are refused
+    size_t max_in_flight = 16;  // AsyncRpcClient: requests sent and not yet finished
+    size_t max_queued = 1024;   // AsyncRpcClient: requests waiting for a slot; more are refused
 };
 
 enum class RpcStatus { kOk, kTimeout, kUnknownAgent, kMalformedReply };
@@ -154,8 +154,8 @@ private:
         RpcReply last;  // the outcome of the last failed attempt
     };
 
-    void pump();                 // starts queued requests whose agent is free
-    void transmit(Request& r);   // puts the next attempt on the wire
+    void pump();                // starts queued requests whose agent is free
+    void transmit(Request& r);  // puts the next attempt on the wire
     void failed_attempt(Request& r, RpcStatus status, std::string error);
     void finish(uint64_t request_no, RpcReply reply);
     void on_readable();
@@ -167,7 +167,8 @@ private:
     zmq::socket_t socket_;
     boost::asio::steady_timer timer_;
     bool timer_armed_ = false;
-    std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // timer handlers outliving us see it gone
+    // Timer handlers that outlive the client see this gone.
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0);
     std::map<uint64_t, Request> active_;  // by request number
     std::deque<Request> queue_;
     std::unordered_set<std::string> busy_agents_;

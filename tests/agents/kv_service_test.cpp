@@ -1,14 +1,14 @@
 // The rendezvous kv worker behind an in-process broker: kvSet/kvGet round trips with binary
 // values, keys kept per run, anything else refused with a reason, and the broker answering
 // "unknown agent kv" once the worker is gone (it does not serve kv itself).
-#include <catch2/catch.hpp>
+#include "agents/kv_service.h"
 
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <string>
 #include <thread>
 #include <zmq.hpp>
 
-#include "agents/kv_service.h"
 #include "bus/broker.h"
 #include "bus/rpc.h"
 #include "schemas/control.capnp.h"
@@ -44,8 +44,8 @@ bus::RpcReply kv_set(bus::RpcClient& client, const std::string& key, const std::
     return client.request("kv", "", [&](schema::Envelope::Payload::Builder p) {
         auto s = p.initControlRequest().initKvSet();
         s.setKey(key);
-        s.setValue(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(value.data()),
-                                       value.size()));
+        s.setValue(
+            capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(value.data()), value.size()));
     });
 }
 
@@ -69,10 +69,16 @@ TEST_CASE("the kv worker stores and returns values per run behind the broker", "
     zmq::context_t ctx(1);
     BrokerThread broker(ctx, "kv-basic");
     agents::KvServiceThread kv(ctx, broker.endpoints.rpc, 100);
-    bus::RpcClient run_a(ctx, {.endpoint = broker.endpoints.rpc, .sender = "rank/0",
-                               .run_id = "a", .timeout_ms = 1000, .max_attempts = 5});
-    bus::RpcClient run_b(ctx, {.endpoint = broker.endpoints.rpc, .sender = "rank/0",
-                               .run_id = "b", .timeout_ms = 1000, .max_attempts = 5});
+    bus::RpcClient run_a(ctx, {.endpoint = broker.endpoints.rpc,
+                               .sender = "rank/0",
+                               .run_id = "a",
+                               .timeout_ms = 1000,
+                               .max_attempts = 5});
+    bus::RpcClient run_b(ctx, {.endpoint = broker.endpoints.rpc,
+                               .sender = "rank/0",
+                               .run_id = "b",
+                               .timeout_ms = 1000,
+                               .max_attempts = 5});
     const std::string value("gloo\x00\x01\xff addr", 11);
     CHECK(kv_get(run_a, "a/0/gloo/1") == "<missing>");
     bus::RpcReply set = kv_set(run_a, "a/0/gloo/1", value);
@@ -81,7 +87,7 @@ TEST_CASE("the kv worker stores and returns values per run behind the broker", "
     CHECK(set.reply->envelope().getPayload().getControlReply().getOk());
     CHECK(kv_get(run_a, "a/0/gloo/1") == value);
     CHECK(kv_get(run_b, "a/0/gloo/1") == "<missing>");  // another run's keys are its own
-    REQUIRE(kv_set(run_a, "a/0/gloo/1", "v2").ok());     // a later set replaces the value
+    REQUIRE(kv_set(run_a, "a/0/gloo/1", "v2").ok());    // a later set replaces the value
     CHECK(kv_get(run_a, "a/0/gloo/1") == "v2");
 
     SECTION("anything but kvSet/kvGet is refused with a reason") {
@@ -101,8 +107,10 @@ TEST_CASE("the kv worker stores and returns values per run behind the broker", "
     }
     SECTION("once the worker stops, the broker answers unknown agent kv") {
         kv.stop();
-        bus::RpcClient late(ctx, {.endpoint = broker.endpoints.rpc, .sender = "t",
-                                  .timeout_ms = 200, .max_attempts = 1});
+        bus::RpcClient late(ctx, {.endpoint = broker.endpoints.rpc,
+                                  .sender = "t",
+                                  .timeout_ms = 200,
+                                  .max_attempts = 1});
         bus::RpcReply r = kv_set(late, "k", "v");
         CHECK(r.status == bus::RpcStatus::kUnknownAgent);
         CHECK_THAT(r.error, Catch::Contains("unknown agent kv"));

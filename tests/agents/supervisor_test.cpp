@@ -2,14 +2,14 @@
 // and a child that exits first, stays silent past the timeout, closes the pipe without a line or
 // writes something that is not a JSON object is reported with the last lines of its log. Also
 // the argv the launch structs build. (tests/integration starts a real `esper broker` this way.)
-#include <catch2/catch.hpp>
+#include "agents/supervisor.h"
 
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
 #include <string>
-#include <unistd.h>
-
-#include "agents/supervisor.h"
 
 namespace fs = std::filesystem;
 using namespace esper::agents;
@@ -18,8 +18,8 @@ using std::chrono::milliseconds;
 namespace {
 
 fs::path temp_dir(const std::string& tag) {
-    fs::path p = fs::temp_directory_path() /
-                 ("esper_supervisor_" + tag + "_" + std::to_string(::getpid()));
+    fs::path p =
+        fs::temp_directory_path() / ("esper_supervisor_" + tag + "_" + std::to_string(::getpid()));
     fs::remove_all(p);
     fs::create_directories(p);
     return p;
@@ -47,7 +47,8 @@ TEST_CASE("a child's ready line comes through the pipe it inherits", "[agents][s
     fs::remove_all(dir);
 }
 
-TEST_CASE("a child that exits before it is ready is reported with its log", "[agents][supervisor]") {
+TEST_CASE("a child that exits before it is ready is reported with its log",
+          "[agents][supervisor]") {
     fs::path dir = temp_dir("exit");
     Supervisor supervisor(dir);
     auto s = supervisor.start_ready("child", shell("echo 'cannot bind: address in use'; exit 3"),
@@ -65,7 +66,8 @@ TEST_CASE("a child that never gets ready times out and stays the caller's to sto
     fs::path dir = temp_dir("timeout");
     Supervisor supervisor(dir);
     auto started = std::chrono::steady_clock::now();
-    auto s = supervisor.start_ready("child", shell("echo waiting; exec sleep 30"), milliseconds(300));
+    auto s =
+        supervisor.start_ready("child", shell("echo waiting; exec sleep 30"), milliseconds(300));
     CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(5));
     CHECK(s.readiness.status == ReadyStatus::kTimedOut);
     CHECK_THAT(describe_failure(s.child, s.readiness),
@@ -97,21 +99,26 @@ TEST_CASE("launch structs build the argv of each agent", "[agents][supervisor]")
     BrokerLaunch broker{.bind = "0.0.0.0", .pub_port = 0, .insecure = true};
     CHECK(broker.argv("/x/esper") ==
           std::vector<std::string>{"/x/esper", "broker", "--bind", "0.0.0.0", "--pub-port", "0",
-                                   "--sub-port", "5556", "--rpc-port", "5557",
-                                   "--agent-expiry-ms", "3000", "--insecure"});
+                                   "--sub-port", "5556", "--rpc-port", "5557", "--agent-expiry-ms",
+                                   "3000", "--insecure"});
     BusEndpoints bus{"tcp://h:1", "tcp://h:2", "tcp://h:3"};
     TamiyoLaunch tamiyo{.bus = bus, .run_id = "r", .config = "c.yaml", .policy = "heuristic"};
     CHECK(tamiyo.argv("esper") ==
           std::vector<std::string>{"esper", "tamiyo", "--bus-pub", "tcp://h:1", "--bus-sub",
-                                   "tcp://h:2", "--bus", "tcp://h:3", "--run-id", "r",
-                                   "--config", "c.yaml", "--policy", "heuristic"});
-    KasminaLaunch kasmina{.bus = bus, .run_id = "r", .config = "c.yaml", .run_dir = "runs/r",
-                          .max_steps = "10", .world = 2, .rank = 1};
+                                   "tcp://h:2", "--bus", "tcp://h:3", "--run-id", "r", "--config",
+                                   "c.yaml", "--policy", "heuristic"});
+    KasminaLaunch kasmina{.bus = bus,
+                          .run_id = "r",
+                          .config = "c.yaml",
+                          .run_dir = "runs/r",
+                          .max_steps = "10",
+                          .world = 2,
+                          .rank = 1};
     CHECK(kasmina.argv("esper") ==
-          std::vector<std::string>{"esper", "kasmina", "--config", "c.yaml", "--run-dir",
-                                   "runs/r", "--run-id", "r", "--bus-pub", "tcp://h:1",
-                                   "--bus-sub", "tcp://h:2", "--bus", "tcp://h:3",
-                                   "--max-steps", "10", "--world", "2", "--rank", "1"});
+          std::vector<std::string>{"esper",     "kasmina",   "--config", "c.yaml",    "--run-dir",
+                                   "runs/r",    "--run-id",  "r",        "--bus-pub", "tcp://h:1",
+                                   "--bus-sub", "tcp://h:2", "--bus",    "tcp://h:3", "--max-steps",
+                                   "10",        "--world",   "2",        "--rank",    "1"});
     CHECK(kasmina.env() == std::vector<std::string>{"LOCAL_RANK=1"});
     kasmina.world = 1;
     CHECK(kasmina.env().empty());

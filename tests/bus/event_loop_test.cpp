@@ -42,8 +42,11 @@ TEST_CASE("the event loop delivers every message from a watched socket", "[bus][
 TEST_CASE("an unwatched socket is not called again, even when unwatched from its own handler",
           "[bus][asio]") {
     zmq::context_t ctx(1);
-    bus::Publisher pub(ctx, {.endpoint = "inproc://unwatch", .sender = "k", .run_id = "r",
-                             .reliability = bus::Reliability::kControl, .bind = true});
+    bus::Publisher pub(ctx, {.endpoint = "inproc://unwatch",
+                             .sender = "k",
+                             .run_id = "r",
+                             .reliability = bus::Reliability::kControl,
+                             .bind = true});
     bus::Subscriber sub(ctx, {.endpoint = "inproc://unwatch", .prefixes = {"x"}});
     REQUIRE(pub.wait_for_subscriber("x", 2000));
     bus::EventLoop loop;

@@ -2,10 +2,12 @@
 // a dropped reply retried and applied once (dedup window), requests handled in order, and
 // malformed requests answered without harming the worker. The same for AsyncRpcClient driven by
 // an event loop, which must never block it: a dead agent times out while timers keep ticking.
+#include "bus/rpc.h"
+
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <functional>
 #include <optional>
-#include <catch2/catch.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -13,7 +15,6 @@
 
 #include "bus/broker.h"
 #include "bus/event_loop.h"
-#include "bus/rpc.h"
 #include "core/clock.h"
 
 using namespace esper;
@@ -53,8 +54,10 @@ struct CountingWorker {
                    const std::string& name = "kasmina/0") {
         std::atomic<bool> ready{false};
         thread = std::thread([this, &ctx, endpoint, drop_first, name, &ready] {
-            bus::RpcWorker worker(ctx, {.endpoint = endpoint, .name = name,
-                                        .heartbeat_ms = 100, .drop_first_replies = drop_first});
+            bus::RpcWorker worker(ctx, {.endpoint = endpoint,
+                                        .name = name,
+                                        .heartbeat_ms = 100,
+                                        .drop_first_replies = drop_first});
             ready = true;
             while (!stop) {
                 worker.poll(20, [&](schema::Envelope::Reader req,
@@ -184,8 +187,7 @@ TEST_CASE("a malformed request is answered with an error and the worker keeps se
     CHECK(worker.applied == 2);
 }
 
-TEST_CASE("the broker forwards a kv request it cannot parse like any other request",
-          "[bus][rpc]") {
+TEST_CASE("the broker forwards a kv request it cannot parse like any other request", "[bus][rpc]") {
     zmq::context_t ctx(1);
     BrokerThread broker(ctx, "rpc-kv");
     zmq::socket_t client(ctx, zmq::socket_type::dealer);
@@ -270,16 +272,18 @@ TEST_CASE("an async request whose reply is lost is retried with its key and appl
     BrokerThread broker(ctx, "async-retry");
     CountingWorker worker(ctx, broker.endpoints.rpc, /*drop_first=*/2);
     bus::EventLoop loop;
-    bus::AsyncRpcClient client(ctx, loop, {.endpoint = broker.endpoints.rpc, .sender = "tamiyo",
-                                           .timeout_ms = 100, .max_attempts = 5,
-                                           .backoff_initial_ms = 10});
+    bus::AsyncRpcClient client(ctx, loop,
+                               {.endpoint = broker.endpoints.rpc,
+                                .sender = "tamiyo",
+                                .timeout_ms = 100,
+                                .max_attempts = 5,
+                                .backoff_initial_ms = 10});
     // Two commands to one agent: the second waits for the first, so the retries of the first
     // can never land after it (applied in order per target).
     std::vector<std::pair<std::string, bus::RpcReply>> done;
     for (const char* id : {"germinate-1", "germinate-2"})
-        REQUIRE(client.send("kasmina/0", id, cull(id, 9), [&done, id](bus::RpcReply r) {
-            done.emplace_back(id, std::move(r));
-        }));
+        REQUIRE(client.send("kasmina/0", id, cull(id, 9),
+                            [&done, id](bus::RpcReply r) { done.emplace_back(id, std::move(r)); }));
     CHECK(client.in_flight() == 1);
     CHECK(client.queued() == 1);
     run_until(loop, [&] { return done.size() == 2; });
@@ -291,8 +295,8 @@ TEST_CASE("an async request whose reply is lost is retried with its key and appl
     REQUIRE(done[1].second.ok());
     CHECK(done[1].second.attempts == 1);
     CHECK(done[1].second.reply->envelope().getPayload().getCommandAck().getStep() == 2);
-    CHECK(worker.applied == 2);       // each key applied once
-    CHECK(worker.duplicates == 2);    // the two retries were answered from the dedup window
+    CHECK(worker.applied == 2);     // each key applied once
+    CHECK(worker.duplicates == 2);  // the two retries were answered from the dedup window
     CHECK(client.stats().retries == 2);
 }
 
@@ -303,9 +307,12 @@ TEST_CASE("an async request to a dead agent times out without blocking the loop"
     CountingWorker dead(ctx, broker.endpoints.rpc, /*drop_first=*/1000, "kasmina/0");
     CountingWorker alive(ctx, broker.endpoints.rpc, /*drop_first=*/0, "kasmina/1");
     bus::EventLoop loop;
-    bus::AsyncRpcClient client(ctx, loop, {.endpoint = broker.endpoints.rpc, .sender = "tamiyo",
-                                           .timeout_ms = 100, .max_attempts = 3,
-                                           .backoff_initial_ms = 10});
+    bus::AsyncRpcClient client(ctx, loop,
+                               {.endpoint = broker.endpoints.rpc,
+                                .sender = "tamiyo",
+                                .timeout_ms = 100,
+                                .max_attempts = 3,
+                                .backoff_initial_ms = 10});
     int ticks = 0;
     loop.every(std::chrono::milliseconds(10), [&] { ++ticks; });
     std::vector<std::string> order;
@@ -330,18 +337,22 @@ TEST_CASE("an async request to a dead agent times out without blocking the loop"
     CHECK(sw.elapsed_s() >= 0.3);  // three timeouts of 100 ms
     CHECK(ticks >= 15);            // and the timer kept ticking through them
     CHECK(client.stats().timeouts == 3);
-    CHECK(dead.applied == 1);      // every attempt carried the same key
+    CHECK(dead.applied == 1);  // every attempt carried the same key
 }
 
 TEST_CASE("an async request to an unknown agent fails after its attempts", "[bus][rpc][async]") {
     zmq::context_t ctx(1);
     BrokerThread broker(ctx, "async-unknown");
     bus::EventLoop loop;
-    bus::AsyncRpcClient client(ctx, loop, {.endpoint = broker.endpoints.rpc, .sender = "tamiyo",
-                                           .timeout_ms = 1000, .max_attempts = 2,
-                                           .backoff_initial_ms = 5});
+    bus::AsyncRpcClient client(ctx, loop,
+                               {.endpoint = broker.endpoints.rpc,
+                                .sender = "tamiyo",
+                                .timeout_ms = 1000,
+                                .max_attempts = 2,
+                                .backoff_initial_ms = 5});
     std::optional<bus::RpcReply> reply;
-    REQUIRE(client.send("nobody", "k", cull("k", 1), [&](bus::RpcReply r) { reply = std::move(r); }));
+    REQUIRE(
+        client.send("nobody", "k", cull("k", 1), [&](bus::RpcReply r) { reply = std::move(r); }));
     Stopwatch sw;
     run_until(loop, [&] { return reply.has_value(); });
     REQUIRE(reply);
@@ -355,8 +366,11 @@ TEST_CASE("the async client refuses requests beyond its queue", "[bus][rpc][asyn
     zmq::context_t ctx(1);
     BrokerThread broker(ctx, "async-full");
     bus::EventLoop loop;
-    bus::AsyncRpcClient client(ctx, loop, {.endpoint = broker.endpoints.rpc, .sender = "tamiyo",
-                                           .max_in_flight = 1, .max_queued = 1});
+    bus::AsyncRpcClient client(ctx, loop,
+                               {.endpoint = broker.endpoints.rpc,
+                                .sender = "tamiyo",
+                                .max_in_flight = 1,
+                                .max_queued = 1});
     auto ignore = [](bus::RpcReply) {};
     CHECK(client.send("a", "1", cull("1", 1), ignore));  // in flight
     CHECK(client.send("b", "2", cull("2", 1), ignore));  // queued: one in flight at most
@@ -374,8 +388,8 @@ TEST_CASE("destroying the async client drops its requests without calling back",
     bus::EventLoop loop;
     int callbacks = 0;
     {
-        bus::AsyncRpcClient client(ctx, loop, {.endpoint = broker.endpoints.rpc,
-                                               .sender = "tamiyo", .timeout_ms = 20});
+        bus::AsyncRpcClient client(
+            ctx, loop, {.endpoint = broker.endpoints.rpc, .sender = "tamiyo", .timeout_ms = 20});
         REQUIRE(client.send("kasmina/0", "a", cull("a", 1), [&](bus::RpcReply) { ++callbacks; }));
         REQUIRE(client.send("kasmina/0", "b", cull("b", 1), [&](bus::RpcReply) { ++callbacks; }));
         loop.after(std::chrono::milliseconds(30), [&] { loop.stop(); });

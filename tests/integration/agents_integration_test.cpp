@@ -289,17 +289,20 @@ TEST_CASE("esper run refuses an invalid config or policy before anything starts"
     fs::remove_all(dir, ec);
 }
 
-TEST_CASE("Tamiyo answers a status request while a command to an unresponsive kasmina/0 is "
-          "pending",
-          "[integration][agents]") {
+TEST_CASE(
+    "Tamiyo answers a status request while a command to an unresponsive kasmina/0 is "
+    "pending",
+    "[integration][agents]") {
     BrokerProcess broker;
     // kasmina/0 takes every command and never answers (its replies are all "lost").
     zmq::context_t ctx;
     std::atomic<bool> stop{false};
     std::atomic<uint64_t> commands{0};
     std::thread executor([&] {
-        bus::RpcWorker worker(ctx, {.endpoint = broker.rpc, .name = "kasmina/0",
-                                    .heartbeat_ms = 200, .drop_first_replies = 1 << 30});
+        bus::RpcWorker worker(ctx, {.endpoint = broker.rpc,
+                                    .name = "kasmina/0",
+                                    .heartbeat_ms = 200,
+                                    .drop_first_replies = 1 << 30});
         while (!stop) {
             worker.poll(20, [](schema::Envelope::Reader, schema::Envelope::Payload::Builder rep) {
                 rep.initCommandAck().setOutcome(schema::CommandOutcome::APPLIED);
@@ -321,7 +324,8 @@ TEST_CASE("Tamiyo answers a status request while a command to an unresponsive ka
         << "version: 1\nname: grow\nrules:\n"
            "  - when: [\"seed.stage == DORMANT\"]\n    action: germinate\n";
     std::ofstream(broker.dir / "tamiyo.yaml") << "tamiyo:\n  decision_interval_steps: 10\n";
-    agents::TamiyoLaunch launch{.bus = {broker.pub, broker.sub, broker.rpc}, .run_id = kRunId,
+    agents::TamiyoLaunch launch{.bus = {broker.pub, broker.sub, broker.rpc},
+                                .run_id = kRunId,
                                 .config = broker.dir / "tamiyo.yaml",
                                 .policy = (broker.dir / "grow.yaml").string()};
     auto tamiyo = broker.supervisor.start_ready("tamiyo", launch.argv(kEsper), milliseconds(20000));
@@ -330,34 +334,37 @@ TEST_CASE("Tamiyo answers a status request while a command to an unresponsive ka
     CHECK(tamiyo.readiness.line == nlohmann::json{{"agent", "tamiyo"}});
 
     // Play the executor's telemetry (one dormant seed) until Tamiyo sends a command.
-    bus::Publisher telemetry(ctx, {.endpoint = broker.pub, .sender = "kasmina/0",
-                                   .run_id = kRunId, .reliability = bus::Reliability::kControl});
+    bus::Publisher telemetry(ctx, {.endpoint = broker.pub,
+                                   .sender = "kasmina/0",
+                                   .run_id = kRunId,
+                                   .reliability = bus::Reliability::kControl});
     uint64_t step = 0;
-    const bool sent = wait_until([&] {
-        step += 10;
-        telemetry.publish(std::string("telemetry.seeds.") + kRunId + ".0",
-                          [&](schema::Envelope::Payload::Builder p) {
-                              auto b = p.initSeedTelemetry();
-                              b.setLayer(0);
-                              b.setStepEnd(step);
-                              auto s = b.initSeeds(1)[0];
-                              s.setSeed(0);
-                              s.setStage(schema::SeedStage::DORMANT);
-                              s.setChunkWidth(8);
-                          });
-        telemetry.publish(std::string("telemetry.run.") + kRunId,
-                          [&](schema::Envelope::Payload::Builder p) {
-                              p.initRunStatus().setStep(step);
-                          });
-        return commands > 0;
-    }, 20);
+    const bool sent = wait_until(
+        [&] {
+            step += 10;
+            telemetry.publish(std::string("telemetry.seeds.") + kRunId + ".0",
+                              [&](schema::Envelope::Payload::Builder p) {
+                                  auto b = p.initSeedTelemetry();
+                                  b.setLayer(0);
+                                  b.setStepEnd(step);
+                                  auto s = b.initSeeds(1)[0];
+                                  s.setSeed(0);
+                                  s.setStage(schema::SeedStage::DORMANT);
+                                  s.setChunkWidth(8);
+                              });
+            telemetry.publish(
+                std::string("telemetry.run.") + kRunId,
+                [&](schema::Envelope::Payload::Builder p) { p.initRunStatus().setStep(step); });
+            return commands > 0;
+        },
+        20);
     INFO(file_text(broker.dir / "tamiyo.log"));
     REQUIRE(sent);
 
     // Tamiyo keeps retrying that command for about a second (4 attempts of 300 ms); a status
     // request in the meantime is answered at once, with the command still pending.
-    bus::RpcClient client(ctx, {.endpoint = broker.rpc, .sender = "test", .timeout_ms = 1000,
-                                .max_attempts = 1});
+    bus::RpcClient client(
+        ctx, {.endpoint = broker.rpc, .sender = "test", .timeout_ms = 1000, .max_attempts = 1});
     Stopwatch sw;
     bus::RpcReply r = client.request("tamiyo", "", [](schema::Envelope::Payload::Builder p) {
         p.initControlRequest().setStatus();
@@ -369,8 +376,11 @@ TEST_CASE("Tamiyo answers a status request while a command to an unresponsive ka
     CHECK(waited_s < 0.5);
     // The command was retried with its key, and Tamiyo gave up on it without dying.
     CHECK(wait_until([&] { return commands >= 4; }, 10));
-    CHECK(wait_until([&] {
-        return file_text(broker.dir / "tamiyo.log").find("outcome=no reply") != std::string::npos;
-    }, 10));
+    CHECK(wait_until(
+        [&] {
+            return file_text(broker.dir / "tamiyo.log").find("outcome=no reply") !=
+                   std::string::npos;
+        },
+        10));
     CHECK(tamiyo.child.running());
 }

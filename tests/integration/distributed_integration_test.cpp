@@ -83,8 +83,7 @@ TEST_CASE("esper run --ranks 2 trains both ranks to the same seed tables", "[int
     fs::remove_all(dir, ec);
 }
 
-TEST_CASE("esper broker hosts the kv worker that serves kvSet and kvGet",
-          "[integration][dist]") {
+TEST_CASE("esper broker hosts the kv worker that serves kvSet and kvGet", "[integration][dist]") {
     BrokerProcess broker;
     zmq::context_t ctx;
     bus::RpcClient client(ctx, {.endpoint = broker.rpc, .sender = "test", .timeout_ms = 2000});

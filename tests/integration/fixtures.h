@@ -60,8 +60,8 @@ struct BrokerProcess {
     std::string pub, sub, rpc;
 
     BrokerProcess() {
-        esper::agents::BrokerLaunch launch{.pub_port = 0, .sub_port = 0, .rpc_port = 0,
-                                           .agent_expiry_ms = 2000};
+        esper::agents::BrokerLaunch launch{
+            .pub_port = 0, .sub_port = 0, .rpc_port = 0, .agent_expiry_ms = 2000};
         auto started = supervisor.start_ready("broker", launch.argv(kEsper), milliseconds(10000));
         child = &started.child;
         INFO(esper::agents::describe_failure(started.child, started.readiness));

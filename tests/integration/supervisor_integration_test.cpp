@@ -32,8 +32,9 @@ TEST_CASE("esper broker started by the supervisor reports its endpoints through 
         CHECK_THAT(endpoints->rpc, !Catch::EndsWith(":0") && !Catch::EndsWith(":*"));
         // Ready means the kv worker is registered: the first request, with no retry, is served.
         zmq::context_t ctx;
-        bus::RpcClient client(ctx, {.endpoint = endpoints->rpc, .sender = "t",
-                                    .timeout_ms = 2000, .max_attempts = 1});
+        bus::RpcClient client(
+            ctx,
+            {.endpoint = endpoints->rpc, .sender = "t", .timeout_ms = 2000, .max_attempts = 1});
         bus::RpcReply r = client.request("kv", "", [](schema::Envelope::Payload::Builder p) {
             p.initControlRequest().setKvGet("nothing");
         });
