@@ -317,16 +317,18 @@ TEST_CASE("an async request to a dead agent times out without blocking the loop"
     loop.every(std::chrono::milliseconds(10), [&] { ++ticks; });
     std::vector<std::string> order;
     std::optional<bus::RpcReply> dead_reply;
+    int ticks_before_timeout = 0;
     Stopwatch sw;
     REQUIRE(client.send("kasmina/0", "c-dead", cull("c-dead", 1), [&](bus::RpcReply r) {
         order.push_back("kasmina/0");
         dead_reply = std::move(r);
+        ticks_before_timeout = ticks;
     }));
     REQUIRE(client.send("kasmina/1", "c-alive", cull("c-alive", 1), [&](bus::RpcReply r) {
         CHECK(r.ok());
         order.push_back("kasmina/1");
     }));
-    CHECK(sw.elapsed_s() < 0.05);  // both sends returned at once
+    CHECK(sw.elapsed_s() < 0.1);  // both sends returned before even one timeout could pass
     run_until(loop, [&] { return dead_reply.has_value(); });
     REQUIRE(dead_reply);
     CHECK(dead_reply->status == bus::RpcStatus::kTimeout);
@@ -335,7 +337,7 @@ TEST_CASE("an async request to a dead agent times out without blocking the loop"
     // Completion order: the live agent answered while the dead one was still being retried.
     CHECK(order == std::vector<std::string>{"kasmina/1", "kasmina/0"});
     CHECK(sw.elapsed_s() >= 0.3);  // three timeouts of 100 ms
-    CHECK(ticks >= 15);            // and the timer kept ticking through them
+    CHECK(ticks_before_timeout >= 10);  // and the timer kept ticking (every 10 ms) meanwhile
     CHECK(client.stats().timeouts == 3);
     CHECK(dead.applied == 1);  // every attempt carried the same key
 }

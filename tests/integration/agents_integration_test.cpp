@@ -18,7 +18,6 @@
 #include "agents/supervisor.h"
 #include "bus/pubsub.h"
 #include "bus/rpc.h"
-#include "core/clock.h"
 #include "tests/integration/fixtures.h"
 
 using namespace esper;
@@ -361,19 +360,18 @@ TEST_CASE(
     INFO(file_text(broker.dir / "tamiyo.log"));
     REQUIRE(sent);
 
-    // Tamiyo keeps retrying that command for about a second (4 attempts of 300 ms); a status
-    // request in the meantime is answered at once, with the command still pending.
+    // Tamiyo keeps retrying that command for over a second (4 attempts of 300 ms); a status
+    // request in the meantime is answered, with the command still pending. (A Tamiyo blocked in
+    // its send could answer only after giving up on the command: no reply within 1 s, or
+    // pending=0.)
     bus::RpcClient client(
         ctx, {.endpoint = broker.rpc, .sender = "test", .timeout_ms = 1000, .max_attempts = 1});
-    Stopwatch sw;
     bus::RpcReply r = client.request("tamiyo", "", [](schema::Envelope::Payload::Builder p) {
         p.initControlRequest().setStatus();
     });
-    const double waited_s = sw.elapsed_s();
     REQUIRE(r.ok());
     auto status = r.reply->envelope().getPayload().getControlReply().getStatus();
     CHECK_THAT(std::string(status.getBackend().cStr()), Catch::Contains("pending=1"));
-    CHECK(waited_s < 0.5);
     // The command was retried with its key, and Tamiyo gave up on it without dying.
     CHECK(wait_until([&] { return commands >= 4; }, 10));
     CHECK(wait_until(
