@@ -1,4 +1,4 @@
-// RpcClient and RpcWorker; see rpc.h and the frame layouts in broker.h.
+// RpcClient, AsyncRpcClient and RpcWorker; see rpc.h and the frame layouts in broker.h.
 #include "bus/rpc.h"
 
 #include <algorithm>
