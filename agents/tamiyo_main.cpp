@@ -2,9 +2,12 @@
 // the run's telemetry and lifecycle events and feeds them to the tamiyo::View, runs the
 // tamiyo::Controller every --decide-every-ms and sends each accepted decision to the executor
 // (kasmina/0) as a reliable command, and serves control requests as `tamiyo` on the broker's
-// request/reply endpoint: status, policy load/show/history/rollback. Policy changes (including a
+// request/reply endpoint: status, policy load/show/history/rollback. Commands go out without
+// blocking the loop (bus::AsyncRpcClient): acks are handled in callbacks, and telemetry and
+// requests keep being served while a command is outstanding. Policy changes (including a
 // policy disabled for throwing or overrunning its time budget) are announced on
 // events.policy.<run>. A restarted Tamiyo rebuilds its view from what the bus delivers next.
+// With --ready-fd N it writes {"agent":"tamiyo"} to descriptor N once the broker routes to it.
 #include <unistd.h>
 
 #include <kj/exception.h>
@@ -23,6 +26,7 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/supervisor.h"
 #include "agents/wire_vocabulary.h"
 #include "bus/event_loop.h"
 #include "bus/pubsub.h"
@@ -78,6 +82,7 @@ public:
     struct Options {
         std::string pub, sub, rpc, run_id, target = "kasmina/0";
         int tick_ms = 50;       // how often the loop checks whether a decision is due
+        int ready_fd = -1;      // >= 0: write the ready line here once registered
         tamiyo::Config config;  // decision_interval_steps, view, controller, heuristic, policy
     };
 
@@ -92,8 +97,8 @@ public:
           events_(ctx_, {.endpoint = o_.pub, .sender = "tamiyo", .run_id = o_.run_id,
                          .reliability = bus::Reliability::kControl}),
           worker_(ctx_, {.endpoint = o_.rpc, .name = "tamiyo", .run_id = o_.run_id}),
-          client_(ctx_, {.endpoint = o_.rpc, .sender = "tamiyo", .run_id = o_.run_id,
-                         .timeout_ms = 300, .max_attempts = 4}) {
+          client_(ctx_, loop_, {.endpoint = o_.rpc, .sender = "tamiyo", .run_id = o_.run_id,
+                                .timeout_ms = 300, .max_attempts = 4}) {
         history_seen_ = controller_.history().size();
     }
 
@@ -125,11 +130,30 @@ public:
                        " target=", o_.target, " rpc=", o_.rpc);
         announce(schema::PolicyAction::LOADED, controller_.active().name(),
                  controller_.active().kind(), "", "initial policy");
+        if (o_.ready_fd >= 0) ping_self();
         loop_.run();
         return 0;
     }
 
 private:
+    // Registered once a ping through the broker comes back: then the ready line.
+    void ping_self() {
+        bool queued = client_.send(
+            "tamiyo", "",
+            [](schema::Envelope::Payload::Builder p) { p.initControlRequest().setPing("ready"); },
+            [this](bus::RpcReply reply) {
+                if (reply.ok()) {
+                    write_ready_line(o_.ready_fd, {{"agent", "tamiyo"}});
+                    o_.ready_fd = -1;
+                    return;
+                }
+                ESPER_LOG_WARN(log(), "not routed yet (", bus::rpc_status_name(reply.status), " ",
+                               reply.error, "); pinging again");
+                ping_self();
+            });
+        if (!queued) ESPER_LOG_WARN(log(), "ready ping not sent: request queue full");
+    }
+
     void drop(const std::string& topic, const char* why) {
         ++dropped_;
         ESPER_LOG_WARN_RATE(log(), 5, "dropped message topic=", topic, " reason=", why,
@@ -278,11 +302,21 @@ private:
         }
     }
 
+    // Returns at once; on_ack() runs on this loop when the executor answers or the retries end.
     void send(const tamiyo::Decision& d) {
         std::string id = "tamiyo-" + std::to_string(::getpid()) + "-" + std::to_string(++commands_sent_);
-        bus::RpcReply reply = client_.request(o_.target, id, [&](schema::Envelope::Payload::Builder p) {
-            fill_command(p.initCommand(), d, id);
-        });
+        bool queued = client_.send(
+            o_.target, id,
+            [&](schema::Envelope::Payload::Builder p) { fill_command(p.initCommand(), d, id); },
+            [this, d, id](bus::RpcReply reply) { on_ack(d, id, reply); });
+        if (!queued) {
+            controller_.forget_pending(d.layer, d.seed);
+            ESPER_LOG_WARN(log(), "command=", id, " ", tamiyo::to_string(d),
+                           " outcome=not sent reason=too many commands outstanding");
+        }
+    }
+
+    void on_ack(const tamiyo::Decision& d, const std::string& id, const bus::RpcReply& reply) {
         std::string outcome = "no reply", reason = reply.error;
         if (!reply.ok()) controller_.forget_pending(d.layer, d.seed);
         if (reply.ok()) {
@@ -455,8 +489,8 @@ private:
     bus::Subscriber sub_;
     bus::Publisher events_;
     bus::RpcWorker worker_;
-    bus::RpcClient client_;
     bus::EventLoop loop_;
+    bus::AsyncRpcClient client_;  // after loop_: it watches its socket on the loop
     size_t history_seen_ = 0;
     bool decided_once_ = false;
     uint64_t last_decision_step_ = 0;
@@ -483,6 +517,10 @@ int tamiyo_main(int argc, char** argv) {
     auto& target = p.option("target", "AGENT", "executor that receives commands", "kasmina/0");
     auto& tick = p.option("tick-ms", "MS", "how often to check whether a decision is due", "50");
     p.option("run-dir", "DIR", "run directory (accepted for symmetry with the executor; unused)");
+    auto& ready_fd = p.option("ready-fd", "N",
+                              "once registered with the broker, write "
+                              "{\"agent\":\"tamiyo\"} as one line to this inherited descriptor "
+                              "and close it (used by esper run)");
     auto& check = p.flag("check-config", "validate the tamiyo section and the policy, print them, and exit");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     if (check.on()) {
@@ -503,6 +541,10 @@ int tamiyo_main(int argc, char** argv) {
     o.target = target.str();
     o.tick_ms = static_cast<int>(tick.as_int());
     if (o.tick_ms <= 0) return p.usage_error("--tick-ms must be > 0");
+    if (ready_fd.given()) {
+        o.ready_fd = static_cast<int>(ready_fd.as_int());
+        if (o.ready_fd < 0) return p.usage_error("--ready-fd must be >= 0");
+    }
     o.config = load_tamiyo_config(config);
     if (policy.given()) o.config.policy = policy.str();
     ESPER_LOG_INFO(log(), "effective config\n", tamiyo::format_config(o.config));

@@ -2,16 +2,21 @@
 // ports, on a small teacher task whose lifecycle timers are short enough for seeds to move in
 // seconds. Covers the heuristic growing the network, a rules policy injected into a live run (and
 // an invalid one refused), duplicated and illegal commands, a controller killed and restarted,
-// and `esper run` stopping on SIGINT with a final checkpoint and a report.
+// `esper run` stopping on SIGINT with a final checkpoint and a report, and Tamiyo serving status
+// while a command to an executor that never answers is still being retried.
 #include <signal.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <zmq.hpp>
 
+#include "agents/supervisor.h"
+#include "bus/pubsub.h"
 #include "bus/rpc.h"
 #include "tests/integration/fixtures.h"
 
@@ -330,4 +335,103 @@ TEST_CASE("the executor publishes its effective config on config.<run> at startu
     CHECK(line["topic"] == "config.it");
     CHECK_THAT(text, Catch::Contains("runConfig") && Catch::Contains("seeds_per_layer: 4") &&
                          Catch::Contains("\"batchSize\":64") && Catch::Contains("\"width\":32"));
+}
+
+TEST_CASE(
+    "Tamiyo answers a status request while a command to an unresponsive kasmina/0 is "
+    "pending",
+    "[integration][agents]") {
+    BrokerProcess broker;
+    // kasmina/0 takes every command and never answers (its replies are all "lost").
+    zmq::context_t ctx;
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> commands{0};
+    std::thread executor([&] {
+        bus::RpcWorker worker(ctx, {.endpoint = broker.rpc,
+                                    .name = "kasmina/0",
+                                    .heartbeat_ms = 200,
+                                    .drop_first_replies = 1 << 30});
+        while (!stop) {
+            worker.poll(20, [](schema::Envelope::Reader, schema::Envelope::Payload::Builder rep) {
+                rep.initCommandAck().setOutcome(schema::CommandOutcome::APPLIED);
+            });
+            commands = worker.stats().requests;
+        }
+    });
+    struct Join {
+        std::atomic<bool>& stop;
+        std::thread& thread;
+        ~Join() {
+            stop = true;
+            thread.join();
+        }
+    } join{stop, executor};
+
+    // Tamiyo germinates every dormant seed it sees; started through its ready pipe.
+    std::ofstream(broker.dir / "grow.yaml")
+        << "version: 1\nname: grow\nrules:\n"
+           "  - when: [\"seed.stage == DORMANT\"]\n    action: germinate\n";
+    std::ofstream(broker.dir / "tamiyo.yaml") << "tamiyo:\n  decision_interval_steps: 10\n";
+    agents::TamiyoLaunch launch{.bus = {broker.pub, broker.sub, broker.rpc},
+                                .run_id = kRunId,
+                                .config = broker.dir / "tamiyo.yaml",
+                                .policy = (broker.dir / "grow.yaml").string()};
+    auto tamiyo = broker.supervisor.start_ready("tamiyo", launch.argv(kEsper), milliseconds(20000));
+    INFO(agents::describe_failure(tamiyo.child, tamiyo.readiness));
+    REQUIRE(tamiyo.readiness.ok());
+    CHECK(tamiyo.readiness.line == nlohmann::json{{"agent", "tamiyo"}});
+
+    // Play the executor's telemetry (one dormant seed) until Tamiyo sends a command.
+    bus::Publisher telemetry(ctx, {.endpoint = broker.pub,
+                                   .sender = "kasmina/0",
+                                   .run_id = kRunId,
+                                   .reliability = bus::Reliability::kControl});
+    uint64_t step = 0;
+    const bool sent = wait_until(
+        [&] {
+            step += 10;
+            telemetry.publish(std::string("telemetry.seeds.") + kRunId + ".0",
+                              [&](schema::Envelope::Payload::Builder p) {
+                                  auto b = p.initSeedTelemetry();
+                                  b.setLayer(0);
+                                  b.setStepEnd(step);
+                                  auto s = b.initSeeds(1)[0];
+                                  s.setSeed(0);
+                                  s.setStage(schema::SeedStage::DORMANT);
+                                  s.setChunkWidth(8);
+                                  // The executor's price of each kind (Tamiyo never germinates
+                                  // a seed without one).
+                                  auto prices = s.initGerminationParams(3);
+                                  for (unsigned k = 0; k < 3; ++k) prices.set(k, 100);
+                              });
+            telemetry.publish(
+                std::string("telemetry.run.") + kRunId,
+                [&](schema::Envelope::Payload::Builder p) { p.initRunStatus().setStep(step); });
+            return commands > 0;
+        },
+        20);
+    INFO(file_text(broker.dir / "tamiyo.log"));
+    REQUIRE(sent);
+
+    // Tamiyo keeps retrying that command for over a second (4 attempts of 300 ms); a status
+    // request in the meantime is answered, with the command still pending. (A Tamiyo blocked in
+    // its send could answer only after giving up on the command: no reply within 1 s, or
+    // pending=0.)
+    bus::RpcClient client(
+        ctx, {.endpoint = broker.rpc, .sender = "test", .timeout_ms = 1000, .max_attempts = 1});
+    bus::RpcReply r = client.request("tamiyo", "", [](schema::Envelope::Payload::Builder p) {
+        p.initControlRequest().setStatus();
+    });
+    REQUIRE(r.ok());
+    auto status = r.reply->envelope().getPayload().getControlReply().getStatus();
+    CHECK_THAT(std::string(status.getBackend().cStr()), Catch::Contains("pending=1"));
+    // The command was retried with its key, and Tamiyo gave up on it without dying.
+    CHECK(wait_until([&] { return commands >= 4; }, 10));
+    CHECK(wait_until(
+        [&] {
+            return file_text(broker.dir / "tamiyo.log").find("outcome=no reply") !=
+                   std::string::npos;
+        },
+        10));
+    CHECK(tamiyo.child.running());
 }

@@ -1,4 +1,4 @@
-// The broker's rendezvous key-value service (requests to agent "kv"), then `esper run --ranks 2`
+// The rendezvous key-value worker "kv" that `esper broker` hosts, then `esper run --ranks 2`
 // end to end: a broker, Tamiyo and two Kasmina ranks (Gloo over loopback,
 // rendezvous through a FileKvStore in the run directory) on a small teacher task whose lifecycle
 // timers let the heuristic germinate, cull and fossilize seeds within seconds. Both ranks train,
@@ -12,7 +12,7 @@
 #include <string>
 
 #include "bus/rpc.h"
-#include "schemas/policy.capnp.h"
+#include "schemas/control.capnp.h"
 #include "tests/integration/fixtures.h"
 
 using namespace esper;
@@ -82,8 +82,7 @@ TEST_CASE("esper run --ranks 2 trains both ranks to the same seed tables", "[int
     fs::remove_all(dir, ec);
 }
 
-TEST_CASE("the broker serves kvSet and kvGet for the reserved agent name kv",
-          "[integration][dist]") {
+TEST_CASE("esper broker hosts the kv worker that serves kvSet and kvGet", "[integration][dist]") {
     BrokerProcess broker;
     zmq::context_t ctx;
     bus::RpcClient client(ctx, {.endpoint = broker.rpc, .sender = "test", .timeout_ms = 2000});
@@ -111,7 +110,7 @@ TEST_CASE("the broker serves kvSet and kvGet for the reserved agent name kv",
     CHECK(set.reply->envelope().getPayload().getControlReply().getOk());
     CHECK(get("job/0/gloo/1") == value);
     CHECK(get("job/0/gloo/2") == "<missing>");
-    // Anything else addressed to kv is refused with a reason, not forwarded.
+    // Anything else addressed to kv is refused by the worker with a reason.
     bus::RpcReply ping = client.request("kv", "", [&](schema::Envelope::Payload::Builder p) {
         p.initControlRequest().setPing("x");
     });
