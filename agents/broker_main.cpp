@@ -39,7 +39,8 @@ std::string endpoint(const std::string& host, int64_t port) {
 
 int64_t port_value(const cli::Option& o) {
     int64_t p = o.as_int();
-    if (p < 0 || p > 65535) throw cli::UsageError("--" + o.name + ": port out of range: " + o.str());
+    if (p < 0 || p > 65535)
+        throw cli::UsageError("--" + o.name + ": port out of range: " + o.str());
     return p;
 }
 
@@ -57,14 +58,18 @@ bool wait_for_kv(bus::Broker& broker, int timeout_ms) {
 }  // namespace
 
 int broker_main(int argc, char** argv) {
-    cli::Parser p("esper broker", "Run the message broker: XSUB for publishers, XPUB for "
-                                  "subscribers, ROUTER for request/reply between named agents.");
+    cli::Parser p("esper broker",
+                  "Run the message broker: XSUB for publishers, XPUB for "
+                  "subscribers, ROUTER for request/reply between named agents.");
     auto& bind = p.option("bind", "ADDR", "address to bind", "127.0.0.1");
-    auto& pub_port = p.option("pub-port", "P", "port publishers connect to (0 = ephemeral)", "5555");
+    auto& pub_port =
+        p.option("pub-port", "P", "port publishers connect to (0 = ephemeral)", "5555");
     auto& sub_port = p.option("sub-port", "S", "port subscribers (esper tap) connect to", "5556");
     auto& rpc_port = p.option("rpc-port", "R", "port for request/reply", "5557");
-    auto& expiry = p.option("agent-expiry-ms", "MS", "forget an agent after this long without "
-                                                     "a heartbeat", "3000");
+    auto& expiry = p.option("agent-expiry-ms", "MS",
+                            "forget an agent after this long without "
+                            "a heartbeat",
+                            "3000");
     auto& insecure = p.flag("insecure", "allow a non-loopback bind without authentication");
     auto& ready_fd = p.option("ready-fd", "N",
                               "once ready, write the endpoints as one JSON line "
@@ -75,15 +80,17 @@ int broker_main(int argc, char** argv) {
         "Also serves the rendezvous key-value store as the agent 'kv'.\n"
         "Stops cleanly on SIGINT or SIGTERM.");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
-    if (!p.positional().empty()) return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
+    if (!p.positional().empty())
+        return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
     if (const char* spec = std::getenv("ESPER_LOG")) set_log_levels(spec);
 
     if (!is_loopback(bind.str())) {
         if (!insecure.on())
             return p.usage_error("refusing to bind non-loopback address " + bind.str() +
                                  " without authentication; pass --insecure to do it anyway");
-        std::fprintf(stderr, "esper broker: WARNING: binding %s without authentication; anyone "
-                             "who can reach it can read telemetry and send commands\n",
+        std::fprintf(stderr,
+                     "esper broker: WARNING: binding %s without authentication; anyone "
+                     "who can reach it can read telemetry and send commands\n",
                      bind.str().c_str());
     }
     bus::BrokerConfig config;

@@ -25,7 +25,8 @@ ChildProcess::ChildProcess(std::string name, std::vector<std::string> argv,
     if (argv.empty()) ESPER_THROW(kInvalidInput, "spawn ", name_, ": empty argv");
     std::filesystem::create_directories(log_path_.parent_path());
     int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0) ESPER_THROW(kFailed, "cannot open log ", log_path_.string(), ": ", std::strerror(errno));
+    if (fd < 0)
+        ESPER_THROW(kFailed, "cannot open log ", log_path_.string(), ": ", std::strerror(errno));
 
     std::vector<std::string> env;
     for (char** e = environ; *e != nullptr; ++e) {
@@ -76,7 +77,8 @@ ChildProcess::ChildProcess(std::string name, std::vector<std::string> argv,
     posix_spawnattr_destroy(&attr);
     ::close(fd);
     if (passed_fd >= 0) ::close(passed_fd);
-    if (rc != 0) ESPER_THROW(kFailed, "cannot start ", name_, " (", argv[0], "): ", std::strerror(rc));
+    if (rc != 0)
+        ESPER_THROW(kFailed, "cannot start ", name_, " (", argv[0], "): ", std::strerror(rc));
 }
 
 ChildProcess::~ChildProcess() {

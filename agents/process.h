@@ -4,11 +4,12 @@
 // last lines of a child's log when it dies.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <filesystem>
 #include <optional>
 #include <string>
-#include <sys/types.h>
 #include <vector>
 
 namespace esper::agents {

@@ -108,11 +108,13 @@ private:
         char bar[64] = "";
         if (total_ > 0) {
             constexpr int kWidth = 30;
-            const int filled = static_cast<int>(kWidth * std::min<double>(1.0, double(step_) / double(total_)));
+            const int filled =
+                static_cast<int>(kWidth * std::min<double>(1.0, double(step_) / double(total_)));
             char cells[kWidth + 1];
             for (int i = 0; i < kWidth; ++i) cells[i] = i < filled ? '#' : '.';
             cells[kWidth] = '\0';
-            std::snprintf(bar, sizeof bar, "[%s] %3d%% ", cells, static_cast<int>(step_ * 100 / total_));
+            std::snprintf(bar, sizeof bar, "[%s] %3d%% ", cells,
+                          static_cast<int>(step_ * 100 / total_));
         }
         std::printf("\r\033[K%s%s", bar, status().c_str());
         std::fflush(stdout);
@@ -171,7 +173,8 @@ int check_config(const RunPlan& plan) {
                        plan.run_dir / "logs" / ("check-" + check[1] + ".log"));
         int st = c.wait_for(std::chrono::seconds(60)).value_or(-1);
         if (st != 0) {  // the loaders print one line naming file:line: field: reason
-            for (const std::string& l : c.last_log_lines(1)) std::fprintf(stderr, "%s\n", l.c_str());
+            for (const std::string& l : c.last_log_lines(1))
+                std::fprintf(stderr, "%s\n", l.c_str());
             return st == 2 ? cli::kExitUsage : 1;
         }
     }

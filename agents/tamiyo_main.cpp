@@ -8,9 +8,9 @@
 // policy disabled for throwing or overrunning its time budget) are announced on
 // events.policy.<run>. A restarted Tamiyo rebuilds its view from what the bus delivers next.
 // With --ready-fd N it writes {"agent":"tamiyo"} to descriptor N once the broker routes to it.
-#include <unistd.h>
-
+#include <fmt/format.h>
 #include <kj/exception.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -21,8 +21,6 @@
 #include <memory>
 #include <sstream>
 #include <string>
-
-#include <fmt/format.h>
 
 #include "agents/cli.h"
 #include "agents/commands.h"
@@ -90,15 +88,21 @@ public:
         : o_(std::move(o)),
           view_(o_.config.view),
           controller_(o_.config.controller, std::move(initial)),
-          sub_(ctx_, {.endpoint = o_.sub,
-                      .prefixes = {"telemetry.seeds." + o_.run_id + ".",
-                                   "telemetry.run." + o_.run_id,
-                                   "events.lifecycle." + o_.run_id + "."}}),
-          events_(ctx_, {.endpoint = o_.pub, .sender = "tamiyo", .run_id = o_.run_id,
+          sub_(ctx_,
+               {.endpoint = o_.sub,
+                .prefixes = {"telemetry.seeds." + o_.run_id + ".", "telemetry.run." + o_.run_id,
+                             "events.lifecycle." + o_.run_id + "."}}),
+          events_(ctx_, {.endpoint = o_.pub,
+                         .sender = "tamiyo",
+                         .run_id = o_.run_id,
                          .reliability = bus::Reliability::kControl}),
           worker_(ctx_, {.endpoint = o_.rpc, .name = "tamiyo", .run_id = o_.run_id}),
-          client_(ctx_, loop_, {.endpoint = o_.rpc, .sender = "tamiyo", .run_id = o_.run_id,
-                                .timeout_ms = 300, .max_attempts = 4}) {
+          client_(ctx_, loop_,
+                  {.endpoint = o_.rpc,
+                   .sender = "tamiyo",
+                   .run_id = o_.run_id,
+                   .timeout_ms = 300,
+                   .max_attempts = 4}) {
         history_seen_ = controller_.history().size();
     }
 
@@ -246,7 +250,8 @@ private:
     void decide() {
         if (!view_.run().has_status) return;  // nothing to decide on yet
         // One decision round per decision_interval_steps of training progress.
-        if (decided_once_ && view_.step() < last_decision_step_ + o_.config.decision_interval_steps) return;
+        if (decided_once_ && view_.step() < last_decision_step_ + o_.config.decision_interval_steps)
+            return;
         decided_once_ = true;
         last_decision_step_ = view_.step();
         std::vector<tamiyo::Decision> decisions = controller_.decide(view_, view_.step());
@@ -257,7 +262,8 @@ private:
         }
     }
 
-    void fill_command(schema::Command::Builder c, const tamiyo::Decision& d, const std::string& id) {
+    void fill_command(schema::Command::Builder c, const tamiyo::Decision& d,
+                      const std::string& id) {
         c.setCommandId(id);
         c.setTarget(o_.target);
         c.setIssuedBy("tamiyo");
@@ -271,7 +277,8 @@ private:
                 g.setBlueprintKind(to_wire(d.blueprint));
                 g.setSize(d.blueprint_size);
                 // The controller admitted only known strategies (Controller::sanity).
-                g.setStrategy(to_wire(parse_grafting_strategy(d.strategy).value_or(GraftingStrategy::kLinear)));
+                g.setStrategy(to_wire(
+                    parse_grafting_strategy(d.strategy).value_or(GraftingStrategy::kLinear)));
                 break;
             }
             case tamiyo::DecisionKind::kCull: {
@@ -304,7 +311,8 @@ private:
 
     // Returns at once; on_ack() runs on this loop when the executor answers or the retries end.
     void send(const tamiyo::Decision& d) {
-        std::string id = "tamiyo-" + std::to_string(::getpid()) + "-" + std::to_string(++commands_sent_);
+        std::string id =
+            "tamiyo-" + std::to_string(::getpid()) + "-" + std::to_string(++commands_sent_);
         bool queued = client_.send(
             o_.target, id,
             [&](schema::Envelope::Payload::Builder p) { fill_command(p.initCommand(), d, id); },
@@ -323,15 +331,19 @@ private:
             auto rp = reply.reply->envelope().getPayload();
             if (rp.isCommandAck()) {
                 auto ack = rp.getCommandAck();
-                outcome = ack.getOutcome() == schema::CommandOutcome::APPLIED ? "applied" : "rejected";
+                outcome =
+                    ack.getOutcome() == schema::CommandOutcome::APPLIED ? "applied" : "rejected";
                 reason = ack.getReason().cStr();
                 if (ack.getOutcome() != schema::CommandOutcome::APPLIED)
                     controller_.forget_pending(d.layer, d.seed);
-                events_.publish("events.commands." + o_.run_id, [&](schema::Envelope::Payload::Builder p) {
-                    auto res = p.initCommandResult();
-                    fill_command(res.initCommand(), d, id);
-                    res.setAck(ack);
-                }, id);
+                events_.publish(
+                    "events.commands." + o_.run_id,
+                    [&](schema::Envelope::Payload::Builder p) {
+                        auto res = p.initCommandResult();
+                        fill_command(res.initCommand(), d, id);
+                        res.setAck(ack);
+                    },
+                    id);
             }
         }
         ESPER_LOG_INFO(log(), "command=", id, " ", tamiyo::to_string(d), " outcome=", outcome,
@@ -356,16 +368,19 @@ private:
         const auto& h = controller_.history();
         for (; history_seen_ < h.size(); ++history_seen_) {
             const tamiyo::PolicyHistoryEntry& e = h[history_seen_];
-            schema::PolicyAction a = e.action == tamiyo::PolicyAction::kRollback ? schema::PolicyAction::ROLLED_BACK
-                                     : e.action == tamiyo::PolicyAction::kLoad   ? schema::PolicyAction::LOADED
-                                                                                 : schema::PolicyAction::DISABLED;
-            ESPER_LOG_WARN(log(), "policy=", e.name, " action=", tamiyo::policy_action_name(e.action),
+            schema::PolicyAction a =
+                e.action == tamiyo::PolicyAction::kRollback ? schema::PolicyAction::ROLLED_BACK
+                : e.action == tamiyo::PolicyAction::kLoad   ? schema::PolicyAction::LOADED
+                                                            : schema::PolicyAction::DISABLED;
+            ESPER_LOG_WARN(log(), "policy=", e.name,
+                           " action=", tamiyo::policy_action_name(e.action),
                            " affected=", e.affected, " reason=", e.reason);
             announce(a, e.name, e.kind, e.affected, e.reason);
         }
     }
 
-    void fill_info(schema::PolicyInfo::Builder info, const tamiyo::PolicyHistoryEntry* e, bool active) {
+    void fill_info(schema::PolicyInfo::Builder info, const tamiyo::PolicyHistoryEntry* e,
+                   bool active) {
         const tamiyo::Policy& p = controller_.active();
         info.setName(e ? e->name : p.name());
         info.setKind(policy_kind(e ? e->kind : p.kind()));
@@ -410,9 +425,9 @@ private:
                         for (int i = 0; i < kNumSeedStages; ++i) counts[i] += layer.stage_counts[i];
                     auto list = s.initSeedsPerStage(kNumSeedStages);
                     for (int i = 0; i < kNumSeedStages; ++i) list.set(i, counts[i]);
-                    std::string backend = "policy=" + controller_.active().name() + " plateau=" +
-                                          (run.plateau ? "yes" : "no") + " pending=" +
-                                          std::to_string(controller_.pending_count());
+                    std::string backend = "policy=" + controller_.active().name() +
+                                          " plateau=" + (run.plateau ? "yes" : "no") +
+                                          " pending=" + std::to_string(controller_.pending_count());
                     s.setBackend(backend);
                     break;
                 }
@@ -425,8 +440,10 @@ private:
                         controller_.load(std::move(policy), "esper policy load", view_.step());
                         history_seen_ = controller_.history().size();
                         announce(schema::PolicyAction::LOADED, controller_.active().name(),
-                                 controller_.active().kind(), previous, "esper policy load " + name);
-                        ESPER_LOG_INFO(log(), "policy=", controller_.active().name(), " loaded previous=", previous);
+                                 controller_.active().kind(), previous,
+                                 "esper policy load " + name);
+                        ESPER_LOG_INFO(log(), "policy=", controller_.active().name(),
+                                       " loaded previous=", previous);
                         fill_info(reply.initPolicy(), &controller_.history().back(), true);
                     } catch (const Error& e) {
                         reply.setOk(false);
@@ -436,13 +453,16 @@ private:
                     break;
                 }
                 case schema::ControlRequest::POLICY_SHOW:
-                    fill_info(reply.initPolicy(),
-                              controller_.history().empty() ? nullptr : &controller_.history().back(), true);
+                    fill_info(
+                        reply.initPolicy(),
+                        controller_.history().empty() ? nullptr : &controller_.history().back(),
+                        true);
                     break;
                 case schema::ControlRequest::POLICY_HISTORY: {
                     const auto& h = controller_.history();
                     auto list = reply.initPolicyHistory(static_cast<unsigned>(h.size()));
-                    for (size_t i = 0; i < h.size(); ++i) fill_info(list[i], &h[i], i + 1 == h.size());
+                    for (size_t i = 0; i < h.size(); ++i)
+                        fill_info(list[i], &h[i], i + 1 == h.size());
                     break;
                 }
                 case schema::ControlRequest::POLICY_ROLLBACK: {
@@ -502,17 +522,24 @@ private:
 }  // namespace
 
 int tamiyo_main(int argc, char** argv) {
-    cli::Parser p("esper tamiyo",
-                  "Run the Tamiyo controller: watch a run's telemetry and events on the bus, run the\n"
-                  "policy, and send lifecycle commands to the executor.");
-    auto& bus_rpc = p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
-    auto& bus_pub = p.option("bus-pub", "tcp://HOST:P", "broker publisher endpoint", "tcp://127.0.0.1:5555");
-    auto& bus_sub = p.option("bus-sub", "tcp://HOST:S", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
+    cli::Parser p(
+        "esper tamiyo",
+        "Run the Tamiyo controller: watch a run's telemetry and events on the bus, run the\n"
+        "policy, and send lifecycle commands to the executor.");
+    auto& bus_rpc =
+        p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+    auto& bus_pub =
+        p.option("bus-pub", "tcp://HOST:P", "broker publisher endpoint", "tcp://127.0.0.1:5555");
+    auto& bus_sub =
+        p.option("bus-sub", "tcp://HOST:S", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
     auto& run_id = p.option("run-id", "ID", "the run to control (topic component)");
-    auto& config = p.option("config", "FILE", "run config: its `tamiyo:` section sets plateau, budgets, "
-                            "heuristic thresholds and the policy; gate times and per-layer limits come "
-                            "from its lifecycle: and blueprints: sections (docs/policies.md)");
-    auto& policy = p.option("policy", "FILE|heuristic", "initial policy (overrides tamiyo.policy): "
+    auto& config =
+        p.option("config", "FILE",
+                 "run config: its `tamiyo:` section sets plateau, budgets, "
+                 "heuristic thresholds and the policy; gate times and per-layer limits come "
+                 "from its lifecycle: and blueprints: sections (docs/policies.md)");
+    auto& policy = p.option("policy", "FILE|heuristic",
+                            "initial policy (overrides tamiyo.policy): "
                             "heuristic, rules YAML or plugin .so");
     auto& target = p.option("target", "AGENT", "executor that receives commands", "kasmina/0");
     auto& tick = p.option("tick-ms", "MS", "how often to check whether a decision is due", "50");
@@ -521,13 +548,15 @@ int tamiyo_main(int argc, char** argv) {
                               "once registered with the broker, write "
                               "{\"agent\":\"tamiyo\"} as one line to this inherited descriptor "
                               "and close it (used by esper run)");
-    auto& check = p.flag("check-config", "validate the tamiyo section and the policy, print them, and exit");
+    auto& check =
+        p.flag("check-config", "validate the tamiyo section and the policy, print them, and exit");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     if (check.on()) {
         tamiyo::Config c = load_tamiyo_config(config);
         if (policy.given()) c.policy = policy.str();
         tamiyo::PolicyPtr checked = tamiyo::make_policy(c.policy, c.heuristic);
-        std::printf("%s%s\n", tamiyo::format_config(c).c_str(), tamiyo::describe_policy(*checked).c_str());
+        std::printf("%s%s\n", tamiyo::format_config(c).c_str(),
+                    tamiyo::describe_policy(*checked).c_str());
         return 0;
     }
     if (!run_id.given()) return p.usage_error("--run-id is required");

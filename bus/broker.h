@@ -4,11 +4,11 @@
 // messages (XPUB drops at its HWM), so publishers are never slowed by it.
 //
 // Request/reply frames on the ROUTER endpoint (after ZeroMQ's identity frame; see rpc_protocol.h):
-//   worker -> broker  HELLO name                 register or heartbeat (expires after agent_expiry_ms)
-//   worker -> broker  BYE name                   unregister
-//   client -> broker  REQ agent req_id envelope  forwarded as  REQ client_id req_id envelope
-//   worker -> broker  REP client_id req_id env   forwarded as  REP req_id envelope
-//   broker -> client  ERR req_id reason          e.g. "unknown agent kasmina/0"
+//   worker -> broker  HELLO name                 register or heartbeat (expires after
+//   agent_expiry_ms) worker -> broker  BYE name                   unregister client -> broker  REQ
+//   agent req_id envelope  forwarded as  REQ client_id req_id envelope worker -> broker  REP
+//   client_id req_id env   forwarded as  REP req_id envelope broker -> client  ERR req_id reason
+//   e.g. "unknown agent kasmina/0"
 // Services such as the rendezvous key-value store are ordinary workers behind the router (the
 // `kv` worker that `esper broker` hosts, agents/kv_service.h); a process that hosts one next to
 // the broker connects it through `local_rpc_endpoint`.
@@ -31,7 +31,7 @@ struct BrokerConfig {
     // broker's own process: they reach it whatever address the tcp endpoint binds.
     std::string local_rpc_endpoint{};
     int agent_expiry_ms = 3000;
-    int hwm = 100000;                            // per-peer queue, messages
+    int hwm = 100000;                             // per-peer queue, messages
     int64_t max_frame_bytes = int64_t{64} << 20;  // a peer sending more is disconnected
 };
 

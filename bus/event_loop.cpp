@@ -1,9 +1,8 @@
 // EventLoop; see event_loop.h.
 #include "bus/event_loop.h"
 
-#include <boost/asio/post.hpp>
-
 #include <algorithm>
+#include <boost/asio/post.hpp>
 #include <csignal>
 
 #include "core/log.h"

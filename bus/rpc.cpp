@@ -1,16 +1,15 @@
 // RpcClient, AsyncRpcClient and RpcWorker; see rpc.h and the frame layouts in broker.h.
 #include "bus/rpc.h"
 
+#include <kj/exception.h>
+
 #include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <iterator>
 #include <thread>
 #include <vector>
-
 #include <zmq_addon.hpp>
-
-#include <kj/exception.h>
 
 #include "bus/pubsub.h"
 #include "bus/rpc_protocol.h"
@@ -42,10 +41,14 @@ bool send_all(zmq::socket_t& socket, std::vector<zmq::message_t>& frames) {
 
 std::string_view rpc_status_name(RpcStatus status) {
     switch (status) {
-        case RpcStatus::kOk: return "ok";
-        case RpcStatus::kTimeout: return "timeout";
-        case RpcStatus::kUnknownAgent: return "unknown_agent";
-        case RpcStatus::kMalformedReply: return "malformed_reply";
+        case RpcStatus::kOk:
+            return "ok";
+        case RpcStatus::kTimeout:
+            return "timeout";
+        case RpcStatus::kUnknownAgent:
+            return "unknown_agent";
+        case RpcStatus::kMalformedReply:
+            return "malformed_reply";
     }
     return "unknown";
 }
@@ -366,8 +369,7 @@ int RpcWorker::poll(int timeout_ms, const Handler& handler) {
 }
 
 int RpcWorker::process(const Handler& handler) {
-    if (monotonic_ns() - last_heartbeat_ns_ >= int64_t{config_.heartbeat_ms} * 1000000)
-        heartbeat();
+    if (monotonic_ns() - last_heartbeat_ns_ >= int64_t{config_.heartbeat_ms} * 1000000) heartbeat();
     int answered = 0;
     for (;;) {
         std::vector<zmq::message_t> in;

@@ -45,9 +45,9 @@ struct RpcClientConfig {
     std::string endpoint{};  // broker rpc endpoint
     std::string sender{};
     std::string run_id{};
-    int timeout_ms = 500;          // per attempt
+    int timeout_ms = 500;  // per attempt
     int max_attempts = 5;
-    int backoff_initial_ms = 20;   // doubled after each failed attempt
+    int backoff_initial_ms = 20;  // doubled after each failed attempt
     int backoff_max_ms = 1000;
     DecodeLimits limits{};
     size_t max_in_flight = 16;  // AsyncRpcClient: requests sent and not yet finished
@@ -60,7 +60,7 @@ std::string_view rpc_status_name(RpcStatus status);
 struct RpcReply {
     RpcStatus status = RpcStatus::kTimeout;
     std::optional<Decoded> reply;  // set iff ok()
-    std::string error{};             // broker or decode reason
+    std::string error{};           // broker or decode reason
     int attempts = 0;
     bool ok() const { return status == RpcStatus::kOk; }
 };
@@ -183,10 +183,10 @@ struct RpcWorkerConfig {
     std::string endpoint{};  // broker rpc endpoint
     std::string name{};      // e.g. "kasmina/0", "tamiyo"
     std::string run_id{};
-    int heartbeat_ms = 1000;        // keep below the broker's agent_expiry_ms / 2
-    size_t dedup_capacity = 4096;   // most recent keys whose replies are kept
+    int heartbeat_ms = 1000;       // keep below the broker's agent_expiry_ms / 2
+    size_t dedup_capacity = 4096;  // most recent keys whose replies are kept
     DecodeLimits limits{};
-    int drop_first_replies = 0;     // fault injection for tests: handle, cache, don't send
+    int drop_first_replies = 0;  // fault injection for tests: handle, cache, don't send
 };
 
 struct RpcWorkerStats {

@@ -140,7 +140,8 @@ std::optional<std::string> Controller::sanity(Decision& d, const View& view) con
             break;
         case DecisionKind::kRollback:
             if (s < SeedStage::kGrafting || s > SeedStage::kFineTuning)
-                return wrong_stage({S::kGrafting, S::kStabilization, S::kEvaluating, S::kFineTuning});
+                return wrong_stage(
+                    {S::kGrafting, S::kStabilization, S::kEvaluating, S::kFineTuning});
             d.to_stage = SeedStage::kRolledBack;
             break;
         default:

@@ -1,18 +1,22 @@
 // The Asio event loop: a watched ZeroMQ socket delivers every message (the ZMQ_FD edge
 // semantics are handled), timers fire, post() crosses threads, and stop() ends run().
+#include "bus/event_loop.h"
+
 #include <catch2/catch.hpp>
 #include <thread>
 #include <zmq.hpp>
 
-#include "bus/event_loop.h"
 #include "bus/pubsub.h"
 
 using namespace esper;
 
 TEST_CASE("the event loop delivers every message from a watched socket", "[bus][asio]") {
     zmq::context_t ctx(1);
-    bus::Publisher pub(ctx, {.endpoint = "inproc://loop", .sender = "k", .run_id = "r",
-                             .reliability = bus::Reliability::kControl, .bind = true});
+    bus::Publisher pub(ctx, {.endpoint = "inproc://loop",
+                             .sender = "k",
+                             .run_id = "r",
+                             .reliability = bus::Reliability::kControl,
+                             .bind = true});
     bus::Subscriber sub(ctx, {.endpoint = "inproc://loop", .prefixes = {"x"}});
     REQUIRE(pub.wait_for_subscriber("x", 2000));
     bus::EventLoop loop;

@@ -60,13 +60,13 @@ struct CountingWorker {
                                         .drop_first_replies = drop_first});
             ready = true;
             while (!stop) {
-                worker.poll(20, [&](schema::Envelope::Reader req,
-                                    schema::Envelope::Payload::Builder rep) {
-                    auto ack = rep.initCommandAck();
-                    ack.setCommandId(req.getPayload().getCommand().getCommandId());
-                    ack.setOutcome(schema::CommandOutcome::APPLIED);
-                    ack.setStep(static_cast<uint64_t>(++applied));
-                });
+                worker.poll(
+                    20, [&](schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
+                        auto ack = rep.initCommandAck();
+                        ack.setCommandId(req.getPayload().getCommand().getCommandId());
+                        ack.setOutcome(schema::CommandOutcome::APPLIED);
+                        ack.setStep(static_cast<uint64_t>(++applied));
+                    });
                 duplicates = worker.stats().duplicates;
             }
         });
@@ -110,8 +110,11 @@ TEST_CASE("a request reaches the named agent and its reply comes back", "[bus][r
 TEST_CASE("a request to an unregistered agent is answered unknown agent", "[bus][rpc]") {
     zmq::context_t ctx(1);
     BrokerThread broker(ctx, "rpc-unknown");
-    bus::RpcClient client(ctx, {.endpoint = broker.endpoints.rpc, .sender = "tamiyo",
-                                .timeout_ms = 200, .max_attempts = 2, .backoff_initial_ms = 5});
+    bus::RpcClient client(ctx, {.endpoint = broker.endpoints.rpc,
+                                .sender = "tamiyo",
+                                .timeout_ms = 200,
+                                .max_attempts = 2,
+                                .backoff_initial_ms = 5});
     Stopwatch sw;
     auto r = client.request("nobody", "k1", cull("k1", 1));
     CHECK(r.status == bus::RpcStatus::kUnknownAgent);
@@ -124,8 +127,11 @@ TEST_CASE("a dropped reply is retried and the command applied once", "[bus][rpc]
     zmq::context_t ctx(1);
     BrokerThread broker(ctx, "rpc-retry");
     CountingWorker worker(ctx, broker.endpoints.rpc, /*drop_first=*/2);
-    bus::RpcClient client(ctx, {.endpoint = broker.endpoints.rpc, .sender = "tamiyo",
-                                .timeout_ms = 100, .max_attempts = 5, .backoff_initial_ms = 10});
+    bus::RpcClient client(ctx, {.endpoint = broker.endpoints.rpc,
+                                .sender = "tamiyo",
+                                .timeout_ms = 100,
+                                .max_attempts = 5,
+                                .backoff_initial_ms = 10});
     auto r = client.request("kasmina/0", "germinate-1", cull("germinate-1", 9));
     REQUIRE(r.ok());
     CHECK(r.attempts == 3);
@@ -140,13 +146,15 @@ TEST_CASE("a dropped reply is retried and the command applied once", "[bus][rpc]
     CHECK(worker.applied == 2);
 }
 
-TEST_CASE("a timeout is reported after every attempt when the agent never answers",
-          "[bus][rpc]") {
+TEST_CASE("a timeout is reported after every attempt when the agent never answers", "[bus][rpc]") {
     zmq::context_t ctx(1);
     BrokerThread broker(ctx, "rpc-timeout");
     CountingWorker worker(ctx, broker.endpoints.rpc, /*drop_first=*/100);
-    bus::RpcClient client(ctx, {.endpoint = broker.endpoints.rpc, .sender = "tamiyo",
-                                .timeout_ms = 50, .max_attempts = 3, .backoff_initial_ms = 5});
+    bus::RpcClient client(ctx, {.endpoint = broker.endpoints.rpc,
+                                .sender = "tamiyo",
+                                .timeout_ms = 50,
+                                .max_attempts = 3,
+                                .backoff_initial_ms = 5});
     auto r = client.request("kasmina/0", "c", cull("c", 1));
     CHECK(r.status == bus::RpcStatus::kTimeout);
     CHECK(r.attempts == 3);
@@ -336,7 +344,7 @@ TEST_CASE("an async request to a dead agent times out without blocking the loop"
     CHECK_THAT(dead_reply->error, Catch::Contains("no reply from kasmina/0"));
     // Completion order: the live agent answered while the dead one was still being retried.
     CHECK(order == std::vector<std::string>{"kasmina/1", "kasmina/0"});
-    CHECK(sw.elapsed_s() >= 0.3);  // three timeouts of 100 ms
+    CHECK(sw.elapsed_s() >= 0.3);       // three timeouts of 100 ms
     CHECK(ticks_before_timeout >= 10);  // and the timer kept ticking (every 10 ms) meanwhile
     CHECK(client.stats().timeouts == 3);
     CHECK(dead.applied == 1);  // every attempt carried the same key

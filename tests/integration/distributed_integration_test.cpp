@@ -57,10 +57,10 @@ TEST_CASE("esper run --ranks 2 trains both ranks to the same seed tables", "[int
     fs::path dir = scratch_dir();
     std::ofstream(dir / "run.yaml") << kTwoRankConfig;
     const fs::path run_dir = dir / "run";
-    const int rc = run_to_exit({kEsper, "run", "--ranks", "2", "--config",
-                                (dir / "run.yaml").string(), "--run-dir", run_dir.string(),
-                                "--bus-port-base", "0"},
-                               dir / "run.log", 90000);
+    const int rc =
+        run_to_exit({kEsper, "run", "--ranks", "2", "--config", (dir / "run.yaml").string(),
+                     "--run-dir", run_dir.string(), "--bus-port-base", "0"},
+                    dir / "run.log", 90000);
     INFO(text_of(dir / "run.log"));
     INFO(text_of(run_dir / "logs" / "kasmina-0.log"));
     INFO(text_of(run_dir / "logs" / "kasmina-1.log"));
@@ -103,8 +103,8 @@ TEST_CASE("esper broker hosts the kv worker that serves kvSet and kvGet", "[inte
     bus::RpcReply set = client.request("kv", "", [&](schema::Envelope::Payload::Builder p) {
         auto s = p.initControlRequest().initKvSet();
         s.setKey("job/0/gloo/1");
-        s.setValue(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(value.data()),
-                                       value.size()));
+        s.setValue(
+            capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(value.data()), value.size()));
     });
     REQUIRE(set.ok());
     CHECK(set.reply->envelope().getPayload().getControlReply().getOk());

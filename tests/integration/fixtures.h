@@ -80,13 +80,12 @@ struct BrokerProcess {
 };
 
 inline int run_to_exit(const std::vector<std::string>& argv, const std::filesystem::path& log,
-                int timeout_ms = 10000) {
+                       int timeout_ms = 10000) {
     ChildProcess p("cmd", argv, log);
     auto rc = p.wait_for(milliseconds(timeout_ms));
     REQUIRE(rc.has_value());
     return *rc;
 }
-
 
 // Polls `pred` every 20 ms until it holds or `timeout_s` passes.
 inline bool wait_until(const std::function<bool()>& pred, double timeout_s) {
