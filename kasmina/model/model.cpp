@@ -2,6 +2,7 @@
 #include "kasmina/model/model.h"
 
 #include "kasmina/model/mlp.h"
+#include "kasmina/model/transformer.h"
 
 namespace esper::kasmina {
 
@@ -23,9 +24,11 @@ std::vector<int64_t> Model::seed_layer_inputs() const {
     return w;
 }
 
-// The one place that knows every host kind (model.kind arrives with the transformer, §14).
+// The one place that knows every host kind.
 std::unique_ptr<Model> make_model(const ModelConfig& config, int64_t in_features, int64_t classes,
                                   uint64_t seed) {
+    if (config.kind == ModelKind::kTransformer)
+        return std::make_unique<TransformerModel>(config, seed);
     return std::make_unique<MlpModel>(config, in_features, classes, seed);
 }
 
