@@ -361,7 +361,7 @@ std::span<const float> TransformerModel::decode_step(KvCache& cache, int32_t tok
     kernels::embedding_forward_reference(&token, wte_.data(), wpe_.data() + int64_t(pos) * C_, x,
                                          1, 1, C_);
     const float fscale = 1.0f / std::sqrt(float(Dh_));
-    std::vector<double> score(size_t(pos) + 1), acc(size_t(Dh_));
+    std::vector<double> score(static_cast<size_t>(pos) + 1), acc(static_cast<size_t>(Dh_));
     for (size_t l = 0; l < blocks_.size(); ++l) {
         Block& b = blocks_[l];
         kernels::layernorm_forward_reference(x, b.ln1_w.data(), b.ln1_b.data(), a, stats,
