@@ -1,9 +1,10 @@
 #include "agents/cli.h"
 
-#include <cstdio>
+#include <fmt/format.h>
+
 #include <cctype>
+#include <cstdio>
 #include <optional>
-#include <sstream>
 #include <stdexcept>
 
 namespace esper::cli {
@@ -64,26 +65,23 @@ Option* Parser::find(const std::string& name) {
 }
 
 std::string Parser::help_text() const {
-    std::ostringstream os;
-    os << "usage: " << command_ << " [options]";
-    if (!positional_usage_.empty()) os << " " << positional_usage_;
-    os << "\n\n" << summary_ << "\n\noptions:\n";
+    std::string out = fmt::format("usage: {} [options]", command_);
+    if (!positional_usage_.empty()) out += " " + positional_usage_;
+    out += fmt::format("\n\n{}\n\noptions:\n", summary_);
     for (const Option& o : options_) {
-        std::string left = "  --" + o.name + (o.is_flag ? "" : " " + o.metavar);
-        os << left;
-        size_t pad = left.size() < 30 ? 30 - left.size() : 1;
-        os << std::string(pad, ' ') << o.help;
-        if (!o.default_value.empty()) os << " (default: " << o.default_value << ")";
-        if (o.repeatable) os << " (repeatable)";
-        os << "\n";
+        // The option column is 30 wide (at least one space before the help).
+        const std::string left = "  --" + o.name + (o.is_flag ? "" : " " + o.metavar);
+        out += fmt::format("{:<29} {}", left, o.help);
+        if (!o.default_value.empty()) out += fmt::format(" (default: {})", o.default_value);
+        if (o.repeatable) out += " (repeatable)";
+        out += "\n";
     }
-    if (!epilog_.empty()) os << "\n" << epilog_ << "\n";
-    return os.str();
+    if (!epilog_.empty()) out += fmt::format("\n{}\n", epilog_);
+    return out;
 }
 
 int Parser::usage_error(const std::string& message) const {
-    std::fprintf(stderr, "%s: %s\nTry '%s --help'.\n", command_.c_str(), message.c_str(),
-                 command_.c_str());
+    fmt::print(stderr, "{}: {}\nTry '{} --help'.\n", command_, message, command_);
     return kExitUsage;
 }
 

@@ -4,10 +4,11 @@
 //   esper status                                           (both)
 // Requests go through the reliable client (timeout, retries with backoff, idempotency key), so
 // a retried command is applied once. Exit codes: 0 applied/ok, 1 refused or unreachable, 2 usage.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
-#include <capnp/schema.h>
-
+#include <array>
 #include <cctype>
 #include <cstdio>
 #include <filesystem>
@@ -18,7 +19,8 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
-#include "bus/json.h"
+#include "agents/tool_json.h"
+#include "agents/wire_vocabulary.h"
 #include "bus/rpc.h"
 #include "core/clock.h"
 #include "core/error.h"
@@ -29,37 +31,39 @@ namespace {
 namespace fs = std::filesystem;
 
 bus::RpcClient make_client(zmq::context_t& ctx, const std::string& endpoint, int timeout_ms) {
-    return bus::RpcClient(ctx, {.endpoint = endpoint, .sender = "operator/" + std::to_string(::getpid()),
-                                .timeout_ms = timeout_ms, .max_attempts = 4});
+    return bus::RpcClient(ctx, {.endpoint = endpoint,
+                                .sender = fmt::format("operator/{}", ::getpid()),
+                                .timeout_ms = timeout_ms,
+                                .max_attempts = 4});
 }
 
 std::string new_key(const char* what) {
     std::random_device rd;
-    return std::string(what) + "-" + std::to_string(::getpid()) + "-" + std::to_string(rd());
+    return fmt::format("{}-{}-{}", what, ::getpid(), rd());
 }
 
 // Prints a reply's payload as one JSON line; returns the exit code.
 int print_reply(const bus::RpcReply& r, const std::string& agent) {
     if (!r.ok()) {
-        std::fprintf(stderr, "no answer from %s: %s%s%s (after %d attempts)\n", agent.c_str(),
-                     std::string(bus::rpc_status_name(r.status)).c_str(), r.error.empty() ? "" : ": ",
-                     r.error.c_str(), r.attempts);
+        fmt::print(stderr, "no answer from {}: {}{}{} (after {} attempts)\n", agent,
+                   bus::rpc_status_name(r.status), r.error.empty() ? "" : ": ", r.error,
+                   r.attempts);
         return 1;
     }
     auto env = r.reply->envelope();
-    std::printf("%s\n", bus::payload_to_json(env).c_str());
+    fmt::print("{}\n", payload_to_json(env));
     auto p = env.getPayload();
     if (p.isControlReply()) {
         auto c = p.getControlReply();
         if (!c.getOk()) {
-            std::fprintf(stderr, "%s refused: %s%s\n", agent.c_str(), c.getError().cStr(),
-                         c.isUnimplemented() ? c.getUnimplemented().cStr() : "");
+            fmt::print(stderr, "{} refused: {}{}\n", agent, c.getError().cStr(),
+                       c.isUnimplemented() ? c.getUnimplemented().cStr() : "");
             return 1;
         }
         if (c.isCommandAck() && c.getCommandAck().getOutcome() != schema::CommandOutcome::APPLIED) return 1;
     }
     if (p.isCommandAck() && p.getCommandAck().getOutcome() != schema::CommandOutcome::APPLIED) {
-        std::fprintf(stderr, "rejected: %s\n", p.getCommandAck().getReason().cStr());
+        fmt::print(stderr, "rejected: {}\n", p.getCommandAck().getReason().cStr());
         return 1;
     }
     return 0;
@@ -85,8 +89,8 @@ uint32_t parse_u32(const std::string& s, const char* what) {
     throw cli::UsageError(std::string(what) + ": expected a non-negative integer, got '" + s + "'");
 }
 
-// Case-insensitive, underscores ignored: "residual_mlp" and "FINE_TUNING" match the schema's
-// "residualMlp" and "fineTuning".
+// Case-insensitive, underscores ignored: the vocabulary's "residual_mlp" and "FINE_TUNING", and
+// the schema's "residualMlp" and "fineTuning" (accepted for compatibility), all match.
 std::string fold_name(std::string_view s) {
     std::string out;
     for (char c : s)
@@ -94,15 +98,14 @@ std::string fold_name(std::string_view s) {
     return out;
 }
 
-template <typename E>
-E parse_enum(const std::string& name, const char* what) {
-    std::string listed;
-    for (auto e : capnp::Schema::from<E>().getEnumerants()) {
-        std::string n = e.getProto().getName().cStr();
-        if (fold_name(n) == fold_name(name)) return static_cast<E>(e.getOrdinal());
-        listed += (listed.empty() ? "" : ", ") + n;
-    }
-    throw cli::UsageError(std::string(what) + ": unknown value '" + name + "' (one of " + listed + ")");
+// The vocabulary value spelled `name` (kernels/vocabulary.h) as its wire enum.
+template <typename E, size_t N>
+auto parse_wire(const std::string& name, const std::array<std::string_view, N>& names,
+                const char* what) {
+    for (size_t i = 0; i < N; ++i)
+        if (fold_name(names[i]) == fold_name(name)) return to_wire(static_cast<E>(i));
+    throw cli::UsageError(
+        fmt::format("{}: unknown value '{}' (one of {})", what, name, fmt::join(names, ", ")));
 }
 
 }  // namespace
@@ -177,9 +180,10 @@ int ctl_main(int argc, char** argv) {
         return p.usage_error(transition ? "transition needs LAYER SEED STAGE" : "too many arguments");
     if (action != "germinate" && !transition && action != "cull" && action != "cancel" && action != "rollback")
         return p.usage_error("unknown action '" + action + "'");
-    auto bk = parse_enum<schema::BlueprintKind>(kind.str(), "--kind");
-    auto gs = parse_enum<schema::GraftingStrategy>(strategy.str(), "--strategy");
-    auto to = transition ? parse_enum<schema::SeedStage>(pos[3], "STAGE") : schema::SeedStage::DORMANT;
+    auto bk = parse_wire<BlueprintKind>(kind.str(), kBlueprintKindNames, "--kind");
+    auto gs = parse_wire<GraftingStrategy>(strategy.str(), kGraftingStrategyNames, "--strategy");
+    auto to = transition ? parse_wire<SeedStage>(pos[3], kSeedStageNames, "STAGE")
+                         : schema::SeedStage::DORMANT;
     uint32_t sz = parse_u32(size.str(), "--size");
     std::string key = new_key("op");
 

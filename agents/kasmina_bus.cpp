@@ -6,14 +6,19 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 #include <zmq.hpp>
 
+#include <fmt/format.h>
+
+#include "agents/wire_vocabulary.h"
 #include "bus/pubsub.h"
 #include "bus/rpc.h"
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
 #include "kernels/seed_layer.h"
+#include "schemas/config.capnp.h"
 
 namespace esper::agents {
 namespace {
@@ -36,30 +41,31 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
     switch (c.which()) {
         case schema::Command::GERMINATE: {
             auto g = c.getGerminate();
-            auto kind = static_cast<uint16_t>(g.getBlueprintKind());
-            auto strategy = static_cast<uint16_t>(g.getStrategy());
-            if (kind >= kernels::kNumBlueprintKinds) return "unknown blueprint kind " + std::to_string(kind);
-            if (strategy >= kNumGraftingStrategies) return "unknown grafting strategy " + std::to_string(strategy);
+            const auto kind = from_wire(g.getBlueprintKind());
+            const auto strategy = from_wire(g.getStrategy());
+            if (!kind) return fmt::format("unknown blueprint kind {}", static_cast<uint16_t>(g.getBlueprintKind()));
+            if (!strategy) return fmt::format("unknown grafting strategy {}", static_cast<uint16_t>(g.getStrategy()));
             GerminateCommand gc;
             gc.target = {static_cast<int32_t>(g.getLayer()), static_cast<int32_t>(g.getSeed())};
-            gc.kind = static_cast<BlueprintKind>(kind);
-            gc.strategy = static_cast<GraftingStrategy>(strategy);
+            gc.kind = *kind;
+            gc.strategy = *strategy;
             // Arenas are pre-allocated per kind with the configured size; another size would need
             // a new arena (DESIGN §4.2: no allocation in the hot path).
             int64_t configured = gc.kind == BlueprintKind::kResidualMlp ? config.blueprints.residual_mlp.expansion
                                  : gc.kind == BlueprintKind::kLowrank   ? config.blueprints.lowrank.rank
                                                                         : 0;
             if (g.getSize() != 0 && static_cast<int64_t>(g.getSize()) != configured)
-                return "blueprint size " + std::to_string(g.getSize()) + " not available: the arena of this kind is sized " +
-                       std::to_string(configured) + " (set blueprints.* in the run config)";
+                return fmt::format("blueprint size {} not available: the arena of this kind is sized {} "
+                                   "(set blueprints.* in the run config)",
+                                   g.getSize(), configured);
             out.body = gc;
             break;
         }
         case schema::Command::TRANSITION: {
             auto t = c.getTransition();
-            auto to = static_cast<uint16_t>(t.getToStage());
-            if (to >= kernels::kNumSeedStages) return "unknown stage " + std::to_string(to);
-            out.body = TransitionCommand{ref(t), static_cast<SeedStage>(to)};
+            const auto to = from_wire(t.getToStage());
+            if (!to) return fmt::format("unknown stage {}", static_cast<uint16_t>(t.getToStage()));
+            out.body = TransitionCommand{ref(t), *to};
             break;
         }
         case schema::Command::CULL: out.body = CullCommand{ref(c.getCull())}; break;
@@ -67,11 +73,11 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
         case schema::Command::ROLLBACK: out.body = RollbackCommand{ref(c.getRollback())}; break;
         case schema::Command::SET_ALPHA_SCHEDULE: {
             auto a = c.getSetAlphaSchedule();
-            auto strategy = static_cast<uint16_t>(a.getStrategy());
-            if (strategy >= kNumGraftingStrategies) return "unknown grafting strategy " + std::to_string(strategy);
+            const auto strategy = from_wire(a.getStrategy());
+            if (!strategy) return fmt::format("unknown grafting strategy {}", static_cast<uint16_t>(a.getStrategy()));
             SetAlphaScheduleCommand sc;
             sc.target = {static_cast<int32_t>(a.getLayer()), static_cast<int32_t>(a.getSeed())};
-            sc.strategy = static_cast<GraftingStrategy>(strategy);
+            sc.strategy = *strategy;
             if (a.getRampSteps() > 0) sc.ramp_steps = a.getRampSteps();
             out.body = sc;
             break;
@@ -87,7 +93,7 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
             break;
         }
         default:
-            return std::string("unimplemented command variant ") + std::to_string(static_cast<int>(c.which()));
+            return fmt::format("unimplemented command variant {}", static_cast<int>(c.which()));
     }
     return out;
 }
@@ -112,6 +118,7 @@ public:
             handle(req, rep);
         });
         publish_events();
+        publish_config(false);
         if (heartbeat_clock_.elapsed_ns() > 1'000'000'000) {
             heartbeat_clock_.reset();
             worker_.heartbeat();
@@ -125,6 +132,38 @@ public:
                 h.setState(trainer_.stop_requested() ? "stopping" : "training");
             });
         }
+    }
+
+    // The effective run config, once at startup (rank 0, control class) on config.<run>: the
+    // YAML (authoritative) and the fields a consumer routes on (schemas/config.capnp). It goes
+    // out at the first boundary that sees a subscriber of the topic connected (so one present at
+    // startup receives it), 2 s after startup without one, or when `now`; training never waits.
+    void publish_config(bool now) {
+        if (config_published_ || o_.rank != 0) return;  // every rank runs the same config
+        const std::string topic = "config." + o_.run_id;
+        if (!now && !control_.wait_for_subscriber(topic, 0) && uptime_.elapsed_ns() < 2'000'000'000)
+            return;
+        config_published_ = true;
+        const Config& c = trainer_.config();
+        const std::vector<int64_t> widths = trainer_.model().seed_layer_widths();
+        control_.publish(topic, [&](schema::Envelope::Payload::Builder p) {
+            auto rc = p.initRunConfig();
+            rc.setRunId(o_.run_id);
+            rc.setYaml(config_to_yaml(c));
+            rc.setSourcePath(o_.config_path);
+            rc.setBackend(std::string(trainer_.backend().name()));
+            rc.setSeed(c.run.seed);
+            rc.setSteps(static_cast<uint64_t>(trainer_.total_steps()));
+            rc.setBatchSize(static_cast<uint32_t>(c.data.batch_size));
+            rc.setWorldSize(static_cast<uint32_t>(o_.world));
+            rc.setTelemetryIntervalSteps(static_cast<uint32_t>(c.run.telemetry_interval_steps));
+            auto layers = rc.initLayers(static_cast<unsigned>(widths.size()));
+            for (size_t l = 0; l < widths.size(); ++l) {
+                layers[static_cast<unsigned>(l)].setWidth(static_cast<uint32_t>(widths[l]));
+                layers[static_cast<unsigned>(l)].setSeeds(
+                    static_cast<uint32_t>(trainer_.seeds().table(int32_t(l)).num_seeds()));
+            }
+        });
     }
 
     // Adds the newest step to the run-status window once (the window closes in on_telemetry,
@@ -161,7 +200,7 @@ public:
                     if (r.layer != layer) continue;
                     auto out = list[i++];
                     out.setSeed(static_cast<uint32_t>(r.seed));
-                    out.setStage(static_cast<schema::SeedStage>(r.stage));
+                    out.setStage(to_wire(r.stage));
                     out.setAlpha(r.alpha);
                     out.setStepsInStage(r.steps_in_stage);
                     if (r.mean && r.variance) {
@@ -189,6 +228,12 @@ public:
                     if (table.slot(r.seed) >= 0)
                         out.setBlueprintParams(static_cast<uint64_t>(
                             seeds.seed_blueprint_params({layer, int32_t(r.seed)})));
+                    // The controller prices germinations with these; it never recomputes them.
+                    auto prices = out.initGerminationParams(kNumBlueprintKinds);
+                    for (int k = 0; k < kNumBlueprintKinds; ++k)
+                        prices.set(static_cast<unsigned>(k),
+                                   seeds.germination_params({layer, int32_t(r.seed)},
+                                                            static_cast<BlueprintKind>(k)));
                 }
             });
         }
@@ -245,10 +290,10 @@ public:
                 t.setStep(static_cast<uint64_t>(e.step));
                 t.setLayer(static_cast<uint32_t>(e.layer));
                 t.setSeed(static_cast<uint32_t>(e.seed));
-                t.setFrom(static_cast<schema::SeedStage>(e.from));
-                t.setTo(static_cast<schema::SeedStage>(e.to));
+                t.setFrom(to_wire(e.from));
+                t.setTo(to_wire(e.to));
                 t.setReason(e.reason);
-                t.setOrigin(static_cast<schema::TransitionOrigin>(e.origin));
+                t.setOrigin(to_wire(e.origin));
                 t.setAlpha(trainer_.seeds().table(e.layer).alpha(e.seed));
             });
         }
@@ -326,6 +371,7 @@ private:
     bus::RpcWorker worker_;
     Stopwatch heartbeat_clock_, uptime_, interval_clock_;
     uint64_t last_telemetry_step_ = 0;
+    bool config_published_ = false;
     int64_t last_seen_step_ = 0;
     double loss_sum_ = 0;
     int64_t correct_sum_ = 0, samples_ = 0, loss_steps_ = 0;
@@ -350,7 +396,8 @@ int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
     if (options.world > 1)  // before the last boundary: commands applied there reach rank 0 only
         ESPER_LOG_INFO(log(), "rank=", options.rank, " world=", options.world, " step=",
                        trainer.steps_done(), " final digest=", trainer.seeds().digest());
-    agent.boundary();  // events of the last step, commands that arrived during it
+    agent.publish_config(true);  // a run shorter than the grace period still announces it
+    agent.boundary();            // events of the last step, commands that arrived during it
     if (trainer.stop_requested()) {
         // A stop between epochs: evaluate what we have so the run directory ends with a test line.
         const EvalResult e = trainer.evaluate();

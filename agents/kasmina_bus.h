@@ -4,7 +4,8 @@
 // validator as every other entry point, acked with outcome, reason and seed-table digest),
 // publishes lifecycle events (control class; they are also in events.jsonl), and every
 // run.telemetry_interval_steps the per-layer seed telemetry and the run status (metrics class,
-// never blocks, drops counted). It registers as `kasmina/<rank>` and heartbeats.
+// never blocks, drops counted). It registers as `kasmina/<rank>` and heartbeats; at startup rank 0
+// publishes the effective config (RunConfig) on `config.<run>`.
 #pragma once
 
 #include <atomic>

@@ -62,7 +62,8 @@ Germination parse_germination(const std::string& text) {
         g.step = std::stoll(step, &used);
         if (used != step.size() || g.step < 0) throw std::invalid_argument("step");
     } catch (const std::logic_error&) {
-        throw cli::UsageError("--germinate '" + text + "': LAYER, SEED and STEP must be integers >= 0");
+        throw cli::UsageError("--germinate '" + text +
+                              "': LAYER, SEED and STEP must be integers >= 0");
     }
     const std::string kind = text.substr(c2 + 1, at - c2 - 1);
     const auto k = parse_blueprint_kind(kind);
@@ -92,24 +93,31 @@ struct KasminaFlags {
 // Returns -1 to continue, else the exit code (after --help or a usage error).
 int parse_flags(int argc, char** argv, KasminaFlags& f) {
     cli::Parser p("esper kasmina", "Run the Kasmina executor (training with seed layers).");
-    auto& standalone = p.flag("standalone", "train without a bus or controller (gates run in-process)");
+    auto& standalone =
+        p.flag("standalone", "train without a bus or controller (gates run in-process)");
     auto& config_path = p.option("config", "FILE", "run configuration (YAML)");
     auto& run_dir = p.option("run-dir", "DIR", "run directory (default runs/kasmina-<time>)");
     auto& epochs = p.option("epochs", "N", "override run.epochs");
     auto& max_steps = p.option("max-steps", "N", "override run.max_steps");
-    auto& ckpt_every = p.option("checkpoint-every-steps", "N", "override run.checkpoint_every_steps");
-    auto& resume = p.option("resume", "CHECKPOINT_DIR", "continue bit-identically from a checkpoint");
+    auto& ckpt_every =
+        p.option("checkpoint-every-steps", "N", "override run.checkpoint_every_steps");
+    auto& resume =
+        p.option("resume", "CHECKPOINT_DIR", "continue bit-identically from a checkpoint");
     auto& seed = p.option("seed", "N", "override run.seed");
-    auto& germinate = p.option("germinate", "LAYER:SEED:KIND@STEP",
-                               "germinate a seed before optimizer step STEP (standalone)", "", true);
+    auto& germinate =
+        p.option("germinate", "LAYER:SEED:KIND@STEP",
+                 "germinate a seed before optimizer step STEP (standalone)", "", true);
     auto& check = p.flag("check-config", "validate the config (and overrides), print it, and exit");
     auto& bus_rpc = p.option("bus", "tcp://HOST:RPC", "bus mode: broker request/reply endpoint",
                              "tcp://127.0.0.1:5557");
     auto& bus_pub = p.option("bus-pub", "tcp://HOST:P", "bus mode: broker publisher endpoint",
                              "tcp://127.0.0.1:5555");
-    p.option("bus-sub", "tcp://HOST:S", "bus mode: broker subscriber endpoint (unused by the executor)");
-    auto& run_id = p.option("run-id", "ID", "bus mode: run id used in topics (default: run dir name)");
-    auto& rank = p.option("rank", "N", "this executor's rank (agent name kasmina/N; env RANK)", "0");
+    p.option("bus-sub", "tcp://HOST:S",
+             "bus mode: broker subscriber endpoint (unused by the executor)");
+    auto& run_id =
+        p.option("run-id", "ID", "bus mode: run id used in topics (default: run dir name)");
+    auto& rank =
+        p.option("rank", "N", "this executor's rank (agent name kasmina/N; env RANK)", "0");
     auto& world = p.option("world", "N", "ranks in the data-parallel job (env WORLD_SIZE)", "1");
     auto& rendezvous = p.option("rendezvous-dir", "DIR",
                                 "world > 1: rendezvous through files in DIR instead of the broker",
@@ -118,8 +126,10 @@ int parse_flags(int argc, char** argv, KasminaFlags& f) {
     p.epilog(
         "examples:\n"
         "  esper kasmina --standalone --config examples/fashion_mnist.yaml --epochs 2\n"
-        "  esper kasmina --standalone --config examples/teacher.yaml --germinate 0:3:residual_mlp@100\n"
-        "  esper kasmina --standalone --config C.yaml --max-steps 300 --resume runs/x/checkpoints/150");
+        "  esper kasmina --standalone --config examples/teacher.yaml --germinate "
+        "0:3:residual_mlp@100\n"
+        "  esper kasmina --standalone --config C.yaml --max-steps 300 --resume "
+        "runs/x/checkpoints/150");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     if (!config_path.given()) return p.usage_error("--config FILE is required");
     if (!standalone.on() && !germinate.values.empty())
@@ -295,9 +305,10 @@ int run_standalone(Trainer& trainer, const KasminaFlags& f, const RankInfo& ri,
     if (ri.world > 1)
         std::printf("rank %d final digest=%llu\n", ri.rank,
                     static_cast<unsigned long long>(trainer.seeds().digest()));
-    std::printf("done: %lld steps in %.1fs, test_loss %.4f, test_accuracy %.4f, events %lld, run dir %s\n",
-                (long long)trainer.steps_done(), clock.elapsed_s(), final_eval.loss,
-                final_eval.accuracy, (long long)trainer.seeds().events_written(), dir.c_str());
+    std::printf(
+        "done: %lld steps in %.1fs, test_loss %.4f, test_accuracy %.4f, events %lld, run dir %s\n",
+        (long long)trainer.steps_done(), clock.elapsed_s(), final_eval.loss, final_eval.accuracy,
+        (long long)trainer.seeds().events_written(), dir.c_str());
     return 0;
 }
 

@@ -1,13 +1,15 @@
 // `esper pub`: publishes one message whose payload is JSON converted into a schema type with
-// Cap'n Proto's JSON codec (bus/json.h). JSON that does not fit the type is refused with the
+// the tool JSON of agents/tool_json.h. JSON that does not fit the type is refused with the
 // field named (exit code 2). Waits briefly for a subscriber so the message is not lost.
-#include <cstdio>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <cstdlib>
 #include <string>
 
 #include "agents/cli.h"
 #include "agents/commands.h"
-#include "bus/json.h"
+#include "agents/tool_json.h"
 #include "bus/pubsub.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -23,9 +25,8 @@ int pub_main(int argc, char** argv) {
     auto& run = p.option("run", "ID", "run id in the envelope", "");
     auto& wait = p.option("wait-ms", "MS", "wait this long for a subscriber first (0 = don't)",
                           "1000");
-    std::string types;
-    for (const auto& n : bus::payload_type_names()) types += (types.empty() ? "" : ", ") + n;
-    p.epilog("Types: " + types + "\nExample: esper pub events.annotations.r1 --type annotation "
+    p.epilog(fmt::format("Types: {}", fmt::join(payload_type_names(), ", ")) +
+             "\nExample: esper pub events.annotations.r1 --type annotation "
              "--json '{\"kind\":\"note\",\"text\":\"lr drop\"}'");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     if (const char* spec = std::getenv("ESPER_LOG")) set_log_levels(spec);
@@ -42,18 +43,18 @@ int pub_main(int argc, char** argv) {
     {
         capnp::MallocMessageBuilder probe;
         try {
-            bus::payload_from_json(type.str(), json.str(),
-                                   probe.initRoot<schema::Envelope>().getPayload());
+            payload_from_json(type.str(), json.str(),
+                              probe.initRoot<schema::Envelope>().getPayload());
         } catch (const Error& e) {
             throw cli::UsageError("--json does not fit --type " + type.str() + ": " + e.message());
         }
     }
     int64_t wait_ms = wait.as_int();
     if (wait_ms > 0 && !pub.wait_for_subscriber(topic, static_cast<int>(wait_ms)))
-        std::fprintf(stderr, "esper pub: no subscriber for '%s' after %lld ms; sending anyway\n",
-                     topic.c_str(), static_cast<long long>(wait_ms));
+        fmt::print(stderr, "esper pub: no subscriber for '{}' after {} ms; sending anyway\n", topic,
+                   wait_ms);
     auto r = pub.publish(topic, [&](schema::Envelope::Payload::Builder payload) {
-        bus::payload_from_json(type.str(), json.str(), payload);
+        payload_from_json(type.str(), json.str(), payload);
     });
     if (r != bus::PublishResult::kSent) ESPER_THROW(kOverloaded, "could not send to ", bus_ep.str());
     return 0;

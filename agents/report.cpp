@@ -1,10 +1,14 @@
+// The run report and summary (agents/report.h). Stage names are the vocabulary's
+// (kernels/vocabulary.h), as in events.jsonl; numbers go through {fmt}.
 #include "agents/report.h"
+
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -14,16 +18,11 @@
 
 namespace esper::agents {
 
-const std::array<const char*, 11> kReportStageNames = {
-    "DORMANT",   "GERMINATED", "TRAINING", "GRAFTING",  "STABILIZATION", "EVALUATING",
-    "FINE_TUNING", "FOSSILIZED", "CULLED",  "CANCELLED", "ROLLED_BACK"};
-
 namespace {
 
 using nlohmann::json;
 
-const auto& kStageNames = kReportStageNames;
-constexpr std::array<const char*, 11> kStageColors = {
+constexpr std::array<const char*, kNumSeedStages> kStageColors = {
     "#cccccc", "#9ecae1", "#3182bd", "#31a354", "#a1d99b", "#fdae6b",
     "#e6550d", "#756bb1", "#de2d26", "#969696", "#636363"};
 
@@ -54,16 +53,15 @@ std::string html_escape(const std::string& s) {
 
 int stage_index(const json& v) {
     if (v.is_number_integer()) {
-        int i = v.get<int>();
-        return i >= 0 && i < 11 ? i : -1;
+        const auto s = stage_from_value(static_cast<uint64_t>(v.get<int64_t>()));
+        return v.get<int64_t>() >= 0 && s ? static_cast<int>(*s) : -1;
     }
     if (!v.is_string()) return -1;
-    std::string s = v.get<std::string>();
-    std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
-    for (int i = 0; i < 11; ++i)
-        if (s == kStageNames[i]) return i;
-    return -1;
+    const auto s = parse_stage(v.get_ref<const std::string&>());
+    return s ? static_cast<int>(*s) : -1;
 }
+
+std::string stage_label(int i) { return std::string(stage_name(static_cast<SeedStage>(i))); }
 
 std::vector<json> read_jsonl(const std::filesystem::path& path, int& malformed) {
     std::vector<json> out;
@@ -81,17 +79,14 @@ std::vector<json> read_jsonl(const std::filesystem::path& path, int& malformed) 
     return out;
 }
 
-std::string fmt(double v) {
-    char buf[32];
-    double a = std::fabs(v);
-    if (a != 0 && (a >= 1e5 || a < 1e-3))
-        std::snprintf(buf, sizeof buf, "%.2g", v);
-    else
-        std::snprintf(buf, sizeof buf, "%.4g", v);
-    return buf;
+// A number for a tick, a table or a sentence: 4 significant digits, 2 for very large or small.
+std::string label(double v) {
+    const double a = std::fabs(v);
+    return a != 0 && (a >= 1e5 || a < 1e-3) ? fmt::format("{:.2g}", v) : fmt::format("{:.4g}", v);
 }
 
-// A line chart with axes, ticks and a legend, as an inline <svg>.
+// A line chart with axes, ticks and a legend, as an inline <svg>. Coordinates are printed with
+// 6 significant digits ({:g}).
 std::string svg_chart(const std::string& title, const std::string& ylabel,
                       const std::vector<Series>& series) {
     constexpr double kW = 560, kH = 260, kL = 60, kR = 12, kT = 28, kB = 36;
@@ -102,13 +97,16 @@ std::string svg_chart(const std::string& title, const std::string& ylabel,
             x0 = std::min(x0, p.x), x1 = std::max(x1, p.x);
             y0 = std::min(y0, p.y), y1 = std::max(y1, p.y);
         }
-    std::ostringstream os;
-    os << "<svg xmlns='http://www.w3.org/2000/svg' width='" << kW << "' height='" << kH
-       << "' class='chart'><text x='" << kL << "' y='18' class='title'>" << html_escape(title)
-       << "</text>";
+    std::string out;
+    auto os = std::back_inserter(out);
+    fmt::format_to(os,
+                   "<svg xmlns='http://www.w3.org/2000/svg' width='{:g}' height='{:g}' "
+                   "class='chart'><text x='{:g}' y='18' class='title'>{}</text>",
+                   kW, kH, kL, html_escape(title));
     if (!(x0 <= x1)) {
-        os << "<text x='" << kL << "' y='" << kH / 2 << "' class='muted'>no data</text></svg>";
-        return os.str();
+        fmt::format_to(os, "<text x='{:g}' y='{:g}' class='muted'>no data</text></svg>", kL,
+                       kH / 2);
+        return out;
     }
     if (x1 == x0) x1 = x0 + 1;
     if (y1 == y0) y1 = y0 + 1;
@@ -116,40 +114,46 @@ std::string svg_chart(const std::string& title, const std::string& ylabel,
     y0 -= pad, y1 += pad;
     auto sx = [&](double x) { return kL + (x - x0) / (x1 - x0) * (kW - kL - kR); };
     auto sy = [&](double y) { return kT + (1 - (y - y0) / (y1 - y0)) * (kH - kT - kB); };
-    os << "<rect x='" << kL << "' y='" << kT << "' width='" << kW - kL - kR << "' height='"
-       << kH - kT - kB << "' class='frame'/>";
+    fmt::format_to(os, "<rect x='{:g}' y='{:g}' width='{:g}' height='{:g}' class='frame'/>", kL, kT,
+                   kW - kL - kR, kH - kT - kB);
     for (int i = 0; i <= 4; ++i) {
         double y = y0 + (y1 - y0) * i / 4, x = x0 + (x1 - x0) * i / 4;
-        os << "<line x1='" << kL << "' x2='" << kW - kR << "' y1='" << sy(y) << "' y2='" << sy(y)
-           << "' class='grid'/><text x='" << kL - 4 << "' y='" << sy(y) + 4
-           << "' class='tick' text-anchor='end'>" << fmt(y) << "</text>";
-        os << "<text x='" << sx(x) << "' y='" << kH - kB + 16 << "' class='tick' text-anchor='middle'>"
-           << fmt(std::round(x)) << "</text>";
+        fmt::format_to(os,
+                       "<line x1='{:g}' x2='{:g}' y1='{:g}' y2='{:g}' class='grid'/><text x='{:g}' "
+                       "y='{:g}' class='tick' text-anchor='end'>{}</text>",
+                       kL, kW - kR, sy(y), sy(y), kL - 4, sy(y) + 4, label(y));
+        fmt::format_to(os, "<text x='{:g}' y='{:g}' class='tick' text-anchor='middle'>{}</text>",
+                       sx(x), kH - kB + 16, label(std::round(x)));
     }
-    os << "<text x='" << (kL + kW - kR) / 2 << "' y='" << kH - 4
-       << "' class='tick' text-anchor='middle'>step</text>";
-    os << "<text x='12' y='" << (kT + kH - kB) / 2 << "' class='tick' text-anchor='middle' "
-       << "transform='rotate(-90 12 " << (kT + kH - kB) / 2 << ")'>" << html_escape(ylabel)
-       << "</text>";
+    fmt::format_to(os, "<text x='{:g}' y='{:g}' class='tick' text-anchor='middle'>step</text>",
+                   (kL + kW - kR) / 2, kH - 4);
+    const double mid = (kT + kH - kB) / 2;
+    fmt::format_to(os,
+                   "<text x='12' y='{:g}' class='tick' text-anchor='middle' "
+                   "transform='rotate(-90 12 {:g})'>{}</text>",
+                   mid, mid, html_escape(ylabel));
     double lx = kL + 8;
     for (const Series& s : series) {
         if (s.points.empty()) continue;
-        os << "<polyline fill='none' stroke='" << s.color << "' stroke-width='1.6' points='";
+        fmt::format_to(os, "<polyline fill='none' stroke='{}' stroke-width='1.6' points='",
+                       s.color);
         double prev_y = NAN;
         for (const Point& p : s.points) {
             if (!std::isfinite(p.y)) continue;
-            if (s.steps && std::isfinite(prev_y)) os << sx(p.x) << ',' << sy(prev_y) << ' ';
-            os << sx(p.x) << ',' << sy(p.y) << ' ';
+            if (s.steps && std::isfinite(prev_y))
+                fmt::format_to(os, "{:g},{:g} ", sx(p.x), sy(prev_y));
+            fmt::format_to(os, "{:g},{:g} ", sx(p.x), sy(p.y));
             prev_y = p.y;
         }
-        os << "'/>";
-        os << "<rect x='" << lx << "' y='" << kT + 6 << "' width='10' height='10' fill='" << s.color
-           << "'/><text x='" << lx + 14 << "' y='" << kT + 15 << "' class='legend'>"
-           << html_escape(s.name) << "</text>";
+        out += "'/>";
+        fmt::format_to(os,
+                       "<rect x='{:g}' y='{:g}' width='10' height='10' fill='{}'/><text x='{:g}' "
+                       "y='{:g}' class='legend'>{}</text>",
+                       lx, kT + 6, s.color, lx + 14, kT + 15, html_escape(s.name));
         lx += 22 + 7.0 * static_cast<double>(s.name.size());
     }
-    os << "</svg>";
-    return os.str();
+    out += "</svg>";
+    return out;
 }
 
 double num(const json& j, const char* key, double fallback = NAN) {
@@ -173,8 +177,8 @@ Series smooth(const Series& in, size_t window) {
 // Replays lifecycle events: seeds start DORMANT; counts of non-dormant seeds per stage after
 // each event go to `on_event(step, counts, from, to)`.
 template <typename F>
-void replay_events(const std::vector<json>& events, std::array<int, 11>& counts,
-                   std::array<int, 11>& totals, F&& on_event) {
+void replay_events(const std::vector<json>& events, std::array<int, kNumSeedStages>& counts,
+                   std::array<int, kNumSeedStages>& totals, F&& on_event) {
     std::map<std::pair<int, int>, int> stage_of;  // (layer, seed) -> stage
     for (const json& e : events) {
         double step = num(e, "step");
@@ -215,30 +219,35 @@ RunSummary summarize_run(const std::filesystem::path& run_dir) {
 }
 
 std::string format_summary(const RunSummary& s) {
-    std::ostringstream os;
-    auto row = [&](const std::string& k, const std::string& v) {
-        os << "  " << k << std::string(k.size() < 22 ? 22 - k.size() : 1, ' ') << v << "\n";
+    std::string out = "run summary\n";
+    auto row = [&](std::string_view k, const std::string& v) {
+        fmt::format_to(std::back_inserter(out), "  {:<21} {}\n", k, v);
     };
-    auto opt = [](const std::optional<double>& v) { return v ? fmt(*v) : std::string("-"); };
-    auto opt_i = [](const std::optional<int64_t>& v) { return v ? std::to_string(*v) : std::string("-"); };
-    os << "run summary\n";
-    row("steps", s.last_step >= 0 ? std::to_string(s.last_step) : "-");
+    auto opt = [](const std::optional<double>& v) { return v ? label(*v) : std::string("-"); };
+    auto opt_i = [](const std::optional<int64_t>& v) {
+        return v ? fmt::format("{}", *v) : std::string("-");
+    };
+    auto into = [&](SeedStage st) {
+        row(fmt::format("into {}", stage_name(st)),
+            fmt::format("{}", s.transitions_into[static_cast<size_t>(st)]));
+    };
+    row("steps", s.last_step >= 0 ? fmt::format("{}", s.last_step) : "-");
     row("test accuracy", opt(s.test_accuracy));
     row("test loss", opt(s.test_loss));
     row("train loss", opt(s.train_loss));
     row("params host", opt_i(s.host_params));
     row("params blueprints", opt_i(s.blueprint_params));
-    row("germinated", std::to_string(s.transitions_into[1]));
-    row("fossilized", std::to_string(s.transitions_into[7]));
-    row("culled", std::to_string(s.transitions_into[8]));
-    row("rolled back", std::to_string(s.transitions_into[10]));
+    into(SeedStage::kGerminated);
+    into(SeedStage::kFossilized);
+    into(SeedStage::kCulled);
+    into(SeedStage::kRolledBack);
     std::string stages;
-    for (int i = 1; i < 11; ++i)
+    for (int i = 1; i < kNumSeedStages; ++i)
         if (s.seeds_in_stage[i] != 0)
-            stages += std::string(stages.empty() ? "" : ", ") + kStageNames[i] + "=" +
-                      std::to_string(s.seeds_in_stage[i]);
+            stages += fmt::format("{}{}={}", stages.empty() ? "" : ", ", stage_label(i),
+                                  s.seeds_in_stage[i]);
     row("seeds per stage", stages.empty() ? "all dormant" : stages);
-    return os.str();
+    return out;
 }
 
 std::string render_report(const std::filesystem::path& run_dir) {
@@ -264,73 +273,90 @@ std::string render_report(const std::filesystem::path& run_dir) {
     }
 
     // Seeds per stage over time, replayed from the transitions (dormant seeds are not drawn).
-    std::array<Series, 11> per_stage;
-    std::array<int, 11> counts{};
-    std::array<int, 11> totals{};  // transitions into each stage
-    for (int s = 0; s < 11; ++s) per_stage[s] = Series{kStageNames[s], kStageColors[s], {}, true};
+    std::array<Series, kNumSeedStages> per_stage;
+    std::array<int, kNumSeedStages> counts{};
+    std::array<int, kNumSeedStages> totals{};  // transitions into each stage
+    for (int s = 0; s < kNumSeedStages; ++s)
+        per_stage[s] = Series{stage_label(s), kStageColors[s], {}, true};
     replay_events(events, counts, totals, [&](double step, int from, int to) {
-        for (int s = 1; s < 11; ++s)
+        for (int s = 1; s < kNumSeedStages; ++s)
             if (!per_stage[s].points.empty() || s == to || s == from)
                 per_stage[s].points.push_back({step, static_cast<double>(counts[s])});
     });
     std::vector<Series> stage_series;
-    for (int s = 1; s < 11; ++s)
+    for (int s = 1; s < kNumSeedStages; ++s)
         if (!per_stage[s].points.empty()) stage_series.push_back(per_stage[s]);
 
-    std::ostringstream os;
-    os << "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Esper run "
-       << html_escape(run_dir.filename().string()) << "</title><style>"
-       << "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}"
-       << "h1{font-size:20px}h2{font-size:16px;margin-top:28px}"
-       << ".chart{margin:6px;border:1px solid #eee;background:#fff}.title{font-size:13px;font-weight:600}"
-       << ".tick{font-size:10px;fill:#555}.legend{font-size:11px}.muted{fill:#999;font-size:12px}"
-       << ".frame{fill:none;stroke:#bbb}.grid{stroke:#eee}"
-       << "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:3px 8px;"
-       << "text-align:left}th{background:#f4f4f4}pre{background:#f7f7f7;padding:8px;font-size:12px}"
-       << "</style></head><body>";
-    os << "<h1>Esper run " << html_escape(run_dir.filename().string()) << "</h1>";
+    std::string out;
+    auto os = std::back_inserter(out);
+    const std::string run_name = html_escape(run_dir.filename().string());
+    fmt::format_to(
+        os,
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Esper run {}</title>"
+        "<style>"
+        "body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}}"
+        "h1{{font-size:20px}}h2{{font-size:16px;margin-top:28px}}"
+        ".chart{{margin:6px;border:1px solid #eee;background:#fff}}"
+        ".title{{font-size:13px;font-weight:600}}"
+        ".tick{{font-size:10px;fill:#555}}.legend{{font-size:11px}}"
+        ".muted{{fill:#999;font-size:12px}}"
+        ".frame{{fill:none;stroke:#bbb}}.grid{{stroke:#eee}}"
+        "table{{border-collapse:collapse;font-size:12px}}"
+        "td,th{{border:1px solid #ddd;padding:3px 8px;text-align:left}}"
+        "th{{background:#f4f4f4}}pre{{background:#f7f7f7;padding:8px;font-size:12px}}"
+        "</style></head><body><h1>Esper run {}</h1>",
+        run_name, run_name);
     if (!test_acc.points.empty())
-        os << "<p>Final test accuracy <b>" << fmt(test_acc.points.back().y) << "</b> at step "
-           << fmt(test_acc.points.back().x) << ".</p>";
-    os << "<h2>Learning curves</h2>";
-    os << svg_chart("Loss (train: mean of the last 50 steps)", "loss", {smooth(train_loss, 50), test_loss});
-    os << svg_chart("Test accuracy", "accuracy", {test_acc});
-    os << "<h2>Seeds</h2>";
-    os << svg_chart("Seeds per stage (non-dormant)", "seeds", stage_series);
-    std::string host_note = host_params.points.empty()
-                                ? std::string()
-                                : " (host: " + fmt(host_params.points.back().y) + ")";
-    os << svg_chart("Blueprint parameters" + host_note, "parameters", {bp_params});
-    os << "<table><tr><th>stage</th><th>transitions into</th><th>seeds now</th></tr>";
-    for (int s = 0; s < 11; ++s)
+        fmt::format_to(os, "<p>Final test accuracy <b>{}</b> at step {}.</p>",
+                       label(test_acc.points.back().y), label(test_acc.points.back().x));
+    out += "<h2>Learning curves</h2>";
+    out += svg_chart("Loss (train: mean of the last 50 steps)", "loss",
+                     {smooth(train_loss, 50), test_loss});
+    out += svg_chart("Test accuracy", "accuracy", {test_acc});
+    out += "<h2>Seeds</h2>";
+    out += svg_chart("Seeds per stage (non-dormant)", "seeds", stage_series);
+    const std::string host_note =
+        host_params.points.empty() ? std::string()
+                                   : fmt::format(" (host: {})", label(host_params.points.back().y));
+    out += svg_chart("Blueprint parameters" + host_note, "parameters", {bp_params});
+    out += "<table><tr><th>stage</th><th>transitions into</th><th>seeds now</th></tr>";
+    for (int s = 0; s < kNumSeedStages; ++s)
         if (totals[s] != 0 || counts[s] != 0)
-            os << "<tr><td>" << kStageNames[s] << "</td><td>" << totals[s] << "</td><td>"
-               << (s == 0 ? std::string("—") : std::to_string(counts[s])) << "</td></tr>";
-    os << "</table>";
-    os << "<h2>Lifecycle events (" << events.size() << ")</h2>";
-    os << "<table><tr><th>step</th><th>layer</th><th>seed</th><th>from</th><th>to</th>"
-       << "<th>origin</th><th>reason</th></tr>";
+            fmt::format_to(os, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", stage_label(s),
+                           totals[s], s == 0 ? std::string("—") : fmt::format("{}", counts[s]));
+    out += "</table>";
+    fmt::format_to(os, "<h2>Lifecycle events ({})</h2>", events.size());
+    out +=
+        "<table><tr><th>step</th><th>layer</th><th>seed</th><th>from</th><th>to</th>"
+        "<th>origin</th><th>reason</th></tr>";
     for (const json& e : events) {
         auto cell = [&](const char* k) {
             auto it = e.find(k);
             if (it == e.end()) return std::string();
-            return it->is_string() ? it->get<std::string>() : it->dump();
+            return html_escape(it->is_string() ? it->get<std::string>() : it->dump());
         };
-        os << "<tr><td>" << cell("step") << "</td><td>" << cell("layer") << "</td><td>"
-           << cell("seed") << "</td><td>" << html_escape(cell("from")) << "</td><td>"
-           << html_escape(cell("to")) << "</td><td>" << html_escape(cell("origin")) << "</td><td>"
-           << html_escape(cell("reason")) << "</td></tr>";
+        // Stages in the vocabulary's spelling whatever the line used (older files, numbers).
+        auto stage_cell = [&](const char* k) {
+            const int i = stage_index(e.value(k, json()));
+            return i >= 0 ? stage_label(i) : cell(k);
+        };
+        fmt::format_to(os,
+                       "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+                       "<td>{}</td></tr>",
+                       cell("step"), cell("layer"), cell("seed"), stage_cell("from"),
+                       stage_cell("to"), cell("origin"), cell("reason"));
     }
-    os << "</table>";
+    out += "</table>";
     std::ifstream cfg(run_dir / "config.yaml");
     if (cfg) {
         std::stringstream ss;
         ss << cfg.rdbuf();
-        os << "<h2>Effective configuration</h2><pre>" << html_escape(ss.str()) << "</pre>";
+        fmt::format_to(os, "<h2>Effective configuration</h2><pre>{}</pre>", html_escape(ss.str()));
     }
-    if (malformed > 0) os << "<p class='muted'>" << malformed << " malformed lines skipped.</p>";
-    os << "</body></html>\n";
-    return os.str();
+    if (malformed > 0)
+        fmt::format_to(os, "<p class='muted'>{} malformed lines skipped.</p>", malformed);
+    out += "</body></html>\n";
+    return out;
 }
 
 std::filesystem::path write_report(const std::filesystem::path& run_dir) {

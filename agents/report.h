@@ -1,14 +1,16 @@
 // The run report: a self-contained report.html (inline SVG, no scripts, no external files) built
 // from a run directory's metrics.jsonl and events.jsonl — train/test loss and accuracy vs step,
-// seeds per stage over time, parameter growth, and the lifecycle event list.
+// seeds per stage over time, parameter growth, and the lifecycle event list. Stages are spelled
+// the vocabulary's way (kernels/vocabulary.h), as in events.jsonl.
 #pragma once
-
-#include <filesystem>
-#include <string>
 
 #include <array>
 #include <cstdint>
+#include <filesystem>
 #include <optional>
+#include <string>
+
+#include "kernels/vocabulary.h"
 
 namespace esper::agents {
 
@@ -20,8 +22,8 @@ struct RunSummary {
     int64_t last_step = -1;
     std::optional<int64_t> host_params;    // last train line's host_params / blueprint_params
     std::optional<int64_t> blueprint_params;
-    std::array<int, 11> seeds_in_stage{};  // non-dormant seeds per stage at the end
-    std::array<int, 11> transitions_into{};  // lifecycle transitions into each stage
+    std::array<int, kNumSeedStages> seeds_in_stage{};    // non-dormant seeds per stage at the end
+    std::array<int, kNumSeedStages> transitions_into{};  // lifecycle transitions into each stage
     int malformed_lines = 0;
 };
 
@@ -29,9 +31,6 @@ RunSummary summarize_run(const std::filesystem::path& run_dir);
 
 // The summary as an aligned text table for the terminal.
 std::string format_summary(const RunSummary& summary);
-
-// Stage names in value order (DESIGN.md §4.3).
-extern const std::array<const char*, 11> kReportStageNames;
 
 // Reads DIR/metrics.jsonl, DIR/events.jsonl (and DIR/config.yaml if present) and returns the
 // HTML page. Missing files give empty sections; a malformed line is skipped and counted.

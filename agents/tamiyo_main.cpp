@@ -14,18 +14,23 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <string>
 
+#include <fmt/format.h>
+
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/wire_vocabulary.h"
 #include "bus/event_loop.h"
 #include "bus/pubsub.h"
 #include "bus/rpc.h"
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "kasmina/io/config.h"
 #include "tamiyo/config.h"
 #include "tamiyo/controller.h"
 #include "tamiyo/policy_factory.h"
@@ -51,8 +56,21 @@ schema::PolicyKind policy_kind(const std::string& kind) {
     return schema::PolicyKind::RULES;
 }
 
-std::optional<tamiyo::Stage> stage_of(schema::SeedStage s) {
-    return tamiyo::stage_from_value(static_cast<int>(s));
+// Tamiyo's config from the run-config file: its `tamiyo:` section, plus the settings the executor
+// owns (gate times, per-layer limits) read from lifecycle:/blueprints: with Kasmina's own loader,
+// so both agents act on one value per setting. Without a file: both sides' defaults.
+tamiyo::Config load_tamiyo_config(const cli::Option& file) {
+    tamiyo::Config c = file.given() ? tamiyo::load_config_file(file.str()) : tamiyo::Config{};
+    const kasmina::Config k = file.given() ? kasmina::load_config(file.str()) : kasmina::Config{};
+    tamiyo::ExecutorSettings s;
+    s.training_steps = static_cast<uint64_t>(k.lifecycle.training_steps);
+    s.evaluation_steps = static_cast<uint64_t>(k.lifecycle.evaluation_steps);
+    s.fine_tuning_steps = static_cast<uint64_t>(k.lifecycle.fine_tuning_steps);
+    s.max_active_per_layer = static_cast<uint32_t>(
+        std::min<int64_t>(k.lifecycle.max_active_per_layer, std::numeric_limits<uint32_t>::max()));
+    s.max_blueprint_params_per_layer = k.blueprints.max_params_per_layer;
+    tamiyo::set_executor_settings(c, s);
+    return c;
 }
 
 class TamiyoAgent {
@@ -125,8 +143,13 @@ private:
             case schema::Envelope::Payload::SEED_TELEMETRY: {
                 auto b = p.getSeedTelemetry();
                 for (auto r : b.getSeeds()) {
-                    auto st = stage_of(r.getStage());
-                    if (!st) continue;
+                    auto st = from_wire(r.getStage());
+                    if (!st) {
+                        drop(m.topic, fmt::format("seed {}: unknown stage {}", r.getSeed(),
+                                                  static_cast<uint16_t>(r.getStage()))
+                                          .c_str());
+                        continue;
+                    }
                     tamiyo::SeedTelemetry t;
                     t.layer = b.getLayer();
                     t.seed = r.getSeed();
@@ -147,6 +170,13 @@ private:
                     }
                     if (r.getGradientHealthMeasured()) mt.gradient_health = r.getGradientHealth();
                     if (r.getContributionMeasured()) mt.contribution = r.getContribution();
+                    t.chunk_width = r.getChunkWidth();
+                    t.blueprint_params = r.getBlueprintParams();
+                    // The executor's prices, indexed by BlueprintKind value (extra kinds of a
+                    // newer executor are ignored; missing ones stay unpublished).
+                    auto prices = r.getGerminationParams();
+                    for (unsigned k = 0; k < prices.size() && k < t.germination_params.size(); ++k)
+                        t.germination_params[k] = prices[k];
                     view_.ingest_telemetry(t);
                 }
                 break;
@@ -166,8 +196,14 @@ private:
             }
             case schema::Envelope::Payload::LIFECYCLE_TRANSITION: {
                 auto e = p.getLifecycleTransition();
-                auto from = stage_of(e.getFrom()), to = stage_of(e.getTo());
-                if (!from || !to) break;
+                auto from = from_wire(e.getFrom()), to = from_wire(e.getTo());
+                if (!from || !to) {
+                    drop(m.topic, fmt::format("transition with unknown stage {}→{}",
+                                              static_cast<uint16_t>(e.getFrom()),
+                                              static_cast<uint16_t>(e.getTo()))
+                                      .c_str());
+                    break;
+                }
                 tamiyo::TransitionEvent t;
                 t.layer = e.getLayer();
                 t.seed = e.getSeed();
@@ -208,11 +244,10 @@ private:
                 auto g = c.initGerminate();
                 g.setLayer(d.layer);
                 g.setSeed(d.seed);
-                g.setBlueprintKind(static_cast<schema::BlueprintKind>(d.blueprint));
+                g.setBlueprintKind(to_wire(d.blueprint));
                 g.setSize(d.blueprint_size);
-                auto it = std::find(tamiyo::kStrategyNames.begin(), tamiyo::kStrategyNames.end(), d.strategy);
-                g.setStrategy(static_cast<schema::GraftingStrategy>(
-                    it == tamiyo::kStrategyNames.end() ? 0 : it - tamiyo::kStrategyNames.begin()));
+                // The controller admitted only known strategies (Controller::sanity).
+                g.setStrategy(to_wire(parse_grafting_strategy(d.strategy).value_or(GraftingStrategy::kLinear)));
                 break;
             }
             case tamiyo::DecisionKind::kCull: {
@@ -237,7 +272,7 @@ private:
                 auto t = c.initTransition();
                 t.setLayer(d.layer);
                 t.setSeed(d.seed);
-                t.setToStage(static_cast<schema::SeedStage>(d.to_stage));
+                t.setToStage(to_wire(d.to_stage));
                 break;
             }
         }
@@ -336,11 +371,11 @@ private:
                     }
                     s.setHostParams(static_cast<uint64_t>(run.latest.host_params));
                     s.setBlueprintParams(static_cast<uint64_t>(run.latest.blueprint_params));
-                    std::array<uint32_t, tamiyo::kNumStages> counts{};
+                    std::array<uint32_t, kNumSeedStages> counts{};
                     for (const auto& [id, layer] : view_.layers())
-                        for (int i = 0; i < tamiyo::kNumStages; ++i) counts[i] += layer.stage_counts[i];
-                    auto list = s.initSeedsPerStage(tamiyo::kNumStages);
-                    for (int i = 0; i < tamiyo::kNumStages; ++i) list.set(i, counts[i]);
+                        for (int i = 0; i < kNumSeedStages; ++i) counts[i] += layer.stage_counts[i];
+                    auto list = s.initSeedsPerStage(kNumSeedStages);
+                    for (int i = 0; i < kNumSeedStages; ++i) list.set(i, counts[i]);
                     std::string backend = "policy=" + controller_.active().name() + " plateau=" +
                                           (run.plateau ? "yes" : "no") + " pending=" +
                                           std::to_string(controller_.pending_count());
@@ -440,8 +475,9 @@ int tamiyo_main(int argc, char** argv) {
     auto& bus_pub = p.option("bus-pub", "tcp://HOST:P", "broker publisher endpoint", "tcp://127.0.0.1:5555");
     auto& bus_sub = p.option("bus-sub", "tcp://HOST:S", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
     auto& run_id = p.option("run-id", "ID", "the run to control (topic component)");
-    auto& config = p.option("config", "FILE", "YAML file whose `tamiyo:` section sets plateau, budgets, "
-                            "heuristic thresholds and the policy (docs/policies.md)");
+    auto& config = p.option("config", "FILE", "run config: its `tamiyo:` section sets plateau, budgets, "
+                            "heuristic thresholds and the policy; gate times and per-layer limits come "
+                            "from its lifecycle: and blueprints: sections (docs/policies.md)");
     auto& policy = p.option("policy", "FILE|heuristic", "initial policy (overrides tamiyo.policy): "
                             "heuristic, rules YAML or plugin .so");
     auto& target = p.option("target", "AGENT", "executor that receives commands", "kasmina/0");
@@ -450,7 +486,7 @@ int tamiyo_main(int argc, char** argv) {
     auto& check = p.flag("check-config", "validate the tamiyo section and the policy, print them, and exit");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     if (check.on()) {
-        tamiyo::Config c = config.given() ? tamiyo::load_config_file(config.str()) : tamiyo::Config{};
+        tamiyo::Config c = load_tamiyo_config(config);
         if (policy.given()) c.policy = policy.str();
         tamiyo::PolicyPtr checked = tamiyo::make_policy(c.policy, c.heuristic);
         std::printf("%s%s\n", tamiyo::format_config(c).c_str(), tamiyo::describe_policy(*checked).c_str());
@@ -467,7 +503,7 @@ int tamiyo_main(int argc, char** argv) {
     o.target = target.str();
     o.tick_ms = static_cast<int>(tick.as_int());
     if (o.tick_ms <= 0) return p.usage_error("--tick-ms must be > 0");
-    if (config.given()) o.config = tamiyo::load_config_file(config.str());
+    o.config = load_tamiyo_config(config);
     if (policy.given()) o.config.policy = policy.str();
     ESPER_LOG_INFO(log(), "effective config\n", tamiyo::format_config(o.config));
     tamiyo::PolicyPtr initial = tamiyo::make_policy(o.config.policy, o.config.heuristic);

@@ -1,14 +1,16 @@
 // `esper tap`: subscribes to the broker's XPUB endpoint and prints every message as one JSON
-// line (bus/json.h). Exits 0 after --count messages, or after --timeout-ms without a message
-// (1 if nothing arrived at all). Sequence gaps and dropped frames are reported on stderr.
+// line (agents/tool_json.h). Exits 0 after --count messages, or after --timeout-ms without a
+// message (1 if nothing arrived at all). Sequence gaps and dropped frames are reported on stderr.
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/tool_json.h"
 #include "bus/event_loop.h"
-#include "bus/json.h"
 #include "bus/pubsub.h"
 #include "core/clock.h"
 #include "core/log.h"
@@ -43,12 +45,10 @@ int tap_main(int argc, char** argv) {
             last_activity_ns = monotonic_ns();
             auto env = m->envelope();
             if (m->missing_before > 0) {
-                std::fprintf(stderr, "esper tap: gap sender=%s topic=%s missing=%llu before seq=%llu\n",
-                             env.getSender().cStr(), m->topic.c_str(),
-                             static_cast<unsigned long long>(m->missing_before),
-                             static_cast<unsigned long long>(env.getSequence()));
+                fmt::print(stderr, "esper tap: gap sender={} topic={} missing={} before seq={}\n",
+                           env.getSender().cStr(), m->topic, m->missing_before, env.getSequence());
             }
-            std::string line = bus::envelope_to_json(m->topic, env);
+            std::string line = envelope_to_json(m->topic, env);
             line.push_back('\n');
             std::fwrite(line.data(), 1, line.size(), stdout);
             std::fflush(stdout);
@@ -58,8 +58,8 @@ int tap_main(int argc, char** argv) {
             }
         }
         if (sub.stats().malformed > malformed_reported) {
-            std::fprintf(stderr, "esper tap: dropped %llu malformed frame(s) so far\n",
-                         static_cast<unsigned long long>(sub.stats().malformed));
+            fmt::print(stderr, "esper tap: dropped {} malformed frame(s) so far\n",
+                       sub.stats().malformed);
             malformed_reported = sub.stats().malformed;
         }
     });
@@ -67,8 +67,7 @@ int tap_main(int argc, char** argv) {
         loop.every(std::chrono::milliseconds(20), [&] {
             if (monotonic_ns() - last_activity_ns >= timeout_ms * 1000000) {
                 if (received == 0) {
-                    std::fprintf(stderr, "esper tap: no message within %lld ms\n",
-                                 static_cast<long long>(timeout_ms));
+                    fmt::print(stderr, "esper tap: no message within {} ms\n", timeout_ms);
                     exit_code = 1;
                 }
                 loop.stop();
@@ -77,11 +76,8 @@ int tap_main(int argc, char** argv) {
     }
     loop.on_signal([&](int) { loop.stop(); });
     loop.run();
-    std::fprintf(stderr, "esper tap: received=%lld gaps=%llu reordered=%llu malformed=%llu\n",
-                 static_cast<long long>(received),
-                 static_cast<unsigned long long>(sub.sequences().gaps()),
-                 static_cast<unsigned long long>(sub.sequences().reordered()),
-                 static_cast<unsigned long long>(sub.stats().malformed));
+    fmt::print(stderr, "esper tap: received={} gaps={} reordered={} malformed={}\n", received,
+               sub.sequences().gaps(), sub.sequences().reordered(), sub.stats().malformed);
     return exit_code;
 }
 

@@ -19,7 +19,9 @@ struct SeedRecord {
   gradNorm @7 :Float32;
   blueprintGradNorm @8 :Float32;
   contribution @9 :Float32;
-  # First-order change in loss if the seed were removed; negative = the seed helps.
+  # c = −Σ⟨∂L/∂y, α·r(h)⟩: the first-order change in loss if the seed were removed, so
+  # POSITIVE = the seed helps (the loss would rise without it). DESIGN.md §4.6's parenthetical
+  # says the opposite; its gate table and the math agree with this sign (docs/kasmina.md).
   health @10 :Float32;
   activationMeasured @11 :Bool;
   gradientMeasured @12 :Bool;
@@ -31,6 +33,12 @@ struct SeedRecord {
   # Features in the seed's chunk (lets the controller price a germination).
   blueprintParams @17 :Int64;
   # Parameters of the seed's blueprint while it holds one; 0 otherwise.
+  germinationParams @18 :List(Int64);
+  # What germinating this seed would cost, indexed by BlueprintKind value: the parameters of a
+  # blueprint of that kind with the executor's configured arenas on this seed's chunk (a widening
+  # arena counts the layer's input width). Equal to blueprintParams after such a germination.
+  # The controller prices germinations with these numbers and never recomputes them; empty =
+  # not published (older executor).
 }
 
 struct SeedTelemetryBatch {

@@ -225,11 +225,11 @@ print_command() {
 newest_checkpoint() {
     local dir="$run_dir/checkpoints"
     [[ -d "$dir" ]] || return 0
-    # Newest complete checkpoint: a directory holding manifest.txt (written last, atomically).
+    # Newest complete checkpoint: a directory holding manifest.bin (directories appear atomically).
     local best="" best_t=0 d t
     for d in "$dir"/*/; do
-        [[ -f "$d/manifest.txt" ]] || continue
-        t=$(stat -c %Y "$d/manifest.txt" 2>/dev/null || echo 0)
+        [[ -f "$d/manifest.bin" ]] || continue
+        t=$(stat -c %Y "$d/manifest.bin" 2>/dev/null || echo 0)
         if [[ -z "$best" || $t -ge $best_t ]]; then
             best="${d%/}"
             best_t=$t

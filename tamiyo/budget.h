@@ -1,8 +1,10 @@
 // Budgets applied to every policy's output before it becomes a command: at most N active seeds
-// (GERMINATED..FINE_TUNING) per layer, a cap on live blueprint parameters over the run, and a
+// (GERMINATED..FINE_TUNING) per layer, a cap on live blueprint parameters per layer, and a
 // cooldown (steps) between germinations in one layer. Only germinations consume budget; every
 // refusal carries a reason that the controller records. Counts include what was accepted earlier
-// in the same batch and germinations sent but not yet seen in the view (pending).
+// in the same batch and germinations sent but not yet seen in the view (pending). A germination
+// is priced with what the executor published for that seed and kind (SeedView::
+// germination_params); a seed without a published price is not germinated.
 #pragma once
 
 #include <cstdint>
@@ -17,8 +19,10 @@
 namespace esper::tamiyo {
 
 struct BudgetConfig {
+    // The agent sets these two from the run config's lifecycle.max_active_per_layer and
+    // blueprints.max_params_per_layer, the executor's own limits.
     uint32_t max_active_per_layer = 4;           // 0 = no germination at all
-    int64_t max_blueprint_params = 0;            // over the run; 0 = unlimited
+    int64_t max_blueprint_params_per_layer = 0;  // live + pending + new; 0 = unlimited
     uint64_t germination_cooldown_steps = 0;     // per layer
     uint32_t max_germinations_per_decision = 0;  // over all layers per decide(); 0 = unlimited
     bool operator==(const BudgetConfig&) const = default;
@@ -31,6 +35,11 @@ struct PendingGermination {
     uint64_t step = 0;
     int64_t blueprint_params = 0;
 };
+
+// The executor's published price of germinating seed layer/seed with `kind`; nullopt when the
+// seed is unknown or has published none.
+std::optional<int64_t> germination_price(const View& view, uint32_t layer, uint32_t seed,
+                                         BlueprintKind kind);
 
 class Budget {
 public:
@@ -47,7 +56,7 @@ private:
     uint64_t step_ = 0;
     std::map<uint32_t, uint32_t> active_;            // per layer
     std::map<uint32_t, uint64_t> last_germination_;  // per layer
-    int64_t params_ = 0;
+    std::map<uint32_t, int64_t> params_;             // per layer
     uint32_t batch_germinations_ = 0;
 };
 

@@ -1,12 +1,14 @@
 // YAML → tamiyo::Config (tamiyo/config.h).
 #include "tamiyo/config.h"
 
+#include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
 #include <fstream>
 #include <initializer_list>
 #include <sstream>
+#include <utility>
 
 #include "core/error.h"
 
@@ -58,9 +60,7 @@ public:
         }
         if (used == 0 || used != s.size())
             fail(n, f, "expected a non-negative integer, got '" + s + "'");
-        if (v < lo || v > hi)
-            fail(n, f,
-                 "out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]: " + s);
+        if (v < lo || v > hi) fail(n, f, fmt::format("out of range [{}, {}]: {}", lo, hi, s));
         out = v;
     }
     template <typename T>
@@ -86,12 +86,16 @@ public:
         }
         if (used == 0 || used != s.size() || !std::isfinite(v))
             fail(n, f, "expected a number, got '" + s + "'");
-        if (v < lo || v > hi) {
-            std::ostringstream os;
-            os << "out of range [" << lo << ", " << hi << "]: " << s;
-            fail(n, f, os.str());
-        }
+        if (v < lo || v > hi) fail(n, f, fmt::format("out of range [{}, {}]: {}", lo, hi, s));
         out = v;
+    }
+    // Keys that moved to the executor's sections: refused with the key to set instead.
+    void moved(const YAML::Node& map, const std::string& field,
+               std::initializer_list<std::pair<const char*, const char*>> keys) const {
+        for (const auto& [key, to] : keys)
+            if (const YAML::Node n = map[key])
+                fail(n, field + "." + key,
+                     fmt::format("moved: set {} (one key for Tamiyo and Kasmina)", to));
     }
     void get(const YAML::Node& map, const char* key, const std::string& field,
              std::string& out) const {
@@ -134,24 +138,33 @@ Config parse_config(const std::string& text, const std::string& filename) {
         r.get(p, "patience_steps", "tamiyo.plateau", c.view.plateau.patience_steps, 1, kMaxSteps);
         r.get(p, "min_delta", "tamiyo.plateau", c.view.plateau.min_delta, 0.0, 1e9);
     }
+    if (const YAML::Node b = t["budget"]) {
+        if (b.IsMap())
+            r.moved(b, "tamiyo.budget",
+                    {{"max_active_per_layer", "lifecycle.max_active_per_layer"},
+                     {"max_blueprint_params", "blueprints.max_params_per_layer"}});
+    }
     if (const YAML::Node b =
             r.section(t, "budget", "tamiyo.budget",
-                      {"max_active_per_layer", "max_blueprint_params", "germination_cooldown_steps",
-                       "max_germinations_per_decision"})) {
+                      {"germination_cooldown_steps", "max_germinations_per_decision"})) {
         BudgetConfig& bc = c.controller.budget;
-        r.get_int(b, "max_active_per_layer", "tamiyo.budget", bc.max_active_per_layer, 0, kMax32);
-        r.get_int(b, "max_blueprint_params", "tamiyo.budget", bc.max_blueprint_params, 0,
-                  kMaxSteps);
         r.get(b, "germination_cooldown_steps", "tamiyo.budget", bc.germination_cooldown_steps, 0,
               kMaxSteps);
         r.get_int(b, "max_germinations_per_decision", "tamiyo.budget",
                   bc.max_germinations_per_decision, 0, kMax32);
     }
-    if (const YAML::Node h = r.section(
-            t, "heuristic", "tamiyo.heuristic",
-            {"germinations_per_round", "blueprint", "blueprint_size", "strategy", "training_steps",
-             "min_gradient_health", "training_patience_steps", "evaluation_steps", "min_benefit",
-             "fine_tuning_steps", "cull_contribution"})) {
+    if (const YAML::Node h = t["heuristic"]) {
+        if (h.IsMap())
+            r.moved(h, "tamiyo.heuristic",
+                    {{"training_steps", "lifecycle.training_steps"},
+                     {"evaluation_steps", "lifecycle.evaluation_steps"},
+                     {"fine_tuning_steps", "lifecycle.fine_tuning_steps"}});
+    }
+    if (const YAML::Node h =
+            r.section(t, "heuristic", "tamiyo.heuristic",
+                      {"germinations_per_round", "blueprint", "blueprint_size", "strategy",
+                       "min_gradient_health", "training_patience_steps", "min_benefit",
+                       "cull_contribution"})) {
         HeuristicConfig& hc = c.heuristic;
         const std::string f = "tamiyo.heuristic";
         r.get_int(h, "germinations_per_round", f, hc.germinations_per_round, 0, kMax32);
@@ -166,16 +179,15 @@ Config parse_config(const std::string& text, const std::string& filename) {
         }
         r.get_int(h, "blueprint_size", f, hc.blueprint_size, 0, 1u << 16);
         if (const YAML::Node n = h["strategy"]) {
-            r.get(h, "strategy", f, hc.strategy);
-            if (!is_known_strategy(hc.strategy))
-                r.fail(n, f + ".strategy", "unknown strategy '" + hc.strategy + "'");
+            std::string name;
+            r.get(h, "strategy", f, name);
+            const auto strategy = parse_grafting_strategy(name);
+            if (!strategy) r.fail(n, f + ".strategy", "unknown strategy '" + name + "'");
+            hc.strategy = std::string(grafting_strategy_name(*strategy));
         }
-        r.get(h, "training_steps", f, hc.training_steps, 0, kMaxSteps);
         r.get(h, "min_gradient_health", f, hc.min_gradient_health, 0.0, 1.0);
         r.get(h, "training_patience_steps", f, hc.training_patience_steps, 0, kMaxSteps);
-        r.get(h, "evaluation_steps", f, hc.evaluation_steps, 0, kMaxSteps);
         r.get(h, "min_benefit", f, hc.min_benefit, 0.0, 1e9);
-        r.get(h, "fine_tuning_steps", f, hc.fine_tuning_steps, 0, kMaxSteps);
         r.get(h, "cull_contribution", f, hc.cull_contribution, -1e9, 1e9);
     }
     return c;
@@ -189,35 +201,63 @@ Config load_config_file(const std::string& path) {
     return parse_config(ss.str(), path);
 }
 
+void set_executor_settings(Config& c, const ExecutorSettings& s) {
+    c.heuristic.training_steps = s.training_steps;
+    c.heuristic.evaluation_steps = s.evaluation_steps;
+    c.heuristic.fine_tuning_steps = s.fine_tuning_steps;
+    c.controller.budget.max_active_per_layer = s.max_active_per_layer;
+    c.controller.budget.max_blueprint_params_per_layer = s.max_blueprint_params_per_layer;
+}
+
+ExecutorSettings executor_settings(const Config& c) {
+    return {c.heuristic.training_steps, c.heuristic.evaluation_steps, c.heuristic.fine_tuning_steps,
+            c.controller.budget.max_active_per_layer,
+            c.controller.budget.max_blueprint_params_per_layer};
+}
+
+namespace {
+// Shortest text that reads back to the same double (0.05, not 0.050000000000000003).
+std::string number(double v) { return fmt::format("{}", v); }
+}  // namespace
+
 std::string format_config(const Config& c) {
-    std::ostringstream os;
     const BudgetConfig& b = c.controller.budget;
     const HeuristicConfig& h = c.heuristic;
-    os << "tamiyo:\n"
-       << "  policy: " << c.policy << "\n"
-       << "  decision_interval_steps: " << c.decision_interval_steps << "\n"
-       << "  policy_time_budget_ms: " << c.controller.policy_time_budget_ms << "\n"
-       << "  pending_timeout_steps: " << c.controller.pending_timeout_steps << "\n"
-       << "  plateau: {patience_steps: " << c.view.plateau.patience_steps
-       << ", min_delta: " << c.view.plateau.min_delta << "}\n"
-       << "  budget:\n"
-       << "    max_active_per_layer: " << b.max_active_per_layer << "\n"
-       << "    max_blueprint_params: " << b.max_blueprint_params << "\n"
-       << "    germination_cooldown_steps: " << b.germination_cooldown_steps << "\n"
-       << "    max_germinations_per_decision: " << b.max_germinations_per_decision << "\n"
-       << "  heuristic:\n"
-       << "    germinations_per_round: " << h.germinations_per_round << "\n"
-       << "    blueprint: " << blueprint_kind_name(h.blueprint) << "\n"
-       << "    blueprint_size: " << h.blueprint_size << "\n"
-       << "    strategy: " << h.strategy << "\n"
-       << "    training_steps: " << h.training_steps << "\n"
-       << "    min_gradient_health: " << h.min_gradient_health << "\n"
-       << "    training_patience_steps: " << h.training_patience_steps << "\n"
-       << "    evaluation_steps: " << h.evaluation_steps << "\n"
-       << "    min_benefit: " << h.min_benefit << "\n"
-       << "    fine_tuning_steps: " << h.fine_tuning_steps << "\n"
-       << "    cull_contribution: " << h.cull_contribution << "\n";
-    return os.str();
+    YAML::Emitter out;
+    out << YAML::BeginMap << YAML::Key << "tamiyo" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "policy" << YAML::Value << c.policy;
+    out << YAML::Key << "decision_interval_steps" << YAML::Value << c.decision_interval_steps;
+    out << YAML::Key << "policy_time_budget_ms" << YAML::Value
+        << number(c.controller.policy_time_budget_ms);
+    out << YAML::Key << "pending_timeout_steps" << YAML::Value
+        << c.controller.pending_timeout_steps;
+    out << YAML::Key << "plateau" << YAML::Value << YAML::Flow << YAML::BeginMap;
+    out << YAML::Key << "patience_steps" << YAML::Value << c.view.plateau.patience_steps;
+    out << YAML::Key << "min_delta" << YAML::Value << number(c.view.plateau.min_delta);
+    out << YAML::EndMap;
+    out << YAML::Key << "budget" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "germination_cooldown_steps" << YAML::Value << b.germination_cooldown_steps;
+    out << YAML::Key << "max_germinations_per_decision" << YAML::Value
+        << b.max_germinations_per_decision;
+    out << YAML::EndMap;
+    out << YAML::Key << "heuristic" << YAML::Value << YAML::BeginMap;
+    out << YAML::Key << "germinations_per_round" << YAML::Value << h.germinations_per_round;
+    out << YAML::Key << "blueprint" << YAML::Value << std::string(blueprint_kind_name(h.blueprint));
+    out << YAML::Key << "blueprint_size" << YAML::Value << h.blueprint_size;
+    out << YAML::Key << "strategy" << YAML::Value << h.strategy;
+    out << YAML::Key << "min_gradient_health" << YAML::Value << number(h.min_gradient_health);
+    out << YAML::Key << "training_patience_steps" << YAML::Value << h.training_patience_steps;
+    out << YAML::Key << "min_benefit" << YAML::Value << number(h.min_benefit);
+    out << YAML::Key << "cull_contribution" << YAML::Value << number(h.cull_contribution);
+    out << YAML::EndMap << YAML::EndMap << YAML::EndMap;
+    out << YAML::Newline
+        << YAML::Comment(
+               fmt::format("from the executor's sections: lifecycle.training_steps {}, "
+                           "lifecycle.evaluation_steps {}, lifecycle.fine_tuning_steps {}, "
+                           "lifecycle.max_active_per_layer {}, blueprints.max_params_per_layer {}",
+                           h.training_steps, h.evaluation_steps, h.fine_tuning_steps,
+                           b.max_active_per_layer, b.max_blueprint_params_per_layer));
+    return std::string(out.c_str()) + "\n";
 }
 
 }  // namespace esper::tamiyo

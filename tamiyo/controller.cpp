@@ -1,6 +1,8 @@
 // The decision loop (tamiyo/controller.h).
 #include "tamiyo/controller.h"
 
+#include <fmt/format.h>
+
 #include <exception>
 #include <set>
 
@@ -89,20 +91,20 @@ void Controller::record(uint64_t step, const Decision& d, bool accepted, std::st
 
 std::optional<std::string> Controller::sanity(Decision& d, const View& view) const {
     const SeedView* sv = view.seed(d.layer, d.seed);
-    if (sv == nullptr) return detail::concat("unknown seed ", d.layer, "/", d.seed);
+    if (sv == nullptr) return fmt::format("unknown seed {}/{}", d.layer, d.seed);
     if (pending_.count({d.layer, d.seed}))
-        return detail::concat("a command for seed ", d.layer, "/", d.seed, " is still pending");
-    const Stage s = sv->stage;
+        return fmt::format("a command for seed {}/{} is still pending", d.layer, d.seed);
+    const SeedStage s = sv->stage;
     auto wrong_stage = [&](std::string_view wanted) {
-        return detail::concat(decision_kind_name(d.kind), " needs a seed in ", wanted, ", seed ",
-                              d.layer, "/", d.seed, " is ", stage_name(s));
+        return fmt::format("{} needs a seed in {}, seed {}/{} is {}", decision_kind_name(d.kind),
+                           wanted, d.layer, d.seed, stage_name(s));
     };
     switch (d.kind) {
         case DecisionKind::kGerminate:
-            if (s != Stage::kDormant) return wrong_stage("DORMANT");
-            if (!is_known_strategy(d.strategy))
-                return detail::concat("unknown grafting strategy '", d.strategy, "'");
-            d.to_stage = Stage::kGerminated;
+            if (s != SeedStage::kDormant) return wrong_stage("DORMANT");
+            if (!parse_grafting_strategy(d.strategy))
+                return fmt::format("unknown grafting strategy '{}'", d.strategy);
+            d.to_stage = SeedStage::kGerminated;
             break;
         case DecisionKind::kApprove:
         case DecisionKind::kDeny: {
@@ -112,23 +114,24 @@ std::optional<std::string> Controller::sanity(Decision& d, const View& view) con
             break;
         }
         case DecisionKind::kFossilize:
-            if (s != Stage::kFineTuning) return wrong_stage("FINE_TUNING");
-            d.to_stage = Stage::kFossilized;
+            if (s != SeedStage::kFineTuning) return wrong_stage("FINE_TUNING");
+            d.to_stage = SeedStage::kFossilized;
             break;
         case DecisionKind::kCull:
-            if (s != Stage::kTraining && s != Stage::kEvaluating && s != Stage::kFineTuning)
+            if (s != SeedStage::kTraining && s != SeedStage::kEvaluating &&
+                s != SeedStage::kFineTuning)
                 return wrong_stage("TRAINING, EVALUATING or FINE_TUNING");
-            d.to_stage = Stage::kCulled;
+            d.to_stage = SeedStage::kCulled;
             break;
         case DecisionKind::kCancel:
-            if (s != Stage::kGerminated && s != Stage::kTraining)
+            if (s != SeedStage::kGerminated && s != SeedStage::kTraining)
                 return wrong_stage("GERMINATED or TRAINING");
-            d.to_stage = Stage::kCancelled;
+            d.to_stage = SeedStage::kCancelled;
             break;
         case DecisionKind::kRollback:
-            if (s < Stage::kGrafting || s > Stage::kFineTuning)
+            if (s < SeedStage::kGrafting || s > SeedStage::kFineTuning)
                 return wrong_stage("GRAFTING..FINE_TUNING");
-            d.to_stage = Stage::kRolledBack;
+            d.to_stage = SeedStage::kRolledBack;
             break;
         default:
             return "unknown decision kind";
@@ -155,13 +158,13 @@ std::vector<Decision> Controller::decide(const View& view, uint64_t step) {
     try {
         proposed = policy.decide(view, step);
     } catch (const std::exception& e) {
-        disable_active(detail::concat("threw: ", e.what()), step);
+        disable_active(fmt::format("threw: {}", e.what()), step);
         return {};
     }
     const double elapsed_ms = static_cast<double>(sw.elapsed_ns()) * 1e-6;
     if (elapsed_ms > config_.policy_time_budget_ms) {
-        disable_active(detail::concat("time budget exceeded: ", elapsed_ms, " ms > ",
-                                      config_.policy_time_budget_ms, " ms"),
+        disable_active(fmt::format("time budget exceeded: {:g} ms > {:g} ms", elapsed_ms,
+                                   config_.policy_time_budget_ms),
                        step);
         return {};
     }
@@ -190,10 +193,10 @@ std::vector<Decision> Controller::decide(const View& view, uint64_t step) {
         }
         record(step, d, true, {});
         if (d.kind != DecisionKind::kDeny) {
-            int64_t params = 0;
-            if (d.kind == DecisionKind::kGerminate)
-                if (const LayerView* lv = view.layer(d.layer))
-                    params = blueprint_param_count(d.blueprint, d.blueprint_size, lv->chunk_width);
+            const int64_t params =
+                d.kind == DecisionKind::kGerminate
+                    ? germination_price(view, d.layer, d.seed, d.blueprint).value_or(0)
+                    : 0;
             pending_[{d.layer, d.seed}] = {view.seed(d.layer, d.seed)->stage, step, params,
                                            d.kind == DecisionKind::kGerminate};
         }

@@ -78,7 +78,7 @@ public:
 
 private:
     struct Pending {
-        Stage from = Stage::kDormant;
+        SeedStage from = SeedStage::kDormant;
         uint64_t step = 0;
         int64_t blueprint_params = 0;
         bool germinate = false;

@@ -1,8 +1,9 @@
 // Names and formatting for tamiyo/decision.h.
 #include "tamiyo/decision.h"
 
+#include <fmt/format.h>
+
 #include <array>
-#include <sstream>
 
 namespace esper::tamiyo {
 namespace {
@@ -21,30 +22,29 @@ std::optional<DecisionKind> parse_decision_kind(std::string_view name) {
     return std::nullopt;
 }
 
-std::optional<Stage> gate_next_stage(Stage s) {
+std::optional<SeedStage> gate_next_stage(SeedStage s) {
     switch (s) {
-        case Stage::kTraining:
-            return Stage::kGrafting;
-        case Stage::kEvaluating:
-            return Stage::kFineTuning;
-        case Stage::kFineTuning:
-            return Stage::kFossilized;
+        case SeedStage::kTraining:
+            return SeedStage::kGrafting;
+        case SeedStage::kEvaluating:
+            return SeedStage::kFineTuning;
+        case SeedStage::kFineTuning:
+            return SeedStage::kFossilized;
         default:
             return std::nullopt;
     }
 }
 
 std::string to_string(const Decision& d) {
-    std::ostringstream os;
-    os << decision_kind_name(d.kind) << " layer=" << d.layer << " seed=" << d.seed;
+    std::string out =
+        fmt::format("{} layer={} seed={}", decision_kind_name(d.kind), d.layer, d.seed);
     if (d.kind == DecisionKind::kGerminate)
-        os << " blueprint=" << blueprint_kind_name(d.blueprint) << "/" << d.blueprint_size
-           << " strategy=" << d.strategy;
+        out += fmt::format(" blueprint={}/{} strategy={}", blueprint_kind_name(d.blueprint),
+                           d.blueprint_size, d.strategy);
     else
-        os << " to=" << stage_name(d.to_stage);
-    if (!d.policy.empty()) os << " policy=" << d.policy;
-    os << " reason=\"" << d.reason << "\"";
-    return os.str();
+        out += fmt::format(" to={}", stage_name(d.to_stage));
+    if (!d.policy.empty()) out += fmt::format(" policy={}", d.policy);
+    return out + fmt::format(" reason=\"{}\"", d.reason);
 }
 
 }  // namespace esper::tamiyo

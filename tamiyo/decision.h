@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-#include "tamiyo/types.h"
+#include "kernels/vocabulary.h"
 
 namespace esper::tamiyo {
 
@@ -28,7 +28,7 @@ std::optional<DecisionKind> parse_decision_kind(std::string_view name);
 
 // The stage a seed waiting in `s` goes to when its gate is approved (TRAINING → GRAFTING,
 // EVALUATING → FINE_TUNING, FINE_TUNING → FOSSILIZED); nullopt when `s` has no gate.
-std::optional<Stage> gate_next_stage(Stage s);
+std::optional<SeedStage> gate_next_stage(SeedStage s);
 
 struct Decision {
     DecisionKind kind = DecisionKind::kGerminate;
@@ -37,7 +37,8 @@ struct Decision {
     BlueprintKind blueprint = BlueprintKind::kResidualMlp;  // germinate only
     uint32_t blueprint_size = 0;       // e (residual_mlp) or r (lowrank); 0 = executor default
     std::string strategy = "linear";   // germinate only: the α schedule
-    Stage to_stage = Stage::kDormant;  // the stage the command asks for (set by the controller)
+    SeedStage to_stage =
+        SeedStage::kDormant;           // the stage the command asks for (set by the controller)
     std::string reason;                // human-readable, recorded in events
     std::string policy;                // name of the policy that made it (set by the controller)
 

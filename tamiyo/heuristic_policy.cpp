@@ -1,6 +1,8 @@
 // The built-in heuristic policy (tamiyo/heuristic_policy.h).
 #include "tamiyo/heuristic_policy.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <limits>
 
@@ -26,57 +28,57 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
             d.layer = s.layer;
             d.seed = s.seed;
             switch (s.stage) {
-                case Stage::kDormant:
+                case SeedStage::kDormant:
                     // Unmeasured health sorts last: prefer seeds we know are weak.
                     dormant.push_back(
                         {m.health ? *m.health : std::numeric_limits<double>::infinity(), s.layer,
                          s.seed});
                     continue;
-                case Stage::kTraining:
+                case SeedStage::kTraining:
                     if (in_stage < config_.training_steps) continue;
                     if (m.gradient_health && *m.gradient_health >= config_.min_gradient_health) {
                         d.kind = DecisionKind::kApprove;
-                        d.reason = detail::concat("heuristic: gradient health ", *m.gradient_health,
-                                                  " >= ", config_.min_gradient_health);
+                        d.reason = fmt::format("heuristic: gradient health {:g} >= {:g}",
+                                               *m.gradient_health, config_.min_gradient_health);
                     } else if (in_stage >= config_.training_patience_steps) {
                         d.kind = DecisionKind::kCull;
                         d.reason =
                             m.gradient_health
-                                ? detail::concat("heuristic: gradient health ", *m.gradient_health,
-                                                 " < ", config_.min_gradient_health, " after ",
-                                                 in_stage, " steps")
-                                : detail::concat("heuristic: gradient health unmeasured after ",
-                                                 in_stage, " steps");
+                                ? fmt::format(
+                                      "heuristic: gradient health {:g} < {:g} after {} steps",
+                                      *m.gradient_health, config_.min_gradient_health, in_stage)
+                                : fmt::format(
+                                      "heuristic: gradient health unmeasured after {} steps",
+                                      in_stage);
                     } else {
                         continue;
                     }
                     break;
-                case Stage::kEvaluating:
+                case SeedStage::kEvaluating:
                     if (in_stage < config_.evaluation_steps || !m.contribution) continue;
                     if (*m.contribution > config_.min_benefit) {
                         d.kind = DecisionKind::kApprove;
-                        d.reason = detail::concat("heuristic: contribution ", *m.contribution,
-                                                  " > ", config_.min_benefit, " (seed helps)");
+                        d.reason = fmt::format("heuristic: contribution {:g} > {:g} (seed helps)",
+                                               *m.contribution, config_.min_benefit);
                     } else {
                         d.kind = DecisionKind::kCull;
                         d.reason =
-                            detail::concat("heuristic: contribution ", *m.contribution,
-                                           " <= ", config_.min_benefit, " (seed does not help)");
+                            fmt::format("heuristic: contribution {:g} <= {:g} (seed does not help)",
+                                        *m.contribution, config_.min_benefit);
                     }
                     break;
-                case Stage::kFineTuning:
+                case SeedStage::kFineTuning:
                     if (m.contribution && *m.contribution < config_.cull_contribution) {
                         d.kind = DecisionKind::kCull;
-                        d.reason =
-                            detail::concat("heuristic: contribution ", *m.contribution, " < ",
-                                           config_.cull_contribution, " (seed hurts)");
+                        d.reason = fmt::format("heuristic: contribution {:g} < {:g} (seed hurts)",
+                                               *m.contribution, config_.cull_contribution);
                     } else if (in_stage >= config_.fine_tuning_steps) {
                         d.kind = DecisionKind::kFossilize;
                         d.reason =
                             m.contribution
-                                ? detail::concat("heuristic: fine-tuned ", in_stage,
-                                                 " steps, contribution ", *m.contribution)
-                                : detail::concat("heuristic: fine-tuned ", in_stage, " steps");
+                                ? fmt::format("heuristic: fine-tuned {} steps, contribution {:g}",
+                                              in_stage, *m.contribution)
+                                : fmt::format("heuristic: fine-tuned {} steps", in_stage);
                     } else {
                         continue;
                     }
@@ -107,10 +109,11 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
         d.blueprint = config_.blueprint;
         d.blueprint_size = config_.blueprint_size;
         d.strategy = config_.strategy;
-        d.reason =
-            detail::concat("heuristic: loss plateau since step ", view.run().plateau_since_step,
-                           " (best ", view.run().best_loss.value_or(0.0), " at step ",
-                           view.run().best_step, "), lowest-health dormant seed");
+        d.reason = fmt::format(
+            "heuristic: loss plateau since step {} (best {:g} at step {}), lowest-health dormant "
+            "seed",
+            view.run().plateau_since_step, view.run().best_loss.value_or(0.0),
+            view.run().best_step);
         out.push_back(std::move(d));
     }
     return out;

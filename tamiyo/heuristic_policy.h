@@ -17,6 +17,8 @@ struct HeuristicConfig {
     BlueprintKind blueprint = BlueprintKind::kResidualMlp;
     uint32_t blueprint_size = 0;  // 0 = executor default
     std::string strategy = "linear";
+    // The three gate times are the executor's (lifecycle.*_steps); the agent copies them in
+    // (set_executor_settings in tamiyo/config.h), they have no tamiyo.* key.
     uint64_t training_steps = 200;  // TRAINING gate due
     double min_gradient_health = 0.7;
     uint64_t training_patience_steps = 600;  // unhealthy this long in TRAINING → cull

@@ -1,7 +1,9 @@
 // Policy construction from a spec string (tamiyo/policy_factory.h).
 #include "tamiyo/policy_factory.h"
 
-#include <sstream>
+#include <fmt/format.h>
+
+#include <iterator>
 
 #include "core/error.h"
 #include "tamiyo/plugin_policy.h"
@@ -35,40 +37,44 @@ PolicyPtr make_rules_policy_from_text(const std::string& text, const std::string
 }
 
 std::string describe_policy(const Policy& policy) {
-    std::ostringstream os;
-    os << "policy " << policy.name() << " (" << policy.kind() << ", " << policy.source() << ")\n";
+    std::string out =
+        fmt::format("policy {} ({}, {})\n", policy.name(), policy.kind(), policy.source());
+    auto os = std::back_inserter(out);
     if (const auto* rules = dynamic_cast<const RulesPolicy*>(&policy)) {
         const RulesConfig& cfg = rules->config();
-        if (!cfg.description.empty()) os << "  " << cfg.description << "\n";
+        if (!cfg.description.empty()) fmt::format_to(os, "  {}\n", cfg.description);
         for (const Rule& r : cfg.rules) {
-            os << "  rule " << r.name << " (line " << r.line
-               << "): " << decision_kind_name(r.action);
+            fmt::format_to(os, "  rule {} (line {}): {}", r.name, r.line,
+                           decision_kind_name(r.action));
             if (r.action == DecisionKind::kGerminate)
-                os << " " << blueprint_kind_name(r.blueprint) << "/" << r.blueprint_size << " "
-                   << r.strategy;
-            os << "\n";
-            for (const RuleCondition& c : r.when) os << "    when " << c.text << "\n";
+                fmt::format_to(os, " {}/{} {}", blueprint_kind_name(r.blueprint), r.blueprint_size,
+                               r.strategy);
+            out += "\n";
+            for (const RuleCondition& c : r.when) fmt::format_to(os, "    when {}\n", c.text);
             if (r.limits.per_decision)
-                os << "    limit per_decision " << r.limits.per_decision << "\n";
-            if (r.limits.per_layer) os << "    limit per_layer " << r.limits.per_layer << "\n";
+                fmt::format_to(os, "    limit per_decision {}\n", r.limits.per_decision);
+            if (r.limits.per_layer)
+                fmt::format_to(os, "    limit per_layer {}\n", r.limits.per_layer);
             if (r.limits.every_steps)
-                os << "    limit every_steps " << r.limits.every_steps << "\n";
-            if (r.limits.max_total) os << "    limit max_total " << r.limits.max_total << "\n";
+                fmt::format_to(os, "    limit every_steps {}\n", r.limits.every_steps);
+            if (r.limits.max_total)
+                fmt::format_to(os, "    limit max_total {}\n", r.limits.max_total);
         }
     } else if (const auto* h = dynamic_cast<const HeuristicPolicy*>(&policy)) {
         const HeuristicConfig& c = h->config();
-        os << "  germinate " << c.germinations_per_round
-           << " per layer on a plateau: " << blueprint_kind_name(c.blueprint) << "/"
-           << c.blueprint_size << " " << c.strategy << "\n"
-           << "  TRAINING gate after " << c.training_steps
-           << " steps: gradient health >= " << c.min_gradient_health << " (cull after "
-           << c.training_patience_steps << ")\n"
-           << "  EVALUATING gate after " << c.evaluation_steps << " steps: contribution < "
-           << -c.min_benefit << " else cull\n"
-           << "  FINE_TUNING: cull if contribution > " << c.cull_contribution
-           << ", fossilize after " << c.fine_tuning_steps << " steps\n";
+        // Contribution > 0 means the seed helps (the loss would rise without it).
+        fmt::format_to(os,
+                       "  germinate {} per layer on a plateau: {}/{} {}\n"
+                       "  TRAINING gate after {} steps: gradient health >= {:g} (cull after {})\n"
+                       "  EVALUATING gate after {} steps: approve if contribution > {:g}, else "
+                       "cull\n"
+                       "  FINE_TUNING: cull if contribution < {:g}, fossilize after {} steps\n",
+                       c.germinations_per_round, blueprint_kind_name(c.blueprint), c.blueprint_size,
+                       c.strategy, c.training_steps, c.min_gradient_health,
+                       c.training_patience_steps, c.evaluation_steps, c.min_benefit,
+                       c.cull_contribution, c.fine_tuning_steps);
     }
-    return os.str();
+    return out;
 }
 
 }  // namespace esper::tamiyo

@@ -2,6 +2,8 @@
 // table, and evaluation with rate limits.
 #include "tamiyo/rules_policy.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -189,7 +191,7 @@ public:
             fail(line_of(rules, 1), "rules", "expected a non-empty list of rules");
         std::set<std::string> names;
         for (size_t i = 0; i < rules.size(); ++i) {
-            const std::string field = "rules[" + std::to_string(i) + "]";
+            const std::string field = fmt::format("rules[{}]", i);
             Rule r = parse_rule(rules[i], field, defaults);
             if (!names.insert(r.name).second)
                 fail(r.line, field + ".name", "duplicate rule name '" + r.name + "'");
@@ -234,8 +236,7 @@ private:
         if (used == 0 || used != s.size())
             fail(line_of(n, 1), field, "expected a non-negative integer, got '" + s + "'");
         if (v < lo || v > hi)
-            fail(line_of(n, 1), field,
-                 "out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]: " + s);
+            fail(line_of(n, 1), field, fmt::format("out of range [{}, {}]: {}", lo, hi, s));
         return v;
     }
 
@@ -250,14 +251,16 @@ private:
         if (const YAML::Node s = n["size"])
             r.blueprint_size = static_cast<uint32_t>(get_uint(s, field + ".size", 0, 1u << 16));
         if (const YAML::Node s = n["strategy"]) {
-            r.strategy = get_string(s, field + ".strategy");
-            if (!is_known_strategy(r.strategy)) {
+            const std::string name = get_string(s, field + ".strategy");
+            const auto strategy = parse_grafting_strategy(name);
+            if (!strategy) {
                 std::string list;
-                for (auto name : kStrategyNames)
-                    list += std::string(list.empty() ? "" : ", ") + std::string(name);
+                for (auto known : kGraftingStrategyNames)
+                    list += std::string(list.empty() ? "" : ", ") + std::string(known);
                 fail(line_of(s, 1), field + ".strategy",
-                     "unknown strategy '" + r.strategy + "' (" + list + ")");
+                     "unknown strategy '" + name + "' (" + list + ")");
             }
+            r.strategy = std::string(grafting_strategy_name(*strategy));
         }
     }
 
@@ -292,7 +295,7 @@ private:
             if (!w.IsSequence())
                 fail(line_of(w, r.line), field + ".when", "expected a list of conditions");
             for (size_t i = 0; i < w.size(); ++i)
-                r.when.push_back(parse_condition(w[i], field + ".when[" + std::to_string(i) + "]"));
+                r.when.push_back(parse_condition(w[i], fmt::format("{}.when[{}]", field, i)));
         }
 
         if (const YAML::Node o = n["order_by"]) {
@@ -335,7 +338,9 @@ private:
         if (type == MetricType::kStage) {
             auto st = parse_stage(tok);
             if (!st)
-                fail(line, field, "'" + tok + "' is not a stage name (DORMANT, TRAINING, ...)");
+                fail(line, field,
+                     fmt::format("'{}' is not a stage name ({})", tok,
+                                 fmt::join(kSeedStageNames, ", ")));
             return static_cast<double>(*st);
         }
         if (type == MetricType::kBool) {
@@ -411,6 +416,11 @@ private:
                 c.values.push_back(parse_value(item, type, line, field, metric));
             }
             if (c.values.empty()) fail(line, field, "empty list after '" + op + "'");
+            if (type == MetricType::kStage) {
+                std::vector<std::string_view> names;
+                for (double v : c.values) names.push_back(stage_name(static_cast<SeedStage>(v)));
+                c.text = fmt::format("{} {} [{}]", metric, op, fmt::join(names, ", "));
+            }
             return c;
         }
         static const std::map<std::string, CmpOp> kOps = {{"<", CmpOp::kLt},  {"<=", CmpOp::kLe},
@@ -426,6 +436,10 @@ private:
         if (rest.empty() || rest.find_first_of(" \t") != std::string::npos)
             fail(line, field, "expected one value after '" + op + "', got '" + rest + "'");
         c.value = parse_value(rest, type, line, field, metric);
+        // One spelling of stages in every output: reasons echo this text.
+        if (type == MetricType::kStage)
+            c.text =
+                fmt::format("{} {} {}", metric, op, stage_name(static_cast<SeedStage>(c.value)));
         return c;
     }
 
@@ -559,9 +573,9 @@ std::vector<Decision> RulesPolicy::decide(const View& view, uint64_t step) {
             std::string conds;
             for (const RuleCondition& c : rule.when)
                 conds += (conds.empty() ? "" : " and ") + c.text;
-            d.reason = detail::concat(config_.name, "/", rule.name, ": ",
-                                      rule.reason.empty() ? "" : rule.reason + "; ",
-                                      conds.empty() ? "always" : conds);
+            d.reason = fmt::format("{}/{}: {}{}", config_.name, rule.name,
+                                   rule.reason.empty() ? "" : rule.reason + "; ",
+                                   conds.empty() ? "always" : conds);
             out.push_back(std::move(d));
             decided.insert({m.seed->layer, m.seed->seed});
             ++per_layer[m.seed->layer];

@@ -22,7 +22,8 @@ struct RuleCondition {
     CmpOp op = CmpOp::kEq;
     double value = 0.0;
     std::vector<double> values;  // for in / not in
-    std::string text;            // as written, for reasons
+    std::string text;            // as written, for reasons (stage values in the vocabulary's
+                                 // spelling: "seed.stage == FINE_TUNING")
     int line = 0;
 };
 

@@ -19,9 +19,16 @@ void sanitize(std::optional<double>& v, bool non_negative, uint64_t& rejected) {
 
 uint32_t LayerView::active_seeds() const {
     uint32_t n = 0;
-    for (int s = 0; s < kNumStages; ++s)
-        if (stage_is_active(static_cast<Stage>(s))) n += stage_counts[static_cast<size_t>(s)];
+    for (int s = 0; s < kNumSeedStages; ++s)
+        if (stage_is_active(static_cast<SeedStage>(s))) n += stage_counts[static_cast<size_t>(s)];
     return n;
+}
+
+int64_t LayerView::blueprint_params() const {
+    int64_t total = 0;
+    for (const SeedView& s : seeds)
+        if (s.known && stage_holds_slot(s.stage)) total += s.blueprint_params;
+    return total;
 }
 
 std::optional<double> LayerView::mean_health() const {
@@ -63,9 +70,7 @@ const SeedView* View::seed(uint32_t layer, uint32_t seed) const {
 
 int64_t View::live_blueprint_params() const {
     int64_t total = 0;
-    for (const auto& [id, lv] : layers_)
-        for (const SeedView& s : lv.seeds)
-            if (s.known && stage_holds_blueprint(s.stage)) total += s.blueprint_params;
+    for (const auto& [id, lv] : layers_) total += lv.blueprint_params();
     return total;
 }
 
@@ -92,11 +97,11 @@ SeedView* View::seed_slot(uint32_t layer, uint32_t seed) {
     return &sv;
 }
 
-void View::set_stage(LayerView& lv, SeedView& sv, Stage to) {
+void View::set_stage(LayerView& lv, SeedView& sv, SeedStage to) {
     if (sv.stage == to) return;
     --lv.stage_counts[static_cast<size_t>(sv.stage)];
     ++lv.stage_counts[static_cast<size_t>(to)];
-    if (!stage_holds_blueprint(to)) {
+    if (!stage_holds_slot(to)) {
         sv.blueprint_params = 0;
         sv.alpha = 0.0f;
     }
@@ -128,8 +133,16 @@ void View::ingest_telemetry(const SeedTelemetry& t) {
         sv.stage_step = t.step;
         sv.alpha = std::isfinite(t.alpha) ? t.alpha : 0.0f;
         sv.stage_entered_step = t.step >= t.steps_in_stage ? t.step - t.steps_in_stage : 0;
-        if (t.blueprint_params >= 0 && stage_holds_blueprint(t.stage))
+        if (t.blueprint_params >= 0 && stage_holds_slot(t.stage))
             sv.blueprint_params = t.blueprint_params;
+    }
+    // A price depends only on the seed's chunk and the executor's arenas: any report updates it.
+    for (size_t k = 0; k < t.germination_params.size(); ++k) {
+        if (!t.germination_params[k]) continue;
+        if (*t.germination_params[k] < 0)
+            ++rejected_values_;
+        else
+            sv.germination_params[k] = t.germination_params[k];
     }
     if (!sv.has_telemetry || t.step >= sv.latest.step) sv.latest = m;
     sv.has_telemetry = true;
@@ -147,23 +160,23 @@ void View::ingest_transition(const TransitionEvent& e) {
     set_stage(lv, sv, e.to);
     sv.stage_step = e.step;
     sv.stage_entered_step = e.step;
-    if (e.to == Stage::kGerminated) {
+    if (e.to == SeedStage::kGerminated) {
         sv.blueprint = e.blueprint;
         sv.blueprint_size = e.blueprint_size;
         if (e.blueprint_params >= 0)
             sv.blueprint_params = e.blueprint_params;
         else if (e.blueprint)
             sv.blueprint_params =
-                blueprint_param_count(*e.blueprint, e.blueprint_size, lv.chunk_width);
+                sv.germination_params[static_cast<size_t>(*e.blueprint)].value_or(0);
         sv.alpha = 0.0f;
         ++sv.germinations;
         ++lv.germinations;
         if (!lv.last_germination_step || e.step > *lv.last_germination_step)
             lv.last_germination_step = e.step;
-    } else if (e.to == Stage::kCulled) {
+    } else if (e.to == SeedStage::kCulled) {
         ++sv.culls;
     }
-    if (e.to >= Stage::kStabilization && e.to <= Stage::kFossilized) sv.alpha = 1.0f;
+    if (e.to >= SeedStage::kStabilization && e.to <= SeedStage::kFossilized) sv.alpha = 1.0f;
 }
 
 void View::ingest_run_status(const RunStatus& s) {

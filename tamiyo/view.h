@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "tamiyo/types.h"
+#include "kernels/vocabulary.h"
 
 namespace esper::tamiyo {
 
@@ -32,16 +32,22 @@ struct SeedMetrics {
     bool operator==(const SeedMetrics&) const = default;
 };
 
+// What germinating one seed with each blueprint kind would cost in parameters, as the executor
+// publishes it for its configured arenas (indexed by BlueprintKind value). nullopt = not
+// published; Tamiyo never recomputes a price.
+using GerminationPrices = std::array<std::optional<int64_t>, kNumBlueprintKinds>;
+
 struct SeedTelemetry {
     uint32_t layer = 0;
     uint32_t seed = 0;
     uint64_t step = 0;
-    Stage stage = Stage::kDormant;
+    SeedStage stage = SeedStage::kDormant;
     float alpha = 0.0f;
     uint32_t steps_in_stage = 0;
     SeedMetrics metrics;            // metrics.step is overwritten with `step`
     int64_t chunk_width = 0;        // 0 = unknown
     int64_t blueprint_params = -1;  // parameters the seed's blueprint uses; -1 = unknown
+    GerminationPrices germination_params{};
     bool operator==(const SeedTelemetry&) const = default;
 };
 
@@ -49,11 +55,11 @@ struct TransitionEvent {
     uint32_t layer = 0;
     uint32_t seed = 0;
     uint64_t step = 0;
-    Stage from = Stage::kDormant;
-    Stage to = Stage::kDormant;
+    SeedStage from = SeedStage::kDormant;
+    SeedStage to = SeedStage::kDormant;
     std::optional<BlueprintKind> blueprint;  // set on germination
     uint32_t blueprint_size = 0;
-    int64_t blueprint_params = -1;  // -1 = unknown (computed from kind/size/width)
+    int64_t blueprint_params = -1;  // -1 = unknown (then the seed's published price of `blueprint`)
     std::string reason;
     bool operator==(const TransitionEvent&) const = default;
 };
@@ -91,7 +97,7 @@ struct SeedView {
     uint32_t layer = 0;
     uint32_t seed = 0;
     bool known = false;  // a message named this seed (others are placeholders)
-    Stage stage = Stage::kDormant;
+    SeedStage stage = SeedStage::kDormant;
     float alpha = 0.0f;
     uint64_t stage_entered_step = 0;  // step at which the current stage began (estimated)
     uint64_t stage_step = 0;          // step of the newest message that set the stage
@@ -101,6 +107,7 @@ struct SeedView {
     std::optional<BlueprintKind> blueprint;
     uint32_t blueprint_size = 0;
     int64_t blueprint_params = 0;  // while the seed holds a blueprint
+    GerminationPrices germination_params{};  // the newest published prices
     uint32_t germinations = 0;
     uint32_t culls = 0;
 
@@ -113,12 +120,13 @@ struct SeedView {
 struct LayerView {
     uint32_t layer = 0;
     std::vector<SeedView> seeds;                      // indexed by seed id
-    std::array<uint32_t, kNumStages> stage_counts{};  // over known seeds
-    int64_t chunk_width = 0;                          // 0 = unknown
+    std::array<uint32_t, kNumSeedStages> stage_counts{};  // over known seeds
+    int64_t chunk_width = 0;                              // 0 = unknown
     std::optional<uint64_t> last_germination_step;
     uint32_t germinations = 0;
 
     uint32_t active_seeds() const;                    // GERMINATED..FINE_TUNING
+    int64_t blueprint_params() const;                 // held by GERMINATED..FOSSILIZED seeds
     std::optional<double> mean_health() const;        // over seeds with health measured
     std::optional<double> mean_contribution() const;  // over seeds with contribution measured
     bool operator==(const LayerView&) const = default;
@@ -172,7 +180,7 @@ public:
 
 private:
     SeedView* seed_slot(uint32_t layer, uint32_t seed);
-    void set_stage(LayerView& lv, SeedView& sv, Stage to);
+    void set_stage(LayerView& lv, SeedView& sv, SeedStage to);
 
     ViewConfig config_;
     RunView run_;

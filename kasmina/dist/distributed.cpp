@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/log.h"
 #include "core/clock.h"
+#include "kasmina/io/state_codec.h"
 
 namespace esper::kasmina {
 
@@ -82,8 +83,7 @@ void DistributedSync::reduce_step_stats(std::span<kernels::SeedTelemetryAccum* c
 }
 
 bool DistributedSync::sync_boundary(bool stop_requested) {
-    if (!corrupted_ && config_.run.test_corrupt_digest_rank == comm_.rank() &&
-        seeds_.next_step() > 0)
+    if (!corrupted_ && config_.faults.corrupt_digest_rank == comm_.rank() && seeds_.next_step() > 0)
         corrupt_for_test();
     // One all-reduce: slot 0 only rank 0 fills (changed), slot 1 any rank (stop).
     double flags[2] = {0.0, stop_requested ? 1.0 : 0.0};
@@ -101,9 +101,9 @@ bool DistributedSync::sync_boundary(bool stop_requested) {
 void DistributedSync::broadcast_seed_state() {
     Stopwatch sw;
     Bytes image;
-    if (comm_.rank() == 0) image = seeds_.save_state();
+    if (comm_.rank() == 0) image = encode_seed_state(seeds_.snapshot());
     broadcast_bytes(comm_, image, 0);
-    if (comm_.rank() != 0) seeds_.load_state(image);
+    if (comm_.rank() != 0) seeds_.restore(decode_seed_state(image, "seed-state broadcast"));
     int64_t bytes = int64_t(image.size());
     for (int32_t l = 0; l < seeds_.num_layers(); ++l) {
         BlueprintArenas& a = seeds_.arenas(l);
@@ -130,11 +130,11 @@ void DistributedSync::corrupt_for_test() {
         for (int32_t s = seeds_.table(l).num_seeds() - 1; s >= 0; --s) {
             Command c;
             c.origin = TransitionOrigin::kOperator;
-            c.reason = "test_corrupt_digest_rank";
+            c.reason = "faults.corrupt_digest_rank";
             c.body = GerminateCommand{SeedRef{l, s}, BlueprintKind::kScaleShift, std::nullopt};
             if (seeds_.apply(c).applied()) {
                 ESPER_LOG_AT(dist_log(), LogLevel::kWarn, "rank=", comm_.rank(),
-                             " test_corrupt_digest_rank: germinated layer ", l, " seed ", s,
+                             " faults.corrupt_digest_rank: germinated layer ", l, " seed ", s,
                              " on this rank only");
                 return;
             }

@@ -37,8 +37,9 @@ public:
 
     // At a step boundary, after rank 0 applied its commands. All ranks agree on {changed, stop};
     // when rank 0's seed state changed since the last call (or on the first call) it broadcasts
-    // the SeedManager image and all arena params/optimizer state, and the others load them.
-    // Returns true when any rank asked to stop (so every rank leaves run() at the same boundary).
+    // the seed manager's snapshot (the Cap'n Proto SeedState image of io/state_codec.h) and all
+    // arena params/optimizer state, and the others restore them.
+    // Returns true when any rank asked to stop (so every rank leaves the loop at the same boundary).
     bool sync_boundary(bool stop_requested);
     // After each step (on every rank): remembers the seed-table digest the step produced, and
     // every run.digest_every_steps steps compares digests across ranks; throws

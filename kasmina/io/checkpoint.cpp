@@ -1,4 +1,5 @@
-// Checkpoint directory format, atomic write and verified read (see checkpoint.h).
+// Checkpoint directories: atomic write and verified read (see checkpoint.h); the manifest's
+// Cap'n Proto encoding is in state_codec.cpp.
 #include "kasmina/io/checkpoint.h"
 
 #include <fcntl.h>
@@ -6,10 +7,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <fstream>
-#include <sstream>
 
 #include "core/check.h"
+#include "kasmina/io/state_codec.h"
 
 namespace esper::kasmina {
 
@@ -18,7 +20,8 @@ namespace fs = std::filesystem;
 namespace {
 
 bool valid_name(const std::string& n) {
-    if (n.empty() || n.size() > 100 || n == "." || n == ".." || n == "manifest.txt") return false;
+    // "manifest" would collide with manifest.bin.
+    if (n.empty() || n.size() > 100 || n == "." || n == ".." || n == "manifest") return false;
     for (char c : n)
         if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.'))
             return false;
@@ -78,59 +81,48 @@ std::string sha256_hex(const void* data, size_t size) {
 
 // ---- CheckpointData ----
 
-void CheckpointData::put(const std::string& name, std::vector<uint8_t> bytes) {
-    ESPER_REQUIRE(valid_name(name), "bad checkpoint entry name '", name, "'");
-    entries_[name] = std::move(bytes);
-}
-
 void CheckpointData::put_floats(const std::string& name, std::span<const float> v) {
+    ESPER_REQUIRE(valid_name(name), "bad checkpoint tensor name '", name, "'");
     const auto* p = reinterpret_cast<const uint8_t*>(v.data());
-    put(name, std::vector<uint8_t>(p, p + v.size_bytes()));
-}
-
-void CheckpointData::put_text(const std::string& name, const std::string& text) {
-    put(name, std::vector<uint8_t>(text.begin(), text.end()));
-}
-
-const std::vector<uint8_t>& CheckpointData::bytes(const std::string& name) const {
-    auto it = entries_.find(name);
-    if (it == entries_.end()) ESPER_THROW(kIntegrity, "checkpoint lacks entry '", name, "'");
-    return it->second;
+    tensors_[name] = std::vector<uint8_t>(p, p + v.size_bytes());
 }
 
 void CheckpointData::floats_into(const std::string& name, std::span<float> out) const {
-    const std::vector<uint8_t>& b = bytes(name);
+    auto it = tensors_.find(name);
+    if (it == tensors_.end()) ESPER_THROW(kIntegrity, "checkpoint lacks tensor '", name, "'");
+    const std::vector<uint8_t>& b = it->second;
     if (b.size() != out.size_bytes())
-        ESPER_THROW(kIntegrity, "checkpoint entry '", name, "' has ", b.size(), " bytes, expected ",
-                    out.size_bytes(), " (model shape differs from the checkpoint's)");
-    std::memcpy(out.data(), b.data(), b.size());
-}
-
-std::string CheckpointData::text(const std::string& name) const {
-    const std::vector<uint8_t>& b = bytes(name);
-    return std::string(b.begin(), b.end());
-}
-
-// ---- ByteWriter / ByteReader ----
-
-void ByteWriter::str(const std::string& s) {
-    pod<uint64_t>(s.size());
-    buf_.insert(buf_.end(), s.begin(), s.end());
-}
-
-std::string ByteReader::str() {
-    const uint64_t n = pod<uint64_t>();
-    need(n);
-    std::string s(reinterpret_cast<const char*>(buf_.data() + pos_), n);
-    pos_ += n;
-    return s;
-}
-
-void ByteReader::expect_end() {
-    if (pos_ != buf_.size()) fail(buf_.size() - pos_, " trailing bytes");
+        ESPER_THROW(kIntegrity, "checkpoint tensor '", name, "' has ", b.size(),
+                    " bytes, expected ", out.size_bytes(),
+                    " (model shape differs from the checkpoint's)");
+    if (!b.empty()) std::memcpy(out.data(), b.data(), b.size());
 }
 
 // ---- write / read ----
+
+namespace {
+
+std::string manifest_hash_line(const std::vector<uint8_t>& manifest) {
+    // sha256sum's format, so `sha256sum -c manifest.sha256` checks the manifest by hand.
+    return sha256_hex(manifest.data(), manifest.size()) + "  " + kCheckpointManifest + "\n";
+}
+
+// A directory written by a build of format version 1 holds a text manifest.txt whose first line
+// is "esper-checkpoint <version>": refuse it by name, with the way forward.
+[[noreturn]] void refuse_text_manifest(const fs::path& path) {
+    std::ifstream f(path);
+    std::string word;
+    int version = -1;
+    f >> word >> version;
+    if (word != "esper-checkpoint")
+        ESPER_THROW(kIntegrity, path.string(), ": not an esper checkpoint manifest");
+    ESPER_THROW(kIntegrity, path.string(), ": checkpoint format version ", version,
+                " (a text manifest), this build reads version ", kCheckpointFormatVersion,
+                " (manifest.bin); re-run the training, or resume this checkpoint with the build "
+                "that wrote it");
+}
+
+}  // namespace
 
 void write_checkpoint(const fs::path& dir_in, const CheckpointData& data,
                       const CheckpointWriteOptions& options) {
@@ -143,23 +135,18 @@ void write_checkpoint(const fs::path& dir_in, const CheckpointData& data,
     fs::remove_all(tmp);
     fs::create_directory(tmp);
 
-    std::ostringstream m;
-    m << "esper-checkpoint " << kCheckpointFormatVersion << "\n";
-    m << "run_id " << (data.run_id.empty() ? "-" : data.run_id) << "\n";
-    m << "step " << data.step << "\n";
-    int written = 0;
-    for (const auto& [name, bytes] : data.entries()) {
-        if (options.crash_after_files >= 0 && written >= options.crash_after_files)
+    std::vector<TensorFileInfo> files;
+    for (const auto& [name, bytes] : data.tensors()) {
+        if (options.crash_after_files >= 0 && int(files.size()) >= options.crash_after_files)
             ESPER_THROW(kFailed, "simulated crash while writing checkpoint ", dir.string());
         const std::string file = name + ".bin";
         write_file_synced(tmp / file, bytes.data(), bytes.size());
-        m << "entry " << name << " " << file << " " << bytes.size() << " "
-          << sha256_hex(bytes.data(), bytes.size()) << "\n";
-        ++written;
+        files.push_back({name, file, bytes.size(), sha256_hex(bytes.data(), bytes.size())});
     }
-    std::string manifest = m.str();
-    manifest += "manifest-sha256 " + sha256_hex(manifest.data(), manifest.size()) + "\n";
+    const std::vector<uint8_t> manifest = encode_manifest(data, files);
     write_file_synced(tmp / kCheckpointManifest, manifest.data(), manifest.size());
+    const std::string hash = manifest_hash_line(manifest);
+    write_file_synced(tmp / kCheckpointManifestHash, hash.data(), hash.size());
     fsync_dir(tmp);
 
     // sync-point: step boundary (checkpoint)
@@ -180,45 +167,34 @@ CheckpointData read_checkpoint(const fs::path& dir) {
     if (!fs::is_directory(dir))
         ESPER_THROW(kInvalidInput, dir.string(), ": not a checkpoint directory");
     const fs::path mpath = dir / kCheckpointManifest;
-    if (!fs::exists(mpath))
+    const fs::path hpath = dir / kCheckpointManifestHash;
+    if (!fs::exists(mpath)) {
+        if (fs::exists(dir / "manifest.txt")) refuse_text_manifest(dir / "manifest.txt");
         ESPER_THROW(kIntegrity, mpath.string(), ": manifest missing (incomplete checkpoint?)");
-    const std::vector<uint8_t> raw = read_all(mpath);
-    const std::string text(raw.begin(), raw.end());
-    const std::string tag = "manifest-sha256 ";
-    const size_t at = text.rfind(tag);
-    if (at == std::string::npos || text.back() != '\n')
-        ESPER_THROW(kIntegrity, mpath.string(), ": manifest truncated (no closing hash)");
-    const std::string want = text.substr(at + tag.size(), text.size() - at - tag.size() - 1);
-    if (sha256_hex(text.data(), at) != want)
-        ESPER_THROW(kIntegrity, mpath.string(), ": manifest hash mismatch (file modified)");
+    }
+    if (!fs::exists(hpath))
+        ESPER_THROW(kIntegrity, hpath.string(), ": manifest hash missing (incomplete checkpoint?)");
+    const std::vector<uint8_t> manifest = read_all(mpath);
+    const std::vector<uint8_t> hash = read_all(hpath);
+    if (std::string(hash.begin(), hash.end()) != manifest_hash_line(manifest))
+        ESPER_THROW(kIntegrity, mpath.string(), ": does not match ", hpath.string(),
+                    " (one of them was modified or truncated)");
 
-    std::istringstream in(text.substr(0, at));
-    std::string word;
-    int version = -1;
-    if (!(in >> word >> version) || word != "esper-checkpoint")
-        ESPER_THROW(kIntegrity, mpath.string(), ": not an esper checkpoint manifest");
-    if (version != kCheckpointFormatVersion)
-        ESPER_THROW(kIntegrity, mpath.string(), ": checkpoint format version ", version,
-                    ", this build reads version ", kCheckpointFormatVersion);
     CheckpointData data;
-    if (!(in >> word >> data.run_id) || word != "run_id" || !(in >> word >> data.step) ||
-        word != "step")
-        ESPER_THROW(kIntegrity, mpath.string(), ": malformed manifest header");
-    if (data.run_id == "-") data.run_id.clear();
-    std::string name, file, hash;
-    uint64_t size = 0;
-    while (in >> word) {
-        if (word != "entry" || !(in >> name >> file >> size >> hash))
-            ESPER_THROW(kIntegrity, mpath.string(), ": malformed manifest line '", word, "'");
-        if (!valid_name(name) || file != name + ".bin")
-            ESPER_THROW(kIntegrity, mpath.string(), ": bad entry name '", name, "'");
-        std::vector<uint8_t> bytes = read_all(dir / file);
-        if (bytes.size() != size)
-            ESPER_THROW(kIntegrity, (dir / file).string(), ": ", bytes.size(),
-                        " bytes, manifest says ", size, " (truncated file)");
-        if (sha256_hex(bytes.data(), bytes.size()) != hash)
-            ESPER_THROW(kIntegrity, (dir / file).string(), ": SHA-256 mismatch (file modified)");
-        data.put(name, std::move(bytes));
+    std::vector<TensorFileInfo> files;
+    decode_manifest(manifest, mpath.string(), data, files);
+    for (const TensorFileInfo& f : files) {
+        if (!valid_name(f.name) || f.file != f.name + ".bin")
+            ESPER_THROW(kIntegrity, mpath.string(), ": bad tensor name '", f.name, "'");
+        if (data.has(f.name))
+            ESPER_THROW(kIntegrity, mpath.string(), ": tensor '", f.name, "' listed twice");
+        std::vector<uint8_t> bytes = read_all(dir / f.file);
+        if (bytes.size() != f.size_bytes)
+            ESPER_THROW(kIntegrity, (dir / f.file).string(), ": ", bytes.size(),
+                        " bytes, manifest says ", f.size_bytes, " (truncated file)");
+        if (sha256_hex(bytes.data(), bytes.size()) != f.sha256)
+            ESPER_THROW(kIntegrity, (dir / f.file).string(), ": SHA-256 mismatch (file modified)");
+        data.tensors_[f.name] = std::move(bytes);
     }
     return data;
 }

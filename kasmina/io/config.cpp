@@ -3,6 +3,8 @@
 // line). yaml-cpp marks are 0-based; messages use 1-based lines.
 #include "kasmina/io/config.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
@@ -105,13 +107,9 @@ public:
             fail(n, field, "expected an integer" + got(n));
         }
         if (v < lo || v > hi) {
-            std::ostringstream os;
-            os << "out of range: " << v << " not in [" << lo << ", ";
-            if (hi == kMaxInt)
-                os << "inf)";
-            else
-                os << hi << "]";
-            fail(n, field, os.str());
+            fail(n, field,
+                 hi == kMaxInt ? fmt::format("out of range: {} not in [{}, inf)", v, lo)
+                               : fmt::format("out of range: {} not in [{}, {}]", v, lo, hi));
         }
         return v;
     }
@@ -135,13 +133,11 @@ public:
             fail(*c, join(prefix, key), "expected a finite number" + got(*c));
         }
         if (v < lo || v > hi || (lo_open && v == lo)) {
-            std::ostringstream os;
-            os << "out of range: " << v << " not in " << (lo_open ? "(" : "[") << lo << ", ";
-            if (std::isinf(hi))
-                os << "inf)";
-            else
-                os << hi << "]";
-            fail(*c, join(prefix, key), os.str());
+            const char* open = lo_open ? "(" : "[";
+            fail(*c, join(prefix, key),
+                 std::isinf(hi)
+                     ? fmt::format("out of range: {} not in {}{}, inf)", v, open, lo)
+                     : fmt::format("out of range: {} not in {}{}, {}]", v, open, lo, hi));
         }
         out = v;
     }
@@ -194,8 +190,7 @@ void read_run(const Reader& r, const YAML::Node& n, RunConfig& c) {
     const std::string p = "run";
     r.section(n, p,
               {"seed", "device", "epochs", "max_steps", "checkpoint_every_steps",
-               "telemetry_interval_steps", "eval_every_steps", "digest_every_steps",
-               "test_corrupt_digest_rank"});
+               "telemetry_interval_steps", "eval_every_steps", "digest_every_steps"});
     r.get_uint(n, p, "seed", c.seed);
     r.get_string(n, p, "device", c.device);
     if (c.device != "auto" && c.device != "cpu" && c.device != "cuda") {
@@ -208,7 +203,6 @@ void read_run(const Reader& r, const YAML::Node& n, RunConfig& c) {
     r.get_int(n, p, "telemetry_interval_steps", c.telemetry_interval_steps, 1);
     r.get_int(n, p, "eval_every_steps", c.eval_every_steps);
     r.get_int(n, p, "digest_every_steps", c.digest_every_steps);
-    r.get_int(n, p, "test_corrupt_digest_rank", c.test_corrupt_digest_rank, -1);
     if (c.epochs == 0 && c.max_steps == 0) {
         r.fail(r.at(n, "epochs"), "run.epochs", "epochs and max_steps are both 0: nothing to run");
     }
@@ -267,10 +261,9 @@ void read_model(const Reader& r, const YAML::Node& n, ModelConfig& c) {
     r.get_int(n, p, "seeds_per_layer", c.seeds_per_layer, 1, 1 << 24);
     for (size_t i = 0; i < c.hidden.size(); ++i) {
         if (c.seeds_per_layer > c.hidden[i]) {
-            std::ostringstream os;
-            os << "seeds_per_layer " << c.seeds_per_layer << " exceeds the width " << c.hidden[i]
-               << " of layer " << i << " (S > D)";
-            r.fail(r.at(n, "seeds_per_layer"), "model.seeds_per_layer", os.str());
+            r.fail(r.at(n, "seeds_per_layer"), "model.seeds_per_layer",
+                   fmt::format("seeds_per_layer {} exceeds the width {} of layer {} (S > D)",
+                               c.seeds_per_layer, c.hidden[i], i));
         }
     }
 }
@@ -370,21 +363,26 @@ void read_lifecycle(const Reader& r, const YAML::Node& n, LifecycleConfig& c) {
 
 void read_governor(const Reader& r, const YAML::Node& n, GovernorConfig& c) {
     const std::string p = "governor";
-    r.section(
-        n, p,
-        {"enabled", "divergence_factor", "window", "snapshot_every_steps", "inject_nan_at_step"});
+    r.section(n, p, {"enabled", "divergence_factor", "window", "snapshot_every_steps"});
     r.get_bool(n, p, "enabled", c.enabled);
     r.get_double(n, p, "divergence_factor", c.divergence_factor, 1.0, kInf, true);
     r.get_int(n, p, "window", c.window, 1);
     r.get_int(n, p, "snapshot_every_steps", c.snapshot_every_steps, 1);
-    r.get_int(n, p, "inject_nan_at_step", c.inject_nan_at_step, -1);
+}
+
+void read_faults(const Reader& r, const YAML::Node& n, FaultInjection& c) {
+    const std::string p = "faults";
+    r.section(n, p, {"nan_at_step", "corrupt_digest_rank", "checkpoint_crash_after_files"});
+    r.get_int(n, p, "nan_at_step", c.nan_at_step, -1);
+    r.get_int(n, p, "corrupt_digest_rank", c.corrupt_digest_rank, -1);
+    r.get_int(n, p, "checkpoint_crash_after_files", c.checkpoint_crash_after_files, -1);
 }
 
 Config read_root(const Reader& r, const YAML::Node& root) {
     Config c;
     if (!root.IsDefined() || root.IsNull()) return c;  // empty file: all defaults
     r.section(root, "",
-              {"run", "data", "model", "optimizer", "blueprints", "lifecycle", "governor",
+              {"run", "data", "model", "optimizer", "blueprints", "lifecycle", "governor", "faults",
                "tamiyo"});
     if (auto s = r.child_map(root, "", "run")) read_run(r, *s, c.run);
     if (auto s = r.child_map(root, "", "data")) read_data(r, *s, c.data);
@@ -396,6 +394,7 @@ Config read_root(const Reader& r, const YAML::Node& root) {
     if (auto s = r.child_map(root, "", "blueprints")) read_blueprints(r, *s, c.blueprints);
     if (auto s = r.child_map(root, "", "lifecycle")) read_lifecycle(r, *s, c.lifecycle);
     if (auto s = r.child_map(root, "", "governor")) read_governor(r, *s, c.governor);
+    if (auto s = r.child_map(root, "", "faults")) read_faults(r, *s, c.faults);
     if (c.blueprints.input == BlueprintInput::kLayer && c.run.device == "cuda") {
         const YAML::Node bp = root["blueprints"];
         r.fail(r.at(bp, "input"), "blueprints.input",
@@ -437,121 +436,190 @@ Config load_config(const std::string& path) {
 // ---- effective config ----
 
 namespace {
-std::string num(double v) {
-    std::ostringstream os;
-    os.precision(17);
-    os << v;
-    std::string s = os.str();
-    // Keep doubles recognisable as floats in the YAML (1 → 1.0).
-    if (s.find_first_of(".eE") == std::string::npos && s.find("inf") == std::string::npos &&
-        s.find("nan") == std::string::npos) {
-        s += ".0";
+
+// A mapping built key by key: every value goes through YAML::Emitter (quoting, escaping), and
+// doubles as the shortest text that reads back to the same value (0.05, not
+// 0.050000000000000003), which the emitter's fixed precision would not give.
+class YamlMap {
+public:
+    explicit YamlMap(YAML::Emitter& out, bool flow = false) : out_(out) {
+        if (flow) out_ << YAML::Flow;
+        out_ << YAML::BeginMap;
     }
-    return s;
-}
-std::string quoted(const std::string& s) {
-    std::string out = "\"";
-    for (char ch : s) {
-        if (ch == '"' || ch == '\\') out += '\\';
-        out += ch;
+    ~YamlMap() { out_ << YAML::EndMap; }
+    YamlMap(const YamlMap&) = delete;
+    YamlMap& operator=(const YamlMap&) = delete;
+
+    YamlMap& put(const char* key, int64_t v) { return value(key, v); }
+    YamlMap& put(const char* key, uint64_t v) { return value(key, v); }
+    YamlMap& put(const char* key, bool v) { return value(key, v); }
+    YamlMap& put(const char* key, double v) { return value(key, fmt::format("{}", v)); }
+    YamlMap& put(const char* key, std::string_view v) { return value(key, std::string(v)); }
+    YamlMap& put(const char* key, const std::string& v) { return value(key, v); }
+    YAML::Emitter& key(const char* key) { return out_ << YAML::Key << key << YAML::Value; }
+
+private:
+    template <typename T>
+    YamlMap& value(const char* key, const T& v) {
+        out_ << YAML::Key << key << YAML::Value << v;
+        return *this;
     }
-    return out + "\"";
+    YAML::Emitter& out_;
+};
+
+// The whole config as one mapping (the root map closes when this returns).
+void emit_config(YAML::Emitter& out, const Config& c) {
+    YamlMap root(out);
+    {
+        root.key("run");
+        YamlMap m(out);
+        m.put("seed", c.run.seed)
+            .put("device", c.run.device)
+            .put("epochs", c.run.epochs)
+            .put("max_steps", c.run.max_steps)
+            .put("checkpoint_every_steps", c.run.checkpoint_every_steps)
+            .put("telemetry_interval_steps", c.run.telemetry_interval_steps)
+            .put("eval_every_steps", c.run.eval_every_steps)
+            .put("digest_every_steps", c.run.digest_every_steps);
+    }
+    {
+        root.key("data");
+        YamlMap m(out);
+        m.put("dataset", c.data.dataset)
+            .put("path", c.data.path)
+            .put("batch_size", c.data.batch_size);
+        {
+            m.key("teacher");
+            YamlMap t(out);
+            const TeacherConfig& tc = c.data.teacher;
+            t.put("train_samples", tc.train_samples)
+                .put("test_samples", tc.test_samples)
+                .put("features", tc.features)
+                .put("classes", tc.classes)
+                .put("hidden", tc.hidden)
+                .put("noise", tc.noise);
+        }
+        {
+            m.key("npy");
+            YamlMap n(out);
+            n.put("train_features", c.data.npy.train_features)
+                .put("train_labels", c.data.npy.train_labels)
+                .put("test_features", c.data.npy.test_features)
+                .put("test_labels", c.data.npy.test_labels);
+        }
+    }
+    {
+        root.key("model");
+        YamlMap m(out);
+        m.key("hidden") << YAML::Flow << c.model.hidden;
+        m.put("activation", activation_name(c.model.activation))
+            .put("seeds_per_layer", c.model.seeds_per_layer);
+    }
+    {
+        const OptimizerConfig& op = c.optimizer;
+        root.key("optimizer");
+        YamlMap m(out);
+        m.put("kind", optimizer_kind_name(op.kind))
+            .put("lr", op.lr)
+            .put("momentum", op.momentum)
+            .put("beta1", op.beta1)
+            .put("beta2", op.beta2)
+            .put("eps", op.eps)
+            .put("weight_decay", op.weight_decay)
+            .put("schedule", lr_schedule_name(op.schedule))
+            .put("warmup_steps", op.warmup_steps)
+            .put("step_size", op.step_size)
+            .put("gamma", op.gamma)
+            .put("grad_clip", op.grad_clip)
+            .put("blueprint_lr", op.blueprint_lr);
+    }
+    {
+        const BlueprintsConfig& b = c.blueprints;
+        root.key("blueprints");
+        YamlMap m(out);
+        {
+            m.key("residual_mlp");
+            YamlMap(out, true)
+                .put("expansion", b.residual_mlp.expansion)
+                .put("slots", b.residual_mlp.slots);
+        }
+        {
+            m.key("lowrank");
+            YamlMap(out, true).put("rank", b.lowrank.rank).put("slots", b.lowrank.slots);
+        }
+        {
+            m.key("scale_shift");
+            YamlMap(out, true).put("slots", b.scale_shift.slots);
+        }
+        m.put("max_params_per_layer", b.max_params_per_layer)
+            .put("input", blueprint_input_name(b.input));
+    }
+    {
+        const LifecycleConfig& l = c.lifecycle;
+        root.key("lifecycle");
+        YamlMap m(out);
+        m.put("training_steps", l.training_steps)
+            .put("stabilization_steps", l.stabilization_steps)
+            .put("evaluation_steps", l.evaluation_steps)
+            .put("fine_tuning_steps", l.fine_tuning_steps)
+            .put("embargo_steps", l.embargo_steps)
+            .put("max_training_per_layer", l.max_training_per_layer)
+            .put("max_active_per_layer", l.max_active_per_layer)
+            .put("auto_gates", l.auto_gates)
+            .put("decision_timeout_steps", l.decision_timeout_steps);
+        {
+            const GraftingConfig& g = l.grafting;
+            m.key("grafting");
+            YamlMap(out)
+                .put("strategy", grafting_strategy_name(g.strategy))
+                .put("ramp_steps", g.ramp_steps)
+                .put("steepness", g.steepness)
+                .put("momentum", g.momentum)
+                .put("momentum_gain", g.momentum_gain)
+                .put("drift_threshold", g.drift_threshold)
+                .put("drift_ema", g.drift_ema)
+                .put("stability_threshold", g.stability_threshold)
+                .put("stability_patience", g.stability_patience)
+                .put("adaptive_window", g.adaptive_window);
+        }
+        {
+            const GatesConfig& g = l.gates;
+            m.key("gates");
+            YamlMap(out)
+                .put("min_gradient_health", g.min_gradient_health)
+                .put("min_contribution", g.min_contribution)
+                .put("cull_contribution", g.cull_contribution)
+                .put("min_improvement", g.min_improvement)
+                .put("max_error_rate", g.max_error_rate)
+                .put("min_stability", g.min_stability);
+        }
+    }
+    {
+        const GovernorConfig& g = c.governor;
+        root.key("governor");
+        YamlMap(out)
+            .put("enabled", g.enabled)
+            .put("divergence_factor", g.divergence_factor)
+            .put("window", g.window)
+            .put("snapshot_every_steps", g.snapshot_every_steps);
+    }
+    {
+        const FaultInjection& f = c.faults;
+        root.key("faults");
+        YamlMap(out)
+            .put("nan_at_step", f.nan_at_step)
+            .put("corrupt_digest_rank", f.corrupt_digest_rank)
+            .put("checkpoint_crash_after_files", f.checkpoint_crash_after_files);
+    }
 }
+
 }  // namespace
 
 std::string config_to_yaml(const Config& c) {
-    std::ostringstream o;
-    o << "run:\n"
-      << "  seed: " << c.run.seed << "\n"
-      << "  device: " << c.run.device << "\n"
-      << "  epochs: " << c.run.epochs << "\n"
-      << "  max_steps: " << c.run.max_steps << "\n"
-      << "  checkpoint_every_steps: " << c.run.checkpoint_every_steps << "\n"
-      << "  telemetry_interval_steps: " << c.run.telemetry_interval_steps << "\n"
-      << "  eval_every_steps: " << c.run.eval_every_steps << "\n"
-      << "  digest_every_steps: " << c.run.digest_every_steps << "\n"
-      << "  test_corrupt_digest_rank: " << c.run.test_corrupt_digest_rank << "\n";
-    o << "data:\n"
-      << "  dataset: " << c.data.dataset << "\n"
-      << "  path: " << quoted(c.data.path) << "\n"
-      << "  batch_size: " << c.data.batch_size << "\n"
-      << "  teacher:\n"
-      << "    train_samples: " << c.data.teacher.train_samples << "\n"
-      << "    test_samples: " << c.data.teacher.test_samples << "\n"
-      << "    features: " << c.data.teacher.features << "\n"
-      << "    classes: " << c.data.teacher.classes << "\n"
-      << "    hidden: " << c.data.teacher.hidden << "\n"
-      << "    noise: " << num(c.data.teacher.noise) << "\n"
-      << "  npy:\n"
-      << "    train_features: " << quoted(c.data.npy.train_features) << "\n"
-      << "    train_labels: " << quoted(c.data.npy.train_labels) << "\n"
-      << "    test_features: " << quoted(c.data.npy.test_features) << "\n"
-      << "    test_labels: " << quoted(c.data.npy.test_labels) << "\n";
-    o << "model:\n  hidden: [";
-    for (size_t i = 0; i < c.model.hidden.size(); ++i) o << (i ? ", " : "") << c.model.hidden[i];
-    o << "]\n"
-      << "  activation: " << activation_name(c.model.activation) << "\n"
-      << "  seeds_per_layer: " << c.model.seeds_per_layer << "\n";
-    const OptimizerConfig& op = c.optimizer;
-    o << "optimizer:\n"
-      << "  kind: " << optimizer_kind_name(op.kind) << "\n"
-      << "  lr: " << num(op.lr) << "\n"
-      << "  momentum: " << num(op.momentum) << "\n"
-      << "  beta1: " << num(op.beta1) << "\n"
-      << "  beta2: " << num(op.beta2) << "\n"
-      << "  eps: " << num(op.eps) << "\n"
-      << "  weight_decay: " << num(op.weight_decay) << "\n"
-      << "  schedule: " << lr_schedule_name(op.schedule) << "\n"
-      << "  warmup_steps: " << op.warmup_steps << "\n"
-      << "  step_size: " << op.step_size << "\n"
-      << "  gamma: " << num(op.gamma) << "\n"
-      << "  grad_clip: " << num(op.grad_clip) << "\n"
-      << "  blueprint_lr: " << num(op.blueprint_lr) << "\n";
-    o << "blueprints:\n"
-      << "  residual_mlp: {expansion: " << c.blueprints.residual_mlp.expansion
-      << ", slots: " << c.blueprints.residual_mlp.slots << "}\n"
-      << "  lowrank: {rank: " << c.blueprints.lowrank.rank
-      << ", slots: " << c.blueprints.lowrank.slots << "}\n"
-      << "  scale_shift: {slots: " << c.blueprints.scale_shift.slots << "}\n"
-      << "  max_params_per_layer: " << c.blueprints.max_params_per_layer << "\n"
-      << "  input: " << blueprint_input_name(c.blueprints.input) << "\n";
-    const LifecycleConfig& l = c.lifecycle;
-    const GraftingConfig& g = l.grafting;
-    o << "lifecycle:\n"
-      << "  training_steps: " << l.training_steps << "\n"
-      << "  stabilization_steps: " << l.stabilization_steps << "\n"
-      << "  evaluation_steps: " << l.evaluation_steps << "\n"
-      << "  fine_tuning_steps: " << l.fine_tuning_steps << "\n"
-      << "  embargo_steps: " << l.embargo_steps << "\n"
-      << "  max_training_per_layer: " << l.max_training_per_layer << "\n"
-      << "  max_active_per_layer: " << l.max_active_per_layer << "\n"
-      << "  auto_gates: " << (l.auto_gates ? "true" : "false") << "\n"
-      << "  decision_timeout_steps: " << l.decision_timeout_steps << "\n"
-      << "  grafting:\n"
-      << "    strategy: " << grafting_strategy_name(g.strategy) << "\n"
-      << "    ramp_steps: " << g.ramp_steps << "\n"
-      << "    steepness: " << num(g.steepness) << "\n"
-      << "    momentum: " << num(g.momentum) << "\n"
-      << "    momentum_gain: " << num(g.momentum_gain) << "\n"
-      << "    drift_threshold: " << num(g.drift_threshold) << "\n"
-      << "    drift_ema: " << num(g.drift_ema) << "\n"
-      << "    stability_threshold: " << num(g.stability_threshold) << "\n"
-      << "    stability_patience: " << g.stability_patience << "\n"
-      << "    adaptive_window: " << g.adaptive_window << "\n"
-      << "  gates:\n"
-      << "    min_gradient_health: " << num(l.gates.min_gradient_health) << "\n"
-      << "    min_contribution: " << num(l.gates.min_contribution) << "\n"
-      << "    cull_contribution: " << num(l.gates.cull_contribution) << "\n"
-      << "    min_improvement: " << num(l.gates.min_improvement) << "\n"
-      << "    max_error_rate: " << num(l.gates.max_error_rate) << "\n"
-      << "    min_stability: " << num(l.gates.min_stability) << "\n";
-    o << "governor:\n"
-      << "  enabled: " << (c.governor.enabled ? "true" : "false") << "\n"
-      << "  divergence_factor: " << num(c.governor.divergence_factor) << "\n"
-      << "  window: " << c.governor.window << "\n"
-      << "  snapshot_every_steps: " << c.governor.snapshot_every_steps << "\n"
-      << "  inject_nan_at_step: " << c.governor.inject_nan_at_step << "\n";
-    return o.str();
+    YAML::Emitter out;
+    out.SetBoolFormat(YAML::TrueFalseBool);
+    emit_config(out, c);
+    return std::string(out.c_str()) + "\n";
 }
 
 }  // namespace esper::kasmina

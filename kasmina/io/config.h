@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kasmina/lifecycle/config.h"
+#include "kasmina/lifecycle/faults.h"
 #include "kasmina/lifecycle/seed_manager.h"
 #include "kasmina/model/config.h"
 
@@ -40,7 +41,6 @@ struct RunConfig {
     int64_t telemetry_interval_steps = 50;  // >= 1
     int64_t eval_every_steps = 0;           // 0 = evaluate at the end of each epoch only
     int64_t digest_every_steps = 100;       // world > 1: compare seed tables/params (0 = never)
-    int64_t test_corrupt_digest_rank = -1;  // tests only: this rank perturbs its seed table
     bool operator==(const RunConfig&) const = default;
 };
 
@@ -96,6 +96,7 @@ struct Config {
     BlueprintsConfig blueprints;
     LifecycleConfig lifecycle;
     GovernorConfig governor;
+    FaultInjection faults;  // test-only hooks, all off by default
     bool operator==(const Config&) const = default;
 };
 

@@ -1,61 +1,25 @@
-// events.jsonl: one line per lifecycle transition, flushed immediately.
+// events.jsonl: one line per lifecycle transition (nlohmann-json), flushed immediately.
 #include "kasmina/io/event_log.h"
 
 #include <cerrno>
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 
 namespace esper::kasmina {
 
-namespace {
-void append_json_string(std::string& out, std::string_view s) {
-    out += '"';
-    for (char ch : s) {
-        const auto c = static_cast<unsigned char>(ch);
-        switch (ch) {
-            case '"':
-                out += "\\\"";
-                break;
-            case '\\':
-                out += "\\\\";
-                break;
-            case '\n':
-                out += "\\n";
-                break;
-            case '\r':
-                out += "\\r";
-                break;
-            case '\t':
-                out += "\\t";
-                break;
-            default:
-                if (c < 0x20) {
-                    char buf[8];
-                    std::snprintf(buf, sizeof buf, "\\u%04x", c);
-                    out += buf;
-                } else {
-                    out += ch;  // UTF-8 (e.g. "→") passes through
-                }
-        }
-    }
-    out += '"';
-}
-}  // namespace
-
 std::string event_to_json(const LifecycleEvent& e) {
-    std::string out = "{\"step\":" + std::to_string(e.step) +
-                      ",\"layer\":" + std::to_string(e.layer) +
-                      ",\"seed\":" + std::to_string(e.seed) + ",\"from\":";
-    append_json_string(out, stage_name(e.from));
-    out += ",\"to\":";
-    append_json_string(out, stage_name(e.to));
-    out += ",\"reason\":";
-    append_json_string(out, e.reason);
-    out += ",\"origin\":";
-    append_json_string(out, origin_name(e.origin));
-    out += '}';
-    return out;
+    // Key order as documented (ordered_json); UTF-8 such as "→" in reasons passes through.
+    const nlohmann::ordered_json line = {{"step", e.step},
+                                         {"layer", e.layer},
+                                         {"seed", e.seed},
+                                         {"from", stage_name(e.from)},
+                                         {"to", stage_name(e.to)},
+                                         {"reason", e.reason},
+                                         {"origin", origin_name(e.origin)}};
+    // Replace, not throw, on invalid UTF-8: a reason is text from anywhere (a peer's command).
+    return line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 EventLog::EventLog(const std::string& path) : path_(path) {

@@ -54,7 +54,6 @@ struct GovernorConfig {
     double divergence_factor = 5.0;     // trip when loss > factor × recent mean
     int64_t window = 50;                // steps of loss history
     int64_t snapshot_every_steps = 50;  // last-known-good snapshot cadence
-    int64_t inject_nan_at_step = -1;    // test-only: make the loss NaN at this step
     bool operator==(const GovernorConfig&) const = default;
 };
 

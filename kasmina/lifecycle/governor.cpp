@@ -1,8 +1,9 @@
 // Governor vitals (see governor.h).
 #include "kasmina/lifecycle/governor.h"
 
+#include <fmt/format.h>
+
 #include <cmath>
-#include <sstream>
 
 namespace esper::kasmina {
 
@@ -21,10 +22,8 @@ Vitals Governor::check(double loss, bool grads_finite) {
         mean /= double(window_.size());
         if (loss > config_.divergence_factor * mean) {
             ++trips_;
-            std::ostringstream os;
-            os << "governor: divergence (loss " << loss << " > " << config_.divergence_factor
-               << " x recent mean " << mean << ")";
-            reason_ = os.str();
+            reason_ = fmt::format("governor: divergence (loss {:g} > {:g} x recent mean {:g})",
+                                  loss, config_.divergence_factor, mean);
             return Vitals::kDivergence;
         }
     }

@@ -1,7 +1,7 @@
 // The governor's vitals check (DESIGN §4.7): after every step it looks at the loss and the
 // gradients and trips on a non-finite value or on divergence (loss above divergence_factor × the
 // mean of the last `window` healthy losses). The trainer owns the last-known-good snapshot and
-// does the restore; the governor only decides. Test knob: governor.inject_nan_at_step.
+// does the restore; the governor only decides. Tests trip it with faults.nan_at_step (faults.h).
 #pragma once
 
 #include <cstdint>
@@ -19,8 +19,6 @@ public:
     explicit Governor(const GovernorConfig& config) : config_(config) {}
 
     bool enabled() const { return config_.enabled; }
-    // True when the test knob asks for a NaN at this 0-based step.
-    bool inject_nan(int64_t step) const { return config_.inject_nan_at_step == step; }
     // Judges one step; healthy losses join the window.
     Vitals check(double loss, bool grads_finite);
     // Human-readable reason of the last trip.

@@ -2,19 +2,14 @@
 // source stage, then the gate; the first failure is the reason.
 #include "kasmina/lifecycle/lifecycle.h"
 
+#include <fmt/format.h>
+
 #include <cctype>
-#include <sstream>
 
 namespace esper::kasmina {
 
 namespace {
 using S = SeedStage;
-
-std::string fmt_double(double v) {
-    std::ostringstream os;
-    os << v;
-    return os.str();
-}
 }  // namespace
 
 bool is_legal_transition(SeedStage from, SeedStage to) {
@@ -73,45 +68,42 @@ std::string validate_transition(SeedStage to, const TransitionFacts& f,
                                 const LifecycleConfig& cfg) {
     const SeedStage from = f.from;
     if (!is_legal_transition(from, to)) {
-        return "invalid transition " + std::string(stage_name(from)) + "→" +
-               std::string(stage_name(to));
+        return fmt::format("invalid transition {}→{}", stage_name(from), stage_name(to));
     }
     const int64_t need = minimum_steps(from, to, cfg);
     if (f.steps_in_stage < need) {
-        return "insufficient time in " + std::string(stage_name(from)) + ": " +
-               std::to_string(f.steps_in_stage) + " < " + std::to_string(need);
+        return fmt::format("insufficient time in {}: {} < {}", stage_name(from), f.steps_in_stage,
+                           need);
     }
     if (from == S::kDormant && to == S::kGerminated) {
         if (f.step < f.embargo_until_step) {
-            return "gate failed: in embargo until step " + std::to_string(f.embargo_until_step);
+            return fmt::format("gate failed: in embargo until step {}", f.embargo_until_step);
         }
         if (f.active_in_layer >= cfg.max_active_per_layer) {
-            return "gate failed: layer has " + std::to_string(f.active_in_layer) +
-                   " active seeds (max_active_per_layer " +
-                   std::to_string(cfg.max_active_per_layer) + ")";
+            return fmt::format("gate failed: layer has {} active seeds (max_active_per_layer {})",
+                               f.active_in_layer, cfg.max_active_per_layer);
         }
         if (!f.arena_slot_free) {
-            return "gate failed: no free " +
-                   (f.blueprint_name.empty() ? std::string("blueprint") : f.blueprint_name) +
-                   " arena slot";
+            return fmt::format("gate failed: no free {} arena slot",
+                               f.blueprint_name.empty() ? "blueprint" : f.blueprint_name);
         }
         if (!f.param_budget_ok)
             return "gate failed: blueprint parameter budget of the layer exceeded";
     }
     if (from == S::kGerminated && to == S::kTraining &&
         f.training_in_layer >= cfg.max_training_per_layer) {
-        return "gate failed: no free training slot (" + std::to_string(f.training_in_layer) + "/" +
-               std::to_string(cfg.max_training_per_layer) + ")";
+        return fmt::format("gate failed: no free training slot ({}/{})", f.training_in_layer,
+                           cfg.max_training_per_layer);
     }
     if (from == S::kTraining && to == S::kGrafting) {
         if (!f.gradient_health) return "gate failed: gradient health never measured";
         if (*f.gradient_health < cfg.gates.min_gradient_health) {
-            return "gate failed: gradient health " + fmt_double(*f.gradient_health) + " < " +
-                   fmt_double(cfg.gates.min_gradient_health);
+            return fmt::format("gate failed: gradient health {:g} < {:g}", *f.gradient_health,
+                               cfg.gates.min_gradient_health);
         }
     }
     if (from == S::kGrafting && to == S::kStabilization && f.alpha < 1.0f) {
-        return "gate failed: alpha " + fmt_double(f.alpha) + " < 1 (ramp not complete)";
+        return fmt::format("gate failed: alpha {:g} < 1 (ramp not complete)", double(f.alpha));
     }
     return {};
 }

@@ -3,11 +3,11 @@
 // the live state after a full copy and is undone from the copy when an item is rejected.
 #include "kasmina/lifecycle/seed_manager.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
-#include <sstream>
 #include <type_traits>
 
 #include "core/check.h"
@@ -19,10 +19,9 @@ namespace {
 
 constexpr size_t kLossWindow = 20;
 
-std::string fmt(double v) {
-    std::ostringstream os;
-    os << v;
-    return os.str();
+// A measured value in an event reason (6 significant digits), or "unmeasured".
+std::string measured(std::optional<double> v) {
+    return v ? fmt::format("{:g}", *v) : std::string("unmeasured");
 }
 
 std::string with_reason(std::string base, const std::string& why) {
@@ -35,48 +34,6 @@ SeedStage target_of(const Command& c) {
     if (std::holds_alternative<RollbackCommand>(c.body)) return SeedStage::kRolledBack;
     return std::get<TransitionCommand>(c.body).to;
 }
-
-// ---- binary helpers for save_state ----
-template <typename T>
-void put(std::vector<uint8_t>& out, const T& v) {
-    static_assert(std::is_trivially_copyable_v<T>);
-    const auto* p = reinterpret_cast<const uint8_t*>(&v);
-    out.insert(out.end(), p, p + sizeof(T));
-}
-void put_opt(std::vector<uint8_t>& out, const std::optional<double>& v) {
-    put(out, static_cast<uint8_t>(v.has_value()));
-    put(out, v.value_or(0.0));
-}
-class Cursor {
-public:
-    explicit Cursor(std::span<const uint8_t> b) : b_(b) {}
-    template <typename T>
-    T get() {
-        if (at_ + sizeof(T) > b_.size()) ESPER_THROW(kIntegrity, "seed manager state truncated");
-        T v;
-        std::memcpy(&v, b_.data() + at_, sizeof(T));
-        at_ += sizeof(T);
-        return v;
-    }
-    std::optional<double> get_opt() {
-        const auto has = get<uint8_t>();
-        const auto v = get<double>();
-        return has ? std::optional<double>(v) : std::nullopt;
-    }
-    std::span<const uint8_t> take(size_t n) {
-        if (at_ + n > b_.size()) ESPER_THROW(kIntegrity, "seed manager state truncated");
-        auto s = b_.subspan(at_, n);
-        at_ += n;
-        return s;
-    }
-    bool done() const { return at_ == b_.size(); }
-
-private:
-    std::span<const uint8_t> b_;
-    size_t at_ = 0;
-};
-constexpr char kStateMagic[4] = {'E', 'S', 'M', 'S'};
-constexpr uint32_t kStateVersion = 1;
 
 }  // namespace
 
@@ -121,12 +78,11 @@ kernels::SeedLayerView SeedManager::view(int32_t layer, int32_t batch) {
 
 std::string SeedManager::check_seed(SeedRef s) const {
     if (s.layer < 0 || s.layer >= num_layers()) {
-        return "unknown layer " + std::to_string(s.layer) + " (the run has " +
-               std::to_string(num_layers()) + " seed layers)";
+        return fmt::format("unknown layer {} (the run has {} seed layers)", s.layer, num_layers());
     }
     if (s.seed < 0 || s.seed >= tables_[s.layer].num_seeds()) {
-        return "unknown seed " + std::to_string(s.seed) + " in layer " + std::to_string(s.layer) +
-               " (the layer has " + std::to_string(tables_[s.layer].num_seeds()) + " seeds)";
+        return fmt::format("unknown seed {} in layer {} (the layer has {} seeds)", s.seed, s.layer,
+                           tables_[s.layer].num_seeds());
     }
     return {};
 }
@@ -143,8 +99,13 @@ int64_t SeedManager::blueprint_params_in_layer(int32_t layer) const {
 int64_t SeedManager::seed_blueprint_params(SeedRef s) const {
     const SeedTable& t = tables_[s.layer];
     if (!stage_holds_slot(t.stage(s.seed)) || t.slot(s.seed) < 0) return 0;
-    return blueprint_params(t.kind(s.seed), t.chunk_width(s.seed), t.max_chunk_width(),
-                            blueprints_cfg_, arenas_[s.layer].in_width());
+    return germination_params(s, t.kind(s.seed));
+}
+
+int64_t SeedManager::germination_params(SeedRef s, BlueprintKind kind) const {
+    const SeedTable& t = tables_[s.layer];
+    return blueprint_params(kind, t.chunk_width(s.seed), t.max_chunk_width(), blueprints_cfg_,
+                            arenas_[s.layer].in_width());
 }
 
 std::optional<double> SeedManager::gradient_health(SeedRef s) const {
@@ -167,8 +128,7 @@ TransitionFacts SeedManager::facts(SeedRef s, SeedStage to,
     if (to == SeedStage::kGerminated && kind) {
         f.blueprint_name = std::string(blueprint_kind_name(*kind));
         f.arena_slot_free = arenas_[s.layer].free_slots(*kind) > 0;
-        const int64_t add = blueprint_params(*kind, t.chunk_width(s.seed), t.max_chunk_width(),
-                                             blueprints_cfg_, arenas_[s.layer].in_width());
+        const int64_t add = germination_params(s, *kind);
         f.param_budget_ok =
             blueprint_params_in_layer(s.layer) + add <= blueprints_cfg_.max_params_per_layer;
     }
@@ -234,7 +194,7 @@ std::string SeedManager::transition(SeedRef s, SeedStage to, TransitionOrigin or
         r.flags = 0;
         r.error_count = 0;
         r.graft = GraftState{};
-        extra_[s.layer][s.seed] = SeedExtra{};
+        extra_[s.layer][s.seed] = SeedMeasurements{};
     }
     t.set_row(s.seed, r);
     emit(LifecycleEvent{stamp, s.layer, s.seed, from, to, why, origin});
@@ -280,8 +240,8 @@ std::string SeedManager::germinate(const GerminateCommand& c, TransitionOrigin o
     r.error_count = 0;
     r.graft = GraftState{};
     t.set_row(s.seed, r);
-    SeedExtra& x = extra_[s.layer][s.seed];
-    x = SeedExtra{};
+    SeedMeasurements& x = extra_[s.layer][s.seed];
+    x = SeedMeasurements{};
     x.loss_at_germination = has_loss_ema_ ? loss_ema_ : 0.0;
     emit(LifecycleEvent{stamp, s.layer, s.seed, from, SeedStage::kGerminated,
                         with_reason("germinate " + std::string(blueprint_kind_name(c.kind)), why),
@@ -296,7 +256,7 @@ std::string SeedManager::apply_one(const Command& c, int64_t stamp) {
     if (const auto* b = std::get_if<BatchCommand>(&c.body)) {
         for (size_t i = 0; i < b->commands.size(); ++i) {
             if (auto r = apply_one(b->commands[i], stamp); !r.empty()) {
-                return "batch item " + std::to_string(i) + ": " + r;
+                return fmt::format("batch item {}: {}", i, r);
             }
         }
         return {};
@@ -308,12 +268,14 @@ std::string SeedManager::apply_one(const Command& c, int64_t stamp) {
         SeedRow r = t.row(a->target.seed);
         if (r.stage != SeedStage::kGerminated && r.stage != SeedStage::kTraining &&
             r.stage != SeedStage::kGrafting) {
-            return "set_alpha_schedule: seed is " + std::string(stage_name(r.stage)) +
-                   " (allowed in GERMINATED, TRAINING, GRAFTING)";
+            return fmt::format(
+                "set_alpha_schedule: seed is {} (allowed in GERMINATED, TRAINING, "
+                "GRAFTING)",
+                stage_name(r.stage));
         }
         if (a->ramp_steps && (*a->ramp_steps < 1 || *a->ramp_steps > (int64_t{1} << 30))) {
-            return "set_alpha_schedule: ramp_steps must be in [1, 2^30], got " +
-                   std::to_string(*a->ramp_steps);
+            return fmt::format("set_alpha_schedule: ramp_steps must be in [1, 2^30], got {}",
+                               *a->ramp_steps);
         }
         r.strategy = a->strategy;
         if (a->ramp_steps) r.graft.ramp_steps = static_cast<int32_t>(*a->ramp_steps);
@@ -405,15 +367,15 @@ void SeedManager::run_gate(SeedRef s, int64_t step) {
     const int64_t waiting = steps - due;
     const bool timed_out = waiting > lifecycle_.decision_timeout_steps;
     const GatesConfig& g = lifecycle_.gates;
-    const SeedExtra& x = extra_[s.layer][s.seed];
+    const SeedMeasurements& x = extra_[s.layer][s.seed];
     const auto auto_ = TransitionOrigin::kAuto;
 
     if (!lifecycle_.auto_gates) {
         if (timed_out) {
             transition(s, SeedStage::kCulled, auto_,
-                       "decision timeout: no controller decision within " +
-                           std::to_string(lifecycle_.decision_timeout_steps) +
-                           " steps (safe default: cull)",
+                       fmt::format("decision timeout: no controller decision within {} steps "
+                                   "(safe default: cull)",
+                                   lifecycle_.decision_timeout_steps),
                        step);
         }
         return;
@@ -421,15 +383,14 @@ void SeedManager::run_gate(SeedRef s, int64_t step) {
     if (st == SeedStage::kTraining) {
         if (x.gradient_health && *x.gradient_health >= g.min_gradient_health) {
             transition(s, SeedStage::kGrafting, auto_,
-                       "auto gate: gradient health " + fmt(*x.gradient_health) +
-                           " >= " + fmt(g.min_gradient_health),
+                       fmt::format("auto gate: gradient health {:g} >= {:g}", *x.gradient_health,
+                                   g.min_gradient_health),
                        step);
         } else if (timed_out) {
             transition(
                 s, SeedStage::kCulled, auto_,
-                "auto gate: gradient health " +
-                    (x.gradient_health ? fmt(*x.gradient_health) : std::string("unmeasured")) +
-                    " after " + std::to_string(waiting) + " steps (safe default: cull)",
+                fmt::format("auto gate: gradient health {} after {} steps (safe default: cull)",
+                            measured(x.gradient_health), waiting),
                 step);
         }
         return;
@@ -439,24 +400,27 @@ void SeedManager::run_gate(SeedRef s, int64_t step) {
                                   static_cast<double>(std::max<int64_t>(1, steps));
         const bool stable = x.stability ? *x.stability >= g.min_stability : g.min_stability <= 0.0;
         if (error_rate > g.max_error_rate) {
-            transition(s, SeedStage::kCulled, auto_,
-                       "auto gate: error rate " + fmt(error_rate) + " > " + fmt(g.max_error_rate),
-                       step);
+            transition(
+                s, SeedStage::kCulled, auto_,
+                fmt::format("auto gate: error rate {:g} > {:g}", error_rate, g.max_error_rate),
+                step);
         } else if (x.contribution && *x.contribution < -g.cull_contribution) {
             transition(s, SeedStage::kCulled, auto_,
-                       "auto gate: contribution " + fmt(*x.contribution) + " < " +
-                           fmt(-g.cull_contribution),
+                       fmt::format("auto gate: contribution {:g} < {:g}", *x.contribution,
+                                   -g.cull_contribution),
                        step);
         } else if (x.contribution && *x.contribution > g.min_contribution && stable) {
-            transition(
-                s, SeedStage::kFineTuning, auto_,
-                "auto gate: contribution " + fmt(*x.contribution) + " > " + fmt(g.min_contribution),
-                step);
-        } else if (timed_out) {
-            transition(s, SeedStage::kCulled, auto_,
-                       "auto gate: no proven contribution after " + std::to_string(waiting) +
-                           " steps (safe default: cull)",
+            transition(s, SeedStage::kFineTuning, auto_,
+                       fmt::format("auto gate: contribution {:g} > {:g}", *x.contribution,
+                                   g.min_contribution),
                        step);
+        } else if (timed_out) {
+            transition(
+                s, SeedStage::kCulled, auto_,
+                fmt::format("auto gate: no proven contribution after {} steps (safe default: "
+                            "cull)",
+                            waiting),
+                step);
         }
         return;
     }
@@ -466,13 +430,12 @@ void SeedManager::run_gate(SeedRef s, int64_t step) {
         if (improvement && *improvement >= g.min_improvement) {
             transition(
                 s, SeedStage::kFossilized, auto_,
-                "auto gate: improvement " + fmt(*improvement) + " >= " + fmt(g.min_improvement),
+                fmt::format("auto gate: improvement {:g} >= {:g}", *improvement, g.min_improvement),
                 step);
         } else {
             transition(s, SeedStage::kCulled, auto_,
-                       "auto gate: improvement " +
-                           (improvement ? fmt(*improvement) : std::string("unmeasured")) + " < " +
-                           fmt(g.min_improvement),
+                       fmt::format("auto gate: improvement {} < {:g}", measured(improvement),
+                                   g.min_improvement),
                        step);
         }
     }
@@ -493,7 +456,7 @@ void SeedManager::on_step_end(int64_t step, const StepMetrics& metrics) {
         SeedTable& t = tables_[l];
         const auto& ms = metrics.seeds[l];
         for (int32_t s = 0; s < t.num_seeds() && s < static_cast<int32_t>(ms.size()); ++s) {
-            SeedExtra& x = extra_[l][s];
+            SeedMeasurements& x = extra_[l][s];
             const SeedMetrics& m = ms[s];
             SeedRow r = t.row(s);
             if (m.gradient_health) {
@@ -604,133 +567,99 @@ uint64_t SeedManager::digest() const {
     return h;
 }
 
-// ---- state images ----
-
-std::vector<uint8_t> SeedManager::save_state() const {
-    std::vector<uint8_t> out(kStateMagic, kStateMagic + 4);
-    put(out, kStateVersion);
-    put(out, next_step_);
-    put(out, static_cast<int32_t>(num_layers()));
-    for (int32_t l = 0; l < num_layers(); ++l) {
-        std::vector<uint8_t> img;
-        tables_[l].write_to(img);
-        put(out, static_cast<uint64_t>(img.size()));
-        out.insert(out.end(), img.begin(), img.end());
-        for (const SeedExtra& x : extra_[l]) {
-            put_opt(out, x.gradient_health);
-            put_opt(out, x.contribution);
-            put_opt(out, x.stability);
-            put_opt(out, x.improvement);
-            put(out, x.loss_at_germination);
-        }
-    }
-    put(out, static_cast<uint64_t>(loss_window_.size()));
-    for (double v : loss_window_) put(out, v);
-    put_opt(out, last_loss_);
-    put(out, last_loss_delta_);
-    put(out, loss_ema_);
-    put(out, static_cast<uint8_t>(has_loss_ema_));
-    return out;
-}
-
-void SeedManager::load_state(std::span<const uint8_t> image) {
-    Cursor c(image);
-    char magic[4];
-    for (char& m : magic) m = c.get<char>();
-    if (std::memcmp(magic, kStateMagic, 4) != 0)
-        ESPER_THROW(kIntegrity, "seed manager state: bad magic");
-    const auto version = c.get<uint32_t>();
-    if (version != kStateVersion) {
-        ESPER_THROW(kIntegrity, "seed manager state version ", version, " (this build reads ",
-                    kStateVersion, ")");
-    }
-    // Parse into copies first so a bad image leaves this object untouched.
-    std::vector<SeedTable> tables = tables_;
-    auto extra = extra_;
-    const auto next = c.get<int64_t>();
-    const auto layers = c.get<int32_t>();
-    if (layers != num_layers()) {
-        ESPER_THROW(kIntegrity, "seed manager state has ", layers, " layers; this run has ",
-                    num_layers());
-    }
-    for (int32_t l = 0; l < layers; ++l) {
-        const auto n = c.get<uint64_t>();
-        tables[l].read_from(c.take(static_cast<size_t>(n)));
-        for (SeedExtra& x : extra[l]) {
-            x.gradient_health = c.get_opt();
-            x.contribution = c.get_opt();
-            x.stability = c.get_opt();
-            x.improvement = c.get_opt();
-            x.loss_at_germination = c.get<double>();
-        }
-    }
-    const auto window = c.get<uint64_t>();
-    if (window > kLossWindow) ESPER_THROW(kIntegrity, "seed manager state: loss window too long");
-    std::vector<double> losses(static_cast<size_t>(window));
-    for (double& v : losses) v = c.get<double>();
-    const auto last = c.get_opt();
-    const auto last_delta = c.get<double>();
-    const auto ema = c.get<double>();
-    const auto has_ema = c.get<uint8_t>();
-    if (!c.done()) ESPER_THROW(kIntegrity, "seed manager state has trailing bytes");
-    // Slot bookkeeping must be consistent with the rows.
-    for (int32_t l = 0; l < layers; ++l) {
-        const SeedTable& t = tables[l];
-        std::vector<std::vector<uint8_t>> used(kNumBlueprintKinds);
-        for (int k = 0; k < kNumBlueprintKinds; ++k) {
-            used[k].assign(static_cast<size_t>(arenas_[l].capacity(static_cast<BlueprintKind>(k))),
-                           0);
-        }
-        for (int32_t s = 0; s < t.num_seeds(); ++s) {
-            const bool holds = stage_holds_slot(t.stage(s));
-            const int32_t slot = t.slot(s);
-            if (holds != (slot >= 0))
-                ESPER_THROW(kIntegrity, "seed manager state: slot/stage mismatch");
-            if (!holds) continue;
-            auto& u = used[static_cast<int>(t.kind(s))];
-            if (slot >= static_cast<int32_t>(u.size()) || u[slot]) {
-                ESPER_THROW(kIntegrity, "seed manager state: bad or shared arena slot ", slot);
-            }
-            u[slot] = 1;
-        }
-        for (int k = 0; k < kNumBlueprintKinds; ++k) {
-            for (size_t s = 0; s < used[k].size(); ++s) {
-                arenas_[l].set_in_use(static_cast<BlueprintKind>(k), static_cast<int32_t>(s),
-                                      used[k][s]);
-            }
-        }
-    }
-    tables_ = std::move(tables);
-    extra_ = std::move(extra);
-    next_step_ = next;
-    loss_window_ = std::move(losses);
-    last_loss_ = last;
-    last_loss_delta_ = last_delta;
-    loss_ema_ = ema;
-    has_loss_ema_ = has_ema != 0;
-}
+// ---- snapshots ----
 
 SeedManagerSnapshot SeedManager::snapshot() const {
     SeedManagerSnapshot snap;
     snap.next_step = next_step_;
-    for (const SeedTable& t : tables_) {
-        auto& rows = snap.rows.emplace_back();
-        for (int32_t s = 0; s < t.num_seeds(); ++s) rows.push_back(t.row(s));
+    for (int32_t l = 0; l < num_layers(); ++l) {
+        const SeedTable& t = tables_[l];
+        SeedLayerState& layer = snap.layers.emplace_back();
+        layer.layer = t.layer();
+        layer.width = t.width();
+        for (int32_t s = 0; s < t.num_seeds(); ++s) layer.rows.push_back(t.row(s));
+        layer.measured = extra_[l];
     }
-    snap.state = save_state();
+    snap.loss_window = loss_window_;
+    snap.last_loss = last_loss_;
+    snap.last_loss_delta = last_loss_delta_;
+    if (has_loss_ema_) snap.loss_ema = loss_ema_;
     return snap;
+}
+
+void SeedManager::restore(const SeedManagerSnapshot& snap) {
+    // Everything is checked before anything changes, so a refused snapshot leaves this untouched.
+    if (static_cast<int32_t>(snap.layers.size()) != num_layers()) {
+        ESPER_THROW(kIntegrity, "seed manager state has ", snap.layers.size(),
+                    " layers; this run has ", num_layers());
+    }
+    if (snap.loss_window.size() > kLossWindow)
+        ESPER_THROW(kIntegrity, "seed manager state: loss window too long");
+    // Slot bookkeeping, per layer and kind: which arena slots the rows hold.
+    std::vector<std::vector<std::vector<uint8_t>>> used(tables_.size());
+    for (int32_t l = 0; l < num_layers(); ++l) {
+        const SeedTable& t = tables_[l];
+        const SeedLayerState& layer = snap.layers[l];
+        const auto seeds = static_cast<int32_t>(layer.rows.size());
+        if (layer.layer != t.layer() || layer.width != t.width() || seeds != t.num_seeds() ||
+            layer.measured.size() != layer.rows.size()) {
+            ESPER_THROW(kIntegrity, "seed table image is for layer ", layer.layer, " width ",
+                        layer.width, " seeds ", seeds, "; this table is layer ", t.layer(),
+                        " width ", t.width(), " seeds ", t.num_seeds());
+        }
+        used[l].resize(kNumBlueprintKinds);
+        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+            used[l][k].assign(
+                static_cast<size_t>(arenas_[l].capacity(static_cast<BlueprintKind>(k))), 0);
+        }
+        for (int32_t s = 0; s < seeds; ++s) {
+            const SeedRow& r = layer.rows[s];
+            if (static_cast<int>(r.stage) >= kNumSeedStages ||
+                static_cast<int>(r.kind) >= kNumBlueprintKinds ||
+                static_cast<int>(r.strategy) >= kNumGraftingStrategies) {
+                ESPER_THROW(kIntegrity, "seed manager state: layer ", l, " seed ", s,
+                            ": value out of range");
+            }
+            const bool holds = stage_holds_slot(r.stage);
+            if (holds != (r.slot >= 0))
+                ESPER_THROW(kIntegrity, "seed manager state: slot/stage mismatch");
+            if (!holds) continue;
+            auto& u = used[l][static_cast<int>(r.kind)];
+            if (r.slot >= static_cast<int32_t>(u.size()) || u[r.slot])
+                ESPER_THROW(kIntegrity, "seed manager state: bad or shared arena slot ", r.slot);
+            u[r.slot] = 1;
+        }
+    }
+    for (int32_t l = 0; l < num_layers(); ++l) {
+        const SeedLayerState& layer = snap.layers[l];
+        for (int32_t s = 0; s < tables_[l].num_seeds(); ++s) tables_[l].set_row(s, layer.rows[s]);
+        extra_[l] = layer.measured;
+        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+            for (size_t s = 0; s < used[l][k].size(); ++s) {
+                arenas_[l].set_in_use(static_cast<BlueprintKind>(k), static_cast<int32_t>(s),
+                                      used[l][k][s]);
+            }
+        }
+    }
+    next_step_ = snap.next_step;
+    loss_window_ = snap.loss_window;
+    last_loss_ = snap.last_loss;
+    last_loss_delta_ = snap.last_loss_delta;
+    loss_ema_ = snap.loss_ema.value_or(0.0);
+    has_loss_ema_ = snap.loss_ema.has_value();
 }
 
 int64_t SeedManager::governor_rollback(const SeedManagerSnapshot& last_good,
                                        const std::string& reason) {
-    ESPER_REQUIRE(static_cast<int32_t>(last_good.rows.size()) == num_layers());
+    ESPER_REQUIRE(static_cast<int32_t>(last_good.layers.size()) == num_layers());
     int64_t moved = 0;
     for (int32_t l = 0; l < num_layers(); ++l) {
         SeedTable& t = tables_[l];
-        ESPER_REQUIRE(static_cast<int32_t>(last_good.rows[l].size()) == t.num_seeds());
+        const std::vector<SeedRow>& rows = last_good.layers[l].rows;
+        ESPER_REQUIRE(static_cast<int32_t>(rows.size()) == t.num_seeds());
         for (int32_t s = 0; s < t.num_seeds(); ++s) {
             const SeedRow now = t.row(s);
-            const SeedRow& then = last_good.rows[l][s];
+            const SeedRow& then = rows[s];
             const bool changed = now.stage != then.stage || now.kind != then.kind ||
                                  now.slot != then.slot || now.alpha != then.alpha;
             if (!changed || !stage_is_active(now.stage)) continue;

@@ -45,11 +45,36 @@ struct PendingGate {
     int64_t timeout_in_steps = 0;  // steps until the safe default (auto_gates false)
 };
 
-// Copy of the lifecycle state for the governor (last-known-good) and checkpoints.
+// What the manager last measured of one seed (telemetry), kept between steps.
+struct SeedMeasurements {
+    std::optional<double> gradient_health;
+    std::optional<double> contribution;
+    std::optional<double> stability;
+    std::optional<double> improvement;
+    double loss_at_germination = 0.0;
+    bool operator==(const SeedMeasurements&) const = default;
+};
+
+// One seed layer of a snapshot: its shape (checked on restore) and every seed.
+struct SeedLayerState {
+    int32_t layer = 0;
+    int32_t width = 0;
+    std::vector<SeedRow> rows;               // [seed]
+    std::vector<SeedMeasurements> measured;  // [seed]
+    bool operator==(const SeedLayerState&) const = default;
+};
+
+// The whole lifecycle state as a value (not the arena weights: those are tensors of
+// arenas()): the governor's last-known-good, checkpoints and the seed-state broadcast. The
+// Cap'n Proto form (schemas/checkpoint.capnp SeedState) lives in kasmina/io/state_codec.h.
 struct SeedManagerSnapshot {
     int64_t next_step = 0;
-    std::vector<std::vector<SeedRow>> rows;  // [layer][seed], for the governor's diff
-    std::vector<uint8_t> state;              // save_state() image (restore uses only this)
+    std::vector<SeedLayerState> layers;
+    std::vector<double> loss_window;  // recent run losses, oldest first, at most 20
+    std::optional<double> last_loss;
+    double last_loss_delta = 0.0;
+    std::optional<double> loss_ema;
+    bool operator==(const SeedManagerSnapshot&) const = default;
 };
 
 // What the manager needs of a run config (io/config.h: seed_manager_config(config)).
@@ -102,32 +127,26 @@ public:
     int64_t blueprint_params_in_layer(int32_t layer) const;
     // Parameters of one seed's blueprint (0 when it holds no slot).
     int64_t seed_blueprint_params(SeedRef s) const;
+    // What a germination of `kind` on seed `s` would cost with the configured arenas (its chunk
+    // width, or the layer's input width for widening arenas): seed_blueprint_params(s) after
+    // that germination. The executor publishes it; the controller prices with it.
+    int64_t germination_params(SeedRef s, BlueprintKind kind) const;
     // Latest measured gradient health of a seed (nullopt = never measured).
     std::optional<double> gradient_health(SeedRef s) const;
 
-    // ---- governor and checkpoints ----
-    // Versioned binary image of the whole lifecycle state: seed tables, measured seed metrics,
-    // loss history, step stamp (not the arena weights: checkpoint those via arenas()).
-    std::vector<uint8_t> save_state() const;
-    // Restores exactly what save_state wrote, rebuilding the arenas' slot bookkeeping; writes no
-    // events. Throws esper::Error(kIntegrity) on a bad image or a shape mismatch.
-    void load_state(std::span<const uint8_t> image);
+    // ---- governor, checkpoints and the seed-state broadcast ----
     SeedManagerSnapshot snapshot() const;
-    void restore(const SeedManagerSnapshot& snap) { load_state(snap.state); }
+    // Restores exactly what snapshot() took, rebuilding the arenas' slot bookkeeping; writes no
+    // events. A snapshot may come from a checkpoint or another rank: one of another shape (layer
+    // count, widths, seeds per layer), with a loss window over 20 or with inconsistent slots is
+    // refused with esper::Error(kIntegrity) and leaves the manager untouched.
+    void restore(const SeedManagerSnapshot& snap);
     // Governor trip: every non-terminal seed whose row differs from `last_good` (stage, kind,
     // slot or α) leaves through the validator with origin governor: → ROLLED_BACK from
     // GRAFTING..FINE_TUNING, → CANCELLED from GERMINATED/TRAINING. Returns the number moved.
     int64_t governor_rollback(const SeedManagerSnapshot& last_good, const std::string& reason);
 
 private:
-    struct SeedExtra {
-        std::optional<double> gradient_health;
-        std::optional<double> contribution;
-        std::optional<double> stability;
-        std::optional<double> improvement;
-        double loss_at_germination = 0.0;
-    };
-
     std::string check_seed(SeedRef s) const;
     TransitionFacts facts(SeedRef s, SeedStage to, std::optional<BlueprintKind> kind) const;
     // Validates and performs one transition; returns the rejection reason or "".
@@ -146,7 +165,7 @@ private:
     uint64_t run_seed_;
     std::vector<SeedTable> tables_;
     std::vector<BlueprintArenas> arenas_;
-    std::vector<std::vector<SeedExtra>> extra_;
+    std::vector<std::vector<SeedMeasurements>> extra_;
     EventSink* log_;
     std::vector<LifecycleEvent> pending_events_;
     bool buffering_ = false;  // inside a batch: events held until commit

@@ -1,9 +1,7 @@
-// Seed table storage, the chunk layout and the table's binary image / digest.
-// Image format (little-endian, version 1): magic "ESTB", u32 version, i32 layer, i32 width,
-// i32 seeds, then per seed the SeedRow fields in declaration order.
+// Seed table storage, the chunk layout and the table's digest.
 #include "kasmina/lifecycle/seed_table.h"
 
-#include <cstring>
+#include <bit>
 #include <type_traits>
 
 #include "core/check.h"
@@ -90,130 +88,45 @@ int64_t SeedTable::count_active() const {
     return n;
 }
 
-// ---- binary image ----
+// ---- digest ----
 
 namespace {
-constexpr uint32_t kTableImageVersion = 1;
-constexpr char kTableMagic[4] = {'E', 'S', 'T', 'B'};
-
+// FNV-1a 64 over the bytes of one value.
 template <typename T>
-void put(std::vector<uint8_t>& out, const T& v) {
-    static_assert(std::is_trivially_copyable_v<T>);
+void mix(uint64_t& h, const T& v) {
+    static_assert(std::is_trivially_copyable_v<T> && std::has_unique_object_representations_v<T>);
     const auto* p = reinterpret_cast<const uint8_t*>(&v);
-    out.insert(out.end(), p, p + sizeof(T));
-}
-
-void put_graft(std::vector<uint8_t>& out, const GraftState& g) {
-    put(out, g.t);
-    put(out, g.velocity);
-    put(out, g.weight_ema);
-    put(out, g.last_stable_alpha);
-    put(out, g.loss_delta_ema);
-    put(out, g.ramp_steps);
-    put(out, g.unstable_count);
-    put(out, g.adaptive_choice);
-    put(out, g.has_ema);
-}
-
-class Cursor {
-public:
-    explicit Cursor(std::span<const uint8_t> b) : b_(b) {}
-    template <typename T>
-    T get() {
-        if (at_ + sizeof(T) > b_.size()) ESPER_THROW(kIntegrity, "seed table image truncated");
-        T v;
-        std::memcpy(&v, b_.data() + at_, sizeof(T));
-        at_ += sizeof(T);
-        return v;
-    }
-    bool done() const { return at_ == b_.size(); }
-
-private:
-    std::span<const uint8_t> b_;
-    size_t at_ = 0;
-};
-}  // namespace
-
-void SeedTable::write_to(std::vector<uint8_t>& out) const {
-    out.insert(out.end(), kTableMagic, kTableMagic + 4);
-    put(out, kTableImageVersion);
-    put(out, layer_);
-    put(out, width_);
-    put(out, num_seeds());
-    for (int32_t s = 0; s < num_seeds(); ++s) {
-        put(out, stage_[s]);
-        put(out, kind_[s]);
-        put(out, strategy_[s]);
-        put(out, flags_[s]);
-        put(out, slot_[s]);
-        put(out, alpha_[s]);
-        put(out, steps_in_stage_[s]);
-        put(out, error_count_[s]);
-        put(out, embargo_until_step_[s]);
-        put_graft(out, graft_[s]);
-    }
-}
-
-void SeedTable::read_from(std::span<const uint8_t> image) {
-    Cursor c(image);
-    char magic[4];
-    for (char& m : magic) m = c.get<char>();
-    if (std::memcmp(magic, kTableMagic, 4) != 0)
-        ESPER_THROW(kIntegrity, "seed table image: bad magic");
-    const auto version = c.get<uint32_t>();
-    if (version != kTableImageVersion) {
-        ESPER_THROW(kIntegrity, "seed table image version ", version, " (this build reads ",
-                    kTableImageVersion, ")");
-    }
-    const auto layer = c.get<int32_t>();
-    const auto width = c.get<int32_t>();
-    const auto seeds = c.get<int32_t>();
-    if (layer != layer_ || width != width_ || seeds != num_seeds()) {
-        ESPER_THROW(kIntegrity, "seed table image is for layer ", layer, " width ", width,
-                    " seeds ", seeds, "; this table is layer ", layer_, " width ", width_,
-                    " seeds ", num_seeds());
-    }
-    std::vector<SeedRow> rows(static_cast<size_t>(seeds));
-    for (auto& r : rows) {
-        const auto st = c.get<uint8_t>();
-        const auto kd = c.get<uint8_t>();
-        const auto sg = c.get<uint8_t>();
-        if (st >= kNumSeedStages || kd >= kNumBlueprintKinds ||
-            sg >= kNumGraftingStrategies) {
-            ESPER_THROW(kIntegrity, "seed table image: value out of range");
-        }
-        r.stage = static_cast<SeedStage>(st);
-        r.kind = static_cast<BlueprintKind>(kd);
-        r.strategy = static_cast<GraftingStrategy>(sg);
-        r.flags = c.get<uint8_t>();
-        r.slot = c.get<int32_t>();
-        r.alpha = c.get<float>();
-        r.steps_in_stage = c.get<uint32_t>();
-        r.error_count = c.get<uint16_t>();
-        r.embargo_until_step = c.get<uint32_t>();
-        r.graft.t = c.get<float>();
-        r.graft.velocity = c.get<float>();
-        r.graft.weight_ema = c.get<float>();
-        r.graft.last_stable_alpha = c.get<float>();
-        r.graft.loss_delta_ema = c.get<float>();
-        r.graft.ramp_steps = c.get<int32_t>();
-        r.graft.unstable_count = c.get<uint16_t>();
-        r.graft.adaptive_choice = c.get<uint8_t>();
-        r.graft.has_ema = c.get<uint8_t>();
-    }
-    if (!c.done()) ESPER_THROW(kIntegrity, "seed table image has trailing bytes");
-    for (int32_t s = 0; s < seeds; ++s) set_row(s, rows[s]);
-}
-
-uint64_t SeedTable::digest() const {
-    std::vector<uint8_t> img;
-    write_to(img);
-    for (int32_t o : offsets_) put(img, o);
-    uint64_t h = 1469598103934665603ull;
-    for (uint8_t b : img) {
-        h ^= b;
+    for (size_t i = 0; i < sizeof(T); ++i) {
+        h ^= p[i];
         h *= 1099511628211ull;
     }
+}
+}  // namespace
+
+uint64_t SeedTable::digest() const {
+    uint64_t h = 1469598103934665603ull;
+    mix(h, layer_);
+    mix(h, width_);
+    mix(h, num_seeds());
+    for (int32_t s = 0; s < num_seeds(); ++s) {
+        mix(h, stage_[s]);
+        mix(h, kind_[s]);
+        mix(h, strategy_[s]);
+        mix(h, flags_[s]);
+        mix(h, slot_[s]);
+        mix(h, std::bit_cast<uint32_t>(alpha_[s]));
+        mix(h, steps_in_stage_[s]);
+        mix(h, error_count_[s]);
+        mix(h, embargo_until_step_[s]);
+        const GraftState& g = graft_[s];
+        for (float f : {g.t, g.velocity, g.weight_ema, g.last_stable_alpha, g.loss_delta_ema})
+            mix(h, std::bit_cast<uint32_t>(f));
+        mix(h, g.ramp_steps);
+        mix(h, g.unstable_count);
+        mix(h, g.adaptive_choice);
+        mix(h, g.has_ema);
+    }
+    for (int32_t o : offsets_) mix(h, o);
     return h;
 }
 

@@ -71,11 +71,8 @@ public:
     const float* alpha_data() const { return alpha_.data(); }
     const int32_t* chunk_offset_data() const { return offsets_.data(); }
 
-    // Versioned little-endian binary image of every row (checkpoints); read_from throws
-    // esper::Error(kIntegrity) when the image does not match this table's shape or version.
-    void write_to(std::vector<uint8_t>& out) const;
-    void read_from(std::span<const uint8_t> image);
     // FNV-1a 64 over layer, layout and every row: equal tables ⇔ equal digests (in practice).
+    // A hash for comparing ranks, never stored (checkpoints store rows: kasmina/io/state_codec.h).
     uint64_t digest() const;
 
 private:

@@ -20,7 +20,10 @@ bool all_finite(std::span<const float> v) {
 
 CpuBackend::CpuBackend(Model& model, SeedManager& seeds, Optimizer& optimizer,
                        const StepBackendOptions& options)
-    : model_(model), seeds_(seeds), optimizer_(optimizer), dist_(options.dist),
+    : model_(model),
+      seeds_(seeds),
+      optimizer_(optimizer),
+      dist_(options.dist),
       views_(size_t(seeds.num_layers())) {}
 
 StepResult CpuBackend::run_step(const Batch& batch, const StepRates&, Telemetry& telemetry) {
@@ -48,7 +51,8 @@ void CpuBackend::commit_step(const StepRates& rates) {
 }
 
 BatchResult CpuBackend::eval_batch(const Batch& batch) {
-    for (int32_t l = 0; l < seeds_.num_layers(); ++l) views_[size_t(l)] = seeds_.view(l, batch.rows);
+    for (int32_t l = 0; l < seeds_.num_layers(); ++l)
+        views_[size_t(l)] = seeds_.view(l, batch.rows);
     return model_.eval_batch(batch, views_);
 }
 

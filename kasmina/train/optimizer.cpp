@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "core/error.h"
 #include "kernels/grad_ops.h"
 #include "kernels/optimizer.h"
 
@@ -108,45 +109,36 @@ void Optimizer::step_blueprints(SeedManager& seeds, double lr) {
 }
 
 void Optimizer::save(CheckpointData& out) const {
-    ByteWriter w;
-    w.pod<int64_t>(host_steps_);
-    w.pod<uint64_t>(m_.size());
-    for (size_t i = 0; i < m_.size(); ++i) {
-        w.array<float>(m_[i]);
-        w.array<float>(v_[i]);
+    out.optimizer.host_steps = host_steps_;
+    out.optimizer.slot_steps = slot_steps_;
+    out.optimizer.slot_owner = slot_owner_;
+    // v is empty under SGD: an empty tensor, so a checkpoint of the other kind is refused.
+    for (size_t i = 0; i < params_.size(); ++i) {
+        out.put_floats("opt.m." + params_[i].name, m_[i]);
+        out.put_floats("opt.v." + params_[i].name, v_[i]);
     }
-    w.pod<uint64_t>(slot_steps_.size());
-    for (size_t l = 0; l < slot_steps_.size(); ++l) {
-        w.pod<uint64_t>(slot_steps_[l].size());
-        for (size_t k = 0; k < slot_steps_[l].size(); ++k) {
-            w.array<int64_t>(slot_steps_[l][k]);
-            w.array<int64_t>(slot_owner_[l][k]);
-        }
-    }
-    out.put("optimizer", w.take());
 }
 
 void Optimizer::load(const CheckpointData& in) {
-    ByteReader r(in.bytes("optimizer"), "optimizer");
-    host_steps_ = r.pod<int64_t>();
-    if (r.pod<uint64_t>() != m_.size()) r.fail("parameter count differs from the model's");
-    for (size_t i = 0; i < m_.size(); ++i) {
-        r.array_into<float>(m_[i]);
-        r.array_into<float>(v_[i]);
+    const OptimizerScalars& o = in.optimizer;
+    // Checked before anything changes.
+    if (o.slot_steps.size() != slot_steps_.size() || o.slot_owner.size() != slot_owner_.size())
+        ESPER_THROW(kIntegrity, "checkpoint optimizer state: seed layer count differs");
+    for (size_t l = 0; l < o.slot_steps.size(); ++l) {
+        const size_t kinds = o.slot_steps[l].size();
+        if ((kinds != 0 && kinds != size_t(kNumBlueprintKinds)) || o.slot_owner[l].size() != kinds)
+            ESPER_THROW(kIntegrity, "checkpoint optimizer state: bad blueprint kind count");
+        for (size_t k = 0; k < kinds; ++k)
+            if (o.slot_steps[l][k].size() != o.slot_owner[l][k].size())
+                ESPER_THROW(kIntegrity, "checkpoint optimizer state: slot table sizes differ");
     }
-    if (r.pod<uint64_t>() != slot_steps_.size()) r.fail("seed layer count differs");
-    for (size_t l = 0; l < slot_steps_.size(); ++l) {
-        const uint64_t kinds = r.pod<uint64_t>();
-        if (kinds != 0 && kinds != uint64_t(kNumBlueprintKinds)) r.fail("bad blueprint kind count");
-        slot_steps_[l].assign(kinds, {});
-        slot_owner_[l].assign(kinds, {});
-        for (size_t k = 0; k < kinds; ++k) {
-            slot_steps_[l][k] = r.array<int64_t>();
-            slot_owner_[l][k] = r.array<int64_t>();
-            if (slot_steps_[l][k].size() != slot_owner_[l][k].size()) r.fail("slot table sizes differ");
-        }
+    for (size_t i = 0; i < params_.size(); ++i) {
+        in.floats_into("opt.m." + params_[i].name, m_[i]);
+        in.floats_into("opt.v." + params_[i].name, v_[i]);
     }
-    r.expect_end();
+    host_steps_ = o.host_steps;
+    slot_steps_ = o.slot_steps;
+    slot_owner_ = o.slot_owner;
 }
 
 }  // namespace esper::kasmina

@@ -36,6 +36,8 @@ public:
     void step_blueprints(SeedManager& seeds, double lr);
     int64_t host_steps() const { return host_steps_; }
 
+    // Moments as tensors `opt.m.<param>`, `opt.v.<param>`, counters in `optimizer`; load throws
+    // Error(kIntegrity) when they do not fit this optimizer (another model or optimizer kind).
     void save(CheckpointData& out) const;
     void load(const CheckpointData& in);
 

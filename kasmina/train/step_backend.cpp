@@ -15,7 +15,8 @@ Logger& backend_log() { return logger("kasmina.trainer"); }
 
 bool trainer_uses_cuda(const Config& config) {
     // Widening (layer-input) blueprints have CPU kernels only; load_config refuses device: cuda.
-    if (config.blueprints.input != BlueprintInput::kLayer) return resolve_use_cuda(config.run.device);
+    if (config.blueprints.input != BlueprintInput::kLayer)
+        return resolve_use_cuda(config.run.device);
     ESPER_CHECK_INPUT(config.run.device != "cuda",
                       "blueprints.input: layer runs on the CPU only; set run.device: cpu or auto");
     if (config.run.device == "auto")
@@ -27,7 +28,8 @@ bool trainer_uses_cuda(const Config& config) {
 std::unique_ptr<StepBackend> make_step_backend(const Config& config, Model& model,
                                                SeedManager& seeds, Optimizer& optimizer,
                                                const StepBackendOptions& options) {
-    if (trainer_uses_cuda(config)) return make_cuda_backend(config, model, seeds, optimizer, options);
+    if (trainer_uses_cuda(config))
+        return make_cuda_backend(config, model, seeds, optimizer, options);
     return std::make_unique<CpuBackend>(model, seeds, optimizer, options);
 }
 

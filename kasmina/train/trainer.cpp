@@ -2,7 +2,6 @@
 #include "kasmina/train/trainer.h"
 
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 
 #include "core/check.h"
@@ -18,13 +17,6 @@ namespace {
 
 Logger& trainer_log() { return logger("kasmina.trainer"); }
 
-std::string num(double v) {
-    if (!std::isfinite(v)) return "null";
-    char buf[40];
-    std::snprintf(buf, sizeof(buf), "%.17g", v);
-    return buf;
-}
-
 }  // namespace
 
 Trainer::Trainer(const Config& config, TrainerOptions options)
@@ -36,9 +28,7 @@ Trainer::Trainer(const Config& config, DataSplits data, TrainerOptions options)
     init();
 }
 
-Trainer::~Trainer() {
-    if (metrics_ != nullptr) std::fclose(metrics_);
-}
+Trainer::~Trainer() = default;
 
 void Trainer::init() {
     const Dataset& tr = data_.train;
@@ -50,9 +40,7 @@ void Trainer::init() {
     if (!options_.run_dir.empty()) {
         fs::create_directories(options_.run_dir);
         events_ = std::make_unique<EventLog>((fs::path(options_.run_dir) / "events.jsonl").string());
-        const std::string mpath = (fs::path(options_.run_dir) / "metrics.jsonl").string();
-        metrics_ = std::fopen(mpath.c_str(), "a");
-        if (metrics_ == nullptr) ESPER_THROW(kFailed, mpath, ": cannot open: ", std::strerror(errno));
+        metrics_ = std::make_unique<MetricsLog>(fs::path(options_.run_dir) / "metrics.jsonl");
     }
     seeds_ = std::make_unique<SeedManager>(seed_manager_config(config_), model_->seed_layer_widths(), events_.get(),
                                            model_->seed_layer_inputs());
@@ -124,7 +112,7 @@ TrainStep Trainer::step() {
     telemetry_->record_blueprint_grads(*seeds_);
     double loss = r.loss;
     bool finite = r.finite;
-    if (governor_.inject_nan(s)) {
+    if (config_.faults.nan_at_step == s) {
         // The host gradient is read by the CPU update only (the CUDA step keeps its own).
         loss = std::nan("");
         (*model_->params().front().grad)[0] = std::nanf("");
@@ -161,12 +149,11 @@ TrainStep Trainer::step() {
     }
     const double secs = sw.elapsed_s();
     out.samples_per_s = secs > 0 ? double(B) * options_.world / secs : 0.0;
-    write_metrics_line("{\"step\":" + std::to_string(out.step) + ",\"epoch\":" +
-                       std::to_string(out.epoch) + ",\"split\":\"train\",\"loss\":" + num(out.loss) +
-                       ",\"lr\":" + num(out.lr) + ",\"samples_per_s\":" + num(out.samples_per_s) +
-                       ",\"host_params\":" + std::to_string(model_->param_count()) +
-                       ",\"blueprint_params\":" + std::to_string(param_count() - model_->param_count()) +
-                       ",\"total_steps\":" + std::to_string(total_steps_) + "}");
+    if (metrics_) {
+        const int64_t host = model_->param_count();
+        metrics_->write(TrainMetrics{out.step, out.epoch, out.loss, out.lr, out.samples_per_s, host,
+                                     param_count() - host, total_steps_});
+    }
     last_step_ = out;
     return out;
 }
@@ -201,19 +188,6 @@ EvalResult Trainer::evaluate() {
 
 std::vector<SeedTelemetryRecord> Trainer::collect_telemetry() { return telemetry_->collect(*seeds_); }
 
-void Trainer::write_metrics_line(const std::string& line) {
-    if (metrics_ == nullptr) return;
-    std::fputs(line.c_str(), metrics_);
-    std::fputc('\n', metrics_);
-    std::fflush(metrics_);
-}
-
-void Trainer::write_eval(const EvalResult& r) {
-    write_metrics_line("{\"step\":" + std::to_string(r.step) + ",\"epoch\":" + std::to_string(r.epoch) +
-                       ",\"split\":\"test\",\"loss\":" + num(r.loss) + ",\"accuracy\":" +
-                       num(r.accuracy) + "}");
-}
-
 bool Trainer::boundary() {
     if (!loop_started_) {
         loop_started_ = true;
@@ -238,7 +212,9 @@ StepReport Trainer::after_step() {
     const int64_t every = config_.run.eval_every_steps;
     if (epoch_end || (every > 0 && step_ % every == 0)) {
         due.eval = evaluate();
-        write_eval(*due.eval);
+        if (metrics_)
+            metrics_->write(
+                TestMetrics{due.eval->step, due.eval->epoch, due.eval->loss, due.eval->accuracy});
         if (epoch_end) {
             EpochSummary sum;
             sum.epoch = (step_ + spe - 1) / spe;
@@ -270,19 +246,16 @@ void Trainer::capture(CheckpointData& out) const {
     out = CheckpointData();
     out.step = step_;
     out.run_id = "seed-" + std::to_string(config_.run.seed);
-    out.put_text("config", config_to_yaml(config_));
-    ByteWriter w;
-    w.pod<int64_t>(step_);
-    w.pod<int64_t>(total_steps_);
-    w.pod<double>(epoch_loss_sum_);
-    w.pod<int64_t>(epoch_loss_steps_);
-    const std::vector<double> window(governor_.window().begin(), governor_.window().end());
-    w.array<double>(window);
-    w.pod<int64_t>(governor_.trips());
-    out.put("trainer", w.take());
+    out.config_yaml = config_to_yaml(config_);
+    out.trainer.step = step_;
+    out.trainer.total_steps = total_steps_;
+    out.trainer.epoch_loss_sum = epoch_loss_sum_;
+    out.trainer.epoch_loss_steps = epoch_loss_steps_;
+    out.trainer.governor_window.assign(governor_.window().begin(), governor_.window().end());
+    out.trainer.governor_trips = governor_.trips();
     for (const ParamRef& p : model_->params()) out.put_floats("param." + p.name, p.value->span());
     optimizer_->save(out);
-    out.put("seeds", seeds_->save_state());
+    out.seeds = seeds_->snapshot();
     for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
         const BlueprintArenas& a = seeds_->arenas(l);
         for (int k = 0; k < kNumBlueprintKinds; ++k) {
@@ -307,22 +280,22 @@ void Trainer::restore(const CheckpointData& in, bool with_seeds) {
         }
     }
     if (!with_seeds) return;
-    ByteReader r(in.bytes("trainer"), "trainer");
-    step_ = r.pod<int64_t>();
-    r.pod<int64_t>();  // total steps of the writer: this run's config decides
-    epoch_loss_sum_ = r.pod<double>();
-    epoch_loss_steps_ = r.pod<int64_t>();
-    const std::vector<double> window = r.array<double>();
-    const int64_t trips = r.pod<int64_t>();
-    r.expect_end();
-    governor_.set_window(std::deque<double>(window.begin(), window.end()), trips);
-    seeds_->load_state(in.bytes("seeds"));
+    seeds_->restore(in.seeds);  // first: it checks the shape before changing anything
+    // The writer's total steps are ignored: this run's config decides.
+    const TrainerScalars& t = in.trainer;
+    step_ = t.step;
+    epoch_loss_sum_ = t.epoch_loss_sum;
+    epoch_loss_steps_ = t.epoch_loss_steps;
+    governor_.set_window(std::deque<double>(t.governor_window.begin(), t.governor_window.end()),
+                         t.governor_trips);
 }
 
-void Trainer::save_checkpoint(const fs::path& dir, const CheckpointWriteOptions& opt) {
+void Trainer::save_checkpoint(const fs::path& dir) {
     backend_->download_all();
     CheckpointData data;
     capture(data);
+    CheckpointWriteOptions opt;
+    opt.crash_after_files = int(config_.faults.checkpoint_crash_after_files);
     write_checkpoint(dir, data, opt);
     ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "checkpoint step=", step_, " dir=", dir.string());
 }

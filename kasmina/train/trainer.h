@@ -10,7 +10,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -21,6 +20,7 @@
 #include "kasmina/io/checkpoint.h"
 #include "kasmina/io/config.h"
 #include "kasmina/io/event_log.h"
+#include "kasmina/io/metrics_log.h"
 #include "kasmina/lifecycle/command.h"
 #include "kasmina/lifecycle/governor.h"
 #include "kasmina/lifecycle/seed_manager.h"
@@ -133,7 +133,8 @@ public:
     Outcome apply(const Command& command);
     std::vector<SeedTelemetryRecord> collect_telemetry();
 
-    void save_checkpoint(const std::filesystem::path& dir, const CheckpointWriteOptions& opt = {});
+    // faults.checkpoint_crash_after_files makes it throw midway (test-only).
+    void save_checkpoint(const std::filesystem::path& dir);
     // Restores everything a bit-identical continuation needs; throws on integrity/shape errors.
     void load_checkpoint(const std::filesystem::path& dir);
 
@@ -160,8 +161,6 @@ private:
     void capture(CheckpointData& out) const;
     // Restores parameters/optimizer/arenas (and, when `with_seeds`, seed tables and step).
     void restore(const CheckpointData& in, bool with_seeds);
-    void write_metrics_line(const std::string& line);
-    void write_eval(const EvalResult& r);
 
     Config config_;
     TrainerOptions options_;
@@ -181,7 +180,7 @@ private:
     std::vector<int32_t> y_;
     CheckpointData last_good_;
     SeedManagerSnapshot last_good_seeds_;
-    std::FILE* metrics_ = nullptr;
+    std::unique_ptr<MetricsLog> metrics_;  // metrics.jsonl (rank 0 with a run_dir)
     double epoch_loss_sum_ = 0.0;
     int64_t epoch_loss_steps_ = 0;
     Stopwatch epoch_clock_;  // from the first boundary() or the last epoch end

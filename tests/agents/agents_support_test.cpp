@@ -79,7 +79,8 @@ TEST_CASE("the run summary and report are derived from metrics and events", "[ag
     CHECK(s.seeds_in_stage[9] == 1);    // one CANCELLED
     CHECK(s.seeds_in_stage[1] == 0);
     CHECK(s.malformed_lines == 1);
-    CHECK_THAT(esper::agents::format_summary(s), Catch::Contains("germinated") && Catch::Contains("TRAINING=1"));
+    CHECK_THAT(esper::agents::format_summary(s),
+               Catch::Contains("  into GERMINATED       2\n") && Catch::Contains("TRAINING=1"));
 
     fs::path out = esper::agents::write_report(dir);
     std::ifstream in(out);

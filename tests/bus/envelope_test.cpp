@@ -1,5 +1,7 @@
 // Envelope round trips for every payload type, and decode() against truncated, garbage,
 // oversized, wrong-version and randomly mutated frames (DESIGN §10, bus rows).
+#include "bus/envelope.h"
+
 #include <capnp/dynamic.h>
 #include <capnp/message.h>
 #include <capnp/schema.h>
@@ -10,8 +12,6 @@
 #include <random>
 #include <vector>
 
-#include "bus/envelope.h"
-#include "bus/json.h"
 #include "tests/bus/random_payload.h"
 
 using namespace esper;
@@ -181,8 +181,13 @@ TEST_CASE("decode survives thousands of random and mutated buffers", "[bus][enve
         auto d = bus::decode(std::span<const std::byte>(bytes));
         if (d.ok()) {
             ++decoded;
-            std::string json = bus::envelope_to_json("t", d.value->envelope());
-            CHECK_FALSE(json.empty());
+            // Reading every field (capnp's text form walks the whole message) must not crash.
+            try {
+                std::string text = kj::str(d.value->envelope()).cStr();
+                CHECK_FALSE(text.empty());
+            } catch (const kj::Exception&) {
+                // a field failing capnp's lazy checks is reported, not a crash
+            }
         }
     }
     CHECK(decoded < 3000);

@@ -30,7 +30,8 @@ std::string fast_config(int64_t max_steps, int64_t plateau_patience) {
            "data:\n"
            "  dataset: teacher\n"
            "  batch_size: 64\n"
-           "  teacher: {train_samples: 4096, test_samples: 512, features: 16, classes: 4, hidden: 32}\n"
+           "  teacher: {train_samples: 4096, test_samples: 512, features: 16, classes: 4, hidden: "
+           "32}\n"
            "model: {hidden: [32, 32], activation: gelu, seeds_per_layer: 4}\n"
            "optimizer: {kind: sgd, lr: 0.05, momentum: 0.9}\n"
            "lifecycle: {training_steps: 30, stabilization_steps: 10, evaluation_steps: 10,\n"
@@ -38,9 +39,10 @@ std::string fast_config(int64_t max_steps, int64_t plateau_patience) {
            "            grafting: {strategy: linear, ramp_steps: 10}}\n"
            "tamiyo:\n"
            "  decision_interval_steps: 10\n"
-           "  plateau: {patience_steps: " + std::to_string(plateau_patience) + ", min_delta: 0.01}\n"
-           "  heuristic: {training_steps: 30, evaluation_steps: 10, fine_tuning_steps: 30,\n"
-           "              training_patience_steps: 200, cull_contribution: -1.0}\n";
+           "  plateau: {patience_steps: " +
+           std::to_string(plateau_patience) +
+           ", min_delta: 0.01}\n"
+           "  heuristic: {training_patience_steps: 200, cull_contribution: -1.0}\n";
 }
 
 // A broker plus the run's executor and controller as separate processes.
@@ -167,6 +169,18 @@ TEST_CASE("a duplicated command is applied once and an illegal one is rejected w
     run.start_kasmina();
     zmq::context_t ctx;
     bus::RpcClient client(ctx, {.endpoint = run.broker.rpc, .sender = "operator/test", .timeout_ms = 2000});
+    // Tap layer 1's seed telemetry: the executor publishes each seed's germination prices.
+    ChildProcess tap("tap", {kEsper, "tap", "--bus", run.broker.sub, "telemetry.seeds.it.1"},
+                     run.dir / "tap-seeds.log");
+    auto seed3 = [&] {
+        std::vector<nlohmann::json> records;
+        for (const auto& line : json_lines(run.dir / "tap-seeds.log"))
+            for (const auto& r : line["payload"]["seeds"])
+                if (r["seed"] == 3) records.push_back(r);
+        return records;
+    };
+    REQUIRE(wait_until([&] { return !seed3().empty(); }, 20));
+    const nlohmann::json dormant = seed3().back();
     auto germinate = [](schema::Envelope::Payload::Builder p) {
         auto c = p.initCommand();
         c.setCommandId("dup-1");
@@ -187,6 +201,23 @@ TEST_CASE("a duplicated command is applied once and an illegal one is rejected w
     for (const auto& e : run.events())
         if (e["to"] == "GERMINATED" && e["layer"] == 1 && e["seed"] == 3) ++germinations;
     CHECK(germinations == 1);
+    // The price published before the germination is what the blueprint then has (the kind of
+    // this command is residual_mlp, index 0), so Tamiyo's budget charges what Kasmina counts.
+    // Without a controller the seed is culled at its TRAINING gate within ~100 steps: look at
+    // every record the tap caught, not only the newest.
+    REQUIRE(dormant["germinationParams"].size() == 3);
+    const int64_t price = dormant["germinationParams"][0].get<int64_t>();
+    CHECK(price > 0);
+    auto held = [&] {
+        std::vector<int64_t> counts;
+        for (const auto& r : seed3())
+            if (r["blueprintParams"].get<int64_t>() > 0) counts.push_back(r["blueprintParams"]);
+        return counts;
+    };
+    REQUIRE(wait_until([&] { return !held().empty(); }, 20));
+    for (int64_t n : held()) CHECK(n == price);
+    CHECK(seed3().back()["germinationParams"] == dormant["germinationParams"]);
+    tap.stop(milliseconds(2000));
 
     CHECK(run.esper({"ctl", "transition", "0", "1", "FOSSILIZED"}, "illegal") == 1);
     CHECK_THAT(file_text(run.dir / "illegal.log"), Catch::Contains("invalid transition DORMANT→FOSSILIZED"));
@@ -248,7 +279,7 @@ TEST_CASE("esper run stops on SIGINT within seconds with a final checkpoint and 
     CHECK(fs::exists(dir / "run" / "report.html"));
     bool checkpoint = false;
     for (const auto& entry : fs::directory_iterator(dir / "run" / "checkpoints"))
-        checkpoint = checkpoint || fs::exists(entry.path() / "manifest.txt");
+        checkpoint = checkpoint || fs::exists(entry.path() / "manifest.bin");
     CHECK(checkpoint);
     CHECK_THAT(file_text(dir / "run.log"), Catch::Contains("run summary"));
     std::error_code ec;
@@ -281,4 +312,22 @@ TEST_CASE("esper run refuses an invalid config or policy before anything starts"
     }
     std::error_code ec;
     fs::remove_all(dir, ec);
+}
+
+TEST_CASE("the executor publishes its effective config on config.<run> at startup",
+          "[integration][agents]") {
+    LiveRun run(fast_config(200000, 1000000));
+    ChildProcess tap("tap",
+                     {kEsper, "tap", "--bus", run.broker.sub, "config.", "--count", "1",
+                      "--timeout-ms", "20000"},
+                     run.dir / "tap.log");
+    std::this_thread::sleep_for(milliseconds(300));  // let the subscription reach the broker
+    run.start_kasmina();
+    REQUIRE(tap.wait_for(milliseconds(20000)).value_or(-1) == 0);
+    const std::string text = file_text(run.dir / "tap.log");
+    INFO(text);
+    const nlohmann::json line = nlohmann::json::parse(text.substr(0, text.find('\n')));
+    CHECK(line["topic"] == "config.it");
+    CHECK_THAT(text, Catch::Contains("runConfig") && Catch::Contains("seeds_per_layer: 4") &&
+                         Catch::Contains("\"batchSize\":64") && Catch::Contains("\"width\":32"));
 }

@@ -36,8 +36,7 @@ const char* const kTwoRankConfig =
     "tamiyo:\n"
     "  decision_interval_steps: 10\n"
     "  plateau: {patience_steps: 20, min_delta: 0.01}\n"
-    "  heuristic: {training_steps: 30, evaluation_steps: 10, fine_tuning_steps: 30,\n"
-    "              training_patience_steps: 200, cull_contribution: -1.0}\n";
+    "  heuristic: {training_patience_steps: 200, cull_contribution: -1.0}\n";
 
 std::string text_of(const fs::path& p) {
     std::ifstream in(p);

@@ -1,16 +1,15 @@
 // [gpu] tests: every CUDA kernel against its CPU reference on seeded random inputs over ragged
 // shapes, all stages, α values and blueprint kinds, with outputs poisoned (NaN) before each run,
 // and a CUDA-graph capture + replay of forward, backward and optimizer launches.
-#include <catch2/catch.hpp>
+#include <cuda_runtime_api.h>
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <random>
 #include <vector>
-
-#include <cuda_runtime_api.h>
 
 #include "kernels/bias_act.h"
 #include "kernels/optimizer.h"
@@ -19,6 +18,7 @@
 #include "kernels/seed_state_update.h"
 #include "kernels/softmax_xent.h"
 #include "tests/kernels/kernel_test_util.h"
+#include "tests/support/gpu.h"
 
 using namespace esper::kernels;
 using esper::kernels::test::compare;
@@ -27,47 +27,12 @@ using esper::kernels::test::HostSeedLayer;
 using esper::kernels::test::LayerSpec;
 using esper::kernels::test::make_layer;
 using esper::kernels::test::Telemetry;
+using esper::testing::DevBuf;
+using esper::testing::require_device;
 
 namespace {
 
-void require_device() {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        std::fprintf(stderr, "skipped: no CUDA device\n");
-        std::exit(4);
-    }
-}
-
 #define CUDA_OK(expr) REQUIRE((expr) == cudaSuccess)
-
-// Owns one device allocation; poisoned with 0xFF bytes (NaN for floats) unless uploaded.
-struct DevBuf {
-    void* p = nullptr;
-    size_t bytes = 0;
-    explicit DevBuf(size_t n) : bytes(n) {
-        REQUIRE(cudaMalloc(&p, n ? n : 1) == cudaSuccess);
-        REQUIRE(cudaMemset(p, 0xFF, n ? n : 1) == cudaSuccess);
-    }
-    template <typename T>
-    explicit DevBuf(const std::vector<T>& v) : DevBuf(v.size() * sizeof(T)) {
-        REQUIRE(cudaMemcpy(p, v.data(), bytes, cudaMemcpyHostToDevice) == cudaSuccess);
-    }
-    DevBuf(const DevBuf&) = delete;
-    DevBuf& operator=(const DevBuf&) = delete;
-    ~DevBuf() { cudaFree(p); }
-    template <typename T>
-    T* as() const { return static_cast<T*>(p); }
-    template <typename T>
-    std::vector<T> download() const {
-        std::vector<T> v(bytes / sizeof(T));
-        REQUIRE(cudaMemcpy(v.data(), p, bytes, cudaMemcpyDeviceToHost) == cudaSuccess);
-        return v;
-    }
-    template <typename T>
-    void upload(const std::vector<T>& v) {
-        REQUIRE(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
-    }
-};
 
 // Mirrors a HostSeedLayer (and its telemetry) on the device.
 struct DeviceLayer {

@@ -24,7 +24,7 @@ echo "rank=$RANK world=$WORLD_SIZE local=$LOCAL_RANK master=$MASTER_ADDR:$MASTER
 if [[ "$ESPER_ATTEMPT" == 0 ]]; then
     if [[ "$RANK" == 0 ]]; then
         mkdir -p "$run_dir/checkpoints/step-10"
-        echo manifest >"$run_dir/checkpoints/step-10/manifest.txt"
+        echo manifest >"$run_dir/checkpoints/step-10/manifest.bin"
     fi
     if [[ "$RANK" == "${FAKE_FAIL_RANK:--1}" ]]; then
         sleep 1

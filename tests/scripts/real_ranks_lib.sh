@@ -6,10 +6,10 @@
 kill_rank_and_check() {
     local launcher_pid=$1 max_steps=$2
     for _ in $(seq 1 600); do
-        [ -f "$tmp/run/checkpoints/500/manifest.txt" ] && break
+        [ -f "$tmp/run/checkpoints/500/manifest.bin" ] && break
         sleep 0.1
     done
-    [ -f "$tmp/run/checkpoints/500/manifest.txt" ] || fail "no checkpoint at step 500"
+    [ -f "$tmp/run/checkpoints/500/manifest.bin" ] || fail "no checkpoint at step 500"
     local victim
     victim=$(pgrep -f "kasmina --config $tmp/c.yaml" | tail -1)  # the newest rank
     [ -n "$victim" ] || fail "no rank process found"

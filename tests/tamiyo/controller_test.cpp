@@ -14,6 +14,7 @@
 #include "tamiyo/heuristic_policy.h"
 #include "tamiyo_test_util.h"
 
+using namespace esper;
 using namespace esper::tamiyo;
 using esper::tamiyo::test::Recorder;
 
@@ -40,7 +41,7 @@ public:
         std::vector<Decision> out;
         for (const auto& [id, lv] : view.layers())
             for (const SeedView& s : lv.seeds)
-                if (s.known && s.stage == Stage::kDormant) {
+                if (s.known && s.stage == SeedStage::kDormant) {
                     Decision d;
                     d.layer = s.layer;
                     d.seed = s.seed;
@@ -76,7 +77,7 @@ TEST_CASE("heuristic germinates the lowest-health dormant seed per layer only af
     for (const Decision& d : ds) {
         CHECK(d.kind == DecisionKind::kGerminate);
         CHECK(d.policy == "heuristic");
-        CHECK(d.to_stage == Stage::kGerminated);
+        CHECK(d.to_stage == SeedStage::kGerminated);
         CHECK(d.reason.find("plateau") != std::string::npos);
         // It is the minimum-health dormant seed of its layer.
         double min_health = 10.0;
@@ -99,25 +100,25 @@ TEST_CASE("heuristic approves and culls gates from gradient health and contribut
     HeuristicConfig hc;  // training 200, evaluation 100, fine-tuning 200, min health 0.7
     Controller c({}, std::make_unique<HeuristicPolicy>(hc));
 
-    auto seed_at = [&](uint32_t seed, Stage stage, uint32_t steps,
+    auto seed_at = [&](uint32_t seed, SeedStage stage, uint32_t steps,
                        std::optional<double> grad_health, std::optional<double> contribution) {
         SeedTelemetry t = test::random_telemetry(rng, 0, seed, 1000, stage, steps);
         t.metrics.gradient_health = grad_health;
         t.metrics.contribution = contribution;
         r.telemetry(t);
     };
-    seed_at(0, Stage::kTraining, 250, 0.83, std::nullopt);  // healthy, due → approve
-    seed_at(1, Stage::kTraining, 250, 0.41, std::nullopt);  // unhealthy, not stuck yet → wait
-    seed_at(2, Stage::kTraining, 150, 0.95, std::nullopt);  // healthy, not due → wait
-    seed_at(3, Stage::kTraining, 700, 0.41, std::nullopt);  // unhealthy for long → cull
-    seed_at(4, Stage::kTraining, 250, std::nullopt, std::nullopt);  // unmeasured → wait
-    seed_at(5, Stage::kEvaluating, 120, 0.9, 0.031);                // helps → approve FINE_TUNING
-    seed_at(6, Stage::kEvaluating, 120, 0.9, -0.017);               // does not help → cull
-    seed_at(7, Stage::kEvaluating, 40, 0.9, 0.5);                   // not due → wait
-    seed_at(8, Stage::kFineTuning, 230, 0.9, 0.02);                 // done → fossilize
-    seed_at(9, Stage::kFineTuning, 50, 0.9, -0.2);                  // hurts → cull at once
-    seed_at(10, Stage::kFineTuning, 50, 0.9, 0.2);                  // fine, not done → wait
-    seed_at(11, Stage::kGrafting, 50, 0.9, -0.3);                   // no gate → nothing
+    seed_at(0, SeedStage::kTraining, 250, 0.83, std::nullopt);  // healthy, due → approve
+    seed_at(1, SeedStage::kTraining, 250, 0.41, std::nullopt);  // unhealthy, not stuck yet → wait
+    seed_at(2, SeedStage::kTraining, 150, 0.95, std::nullopt);  // healthy, not due → wait
+    seed_at(3, SeedStage::kTraining, 700, 0.41, std::nullopt);  // unhealthy for long → cull
+    seed_at(4, SeedStage::kTraining, 250, std::nullopt, std::nullopt);  // unmeasured → wait
+    seed_at(5, SeedStage::kEvaluating, 120, 0.9, 0.031);   // helps → approve FINE_TUNING
+    seed_at(6, SeedStage::kEvaluating, 120, 0.9, -0.017);  // does not help → cull
+    seed_at(7, SeedStage::kEvaluating, 40, 0.9, 0.5);      // not due → wait
+    seed_at(8, SeedStage::kFineTuning, 230, 0.9, 0.02);    // done → fossilize
+    seed_at(9, SeedStage::kFineTuning, 50, 0.9, -0.2);     // hurts → cull at once
+    seed_at(10, SeedStage::kFineTuning, 50, 0.9, 0.2);     // fine, not done → wait
+    seed_at(11, SeedStage::kGrafting, 50, 0.9, -0.3);      // no gate → nothing
 
     const auto ds = c.decide(v, 1000);
     std::map<uint32_t, Decision> by_seed;
@@ -125,7 +126,7 @@ TEST_CASE("heuristic approves and culls gates from gradient health and contribut
     CHECK(by_seed.size() == ds.size());
     REQUIRE(by_seed.count(0));
     CHECK(by_seed[0].kind == DecisionKind::kApprove);
-    CHECK(by_seed[0].to_stage == Stage::kGrafting);
+    CHECK(by_seed[0].to_stage == SeedStage::kGrafting);
     CHECK(by_seed.count(1) == 0);
     CHECK(by_seed.count(2) == 0);
     REQUIRE(by_seed.count(3));
@@ -133,14 +134,14 @@ TEST_CASE("heuristic approves and culls gates from gradient health and contribut
     CHECK(by_seed.count(4) == 0);
     REQUIRE(by_seed.count(5));
     CHECK(by_seed[5].kind == DecisionKind::kApprove);
-    CHECK(by_seed[5].to_stage == Stage::kFineTuning);
+    CHECK(by_seed[5].to_stage == SeedStage::kFineTuning);
     REQUIRE(by_seed.count(6));
     CHECK(by_seed[6].kind == DecisionKind::kCull);
-    CHECK(by_seed[6].to_stage == Stage::kCulled);
+    CHECK(by_seed[6].to_stage == SeedStage::kCulled);
     CHECK(by_seed.count(7) == 0);
     REQUIRE(by_seed.count(8));
     CHECK(by_seed[8].kind == DecisionKind::kFossilize);
-    CHECK(by_seed[8].to_stage == Stage::kFossilized);
+    CHECK(by_seed[8].to_stage == SeedStage::kFossilized);
     REQUIRE(by_seed.count(9));
     CHECK(by_seed[9].kind == DecisionKind::kCull);
     CHECK(by_seed.count(10) == 0);
@@ -156,7 +157,7 @@ TEST_CASE("budgets cap active seeds per layer and blueprint parameters, with rea
     test::populate(r, rng, 2, 8, 10);  // chunk width 4
     // Two seeds of layer 0 already active.
     for (uint32_t s : {0u, 1u})
-        r.telemetry(test::random_telemetry(rng, 0, s, 20, Stage::kTraining, 10));
+        r.telemetry(test::random_telemetry(rng, 0, s, 20, SeedStage::kTraining, 10));
 
     SECTION("max active per layer") {
         ControllerConfig cc;
@@ -177,17 +178,42 @@ TEST_CASE("budgets cap active seeds per layer and blueprint parameters, with rea
         // Pending germinations still count on the next round.
         CHECK(c.decide(v, 31).empty());
     }
-    SECTION("max blueprint parameters") {
+    SECTION("max blueprint parameters per layer, priced with the published numbers") {
         ControllerConfig cc;
         cc.budget.max_active_per_layer = 100;
-        const int64_t one = blueprint_param_count(BlueprintKind::kResidualMlp, 0, 4);
-        cc.budget.max_blueprint_params = 3 * one + one / 2;
+        const int64_t one = test::kResidualMlpPrice;
+        cc.budget.max_blueprint_params_per_layer = 3 * one + one / 2;
         Controller c(cc, std::make_unique<ScriptedPolicy>("greedy", ScriptedPolicy::Mode::kOk));
         const auto ds = c.decide(v, 30);
-        CHECK(ds.size() == 3);
+        size_t layer0 = 0, layer1 = 0;
+        for (const Decision& d : ds) (d.layer == 0 ? layer0 : layer1)++;
+        CHECK(layer0 == 3);  // each layer has its own cap
+        CHECK(layer1 == 3);
         const DecisionRecord& last = c.journal().back();
         CHECK_FALSE(last.accepted);
-        CHECK(last.refusal.find("blueprint parameters") != std::string::npos);
+        CHECK(last.refusal.find("blueprint parameters 3000 + 1000 > max 3500") !=
+              std::string::npos);
+    }
+    SECTION("a seed without a published price is not germinated") {
+        View bare;
+        for (uint32_t s = 0; s < 3; ++s) {
+            SeedTelemetry t = test::random_telemetry(rng, 0, s, 10);
+            if (s != 1) t.germination_params = {};
+            bare.ingest_telemetry(t);
+        }
+        ControllerConfig cc;
+        cc.budget.max_active_per_layer = 100;
+        Controller c(cc, std::make_unique<ScriptedPolicy>("greedy", ScriptedPolicy::Mode::kOk));
+        const auto ds = c.decide(bare, 30);
+        REQUIRE(ds.size() == 1);
+        CHECK(ds[0].seed == 1);
+        size_t unpriced = 0;
+        for (const DecisionRecord& rec : c.journal())
+            if (!rec.accepted &&
+                rec.refusal.find("no residual_mlp germination price published for seed 0/") !=
+                    std::string::npos)
+                ++unpriced;
+        CHECK(unpriced == 2);
     }
     SECTION("per-decision germination cap") {
         ControllerConfig cc;
@@ -221,7 +247,7 @@ TEST_CASE("cooldown spaces germinations in a layer, counting from the view after
     e.layer = 0;
     e.seed = 5;
     e.step = 2000;
-    e.to = Stage::kGerminated;
+    e.to = SeedStage::kGerminated;
     e.blueprint = BlueprintKind::kResidualMlp;
     r.transition(e);
     Controller fresh(cc, std::make_unique<ScriptedPolicy>("greedy", ScriptedPolicy::Mode::kOk));

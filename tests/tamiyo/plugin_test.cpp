@@ -16,6 +16,7 @@ static_assert(offsetof(esper_policy_seed_v1, steps_in_stage) == 12);
 static_assert(sizeof(esper_policy_run_v1) == 56);
 static_assert(sizeof(esper_policy_decision_v1) == 180);
 
+using namespace esper;
 using namespace esper::tamiyo;
 using esper::tamiyo::test::Recorder;
 
@@ -31,10 +32,10 @@ TEST_CASE("the example plugin loads and decides through the C ABI", "[tamiyo][pl
     Recorder r{v, {}};
     std::mt19937 rng(21);
     test::populate(r, rng, 2, 5, 10);
-    SeedTelemetry t = test::random_telemetry(rng, 0, 4, 500, Stage::kTraining, 250);
+    SeedTelemetry t = test::random_telemetry(rng, 0, 4, 500, SeedStage::kTraining, 250);
     t.metrics.gradient_health = 0.91;
     r.telemetry(t);
-    t = test::random_telemetry(rng, 1, 3, 500, Stage::kEvaluating, 120);
+    t = test::random_telemetry(rng, 1, 3, 500, SeedStage::kEvaluating, 120);
     t.metrics.contribution = -0.07;  // hurts: the plugin culls it
     r.telemetry(t);
 
@@ -52,7 +53,7 @@ TEST_CASE("the example plugin loads and decides through the C ABI", "[tamiyo][pl
     ds = p->decide(v, 500);
     // Layer 0 has an active seed; layer 1 only an EVALUATING one (active too): no germination.
     CHECK(ds.size() == 2);
-    t = test::random_telemetry(rng, 1, 3, 600, Stage::kDormant, 0);
+    t = test::random_telemetry(rng, 1, 3, 600, SeedStage::kDormant, 0);
     r.telemetry(t);
     ds = p->decide(v, 600);
     REQUIRE(ds.size() == 2);

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "tamiyo/controller.h"
 
+using namespace esper;
 using namespace esper::tamiyo;
 
 TEST_CASE("policy specs pick the heuristic, a rules file or a plugin", "[tamiyo][policy]") {

@@ -13,6 +13,7 @@
 #include "tamiyo/rules_policy.h"
 #include "tamiyo_test_util.h"
 
+using namespace esper;
 using namespace esper::tamiyo;
 using esper::tamiyo::test::Recorder;
 
@@ -58,6 +59,19 @@ TEST_CASE("the shipped rules files load", "[tamiyo][rules]") {
                       Catch::Contains("no_such_file.yaml: cannot open"));
 }
 
+TEST_CASE("stage values in conditions, and so in reasons, are spelled the vocabulary's way",
+          "[tamiyo][rules]") {
+    const RulesConfig c = parse_rules(std::string(kHeader) +
+                                          "  - name: r\n    action: cull\n    when:\n"
+                                          "      - \"seed.stage == fine_tuning\"\n"
+                                          "      - \"seed.stage not in [training, Evaluating]\"\n",
+                                      "t.yaml");
+    REQUIRE(c.rules.size() == 1);
+    REQUIRE(c.rules[0].when.size() == 2);
+    CHECK(c.rules[0].when[0].text == "seed.stage == FINE_TUNING");
+    CHECK(c.rules[0].when[1].text == "seed.stage not in [TRAINING, EVALUATING]");
+}
+
 TEST_CASE("every kind of mistake in a rules file is reported as file:line: field: reason",
           "[tamiyo][rules]") {
     struct Case {
@@ -93,7 +107,8 @@ TEST_CASE("every kind of mistake in a rules file is reported as file:line: field
         {h + rule + "    when:\n      - \"seed.stage < TRAINING\"\n", "t.yaml:7: rules[0].when[0]",
          "only be compared with == or !="},
         {h + rule + "    when:\n      - \"seed.stage == SLEEPING\"\n", "t.yaml:7: rules[0].when[0]",
-         "not a stage name"},
+         "not a stage name (DORMANT, GERMINATED, TRAINING, GRAFTING, STABILIZATION, EVALUATING, "
+         "FINE_TUNING, FOSSILIZED, CULLED, CANCELLED, ROLLED_BACK)"},
         {h + rule + "    when:\n      - \"run.plateau == maybe\"\n", "t.yaml:7: rules[0].when[0]",
          "true or false"},
         {h + rule + "    when:\n      - \"seed.id in 3\"\n", "t.yaml:7: rules[0].when[0]",
@@ -131,7 +146,7 @@ TEST_CASE("rules match conditions in order with one decision per seed", "[tamiyo
     Recorder r{v, {}};
     std::mt19937 rng(101);
     test::populate(r, rng, 2, 4, 10);
-    r.telemetry(test::random_telemetry(rng, 1, 2, 400, Stage::kTraining, 300));
+    r.telemetry(test::random_telemetry(rng, 1, 2, 400, SeedStage::kTraining, 300));
     auto p = RulesPolicy::from_string(
         std::string(kHeader) +
             "  - name: graft\n"
@@ -223,8 +238,8 @@ TEST_CASE("plateau_germinate rules decide as the built-in heuristic",
     std::uniform_int_distribution<uint32_t> steps(0, 800);
     for (uint32_t l = 0; l < 3; ++l)
         for (uint32_t s = 0; s < 5; ++s)
-            r.telemetry(
-                test::random_telemetry(rng, l, s, 900, static_cast<Stage>(stage(rng)), steps(rng)));
+            r.telemetry(test::random_telemetry(rng, l, s, 900, static_cast<SeedStage>(stage(rng)),
+                                               steps(rng)));
     double loss = 2.0;
     for (uint64_t step = 100; step <= 500; step += 100)
         r.status(test::status_at(step, loss -= 0.1));
@@ -262,8 +277,8 @@ TEST_CASE("the fixed schedule germinates the given seeds at the given steps",
             e.layer = d.layer;
             e.seed = d.seed;
             e.step = step + 1;
-            e.from = Stage::kDormant;
-            e.to = Stage::kGerminated;
+            e.from = SeedStage::kDormant;
+            e.to = SeedStage::kGerminated;
             e.blueprint = d.blueprint;
             r.transition(e);
         }

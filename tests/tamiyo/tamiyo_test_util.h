@@ -43,9 +43,15 @@ inline void replay(View& v, const std::vector<Message>& log) {
     }
 }
 
+// The germination prices random_telemetry() publishes for every seed (an executor's numbers
+// for chunk width 4; Tamiyo must take them as given, never recompute them).
+inline constexpr int64_t kResidualMlpPrice = 1000;
+inline constexpr int64_t kLowrankPrice = 300;
+inline constexpr int64_t kScaleShiftPrice = 8;
+
 // Random but plausible metrics (never zero) for one seed.
 inline SeedTelemetry random_telemetry(std::mt19937& rng, uint32_t layer, uint32_t seed,
-                                      uint64_t step, Stage stage = Stage::kDormant,
+                                      uint64_t step, SeedStage stage = SeedStage::kDormant,
                                       uint32_t steps_in_stage = 0) {
     std::uniform_real_distribution<double> u(0.05, 0.95);
     SeedTelemetry t;
@@ -54,14 +60,15 @@ inline SeedTelemetry random_telemetry(std::mt19937& rng, uint32_t layer, uint32_
     t.step = step;
     t.stage = stage;
     t.steps_in_stage = steps_in_stage;
-    t.alpha = stage == Stage::kGrafting ? static_cast<float>(u(rng)) : 0.0f;
+    t.alpha = stage == SeedStage::kGrafting ? static_cast<float>(u(rng)) : 0.0f;
     t.chunk_width = 4;
+    t.germination_params = {kResidualMlpPrice, kLowrankPrice, kScaleShiftPrice};
     t.metrics.act_mean = u(rng) - 0.5;
     t.metrics.act_var = u(rng);
     t.metrics.dead_fraction = u(rng) * 0.2;
     t.metrics.grad_norm = u(rng);
     t.metrics.health = u(rng);
-    if (stage != Stage::kDormant) {
+    if (stage != SeedStage::kDormant) {
         t.metrics.blueprint_grad_norm = u(rng);
         t.metrics.gradient_health = u(rng);
         t.metrics.contribution = u(rng) - 0.5;

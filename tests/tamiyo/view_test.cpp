@@ -8,6 +8,7 @@
 
 #include "tamiyo_test_util.h"
 
+using namespace esper;
 using namespace esper::tamiyo;
 using esper::tamiyo::test::Recorder;
 
@@ -102,26 +103,27 @@ TEST_CASE("transitions update stage counts and older telemetry does not undo the
     e.layer = 0;
     e.seed = 3;
     e.step = 120;
-    e.from = Stage::kDormant;
-    e.to = Stage::kGerminated;
+    e.from = SeedStage::kDormant;
+    e.to = SeedStage::kGerminated;
     e.blueprint = BlueprintKind::kLowrank;
     e.blueprint_size = 2;
     r.transition(e);
     const SeedView* s = v.seed(0, 3);
-    CHECK(s->stage == Stage::kGerminated);
-    CHECK(s->blueprint_params == blueprint_param_count(BlueprintKind::kLowrank, 2, 4));
+    CHECK(s->stage == SeedStage::kGerminated);
+    // Priced with what the executor published for this seed and kind, not a formula.
+    CHECK(s->blueprint_params == test::kLowrankPrice);
     CHECK(v.layer(0)->active_seeds() == 1);
     CHECK(v.layer(0)->last_germination_step == 120u);
     CHECK(v.live_blueprint_params() == s->blueprint_params);
 
     // Telemetry from before the transition (step 110) arrives late: stage unchanged.
-    r.telemetry(test::random_telemetry(rng, 0, 3, 110, Stage::kDormant));
-    CHECK(v.seed(0, 3)->stage == Stage::kGerminated);
+    r.telemetry(test::random_telemetry(rng, 0, 3, 110, SeedStage::kDormant));
+    CHECK(v.seed(0, 3)->stage == SeedStage::kGerminated);
     // Newer telemetry is authoritative.
-    r.telemetry(test::random_telemetry(rng, 0, 3, 150, Stage::kTraining, 20));
-    CHECK(v.seed(0, 3)->stage == Stage::kTraining);
+    r.telemetry(test::random_telemetry(rng, 0, 3, 150, SeedStage::kTraining, 20));
+    CHECK(v.seed(0, 3)->stage == SeedStage::kTraining);
     CHECK(v.seed(0, 3)->steps_in_stage(200) == 70);
-    CHECK(v.layer(0)->stage_counts[static_cast<size_t>(Stage::kTraining)] == 1);
+    CHECK(v.layer(0)->stage_counts[static_cast<size_t>(SeedStage::kTraining)] == 1);
     CHECK(v.layer(0)->stage_counts[0] == 4);
 
     // A seed first named by a transition: late telemetry from before it changes nothing either.
@@ -129,19 +131,61 @@ TEST_CASE("transitions update stage counts and older telemetry does not undo the
     first.layer = 1;
     first.seed = 7;
     first.step = 130;
-    first.to = Stage::kGerminated;
+    first.to = SeedStage::kGerminated;
     r.transition(first);
-    r.telemetry(test::random_telemetry(rng, 1, 7, 125, Stage::kDormant));
-    CHECK(v.seed(1, 7)->stage == Stage::kGerminated);
+    r.telemetry(test::random_telemetry(rng, 1, 7, 125, SeedStage::kDormant));
+    CHECK(v.seed(1, 7)->stage == SeedStage::kGerminated);
     CHECK(v.seed(1, 7)->has_telemetry);
 
     e.step = 300;
-    e.from = Stage::kTraining;
-    e.to = Stage::kCulled;
+    e.from = SeedStage::kTraining;
+    e.to = SeedStage::kCulled;
     r.transition(e);
     CHECK(v.seed(0, 3)->culls == 1);
     CHECK(v.live_blueprint_params() == 0);
     CHECK(v.layer(0)->active_seeds() == 0);
+}
+
+TEST_CASE("germination prices are the executor's, per seed and kind, newest report wins",
+          "[tamiyo][view]") {
+    View v;
+    SeedTelemetry t;
+    t.layer = 0;
+    t.seed = 2;
+    t.step = 10;
+    v.ingest_telemetry(t);
+    const SeedView* s = v.seed(0, 2);
+    REQUIRE(s != nullptr);
+    for (const auto& price : s->germination_params) CHECK_FALSE(price.has_value());
+
+    // Seeds of one layer differ (chunk widths differ), and a partial list leaves the rest unset.
+    t.germination_params = {5300, std::nullopt, 42};
+    t.step = 20;
+    v.ingest_telemetry(t);
+    CHECK(s->germination_params[0] == 5300);
+    CHECK_FALSE(s->germination_params[1].has_value());
+    CHECK(s->germination_params[2] == 42);
+
+    // A negative price is not a price: the old one stays and the value is counted as rejected.
+    const uint64_t rejected = v.rejected_values();
+    t.germination_params = {-1, 700, std::nullopt};
+    t.step = 30;
+    v.ingest_telemetry(t);
+    CHECK(s->germination_params[0] == 5300);
+    CHECK(s->germination_params[1] == 700);
+    CHECK(s->germination_params[2] == 42);
+    CHECK(v.rejected_values() == rejected + 1);
+
+    // A germination without a parameter count takes the published price of its kind.
+    TransitionEvent e;
+    e.layer = 0;
+    e.seed = 2;
+    e.step = 40;
+    e.to = SeedStage::kGerminated;
+    e.blueprint = BlueprintKind::kResidualMlp;
+    v.ingest_transition(e);
+    CHECK(s->blueprint_params == 5300);
+    CHECK(v.layer(0)->blueprint_params() == 5300);
 }
 
 TEST_CASE("a view rebuilt from a replay of the ingested messages equals the original",
@@ -156,14 +200,14 @@ TEST_CASE("a view rebuilt from a replay of the ingested messages equals the orig
         loss *= 0.99;
         r.status(test::status_at(step, loss));
         const uint32_t l = pick_layer(rng), s = pick_seed(rng);
-        r.telemetry(test::random_telemetry(rng, l, s, step, Stage::kTraining, 10));
+        r.telemetry(test::random_telemetry(rng, l, s, step, SeedStage::kTraining, 10));
         if (step % 400 == 0) {
             TransitionEvent e;
             e.layer = l;
             e.seed = s;
             e.step = step;
-            e.from = Stage::kTraining;
-            e.to = step % 800 == 0 ? Stage::kGrafting : Stage::kCulled;
+            e.from = SeedStage::kTraining;
+            e.to = step % 800 == 0 ? SeedStage::kGrafting : SeedStage::kCulled;
             r.transition(e);
         }
     }

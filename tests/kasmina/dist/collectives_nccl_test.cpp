@@ -7,9 +7,8 @@
 
 #include <cuda_runtime.h>
 
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -20,24 +19,12 @@
 
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "tests/support/gpu.h"
 
 using namespace esper;
 using namespace esper::kasmina;
 using namespace std::chrono_literals;
-
-namespace {
-
-void require_devices(int needed) {
-    int count = 0;
-    if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
-    if (count < needed) {
-        std::fprintf(stderr, "skipped: %s\n",
-                     count == 0 ? "no CUDA device" : "needs two CUDA devices");
-        std::exit(4);
-    }
-}
-
-}  // namespace
+using esper::testing::require_devices;
 
 TEST_CASE("two nccl ranks sum exactly and broadcast on their streams",
           "[kasmina][dist][multi_gpu]") {

@@ -31,19 +31,14 @@
 #include "kasmina/train/trainer.h"
 #include "tests/kasmina/dist/dist_test_util.h"
 #include "tests/kasmina/train/loop_test_util.h"
+#include "tests/support/gpu.h"
 
 using namespace esper;
 using namespace esper::kasmina;
 using esper::kasmina::test::make;
+using esper::testing::require_devices;
 
 namespace {
-
-void require_two_devices() {
-    if (cuda_device_count() < 2) {
-        std::fprintf(stderr, "skipped: fewer than 2 CUDA devices\n");
-        std::exit(4);
-    }
-}
 
 Config gpu_config() {
     return test::small_dist_config("cuda", 23, 32, {2048, 256, 32, 6, 48, 0.1}, {64, 48});
@@ -157,7 +152,7 @@ void on_ranks(int world, const std::function<void(int, Collectives&, NcclComm&)>
 
 TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tables",
           "[kasmina][dist][multi_gpu]") {
-    require_two_devices();
+    require_devices(2);
     const int world = 2;
     const Config c = gpu_config();
     Script script;
@@ -201,7 +196,7 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
 // Benchmark: ESPER_BENCH_STEPS (default 300) timed steps after 30 warm-up steps.
 TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from 1 gpu",
           "[kasmina][dist][multi_gpu][.bench]") {
-    require_two_devices();
+    require_devices(2);
     const char* env_steps = std::getenv("ESPER_BENCH_STEPS");
     const int64_t steps = env_steps != nullptr ? std::atoll(env_steps) : 300;
     const int64_t warm = 30;
@@ -400,7 +395,7 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
 
 TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tables",
           "[kasmina][dist][multi_gpu]") {
-    std::fprintf(stderr, "skipped: fewer than 2 CUDA devices (build without NCCL or Gloo)\n");
+    std::fprintf(stderr, "skipped: needs 2 CUDA devices (this build has no NCCL or no Gloo)\n");
     std::exit(4);
 }
 

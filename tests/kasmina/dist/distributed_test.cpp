@@ -197,7 +197,7 @@ TEST_CASE("two gloo ranks match a single-rank run on the same global batch", "[k
 TEST_CASE("a forced seed-table divergence stops every rank with the digest error",
           "[kasmina][dist]") {
     Config c = dist_config(kLocalBatch);
-    c.run.test_corrupt_digest_rank = 1;
+    c.faults.corrupt_digest_rank = 1;
     c.run.digest_every_steps = 5;
     std::vector<std::exception_ptr> errors;
     const std::vector<RankResult> res = train_ranks(c, 2, nullptr, errors);
@@ -211,17 +211,20 @@ TEST_CASE("a forced seed-table divergence stops every rank with the digest error
     }
 }
 
-TEST_CASE("digest_every_steps and test_corrupt_digest_rank are validated config keys",
+TEST_CASE("digest_every_steps and faults.corrupt_digest_rank are validated config keys",
           "[kasmina][dist][config]") {
-    const Config c = parse_config("run: {digest_every_steps: 7, test_corrupt_digest_rank: 1}\n",
-                                  "inline.yaml");
+    const Config c = parse_config(
+        "run: {digest_every_steps: 7}\nfaults: {corrupt_digest_rank: 1}\n", "inline.yaml");
     CHECK(c.run.digest_every_steps == 7);
-    CHECK(c.run.test_corrupt_digest_rank == 1);
+    CHECK(c.faults.corrupt_digest_rank == 1);
     CHECK(Config().run.digest_every_steps == 100);
     CHECK_THROWS_WITH(parse_config("run: {digest_every_steps: -1}\n", "x.yaml"),
                       Catch::Contains("run.digest_every_steps"));
-    CHECK_THROWS_WITH(parse_config("run: {test_corrupt_digest_rank: -2}\n", "x.yaml"),
-                      Catch::Contains("run.test_corrupt_digest_rank"));
+    CHECK_THROWS_WITH(parse_config("faults: {corrupt_digest_rank: -2}\n", "x.yaml"),
+                      Catch::Contains("faults.corrupt_digest_rank"));
+    // The old home of the knob is gone: one place for every fault.
+    CHECK_THROWS_WITH(parse_config("run: {test_corrupt_digest_rank: 1}\n", "x.yaml"),
+                      Catch::Contains("test_corrupt_digest_rank"));
 }
 
 #endif  // ESPER_HAVE_GLOO

@@ -1,12 +1,20 @@
-// Tests of the checkpoint directory format: round trip, tamper (a flipped byte in any file),
-// truncation, version refusal, and a crash mid-write leaving the old checkpoint loadable.
+// Tests of the checkpoint directory format: round trip of every typed field and tensor, tamper
+// (a flipped byte in any file), truncation, refusal of another format version (the text manifest
+// of version 1 included) and of a malformed manifest, and a crash mid-write leaving the old
+// checkpoint loadable.
+#include "kasmina/io/checkpoint.h"
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
 #include <catch2/catch.hpp>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include "core/error.h"
-#include "kasmina/io/checkpoint.h"
 #include "kasmina/model/tensor.h"
+#include "schemas/checkpoint.capnp.h"
 
 namespace fs = std::filesystem;
 using namespace esper::kasmina;
@@ -27,14 +35,37 @@ CheckpointData sample(uint64_t seed, int64_t step) {
     CheckpointData c;
     c.step = step;
     c.run_id = "run-abc";
+    c.config_yaml = "model:\n  hidden: [8]\n";
     c.put_floats("weights", w);
-    c.put_text("config", "model:\n  hidden: [8]\n");
-    ByteWriter bw;
-    bw.pod<int64_t>(step);
-    bw.str("hello");
-    std::vector<uint32_t> arr = {1, 2, 3};
-    bw.array<uint32_t>(arr);
-    c.put("state", bw.take());
+    c.put_floats("bias", std::vector<float>{1.5f, -2.0f});
+    c.put_floats("empty", std::vector<float>{});
+    c.trainer = {step, 300, 12.5, 7, {0.5, 0.25}, 1};
+    c.optimizer.host_steps = step;
+    c.optimizer.slot_steps = {{}, {{3, 0}, {1}, {}}};
+    c.optimizer.slot_owner = {{}, {{2, -1}, {0}, {}}};
+    SeedLayerState layer;
+    layer.layer = 1;
+    layer.width = 20;
+    SeedRow row;
+    row.stage = SeedStage::kGrafting;
+    row.kind = BlueprintKind::kLowrank;
+    row.strategy = GraftingStrategy::kAdaptive;
+    row.flags = kSeedFlagHealthMeasured;
+    row.slot = 0;
+    row.alpha = 0.375f;
+    row.steps_in_stage = 4;
+    row.error_count = 1;
+    row.embargo_until_step = 9;
+    row.graft.t = 4.5f;
+    row.graft.adaptive_choice = static_cast<uint8_t>(GraftingStrategy::kCosine);
+    row.graft.has_ema = 1;
+    layer.rows = {row, SeedRow{}};
+    layer.measured = {SeedMeasurements{0.75, std::nullopt, 0.5, -0.125, 2.0}, SeedMeasurements{}};
+    c.seeds.next_step = step + 1;
+    c.seeds.layers = {layer};
+    c.seeds.loss_window = {2.0, 1.75};
+    c.seeds.last_loss = 1.75;
+    c.seeds.last_loss_delta = 0.25;
     return c;
 }
 
@@ -58,6 +89,33 @@ void flip_byte(const fs::path& p, size_t at) {
     f.put(char(c ^ 0x10));
 }
 
+std::vector<uint8_t> read_bytes(const fs::path& p) {
+    std::ifstream f(p, std::ios::binary);
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)),
+                                std::istreambuf_iterator<char>());
+}
+
+// Replaces a checkpoint's manifest and writes the matching manifest.sha256.
+void write_manifest(const fs::path& dir, const std::vector<uint8_t>& bytes) {
+    std::ofstream(dir / kCheckpointManifest, std::ios::binary | std::ios::trunc)
+        .write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    std::ofstream(dir / kCheckpointManifestHash, std::ios::trunc)
+        << sha256_hex(bytes.data(), bytes.size()) << "  " << kCheckpointManifest << "\n";
+}
+
+// Rewrites a checkpoint's manifest through `edit` (keeping its hash valid).
+template <typename F>
+void edit_manifest(const fs::path& dir, F&& edit) {
+    const std::vector<uint8_t> bytes = read_bytes(dir / kCheckpointManifest);
+    kj::Array<capnp::word> words = kj::heapArray<capnp::word>(bytes.size() / sizeof(capnp::word));
+    std::memcpy(words.begin(), bytes.data(), bytes.size());
+    capnp::MallocMessageBuilder b;
+    capnp::initMessageBuilderFromFlatArrayCopy(words, b);
+    edit(b.getRoot<esper::schema::Manifest>());
+    const kj::Array<capnp::word> out = capnp::messageToFlatArray(b);
+    write_manifest(dir, std::vector<uint8_t>(out.asBytes().begin(), out.asBytes().end()));
+}
+
 }  // namespace
 
 TEST_CASE("a checkpoint round-trips every entry bit for bit", "[kasmina][checkpoint]") {
@@ -67,12 +125,18 @@ TEST_CASE("a checkpoint round-trips every entry bit for bit", "[kasmina][checkpo
     const CheckpointData r = read_checkpoint(d / "150");
     CHECK(r.step == 150);
     CHECK(r.run_id == "run-abc");
-    CHECK(r.entries() == c.entries());
-    ByteReader br(r.bytes("state"), "state");
-    CHECK(br.pod<int64_t>() == 150);
-    CHECK(br.str() == "hello");
-    CHECK(br.array<uint32_t>() == std::vector<uint32_t>{1, 2, 3});
-    br.expect_end();
+    CHECK(r.tensors() == c.tensors());
+    CHECK(r.config_yaml == c.config_yaml);
+    CHECK(r.trainer == c.trainer);
+    CHECK(r.optimizer == c.optimizer);
+    CHECK(r.seeds == c.seeds);
+    CHECK(r == c);
+    std::vector<float> bias(2);
+    r.floats_into("bias", bias);
+    CHECK(bias == std::vector<float>{1.5f, -2.0f});
+    std::vector<float> wrong(3);
+    CHECK(kind_of([&] { r.floats_into("bias", wrong); }) == esper::ErrorKind::kIntegrity);
+    CHECK(kind_of([&] { r.floats_into("absent", wrong); }) == esper::ErrorKind::kIntegrity);
     // No temp directories are left behind after a successful write.
     for (const auto& e : fs::directory_iterator(d)) CHECK(e.path().filename() == "150");
     fs::remove_all(d);
@@ -85,15 +149,28 @@ TEST_CASE("a flipped byte in any checkpoint file is refused with an integrity er
     std::vector<fs::path> files;
     write_checkpoint(d / "ref", c);
     for (const auto& e : fs::directory_iterator(d / "ref")) files.push_back(e.path().filename());
-    REQUIRE(files.size() == 4);  // three entries + manifest
+    REQUIRE(files.size() == 5);  // three tensors + manifest.bin + manifest.sha256
     for (const fs::path& f : files) {
-        for (size_t at : {size_t(0), size_t(5), fs::file_size(d / "ref" / f) - 1}) {
-            write_checkpoint(d / "t", c);
+        const size_t size = fs::file_size(d / "ref" / f);
+        if (size == 0) continue;  // the empty tensor: nothing to flip
+        // Every byte of the manifest (a Cap'n Proto message has padding and pointers, none of
+        // which may slip through); three places in the other files.
+        std::vector<size_t> places;
+        if (f == kCheckpointManifest) {
+            for (size_t at = 0; at < size; ++at) places.push_back(at);
+        } else {
+            places = {size_t(0), std::min<size_t>(5, size - 1), size - 1};
+        }
+        write_checkpoint(d / "t", c);
+        for (size_t at : places) {
+            INFO(f.string() << " byte " << at);
             flip_byte(d / "t" / f, at);
             std::string msg;
             CHECK(kind_of([&] { read_checkpoint(d / "t"); }, &msg) == esper::ErrorKind::kIntegrity);
             CHECK_THAT(msg, Catch::Contains(f.string()));
+            flip_byte(d / "t" / f, at);  // flipped back: the next place starts from a good file
         }
+        CHECK(read_checkpoint(d / "t") == c);
     }
     fs::remove_all(d);
 }
@@ -106,21 +183,25 @@ TEST_CASE("truncated, missing and wrong-version checkpoints are refused", "[kasm
     CHECK(kind_of([&] { read_checkpoint(d / "a"); }) == esper::ErrorKind::kIntegrity);
 
     write_checkpoint(d / "b", c);
-    fs::remove(d / "b" / "state.bin");
+    fs::remove(d / "b" / "bias.bin");
     CHECK(kind_of([&] { read_checkpoint(d / "b"); }) == esper::ErrorKind::kIntegrity);
+
+    write_checkpoint(d / "h", c);
+    fs::remove(d / "h" / kCheckpointManifestHash);
+    CHECK(kind_of([&] { read_checkpoint(d / "h"); }) == esper::ErrorKind::kIntegrity);
 
     // A manifest of another format version with a valid hash: refused by the version check.
     write_checkpoint(d / "v", c);
-    std::ifstream in(d / "v" / kCheckpointManifest);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    in.close();
-    text = text.substr(0, text.rfind("manifest-sha256 "));
-    text.replace(0, text.find('\n'), "esper-checkpoint 99");
-    text += "manifest-sha256 " + sha256_hex(text.data(), text.size()) + "\n";
-    std::ofstream(d / "v" / kCheckpointManifest, std::ios::trunc) << text;
+    edit_manifest(d / "v", [](esper::schema::Manifest::Builder m) { m.setFormatVersion(99); });
     std::string msg;
     CHECK(kind_of([&] { read_checkpoint(d / "v"); }, &msg) == esper::ErrorKind::kIntegrity);
-    CHECK_THAT(msg, Catch::Contains("version 99"));
+    CHECK_THAT(msg, Catch::Contains("version 99") && Catch::Contains("reads version 2"));
+
+    // Bytes that are no Cap'n Proto message, under a valid hash.
+    write_checkpoint(d / "m", c);
+    write_manifest(d / "m", std::vector<uint8_t>(64, 0xff));
+    CHECK(kind_of([&] { read_checkpoint(d / "m"); }, &msg) == esper::ErrorKind::kIntegrity);
+    CHECK_THAT(msg, Catch::Contains(kCheckpointManifest));
 
     CHECK(kind_of([&] { read_checkpoint(d / "nothing"); }) == esper::ErrorKind::kInvalidInput);
     fs::remove_all(d);
@@ -140,24 +221,44 @@ TEST_CASE("a crash mid-write leaves the old checkpoint loadable and a temp dir b
     CHECK(temps == 1);
     const CheckpointData r = read_checkpoint(d / "ckpt");
     CHECK(r.step == 100);
-    CHECK(r.entries() == old_c.entries());
+    CHECK(r == old_c);
     // A later successful write replaces it atomically.
     write_checkpoint(d / "ckpt", new_c);
-    CHECK(read_checkpoint(d / "ckpt").entries() == new_c.entries());
+    CHECK(read_checkpoint(d / "ckpt") == new_c);
     fs::remove_all(d);
 }
 
-TEST_CASE("byte reader refuses overruns and trailing bytes", "[kasmina][checkpoint]") {
-    ByteWriter w;
-    w.pod<int32_t>(5);
-    std::vector<uint8_t> b = w.take();
-    {
-        ByteReader r(b, "x");
-        CHECK(kind_of([&] { r.pod<int64_t>(); }) == esper::ErrorKind::kIntegrity);
+TEST_CASE("a checkpoint of format version 1 (text manifest) is refused with the way forward",
+          "[kasmina][checkpoint]") {
+    const fs::path d = temp_dir("v1");
+    fs::create_directories(d / "150");
+    std::ofstream(d / "150" / "manifest.txt") << "esper-checkpoint 1\nrun_id seed-42\nstep 150\n"
+                                                 "manifest-sha256 0000\n";
+    std::string msg;
+    CHECK(kind_of([&] { read_checkpoint(d / "150"); }, &msg) == esper::ErrorKind::kIntegrity);
+    CHECK_THAT(msg, Catch::Contains("manifest.txt") &&
+                        Catch::Contains("checkpoint format version 1") &&
+                        Catch::Contains("this build reads version 2") && Catch::Contains("re-run"));
+    fs::remove_all(d);
+}
+
+TEST_CASE("tensor names that could escape or shadow the directory layout are refused",
+          "[kasmina][checkpoint]") {
+    const fs::path d = temp_dir("names");
+    write_checkpoint(d / "ok", sample(6, 1));
+    // A manifest (under a valid hash) naming a file outside the directory, or one that would be
+    // the manifest itself.
+    for (const std::string& name : {std::string("../x"), std::string("manifest")}) {
+        INFO(name);
+        fs::remove_all(d / "t");
+        fs::copy(d / "ok", d / "t");
+        edit_manifest(d / "t", [&](esper::schema::Manifest::Builder m) {
+            m.getTensors()[0].setName(name);
+            m.getTensors()[0].setFile(name + ".bin");
+        });
+        std::string msg;
+        CHECK(kind_of([&] { read_checkpoint(d / "t"); }, &msg) == esper::ErrorKind::kIntegrity);
+        CHECK_THAT(msg, Catch::Contains("bad tensor name"));
     }
-    {
-        ByteReader r(b, "x");
-        r.pod<int16_t>();
-        CHECK(kind_of([&] { r.expect_end(); }) == esper::ErrorKind::kIntegrity);
-    }
+    fs::remove_all(d);
 }

@@ -34,7 +34,8 @@ TEST_CASE("an empty config file gives every default", "[kasmina][config]") {
     CHECK(c.lifecycle.training_steps == 200);
     CHECK(c.lifecycle.grafting.strategy == GraftingStrategy::kLinear);
     CHECK(c.lifecycle.gates.min_gradient_health == Approx(0.7));
-    CHECK(c.governor.inject_nan_at_step == -1);
+    CHECK(c.faults == FaultInjection{});
+    CHECK(c.faults.nan_at_step == -1);
 }
 
 TEST_CASE("the agreed YAML shape parses into the typed config", "[kasmina][config]") {
@@ -57,8 +58,8 @@ lifecycle:  {training_steps: 20, stabilization_steps: 10, evaluation_steps: 11,
                         drift_threshold: 0.2},
              gates: {min_gradient_health: 0.6, min_contribution: 0.01, cull_contribution: 0.02,
                      min_improvement: 0.03, max_error_rate: 0.2}}
-governor:   {enabled: false, divergence_factor: 4.0, window: 20, snapshot_every_steps: 25,
-             inject_nan_at_step: 77}
+governor:   {enabled: false, divergence_factor: 4.0, window: 20, snapshot_every_steps: 25}
+faults:     {nan_at_step: 77, corrupt_digest_rank: 1, checkpoint_crash_after_files: 2}
 )";
     const Config c = parse_config(yaml, "shape.yaml");
     CHECK(c.run.seed == 7);
@@ -78,7 +79,9 @@ governor:   {enabled: false, divergence_factor: 4.0, window: 20, snapshot_every_
     CHECK(c.lifecycle.grafting.ramp_steps == 30);
     CHECK(c.lifecycle.gates.max_error_rate == 0.2);
     CHECK_FALSE(c.governor.enabled);
-    CHECK(c.governor.inject_nan_at_step == 77);
+    CHECK(c.faults.nan_at_step == 77);
+    CHECK(c.faults.corrupt_digest_rank == 1);
+    CHECK(c.faults.checkpoint_crash_after_files == 2);
 }
 
 TEST_CASE("the effective config YAML loads back to an equal config", "[kasmina][config]") {
@@ -91,10 +94,14 @@ TEST_CASE("the effective config YAML loads back to an equal config", "[kasmina][
     c.optimizer.kind = OptimizerKind::kAdamw;
     c.lifecycle.grafting.strategy = GraftingStrategy::kDriftControlled;
     c.lifecycle.gates.min_improvement = -0.5;
-    c.governor.inject_nan_at_step = 9;
+    c.faults.nan_at_step = 9;
+    c.faults.checkpoint_crash_after_files = 3;
     const std::string yaml = config_to_yaml(c);
     CHECK(parse_config(yaml, "effective.yaml") == c);
     CHECK(parse_config(config_to_yaml(Config{}), "d.yaml") == Config{});
+    // Doubles print as the shortest text that reads back exactly.
+    const std::string defaults = config_to_yaml(Config{});
+    CHECK_THAT(defaults, Catch::Contains("\n  lr: 0.05\n") && Catch::Contains("\n  eps: 1e-08\n"));
 }
 
 TEST_CASE("config errors name file, line, field and reason", "[kasmina][config]") {

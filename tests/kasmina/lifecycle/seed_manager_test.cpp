@@ -1,5 +1,5 @@
 // SeedManager: commands through the one validator, automatic transitions, auto gates, decision
-// timeouts, embargo, all-or-nothing batches, events.jsonl lines, state images and the governor's
+// timeouts, embargo, all-or-nothing batches, events.jsonl lines, snapshots and the governor's
 // rollback. Small minimum times keep every walk to a few dozen steps.
 #include "kasmina/lifecycle/seed_manager.h"
 
@@ -367,6 +367,37 @@ TEST_CASE("the layer parameter budget and arena capacity gate germination",
           "gate failed: no free scale_shift arena slot");
 }
 
+TEST_CASE("the germination price the executor publishes is what the germination then costs",
+          "[kasmina][seed_manager]") {
+    // Uneven chunks (30 = 8+8+7+7, 13 = 4+3+3+3), every kind, chunk and widening arenas: the
+    // price of a dormant seed must equal seed_blueprint_params once it germinated (Tamiyo's
+    // budget charges the price, the executor's budget the actual count).
+    for (BlueprintInput input : {BlueprintInput::kChunk, BlueprintInput::kLayer}) {
+        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+            const auto kind = static_cast<BlueprintKind>(k);
+            Config cfg = small_config();
+            cfg.blueprints.input = input;
+            cfg.lifecycle.max_active_per_layer = 4;
+            SeedManager m(seed_manager_config(cfg), {30, 13}, nullptr, {784, 30});
+            for (int32_t l = 0; l < m.num_layers(); ++l) {
+                std::vector<int64_t> prices;
+                for (int32_t s = 0; s < m.table(l).num_seeds(); ++s) {
+                    INFO("input=" << blueprint_input_name(input) << " kind="
+                                  << blueprint_kind_name(kind) << " layer=" << l << " seed=" << s);
+                    const int64_t price = m.germination_params({l, s}, kind);
+                    const int64_t before = m.blueprint_params_in_layer(l);
+                    REQUIRE(m.apply(germinate(l, s, kind)).applied());
+                    CHECK(m.seed_blueprint_params({l, s}) == price);
+                    CHECK(m.blueprint_params_in_layer(l) == before + price);
+                    prices.push_back(price);
+                }
+                // Prices are per seed: the first chunk is wider than the last one.
+                CHECK(prices.front() > prices.back());
+            }
+        }
+    }
+}
+
 TEST_CASE("set_alpha_schedule changes the strategy of a live seed only",
           "[kasmina][seed_manager]") {
     SeedManager m(seed_manager_config(small_config()), {32});
@@ -408,7 +439,25 @@ TEST_CASE("events.jsonl gets one flushed JSON line per transition", "[kasmina][s
                       Catch::Contains("/nonexistent-dir"));
 }
 
-TEST_CASE("the state image restores a manager that then continues identically",
+TEST_CASE("an event line escapes any reason and keeps UTF-8", "[kasmina][seed_manager]") {
+    LifecycleEvent e;
+    e.step = 9'000'000'000;  // beyond 32 bits
+    e.from = S::kEvaluating;
+    e.to = S::kFineTuning;
+    e.origin = TransitionOrigin::kOperator;
+    e.reason = "a\\b \"q\"\n\t\x01 EVALUATING→FINE_TUNING";
+    const std::string line = event_to_json(e);
+    CHECK(line.find('\n') == std::string::npos);
+    CHECK_THAT(line, Catch::Contains(R"("from":"EVALUATING","to":"FINE_TUNING")") &&
+                         Catch::Contains(R"(\u0001)") && Catch::Contains("→"));
+    CHECK(line.rfind(R"({"step":9000000000,)", 0) == 0);
+    CHECK(line.find(R"("origin":"operator"})") != std::string::npos);
+    // Invalid UTF-8 in a reason (bus input) is replaced, never a throw.
+    e.reason = "bad \xff byte";
+    CHECK_NOTHROW(event_to_json(e));
+}
+
+TEST_CASE("a snapshot restores a manager that then continues identically",
           "[kasmina][seed_manager]") {
     std::mt19937 rng(7);
     std::uniform_real_distribution<double> u(0.5, 1.0);
@@ -422,10 +471,15 @@ TEST_CASE("the state image restores a manager that then continues identically",
     REQUIRE(a.apply(germinate(1, 1, BlueprintKind::kLowrank)).applied());
     int64_t step = 0;
     for (; step < 6; ++step) a.on_step_end(step, metrics(a));
-    const std::vector<uint8_t> image = a.save_state();
+    const SeedManagerSnapshot snap = a.snapshot();
+    CHECK(snap.layers.size() == 2);
+    CHECK(snap.layers[1].rows[1].kind == BlueprintKind::kLowrank);
+    CHECK(snap.layers[1].measured[1].gradient_health.has_value());
+    CHECK(snap.loss_window.size() == 6);
 
     SeedManager b(seed_manager_config(cfg), {32, 20});
-    b.load_state(image);
+    b.restore(snap);
+    CHECK(b.snapshot() == snap);
     CHECK(b.digest() == a.digest());
     CHECK(b.next_step() == a.next_step());
     for (int k = 0; k < 3; ++k) {
@@ -438,17 +492,35 @@ TEST_CASE("the state image restores a manager that then continues identically",
         b.on_step_end(step, sm);
         REQUIRE(b.digest() == a.digest());
     }
-    SECTION("damaged images are refused and leave the manager untouched") {
-        const uint64_t d = b.digest();
-        auto bad = image;
-        bad[4] ^= 0x40;
-        CHECK_THROWS_WITH(b.load_state(bad), Catch::Contains("version"));
-        bad = image;
-        bad.resize(bad.size() - 3);
-        CHECK_THROWS_WITH(b.load_state(bad), Catch::Contains("truncated"));
+    SECTION("snapshots of another shape or with inconsistent slots are refused, changing nothing") {
+        const SeedManagerSnapshot before = b.snapshot();
+        auto refused = [&](const SeedManagerSnapshot& bad, const std::string& why) {
+            try {
+                b.restore(bad);
+                FAIL("restored: " << why);
+            } catch (const Error& e) {
+                CHECK(e.kind() == ErrorKind::kIntegrity);
+                CHECK_THAT(std::string(e.what()), Catch::Contains(why));
+            }
+            CHECK(b.snapshot() == before);
+        };
         SeedManager other(seed_manager_config(cfg), {32});
-        CHECK_THROWS_WITH(other.load_state(image), Catch::Contains("layers"));
-        CHECK(b.digest() == d);
+        CHECK_THROWS_WITH(other.restore(snap), Catch::Contains("layers"));
+        SeedManagerSnapshot bad = snap;
+        bad.layers[1].width = 21;
+        refused(bad, "width 21");
+        bad = snap;
+        bad.layers[0].rows.pop_back();
+        refused(bad, "seeds 3");
+        bad = snap;
+        bad.layers[0].rows[0].slot = -1;  // a TRAINING seed without a slot
+        refused(bad, "slot/stage mismatch");
+        bad = snap;
+        bad.layers[0].rows[1] = bad.layers[0].rows[0];  // two seeds on one arena slot
+        refused(bad, "shared arena slot");
+        bad = snap;
+        bad.loss_window.assign(21, 1.0);
+        refused(bad, "loss window");
     }
 }
 

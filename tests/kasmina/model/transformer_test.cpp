@@ -4,6 +4,7 @@
 #include "kasmina/model/transformer.h"
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -226,4 +227,23 @@ TEST_CASE("impossible transformer shapes are refused", "[kasmina][transformer]")
     c = tiny();
     c.seeds_per_layer = 100;
     CHECK_THROWS_WITH(TransformerModel(c, 1), Catch::Contains("S > D"));
+}
+
+TEST_CASE("benchmark: transformer train_batch on the CPU", "[kasmina][transformer][.bench]") {
+    ModelConfig c = tiny();
+    c.transformer.n_layer = 4;
+    c.transformer.n_head = 4;
+    c.transformer.d_model = 128;
+    c.transformer.context = 64;
+    TransformerModel m(c, 1);
+    const Data d = token_data(16, 64, 3);
+    m.train_batch(d.batch(), {}, {});
+    const auto t0 = std::chrono::steady_clock::now();
+    const int reps = 5;
+    for (int i = 0; i < reps; ++i) m.train_batch(d.batch(), {}, {});
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
+        reps;
+    WARN("4x128, T=64, B=16: " << ms << " ms per train_batch, params " << m.param_count());
+    CHECK(ms > 0);
 }

@@ -3,30 +3,26 @@
 // and a checkpoint taken on the GPU resumes on the GPU. TF32 is off (the backend's default).
 // Without a device every case prints "skipped: no CUDA device" and exits 4 (ctest: Skipped).
 // ESPER_FASHION_MNIST_DIR overrides the dataset folder (GPU nodes lack the Debian package).
-#include <catch2/catch.hpp>
+#include "kasmina/train/cuda_backend.h"
+
+#include <unistd.h>
 
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <unistd.h>
 
 #include "kasmina/io/config.h"
-#include "kasmina/train/cuda_backend.h"
 #include "kasmina/train/trainer.h"
+#include "tests/support/gpu.h"
 
 namespace fs = std::filesystem;
 using namespace esper::kasmina;
+using esper::testing::require_device;
 
 namespace {
-
-void require_device() {
-    if (!cuda_device_available()) {
-        std::fprintf(stderr, "skipped: no CUDA device\n");
-        std::exit(4);
-    }
-}
 
 // Step-loss tolerance between CPU (OpenBLAS, double-accumulated references) and GPU (cuBLAS
 // fp32, float atomics in the seed backward): |gpu − cpu| <= kAbsTol + kRelTol·|cpu|.

@@ -170,7 +170,7 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
 TEST_CASE("the governor rolls back on an injected NaN and training continues",
           "[kasmina][trainer][governor]") {
     Config c = small_config();
-    c.governor.inject_nan_at_step = 34;
+    c.faults.nan_at_step = 34;
     c.governor.snapshot_every_steps = 20;
     const fs::path dir = temp_dir("gov");
     TrainerOptions opt;
@@ -274,6 +274,36 @@ TEST_CASE("the trainer refuses a tampered checkpoint or one of another model sha
         CHECK(e.kind() == esper::ErrorKind::kIntegrity);
     }
     fs::remove_all(dir);
+}
+
+TEST_CASE("faults.checkpoint_crash_after_files fails a checkpoint write and keeps the old one",
+          "[kasmina][trainer][checkpoint]") {
+    Config c = small_config();
+    const fs::path dir = temp_dir("crash");
+    Trainer t(c);
+    for (int i = 0; i < 3; ++i) t.step();
+    t.save_checkpoint(dir / "ck");
+    Config crashing = c;
+    crashing.faults.checkpoint_crash_after_files = 1;
+    Trainer u(crashing);
+    for (int i = 0; i < 5; ++i) u.step();
+    CHECK_THROWS_WITH(u.save_checkpoint(dir / "ck"), Catch::Contains("simulated crash"));
+    Trainer r(c);
+    r.load_checkpoint(dir / "ck");
+    CHECK(r.steps_done() == 3);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("run.device cuda without a usable CUDA device is refused naming the field",
+          "[kasmina][trainer]") {
+    if (cuda_device_available()) {
+        WARN("a CUDA device is visible: nothing to refuse here");
+        return;
+    }
+    Config c = small_config();
+    c.run.device = "cuda";
+    // CUDA build without a device: "no CUDA device is visible"; CPU-only build: "no CUDA".
+    CHECK_THROWS_WITH(Trainer(c), Catch::Contains("run.device: cuda"));
 }
 
 TEST_CASE("the run writes metrics.jsonl train and test lines", "[kasmina][trainer]") {

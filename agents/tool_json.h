@@ -1,9 +1,11 @@
-// JSON conversion for the tools (`esper tap`, `esper pub`), built on Cap'n Proto's JSON codec.
-// Output: one line per message, {"topic","type","sender","seq","sent_at_ns","run_id",
-// "correlation_id","payload":{...}} with enums as names and 64-bit integers as exact JSON
-// numbers (the capnp codec writes them as strings; we print the digits unquoted).
-// Input: JSON for one payload type, checked field by field against the schema first (capnp's
-// codec silently ignores unknown fields), so a misfit is refused with the field's path named.
+// JSON for the operator tools (`esper tap`, `esper pub`, the replies `esper ctl`/`status`/`policy`
+// print), built on nlohmann-json over Cap'n Proto's dynamic reflection. Output: one line per
+// message, {"topic","type","sender","seq","sent_at_ns","run_id","correlation_id","payload":{...}}
+// with 64-bit integers as exact JSON numbers, Float32 as its shortest text, non-finite numbers as
+// "NaN"/"Infinity"/"-Infinity", and enums by name: stages, blueprint kinds, strategies and
+// origins in the vocabulary's spelling ("FINE_TUNING", "residual_mlp"), other enums in capnp's.
+// Input: JSON for one payload type, checked field by field against the schema, so a misfit is
+// refused with the field's path named; enums accept the vocabulary's and capnp's spellings.
 #pragma once
 
 #include <string>
@@ -12,7 +14,7 @@
 
 #include "schemas/envelope.capnp.h"
 
-namespace esper::bus {
+namespace esper::agents {
 
 // The payload member names usable with `esper pub --type` ("annotation", "seedTelemetry", ...).
 std::vector<std::string> payload_type_names();
@@ -29,4 +31,4 @@ std::string payload_to_json(schema::Envelope::Reader envelope);
 void payload_from_json(std::string_view type, std::string_view json,
                        schema::Envelope::Payload::Builder payload);
 
-}  // namespace esper::bus
+}  // namespace esper::agents

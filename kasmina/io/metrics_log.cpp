@@ -1,0 +1,57 @@
+// metrics.jsonl (see metrics_log.h). Keys keep the order readers have always seen
+// (nlohmann::ordered_json); numbers are printed by nlohmann-json (shortest round-trip form).
+#include "kasmina/io/metrics_log.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+
+namespace esper::kasmina {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+Json number_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
+
+}  // namespace
+
+MetricsLog::MetricsLog(const std::filesystem::path& path)
+    : path_(path), out_(path, std::ios::out | std::ios::app) {
+    if (!out_) ESPER_THROW(kFailed, path_.string(), ": cannot open: ", std::strerror(errno));
+}
+
+void MetricsLog::write(const TrainMetrics& m) {
+    Json j;
+    j["step"] = m.step;
+    j["epoch"] = m.epoch;
+    j["split"] = "train";
+    j["loss"] = number_or_null(m.loss);
+    j["lr"] = number_or_null(m.lr);
+    j["samples_per_s"] = number_or_null(m.samples_per_s);
+    j["host_params"] = m.host_params;
+    j["blueprint_params"] = m.blueprint_params;
+    j["total_steps"] = m.total_steps;
+    write_line(j.dump());
+}
+
+void MetricsLog::write(const TestMetrics& m) {
+    Json j;
+    j["step"] = m.step;
+    j["epoch"] = m.epoch;
+    j["split"] = "test";
+    j["loss"] = number_or_null(m.loss);
+    j["accuracy"] = number_or_null(m.accuracy);
+    write_line(j.dump());
+}
+
+void MetricsLog::write_line(const std::string& line) {
+    out_ << line << '\n';
+    out_.flush();
+    if (!out_) ESPER_THROW(kFailed, path_.string(), ": write failed");
+}
+
+}  // namespace esper::kasmina
