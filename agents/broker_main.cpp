@@ -1,7 +1,11 @@
-// `esper broker`: runs the message broker (bus/broker.h) until SIGINT/SIGTERM. Prints its bound
-// endpoints as one line on stdout ("broker pub=tcp://... sub=tcp://... rpc=tcp://..."), so a
-// port of 0 (ephemeral) can be used by tests and scripts. Binding a non-loopback address needs
-// --insecure until authentication exists (like Redis's protected mode).
+// `esper broker`: runs the message broker (bus/broker.h) until SIGINT/SIGTERM, and next to it, on
+// a thread of its own with its own socket, the rendezvous key-value worker "kv"
+// (agents/kv_service.h). Once bound and the kv worker is registered, prints its endpoints as one
+// line on stdout for humans and scripts ("broker pub=tcp://... sub=tcp://... rpc=tcp://...") and,
+// with --ready-fd N, writes them as a JSON line to descriptor N for a supervisor
+// (agents/supervisor.h). Binding a non-loopback address needs --insecure until authentication
+// exists (like Redis's protected mode).
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -10,7 +14,10 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/kv_service.h"
+#include "agents/supervisor.h"
 #include "bus/broker.h"
+#include "core/clock.h"
 #include "core/log.h"
 
 namespace esper::agents {
@@ -32,34 +39,58 @@ std::string endpoint(const std::string& host, int64_t port) {
 
 int64_t port_value(const cli::Option& o) {
     int64_t p = o.as_int();
-    if (p < 0 || p > 65535) throw cli::UsageError("--" + o.name + ": port out of range: " + o.str());
+    if (p < 0 || p > 65535)
+        throw cli::UsageError("--" + o.name + ": port out of range: " + o.str());
     return p;
+}
+
+// Moves traffic until the hosted kv worker has registered, so a client that starts once the
+// broker says it is ready never gets "unknown agent kv". False after `timeout_ms`.
+bool wait_for_kv(bus::Broker& broker, int timeout_ms) {
+    for (Stopwatch sw; sw.elapsed_s() * 1000 < timeout_ms;) {
+        broker.poll_once(10);
+        for (const std::string& name : broker.agents())
+            if (name == kKvAgentName) return true;
+    }
+    return false;
 }
 
 }  // namespace
 
 int broker_main(int argc, char** argv) {
-    cli::Parser p("esper broker", "Run the message broker: XSUB for publishers, XPUB for "
-                                  "subscribers, ROUTER for request/reply between named agents.");
+    cli::Parser p("esper broker",
+                  "Run the message broker: XSUB for publishers, XPUB for "
+                  "subscribers, ROUTER for request/reply between named agents.");
     auto& bind = p.option("bind", "ADDR", "address to bind", "127.0.0.1");
-    auto& pub_port = p.option("pub-port", "P", "port publishers connect to (0 = ephemeral)", "5555");
+    auto& pub_port =
+        p.option("pub-port", "P", "port publishers connect to (0 = ephemeral)", "5555");
     auto& sub_port = p.option("sub-port", "S", "port subscribers (esper tap) connect to", "5556");
     auto& rpc_port = p.option("rpc-port", "R", "port for request/reply", "5557");
-    auto& expiry = p.option("agent-expiry-ms", "MS", "forget an agent after this long without "
-                                                     "a heartbeat", "3000");
+    auto& expiry = p.option("agent-expiry-ms", "MS",
+                            "forget an agent after this long without "
+                            "a heartbeat",
+                            "3000");
     auto& insecure = p.flag("insecure", "allow a non-loopback bind without authentication");
-    p.epilog("Prints 'broker pub=ENDPOINT sub=ENDPOINT rpc=ENDPOINT' on stdout once bound.\n"
-             "Stops cleanly on SIGINT or SIGTERM.");
+    auto& ready_fd = p.option("ready-fd", "N",
+                              "once ready, write the endpoints as one JSON line "
+                              "{\"pub\",\"sub\",\"rpc\"} to this inherited descriptor and "
+                              "close it (used by esper run)");
+    p.epilog(
+        "Prints 'broker pub=ENDPOINT sub=ENDPOINT rpc=ENDPOINT' on stdout once bound.\n"
+        "Also serves the rendezvous key-value store as the agent 'kv'.\n"
+        "Stops cleanly on SIGINT or SIGTERM.");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
-    if (!p.positional().empty()) return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
+    if (!p.positional().empty())
+        return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
     if (const char* spec = std::getenv("ESPER_LOG")) set_log_levels(spec);
 
     if (!is_loopback(bind.str())) {
         if (!insecure.on())
             return p.usage_error("refusing to bind non-loopback address " + bind.str() +
                                  " without authentication; pass --insecure to do it anyway");
-        std::fprintf(stderr, "esper broker: WARNING: binding %s without authentication; anyone "
-                             "who can reach it can read telemetry and send commands\n",
+        std::fprintf(stderr,
+                     "esper broker: WARNING: binding %s without authentication; anyone "
+                     "who can reach it can read telemetry and send commands\n",
                      bind.str().c_str());
     }
     bus::BrokerConfig config;
@@ -68,6 +99,10 @@ int broker_main(int argc, char** argv) {
     config.rpc_endpoint = endpoint(bind.str(), port_value(rpc_port));
     config.agent_expiry_ms = static_cast<int>(expiry.as_int());
     if (config.agent_expiry_ms <= 0) throw cli::UsageError("--agent-expiry-ms must be positive");
+    const int ready = ready_fd.given() ? static_cast<int>(ready_fd.as_int()) : -1;
+    if (ready_fd.given() && ready < 0) throw cli::UsageError("--ready-fd must be >= 0");
+    // The hosted kv worker reaches the router in-process, whatever --bind is.
+    config.local_rpc_endpoint = "inproc://esper-broker-rpc";
 
     struct sigaction sa {};
     sa.sa_handler = broker_on_signal;
@@ -77,11 +112,19 @@ int broker_main(int argc, char** argv) {
 
     zmq::context_t context(1);
     bus::Broker broker(context, config);
+    Logger& log = logger("bus.broker");
+    // Heartbeats well inside the expiry, so the broker never forgets its own service.
+    KvServiceThread kv(context, config.local_rpc_endpoint,
+                       std::max(10, std::min(1000, config.agent_expiry_ms / 3)));
+    if (!wait_for_kv(broker, 5000))
+        ESPER_LOG_WARN(log, "kv worker did not register within 5 s; rendezvous may be refused");
     std::printf("%s\n", broker.endpoints_line().c_str());
     std::fflush(stdout);
-    Logger& log = logger("bus.broker");
     ESPER_LOG_INFO(log, broker.endpoints_line());
+    const bus::BrokerEndpoints& ep = broker.endpoints();
+    write_ready_line(ready, {{"pub", ep.pub}, {"sub", ep.sub}, {"rpc", ep.rpc}});
     broker.run(g_broker_stop);
+    kv.stop();
     const auto& s = broker.stats();
     ESPER_LOG_INFO(log, "stopped forwarded=", s.forwarded, " requests=", s.requests,
                    " replies=", s.replies, " unknown_agent=", s.unknown_agent,

@@ -3,13 +3,13 @@
 
 #include <thread>
 
+#include "agents/kv_service.h"
 #include "core/error.h"
-#include "schemas/policy.capnp.h"
+#include "schemas/control.capnp.h"
 
 namespace esper::agents {
 
 namespace {
-constexpr const char* kKvAgent = "kv";  // bus::Broker::kKvAgent
 
 // The control reply of a kv request; throws kDisconnected/kFailed with the reason.
 schema::ControlReply::Reader control_reply(const bus::RpcReply& r, const std::string& endpoint,
@@ -41,7 +41,7 @@ BusKvStore::BusKvStore(std::string rpc_endpoint, std::string sender, std::string
 void BusKvStore::set(const std::string& key, std::span<const std::uint8_t> value) {
     std::lock_guard<std::mutex> lock(mutex_);
     // Idempotent (same key, same value), so retries need no deduplication key.
-    bus::RpcReply r = client_->request(kKvAgent, "", [&](schema::Envelope::Payload::Builder p) {
+    bus::RpcReply r = client_->request(kKvAgentName, "", [&](schema::Envelope::Payload::Builder p) {
         auto s = p.initControlRequest().initKvSet();
         s.setKey(key);
         s.setValue(capnp::Data::Reader(value.data(), value.size()));
@@ -51,7 +51,7 @@ void BusKvStore::set(const std::string& key, std::span<const std::uint8_t> value
 
 std::optional<kasmina::Bytes> BusKvStore::get(const std::string& key) {
     std::lock_guard<std::mutex> lock(mutex_);
-    bus::RpcReply r = client_->request(kKvAgent, "", [&](schema::Envelope::Payload::Builder p) {
+    bus::RpcReply r = client_->request(kKvAgentName, "", [&](schema::Envelope::Payload::Builder p) {
         p.initControlRequest().setKvGet(key);
     });
     auto c = control_reply(r, endpoint_, "get " + key);

@@ -1,7 +1,7 @@
-// BusKvStore: the rendezvous KvStore (kasmina/dist/collectives.h) over the broker's key-value
-// service: kvSet/kvGet control requests addressed to the reserved agent name "kv", answered by
-// the broker itself (bus/broker.h). Lets ranks on different hosts find each other with nothing
-// but the broker's request/reply endpoint. wait() polls get() until the keys exist.
+// BusKvStore: the rendezvous KvStore (kasmina/dist/collectives.h) over the key-value worker
+// that `esper broker` hosts: kvSet/kvGet control requests addressed to the agent "kv"
+// (agents/kv_service.h). Lets ranks on different hosts find each other with nothing but the
+// broker's request/reply endpoint. wait() polls get() until the keys exist.
 #pragma once
 
 #include <chrono>

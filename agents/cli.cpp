@@ -34,7 +34,8 @@ double Option::as_double() const {
 }
 
 Parser::Parser(std::string command, std::string summary, std::string positional_usage)
-    : command_(std::move(command)), summary_(std::move(summary)),
+    : command_(std::move(command)),
+      summary_(std::move(summary)),
       positional_usage_(std::move(positional_usage)) {
     flag("help", "show this help and exit");
 }
@@ -126,7 +127,8 @@ int Parser::parse(int argc, char** argv) {
         if (inline_value) {
             value = *inline_value;
         } else {
-            if (i + 1 >= argc) return usage_error("--" + name + " needs a value (" + o->metavar + ")");
+            if (i + 1 >= argc)
+                return usage_error("--" + name + " needs a value (" + o->metavar + ")");
             value = argv[++i];
         }
         if (o->seen && !o->repeatable) return usage_error("--" + name + " given twice");

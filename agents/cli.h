@@ -20,7 +20,7 @@ constexpr int kExitUsage = 2;
 
 struct Option {
     std::string name;
-    std::string metavar;   // empty for boolean flags
+    std::string metavar;  // empty for boolean flags
     std::string help;
     std::string default_value;
     bool repeatable = false;
@@ -31,8 +31,8 @@ struct Option {
     // The last given value, or the default.
     const std::string& str() const { return values.empty() ? default_value : values.back(); }
     bool given() const { return seen; }
-    bool on() const { return seen; }               // boolean flags
-    int64_t as_int() const;                        // throws UsageError on a non-integer
+    bool on() const { return seen; }  // boolean flags
+    int64_t as_int() const;           // throws UsageError on a non-integer
     double as_double() const;
 };
 

@@ -60,7 +60,8 @@ int print_reply(const bus::RpcReply& r, const std::string& agent) {
                        c.isUnimplemented() ? c.getUnimplemented().cStr() : "");
             return 1;
         }
-        if (c.isCommandAck() && c.getCommandAck().getOutcome() != schema::CommandOutcome::APPLIED) return 1;
+        if (c.isCommandAck() && c.getCommandAck().getOutcome() != schema::CommandOutcome::APPLIED)
+            return 1;
     }
     if (p.isCommandAck() && p.getCommandAck().getOutcome() != schema::CommandOutcome::APPLIED) {
         fmt::print(stderr, "rejected: {}\n", p.getCommandAck().getReason().cStr());
@@ -73,9 +74,9 @@ template <typename Fill>
 int control(const std::string& endpoint, const std::string& agent, int timeout_ms, Fill&& fill) {
     zmq::context_t ctx;
     bus::RpcClient client = make_client(ctx, endpoint, timeout_ms);
-    bus::RpcReply r = client.request(agent, new_key("ctl"), [&](schema::Envelope::Payload::Builder p) {
-        fill(p.initControlRequest());
-    });
+    bus::RpcReply r =
+        client.request(agent, new_key("ctl"),
+                       [&](schema::Envelope::Payload::Builder p) { fill(p.initControlRequest()); });
     return print_reply(r, agent);
 }
 
@@ -118,7 +119,8 @@ int policy_main(int argc, char** argv) {
                   "  history      every policy change of this controller\n"
                   "  rollback     restore the previous policy",
                   "load FILE | show | history | rollback");
-    auto& bus_ep = p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+    auto& bus_ep =
+        p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
     auto& timeout = p.option("timeout-ms", "MS", "per-attempt timeout", "1000");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     const auto& pos = p.positional();
@@ -150,20 +152,26 @@ int policy_main(int argc, char** argv) {
         });
     }
     if (pos.size() != 1) return p.usage_error("unexpected argument '" + pos[1] + "'");
-    if (action == "show") return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyShow(); });
-    if (action == "history") return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyHistory(); });
-    if (action == "rollback") return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyRollback(); });
+    if (action == "show")
+        return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyShow(); });
+    if (action == "history")
+        return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyHistory(); });
+    if (action == "rollback")
+        return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyRollback(); });
     return p.usage_error("unknown action '" + action + "'");
 }
 
 int ctl_main(int argc, char** argv) {
-    cli::Parser p("esper ctl",
-                  "Send an operator lifecycle command to the executor of a live run and print the ack.\n\n"
-                  "  germinate LAYER SEED [--kind residual_mlp|lowrank|scale_shift] [--size N] [--strategy S]\n"
-                  "  transition LAYER SEED STAGE      (e.g. GRAFTING, FINE_TUNING, FOSSILIZED)\n"
-                  "  cull | cancel | rollback LAYER SEED",
-                  "ACTION LAYER SEED [STAGE]");
-    auto& bus_ep = p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+    cli::Parser p(
+        "esper ctl",
+        "Send an operator lifecycle command to the executor of a live run and print the ack.\n\n"
+        "  germinate LAYER SEED [--kind residual_mlp|lowrank|scale_shift] [--size N] [--strategy "
+        "S]\n"
+        "  transition LAYER SEED STAGE      (e.g. GRAFTING, FINE_TUNING, FOSSILIZED)\n"
+        "  cull | cancel | rollback LAYER SEED",
+        "ACTION LAYER SEED [STAGE]");
+    auto& bus_ep =
+        p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
     auto& target = p.option("target", "AGENT", "executor to command", "kasmina/0");
     auto& kind = p.option("kind", "KIND", "germinate: blueprint kind", "residual_mlp");
     auto& size = p.option("size", "N", "germinate: expansion or rank (0 = config default)", "0");
@@ -177,8 +185,10 @@ int ctl_main(int argc, char** argv) {
     uint32_t layer = parse_u32(pos[1], "LAYER"), seed = parse_u32(pos[2], "SEED");
     bool transition = action == "transition";
     if (transition ? pos.size() != 4 : pos.size() != 3)
-        return p.usage_error(transition ? "transition needs LAYER SEED STAGE" : "too many arguments");
-    if (action != "germinate" && !transition && action != "cull" && action != "cancel" && action != "rollback")
+        return p.usage_error(transition ? "transition needs LAYER SEED STAGE"
+                                        : "too many arguments");
+    if (action != "germinate" && !transition && action != "cull" && action != "cancel" &&
+        action != "rollback")
         return p.usage_error("unknown action '" + action + "'");
     auto bk = parse_wire<BlueprintKind>(kind.str(), kBlueprintKindNames, "--kind");
     auto gs = parse_wire<GraftingStrategy>(strategy.str(), kGraftingStrategyNames, "--strategy");
@@ -197,12 +207,15 @@ int ctl_main(int argc, char** argv) {
         c.setReason(reason.str());
         if (action == "germinate") {
             auto g = c.initGerminate();
-            g.setLayer(layer), g.setSeed(seed), g.setBlueprintKind(bk), g.setSize(sz), g.setStrategy(gs);
+            g.setLayer(layer), g.setSeed(seed), g.setBlueprintKind(bk), g.setSize(sz),
+                g.setStrategy(gs);
         } else if (transition) {
             auto t = c.initTransition();
             t.setLayer(layer), t.setSeed(seed), t.setToStage(to);
         } else {
-            auto s = action == "cull" ? c.initCull() : action == "cancel" ? c.initCancel() : c.initRollback();
+            auto s = action == "cull"     ? c.initCull()
+                     : action == "cancel" ? c.initCancel()
+                                          : c.initRollback();
             s.setLayer(layer), s.setSeed(seed);
         }
     });
@@ -210,12 +223,15 @@ int ctl_main(int argc, char** argv) {
 }
 
 int status_main(int argc, char** argv) {
-    cli::Parser p("esper status", "Show the state of a live run: the controller's view and the executor's status.");
-    auto& bus_ep = p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+    cli::Parser p("esper status",
+                  "Show the state of a live run: the controller's view and the executor's status.");
+    auto& bus_ep =
+        p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
     auto& target = p.option("target", "AGENT", "executor to ask", "kasmina/0");
     auto& timeout = p.option("timeout-ms", "MS", "per-attempt timeout", "1000");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
-    if (!p.positional().empty()) return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
+    if (!p.positional().empty())
+        return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
     int t = static_cast<int>(timeout.as_int());
     int rc_t = control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setStatus(); });
     int rc_k = control(bus_ep.str(), target.str(), t, [](auto r) { r.setStatus(); });

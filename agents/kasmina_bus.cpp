@@ -1,5 +1,6 @@
 #include "agents/kasmina_bus.h"
 
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -8,8 +9,6 @@
 #include <string>
 #include <vector>
 #include <zmq.hpp>
-
-#include <fmt/format.h>
 
 #include "agents/wire_vocabulary.h"
 #include "bus/pubsub.h"
@@ -34,30 +33,39 @@ Logger& log() { return logger("kasmina.agent"); }
 std::variant<Command, std::string> to_command(schema::Command::Reader c, const Config& config) {
     Command out;
     std::string issued = c.getIssuedBy().cStr();
-    out.origin = issued == "operator" || issued.rfind("operator/", 0) == 0 ? TransitionOrigin::kOperator
-                                                                          : TransitionOrigin::kController;
+    out.origin = issued == "operator" || issued.rfind("operator/", 0) == 0
+                     ? TransitionOrigin::kOperator
+                     : TransitionOrigin::kController;
     out.reason = c.getReason().cStr();
-    auto ref = [](auto r) { return SeedRef{static_cast<int32_t>(r.getLayer()), static_cast<int32_t>(r.getSeed())}; };
+    auto ref = [](auto r) {
+        return SeedRef{static_cast<int32_t>(r.getLayer()), static_cast<int32_t>(r.getSeed())};
+    };
     switch (c.which()) {
         case schema::Command::GERMINATE: {
             auto g = c.getGerminate();
             const auto kind = from_wire(g.getBlueprintKind());
             const auto strategy = from_wire(g.getStrategy());
-            if (!kind) return fmt::format("unknown blueprint kind {}", static_cast<uint16_t>(g.getBlueprintKind()));
-            if (!strategy) return fmt::format("unknown grafting strategy {}", static_cast<uint16_t>(g.getStrategy()));
+            if (!kind)
+                return fmt::format("unknown blueprint kind {}",
+                                   static_cast<uint16_t>(g.getBlueprintKind()));
+            if (!strategy)
+                return fmt::format("unknown grafting strategy {}",
+                                   static_cast<uint16_t>(g.getStrategy()));
             GerminateCommand gc;
             gc.target = {static_cast<int32_t>(g.getLayer()), static_cast<int32_t>(g.getSeed())};
             gc.kind = *kind;
             gc.strategy = *strategy;
             // Arenas are pre-allocated per kind with the configured size; another size would need
             // a new arena (DESIGN §4.2: no allocation in the hot path).
-            int64_t configured = gc.kind == BlueprintKind::kResidualMlp ? config.blueprints.residual_mlp.expansion
-                                 : gc.kind == BlueprintKind::kLowrank   ? config.blueprints.lowrank.rank
-                                                                        : 0;
+            int64_t configured =
+                gc.kind == BlueprintKind::kResidualMlp ? config.blueprints.residual_mlp.expansion
+                : gc.kind == BlueprintKind::kLowrank   ? config.blueprints.lowrank.rank
+                                                       : 0;
             if (g.getSize() != 0 && static_cast<int64_t>(g.getSize()) != configured)
-                return fmt::format("blueprint size {} not available: the arena of this kind is sized {} "
-                                   "(set blueprints.* in the run config)",
-                                   g.getSize(), configured);
+                return fmt::format(
+                    "blueprint size {} not available: the arena of this kind is sized {} "
+                    "(set blueprints.* in the run config)",
+                    g.getSize(), configured);
             out.body = gc;
             break;
         }
@@ -68,13 +76,21 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
             out.body = TransitionCommand{ref(t), *to};
             break;
         }
-        case schema::Command::CULL: out.body = CullCommand{ref(c.getCull())}; break;
-        case schema::Command::CANCEL: out.body = CancelCommand{ref(c.getCancel())}; break;
-        case schema::Command::ROLLBACK: out.body = RollbackCommand{ref(c.getRollback())}; break;
+        case schema::Command::CULL:
+            out.body = CullCommand{ref(c.getCull())};
+            break;
+        case schema::Command::CANCEL:
+            out.body = CancelCommand{ref(c.getCancel())};
+            break;
+        case schema::Command::ROLLBACK:
+            out.body = RollbackCommand{ref(c.getRollback())};
+            break;
         case schema::Command::SET_ALPHA_SCHEDULE: {
             auto a = c.getSetAlphaSchedule();
             const auto strategy = from_wire(a.getStrategy());
-            if (!strategy) return fmt::format("unknown grafting strategy {}", static_cast<uint16_t>(a.getStrategy()));
+            if (!strategy)
+                return fmt::format("unknown grafting strategy {}",
+                                   static_cast<uint16_t>(a.getStrategy()));
             SetAlphaScheduleCommand sc;
             sc.target = {static_cast<int32_t>(a.getLayer()), static_cast<int32_t>(a.getSeed())};
             sc.strategy = *strategy;
@@ -106,7 +122,9 @@ public:
           stop_(stop),
           name_("kasmina/" + std::to_string(o.rank)),
           telemetry_(ctx_, {.endpoint = o.pub_endpoint, .sender = name_, .run_id = o.run_id}),
-          control_(ctx_, {.endpoint = o.pub_endpoint, .sender = name_, .run_id = o.run_id,
+          control_(ctx_, {.endpoint = o.pub_endpoint,
+                          .sender = name_,
+                          .run_id = o.run_id,
                           .reliability = bus::Reliability::kControl}),
           worker_(ctx_, {.endpoint = o.rpc_endpoint, .name = name_, .run_id = o.run_id}) {}
 
@@ -114,9 +132,8 @@ public:
     void boundary() {
         if (stop_.load()) trainer_.request_stop();
         absorb_last_step();
-        worker_.process([this](schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
-            handle(req, rep);
-        });
+        worker_.process([this](schema::Envelope::Reader req,
+                               schema::Envelope::Payload::Builder rep) { handle(req, rep); });
         publish_events();
         publish_config(false);
         if (heartbeat_clock_.elapsed_ns() > 1'000'000'000) {
@@ -187,55 +204,57 @@ public:
             const SeedTable& table = seeds.table(layer);
             size_t n = 0;
             for (const auto& r : records) n += r.layer == layer ? 1 : 0;
-            telemetry_.publish("telemetry.seeds." + o_.run_id + "." + std::to_string(layer),
-                               [&](schema::Envelope::Payload::Builder p) {
-                auto b = p.initSeedTelemetry();
-                b.setLayer(static_cast<uint32_t>(layer));
-                b.setStepBegin(last_telemetry_step_);
-                b.setStepEnd(step);
-                b.setWorldSize(1);
-                auto list = b.initSeeds(static_cast<unsigned>(n));
-                unsigned i = 0;
-                for (const auto& r : records) {
-                    if (r.layer != layer) continue;
-                    auto out = list[i++];
-                    out.setSeed(static_cast<uint32_t>(r.seed));
-                    out.setStage(to_wire(r.stage));
-                    out.setAlpha(r.alpha);
-                    out.setStepsInStage(r.steps_in_stage);
-                    if (r.mean && r.variance) {
-                        out.setActMean(static_cast<float>(*r.mean));
-                        out.setActVar(static_cast<float>(*r.variance));
-                        out.setDeadFraction(static_cast<float>(r.dead_fraction.value_or(0)));
-                        out.setHealth(static_cast<float>(r.health.value_or(0)));
-                        out.setActivationMeasured(true);
+            telemetry_.publish(
+                "telemetry.seeds." + o_.run_id + "." + std::to_string(layer),
+                [&](schema::Envelope::Payload::Builder p) {
+                    auto b = p.initSeedTelemetry();
+                    b.setLayer(static_cast<uint32_t>(layer));
+                    b.setStepBegin(last_telemetry_step_);
+                    b.setStepEnd(step);
+                    b.setWorldSize(1);
+                    auto list = b.initSeeds(static_cast<unsigned>(n));
+                    unsigned i = 0;
+                    for (const auto& r : records) {
+                        if (r.layer != layer) continue;
+                        auto out = list[i++];
+                        out.setSeed(static_cast<uint32_t>(r.seed));
+                        out.setStage(to_wire(r.stage));
+                        out.setAlpha(r.alpha);
+                        out.setStepsInStage(r.steps_in_stage);
+                        if (r.mean && r.variance) {
+                            out.setActMean(static_cast<float>(*r.mean));
+                            out.setActVar(static_cast<float>(*r.variance));
+                            out.setDeadFraction(static_cast<float>(r.dead_fraction.value_or(0)));
+                            out.setHealth(static_cast<float>(r.health.value_or(0)));
+                            out.setActivationMeasured(true);
+                        }
+                        if (r.grad_norm) {
+                            out.setGradNorm(static_cast<float>(*r.grad_norm));
+                            out.setBlueprintGradNorm(
+                                static_cast<float>(r.blueprint_grad_norm.value_or(0)));
+                            out.setGradientMeasured(true);
+                        }
+                        if (r.contribution) {
+                            out.setContribution(static_cast<float>(*r.contribution));
+                            out.setContributionMeasured(true);
+                        }
+                        if (auto gh = seeds.gradient_health({layer, r.seed})) {
+                            out.setGradientHealth(static_cast<float>(*gh));
+                            out.setGradientHealthMeasured(true);
+                        }
+                        const int32_t w = table.chunk_width(r.seed);
+                        out.setChunkWidth(static_cast<uint32_t>(w));
+                        if (table.slot(r.seed) >= 0)
+                            out.setBlueprintParams(static_cast<uint64_t>(
+                                seeds.seed_blueprint_params({layer, int32_t(r.seed)})));
+                        // The controller prices germinations with these; it never recomputes them.
+                        auto prices = out.initGerminationParams(kNumBlueprintKinds);
+                        for (int k = 0; k < kNumBlueprintKinds; ++k)
+                            prices.set(static_cast<unsigned>(k),
+                                       seeds.germination_params({layer, int32_t(r.seed)},
+                                                                static_cast<BlueprintKind>(k)));
                     }
-                    if (r.grad_norm) {
-                        out.setGradNorm(static_cast<float>(*r.grad_norm));
-                        out.setBlueprintGradNorm(static_cast<float>(r.blueprint_grad_norm.value_or(0)));
-                        out.setGradientMeasured(true);
-                    }
-                    if (r.contribution) {
-                        out.setContribution(static_cast<float>(*r.contribution));
-                        out.setContributionMeasured(true);
-                    }
-                    if (auto gh = seeds.gradient_health({layer, r.seed})) {
-                        out.setGradientHealth(static_cast<float>(*gh));
-                        out.setGradientHealthMeasured(true);
-                    }
-                    const int32_t w = table.chunk_width(r.seed);
-                    out.setChunkWidth(static_cast<uint32_t>(w));
-                    if (table.slot(r.seed) >= 0)
-                        out.setBlueprintParams(static_cast<uint64_t>(
-                            seeds.seed_blueprint_params({layer, int32_t(r.seed)})));
-                    // The controller prices germinations with these; it never recomputes them.
-                    auto prices = out.initGerminationParams(kNumBlueprintKinds);
-                    for (int k = 0; k < kNumBlueprintKinds; ++k)
-                        prices.set(static_cast<unsigned>(k),
-                                   seeds.germination_params({layer, int32_t(r.seed)},
-                                                            static_cast<BlueprintKind>(k)));
-                }
-            });
+                });
         }
         last_telemetry_step_ = step;
         publish_run_status();
@@ -261,7 +280,8 @@ public:
         if (loss_steps_ > 0) {
             s.setLoss(static_cast<float>(loss_sum_ / static_cast<double>(loss_steps_)));
             s.setLossMeasured(true);
-            s.setAccuracy(static_cast<float>(static_cast<double>(correct_sum_) / static_cast<double>(samples_)));
+            s.setAccuracy(static_cast<float>(static_cast<double>(correct_sum_) /
+                                             static_cast<double>(samples_)));
             s.setAccuracyMeasured(true);
             double secs = interval_clock_.elapsed_s();
             s.setSamplesPerS(secs > 0 ? static_cast<double>(samples_) / secs : 0.0);
@@ -273,7 +293,8 @@ public:
         std::array<uint32_t, kernels::kNumSeedStages> counts{};
         for (int32_t l = 0; l < seeds.num_layers(); ++l)
             for (int i = 0; i < kernels::kNumSeedStages; ++i)
-                counts[i] += static_cast<uint32_t>(seeds.table(l).count_in_stage(static_cast<SeedStage>(i)));
+                counts[i] +=
+                    static_cast<uint32_t>(seeds.table(l).count_in_stage(static_cast<SeedStage>(i)));
         auto list = s.initSeedsPerStage(kernels::kNumSeedStages);
         for (int i = 0; i < kernels::kNumSeedStages; ++i) list.set(i, counts[i]);
         s.setBackend(std::string(trainer_.backend().name()));
@@ -286,21 +307,21 @@ public:
         for (const LifecycleEvent& e : events) {
             control_.publish("events.lifecycle." + o_.run_id + "." + std::to_string(e.layer),
                              [&](schema::Envelope::Payload::Builder p) {
-                auto t = p.initLifecycleTransition();
-                t.setStep(static_cast<uint64_t>(e.step));
-                t.setLayer(static_cast<uint32_t>(e.layer));
-                t.setSeed(static_cast<uint32_t>(e.seed));
-                t.setFrom(to_wire(e.from));
-                t.setTo(to_wire(e.to));
-                t.setReason(e.reason);
-                t.setOrigin(to_wire(e.origin));
-                t.setAlpha(trainer_.seeds().table(e.layer).alpha(e.seed));
-            });
+                                 auto t = p.initLifecycleTransition();
+                                 t.setStep(static_cast<uint64_t>(e.step));
+                                 t.setLayer(static_cast<uint32_t>(e.layer));
+                                 t.setSeed(static_cast<uint32_t>(e.seed));
+                                 t.setFrom(to_wire(e.from));
+                                 t.setTo(to_wire(e.to));
+                                 t.setReason(e.reason);
+                                 t.setOrigin(to_wire(e.origin));
+                                 t.setAlpha(trainer_.seeds().table(e.layer).alpha(e.seed));
+                             });
         }
     }
 
-    void ack(schema::CommandAck::Builder a, const std::string& id, const std::string& outcome_reason,
-             schema::CommandOutcome outcome) {
+    void ack(schema::CommandAck::Builder a, const std::string& id,
+             const std::string& outcome_reason, schema::CommandOutcome outcome) {
         a.setCommandId(id);
         a.setOutcome(outcome);
         a.setReason(outcome_reason);
@@ -318,14 +339,17 @@ public:
         auto cmd = to_command(c, trainer_.config());
         if (auto* why = std::get_if<std::string>(&cmd)) {
             bool unimpl = why->rfind("unimplemented", 0) == 0;
-            ack(a, id, *why, unimpl ? schema::CommandOutcome::UNIMPLEMENTED : schema::CommandOutcome::REJECTED);
+            ack(a, id, *why,
+                unimpl ? schema::CommandOutcome::UNIMPLEMENTED : schema::CommandOutcome::REJECTED);
             ESPER_LOG_WARN(log(), "command=", id, " refused: ", *why);
             return;
         }
         Outcome o = trainer_.apply(std::get<Command>(cmd));
-        ack(a, id, o.reason, o.applied() ? schema::CommandOutcome::APPLIED : schema::CommandOutcome::REJECTED);
+        ack(a, id, o.reason,
+            o.applied() ? schema::CommandOutcome::APPLIED : schema::CommandOutcome::REJECTED);
         ESPER_LOG_INFO(log(), "command=", id, " step=", trainer_.steps_done(),
-                       " outcome=", o.applied() ? "applied" : "rejected", o.applied() ? "" : " reason=", o.reason);
+                       " outcome=", o.applied() ? "applied" : "rejected",
+                       o.applied() ? "" : " reason=", o.reason);
         publish_events();  // the transitions this command caused, before the ack leaves
     }
 
@@ -382,8 +406,9 @@ private:
 int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
                     const std::atomic<bool>& stop) {
     KasminaBusAgent agent(trainer, options, stop);
-    ESPER_LOG_INFO(log(), "run=", options.run_id, " rank=", options.rank, " steps=", trainer.total_steps(),
-                   " rpc=", options.rpc_endpoint, " pub=", options.pub_endpoint);
+    ESPER_LOG_INFO(log(), "run=", options.run_id, " rank=", options.rank,
+                   " steps=", trainer.total_steps(), " rpc=", options.rpc_endpoint,
+                   " pub=", options.pub_endpoint);
     agent.boundary();  // register and publish the initial state before the first step
     while (!trainer.done()) {
         agent.boundary();  // commands, events, heartbeat; a stop signal becomes request_stop
@@ -394,8 +419,8 @@ int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
         if (due.epoch) print_epoch_summary(*due.epoch);
     }
     if (options.world > 1)  // before the last boundary: commands applied there reach rank 0 only
-        ESPER_LOG_INFO(log(), "rank=", options.rank, " world=", options.world, " step=",
-                       trainer.steps_done(), " final digest=", trainer.seeds().digest());
+        ESPER_LOG_INFO(log(), "rank=", options.rank, " world=", options.world,
+                       " step=", trainer.steps_done(), " final digest=", trainer.seeds().digest());
     agent.publish_config(true);  // a run shorter than the grace period still announces it
     agent.boundary();            // events of the last step, commands that arrived during it
     if (trainer.stop_requested()) {

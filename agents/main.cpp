@@ -18,12 +18,14 @@ struct Command {
 
 constexpr Command kCommands[] = {
     {"run", "run the main job: broker + Tamiyo + Kasmina on this machine", esper::agents::run_main},
-    {"kasmina", "run the Kasmina executor (--standalone: train from a config)", esper::agents::kasmina_main},
+    {"kasmina", "run the Kasmina executor (--standalone: train from a config)",
+     esper::agents::kasmina_main},
     {"broker", "run the message broker (pub/sub + request/reply)", esper::agents::broker_main},
     {"tap", "print bus messages as JSON lines", esper::agents::tap_main},
     {"pub", "publish one message from JSON", esper::agents::pub_main},
     {"tamiyo", "run the Tamiyo controller (policies, commands)", esper::agents::tamiyo_main},
-    {"policy", "load, show, list or roll back the policy of a live run", esper::agents::policy_main},
+    {"policy", "load, show, list or roll back the policy of a live run",
+     esper::agents::policy_main},
     {"ctl", "send an operator lifecycle command to a live run", esper::agents::ctl_main},
     {"status", "show the state of a live run", esper::agents::status_main},
     {"version", "print the version and build configuration", esper::agents::version_main},
@@ -57,7 +59,8 @@ int main(int argc, char** argv) {
         try {
             return c.main(argc - 1, argv + 1);
         } catch (const esper::cli::UsageError& e) {
-            std::fprintf(stderr, "%s: %s\nTry '%s --help'.\n", full.c_str(), e.what(), full.c_str());
+            std::fprintf(stderr, "%s: %s\nTry '%s --help'.\n", full.c_str(), e.what(),
+                         full.c_str());
             return esper::cli::kExitUsage;
         } catch (const esper::Error& e) {
             std::fprintf(stderr, "%s: error: %s\n", full.c_str(), e.what());

@@ -19,12 +19,14 @@ extern char** environ;
 namespace esper::agents {
 
 ChildProcess::ChildProcess(std::string name, std::vector<std::string> argv,
-                           std::filesystem::path log_path, std::vector<std::string> extra_env)
+                           std::filesystem::path log_path, std::vector<std::string> extra_env,
+                           int inherited_fd)
     : name_(std::move(name)), log_path_(std::move(log_path)) {
     if (argv.empty()) ESPER_THROW(kInvalidInput, "spawn ", name_, ": empty argv");
     std::filesystem::create_directories(log_path_.parent_path());
     int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0) ESPER_THROW(kFailed, "cannot open log ", log_path_.string(), ": ", std::strerror(errno));
+    if (fd < 0)
+        ESPER_THROW(kFailed, "cannot open log ", log_path_.string(), ": ", std::strerror(errno));
 
     std::vector<std::string> env;
     for (char** e = environ; *e != nullptr; ++e) {
@@ -47,6 +49,20 @@ ChildProcess::ChildProcess(std::string name, std::vector<std::string> argv,
     posix_spawn_file_actions_adddup2(&actions, fd, STDOUT_FILENO);
     posix_spawn_file_actions_adddup2(&actions, fd, STDERR_FILENO);
     posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    // dup2 clears close-on-exec on the copy; it runs last, so a log fd that happened to be
+    // number 3 has already been copied to 1 and 2. A source that is already number 3 is moved
+    // out of the way first (dup2 onto itself would keep its close-on-exec flag).
+    int passed_fd = -1;
+    if (inherited_fd >= 0) {
+        passed_fd = ::fcntl(inherited_fd, F_DUPFD_CLOEXEC, kInheritedFd + 1);
+        if (passed_fd < 0) {
+            posix_spawn_file_actions_destroy(&actions);
+            ::close(fd);
+            ESPER_THROW(kFailed, "spawn ", name_, ": cannot pass descriptor ", inherited_fd, ": ",
+                        std::strerror(errno));
+        }
+        posix_spawn_file_actions_adddup2(&actions, passed_fd, kInheritedFd);
+    }
     posix_spawnattr_t attr;
     posix_spawnattr_init(&attr);
     // The child gets default signal handling and an empty mask, whatever the parent blocks.
@@ -60,7 +76,9 @@ ChildProcess::ChildProcess(std::string name, std::vector<std::string> argv,
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
     ::close(fd);
-    if (rc != 0) ESPER_THROW(kFailed, "cannot start ", name_, " (", argv[0], "): ", std::strerror(rc));
+    if (passed_fd >= 0) ::close(passed_fd);
+    if (rc != 0)
+        ESPER_THROW(kFailed, "cannot start ", name_, " (", argv[0], "): ", std::strerror(rc));
 }
 
 ChildProcess::~ChildProcess() {

@@ -1,23 +1,30 @@
 // Child processes for `esper run` and the launch scripts' local mode: spawn with stdout/stderr
-// sent to a log file, poll for exit without blocking, stop with SIGTERM then SIGKILL after a
-// grace period, and show the last lines of a child's log when it dies.
+// sent to a log file (and optionally one more descriptor passed down, e.g. a ready pipe), poll
+// for exit without blocking, stop with SIGTERM then SIGKILL after a grace period, and show the
+// last lines of a child's log when it dies.
 #pragma once
+
+#include <sys/types.h>
 
 #include <chrono>
 #include <filesystem>
 #include <optional>
 #include <string>
-#include <sys/types.h>
 #include <vector>
 
 namespace esper::agents {
 
 class ChildProcess {
 public:
+    // The descriptor number under which the child receives `inherited_fd`.
+    static constexpr int kInheritedFd = 3;
+
     // Starts argv[0] (a path) with argv, extra environment entries ("K=V") added to ours, and
-    // stdout+stderr appended to `log_path`. Throws esper::Error when the spawn fails.
+    // stdout+stderr appended to `log_path`. `inherited_fd` >= 0: a descriptor of ours that the
+    // child gets as kInheritedFd (every other descriptor of ours stays closed in the child).
+    // Throws esper::Error when the spawn fails.
     ChildProcess(std::string name, std::vector<std::string> argv, std::filesystem::path log_path,
-                 std::vector<std::string> extra_env = {});
+                 std::vector<std::string> extra_env = {}, int inherited_fd = -1);
     ~ChildProcess();  // stops the child if it still runs
     ChildProcess(const ChildProcess&) = delete;
     ChildProcess& operator=(const ChildProcess&) = delete;

@@ -23,8 +23,8 @@ int pub_main(int argc, char** argv) {
     auto& json = p.option("json", "JSON", "the payload as JSON", "{}");
     auto& sender = p.option("sender", "NAME", "sender name in the envelope", "pub");
     auto& run = p.option("run", "ID", "run id in the envelope", "");
-    auto& wait = p.option("wait-ms", "MS", "wait this long for a subscriber first (0 = don't)",
-                          "1000");
+    auto& wait =
+        p.option("wait-ms", "MS", "wait this long for a subscriber first (0 = don't)", "1000");
     p.epilog(fmt::format("Types: {}", fmt::join(payload_type_names(), ", ")) +
              "\nExample: esper pub events.annotations.r1 --type annotation "
              "--json '{\"kind\":\"note\",\"text\":\"lr drop\"}'");
@@ -56,7 +56,8 @@ int pub_main(int argc, char** argv) {
     auto r = pub.publish(topic, [&](schema::Envelope::Payload::Builder payload) {
         payload_from_json(type.str(), json.str(), payload);
     });
-    if (r != bus::PublishResult::kSent) ESPER_THROW(kOverloaded, "could not send to ", bus_ep.str());
+    if (r != bus::PublishResult::kSent)
+        ESPER_THROW(kOverloaded, "could not send to ", bus_ep.str());
     return 0;
 }
 

@@ -41,11 +41,20 @@ std::string html_escape(const std::string& s) {
     out.reserve(s.size());
     for (char c : s) {
         switch (c) {
-            case '<': out += "&lt;"; break;
-            case '>': out += "&gt;"; break;
-            case '&': out += "&amp;"; break;
-            case '"': out += "&quot;"; break;
-            default: out += c;
+            case '<':
+                out += "&lt;";
+                break;
+            case '>':
+                out += "&gt;";
+                break;
+            case '&':
+                out += "&amp;";
+                break;
+            case '"':
+                out += "&quot;";
+                break;
+            default:
+                out += c;
         }
     }
     return out;
@@ -168,7 +177,8 @@ Series smooth(const Series& in, size_t window) {
     size_t n = 0;  // finite values inside the window (a governor trip logs a non-finite loss)
     for (size_t i = 0; i < in.points.size(); ++i) {
         if (std::isfinite(in.points[i].y)) sum += in.points[i].y, ++n;
-        if (i >= window && std::isfinite(in.points[i - window].y)) sum -= in.points[i - window].y, --n;
+        if (i >= window && std::isfinite(in.points[i - window].y))
+            sum -= in.points[i - window].y, --n;
         out.points[i].y = n > 0 ? sum / static_cast<double>(n) : NAN;
     }
     return out;
@@ -203,15 +213,18 @@ RunSummary summarize_run(const std::filesystem::path& run_dir) {
     std::vector<json> events = read_jsonl(run_dir / "events.jsonl", s.malformed_lines);
     for (const json& m : metrics) {
         double step = num(m, "step");
-        if (std::isfinite(step)) s.last_step = std::max<int64_t>(s.last_step, static_cast<int64_t>(step));
+        if (std::isfinite(step))
+            s.last_step = std::max<int64_t>(s.last_step, static_cast<int64_t>(step));
         std::string split = m.value("split", "");
         if (split == "test") {
             s.test_accuracy = num(m, "accuracy");
             s.test_loss = num(m, "loss");
         } else if (split == "train") {
             s.train_loss = num(m, "loss");
-            if (double hp = num(m, "host_params"); std::isfinite(hp)) s.host_params = static_cast<int64_t>(hp);
-            if (double bp = num(m, "blueprint_params"); std::isfinite(bp)) s.blueprint_params = static_cast<int64_t>(bp);
+            if (double hp = num(m, "host_params"); std::isfinite(hp))
+                s.host_params = static_cast<int64_t>(hp);
+            if (double bp = num(m, "blueprint_params"); std::isfinite(bp))
+                s.blueprint_params = static_cast<int64_t>(bp);
         }
     }
     replay_events(events, s.seeds_in_stage, s.transitions_into, [](double, int, int) {});
@@ -264,8 +277,10 @@ std::string render_report(const std::filesystem::path& run_dir) {
         std::string split = m.value("split", "");
         if (split == "train") {
             train_loss.points.push_back({step, num(m, "loss")});
-            if (double hp = num(m, "host_params"); std::isfinite(hp)) host_params.points.push_back({step, hp});
-            if (double bp = num(m, "blueprint_params"); std::isfinite(bp)) bp_params.points.push_back({step, bp});
+            if (double hp = num(m, "host_params"); std::isfinite(hp))
+                host_params.points.push_back({step, hp});
+            if (double bp = num(m, "blueprint_params"); std::isfinite(bp))
+                bp_params.points.push_back({step, bp});
         } else if (split == "test") {
             test_loss.points.push_back({step, num(m, "loss")});
             test_acc.points.push_back({step, num(m, "accuracy")});

@@ -16,11 +16,11 @@ namespace esper::agents {
 
 // What the end-of-run summary table shows, derived from the run directory's files.
 struct RunSummary {
-    std::optional<double> test_accuracy;   // last eval line
+    std::optional<double> test_accuracy;  // last eval line
     std::optional<double> test_loss;
-    std::optional<double> train_loss;      // last train line
+    std::optional<double> train_loss;  // last train line
     int64_t last_step = -1;
-    std::optional<int64_t> host_params;    // last train line's host_params / blueprint_params
+    std::optional<int64_t> host_params;  // last train line's host_params / blueprint_params
     std::optional<int64_t> blueprint_params;
     std::array<int, kNumSeedStages> seeds_in_stage{};    // non-dormant seeds per stage at the end
     std::array<int, kNumSeedStages> transitions_into{};  // lifecycle transitions into each stage

@@ -2,12 +2,15 @@
 // the run's telemetry and lifecycle events and feeds them to the tamiyo::View, runs the
 // tamiyo::Controller every --decide-every-ms and sends each accepted decision to the executor
 // (kasmina/0) as a reliable command, and serves control requests as `tamiyo` on the broker's
-// request/reply endpoint: status, policy load/show/history/rollback. Policy changes (including a
+// request/reply endpoint: status, policy load/show/history/rollback. Commands go out without
+// blocking the loop (bus::AsyncRpcClient): acks are handled in callbacks, and telemetry and
+// requests keep being served while a command is outstanding. Policy changes (including a
 // policy disabled for throwing or overrunning its time budget) are announced on
 // events.policy.<run>. A restarted Tamiyo rebuilds its view from what the bus delivers next.
-#include <unistd.h>
-
+// With --ready-fd N it writes {"agent":"tamiyo"} to descriptor N once the broker routes to it.
+#include <fmt/format.h>
 #include <kj/exception.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -19,10 +22,9 @@
 #include <sstream>
 #include <string>
 
-#include <fmt/format.h>
-
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/supervisor.h"
 #include "agents/wire_vocabulary.h"
 #include "bus/event_loop.h"
 #include "bus/pubsub.h"
@@ -78,6 +80,7 @@ public:
     struct Options {
         std::string pub, sub, rpc, run_id, target = "kasmina/0";
         int tick_ms = 50;       // how often the loop checks whether a decision is due
+        int ready_fd = -1;      // >= 0: write the ready line here once registered
         tamiyo::Config config;  // decision_interval_steps, view, controller, heuristic, policy
     };
 
@@ -85,15 +88,21 @@ public:
         : o_(std::move(o)),
           view_(o_.config.view),
           controller_(o_.config.controller, std::move(initial)),
-          sub_(ctx_, {.endpoint = o_.sub,
-                      .prefixes = {"telemetry.seeds." + o_.run_id + ".",
-                                   "telemetry.run." + o_.run_id,
-                                   "events.lifecycle." + o_.run_id + "."}}),
-          events_(ctx_, {.endpoint = o_.pub, .sender = "tamiyo", .run_id = o_.run_id,
+          sub_(ctx_,
+               {.endpoint = o_.sub,
+                .prefixes = {"telemetry.seeds." + o_.run_id + ".", "telemetry.run." + o_.run_id,
+                             "events.lifecycle." + o_.run_id + "."}}),
+          events_(ctx_, {.endpoint = o_.pub,
+                         .sender = "tamiyo",
+                         .run_id = o_.run_id,
                          .reliability = bus::Reliability::kControl}),
           worker_(ctx_, {.endpoint = o_.rpc, .name = "tamiyo", .run_id = o_.run_id}),
-          client_(ctx_, {.endpoint = o_.rpc, .sender = "tamiyo", .run_id = o_.run_id,
-                         .timeout_ms = 300, .max_attempts = 4}) {
+          client_(ctx_, loop_,
+                  {.endpoint = o_.rpc,
+                   .sender = "tamiyo",
+                   .run_id = o_.run_id,
+                   .timeout_ms = 300,
+                   .max_attempts = 4}) {
         history_seen_ = controller_.history().size();
     }
 
@@ -125,11 +134,30 @@ public:
                        " target=", o_.target, " rpc=", o_.rpc);
         announce(schema::PolicyAction::LOADED, controller_.active().name(),
                  controller_.active().kind(), "", "initial policy");
+        if (o_.ready_fd >= 0) ping_self();
         loop_.run();
         return 0;
     }
 
 private:
+    // Registered once a ping through the broker comes back: then the ready line.
+    void ping_self() {
+        bool queued = client_.send(
+            "tamiyo", "",
+            [](schema::Envelope::Payload::Builder p) { p.initControlRequest().setPing("ready"); },
+            [this](bus::RpcReply reply) {
+                if (reply.ok()) {
+                    write_ready_line(o_.ready_fd, {{"agent", "tamiyo"}});
+                    o_.ready_fd = -1;
+                    return;
+                }
+                ESPER_LOG_WARN(log(), "not routed yet (", bus::rpc_status_name(reply.status), " ",
+                               reply.error, "); pinging again");
+                ping_self();
+            });
+        if (!queued) ESPER_LOG_WARN(log(), "ready ping not sent: request queue full");
+    }
+
     void drop(const std::string& topic, const char* why) {
         ++dropped_;
         ESPER_LOG_WARN_RATE(log(), 5, "dropped message topic=", topic, " reason=", why,
@@ -222,7 +250,8 @@ private:
     void decide() {
         if (!view_.run().has_status) return;  // nothing to decide on yet
         // One decision round per decision_interval_steps of training progress.
-        if (decided_once_ && view_.step() < last_decision_step_ + o_.config.decision_interval_steps) return;
+        if (decided_once_ && view_.step() < last_decision_step_ + o_.config.decision_interval_steps)
+            return;
         decided_once_ = true;
         last_decision_step_ = view_.step();
         std::vector<tamiyo::Decision> decisions = controller_.decide(view_, view_.step());
@@ -233,7 +262,8 @@ private:
         }
     }
 
-    void fill_command(schema::Command::Builder c, const tamiyo::Decision& d, const std::string& id) {
+    void fill_command(schema::Command::Builder c, const tamiyo::Decision& d,
+                      const std::string& id) {
         c.setCommandId(id);
         c.setTarget(o_.target);
         c.setIssuedBy("tamiyo");
@@ -247,7 +277,8 @@ private:
                 g.setBlueprintKind(to_wire(d.blueprint));
                 g.setSize(d.blueprint_size);
                 // The controller admitted only known strategies (Controller::sanity).
-                g.setStrategy(to_wire(parse_grafting_strategy(d.strategy).value_or(GraftingStrategy::kLinear)));
+                g.setStrategy(to_wire(
+                    parse_grafting_strategy(d.strategy).value_or(GraftingStrategy::kLinear)));
                 break;
             }
             case tamiyo::DecisionKind::kCull: {
@@ -278,26 +309,41 @@ private:
         }
     }
 
+    // Returns at once; on_ack() runs on this loop when the executor answers or the retries end.
     void send(const tamiyo::Decision& d) {
-        std::string id = "tamiyo-" + std::to_string(::getpid()) + "-" + std::to_string(++commands_sent_);
-        bus::RpcReply reply = client_.request(o_.target, id, [&](schema::Envelope::Payload::Builder p) {
-            fill_command(p.initCommand(), d, id);
-        });
+        std::string id =
+            "tamiyo-" + std::to_string(::getpid()) + "-" + std::to_string(++commands_sent_);
+        bool queued = client_.send(
+            o_.target, id,
+            [&](schema::Envelope::Payload::Builder p) { fill_command(p.initCommand(), d, id); },
+            [this, d, id](bus::RpcReply reply) { on_ack(d, id, reply); });
+        if (!queued) {
+            controller_.forget_pending(d.layer, d.seed);
+            ESPER_LOG_WARN(log(), "command=", id, " ", tamiyo::to_string(d),
+                           " outcome=not sent reason=too many commands outstanding");
+        }
+    }
+
+    void on_ack(const tamiyo::Decision& d, const std::string& id, const bus::RpcReply& reply) {
         std::string outcome = "no reply", reason = reply.error;
         if (!reply.ok()) controller_.forget_pending(d.layer, d.seed);
         if (reply.ok()) {
             auto rp = reply.reply->envelope().getPayload();
             if (rp.isCommandAck()) {
                 auto ack = rp.getCommandAck();
-                outcome = ack.getOutcome() == schema::CommandOutcome::APPLIED ? "applied" : "rejected";
+                outcome =
+                    ack.getOutcome() == schema::CommandOutcome::APPLIED ? "applied" : "rejected";
                 reason = ack.getReason().cStr();
                 if (ack.getOutcome() != schema::CommandOutcome::APPLIED)
                     controller_.forget_pending(d.layer, d.seed);
-                events_.publish("events.commands." + o_.run_id, [&](schema::Envelope::Payload::Builder p) {
-                    auto res = p.initCommandResult();
-                    fill_command(res.initCommand(), d, id);
-                    res.setAck(ack);
-                }, id);
+                events_.publish(
+                    "events.commands." + o_.run_id,
+                    [&](schema::Envelope::Payload::Builder p) {
+                        auto res = p.initCommandResult();
+                        fill_command(res.initCommand(), d, id);
+                        res.setAck(ack);
+                    },
+                    id);
             }
         }
         ESPER_LOG_INFO(log(), "command=", id, " ", tamiyo::to_string(d), " outcome=", outcome,
@@ -322,16 +368,19 @@ private:
         const auto& h = controller_.history();
         for (; history_seen_ < h.size(); ++history_seen_) {
             const tamiyo::PolicyHistoryEntry& e = h[history_seen_];
-            schema::PolicyAction a = e.action == tamiyo::PolicyAction::kRollback ? schema::PolicyAction::ROLLED_BACK
-                                     : e.action == tamiyo::PolicyAction::kLoad   ? schema::PolicyAction::LOADED
-                                                                                 : schema::PolicyAction::DISABLED;
-            ESPER_LOG_WARN(log(), "policy=", e.name, " action=", tamiyo::policy_action_name(e.action),
+            schema::PolicyAction a =
+                e.action == tamiyo::PolicyAction::kRollback ? schema::PolicyAction::ROLLED_BACK
+                : e.action == tamiyo::PolicyAction::kLoad   ? schema::PolicyAction::LOADED
+                                                            : schema::PolicyAction::DISABLED;
+            ESPER_LOG_WARN(log(), "policy=", e.name,
+                           " action=", tamiyo::policy_action_name(e.action),
                            " affected=", e.affected, " reason=", e.reason);
             announce(a, e.name, e.kind, e.affected, e.reason);
         }
     }
 
-    void fill_info(schema::PolicyInfo::Builder info, const tamiyo::PolicyHistoryEntry* e, bool active) {
+    void fill_info(schema::PolicyInfo::Builder info, const tamiyo::PolicyHistoryEntry* e,
+                   bool active) {
         const tamiyo::Policy& p = controller_.active();
         info.setName(e ? e->name : p.name());
         info.setKind(policy_kind(e ? e->kind : p.kind()));
@@ -376,9 +425,9 @@ private:
                         for (int i = 0; i < kNumSeedStages; ++i) counts[i] += layer.stage_counts[i];
                     auto list = s.initSeedsPerStage(kNumSeedStages);
                     for (int i = 0; i < kNumSeedStages; ++i) list.set(i, counts[i]);
-                    std::string backend = "policy=" + controller_.active().name() + " plateau=" +
-                                          (run.plateau ? "yes" : "no") + " pending=" +
-                                          std::to_string(controller_.pending_count());
+                    std::string backend = "policy=" + controller_.active().name() +
+                                          " plateau=" + (run.plateau ? "yes" : "no") +
+                                          " pending=" + std::to_string(controller_.pending_count());
                     s.setBackend(backend);
                     break;
                 }
@@ -391,8 +440,10 @@ private:
                         controller_.load(std::move(policy), "esper policy load", view_.step());
                         history_seen_ = controller_.history().size();
                         announce(schema::PolicyAction::LOADED, controller_.active().name(),
-                                 controller_.active().kind(), previous, "esper policy load " + name);
-                        ESPER_LOG_INFO(log(), "policy=", controller_.active().name(), " loaded previous=", previous);
+                                 controller_.active().kind(), previous,
+                                 "esper policy load " + name);
+                        ESPER_LOG_INFO(log(), "policy=", controller_.active().name(),
+                                       " loaded previous=", previous);
                         fill_info(reply.initPolicy(), &controller_.history().back(), true);
                     } catch (const Error& e) {
                         reply.setOk(false);
@@ -402,13 +453,16 @@ private:
                     break;
                 }
                 case schema::ControlRequest::POLICY_SHOW:
-                    fill_info(reply.initPolicy(),
-                              controller_.history().empty() ? nullptr : &controller_.history().back(), true);
+                    fill_info(
+                        reply.initPolicy(),
+                        controller_.history().empty() ? nullptr : &controller_.history().back(),
+                        true);
                     break;
                 case schema::ControlRequest::POLICY_HISTORY: {
                     const auto& h = controller_.history();
                     auto list = reply.initPolicyHistory(static_cast<unsigned>(h.size()));
-                    for (size_t i = 0; i < h.size(); ++i) fill_info(list[i], &h[i], i + 1 == h.size());
+                    for (size_t i = 0; i < h.size(); ++i)
+                        fill_info(list[i], &h[i], i + 1 == h.size());
                     break;
                 }
                 case schema::ControlRequest::POLICY_ROLLBACK: {
@@ -455,8 +509,8 @@ private:
     bus::Subscriber sub_;
     bus::Publisher events_;
     bus::RpcWorker worker_;
-    bus::RpcClient client_;
     bus::EventLoop loop_;
+    bus::AsyncRpcClient client_;  // after loop_: it watches its socket on the loop
     size_t history_seen_ = 0;
     bool decided_once_ = false;
     uint64_t last_decision_step_ = 0;
@@ -468,28 +522,41 @@ private:
 }  // namespace
 
 int tamiyo_main(int argc, char** argv) {
-    cli::Parser p("esper tamiyo",
-                  "Run the Tamiyo controller: watch a run's telemetry and events on the bus, run the\n"
-                  "policy, and send lifecycle commands to the executor.");
-    auto& bus_rpc = p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
-    auto& bus_pub = p.option("bus-pub", "tcp://HOST:P", "broker publisher endpoint", "tcp://127.0.0.1:5555");
-    auto& bus_sub = p.option("bus-sub", "tcp://HOST:S", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
+    cli::Parser p(
+        "esper tamiyo",
+        "Run the Tamiyo controller: watch a run's telemetry and events on the bus, run the\n"
+        "policy, and send lifecycle commands to the executor.");
+    auto& bus_rpc =
+        p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+    auto& bus_pub =
+        p.option("bus-pub", "tcp://HOST:P", "broker publisher endpoint", "tcp://127.0.0.1:5555");
+    auto& bus_sub =
+        p.option("bus-sub", "tcp://HOST:S", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
     auto& run_id = p.option("run-id", "ID", "the run to control (topic component)");
-    auto& config = p.option("config", "FILE", "run config: its `tamiyo:` section sets plateau, budgets, "
-                            "heuristic thresholds and the policy; gate times and per-layer limits come "
-                            "from its lifecycle: and blueprints: sections (docs/policies.md)");
-    auto& policy = p.option("policy", "FILE|heuristic", "initial policy (overrides tamiyo.policy): "
+    auto& config =
+        p.option("config", "FILE",
+                 "run config: its `tamiyo:` section sets plateau, budgets, "
+                 "heuristic thresholds and the policy; gate times and per-layer limits come "
+                 "from its lifecycle: and blueprints: sections (docs/policies.md)");
+    auto& policy = p.option("policy", "FILE|heuristic",
+                            "initial policy (overrides tamiyo.policy): "
                             "heuristic, rules YAML or plugin .so");
     auto& target = p.option("target", "AGENT", "executor that receives commands", "kasmina/0");
     auto& tick = p.option("tick-ms", "MS", "how often to check whether a decision is due", "50");
     p.option("run-dir", "DIR", "run directory (accepted for symmetry with the executor; unused)");
-    auto& check = p.flag("check-config", "validate the tamiyo section and the policy, print them, and exit");
+    auto& ready_fd = p.option("ready-fd", "N",
+                              "once registered with the broker, write "
+                              "{\"agent\":\"tamiyo\"} as one line to this inherited descriptor "
+                              "and close it (used by esper run)");
+    auto& check =
+        p.flag("check-config", "validate the tamiyo section and the policy, print them, and exit");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     if (check.on()) {
         tamiyo::Config c = load_tamiyo_config(config);
         if (policy.given()) c.policy = policy.str();
         tamiyo::PolicyPtr checked = tamiyo::make_policy(c.policy, c.heuristic);
-        std::printf("%s%s\n", tamiyo::format_config(c).c_str(), tamiyo::describe_policy(*checked).c_str());
+        std::printf("%s%s\n", tamiyo::format_config(c).c_str(),
+                    tamiyo::describe_policy(*checked).c_str());
         return 0;
     }
     if (!run_id.given()) return p.usage_error("--run-id is required");
@@ -503,6 +570,10 @@ int tamiyo_main(int argc, char** argv) {
     o.target = target.str();
     o.tick_ms = static_cast<int>(tick.as_int());
     if (o.tick_ms <= 0) return p.usage_error("--tick-ms must be > 0");
+    if (ready_fd.given()) {
+        o.ready_fd = static_cast<int>(ready_fd.as_int());
+        if (o.ready_fd < 0) return p.usage_error("--ready-fd must be >= 0");
+    }
     o.config = load_tamiyo_config(config);
     if (policy.given()) o.config.policy = policy.str();
     ESPER_LOG_INFO(log(), "effective config\n", tamiyo::format_config(o.config));

@@ -19,12 +19,16 @@ namespace esper::agents {
 
 int tap_main(int argc, char** argv) {
     cli::Parser p("esper tap", "Print bus messages as JSON lines.", "[PREFIX...]");
-    auto& bus_ep = p.option("bus", "ENDPOINT", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
+    auto& bus_ep =
+        p.option("bus", "ENDPOINT", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
     auto& count = p.option("count", "N", "exit after N messages (0 = no limit)", "0");
-    auto& timeout = p.option("timeout-ms", "T", "exit after T ms without a message "
-                                                "(0 = never; exit code 1 if none arrived)", "0");
-    p.epilog("Topic prefixes use ZeroMQ prefix matching, e.g. 'telemetry.seeds.' or 'events.'.\n"
-             "Output: {\"topic\",\"type\",\"sender\",\"seq\",\"sent_at_ns\",\"run_id\",\"payload\"}.");
+    auto& timeout = p.option("timeout-ms", "T",
+                             "exit after T ms without a message "
+                             "(0 = never; exit code 1 if none arrived)",
+                             "0");
+    p.epilog(
+        "Topic prefixes use ZeroMQ prefix matching, e.g. 'telemetry.seeds.' or 'events.'.\n"
+        "Output: {\"topic\",\"type\",\"sender\",\"seq\",\"sent_at_ns\",\"run_id\",\"payload\"}.");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     if (const char* spec = std::getenv("ESPER_LOG")) set_log_levels(spec);
     int64_t max_count = count.as_int();

@@ -13,7 +13,8 @@ namespace esper::agents {
 int version_main(int argc, char** argv) {
     cli::Parser p("esper version", "Print the version and build configuration.");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
-    if (!p.positional().empty()) return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
+    if (!p.positional().empty())
+        return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
 #ifdef ESPER_HAVE_CUDA
     const char* cuda = "yes";
 #else

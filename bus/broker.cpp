@@ -5,9 +5,7 @@
 #include <iterator>
 #include <zmq_addon.hpp>
 
-#include "bus/envelope.h"
 #include "bus/rpc_protocol.h"
-#include "schemas/policy.capnp.h"
 #include "core/clock.h"
 #include "core/log.h"
 
@@ -43,6 +41,8 @@ Broker::Broker(zmq::context_t& context, BrokerConfig config)
     endpoints_.pub = xsub_.get(zmq::sockopt::last_endpoint);
     endpoints_.sub = xpub_.get(zmq::sockopt::last_endpoint);
     endpoints_.rpc = router_.get(zmq::sockopt::last_endpoint);
+    // After reading last_endpoint, which would otherwise name this one.
+    if (!config_.local_rpc_endpoint.empty()) router_.bind(config_.local_rpc_endpoint);
 }
 
 std::string Broker::endpoints_line() const {
@@ -132,10 +132,6 @@ void Broker::handle_rpc() {
             ++stats_.requests;
             std::string agent = in[2].to_string();
             std::string req_id = in[3].to_string();
-            if (agent == kKvAgent) {
-                serve_kv(identity, in[3], std::move(in[4]));
-                continue;
-            }
             auto it = agents_.find(agent);
             std::vector<zmq::message_t> out;
             if (it != agents_.end()) {
@@ -174,53 +170,6 @@ void Broker::handle_rpc() {
                                 " parts=", in.size());
         }
     }
-}
-
-void Broker::serve_kv(const std::string& identity, zmq::message_t& req_id,
-                      zmq::message_t&& body) {
-    capnp::MallocMessageBuilder message;
-    auto reply_env = message.initRoot<schema::Envelope>();
-    auto reply = reply_env.getPayload().initControlReply();
-    std::string correlation;
-    DecodeResult d = decode(std::move(body));
-    auto refuse = [&](const std::string& why) {
-        reply.setOk(false);
-        set_text(why, [&](unsigned n) { return reply.initError(n); });
-    };
-    if (!d.ok()) {
-        refuse("malformed request: " + std::string(decode_status_name(d.status)));
-    } else {
-        auto env = d.value->envelope();
-        correlation = env.getCorrelationId().cStr();
-        auto p = env.getPayload();
-        if (!p.isControlRequest()) {
-            refuse("the kv service takes controlRequest kvSet/kvGet");
-        } else if (auto r = p.getControlRequest(); r.isKvSet()) {
-            const auto v = r.getKvSet().getValue();
-            kv_[r.getKvSet().getKey().cStr()] =
-                std::string(reinterpret_cast<const char*>(v.begin()), v.size());
-            reply.setOk(true);
-            reply.setNone();
-        } else if (r.isKvGet()) {
-            reply.setOk(true);
-            auto out = reply.initKvValue();
-            if (auto it = kv_.find(r.getKvGet().cStr()); it != kv_.end()) {
-                out.setFound(true);
-                out.setValue(capnp::Data::Reader(
-                    reinterpret_cast<const capnp::byte*>(it->second.data()), it->second.size()));
-            }
-        } else {
-            reply.setOk(false);
-            reply.setUnimplemented("request not served by the broker's kv service");
-        }
-    }
-    stamp_envelope(reply_env, "broker", "", ++kv_sequence_, correlation);
-    std::vector<zmq::message_t> out;
-    out.push_back(frame(identity));
-    out.push_back(frame(proto::kReply));
-    out.emplace_back(req_id.data(), req_id.size());
-    out.push_back(encode(message));
-    if (!send_frames(out)) ++stats_.undeliverable;
 }
 
 void Broker::expire_agents() {

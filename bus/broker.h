@@ -4,14 +4,14 @@
 // messages (XPUB drops at its HWM), so publishers are never slowed by it.
 //
 // Request/reply frames on the ROUTER endpoint (after ZeroMQ's identity frame; see rpc_protocol.h):
-//   worker -> broker  HELLO name                 register or heartbeat (expires after agent_expiry_ms)
-//   worker -> broker  BYE name                   unregister
-//   client -> broker  REQ agent req_id envelope  forwarded as  REQ client_id req_id envelope
-//   worker -> broker  REP client_id req_id env   forwarded as  REP req_id envelope
-//   broker -> client  ERR req_id reason          e.g. "unknown agent kasmina/0"
-// Exception: requests to the reserved agent name "kv" are decoded and answered by the broker
-// itself (kvSet/kvGet, the rendezvous key-value service of distributed runs; values live as long
-// as the broker; the reply is sent as REP req_id envelope from sender "broker").
+//   worker -> broker  HELLO name                 register or heartbeat (expires after
+//   agent_expiry_ms) worker -> broker  BYE name                   unregister client -> broker  REQ
+//   agent req_id envelope  forwarded as  REQ client_id req_id envelope worker -> broker  REP
+//   client_id req_id env   forwarded as  REP req_id envelope broker -> client  ERR req_id reason
+//   e.g. "unknown agent kasmina/0"
+// Services such as the rendezvous key-value store are ordinary workers behind the router (the
+// `kv` worker that `esper broker` hosts, agents/kv_service.h); a process that hosts one next to
+// the broker connects it through `local_rpc_endpoint`.
 #pragma once
 
 #include <atomic>
@@ -27,8 +27,11 @@ struct BrokerConfig {
     std::string pub_endpoint = "tcp://127.0.0.1:5555";  // XSUB: publishers connect here
     std::string sub_endpoint = "tcp://127.0.0.1:5556";  // XPUB: subscribers connect here
     std::string rpc_endpoint = "tcp://127.0.0.1:5557";  // ROUTER: request/reply
+    // Optional second bind of the ROUTER (e.g. "inproc://broker-rpc") for workers hosted in the
+    // broker's own process: they reach it whatever address the tcp endpoint binds.
+    std::string local_rpc_endpoint{};
     int agent_expiry_ms = 3000;
-    int hwm = 100000;                            // per-peer queue, messages
+    int hwm = 100000;                             // per-peer queue, messages
     int64_t max_frame_bytes = int64_t{64} << 20;  // a peer sending more is disconnected
 };
 
@@ -66,14 +69,10 @@ public:
     std::vector<std::string> agents() const;
     const BrokerStats& stats() const { return stats_; }
 
-    static constexpr const char* kKvAgent = "kv";
-
 private:
     void forward(zmq::socket_t& from, zmq::socket_t& to, bool subscriptions);
     void handle_rpc();
     void expire_agents();
-    // Answers a request addressed to kKvAgent; `body` is the request envelope.
-    void serve_kv(const std::string& identity, zmq::message_t& req_id, zmq::message_t&& body);
     bool send_frames(std::vector<zmq::message_t>& frames);
 
     struct Agent {
@@ -84,8 +83,6 @@ private:
     zmq::socket_t xsub_, xpub_, router_;
     BrokerEndpoints endpoints_;
     std::unordered_map<std::string, Agent> agents_;  // name -> agent
-    std::unordered_map<std::string, std::string> kv_;  // rendezvous store (agent "kv")
-    uint64_t kv_sequence_ = 0;
     BrokerStats stats_;
 };
 

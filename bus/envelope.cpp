@@ -14,19 +14,25 @@ namespace esper::bus {
 
 std::string_view decode_status_name(DecodeStatus status) {
     switch (status) {
-        case DecodeStatus::kOk: return "ok";
-        case DecodeStatus::kEmpty: return "empty";
-        case DecodeStatus::kOversized: return "oversized";
-        case DecodeStatus::kTruncated: return "truncated";
-        case DecodeStatus::kMalformed: return "malformed";
-        case DecodeStatus::kWrongVersion: return "wrong_version";
+        case DecodeStatus::kOk:
+            return "ok";
+        case DecodeStatus::kEmpty:
+            return "empty";
+        case DecodeStatus::kOversized:
+            return "oversized";
+        case DecodeStatus::kTruncated:
+            return "truncated";
+        case DecodeStatus::kMalformed:
+            return "malformed";
+        case DecodeStatus::kWrongVersion:
+            return "wrong_version";
     }
     return "unknown";
 }
 
 struct Decoded::Impl {
-    zmq::message_t frame;            // used when the frame was aligned
-    kj::Array<capnp::word> copy;     // used otherwise
+    zmq::message_t frame;         // used when the frame was aligned
+    kj::Array<capnp::word> copy;  // used otherwise
     kj::ArrayPtr<const capnp::word> words;
     std::unique_ptr<capnp::FlatArrayMessageReader> reader;
     schema::Envelope::Reader root;
@@ -99,9 +105,9 @@ DecodeResult finish(std::unique_ptr<Decoded::Impl> impl, const DecodeLimits& lim
     }
     uint16_t version = impl->root.getVersion();
     if (version != kEnvelopeVersion) {
-        return fail(DecodeStatus::kWrongVersion,
-                    "version " + std::to_string(version) + ", expected " +
-                        std::to_string(kEnvelopeVersion));
+        return fail(DecodeStatus::kWrongVersion, "version " + std::to_string(version) +
+                                                     ", expected " +
+                                                     std::to_string(kEnvelopeVersion));
     }
     DecodeResult r;
     r.status = DecodeStatus::kOk;

@@ -25,7 +25,7 @@ namespace esper::bus {
 inline constexpr uint16_t kEnvelopeVersion = schema::CURRENT_VERSION;
 
 struct DecodeLimits {
-    size_t max_frame_bytes = size_t{16} << 20;        // larger frames are refused unread
+    size_t max_frame_bytes = size_t{16} << 20;           // larger frames are refused unread
     uint64_t traversal_limit_words = uint64_t{4} << 20;  // 32 MiB of reads per message
     int nesting_limit = 32;
 };
@@ -51,7 +51,7 @@ private:
 
 struct DecodeResult {
     DecodeStatus status = DecodeStatus::kMalformed;
-    std::string detail;              // why, for logs (empty when ok)
+    std::string detail;            // why, for logs (empty when ok)
     std::optional<Decoded> value;  // set iff status == kOk
     bool ok() const { return status == DecodeStatus::kOk; }
 };
@@ -75,7 +75,8 @@ void stamp_envelope(schema::Envelope::Builder envelope, std::string_view sender,
                     std::string_view run_id, uint64_t sequence,
                     std::string_view correlation_id = {});
 
-// Copies a string_view into a capnp Text field: `set_text(s, [&](unsigned n) { return b.initName(n); })`.
+// Copies a string_view into a capnp Text field: `set_text(s, [&](unsigned n) { return
+// b.initName(n); })`.
 template <typename InitFn>
 void set_text(std::string_view s, InitFn&& init) {
     auto text = init(static_cast<unsigned>(s.size()));

@@ -1,8 +1,8 @@
 // EventLoop; see event_loop.h.
 #include "bus/event_loop.h"
 
+#include <algorithm>
 #include <boost/asio/post.hpp>
-
 #include <csignal>
 
 #include "core/log.h"
@@ -15,9 +15,15 @@ struct EventLoop::Watch {
     zmq::socket_t* socket;
     std::function<void()> on_readable;
     asio::posix::stream_descriptor descriptor;
+    bool active = true;  // false once unwatched: pending waits and drains stop touching it
     Watch(asio::io_context& io, zmq::socket_t& s, std::function<void()> fn)
         : socket(&s), on_readable(std::move(fn)), descriptor(io, s.get(zmq::sockopt::fd)) {}
-    ~Watch() { descriptor.release(); }  // the fd belongs to libzmq
+    ~Watch() { close(); }
+    void close() {
+        active = false;
+        // Cancels the pending wait and gives the fd back: it belongs to libzmq.
+        if (descriptor.is_open()) descriptor.release();
+    }
 };
 
 struct EventLoop::Repeat {
@@ -33,39 +39,52 @@ EventLoop::EventLoop() : signals_(io_) {}
 EventLoop::~EventLoop() {
     // Handlers reference Watch/Repeat objects: cancel them before those die.
     io_.stop();
-    for (auto& w : watches_) w->descriptor.cancel();
+    for (auto& w : watches_) w->close();
     for (auto& r : repeats_) r->timer.cancel();
     signals_.cancel();
 }
 
 void EventLoop::drain(Watch& w) {
     // Level semantics on top of an edge-triggered fd: call until no message is pending.
-    for (int i = 0; i < 100000 && !stopped_; ++i) {
+    for (int i = 0; i < 100000 && !stopped_ && w.active; ++i) {
         if (!(w.socket->get(zmq::sockopt::events) & ZMQ_POLLIN)) return;
         w.on_readable();
     }
 }
 
-void EventLoop::arm(Watch& w) {
-    w.descriptor.async_wait(asio::posix::stream_descriptor::wait_read,
-                            [this, &w](const boost::system::error_code& ec) {
-                                if (ec || stopped_) return;
-                                drain(w);
-                                arm(w);
-                            });
+void EventLoop::arm(const std::shared_ptr<Watch>& w) {
+    w->descriptor.async_wait(asio::posix::stream_descriptor::wait_read,
+                             [this, w](const boost::system::error_code& ec) {
+                                 if (ec || stopped_ || !w->active) return;
+                                 drain(*w);
+                                 if (w->active) arm(w);
+                             });
 }
 
 void EventLoop::watch(zmq::socket_t& socket, std::function<void()> on_readable) {
-    watches_.push_back(std::make_unique<Watch>(io_, socket, std::move(on_readable)));
-    Watch& w = *watches_.back();
-    asio::post(io_, [this, &w] { drain(w); });
+    auto w = std::make_shared<Watch>(io_, socket, std::move(on_readable));
+    watches_.push_back(w);
+    asio::post(io_, [this, w] {
+        if (w->active) drain(*w);
+    });
     arm(w);
-    if (watches_.size() == 1) {
-        // Fallback for a missed edge (a send on a watched socket can consume it).
+    if (!fallback_armed_) {
+        fallback_armed_ = true;
+        // Fallback for a missed edge (a send on a watched socket can consume it). A copy, as a
+        // handler may watch or unwatch.
         every(std::chrono::milliseconds(100), [this] {
-            for (auto& x : watches_) drain(*x);
+            std::vector<std::shared_ptr<Watch>> all = watches_;
+            for (auto& x : all) drain(*x);
         });
     }
+}
+
+void EventLoop::unwatch(zmq::socket_t& socket) {
+    auto it = std::find_if(watches_.begin(), watches_.end(),
+                           [&](const auto& w) { return w->socket == &socket; });
+    if (it == watches_.end()) return;
+    (*it)->close();
+    watches_.erase(it);
 }
 
 void EventLoop::arm(Repeat& r) {

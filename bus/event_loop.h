@@ -15,7 +15,6 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
-
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -32,8 +31,10 @@ public:
     EventLoop& operator=(const EventLoop&) = delete;
 
     // Calls on_readable() whenever `socket` has a message; the handler should drain it.
-    // The socket must outlive the loop.
+    // The socket must outlive the loop or be unwatched first.
     void watch(zmq::socket_t& socket, std::function<void()> on_readable);
+    // Stops watching `socket` (no call after this returns; safe from inside a handler).
+    void unwatch(zmq::socket_t& socket);
     // Calls fn every `period` until stop().
     void every(std::chrono::milliseconds period, std::function<void()> fn);
     // Calls fn once after `delay`.
@@ -50,13 +51,15 @@ public:
 private:
     struct Watch;
     struct Repeat;
-    void arm(Watch& w);
+    void arm(const std::shared_ptr<Watch>& w);
     void drain(Watch& w);
     void arm(Repeat& r);
 
     boost::asio::io_context io_;
     boost::asio::signal_set signals_;
-    std::vector<std::unique_ptr<Watch>> watches_;
+    // Shared with the pending wait of each watch, so unwatch() can drop one at any time.
+    std::vector<std::shared_ptr<Watch>> watches_;
+    bool fallback_armed_ = false;
     std::vector<std::unique_ptr<Repeat>> repeats_;
     std::vector<std::unique_ptr<boost::asio::steady_timer>> once_;
     bool stopped_ = false;

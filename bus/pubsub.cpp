@@ -44,8 +44,8 @@ PublishResult Publisher::send(std::string_view topic, capnp::MallocMessageBuilde
 
     bool metrics = config_.reliability == Reliability::kMetrics;
     zmq::send_flags flags = metrics ? zmq::send_flags::dontwait : zmq::send_flags::none;
-    zmq::send_result_t r =
-        socket_.send(zmq::const_buffer(topic.data(), topic.size()), flags | zmq::send_flags::sndmore);
+    zmq::send_result_t r = socket_.send(zmq::const_buffer(topic.data(), topic.size()),
+                                        flags | zmq::send_flags::sndmore);
     if (r) r = socket_.send(std::move(body), flags);
     if (metrics) it->second = sequence;  // a dropped metric leaves a visible gap
     if (!r) {
@@ -153,8 +153,8 @@ std::optional<Message> Subscriber::try_receive() {
                 if (!socket_.recv(extra, zmq::recv_flags::none) || !extra.more()) break;
             }
             ++stats_.malformed;
-            ESPER_LOG_WARN_RATE(bus_log(), 5, "dropped frame=too_many_parts topic=",
-                                topic.to_string_view());
+            ESPER_LOG_WARN_RATE(bus_log(), 5,
+                                "dropped frame=too_many_parts topic=", topic.to_string_view());
             continue;
         }
         DecodeResult d = decode(std::move(body), config_.limits);
@@ -168,9 +168,9 @@ std::optional<Message> Subscriber::try_receive() {
         }
         Message m{topic.to_string(), std::move(*d.value), 0};
         auto env = m.envelope();
-        auto outcome = tracker_.observe(std::string_view(env.getSender().cStr(),
-                                                         env.getSender().size()),
-                                        m.topic, env.getSequence());
+        auto outcome =
+            tracker_.observe(std::string_view(env.getSender().cStr(), env.getSender().size()),
+                             m.topic, env.getSequence());
         m.missing_before = outcome.missing;
         ++stats_.received;
         return m;

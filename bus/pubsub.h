@@ -33,13 +33,13 @@ enum class Reliability { kMetrics, kControl };
 enum class PublishResult { kSent, kDropped };
 
 struct PublisherConfig {
-    std::string endpoint{};          // broker pub endpoint, e.g. tcp://127.0.0.1:5555
-    std::string sender{};            // agent name
+    std::string endpoint{};  // broker pub endpoint, e.g. tcp://127.0.0.1:5555
+    std::string sender{};    // agent name
     std::string run_id{};
     Reliability reliability = Reliability::kMetrics;
-    int send_hwm = 10000;          // messages queued before metrics are dropped
+    int send_hwm = 10000;  // messages queued before metrics are dropped
     int control_send_timeout_ms = 2000;
-    bool bind = false;             // bind instead of connect (tests without a broker)
+    bool bind = false;  // bind instead of connect (tests without a broker)
     size_t first_segment_words = 1024;
 };
 
@@ -109,7 +109,7 @@ bool poll_in(zmq::socket_t& socket, long timeout_ms);
 class SequenceTracker {
 public:
     struct Outcome {
-        uint64_t missing = 0;   // messages lost right before this one
+        uint64_t missing = 0;  // messages lost right before this one
         bool reordered = false;
         bool first = false;
     };
@@ -125,15 +125,15 @@ private:
 };
 
 struct SubscriberConfig {
-    std::string endpoint{};                 // broker sub endpoint, e.g. tcp://127.0.0.1:5556
-    std::vector<std::string> prefixes{};    // empty = everything
+    std::string endpoint{};               // broker sub endpoint, e.g. tcp://127.0.0.1:5556
+    std::vector<std::string> prefixes{};  // empty = everything
     int receive_hwm = 100000;
     DecodeLimits limits{};
 };
 
 struct SubscriberStats {
-    uint64_t received = 0;    // decoded and delivered
-    uint64_t malformed = 0;   // dropped: bad framing, truncated, garbage, oversized, version
+    uint64_t received = 0;   // decoded and delivered
+    uint64_t malformed = 0;  // dropped: bad framing, truncated, garbage, oversized, version
     uint64_t wrong_version = 0;
     uint64_t oversized = 0;
 };

@@ -1,15 +1,15 @@
-// RpcClient and RpcWorker; see rpc.h and the frame layouts in broker.h.
+// RpcClient, AsyncRpcClient and RpcWorker; see rpc.h and the frame layouts in broker.h.
 #include "bus/rpc.h"
 
+#include <kj/exception.h>
+
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <iterator>
 #include <thread>
 #include <vector>
-
 #include <zmq_addon.hpp>
-
-#include <kj/exception.h>
 
 #include "bus/pubsub.h"
 #include "bus/rpc_protocol.h"
@@ -41,10 +41,14 @@ bool send_all(zmq::socket_t& socket, std::vector<zmq::message_t>& frames) {
 
 std::string_view rpc_status_name(RpcStatus status) {
     switch (status) {
-        case RpcStatus::kOk: return "ok";
-        case RpcStatus::kTimeout: return "timeout";
-        case RpcStatus::kUnknownAgent: return "unknown_agent";
-        case RpcStatus::kMalformedReply: return "malformed_reply";
+        case RpcStatus::kOk:
+            return "ok";
+        case RpcStatus::kTimeout:
+            return "timeout";
+        case RpcStatus::kUnknownAgent:
+            return "unknown_agent";
+        case RpcStatus::kMalformedReply:
+            return "malformed_reply";
     }
     return "unknown";
 }
@@ -134,6 +138,190 @@ RpcReply RpcClient::request_message(std::string_view agent, std::string_view ide
     return out;
 }
 
+// ---- non-blocking client ----
+
+AsyncRpcClient::AsyncRpcClient(zmq::context_t& context, EventLoop& loop, RpcClientConfig config)
+    : config_(std::move(config)),
+      loop_(loop),
+      socket_(context, zmq::socket_type::dealer),
+      timer_(loop.context()) {
+    ESPER_REQUIRE(!config_.endpoint.empty(), "rpc client needs an endpoint");
+    ESPER_REQUIRE(config_.max_attempts >= 1, "max_attempts=", config_.max_attempts);
+    ESPER_REQUIRE(config_.max_in_flight >= 1, "max_in_flight=", config_.max_in_flight);
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.connect(config_.endpoint);
+    loop_.watch(socket_, [this] { on_readable(); });
+}
+
+AsyncRpcClient::~AsyncRpcClient() {
+    loop_.unwatch(socket_);
+    alive_.reset();
+    timer_.cancel();
+}
+
+bool AsyncRpcClient::send_message(std::string_view agent, std::string_view idempotency_key,
+                                  capnp::MallocMessageBuilder& message, Callback done) {
+    if (queue_.size() >= config_.max_queued) {
+        ++stats_.refused;
+        ESPER_LOG_WARN_RATE(rpc_log(), 5, "agent=", agent, " key=", idempotency_key,
+                            " refused: ", queue_.size(), " requests already queued");
+        return false;
+    }
+    auto envelope = message.getRoot<schema::Envelope>();
+    stamp_envelope(envelope, config_.sender, config_.run_id, ++sequence_, idempotency_key);
+    zmq::message_t body = encode(message);
+    Request r;
+    r.request_no = ++request_no_;
+    r.agent = agent;
+    r.key = idempotency_key;
+    r.body.assign(static_cast<const char*>(body.data()), body.size());
+    r.done = std::move(done);
+    r.backoff_ms = config_.backoff_initial_ms;
+    queue_.push_back(std::move(r));
+    pump();
+    return true;
+}
+
+void AsyncRpcClient::pump() {
+    // The first queued request of a free agent is that agent's oldest: order per agent holds.
+    while (active_.size() < config_.max_in_flight) {
+        auto it = std::find_if(queue_.begin(), queue_.end(), [this](const Request& r) {
+            return busy_agents_.count(r.agent) == 0;
+        });
+        if (it == queue_.end()) break;
+        busy_agents_.insert(it->agent);
+        const uint64_t no = it->request_no;
+        Request& r = active_.emplace(no, std::move(*it)).first->second;
+        queue_.erase(it);
+        transmit(r);
+    }
+    arm_timer();
+}
+
+void AsyncRpcClient::transmit(Request& r) {
+    ++r.attempt;
+    ++stats_.attempts;
+    if (r.attempt > 1) ++stats_.retries;
+    std::vector<zmq::message_t> frames;
+    frames.push_back(frame(proto::kRequest));
+    frames.push_back(frame(r.agent));
+    frames.push_back(frame(std::to_string(r.request_no) + "." + std::to_string(r.attempt)));
+    frames.push_back(frame(r.body));
+    if (!send_all(socket_, frames)) {
+        failed_attempt(r, RpcStatus::kTimeout, "send queue full");
+        return;
+    }
+    r.waiting_reply = true;
+    r.deadline = Clock::now() + std::chrono::milliseconds(config_.timeout_ms);
+}
+
+void AsyncRpcClient::failed_attempt(Request& r, RpcStatus status, std::string error) {
+    r.last.status = status;
+    r.last.error = std::move(error);
+    r.last.attempts = r.attempt;
+    r.waiting_reply = false;
+    if (r.attempt >= config_.max_attempts) {
+        // Finished by the timer at once: a callback never runs inside send() or mid-pump.
+        r.deadline = Clock::now();
+        return;
+    }
+    ESPER_LOG_DEBUG(rpc_log(), "agent=", r.agent, " key=", r.key, " attempt=", r.attempt,
+                    " status=", rpc_status_name(status), " backoff_ms=", r.backoff_ms);
+    // Back off, but take a late reply to this request if one arrives meanwhile.
+    r.deadline = Clock::now() + std::chrono::milliseconds(r.backoff_ms);
+    r.backoff_ms = std::min(r.backoff_ms * 2, config_.backoff_max_ms);
+}
+
+void AsyncRpcClient::finish(uint64_t request_no, RpcReply reply) {
+    auto it = active_.find(request_no);
+    ESPER_ASSERT(it != active_.end(), "request_no=", request_no);
+    Callback done = std::move(it->second.done);
+    busy_agents_.erase(it->second.agent);
+    active_.erase(it);
+    ++stats_.completed;
+    pump();  // the agent's next request goes out before the callback queues more behind it
+    if (done) done(std::move(reply));
+}
+
+void AsyncRpcClient::on_readable() {
+    for (;;) {
+        std::vector<zmq::message_t> in;
+        if (!zmq::recv_multipart(socket_, std::back_inserter(in), zmq::recv_flags::dontwait)) break;
+        // REP req_id envelope | ERR req_id reason, req_id = "<request_no>.<attempt>"
+        if (in.size() != 3) continue;
+        std::string_view id = view(in[1]);
+        uint64_t no = 0;
+        int attempt = 0;
+        auto dot = id.find('.');
+        if (dot == std::string_view::npos ||
+            std::from_chars(id.data(), id.data() + dot, no).ec != std::errc() ||
+            std::from_chars(id.data() + dot + 1, id.data() + id.size(), attempt).ec != std::errc())
+            continue;
+        auto it = active_.find(no);
+        if (it == active_.end()) {
+            ++stats_.stale;
+            continue;
+        }
+        Request& r = it->second;
+        if (view(in[0]) == proto::kReply) {
+            // Any attempt's reply will do: they all carry the same key.
+            RpcReply out;
+            out.attempts = r.attempt;
+            DecodeResult d = decode(std::move(in[2]), config_.limits);
+            if (d.ok()) {
+                out.status = RpcStatus::kOk;
+                out.reply.emplace(std::move(*d.value));
+            } else {
+                out.status = RpcStatus::kMalformedReply;
+                out.error = std::string(decode_status_name(d.status)) + ": " + d.detail;
+            }
+            finish(no, std::move(out));
+        } else if (view(in[0]) == proto::kError && r.waiting_reply && attempt == r.attempt) {
+            failed_attempt(r, RpcStatus::kUnknownAgent, in[2].to_string());
+        }
+    }
+    arm_timer();
+}
+
+void AsyncRpcClient::on_timer() {
+    on_readable();  // a reply already queued beats its own deadline (an edge may have been missed)
+    const auto now = Clock::now();
+    std::vector<uint64_t> due;
+    for (const auto& [no, r] : active_)
+        if (r.deadline <= now) due.push_back(no);
+    for (uint64_t no : due) {
+        auto it = active_.find(no);
+        if (it == active_.end()) continue;  // finished by a callback's side effect
+        Request& r = it->second;
+        if (r.waiting_reply) {
+            ++stats_.timeouts;
+            failed_attempt(r, RpcStatus::kTimeout,
+                           "no reply from " + r.agent + " within " +
+                               std::to_string(config_.timeout_ms) + " ms");
+        } else if (r.attempt >= config_.max_attempts) {
+            finish(no, std::move(r.last));
+        } else {
+            transmit(r);
+        }
+    }
+    arm_timer();
+}
+
+void AsyncRpcClient::arm_timer() {
+    if (active_.empty()) return;
+    Clock::time_point next = Clock::time_point::max();
+    for (const auto& [no, r] : active_) next = std::min(next, r.deadline);
+    if (timer_armed_ && timer_.expiry() == next) return;  // already waiting for it
+    timer_armed_ = true;
+    timer_.expires_at(next);  // cancels the previous wait
+    timer_.async_wait(
+        [this, alive = std::weak_ptr<int>(alive_)](const boost::system::error_code& ec) {
+            if (ec || alive.expired()) return;
+            timer_armed_ = false;
+            on_timer();
+        });
+}
+
 // ---- worker ----
 
 RpcWorker::RpcWorker(zmq::context_t& context, RpcWorkerConfig config)
@@ -181,8 +369,7 @@ int RpcWorker::poll(int timeout_ms, const Handler& handler) {
 }
 
 int RpcWorker::process(const Handler& handler) {
-    if (monotonic_ns() - last_heartbeat_ns_ >= int64_t{config_.heartbeat_ms} * 1000000)
-        heartbeat();
+    if (monotonic_ns() - last_heartbeat_ns_ >= int64_t{config_.heartbeat_ms} * 1000000) heartbeat();
     int answered = 0;
     for (;;) {
         std::vector<zmq::message_t> in;

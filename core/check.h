@@ -11,16 +11,16 @@ namespace esper::detail {
                                const std::string& context);
 }  // namespace esper::detail
 
-#define ESPER_ASSERT(cond, ...)                                                              \
-    do {                                                                                     \
-        if (!(cond)) [[unlikely]]                                                            \
-            ::esper::detail::check_failed("ESPER_ASSERT", #cond, __FILE__, __LINE__,         \
+#define ESPER_ASSERT(cond, ...)                                                                    \
+    do {                                                                                           \
+        if (!(cond)) [[unlikely]]                                                                  \
+            ::esper::detail::check_failed("ESPER_ASSERT", #cond, __FILE__, __LINE__,               \
                                           ::esper::detail::concat("" __VA_OPT__(, ) __VA_ARGS__)); \
     } while (0)
 
-#define ESPER_REQUIRE(cond, ...)                                                             \
-    do {                                                                                     \
-        if (!(cond)) [[unlikely]]                                                            \
-            ::esper::detail::check_failed("ESPER_REQUIRE", #cond, __FILE__, __LINE__,        \
+#define ESPER_REQUIRE(cond, ...)                                                                   \
+    do {                                                                                           \
+        if (!(cond)) [[unlikely]]                                                                  \
+            ::esper::detail::check_failed("ESPER_REQUIRE", #cond, __FILE__, __LINE__,              \
                                           ::esper::detail::concat("" __VA_OPT__(, ) __VA_ARGS__)); \
     } while (0)

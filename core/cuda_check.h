@@ -9,7 +9,8 @@ namespace esper::detail {
 template <typename Status, typename ToString>
 inline void check_status(Status status, Status ok, ToString to_string, const char* lib,
                          const char* expr, const char* func, const char* file, int line) {
-    if (status == ok) [[likely]] return;
+    if (status == ok) [[likely]]
+        return;
     throw ::esper::Error(::esper::ErrorKind::kFailed,
                          concat(lib, " error ", static_cast<int>(status), " (", to_string(status),
                                 ") in ", func, ": ", expr),
@@ -17,12 +18,12 @@ inline void check_status(Status status, Status ok, ToString to_string, const cha
 }
 }  // namespace esper::detail
 
-#define ESPER_CUDA_CHECK(expr)                                                                  \
-    ::esper::detail::check_status((expr), cudaSuccess, cudaGetErrorString, "CUDA", #expr,      \
+#define ESPER_CUDA_CHECK(expr)                                                            \
+    ::esper::detail::check_status((expr), cudaSuccess, cudaGetErrorString, "CUDA", #expr, \
                                   __func__, __FILE__, __LINE__)
-#define ESPER_CUBLAS_CHECK(expr)                                                                \
+#define ESPER_CUBLAS_CHECK(expr)                                                                  \
     ::esper::detail::check_status((expr), CUBLAS_STATUS_SUCCESS, cublasGetStatusString, "cuBLAS", \
                                   #expr, __func__, __FILE__, __LINE__)
-#define ESPER_NCCL_CHECK(expr)                                                                  \
-    ::esper::detail::check_status((expr), ncclSuccess, ncclGetErrorString, "NCCL", #expr,      \
+#define ESPER_NCCL_CHECK(expr)                                                            \
+    ::esper::detail::check_status((expr), ncclSuccess, ncclGetErrorString, "NCCL", #expr, \
                                   __func__, __FILE__, __LINE__)

@@ -4,12 +4,18 @@ namespace esper {
 
 std::string_view error_kind_name(ErrorKind kind) {
     switch (kind) {
-        case ErrorKind::kFailed: return "failed";
-        case ErrorKind::kOverloaded: return "overloaded";
-        case ErrorKind::kDisconnected: return "disconnected";
-        case ErrorKind::kUnimplemented: return "unimplemented";
-        case ErrorKind::kInvalidInput: return "invalid input";
-        case ErrorKind::kIntegrity: return "integrity";
+        case ErrorKind::kFailed:
+            return "failed";
+        case ErrorKind::kOverloaded:
+            return "overloaded";
+        case ErrorKind::kDisconnected:
+            return "disconnected";
+        case ErrorKind::kUnimplemented:
+            return "unimplemented";
+        case ErrorKind::kInvalidInput:
+            return "invalid input";
+        case ErrorKind::kIntegrity:
+            return "integrity";
     }
     return "unknown";
 }

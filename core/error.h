@@ -11,12 +11,12 @@
 namespace esper {
 
 enum class ErrorKind {
-    kFailed,          // the operation failed; retrying the same input will fail again
-    kOverloaded,      // resources exhausted; back off and retry
-    kDisconnected,    // a peer or device went away; reconnect and redo
-    kUnimplemented,   // the request names something this build does not support
-    kInvalidInput,    // user input (config, file, flag) is wrong; the message names it
-    kIntegrity,       // data failed a hash/version/format check (checkpoints, frames)
+    kFailed,         // the operation failed; retrying the same input will fail again
+    kOverloaded,     // resources exhausted; back off and retry
+    kDisconnected,   // a peer or device went away; reconnect and redo
+    kUnimplemented,  // the request names something this build does not support
+    kInvalidInput,   // user input (config, file, flag) is wrong; the message names it
+    kIntegrity,      // data failed a hash/version/format check (checkpoints, frames)
 };
 
 std::string_view error_kind_name(ErrorKind kind);
@@ -51,11 +51,12 @@ std::string concat(const Args&... args) {
 }  // namespace esper
 
 // ESPER_THROW(kind, ctx...): throw esper::Error with file:line and the concatenated context.
-#define ESPER_THROW(kind, ...) \
-    throw ::esper::Error(::esper::ErrorKind::kind, ::esper::detail::concat(__VA_ARGS__), __FILE__, __LINE__)
+#define ESPER_THROW(kind, ...)                                                                     \
+    throw ::esper::Error(::esper::ErrorKind::kind, ::esper::detail::concat(__VA_ARGS__), __FILE__, \
+                         __LINE__)
 
 // ESPER_CHECK_INPUT(cond, ctx...): a check of user input that throws kInvalidInput.
-#define ESPER_CHECK_INPUT(cond, ...)                     \
-    do {                                                 \
+#define ESPER_CHECK_INPUT(cond, ...)                          \
+    do {                                                      \
         if (!(cond)) ESPER_THROW(kInvalidInput, __VA_ARGS__); \
     } while (0)

@@ -57,17 +57,24 @@ LogLevel level_for(const Registry& r, std::string_view name) {
 
 std::string_view log_level_name(LogLevel level) {
     switch (level) {
-        case LogLevel::kTrace: return "TRACE";
-        case LogLevel::kDebug: return "DEBUG";
-        case LogLevel::kInfo: return "INFO";
-        case LogLevel::kWarn: return "WARN";
-        case LogLevel::kError: return "ERROR";
-        case LogLevel::kOff: return "OFF";
+        case LogLevel::kTrace:
+            return "TRACE";
+        case LogLevel::kDebug:
+            return "DEBUG";
+        case LogLevel::kInfo:
+            return "INFO";
+        case LogLevel::kWarn:
+            return "WARN";
+        case LogLevel::kError:
+            return "ERROR";
+        case LogLevel::kOff:
+            return "OFF";
     }
     return "?";
 }
 
-Logger::Logger(std::string name) : name_(std::move(name)), level_(static_cast<int>(LogLevel::kInfo)) {}
+Logger::Logger(std::string name)
+    : name_(std::move(name)), level_(static_cast<int>(LogLevel::kInfo)) {}
 
 void Logger::write(LogLevel level, const char* file, int line, const std::string& text) {
     int64_t ns = wall_time_ns();
@@ -125,8 +132,10 @@ void set_log_levels(std::string_view spec) {
             if (eq == std::string_view::npos) {
                 rules.emplace_back("", parse_level(part));
             } else {
-                if (eq == 0) ESPER_THROW(kInvalidInput, "ESPER_LOG: empty logger name in '", part, "'");
-                rules.emplace_back(std::string(part.substr(0, eq)), parse_level(part.substr(eq + 1)));
+                if (eq == 0)
+                    ESPER_THROW(kInvalidInput, "ESPER_LOG: empty logger name in '", part, "'");
+                rules.emplace_back(std::string(part.substr(0, eq)),
+                                   parse_level(part.substr(eq + 1)));
             }
         }
         pos = comma + 1;

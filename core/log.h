@@ -25,8 +25,12 @@ class Logger {
 public:
     explicit Logger(std::string name);
     const std::string& name() const { return name_; }
-    bool enabled(LogLevel level) const { return static_cast<int>(level) >= level_.load(std::memory_order_relaxed); }
-    void set_level(LogLevel level) { level_.store(static_cast<int>(level), std::memory_order_relaxed); }
+    bool enabled(LogLevel level) const {
+        return static_cast<int>(level) >= level_.load(std::memory_order_relaxed);
+    }
+    void set_level(LogLevel level) {
+        level_.store(static_cast<int>(level), std::memory_order_relaxed);
+    }
     void write(LogLevel level, const char* file, int line, const std::string& text);
     // Returns false when more than `per_second` lines were written by this logger in the
     // current second (for rate-limiting repeated warnings); counts what was suppressed.
@@ -52,21 +56,21 @@ void set_log_file(std::FILE* file);
 
 }  // namespace esper
 
-#define ESPER_LOG_AT(lg, lvl, ...)                                                            \
-    do {                                                                                      \
-        ::esper::Logger& esper_lg_ = (lg);                                                    \
-        if (esper_lg_.enabled(lvl))                                                           \
-            esper_lg_.write(lvl, __FILE__, __LINE__, ::esper::detail::concat(__VA_ARGS__));   \
+#define ESPER_LOG_AT(lg, lvl, ...)                                                          \
+    do {                                                                                    \
+        ::esper::Logger& esper_lg_ = (lg);                                                  \
+        if (esper_lg_.enabled(lvl))                                                         \
+            esper_lg_.write(lvl, __FILE__, __LINE__, ::esper::detail::concat(__VA_ARGS__)); \
     } while (0)
 #define ESPER_LOG_DEBUG(lg, ...) ESPER_LOG_AT(lg, ::esper::LogLevel::kDebug, __VA_ARGS__)
 #define ESPER_LOG_INFO(lg, ...) ESPER_LOG_AT(lg, ::esper::LogLevel::kInfo, __VA_ARGS__)
 #define ESPER_LOG_WARN(lg, ...) ESPER_LOG_AT(lg, ::esper::LogLevel::kWarn, __VA_ARGS__)
 #define ESPER_LOG_ERROR(lg, ...) ESPER_LOG_AT(lg, ::esper::LogLevel::kError, __VA_ARGS__)
 // Rate-limited warning: at most `per_s` lines per second per logger.
-#define ESPER_LOG_WARN_RATE(lg, per_s, ...)                                                    \
-    do {                                                                                      \
-        ::esper::Logger& esper_lgr_ = (lg);                                                   \
-        if (esper_lgr_.enabled(::esper::LogLevel::kWarn) && esper_lgr_.allow_rate(per_s))     \
-            esper_lgr_.write(::esper::LogLevel::kWarn, __FILE__, __LINE__,                    \
-                             ::esper::detail::concat(__VA_ARGS__));                           \
+#define ESPER_LOG_WARN_RATE(lg, per_s, ...)                                               \
+    do {                                                                                  \
+        ::esper::Logger& esper_lgr_ = (lg);                                               \
+        if (esper_lgr_.enabled(::esper::LogLevel::kWarn) && esper_lgr_.allow_rate(per_s)) \
+            esper_lgr_.write(::esper::LogLevel::kWarn, __FILE__, __LINE__,                \
+                             ::esper::detail::concat(__VA_ARGS__));                       \
     } while (0)

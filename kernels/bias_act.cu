@@ -21,7 +21,8 @@ __device__ inline float act_derivative(float z, Activation act) {
     if (act == Activation::kRelu) return z > 0.0f ? 1.0f : 0.0f;
     if (act == Activation::kGeluTanh) {
         const float t = tanhf(kGeluC * (z + kGeluK * z * z * z));
-        return 0.5f * (1.0f + t) + 0.5f * z * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * kGeluK * z * z);
+        return 0.5f * (1.0f + t) +
+               0.5f * z * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * kGeluK * z * z);
     }
     return 1.0f;
 }
@@ -101,7 +102,7 @@ cudaError_t launch_bias_act_backward(const float* da, const float* z, float* dz,
         partial = static_cast<float*>(workspace);
     }
     backward_kernel<<<dim3((cols + 31) / 32, parts), dim3(32, 8), 0, stream>>>(da, z, dz, partial,
-                                                                              rows, cols, act);
+                                                                               rows, cols, act);
     if (dbias != nullptr)
         dbias_kernel<<<(cols + 255) / 256, 256, 0, stream>>>(partial, parts, cols, dbias);
     return cudaGetLastError();

@@ -1,9 +1,9 @@
 // CPU reference of the bias + activation epilogue (GELU is the tanh approximation, as in
 // PyTorch's gelu(approximate="tanh")).
-#include "kernels/bias_act.h"
-
 #include <cmath>
 #include <vector>
+
+#include "kernels/bias_act.h"
 
 namespace esper::kernels {
 
@@ -14,21 +14,27 @@ constexpr double kGeluK = 0.044715;
 
 double act_value(double z, Activation act) {
     switch (act) {
-        case Activation::kRelu: return z > 0.0 ? z : 0.0;
-        case Activation::kGeluTanh: return 0.5 * z * (1.0 + std::tanh(kGeluC * (z + kGeluK * z * z * z)));
-        case Activation::kIdentity: break;
+        case Activation::kRelu:
+            return z > 0.0 ? z : 0.0;
+        case Activation::kGeluTanh:
+            return 0.5 * z * (1.0 + std::tanh(kGeluC * (z + kGeluK * z * z * z)));
+        case Activation::kIdentity:
+            break;
     }
     return z;
 }
 
 double act_derivative(double z, Activation act) {
     switch (act) {
-        case Activation::kRelu: return z > 0.0 ? 1.0 : 0.0;
+        case Activation::kRelu:
+            return z > 0.0 ? 1.0 : 0.0;
         case Activation::kGeluTanh: {
             const double t = std::tanh(kGeluC * (z + kGeluK * z * z * z));
-            return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * kGeluC * (1.0 + 3.0 * kGeluK * z * z);
+            return 0.5 * (1.0 + t) +
+                   0.5 * z * (1.0 - t * t) * kGeluC * (1.0 + 3.0 * kGeluK * z * z);
         }
-        case Activation::kIdentity: break;
+        case Activation::kIdentity:
+            break;
     }
     return 1.0;
 }

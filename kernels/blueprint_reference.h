@@ -42,8 +42,8 @@ inline BlueprintRef blueprint_of(const SeedLayerView& view, int32_t s) {
     const BlueprintArena& arena = view.arenas[static_cast<int>(bp.kind)];
     if (arena.params == nullptr || view.slot[s] >= arena.capacity) return bp;
     bp.params = arena.params + static_cast<int64_t>(view.slot[s]) * arena.stride;
-    bp.grads = arena.grads ? arena.grads + static_cast<int64_t>(view.slot[s]) * arena.stride
-                           : nullptr;
+    bp.grads =
+        arena.grads ? arena.grads + static_cast<int64_t>(view.slot[s]) * arena.stride : nullptr;
     bp.hidden = arena.hidden;
     bp.max_width = arena.max_width;
     bp.in_width = arena.in_width;
@@ -125,14 +125,12 @@ inline void blueprint_vjp(const BlueprintRef& bp, const float* x, int64_t w, con
     if (gp) {
         for (int64_t i = 0; i < w; ++i) {
             double* gurow = gp + o.u + i * hn;
-            for (int64_t j = 0; j < hn; ++j)
-                gurow[j] += param_scale * double(g[i]) * act[j];
+            for (int64_t j = 0; j < hn; ++j) gurow[j] += param_scale * double(g[i]) * act[j];
             gp[o.b2 + i] += param_scale * double(g[i]);
         }
         for (int64_t j = 0; j < hn; ++j) {
             double* gvrow = gp + o.v + j * vs;
-            for (int64_t i = 0; i < n; ++i)
-                gvrow[i] += param_scale * dz[j] * double(x[i]);
+            for (int64_t i = 0; i < n; ++i) gvrow[i] += param_scale * dz[j] * double(x[i]);
             gp[o.b1 + j] += param_scale * dz[j];
         }
     }

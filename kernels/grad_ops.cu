@@ -1,7 +1,7 @@
 // Gradient-norm kernels (see grad_ops.h; CPU references in grad_ops_reference.cpp).
-#include "kernels/grad_ops.h"
-
 #include <algorithm>
+
+#include "kernels/grad_ops.h"
 
 namespace esper::kernels {
 

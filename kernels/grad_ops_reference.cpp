@@ -1,7 +1,7 @@
 // CPU references of the gradient-norm helpers (see grad_ops.h).
-#include "kernels/grad_ops.h"
-
 #include <cmath>
+
+#include "kernels/grad_ops.h"
 
 namespace esper::kernels {
 

@@ -16,8 +16,9 @@ namespace esper::kernels {
 void sgd_momentum_step_reference(float* params, const float* grads, float* momentum_buf, int64_t n,
                                  float lr, float momentum, float weight_decay);
 // params, grads, m, v: [n]; step is the 1-based index of this update (bias correction)
-void adamw_step_reference(float* params, const float* grads, float* m, float* v, int64_t n, float lr,
-                          float beta1, float beta2, float eps, float weight_decay, int64_t step);
+void adamw_step_reference(float* params, const float* grads, float* m, float* v, int64_t n,
+                          float lr, float beta1, float beta2, float eps, float weight_decay,
+                          int64_t step);
 
 #if ESPER_HAVE_CUDA
 // Hyper-parameters read from device memory at run time, so one captured CUDA graph keeps working

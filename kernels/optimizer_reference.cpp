@@ -1,7 +1,7 @@
 // CPU references of the fused optimizer steps (PyTorch torch.optim.SGD / AdamW semantics).
-#include "kernels/optimizer.h"
-
 #include <cmath>
+
+#include "kernels/optimizer.h"
 
 namespace esper::kernels {
 
@@ -15,8 +15,9 @@ void sgd_momentum_step_reference(float* params, const float* grads, float* momen
     }
 }
 
-void adamw_step_reference(float* params, const float* grads, float* m, float* v, int64_t n, float lr,
-                          float beta1, float beta2, float eps, float weight_decay, int64_t step) {
+void adamw_step_reference(float* params, const float* grads, float* m, float* v, int64_t n,
+                          float lr, float beta1, float beta2, float eps, float weight_decay,
+                          int64_t step) {
     const double bc1 = 1.0 - std::pow(double(beta1), double(step));
     const double bc2 = 1.0 - std::pow(double(beta2), double(step));
     const float step_size = static_cast<float>(lr / bc1);

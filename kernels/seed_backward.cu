@@ -3,7 +3,6 @@
 // need their blueprint (input grads, parameter grads or a contribution term). Pass 2 recomputes
 // r for those seeds per (seed, row tile) item and accumulates with atomics.
 #include "kernels/seed_backward.h"
-
 #include "kernels/seed_common.cuh"
 
 namespace esper::kernels {
@@ -46,9 +45,9 @@ __device__ inline SeedGradPlan plan_of(const SeedLayerView& v, int32_t s, bool w
 }
 
 __global__ void __launch_bounds__(detail::kStreamThreads)
-backward_stream_kernel(SeedLayerView v, const float* __restrict__ dy, float* __restrict__ dh,
-                       SeedTelemetryAccum tel, bool with_tel, BackwardWorkspace ws,
-                       int32_t rows_per_block) {
+    backward_stream_kernel(SeedLayerView v, const float* __restrict__ dy, float* __restrict__ dh,
+                           SeedTelemetryAccum tel, bool with_tel, BackwardWorkspace ws,
+                           int32_t rows_per_block) {
     const int32_t c = blockIdx.x * detail::kStreamThreads + threadIdx.x;
     const bool valid = c < v.width;
     int32_t s = -1;
@@ -100,9 +99,10 @@ __device__ inline float warp_sum(float v) {
 }
 
 __global__ void __launch_bounds__(detail::kActiveThreads)
-backward_active_kernel(SeedLayerView v, const float* __restrict__ h, const float* __restrict__ dy,
-                       float* __restrict__ dh, SeedTelemetryAccum tel, bool with_tel,
-                       BackwardWorkspace ws, int32_t row_tile) {
+    backward_active_kernel(SeedLayerView v, const float* __restrict__ h,
+                           const float* __restrict__ dy, float* __restrict__ dh,
+                           SeedTelemetryAccum tel, bool with_tel, BackwardWorkspace ws,
+                           int32_t row_tile) {
     extern __shared__ float smem[];
     constexpr int HC = detail::kHiddenChunk;
     const int32_t row_tiles = (v.batch + row_tile - 1) / row_tile;
@@ -187,13 +187,15 @@ backward_active_kernel(SeedLayerView v, const float* __restrict__ h, const float
                     for (int32_t idx = threadIdx.x; idx < w * hn; idx += blockDim.x) {
                         const int32_t i = idx / hn, jj = idx - i * hn;
                         float t = 0.0f;
-                        for (int32_t r = 0; r < rt; ++r) t = fmaf(gs[r * w + i], act[r * HC + jj], t);
+                        for (int32_t r = 0; r < rt; ++r)
+                            t = fmaf(gs[r * w + i], act[r * HC + jj], t);
                         atomicAdd(bp.grads + o.u + int64_t(i) * H + hc + jj, pl.g_scale * t);
                     }
                     for (int32_t idx = threadIdx.x; idx < hn * w; idx += blockDim.x) {
                         const int32_t jj = idx / w, i = idx - jj * w;
                         float t = 0.0f;
-                        for (int32_t r = 0; r < rt; ++r) t = fmaf(dz[r * HC + jj], xs[r * w + i], t);
+                        for (int32_t r = 0; r < rt; ++r)
+                            t = fmaf(dz[r * HC + jj], xs[r * w + i], t);
                         atomicAdd(bp.grads + o.v + int64_t(hc + jj) * M + i, pl.g_scale * t);
                     }
                     for (int32_t jj = threadIdx.x; jj < hn; jj += blockDim.x) {

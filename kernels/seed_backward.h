@@ -3,9 +3,9 @@
 // grads, and grad_sq / contribution added to the telemetry accumulators. Device pointers only.
 #pragma once
 
-#include <cstddef>
-
 #include <cuda_runtime_api.h>
+
+#include <cstddef>
 
 #include "kernels/seed_layer.h"
 

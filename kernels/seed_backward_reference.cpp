@@ -2,12 +2,11 @@
 // layer-input blueprints the a_in·J_rᵀdy term goes to d_input instead),
 // blueprint grads += scale·J_θᵀdy for stages with a positive blueprint-grad scale (TRAINING is
 // straight-through: scale 1 although the forward value is h), and grad_sq / contribution telemetry.
-#include "kernels/seed_layer.h"
-
 #include <algorithm>
 #include <vector>
 
 #include "kernels/blueprint_reference.h"
+#include "kernels/seed_layer.h"
 
 namespace esper::kernels {
 
@@ -54,8 +53,8 @@ void seed_backward_reference(const SeedLayerView& view, const float* h, const fl
             double* dxp = !want_dx ? nullptr : layer_in ? dxin.data() : dx.data();
             if (layer_in) std::fill(dxin.begin(), dxin.end(), 0.0);
             if (param_grads || dxp != nullptr)
-                detail::blueprint_vjp(bp, xrow, w, grow, g_scale, param_grads ? gacc.data() : nullptr,
-                                      a_in, dxp);
+                detail::blueprint_vjp(bp, xrow, w, grow, g_scale,
+                                      param_grads ? gacc.data() : nullptr, a_in, dxp);
             for (int64_t i = 0; i < w; ++i) dhrow[i] = static_cast<float>(dx[i]);
             if (layer_in && want_dx) {
                 float* dinrow = d_input + int64_t(b) * view.input_width;

@@ -2,9 +2,9 @@
 // per-seed blueprint descriptor, segmented warp reductions and launch geometry.
 #pragma once
 
-#include <cstdint>
-
 #include <cuda_runtime.h>
+
+#include <cstdint>
 
 #include "kernels/seed_layer.h"
 
@@ -15,12 +15,15 @@ inline constexpr int kActiveThreads = 256;
 inline constexpr int kHiddenChunk = 32;
 
 // Largest s with chunk_offset[s] <= c (the seed owning column c).
-__device__ inline int32_t seed_of_column(const int32_t* chunk_offset, int32_t num_seeds, int32_t c) {
+__device__ inline int32_t seed_of_column(const int32_t* chunk_offset, int32_t num_seeds,
+                                         int32_t c) {
     int32_t lo = 0, hi = num_seeds - 1;
     while (lo < hi) {
         const int32_t mid = (lo + hi + 1) >> 1;
-        if (__ldg(chunk_offset + mid) <= c) lo = mid;
-        else hi = mid - 1;
+        if (__ldg(chunk_offset + mid) <= c)
+            lo = mid;
+        else
+            hi = mid - 1;
     }
     return lo;
 }

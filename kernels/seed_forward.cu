@@ -4,9 +4,8 @@
 // warp of a block that covers all rows is Chan-merged right there. Pass 2 evaluates blueprints for
 // the listed seeds only (persistent blocks over (seed, row tile) items); pass 3 Chan-merges the
 // seeds that were reduced through the workspace.
-#include "kernels/seed_forward.h"
-
 #include "kernels/seed_common.cuh"
+#include "kernels/seed_forward.h"
 
 namespace esper::kernels {
 
@@ -16,8 +15,8 @@ using detail::DeviceBlueprint;
 
 struct ForwardWorkspace {
     double* stats;  // [S][3]: Σ(x−K), Σ(x−K)², dead count (seeds reduced across blocks/warps)
-    int32_t* counts;       // [0]: active seeds, [1]: pending seeds
-    int32_t* active_list;  // [S] seeds that blend
+    int32_t* counts;        // [0]: active seeds, [1]: pending seeds
+    int32_t* active_list;   // [S] seeds that blend
     int32_t* pending_list;  // [S] seeds whose statistics went through `stats`
 };
 
@@ -61,8 +60,8 @@ __host__ __device__ inline size_t fast_smem_floats(int32_t w, int32_t hidden) {
 }
 
 __global__ void __launch_bounds__(detail::kActiveThreads)
-forward_active_smem_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
-                           ForwardWorkspace ws) {
+    forward_active_smem_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
+                               ForwardWorkspace ws) {
     extern __shared__ float smem[];
     const int32_t row_tiles = (v.batch + kFastRows - 1) / kFastRows;
     const int64_t n_items = int64_t(ws.counts[0]) * row_tiles;
@@ -91,11 +90,11 @@ forward_active_smem_kernel(SeedLayerView v, const float* __restrict__ h, float* 
         const bool relu = bp.kind == BlueprintKind::kResidualMlp;
         const int32_t H = bp.hidden, M = bp.max_width;
         const int32_t xst = odd_stride(w), hst = odd_stride(H);
-        float* vt = smem;           // [w][H]
-        float* ut = vt + w * H;     // [H][w]
-        float* b1 = ut + H * w;     // [H]
-        float* b2 = b1 + H;         // [w]
-        float* xs = b2 + w;         // [64][xst]
+        float* vt = smem;                   // [w][H]
+        float* ut = vt + w * H;             // [H][w]
+        float* b1 = ut + H * w;             // [H]
+        float* b2 = b1 + H;                 // [w]
+        float* xs = b2 + w;                 // [64][xst]
         float* hid = xs + kFastRows * xst;  // [64][hst]
         for (int32_t idx = tid; idx < H * w; idx += blockDim.x) {
             const int32_t j = idx / w, i = idx - j * w;
@@ -257,9 +256,9 @@ __device__ inline float eval_inline(const InlineBlueprint& ib, float x, bool act
 
 template <bool kInline>
 __global__ void __launch_bounds__(detail::kStreamThreads)
-forward_stream_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
-                      SeedTelemetryAccum tel, bool with_stats, ForwardWorkspace ws,
-                      int32_t rows_per_block) {
+    forward_stream_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
+                          SeedTelemetryAccum tel, bool with_stats, ForwardWorkspace ws,
+                          int32_t rows_per_block) {
     const int32_t c = blockIdx.x * detail::kStreamThreads + threadIdx.x;
     const int32_t lane = int32_t(threadIdx.x & 31u);
     const int32_t warp_c0 = c - lane;
@@ -360,8 +359,8 @@ forward_stream_kernel(SeedLayerView v, const float* __restrict__ h, float* __res
 }
 
 __global__ void __launch_bounds__(detail::kActiveThreads)
-forward_active_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
-                      ForwardWorkspace ws, int32_t row_tile) {
+    forward_active_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
+                          ForwardWorkspace ws, int32_t row_tile) {
     extern __shared__ float smem[];
     const int32_t row_tiles = (v.batch + row_tile - 1) / row_tile;
     const int64_t n_items = int64_t(ws.counts[0]) * row_tiles;
@@ -432,7 +431,8 @@ forward_active_kernel(SeedLayerView v, const float* __restrict__ h, float* __res
     }
 }
 
-__global__ void forward_finalize_kernel(SeedLayerView v, SeedTelemetryAccum tel, ForwardWorkspace ws) {
+__global__ void forward_finalize_kernel(SeedLayerView v, SeedTelemetryAccum tel,
+                                        ForwardWorkspace ws) {
     const int32_t n = ws.counts[1];
     for (int32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < n; k += gridDim.x * blockDim.x) {
         const int32_t s = ws.pending_list[k];
@@ -504,9 +504,9 @@ cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float
     const size_t fast_smem = fast_smem_floats(max_w, max_hidden) * sizeof(float);
     if (fast_smem <= kSmemBudget) {
         if (fast_smem > 48 * 1024) {
-            const cudaError_t e = cudaFuncSetAttribute(forward_active_smem_kernel,
-                                                       cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                       int(fast_smem));
+            const cudaError_t e =
+                cudaFuncSetAttribute(forward_active_smem_kernel,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(fast_smem));
             if (e != cudaSuccess) return e;
         }
         forward_active_smem_kernel<<<sm_count() * 8, detail::kActiveThreads, fast_smem, stream>>>(

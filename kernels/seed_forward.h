@@ -3,9 +3,9 @@
 // All pointers in the view, h, y, tel and the workspace are device memory.
 #pragma once
 
-#include <cstddef>
-
 #include <cuda_runtime_api.h>
+
+#include <cstddef>
 
 #include "kernels/seed_layer.h"
 

@@ -2,12 +2,11 @@
 // y = h + a_eff·r(x) per chunk (x = the chunk of h, or the layer input for layer-input
 // blueprints), plus per-seed activation telemetry merged with Chan's formula.
 // Blueprint math runs in double and rounds once to float; a seed without a slot has r ≡ 0.
-#include "kernels/seed_layer.h"
-
 #include <cmath>
 #include <vector>
 
 #include "kernels/blueprint_reference.h"
+#include "kernels/seed_layer.h"
 
 namespace esper::kernels {
 

@@ -16,9 +16,9 @@ namespace esper::kernels {
 
 // The vocabulary lives in kernels/vocabulary.h (namespace esper); these make it visible as
 // kernels:: for code that names the kernels' contract explicitly.
-using esper::BlueprintKind;
 using esper::blueprint_param_count;
 using esper::blueprint_reads_layer_input;
+using esper::BlueprintKind;
 using esper::kNumBlueprintKinds;
 using esper::kNumSeedStages;
 using esper::SeedStage;
@@ -74,10 +74,10 @@ struct BlueprintArena {
     float* params = nullptr;  // [capacity, stride]
     float* grads = nullptr;   // [capacity, stride]; backward accumulates (+=), the owner zeroes
     int32_t capacity = 0;
-    int32_t stride = 0;       // == blueprint_slot_floats(kind, max_width, hidden, in_width)
-    int32_t hidden = 0;       // residual_mlp: expansion·max_width; lowrank: rank; scale_shift: 0
+    int32_t stride = 0;  // == blueprint_slot_floats(kind, max_width, hidden, in_width)
+    int32_t hidden = 0;  // residual_mlp: expansion·max_width; lowrank: rank; scale_shift: 0
     int32_t max_width = 0;
-    int32_t in_width = 0;     // 0: the blueprint reads its chunk; > 0: the layer input row
+    int32_t in_width = 0;  // 0: the blueprint reads its chunk; > 0: the layer input row
 };
 
 ESPER_HD constexpr int64_t blueprint_slot_floats(BlueprintKind k, int64_t max_width, int64_t hidden,
@@ -98,14 +98,14 @@ ESPER_HD constexpr MlpSlotOffsets mlp_slot_offsets(int64_t max_width, int64_t hi
 
 // ---- the layer view: raw pointers, host or device, never owning ----
 struct SeedLayerView {
-    int32_t batch = 0;                        // B
-    int32_t width = 0;                        // D
-    int32_t num_seeds = 0;                    // S
-    const int32_t* chunk_offset = nullptr;    // [S + 1], chunk_offset[S] == D
-    const uint8_t* stage = nullptr;           // [S] SeedStage
-    const uint8_t* kind = nullptr;            // [S] BlueprintKind, meaningful where slot >= 0
-    const int32_t* slot = nullptr;            // [S] arena row, -1 when none
-    const float* alpha = nullptr;             // [S] current blend factor
+    int32_t batch = 0;                      // B
+    int32_t width = 0;                      // D
+    int32_t num_seeds = 0;                  // S
+    const int32_t* chunk_offset = nullptr;  // [S + 1], chunk_offset[S] == D
+    const uint8_t* stage = nullptr;         // [S] SeedStage
+    const uint8_t* kind = nullptr;          // [S] BlueprintKind, meaningful where slot >= 0
+    const int32_t* slot = nullptr;          // [S] arena row, -1 when none
+    const float* alpha = nullptr;           // [S] current blend factor
     BlueprintArena arenas[kNumBlueprintKinds];
     // The host layer's input [B, input_width] for layer-input arenas (in_width > 0); ignored
     // otherwise. input_width must equal those arenas' in_width.

@@ -27,15 +27,15 @@ __global__ void apply_updates_kernel(SeedTableView table, const SeedUpdate* upda
 }  // namespace
 
 cudaError_t launch_seed_state_update(const SeedTableView& table, const SeedUpdate* updates,
-                                     int32_t num_updates, bool advance_steps,
-                                     cudaStream_t stream) {
+                                     int32_t num_updates, bool advance_steps, cudaStream_t stream) {
     if (advance_steps && table.steps_in_stage != nullptr && table.num_seeds > 0) {
-        const int blocks = (table.num_seeds + 255) / 256 < 4096 ? (table.num_seeds + 255) / 256 : 4096;
+        const int blocks =
+            (table.num_seeds + 255) / 256 < 4096 ? (table.num_seeds + 255) / 256 : 4096;
         advance_steps_kernel<<<blocks, 256, 0, stream>>>(table.steps_in_stage, table.num_seeds);
     }
     if (num_updates > 0)
         apply_updates_kernel<<<(num_updates + 127) / 128, 128, 0, stream>>>(table, updates,
-                                                                           num_updates);
+                                                                            num_updates);
     return cudaGetLastError();
 }
 

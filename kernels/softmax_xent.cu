@@ -6,9 +6,9 @@ namespace esper::kernels {
 
 namespace {
 
-__global__ void xent_rows_kernel(const float* __restrict__ logits, const int32_t* __restrict__ labels,
-                                 int32_t batch, int32_t classes, float* dlogits, float* row_loss,
-                                 int32_t* row_hit) {
+__global__ void xent_rows_kernel(const float* __restrict__ logits,
+                                 const int32_t* __restrict__ labels, int32_t batch, int32_t classes,
+                                 float* dlogits, float* row_loss, int32_t* row_hit) {
     const int32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int32_t lane = threadIdx.x & 31;
     if (warp >= batch) return;

@@ -1,8 +1,8 @@
 // CPU reference of softmax cross-entropy + accuracy (log-sum-exp with the row max subtracted).
-#include "kernels/softmax_xent.h"
-
 #include <cmath>
 #include <vector>
+
+#include "kernels/softmax_xent.h"
 
 namespace esper::kernels {
 

@@ -147,8 +147,7 @@ ESPER_HD constexpr bool stage_holds_slot(SeedStage s) {
 ESPER_HD constexpr bool stage_is_terminal(SeedStage s) { return s == SeedStage::kFossilized; }
 // Stages whose exit waits for a controller decision (or an auto gate) once the minimum time ran.
 ESPER_HD constexpr bool stage_has_gate(SeedStage s) {
-    return s == SeedStage::kTraining || s == SeedStage::kEvaluating ||
-           s == SeedStage::kFineTuning;
+    return s == SeedStage::kTraining || s == SeedStage::kEvaluating || s == SeedStage::kFineTuning;
 }
 
 // ---- blueprint parameter formula (DESIGN §4.5, kernels/seed_layer.h slot layout) ----

@@ -11,6 +11,7 @@ using Telemetry = import "telemetry.capnp";
 using Events = import "events.capnp";
 using Commands = import "commands.capnp";
 using Policy = import "policy.capnp";
+using Control = import "control.capnp";
 using Config = import "config.capnp";
 
 const currentVersion :UInt16 = 1;
@@ -41,8 +42,8 @@ struct Envelope {
     commandAck @16 :Commands.CommandAck;
     policyLoad @17 :Policy.PolicyLoad;
     policyInfo @18 :Policy.PolicyInfo;
-    controlRequest @19 :Policy.ControlRequest;
-    controlReply @20 :Policy.ControlReply;
+    controlRequest @19 :Control.ControlRequest;
+    controlReply @20 :Control.ControlReply;
     runConfig @21 :Config.RunConfig;
   }
 }

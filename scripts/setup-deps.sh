@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PACKAGES=(
-  build-essential cmake pkg-config git
+  build-essential cmake pkg-config git clang-format
   libzmq3-dev cppzmq-dev capnproto libcapnp-dev
   libboost-dev libyaml-cpp-dev libopenblas-dev libgloo-dev zlib1g-dev libssl-dev
   nlohmann-json3-dev libfmt-dev catch2 dataset-fashion-mnist python3 python3-zmq iproute2 procps

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <exception>
+#include <initializer_list>
 #include <set>
 
 #include "core/check.h"
@@ -95,13 +96,22 @@ std::optional<std::string> Controller::sanity(Decision& d, const View& view) con
     if (pending_.count({d.layer, d.seed}))
         return fmt::format("a command for seed {}/{} is still pending", d.layer, d.seed);
     const SeedStage s = sv->stage;
-    auto wrong_stage = [&](std::string_view wanted) {
+    // "needs a seed in A, B or C": the wanted stages in the vocabulary's spelling.
+    auto wrong_stage = [&](std::initializer_list<SeedStage> wanted) {
+        std::string list;
+        size_t i = 0;
+        for (SeedStage w : wanted) {
+            list += i == 0 ? "" : (i + 1 == wanted.size() ? " or " : ", ");
+            list += stage_name(w);
+            ++i;
+        }
         return fmt::format("{} needs a seed in {}, seed {}/{} is {}", decision_kind_name(d.kind),
-                           wanted, d.layer, d.seed, stage_name(s));
+                           list, d.layer, d.seed, stage_name(s));
     };
+    using S = SeedStage;
     switch (d.kind) {
         case DecisionKind::kGerminate:
-            if (s != SeedStage::kDormant) return wrong_stage("DORMANT");
+            if (s != SeedStage::kDormant) return wrong_stage({S::kDormant});
             if (!parse_grafting_strategy(d.strategy))
                 return fmt::format("unknown grafting strategy '{}'", d.strategy);
             d.to_stage = SeedStage::kGerminated;
@@ -109,28 +119,29 @@ std::optional<std::string> Controller::sanity(Decision& d, const View& view) con
         case DecisionKind::kApprove:
         case DecisionKind::kDeny: {
             auto next = gate_next_stage(s);
-            if (!next) return wrong_stage("TRAINING, EVALUATING or FINE_TUNING");
+            if (!next) return wrong_stage({S::kTraining, S::kEvaluating, S::kFineTuning});
             d.to_stage = d.kind == DecisionKind::kApprove ? *next : s;
             break;
         }
         case DecisionKind::kFossilize:
-            if (s != SeedStage::kFineTuning) return wrong_stage("FINE_TUNING");
+            if (s != SeedStage::kFineTuning) return wrong_stage({S::kFineTuning});
             d.to_stage = SeedStage::kFossilized;
             break;
         case DecisionKind::kCull:
             if (s != SeedStage::kTraining && s != SeedStage::kEvaluating &&
                 s != SeedStage::kFineTuning)
-                return wrong_stage("TRAINING, EVALUATING or FINE_TUNING");
+                return wrong_stage({S::kTraining, S::kEvaluating, S::kFineTuning});
             d.to_stage = SeedStage::kCulled;
             break;
         case DecisionKind::kCancel:
             if (s != SeedStage::kGerminated && s != SeedStage::kTraining)
-                return wrong_stage("GERMINATED or TRAINING");
+                return wrong_stage({S::kGerminated, S::kTraining});
             d.to_stage = SeedStage::kCancelled;
             break;
         case DecisionKind::kRollback:
             if (s < SeedStage::kGrafting || s > SeedStage::kFineTuning)
-                return wrong_stage("GRAFTING..FINE_TUNING");
+                return wrong_stage(
+                    {S::kGrafting, S::kStabilization, S::kEvaluating, S::kFineTuning});
             d.to_stage = SeedStage::kRolledBack;
             break;
         default:

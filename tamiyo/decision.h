@@ -35,12 +35,12 @@ struct Decision {
     uint32_t layer = 0;
     uint32_t seed = 0;
     BlueprintKind blueprint = BlueprintKind::kResidualMlp;  // germinate only
-    uint32_t blueprint_size = 0;       // e (residual_mlp) or r (lowrank); 0 = executor default
-    std::string strategy = "linear";   // germinate only: the α schedule
+    uint32_t blueprint_size = 0;      // e (residual_mlp) or r (lowrank); 0 = executor default
+    std::string strategy = "linear";  // germinate only: the α schedule
     SeedStage to_stage =
-        SeedStage::kDormant;           // the stage the command asks for (set by the controller)
-    std::string reason;                // human-readable, recorded in events
-    std::string policy;                // name of the policy that made it (set by the controller)
+        SeedStage::kDormant;  // the stage the command asks for (set by the controller)
+    std::string reason;       // human-readable, recorded in events
+    std::string policy;       // name of the policy that made it (set by the controller)
 
     bool operator==(const Decision&) const = default;
 };

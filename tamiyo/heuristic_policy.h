@@ -1,8 +1,9 @@
 // The built-in policy (DESIGN §7.1): after a loss plateau, germinate the lowest-health dormant
 // seeds; approve TRAINING → GRAFTING when gradient health ≥ min_gradient_health; at the
-// EVALUATING gate keep seeds that help (contribution > min_benefit; positive = the loss would rise without the seed, §4.6) and
-// cull the others; fossilize after fine-tuning unless the seed hurts; cull seeds that hurt.
-// Seeds with unmeasured metrics are left waiting (the executor's gate timeout is the safe default).
+// EVALUATING gate keep seeds that help (contribution > min_benefit; positive = the loss would rise
+// without the seed, §4.6) and cull the others; fossilize after fine-tuning unless the seed hurts;
+// cull seeds that hurt. Seeds with unmeasured metrics are left waiting (the executor's gate timeout
+// is the safe default).
 #pragma once
 
 #include <cstdint>

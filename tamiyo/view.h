@@ -106,7 +106,7 @@ struct SeedView {
     std::deque<SeedMetrics> history;  // newest last, at most ViewConfig::seed_history
     std::optional<BlueprintKind> blueprint;
     uint32_t blueprint_size = 0;
-    int64_t blueprint_params = 0;  // while the seed holds a blueprint
+    int64_t blueprint_params = 0;            // while the seed holds a blueprint
     GerminationPrices germination_params{};  // the newest published prices
     uint32_t germinations = 0;
     uint32_t culls = 0;
@@ -119,7 +119,7 @@ struct SeedView {
 
 struct LayerView {
     uint32_t layer = 0;
-    std::vector<SeedView> seeds;                      // indexed by seed id
+    std::vector<SeedView> seeds;                          // indexed by seed id
     std::array<uint32_t, kNumSeedStages> stage_counts{};  // over known seeds
     int64_t chunk_width = 0;                              // 0 = unknown
     std::optional<uint64_t> last_germination_step;

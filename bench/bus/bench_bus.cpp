@@ -93,8 +93,11 @@ Rate esper_run(zmq::context_t& ctx, const bus::BrokerEndpoints& ep, unsigned n_s
     });
     while (!ready) std::this_thread::yield();
     // The telemetry path as agents use it: never blocks, drops at a full queue (like raw PUB).
-    bus::TelemetryPublisher pub(ctx, {.endpoint = ep.pub, .sender = "bench", .run_id = "b",
-                                      .send_hwm = 1000, .first_segment_words = 2 + n_seeds * 8});
+    bus::TelemetryPublisher pub(ctx, {.endpoint = ep.pub,
+                                      .sender = "bench",
+                                      .run_id = "b",
+                                      .send_hwm = 1000,
+                                      .first_segment_words = 2 + n_seeds * 8});
     pub.wait_for_subscriber("bench.data", 5000);
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     Stopwatch sw;
@@ -104,7 +107,8 @@ Rate esper_run(zmq::context_t& ctx, const bus::BrokerEndpoints& ep, unsigned n_s
             pub.publish("bench.data", [&](auto p) { fill_batch(p, n_seeds, ++step); });
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let the queue drain a little
-    while (pub.publish("bench.end", [](auto p) { p.initAnnotation(); }) != bus::PublishResult::kSent)
+    while (pub.publish("bench.end", [](auto p) { p.initAnnotation(); }) !=
+           bus::PublishResult::kSent)
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     sub_thread.join();
     capnp::MallocMessageBuilder probe;
@@ -134,9 +138,8 @@ Rate raw_run(zmq::context_t& ctx, size_t frame_bytes, double seconds, bool via_p
         endpoint = xpub.get(zmq::sockopt::last_endpoint);
         control_in.bind("inproc://bench-proxy-control");
         control_out.connect("inproc://bench-proxy-control");
-        proxy_thread = std::thread([&] {
-            zmq::proxy_steerable(xsub, xpub, zmq::socket_ref(), control_in);
-        });
+        proxy_thread =
+            std::thread([&] { zmq::proxy_steerable(xsub, xpub, zmq::socket_ref(), control_in); });
     } else {
         pub.bind("tcp://127.0.0.1:*");
         endpoint = pub.get(zmq::sockopt::last_endpoint);
@@ -187,11 +190,12 @@ std::vector<double> command_rtts(zmq::context_t& ctx, const bus::BrokerEndpoints
         bus::RpcWorker worker(ctx, {.endpoint = ep.rpc, .name = "kasmina/0"});
         ready = true;
         while (!stop) {
-            worker.poll(50, [](schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
-                auto ack = rep.initCommandAck();
-                ack.setCommandId(req.getPayload().getCommand().getCommandId());
-                ack.setOutcome(schema::CommandOutcome::APPLIED);
-            });
+            worker.poll(50,
+                        [](schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
+                            auto ack = rep.initCommandAck();
+                            ack.setCommandId(req.getPayload().getCommand().getCommandId());
+                            ack.setOutcome(schema::CommandOutcome::APPLIED);
+                        });
         }
     });
     while (!ready) std::this_thread::yield();
@@ -233,15 +237,20 @@ int main(int argc, char** argv) {
             }
             return argv[++i];
         };
-        if (a == "--seconds") o.seconds = std::atof(next().c_str());
-        else if (a == "--headline-seeds") o.headline_seeds = static_cast<unsigned>(std::atoi(next().c_str()));
-        else if (a == "--commands") o.commands = std::atoi(next().c_str());
-        else if (a == "--repeat") o.repeat = std::max(1, std::atoi(next().c_str()));
+        if (a == "--seconds")
+            o.seconds = std::atof(next().c_str());
+        else if (a == "--headline-seeds")
+            o.headline_seeds = static_cast<unsigned>(std::atoi(next().c_str()));
+        else if (a == "--commands")
+            o.commands = std::atoi(next().c_str());
+        else if (a == "--repeat")
+            o.repeat = std::max(1, std::atoi(next().c_str()));
         else if (a == "--help" || a == "-h") {
-            std::printf("usage: esper-bench-bus [--seconds S] [--repeat N] [--headline-seeds N] "
-                        "[--commands N]\n"
-                        "Telemetry through the broker vs raw libzmq PUB/SUB for 16/64/256/1024\n"
-                        "seeds per message, then command round trips. Last line is JSON.\n");
+            std::printf(
+                "usage: esper-bench-bus [--seconds S] [--repeat N] [--headline-seeds N] "
+                "[--commands N]\n"
+                "Telemetry through the broker vs raw libzmq PUB/SUB for 16/64/256/1024\n"
+                "seeds per message, then command round trips. Last line is JSON.\n");
             return 0;
         } else {
             std::fprintf(stderr, "esper-bench-bus: unknown argument %s\n", a.c_str());
@@ -276,12 +285,13 @@ int main(int argc, char** argv) {
             best(rp, raw_run(ctx, frame_bytes, o.seconds, true));
         }
         double recs_per_s = e.msgs_per_s() * n;
-        std::printf("seeds_per_msg=%u frame_bytes=%zu esper_msgs_per_s=%.0f records_per_s=%.0f "
-                    "raw_zmq_msgs_per_s=%.0f ratio_vs_raw=%.3f raw_proxy_msgs_per_s=%.0f "
-                    "ratio_vs_raw_proxy=%.3f\n",
-                    n, frame_bytes, e.msgs_per_s(), recs_per_s, r.msgs_per_s(),
-                    r.msgs_per_s() > 0 ? e.msgs_per_s() / r.msgs_per_s() : 0.0, rp.msgs_per_s(),
-                    rp.msgs_per_s() > 0 ? e.msgs_per_s() / rp.msgs_per_s() : 0.0);
+        std::printf(
+            "seeds_per_msg=%u frame_bytes=%zu esper_msgs_per_s=%.0f records_per_s=%.0f "
+            "raw_zmq_msgs_per_s=%.0f ratio_vs_raw=%.3f raw_proxy_msgs_per_s=%.0f "
+            "ratio_vs_raw_proxy=%.3f\n",
+            n, frame_bytes, e.msgs_per_s(), recs_per_s, r.msgs_per_s(),
+            r.msgs_per_s() > 0 ? e.msgs_per_s() / r.msgs_per_s() : 0.0, rp.msgs_per_s(),
+            rp.msgs_per_s() > 0 ? e.msgs_per_s() / rp.msgs_per_s() : 0.0);
         std::fflush(stdout);
         if (n == o.headline_seeds) {
             head_records = recs_per_s;
@@ -295,13 +305,14 @@ int main(int argc, char** argv) {
     stop = true;
     broker_thread.join();
     std::printf("cmd_round_trips=%zu p50_us=%.1f p90_us=%.1f p99_us=%.1f max_us=%.1f\n",
-                rtts.size(), percentile(rtts, 0.5), percentile(rtts, 0.9),
-                percentile(rtts, 0.99), rtts.empty() ? -1.0 : rtts.back());
-    std::printf("{\"records_per_s\":%.0f,\"esper_msgs_per_s\":%.0f,\"raw_zmq_msgs_per_s\":%.0f,"
-                "\"ratio_vs_raw\":%.3f,\"cmd_rtt_p50_us\":%.1f,\"cmd_rtt_p99_us\":%.1f,"
-                "\"seeds_per_msg\":%u,\"raw_proxy_msgs_per_s\":%.0f,\"ratio_vs_raw_proxy\":%.3f}\n",
-                head_records, head_esper, head_raw, head_raw > 0 ? head_esper / head_raw : 0.0,
-                percentile(rtts, 0.5), percentile(rtts, 0.99), o.headline_seeds, head_raw_proxy,
-                head_raw_proxy > 0 ? head_esper / head_raw_proxy : 0.0);
+                rtts.size(), percentile(rtts, 0.5), percentile(rtts, 0.9), percentile(rtts, 0.99),
+                rtts.empty() ? -1.0 : rtts.back());
+    std::printf(
+        "{\"records_per_s\":%.0f,\"esper_msgs_per_s\":%.0f,\"raw_zmq_msgs_per_s\":%.0f,"
+        "\"ratio_vs_raw\":%.3f,\"cmd_rtt_p50_us\":%.1f,\"cmd_rtt_p99_us\":%.1f,"
+        "\"seeds_per_msg\":%u,\"raw_proxy_msgs_per_s\":%.0f,\"ratio_vs_raw_proxy\":%.3f}\n",
+        head_records, head_esper, head_raw, head_raw > 0 ? head_esper / head_raw : 0.0,
+        percentile(rtts, 0.5), percentile(rtts, 0.99), o.headline_seeds, head_raw_proxy,
+        head_raw_proxy > 0 ? head_esper / head_raw_proxy : 0.0);
     return 0;
 }

@@ -2,6 +2,8 @@
 // device-to-device copy of the same bytes in the same run, over a seed-count sweep at fixed B·D
 // and 0 / 10 / 100 % active seeds (GRAFTING, residual_mlp w→2w→w). Human lines on stderr; the
 // last stdout line is one JSON object. Usage: esper-bench-kernels [--quick] [--iters N]
+#include <cuda_runtime_api.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -10,8 +12,6 @@
 #include <string>
 #include <vector>
 
-#include <cuda_runtime_api.h>
-
 #include "kernels/seed_backward.h"
 #include "kernels/seed_forward.h"
 
@@ -19,13 +19,13 @@ using namespace esper::kernels;
 
 namespace {
 
-#define BENCH_CHECK(expr)                                                                  \
-    do {                                                                                   \
-        const cudaError_t e_ = (expr);                                                     \
-        if (e_ != cudaSuccess) {                                                           \
-            std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(e_));        \
-            std::exit(1);                                                                  \
-        }                                                                                  \
+#define BENCH_CHECK(expr)                                                           \
+    do {                                                                            \
+        const cudaError_t e_ = (expr);                                              \
+        if (e_ != cudaSuccess) {                                                    \
+            std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(e_)); \
+            std::exit(1);                                                           \
+        }                                                                           \
     } while (0)
 
 void* dev_alloc(size_t bytes) {
@@ -125,7 +125,8 @@ Result run_case(int64_t B, int64_t D, int64_t S, int active_pct, int iters, floa
         p = static_cast<double*>(dev_alloc(S * sizeof(double)));
         BENCH_CHECK(cudaMemset(p, 0, S * sizeof(double)));
     }
-    SeedTelemetryAccum tel{tel_bufs[0], tel_bufs[1], tel_bufs[2], tel_bufs[3], tel_bufs[4], tel_bufs[5]};
+    SeedTelemetryAccum tel{tel_bufs[0], tel_bufs[1], tel_bufs[2],
+                           tel_bufs[3], tel_bufs[4], tel_bufs[5]};
     const size_t fws_bytes = seed_forward_workspace_bytes(int32_t(S));
     const size_t bws_bytes = seed_backward_workspace_bytes(int32_t(S));
     void* fws = dev_alloc(fws_bytes);
@@ -134,13 +135,15 @@ Result run_case(int64_t B, int64_t D, int64_t S, int active_pct, int iters, floa
     BENCH_CHECK(cudaMemset(bws, 0, bws_bytes));
     const size_t bytes = size_t(B) * D * sizeof(float);
 
-    r.forward_us = time_us([&] { BENCH_CHECK(launch_seed_forward(v, h, y, &tel, fws, fws_bytes, stream)); },
-                           iters, stream);
-    r.copy_us = time_us([&] { BENCH_CHECK(cudaMemcpyAsync(y, h, bytes, cudaMemcpyDeviceToDevice, stream)); },
-                        iters, stream);
-    r.backward_us = time_us([&] {
-        BENCH_CHECK(launch_seed_backward(v, h, dy, dh, &tel, bws, bws_bytes, stream));
-    }, std::max(1, iters / 2), stream);
+    r.forward_us =
+        time_us([&] { BENCH_CHECK(launch_seed_forward(v, h, y, &tel, fws, fws_bytes, stream)); },
+                iters, stream);
+    r.copy_us = time_us(
+        [&] { BENCH_CHECK(cudaMemcpyAsync(y, h, bytes, cudaMemcpyDeviceToDevice, stream)); }, iters,
+        stream);
+    r.backward_us = time_us(
+        [&] { BENCH_CHECK(launch_seed_backward(v, h, dy, dh, &tel, bws, bws_bytes, stream)); },
+        std::max(1, iters / 2), stream);
     r.gbps = 2.0 * double(bytes) / (r.forward_us * 1e3);
     r.copy_gbps = 2.0 * double(bytes) / (r.copy_us * 1e3);
     r.fraction = r.copy_us / r.forward_us;
@@ -164,8 +167,10 @@ int main(int argc, char** argv) {
     bool quick = false;
     int iters = 20;
     for (int i = 1; i < argc; ++i) {
-        if (std::strcmp(argv[i], "--quick") == 0) quick = true;
-        else if (std::strcmp(argv[i], "--iters") == 0 && i + 1 < argc) iters = std::atoi(argv[++i]);
+        if (std::strcmp(argv[i], "--quick") == 0)
+            quick = true;
+        else if (std::strcmp(argv[i], "--iters") == 0 && i + 1 < argc)
+            iters = std::atoi(argv[++i]);
         else if (std::strcmp(argv[i], "--help") == 0) {
             std::printf("usage: esper-bench-kernels [--quick] [--iters N]\n");
             return 0;
@@ -188,7 +193,8 @@ int main(int argc, char** argv) {
     float* dh = static_cast<float*>(dev_alloc(total * 4));
     {
         std::vector<float> host(total);
-        for (int64_t i = 0; i < total; ++i) host[i] = float(int(hash32(uint64_t(i)) % 20001) - 10000) * 1e-4f;
+        for (int64_t i = 0; i < total; ++i)
+            host[i] = float(int(hash32(uint64_t(i)) % 20001) - 10000) * 1e-4f;
         BENCH_CHECK(cudaMemcpy(h, host.data(), total * 4, cudaMemcpyHostToDevice));
         BENCH_CHECK(cudaMemcpy(dy, host.data(), total * 4, cudaMemcpyHostToDevice));
     }
@@ -205,14 +211,17 @@ int main(int argc, char** argv) {
         for (int pct : {0, 10, 100}) {
             Result r = run_case(B, D, S, pct, iters, h, y, dy, dh, stream);
             if (r.skipped)
-                std::fprintf(stderr, "B=%lld D=%lld seeds=%lld active=%d%%: skipped (blueprint FLOPs dominate)\n",
-                             (long long)B, (long long)D, (long long)S, pct);
+                std::fprintf(
+                    stderr,
+                    "B=%lld D=%lld seeds=%lld active=%d%%: skipped (blueprint FLOPs dominate)\n",
+                    (long long)B, (long long)D, (long long)S, pct);
             else
-                std::fprintf(stderr,
-                             "B=%lld D=%lld seeds=%lld active=%d%%: forward %.1f us (%.0f GB/s), copy "
-                             "%.1f us (%.0f GB/s), fraction %.3f, backward %.1f us\n",
-                             (long long)B, (long long)D, (long long)S, pct, r.forward_us, r.gbps,
-                             r.copy_us, r.copy_gbps, r.fraction, r.backward_us);
+                std::fprintf(
+                    stderr,
+                    "B=%lld D=%lld seeds=%lld active=%d%%: forward %.1f us (%.0f GB/s), copy "
+                    "%.1f us (%.0f GB/s), fraction %.3f, backward %.1f us\n",
+                    (long long)B, (long long)D, (long long)S, pct, r.forward_us, r.gbps, r.copy_us,
+                    r.copy_gbps, r.fraction, r.backward_us);
             results.push_back(r);
         }
     }
@@ -232,16 +241,18 @@ int main(int argc, char** argv) {
         const Result& r = results[i];
         char buf[512];
         if (r.skipped)
-            std::snprintf(buf, sizeof buf,
-                          "{\"batch\":%lld,\"width\":%lld,\"seeds\":%lld,\"active_pct\":%d,\"skipped\":true}",
-                          (long long)r.batch, (long long)r.width, (long long)r.seeds, r.active_pct);
+            std::snprintf(
+                buf, sizeof buf,
+                "{\"batch\":%lld,\"width\":%lld,\"seeds\":%lld,\"active_pct\":%d,\"skipped\":true}",
+                (long long)r.batch, (long long)r.width, (long long)r.seeds, r.active_pct);
         else
-            std::snprintf(buf, sizeof buf,
-                          "{\"batch\":%lld,\"width\":%lld,\"seeds\":%lld,\"active_pct\":%d,"
-                          "\"forward_us\":%.2f,\"forward_gbps\":%.1f,\"copy_us\":%.2f,\"copy_gbps\":%.1f,"
-                          "\"fraction_of_copy\":%.4f,\"backward_us\":%.2f}",
-                          (long long)r.batch, (long long)r.width, (long long)r.seeds, r.active_pct,
-                          r.forward_us, r.gbps, r.copy_us, r.copy_gbps, r.fraction, r.backward_us);
+            std::snprintf(
+                buf, sizeof buf,
+                "{\"batch\":%lld,\"width\":%lld,\"seeds\":%lld,\"active_pct\":%d,"
+                "\"forward_us\":%.2f,\"forward_gbps\":%.1f,\"copy_us\":%.2f,\"copy_gbps\":%.1f,"
+                "\"fraction_of_copy\":%.4f,\"backward_us\":%.2f}",
+                (long long)r.batch, (long long)r.width, (long long)r.seeds, r.active_pct,
+                r.forward_us, r.gbps, r.copy_us, r.copy_gbps, r.fraction, r.backward_us);
         if (i) json += ',';
         json += buf;
     }

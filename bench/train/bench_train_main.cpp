@@ -14,10 +14,10 @@
 #include <vector>
 
 #include "core/clock.h"
-#include "kasmina/train/cuda_backend.h"
-#include "kasmina/model/mlp.h"
-#include "kasmina/train/optimizer.h"
 #include "kasmina/lifecycle/seed_manager.h"
+#include "kasmina/model/mlp.h"
+#include "kasmina/train/cuda_backend.h"
+#include "kasmina/train/optimizer.h"
 
 using namespace esper;
 using namespace esper::kasmina;

@@ -86,8 +86,8 @@ void FileKvStore::set(const std::string& key, std::span<const std::uint8_t> valu
     static std::atomic<std::uint64_t> counter{0};
     const auto target = path_for(key);
     // The temporary name is unique per process and call, and does not start with "k_".
-    const auto tmp = dir_ / ("tmp." + std::to_string(::getpid()) + "." +
-                             std::to_string(counter.fetch_add(1)));
+    const auto tmp =
+        dir_ / ("tmp." + std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1)));
     {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         out.write(reinterpret_cast<const char*>(value.data()),

@@ -57,8 +57,8 @@ private:
 class FileKvStore final : public KvStore {
 public:
     // Creates the directory if needed; throws Error(kFailed) when it cannot.
-    explicit FileKvStore(std::filesystem::path dir, std::chrono::milliseconds poll_interval =
-                                                        std::chrono::milliseconds(2));
+    explicit FileKvStore(std::filesystem::path dir,
+                         std::chrono::milliseconds poll_interval = std::chrono::milliseconds(2));
     void set(const std::string& key, std::span<const std::uint8_t> value) override;
     std::optional<Bytes> get(const std::string& key) override;
     bool wait(std::span<const std::string> keys, std::chrono::milliseconds timeout) override;

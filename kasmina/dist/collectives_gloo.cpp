@@ -36,8 +36,8 @@ public:
         : store_(store), prefix_(std::move(prefix)), timeout_(timeout) {}
 
     void set(const std::string& key, const std::vector<char>& data) override {
-        store_.set(full(key), std::span(reinterpret_cast<const std::uint8_t*>(data.data()),
-                                        data.size()));
+        store_.set(full(key),
+                   std::span(reinterpret_cast<const std::uint8_t*>(data.data()), data.size()));
     }
     std::vector<char> get(const std::string& key) override {
         Bytes value = wait_get(store_, full(key), timeout_);
@@ -70,22 +70,20 @@ struct GlooCollectives::Impl {
 };
 
 // Runs one Gloo call; converts its exceptions and drops the group on failure.
-#define ESPER_GLOO_CALL(op, ...)                                                             \
-    do {                                                                                     \
-        try {                                                                                \
-            __VA_ARGS__;                                                                     \
-        } catch (const ::gloo::IoException& e) {                                             \
-            impl_.reset();                                                                   \
-            ESPER_THROW(kDisconnected, "gloo ", op, " rank=", rank_, "/", world_, ": ",      \
-                        e.what());                                                           \
-        } catch (const ::gloo::Exception& e) {                                               \
-            impl_.reset();                                                                   \
-            ESPER_THROW(kDisconnected, "gloo ", op, " rank=", rank_, "/", world_, ": ",      \
-                        e.what());                                                           \
-        } catch (const ::gloo::EnforceNotMet& e) {                                           \
-            impl_.reset();                                                                   \
-            ESPER_THROW(kFailed, "gloo ", op, " rank=", rank_, "/", world_, ": ", e.what()); \
-        }                                                                                    \
+#define ESPER_GLOO_CALL(op, ...)                                                                   \
+    do {                                                                                           \
+        try {                                                                                      \
+            __VA_ARGS__;                                                                           \
+        } catch (const ::gloo::IoException& e) {                                                   \
+            impl_.reset();                                                                         \
+            ESPER_THROW(kDisconnected, "gloo ", op, " rank=", rank_, "/", world_, ": ", e.what()); \
+        } catch (const ::gloo::Exception& e) {                                                     \
+            impl_.reset();                                                                         \
+            ESPER_THROW(kDisconnected, "gloo ", op, " rank=", rank_, "/", world_, ": ", e.what()); \
+        } catch (const ::gloo::EnforceNotMet& e) {                                                 \
+            impl_.reset();                                                                         \
+            ESPER_THROW(kFailed, "gloo ", op, " rank=", rank_, "/", world_, ": ", e.what());       \
+        }                                                                                          \
     } while (0)
 
 GlooCollectives::GlooCollectives(const GlooConfig& config, KvStore& store)

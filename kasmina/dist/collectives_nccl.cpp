@@ -25,10 +25,14 @@ Logger& log_nccl() {
 
 ncclDataType_t to_nccl(NcclType type) {
     switch (type) {
-        case NcclType::kFloat32: return ncclFloat32;
-        case NcclType::kFloat64: return ncclFloat64;
-        case NcclType::kBFloat16: return ncclBfloat16;
-        case NcclType::kFloat16: return ncclFloat16;
+        case NcclType::kFloat32:
+            return ncclFloat32;
+        case NcclType::kFloat64:
+            return ncclFloat64;
+        case NcclType::kBFloat16:
+            return ncclBfloat16;
+        case NcclType::kFloat16:
+            return ncclFloat16;
     }
     ESPER_ASSERT(false, "unknown NcclType ", static_cast<int>(type));
     return ncclFloat32;
@@ -84,8 +88,8 @@ NcclComm::NcclComm(const NcclConfig& config, KvStore& store)
     if (config.poll_interval.count() > 0) {
         poller_ = std::thread([this, interval = config.poll_interval] { poll_loop(interval); });
     }
-    ESPER_LOG_INFO(log_nccl(), "nccl joined rank=", rank_, " world=", world_,
-                   " device=", device_, " prefix=", config.key_prefix);
+    ESPER_LOG_INFO(log_nccl(), "nccl joined rank=", rank_, " world=", world_, " device=", device_,
+                   " prefix=", config.key_prefix);
 }
 
 NcclComm::~NcclComm() {

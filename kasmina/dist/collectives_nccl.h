@@ -55,8 +55,7 @@ public:
     // As all_reduce_sum, then divided by the world size (ncclAvg): the mean over ranks.
     void all_reduce_mean(const void* send, void* recv, std::size_t count, NcclType type,
                          cudaStream_t stream);
-    void broadcast(const void* send, void* recv, std::size_t bytes, int root,
-                   cudaStream_t stream);
+    void broadcast(const void* send, void* recv, std::size_t bytes, int root, cudaStream_t stream);
     // Group calls (several all-reduces fused into one launch): begin/end bracket them.
     void group_start();
     void group_end();

@@ -15,9 +15,9 @@
 #include <sstream>
 
 #include "core/check.h"
+#include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "core/clock.h"
 #include "kasmina/io/state_codec.h"
 
 namespace esper::kasmina {
@@ -109,7 +109,8 @@ void DistributedSync::broadcast_seed_state() {
         BlueprintArenas& a = seeds_.arenas(l);
         for (int k = 0; k < kNumBlueprintKinds; ++k) {
             const BlueprintKind kind = BlueprintKind(k);
-            for (std::span<float> buf : {a.all_params(kind), a.all_opt_m(kind), a.all_opt_v(kind)}) {
+            for (std::span<float> buf :
+                 {a.all_params(kind), a.all_opt_m(kind), a.all_opt_v(kind)}) {
                 if (buf.empty()) continue;
                 comm_.broadcast(buf.data(), buf.size_bytes(), 0);
                 bytes += int64_t(buf.size_bytes());

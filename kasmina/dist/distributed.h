@@ -12,8 +12,8 @@
 
 #include "kasmina/dist/collectives.h"
 #include "kasmina/io/config.h"
-#include "kasmina/model/model.h"
 #include "kasmina/lifecycle/seed_manager.h"
+#include "kasmina/model/model.h"
 #include "kernels/seed_layer.h"
 
 namespace esper::kasmina {
@@ -39,7 +39,8 @@ public:
     // when rank 0's seed state changed since the last call (or on the first call) it broadcasts
     // the seed manager's snapshot (the Cap'n Proto SeedState image of io/state_codec.h) and all
     // arena params/optimizer state, and the others restore them.
-    // Returns true when any rank asked to stop (so every rank leaves the loop at the same boundary).
+    // Returns true when any rank asked to stop (so every rank leaves the loop at the same
+    // boundary).
     bool sync_boundary(bool stop_requested);
     // After each step (on every rank): remembers the seed-table digest the step produced, and
     // every run.digest_every_steps steps compares digests across ranks; throws

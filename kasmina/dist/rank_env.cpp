@@ -12,7 +12,7 @@ namespace esper::kasmina {
 namespace {
 
 constexpr std::array<std::string_view, 10> kNames = {
-    "RANK",         "WORLD_SIZE",   "LOCAL_RANK",   "MASTER_ADDR",   "MASTER_PORT",
+    "RANK",         "WORLD_SIZE",   "LOCAL_RANK",    "MASTER_ADDR",  "MASTER_PORT",
     "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NPROCS", "SLURM_STEP_NUM_TASKS"};
 
 std::optional<std::string> lookup(const EnvMap& env, std::string_view name) {
@@ -54,8 +54,10 @@ RankInfo resolve_rank_info(const EnvMap& env, const RankOverrides& overrides) {
 
     if (t_rank || t_world) {
         if (!t_rank || !t_world) {
-            ESPER_THROW(kInvalidInput, "torchrun environment: RANK and WORLD_SIZE must be set "
-                                       "together (got only ", t_rank ? "RANK" : "WORLD_SIZE", ")");
+            ESPER_THROW(kInvalidInput,
+                        "torchrun environment: RANK and WORLD_SIZE must be set "
+                        "together (got only ",
+                        t_rank ? "RANK" : "WORLD_SIZE", ")");
         }
         info.rank = *t_rank;
         info.world = *t_world;
@@ -66,8 +68,9 @@ RankInfo resolve_rank_info(const EnvMap& env, const RankOverrides& overrides) {
         local_name = "LOCAL_RANK";
     } else if (s_rank || s_world) {
         if (!s_rank || !s_world) {
-            ESPER_THROW(kInvalidInput, "Slurm environment: SLURM_PROCID and SLURM_NTASKS must be "
-                                       "set together");
+            ESPER_THROW(kInvalidInput,
+                        "Slurm environment: SLURM_PROCID and SLURM_NTASKS must be "
+                        "set together");
         }
         info.rank = *s_rank;
         info.world = *s_world;
@@ -102,8 +105,8 @@ RankInfo resolve_rank_info(const EnvMap& env, const RankOverrides& overrides) {
 
     ESPER_CHECK_INPUT(info.world >= 1, world_name, "=", info.world, ": must be >= 1");
     ESPER_CHECK_INPUT(info.rank >= 0, rank_name, "=", info.rank, ": must be >= 0");
-    ESPER_CHECK_INPUT(info.rank < info.world, rank_name, "=", info.rank, ": must be < ",
-                      world_name, "=", info.world);
+    ESPER_CHECK_INPUT(info.rank < info.world, rank_name, "=", info.rank, ": must be < ", world_name,
+                      "=", info.world);
     ESPER_CHECK_INPUT(info.local_rank >= 0 && info.local_rank < info.world, local_name, "=",
                       info.local_rank, ": must be in [0, ", world_name, "=", info.world, ")");
     ESPER_CHECK_INPUT(info.master_port >= 1 && info.master_port <= 65535, port_name, "=",

@@ -61,7 +61,8 @@ void fsync_dir(const fs::path& dir) {
 std::vector<uint8_t> read_all(const fs::path& path) {
     std::ifstream f(path, std::ios::binary);
     if (!f) ESPER_THROW(kIntegrity, path.string(), ": checkpoint file missing or unreadable");
-    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)),
+                                std::istreambuf_iterator<char>());
 }
 
 }  // namespace

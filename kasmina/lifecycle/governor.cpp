@@ -11,7 +11,8 @@ Vitals Governor::check(double loss, bool grads_finite) {
     if (!config_.enabled) return Vitals::kOk;
     if (!std::isfinite(loss) || !grads_finite) {
         ++trips_;
-        reason_ = !std::isfinite(loss) ? "governor: non-finite loss" : "governor: non-finite gradients";
+        reason_ =
+            !std::isfinite(loss) ? "governor: non-finite loss" : "governor: non-finite gradients";
         return Vitals::kNonFinite;
     }
     // Divergence needs a meaningful history: at least a fifth of the window (and 5 steps).

@@ -1,8 +1,8 @@
 // The seed lifecycle of DESIGN.md §4.3: the legal-transition table, minimum times
 // and the one validator every entry point (API, bus command, batch, governor, automatic steps)
-// goes through (stage names and classes: kernels/vocabulary.h). Reasons are user-facing strings: `invalid transition A→B`,
-// `insufficient time in A: n < m`, `gate failed: …`. Transitions into ROLLED_BACK bypass the
-// minimum times; CULLED/ROLLED_BACK → DORMANT waits `embargo_steps`.
+// goes through (stage names and classes: kernels/vocabulary.h). Reasons are user-facing strings:
+// `invalid transition A→B`, `insufficient time in A: n < m`, `gate failed: …`. Transitions into
+// ROLLED_BACK bypass the minimum times; CULLED/ROLLED_BACK → DORMANT waits `embargo_steps`.
 #pragma once
 
 #include <cstdint>

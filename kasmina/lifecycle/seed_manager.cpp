@@ -37,8 +37,8 @@ SeedStage target_of(const Command& c) {
 
 }  // namespace
 
-SeedManager::SeedManager(const SeedManagerConfig& config, std::vector<int64_t> layer_widths, EventSink* events,
-                         std::vector<int64_t> layer_inputs)
+SeedManager::SeedManager(const SeedManagerConfig& config, std::vector<int64_t> layer_widths,
+                         EventSink* events, std::vector<int64_t> layer_inputs)
     : lifecycle_(config.lifecycle),
       blueprints_cfg_(config.blueprints),
       run_seed_(config.run_seed),
@@ -49,8 +49,7 @@ SeedManager::SeedManager(const SeedManagerConfig& config, std::vector<int64_t> l
     ESPER_CHECK_INPUT(!layer_input || layer_inputs.size() == layer_widths.size(),
                       "blueprints.input: layer needs the input width of every seed layer");
     for (size_t i = 0; i < layer_widths.size(); ++i) {
-        tables_.emplace_back(static_cast<int32_t>(i), layer_widths[i],
-                             config.seeds_per_layer);
+        tables_.emplace_back(static_cast<int32_t>(i), layer_widths[i], config.seeds_per_layer);
         arenas_.emplace_back(tables_.back().max_chunk_width(), blueprints_cfg_,
                              layer_input ? layer_inputs[i] : 0);
         extra_.emplace_back(static_cast<size_t>(tables_.back().num_seeds()));
@@ -462,9 +461,9 @@ void SeedManager::on_step_end(int64_t step, const StepMetrics& metrics) {
             if (m.gradient_health) {
                 // Exponential average of the per-step verdicts (kasmina/telemetry.cpp).
                 constexpr double kHealthEma = 0.1;
-                x.gradient_health = x.gradient_health
-                                        ? (1 - kHealthEma) * *x.gradient_health + kHealthEma * *m.gradient_health
-                                        : *m.gradient_health;
+                x.gradient_health = x.gradient_health ? (1 - kHealthEma) * *x.gradient_health +
+                                                            kHealthEma * *m.gradient_health
+                                                      : *m.gradient_health;
                 r.flags |= kSeedFlagHealthMeasured;
             }
             if (m.contribution) x.contribution = m.contribution;

@@ -11,12 +11,12 @@
 #include <span>
 #include <vector>
 
-#include "kasmina/model/blueprints.h"
 #include "kasmina/lifecycle/command.h"
 #include "kasmina/lifecycle/config.h"
-#include "kasmina/model/config.h"
 #include "kasmina/lifecycle/events.h"
 #include "kasmina/lifecycle/seed_table.h"
+#include "kasmina/model/blueprints.h"
+#include "kasmina/model/config.h"
 #include "kernels/seed_layer.h"
 
 namespace esper::kasmina {
@@ -81,7 +81,7 @@ struct SeedManagerSnapshot {
 struct SeedManagerConfig {
     LifecycleConfig lifecycle;
     BlueprintsConfig blueprints;
-    uint64_t run_seed = 42;       // germination initialisations are deterministic in it
+    uint64_t run_seed = 42;  // germination initialisations are deterministic in it
     int64_t seeds_per_layer = 16;
 };
 

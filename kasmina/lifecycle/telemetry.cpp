@@ -9,7 +9,8 @@
 namespace esper::kasmina {
 
 void TelemetryBuffers::resize(size_t s) {
-    for (auto* v : {&count, &mean, &m2, &dead, &grad_sq, &contribution, &bp_grad_sq}) v->assign(s, 0.0);
+    for (auto* v : {&count, &mean, &m2, &dead, &grad_sq, &contribution, &bp_grad_sq})
+        v->assign(s, 0.0);
     backward_seen.assign(s, 0);
 }
 
@@ -67,7 +68,8 @@ namespace {
 // Pooled variance of a layer (the health reference).
 double pooled_variance(const TelemetryBuffers& b) {
     double n = 0, mean = 0, m2 = 0;
-    for (size_t s = 0; s < b.count.size(); ++s) chan_merge(n, mean, m2, b.count[s], b.mean[s], b.m2[s]);
+    for (size_t s = 0; s < b.count.size(); ++s)
+        chan_merge(n, mean, m2, b.count[s], b.mean[s], b.m2[s]);
     return n > 0 ? m2 / n : 0.0;
 }
 }  // namespace
@@ -90,7 +92,8 @@ StepMetrics Telemetry::end_step(double loss, const SeedManager& seeds) {
             // the per-step verdicts (EMA), so health 0.7 means ~70 % of recent steps were usable.
             // Measured only for seeds whose blueprint is trained in this stage.
             const auto stage = static_cast<kernels::SeedStage>(table.stage(int32_t(s)));
-            if (st.backward_seen[s] && kernels::stage_blueprint_grad_scale(stage, table.alpha(int32_t(s))) > 0) {
+            if (st.backward_seen[s] &&
+                kernels::stage_blueprint_grad_scale(stage, table.alpha(int32_t(s))) > 0) {
                 const bool usable = std::isfinite(st.bp_grad_sq[s]) && st.bp_grad_sq[s] > 1e-30 &&
                                     std::isfinite(st.grad_sq[s]);
                 sm.gradient_health = usable ? 1.0 : 0.0;

@@ -24,10 +24,10 @@ struct SeedTelemetryRecord {
     SeedStage stage = SeedStage::kDormant;
     float alpha = 0.0f;
     uint32_t steps_in_stage = 0;
-    int64_t samples = 0;                         // activation samples in the window
+    int64_t samples = 0;  // activation samples in the window
     std::optional<double> mean, variance, dead_fraction;
-    std::optional<double> grad_norm;             // ‖∂L/∂y‖₂ over the chunk (root of summed squares)
-    std::optional<double> blueprint_grad_norm;   // ‖∂L/∂θ‖₂ of the blueprint (seeds with a slot)
+    std::optional<double> grad_norm;  // ‖∂L/∂y‖₂ over the chunk (root of summed squares)
+    std::optional<double> blueprint_grad_norm;  // ‖∂L/∂θ‖₂ of the blueprint (seeds with a slot)
     std::optional<double> contribution;
     std::optional<double> health;
 };
@@ -35,7 +35,7 @@ struct SeedTelemetryRecord {
 // One layer's raw sums: the accumulator layout of kernels/seed_layer.h, owned.
 struct TelemetryBuffers {
     std::vector<double> count, mean, m2, dead, grad_sq, contribution;
-    std::vector<double> bp_grad_sq;   // blueprint gradient Σ g² (filled by the trainer)
+    std::vector<double> bp_grad_sq;  // blueprint gradient Σ g² (filled by the trainer)
     std::vector<uint8_t> backward_seen;
     void resize(size_t s);
     void clear();

@@ -42,8 +42,8 @@ int64_t blueprint_capacity(BlueprintKind k, const BlueprintsConfig& cfg) {
     return 0;
 }
 
-int64_t blueprint_params(BlueprintKind k, int64_t w, int64_t max_width,
-                         const BlueprintsConfig& cfg, int64_t in_width) {
+int64_t blueprint_params(BlueprintKind k, int64_t w, int64_t max_width, const BlueprintsConfig& cfg,
+                         int64_t in_width) {
     return kernels::blueprint_param_count(k, w, blueprint_hidden(k, max_width, cfg), in_width);
 }
 

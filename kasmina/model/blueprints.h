@@ -22,8 +22,8 @@ int64_t blueprint_hidden(BlueprintKind k, int64_t max_width, const BlueprintsCon
 // Arena capacity (slots per layer) of a kind.
 int64_t blueprint_capacity(BlueprintKind k, const BlueprintsConfig& cfg);
 // Parameters a seed of chunk width w really uses; in_width > 0 for layer-input arenas.
-int64_t blueprint_params(BlueprintKind k, int64_t w, int64_t max_width,
-                         const BlueprintsConfig& cfg, int64_t in_width = 0);
+int64_t blueprint_params(BlueprintKind k, int64_t w, int64_t max_width, const BlueprintsConfig& cfg,
+                         int64_t in_width = 0);
 
 class BlueprintArenas {
 public:

@@ -17,9 +17,16 @@ kernels::Activation kernel_activation(Activation a) {
 
 // ---- LinearLayer ----
 
-LinearLayer::LinearLayer(std::string name, int64_t in, int64_t out, kernels::Activation act, Rng& rng)
-    : name_(std::move(name)), in_(in), out_(out), act_(act), w_({out, in}), b_({out}),
-      dw_({out, in}), db_({out}) {
+LinearLayer::LinearLayer(std::string name, int64_t in, int64_t out, kernels::Activation act,
+                         Rng& rng)
+    : name_(std::move(name)),
+      in_(in),
+      out_(out),
+      act_(act),
+      w_({out, in}),
+      b_({out}),
+      dw_({out, in}),
+      db_({out}) {
     const float bound = 1.0f / std::sqrt(static_cast<float>(in));
     for (int64_t i = 0; i < w_.numel(); ++i) w_[i] = rng.uniform(-bound, bound);
     for (int64_t i = 0; i < b_.numel(); ++i) b_[i] = rng.uniform(-bound, bound);
@@ -29,19 +36,19 @@ void LinearLayer::forward(const float* x, int32_t batch, float* y) {
     const size_t n = size_t(batch) * size_t(out_);
     if (z_.size() < n) z_.resize(n);
     // z[B, out] = x[B, in] · Wᵀ
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, int(out_), int(in_), 1.0f, x, int(in_),
-                w_.data(), int(in_), 0.0f, z_.data(), int(out_));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, batch, int(out_), int(in_), 1.0f, x,
+                int(in_), w_.data(), int(in_), 0.0f, z_.data(), int(out_));
     kernels::bias_act_forward_reference(z_.data(), b_.data(), y, batch, int32_t(out_), act_);
 }
 
 void LinearLayer::backward(const float* x, const float* dy, int32_t batch, float* dx) {
     const size_t n = size_t(batch) * size_t(out_);
     if (dz_.size() < n) dz_.resize(n);
-    kernels::bias_act_backward_reference(dy, z_.data(), dz_.data(), db_.data(), batch, int32_t(out_),
-                                         act_);
+    kernels::bias_act_backward_reference(dy, z_.data(), dz_.data(), db_.data(), batch,
+                                         int32_t(out_), act_);
     // dW[out, in] = dzᵀ · x
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(out_), int(in_), batch, 1.0f, dz_.data(),
-                int(out_), x, int(in_), 0.0f, dw_.data(), int(in_));
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(out_), int(in_), batch, 1.0f,
+                dz_.data(), int(out_), x, int(in_), 0.0f, dw_.data(), int(in_));
     if (dx != nullptr)  // dx[B, in] = dz · W
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, batch, int(in_), int(out_), 1.0f,
                     dz_.data(), int(out_), w_.data(), int(in_), 0.0f, dx, int(in_));
@@ -67,10 +74,12 @@ MlpModel::MlpModel(const ModelConfig& config, int64_t in_features, int64_t class
                                                         kernel_activation(config.activation), rng));
         prev = config.hidden[l];
     }
-    head_ = std::make_unique<LinearLayer>("head", prev, classes, kernels::Activation::kIdentity, rng);
+    head_ =
+        std::make_unique<LinearLayer>("head", prev, classes, kernels::Activation::kIdentity, rng);
     for (auto& layer : hidden_) layer->collect_params(params_);
     head_->collect_params(params_);
-    for (const auto& layer : hidden_) sites_.push_back({layer->out_features(), layer->in_features()});
+    for (const auto& layer : hidden_)
+        sites_.push_back({layer->out_features(), layer->in_features()});
     h_.resize(hidden_.size());
     y_.resize(hidden_.size());
     dh_.resize(hidden_.size());
@@ -92,11 +101,15 @@ void MlpModel::ensure_batch(int32_t batch) {
     capacity_ = batch;
 }
 
-std::span<const float> MlpModel::hidden_output(int32_t l) const { return {h_[l].data(), h_[l].size()}; }
-std::span<const float> MlpModel::seed_output(int32_t l) const { return {y_[l].data(), y_[l].size()}; }
+std::span<const float> MlpModel::hidden_output(int32_t l) const {
+    return {h_[l].data(), h_[l].size()};
+}
+std::span<const float> MlpModel::seed_output(int32_t l) const {
+    return {y_[l].data(), y_[l].size()};
+}
 
 void MlpModel::forward(const float* x, int32_t batch, std::span<const kernels::SeedLayerView> views,
-                    std::span<kernels::SeedTelemetryAccum* const> tel) {
+                       std::span<kernels::SeedTelemetryAccum* const> tel) {
     ESPER_REQUIRE(views.empty() || views.size() == hidden_.size(), "views=", views.size());
     ensure_batch(batch);
     const float* in = x;

@@ -24,7 +24,9 @@ struct AlignedAllocator {
     T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlign)); }
     void deallocate(T* p, size_t) { ::operator delete(p, kAlign); }
     template <typename U>
-    bool operator==(const AlignedAllocator<U>&) const { return true; }
+    bool operator==(const AlignedAllocator<U>&) const {
+        return true;
+    }
 };
 
 template <typename T>

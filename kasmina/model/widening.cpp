@@ -47,14 +47,16 @@ void WideningPath::forward(const kernels::SeedLayerView& v, float* y) {
         c.seed = s;
         c.act.resize(size_t(B) * size_t(H));
         c.r.resize(size_t(B) * size_t(w));
-        for (int32_t b = 0; b < B; ++b) std::copy(p + o.b1, p + o.b1 + H, c.act.data() + size_t(b) * H);
+        for (int32_t b = 0; b < B; ++b)
+            std::copy(p + o.b1, p + o.b1 + H, c.act.data() + size_t(b) * H);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, H, N, 1.0f, v.input, N, p + o.v, N,
                     1.0f, c.act.data(), H);
         if (kind == BlueprintKind::kResidualMlp)
             for (float& z : c.act) z = z > 0.0f ? z : 0.0f;
-        for (int32_t b = 0; b < B; ++b) std::copy(p + o.b2, p + o.b2 + w, c.r.data() + size_t(b) * w);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, w, H, 1.0f, c.act.data(), H, p + o.u,
-                    H, 1.0f, c.r.data(), w);
+        for (int32_t b = 0; b < B; ++b)
+            std::copy(p + o.b2, p + o.b2 + w, c.r.data() + size_t(b) * w);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, w, H, 1.0f, c.act.data(), H,
+                    p + o.u, H, 1.0f, c.r.data(), w);
         const float alpha = kernels::stage_forward_alpha(stage, v.alpha[s]);
         if (alpha == 0.0f) continue;
         for (int32_t b = 0; b < B; ++b) {
@@ -93,14 +95,14 @@ void WideningPath::backward(const kernels::SeedLayerView& v, const float* dy, fl
         if (!param_grads && !input_grads) continue;
         float* gp = param_grads ? a.grads + int64_t(v.slot[s]) * a.stride : nullptr;
         if (param_grads) {
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, H, B, g_scale, G, D, c.act.data(),
-                        H, 1.0f, gp + o.u, H);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, H, B, g_scale, G, D,
+                        c.act.data(), H, 1.0f, gp + o.u, H);
             for (int32_t b = 0; b < B; ++b)
                 for (int32_t i = 0; i < w; ++i) gp[o.b2 + i] += g_scale * G[int64_t(b) * D + i];
         }
         da_.resize(size_t(B) * size_t(H));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, H, w, 1.0f, G, D, p + o.u, H, 0.0f,
-                    da_.data(), H);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, H, w, 1.0f, G, D, p + o.u, H,
+                    0.0f, da_.data(), H);
         if (kind == BlueprintKind::kResidualMlp)
             for (size_t k = 0; k < da_.size(); ++k)
                 if (!(c.act[k] > 0.0f)) da_[k] = 0.0f;

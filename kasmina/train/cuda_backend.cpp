@@ -75,8 +75,8 @@ struct SeedLayerDev {
     DeviceBuffer<float> alpha;
     DeviceBuffer<uint32_t> steps;
     ArenaDev arenas[kNumBlueprintKinds];
-    DeviceBuffer<double> tel;         // [6, S]
-    PinnedBuffer<double> tel_host;    // [6, S]
+    DeviceBuffer<double> tel;       // [6, S]
+    PinnedBuffer<double> tel_host;  // [6, S]
     DeviceBuffer<uint8_t> fwd_ws, bwd_ws;
     PinnedBuffer<kernels::SeedUpdate> updates_host;
     DeviceBuffer<kernels::SeedUpdate> updates;
@@ -147,21 +147,21 @@ struct CudaBackend::Impl {
     size_t softmax_ws_bytes = 0, bias_ws_bytes = 0;
 
     // ---- this step's optimizer scalars (pinned, copied inside the step) ----
-    PinnedBuffer<kernels::SgdHyper> sgd_host;      // [0] host params, [1] blueprints
+    PinnedBuffer<kernels::SgdHyper> sgd_host;  // [0] host params, [1] blueprints
     DeviceBuffer<kernels::SgdHyper> sgd;
-    PinnedBuffer<kernels::AdamwHyper> adam_host;   // [0] host params
+    PinnedBuffer<kernels::AdamwHyper> adam_host;  // [0] host params
     DeviceBuffer<kernels::AdamwHyper> adam;
 
     // ---- seed layers and the blueprint slots in use ----
     std::vector<SeedLayerDev> layers;
     std::vector<LiveSlot> live;
-    std::vector<size_t> live_off;                  // floats into the staging buffers
+    std::vector<size_t> live_off;  // floats into the staging buffers
     PinnedBuffer<float> stage_grads, stage_params;
-    std::vector<int32_t> train_index;              // live index → trained index or -1
+    std::vector<int32_t> train_index;  // live index → trained index or -1
     PinnedBuffer<kernels::AdamwHyper> slot_adam_host;
     DeviceBuffer<kernels::AdamwHyper> slot_adam;
     DeviceBuffer<double> slot_sumsq;
-    std::vector<int64_t> slot_t;                   // pending AdamW step per trained slot
+    std::vector<int64_t> slot_t;  // pending AdamW step per trained slot
 
     // ---- streams, events, cuBLAS, the graph: declared last, so they are released first
     // (graph, cuBLAS, events, streams), before the buffers whose work they ordered ----
@@ -583,7 +583,8 @@ CudaBackend::CudaBackend(const Config& config, MlpModel& model, SeedManager* see
     d.adamw = config.optimizer.kind == OptimizerKind::kAdamw;
 
 #if !ESPER_HAVE_NCCL
-    ESPER_CHECK_INPUT(options.nccl == nullptr, "CUDA backend: data parallelism needs NCCL, and "
+    ESPER_CHECK_INPUT(options.nccl == nullptr,
+                      "CUDA backend: data parallelism needs NCCL, and "
                       "this build has none (use run.device: cpu with Gloo)");
 #endif
     d.stream = CudaStream(cudaStreamNonBlocking);
@@ -638,8 +639,8 @@ CudaBackend::CudaBackend(const Config& config, MlpModel& model, SeedManager* see
             L.dy = DeviceBuffer<float>(n);
             L.dz = DeviceBuffer<float>(n);
         }
-        bias_ws = std::max(bias_ws, kernels::bias_act_backward_workspace_bytes(int32_t(B),
-                                                                               int32_t(L.out)));
+        bias_ws = std::max(bias_ws,
+                           kernels::bias_act_backward_workspace_bytes(int32_t(B), int32_t(L.out)));
         if (is_head)
             d.head = std::move(L);
         else
@@ -667,8 +668,8 @@ CudaBackend::CudaBackend(const Config& config, MlpModel& model, SeedManager* see
     d.adam = DeviceBuffer<kernels::AdamwHyper>(1);
 
     if (d.seeds != nullptr) {
-        ESPER_REQUIRE(size_t(d.seeds->num_layers()) == d.hidden.size(), "seed layers=",
-                      d.seeds->num_layers());
+        ESPER_REQUIRE(size_t(d.seeds->num_layers()) == d.hidden.size(),
+                      "seed layers=", d.seeds->num_layers());
         d.layers.resize(d.hidden.size());
         for (size_t l = 0; l < d.layers.size(); ++l) {
             SeedLayerDev& s = d.layers[l];
@@ -913,14 +914,15 @@ void CudaBackend::launch_step(double lr, double bp_lr) {
     const OptimizerConfig& c = d.config.optimizer;
     if (d.adamw) {
         begin_blueprint_counts();
-        d.adam_host[0] = {float(lr), float(c.beta1), float(c.beta2), float(c.eps),
-                          float(c.weight_decay), int32_t(d.optimizer->host_steps_ + 1)};
+        d.adam_host[0] = {
+            float(lr),    float(c.beta1),        float(c.beta2),
+            float(c.eps), float(c.weight_decay), int32_t(d.optimizer->host_steps_ + 1)};
         for (size_t i = 0; i < d.live.size(); ++i) {
             const int32_t ti = d.train_index[i];
             if (ti < 0) continue;
-            d.slot_adam_host[size_t(ti)] = {float(bp_lr), float(c.beta1), float(c.beta2),
-                                            float(c.eps), float(c.weight_decay),
-                                            int32_t(d.slot_t[size_t(ti)])};
+            d.slot_adam_host[size_t(ti)] = {float(bp_lr),          float(c.beta1),
+                                            float(c.beta2),        float(c.eps),
+                                            float(c.weight_decay), int32_t(d.slot_t[size_t(ti)])};
         }
     } else {
         d.sgd_host[0] = {float(lr), float(c.momentum), float(c.weight_decay)};
@@ -970,8 +972,8 @@ StepResult CudaBackend::finish_step(Telemetry* telemetry) {
 }
 
 StepResult CudaBackend::run_step(const Batch& batch, const StepRates& rates, Telemetry& telemetry) {
-    ESPER_REQUIRE(batch.features != nullptr && batch.rows == impl_->opt.batch, "cuda step rows=",
-                  batch.rows, " batch=", impl_->opt.batch);
+    ESPER_REQUIRE(batch.features != nullptr && batch.rows == impl_->opt.batch,
+                  "cuda step rows=", batch.rows, " batch=", impl_->opt.batch);
     sync_structure();
     set_batch(batch.features, batch.targets);
     launch_step(rates.lr, rates.blueprint_lr);
@@ -1048,7 +1050,8 @@ std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Model& mode
                                                SeedManager& seeds, Optimizer& optimizer,
                                                const StepBackendOptions& options) {
     auto* mlp = dynamic_cast<MlpModel*>(&model);
-    ESPER_CHECK_INPUT(mlp != nullptr, "model ", model.kind(), ": no CUDA backend yet (run.device: cpu)");
+    ESPER_CHECK_INPUT(mlp != nullptr, "model ", model.kind(),
+                      ": no CUDA backend yet (run.device: cpu)");
     CudaBackendOptions o;
     o.batch = options.batch;
     o.eval_batch = options.eval_batch;
@@ -1060,8 +1063,8 @@ std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Model& mode
         o.nccl = options.nccl;
     }
     auto backend = std::make_unique<CudaBackend>(config, *mlp, &seeds, optimizer, o);
-    ESPER_LOG_AT(logger("kasmina.trainer"), LogLevel::kInfo, "device=cuda name=",
-                 backend->device_name());
+    ESPER_LOG_AT(logger("kasmina.trainer"), LogLevel::kInfo,
+                 "device=cuda name=", backend->device_name());
     return backend;
 }
 

@@ -28,11 +28,11 @@ namespace esper::kasmina {
 class NcclComm;
 
 struct CudaBackendOptions {
-    int32_t batch = 0;          // training batch (the captured graph's shape)
-    int32_t eval_batch = 0;     // largest evaluation batch
-    bool seed_layers = true;    // false: bare host network (benchmarks: y = h, no seed kernels)
-    bool tf32 = false;          // cuBLAS TF32 tensor-op math for the host GEMMs
-    bool use_graphs = true;     // false: enqueue the step directly every time (tests)
+    int32_t batch = 0;        // training batch (the captured graph's shape)
+    int32_t eval_batch = 0;   // largest evaluation batch
+    bool seed_layers = true;  // false: bare host network (benchmarks: y = h, no seed kernels)
+    bool tf32 = false;        // cuBLAS TF32 tensor-op math for the host GEMMs
+    bool use_graphs = true;   // false: enqueue the step directly every time (tests)
     // Seed layers whose seeds cannot change the forward value or the input gradient (none in
     // GRAFTING..FOSSILIZED: y == h, dh == dy exactly) run their kernels (telemetry, TRAINING
     // blueprint grads) on a side stream, off the critical path of the host network.

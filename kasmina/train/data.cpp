@@ -22,8 +22,7 @@ constexpr const char* kFashionFix =
 
 // Whole file through zlib (gzopen reads plain files transparently too).
 std::vector<uint8_t> read_gz(const std::string& path, const char* fix) {
-    if (!std::filesystem::exists(path))
-        ESPER_THROW(kInvalidInput, path, ": file not found; ", fix);
+    if (!std::filesystem::exists(path)) ESPER_THROW(kInvalidInput, path, ": file not found; ", fix);
     gzFile f = gzopen(path.c_str(), "rb");
     if (f == nullptr) ESPER_THROW(kInvalidInput, path, ": cannot open: ", std::strerror(errno));
     std::vector<uint8_t> out;
@@ -55,9 +54,9 @@ std::vector<uint32_t> idx_header(const std::vector<uint8_t>& b, const std::strin
         ESPER_THROW(kInvalidInput, path, ": not an unsigned-byte IDX file (bad magic)");
     const int dims = b[3];
     if (dims != want_dims)
-        ESPER_THROW(kInvalidInput, path, ": IDX file has ", dims, " dimensions, expected ", want_dims);
-    if (b.size() < 4 + 4 * size_t(dims))
-        ESPER_THROW(kInvalidInput, path, ": truncated IDX header");
+        ESPER_THROW(kInvalidInput, path, ": IDX file has ", dims, " dimensions, expected ",
+                    want_dims);
+    if (b.size() < 4 + 4 * size_t(dims)) ESPER_THROW(kInvalidInput, path, ": truncated IDX header");
     std::vector<uint32_t> d(dims);
     size_t total = 1;
     for (int i = 0; i < dims; ++i) {
@@ -66,8 +65,8 @@ std::vector<uint32_t> idx_header(const std::vector<uint8_t>& b, const std::strin
     }
     const size_t need = 4 + 4 * size_t(dims) + total;
     if (b.size() != need)
-        ESPER_THROW(kInvalidInput, path, ": IDX payload is ", b.size(), " bytes, header says ", need,
-                    " (truncated or corrupt file)");
+        ESPER_THROW(kInvalidInput, path, ": IDX payload is ", b.size(), " bytes, header says ",
+                    need, " (truncated or corrupt file)");
     return d;
 }
 
@@ -106,7 +105,8 @@ std::string npy_field(const std::string& header, const std::string& key, const s
 }
 
 NpyArray read_npy(const std::string& path) {
-    if (path.empty()) ESPER_THROW(kInvalidInput, "data.npy: a file path is empty; set it in the config");
+    if (path.empty())
+        ESPER_THROW(kInvalidInput, "data.npy: a file path is empty; set it in the config");
     std::ifstream f(path, std::ios::binary);
     if (!f) ESPER_THROW(kInvalidInput, path, ": cannot open .npy file (check data.npy paths)");
     std::vector<uint8_t> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
@@ -190,8 +190,8 @@ DataSplits load_fashion_mnist(const std::string& dir) {
         ds = read_idx_images(ipath);
         ds.y = read_idx_labels(lpath);
         if (int64_t(ds.y.size()) != ds.n)
-            ESPER_THROW(kInvalidInput, lpath, ": ", ds.y.size(), " labels for ", ds.n, " images in ",
-                        ipath);
+            ESPER_THROW(kInvalidInput, lpath, ": ", ds.y.size(), " labels for ", ds.n,
+                        " images in ", ipath);
         for (int32_t y : ds.y)
             if (y < 0 || y > 9) ESPER_THROW(kInvalidInput, lpath, ": label ", y, " outside 0..9");
         for (float& v : ds.x) v = (v - kMean) / kStd;
@@ -285,7 +285,8 @@ Dataset load_npy(const std::string& features_path, const std::string& labels_pat
         }
     }
     for (float v : ds.x)
-        if (!std::isfinite(v)) ESPER_THROW(kInvalidInput, features_path, ": non-finite feature value");
+        if (!std::isfinite(v))
+            ESPER_THROW(kInvalidInput, features_path, ": non-finite feature value");
     if (yl.shape.size() != 1 || yl.shape[0] != ds.n)
         ESPER_THROW(kInvalidInput, labels_path, ": labels must be 1-D with ", ds.n,
                     " entries (one per feature row)");
@@ -293,10 +294,11 @@ Dataset load_npy(const std::string& features_path, const std::string& labels_pat
     const bool is_int = d.size() >= 3 && (d[1] == 'i' || d[1] == 'u');
     const size_t lsz = npy_itemsize(d);
     if (!is_int || (lsz != 1 && lsz != 2 && lsz != 4 && lsz != 8))
-        ESPER_THROW(kInvalidInput, labels_path, ": labels dtype ", d, " unsupported (use an integer type)");
+        ESPER_THROW(kInvalidInput, labels_path, ": labels dtype ", d,
+                    " unsupported (use an integer type)");
     if (yl.bytes.size() != size_t(ds.n) * lsz)
-        ESPER_THROW(kInvalidInput, labels_path, ": payload is ", yl.bytes.size(), " bytes, shape needs ",
-                    size_t(ds.n) * lsz, " (truncated file?)");
+        ESPER_THROW(kInvalidInput, labels_path, ": payload is ", yl.bytes.size(),
+                    " bytes, shape needs ", size_t(ds.n) * lsz, " (truncated file?)");
     ds.y.resize(size_t(ds.n));
     int64_t max_label = -1;
     for (int64_t i = 0; i < ds.n; ++i) {
@@ -339,8 +341,8 @@ DataSplits load_data(const DataConfig& c, uint64_t seed) {
             ESPER_THROW(kInvalidInput, c.npy.test_features, ": ", s.test.features,
                         " features, training set has ", s.train.features);
         s.train.classes = s.test.classes = std::max(s.train.classes, s.test.classes);
-        s.description = "npy (" + std::to_string(s.train.n) + " train, " +
-                        std::to_string(s.test.n) + " test)";
+        s.description =
+            "npy (" + std::to_string(s.train.n) + " train, " + std::to_string(s.test.n) + " test)";
         return s;
     }
     ESPER_THROW(kInvalidInput, "data.dataset: unknown dataset '", c.dataset,

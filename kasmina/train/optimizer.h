@@ -12,8 +12,8 @@
 
 #include "kasmina/io/checkpoint.h"
 #include "kasmina/io/config.h"
-#include "kasmina/model/model.h"
 #include "kasmina/lifecycle/seed_manager.h"
+#include "kasmina/model/model.h"
 #include "kasmina/model/tensor.h"
 
 namespace esper::kasmina {
@@ -43,7 +43,8 @@ public:
 
 private:
     friend class CudaBackend;  // mirrors m_/v_ and the step counters on the device
-    void update(float* p, const float* g, float* m, float* v, int64_t n, double lr, int64_t t) const;
+    void update(float* p, const float* g, float* m, float* v, int64_t n, double lr,
+                int64_t t) const;
 
     OptimizerConfig config_;
     std::vector<ParamRef> params_;

@@ -23,7 +23,9 @@ Trainer::Trainer(const Config& config, TrainerOptions options)
     : Trainer(config, load_data(config.data, config.run.seed), std::move(options)) {}
 
 Trainer::Trainer(const Config& config, DataSplits data, TrainerOptions options)
-    : config_(config), options_(std::move(options)), data_(std::move(data)),
+    : config_(config),
+      options_(std::move(options)),
+      data_(std::move(data)),
       governor_(config.governor) {
     init();
 }
@@ -39,15 +41,18 @@ void Trainer::init() {
                         config_.run.seed);
     if (!options_.run_dir.empty()) {
         fs::create_directories(options_.run_dir);
-        events_ = std::make_unique<EventLog>((fs::path(options_.run_dir) / "events.jsonl").string());
+        events_ =
+            std::make_unique<EventLog>((fs::path(options_.run_dir) / "events.jsonl").string());
         metrics_ = std::make_unique<MetricsLog>(fs::path(options_.run_dir) / "metrics.jsonl");
     }
-    seeds_ = std::make_unique<SeedManager>(seed_manager_config(config_), model_->seed_layer_widths(), events_.get(),
-                                           model_->seed_layer_inputs());
+    seeds_ =
+        std::make_unique<SeedManager>(seed_manager_config(config_), model_->seed_layer_widths(),
+                                      events_.get(), model_->seed_layer_inputs());
     optimizer_ = std::make_unique<Optimizer>(config_.optimizer, model_->params(),
                                              model_->seed_layer_widths());
     std::vector<int32_t> per_layer;
-    for (int32_t l = 0; l < seeds_->num_layers(); ++l) per_layer.push_back(seeds_->table(l).num_seeds());
+    for (int32_t l = 0; l < seeds_->num_layers(); ++l)
+        per_layer.push_back(seeds_->table(l).num_seeds());
     telemetry_ = std::make_unique<Telemetry>(per_layer);
     sampler_ = std::make_unique<Sampler>(tr.n, config_.data.batch_size, config_.run.seed,
                                          options_.rank, options_.world);
@@ -71,9 +76,9 @@ void Trainer::init() {
 void Trainer::init_distributed() {
     if (options_.world <= 1) return;
     const Collectives* comm = options_.collectives;
-    ESPER_REQUIRE(comm != nullptr && comm->world() == options_.world &&
-                      comm->rank() == options_.rank,
-                  "world ", options_.world, " needs matching TrainerOptions::collectives");
+    ESPER_REQUIRE(
+        comm != nullptr && comm->world() == options_.world && comm->rank() == options_.rank,
+        "world ", options_.world, " needs matching TrainerOptions::collectives");
     // CUDA: gradients are averaged on the device (NcclComm, in the backend's step graph);
     // DistributedSync's host gradient buckets are then unused (the CPU backend uses them).
     dist_ = std::make_unique<DistributedSync>(*options_.collectives, config_, *model_, *seeds_);
@@ -97,9 +102,9 @@ TrainStep Trainer::step() {
     out.epoch = s / spe;
     gather_batch(data_.train, sampler_->batch(out.epoch, s % spe), x_.data(), y_.data());
 
-    const StepRates rates{scheduled_lr(config_.optimizer, config_.optimizer.lr, s, total_steps_),
-                          scheduled_lr(config_.optimizer, config_.optimizer.blueprint_lr, s,
-                                       total_steps_)};
+    const StepRates rates{
+        scheduled_lr(config_.optimizer, config_.optimizer.lr, s, total_steps_),
+        scheduled_lr(config_.optimizer, config_.optimizer.blueprint_lr, s, total_steps_)};
     out.lr = rates.lr;
     telemetry_->begin_step();
     // CUDA runs the update too (one graph); a governor trip below restores the last-known-good
@@ -186,7 +191,9 @@ EvalResult Trainer::evaluate() {
     return e;
 }
 
-std::vector<SeedTelemetryRecord> Trainer::collect_telemetry() { return telemetry_->collect(*seeds_); }
+std::vector<SeedTelemetryRecord> Trainer::collect_telemetry() {
+    return telemetry_->collect(*seeds_);
+}
 
 bool Trainer::boundary() {
     if (!loop_started_) {

@@ -38,8 +38,8 @@ class DistributedSync;
 class NcclComm;
 
 struct TrainStep {
-    int64_t step = 0;           // optimizer steps done after this one (1-based)
-    int64_t epoch = 0;          // epoch the batch came from (0-based)
+    int64_t step = 0;   // optimizer steps done after this one (1-based)
+    int64_t epoch = 0;  // epoch the batch came from (0-based)
     double loss = 0.0;
     double lr = 0.0;
     int32_t correct = 0;
@@ -56,13 +56,13 @@ struct EvalResult {
 };
 
 struct EpochSummary {
-    int64_t epoch = 0;          // 1-based epochs completed
+    int64_t epoch = 0;  // 1-based epochs completed
     int64_t step = 0;
-    double train_loss = 0.0;    // mean over the epoch's steps
+    double train_loss = 0.0;  // mean over the epoch's steps
     EvalResult test;
     double seconds = 0.0;
-    int64_t active_seeds = 0;   // seeds holding a blueprint (GERMINATED..FOSSILIZED)
-    int64_t param_count = 0;    // host + live blueprints
+    int64_t active_seeds = 0;  // seeds holding a blueprint (GERMINATED..FOSSILIZED)
+    int64_t param_count = 0;   // host + live blueprints
 };
 
 // What became due after a step (Trainer::after_step); the agent loop acts on it.

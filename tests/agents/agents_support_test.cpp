@@ -1,11 +1,11 @@
 // Tests of the agent-side helpers: the flag parser, the run report/summary, child processes.
-#include <catch2/catch.hpp>
+#include <unistd.h>
 
+#include <catch2/catch.hpp>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <string>
-#include <unistd.h>
 
 #include "agents/cli.h"
 #include "agents/process.h"
@@ -16,7 +16,8 @@ namespace fs = std::filesystem;
 
 namespace {
 fs::path temp_dir(const std::string& tag) {
-    fs::path p = fs::temp_directory_path() / ("esper_agents_" + tag + "_" + std::to_string(::getpid()));
+    fs::path p =
+        fs::temp_directory_path() / ("esper_agents_" + tag + "_" + std::to_string(::getpid()));
     fs::remove_all(p);
     fs::create_directories(p);
     return p;
@@ -59,15 +60,22 @@ TEST_CASE("the run summary and report are derived from metrics and events", "[ag
     fs::path dir = temp_dir("report");
     {
         std::ofstream m(dir / "metrics.jsonl");
-        m << R"({"step":10,"epoch":0,"split":"train","loss":2.0,"lr":0.1,"samples_per_s":100,"host_params":1000,"blueprint_params":0})" "\n";
+        m << R"({"step":10,"epoch":0,"split":"train","loss":2.0,"lr":0.1,"samples_per_s":100,"host_params":1000,"blueprint_params":0})"
+             "\n";
         m << "this line is not json\n";
-        m << R"({"step":20,"epoch":0,"split":"train","loss":1.5,"lr":0.1,"samples_per_s":100,"host_params":1000,"blueprint_params":64})" "\n";
-        m << R"({"step":20,"epoch":0,"split":"test","loss":1.6,"accuracy":0.71})" "\n";
+        m << R"({"step":20,"epoch":0,"split":"train","loss":1.5,"lr":0.1,"samples_per_s":100,"host_params":1000,"blueprint_params":64})"
+             "\n";
+        m << R"({"step":20,"epoch":0,"split":"test","loss":1.6,"accuracy":0.71})"
+             "\n";
         std::ofstream e(dir / "events.jsonl");
-        e << R"({"step":11,"layer":0,"seed":3,"from":"DORMANT","to":"GERMINATED","reason":"plateau","origin":"controller"})" "\n";
-        e << R"({"step":12,"layer":0,"seed":3,"from":"GERMINATED","to":"TRAINING","reason":"slot free","origin":"auto"})" "\n";
-        e << R"({"step":12,"layer":1,"seed":0,"from":"DORMANT","to":"GERMINATED","reason":"<b>x</b>","origin":"operator"})" "\n";
-        e << R"({"step":15,"layer":1,"seed":0,"from":"GERMINATED","to":"CANCELLED","reason":"op","origin":"operator"})" "\n";
+        e << R"({"step":11,"layer":0,"seed":3,"from":"DORMANT","to":"GERMINATED","reason":"plateau","origin":"controller"})"
+             "\n";
+        e << R"({"step":12,"layer":0,"seed":3,"from":"GERMINATED","to":"TRAINING","reason":"slot free","origin":"auto"})"
+             "\n";
+        e << R"({"step":12,"layer":1,"seed":0,"from":"DORMANT","to":"GERMINATED","reason":"<b>x</b>","origin":"operator"})"
+             "\n";
+        e << R"({"step":15,"layer":1,"seed":0,"from":"GERMINATED","to":"CANCELLED","reason":"op","origin":"operator"})"
+             "\n";
     }
     esper::agents::RunSummary s = esper::agents::summarize_run(dir);
     CHECK(s.last_step == 20);
@@ -88,7 +96,7 @@ TEST_CASE("the run summary and report are derived from metrics and events", "[ag
     CHECK_THAT(html, Catch::StartsWith("<!DOCTYPE html>"));
     CHECK_THAT(html, Catch::Contains("<svg") && Catch::Contains("polyline"));
     CHECK_THAT(html, Catch::Contains("&lt;b&gt;x&lt;/b&gt;"));  // reasons are escaped
-    CHECK_THAT(html, !Catch::Contains("<script"));               // self-contained, no scripts
+    CHECK_THAT(html, !Catch::Contains("<script"));              // self-contained, no scripts
     fs::remove_all(dir);
 }
 

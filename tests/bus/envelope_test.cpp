@@ -56,10 +56,10 @@ TEST_CASE("every payload type round-trips through the envelope", "[bus][envelope
             auto env = d.value->envelope();
             CHECK(std::string(kj::str(env).cStr()) == before);
             CHECK(env.getVersion() == bus::kEnvelopeVersion);
-            CHECK(env.getPayload().which() ==
-                  static_cast<schema::Envelope::Payload::Which>(
-                      member.getProto().getDiscriminantValue()));
-            uint64_t want = member.getType().isStruct() ? member.getType().asStruct().getProto().getId() : 0;
+            CHECK(env.getPayload().which() == static_cast<schema::Envelope::Payload::Which>(
+                                                  member.getProto().getDiscriminantValue()));
+            uint64_t want =
+                member.getType().isStruct() ? member.getType().asStruct().getProto().getId() : 0;
             CHECK(env.getTypeId() == want);
         }
     }

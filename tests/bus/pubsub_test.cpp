@@ -1,24 +1,25 @@
 // Publisher/Subscriber over inproc: envelope stamping, per-(sender, topic) sequences, gap and
 // reorder accounting, malformed frames dropped and counted, and drops counted (never blocking)
 // when the telemetry queue is full.
+#include "bus/pubsub.h"
+
 #include <capnp/message.h>
 
 #include <catch2/catch.hpp>
 #include <zmq.hpp>
 
 #include "bus/envelope.h"
-#include "bus/pubsub.h"
 #include "core/clock.h"
 
 using namespace esper;
 
 TEST_CASE("sequence tracker counts gaps and reorders per sender and topic", "[bus][pubsub]") {
     bus::SequenceTracker t;
-    CHECK(t.observe("a", "x", 5).first);        // a late joiner: baseline, no gap
+    CHECK(t.observe("a", "x", 5).first);  // a late joiner: baseline, no gap
     CHECK(t.observe("a", "x", 6).missing == 0);
     CHECK(t.observe("a", "x", 9).missing == 2);
-    CHECK(t.observe("b", "x", 1).first);        // another sender: its own stream
-    CHECK(t.observe("a", "y", 1).first);        // another topic: its own stream
+    CHECK(t.observe("b", "x", 1).first);  // another sender: its own stream
+    CHECK(t.observe("a", "y", 1).first);  // another topic: its own stream
     CHECK(t.observe("a", "x", 8).reordered);
     CHECK(t.observe("a", "x", 10).missing == 0);
     CHECK(t.observe("b", "x", 4).missing == 2);
@@ -34,8 +35,11 @@ struct InprocPair {
     bus::Publisher pub;
     bus::Subscriber sub;
     explicit InprocPair(const std::string& name, int hwm = 10000)
-        : pub(ctx, {.endpoint = "inproc://" + name, .sender = "kasmina/0", .run_id = "r1",
-                    .send_hwm = hwm, .bind = true}),
+        : pub(ctx, {.endpoint = "inproc://" + name,
+                    .sender = "kasmina/0",
+                    .run_id = "r1",
+                    .send_hwm = hwm,
+                    .bind = true}),
           sub(ctx, {.endpoint = "inproc://" + name, .prefixes = {"telemetry."}}) {
         REQUIRE(pub.wait_for_subscriber("telemetry.run.r1", 2000));
     }
@@ -111,7 +115,7 @@ TEST_CASE("malformed frames are dropped and counted and the subscriber keeps goi
         bus::stamp_envelope(env, "x", "r", seq);
         return bus::encode(m);
     };
-    raw.send(zmq::str_buffer("t.single"), zmq::send_flags::none);                // one part
+    raw.send(zmq::str_buffer("t.single"), zmq::send_flags::none);  // one part
     raw.send(zmq::str_buffer("t.garbage"), zmq::send_flags::sndmore);
     raw.send(zmq::str_buffer("not capnp at all"), zmq::send_flags::none);
     zmq::message_t cut = good(1);
@@ -145,8 +149,11 @@ TEST_CASE("malformed frames are dropped and counted and the subscriber keeps goi
 
 TEST_CASE("a full telemetry queue drops and counts instead of blocking", "[bus][pubsub]") {
     zmq::context_t ctx(1);
-    bus::TelemetryPublisher pub(ctx, {.endpoint = "inproc://pubsub-full", .sender = "k",
-                                      .run_id = "r", .send_hwm = 10, .bind = true});
+    bus::TelemetryPublisher pub(ctx, {.endpoint = "inproc://pubsub-full",
+                                      .sender = "k",
+                                      .run_id = "r",
+                                      .send_hwm = 10,
+                                      .bind = true});
     // A subscriber that never reads: its queue fills up.
     zmq::socket_t stalled(ctx, zmq::socket_type::sub);
     stalled.set(zmq::sockopt::rcvhwm, 10);

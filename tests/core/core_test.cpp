@@ -1,6 +1,5 @@
 // Tests of core/: errors, check macros' context, log level specs, clocks.
 #include <catch2/catch.hpp>
-
 #include <cstdio>
 #include <string>
 
@@ -22,7 +21,8 @@ TEST_CASE("esper::Error carries kind, message and location", "[core][error]") {
 
 TEST_CASE("ESPER_CHECK_INPUT throws invalid input only when the condition fails", "[core][error]") {
     CHECK_NOTHROW([] { ESPER_CHECK_INPUT(1 + 1 == 2, "never"); }());
-    CHECK_THROWS_WITH([] { ESPER_CHECK_INPUT(false, "epochs: must be > 0"); }(), "epochs: must be > 0");
+    CHECK_THROWS_WITH([] { ESPER_CHECK_INPUT(false, "epochs: must be > 0"); }(),
+                      "epochs: must be > 0");
 }
 
 TEST_CASE("log level specs apply by longest dotted prefix", "[core][log]") {

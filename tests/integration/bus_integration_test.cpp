@@ -36,7 +36,9 @@ namespace {
 
 void run_worker(zmq::context_t& ctx, const std::string& rpc, std::atomic<bool>& stop,
                 std::atomic<int>& applied, int drop_first) {
-    bus::RpcWorker worker(ctx, {.endpoint = rpc, .name = "kasmina/0", .heartbeat_ms = 200,
+    bus::RpcWorker worker(ctx, {.endpoint = rpc,
+                                .name = "kasmina/0",
+                                .heartbeat_ms = 200,
                                 .drop_first_replies = drop_first});
     while (!stop) {
         worker.poll(20, [&](schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
@@ -93,8 +95,9 @@ bool same_json(const nlohmann::json& a, const nlohmann::json& b) {
 TEST_CASE("esper pub reaches esper tap through the broker", "[integration][bus]") {
     BrokerProcess broker;
     auto dir = broker.dir;
-    ChildProcess tap("tap", {kEsper, "tap", "--bus", broker.sub, "--count", "2", "--timeout-ms",
-                             "8000", "events.", "telemetry.run."},
+    ChildProcess tap("tap",
+                     {kEsper, "tap", "--bus", broker.sub, "--count", "2", "--timeout-ms", "8000",
+                      "events.", "telemetry.run."},
                      dir / "tap.log");
     CHECK(run_to_exit({kEsper, "pub", "--bus", broker.pub, "events.annotations.r1", "--type",
                        "annotation", "--run", "r1", "--json",
@@ -155,8 +158,8 @@ TEST_CASE("requests reach a named agent through the broker binary and replies co
         CHECK(r.reply->envelope().getPayload().getCommandAck().getStep() ==
               static_cast<uint64_t>(i));
     }
-    bus::RpcClient impatient(ctx, {.endpoint = broker.rpc, .sender = "t", .timeout_ms = 200,
-                                   .max_attempts = 1});
+    bus::RpcClient impatient(
+        ctx, {.endpoint = broker.rpc, .sender = "t", .timeout_ms = 200, .max_attempts = 1});
     auto unknown = impatient.request("tamiyo", "x", cull("x"));
     CHECK(unknown.status == bus::RpcStatus::kUnknownAgent);
     stop = true;
@@ -171,8 +174,11 @@ TEST_CASE("a reply lost between broker and client is retried and applied once",
     std::atomic<bool> stop{false};
     std::atomic<int> applied{0};
     std::thread worker([&] { run_worker(ctx, broker.rpc, stop, applied, 1); });
-    bus::RpcClient client(ctx, {.endpoint = broker.rpc, .sender = "tamiyo", .timeout_ms = 150,
-                                .max_attempts = 6, .backoff_initial_ms = 10});
+    bus::RpcClient client(ctx, {.endpoint = broker.rpc,
+                                .sender = "tamiyo",
+                                .timeout_ms = 150,
+                                .max_attempts = 6,
+                                .backoff_initial_ms = 10});
     auto r = client.request("kasmina/0", "germinate-7", cull("germinate-7"));
     stop = true;
     worker.join();
@@ -190,8 +196,8 @@ TEST_CASE("a stalled subscriber never slows a telemetry publisher", "[integratio
     stalled.set(zmq::sockopt::rcvbuf, 4096);
     stalled.set(zmq::sockopt::subscribe, "");
     stalled.connect(broker.sub);
-    bus::TelemetryPublisher pub(ctx, {.endpoint = broker.pub, .sender = "kasmina/0",
-                                      .run_id = "r1", .send_hwm = 1000});
+    bus::TelemetryPublisher pub(
+        ctx, {.endpoint = broker.pub, .sender = "kasmina/0", .run_id = "r1", .send_hwm = 1000});
     REQUIRE(pub.wait_for_subscriber("telemetry.seeds.r1.0", 5000));
     auto publish = [&] {
         return pub.publish("telemetry.seeds.r1.0", [](schema::Envelope::Payload::Builder p) {
@@ -208,8 +214,8 @@ TEST_CASE("a stalled subscriber never slows a telemetry publisher", "[integratio
         worst_ns = std::max(worst_ns, monotonic_ns() - t0);
     }
     double seconds = total.elapsed_s();
-    INFO("total_s=" << seconds << " worst_ms=" << worst_ns / 1e6 << " dropped="
-                    << pub.stats().dropped);
+    INFO("total_s=" << seconds << " worst_ms=" << worst_ns / 1e6
+                    << " dropped=" << pub.stats().dropped);
     CHECK(seconds < 5.0);
     CHECK(worst_ns < 250'000'000);  // no publish waits for the subscriber (loose: 2 shared cores)
     CHECK(pub.stats().sent + pub.stats().dropped == static_cast<uint64_t>(kMessages));
@@ -220,9 +226,9 @@ TEST_CASE("malformed frames through the broker are dropped and counted; agents k
           "[integration][bus]") {
     BrokerProcess broker;
     auto dir = broker.dir;
-    ChildProcess tap("tap", {kEsper, "tap", "--bus", broker.sub, "--count", "1", "--timeout-ms",
-                             "8000", "bad."},
-                     dir / "tap.log");
+    ChildProcess tap(
+        "tap", {kEsper, "tap", "--bus", broker.sub, "--count", "1", "--timeout-ms", "8000", "bad."},
+        dir / "tap.log");
     zmq::context_t ctx(1);
     zmq::socket_t raw(ctx, zmq::socket_type::xpub);  // sees tap's subscription when it arrives
     raw.connect(broker.pub);
@@ -287,9 +293,10 @@ TEST_CASE("a frame captured by an independent subscriber decodes with capnp conv
         }
         return false;
     };
-    ChildProcess tap("tap", {kEsper, "tap", "--bus", broker.sub, "--count", "1", "--timeout-ms",
-                             "8000", "telemetry."},
-                     dir / "tap.log");
+    ChildProcess tap(
+        "tap",
+        {kEsper, "tap", "--bus", broker.sub, "--count", "1", "--timeout-ms", "8000", "telemetry."},
+        dir / "tap.log");
     REQUIRE(wait_subscription("telemetry."));
     zmq::socket_t capture(ctx, zmq::socket_type::sub);
     capture.set(zmq::sockopt::subscribe, "telemetry.seeds.");
@@ -324,8 +331,9 @@ TEST_CASE("a frame captured by an independent subscriber decodes with capnp conv
         out.write(static_cast<const char*>(body.data()), static_cast<std::streamsize>(body.size()));
     }
     std::string cmd = "capnp convert binary:json -I/usr/include " ESPER_SOURCE_DIR
-                      "/schemas/envelope.capnp Envelope < " + (dir / "frame.bin").string() +
-                      " > " + (dir / "frame.json").string() + " 2>&1";
+                      "/schemas/envelope.capnp Envelope < " +
+                      (dir / "frame.bin").string() + " > " + (dir / "frame.json").string() +
+                      " 2>&1";
     REQUIRE(std::system(cmd.c_str()) == 0);
     std::ifstream in(dir / "frame.json");
     nlohmann::json reference = nlohmann::json::parse(in);

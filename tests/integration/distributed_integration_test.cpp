@@ -1,4 +1,4 @@
-// The broker's rendezvous key-value service (requests to agent "kv"), then `esper run --ranks 2`
+// The rendezvous key-value worker "kv" that `esper broker` hosts, then `esper run --ranks 2`
 // end to end: a broker, Tamiyo and two Kasmina ranks (Gloo over loopback,
 // rendezvous through a FileKvStore in the run directory) on a small teacher task whose lifecycle
 // timers let the heuristic germinate, cull and fossilize seeds within seconds. Both ranks train,
@@ -12,7 +12,7 @@
 #include <string>
 
 #include "bus/rpc.h"
-#include "schemas/policy.capnp.h"
+#include "schemas/control.capnp.h"
 #include "tests/integration/fixtures.h"
 
 using namespace esper;
@@ -57,10 +57,10 @@ TEST_CASE("esper run --ranks 2 trains both ranks to the same seed tables", "[int
     fs::path dir = scratch_dir();
     std::ofstream(dir / "run.yaml") << kTwoRankConfig;
     const fs::path run_dir = dir / "run";
-    const int rc = run_to_exit({kEsper, "run", "--ranks", "2", "--config",
-                                (dir / "run.yaml").string(), "--run-dir", run_dir.string(),
-                                "--bus-port-base", "0"},
-                               dir / "run.log", 90000);
+    const int rc =
+        run_to_exit({kEsper, "run", "--ranks", "2", "--config", (dir / "run.yaml").string(),
+                     "--run-dir", run_dir.string(), "--bus-port-base", "0"},
+                    dir / "run.log", 90000);
     INFO(text_of(dir / "run.log"));
     INFO(text_of(run_dir / "logs" / "kasmina-0.log"));
     INFO(text_of(run_dir / "logs" / "kasmina-1.log"));
@@ -82,8 +82,7 @@ TEST_CASE("esper run --ranks 2 trains both ranks to the same seed tables", "[int
     fs::remove_all(dir, ec);
 }
 
-TEST_CASE("the broker serves kvSet and kvGet for the reserved agent name kv",
-          "[integration][dist]") {
+TEST_CASE("esper broker hosts the kv worker that serves kvSet and kvGet", "[integration][dist]") {
     BrokerProcess broker;
     zmq::context_t ctx;
     bus::RpcClient client(ctx, {.endpoint = broker.rpc, .sender = "test", .timeout_ms = 2000});
@@ -104,14 +103,14 @@ TEST_CASE("the broker serves kvSet and kvGet for the reserved agent name kv",
     bus::RpcReply set = client.request("kv", "", [&](schema::Envelope::Payload::Builder p) {
         auto s = p.initControlRequest().initKvSet();
         s.setKey("job/0/gloo/1");
-        s.setValue(capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(value.data()),
-                                       value.size()));
+        s.setValue(
+            capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(value.data()), value.size()));
     });
     REQUIRE(set.ok());
     CHECK(set.reply->envelope().getPayload().getControlReply().getOk());
     CHECK(get("job/0/gloo/1") == value);
     CHECK(get("job/0/gloo/2") == "<missing>");
-    // Anything else addressed to kv is refused with a reason, not forwarded.
+    // Anything else addressed to kv is refused by the worker with a reason.
     bus::RpcReply ping = client.request("kv", "", [&](schema::Envelope::Payload::Builder p) {
         p.initControlRequest().setPing("x");
     });

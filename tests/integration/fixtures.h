@@ -1,6 +1,6 @@
 // Fixtures shared by the integration tests: the real `esper` binary, scratch directories, JSON
-// line files, and a broker child process on ephemeral loopback ports whose endpoints are read
-// from its first stdout line ("broker pub=… sub=… rpc=…").
+// line files, and a broker child process on ephemeral loopback ports whose endpoints come
+// through its ready pipe (agents/supervisor.h), as in `esper run`.
 #pragma once
 
 #include <unistd.h>
@@ -12,12 +12,12 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "agents/process.h"
+#include "agents/supervisor.h"
 #include "core/clock.h"
 
 namespace esper::test {
@@ -52,34 +52,25 @@ inline std::vector<nlohmann::json> json_lines(const std::filesystem::path& path)
     return out;
 }
 
-// A broker child process on ephemeral ports; endpoints parsed from its stdout line.
+// A broker child process on ephemeral ports; endpoints from its ready line.
 struct BrokerProcess {
     std::filesystem::path dir = scratch_dir();
-    std::unique_ptr<ChildProcess> child;
+    esper::agents::Supervisor supervisor{dir};
+    ChildProcess* child = nullptr;
     std::string pub, sub, rpc;
 
     BrokerProcess() {
-        child = std::make_unique<ChildProcess>(
-            "broker",
-            std::vector<std::string>{kEsper, "broker", "--pub-port", "0", "--sub-port", "0",
-                                     "--rpc-port", "0", "--agent-expiry-ms", "2000"},
-            dir / "broker.log");
-        std::regex re("^broker pub=(\\S+) sub=(\\S+) rpc=(\\S+)$");
-        Stopwatch sw;
-        while (sw.elapsed_s() < 10) {
-            for (const auto& line : read_lines(dir / "broker.log")) {
-                std::smatch m;
-                if (std::regex_match(line, m, re)) {
-                    pub = m[1];
-                    sub = m[2];
-                    rpc = m[3];
-                    return;
-                }
-            }
-            REQUIRE(child->running());
-            std::this_thread::sleep_for(milliseconds(10));
-        }
-        FAIL("broker did not print its endpoints");
+        esper::agents::BrokerLaunch launch{
+            .pub_port = 0, .sub_port = 0, .rpc_port = 0, .agent_expiry_ms = 2000};
+        auto started = supervisor.start_ready("broker", launch.argv(kEsper), milliseconds(10000));
+        child = &started.child;
+        INFO(esper::agents::describe_failure(started.child, started.readiness));
+        REQUIRE(started.readiness.ok());
+        auto endpoints = esper::agents::broker_endpoints(started.readiness.line);
+        REQUIRE(endpoints);
+        pub = endpoints->pub;
+        sub = endpoints->sub;
+        rpc = endpoints->rpc;
     }
     ~BrokerProcess() {
         if (child) child->stop(milliseconds(3000));
@@ -89,13 +80,12 @@ struct BrokerProcess {
 };
 
 inline int run_to_exit(const std::vector<std::string>& argv, const std::filesystem::path& log,
-                int timeout_ms = 10000) {
+                       int timeout_ms = 10000) {
     ChildProcess p("cmd", argv, log);
     auto rc = p.wait_for(milliseconds(timeout_ms));
     REQUIRE(rc.has_value());
     return *rc;
 }
-
 
 // Polls `pred` every 20 ms until it holds or `timeout_s` passes.
 inline bool wait_until(const std::function<bool()>& pred, double timeout_s) {

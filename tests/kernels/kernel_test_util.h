@@ -82,7 +82,9 @@ inline HostSeedLayer make_layer(const LayerSpec& spec, std::mt19937& rng) {
     std::uniform_real_distribution<float> ad(0.05f, 0.95f);
     int32_t used[kNumBlueprintKinds] = {0, 0, 0};
     for (int32_t s = 0; s < spec.num_seeds; ++s) {
-        int st = spec.all_dormant ? 0 : (spec.forced_stage >= 0 ? spec.forced_stage : s % kNumSeedStages);
+        int st = spec.all_dormant
+                     ? 0
+                     : (spec.forced_stage >= 0 ? spec.forced_stage : s % kNumSeedStages);
         int kd = spec.forced_kind >= 0 ? spec.forced_kind : (s / 2) % kNumBlueprintKinds;
         L.stage.push_back(static_cast<uint8_t>(st));
         L.kind.push_back(static_cast<uint8_t>(kd));
@@ -111,19 +113,23 @@ inline HostSeedLayer make_layer(const LayerSpec& spec, std::mt19937& rng) {
 struct Telemetry {
     std::vector<double> count, mean, m2, dead, grad_sq, contribution;
     explicit Telemetry(int32_t s)
-        : count(s, 0.0), mean(s, 0.0), m2(s, 0.0), dead(s, 0.0), grad_sq(s, 0.0),
+        : count(s, 0.0),
+          mean(s, 0.0),
+          m2(s, 0.0),
+          dead(s, 0.0),
+          grad_sq(s, 0.0),
           contribution(s, 0.0) {}
     SeedTelemetryAccum accum() {
-        return {count.data(), mean.data(), m2.data(), dead.data(), grad_sq.data(),
-                contribution.data()};
+        return {count.data(), mean.data(),    m2.data(),
+                dead.data(),  grad_sq.data(), contribution.data()};
     }
 };
 
 // Returns "" when every |got - want| <= atol + rtol·|want|, else a description of the first few
 // mismatches with their indices.
 template <typename A, typename B>
-std::string compare(const std::vector<A>& got, const std::vector<B>& want, double atol,
-                    double rtol, const char* what) {
+std::string compare(const std::vector<A>& got, const std::vector<B>& want, double atol, double rtol,
+                    const char* what) {
     std::ostringstream os;
     int bad = 0;
     if (got.size() != want.size()) return std::string(what) + ": size mismatch";

@@ -63,11 +63,15 @@ struct DeviceLayer {
 struct DeviceTelemetry {
     DevBuf count, mean, m2, dead, grad_sq, contribution;
     explicit DeviceTelemetry(Telemetry& t)
-        : count(t.count), mean(t.mean), m2(t.m2), dead(t.dead), grad_sq(t.grad_sq),
+        : count(t.count),
+          mean(t.mean),
+          m2(t.m2),
+          dead(t.dead),
+          grad_sq(t.grad_sq),
           contribution(t.contribution) {}
     SeedTelemetryAccum accum() {
-        return {count.as<double>(), mean.as<double>(), m2.as<double>(), dead.as<double>(),
-                grad_sq.as<double>(), contribution.as<double>()};
+        return {count.as<double>(), mean.as<double>(),    m2.as<double>(),
+                dead.as<double>(),  grad_sq.as<double>(), contribution.as<double>()};
     }
 };
 
@@ -140,12 +144,11 @@ TEST_CASE("seed_forward kernel matches the reference with telemetry over ragged 
     }
     CUDA_OK(cudaStreamSynchronize(stream));
     CUDA_OK(cudaStreamDestroy(stream));
-    const std::string err =
-        compare(dy.download<float>(), y_ref, 1e-4, 1e-4, "y") +
-        compare(dt.count.download<double>(), tel.count, 0, 0, "count") +
-        compare(dt.mean.download<double>(), tel.mean, 1e-6, 1e-5, "mean") +
-        compare(dt.m2.download<double>(), tel.m2, 1e-4, 1e-4, "m2") +
-        compare(dt.dead.download<double>(), tel.dead, 0, 0, "dead");
+    const std::string err = compare(dy.download<float>(), y_ref, 1e-4, 1e-4, "y") +
+                            compare(dt.count.download<double>(), tel.count, 0, 0, "count") +
+                            compare(dt.mean.download<double>(), tel.mean, 1e-6, 1e-5, "mean") +
+                            compare(dt.m2.download<double>(), tel.m2, 1e-4, 1e-4, "m2") +
+                            compare(dt.dead.download<double>(), tel.dead, 0, 0, "dead");
     INFO(err);
     CHECK(err.empty());
 }
@@ -177,14 +180,15 @@ TEST_CASE("seed_backward kernel matches the reference: dh, blueprint grads, tele
     SeedTelemetryAccum dacc = dt.accum(), hacc = tel.accum();
     CUDA_OK(launch_seed_backward(D.view(L), dhbuf.as<float>(), dgbuf.as<float>(), ddh.as<float>(),
                                  with_tel ? &dacc : nullptr, ws.p, ws.bytes, nullptr));
-    seed_backward_reference(L.view(), h.data(), g.data(), dh_ref.data(), with_tel ? &hacc : nullptr);
+    seed_backward_reference(L.view(), h.data(), g.data(), dh_ref.data(),
+                            with_tel ? &hacc : nullptr);
     CUDA_OK(cudaDeviceSynchronize());
     std::string err = compare(ddh.download<float>(), dh_ref, 1e-4, 1e-4, "dh");
     for (int k = 0; k < kNumBlueprintKinds; ++k)
         err += compare(D.grads[k]->download<float>(), L.grads[k], 2e-4, 1e-4, "grads");
-    err += compare(dt.grad_sq.download<double>(), tel.grad_sq, 1e-5, 1e-5, "grad_sq") +
-           compare(dt.contribution.download<double>(), tel.contribution, 1e-3, 1e-4,
-                   "contribution");
+    err +=
+        compare(dt.grad_sq.download<double>(), tel.grad_sq, 1e-5, 1e-5, "grad_sq") +
+        compare(dt.contribution.download<double>(), tel.contribution, 1e-3, 1e-4, "contribution");
     INFO(err);
     CHECK(err.empty());
 }
@@ -218,10 +222,15 @@ TEST_CASE("seed_state_update kernel matches the reference", "[kernels][gpu]") {
     }
     ups.push_back(SeedUpdate{S + 5, kSeedUpdateStage, 1, 0, 0, 0.0f});  // out of range: ignored
     DevBuf ds(stage), dk(kind), dsl(slot), da(alpha), dst(steps), du(ups);
-    SeedTableView dtab{S, ds.as<uint8_t>(), dk.as<uint8_t>(), dsl.as<int32_t>(), da.as<float>(),
+    SeedTableView dtab{S,
+                       ds.as<uint8_t>(),
+                       dk.as<uint8_t>(),
+                       dsl.as<int32_t>(),
+                       da.as<float>(),
                        dst.as<uint32_t>()};
     SeedTableView htab{S, stage.data(), kind.data(), slot.data(), alpha.data(), steps.data()};
-    CUDA_OK(launch_seed_state_update(dtab, du.as<SeedUpdate>(), int32_t(ups.size()), true, nullptr));
+    CUDA_OK(
+        launch_seed_state_update(dtab, du.as<SeedUpdate>(), int32_t(ups.size()), true, nullptr));
     seed_state_update_reference(htab, ups.data(), int32_t(ups.size()), true);
     CUDA_OK(cudaDeviceSynchronize());
     CHECK(ds.download<uint8_t>() == stage);
@@ -339,7 +348,8 @@ TEST_CASE("a captured CUDA graph of forward, backward and SGD replays like the r
     DeviceLayer D(L);
     DeviceTelemetry dt(tel);
     DevBuf dhb(h), dgb(g), dy(n * 4), ddh(n * 4);
-    DevBuf fws(seed_forward_workspace_bytes(L.num_seeds)), bws(seed_backward_workspace_bytes(L.num_seeds));
+    DevBuf fws(seed_forward_workspace_bytes(L.num_seeds)),
+        bws(seed_backward_workspace_bytes(L.num_seeds));
     CUDA_OK(cudaMemset(fws.p, 0, fws.bytes));
     CUDA_OK(cudaMemset(bws.p, 0, bws.bytes));
     std::vector<std::unique_ptr<DevBuf>> mom;
@@ -368,7 +378,8 @@ TEST_CASE("a captured CUDA graph of forward, backward and SGD replays like the r
                                              dhyper.as<SgdHyper>(), stream));
     };
     auto reference_step = [&]() {
-        for (int k = 0; k < kNumBlueprintKinds; ++k) std::fill(L.grads[k].begin(), L.grads[k].end(), 0.f);
+        for (int k = 0; k < kNumBlueprintKinds; ++k)
+            std::fill(L.grads[k].begin(), L.grads[k].end(), 0.f);
         seed_forward_reference(L.view(), h.data(), y.data(), &hacc);
         seed_backward_reference(L.view(), h.data(), g.data(), dh.data(), &hacc);
         for (int k = 0; k < kNumBlueprintKinds; ++k)
@@ -389,11 +400,11 @@ TEST_CASE("a captured CUDA graph of forward, backward and SGD replays like the r
         reference_step();
     }
     CUDA_OK(cudaStreamSynchronize(stream));
-    std::string err = compare(dy.download<float>(), y, 1e-4, 1e-4, "y") +
-                      compare(ddh.download<float>(), dh, 1e-4, 1e-4, "dh") +
-                      compare(dt.m2.download<double>(), tel.m2, 1e-4, 1e-4, "m2") +
-                      compare(dt.contribution.download<double>(), tel.contribution, 1e-3, 1e-4,
-                              "contribution");
+    std::string err =
+        compare(dy.download<float>(), y, 1e-4, 1e-4, "y") +
+        compare(ddh.download<float>(), dh, 1e-4, 1e-4, "dh") +
+        compare(dt.m2.download<double>(), tel.m2, 1e-4, 1e-4, "m2") +
+        compare(dt.contribution.download<double>(), tel.contribution, 1e-3, 1e-4, "contribution");
     for (int k = 0; k < kNumBlueprintKinds; ++k)
         err += compare(D.params[k]->download<float>(), L.params[k], 1e-5, 1e-4, "params");
     INFO(err);

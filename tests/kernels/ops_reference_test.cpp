@@ -1,7 +1,6 @@
 // CPU tests of the optimizer, softmax cross-entropy and bias+activation references against
 // hand-derived formulas and finite differences.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <random>
 #include <vector>
@@ -141,7 +140,8 @@ TEST_CASE("bias+activation reference forward and backward agree with finite diff
         bm[c] -= 1e-2f;
         fd_b[c] = (fwd(z0, bp).second - fwd(z0, bm).second) / (double(bp[c]) - bm[c]);
     }
-    const std::string err = compare(dz, fd_z, 1e-3, 1e-3, "dz") + compare(db, fd_b, 1e-3, 1e-3, "dbias");
+    const std::string err =
+        compare(dz, fd_z, 1e-3, 1e-3, "dz") + compare(db, fd_b, 1e-3, 1e-3, "dbias");
     INFO(err);
     CHECK(err.empty());
 }

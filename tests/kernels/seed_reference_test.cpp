@@ -2,7 +2,6 @@
 // against an independent naive evaluation, telemetry against naive double sums, and finite-
 // difference checks of seed_backward_reference for every stage and blueprint kind.
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -97,9 +96,9 @@ TEST_CASE("stages that do not blend return h exactly, blending stages follow the
     for (int32_t s = 0; s < L.num_seeds; ++s) {
         const auto st = static_cast<SeedStage>(L.stage[s]);
         const int32_t c0 = L.chunk_offset[s], w = L.chunk_offset[s + 1] - c0;
-        const double a = st == SeedStage::kGrafting                           ? L.alpha[s]
+        const double a = st == SeedStage::kGrafting ? L.alpha[s]
                          : (st >= SeedStage::kStabilization && st <= SeedStage::kFossilized) ? 1.0
-                                                                                              : 0.0;
+                                                                                             : 0.0;
         for (int32_t b = 0; b < L.batch; ++b) {
             const float* x = h.data() + size_t(b) * L.width + c0;
             const float* yr = y.data() + size_t(b) * L.width + c0;
@@ -142,8 +141,8 @@ TEST_CASE("telemetry merges match naive double statistics over every sample",
         hs.push_back(h);
         dys.push_back(dy);
     }
-    std::vector<double> count(L.num_seeds), mean(L.num_seeds), var(L.num_seeds),
-        dead(L.num_seeds), gsq(L.num_seeds), contrib(L.num_seeds), got_var(L.num_seeds);
+    std::vector<double> count(L.num_seeds), mean(L.num_seeds), var(L.num_seeds), dead(L.num_seeds),
+        gsq(L.num_seeds), contrib(L.num_seeds), got_var(L.num_seeds);
     for (int32_t s = 0; s < L.num_seeds; ++s) {
         const int32_t c0 = L.chunk_offset[s], c1 = L.chunk_offset[s + 1];
         const auto st = static_cast<SeedStage>(L.stage[s]);
@@ -172,12 +171,11 @@ TEST_CASE("telemetry merges match naive double statistics over every sample",
         contrib[s] = ct;
         CHECK(tel.m2[s] >= 0.0);
     }
-    std::string err = compare(tel.count, count, 0, 0, "count") +
-                      compare(tel.mean, mean, 1e-9, 1e-9, "mean") +
-                      compare(got_var, var, 1e-9, 1e-7, "var") +
-                      compare(tel.dead, dead, 0, 0, "dead") +
-                      compare(tel.grad_sq, gsq, 1e-9, 1e-9, "grad_sq") +
-                      compare(tel.contribution, contrib, 1e-6, 1e-6, "contribution");
+    std::string err =
+        compare(tel.count, count, 0, 0, "count") + compare(tel.mean, mean, 1e-9, 1e-9, "mean") +
+        compare(got_var, var, 1e-9, 1e-7, "var") + compare(tel.dead, dead, 0, 0, "dead") +
+        compare(tel.grad_sq, gsq, 1e-9, 1e-9, "grad_sq") +
+        compare(tel.contribution, contrib, 1e-6, 1e-6, "contribution");
     INFO(err);
     CHECK(err.empty());
     bool some_contribution = false;
@@ -286,8 +284,8 @@ TEST_CASE("grafting gradients equal direct finite differences of the blended los
         L.params[kind][k] = p0;
         fd[k] = (lp - lm) / (2 * eps);
     }
-    const std::string err = compare(L.grads[kind], fd, 2e-3, 1e-2, "grads") +
-                            compare(dh, dy, 0, 0, "dh (isolated)");
+    const std::string err =
+        compare(L.grads[kind], fd, 2e-3, 1e-2, "grads") + compare(dh, dy, 0, 0, "dh (isolated)");
     INFO(err);
     CHECK(err.empty());
 }
@@ -356,7 +354,8 @@ TEST_CASE("layer-input blueprints read the whole layer input and send its gradie
         const int32_t c0 = L.chunk_offset[s], w = L.chunk_offset[s + 1] - c0;
         for (int32_t b = 0; b < L.batch; ++b) {
             const float* hrow = h.data() + size_t(b) * L.width + c0;
-            const std::vector<double> r = naive_r(L, s, mlp ? x.data() + size_t(b) * in_w : hrow, w);
+            const std::vector<double> r =
+                naive_r(L, s, mlp ? x.data() + size_t(b) * in_w : hrow, w);
             for (int32_t i = 0; i < w; ++i)
                 want_y[size_t(b) * L.width + c0 + i] = hrow[i] + (isolated ? 0.0 : r[i]);
         }
@@ -395,8 +394,9 @@ TEST_CASE("layer-input blueprints read the whole layer input and send its gradie
                           (double(hp[i]) - double(hm[i]));
         want_dh[i] = isolated ? dy[i] : fd;  // MLP kinds: fd == dy (r does not read h)
     }
-    err += compare(F.params[kind].size() == L.grads[kind].size() ? L.grads[kind] : std::vector<float>{},
-                   fd_p, 2e-3, 1e-2, "grads") +
+    err += compare(
+               F.params[kind].size() == L.grads[kind].size() ? L.grads[kind] : std::vector<float>{},
+               fd_p, 2e-3, 1e-2, "grads") +
            compare(dx, want_dx, 2e-3, 1e-2, "d_input") + compare(dh, want_dh, 2e-3, 1e-2, "dh");
     INFO(err);
     CHECK(err.empty());

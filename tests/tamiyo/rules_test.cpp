@@ -51,8 +51,8 @@ TEST_CASE("the shipped rules files load", "[tamiyo][rules]") {
     CHECK(fixed.name == "fixed_schedule");
     CHECK(fixed.rules.size() == 5);
     CHECK(fixed.rules[0].when.size() == 5);
-    const RulesConfig quality = load_rules_file(std::string(ESPER_SOURCE_DIR) +
-                                                "/bench/quality/fixed_schedule.yaml");
+    const RulesConfig quality =
+        load_rules_file(std::string(ESPER_SOURCE_DIR) + "/bench/quality/fixed_schedule.yaml");
     CHECK(quality.name == "fixed_schedule_quality");
     CHECK(quality.rules.size() == 3);  // no fossilize rule: the seed fine-tunes to the end
     CHECK_THROWS_WITH(load_rules_file(kExamples + "no_such_file.yaml"),

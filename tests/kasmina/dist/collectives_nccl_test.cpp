@@ -56,16 +56,16 @@ TEST_CASE("two nccl ranks sum exactly and broadcast on their streams",
                 ESPER_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
                 float* dev = nullptr;
                 ESPER_CUDA_CHECK(cudaMalloc(&dev, n * sizeof(float)));
-                ESPER_CUDA_CHECK(cudaMemcpy(dev, host[r].data(), n * sizeof(float),
-                                            cudaMemcpyHostToDevice));
+                ESPER_CUDA_CHECK(
+                    cudaMemcpy(dev, host[r].data(), n * sizeof(float), cudaMemcpyHostToDevice));
                 comm.all_reduce_sum(dev, dev, n, NcclType::kFloat32, stream);
                 comm.synchronize(stream);
                 summed[r].resize(n);
-                ESPER_CUDA_CHECK(cudaMemcpy(summed[r].data(), dev, n * sizeof(float),
-                                            cudaMemcpyDeviceToHost));
+                ESPER_CUDA_CHECK(
+                    cudaMemcpy(summed[r].data(), dev, n * sizeof(float), cudaMemcpyDeviceToHost));
                 // Broadcast rank 1's original values to everyone.
-                ESPER_CUDA_CHECK(cudaMemcpy(dev, host[r].data(), n * sizeof(float),
-                                            cudaMemcpyHostToDevice));
+                ESPER_CUDA_CHECK(
+                    cudaMemcpy(dev, host[r].data(), n * sizeof(float), cudaMemcpyHostToDevice));
                 comm.broadcast(dev, dev, n * sizeof(float), 1, stream);
                 comm.synchronize(stream);
                 broadcast[r].resize(n);

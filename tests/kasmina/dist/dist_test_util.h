@@ -6,8 +6,8 @@
 #include <utility>
 #include <vector>
 
-#include "kasmina/lifecycle/command.h"
 #include "kasmina/io/config.h"
+#include "kasmina/lifecycle/command.h"
 
 namespace esper::kasmina::test {
 
@@ -35,7 +35,8 @@ inline Config small_dist_config(const std::string& device, uint64_t seed, int64_
 }
 
 inline Command make(std::variant<GerminateCommand, TransitionCommand, CullCommand, CancelCommand,
-                                 RollbackCommand, SetAlphaScheduleCommand, BatchCommand> body) {
+                                 RollbackCommand, SetAlphaScheduleCommand, BatchCommand>
+                        body) {
     Command c;
     c.origin = TransitionOrigin::kOperator;
     c.body = std::move(body);

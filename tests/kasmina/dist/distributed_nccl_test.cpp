@@ -158,19 +158,24 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
     Script script;
     std::vector<RankResult> res(world);
     std::vector<std::exception_ptr> errors;
-    on_ranks(world, [&](int r, Collectives& gloo, NcclComm& nccl) {
-        TrainerOptions o;
-        o.rank = r;
-        o.world = world;
-        o.collectives = &gloo;
-        o.nccl = &nccl;
-        Trainer t(c, o);
-        if (t.cuda() == nullptr) throw std::runtime_error("trainer did not take the CUDA backend");
-        std::function<void(Trainer&)> before;
-        if (r == 0) before = std::ref(script);
-        test::run_loop(t, before);  // digests compared every 5 steps (host copies downloaded first)
-        res[size_t(r)] = summarize(t);
-    }, errors);
+    on_ranks(
+        world,
+        [&](int r, Collectives& gloo, NcclComm& nccl) {
+            TrainerOptions o;
+            o.rank = r;
+            o.world = world;
+            o.collectives = &gloo;
+            o.nccl = &nccl;
+            Trainer t(c, o);
+            if (t.cuda() == nullptr)
+                throw std::runtime_error("trainer did not take the CUDA backend");
+            std::function<void(Trainer&)> before;
+            if (r == 0) before = std::ref(script);
+            test::run_loop(
+                t, before);  // digests compared every 5 steps (host copies downloaded first)
+            res[size_t(r)] = summarize(t);
+        },
+        errors);
     for (int r = 0; r < world; ++r) {
         INFO("rank " << r << ": " << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
         REQUIRE(!errors[size_t(r)]);
@@ -241,11 +246,11 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
             return;
         }
         if (s == warm + 10)
-            (void)t.apply(make(GerminateCommand{SeedRef{0, 1}, BlueprintKind::kResidualMlp,
-                                                std::nullopt}));
+            (void)t.apply(
+                make(GerminateCommand{SeedRef{0, 1}, BlueprintKind::kResidualMlp, std::nullopt}));
         if (s == warm + 50)
-            (void)t.apply(make(GerminateCommand{SeedRef{1, 5}, BlueprintKind::kLowrank,
-                                                std::nullopt}));
+            (void)t.apply(
+                make(GerminateCommand{SeedRef{1, 5}, BlueprintKind::kLowrank, std::nullopt}));
     };
     auto run_rank = [&](int r, int world, Collectives* gloo, NcclComm* nccl, Timing& out) {
         TrainerOptions o;
@@ -349,9 +354,12 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
         if (world < 2 || world > devices) continue;
         std::vector<Timing> ranks(static_cast<size_t>(world));
         std::vector<std::exception_ptr> errors;
-        on_ranks(world, [&](int r, Collectives& gloo, NcclComm& nccl) {
-            run_rank(r, world, &gloo, &nccl, ranks[size_t(r)]);
-        }, errors);
+        on_ranks(
+            world,
+            [&](int r, Collectives& gloo, NcclComm& nccl) {
+                run_rank(r, world, &gloo, &nccl, ranks[size_t(r)]);
+            },
+            errors);
         for (int r = 0; r < world; ++r) {
             INFO("world " << world << " rank " << r << ": "
                           << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
@@ -360,26 +368,27 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
         const Timing& t0 = ranks[0];
         const double spsw = double(world) * B * double(steps) / t0.loop_s;
         const double step_ms = t0.step_s * 1e3 / double(steps);
-        const double reduce_ms = t0.reduce_samples > 0 ? t0.reduce_ms / double(t0.reduce_samples) : -1;
+        const double reduce_ms =
+            t0.reduce_samples > 0 ? t0.reduce_ms / double(t0.reduce_samples) : -1;
         const double sync_ms = t0.sync_s * 1e3 / double(steps);
         CHECK(spsw > 0);
         CHECK(t0.grad_bytes > 0);
         CHECK(t0.syncs >= 2);
         char line[1280];
-        std::snprintf(line, sizeof line,
-                      "{\"bench\":\"nccl_data_parallel\",\"device\":\"%s\",\"world\":%d,"
-                      "\"local_batch\":%d,\"hidden\":[2048,2048],\"features\":512,\"steps\":%lld,"
-                      "\"grad_bytes\":%lld,\"grad_reduce_in_step_ms\":%.4f,\"bare_allreduce_ms\":%.4f,"
-                      "\"reduce_efficiency\":%.3f,\"seed_sync_ms_per_step\":%.4f,"
-                      "\"step_ms\":%.4f,\"seed_sync_fraction\":%.4f,\"seed_syncs\":%lld,"
-                      "\"seed_sync_bytes\":%lld,\"step_ms_1gpu\":%.4f,\"samples_per_s_1gpu\":%.0f,"
-                      "\"samples_per_s\":%.0f,\"scaling_efficiency\":%.3f,\"burst\":%lld,"
-                      "\"max_seed_sync_ms\":%.3f}",
-                      t0.device.c_str(), world, int(B), (long long)steps, (long long)t0.grad_bytes,
-                      reduce_ms, t0.bare_ms, reduce_ms > 0 ? t0.bare_ms / reduce_ms : -1.0, sync_ms,
-                      step_ms, sync_ms / (step_ms + sync_ms), (long long)t0.syncs,
-                      (long long)t0.sync_bytes, step_ms1, sps1, spsw, spsw / (double(world) * sps1),
-                      (long long)burst, t0.max_sync_s * 1e3);
+        std::snprintf(
+            line, sizeof line,
+            "{\"bench\":\"nccl_data_parallel\",\"device\":\"%s\",\"world\":%d,"
+            "\"local_batch\":%d,\"hidden\":[2048,2048],\"features\":512,\"steps\":%lld,"
+            "\"grad_bytes\":%lld,\"grad_reduce_in_step_ms\":%.4f,\"bare_allreduce_ms\":%.4f,"
+            "\"reduce_efficiency\":%.3f,\"seed_sync_ms_per_step\":%.4f,"
+            "\"step_ms\":%.4f,\"seed_sync_fraction\":%.4f,\"seed_syncs\":%lld,"
+            "\"seed_sync_bytes\":%lld,\"step_ms_1gpu\":%.4f,\"samples_per_s_1gpu\":%.0f,"
+            "\"samples_per_s\":%.0f,\"scaling_efficiency\":%.3f,\"burst\":%lld,"
+            "\"max_seed_sync_ms\":%.3f}",
+            t0.device.c_str(), world, int(B), (long long)steps, (long long)t0.grad_bytes, reduce_ms,
+            t0.bare_ms, reduce_ms > 0 ? t0.bare_ms / reduce_ms : -1.0, sync_ms, step_ms,
+            sync_ms / (step_ms + sync_ms), (long long)t0.syncs, (long long)t0.sync_bytes, step_ms1,
+            sps1, spsw, spsw / (double(world) * sps1), (long long)burst, t0.max_sync_s * 1e3);
         std::printf("%s\n", line);
         if (!all.empty()) all.push_back(',');
         all.append(line);

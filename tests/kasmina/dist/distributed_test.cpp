@@ -64,8 +64,8 @@ struct Script {
 struct RankResult {
     uint64_t seed_digest = 0;
     uint64_t param_digest = 0;
-    std::vector<float> params;   // host parameters, concatenated
-    std::vector<int> stages;     // [layer][seed] flattened
+    std::vector<float> params;  // host parameters, concatenated
+    std::vector<int> stages;    // [layer][seed] flattened
     double last_loss = 0.0;
     int64_t syncs = 0;
     int64_t steps = 0;

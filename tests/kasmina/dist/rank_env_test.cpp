@@ -2,9 +2,8 @@
 // the errors for inconsistent or malformed values.
 #include "kasmina/dist/rank_env.h"
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <string>
 
 #include "core/error.h"
@@ -38,8 +37,11 @@ TEST_CASE("an empty environment is a single rank", "[kasmina][dist]") {
 
 TEST_CASE("torchrun variables give rank, world, local rank and the master address",
           "[kasmina][dist]") {
-    EnvMap env = {{"RANK", "5"},         {"WORLD_SIZE", "8"},         {"LOCAL_RANK", "1"},
-                  {"MASTER_ADDR", "node0"}, {"MASTER_PORT", "29711"}};
+    EnvMap env = {{"RANK", "5"},
+                  {"WORLD_SIZE", "8"},
+                  {"LOCAL_RANK", "1"},
+                  {"MASTER_ADDR", "node0"},
+                  {"MASTER_PORT", "29711"}};
     RankInfo info = resolve_rank_info(env);
     CHECK(info.rank == 5);
     CHECK(info.world == 8);
@@ -59,8 +61,8 @@ TEST_CASE("slurm variables are used when torchrun's are absent, torchrun wins wh
     CHECK(info.local_rank == 1);
     CHECK(info.source == "slurm");
 
-    EnvMap both = {{"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "4"}, {"RANK", "0"},
-                   {"WORLD_SIZE", "2"}};
+    EnvMap both = {
+        {"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "4"}, {"RANK", "0"}, {"WORLD_SIZE", "2"}};
     info = resolve_rank_info(both);
     CHECK(info.rank == 0);
     CHECK(info.world == 2);
@@ -93,16 +95,16 @@ TEST_CASE("inconsistent or malformed rank values are refused naming the variable
     CHECK(error_of({{"SLURM_PROCID", "1"}}).find("SLURM_NTASKS") != std::string::npos);
     CHECK(error_of({{"SLURM_PROCID", "4"}, {"SLURM_NTASKS", "4"}}).find("SLURM_PROCID=4") !=
           std::string::npos);
-    CHECK(error_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "2"}})
-              .find("LOCAL_RANK=2") != std::string::npos);
+    CHECK(
+        error_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"LOCAL_RANK", "2"}}).find("LOCAL_RANK=2") !=
+        std::string::npos);
     CHECK(error_of({{"MASTER_PORT", "70000"}}).find("MASTER_PORT=70000") != std::string::npos);
     RankOverrides o;
     o.rank = 3;
     CHECK(error_of({{"RANK", "0"}, {"WORLD_SIZE", "2"}}, o).find("--rank=3") != std::string::npos);
 }
 
-TEST_CASE("the list of rank variables names every variable the resolver reads",
-          "[kasmina][dist]") {
+TEST_CASE("the list of rank variables names every variable the resolver reads", "[kasmina][dist]") {
     auto names = rank_env_names();
     for (const char* n : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
                           "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"}) {

@@ -3,9 +3,8 @@
 // together equal a single rank's k-th global batch.
 #include "kasmina/dist/sharding.h"
 
-#include <catch2/catch.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <set>
 #include <vector>
 
@@ -27,8 +26,7 @@ TEST_CASE("epoch permutation is a deterministic permutation that changes with se
     }
 }
 
-TEST_CASE("epoch permutation does not depend on the platform's random library",
-          "[kasmina][dist]") {
+TEST_CASE("epoch permutation does not depend on the platform's random library", "[kasmina][dist]") {
     // Golden values from the splitmix64 shuffle: a change here silently changes which samples
     // every existing run (and every resumed checkpoint) visits, so it must be deliberate.
     CHECK(epoch_permutation(10, 1, 0) == std::vector<std::uint32_t>{7, 6, 1, 4, 8, 5, 2, 3, 0, 9});

@@ -22,7 +22,8 @@ using namespace esper::kasmina;
 namespace {
 
 fs::path temp_dir(const std::string& tag) {
-    fs::path d = fs::temp_directory_path() / ("esper_ckpt_" + tag + "_" + std::to_string(::getpid()));
+    fs::path d =
+        fs::temp_directory_path() / ("esper_ckpt_" + tag + "_" + std::to_string(::getpid()));
     fs::remove_all(d);
     fs::create_directories(d);
     return d;
@@ -214,7 +215,8 @@ TEST_CASE("a crash mid-write leaves the old checkpoint loadable and a temp dir b
     write_checkpoint(d / "ckpt", old_c);
     CheckpointWriteOptions crash;
     crash.crash_after_files = 1;
-    CHECK(kind_of([&] { write_checkpoint(d / "ckpt", new_c, crash); }) == esper::ErrorKind::kFailed);
+    CHECK(kind_of([&] { write_checkpoint(d / "ckpt", new_c, crash); }) ==
+          esper::ErrorKind::kFailed);
     int temps = 0;
     for (const auto& e : fs::directory_iterator(d))
         if (e.path().filename().string().find(".tmp-") != std::string::npos) ++temps;

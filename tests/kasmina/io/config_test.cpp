@@ -199,7 +199,8 @@ TEST_CASE("the example run configs load", "[kasmina][config]") {
         const Config c = load_config(path);
         CHECK(parse_config(config_to_yaml(c), "effective.yaml") == c);
     }
-    // The learning-quality benchmark's hosts (docs/benchmarks.md): widening seeds on the narrow one.
+    // The learning-quality benchmark's hosts (docs/benchmarks.md): widening seeds on the narrow
+    // one.
     for (const char* name : {"narrow.yaml", "wide.yaml"}) {
         const std::string path = std::string(ESPER_SOURCE_DIR) + "/bench/quality/" + name;
         INFO(path);

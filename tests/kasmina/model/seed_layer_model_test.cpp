@@ -5,9 +5,9 @@
 #include <cmath>
 #include <vector>
 
-#include "kasmina/train/data.h"
-#include "kasmina/model/mlp.h"
 #include "kasmina/lifecycle/telemetry.h"
+#include "kasmina/model/mlp.h"
+#include "kasmina/train/data.h"
 #include "kernels/blueprint_reference.h"
 #include "kernels/seed_layer.h"
 
@@ -27,9 +27,11 @@ struct TestLayer {
     TestLayer(int32_t b, int32_t d, int32_t s, BlueprintKind k, uint64_t seed, float scale = 0.5f)
         : batch(b), width(d), seeds(s), kind(k) {
         offsets.push_back(0);
-        for (int32_t i = 0; i < s; ++i) offsets.push_back(offsets.back() + d / s + (i < d % s ? 1 : 0));
+        for (int32_t i = 0; i < s; ++i)
+            offsets.push_back(offsets.back() + d / s + (i < d % s ? 1 : 0));
         max_w = d / s + (d % s ? 1 : 0);
-        hidden = k == BlueprintKind::kScaleShift ? 0 : (k == BlueprintKind::kLowrank ? 3 : 2 * max_w);
+        hidden =
+            k == BlueprintKind::kScaleShift ? 0 : (k == BlueprintKind::kLowrank ? 3 : 2 * max_w);
         slot.resize(size_t(s));
         for (int32_t i = 0; i < s; ++i) slot[size_t(i)] = i;
         stage.assign(size_t(s), uint8_t(SeedStage::kDormant));
@@ -70,9 +72,10 @@ std::vector<float> random_vec(size_t n, uint64_t seed, float lo = -1.0f, float h
 }
 
 constexpr SeedStage kAllStages[] = {
-    SeedStage::kDormant,     SeedStage::kGerminated, SeedStage::kTraining,  SeedStage::kGrafting,
-    SeedStage::kStabilization, SeedStage::kEvaluating, SeedStage::kFineTuning, SeedStage::kFossilized,
-    SeedStage::kCulled,      SeedStage::kCancelled,  SeedStage::kRolledBack};
+    SeedStage::kDormant,    SeedStage::kGerminated,    SeedStage::kTraining,
+    SeedStage::kGrafting,   SeedStage::kStabilization, SeedStage::kEvaluating,
+    SeedStage::kFineTuning, SeedStage::kFossilized,    SeedStage::kCulled,
+    SeedStage::kCancelled,  SeedStage::kRolledBack};
 
 }  // namespace
 
@@ -83,7 +86,8 @@ TEST_CASE("all-dormant seed layers leave the model bit-identical to the bare hos
     mc.hidden = {20, 13};
     mc.seeds_per_layer = 4;
     MlpModel bare(mc, 12, 5, 11), seeded(mc, 12, 5, 11);
-    TestLayer l0(32, 20, 4, BlueprintKind::kResidualMlp, 1), l1(32, 13, 4, BlueprintKind::kLowrank, 2);
+    TestLayer l0(32, 20, 4, BlueprintKind::kResidualMlp, 1),
+        l1(32, 13, 4, BlueprintKind::kLowrank, 2);
     std::vector<esper::kernels::SeedLayerView> views = {l0.view(), l1.view()};
     const Batch batch = features_batch(d.train.x.data(), d.train.y.data(), 32);
     const BatchResult a = bare.train_batch(batch, {}, {});
@@ -97,8 +101,8 @@ TEST_CASE("all-dormant seed layers leave the model bit-identical to the bare hos
 
 TEST_CASE("seed layer output follows the blend formula y = h + a_eff(stage, alpha) * r(h)",
           "[kasmina][model]") {
-    const auto kind = GENERATE(BlueprintKind::kResidualMlp, BlueprintKind::kLowrank,
-                               BlueprintKind::kScaleShift);
+    const auto kind =
+        GENERATE(BlueprintKind::kResidualMlp, BlueprintKind::kLowrank, BlueprintKind::kScaleShift);
     TestLayer t(5, 11, 3, kind, 7);
     const std::vector<float> h = random_vec(5 * 11, 8);
     for (SeedStage st : kAllStages) {
@@ -128,8 +132,8 @@ TEST_CASE("seed layer output follows the blend formula y = h + a_eff(stage, alph
 }
 
 TEST_CASE("seed layer backward matches finite differences for every stage", "[kasmina][model]") {
-    const auto kind = GENERATE(BlueprintKind::kResidualMlp, BlueprintKind::kLowrank,
-                               BlueprintKind::kScaleShift);
+    const auto kind =
+        GENERATE(BlueprintKind::kResidualMlp, BlueprintKind::kLowrank, BlueprintKind::kScaleShift);
     const int32_t B = 3, D = 10, S = 3;
     TestLayer t(B, D, S, kind, 21);
     std::vector<float> h = random_vec(size_t(B * D), 22);
@@ -215,7 +219,8 @@ TEST_CASE("seed telemetry matches a naive double-precision computation", "[kasmi
             double n = 0, sum = 0, dead = 0, gsq = 0, contrib = 0;
             std::vector<double> r(static_cast<size_t>(w)), pre;
             const auto bp = esper::kernels::detail::blueprint_of(v, s);
-            const double a = esper::kernels::stage_forward_alpha(SeedStage(t.stage[size_t(s)]), t.alpha[size_t(s)]);
+            const double a = esper::kernels::stage_forward_alpha(SeedStage(t.stage[size_t(s)]),
+                                                                 t.alpha[size_t(s)]);
             for (int32_t b = 0; b < B; ++b) {
                 const float* hrow = hs.back().data() + b * D + b0;
                 const float* grow = dys.back().data() + b * D + b0;
@@ -250,7 +255,8 @@ TEST_CASE("seed telemetry matches a naive double-precision computation", "[kasmi
 
 TEST_CASE("Chan merge of two windows equals the variance of the union and is never negative",
           "[kasmina][telemetry]") {
-    const std::vector<float> a = random_vec(37, 1, -3.0f, 5.0f), b = random_vec(53, 2, 10.0f, 11.0f);
+    const std::vector<float> a = random_vec(37, 1, -3.0f, 5.0f),
+                             b = random_vec(53, 2, 10.0f, 11.0f);
     auto stats = [](const std::vector<float>& v) {
         double n = double(v.size()), mean = 0, m2 = 0;
         for (float x : v) mean += x;

@@ -2,14 +2,14 @@
 // references: forward values, ∂L/∂h, ∂L/∂input, blueprint gradients and the contribution
 // telemetry, for every stage a seed can be in, both MLP kinds and a chunk-reading scale_shift seed
 // in the same layer.
-#include <catch2/catch.hpp>
+#include "kasmina/model/widening.h"
 
+#include <catch2/catch.hpp>
 #include <cmath>
 #include <vector>
 
 #include "kasmina/model/blueprints.h"
 #include "kasmina/model/tensor.h"
-#include "kasmina/model/widening.h"
 #include "kernels/seed_layer.h"
 
 using namespace esper::kasmina;
@@ -23,7 +23,8 @@ struct Tel {
     std::vector<double> count, mean, m2, dead, grad_sq, contribution;
     explicit Tel(size_t s) : count(s), mean(s), m2(s), dead(s), grad_sq(s), contribution(s) {}
     SeedTelemetryAccum accum() {
-        return {count.data(), mean.data(), m2.data(), dead.data(), grad_sq.data(), contribution.data()};
+        return {count.data(), mean.data(),    m2.data(),
+                dead.data(),  grad_sq.data(), contribution.data()};
     }
 };
 
@@ -31,7 +32,8 @@ template <typename A, typename B>
 double max_rel_err(const std::vector<A>& got, const std::vector<B>& want) {
     double worst = 0.0;
     for (size_t i = 0; i < got.size(); ++i)
-        worst = std::max(worst, std::abs(double(got[i]) - double(want[i])) / (1e-3 + std::abs(double(want[i]))));
+        worst = std::max(
+            worst, std::abs(double(got[i]) - double(want[i])) / (1e-3 + std::abs(double(want[i]))));
     return worst;
 }
 
@@ -107,7 +109,8 @@ TEST_CASE("the widening fast path matches the kernels references", "[kasmina][wi
     std::vector<float> y(h.size()), dh(h.size()), dx(x.size(), 0.5f);
     esper::kernels::seed_forward_reference(wp.mask(view()), h.data(), y.data(), &afast);
     wp.forward(view(), y.data());
-    esper::kernels::seed_backward_reference(wp.mask(view()), h.data(), dy.data(), dh.data(), &afast);
+    esper::kernels::seed_backward_reference(wp.mask(view()), h.data(), dy.data(), dh.data(),
+                                            &afast);
     wp.backward(view(), dy.data(), dx.data(), &afast);
     const std::vector<float> g = grads();
 

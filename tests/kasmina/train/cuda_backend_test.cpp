@@ -75,7 +75,8 @@ bool close(double a, double b, double abs_tol, double rel_tol) {
 }
 
 fs::path temp_dir(const std::string& tag) {
-    fs::path d = fs::temp_directory_path() / ("esper_cuda_" + tag + "_" + std::to_string(::getpid()));
+    fs::path d =
+        fs::temp_directory_path() / ("esper_cuda_" + tag + "_" + std::to_string(::getpid()));
     fs::remove_all(d);
     fs::create_directories(d);
     return d;
@@ -83,7 +84,8 @@ fs::path temp_dir(const std::string& tag) {
 
 }  // namespace
 
-TEST_CASE("the first 50 Fashion-MNIST steps on the GPU track the CPU losses", "[kasmina][cuda_backend][gpu]") {
+TEST_CASE("the first 50 Fashion-MNIST steps on the GPU track the CPU losses",
+          "[kasmina][cuda_backend][gpu]") {
     require_device();
     Config cpu_cfg = fashion_config();
     cpu_cfg.run.device = "cpu";
@@ -191,7 +193,8 @@ TEST_CASE("graph capture and replay of the step give the loss of the uncaptured 
     CHECK(graphed.cuda()->graph_captures() <= 8);
 }
 
-TEST_CASE("a checkpoint taken on the GPU resumes on the GPU and continues", "[kasmina][cuda_backend][gpu]") {
+TEST_CASE("a checkpoint taken on the GPU resumes on the GPU and continues",
+          "[kasmina][cuda_backend][gpu]") {
     require_device();
     Config cfg = teacher_config();
     cfg.run.device = "cuda";

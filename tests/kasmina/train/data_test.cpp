@@ -1,5 +1,7 @@
 // Tests of kasmina/data: IDX and .npy readers (good and malformed files), the teacher task and
 // the deterministic sampler. Files are written to a fresh temp directory per test.
+#include "kasmina/train/data.h"
+
 #include <zlib.h>
 
 #include <catch2/catch.hpp>
@@ -8,7 +10,6 @@
 #include <set>
 
 #include "core/error.h"
-#include "kasmina/train/data.h"
 
 namespace fs = std::filesystem;
 using namespace esper::kasmina;
@@ -16,8 +17,8 @@ using namespace esper::kasmina;
 namespace {
 
 fs::path temp_dir(const std::string& tag) {
-    fs::path d = fs::temp_directory_path() /
-                 ("esper_data_" + tag + "_" + std::to_string(::getpid()));
+    fs::path d =
+        fs::temp_directory_path() / ("esper_data_" + tag + "_" + std::to_string(::getpid()));
     fs::remove_all(d);
     fs::create_directories(d);
     return d;
@@ -30,7 +31,8 @@ void write_gz(const fs::path& p, const std::vector<uint8_t>& bytes) {
     gzclose(f);
 }
 
-std::vector<uint8_t> idx_bytes(uint8_t dims, std::vector<uint32_t> shape, const std::vector<uint8_t>& payload) {
+std::vector<uint8_t> idx_bytes(uint8_t dims, std::vector<uint32_t> shape,
+                               const std::vector<uint8_t>& payload) {
     std::vector<uint8_t> b = {0, 0, 0x08, dims};
     for (uint32_t d : shape) {
         b.push_back(uint8_t(d >> 24));
@@ -44,7 +46,8 @@ std::vector<uint8_t> idx_bytes(uint8_t dims, std::vector<uint32_t> shape, const 
 
 void write_npy(const fs::path& p, const std::string& descr, const std::string& shape,
                const void* data, size_t bytes) {
-    std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
+    std::string header =
+        "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
     while ((10 + header.size() + 1) % 64 != 0) header += ' ';
     header += '\n';
     std::ofstream f(p, std::ios::binary);
@@ -102,10 +105,12 @@ TEST_CASE("malformed IDX files are refused naming the file", "[kasmina][data]") 
 
 TEST_CASE("a missing Fashion-MNIST directory names the Debian package", "[kasmina][data]") {
     const std::string msg = error_of([] { load_fashion_mnist("/nonexistent/fashion"); });
-    CHECK_THAT(msg, Catch::Contains("dataset-fashion-mnist") && Catch::Contains("/nonexistent/fashion"));
+    CHECK_THAT(msg,
+               Catch::Contains("dataset-fashion-mnist") && Catch::Contains("/nonexistent/fashion"));
     const fs::path d = temp_dir("emptyfm");
-    CHECK_THAT(error_of([&] { load_fashion_mnist(d.string()); }),
-               Catch::Contains("train-images-idx3-ubyte.gz") && Catch::Contains("dataset-fashion-mnist"));
+    CHECK_THAT(
+        error_of([&] { load_fashion_mnist(d.string()); }),
+        Catch::Contains("train-images-idx3-ubyte.gz") && Catch::Contains("dataset-fashion-mnist"));
     fs::remove_all(d);
 }
 

@@ -3,14 +3,15 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 
-#include "kasmina/train/optimizer.h"
 #include "kasmina/lifecycle/seed_manager.h"
 #include "kasmina/lifecycle/telemetry.h"
+#include "kasmina/train/optimizer.h"
 
 using namespace esper::kasmina;
 using esper::kernels::SeedStage;
 
-TEST_CASE("learning-rate schedules follow warmup, cosine and step formulas", "[kasmina][optimizer]") {
+TEST_CASE("learning-rate schedules follow warmup, cosine and step formulas",
+          "[kasmina][optimizer]") {
     OptimizerConfig c;
     c.schedule = LrSchedule::kConstant;
     CHECK(scheduled_lr(c, 0.1, 500, 1000) == 0.1);
@@ -98,12 +99,13 @@ TEST_CASE("telemetry window records match a naive computation over all steps",
         m.arenas(0).zero_grads();
         const auto view = m.view(0, B);
         esper::kernels::seed_forward_reference(view, h.data(), y.data(), tel.step_accum(0));
-        esper::kernels::seed_backward_reference(view, h.data(), g.data(), dh.data(), tel.step_accum(0));
+        esper::kernels::seed_backward_reference(view, h.data(), g.data(), dh.data(),
+                                                tel.step_accum(0));
         tel.record_blueprint_grads(m);
         const StepMetrics sm = tel.end_step(1.0, m);
         REQUIRE(sm.seeds.size() == 1);
         CHECK_FALSE(sm.seeds[0][0].gradient_health.has_value());  // dormant: no blueprint gradient
-        CHECK_FALSE(sm.seeds[0][0].contribution.has_value());  // no blueprint: not measured
+        CHECK_FALSE(sm.seeds[0][0].contribution.has_value());     // no blueprint: not measured
         CHECK(sm.seeds[0][2].contribution.has_value());
     }
     const std::vector<SeedTelemetryRecord> recs = tel.collect(m);

@@ -1,7 +1,7 @@
-// Tests of the training loop on small teacher data: TRAINING is straight-through (host bit-identical
-// to a run without the seed while the seed learns), governor rollback through the NaN knob,
-// bit-identical resume from a checkpoint, checkpoint refusal through the trainer, and (slow) the
-// Fashion-MNIST accuracy target.
+// Tests of the training loop on small teacher data: TRAINING is straight-through (host
+// bit-identical to a run without the seed while the seed learns), governor rollback through the NaN
+// knob, bit-identical resume from a checkpoint, checkpoint refusal through the trainer, and (slow)
+// the Fashion-MNIST accuracy target.
 #include "kasmina/train/trainer.h"
 
 #include <algorithm>
@@ -47,7 +47,8 @@ Command germinate(int32_t layer, int32_t seed, BlueprintKind kind = BlueprintKin
 }
 
 fs::path temp_dir(const std::string& tag) {
-    fs::path d = fs::temp_directory_path() / ("esper_trainer_" + tag + "_" + std::to_string(::getpid()));
+    fs::path d =
+        fs::temp_directory_path() / ("esper_trainer_" + tag + "_" + std::to_string(::getpid()));
     fs::remove_all(d);
     fs::create_directories(d);
     return d;
@@ -77,8 +78,9 @@ TEST_CASE("a seed in TRAINING is straight-through: host bit-identical, seed para
     REQUIRE(with.seeds().table(0).stage(1) == SeedStage::kTraining);
     REQUIRE(with.seeds().table(1).stage(2) == SeedStage::kTraining);
     const int32_t slot = with.seeds().table(0).slot(1);
-    std::vector<float> before(with.seeds().arenas(0).params(BlueprintKind::kResidualMlp, slot).begin(),
-                              with.seeds().arenas(0).params(BlueprintKind::kResidualMlp, slot).end());
+    std::vector<float> before(
+        with.seeds().arenas(0).params(BlueprintKind::kResidualMlp, slot).begin(),
+        with.seeds().arenas(0).params(BlueprintKind::kResidualMlp, slot).end());
     for (int k = 0; k < 3; ++k) {
         const TrainStep a = with.step(), b = without.step();
         CHECK(a.loss == b.loss);
@@ -105,7 +107,7 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
     Config c = small_config();
     c.run.device = "auto";  // layer-input blueprints pick the CPU
     c.blueprints.input = BlueprintInput::kLayer;
-    c.model.seeds_per_layer = 2;  // layer 1: chunks of 10, input of 24 features
+    c.model.seeds_per_layer = 2;                // layer 1: chunks of 10, input of 24 features
     c.lifecycle.gates.min_contribution = -1e9;  // pass the EVALUATING gate whatever it measures
     c.lifecycle.gates.cull_contribution = 1e9;
     c.lifecycle.fine_tuning_steps = 50;
@@ -124,8 +126,10 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
     for (int32_t b = 0; b < c.data.batch_size; ++b)
         for (int32_t i = 0; i < 20; ++i) {
             const size_t k = size_t(b) * 20 + size_t(i);
-            if (i >= w) CHECK(y[k] == h[k]);
-            else changed += std::abs(double(y[k]) - h[k]);
+            if (i >= w)
+                CHECK(y[k] == h[k]);
+            else
+                changed += std::abs(double(y[k]) - h[k]);
         }
     CHECK(changed > 0.0);
 
@@ -133,7 +137,8 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
     // gradient matches finite differences of the loss only with that path included. Large random
     // blueprint weights make the path matter.
     Rng rng(8);
-    for (float& p : t.seeds().arenas(1).params(BlueprintKind::kResidualMlp, t.seeds().table(1).slot(0)))
+    for (float& p :
+         t.seeds().arenas(1).params(BlueprintKind::kResidualMlp, t.seeds().table(1).slot(0)))
         p = rng.uniform(-0.8f, 0.8f);
     const int32_t B = 16, F = 16;
     std::vector<float> x(size_t(B * F));
@@ -144,7 +149,8 @@ TEST_CASE("widening blueprints read the layer input, count its width and train t
     for (int32_t l = 0; l < 2; ++l) views.push_back(t.seeds().view(l, B));
     Model& m = t.model();
     const Batch batch = features_batch(x.data(), labels.data(), B);
-    for (const ParamRef& p : m.params()) std::fill(p.grad->span().begin(), p.grad->span().end(), 0.0f);
+    for (const ParamRef& p : m.params())
+        std::fill(p.grad->span().begin(), p.grad->span().end(), 0.0f);
     m.train_batch(batch, views, {});
     Tensor& w0 = *m.params()[0].value;  // layer 0 weight
     const Tensor g0 = *m.params()[0].grad;
@@ -202,7 +208,8 @@ TEST_CASE("the governor rolls back on an injected NaN and training continues",
     fs::remove_all(dir);
 }
 
-TEST_CASE("resuming from a checkpoint continues bit-identically", "[kasmina][trainer][checkpoint]") {
+TEST_CASE("resuming from a checkpoint continues bit-identically",
+          "[kasmina][trainer][checkpoint]") {
     Config c = small_config();
     c.run.max_steps = 80;
     const int64_t kCut = 40;
@@ -210,7 +217,8 @@ TEST_CASE("resuming from a checkpoint continues bit-identically", "[kasmina][tra
     auto drive = [&](Trainer& t, int64_t until, std::vector<double>& losses) {
         while (t.steps_done() < until) {
             if (t.steps_done() == 5) REQUIRE(t.apply(germinate(0, 1)).applied());
-            if (t.steps_done() == 30) REQUIRE(t.apply(germinate(1, 0, BlueprintKind::kScaleShift)).applied());
+            if (t.steps_done() == 30)
+                REQUIRE(t.apply(germinate(1, 0, BlueprintKind::kScaleShift)).applied());
             losses.push_back(t.step().loss);
         }
     };
@@ -250,7 +258,8 @@ TEST_CASE("the trainer refuses a tampered checkpoint or one of another model sha
     for (int i = 0; i < 3; ++i) t.step();
     t.save_checkpoint(dir / "3");
     {
-        std::fstream f(dir / "3" / "param.hidden0.weight.bin", std::ios::in | std::ios::out | std::ios::binary);
+        std::fstream f(dir / "3" / "param.hidden0.weight.bin",
+                       std::ios::in | std::ios::out | std::ios::binary);
         f.seekp(9);
         f.put('\x7f');
     }
