@@ -69,7 +69,7 @@ Germination parse_germination(const std::string& text) {
     const auto k = parse_blueprint_kind(kind);
     if (!k)
         throw cli::UsageError("--germinate '" + text + "': unknown blueprint kind '" + kind +
-                              "' (residual_mlp, lowrank, scale_shift)");
+                              "' (" + names_list(kBlueprintKindNames) + ")");
     g.command.kind = *k;
     return g;
 }

@@ -20,7 +20,7 @@ namespace {
 // The wire enums of schemas/common.capnp carry the vocabulary's values (agents/ ties them value
 // by value); the decoder range-checks every value it reads.
 static_assert(static_cast<int>(schema::SeedStage::ROLLED_BACK) + 1 == kNumSeedStages);
-static_assert(static_cast<int>(schema::BlueprintKind::SCALE_SHIFT) + 1 == kNumBlueprintKinds);
+static_assert(static_cast<int>(schema::BlueprintKind::LORA) + 1 == kNumBlueprintKinds);
 static_assert(static_cast<int>(schema::GraftingStrategy::ADAPTIVE) + 1 == kNumGraftingStrategies);
 
 template <typename Wire, typename E>

@@ -47,6 +47,11 @@ struct TransformerConfig {
     int64_t d_model = 128;
     int64_t context = 64;        // T: positions per sample
     bool tie_embeddings = true;  // the output head reuses the token embedding
+    // Widening seeds per block (mlp_units, attention_head, lora germinate there) and how many
+    // fossilized units and heads each block can take in (the host's reserved room).
+    int64_t widening_seeds = 4;
+    int64_t max_extra_units = 64;
+    int64_t max_extra_heads = 2;
     bool operator==(const TransformerConfig&) const = default;
 };
 
@@ -74,10 +79,28 @@ struct ScaleShiftBlueprintConfig {
     int64_t slots = 8;
     bool operator==(const ScaleShiftBlueprintConfig&) const = default;
 };
+// Widening kinds of the transformer host (DESIGN §14); arenas per block.
+struct MlpUnitsBlueprintConfig {
+    int64_t units = 16;  // k: hidden units a germination adds to a block's MLP
+    int64_t slots = 2;
+    bool operator==(const MlpUnitsBlueprintConfig&) const = default;
+};
+struct AttentionHeadBlueprintConfig {
+    int64_t slots = 1;  // one head of d_model / n_head dimensions each
+    bool operator==(const AttentionHeadBlueprintConfig&) const = default;
+};
+struct LoraBlueprintConfig {
+    int64_t rank = 4;  // r of the adapter on the qkv projection
+    int64_t slots = 2;
+    bool operator==(const LoraBlueprintConfig&) const = default;
+};
 struct BlueprintsConfig {
     ResidualMlpBlueprintConfig residual_mlp;
     LowrankBlueprintConfig lowrank;
     ScaleShiftBlueprintConfig scale_shift;
+    MlpUnitsBlueprintConfig mlp_units;
+    AttentionHeadBlueprintConfig attention_head;
+    LoraBlueprintConfig lora;
     int64_t max_params_per_layer = 1000000;  // budget over live blueprints of one layer
     BlueprintInput input = BlueprintInput::kChunk;
     bool operator==(const BlueprintsConfig&) const = default;

@@ -1,6 +1,7 @@
 // The model interface's shared helpers and the factory of the configured host (see model.h).
 #include "kasmina/model/model.h"
 
+#include "core/error.h"
 #include "kasmina/model/mlp.h"
 #include "kasmina/model/transformer.h"
 
@@ -10,6 +11,12 @@ int64_t Model::param_count() const {
     int64_t n = 0;
     for (const ParamRef& p : params()) n += p.value->numel();
     return n;
+}
+
+void Model::set_structure(std::span<const int64_t> s) {
+    if (!s.empty())
+        ESPER_THROW(kIntegrity, "checkpoint: a ", s.size(), "-value host structure for a ", kind(),
+                    " host, which has none");
 }
 
 std::vector<int64_t> Model::seed_layer_widths() const {
