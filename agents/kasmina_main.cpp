@@ -359,7 +359,7 @@ int kasmina_main(int argc, char** argv) {
     opt.nccl = comms.nccl.get();
     Trainer trainer(config, opt);
     std::printf("data: %s; %lld steps (%lld per epoch), %lld host parameters\n",
-                trainer.data().description.c_str(), (long long)trainer.total_steps(),
+                trainer.data().description().c_str(), (long long)trainer.total_steps(),
                 (long long)trainer.steps_per_epoch(), (long long)trainer.model().param_count());
     if (!f.resume.empty()) {
         trainer.load_checkpoint(f.resume);

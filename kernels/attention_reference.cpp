@@ -1,10 +1,10 @@
 // CPU reference of causal attention forward and backward (see attention.h). Plain loops in
 // double; the probabilities are recomputed from the saved log-sum-exp in the backward.
-#include "kernels/attention.h"
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
+
+#include "kernels/attention.h"
 
 namespace esper::kernels {
 

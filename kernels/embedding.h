@@ -11,7 +11,7 @@ namespace esper::kernels {
 void embedding_forward_reference(const int32_t* tokens, const float* wte, const float* wpe,
                                  float* x, int32_t batch, int32_t seq, int32_t channels);
 // dwte[token[b, t]] += dx[b, t]; dwpe[t] += dx[b, t] (both accumulated).
-void embedding_backward_reference(const int32_t* tokens, const float* dx, float* dwte,
-                                  float* dwpe, int32_t batch, int32_t seq, int32_t channels);
+void embedding_backward_reference(const int32_t* tokens, const float* dx, float* dwte, float* dwpe,
+                                  int32_t batch, int32_t seq, int32_t channels);
 
 }  // namespace esper::kernels

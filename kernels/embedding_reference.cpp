@@ -15,8 +15,8 @@ void embedding_forward_reference(const int32_t* tokens, const float* wte, const 
         }
 }
 
-void embedding_backward_reference(const int32_t* tokens, const float* dx, float* dwte,
-                                  float* dwpe, int32_t batch, int32_t seq, int32_t channels) {
+void embedding_backward_reference(const int32_t* tokens, const float* dx, float* dwte, float* dwpe,
+                                  int32_t batch, int32_t seq, int32_t channels) {
     for (int32_t b = 0; b < batch; ++b)
         for (int32_t t = 0; t < seq; ++t) {
             const int64_t r = int64_t(b) * seq + t;

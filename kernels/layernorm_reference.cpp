@@ -1,7 +1,7 @@
 // CPU reference of LayerNorm forward and backward (see layernorm.h).
-#include "kernels/layernorm.h"
-
 #include <cmath>
+
+#include "kernels/layernorm.h"
 
 namespace esper::kernels {
 
@@ -17,8 +17,7 @@ void layernorm_forward_reference(const float* x, const float* gamma, const float
         var /= cols;
         const double s = 1.0 / std::sqrt(var + double(eps));
         float* yr = y + int64_t(r) * cols;
-        for (int32_t c = 0; c < cols; ++c)
-            yr[c] = float((xr[c] - m) * s * gamma[c] + beta[c]);
+        for (int32_t c = 0; c < cols; ++c) yr[c] = float((xr[c] - m) * s * gamma[c] + beta[c]);
         mean[r] = float(m);
         rstd[r] = float(s);
     }

@@ -660,8 +660,8 @@ void SeedManager::restore(const SeedManagerSnapshot& snap) {
                             ": value out of range");
             }
             // A fossilized widening seed the host folded in holds no slot (release_folded).
-            const bool folded = r.stage == SeedStage::kFossilized &&
-                                blueprint_is_widening(r.kind) && r.slot < 0;
+            const bool folded =
+                r.stage == SeedStage::kFossilized && blueprint_is_widening(r.kind) && r.slot < 0;
             const bool holds = stage_holds_slot(r.stage) && !folded;
             if (holds != (r.slot >= 0))
                 ESPER_THROW(kIntegrity, "seed manager state: slot/stage mismatch");

@@ -117,9 +117,8 @@ BlueprintArenas BlueprintArenas::widening(int64_t d_model, int64_t head_dim,
         a.serves = blueprint_is_widening(k);
         if (!a.serves) continue;
         a.capacity = static_cast<int32_t>(blueprint_capacity(k, cfg));
-        a.hidden = static_cast<int32_t>(k == BlueprintKind::kAttentionHead
-                                            ? head_dim
-                                            : blueprint_hidden(k, d_model, cfg));
+        a.hidden = static_cast<int32_t>(
+            k == BlueprintKind::kAttentionHead ? head_dim : blueprint_hidden(k, d_model, cfg));
         a.stride = static_cast<int32_t>(widening_offsets(k, d_model, a.hidden).floats);
         const auto n = static_cast<size_t>(a.capacity) * static_cast<size_t>(a.stride);
         a.params.assign(n, 0.0f);

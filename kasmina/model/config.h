@@ -43,7 +43,7 @@ constexpr std::string_view model_kind_name(ModelKind k) { return enum_name(k, kM
 // attention, GELU MLP of 4·d_model hidden units, learned positions, byte vocabulary (256).
 struct TransformerConfig {
     int64_t n_layer = 4;
-    int64_t n_head = 4;          // d_model must be a multiple of it
+    int64_t n_head = 4;  // d_model must be a multiple of it
     int64_t d_model = 128;
     int64_t context = 64;        // T: positions per sample
     bool tie_embeddings = true;  // the output head reuses the token embedding
@@ -57,7 +57,8 @@ struct TransformerConfig {
 
 struct ModelConfig {
     ModelKind kind = ModelKind::kMlp;
-    std::vector<int64_t> hidden{128, 128};  // mlp: one seed layer per entry; each >= seeds_per_layer
+    std::vector<int64_t> hidden{128,
+                                128};  // mlp: one seed layer per entry; each >= seeds_per_layer
     Activation activation = Activation::kRelu;  // mlp
     // mlp: seeds of each hidden layer; transformer: seeds over each block's MLP hidden units.
     int64_t seeds_per_layer = 16;  // >= 1 (0 is refused: S = 0)

@@ -60,7 +60,7 @@ struct SeedSite {
     int64_t width = 0;        // chunk: D, the features the chunks split; widening: the site's seeds
     int64_t input_width = 0;  // input features of the host layer (widening: d_model)
     SiteKind kind = SiteKind::kChunk;
-    int64_t head_dim = 0;     // widening: the block's head dimension (attention_head slots)
+    int64_t head_dim = 0;  // widening: the block's head dimension (attention_head slots)
 };
 
 class Model {

@@ -111,8 +111,8 @@ TransformerModel::TransformerModel(const ModelConfig& config, uint64_t seed)
     Umax_ = int32_t(c.max_extra_units);
     Hmax_ = int32_t(c.max_extra_heads);
     head_floats_ = int32_t(widening_offsets(BlueprintKind::kAttentionHead, C_, Dh_).floats);
-    ESPER_CHECK_INPUT(config.seeds_per_layer <= F_, "model.seeds_per_layer: ",
-                      config.seeds_per_layer, " exceeds the ", F_,
+    ESPER_CHECK_INPUT(config.seeds_per_layer <= F_,
+                      "model.seeds_per_layer: ", config.seeds_per_layer, " exceeds the ", F_,
                       " MLP hidden units of a block (S > D)");
     Rng rng(mix_seed(seed, 0x7f3a));
     const float proj_std = 0.02f / std::sqrt(2.0f * float(c.n_layer));
@@ -193,8 +193,9 @@ void TransformerModel::set_structure(std::span<const int64_t> s) {
                     blocks_.size(), "-block transformer keeps ", 2 * blocks_.size());
     for (size_t l = 0; l < blocks_.size(); ++l) {
         if (s[2 * l] < 0 || s[2 * l] > Umax_ || s[2 * l + 1] < 0 || s[2 * l + 1] > Hmax_)
-            ESPER_THROW(kIntegrity, "checkpoint: block ", l, " uses ", s[2 * l], " extra units and ",
-                        s[2 * l + 1], " extra heads; this model reserves ", Umax_, " and ", Hmax_);
+            ESPER_THROW(kIntegrity, "checkpoint: block ", l, " uses ", s[2 * l],
+                        " extra units and ", s[2 * l + 1], " extra heads; this model reserves ",
+                        Umax_, " and ", Hmax_);
         blocks_[l].units_active = int32_t(s[2 * l]);
         blocks_[l].heads_active = int32_t(s[2 * l + 1]);
     }
@@ -235,9 +236,9 @@ bool TransformerModel::fold_widening(int32_t layer, BlueprintKind kind,
             const WideningOffsets o = widening_offsets(kind, C, r);
             ESPER_REQUIRE(o.floats == int64_t(params.size()), "lora slot of ", params.size());
             // qkv_w [3C, C] += B [3C, r] · A [r, C]: the adapter at α = 1, exactly.
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(3 * C), int(C), int(r),
-                        1.0f, params.data() + o.out_w, int(r), params.data() + o.in_w, int(C),
-                        1.0f, b.qkv_w.data(), int(C));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(3 * C), int(C), int(r), 1.0f,
+                        params.data() + o.out_w, int(r), params.data() + o.in_w, int(C), 1.0f,
+                        b.qkv_w.data(), int(C));
             return true;
         }
         default:
@@ -371,8 +372,7 @@ void TransformerModel::forward(const int32_t* tokens, int32_t samples, int32_t s
             linear(b.a.data(), w.p + o.in_w, w.pre.data(), n, C_, int32_t(3 * D));
             add_bias(w.pre.data(), w.p + o.in_b, n, int32_t(3 * D));
             kernels::attention_forward_reference(one, w.pre.data(), w.pre.data() + D,
-                                                 w.pre.data() + 2 * D, w.act.data(),
-                                                 w.lse.data());
+                                                 w.pre.data() + 2 * D, w.act.data(), w.lse.data());
             if (w.a_fwd != 0.0f)
                 linear(w.act.data(), w.p + o.out_w, b.x_mid.data(), n, Dh_, C_, 1.0f, w.a_fwd);
         }
@@ -409,8 +409,7 @@ void TransformerModel::forward(const int32_t* tokens, int32_t samples, int32_t s
             linear(b.m.data(), w.p + o.in_w, w.pre.data(), n, C_, k);
             kernels::bias_act_forward_reference(w.pre.data(), w.p + o.in_b, w.act.data(), n, k,
                                                 kGelu);
-            if (w.a_fwd != 0.0f)
-                linear(w.act.data(), w.p + o.out_w, out, n, k, C_, 1.0f, w.a_fwd);
+            if (w.a_fwd != 0.0f) linear(w.act.data(), w.p + o.out_w, out, n, k, C_, 1.0f, w.a_fwd);
         }
     }
     kernels::layernorm_forward_reference(x_out_.data(), lnf_w_.data(), lnf_b_.data(), xf_.data(),
@@ -423,8 +422,8 @@ BatchResult TransformerModel::loss(const int32_t* targets, int32_t rows) {
     BatchResult r;
     r.rows = rows;
     float l = 0.0f;
-    kernels::softmax_xent_reference(logits_.data(), targets, rows, kByteVocab, &l,
-                                    dlogits_.data(), &r.correct);
+    kernels::softmax_xent_reference(logits_.data(), targets, rows, kByteVocab, &l, dlogits_.data(),
+                                    &r.correct);
     r.loss = l;
     return r;
 }
@@ -553,8 +552,8 @@ void TransformerModel::backward(const int32_t* tokens, int32_t samples, int32_t 
         }
         for (Widening& w : b.heads) {
             const WideningOffsets o = widening_offsets(w.kind, C, D);
-            float* dho = g1;   // [n, D]
-            float* dhq = g2;   // [n, 3D]
+            float* dho = g1;                                        // [n, D]
+            float* dhq = g2;                                        // [n, 3D]
             linear_dx(dx_.data(), w.p + o.out_w, dho, n, Dh_, C_);  // as if α = 1
             if (w.seed >= 0 && wtel != nullptr) {
                 wtel->contribution[w.seed] -= w.a_fwd * dot(w.act.data(), dho, int64_t(n) * D);
@@ -578,8 +577,8 @@ void TransformerModel::backward(const int32_t* tokens, int32_t samples, int32_t 
                                               b.d_ln1_b.data(), n, C_);
         for (int64_t i = 0; i < int64_t(n) * C; ++i) dx_[size_t(i)] += dh[i];
     }
-    kernels::embedding_backward_reference(tokens, dx_.data(), d_wte_.data(), d_wpe_.data(),
-                                          samples, seq, C_);
+    kernels::embedding_backward_reference(tokens, dx_.data(), d_wte_.data(), d_wpe_.data(), samples,
+                                          seq, C_);
 }
 
 BatchResult TransformerModel::train_batch(const Batch& batch,
@@ -618,8 +617,8 @@ TransformerModel::KvCache TransformerModel::new_cache() const {
     return c;
 }
 
-std::span<const float> TransformerModel::decode_step(KvCache& cache, int32_t token,
-                                                     std::span<const kernels::SeedLayerView> views) {
+std::span<const float> TransformerModel::decode_step(
+    KvCache& cache, int32_t token, std::span<const kernels::SeedLayerView> views) {
     ESPER_REQUIRE(cache.length < T_, "KV cache full: context ", T_);
     ESPER_REQUIRE(token >= 0 && token < kByteVocab, "token ", token);
     ESPER_REQUIRE(views.empty() || views.size() == sites_.size(), "views=", views.size());
@@ -640,8 +639,8 @@ std::span<const float> TransformerModel::decode_step(KvCache& cache, int32_t tok
     float* logits = hs + F_;
     float* stats = logits + kByteVocab;
     float* xu = stats + 8;
-    kernels::embedding_forward_reference(&token, wte_.data(), wpe_.data() + int64_t(pos) * C, x,
-                                         1, 1, C_);
+    kernels::embedding_forward_reference(&token, wte_.data(), wpe_.data() + int64_t(pos) * C, x, 1,
+                                         1, C_);
     const float scale = 1.0f / std::sqrt(float(Dh_));
     std::vector<double> score(static_cast<size_t>(pos) + 1), acc(static_cast<size_t>(D));
     std::vector<float> tmp;
@@ -669,8 +668,8 @@ std::span<const float> TransformerModel::decode_step(KvCache& cache, int32_t tok
         collect_widening(b, views);
         std::vector<float>& kc = cache.k[l];
         std::vector<float>& vc = cache.v[l];
-        kernels::layernorm_forward_reference(x, b.ln1_w.data(), b.ln1_b.data(), a, stats,
-                                             stats + 1, 1, C_, kLnEps);
+        kernels::layernorm_forward_reference(x, b.ln1_w.data(), b.ln1_b.data(), a, stats, stats + 1,
+                                             1, C_, kLnEps);
         linear(a, b.qkv_w.data(), qkv, 1, C_, 3 * C_);
         add_bias(qkv, b.qkv_b.data(), 1, 3 * C_);
         for (const Widening& w : b.loras) {
@@ -678,8 +677,7 @@ std::span<const float> TransformerModel::decode_step(KvCache& cache, int32_t tok
             tmp.resize(size_t(w.hidden));
             linear(a, w.p + o.in_w, tmp.data(), 1, C_, int32_t(w.hidden));
             if (w.a_fwd != 0.0f)
-                linear(tmp.data(), w.p + o.out_w, qkv, 1, int32_t(w.hidden), 3 * C_, 1.0f,
-                       w.a_fwd);
+                linear(tmp.data(), w.p + o.out_w, qkv, 1, int32_t(w.hidden), 3 * C_, 1.0f, w.a_fwd);
         }
         std::memcpy(kc.data() + int64_t(pos) * width, qkv + C, size_t(C) * sizeof(float));
         std::memcpy(vc.data() + int64_t(pos) * width, qkv + 2 * C, size_t(C) * sizeof(float));
@@ -727,12 +725,11 @@ std::span<const float> TransformerModel::decode_step(KvCache& cache, int32_t tok
             linear(m, w.p + o.in_w, tmp.data(), 1, C_, k);
             kernels::bias_act_forward_reference(tmp.data(), w.p + o.in_b, tmp.data() + k, 1, k,
                                                 kGelu);
-            if (w.a_fwd != 0.0f)
-                linear(tmp.data() + k, w.p + o.out_w, x, 1, k, C_, 1.0f, w.a_fwd);
+            if (w.a_fwd != 0.0f) linear(tmp.data() + k, w.p + o.out_w, x, 1, k, C_, 1.0f, w.a_fwd);
         }
     }
-    kernels::layernorm_forward_reference(x, lnf_w_.data(), lnf_b_.data(), xf, stats + 4,
-                                         stats + 5, 1, C_, kLnEps);
+    kernels::layernorm_forward_reference(x, lnf_w_.data(), lnf_b_.data(), xf, stats + 4, stats + 5,
+                                         1, C_, kLnEps);
     const Tensor& head = cfg_.tie_embeddings ? wte_ : head_w_;
     linear(xf, head.data(), logits, 1, C_, kByteVocab);
     cache.length = pos + 1;

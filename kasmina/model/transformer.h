@@ -88,7 +88,8 @@ private:
         const float* p = nullptr;  // slot layout (blueprints.h widening_offsets)
         float* g = nullptr;        // gradients in the same layout
         int64_t hidden = 0;        // k units, D, or r
-        AlignedVector<float> act, pre;  // units: gelu out / pre-activation; head: qkv, out; lora: mid
+        AlignedVector<float> act,
+            pre;  // units: gelu out / pre-activation; head: qkv, out; lora: mid
         std::vector<float> lse;
     };
     struct Block {

@@ -21,8 +21,8 @@ uint64_t mix(uint64_t x) {  // splitmix64 finaliser
     return x ^ (x >> 31);
 }
 
-void copy_window(std::span<const uint8_t> bytes, int64_t offset, int64_t context,
-                 int32_t* tokens, int32_t* targets) {
+void copy_window(std::span<const uint8_t> bytes, int64_t offset, int64_t context, int32_t* tokens,
+                 int32_t* targets) {
     for (int64_t t = 0; t < context; ++t) {
         tokens[t] = bytes[size_t(offset + t)];
         targets[t] = bytes[size_t(offset + t + 1)];
@@ -31,8 +31,7 @@ void copy_window(std::span<const uint8_t> bytes, int64_t offset, int64_t context
 
 }  // namespace
 
-TextCorpus load_text_corpus(const std::string& path, double validation_fraction,
-                            int64_t context) {
+TextCorpus load_text_corpus(const std::string& path, double validation_fraction, int64_t context) {
     namespace fs = std::filesystem;
     const bool is_default = path == kDefaultTextCorpus;
     if (!fs::exists(path)) {
@@ -47,7 +46,8 @@ TextCorpus load_text_corpus(const std::string& path, double validation_fraction,
         ESPER_THROW(kInvalidInput, path, ": is a directory; data.path must name a text file");
     std::ifstream in(path, std::ios::binary);
     if (!in) ESPER_THROW(kInvalidInput, path, ": cannot open: ", std::strerror(errno));
-    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)),
+                               std::istreambuf_iterator<char>());
     if (bytes.empty()) ESPER_THROW(kInvalidInput, path, ": text file is empty");
     int64_t control = 0;
     for (uint8_t b : bytes) {
@@ -69,22 +69,20 @@ TextCorpus load_text_corpus(const std::string& path, double validation_fraction,
     TextCorpus c;
     c.train.assign(bytes.begin(), bytes.begin() + n_train);
     c.validation.assign(bytes.begin() + n_train, bytes.end());
-    c.description = "text " + fs::path(path).filename().string() + " (" +
-                    std::to_string(n_train) + " train bytes, " + std::to_string(n_val) +
-                    " validation)";
+    c.description = "text " + fs::path(path).filename().string() + " (" + std::to_string(n_train) +
+                    " train bytes, " + std::to_string(n_val) + " validation)";
     return c;
 }
 
-void text_train_window(std::span<const uint8_t> train, int64_t context, uint64_t seed,
-                       int64_t step, int rank, int64_t row, int32_t* tokens, int32_t* targets) {
+void text_train_window(std::span<const uint8_t> train, int64_t context, uint64_t seed, int64_t step,
+                       int rank, int64_t row, int32_t* tokens, int32_t* targets) {
     const auto starts = uint64_t(int64_t(train.size()) - context);  // offsets 0 .. n − T − 1
-    const uint64_t h = mix(mix(mix(seed ^ 0x7E57ull) + uint64_t(step)) + uint64_t(rank)) +
-                       uint64_t(row);
+    const uint64_t h =
+        mix(mix(mix(seed ^ 0x7E57ull) + uint64_t(step)) + uint64_t(rank)) + uint64_t(row);
     copy_window(train, int64_t(mix(h) % starts), context, tokens, targets);
 }
 
-int64_t text_validation_windows(std::span<const uint8_t> validation, int64_t context,
-                                int64_t cap) {
+int64_t text_validation_windows(std::span<const uint8_t> validation, int64_t context, int64_t cap) {
     const int64_t fit = (int64_t(validation.size()) - 1) / context;
     return std::clamp<int64_t>(fit, 1, std::max<int64_t>(1, cap));
 }

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "kasmina/io/config.h"
+
 namespace esper::kasmina {
 
 struct TextCorpus {
@@ -19,26 +21,20 @@ struct TextCorpus {
     std::string description;  // e.g. "text kjv.txt (3,868,415 train bytes, 429,824 validation)"
 };
 
-// Default corpus: the King James Bible from Debian's bible-kjv, extracted to plain text by
-// scripts/setup-deps.sh (docs/kasmina.md says why this text).
-inline constexpr const char* kDefaultTextCorpus = "/usr/local/share/esper/kjv.txt";
-
 // Reads `path`. Refuses a missing file (naming the Debian package when it is the default
-// corpus), an empty file, a file that is not text (NUL bytes, or more than 1 % control bytes
-// other than tab/newline/carriage return) and a file whose splits cannot hold one window of
-// context + 1 bytes each.
-TextCorpus load_text_corpus(const std::string& path, double validation_fraction,
-                            int64_t context);
+// corpus, kDefaultTextCorpus in io/config.h), an empty file, a file that is not text (NUL bytes,
+// or more than 1 % control bytes other than tab/newline/carriage return) and a file whose
+// splits cannot hold one window of context + 1 bytes each.
+TextCorpus load_text_corpus(const std::string& path, double validation_fraction, int64_t context);
 
 // Row `row` of the training batch at `step` on `rank`: context + 1 bytes starting at a uniformly
 // drawn offset. tokens/targets: [context] each.
-void text_train_window(std::span<const uint8_t> train, int64_t context, uint64_t seed,
-                       int64_t step, int rank, int64_t row, int32_t* tokens, int32_t* targets);
+void text_train_window(std::span<const uint8_t> train, int64_t context, uint64_t seed, int64_t step,
+                       int rank, int64_t row, int32_t* tokens, int32_t* targets);
 // The i-th of `count` fixed validation windows (evenly spaced over the split).
 void text_validation_window(std::span<const uint8_t> validation, int64_t context, int64_t count,
                             int64_t i, int32_t* tokens, int32_t* targets);
 // How many validation windows fit without overlap (at least 1, at most `cap`).
-int64_t text_validation_windows(std::span<const uint8_t> validation, int64_t context,
-                                int64_t cap);
+int64_t text_validation_windows(std::span<const uint8_t> validation, int64_t context, int64_t cap);
 
 }  // namespace esper::kasmina

@@ -2,7 +2,6 @@
 // every backward against central finite differences of a random linear functional of the
 // forward output (in double), plus the properties the model relies on (causality, T = 1).
 #include <catch2/catch.hpp>
-
 #include <cmath>
 #include <functional>
 #include <random>
@@ -141,7 +140,8 @@ TEST_CASE("causal attention reference never lets a query see a later key",
                                 lse.data());
     for (int32_t i = 0; i < (T - 1) * D; ++i) CHECK(a[size_t(i)] == b[size_t(i)]);
     bool last_moved = false;
-    for (int32_t d = 0; d < D; ++d) last_moved |= a[size_t(T - 1) * D + d] != b[size_t(T - 1) * D + d];
+    for (int32_t d = 0; d < D; ++d)
+        last_moved |= a[size_t(T - 1) * D + d] != b[size_t(T - 1) * D + d];
     CHECK(last_moved);
 }
 

@@ -98,7 +98,8 @@ struct Sites {
     void germinate(int32_t layer, int32_t seed, BlueprintKind k, SeedStage st, float a) {
         BlueprintArenas& ar = arenas[size_t(layer)];
         const int32_t s = *ar.acquire(k);
-        const int32_t w = offsets[size_t(layer)][size_t(seed) + 1] - offsets[size_t(layer)][size_t(seed)];
+        const int32_t w =
+            offsets[size_t(layer)][size_t(seed) + 1] - offsets[size_t(layer)][size_t(seed)];
         ar.init_slot(k, s, w, 1234 + uint64_t(layer) * 10 + uint64_t(seed));
         slot[size_t(layer)][size_t(seed)] = s;
         kind[size_t(layer)][size_t(seed)] = uint8_t(k);
@@ -175,7 +176,8 @@ int check_fd(std::span<float> values, std::span<const float> got,
 
 std::vector<std::vector<float>> copy_grads(const Model& m) {
     std::vector<std::vector<float>> out;
-    for (const ParamRef& p : m.params()) out.emplace_back(p.grad->span().begin(), p.grad->span().end());
+    for (const ParamRef& p : m.params())
+        out.emplace_back(p.grad->span().begin(), p.grad->span().end());
     return out;
 }
 
@@ -236,7 +238,7 @@ TEST_CASE("FINE_TUNING seeds of every kind get the true gradient, and so does th
     for (size_t i = 0; i < seeds.size(); ++i)
         if (!seed_grads[i].empty())
             bad += check_fd(sites.params(seeds[i].first, seeds[i].second), seed_grads[i], loss,
-                        "seed " + std::to_string(i));
+                            "seed " + std::to_string(i));
     for (size_t k = 0; k < m.params().size(); ++k)
         bad += check_fd(m.params()[k].value->span(), host[k], loss, m.params()[k].name);
     CHECK(bad == 0);
@@ -344,8 +346,8 @@ TEST_CASE("a transformer's logits at position t ignore every later token",
 TEST_CASE("transformer parameter counts are exact for tied and untied embeddings",
           "[kasmina][transformer]") {
     const int64_t C = 8, L = 2, T = 5, V = 256;
-    const int64_t block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (4 * C * C + 4 * C) +
-                          (4 * C * C + C);
+    const int64_t block =
+        2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (4 * C * C + 4 * C) + (4 * C * C + C);
     const int64_t tied = V * C + T * C + L * block + 2 * C;
     CHECK(TransformerModel(tiny(true), 1).param_count() == tied);
     CHECK(TransformerModel(tiny(false), 1).param_count() == tied + V * C);
