@@ -49,6 +49,8 @@ enum class BlueprintKind : uint8_t {
     kLora = 5,
 };
 inline constexpr int kNumBlueprintKinds = 6;
+// The chunk kinds come first: a seed layer's kernels only ever see these.
+inline constexpr int kNumChunkBlueprintKinds = 3;
 
 // α schedules (DESIGN §4.4); stored in the seed table's `strategy` column.
 enum class GraftingStrategy : uint8_t {
