@@ -216,6 +216,10 @@ private:
                 rs.epoch = s.getEpoch();
                 if (s.getLossMeasured()) rs.loss = s.getLoss();
                 if (s.getAccuracyMeasured()) rs.accuracy = s.getAccuracy();
+                if (s.getTestMeasured()) {  // rules on run.test_loss / run.test_accuracy
+                    rs.test_loss = s.getTestLoss();
+                    rs.test_accuracy = s.getTestAccuracy();
+                }
                 rs.learning_rate = s.getLr();
                 rs.host_params = static_cast<int64_t>(s.getHostParams());
                 rs.blueprint_params = static_cast<int64_t>(s.getBlueprintParams());
