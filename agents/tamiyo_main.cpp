@@ -208,6 +208,9 @@ public:
         });
         ESPER_LOG_INFO(log(), "run=", o_.run_id, " policy=", controller_.active().name(),
                        " target=", o_.target, " rpc=", o_.rpc);
+        // The announcement is a lossless event, but a PUB socket drops what goes out before the
+        // broker forwarded a subscription: give a listener (esper run's recorder) a moment.
+        events_.wait_for_subscriber("events.policy." + o_.run_id, 500);
         const bool restored = !previous_.stack.empty();
         announce(schema::PolicyAction::LOADED, controller_.active().name(),
                  controller_.active().kind(), "",
