@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <iterator>
 
 #include "agents/tool_json.h"
@@ -22,6 +23,12 @@ using nlohmann::json;
 constexpr size_t kNoIndex = static_cast<size_t>(-1);
 
 json opt(const std::optional<double>& v) { return v ? json(*v) : json(nullptr); }
+
+// A Float32 from the wire as the double its shortest decimal text denotes (0.61f reads 0.61, as
+// in the tool JSON), so pages and /metrics show the number that was sent.
+double f32(float v) {
+    return std::isfinite(v) ? std::strtod(fmt::format("{}", v).c_str(), nullptr) : double(v);
+}
 
 std::optional<double> finite(double v) {
     return std::isfinite(v) ? std::optional<double>(v) : std::nullopt;
@@ -230,11 +237,11 @@ void DashState::on_status(schema::RunStatus::Reader s, int64_t now_ns) {
     st.step = s.getStep();
     st.epoch = s.getEpoch();
     if (s.getTotalSteps() > 0) st.total_steps = s.getTotalSteps();
-    st.loss = s.getLossMeasured() ? finite(s.getLoss()) : std::nullopt;
-    st.accuracy = s.getAccuracyMeasured() ? finite(s.getAccuracy()) : std::nullopt;
+    st.loss = s.getLossMeasured() ? finite(f32(s.getLoss())) : std::nullopt;
+    st.accuracy = s.getAccuracyMeasured() ? finite(f32(s.getAccuracy())) : std::nullopt;
     st.samples_per_s = s.getLossMeasured() ? finite(s.getSamplesPerS()) : std::nullopt;
-    st.step_time_ms = s.getLossMeasured() ? finite(s.getStepTimeMs()) : std::nullopt;
-    st.lr = finite(s.getLr());
+    st.step_time_ms = s.getLossMeasured() ? finite(f32(s.getStepTimeMs())) : std::nullopt;
+    st.lr = finite(f32(s.getLr()));
     st.host_params = static_cast<int64_t>(s.getHostParams());
     st.blueprint_params = static_cast<int64_t>(s.getBlueprintParams());
     auto per_stage = s.getSeedsPerStage();
@@ -246,10 +253,10 @@ void DashState::on_status(schema::RunStatus::Reader s, int64_t now_ns) {
         s.getTestMeasured() && (!st.test_step || *st.test_step != s.getTestStep());
     if (s.getTestMeasured()) {
         st.test_step = s.getTestStep();
-        st.test_loss = finite(s.getTestLoss());
-        st.test_accuracy = finite(s.getTestAccuracy());
+        st.test_loss = finite(f32(s.getTestLoss()));
+        st.test_accuracy = finite(f32(s.getTestAccuracy()));
     }
-    if (s.getTestBitsPerByteMeasured()) st.test_bits_per_byte = finite(s.getTestBitsPerByte());
+    if (s.getTestBitsPerByteMeasured()) st.test_bits_per_byte = finite(f32(s.getTestBitsPerByte()));
     const std::string previous_state = st.state;
     st.state = run_state_name(s.getState());
     st.state_reason = s.getStateReason().cStr();
@@ -309,17 +316,17 @@ void DashState::on_seeds(schema::SeedTelemetryBatch::Reader b) {
         s.step = step;
         json m = json::object();
         if (r.getActivationMeasured()) {
-            m["act_mean"] = r.getActMean();
-            m["act_var"] = r.getActVar();
-            m["dead_fraction"] = r.getDeadFraction();
-            m["health"] = r.getHealth();
+            m["act_mean"] = f32(r.getActMean());
+            m["act_var"] = f32(r.getActVar());
+            m["dead_fraction"] = f32(r.getDeadFraction());
+            m["health"] = f32(r.getHealth());
         }
         if (r.getGradientMeasured()) {
-            m["grad_norm"] = r.getGradNorm();
-            m["blueprint_grad_norm"] = r.getBlueprintGradNorm();
+            m["grad_norm"] = f32(r.getGradNorm());
+            m["blueprint_grad_norm"] = f32(r.getBlueprintGradNorm());
         }
-        if (r.getGradientHealthMeasured()) m["gradient_health"] = r.getGradientHealth();
-        if (r.getContributionMeasured()) m["contribution"] = r.getContribution();
+        if (r.getGradientHealthMeasured()) m["gradient_health"] = f32(r.getGradientHealth());
+        if (r.getContributionMeasured()) m["contribution"] = f32(r.getContribution());
         if (r.getBlueprintParams() > 0) m["blueprint_params"] = r.getBlueprintParams();
         s.metrics = std::move(m);
         if (stage != 0 || lanes_.count({layer, r.getSeed()}))
@@ -367,7 +374,7 @@ void DashState::on_transition(schema::LifecycleTransition::Reader t, int64_t sen
                {"from", stage_text(from)},
                {"to", stage_text(to)},
                {"origin", origin},
-               {"alpha", t.getAlpha()},
+               {"alpha", f32(t.getAlpha())},
                {"reason", t.getReason().cStr()}});
 }
 
