@@ -682,11 +682,11 @@ int tamiyo_main(int argc, char** argv) {
         "Run the Tamiyo controller: watch a run's telemetry and events on the bus, run the\n"
         "policy, and send lifecycle commands to the executor.");
     auto& bus_rpc =
-        p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+        p.endpoint("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
     auto& bus_pub =
-        p.option("bus-pub", "tcp://HOST:P", "broker publisher endpoint", "tcp://127.0.0.1:5555");
+        p.endpoint("bus-pub", "tcp://HOST:P", "broker publisher endpoint", "tcp://127.0.0.1:5555");
     auto& bus_sub =
-        p.option("bus-sub", "tcp://HOST:S", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
+        p.endpoint("bus-sub", "tcp://HOST:S", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
     auto& run_id = p.option("run-id", "ID", "the run to control (topic component)");
     auto& config =
         p.option("config", "FILE",
