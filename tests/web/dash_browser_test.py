@@ -146,7 +146,9 @@ def main():
         browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=1700,
                      deviceScaleFactor=1, mobile=False)
         browser.call("Page.navigate", url=bus.url + "/")
-        state = browser.wait_for(PAGE_STATE.replace("return {", "return (d.state.train.length >= 3 && d.state.events.length >= 7) && {"))
+        # Rendered (not just received): the charts and the table hold everything published.
+        state = browser.wait_for("(() => { const s = " + PAGE_STATE + "; return s && s.train && "
+                                 "s.train.length >= 3 && s.events >= 7 && s.rows >= 2 && s; })()")
         print("page state:", json.dumps(state)[:600])
         assert state["train"] == expected["train"], f"train curve {state['train']}"
         assert state["test"] == expected["test"], f"test curve {state['test']}"
