@@ -251,7 +251,7 @@ TEST_CASE("esper status prints a labelled table, or fails within 2 s when nothin
 }
 
 TEST_CASE(
-    "a killed controller is restarted with its policy; a run that loses it for good exits "
+    "a killed controller is restarted with its policy and a run that loses it for good exits "
     "non-zero",
     "[integration][ops]") {
     fs::path dir = scratch_dir();
