@@ -22,6 +22,7 @@
 #include "agents/cli.h"
 #include "agents/commands.h"
 #include "agents/kasmina_bus.h"
+#include "agents/keys.h"
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -88,6 +89,7 @@ struct KasminaFlags {
     std::optional<int> rank, world;
     std::string rendezvous_dir;  // "" = the broker's kv (bus) or RUN_DIR/rendezvous
     bool auto_gates = false;
+    std::string keys_dir;  // bus mode: CURVE keys (agents/keys.h); "" = none
 };
 
 // Returns -1 to continue, else the exit code (after --help or a usage error).
@@ -123,6 +125,9 @@ int parse_flags(int argc, char** argv, KasminaFlags& f) {
                                 "world > 1: rendezvous through files in DIR instead of the broker",
                                 "broker kv; standalone: RUN_DIR/rendezvous");
     auto& auto_gates = p.flag("auto-gates", "bus mode: keep evaluating gates in-process");
+    auto& keys = p.option("keys", "DIR",
+                          "bus mode: CURVE keys (DIR/broker.pub and an agent secret key; "
+                          "docs/bus.md)");
     p.epilog(
         "examples:\n"
         "  esper kasmina --standalone --config examples/fashion_mnist.yaml --epochs 2\n"
@@ -154,6 +159,7 @@ int parse_flags(int argc, char** argv, KasminaFlags& f) {
     if (world.given()) f.world = static_cast<int>(world.as_int());
     if (rendezvous.given()) f.rendezvous_dir = rendezvous.str();
     f.auto_gates = auto_gates.on();
+    if (keys.given()) f.keys_dir = keys.str();
     return -1;
 }
 
@@ -213,12 +219,12 @@ RankInfo resolve_rank(const KasminaFlags& f) {
 // --rendezvous-dir) through a FileKvStore in a directory every rank sees. `where` says which.
 std::unique_ptr<KvStore> make_rendezvous(const KasminaFlags& f, const RankInfo& ri,
                                          const std::string& dir, const std::string& run_id,
-                                         std::string& where) {
+                                         const bus::ClientSecurity& security, std::string& where) {
     if (ri.world <= 1) return nullptr;
     if (!f.standalone && f.rendezvous_dir.empty()) {
         where = "broker " + f.bus_rpc;
-        return std::make_unique<BusKvStore>(f.bus_rpc, "kasmina/" + std::to_string(ri.rank),
-                                            run_id);
+        return std::make_unique<BusKvStore>(f.bus_rpc, "kasmina/" + std::to_string(ri.rank), run_id,
+                                            security);
     }
     where = !f.rendezvous_dir.empty() ? f.rendezvous_dir : (fs::path(dir) / "rendezvous").string();
     return std::make_unique<FileKvStore>(where);
@@ -333,6 +339,10 @@ int kasmina_main(int argc, char** argv) {
         return 0;
     }
     const RankInfo ri = resolve_rank(f);
+    // Read (and its mode checked) before training starts, so a bad key fails fast.
+    const bus::ClientSecurity security = f.keys_dir.empty() || f.standalone
+                                             ? bus::ClientSecurity{}
+                                             : client_security(f.keys_dir, {bus::Role::kAgent});
     const std::string dir = !f.run_dir.empty() ? f.run_dir : default_run_dir();
     const std::string run_id = !f.run_id.empty() ? f.run_id : fs::path(dir).filename().string();
     fs::create_directories(dir);
@@ -346,7 +356,7 @@ int kasmina_main(int argc, char** argv) {
                 effective.c_str());
 
     std::string where;
-    std::unique_ptr<KvStore> store = make_rendezvous(f, ri, dir, run_id, where);
+    std::unique_ptr<KvStore> store = make_rendezvous(f, ri, dir, run_id, security, where);
     Comms comms = make_rank_comms(config, ri, run_id, store.get(), where);
     install_stop_signals();
 
@@ -376,6 +386,7 @@ int kasmina_main(int argc, char** argv) {
     bo.world = ri.world;
     bo.run_dir = dir;
     bo.config_path = f.config_path;
+    bo.security = security;
     return run_kasmina_bus(trainer, bo, g_stop);
 }
 

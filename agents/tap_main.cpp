@@ -9,6 +9,7 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/keys.h"
 #include "agents/tool_json.h"
 #include "bus/event_loop.h"
 #include "bus/pubsub.h"
@@ -26,6 +27,8 @@ int tap_main(int argc, char** argv) {
                              "exit after T ms without a message "
                              "(0 = never; exit code 1 if none arrived)",
                              "0");
+    auto& keys =
+        p.option("keys", "DIR", "CURVE keys: DIR/broker.pub and an observer (or other) secret key");
     p.epilog(
         "Topic prefixes use ZeroMQ prefix matching, e.g. 'telemetry.seeds.' or 'events.'.\n"
         "Output: {\"topic\",\"type\",\"sender\",\"seq\",\"sent_at_ns\",\"run_id\",\"payload\"}.");
@@ -37,7 +40,11 @@ int tap_main(int argc, char** argv) {
     if (timeout_ms < 0) throw cli::UsageError("--timeout-ms must be >= 0");
 
     zmq::context_t context(1);
-    bus::Subscriber sub(context, {.endpoint = bus_ep.str(), .prefixes = p.positional()});
+    bus::SubscriberConfig sc{.endpoint = bus_ep.str(), .prefixes = p.positional()};
+    if (keys.given())
+        sc.security = client_security(
+            keys.str(), {bus::Role::kObserver, bus::Role::kOperator, bus::Role::kAgent});
+    bus::Subscriber sub(context, sc);
     bus::EventLoop loop;
     int64_t received = 0;
     int64_t last_activity_ns = monotonic_ns();
