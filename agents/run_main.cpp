@@ -25,6 +25,7 @@
 #include "agents/cli.h"
 #include "agents/commands.h"
 #include "agents/default_config.h"
+#include "agents/keys.h"
 #include "agents/process.h"
 #include "agents/report.h"
 #include "agents/supervisor.h"
@@ -139,6 +140,7 @@ struct RunPlan {
     int64_t port_base = 5555;  // 0 = ephemeral
     int ranks = 1;
     std::string policy, epochs, max_steps, seed;  // empty: not given
+    fs::path keys;                                // --secure: RUN_DIR/keys, else empty
 };
 
 // The children of a run; the supervisor owns them.
@@ -194,9 +196,11 @@ void print_banner(const RunPlan& plan, const BusEndpoints& bus) {
         "esper run %s\n  run dir   %s\n  config    %s\n  bus       pub %s  sub %s  rpc %s\n",
         plan.run_id.c_str(), plan.run_dir.c_str(), plan.config_path.c_str(), bus.pub.c_str(),
         bus.sub.c_str(), bus.rpc.c_str());
-    std::printf("  watch it: %s tap --bus %s telemetry.run.%s events.\n", plan.exe.c_str(),
-                bus.sub.c_str(), plan.run_id.c_str());
-    std::printf("  steer it: %s policy load FILE --bus %s\n", plan.exe.c_str(), bus.rpc.c_str());
+    const std::string keys = plan.keys.empty() ? "" : " --keys " + plan.keys.string();
+    std::printf("  watch it: %s tap --bus %s%s telemetry.run.%s events.\n", plan.exe.c_str(),
+                bus.sub.c_str(), keys.c_str(), plan.run_id.c_str());
+    std::printf("  steer it: %s policy load FILE --bus %s%s\n", plan.exe.c_str(), bus.rpc.c_str(),
+                keys.c_str());
     std::fflush(stdout);
 }
 
@@ -211,6 +215,7 @@ bool start_children(Supervisor& supervisor, const RunPlan& plan, RunChildren& ch
     broker.pub_port = port(0);
     broker.sub_port = port(1);
     broker.rpc_port = port(2);
+    broker.keys = plan.keys;
     auto b = supervisor.start_ready("broker", broker.argv(plan.exe), std::chrono::seconds(10));
     children.broker = &b.child;
     std::optional<BusEndpoints> endpoints;
@@ -225,8 +230,11 @@ bool start_children(Supervisor& supervisor, const RunPlan& plan, RunChildren& ch
     bus = *endpoints;
     print_banner(plan, bus);
 
-    TamiyoLaunch tamiyo{
-        .bus = bus, .run_id = plan.run_id, .config = plan.config_path, .policy = plan.policy};
+    TamiyoLaunch tamiyo{.bus = bus,
+                        .run_id = plan.run_id,
+                        .config = plan.config_path,
+                        .policy = plan.policy,
+                        .keys = plan.keys};
     auto t = supervisor.start_ready("tamiyo", tamiyo.argv(plan.exe), std::chrono::seconds(30));
     children.tamiyo = &t.child;
     if (!t.readiness.ok()) {
@@ -245,7 +253,8 @@ bool start_children(Supervisor& supervisor, const RunPlan& plan, RunChildren& ch
                           .epochs = plan.epochs,
                           .max_steps = plan.max_steps,
                           .seed = plan.seed,
-                          .world = plan.ranks};
+                          .world = plan.ranks,
+                          .keys = plan.keys};
     children.kasmina = &supervisor.start("kasmina-0", kasmina.argv(plan.exe), kasmina.env());
     for (int r = 1; r < plan.ranks; ++r) {
         kasmina.rank = r;
@@ -360,6 +369,9 @@ int run_main(int argc, char** argv) {
                                "data-parallel executors on this machine (GPU per rank over NCCL "
                                "when there are N, else CPU: Gloo)",
                                "1");
+    auto& secure = p.flag("secure",
+                          "CURVE on the bus: make a key set in RUN_DIR/keys (esper keygen --all) "
+                          "and give every process its key; tools then need --keys RUN_DIR/keys");
     p.epilog(
         "Watch a run with the `esper tap` command it prints; change its policy with\n"
         "`esper policy load FILE --bus tcp://127.0.0.1:<N+2>`.");
@@ -384,6 +396,10 @@ int run_main(int argc, char** argv) {
     if (epochs.given()) plan.epochs = epochs.str();
     if (max_steps.given()) plan.max_steps = max_steps.str();
     if (seed.given()) plan.seed = seed.str();
+    if (secure.on()) {
+        plan.keys = fs::absolute(plan.run_dir / "keys");
+        write_run_keys(plan.keys);
+    }
     if (int rc = check_config(plan); rc != 0) return rc;
 
     install_signal_handlers();
