@@ -21,6 +21,7 @@
 #include "agents/bus_kv_store.h"
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/default_config.h"
 #include "agents/kasmina_bus.h"
 #include "agents/keys.h"
 #include "core/clock.h"
@@ -78,8 +79,8 @@ Germination parse_germination(const std::string& text) {
 // The command line, checked; nothing below parse_flags reads argv.
 struct KasminaFlags {
     bool standalone = false;
-    std::string config_path;
-    std::string run_dir;  // "" = runs/kasmina-<time>
+    std::string config_path;  // "" = the embedded default
+    std::string run_dir;      // "" = runs/kasmina-<time>
     std::optional<int64_t> epochs, max_steps, checkpoint_every_steps, seed;
     std::string resume;  // checkpoint dir, or ""
     std::vector<Germination> germinations;
@@ -97,7 +98,8 @@ int parse_flags(int argc, char** argv, KasminaFlags& f) {
     cli::Parser p("esper kasmina", "Run the Kasmina executor (training with seed layers).");
     auto& standalone =
         p.flag("standalone", "train without a bus or controller (gates run in-process)");
-    auto& config_path = p.option("config", "FILE", "run configuration (YAML)");
+    auto& config_path = p.option("config", "FILE", "run configuration (YAML)",
+                                 "embedded fashion_mnist.yaml, as esper run");
     auto& run_dir = p.option("run-dir", "DIR", "run directory (default runs/kasmina-<time>)");
     auto& epochs = p.option("epochs", "N", "override run.epochs");
     auto& max_steps = p.option("max-steps", "N", "override run.max_steps");
@@ -136,14 +138,13 @@ int parse_flags(int argc, char** argv, KasminaFlags& f) {
         "  esper kasmina --standalone --config C.yaml --max-steps 300 --resume "
         "runs/x/checkpoints/150");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
-    if (!config_path.given()) return p.usage_error("--config FILE is required");
     if (!standalone.on() && !germinate.values.empty())
         return p.usage_error(
             "--germinate needs --standalone (on the bus use `esper ctl germinate`)");
     if (epochs.given() && max_steps.given())
         return p.usage_error("--epochs and --max-steps are mutually exclusive");
     f.standalone = standalone.on();
-    f.config_path = config_path.str();
+    if (config_path.given()) f.config_path = config_path.str();
     if (run_dir.given()) f.run_dir = run_dir.str();
     if (epochs.given()) f.epochs = epochs.as_int();
     if (max_steps.given()) f.max_steps = max_steps.as_int();
@@ -165,7 +166,11 @@ int parse_flags(int argc, char** argv, KasminaFlags& f) {
 
 // The config file with the command line's overrides.
 Config effective_config(const KasminaFlags& f) {
-    Config config = load_config(f.config_path);
+    // Without --config every rank runs the embedded default, as `esper run` does, so a launcher
+    // needs no file on the nodes.
+    Config config = f.config_path.empty()
+                        ? parse_config(kDefaultConfigYaml, "embedded fashion_mnist.yaml")
+                        : load_config(f.config_path);
     if (f.epochs) {
         if (*f.epochs < 1) throw cli::UsageError("--epochs must be >= 1");
         config.run.epochs = *f.epochs;

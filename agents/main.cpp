@@ -29,6 +29,7 @@ constexpr Command kCommands[] = {
     {"ctl", "send an operator lifecycle command to a live run", esper::agents::ctl_main},
     {"status", "show the state of a live run", esper::agents::status_main},
     {"keygen", "write CURVE key pairs for a secured bus", esper::agents::keygen_main},
+    {"report", "write a run directory's report.html", esper::agents::report_main},
     {"version", "print the version and build configuration", esper::agents::version_main},
 };
 
