@@ -17,5 +17,6 @@ int ctl_main(int argc, char** argv);
 int status_main(int argc, char** argv);
 int keygen_main(int argc, char** argv);
 int report_main(int argc, char** argv);
+int generate_main(int argc, char** argv);
 
 }  // namespace esper::agents

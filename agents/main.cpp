@@ -30,6 +30,7 @@ constexpr Command kCommands[] = {
     {"status", "show the state of a live run", esper::agents::status_main},
     {"keygen", "write CURVE key pairs for a secured bus", esper::agents::keygen_main},
     {"report", "write a run directory's report.html", esper::agents::report_main},
+    {"generate", "sample text from a transformer checkpoint", esper::agents::generate_main},
     {"version", "print the version and build configuration", esper::agents::version_main},
 };
 
