@@ -36,7 +36,9 @@ std::string slow_config() {
            "  teacher: {train_samples: 4096, test_samples: 512, features: 16, classes: 4, hidden: "
            "32}\n"
            "model: {hidden: [32, 32], activation: gelu, seeds_per_layer: 4}\n"
-           "lifecycle: {training_steps: 30, stabilization_steps: 10, evaluation_steps: 10,\n"
+           // A germinated seed trains for longer than any test runs, so a cancel always finds it
+           // cancellable however loaded the machine is.
+           "lifecycle: {training_steps: 200000, stabilization_steps: 10, evaluation_steps: 10,\n"
            "            fine_tuning_steps: 30, embargo_steps: 50, decision_timeout_steps: 60}\n"
            "tamiyo:\n"
            "  plateau: {patience_steps: 1000000, min_delta: 0.01}\n";
@@ -143,6 +145,7 @@ TEST_CASE(
             c.initCancel().setSeed(1);
         });
         REQUIRE(r.ok());
+        INFO(r.reply->envelope().getPayload().getCommandAck().getReason().cStr());
         REQUIRE(r.reply->envelope().getPayload().getCommandAck().getOutcome() ==
                 schema::CommandOutcome::APPLIED);
         REQUIRE(wait_until(
