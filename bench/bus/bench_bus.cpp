@@ -3,8 +3,9 @@
 // broker (XSUB/XPUB) -> Subscriber with full decode; (2) the same frame sizes through raw libzmq
 // PUB -> SUB, no broker, pre-encoded bodies; (3) command round trips RpcClient -> broker ->
 // RpcWorker -> back. Last stdout line is JSON; the headline size is --headline-seeds. With
-// --curve the broker and every Esper socket use CURVE keys (bus/security.h); raw libzmq stays
-// plain, so ratio_vs_raw shows what encryption costs.
+// --curve a second broker and every Esper socket on it use CURVE keys (bus/security.h), measured
+// interleaved with the plain broker (ratio_vs_plain: what encryption costs); raw libzmq stays
+// plain.
 #include <capnp/message.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -260,7 +262,8 @@ int main(int argc, char** argv) {
                 "usage: esper-bench-bus [--seconds S] [--repeat N] [--headline-seeds N] "
                 "[--commands N] [--curve]\n"
                 "Telemetry through the broker vs raw libzmq PUB/SUB for 16/64/256/1024\n"
-                "seeds per message, then command round trips. Last line is JSON.\n");
+                "seeds per message, then command round trips. Last line is JSON. --curve:\n"
+                "the Esper cases on CURVE keys, beside the plain broker (ratio_vs_plain).\n");
             return 0;
         } else {
             std::fprintf(stderr, "esper-bench-bus: unknown argument %s\n", a.c_str());
@@ -269,9 +272,9 @@ int main(int argc, char** argv) {
     }
     zmq::context_t ctx(2);
     std::atomic<bool> stop{false};
-    bus::BrokerEndpoints ep;
-    std::atomic<bool> ready{false};
-    // --curve: one agent key for every Esper socket, allowed by the broker.
+    // --curve: one agent key for every Esper socket, allowed by a second, CURVE broker; the plain
+    // broker runs beside it and the two are measured interleaved, so ratio_vs_plain compares
+    // like with like on a machine whose load drifts.
     bus::ServerSecurity server;
     bus::ClientSecurity keys;
     if (o.curve) {
@@ -282,27 +285,37 @@ int main(int argc, char** argv) {
                               : std::nullopt;
         };
     }
-    std::thread broker_thread([&] {
-        bus::Broker broker(ctx, {.pub_endpoint = "tcp://127.0.0.1:*",
-                                 .sub_endpoint = "tcp://127.0.0.1:*",
-                                 .rpc_endpoint = "tcp://127.0.0.1:*",
-                                 .security = server});
-        ep = broker.endpoints();
-        ready = true;
-        broker.run(stop);
-    });
-    while (!ready) std::this_thread::yield();
+    std::vector<std::thread> brokers;
+    auto start_broker = [&](const bus::ServerSecurity& security) {
+        bus::BrokerEndpoints ep;
+        std::atomic<bool> ready{false};
+        brokers.emplace_back([&ctx, &stop, &ep, &ready, security] {
+            bus::Broker broker(ctx, {.pub_endpoint = "tcp://127.0.0.1:*",
+                                     .sub_endpoint = "tcp://127.0.0.1:*",
+                                     .rpc_endpoint = "tcp://127.0.0.1:*",
+                                     .security = security});
+            ep = broker.endpoints();
+            ready = true;
+            broker.run(stop);
+        });
+        while (!ready) std::this_thread::yield();
+        return ep;
+    };
+    const bus::BrokerEndpoints plain_ep = start_broker({});
+    const bus::BrokerEndpoints ep = o.curve ? start_broker(server) : plain_ep;
 
-    double head_records = 0, head_esper = 0, head_raw = 0, head_raw_proxy = 0;
+    double head_records = 0, head_esper = 0, head_raw = 0, head_raw_proxy = 0, head_plain = 0;
     for (unsigned n : o.seeds) {
         size_t frame_bytes = 0;
         uint64_t records = 0;
-        Rate e, r, rp;
+        Rate e, r, rp, plain;
         auto best = [](Rate& into, Rate x) {
             if (x.msgs_per_s() > into.msgs_per_s()) into = x;
         };
         for (int k = 0; k < o.repeat; ++k) {  // interleaved, so drifting load hits all alike
             best(e, esper_run(ctx, ep, keys, n, o.seconds, frame_bytes, records));
+            if (o.curve)
+                best(plain, esper_run(ctx, plain_ep, {}, n, o.seconds, frame_bytes, records));
             best(r, raw_run(ctx, frame_bytes, o.seconds, false));
             best(rp, raw_run(ctx, frame_bytes, o.seconds, true));
         }
@@ -310,32 +323,51 @@ int main(int argc, char** argv) {
         std::printf(
             "seeds_per_msg=%u frame_bytes=%zu esper_msgs_per_s=%.0f records_per_s=%.0f "
             "raw_zmq_msgs_per_s=%.0f ratio_vs_raw=%.3f raw_proxy_msgs_per_s=%.0f "
-            "ratio_vs_raw_proxy=%.3f\n",
+            "ratio_vs_raw_proxy=%.3f",
             n, frame_bytes, e.msgs_per_s(), recs_per_s, r.msgs_per_s(),
             r.msgs_per_s() > 0 ? e.msgs_per_s() / r.msgs_per_s() : 0.0, rp.msgs_per_s(),
             rp.msgs_per_s() > 0 ? e.msgs_per_s() / rp.msgs_per_s() : 0.0);
+        if (o.curve)
+            std::printf(" plain_msgs_per_s=%.0f ratio_vs_plain=%.3f", plain.msgs_per_s(),
+                        plain.msgs_per_s() > 0 ? e.msgs_per_s() / plain.msgs_per_s() : 0.0);
+        std::printf("\n");
         std::fflush(stdout);
         if (n == o.headline_seeds) {
             head_records = recs_per_s;
             head_esper = e.msgs_per_s();
             head_raw = r.msgs_per_s();
             head_raw_proxy = rp.msgs_per_s();
+            head_plain = plain.msgs_per_s();
         }
         (void)records;
     }
     auto rtts = command_rtts(ctx, ep, keys, o.commands);
+    std::vector<double> plain_rtts;
+    if (o.curve) plain_rtts = command_rtts(ctx, plain_ep, {}, o.commands);
     stop = true;
-    broker_thread.join();
+    for (auto& t : brokers) t.join();
     std::printf("cmd_round_trips=%zu p50_us=%.1f p90_us=%.1f p99_us=%.1f max_us=%.1f\n",
                 rtts.size(), percentile(rtts, 0.5), percentile(rtts, 0.9), percentile(rtts, 0.99),
                 rtts.empty() ? -1.0 : rtts.back());
-    std::printf(
-        "{\"records_per_s\":%.0f,\"esper_msgs_per_s\":%.0f,\"raw_zmq_msgs_per_s\":%.0f,"
-        "\"ratio_vs_raw\":%.3f,\"cmd_rtt_p50_us\":%.1f,\"cmd_rtt_p99_us\":%.1f,"
-        "\"seeds_per_msg\":%u,\"raw_proxy_msgs_per_s\":%.0f,\"ratio_vs_raw_proxy\":%.3f,"
-        "\"curve\":%s}\n",
-        head_records, head_esper, head_raw, head_raw > 0 ? head_esper / head_raw : 0.0,
-        percentile(rtts, 0.5), percentile(rtts, 0.99), o.headline_seeds, head_raw_proxy,
-        head_raw_proxy > 0 ? head_esper / head_raw_proxy : 0.0, o.curve ? "true" : "false");
+    auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+    nlohmann::json j = {{"records_per_s", head_records},
+                        {"esper_msgs_per_s", head_esper},
+                        {"raw_zmq_msgs_per_s", head_raw},
+                        {"ratio_vs_raw", ratio(head_esper, head_raw)},
+                        {"cmd_rtt_p50_us", percentile(rtts, 0.5)},
+                        {"cmd_rtt_p99_us", percentile(rtts, 0.99)},
+                        {"seeds_per_msg", o.headline_seeds},
+                        {"raw_proxy_msgs_per_s", head_raw_proxy},
+                        {"ratio_vs_raw_proxy", ratio(head_esper, head_raw_proxy)},
+                        {"curve", o.curve}};
+    if (o.curve) {
+        std::printf("plain cmd_round_trips=%zu p50_us=%.1f p99_us=%.1f\n", plain_rtts.size(),
+                    percentile(plain_rtts, 0.5), percentile(plain_rtts, 0.99));
+        j["plain_msgs_per_s"] = head_plain;
+        j["ratio_vs_plain"] = ratio(head_esper, head_plain);
+        j["plain_cmd_rtt_p50_us"] = percentile(plain_rtts, 0.5);
+        j["plain_cmd_rtt_p99_us"] = percentile(plain_rtts, 0.99);
+    }
+    std::printf("%s\n", j.dump().c_str());
     return 0;
 }

@@ -4,7 +4,9 @@
 # real `esper` (first argument): sbatch allocates both nodes, the script starts the broker and
 # Tamiyo on n0 and one Gloo rank per node with srun --label; the rank on n1 is killed after the
 # step-500 checkpoint, the step fails, the script reruns it from that checkpoint, and both ranks
-# finish with one seed-table digest; report.html is written. Exits 4 (ctest: skipped) where
+# finish with one seed-table digest; report.html is written. ESPER_SECURE=1: the script makes the
+# run's keys and every process talks CURVE (the plain bus under Slurm runs in
+# docs_distributed_test.sh, the documented sbatch example). Exits 4 (ctest: skipped) where
 # namespaces or the Slurm packages are missing.
 set -uo pipefail
 esper=${1:?usage: slurm_real_test.sh ESPER}
@@ -33,7 +35,7 @@ model: {hidden: [32, 32], activation: gelu, seeds_per_layer: 4}
 YAML
 cd "$tmp"
 in_ns0 env ESPER_BIN="$esper" ESPER_CONFIG="$tmp/c.yaml" ESPER_RUN_DIR="$tmp/run" \
-    ESPER_RUN_ID=slurmtest ESPER_MAX_RESTARTS=1 ESPER_BUS_PORT_BASE=27555 \
+    ESPER_RUN_ID=slurmtest ESPER_MAX_RESTARTS=1 ESPER_SECURE=1 ESPER_BUS_PORT_BASE=27555 \
     timeout 240 sbatch --wait --nodes=2 --ntasks-per-node=1 --output="$tmp/esper-%j.out" \
     "$repo/scripts/slurm/esper.sbatch" -- --seed 11 >"$tmp/sbatch.out" 2>&1 &
 sbatch_pid=$!
@@ -63,4 +65,6 @@ mapfile -t digests < <(grep -oE "step=3000 final digest=[0-9]+" "$out" | sort -u
 [[ ${#digests[@]} == 1 ]] || fail "ranks ended with different digests: ${digests[*]:-none}"
 [[ $(grep -cE "^[01]: .*step=3000 final digest=" "$out") -ge 2 ]] || fail "not every rank finished"
 [[ -f "$tmp/run/report.html" ]] || fail "no report.html"
+[[ $(stat -c %a "$tmp/run/keys/agent.secret") == 600 ]] || fail "ESPER_SECURE=1 made no agent key"
+grep -q "security=curve" "$tmp/run/broker.log" || fail "ESPER_SECURE=1 did not secure the broker"
 echo "PASS: sbatch on two Slurm nodes, a killed rank restarted from the checkpoint; ${digests[0]}"
