@@ -12,7 +12,7 @@ echo
 echo '```'
 "$ESPER" --help
 echo '```'
-for cmd in run kasmina tamiyo broker tap pub policy ctl status version; do
+for cmd in run kasmina tamiyo broker tap pub policy ctl status keygen report version; do
   echo
   echo "## esper $cmd"
   echo
