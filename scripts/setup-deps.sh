@@ -11,6 +11,8 @@ PACKAGES=(
   patchelf libelf-dev bible-kjv
   # multi-node tests (tests/scripts): a real Slurm (controller, node daemon, munge) and Open MPI
   slurmctld slurmd slurm-client munge openmpi-bin
+  # the dashboard's tests: a real browser (headless, DevTools protocol) and Prometheus' parser
+  chromium python3-websocket python3-prometheus-client
 )
 
 missing=()
