@@ -199,10 +199,10 @@ struct RunPlan {
     int ranks = 1;
     std::string policy, epochs, max_steps, seed;  // empty: not given
     std::optional<int> dash_port;
-    fs::path resume_checkpoint;  // --resume: the newest complete checkpoint
-    int resumes = 0;             // how often this run was resumed before
-    std::string started;         // wall clock of the first start
-    fs::path keys;               // --secure: RUN_DIR/keys, else empty
+    fs::path resume_checkpoint;         // --resume: the newest complete checkpoint
+    int resumes = 0;                    // how often this run was resumed before
+    std::string started;                // wall clock of the first start
+    fs::path keys;                      // --secure: RUN_DIR/keys, else empty
     std::vector<fs::path> plugin_dirs;  // --plugin-dir: live plugin loads only from these
 };
 

@@ -71,6 +71,7 @@ tamiyo: {policy: grow.yaml, decision_interval_steps: 5}
     // Both blocks' widening sites (seed layers 1 and 3) grew units and folded them in.
     int germinated = 0, fossilized = 0;
     for (const auto& e : json_lines(dir / "r" / "events.jsonl")) {
+        if (!e.contains("to")) continue;  // policy and run events (esper run records them too)
         const int layer = e["layer"].get<int>();
         if (e["to"] == "GERMINATED") {
             CHECK((layer == 1 || layer == 3));
