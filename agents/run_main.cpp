@@ -123,6 +123,7 @@ private:
             }
         } else if (split == "test") {
             acc_ = number("accuracy", acc_);
+            bpb_ = number("bits_per_byte", bpb_);  // text runs: validation bits per byte
             if (!tty_) print_line();
         }
     }
@@ -148,13 +149,17 @@ private:
             eta = s >= 60 ? std::to_string(s / 60) + "m" + std::to_string(s % 60) + "s"
                           : std::to_string(s) + "s";
         }
+        // A language model is judged by validation bits per byte, a classifier by test accuracy.
+        const bool text = !std::isnan(bpb_);
+        const double quality = text ? bpb_ : acc_;
         char buf[256];
         std::snprintf(buf, sizeof buf,
-                      "epoch %ld step %ld loss %.4f test acc %s %.0f samples/s ETA %s seeds %d "
+                      "epoch %ld step %ld loss %.4f %s %s %.0f samples/s ETA %s seeds %d "
                       "active %d fossilized",
                       static_cast<long>(epoch_), static_cast<long>(step_), loss_,
-                      std::isnan(acc_) ? "-" : std::to_string(acc_).substr(0, 6).c_str(), rate_,
-                      eta.c_str(), active, fossilized);
+                      text ? "val bpb" : "test acc",
+                      std::isnan(quality) ? "-" : std::to_string(quality).substr(0, 6).c_str(),
+                      rate_, eta.c_str(), active, fossilized);
         return buf;
     }
     void print_line() {
@@ -185,7 +190,7 @@ private:
     bool tty_;
     std::streamoff metrics_offset_ = 0, events_offset_ = 0;
     int64_t step_ = -1, epoch_ = 0, total_ = 0, first_step_ = -1;
-    double loss_ = NAN, acc_ = NAN, rate_ = 0;
+    double loss_ = NAN, acc_ = NAN, bpb_ = NAN, rate_ = 0;
     std::map<std::pair<int, int>, int> stage_of_;
     Stopwatch last_print_, first_clock_;
     bool drawn_ = false;
