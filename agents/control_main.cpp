@@ -13,7 +13,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <random>
 #include <sstream>
 #include <string>
 
@@ -37,10 +36,8 @@ bus::RpcClient make_client(zmq::context_t& ctx, const std::string& endpoint, int
                                 .max_attempts = 4});
 }
 
-std::string new_key(const char* what) {
-    std::random_device rd;
-    return fmt::format("{}-{}-{}", what, ::getpid(), rd());
-}
+// Random 128-bit keys: one guessed by another client could otherwise pre-answer the command.
+std::string new_key(const char* what) { return bus::random_key(what); }
 
 // Prints a reply's payload as one JSON line; returns the exit code.
 int print_reply(const bus::RpcReply& r, const std::string& agent) {

@@ -151,16 +151,25 @@ public:
         }
     }
 
-    // The effective run config, once at startup (rank 0, control class) on config.<run>: the
-    // YAML (authoritative) and the fields a consumer routes on (schemas/config.capnp). It goes
-    // out at the first boundary that sees a subscriber of the topic connected (so one present at
-    // startup receives it), 2 s after startup without one, or when `now`; training never waits.
+    // The effective run config (rank 0, control class) on config.<run>: the YAML (authoritative)
+    // and the fields a consumer routes on (schemas/config.capnp), among them the run's shape,
+    // the only layers and seeds Tamiyo will believe telemetry about. It first goes out at the
+    // first boundary that sees a subscriber of the topic connected (so one present at startup
+    // receives it), 2 s after startup without one, or when `now`; then again every
+    // config_repeat_ms, so a controller started later learns the shape. Training never waits.
     void publish_config(bool now) {
-        if (config_published_ || o_.rank != 0) return;  // every rank runs the same config
+        if (o_.rank != 0) return;  // every rank runs the same config
         const std::string topic = "config." + o_.run_id;
-        if (!now && !control_.wait_for_subscriber(topic, 0) && uptime_.elapsed_ns() < 2'000'000'000)
+        if (config_published_) {
+            if (o_.config_repeat_ms <= 0 ||
+                config_clock_.elapsed_ns() < int64_t{o_.config_repeat_ms} * 1'000'000)
+                return;
+        } else if (!now && !control_.wait_for_subscriber(topic, 0) &&
+                   uptime_.elapsed_ns() < 2'000'000'000) {
             return;
+        }
         config_published_ = true;
+        config_clock_.reset();
         const Config& c = trainer_.config();
         const std::vector<int64_t> widths = trainer_.model().seed_layer_widths();
         control_.publish(topic, [&](schema::Envelope::Payload::Builder p) {
@@ -393,7 +402,7 @@ private:
     bus::TelemetryPublisher telemetry_;
     bus::Publisher control_;
     bus::RpcWorker worker_;
-    Stopwatch heartbeat_clock_, uptime_, interval_clock_;
+    Stopwatch heartbeat_clock_, uptime_, interval_clock_, config_clock_;
     uint64_t last_telemetry_step_ = 0;
     bool config_published_ = false;
     int64_t last_seen_step_ = 0;

@@ -21,9 +21,10 @@ struct KasminaBusOptions {
     std::string pub_endpoint;  // broker XSUB endpoint (we publish)
     std::string run_id;
     int rank = 0;
-    int world = 1;            // > 1: rank 0 serves commands, the others train and heartbeat
-    std::string run_dir;      // where the final checkpoint goes ("" = none)
-    std::string config_path;  // the run config file (published with the effective config)
+    int world = 1;                // > 1: rank 0 serves commands, the others train and heartbeat
+    std::string run_dir;          // where the final checkpoint goes ("" = none)
+    std::string config_path;      // the run config file (published with the effective config)
+    int config_repeat_ms = 5000;  // the RunConfig is re-announced this often (0 = once)
 };
 
 // Trains until the trainer is done or `stop` becomes true; rank 0 writes a final checkpoint

@@ -1,9 +1,12 @@
 // RpcClient, AsyncRpcClient and RpcWorker; see rpc.h and the frame layouts in broker.h.
 #include "bus/rpc.h"
 
+#include <fmt/format.h>
 #include <kj/exception.h>
+#include <sys/random.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <iterator>
@@ -38,6 +41,18 @@ bool send_all(zmq::socket_t& socket, std::vector<zmq::message_t>& frames) {
 }
 
 }  // namespace
+
+std::string random_key(std::string_view prefix) {
+    uint64_t bits[2] = {0, 0};
+    size_t got = 0;
+    while (got < sizeof(bits)) {
+        const ssize_t n = ::getrandom(reinterpret_cast<char*>(bits) + got, sizeof(bits) - got, 0);
+        if (n < 0 && errno == EINTR) continue;
+        ESPER_ASSERT(n > 0, "getrandom failed errno=", errno);
+        got += size_t(n);
+    }
+    return fmt::format("{}-{:016x}{:016x}", prefix, bits[0], bits[1]);
+}
 
 std::string_view rpc_status_name(RpcStatus status) {
     switch (status) {

@@ -54,6 +54,10 @@ struct RpcClientConfig {
     size_t max_queued = 1024;   // AsyncRpcClient: requests waiting for a slot; more are refused
 };
 
+// An idempotency key nobody can guess: `prefix` + "-" + 128 random bits in hex (getrandom).
+// Keys are per client on the worker, and a guessable one lets whoever guesses it pre-answer it.
+std::string random_key(std::string_view prefix);
+
 enum class RpcStatus { kOk, kTimeout, kUnknownAgent, kMalformedReply };
 std::string_view rpc_status_name(RpcStatus status);
 

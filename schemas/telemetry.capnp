@@ -66,4 +66,16 @@ struct RunStatus {
   accuracyMeasured @11 :Bool;
   backend @12 :Text;
   # "cpu" or "cuda".
+  counters @13 :List(Counter);
+  # What the answering agent dropped, refused or deduplicated (status replies; docs/bus.md).
+}
+
+struct Counter {
+  # One monotonic count an agent exposes (in status replies and heartbeats): a Prometheus-style
+  # metric name, an optional `reason` label, and the value since the agent started.
+  name @0 :Text;
+  # e.g. "esper_tamiyo_dropped_messages_total", "esper_broker_oversized_frames_total".
+  reason @1 :Text;
+  # The value of the metric's `reason` label (e.g. "out_of_shape"); empty = no label.
+  value @2 :UInt64;
 }
