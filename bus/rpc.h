@@ -190,19 +190,19 @@ struct RpcWorkerConfig {
     std::string endpoint{};  // broker rpc endpoint
     std::string name{};      // e.g. "kasmina/0", "tamiyo"
     std::string run_id{};
-    int heartbeat_ms = 1000;       // keep below the broker's agent_expiry_ms / 2
-    size_t dedup_capacity = 4096;  // most recent keys whose replies are kept
+    int heartbeat_ms = 1000;                    // keep below the broker's agent_expiry_ms / 2
+    size_t dedup_capacity = 4096;               // most recent keys whose replies are kept
     size_t dedup_max_bytes = size_t{32} << 20;  // and at most this many bytes of them
     DecodeLimits limits{};
     int drop_first_replies = 0;  // fault injection for tests: handle, cache, don't send
 };
 
 struct RpcWorkerStats {
-    uint64_t requests = 0;    // frames received
-    uint64_t handled = 0;     // handler calls
-    uint64_t duplicates = 0;  // answered from the dedup window
+    uint64_t requests = 0;       // frames received
+    uint64_t handled = 0;        // handler calls
+    uint64_t duplicates = 0;     // answered from the dedup window
     uint64_t key_conflicts = 0;  // a client's key reused for a different request (refused)
-    uint64_t malformed = 0;   // undecodable requests (answered with an error reply)
+    uint64_t malformed = 0;      // undecodable requests (answered with an error reply)
     uint64_t handler_errors = 0;
 };
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "tests/support/paths.h"
 
 using namespace esper;
 using namespace esper::kasmina;
@@ -170,7 +171,8 @@ TEST_CASE("config errors name file, line, field and reason", "[kasmina][config]"
 }
 
 TEST_CASE("load_config reads a file and names it in errors", "[kasmina][config]") {
-    const std::string path = std::string(ESPER_BINARY_DIR) + "/kasmina_config_test.yaml";
+    const std::string path =
+        (esper::testing::scratch_dir("kasmina") / "kasmina_config_test.yaml").string();
     {
         std::ofstream out(path);
         out << "run:\n  seed: 9\n  epochs: 1\ngovernor:\n  window: 0\n";
@@ -192,7 +194,7 @@ TEST_CASE("load_config reads a file and names it in errors", "[kasmina][config]"
 
 TEST_CASE("the example run configs load", "[kasmina][config]") {
     for (const char* name : {"fashion_mnist.yaml", "fashion_mnist_wide.yaml", "teacher.yaml"}) {
-        const std::string path = std::string(ESPER_SOURCE_DIR) + "/examples/" + name;
+        const std::string path = esper::testing::test_data(std::string("examples/") + name);
         INFO(path);
         std::ifstream probe(path);
         if (!probe) continue;  // examples are written by another owner; absence is not ours
@@ -202,7 +204,7 @@ TEST_CASE("the example run configs load", "[kasmina][config]") {
     // The learning-quality benchmark's hosts (docs/benchmarks.md): widening seeds on the narrow
     // one.
     for (const char* name : {"narrow.yaml", "wide.yaml"}) {
-        const std::string path = std::string(ESPER_SOURCE_DIR) + "/bench/quality/" + name;
+        const std::string path = esper::testing::test_data(std::string("bench/quality/") + name);
         INFO(path);
         const Config c = load_config(path);
         CHECK(parse_config(config_to_yaml(c), "effective.yaml") == c);

@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "kasmina/model/mlp.h"
 #include "tests/kasmina/train/loop_test_util.h"
+#include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
 using namespace esper::kasmina;
@@ -344,7 +345,7 @@ TEST_CASE("the run writes metrics.jsonl train and test lines", "[kasmina][traine
 }
 
 TEST_CASE("Fashion-MNIST example reaches 0.83 test accuracy in two epochs", "[kasmina][.slow]") {
-    Config c = load_config(std::string(ESPER_SOURCE_DIR) + "/examples/fashion_mnist.yaml");
+    Config c = load_config(esper::testing::test_data("examples/fashion_mnist.yaml"));
     c.run.epochs = 2;
     c.run.max_steps = 0;
     Trainer t(c);
