@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,6 +30,23 @@ Logger& log() { return logger("kasmina.agent"); }
 
 // ---- wire → kasmina::Command (bus input: every field checked, nothing asserted) ----
 
+// Why a batch is refused before its items are read: empty, over kMaxBatchItems, or nested.
+std::optional<std::string> batch_refusal(schema::Command::Reader c) {
+    auto items = c.getBatch();
+    if (items.size() == 0) return std::string("empty batch: nothing to apply");
+    if (items.size() > kMaxBatchItems)
+        return fmt::format("batch of {} items exceeds the limit of {}", items.size(),
+                           kMaxBatchItems);
+    unsigned i = 0;
+    for (auto item : items) {
+        if (item.isBatch()) return fmt::format("batch item {}: a batch cannot hold a batch", i);
+        ++i;
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
 // Returns the command, or the reason it cannot be one (unknown variant, bad enum value, size).
 std::variant<Command, std::string> to_command(schema::Command::Reader c, const Config& config) {
     Command out;
@@ -37,9 +55,21 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
                      ? TransitionOrigin::kOperator
                      : TransitionOrigin::kController;
     out.reason = c.getReason().cStr();
-    auto ref = [](auto r) {
-        return SeedRef{static_cast<int32_t>(r.getLayer()), static_cast<int32_t>(r.getSeed())};
+    // Wire ids are UInt32, the lifecycle's int32: beyond that is out of range, never a cast
+    // (4294967295 was read as layer -1).
+    std::string bad_id;
+    auto ref = [&bad_id](auto r) {
+        if (r.getLayer() > kMaxWireId) bad_id = fmt::format("layer {} out of range", r.getLayer());
+        if (r.getSeed() > kMaxWireId) bad_id = fmt::format("seed {} out of range", r.getSeed());
+        return SeedRef{static_cast<int32_t>(std::min(r.getLayer(), kMaxWireId)),
+                       static_cast<int32_t>(std::min(r.getSeed(), kMaxWireId))};
     };
+    // An unset union reads as its first member with a null struct: malformed, not germinate(0,0).
+    const bool unset = (c.isGerminate() && !c.hasGerminate()) ||
+                       (c.isTransition() && !c.hasTransition()) || (c.isCull() && !c.hasCull()) ||
+                       (c.isCancel() && !c.hasCancel()) || (c.isRollback() && !c.hasRollback()) ||
+                       (c.isSetAlphaSchedule() && !c.hasSetAlphaSchedule());
+    if (unset) return std::string("malformed command: no action set");
     switch (c.which()) {
         case schema::Command::GERMINATE: {
             auto g = c.getGerminate();
@@ -52,7 +82,7 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
                 return fmt::format("unknown grafting strategy {}",
                                    static_cast<uint16_t>(g.getStrategy()));
             GerminateCommand gc;
-            gc.target = {static_cast<int32_t>(g.getLayer()), static_cast<int32_t>(g.getSeed())};
+            gc.target = ref(g);
             gc.kind = *kind;
             gc.strategy = *strategy;
             // Arenas are pre-allocated per kind with the configured size; another size would need
@@ -92,18 +122,22 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
                 return fmt::format("unknown grafting strategy {}",
                                    static_cast<uint16_t>(a.getStrategy()));
             SetAlphaScheduleCommand sc;
-            sc.target = {static_cast<int32_t>(a.getLayer()), static_cast<int32_t>(a.getSeed())};
+            sc.target = ref(a);
             sc.strategy = *strategy;
             if (a.getRampSteps() > 0) sc.ramp_steps = a.getRampSteps();
             out.body = sc;
             break;
         }
         case schema::Command::BATCH: {
+            if (auto why = batch_refusal(c)) return *why;
             BatchCommand b;
+            unsigned i = 0;
             for (auto item : c.getBatch()) {
                 auto r = to_command(item, config);
-                if (auto* why = std::get_if<std::string>(&r)) return "batch item: " + *why;
+                if (auto* why = std::get_if<std::string>(&r))
+                    return fmt::format("batch item {}: {}", i, *why);
                 b.commands.push_back(std::get<Command>(std::move(r)));
+                ++i;
             }
             out.body = std::move(b);
             break;
@@ -111,8 +145,11 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
         default:
             return fmt::format("unimplemented command variant {}", static_cast<int>(c.which()));
     }
+    if (!bad_id.empty()) return bad_id;
     return out;
 }
+
+namespace {
 
 class KasminaBusAgent {
 public:
@@ -307,6 +344,8 @@ public:
         auto list = s.initSeedsPerStage(kernels::kNumSeedStages);
         for (int i = 0; i < kernels::kNumSeedStages; ++i) list.set(i, counts[i]);
         s.setBackend(std::string(trainer_.backend().name()));
+        const std::vector<bus::Count> drops = counters();
+        bus::fill_counters(s.initCounters(static_cast<unsigned>(drops.size())), drops);
     }
 
     // Publishes every lifecycle event since the last call (also written to events.jsonl).
@@ -338,6 +377,35 @@ public:
         a.setStep(static_cast<uint64_t>(trainer_.steps_done()));
     }
 
+    // One ack per batch item, in order: all applied, or (all or nothing) the refused item with
+    // its reason and every other one not applied.
+    void item_acks(schema::CommandAck::Builder a, schema::Command::Reader batch, int64_t failed,
+                   const std::string& failed_reason) {
+        auto items = batch.getBatch();
+        auto out = a.initItems(items.size());
+        for (unsigned i = 0; i < items.size(); ++i) {
+            const std::string reason =
+                failed < 0 ? ""
+                : i == failed
+                    ? failed_reason
+                    : fmt::format("not applied: batch item {} was rejected (all or nothing)",
+                                  failed);
+            ack(out[i], items[i].getCommandId().cStr(), reason,
+                failed < 0 ? schema::CommandOutcome::APPLIED : schema::CommandOutcome::REJECTED);
+        }
+    }
+
+    // The first batch item that cannot be converted (its index and reason), for the item acks.
+    std::pair<int64_t, std::string> refused_item(schema::Command::Reader batch) {
+        int64_t i = 0;
+        for (auto item : batch.getBatch()) {
+            auto r = to_command(item, trainer_.config());
+            if (auto* why = std::get_if<std::string>(&r)) return {i, *why};
+            ++i;
+        }
+        return {-1, ""};
+    }
+
     void apply(schema::Command::Reader c, schema::CommandAck::Builder a) {
         std::string id = c.getCommandId().cStr();
         if (o_.rank != 0) {  // data-parallel: only the leader changes the seed tables
@@ -350,16 +418,46 @@ public:
             bool unimpl = why->rfind("unimplemented", 0) == 0;
             ack(a, id, *why,
                 unimpl ? schema::CommandOutcome::UNIMPLEMENTED : schema::CommandOutcome::REJECTED);
-            ESPER_LOG_WARN(log(), "command=", id, " refused: ", *why);
+            ++command_counts_[unimpl ? "unimplemented" : "refused"];
+            // Item acks only for a batch of acceptable size whose items were looked at.
+            if (c.isBatch() && !batch_refusal(c)) {
+                auto [item, item_why] = refused_item(c);
+                item_acks(a, c, item, item_why);
+            }
+            ESPER_LOG_WARN_RATE(log(), 5, "command=", bus::printable(id),
+                                " refused: ", bus::printable(*why, 200));
             return;
         }
         Outcome o = trainer_.apply(std::get<Command>(cmd));
         ack(a, id, o.reason,
             o.applied() ? schema::CommandOutcome::APPLIED : schema::CommandOutcome::REJECTED);
-        ESPER_LOG_INFO(log(), "command=", id, " step=", trainer_.steps_done(),
+        ++command_counts_[o.applied() ? "applied" : "rejected"];
+        if (c.isBatch()) {
+            const std::string prefix = fmt::format("batch item {}: ", o.failed_item);
+            item_acks(a, c, o.applied() ? -1 : o.failed_item,
+                      o.reason.rfind(prefix, 0) == 0 ? o.reason.substr(prefix.size()) : o.reason);
+        }
+        ESPER_LOG_INFO(log(), "command=", bus::printable(id), " step=", trainer_.steps_done(),
                        " outcome=", o.applied() ? "applied" : "rejected",
                        o.applied() ? "" : " reason=", o.reason);
         publish_events();  // the transitions this command caused, before the ack leaves
+    }
+
+    // What this executor refused, dropped or deduplicated: in its status reply and run status.
+    std::vector<bus::Count> counters() const {
+        std::vector<bus::Count> c;
+        for (const char* r : {"applied", "rejected", "refused", "unimplemented"}) {
+            auto it = command_counts_.find(r);
+            c.push_back(
+                {"esper_kasmina_commands_total", r, it == command_counts_.end() ? 0 : it->second});
+        }
+        const bus::RpcWorkerStats& w = worker_.stats();
+        c.push_back({"esper_kasmina_rpc_duplicates_total", "", w.duplicates});
+        c.push_back({"esper_kasmina_rpc_key_conflicts_total", "", w.key_conflicts});
+        c.push_back({"esper_kasmina_rpc_malformed_total", "", w.malformed});
+        c.push_back({"esper_kasmina_rpc_handler_errors_total", "", w.handler_errors});
+        c.push_back({"esper_kasmina_telemetry_dropped_total", "", telemetry_.stats().dropped});
+        return c;
     }
 
     void handle(schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
@@ -408,6 +506,7 @@ private:
     int64_t last_seen_step_ = 0;
     double loss_sum_ = 0;
     int64_t correct_sum_ = 0, samples_ = 0, loss_steps_ = 0;
+    std::map<std::string, uint64_t> command_counts_;  // by outcome
 };
 
 }  // namespace
@@ -447,6 +546,16 @@ int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
     }
     std::fflush(stdout);
     return 0;
+}
+
+// Declared with run_kasmina_bus (kasmina_bus.h); both loops of `esper kasmina` print it.
+void print_epoch_summary(const EpochSummary& s) {
+    std::printf(
+        "epoch %lld  step %lld  train_loss %.4f  test_loss %.4f  test_acc %.4f  "
+        "live_seeds %lld  params %lld  %.1fs\n",
+        (long long)s.epoch, (long long)s.step, s.train_loss, s.test.loss, s.test.accuracy,
+        (long long)s.active_seeds, (long long)s.param_count, s.seconds);
+    std::fflush(stdout);
 }
 
 }  // namespace esper::agents
