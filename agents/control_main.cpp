@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <cstdio>
@@ -20,6 +21,7 @@
 #include "agents/commands.h"
 #include "agents/tool_json.h"
 #include "agents/wire_vocabulary.h"
+#include "bus/pubsub.h"
 #include "bus/rpc.h"
 #include "core/clock.h"
 #include "core/error.h"
@@ -221,9 +223,14 @@ int ctl_main(int argc, char** argv) {
 
 int status_main(int argc, char** argv) {
     cli::Parser p("esper status",
-                  "Show the state of a live run: the controller's view and the executor's status.");
+                  "Show the state of a live run: the controller's view and the executor's status,\n"
+                  "each with its counters of what it dropped or refused (\"counters\"), then the\n"
+                  "broker's heartbeat with its own counters (oversized frames, busy agents, ...).");
     auto& bus_ep =
         p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+    auto& bus_sub = p.option("bus-sub", "tcp://HOST:S",
+                             "broker subscriber endpoint (for the broker's heartbeat; '' = skip)",
+                             "tcp://127.0.0.1:5556");
     auto& target = p.option("target", "AGENT", "executor to ask", "kasmina/0");
     auto& timeout = p.option("timeout-ms", "MS", "per-attempt timeout", "1000");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
@@ -232,6 +239,17 @@ int status_main(int argc, char** argv) {
     int t = static_cast<int>(timeout.as_int());
     int rc_t = control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setStatus(); });
     int rc_k = control(bus_ep.str(), target.str(), t, [](auto r) { r.setStatus(); });
+    if (!bus_sub.str().empty()) {
+        // The broker answers no requests (it only routes): its counters come in its heartbeat,
+        // published every second on heartbeat.broker.
+        zmq::context_t ctx;
+        bus::Subscriber sub(ctx, {.endpoint = bus_sub.str(), .prefixes = {"heartbeat.broker"}});
+        if (auto m = sub.poll(std::max(t, 1500)))
+            fmt::print("{}\n", envelope_to_json(m->topic, m->envelope()));
+        else
+            fmt::print(stderr, "no heartbeat from the broker on {} within {} ms\n", bus_sub.str(),
+                       std::max(t, 1500));
+    }
     return rc_t == 0 && rc_k == 0 ? 0 : 1;
 }
 

@@ -267,6 +267,7 @@ private:
         c.push_back({"esper_tamiyo_bus_malformed_total", "", sub_.stats().malformed});
         c.push_back({"esper_tamiyo_bus_sequence_gaps_total", "", sub_.sequences().gaps()});
         c.push_back({"esper_tamiyo_bus_reordered_total", "", sub_.sequences().reordered()});
+        c.push_back({"esper_tamiyo_bus_untracked_total", "", sub_.sequences().untracked()});
         for (const char* o : {"applied", "rejected", "no reply"}) {
             auto it = command_outcomes_.find(o);
             c.push_back({"esper_tamiyo_commands_total",
