@@ -15,5 +15,6 @@ int run_main(int argc, char** argv);
 int policy_main(int argc, char** argv);
 int ctl_main(int argc, char** argv);
 int status_main(int argc, char** argv);
+int generate_main(int argc, char** argv);
 
 }  // namespace esper::agents

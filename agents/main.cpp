@@ -28,6 +28,7 @@ constexpr Command kCommands[] = {
      esper::agents::policy_main},
     {"ctl", "send an operator lifecycle command to a live run", esper::agents::ctl_main},
     {"status", "show the state of a live run", esper::agents::status_main},
+    {"generate", "sample text from a transformer checkpoint", esper::agents::generate_main},
     {"version", "print the version and build configuration", esper::agents::version_main},
 };
 

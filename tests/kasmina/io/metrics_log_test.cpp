@@ -38,7 +38,7 @@ TEST_CASE("metrics lines carry the train and test fields, null for a NaN loss, a
         log.write(TrainMetrics{1, 0, 1.25, 0.05, 1000.5, 6532, 0, 60});
         log.write(TrainMetrics{2, 0, std::nan(""), 0.05, 900.0, 6532, 76, 60});
     }
-    MetricsLog(path).write(TestMetrics{2, 0, 0.75, 0.5});
+    MetricsLog(path).write(TestMetrics{2, 0, 0.75, 0.5, std::nullopt, std::nullopt});
     const std::vector<std::string> lines = read_lines(path);
     REQUIRE(lines.size() == 3);
     CHECK(
