@@ -421,11 +421,14 @@ void read_lifecycle(const Reader& r, const YAML::Node& n, LifecycleConfig& c) {
 
 void read_governor(const Reader& r, const YAML::Node& n, GovernorConfig& c) {
     const std::string p = "governor";
-    r.section(n, p, {"enabled", "divergence_factor", "window", "snapshot_every_steps"});
+    r.section(n, p,
+              {"enabled", "divergence_factor", "window", "snapshot_every_steps",
+               "max_consecutive_trips"});
     r.get_bool(n, p, "enabled", c.enabled);
     r.get_double(n, p, "divergence_factor", c.divergence_factor, 1.0, kInf, true);
     r.get_int(n, p, "window", c.window, 1);
     r.get_int(n, p, "snapshot_every_steps", c.snapshot_every_steps, 1);
+    r.get_int(n, p, "max_consecutive_trips", c.max_consecutive_trips, 0);
 }
 
 void read_faults(const Reader& r, const YAML::Node& n, FaultInjection& c) {
@@ -506,6 +509,22 @@ MemoryEstimate estimate_memory(const Config& c) {
                  double(blueprint_param_count(BlueprintKind::kScaleShift, w, 0)));
         in_width = double(h);
     }
+    if (c.model.kind == ModelKind::kTransformer) {
+        // The byte-level transformer instead of the MLP above: embeddings, n_layer blocks of
+        // attention (4 C^2) and MLP (8 C^2, with the reserved extra units), the output head; its
+        // activations hold per position about 16 C values a block plus the attention scores.
+        const TransformerConfig& t = c.model.transformer;
+        const double C = double(t.d_model), T = double(t.context), L = double(t.n_layer);
+        const double F = 4.0 * C + double(t.max_extra_units);
+        const double heads = double(t.n_head + t.max_extra_heads);
+        const double block = 4.0 * C * C + 2.0 * C * F + 13.0 * C + F;
+        const double tparams = 256.0 * C + T * C + L * block + (t.tie_embeddings ? 0.0 : 256.0 * C);
+        m.host_bytes = tparams * per_param * kFloat;
+        m.activation_bytes =
+            double(c.data.batch_size) * T * (L * (16.0 * C + heads * T) + 256.0) * kFloat * 2.0;
+        m.arena_bytes = 0;  // widening seeds live in the host's reserved room, counted above
+        m.data_bytes = 0;   // the corpus is read as bytes, its size known only at load
+    }
     m.total_bytes = m.data_bytes + m.host_bytes + m.activation_bytes + m.arena_bytes;
     return m;
 }
@@ -526,9 +545,11 @@ void refuse_what_cannot_fit(const Reader& r, const YAML::Node& root, const Confi
     if (memory_bytes == 0) return;
     const MemoryEstimate m = estimate_memory(c);
     if (m.total_bytes <= double(memory_bytes)) return;
+    const bool transformer = c.model.kind == ModelKind::kTransformer;
+    const char* key = transformer ? "transformer" : "hidden";
     const YAML::Node model = root.IsMap() && root["model"] ? root["model"] : root;
-    const YAML::Node at = model.IsMap() && model["hidden"] ? model["hidden"] : model;
-    r.fail(at, "model.hidden",
+    const YAML::Node at = model.IsMap() && model[key] ? model[key] : model;
+    r.fail(at, transformer ? "model.transformer" : "model.hidden",
            fmt::format("the run needs about {} of memory (host parameters with gradients and "
                        "optimizer state {}, blueprint arenas {}, activations {}, data {}) but "
                        "this machine has {}",
@@ -821,7 +842,8 @@ void emit_config(YAML::Emitter& out, const Config& c) {
             .put("enabled", g.enabled)
             .put("divergence_factor", g.divergence_factor)
             .put("window", g.window)
-            .put("snapshot_every_steps", g.snapshot_every_steps);
+            .put("snapshot_every_steps", g.snapshot_every_steps)
+            .put("max_consecutive_trips", g.max_consecutive_trips);
     }
     {
         const FaultInjection& f = c.faults;

@@ -260,6 +260,14 @@ TEST_CASE("a config that cannot fit in memory is refused at validation, naming t
     const MemoryEstimate m = estimate_memory(parse_config(wide, "wide.yaml", 0));
     CHECK(m.host_bytes > 3.0 * 4 * 8192.0 * 8192.0);
     CHECK(m.total_bytes > m.host_bytes);
+    // The transformer is estimated as the transformer (its MLP hidden: is not built).
+    const std::string big_tfm =
+        "data: {dataset: text}\nmodel:\n  kind: transformer\n"
+        "  transformer: {n_layer: 48, n_head: 64, d_model: 65536, context: 64}\n";
+    CHECK_THROWS_WITH(parse_config(big_tfm, "tfm.yaml", uint64_t{64} << 30),
+                      Catch::StartsWith("tfm.yaml:4: model.transformer: the run needs about"));
+    CHECK_NOTHROW(parse_config("data: {dataset: text}\nmodel: {kind: transformer}\n", "t.yaml",
+                               uint64_t{1} << 30));
 }
 
 TEST_CASE("a transformer config parses every key, defaults its corpus and round-trips",
