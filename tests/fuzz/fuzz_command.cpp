@@ -13,6 +13,7 @@
 #include "bus/envelope.h"
 #include "kasmina/io/config.h"
 #include "kasmina/lifecycle/seed_manager.h"
+#include "tests/fuzz/quiet.h"
 
 namespace {
 

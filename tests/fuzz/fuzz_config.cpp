@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "kasmina/io/config.h"
 #include "tamiyo/config.h"
+#include "tests/fuzz/quiet.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const std::string text(reinterpret_cast<const char*>(data), size);

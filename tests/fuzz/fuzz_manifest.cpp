@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "kasmina/io/checkpoint.h"
 #include "kasmina/io/state_codec.h"
+#include "tests/fuzz/quiet.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     esper::kasmina::CheckpointData out;

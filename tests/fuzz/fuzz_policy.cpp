@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "tamiyo/policy_factory.h"
 #include "tamiyo/view.h"
+#include "tests/fuzz/quiet.h"
 
 namespace {
 

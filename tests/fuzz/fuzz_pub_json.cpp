@@ -12,6 +12,7 @@
 #include "agents/tool_json.h"
 #include "bus/envelope.h"
 #include "core/error.h"
+#include "tests/fuzz/quiet.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     using namespace esper;

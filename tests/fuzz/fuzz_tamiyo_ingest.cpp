@@ -4,6 +4,7 @@
 // shape. The view must stay within the shape whatever arrives.
 #include <capnp/message.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -12,10 +13,11 @@
 
 #include "agents/tamiyo_ingest.h"
 #include "bus/envelope.h"
+#include "tests/fuzz/quiet.h"
 
 namespace {
 
-constexpr const char* kTopics[] = {"config.r", "telemetry.seeds.r.0", "telemetry.seeds.r.1",
+constexpr const char* kTopics[] = {"config.r",        "telemetry.seeds.r.0",  "telemetry.seeds.r.1",
                                    "telemetry.run.r", "events.lifecycle.r.0", "config.r2"};
 
 }  // namespace
@@ -41,7 +43,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         std::memcpy(&len, data + at + 1, 4);
         at += 5;
         len = static_cast<uint32_t>(std::min<size_t>(len, size - at));
-        bus::DecodeResult d = bus::decode(std::span(reinterpret_cast<const std::byte*>(data + at), len));
+        bus::DecodeResult d =
+            bus::decode(std::span(reinterpret_cast<const std::byte*>(data + at), len));
         at += len;
         if (!d.ok()) continue;
         auto env = d.value->envelope();
