@@ -51,7 +51,7 @@ public:
     uint64_t generation() const { return generation_; }
     uint64_t dropped() const;
     uint64_t drops(IngestDrop d) const { return drops_[static_cast<size_t>(d)]; }
-    // esper_tamiyo_dropped_messages_total{reason} (agent and view reasons) and
+    // esper_tamiyo_dropped_total{reason} (agent and view reasons) and
     // esper_tamiyo_rejected_values_total: the counters of the status reply and heartbeat.
     std::vector<bus::Count> counters() const;
 
