@@ -9,6 +9,7 @@ PACKAGES=(
   libboost-dev libyaml-cpp-dev libopenblas-dev libgloo-dev zlib1g-dev libssl-dev
   nlohmann-json3-dev libfmt-dev catch2 dataset-fashion-mnist python3 python3-zmq iproute2 procps
   patchelf bible-kjv
+  clang libclang-rt-14-dev  # scripts/sanitize.sh and scripts/fuzz.sh (ASan/UBSan/TSan, libFuzzer)
 )
 
 missing=()
