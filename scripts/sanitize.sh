@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sanitizer builds of the tests (CI runs this after scripts/test.sh; docs/fuzzing.md):
+# Sanitizer builds of the tests (`ESPER_CI_SANITIZE=1 bash .ci/run` runs it after scripts/test.sh;
+# docs/fuzzing.md):
 #  1. ASan+UBSan (clang, CUDA off, undefined behaviour fatal) of the unit tests, the bus, agents
 #     and fault-injection integration tests, and the fuzz harnesses (one build: the harnesses carry
 #     the same sanitizers); runs those tests, then every fuzzer for FUZZ_SECONDS (default 20).
