@@ -72,6 +72,16 @@ int broker_main(int argc, char** argv) {
                             "forget an agent after this long without "
                             "a heartbeat",
                             "3000");
+    auto& queue_bytes = p.option("max-queue-bytes", "N",
+                                 "memory the queue towards one peer (a stalled subscriber or "
+                                 "agent) may pin, in bytes",
+                                 std::to_string(bus::BrokerConfig{}.max_queue_bytes));
+    auto& frame_bytes =
+        p.option("max-frame-bytes", "N", "largest request/reply frame; larger ones are refused",
+                 std::to_string(bus::BrokerConfig{}.max_frame_bytes));
+    auto& pubsub_bytes = p.option("max-pubsub-frame-bytes", "N",
+                                  "largest published message; larger ones are dropped",
+                                  std::to_string(bus::BrokerConfig{}.max_pubsub_frame_bytes));
     auto& insecure = p.flag("insecure", "allow a non-loopback bind without keys (warns)");
     auto& keys = p.option("keys", "DIR",
                           "CURVE on every endpoint: DIR/broker.secret is the broker's key, and "
@@ -108,6 +118,11 @@ int broker_main(int argc, char** argv) {
     config.rpc_endpoint = endpoint(bind.str(), port_value(rpc_port));
     config.agent_expiry_ms = static_cast<int>(expiry.as_int());
     if (config.agent_expiry_ms <= 0) throw cli::UsageError("--agent-expiry-ms must be positive");
+    config.max_queue_bytes = queue_bytes.as_int();
+    config.max_frame_bytes = frame_bytes.as_int();
+    config.max_pubsub_frame_bytes = pubsub_bytes.as_int();
+    for (const cli::Option* o : {&queue_bytes, &frame_bytes, &pubsub_bytes})
+        if (o->as_int() < 1024) throw cli::UsageError("--" + o->name + " must be >= 1024");
     const int ready = ready_fd.given() ? static_cast<int>(ready_fd.as_int()) : -1;
     if (ready_fd.given() && ready < 0) throw cli::UsageError("--ready-fd must be >= 0");
     if (keys.given()) {
@@ -142,7 +157,8 @@ int broker_main(int argc, char** argv) {
     const auto& s = broker.stats();
     ESPER_LOG_INFO(log, "stopped forwarded=", s.forwarded, " requests=", s.requests,
                    " replies=", s.replies, " unknown_agent=", s.unknown_agent,
-                   " malformed=", s.malformed, " auth_allowed=", s.auth_allowed,
+                   " malformed=", s.malformed, " oversized=", s.oversized,
+                   " agent_busy=", s.agent_busy, " auth_allowed=", s.auth_allowed,
                    " auth_denied=", s.auth_denied, " handshake_failed=", s.handshake_failed,
                    " forbidden=", s.forbidden, " name_conflicts=", s.name_conflicts,
                    " forged_replies=", s.forged_replies);

@@ -9,6 +9,7 @@
 #include <fmt/ranges.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cctype>
 #include <cstdio>
@@ -26,6 +27,7 @@
 #include "agents/process.h"
 #include "agents/tool_json.h"
 #include "agents/wire_vocabulary.h"
+#include "bus/pubsub.h"
 #include "bus/rpc.h"
 #include "core/clock.h"
 #include "core/error.h"
@@ -57,10 +59,8 @@ bus::RpcClient make_client(zmq::context_t& ctx, const std::string& endpoint, int
                                 .security = security});
 }
 
-std::string new_key(const char* what) {
-    std::random_device rd;
-    return fmt::format("{}-{}-{}", what, ::getpid(), rd());
-}
+// Random 128-bit keys: one guessed by another client could otherwise pre-answer the command.
+std::string new_key(const char* what) { return bus::random_key(what); }
 
 // Prints a reply's payload as one JSON line; returns the exit code.
 int print_reply(const bus::RpcReply& r, const std::string& agent) {
@@ -158,7 +158,31 @@ std::string number(const nlohmann::json& j, const char* key, const char* format 
 }
 
 // The status for people: one labelled line per fact, "-" for what is not measured.
-std::string format_status(const StatusReplies& r, const std::string& bus) {
+// "name{reason}=value" for every non-zero counter of a status or heartbeat ("none" when all 0).
+// The first "counters" array anywhere in `j` (a status reply, or a heartbeat's JSON envelope).
+nlohmann::json find_counters(const nlohmann::json& j) {
+    if (!j.is_object()) return nlohmann::json::array();
+    if (auto it = j.find("counters"); it != j.end() && it->is_array()) return *it;
+    for (const auto& [k, v] : j.items()) {
+        nlohmann::json c = find_counters(v);
+        if (!c.empty()) return c;
+    }
+    return nlohmann::json::array();
+}
+
+std::string counters_line(const nlohmann::json& j) {
+    std::string out;
+    for (const auto& c : find_counters(j)) {
+        if (!c.is_object() || c.value("value", uint64_t{0}) == 0) continue;
+        const std::string reason = c.value("reason", "");
+        out += fmt::format("{}{}{}={}", out.empty() ? "" : ", ", c.value("name", "?"),
+                           reason.empty() ? "" : "{" + reason + "}", c.value("value", uint64_t{0}));
+    }
+    return out.empty() ? "none" : out;
+}
+
+std::string format_status(const StatusReplies& r, const std::string& bus,
+                          const nlohmann::json& broker) {
     std::string out = fmt::format("run status via {}\n", bus);
     auto row = [&](std::string_view k, const std::string& v) {
         out += fmt::format("  {:<18} {}\n", k, v);
@@ -199,6 +223,7 @@ std::string format_status(const StatusReplies& r, const std::string& bus) {
         }
         row("seeds", (seeds.empty() ? std::string("none active") : seeds) +
                          fmt::format(" ({} dormant)", dormant));
+        row("dropped/refused", counters_line(e));
     }
     if (!r.controller.error.empty()) {
         row("controller", r.controller.agent + ": no answer (" + r.controller.error + ")");
@@ -207,6 +232,11 @@ std::string format_status(const StatusReplies& r, const std::string& bus) {
         // Tamiyo reports its policy and plateau state as "policy=... plateau=... pending=...".
         row("controller", fmt::format("{} at step {}: {}", r.controller.agent, number(c, "step"),
                                       c.value("backend", "")));
+        row("dropped/refused", counters_line(c));
+    }
+    if (broker.is_object()) {
+        row("broker", broker.contains("error") ? broker.value("error", "")
+                                               : "dropped/refused " + counters_line(broker));
     }
     if (!r.executor.error.empty() || !r.controller.error.empty())
         out += "  (is a run up? `esper run` prints its --bus endpoint)\n";
@@ -359,10 +389,15 @@ int ctl_main(int argc, char** argv) {
 int status_main(int argc, char** argv) {
     cli::Parser p("esper status",
                   "Show the state of a live run: the executor's status and the controller's view,\n"
-                  "as a table (--json: one JSON object). Fails within about --timeout-ms when\n"
-                  "nothing answers.");
+                  "each with its counters of what it dropped or refused, then the broker's\n"
+                  "counters from its heartbeat; as a table (--json: one JSON object). Fails\n"
+                  "within about --timeout-ms when nothing answers.");
     auto& bus_ep = p.endpoint("bus", "tcp://HOST:RPC", "broker request/reply endpoint",
                               "tcp://127.0.0.1:5557");
+    auto& bus_sub = p.option("bus-sub", "tcp://HOST:SUB",
+                             "broker subscriber endpoint, for the broker's heartbeat and its "
+                             "counters ('' = skip)",
+                             "tcp://127.0.0.1:5556");
     auto& target = p.option("target", "AGENT", "executor to ask", "kasmina/0");
     auto& timeout = p.option("timeout-ms", "MS", "the whole command's time limit", "1500");
     auto& as_json = p.flag("json", "print one JSON object instead of the table");
@@ -372,6 +407,12 @@ int status_main(int argc, char** argv) {
         return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
     const int64_t total_ms = timeout.as_int();
     if (total_ms < 100) return p.usage_error("--timeout-ms must be >= 100");
+    std::string sub_ep;
+    try {
+        if (!bus_sub.str().empty()) sub_ep = cli::normalize_endpoint(bus_sub.str(), "bus-sub");
+    } catch (const cli::UsageError& e) {
+        return p.usage_error(e.what());
+    }
     const bus::ClientSecurity sec =
         tool_keys(keys, {bus::Role::kObserver, bus::Role::kOperator, bus::Role::kAgent});
     // One attempt per agent, half the budget each: a status request changes nothing, so a lost
@@ -403,10 +444,26 @@ int status_main(int argc, char** argv) {
         out.status = nlohmann::json::parse(payload_to_json(r.reply->envelope()), nullptr, false)
                          .value("status", nlohmann::json::object());
     }
+    // The broker answers no requests (it only routes): its counters come in its heartbeat,
+    // published every second on heartbeat.broker. Asked only of a run that answered, so a run
+    // that is not there still fails within the budget.
+    nlohmann::json broker;
+    if (!sub_ep.empty() && replies.executor.error.empty()) {
+        bus::Subscriber sub(ctx, {.endpoint = sub_ep,
+                                  .prefixes = {"heartbeat.broker"},
+                                  .security = sec});
+        if (auto m = sub.poll(1500))
+            broker = nlohmann::json::parse(envelope_to_json(m->topic, m->envelope()), nullptr,
+                                           false);
+        else
+            broker = {{"error", "no heartbeat from the broker within 1500 ms"}};
+    }
     if (as_json.on()) {
-        fmt::print("{}\n", status_json(replies, bus_ep.str()).dump());
+        nlohmann::json j = status_json(replies, bus_ep.str());
+        if (!broker.is_null()) j["broker"] = broker;
+        fmt::print("{}\n", j.dump());
     } else {
-        fmt::print("{}", format_status(replies, bus_ep.str()));
+        fmt::print("{}", format_status(replies, bus_ep.str(), broker));
     }
     return replies.executor.error.empty() && replies.controller.error.empty() ? 0 : 1;
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,6 +31,21 @@ Logger& log() { return logger("kasmina.agent"); }
 
 // ---- wire → kasmina::Command (bus input: every field checked, nothing asserted) ----
 
+// Why a batch is refused before its items are read: empty, over kMaxBatchItems, or nested.
+std::optional<std::string> batch_refusal(schema::Command::Reader c) {
+    auto items = c.getBatch();
+    if (items.size() == 0) return std::string("empty batch: nothing to apply");
+    if (items.size() > kMaxBatchItems)
+        return fmt::format("batch of {} items exceeds the limit of {}", items.size(),
+                           kMaxBatchItems);
+    unsigned i = 0;
+    for (auto item : items) {
+        if (item.isBatch()) return fmt::format("batch item {}: a batch cannot hold a batch", i);
+        ++i;
+    }
+    return std::nullopt;
+}
+
 // Who issued a command decides its origin. With keys it is the role the broker authenticated
 // (operator key: operator, agent key: the controller), never a field the sender wrote; without
 // keys nothing is authenticated and the self-declared issuedBy is all there is.
@@ -53,15 +69,29 @@ std::optional<std::string> authorize_request(const bus::Peer& peer, schema::Enve
            std::string(bus::role_name(peer.role)) + " " + peer.name;
 }
 
+}  // namespace
+
 // Returns the command, or the reason it cannot be one (unknown variant, bad enum value, size).
 std::variant<Command, std::string> to_command(schema::Command::Reader c, const Config& config,
                                               TransitionOrigin origin) {
     Command out;
     out.origin = origin;
     out.reason = c.getReason().cStr();
-    auto ref = [](auto r) {
-        return SeedRef{static_cast<int32_t>(r.getLayer()), static_cast<int32_t>(r.getSeed())};
+    // Wire ids are UInt32, the lifecycle's int32: beyond that is out of range, never a cast
+    // (4294967295 was read as layer -1).
+    std::string bad_id;
+    auto ref = [&bad_id](auto r) {
+        if (r.getLayer() > kMaxWireId) bad_id = fmt::format("layer {} out of range", r.getLayer());
+        if (r.getSeed() > kMaxWireId) bad_id = fmt::format("seed {} out of range", r.getSeed());
+        return SeedRef{static_cast<int32_t>(std::min(r.getLayer(), kMaxWireId)),
+                       static_cast<int32_t>(std::min(r.getSeed(), kMaxWireId))};
     };
+    // An unset union reads as its first member with a null struct: malformed, not germinate(0,0).
+    const bool unset = (c.isGerminate() && !c.hasGerminate()) ||
+                       (c.isTransition() && !c.hasTransition()) || (c.isCull() && !c.hasCull()) ||
+                       (c.isCancel() && !c.hasCancel()) || (c.isRollback() && !c.hasRollback()) ||
+                       (c.isSetAlphaSchedule() && !c.hasSetAlphaSchedule());
+    if (unset) return std::string("malformed command: no action set");
     switch (c.which()) {
         case schema::Command::GERMINATE: {
             auto g = c.getGerminate();
@@ -74,7 +104,7 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
                 return fmt::format("unknown grafting strategy {}",
                                    static_cast<uint16_t>(g.getStrategy()));
             GerminateCommand gc;
-            gc.target = {static_cast<int32_t>(g.getLayer()), static_cast<int32_t>(g.getSeed())};
+            gc.target = ref(g);
             gc.kind = *kind;
             gc.strategy = *strategy;
             // Arenas are pre-allocated per kind with the configured size; another size would need
@@ -114,18 +144,22 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
                 return fmt::format("unknown grafting strategy {}",
                                    static_cast<uint16_t>(a.getStrategy()));
             SetAlphaScheduleCommand sc;
-            sc.target = {static_cast<int32_t>(a.getLayer()), static_cast<int32_t>(a.getSeed())};
+            sc.target = ref(a);
             sc.strategy = *strategy;
             if (a.getRampSteps() > 0) sc.ramp_steps = a.getRampSteps();
             out.body = sc;
             break;
         }
         case schema::Command::BATCH: {
+            if (auto why = batch_refusal(c)) return *why;
             BatchCommand b;
+            unsigned i = 0;
             for (auto item : c.getBatch()) {
                 auto r = to_command(item, config, origin);
-                if (auto* why = std::get_if<std::string>(&r)) return "batch item: " + *why;
+                if (auto* why = std::get_if<std::string>(&r))
+                    return fmt::format("batch item {}: {}", i, *why);
                 b.commands.push_back(std::get<Command>(std::move(r)));
+                ++i;
             }
             out.body = std::move(b);
             break;
@@ -133,8 +167,11 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
         default:
             return fmt::format("unimplemented command variant {}", static_cast<int>(c.which()));
     }
+    if (!bad_id.empty()) return bad_id;
     return out;
 }
+
+namespace {
 
 class KasminaBusAgent {
 public:
@@ -181,16 +218,25 @@ public:
         }
     }
 
-    // The effective run config, once at startup (rank 0, control class) on config.<run>: the
-    // YAML (authoritative) and the fields a consumer routes on (schemas/config.capnp). It goes
-    // out at the first boundary that sees a subscriber of the topic connected (so one present at
-    // startup receives it), 2 s after startup without one, or when `now`; training never waits.
+    // The effective run config (rank 0, control class) on config.<run>: the YAML (authoritative)
+    // and the fields a consumer routes on (schemas/config.capnp), among them the run's shape,
+    // the only layers and seeds Tamiyo will believe telemetry about. It first goes out at the
+    // first boundary that sees a subscriber of the topic connected (so one present at startup
+    // receives it), 2 s after startup without one, or when `now`; then again every
+    // config_repeat_ms, so a controller started later learns the shape. Training never waits.
     void publish_config(bool now) {
-        if (config_published_ || o_.rank != 0) return;  // every rank runs the same config
+        if (o_.rank != 0) return;  // every rank runs the same config
         const std::string topic = "config." + o_.run_id;
-        if (!now && !control_.wait_for_subscriber(topic, 0) && uptime_.elapsed_ns() < 2'000'000'000)
+        if (config_published_) {
+            if (o_.config_repeat_ms <= 0 ||
+                config_clock_.elapsed_ns() < int64_t{o_.config_repeat_ms} * 1'000'000)
+                return;
+        } else if (!now && !control_.wait_for_subscriber(topic, 0) &&
+                   uptime_.elapsed_ns() < 2'000'000'000) {
             return;
+        }
         config_published_ = true;
+        config_clock_.reset();
         const Config& c = trainer_.config();
         const std::vector<int64_t> widths = trainer_.model().seed_layer_widths();
         control_.publish(topic, [&](schema::Envelope::Payload::Builder p) {
@@ -342,6 +388,8 @@ public:
         }
         s.setState(state_);
         s.setStateReason(state_reason_);
+        const std::vector<bus::Count> drops = counters();
+        bus::fill_counters(s.initCounters(static_cast<unsigned>(drops.size())), drops);
     }
 
     // The last status of the run: on telemetry.run.<run> as usual, and on events.run.<run>
@@ -385,6 +433,35 @@ public:
         a.setStep(static_cast<uint64_t>(trainer_.steps_done()));
     }
 
+    // One ack per batch item, in order: all applied, or (all or nothing) the refused item with
+    // its reason and every other one not applied.
+    void item_acks(schema::CommandAck::Builder a, schema::Command::Reader batch, int64_t failed,
+                   const std::string& failed_reason) {
+        auto items = batch.getBatch();
+        auto out = a.initItems(items.size());
+        for (unsigned i = 0; i < items.size(); ++i) {
+            const std::string reason =
+                failed < 0 ? ""
+                : i == failed
+                    ? failed_reason
+                    : fmt::format("not applied: batch item {} was rejected (all or nothing)",
+                                  failed);
+            ack(out[i], items[i].getCommandId().cStr(), reason,
+                failed < 0 ? schema::CommandOutcome::APPLIED : schema::CommandOutcome::REJECTED);
+        }
+    }
+
+    // The first batch item that cannot be converted (its index and reason), for the item acks.
+    std::pair<int64_t, std::string> refused_item(schema::Command::Reader batch) {
+        int64_t i = 0;
+        for (auto item : batch.getBatch()) {
+            auto r = to_command(item, trainer_.config());
+            if (auto* why = std::get_if<std::string>(&r)) return {i, *why};
+            ++i;
+        }
+        return {-1, ""};
+    }
+
     void apply(schema::Command::Reader c, schema::CommandAck::Builder a) {
         std::string id = c.getCommandId().cStr();
         if (o_.rank != 0) {  // data-parallel: only the leader changes the seed tables
@@ -397,16 +474,46 @@ public:
             bool unimpl = why->rfind("unimplemented", 0) == 0;
             ack(a, id, *why,
                 unimpl ? schema::CommandOutcome::UNIMPLEMENTED : schema::CommandOutcome::REJECTED);
-            ESPER_LOG_WARN(log(), "command=", id, " refused: ", *why);
+            ++command_counts_[unimpl ? "unimplemented" : "refused"];
+            // Item acks only for a batch of acceptable size whose items were looked at.
+            if (c.isBatch() && !batch_refusal(c)) {
+                auto [item, item_why] = refused_item(c);
+                item_acks(a, c, item, item_why);
+            }
+            ESPER_LOG_WARN_RATE(log(), 5, "command=", bus::printable(id),
+                                " refused: ", bus::printable(*why, 200));
             return;
         }
         Outcome o = trainer_.apply(std::get<Command>(cmd));
         ack(a, id, o.reason,
             o.applied() ? schema::CommandOutcome::APPLIED : schema::CommandOutcome::REJECTED);
-        ESPER_LOG_INFO(log(), "command=", id, " step=", trainer_.steps_done(),
+        ++command_counts_[o.applied() ? "applied" : "rejected"];
+        if (c.isBatch()) {
+            const std::string prefix = fmt::format("batch item {}: ", o.failed_item);
+            item_acks(a, c, o.applied() ? -1 : o.failed_item,
+                      o.reason.rfind(prefix, 0) == 0 ? o.reason.substr(prefix.size()) : o.reason);
+        }
+        ESPER_LOG_INFO(log(), "command=", bus::printable(id), " step=", trainer_.steps_done(),
                        " outcome=", o.applied() ? "applied" : "rejected",
                        o.applied() ? "" : " reason=", o.reason);
         publish_events();  // the transitions this command caused, before the ack leaves
+    }
+
+    // What this executor refused, dropped or deduplicated: in its status reply and run status.
+    std::vector<bus::Count> counters() const {
+        std::vector<bus::Count> c;
+        for (const char* r : {"applied", "rejected", "refused", "unimplemented"}) {
+            auto it = command_counts_.find(r);
+            c.push_back(
+                {"esper_kasmina_commands_total", r, it == command_counts_.end() ? 0 : it->second});
+        }
+        const bus::RpcWorkerStats& w = worker_.stats();
+        c.push_back({"esper_kasmina_rpc_duplicates_total", "", w.duplicates});
+        c.push_back({"esper_kasmina_rpc_key_conflicts_total", "", w.key_conflicts});
+        c.push_back({"esper_kasmina_rpc_malformed_total", "", w.malformed});
+        c.push_back({"esper_kasmina_rpc_handler_errors_total", "", w.handler_errors});
+        c.push_back({"esper_kasmina_telemetry_dropped_total", "", telemetry_.stats().dropped});
+        return c;
     }
 
     void handle(schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
@@ -449,7 +556,7 @@ private:
     bus::TelemetryPublisher telemetry_;
     bus::Publisher control_;
     bus::RpcWorker worker_;
-    Stopwatch heartbeat_clock_, uptime_, interval_clock_;
+    Stopwatch heartbeat_clock_, uptime_, interval_clock_, config_clock_;
     uint64_t last_telemetry_step_ = 0;
     bool config_published_ = false;
     int64_t last_seen_step_ = 0;
@@ -457,6 +564,7 @@ private:
     int64_t correct_sum_ = 0, samples_ = 0, loss_steps_ = 0;
     schema::RunState state_ = schema::RunState::TRAINING;
     std::string state_reason_;
+    std::map<std::string, uint64_t> command_counts_;  // by outcome
 };
 
 }  // namespace
@@ -500,6 +608,16 @@ int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
     }
     std::fflush(stdout);
     return 0;
+}
+
+// Declared with run_kasmina_bus (kasmina_bus.h); both loops of `esper kasmina` print it.
+void print_epoch_summary(const EpochSummary& s) {
+    std::printf(
+        "epoch %lld  step %lld  train_loss %.4f  test_loss %.4f  test_acc %.4f  "
+        "live_seeds %lld  params %lld  %.1fs\n",
+        (long long)s.epoch, (long long)s.step, s.train_loss, s.test.loss, s.test.accuracy,
+        (long long)s.active_seeds, (long long)s.param_count, s.seconds);
+    std::fflush(stdout);
 }
 
 }  // namespace esper::agents

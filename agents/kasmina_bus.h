@@ -9,11 +9,15 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
+#include <limits>
 #include <string>
+#include <variant>
 
 #include "bus/security.h"
 #include "kasmina/io/config.h"
 #include "kasmina/train/trainer.h"
+#include "schemas/commands.capnp.h"
 
 namespace esper::agents {
 
@@ -26,7 +30,24 @@ struct KasminaBusOptions {
     std::string run_dir;             // where the final checkpoint goes ("" = none)
     std::string config_path;         // the run config file (published with the effective config)
     bus::ClientSecurity security{};  // CURVE agent key (--keys); commands then need a role
+    int config_repeat_ms = 5000;     // the RunConfig is re-announced this often (0 = once)
 };
+
+// ---- command intake (bus input: every field checked, nothing asserted; STYLE §2.3) ----
+
+// A batch holds 1 to kMaxBatchItems commands, none of them a batch; anything else is rejected
+// whole (an empty batch is not "applied"). Its ack carries one item ack per command, in order.
+inline constexpr unsigned kMaxBatchItems = 1024;
+// Layer and seed ids are UInt32 on the wire and int32 in the lifecycle; larger ones are refused.
+inline constexpr uint32_t kMaxWireId = uint32_t(std::numeric_limits<int32_t>::max());
+
+// A wire command as a kasmina::Command, or the reason it is none: an unknown variant or enum
+// value, an unset union, an id out of range, a blueprint size the arenas lack, a bad batch.
+// "unimplemented ..." reasons mean a variant this build does not know. `origin` is who issued it
+// (the authenticated role with keys; see kasmina_bus.cpp origin_of).
+std::variant<kasmina::Command, std::string> to_command(
+    schema::Command::Reader c, const kasmina::Config& config,
+    kasmina::TransitionOrigin origin = kasmina::TransitionOrigin::kController);
 
 // Trains until the trainer is done or `stop` becomes true; rank 0 writes a final checkpoint
 // into run_dir/checkpoints/<step>. Returns the process exit code.

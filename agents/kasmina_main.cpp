@@ -325,15 +325,6 @@ int run_standalone(Trainer& trainer, const KasminaFlags& f, const RankInfo& ri,
 
 }  // namespace
 
-void print_epoch_summary(const EpochSummary& s) {
-    std::printf(
-        "epoch %lld  step %lld  train_loss %.4f  test_loss %.4f  test_acc %.4f  "
-        "live_seeds %lld  params %lld  %.1fs\n",
-        (long long)s.epoch, (long long)s.step, s.train_loss, s.test.loss, s.test.accuracy,
-        (long long)s.active_seeds, (long long)s.param_count, s.seconds);
-    std::fflush(stdout);
-}
-
 int kasmina_main(int argc, char** argv) {
     KasminaFlags f;
     if (int rc = parse_flags(argc, argv, f); rc >= 0) return rc;

@@ -1,5 +1,6 @@
 // `esper tamiyo`: the controller agent. One event-loop thread owns its sockets: it subscribes to
-// the run's telemetry and lifecycle events and feeds them to the tamiyo::View, runs the
+// the run's telemetry and lifecycle events and feeds them to the tamiyo::View through
+// TamiyoIngest (only the run's executor is believed, within the shape it announced), runs the
 // tamiyo::Controller every --decide-every-ms and sends each accepted decision to the executor
 // (kasmina/0) as a reliable command, and serves control requests as `tamiyo` on the broker's
 // request/reply endpoint: status, policy load/show/history/rollback. Commands go out without
@@ -7,6 +8,7 @@
 // requests keep being served while a command is outstanding. Policy changes (including a
 // policy disabled for throwing or overrunning its time budget) are announced on
 // events.policy.<run>. A restarted Tamiyo rebuilds its view from what the bus delivers next.
+// What it drops is counted in its status reply and heartbeat (esper_tamiyo_* counters).
 // With --ready-fd N it writes {"agent":"tamiyo"} to descriptor N once the broker routes to it.
 // With --keys the bus is CURVE (agent key) and only operator keys may load or roll back
 // policies; plugins go through agents/policy_guard.h before any of their code runs here.
@@ -20,6 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -32,6 +35,7 @@
 #include "agents/policy_guard.h"
 #include "agents/process.h"
 #include "agents/supervisor.h"
+#include "agents/tamiyo_ingest.h"
 #include "agents/wire_vocabulary.h"
 #include "bus/event_loop.h"
 #include "bus/pubsub.h"
@@ -181,15 +185,12 @@ public:
 
     TamiyoAgent(Options o, std::vector<PolicySpec> stack, PersistedPolicies previous)
         : o_(std::move(o)),
-          view_(o_.config.view),
+          ingest_({.run_id = o_.run_id, .executor = o_.target, .view = o_.config.view}),
           controller_(o_.config.controller, build_policy(stack.at(0), o_.config.heuristic)),
           stack_(std::move(stack)),
           previous_(std::move(previous)),
           sub_(ctx_,
-               {.endpoint = o_.sub,
-                .prefixes = {"telemetry.seeds." + o_.run_id + ".", "telemetry.run." + o_.run_id,
-                             "events.lifecycle." + o_.run_id + "."},
-                .security = o_.security}),
+               {.endpoint = o_.sub, .prefixes = ingest_.prefixes(), .security = o_.security}),
           events_(ctx_, {.endpoint = o_.pub,
                          .sender = "tamiyo",
                          .run_id = o_.run_id,
@@ -216,17 +217,8 @@ public:
 
     int run() {
         loop_.watch(sub_.socket(), [this] {
-            while (auto m = sub_.try_receive()) {
-                // decode() validated the structure; a text field is checked only when read, so a
-                // malformed one throws here. Bus input is never fatal: drop, count, log.
-                try {
-                    ingest(*m);
-                } catch (const std::exception& e) {
-                    drop(m->topic, e.what());
-                } catch (const kj::Exception& e) {
-                    drop(m->topic, e.getDescription().cStr());
-                }
-            }
+            while (auto m = sub_.try_receive())
+                ingest_.ingest(m->topic, m->envelope().getSequence(), m->envelope());
         });
         loop_.watch(worker_.socket(), [this] { worker_.process(handler()); });
         loop_.every(std::chrono::milliseconds(o_.tick_ms), [this] { decide(); });
@@ -289,107 +281,19 @@ private:
         if (!queued) ESPER_LOG_WARN(log(), "ready ping not sent: request queue full");
     }
 
-    void drop(const std::string& topic, const char* why) {
-        ++dropped_;
-        ESPER_LOG_WARN_RATE(log(), 5, "dropped message topic=", topic, " reason=", why,
-                            " dropped_total=", dropped_);
-    }
-
-    void ingest(const bus::Message& m) {
-        auto env = m.envelope();
-        auto p = env.getPayload();
-        switch (p.which()) {
-            case schema::Envelope::Payload::SEED_TELEMETRY: {
-                auto b = p.getSeedTelemetry();
-                for (auto r : b.getSeeds()) {
-                    auto st = from_wire(r.getStage());
-                    if (!st) {
-                        drop(m.topic, fmt::format("seed {}: unknown stage {}", r.getSeed(),
-                                                  static_cast<uint16_t>(r.getStage()))
-                                          .c_str());
-                        continue;
-                    }
-                    tamiyo::SeedTelemetry t;
-                    t.layer = b.getLayer();
-                    t.seed = r.getSeed();
-                    t.step = b.getStepEnd();
-                    t.stage = *st;
-                    t.alpha = r.getAlpha();
-                    t.steps_in_stage = r.getStepsInStage();
-                    auto& mt = t.metrics;
-                    if (r.getActivationMeasured()) {
-                        mt.act_mean = r.getActMean();
-                        mt.act_var = r.getActVar();
-                        mt.dead_fraction = r.getDeadFraction();
-                        mt.health = r.getHealth();
-                    }
-                    if (r.getGradientMeasured()) {
-                        mt.grad_norm = r.getGradNorm();
-                        mt.blueprint_grad_norm = r.getBlueprintGradNorm();
-                    }
-                    if (r.getGradientHealthMeasured()) mt.gradient_health = r.getGradientHealth();
-                    if (r.getContributionMeasured()) mt.contribution = r.getContribution();
-                    t.chunk_width = r.getChunkWidth();
-                    t.blueprint_params = r.getBlueprintParams();
-                    // The executor's prices, indexed by BlueprintKind value (extra kinds of a
-                    // newer executor are ignored; missing ones stay unpublished).
-                    auto prices = r.getGerminationParams();
-                    for (unsigned k = 0; k < prices.size() && k < t.germination_params.size(); ++k)
-                        t.germination_params[k] = prices[k];
-                    view_.ingest_telemetry(t);
-                }
-                break;
-            }
-            case schema::Envelope::Payload::RUN_STATUS: {
-                auto s = p.getRunStatus();
-                tamiyo::RunStatus rs;
-                rs.step = s.getStep();
-                rs.epoch = s.getEpoch();
-                if (s.getLossMeasured()) rs.loss = s.getLoss();
-                if (s.getAccuracyMeasured()) rs.accuracy = s.getAccuracy();
-                if (s.getTestMeasured()) {  // rules on run.test_loss / run.test_accuracy
-                    rs.test_loss = s.getTestLoss();
-                    rs.test_accuracy = s.getTestAccuracy();
-                }
-                rs.learning_rate = s.getLr();
-                rs.host_params = static_cast<int64_t>(s.getHostParams());
-                rs.blueprint_params = static_cast<int64_t>(s.getBlueprintParams());
-                view_.ingest_run_status(rs);
-                break;
-            }
-            case schema::Envelope::Payload::LIFECYCLE_TRANSITION: {
-                auto e = p.getLifecycleTransition();
-                auto from = from_wire(e.getFrom()), to = from_wire(e.getTo());
-                if (!from || !to) {
-                    drop(m.topic, fmt::format("transition with unknown stage {}→{}",
-                                              static_cast<uint16_t>(e.getFrom()),
-                                              static_cast<uint16_t>(e.getTo()))
-                                      .c_str());
-                    break;
-                }
-                tamiyo::TransitionEvent t;
-                t.layer = e.getLayer();
-                t.seed = e.getSeed();
-                t.step = e.getStep();
-                t.from = *from;
-                t.to = *to;
-                t.reason = e.getReason().cStr();
-                view_.ingest_transition(t);
-                break;
-            }
-            default:
-                break;  // other payloads on these topics are not ours
-        }
-    }
-
     void decide() {
-        if (!view_.run().has_status) return;  // nothing to decide on yet
+        const tamiyo::View& view = ingest_.view();
+        if (ingest_.generation() != generation_) {  // a restarted executor: its steps start over
+            generation_ = ingest_.generation();
+            decided_once_ = false;
+        }
+        if (!view.run().has_status) return;  // nothing to decide on yet
         // One decision round per decision_interval_steps of training progress.
-        if (decided_once_ && view_.step() < last_decision_step_ + o_.config.decision_interval_steps)
+        if (decided_once_ && view.step() < last_decision_step_ + o_.config.decision_interval_steps)
             return;
         decided_once_ = true;
-        last_decision_step_ = view_.step();
-        std::vector<tamiyo::Decision> decisions = controller_.decide(view_, view_.step());
+        last_decision_step_ = view.step();
+        std::vector<tamiyo::Decision> decisions = controller_.decide(view, view.step());
         announce_history();
         for (const tamiyo::Decision& d : decisions) {
             if (d.kind == tamiyo::DecisionKind::kDeny) continue;
@@ -446,8 +350,8 @@ private:
 
     // Returns at once; on_ack() runs on this loop when the executor answers or the retries end.
     void send(const tamiyo::Decision& d) {
-        std::string id =
-            "tamiyo-" + std::to_string(::getpid()) + "-" + std::to_string(++commands_sent_);
+        // Unpredictable (random 128-bit): a key another client guessed could not pre-answer it.
+        std::string id = bus::random_key("tamiyo");
         bool queued = client_.send(
             o_.target, id,
             [&](schema::Envelope::Payload::Builder p) { fill_command(p.initCommand(), d, id); },
@@ -469,8 +373,10 @@ private:
                 outcome =
                     ack.getOutcome() == schema::CommandOutcome::APPLIED ? "applied" : "rejected";
                 reason = ack.getReason().cStr();
-                if (ack.getOutcome() != schema::CommandOutcome::APPLIED)
-                    controller_.forget_pending(d.layer, d.seed);
+                const bool applied = ack.getOutcome() == schema::CommandOutcome::APPLIED;
+                if (!applied) controller_.forget_pending(d.layer, d.seed);
+                // A rejected germination (a full arena) is not proposed again every round.
+                controller_.germination_answered(d, applied, ingest_.view(), ingest_.view().step());
                 events_.publish(
                     "events.commands." + o_.run_id,
                     [&](schema::Envelope::Payload::Builder p) {
@@ -481,8 +387,26 @@ private:
                     id);
             }
         }
+        ++command_outcomes_[outcome];
         ESPER_LOG_INFO(log(), "command=", id, " ", tamiyo::to_string(d), " outcome=", outcome,
                        reason.empty() ? "" : " reason=", reason);
+    }
+
+    // Everything this agent dropped, refused or lost, for the status reply and the heartbeat.
+    std::vector<bus::Count> counters() const {
+        std::vector<bus::Count> c = ingest_.counters();
+        c.push_back({"esper_tamiyo_bus_malformed_total", "", sub_.stats().malformed});
+        c.push_back({"esper_tamiyo_bus_sequence_gaps_total", "", sub_.sequences().gaps()});
+        c.push_back({"esper_tamiyo_bus_reordered_total", "", sub_.sequences().reordered()});
+        c.push_back({"esper_tamiyo_bus_untracked_total", "", sub_.sequences().untracked()});
+        for (const char* o : {"applied", "rejected", "no reply"}) {
+            auto it = command_outcomes_.find(o);
+            c.push_back({"esper_tamiyo_commands_total",
+                         o == std::string("no reply") ? "no_reply" : o,
+                         it == command_outcomes_.end() ? 0 : it->second});
+        }
+        c.push_back({"esper_tamiyo_commands_refused_total", "queue_full", client_.stats().refused});
+        return c;
     }
 
     void announce(schema::PolicyAction action, const std::string& name, const std::string& kind,
@@ -494,7 +418,7 @@ private:
             c.setAction(action);
             c.setPrevious(previous);
             c.setReason(reason);
-            c.setStep(view_.step());
+            c.setStep(ingest_.view().step());
         });
     }
 
@@ -586,7 +510,7 @@ private:
             switch (r.which()) {
                 case schema::ControlRequest::STATUS: {
                     auto s = reply.initStatus();
-                    const tamiyo::RunView& run = view_.run();
+                    const tamiyo::RunView& run = ingest_.view().run();
                     s.setStep(run.step);
                     s.setEpoch(run.epoch);
                     if (run.latest.loss) {
@@ -600,7 +524,7 @@ private:
                     s.setHostParams(static_cast<uint64_t>(run.latest.host_params));
                     s.setBlueprintParams(static_cast<uint64_t>(run.latest.blueprint_params));
                     std::array<uint32_t, kNumSeedStages> counts{};
-                    for (const auto& [id, layer] : view_.layers())
+                    for (const auto& [id, layer] : ingest_.view().layers())
                         for (int i = 0; i < kNumSeedStages; ++i) counts[i] += layer.stage_counts[i];
                     auto list = s.initSeedsPerStage(kNumSeedStages);
                     for (int i = 0; i < kNumSeedStages; ++i) list.set(i, counts[i]);
@@ -608,6 +532,8 @@ private:
                                           " plateau=" + (run.plateau ? "yes" : "no") +
                                           " pending=" + std::to_string(controller_.pending_count());
                     s.setBackend(backend);
+                    const std::vector<bus::Count> drops = counters();
+                    bus::fill_counters(s.initCounters(static_cast<unsigned>(drops.size())), drops);
                     break;
                 }
                 case schema::ControlRequest::POLICY_LOAD: {
@@ -616,7 +542,8 @@ private:
                     try {
                         tamiyo::PolicyPtr policy = policy_from_request(l, o_.plugin_dirs);
                         std::string previous = controller_.active().name();
-                        controller_.load(std::move(policy), "esper policy load", view_.step());
+                        controller_.load(std::move(policy), "esper policy load",
+                                         ingest_.view().step());
                         history_seen_ = controller_.history().size();
                         stack_.push_back(spec_from_request(l));
                         persist();
@@ -665,7 +592,7 @@ private:
                 case schema::ControlRequest::POLICY_ROLLBACK: {
                     try {
                         std::string previous = controller_.active().name();
-                        controller_.rollback("esper policy rollback", view_.step());
+                        controller_.rollback("esper policy rollback", ingest_.view().step());
                         history_seen_ = controller_.history().size();
                         stack_.resize(controller_.depth());
                         persist();
@@ -696,13 +623,15 @@ private:
             h.setRole("controller");
             h.setPid(static_cast<uint32_t>(::getpid()));
             h.setUptimeMs(static_cast<uint64_t>(uptime_.elapsed_ns() / 1'000'000));
-            h.setStep(view_.step());
+            h.setStep(ingest_.view().step());
             h.setState("policy=" + controller_.active().name());
+            const std::vector<bus::Count> counts = counters();
+            bus::fill_counters(h.initCounters(static_cast<unsigned>(counts.size())), counts);
         });
     }
 
     Options o_;
-    tamiyo::View view_;
+    TamiyoIngest ingest_;
     tamiyo::Controller controller_;
     std::vector<PolicySpec> stack_;  // how to rebuild each policy of controller_'s stack
     PersistedPolicies previous_;     // what a restarted controller found in the run dir
@@ -716,8 +645,8 @@ private:
     bool persist_pending_ = false;
     bool decided_once_ = false;
     uint64_t last_decision_step_ = 0;
-    uint64_t commands_sent_ = 0;
-    uint64_t dropped_ = 0;
+    uint64_t generation_ = 0;  // of the view decide() last saw
+    std::map<std::string, uint64_t> command_outcomes_;
     Stopwatch uptime_;
 };
 

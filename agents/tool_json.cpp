@@ -566,7 +566,9 @@ void payload_from_json(std::string_view type, std::string_view json,
     Json j;
     try {
         j = Json::parse(json);
-    } catch (const Json::parse_error& e) {
+    } catch (const Json::exception& e) {
+        // Not only parse_error: a number beyond double's range ("1e99999") is out_of_range, which
+        // used to escape and abort `esper pub` (found by tests/fuzz/fuzz_pub_json.cpp).
         ESPER_THROW(kInvalidInput, name, ": not valid JSON: ", e.what());
     }
     capnp::DynamicStruct::Builder dyn = payload;
@@ -574,6 +576,8 @@ void payload_from_json(std::string_view type, std::string_view json,
         set_field(name, j, dyn, field);
     } catch (const kj::Exception& e) {
         ESPER_THROW(kInvalidInput, name, ": ", e.getDescription().cStr());
+    } catch (const Json::exception& e) {
+        ESPER_THROW(kInvalidInput, name, ": ", e.what());
     }
 }
 

@@ -1,6 +1,9 @@
 // Broker implementation; see broker.h. One thread owns all three sockets.
 #include "bus/broker.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstring>
@@ -31,19 +34,52 @@ constexpr std::string_view kPubDomain = "esper.pub";
 constexpr std::string_view kSubDomain = "esper.sub";
 constexpr std::string_view kRpcDomain = "esper.rpc";
 
+// Messages a peer's queue may hold so that it holds at most ~queue_bytes of frames of up to
+// frame_bytes each (ZeroMQ's HWM counts messages only).
+int queue_messages(int64_t queue_bytes, int64_t frame_bytes, int hwm) {
+    const int64_t n = queue_bytes / std::max<int64_t>(1, frame_bytes);
+    return static_cast<int>(std::clamp<int64_t>(n, 16, std::max(16, hwm)));
+}
+
 }  // namespace
+
+std::vector<Count> broker_counters(const BrokerStats& s) {
+    return {
+        {"esper_broker_forwarded_total", "", s.forwarded},
+        {"esper_broker_requests_total", "", s.requests},
+        {"esper_broker_replies_total", "", s.replies},
+        {"esper_broker_dropped_total", "oversized", s.oversized},
+        {"esper_broker_dropped_total", "malformed", s.malformed},
+        {"esper_broker_dropped_total", "unknown_agent", s.unknown_agent},
+        {"esper_broker_dropped_total", "agent_busy", s.agent_busy},
+        {"esper_broker_dropped_total", "undeliverable", s.undeliverable},
+        {"esper_broker_registrations_total", "", s.registrations},
+        {"esper_broker_registrations_refused_total", "", s.refused_registrations},
+        {"esper_broker_subscriptions_refused_total", "", s.refused_subscriptions},
+        {"esper_broker_agents_expired_total", "", s.expired},
+    };
+}
 
 Broker::Broker(zmq::context_t& context, BrokerConfig config)
     : config_(std::move(config)),
       xsub_(context, zmq::socket_type::xsub),
       xpub_(context, zmq::socket_type::xpub),
       router_(context, zmq::socket_type::router) {
+    // ZeroMQ's own cap disconnects a peer before reading its frame; below it, frames over the
+    // path's limit are read, dropped and counted (forward, handle_rpc).
+    const int64_t hard_cap = 4 * std::max(config_.max_frame_bytes, config_.max_pubsub_frame_bytes);
+    const int pubsub_queue =
+        queue_messages(config_.max_queue_bytes, config_.max_pubsub_frame_bytes, config_.hwm);
+    const int rpc_queue =
+        queue_messages(config_.max_queue_bytes, config_.max_frame_bytes, config_.hwm);
     for (zmq::socket_t* s : {&xsub_, &xpub_, &router_}) {
+        const int q = s == &router_ ? rpc_queue : pubsub_queue;
         s->set(zmq::sockopt::linger, 0);
-        s->set(zmq::sockopt::sndhwm, config_.hwm);
-        s->set(zmq::sockopt::rcvhwm, config_.hwm);
-        s->set(zmq::sockopt::maxmsgsize, config_.max_frame_bytes);
+        s->set(zmq::sockopt::sndhwm, q);
+        s->set(zmq::sockopt::rcvhwm, q);
+        s->set(zmq::sockopt::maxmsgsize, hard_cap);
     }
+    started_ns_ = monotonic_ns();
     router_.set(zmq::sockopt::router_mandatory, 1);
     if (config_.security.enabled()) {
         ESPER_REQUIRE(static_cast<bool>(config_.security.lookup), "security without an allowlist");
@@ -119,6 +155,29 @@ void Broker::poll_once(int timeout_ms) {
     if (items[2].revents & ZMQ_POLLIN) handle_rpc();
     if (!monitors_.empty()) drain_monitors();
     expire_agents();
+    if (config_.heartbeat_ms > 0 &&
+        monotonic_ns() - last_heartbeat_ns_ >= int64_t{config_.heartbeat_ms} * 1000000)
+        publish_heartbeat();
+}
+
+void Broker::publish_heartbeat() {
+    last_heartbeat_ns_ = monotonic_ns();
+    capnp::MallocMessageBuilder message;
+    auto envelope = message.initRoot<schema::Envelope>();
+    auto h = envelope.getPayload().initHeartbeat();
+    h.setAgent("broker");
+    h.setRole("broker");
+    h.setPid(static_cast<uint32_t>(::getpid()));
+    h.setUptimeMs(static_cast<uint64_t>((last_heartbeat_ns_ - started_ns_) / 1000000));
+    h.setState("agents=" + std::to_string(agents_.size()));
+    const std::vector<Count> counts = broker_counters(stats_);
+    fill_counters(h.initCounters(static_cast<unsigned>(counts.size())), counts);
+    stamp_envelope(envelope, "broker", "", ++heartbeat_sequence_);
+    // Straight to the subscribers, like a forwarded message: never blocks, dropped at a full peer.
+    zmq::message_t topic = frame("heartbeat.broker");
+    zmq::message_t body = encode(message);
+    if (xpub_.send(topic, zmq::send_flags::sndmore | zmq::send_flags::dontwait))
+        (void)xpub_.send(body, zmq::send_flags::dontwait);
 }
 
 void Broker::handle_zap() {
@@ -183,15 +242,25 @@ void Broker::drain_monitors() {
 void Broker::forward(zmq::socket_t& from, zmq::socket_t& to, bool subscriptions) {
     // Bounded batch so one busy direction cannot starve the others.
     for (int i = 0; i < 4096; ++i) {
-        zmq::message_t part;
-        if (!from.recv(part, zmq::recv_flags::dontwait)) return;
-        for (;;) {
-            bool more = part.more();
+        std::vector<zmq::message_t> parts;
+        if (!zmq::recv_multipart(from, std::back_inserter(parts), zmq::recv_flags::dontwait))
+            return;
+        size_t bytes = 0;
+        for (const auto& p : parts) bytes += p.size();
+        if (subscriptions && !admit_subscription(parts)) continue;
+        if (!subscriptions && static_cast<int64_t>(bytes) > config_.max_pubsub_frame_bytes) {
+            ++stats_.oversized;
+            ESPER_LOG_WARN_RATE(broker_log(), 5, "dropped oversized message bytes=", bytes,
+                                " limit=", config_.max_pubsub_frame_bytes, " topic=",
+                                printable(parts.empty() ? std::string_view() : view(parts[0])),
+                                " oversized_total=", stats_.oversized);
+            continue;
+        }
+        for (size_t k = 0; k < parts.size(); ++k) {
             // XPUB drops for a subscriber at its HWM instead of blocking; XSUB never blocks.
-            (void)to.send(part, more ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
-                                     : zmq::send_flags::dontwait);
-            if (!more) break;
-            (void)from.recv(part, zmq::recv_flags::none);
+            const bool more = k + 1 < parts.size();
+            (void)to.send(parts[k], more ? zmq::send_flags::sndmore | zmq::send_flags::dontwait
+                                         : zmq::send_flags::dontwait);
         }
         if (subscriptions)
             ++stats_.subscriptions;
@@ -200,17 +269,42 @@ void Broker::forward(zmq::socket_t& from, zmq::socket_t& to, bool subscriptions)
     }
 }
 
-bool Broker::send_frames(std::vector<zmq::message_t>& frames) {
+// A subscription frame is 1 (subscribe) or 0 (unsubscribe) followed by the prefix. Publishers
+// keep every prefix they are passed, so their number and length are bounded here.
+bool Broker::admit_subscription(const std::vector<zmq::message_t>& parts) {
+    if (parts.size() != 1 || parts[0].size() == 0) return true;  // not ours to judge
+    const std::string_view f = view(parts[0]);
+    const std::string_view prefix = f.substr(1);
+    if (f[0] == 0) {
+        subscriptions_.erase(std::string(prefix));
+        return true;
+    }
+    if (f[0] != 1) return true;
+    const bool known = subscriptions_.count(std::string(prefix)) != 0;
+    if (prefix.size() > config_.max_subscription_bytes ||
+        (!known && subscriptions_.size() >= config_.max_subscriptions)) {
+        ++stats_.refused_subscriptions;
+        ESPER_LOG_WARN_RATE(broker_log(), 5, "subscription not passed on bytes=", prefix.size(),
+                            " prefix=", printable(prefix),
+                            " refused_total=", stats_.refused_subscriptions);
+        return false;
+    }
+    subscriptions_.emplace(prefix);
+    return true;
+}
+
+Broker::Sent Broker::send_frames(std::vector<zmq::message_t>& frames) {
     try {
         for (size_t i = 0; i < frames.size(); ++i) {
             auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
-            if (!router_.send(frames[i], flags | zmq::send_flags::dontwait)) return false;
+            // With router_mandatory, a full peer is EAGAIN (false) and a gone one EHOSTUNREACH.
+            if (!router_.send(frames[i], flags | zmq::send_flags::dontwait)) return Sent::kFull;
         }
     } catch (const zmq::error_t& e) {
-        if (e.num() == EHOSTUNREACH) return false;
+        if (e.num() == EHOSTUNREACH) return Sent::kGone;
         throw;
     }
-    return true;
+    return Sent::kOk;
 }
 
 Peer Broker::peer_of(const zmq::message_t& frame, const std::string& identity) const {
@@ -246,7 +340,7 @@ bool Broker::reachable(const std::string& identity) {
 }
 
 void Broker::refuse(const std::string& identity, const std::string& name, const std::string& why) {
-    ESPER_LOG_WARN_RATE(broker_log(), 5, "agent=", name, " registration refused: ", why);
+    ESPER_LOG_WARN_RATE(broker_log(), 5, "agent=", printable(name), " registration refused: ", why);
     std::vector<zmq::message_t> out;
     out.push_back(frame(identity));
     out.push_back(frame(proto::kRefused));
@@ -265,6 +359,17 @@ void Broker::handle_hello(const std::string& identity, const std::string& name, 
         return;
     }
     auto it = agents_.find(name);
+    if (it == agents_.end()) {  // a new name: bounded in length and in number
+        const bool bad_name = name.empty() || name.size() > config_.max_agent_name_bytes;
+        if (bad_name || agents_.size() >= config_.max_agents) {
+            ++stats_.refused_registrations;
+            refuse(identity, name.substr(0, config_.max_agent_name_bytes),
+                   bad_name ? "bad name (empty or longer than " +
+                                  std::to_string(config_.max_agent_name_bytes) + " bytes)"
+                            : "too many agents");
+            return;
+        }
+    }
     if (it != agents_.end() && it->second.identity != identity) {
         // One owner per name: a second HELLO is refused while the first connection lives, and
         // with keys only the same key may take over a name it held until that name expires.
@@ -281,7 +386,7 @@ void Broker::handle_hello(const std::string& identity, const std::string& name, 
     }
     if (it == agents_.end() || it->second.identity != identity) {
         ++stats_.registrations;
-        ESPER_LOG_INFO(broker_log(), "agent=", name, " registered",
+        ESPER_LOG_INFO(broker_log(), "agent=", printable(name), " registered",
                        peer.authenticated() ? " key=" + peer.name : std::string());
         it = agents_.insert_or_assign(name, Agent{identity, peer.key, now}).first;
     }
@@ -311,7 +416,22 @@ void Broker::handle_rpc() {
             std::string req_id = in[3].to_string();
             auto it = agents_.find(agent);
             std::vector<zmq::message_t> out;
-            if (it != agents_.end()) {
+            auto error = [&](const std::string& why) {
+                out.clear();
+                out.push_back(frame(identity));
+                out.push_back(frame(proto::kError));
+                out.push_back(frame(req_id));
+                out.push_back(frame(why));
+            };
+            if (static_cast<int64_t>(in[4].size()) > config_.max_frame_bytes) {
+                ++stats_.oversized;
+                ESPER_LOG_WARN_RATE(broker_log(), 5,
+                                    "refused oversized request bytes=", in[4].size(),
+                                    " limit=", config_.max_frame_bytes, " agent=", printable(agent),
+                                    " oversized_total=", stats_.oversized);
+                error("request too large: " + std::to_string(in[4].size()) + " bytes > " +
+                      std::to_string(config_.max_frame_bytes));
+            } else if (it != agents_.end()) {
                 const std::string worker = it->second.identity;
                 const std::string pending_key = identity + '\0' + req_id;
                 out.push_back(frame(worker));
@@ -320,26 +440,27 @@ void Broker::handle_rpc() {
                 out.push_back(std::move(in[3]));
                 out.push_back(std::move(in[4]));
                 out.push_back(frame(encode_peer(peer_of(in[1], identity))));
-                if (send_frames(out)) {
+                const Sent sent = send_frames(out);
+                if (sent == Sent::kOk) {
                     pending_.insert_or_assign(pending_key, worker);
                     pending_order_.emplace_back(now, pending_key);
                     continue;
                 }
-                ++stats_.undeliverable;
-                agents_.erase(it);
-                out.clear();
-                out.push_back(frame(identity));
-                out.push_back(frame(proto::kError));
-                out.push_back(frame(req_id));
-                out.push_back(frame("agent unreachable " + agent));
+                if (sent == Sent::kFull) {
+                    // A flood filled the agent's queue: it is busy, not gone (a registered agent
+                    // is never forgotten because someone sent it too much).
+                    ++stats_.agent_busy;
+                    error("agent busy " + printable(agent) + " (its queue is full)");
+                } else {
+                    ++stats_.undeliverable;
+                    agents_.erase(it);
+                    error("agent unreachable " + printable(agent));
+                }
             } else {
                 ++stats_.unknown_agent;
-                out.push_back(frame(identity));
-                out.push_back(frame(proto::kError));
-                out.push_back(frame(req_id));
-                out.push_back(frame("unknown agent " + agent));
+                error("unknown agent " + printable(agent));
             }
-            if (!send_frames(out)) ++stats_.undeliverable;
+            if (send_frames(out) != Sent::kOk) ++stats_.undeliverable;
         } else if (tag == proto::kReply && in.size() == 5) {
             // Only the worker a request went to may answer it: anyone else could forge acks.
             auto p = pending_.find(in[2].to_string() + '\0' + in[3].to_string());
@@ -356,7 +477,7 @@ void Broker::handle_rpc() {
             out.push_back(frame(proto::kReply));
             out.push_back(std::move(in[3]));
             out.push_back(std::move(in[4]));
-            if (!send_frames(out)) ++stats_.undeliverable;
+            if (send_frames(out) != Sent::kOk) ++stats_.undeliverable;
         } else {
             ++stats_.malformed;
             ESPER_LOG_WARN_RATE(broker_log(), 5, "dropped rpc frame tag_bytes=", tag.size(),
@@ -372,7 +493,7 @@ void Broker::expire_agents() {
     int64_t expiry_ns = int64_t{config_.agent_expiry_ms} * 1000000;
     for (auto it = agents_.begin(); it != agents_.end();) {
         if (now - it->second.last_seen_ns > expiry_ns) {
-            ESPER_LOG_WARN(broker_log(), "agent=", it->first, " expired (no heartbeat)");
+            ESPER_LOG_WARN(broker_log(), "agent=", printable(it->first), " expired (no heartbeat)");
             ++stats_.expired;
             it = agents_.erase(it);
         } else {

@@ -3,6 +3,15 @@
 // It routes on frames and never decodes a payload. A slow subscriber only loses its own
 // messages (XPUB drops at its HWM), so publishers are never slowed by it.
 //
+// Bounded memory (issue 18): a frame above max_pubsub_frame_bytes (pub/sub) or max_frame_bytes
+// (a request) is dropped, counted and logged (rate-limited); ZeroMQ disconnects a peer whose
+// frame exceeds 4x the larger limit before it is read. The queue towards one peer holds at most
+// max(16, max_queue_bytes / frame limit) messages, so a stalled subscriber or worker pins at most
+// ~max_queue_bytes of the broker's memory however large its frames (ZeroMQ's HWM counts messages
+// only). Agent names are at most max_agent_name_bytes, at most max_agents are registered, and any
+// name or topic from the wire reaches a log line escaped and cut (bus::printable). Every second
+// the broker publishes heartbeat.broker (a Heartbeat with its counters) on its own XPUB.
+//
 // Request/reply frames on the ROUTER endpoint (after ZeroMQ's identity frame; see rpc_protocol.h):
 //   worker -> broker  HELLO name                 register or heartbeat (expires after
 //   agent_expiry_ms) worker -> broker  BYE name                   unregister client -> broker  REQ
@@ -28,9 +37,11 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 #include <zmq.hpp>
 
+#include "bus/envelope.h"
 #include "bus/security.h"
 
 namespace esper::bus {
@@ -43,10 +54,19 @@ struct BrokerConfig {
     // broker's own process: they reach it whatever address the tcp endpoint binds.
     std::string local_rpc_endpoint{};
     int agent_expiry_ms = 3000;
-    int hwm = 100000;                             // per-peer queue, messages
-    int64_t max_frame_bytes = int64_t{64} << 20;  // a peer sending more is disconnected
-    ServerSecurity security{};                    // empty: no CURVE (bind loopback only)
-    int pending_reply_ms = 120000;                // forget a forwarded request after this long
+    int hwm = 100000;                                   // per-peer queue, messages (upper bound)
+    int64_t max_frame_bytes = int64_t{16} << 20;        // request/reply frames
+    int64_t max_pubsub_frame_bytes = int64_t{4} << 20;  // published frames
+    int64_t max_queue_bytes = int64_t{1} << 30;         // per peer, see above
+    size_t max_agents = 4096;
+    size_t max_agent_name_bytes = 128;
+    // Subscriptions passed on to publishers (each keeps them): prefixes of at most this many
+    // bytes, at most max_subscriptions distinct ones; others reach no publisher (counted).
+    size_t max_subscription_bytes = 1024;
+    size_t max_subscriptions = 65536;
+    int heartbeat_ms = 1000;        // heartbeat.broker with the counters (0 = never)
+    ServerSecurity security{};      // empty: no CURVE (bind loopback only)
+    int pending_reply_ms = 120000;  // forget a forwarded request after this long
 };
 
 struct BrokerEndpoints {
@@ -59,9 +79,13 @@ struct BrokerStats {
     uint64_t requests = 0;
     uint64_t replies = 0;
     uint64_t unknown_agent = 0;
-    uint64_t undeliverable = 0;  // the peer was gone when we sent
-    uint64_t malformed = 0;      // rpc frames that fit no command
+    uint64_t undeliverable = 0;          // the peer was gone when we sent
+    uint64_t agent_busy = 0;             // the agent's queue was full: the client got an error
+    uint64_t malformed = 0;              // rpc frames that fit no command
+    uint64_t oversized = 0;              // frames over the limits (dropped or refused)
+    uint64_t refused_subscriptions = 0;  // too long, or max_subscriptions reached
     uint64_t registrations = 0;
+    uint64_t refused_registrations = 0;  // bad name or max_agents reached
     uint64_t expired = 0;
     uint64_t auth_allowed = 0;      // ZAP: known key, role fits the endpoint
     uint64_t auth_denied = 0;       // ZAP: unknown key, or an observer publishing
@@ -92,19 +116,22 @@ public:
     const BrokerStats& stats() const { return stats_; }
 
 private:
+    enum class Sent { kOk, kFull, kGone };
     struct Agent {
         std::string identity;
         std::string key;  // the public key that registered it ("" without keys)
         int64_t last_seen_ns = 0;
     };
     void forward(zmq::socket_t& from, zmq::socket_t& to, bool subscriptions);
+    bool admit_subscription(const std::vector<zmq::message_t>& parts);
     void handle_rpc();
     void handle_hello(const std::string& identity, const std::string& name, const Peer& peer,
                       int64_t now);
     void refuse(const std::string& identity, const std::string& name, const std::string& why);
     bool reachable(const std::string& identity);
     void expire_agents();
-    bool send_frames(std::vector<zmq::message_t>& frames);
+    Sent send_frames(std::vector<zmq::message_t>& frames);
+    void publish_heartbeat();
     Peer peer_of(const zmq::message_t& frame, const std::string& identity) const;
     void handle_zap();
     void drain_monitors();
@@ -120,7 +147,14 @@ private:
     std::unordered_map<std::string, std::string> pending_;
     std::deque<std::pair<int64_t, std::string>> pending_order_;  // (forwarded at, key)
     int64_t last_expiry_ns_ = 0;
+    std::unordered_set<std::string> subscriptions_;  // prefixes passed on to publishers
     BrokerStats stats_;
+    int64_t started_ns_ = 0;
+    int64_t last_heartbeat_ns_ = 0;
+    uint64_t heartbeat_sequence_ = 0;
 };
+
+// The broker's counters as the heartbeat carries them (esper_broker_*_total).
+std::vector<Count> broker_counters(const BrokerStats& stats);
 
 }  // namespace esper::bus

@@ -2,6 +2,7 @@
 #include "bus/envelope.h"
 
 #include <capnp/schema.h>
+#include <fmt/format.h>
 #include <kj/exception.h>
 #include <kj/io.h>
 
@@ -219,6 +220,25 @@ void stamp_envelope(schema::Envelope::Builder envelope, std::string_view sender,
     envelope.setSentAtNs(wall_time_ns());
     if (!correlation_id.empty())
         set_text(correlation_id, [&](unsigned n) { return envelope.initCorrelationId(n); });
+}
+
+std::string printable(std::string_view text, size_t max_bytes) {
+    bool plain = text.size() <= max_bytes && !text.empty();
+    for (char c : text) plain = plain && c > ' ' && c < 0x7f;
+    if (plain) return std::string(text);
+    const std::string_view head = text.substr(0, max_bytes);
+    if (head.size() == text.size()) return fmt::format("{:?}", head);
+    return fmt::format("{:?}...({} bytes)", head, text.size());
+}
+
+void fill_counters(capnp::List<schema::Counter>::Builder list, const std::vector<Count>& counts) {
+    for (unsigned i = 0; i < list.size() && i < counts.size(); ++i) {
+        auto c = list[i];
+        set_text(counts[i].name, [&](unsigned n) { return c.initName(n); });
+        if (!counts[i].reason.empty())
+            set_text(counts[i].reason, [&](unsigned n) { return c.initReason(n); });
+        c.setValue(counts[i].value);
+    }
 }
 
 }  // namespace esper::bus

@@ -16,6 +16,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 #include <zmq.hpp>
 
 #include "schemas/envelope.capnp.h"
@@ -82,5 +83,22 @@ void set_text(std::string_view s, InitFn&& init) {
     auto text = init(static_cast<unsigned>(s.size()));
     if (!s.empty()) std::memcpy(text.begin(), s.data(), s.size());
 }
+
+// A text that came from the wire, fit for one log line: returned as is when it is short and
+// plain printable ASCII without spaces, otherwise quoted with escapes ({fmt}'s debug format),
+// cut to `max_bytes` of input with the full length noted. Agent names, topics and keys are
+// chosen by whoever sends them; a log line never carries them raw.
+std::string printable(std::string_view text, size_t max_bytes = 64);
+
+// One monotonic counter an agent exposes in its status reply and heartbeat (schema::Counter):
+// a Prometheus-style name, an optional `reason` label value, and the count.
+struct Count {
+    std::string name;
+    std::string reason;
+    uint64_t value = 0;
+    bool operator==(const Count&) const = default;
+};
+// Fills a counter list initialised with counts.size() elements.
+void fill_counters(capnp::List<schema::Counter>::Builder list, const std::vector<Count>& counts);
 
 }  // namespace esper::bus

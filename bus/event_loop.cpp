@@ -111,7 +111,7 @@ void EventLoop::after(std::chrono::milliseconds delay, std::function<void()> fn)
 void EventLoop::on_signal(std::function<void(int)> fn) {
     signals_.add(SIGINT);
     signals_.add(SIGTERM);
-    signals_.async_wait([this, fn = std::move(fn)](const boost::system::error_code& ec, int sig) {
+    signals_.async_wait([fn = std::move(fn)](const boost::system::error_code& ec, int sig) {
         if (!ec) fn(sig);
     });
 }

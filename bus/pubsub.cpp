@@ -104,6 +104,11 @@ SequenceTracker::Outcome SequenceTracker::observe(std::string_view sender, std::
     key.append(sender).push_back('\0');
     key.append(topic);
     Outcome out;
+    if (last_.size() >= max_streams_ && last_.find(key) == last_.end()) {
+        ++untracked_;
+        out.first = true;
+        return out;
+    }
     auto [it, inserted] = last_.try_emplace(std::move(key), sequence);
     if (inserted) {
         out.first = true;
@@ -125,7 +130,9 @@ SequenceTracker::Outcome SequenceTracker::observe(std::string_view sender, std::
 // ---- Subscriber ----
 
 Subscriber::Subscriber(zmq::context_t& context, SubscriberConfig config)
-    : config_(std::move(config)), socket_(context, zmq::socket_type::sub) {
+    : config_(std::move(config)),
+      socket_(context, zmq::socket_type::sub),
+      tracker_(config_.max_streams) {
     ESPER_REQUIRE(!config_.endpoint.empty(), "subscriber needs an endpoint");
     socket_.set(zmq::sockopt::rcvhwm, config_.receive_hwm);
     socket_.set(zmq::sockopt::linger, 0);

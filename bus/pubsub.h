@@ -107,9 +107,11 @@ bool poll_in(zmq::socket_t& socket, long timeout_ms);
 
 // Sequence accounting per (sender, topic). The first message of a stream sets the baseline (a
 // subscriber may join late); afterwards seq > last+1 counts the missing ones as gaps and
-// seq <= last counts as a reorder/duplicate (or a restarted sender).
+// seq <= last counts as a reorder/duplicate (or a restarted sender). At most max_streams streams
+// are tracked (sender names and topics come from the wire): later ones are counted as untracked.
 class SequenceTracker {
 public:
+    explicit SequenceTracker(size_t max_streams = 16384) : max_streams_(max_streams) {}
     struct Outcome {
         uint64_t missing = 0;  // messages lost right before this one
         bool reordered = false;
@@ -118,9 +120,12 @@ public:
     Outcome observe(std::string_view sender, std::string_view topic, uint64_t sequence);
     uint64_t gaps() const { return gaps_; }
     uint64_t reordered() const { return reordered_; }
+    uint64_t untracked() const { return untracked_; }
     size_t streams() const { return last_.size(); }
 
 private:
+    size_t max_streams_;
+    uint64_t untracked_ = 0;
     std::unordered_map<std::string, uint64_t> last_;
     uint64_t gaps_ = 0;
     uint64_t reordered_ = 0;
@@ -131,7 +136,8 @@ struct SubscriberConfig {
     std::vector<std::string> prefixes{};  // empty = everything
     int receive_hwm = 100000;
     DecodeLimits limits{};
-    ClientSecurity security{};  // CURVE keys (bus/security.h); empty = none
+    ClientSecurity security{};   // CURVE keys (bus/security.h); empty = none
+    size_t max_streams = 16384;  // (sender, topic) pairs whose sequences are tracked
 };
 
 struct SubscriberStats {

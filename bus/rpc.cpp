@@ -1,9 +1,12 @@
 // RpcClient, AsyncRpcClient and RpcWorker; see rpc.h and the frame layouts in broker.h.
 #include "bus/rpc.h"
 
+#include <fmt/format.h>
 #include <kj/exception.h>
+#include <sys/random.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <iterator>
@@ -29,6 +32,24 @@ std::string_view view(const zmq::message_t& m) {
     return std::string_view(static_cast<const char*>(m.data()), m.size());
 }
 
+// Who sent a request, as the broker vouches for it: today the routing id the broker's ROUTER
+// gave the client's connection (frame 2 of REQ client_id req_id envelope). With CURVE the broker
+// forwards the authenticated client key in that frame, and it takes this one's place.
+std::string client_identity(const zmq::message_t& client_frame) { return client_frame.to_string(); }
+
+// The request as compared for idempotency: the envelope with the stamps a client may renew on a
+// retry (sequence, send time) cleared, in Cap'n Proto's canonical form.
+std::string canonical_request(schema::Envelope::Reader request) {
+    capnp::MallocMessageBuilder copy;
+    copy.setRoot(request);
+    auto root = copy.getRoot<schema::Envelope>();
+    root.setSequence(0);
+    root.setSentAtNs(0);
+    kj::Array<capnp::word> words = capnp::canonicalize(root.asReader());
+    return std::string(reinterpret_cast<const char*>(words.begin()),
+                       words.size() * sizeof(capnp::word));
+}
+
 bool send_all(zmq::socket_t& socket, std::vector<zmq::message_t>& frames) {
     for (size_t i = 0; i < frames.size(); ++i) {
         auto flags = i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none;
@@ -38,6 +59,18 @@ bool send_all(zmq::socket_t& socket, std::vector<zmq::message_t>& frames) {
 }
 
 }  // namespace
+
+std::string random_key(std::string_view prefix) {
+    uint64_t bits[2] = {0, 0};
+    size_t got = 0;
+    while (got < sizeof(bits)) {
+        const ssize_t n = ::getrandom(reinterpret_cast<char*>(bits) + got, sizeof(bits) - got, 0);
+        if (n < 0 && errno == EINTR) continue;
+        ESPER_ASSERT(n > 0, "getrandom failed errno=", errno);
+        got += size_t(n);
+    }
+    return fmt::format("{}-{:016x}{:016x}", prefix, bits[0], bits[1]);
+}
 
 std::string_view rpc_status_name(RpcStatus status) {
     switch (status) {
@@ -407,13 +440,32 @@ void RpcWorker::reply_error(schema::Envelope::Builder reply, std::string_view wh
     set_text(why, [&](unsigned n) { return r.initError(n); });
 }
 
+void RpcWorker::refuse_reused_key(schema::Envelope::Reader request, schema::Envelope::Builder reply,
+                                  std::string_view key) {
+    ++stats_.key_conflicts;
+    const std::string why = "idempotency key " + printable(key) +
+                            " was already used by this client for a different request";
+    ESPER_LOG_WARN_RATE(rpc_log(), 5, "worker=", config_.name, " refused: ", why);
+    auto p = request.getPayload();
+    if (p.isCommand()) {  // answered as commands are, so the sender sees a rejection
+        auto ack = reply.getPayload().initCommandAck();
+        ack.setCommandId(p.getCommand().getCommandId());
+        ack.setOutcome(schema::CommandOutcome::REJECTED);
+        set_text(why, [&](unsigned n) { return ack.initReason(n); });
+        return;
+    }
+    auto r = reply.getPayload().initControlReply();
+    r.setOk(false);
+    set_text(why, [&](unsigned n) { return r.initError(n); });
+}
+
 void RpcWorker::answer(std::vector<zmq::message_t>& in, const Handler& handler) {
     // A broker without keys sends no peer frame (or an empty one): nothing is authenticated.
     peer_ = decode_peer(in.size() == 5 ? view(in[4]) : std::string_view(), view(in[1]));
     DecodeResult d = decode(std::move(in[3]), config_.limits);
     capnp::MallocMessageBuilder message;
     auto reply = message.initRoot<schema::Envelope>();
-    std::string key;
+    std::string key, dedup_key, canonical;
     std::optional<std::string> refused;
     if (d.ok() && config_.authorize) refused = config_.authorize(peer_, d.value->envelope());
     if (refused) {
@@ -429,7 +481,8 @@ void RpcWorker::answer(std::vector<zmq::message_t>& in, const Handler& handler) 
     } else if (!d.ok()) {
         ++stats_.malformed;
         ESPER_LOG_WARN_RATE(rpc_log(), 5, "worker=", config_.name,
-                            " malformed request: ", decode_status_name(d.status), " ", d.detail);
+                            " malformed request: ", decode_status_name(d.status), " ",
+                            printable(d.detail, 200));
         auto r = reply.getPayload().initControlReply();
         r.setOk(false);
         std::string why = "malformed request: " + std::string(decode_status_name(d.status));
@@ -437,28 +490,41 @@ void RpcWorker::answer(std::vector<zmq::message_t>& in, const Handler& handler) 
     } else {
         auto request = d.value->envelope();
         key = request.getCorrelationId().cStr();
+        bool conflict = false;
         if (!key.empty()) {
-            if (auto it = replies_.find(key); it != replies_.end()) {
-                ++stats_.duplicates;
-                send_reply(in[1], in[2], it->second);
-                return;
+            dedup_key = client_identity(in[1]);
+            dedup_key.push_back('\0');
+            dedup_key += key;
+            canonical = canonical_request(request);
+            if (auto it = replies_.find(dedup_key); it != replies_.end()) {
+                if (it->second.request == canonical) {
+                    ++stats_.duplicates;
+                    send_reply(in[1], in[2], it->second.reply);
+                    return;
+                }
+                conflict = true;
             }
         }
-        ++stats_.handled;
-        try {
-            handler(request, reply.getPayload());
-        } catch (const std::exception& e) {
-            // The request came from the bus: a failure to handle it is answered, not fatal.
-            reply_error(reply, e.what());
-        } catch (const kj::Exception& e) {
-            // A payload field that fails capnp's lazy checks (e.g. a Text without its NUL).
-            reply_error(reply, e.getDescription().cStr());
+        if (conflict) {
+            refuse_reused_key(request, reply, key);
+            dedup_key.clear();  // the first request's reply stays cached; this one is not
+        } else {
+            ++stats_.handled;
+            try {
+                handler(request, reply.getPayload());
+            } catch (const std::exception& e) {
+                // The request came from the bus: a failure to handle it is answered, not fatal.
+                reply_error(reply, e.what());
+            } catch (const kj::Exception& e) {
+                // A payload field that fails capnp's lazy checks (e.g. a Text without its NUL).
+                reply_error(reply, e.getDescription().cStr());
+            }
         }
     }
     stamp_envelope(reply, config_.name, config_.run_id, ++sequence_, key);
     zmq::message_t body = encode(message);
     std::string bytes(static_cast<const char*>(body.data()), body.size());
-    if (!key.empty()) remember(key, bytes);
+    if (!dedup_key.empty()) remember(std::move(dedup_key), std::move(canonical), bytes);
     send_reply(in[1], in[2], bytes);
 }
 
@@ -477,14 +543,21 @@ void RpcWorker::send_reply(const zmq::message_t& client, const zmq::message_t& r
         ESPER_LOG_WARN_RATE(rpc_log(), 5, "worker=", config_.name, " reply dropped: queue full");
 }
 
-void RpcWorker::remember(std::string key, std::string body) {
+void RpcWorker::remember(std::string key, std::string request, std::string reply) {
     if (config_.dedup_capacity == 0) return;
-    while (order_.size() >= config_.dedup_capacity) {
-        replies_.erase(order_.front());
+    const size_t bytes = key.size() + request.size() + reply.size();
+    if (bytes > config_.dedup_max_bytes) return;  // never retried cheaper than it is kept
+    while (!order_.empty() && (order_.size() >= config_.dedup_capacity ||
+                               cached_bytes_ + bytes > config_.dedup_max_bytes)) {
+        auto it = replies_.find(order_.front());
+        cached_bytes_ -=
+            order_.front().size() + it->second.request.size() + it->second.reply.size();
+        replies_.erase(it);
         order_.pop_front();
     }
     order_.push_back(key);
-    replies_.emplace(std::move(key), std::move(body));
+    cached_bytes_ += bytes;
+    replies_.emplace(std::move(key), Cached{std::move(request), std::move(reply)});
 }
 
 }  // namespace esper::bus

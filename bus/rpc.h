@@ -4,8 +4,11 @@
 // commandId). It blocks, so it is for tools and threads without an event loop; an agent's loop
 // uses AsyncRpcClient, the same protocol driven by the loop (send() returns at once, a callback
 // gets the reply). RpcWorker: registers a name, heartbeats, hands each request to a handler and
-// caches the encoded reply by key in a bounded window, so a retried request is answered from the
-// cache and applied once. Requests are handled one at a time, in arrival order.
+// caches the encoded reply by (client, key) in a bounded window, so a retried request is answered
+// from the cache and applied once. The client is who the broker says sent the request (its
+// connection's routing id; with CURVE, the authenticated key), so one client's key never answers
+// another's request; the same client reusing a key for a different request is refused, not
+// answered with the first one's reply. Requests are handled one at a time, in arrival order.
 //
 //   bus::RpcWorker worker(ctx, {.endpoint = rpc, .name = "kasmina/0"});
 //   worker.poll(100, [&](schema::Envelope::Reader req, schema::Envelope::Payload::Builder rep) {
@@ -55,6 +58,10 @@ struct RpcClientConfig {
     size_t max_queued = 1024;   // AsyncRpcClient: requests waiting for a slot; more are refused
     ClientSecurity security{};  // CURVE keys (bus/security.h); empty = none
 };
+
+// An idempotency key nobody can guess: `prefix` + "-" + 128 random bits in hex (getrandom).
+// Keys are per client on the worker, and a guessable one lets whoever guesses it pre-answer it.
+std::string random_key(std::string_view prefix);
 
 enum class RpcStatus { kOk, kTimeout, kUnknownAgent, kMalformedReply };
 std::string_view rpc_status_name(RpcStatus status);
@@ -185,8 +192,9 @@ struct RpcWorkerConfig {
     std::string endpoint{};  // broker rpc endpoint
     std::string name{};      // e.g. "kasmina/0", "tamiyo"
     std::string run_id{};
-    int heartbeat_ms = 1000;       // keep below the broker's agent_expiry_ms / 2
-    size_t dedup_capacity = 4096;  // most recent keys whose replies are kept
+    int heartbeat_ms = 1000;                    // keep below the broker's agent_expiry_ms / 2
+    size_t dedup_capacity = 4096;               // most recent keys whose replies are kept
+    size_t dedup_max_bytes = size_t{32} << 20;  // and at most this many bytes of them
     DecodeLimits limits{};
     int drop_first_replies = 0;  // fault injection for tests: handle, cache, don't send
     ClientSecurity security{};   // CURVE keys (bus/security.h); empty = none
@@ -198,10 +206,11 @@ struct RpcWorkerConfig {
 };
 
 struct RpcWorkerStats {
-    uint64_t requests = 0;    // frames received
-    uint64_t handled = 0;     // handler calls
-    uint64_t duplicates = 0;  // answered from the dedup window
-    uint64_t malformed = 0;   // undecodable requests (answered with an error reply)
+    uint64_t requests = 0;       // frames received
+    uint64_t handled = 0;        // handler calls
+    uint64_t duplicates = 0;     // answered from the dedup window
+    uint64_t key_conflicts = 0;  // a client's key reused for a different request (refused)
+    uint64_t malformed = 0;      // undecodable requests (answered with an error reply)
     uint64_t handler_errors = 0;
     uint64_t forbidden = 0;  // refused by `authorize`
     uint64_t refused = 0;    // REFUSED frames: the broker did not register our name
@@ -240,8 +249,10 @@ private:
     void answer(std::vector<zmq::message_t>& frames, const Handler& handler);
     void send_reply(const zmq::message_t& client, const zmq::message_t& req_id,
                     const std::string& body);
-    void remember(std::string key, std::string body);
+    void remember(std::string key, std::string request, std::string reply);
     void reply_error(schema::Envelope::Builder reply, std::string_view why);
+    void refuse_reused_key(schema::Envelope::Reader request, schema::Envelope::Builder reply,
+                           std::string_view key);
 
     RpcWorkerConfig config_;
     zmq::socket_t socket_;
@@ -251,8 +262,13 @@ private:
     int drops_left_ = 0;
     Peer peer_;
     std::string refusal_;
-    std::unordered_map<std::string, std::string> replies_;  // key -> encoded reply envelope
-    std::deque<std::string> order_;                         // keys, oldest first
+    struct Cached {
+        std::string request;  // the canonical request (header stamps cleared), to compare
+        std::string reply;    // the encoded reply envelope, resent as is
+    };
+    std::unordered_map<std::string, Cached> replies_;  // by dedup key (client + key)
+    std::deque<std::string> order_;                    // dedup keys, oldest first
+    size_t cached_bytes_ = 0;
 };
 
 }  // namespace esper::bus

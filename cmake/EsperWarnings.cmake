@@ -14,6 +14,12 @@ if(ESPER_SANITIZE_THREAD)
   list(APPEND ESPER_SANITIZERS thread)
 endif()
 
+# ESPER_FUZZ: every target carries libFuzzer's coverage instrumentation (the harnesses in
+# tests/fuzz link the fuzzer itself); clang only.
+if(ESPER_FUZZ AND NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+  message(FATAL_ERROR "esper: ESPER_FUZZ needs clang (CXX=clang++)")
+endif()
+
 function(esper_target_defaults tgt)
   target_compile_options(${tgt} PRIVATE
     $<$<COMPILE_LANGUAGE:CXX>:${ESPER_CXX_WARNINGS}>
@@ -25,6 +31,14 @@ function(esper_target_defaults tgt)
     list(JOIN ESPER_SANITIZERS "," san)
     target_compile_options(${tgt} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=${san} -fno-omit-frame-pointer>)
     target_link_options(${tgt} PRIVATE -fsanitize=${san})
+    if(ESPER_SANITIZE_UNDEFINED)
+      # Undefined behaviour fails the test that hit it, instead of a line in its log.
+      target_compile_options(${tgt} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-fno-sanitize-recover=undefined>)
+      target_link_options(${tgt} PRIVATE -fno-sanitize-recover=undefined)
+    endif()
+  endif()
+  if(ESPER_FUZZ)
+    target_compile_options(${tgt} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-fsanitize=fuzzer-no-link>)
   endif()
 endfunction()
 

@@ -7,6 +7,7 @@ $Cxx.namespace("esper::schema");
 
 using Common = import "common.capnp";
 using Commands = import "commands.capnp";
+using Telemetry = import "telemetry.capnp";
 
 enum TransitionOrigin {
   auto @0;
@@ -63,4 +64,6 @@ struct Heartbeat {
   uptimeMs @3 :UInt64;
   step @4 :UInt64;
   state @5 :Text;
+  counters @6 :List(Telemetry.Counter);
+  # The agent's drop/refusal counters (the same as in its status reply; docs/bus.md).
 }

@@ -82,6 +82,8 @@ struct RunStatus {
   state @20 :RunState;
   stateReason @21 :Text;
   # Why the run ended when it is not `training` (a signal, a lost child, ...).
+  counters @22 :List(Counter);
+  # What the answering agent dropped, refused or deduplicated (status replies; docs/bus.md).
 }
 
 enum RunState {
@@ -94,4 +96,14 @@ enum RunState {
   # Stopped early on request (SIGINT/SIGTERM); a checkpoint was written.
   failed @3;
   # A process of the run died or could not start (`esper run` says so).
+}
+
+struct Counter {
+  # One monotonic count an agent exposes (in status replies and heartbeats): a Prometheus-style
+  # metric name, an optional `reason` label, and the value since the agent started.
+  name @0 :Text;
+  # e.g. "esper_tamiyo_dropped_messages_total", "esper_broker_oversized_frames_total".
+  reason @1 :Text;
+  # The value of the metric's `reason` label (e.g. "out_of_shape"); empty = no label.
+  value @2 :UInt64;
 }

@@ -4,8 +4,11 @@
 # GPU node without the Debian packages. RPATH becomes $ORIGIN/../lib via patchelf when installed;
 # otherwise each binary gets a wrapper that sets LD_LIBRARY_PATH. libc/libm/libstdc++/libgcc,
 # the dynamic loader, libcuda (the driver's), libnccl and the CUDA toolkit's cuBLAS/cudart (the node's)
-# are never bundled. --tar also writes OUT_DIR.tar.gz, one archive to copy to every node and
-# unpack at the same place (tar -xzf esper.tar.gz -C /opt gives /opt/esper/bin/esper).
+# are never bundled. The tests' data (BUILD_DIR/share/esper: examples, schemas) and the plugins
+# built next to the binaries (BUILD_DIR/lib) come along, so the test binaries run from the bundle
+# too (tests/support/paths.h finds them relative to bin/). --tar also writes OUT_DIR.tar.gz, one
+# archive to copy to every node and unpack at the same place (tar -xzf esper.tar.gz -C /opt gives
+# /opt/esper/bin/esper).
 set -euo pipefail
 
 tar_out=0
@@ -64,6 +67,12 @@ exec "\$here/../libexec/$name" "\$@"
 WRAP
     chmod +x "$out_dir/bin/$name"
   fi
+done
+if [ -d "$build_dir/share" ]; then
+  cp -r "$build_dir/share" "$out_dir/"
+fi
+for mod in "$build_dir"/lib/*.so; do
+  if [ -f "$mod" ]; then cp -L "$mod" "$out_dir/lib/"; fi
 done
 if [ $have_patchelf -eq 1 ]; then
   for lib in "$out_dir"/lib/*.so*; do

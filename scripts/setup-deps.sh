@@ -13,6 +13,7 @@ PACKAGES=(
   slurmctld slurmd slurm-client munge openmpi-bin
   # the dashboard's tests: a real browser (headless, DevTools protocol) and Prometheus' parser
   chromium python3-websocket python3-prometheus-client
+  clang libclang-rt-14-dev  # scripts/sanitize.sh and scripts/fuzz.sh (ASan/UBSan/TSan, libFuzzer)
 )
 
 missing=()

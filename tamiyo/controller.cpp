@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <exception>
 #include <initializer_list>
 #include <set>
@@ -150,6 +151,58 @@ std::optional<std::string> Controller::sanity(Decision& d, const View& view) con
     return std::nullopt;
 }
 
+namespace {
+
+// Seeds of `kind` in `layer` that hold an arena slot, as the view knows them.
+uint32_t held_slots(const View& view, uint32_t layer, BlueprintKind kind) {
+    const LayerView* lv = view.layer(layer);
+    if (lv == nullptr) return 0;
+    uint32_t n = 0;
+    for (const SeedView& s : lv->seeds)
+        if (s.known && stage_holds_slot(s.stage) && s.blueprint == kind) ++n;
+    return n;
+}
+
+}  // namespace
+
+void Controller::germination_answered(const Decision& d, bool applied, const View& view,
+                                      uint64_t step) {
+    if (d.kind != DecisionKind::kGerminate) return;
+    const auto key = std::make_pair(d.layer, d.blueprint);
+    if (applied) {
+        backoff_.erase(key);
+        return;
+    }
+    Backoff& b = backoff_[key];
+    // More answers to commands sent before the back-off began: one rejection, not several.
+    if (b.steps != 0 && step < b.until_step) return;
+    const uint64_t base = std::max<uint64_t>(1, config_.rejection_backoff_steps);
+    b.steps = b.steps == 0 ? base : std::min(b.steps * 2, base * 16);
+    b.until_step = step + b.steps;
+    b.held_slots = held_slots(view, d.layer, d.blueprint);
+    ESPER_LOG_INFO(log_decision(), "step=", step, " layer=", d.layer,
+                   " blueprint=", blueprint_kind_name(d.blueprint),
+                   " germination rejected; backing off until step ", b.until_step);
+}
+
+std::optional<std::string> Controller::backed_off(const Decision& d, const View& view,
+                                                  uint64_t step) {
+    if (d.kind != DecisionKind::kGerminate) return std::nullopt;
+    auto it = backoff_.find({d.layer, d.blueprint});
+    if (it == backoff_.end()) return std::nullopt;
+    const Backoff& b = it->second;
+    // A slot of this kind was freed since: the arena has room again. The doubling is kept until
+    // a germination of the kind is applied.
+    if (step >= b.until_step || held_slots(view, d.layer, d.blueprint) < b.held_slots) {
+        it->second.until_step = step;
+        return std::nullopt;
+    }
+    return fmt::format(
+        "germinations of {} in layer {} back off until step {} (the executor "
+        "rejected one; its arena may be full)",
+        blueprint_kind_name(d.blueprint), d.layer, b.until_step);
+}
+
 void Controller::expire_pending(const View& view, uint64_t step) {
     for (auto it = pending_.begin(); it != pending_.end();) {
         const SeedView* sv = view.seed(it->first.first, it->first.second);
@@ -195,6 +248,10 @@ std::vector<Decision> Controller::decide(const View& view, uint64_t step) {
             continue;
         }
         if (auto why = sanity(d, view)) {
+            record(step, d, false, *why);
+            continue;
+        }
+        if (auto why = backed_off(d, view, step)) {
             record(step, d, false, *why);
             continue;
         }

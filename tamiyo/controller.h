@@ -27,6 +27,10 @@ struct ControllerConfig {
     uint64_t pending_timeout_steps = 200;  // a sent command the view has not confirmed by then is
                                            // forgotten (the seed may be decided on again)
     size_t journal_size = 4096;            // decision records kept
+    // After the executor rejects a germination of kind K in layer L (typically: K's arena is
+    // full), no germination of K in L is proposed for this many steps, doubled on each further
+    // rejection up to 16x; lifted early when a seed of that kind in that layer frees its slot.
+    uint64_t rejection_backoff_steps = 200;
 };
 
 struct DecisionRecord {
@@ -75,6 +79,10 @@ public:
     // The agent calls this when the executor rejected a command, so the seed can be decided on
     // again at once (instead of after pending_timeout_steps).
     void forget_pending(uint32_t layer, uint32_t seed) { pending_.erase({layer, seed}); }
+    // The executor's answer to a germination: a rejection backs off germinations of its kind in
+    // its layer (see ControllerConfig::rejection_backoff_steps); an applied one clears that.
+    void germination_answered(const Decision& d, bool applied, const View& view, uint64_t step);
+    size_t backoffs() const { return backoff_.size(); }
 
 private:
     struct Pending {
@@ -87,12 +95,20 @@ private:
     void record(uint64_t step, const Decision& d, bool accepted, std::string refusal);
     std::optional<std::string> sanity(Decision& d, const View& view) const;
     void expire_pending(const View& view, uint64_t step);
+    std::optional<std::string> backed_off(const Decision& d, const View& view, uint64_t step);
+
+    struct Backoff {
+        uint64_t until_step = 0;
+        uint64_t steps = 0;       // the current back-off length (doubles)
+        uint32_t held_slots = 0;  // seeds of the kind holding a slot in the layer when rejected
+    };
 
     ControllerConfig config_;
     std::vector<PolicyPtr> stack_;  // back() is active
     std::vector<PolicyHistoryEntry> history_;
     std::deque<DecisionRecord> journal_;
     std::map<std::pair<uint32_t, uint32_t>, Pending> pending_;
+    std::map<std::pair<uint32_t, BlueprintKind>, Backoff> backoff_;  // by (layer, kind)
     Budget budget_;
 };
 

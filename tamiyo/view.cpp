@@ -1,6 +1,8 @@
 // The controller's view (tamiyo/view.h): ingestion rules and per-layer aggregates.
 #include "tamiyo/view.h"
 
+#include <fmt/format.h>
+
 #include <cmath>
 
 namespace esper::tamiyo {
@@ -16,6 +18,20 @@ void sanitize(std::optional<double>& v, bool non_negative, uint64_t& rejected) {
 }
 
 }  // namespace
+
+std::string_view drop_name(Drop d) {
+    switch (d) {
+        case Drop::kOutOfShape:
+            return "out_of_shape";
+        case Drop::kStepBeyondRun:
+            return "step_beyond_run";
+        case Drop::kStepJump:
+            return "step_jump";
+        case Drop::kStale:
+            return "stale";
+    }
+    return "unknown";
+}
 
 uint32_t LayerView::active_seeds() const {
     uint32_t n = 0;
@@ -74,11 +90,67 @@ int64_t View::live_blueprint_params() const {
     return total;
 }
 
-SeedView* View::seed_slot(uint32_t layer, uint32_t seed) {
-    if (seed >= config_.max_seeds_per_layer) {
-        ++ignored_messages_;
-        return nullptr;
+std::optional<std::string> View::announce(RunShape shape) {
+    const auto& n = shape.seeds_per_layer;
+    if (n.empty()) return std::string("announced shape has no seed layer");
+    if (n.size() > config_.max_layers)
+        return fmt::format("announced shape has {} layers > max_layers {}", n.size(),
+                           config_.max_layers);
+    uint64_t total = 0;
+    for (size_t l = 0; l < n.size(); ++l) {
+        if (n[l] > config_.max_seeds_per_layer)
+            return fmt::format("announced layer {} has {} seeds > max_seeds_per_layer {}", l, n[l],
+                               config_.max_seeds_per_layer);
+        total += n[l];
     }
+    if (total > config_.max_seeds)
+        return fmt::format("announced shape has {} seeds > max_seeds {}", total, config_.max_seeds);
+    // Forget what lies outside the new shape, so memory stays within it.
+    for (auto it = layers_.begin(); it != layers_.end();) {
+        if (it->first >= n.size()) {
+            it = layers_.erase(it);
+            continue;
+        }
+        LayerView& lv = it->second;
+        for (size_t i = n[it->first]; i < lv.seeds.size(); ++i)
+            if (lv.seeds[i].known) --lv.stage_counts[static_cast<size_t>(lv.seeds[i].stage)];
+        if (lv.seeds.size() > n[it->first]) {
+            lv.seeds.resize(n[it->first]);
+            lv.seeds.shrink_to_fit();
+        }
+        ++it;
+    }
+    shape_ = std::move(shape);
+    return std::nullopt;
+}
+
+std::optional<Drop> View::count(std::optional<Drop> d) {
+    if (d) ++drops_[static_cast<size_t>(*d)];
+    return d;
+}
+
+std::optional<Drop> View::check_step(uint64_t step) {
+    if (shape_ && shape_->total_steps > 0 && step > shape_->total_steps)
+        return Drop::kStepBeyondRun;
+    if (has_step_ && step > step_ && step - step_ > config_.max_step_jump) {
+        // Consecutive messages that agree on a new position move the baseline; one alone
+        // (a forged or corrupted step) does not.
+        if (jump_votes_ > 0 && step >= jump_step_ && step - jump_step_ <= config_.max_step_jump) {
+            ++jump_votes_;
+        } else {
+            jump_step_ = step;
+            jump_votes_ = 1;
+        }
+        if (jump_votes_ < config_.resync_messages) return Drop::kStepJump;
+    }
+    jump_votes_ = 0;
+    has_step_ = true;
+    if (step > step_) step_ = step;
+    return std::nullopt;
+}
+
+SeedView* View::seed_slot(uint32_t layer, uint32_t seed) {
+    if (!in_shape(layer, seed)) return nullptr;
     LayerView& lv = layers_[layer];
     lv.layer = layer;
     if (seed >= lv.seeds.size()) {
@@ -97,6 +169,11 @@ SeedView* View::seed_slot(uint32_t layer, uint32_t seed) {
     return &sv;
 }
 
+bool View::in_shape(uint32_t layer, uint32_t seed) const {
+    return shape_ ? layer < shape_->seeds_per_layer.size() && seed < shape_->seeds_per_layer[layer]
+                  : layer < config_.max_layers && seed < config_.max_seeds_per_layer;
+}
+
 void View::set_stage(LayerView& lv, SeedView& sv, SeedStage to) {
     if (sv.stage == to) return;
     --lv.stage_counts[static_cast<size_t>(sv.stage)];
@@ -108,12 +185,11 @@ void View::set_stage(LayerView& lv, SeedView& sv, SeedStage to) {
     sv.stage = to;
 }
 
-void View::ingest_telemetry(const SeedTelemetry& t) {
-    SeedView* svp = seed_slot(t.layer, t.seed);
-    if (svp == nullptr) return;
-    SeedView& sv = *svp;
+std::optional<Drop> View::ingest_telemetry(const SeedTelemetry& t) {
+    if (!in_shape(t.layer, t.seed)) return count(Drop::kOutOfShape);
+    if (auto d = check_step(t.step)) return count(d);
+    SeedView& sv = *seed_slot(t.layer, t.seed);
     LayerView& lv = layers_[t.layer];
-    if (t.step > step_) step_ = t.step;
     if (t.chunk_width > 0) lv.chunk_width = t.chunk_width;
 
     SeedMetrics m = t.metrics;
@@ -148,15 +224,16 @@ void View::ingest_telemetry(const SeedTelemetry& t) {
     sv.has_telemetry = true;
     sv.history.push_back(m);
     while (sv.history.size() > config_.seed_history) sv.history.pop_front();
+    return std::nullopt;
 }
 
-void View::ingest_transition(const TransitionEvent& e) {
-    SeedView* svp = seed_slot(e.layer, e.seed);
-    if (svp == nullptr) return;
-    SeedView& sv = *svp;
+std::optional<Drop> View::ingest_transition(const TransitionEvent& e) {
+    if (!in_shape(e.layer, e.seed)) return count(Drop::kOutOfShape);
+    if (auto d = check_step(e.step)) return count(d);
+    SeedView& sv = *seed_slot(e.layer, e.seed);
     LayerView& lv = layers_[e.layer];
-    if (e.step > step_) step_ = e.step;
-    if (e.step < sv.stage_step) return;  // an older event than what we already know
+    // An older event than what we already know: taken (it is consistent), changes nothing.
+    if (e.step < sv.stage_step) return std::nullopt;
     set_stage(lv, sv, e.to);
     sv.stage_step = e.step;
     sv.stage_entered_step = e.step;
@@ -177,16 +254,17 @@ void View::ingest_transition(const TransitionEvent& e) {
         ++sv.culls;
     }
     if (e.to >= SeedStage::kStabilization && e.to <= SeedStage::kFossilized) sv.alpha = 1.0f;
+    return std::nullopt;
 }
 
-void View::ingest_run_status(const RunStatus& s) {
-    if (s.step > step_) step_ = s.step;
-    if (run_.has_status && s.step < run_.step) return;  // stale
+std::optional<Drop> View::ingest_run_status(const RunStatus& s) {
+    if (auto d = check_step(s.step)) return count(d);
+    if (run_.has_status && s.step < run_.step) return count(Drop::kStale);
     run_.has_status = true;
     run_.step = s.step;
     run_.epoch = s.epoch;
     run_.latest = s;
-    if (!s.loss || !std::isfinite(*s.loss)) return;
+    if (!s.loss || !std::isfinite(*s.loss)) return std::nullopt;
     const double loss = *s.loss;
     run_.loss_curve.push_back({s.step, loss});
     while (run_.loss_curve.size() > config_.loss_curve_points) run_.loss_curve.pop_front();
@@ -200,6 +278,7 @@ void View::ingest_run_status(const RunStatus& s) {
         run_.plateau_since_step = s.step;
         ++run_.plateaus;
     }
+    return std::nullopt;
 }
 
 }  // namespace esper::tamiyo

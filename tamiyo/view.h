@@ -3,6 +3,10 @@
 // It is a pure function of the messages ingested, in order, so a restarted Tamiyo rebuilds it by
 // replaying what the bus delivers. "Not measured" is std::nullopt, never 0. Telemetry older than
 // the last transition seen for a seed does not overwrite its stage (topics are not ordered).
+// Bounded trust: once the executor's RunShape is announced, a message naming a layer or seed
+// outside it, or a step beyond the run or too far ahead of the newest one, is dropped and counted
+// (never stored), so the view's memory is bounded by the announced shape. A view that was never
+// announced a shape (tests, replays) takes every well-formed message; the agent announces first.
 #pragma once
 
 #include <array>
@@ -11,6 +15,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kernels/vocabulary.h"
@@ -78,6 +83,25 @@ struct RunStatus {
     bool operator==(const RunStatus&) const = default;
 };
 
+// The run's shape as its executor announces it (the RunConfig on config.<run>): the seeds of
+// each seed layer (index = layer id) and the steps the run takes.
+struct RunShape {
+    std::vector<uint32_t> seeds_per_layer;
+    uint64_t total_steps = 0;  // 0 = unknown: steps are bounded by max_step_jump only
+    bool operator==(const RunShape&) const = default;
+};
+
+// Why the view dropped a message; each reason is counted (View::drops()).
+enum class Drop : uint8_t {
+    kOutOfShape = 0,     // a layer or seed outside the announced shape (or max_seeds_per_layer)
+    kStepBeyondRun = 1,  // a step past the announced total steps
+    kStepJump = 2,       // a step more than max_step_jump ahead of the newest accepted one
+    kStale = 3,          // a run status older than the newest one
+};
+inline constexpr int kNumDrops = 4;
+// "out_of_shape", "step_beyond_run", "step_jump", "stale": the `reason` label of the counter.
+std::string_view drop_name(Drop d);
+
 // ---- the view ----
 
 struct PlateauConfig {
@@ -88,9 +112,18 @@ struct PlateauConfig {
 
 struct ViewConfig {
     PlateauConfig plateau;
-    size_t seed_history = 8;                  // telemetry samples kept per seed
-    size_t loss_curve_points = 2048;          // run status points kept (oldest dropped)
-    uint32_t max_seeds_per_layer = 1u << 22;  // messages naming a higher seed id are ignored
+    size_t seed_history = 8;          // telemetry samples kept per seed
+    size_t loss_curve_points = 2048;  // run status points kept (oldest dropped)
+    // Bounds on what an announcement may claim (View::announce refuses more), and on the seed
+    // ids a view without an announced shape stores (messages naming higher ids are dropped).
+    uint32_t max_seeds_per_layer = 1u << 20;
+    uint32_t max_layers = 1024;
+    uint64_t max_seeds = 1u << 22;  // over all layers
+    // A step may lead the newest accepted step by at most this much. A sender that truly leapt
+    // ahead (a controller cut off for a while) is followed after resync_messages consecutive
+    // messages that agree with each other (each within max_step_jump of the first of them).
+    uint64_t max_step_jump = 100000;
+    uint32_t resync_messages = 3;
     bool operator==(const ViewConfig&) const = default;
 };
 
@@ -159,9 +192,16 @@ class View {
 public:
     explicit View(ViewConfig config = {});
 
-    void ingest_telemetry(const SeedTelemetry& t);
-    void ingest_transition(const TransitionEvent& e);
-    void ingest_run_status(const RunStatus& s);
+    // Sets the shape messages must fit from now on. Returns the reason when the shape is refused
+    // (beyond max_layers/max_seeds_per_layer/max_seeds, or no layer) and keeps the old one then.
+    // Seeds already stored outside a new, smaller shape are forgotten.
+    std::optional<std::string> announce(RunShape shape);
+    const std::optional<RunShape>& shape() const { return shape_; }
+
+    // Each returns the reason it dropped the message, or nullopt when the message was taken.
+    std::optional<Drop> ingest_telemetry(const SeedTelemetry& t);
+    std::optional<Drop> ingest_transition(const TransitionEvent& e);
+    std::optional<Drop> ingest_run_status(const RunStatus& s);
 
     const ViewConfig& config() const { return config_; }
     const RunView& run() const { return run_; }
@@ -174,21 +214,32 @@ public:
     int64_t live_blueprint_params() const;
     // Non-finite or negative-variance values turned into "not measured".
     uint64_t rejected_values() const { return rejected_values_; }
-    // Messages ignored because they named a seed id beyond max_seeds_per_layer.
-    uint64_t ignored_messages() const { return ignored_messages_; }
+    // Messages dropped, per reason (indexed by Drop), and in total.
+    const std::array<uint64_t, kNumDrops>& drops() const { return drops_; }
+    uint64_t drops(Drop d) const { return drops_[static_cast<size_t>(d)]; }
+    // Messages dropped for naming a layer or seed outside the shape (drops(kOutOfShape)).
+    uint64_t ignored_messages() const { return drops(Drop::kOutOfShape); }
 
     bool operator==(const View&) const = default;
 
 private:
-    SeedView* seed_slot(uint32_t layer, uint32_t seed);
+    bool in_shape(uint32_t layer, uint32_t seed) const;
+    SeedView* seed_slot(uint32_t layer, uint32_t seed);  // creates the slot; in_shape() first
     void set_stage(LayerView& lv, SeedView& sv, SeedStage to);
+    // nullopt when `step` may be taken (and then it is the newest step if it is newer).
+    std::optional<Drop> check_step(uint64_t step);
+    std::optional<Drop> count(std::optional<Drop> d);
 
     ViewConfig config_;
+    std::optional<RunShape> shape_;
     RunView run_;
     std::map<uint32_t, LayerView> layers_;
     uint64_t step_ = 0;
+    bool has_step_ = false;   // a step-carrying message was taken (step_ is a baseline)
+    uint64_t jump_step_ = 0;  // the first of the consecutive messages beyond max_step_jump
+    uint32_t jump_votes_ = 0;
     uint64_t rejected_values_ = 0;
-    uint64_t ignored_messages_ = 0;
+    std::array<uint64_t, kNumDrops> drops_{};
 };
 
 }  // namespace esper::tamiyo

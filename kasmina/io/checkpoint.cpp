@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 
@@ -63,6 +64,22 @@ std::vector<uint8_t> read_all(const fs::path& path) {
     if (!f) ESPER_THROW(kIntegrity, path.string(), ": checkpoint file missing or unreadable");
     return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)),
                                 std::istreambuf_iterator<char>());
+}
+
+// Every tensor of a checkpoint is float32 parameters or optimizer moments, finite in any state a
+// run can continue from. A NaN-weight checkpoint whose hashes were rewritten used to resume and
+// train with loss: null every step.
+void refuse_non_finite(const std::vector<uint8_t>& bytes, const fs::path& file) {
+    if (bytes.size() % sizeof(float) != 0)
+        ESPER_THROW(kIntegrity, file.string(), ": ", bytes.size(),
+                    " bytes is not a whole number of float32 values");
+    for (size_t i = 0; i < bytes.size() / sizeof(float); ++i) {
+        float v;
+        std::memcpy(&v, bytes.data() + i * sizeof(float), sizeof(float));
+        if (!std::isfinite(v))
+            ESPER_THROW(kIntegrity, file.string(), ": value ", i, " is not finite (", v,
+                        "); a checkpoint with non-finite parameters cannot be resumed");
+    }
 }
 
 }  // namespace
@@ -195,6 +212,7 @@ CheckpointData read_checkpoint(const fs::path& dir) {
                         " bytes, manifest says ", f.size_bytes, " (truncated file)");
         if (sha256_hex(bytes.data(), bytes.size()) != f.sha256)
             ESPER_THROW(kIntegrity, (dir / f.file).string(), ": SHA-256 mismatch (file modified)");
+        refuse_non_finite(bytes, dir / f.file);
         data.tensors_[f.name] = std::move(bytes);
     }
     return data;

@@ -5,12 +5,15 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <initializer_list>
 #include <limits>
+#include <map>
 #include <sstream>
 
 #include "core/error.h"
@@ -41,7 +44,8 @@ public:
 
     [[noreturn]] void fail(const YAML::Node& at, const std::string& field,
                            const std::string& reason) const {
-        const int line = at.Mark().line >= 0 ? at.Mark().line + 1 : 0;
+        // An empty document has no mark: its first line.
+        const int line = at.Mark().line >= 0 ? at.Mark().line + 1 : 1;
         ESPER_THROW(kInvalidInput, source_, ":", line, ": ", field, ": ", reason);
     }
 
@@ -417,11 +421,14 @@ void read_lifecycle(const Reader& r, const YAML::Node& n, LifecycleConfig& c) {
 
 void read_governor(const Reader& r, const YAML::Node& n, GovernorConfig& c) {
     const std::string p = "governor";
-    r.section(n, p, {"enabled", "divergence_factor", "window", "snapshot_every_steps"});
+    r.section(n, p,
+              {"enabled", "divergence_factor", "window", "snapshot_every_steps",
+               "max_consecutive_trips"});
     r.get_bool(n, p, "enabled", c.enabled);
     r.get_double(n, p, "divergence_factor", c.divergence_factor, 1.0, kInf, true);
     r.get_int(n, p, "window", c.window, 1);
     r.get_int(n, p, "snapshot_every_steps", c.snapshot_every_steps, 1);
+    r.get_int(n, p, "max_consecutive_trips", c.max_consecutive_trips, 0);
 }
 
 void read_faults(const Reader& r, const YAML::Node& n, FaultInjection& c) {
@@ -432,9 +439,132 @@ void read_faults(const Reader& r, const YAML::Node& n, FaultInjection& c) {
     r.get_int(n, p, "checkpoint_crash_after_files", c.checkpoint_crash_after_files, -1);
 }
 
-Config read_root(const Reader& r, const YAML::Node& root) {
+// yaml-cpp keeps both entries of a repeated key and lookups return the first, so a repeated key
+// would silently lose its second value: refused in every mapping of the document (the tamiyo:
+// section too, whose own reader shares the file).
+void refuse_duplicate_keys(const Reader& r, const YAML::Node& n, const std::string& prefix) {
+    if (n.IsSequence()) {
+        for (size_t i = 0; i < n.size(); ++i)
+            refuse_duplicate_keys(r, n[i], prefix + "[" + std::to_string(i) + "]");
+        return;
+    }
+    if (!n.IsMap()) return;
+    std::map<std::string, int> first_line;
+    for (auto it = n.begin(); it != n.end(); ++it) {
+        const YAML::Node k = it->first;
+        if (!k.IsScalar()) continue;  // reported by section() as "keys must be plain names"
+        const int line = k.Mark().line + 1;
+        auto [at, inserted] = first_line.emplace(k.Scalar(), line);
+        if (!inserted)
+            r.fail(k, Reader::join(prefix, k.Scalar()),
+                   fmt::format("duplicate key (first at line {})", at->second));
+        refuse_duplicate_keys(r, it->second, Reader::join(prefix, k.Scalar()));
+    }
+}
+
+}  // namespace
+
+MemoryEstimate estimate_memory(const Config& c) {
+    MemoryEstimate m;
+    constexpr double kFloat = 4.0;
+    // Input features and classes of the dataset (npy: unknown until read, counted as 0).
+    double features = 0, classes = 10, samples = 0;
+    if (c.data.dataset == "fashion_mnist") {
+        features = 784;
+        samples = 70000;
+    } else if (c.data.dataset == "teacher") {
+        features = double(c.data.teacher.features);
+        classes = double(c.data.teacher.classes);
+        samples = double(c.data.teacher.train_samples) + double(c.data.teacher.test_samples);
+    }
+    m.data_bytes = samples * features * kFloat;
+    // Host parameters with their gradients and optimizer moments.
+    const double per_param = c.optimizer.kind == OptimizerKind::kAdamw ? 4 : 3;
+    double params = 0, in = features, widths = 0;
+    for (int64_t h : c.model.hidden) {
+        params += in * double(h) + double(h);
+        in = double(h);
+        widths += double(h);
+    }
+    params += in * classes + classes;
+    m.host_bytes = params * per_param * kFloat;
+    // Activations kept for the backward pass (h, y and their gradients per layer), per sample.
+    m.activation_bytes = 4.0 * double(c.data.batch_size) * (widths + classes + features) * kFloat;
+    // Blueprint arenas, pre-allocated per layer and kind: parameters, gradients, two moments.
+    double in_width = features;
+    for (int64_t h : c.model.hidden) {
+        const int64_t s = std::max<int64_t>(1, c.model.seeds_per_layer);
+        const int64_t w = (h + s - 1) / s;
+        const int64_t layer_in =
+            c.blueprints.input == BlueprintInput::kLayer ? int64_t(in_width) : int64_t(0);
+        const BlueprintsConfig& b = c.blueprints;
+        m.arena_bytes +=
+            4.0 * kFloat *
+            (double(b.residual_mlp.slots) *
+                 double(blueprint_param_count(BlueprintKind::kResidualMlp, w,
+                                              b.residual_mlp.expansion * w, layer_in)) +
+             double(b.lowrank.slots) * double(blueprint_param_count(BlueprintKind::kLowrank, w,
+                                                                    b.lowrank.rank, layer_in)) +
+             double(b.scale_shift.slots) *
+                 double(blueprint_param_count(BlueprintKind::kScaleShift, w, 0)));
+        in_width = double(h);
+    }
+    if (c.model.kind == ModelKind::kTransformer) {
+        // The byte-level transformer instead of the MLP above: embeddings, n_layer blocks of
+        // attention (4 C^2) and MLP (8 C^2, with the reserved extra units), the output head; its
+        // activations hold per position about 16 C values a block plus the attention scores.
+        const TransformerConfig& t = c.model.transformer;
+        const double C = double(t.d_model), T = double(t.context), L = double(t.n_layer);
+        const double F = 4.0 * C + double(t.max_extra_units);
+        const double heads = double(t.n_head + t.max_extra_heads);
+        const double block = 4.0 * C * C + 2.0 * C * F + 13.0 * C + F;
+        const double tparams = 256.0 * C + T * C + L * block + (t.tie_embeddings ? 0.0 : 256.0 * C);
+        m.host_bytes = tparams * per_param * kFloat;
+        m.activation_bytes =
+            double(c.data.batch_size) * T * (L * (16.0 * C + heads * T) + 256.0) * kFloat * 2.0;
+        m.arena_bytes = 0;  // widening seeds live in the host's reserved room, counted above
+        m.data_bytes = 0;   // the corpus is read as bytes, its size known only at load
+    }
+    m.total_bytes = m.data_bytes + m.host_bytes + m.activation_bytes + m.arena_bytes;
+    return m;
+}
+
+uint64_t physical_memory_bytes() {
+    const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+    return pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : 0;
+}
+
+namespace {
+
+std::string gib(double bytes) { return fmt::format("{:.1f} GiB", bytes / double(1ull << 30)); }
+
+// A config that cannot fit in memory is refused at validation, naming the size (it used to pass
+// and die in std::bad_alloc once the model was built).
+void refuse_what_cannot_fit(const Reader& r, const YAML::Node& root, const Config& c,
+                            uint64_t memory_bytes) {
+    if (memory_bytes == 0) return;
+    const MemoryEstimate m = estimate_memory(c);
+    if (m.total_bytes <= double(memory_bytes)) return;
+    const bool transformer = c.model.kind == ModelKind::kTransformer;
+    const char* key = transformer ? "transformer" : "hidden";
+    const YAML::Node model = root.IsMap() && root["model"] ? root["model"] : root;
+    const YAML::Node at = model.IsMap() && model[key] ? model[key] : model;
+    r.fail(at, transformer ? "model.transformer" : "model.hidden",
+           fmt::format("the run needs about {} of memory (host parameters with gradients and "
+                       "optimizer state {}, blueprint arenas {}, activations {}, data {}) but "
+                       "this machine has {}",
+                       gib(m.total_bytes), gib(m.host_bytes), gib(m.arena_bytes),
+                       gib(m.activation_bytes), gib(m.data_bytes), gib(double(memory_bytes))));
+}
+
+Config read_root(const Reader& r, const YAML::Node& root, uint64_t memory_bytes) {
     Config c;
-    if (!root.IsDefined() || root.IsNull()) return c;  // empty file: all defaults
+    // An empty or comment-only file is almost always a mistake (the wrong file, a truncated
+    // write): refused. `{}` asks for every default explicitly.
+    if (!root.IsDefined() || root.IsNull())
+        r.fail(root, "(top level)",
+               "the config is empty (no keys); write `{}` for every default, or drop --config");
+    refuse_duplicate_keys(r, root, "");
     r.section(root, "",
               {"run", "data", "model", "optimizer", "blueprints", "lifecycle", "governor", "faults",
                "tamiyo"});
@@ -468,6 +598,7 @@ Config read_root(const Reader& r, const YAML::Node& root) {
                "model.kind: transformer runs on the CPU for now (the CUDA transformer is not "
                "built yet); set run.device: cpu or auto");
     }
+    refuse_what_cannot_fit(r, root, c, memory_bytes);
     return c;
 }
 
@@ -482,7 +613,8 @@ SeedManagerConfig seed_manager_config(const Config& config) {
     return c;
 }
 
-Config parse_config(std::string_view yaml_text, std::string_view source_name) {
+Config parse_config(std::string_view yaml_text, std::string_view source_name,
+                    uint64_t memory_bytes) {
     Reader r(source_name);
     YAML::Node root;
     try {
@@ -490,14 +622,23 @@ Config parse_config(std::string_view yaml_text, std::string_view source_name) {
     } catch (const YAML::Exception& e) {
         ESPER_THROW(kInvalidInput, source_name, ":", e.mark.line + 1, ": (yaml): ", e.msg);
     }
-    return read_root(r, root);
+    return read_root(r, root, memory_bytes);
+}
+
+Config parse_config(std::string_view yaml_text, std::string_view source_name) {
+    return parse_config(yaml_text, source_name, physical_memory_bytes());
 }
 
 Config load_config(const std::string& path) {
+    // A directory opens as a stream on Linux and reads as empty: refused by name.
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec))
+        ESPER_THROW(kInvalidInput, path, ":0: (file): is a directory, not a config file");
     std::ifstream in(path, std::ios::binary);
     if (!in) ESPER_THROW(kInvalidInput, path, ":0: (file): cannot open the config file");
     std::ostringstream os;
     os << in.rdbuf();
+    if (in.bad()) ESPER_THROW(kInvalidInput, path, ":0: (file): cannot read the config file");
     return parse_config(os.str(), path);
 }
 
@@ -701,7 +842,8 @@ void emit_config(YAML::Emitter& out, const Config& c) {
             .put("enabled", g.enabled)
             .put("divergence_factor", g.divergence_factor)
             .put("window", g.window)
-            .put("snapshot_every_steps", g.snapshot_every_steps);
+            .put("snapshot_every_steps", g.snapshot_every_steps)
+            .put("max_consecutive_trips", g.max_consecutive_trips);
     }
     {
         const FaultInjection& f = c.faults;

@@ -118,10 +118,25 @@ struct Config {
 // The parts of `config` the lifecycle engine reads.
 SeedManagerConfig seed_manager_config(const Config& config);
 
-// Reads and validates a YAML file; throws esper::Error(kInvalidInput) naming `path`.
+// Reads and validates a YAML file; throws esper::Error(kInvalidInput) naming `path`. Refused as
+// well as bad values: a directory, an empty or comment-only file (`{}` means every default), a
+// key repeated in one mapping, and a config whose memory estimate exceeds this machine's memory.
 Config load_config(const std::string& path);
-// Same from text; `source_name` stands in for the file name in messages.
+// Same from text; `source_name` stands in for the file name in messages. The first form checks
+// the estimate against physical_memory_bytes(), the second against `memory_bytes` (0 = no check).
 Config parse_config(std::string_view yaml_text, std::string_view source_name = "<config>");
+Config parse_config(std::string_view yaml_text, std::string_view source_name,
+                    uint64_t memory_bytes);
+
+// What a run of `config` needs in host memory, roughly (an estimate, not an accounting): host
+// parameters with gradients and optimizer moments, blueprint arenas, activations, the dataset.
+struct MemoryEstimate {
+    double host_bytes = 0, arena_bytes = 0, activation_bytes = 0, data_bytes = 0;
+    double total_bytes = 0;
+};
+MemoryEstimate estimate_memory(const Config& config);
+// This machine's physical memory (0 when unknown).
+uint64_t physical_memory_bytes();
 // The effective config as YAML (every key, loadable by parse_config to an equal Config).
 std::string config_to_yaml(const Config& config);
 // The first `model.` key whose value differs, as "model.x is A in this config, B in the

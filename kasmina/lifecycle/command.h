@@ -66,7 +66,8 @@ enum class OutcomeStatus : uint8_t { kApplied = 0, kRejected = 1 };
 
 struct Outcome {
     OutcomeStatus status = OutcomeStatus::kApplied;
-    std::string reason;  // rejection reason (empty when applied)
+    std::string reason;        // rejection reason (empty when applied)
+    int32_t failed_item = -1;  // a rejected batch: the index of the item that was refused
     bool applied() const { return status == OutcomeStatus::kApplied; }
 };
 

@@ -54,6 +54,9 @@ struct GovernorConfig {
     double divergence_factor = 5.0;     // trip when loss > factor × recent mean
     int64_t window = 50;                // steps of loss history
     int64_t snapshot_every_steps = 50;  // last-known-good snapshot cadence
+    // Consecutive trips after which the run stops with an error (0 = never): a run restored to
+    // its last-known-good state that still never has a finite loss cannot recover.
+    int64_t max_consecutive_trips = 20;
     bool operator==(const GovernorConfig&) const = default;
 };
 

@@ -27,11 +27,19 @@ public:
         return config_.snapshot_every_steps > 0 && steps_done % config_.snapshot_every_steps == 0;
     }
     int64_t trips() const { return trips_; }
+    // Trips since the last healthy step.
+    int64_t consecutive_trips() const { return consecutive_trips_; }
+    // True when the last `max_consecutive_trips` steps all tripped: the run cannot recover.
+    bool gave_up() const {
+        return config_.max_consecutive_trips > 0 &&
+               consecutive_trips_ >= config_.max_consecutive_trips;
+    }
     // Loss window (checkpointed so a resumed run judges divergence identically).
     const std::deque<double>& window() const { return window_; }
     void set_window(std::deque<double> w, int64_t trips) {
         window_ = std::move(w);
         trips_ = trips;
+        consecutive_trips_ = 0;
     }
 
 private:
@@ -39,6 +47,7 @@ private:
     std::deque<double> window_;
     std::string reason_;
     int64_t trips_ = 0;
+    int64_t consecutive_trips_ = 0;
 };
 
 }  // namespace esper::kasmina

@@ -363,14 +363,23 @@ Outcome SeedManager::apply(const Command& command) {
     const auto extra = extra_;
     buffering_ = true;
     batch_events_.clear();
-    auto reason = apply_one(command, stamp);
+    // The items one by one here (not through apply_one) so the outcome names the refused one.
+    const auto& items = std::get<BatchCommand>(command.body).commands;
+    std::string reason;
+    int32_t failed = -1;
+    for (size_t i = 0; i < items.size() && reason.empty(); ++i) {
+        if (auto r = apply_one(items[i], stamp); !r.empty()) {
+            reason = fmt::format("batch item {}: {}", i, r);
+            failed = static_cast<int32_t>(i);
+        }
+    }
     buffering_ = false;
     if (!reason.empty()) {
         tables_ = tables;
         arenas_ = arenas;
         extra_ = extra;
         batch_events_.clear();
-        return Outcome{OutcomeStatus::kRejected, std::move(reason)};
+        return Outcome{OutcomeStatus::kRejected, std::move(reason), failed};
     }
     std::vector<LifecycleEvent> events;
     events.swap(batch_events_);

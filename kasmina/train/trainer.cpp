@@ -139,6 +139,13 @@ TrainStep Trainer::step() {
         const int64_t moved = seeds_->governor_rollback(last_good_seeds_, governor_.last_reason());
         backend_->upload_all();
         ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "governor rolled_back_seeds=", moved);
+        // A NaN-weight start (or a state that fails again from its last-known-good) would
+        // otherwise train on with loss: null every step and exit 0.
+        if (governor_.gave_up())
+            ESPER_THROW(kFailed, "governor: ", governor_.consecutive_trips(),
+                        " consecutive steps tripped (last: ", governor_.last_reason(),
+                        ") after restoring step ", last_good_.step,
+                        "; the run cannot recover and stops");
         StepMetrics m;
         m.loss = governor_.window().empty() ? 0.0 : governor_.window().back();
         seeds_->on_step_end(s, m);

@@ -71,6 +71,24 @@ TEST_CASE("tap JSON prints 64-bit integers exactly and enums in the vocabulary's
     CHECK(line.find("\"hostParams\":9007199254740993") != std::string::npos);
 }
 
+TEST_CASE("pub JSON with a number beyond double's range is refused, not aborted",
+          "[agents][json]") {
+    // Found by fuzz_pub_json: nlohmann-json throws out_of_range (not parse_error) for it, which
+    // escaped payload_from_json and terminated `esper pub`.
+    capnp::MallocMessageBuilder m;
+    auto payload = m.initRoot<schema::Envelope>().getPayload();
+    for (const char* json : {"77777e77777777777", R"({"step":1e99999})", "[-1e400]"}) {
+        INFO(json);
+        try {
+            agents::payload_from_json("runStatus", json, payload);
+            FAIL("accepted");
+        } catch (const Error& e) {
+            CHECK(e.kind() == ErrorKind::kInvalidInput);
+            CHECK_THAT(e.message(), Catch::StartsWith("runStatus: not valid JSON"));
+        }
+    }
+}
+
 TEST_CASE("pub JSON that does not fit the type is refused with the field named", "[agents][json]") {
     capnp::MallocMessageBuilder m;
     auto payload = m.initRoot<schema::Envelope>().getPayload();

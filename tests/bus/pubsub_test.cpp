@@ -28,6 +28,17 @@ TEST_CASE("sequence tracker counts gaps and reorders per sender and topic", "[bu
     CHECK(t.streams() == 3);
 }
 
+TEST_CASE("sequence tracker keeps at most max_streams streams; the rest are counted untracked",
+          "[bus][pubsub]") {
+    // Sender names and topics come from the wire: one forged name per message must not grow the
+    // subscriber without bound.
+    bus::SequenceTracker t(100);
+    for (int i = 0; i < 10000; ++i) t.observe("forged-" + std::to_string(i), "x", 1);
+    CHECK(t.streams() == 100);
+    CHECK(t.untracked() == 9900);
+    CHECK(t.observe("forged-5", "x", 3).missing == 1);  // tracked ones still count gaps
+}
+
 namespace {
 
 struct InprocPair {

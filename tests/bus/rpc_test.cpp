@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <functional>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -144,6 +145,57 @@ TEST_CASE("a dropped reply is retried and the command applied once", "[bus][rpc]
     auto other = client.request("kasmina/0", "germinate-2", cull("germinate-2", 9));
     REQUIRE(other.ok());
     CHECK(worker.applied == 2);
+}
+
+TEST_CASE("a key another client already used is that client's own request, applied on its own",
+          "[bus][rpc]") {
+    zmq::context_t ctx(1);
+    BrokerThread broker(ctx, "rpc-two-clients");
+    CountingWorker worker(ctx, broker.endpoints.rpc);
+    bus::RpcClient tamiyo(ctx, {.endpoint = broker.endpoints.rpc, .sender = "tamiyo"});
+    bus::RpcClient intruder(ctx, {.endpoint = broker.endpoints.rpc, .sender = "tamiyo"});
+    // The outside test pre-answered Tamiyo's predictable keys from another client: 60 of 62
+    // controller commands then got the intruder's cached "applied" and never ran.
+    auto first = intruder.request("kasmina/0", "tamiyo-1", cull("tamiyo-1", 1));
+    auto second = tamiyo.request("kasmina/0", "tamiyo-1", cull("tamiyo-1", 2));
+    REQUIRE(first.ok());
+    REQUIRE(second.ok());
+    CHECK(worker.applied == 2);
+    CHECK(first.reply->envelope().getPayload().getCommandAck().getStep() == 1);
+    CHECK(second.reply->envelope().getPayload().getCommandAck().getStep() == 2);
+}
+
+TEST_CASE("a client reusing its key for a different request is refused; its retry still is not",
+          "[bus][rpc]") {
+    zmq::context_t ctx(1);
+    BrokerThread broker(ctx, "rpc-reuse");
+    CountingWorker worker(ctx, broker.endpoints.rpc);
+    bus::RpcClient client(ctx, {.endpoint = broker.endpoints.rpc, .sender = "operator"});
+    auto first = client.request("kasmina/0", "op-1", cull("op-1", 1));
+    auto other = client.request("kasmina/0", "op-1", cull("op-1", 2));
+    auto retry = client.request("kasmina/0", "op-1", cull("op-1", 1));
+    REQUIRE(first.ok());
+    REQUIRE(other.ok());
+    REQUIRE(retry.ok());
+    CHECK(worker.applied == 1);
+    auto refused = other.reply->envelope().getPayload().getCommandAck();
+    CHECK(refused.getOutcome() == schema::CommandOutcome::REJECTED);
+    CHECK_THAT(std::string(refused.getReason().cStr()), Catch::Contains("different request"));
+    // A retry of the first request (new sequence and send time) is still answered from the
+    // cache with the first reply.
+    CHECK(retry.reply->envelope().getPayload().getCommandAck().getOutcome() ==
+          schema::CommandOutcome::APPLIED);
+    CHECK(retry.reply->envelope().getPayload().getCommandAck().getStep() == 1);
+    CHECK(worker.duplicates == 1);
+}
+
+TEST_CASE("command keys are random 128-bit values, never repeated", "[bus][rpc]") {
+    std::set<std::string> keys;
+    for (int i = 0; i < 1000; ++i) keys.insert(bus::random_key("tamiyo"));
+    CHECK(keys.size() == 1000);
+    const std::string k = *keys.begin();
+    CHECK(k.rfind("tamiyo-", 0) == 0);
+    CHECK(k.size() == std::string("tamiyo-").size() + 32);
 }
 
 TEST_CASE("a timeout is reported after every attempt when the agent never answers", "[bus][rpc]") {

@@ -421,6 +421,16 @@ TEST_CASE(
     const bool sent = wait_until(
         [&] {
             step += 10;
+            // The run's shape, as the executor announces it: Tamiyo believes nothing before it.
+            telemetry.publish(std::string("config.") + kRunId,
+                              [&](schema::Envelope::Payload::Builder p) {
+                                  auto rc = p.initRunConfig();
+                                  rc.setRunId(kRunId);
+                                  rc.setSteps(1000000);
+                                  auto l = rc.initLayers(1)[0];
+                                  l.setWidth(8);
+                                  l.setSeeds(1);
+                              });
             telemetry.publish(std::string("telemetry.seeds.") + kRunId + ".0",
                               [&](schema::Envelope::Payload::Builder p) {
                                   auto b = p.initSeedTelemetry();

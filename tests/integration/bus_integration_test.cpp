@@ -330,8 +330,8 @@ TEST_CASE("a frame captured by an independent subscriber decodes with capnp conv
         std::ofstream out(dir / "frame.bin", std::ios::binary);
         out.write(static_cast<const char*>(body.data()), static_cast<std::streamsize>(body.size()));
     }
-    std::string cmd = "capnp convert binary:json -I/usr/include " ESPER_SOURCE_DIR
-                      "/schemas/envelope.capnp Envelope < " +
+    std::string cmd = "capnp convert binary:json -I/usr/include " +
+                      esper::testing::test_data("schemas/envelope.capnp") + " Envelope < " +
                       (dir / "frame.bin").string() + " > " + (dir / "frame.json").string() +
                       " 2>&1";
     REQUIRE(std::system(cmd.c_str()) == 0);

@@ -19,13 +19,15 @@
 #include "agents/process.h"
 #include "agents/supervisor.h"
 #include "core/clock.h"
+#include "tests/support/paths.h"
 
 namespace esper::test {
 
 using esper::agents::ChildProcess;
 using std::chrono::milliseconds;
 
-inline const std::string kEsper = ESPER_BINARY_DIR "/bin/esper";
+// The binary under test: $ESPER_BIN, else the esper next to this test binary.
+inline const std::string kEsper = esper::testing::esper_binary();
 
 inline std::filesystem::path scratch_dir() {
     static int n = 0;  // one process per test case under ctest

@@ -214,9 +214,9 @@ TEST_CASE("a plugin is refused or validated without its code running in Tamiyo",
     run.start_agents();
     const std::string marker = (run.dir / "marker").string();
     ::setenv("ESPER_EVIL_MARKER", marker.c_str(), 1);  // inherited by the children below
-    const fs::path evil = ESPER_BINARY_DIR "/lib/libesper_test_policy_evil.so";
-    const fs::path evil_v2 = ESPER_BINARY_DIR "/lib/libesper_test_policy_evil_v2.so";
-    const fs::path example = ESPER_BINARY_DIR "/lib/libesper_example_policy.so";
+    const fs::path evil = esper::testing::test_library("libesper_test_policy_evil.so");
+    const fs::path evil_v2 = esper::testing::test_library("libesper_test_policy_evil_v2.so");
+    const fs::path example = esper::testing::test_library("libesper_example_policy.so");
 
     // --check-config: the symbols from the file; a complete library's version in a child.
     CHECK(run_to_exit({kEsper, "tamiyo", "--check-config", "--policy", evil.string()},

@@ -28,7 +28,6 @@ using esper::kernels::test::LayerSpec;
 using esper::kernels::test::make_layer;
 using esper::kernels::test::Telemetry;
 using esper::testing::DevBuf;
-using esper::testing::require_device;
 
 namespace {
 
@@ -106,7 +105,7 @@ Shape shape_gen() {
 
 TEST_CASE("seed_forward kernel matches the reference with telemetry over ragged shapes",
           "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     const Shape sh = shape_gen();
     const float alpha_override = GENERATE(-1.0f, 0.0f, 1.0f);
     CAPTURE(sh.batch, sh.seeds, sh.min_w, sh.max_w, alpha_override);
@@ -155,7 +154,7 @@ TEST_CASE("seed_forward kernel matches the reference with telemetry over ragged 
 
 TEST_CASE("seed_backward kernel matches the reference: dh, blueprint grads, telemetry",
           "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     const Shape sh = shape_gen();
     const bool with_tel = GENERATE(true, false);
     CAPTURE(sh.batch, sh.seeds, sh.min_w, sh.max_w, with_tel);
@@ -194,7 +193,7 @@ TEST_CASE("seed_backward kernel matches the reference: dh, blueprint grads, tele
 }
 
 TEST_CASE("seed_state_update kernel matches the reference", "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     std::mt19937 rng(9);
     const int32_t S = 1000;
     std::vector<uint8_t> stage(S), kind(S);
@@ -241,7 +240,7 @@ TEST_CASE("seed_state_update kernel matches the reference", "[kernels][gpu]") {
 }
 
 TEST_CASE("fused optimizer kernels match the references over several steps", "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     const int64_t n = GENERATE(1, 1000, 300001);
     CAPTURE(n);
     std::mt19937 rng{static_cast<uint32_t>(n)};
@@ -274,7 +273,7 @@ TEST_CASE("fused optimizer kernels match the references over several steps", "[k
 }
 
 TEST_CASE("softmax cross-entropy kernel matches the reference", "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     const int32_t B = GENERATE(1, 37, 1024);
     const int32_t C = GENERATE(2, 10, 100, 1000);
     CAPTURE(B, C);
@@ -299,7 +298,7 @@ TEST_CASE("softmax cross-entropy kernel matches the reference", "[kernels][gpu]"
 }
 
 TEST_CASE("bias+activation kernels match the references", "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     const int act = GENERATE(0, 1, 2);
     const int32_t R = GENERATE(1, 63, 130);
     const int32_t C = GENERATE(1, 33, 257);
@@ -332,7 +331,7 @@ TEST_CASE("bias+activation kernels match the references", "[kernels][gpu]") {
 
 TEST_CASE("a captured CUDA graph of forward, backward and SGD replays like the references",
           "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     std::mt19937 rng(2024);
     LayerSpec spec;
     spec.batch = 48;

@@ -1,7 +1,8 @@
-// Shared by every [gpu] and [multi_gpu] test (STYLE §2.8): the skip when too few CUDA devices
-// are visible — print "skipped: ..." and exit 4, which ctest reports as Skipped — and, in CUDA
-// builds, DevBuf, an owning device allocation for kernel tests. Header-only; compiles in
-// CPU-only builds too, where no device is ever visible.
+// Shared by every [gpu] and [multi_gpu] test (STYLE §2.8): ESPER_REQUIRE_DEVICES(n) at the top of
+// a test case skips it (tests/support/skip.h: WARN, count, return — the rest of the binary still
+// runs; ctest shows a lone skipped case as Skipped) when fewer than n CUDA devices are visible,
+// and, in CUDA builds, DevBuf, an owning device allocation for kernel tests. Header-only;
+// compiles in CPU-only builds too, where no device is ever visible.
 #pragma once
 
 #include <cstddef>
@@ -10,6 +11,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "tests/support/skip.h"
 
 #if ESPER_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -30,18 +33,13 @@ inline int cuda_device_count() {
 #endif
 }
 
-// Ends the test binary with exit code 4 (skipped) unless `needed` devices are visible.
-inline void require_devices(int needed) {
+// Why a test needing `needed` devices cannot run here ("" when it can).
+inline std::string missing_devices(int needed) {
     const int n = cuda_device_count();
-    if (n >= needed) return;
-    if (n == 0)
-        std::fprintf(stderr, "skipped: no CUDA device\n");
-    else
-        std::fprintf(stderr, "skipped: needs %d CUDA devices, %d visible\n", needed, n);
-    std::exit(4);
+    if (n >= needed) return "";
+    if (n == 0) return "no CUDA device";
+    return "needs " + std::to_string(needed) + " CUDA devices, " + std::to_string(n) + " visible";
 }
-
-inline void require_device() { require_devices(1); }
 
 #if ESPER_HAVE_CUDA
 
@@ -85,3 +83,11 @@ struct DevBuf {
 #endif  // ESPER_HAVE_CUDA
 
 }  // namespace esper::testing
+
+// At the top of a test case: skip it unless `needed` CUDA devices are visible.
+#define ESPER_REQUIRE_DEVICES(needed)                                                 \
+    do {                                                                              \
+        const std::string esper_missing_ = ::esper::testing::missing_devices(needed); \
+        if (!esper_missing_.empty()) ESPER_SKIP_TEST(esper_missing_);                 \
+    } while (0)
+#define ESPER_REQUIRE_DEVICE() ESPER_REQUIRE_DEVICES(1)

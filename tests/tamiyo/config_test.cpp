@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "core/error.h"
+#include "tests/support/paths.h"
 
 using namespace esper;
 using namespace esper::tamiyo;
@@ -24,7 +25,7 @@ TEST_CASE("tamiyo config: defaults, every field, and other sections ignored", "[
     const Config d = parse_config("run:\n  epochs: 3\n", "run.yaml");
     CHECK(d.policy == "heuristic");
     CHECK(d.controller.budget.max_active_per_layer == 4);
-    CHECK(load_config_file(std::string(ESPER_SOURCE_DIR) + "/examples/fashion_mnist.yaml").policy ==
+    CHECK(load_config_file(esper::testing::test_data("examples/fashion_mnist.yaml")).policy ==
           "heuristic");
 
     const Config c = parse_config(

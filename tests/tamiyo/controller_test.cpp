@@ -357,3 +357,54 @@ TEST_CASE("a policy that overruns its time budget is disabled and its output dis
     CHECK(alone.active().name() == "lonely");
     CHECK(alone.history().back().action == PolicyAction::kFailed);
 }
+
+TEST_CASE("a rejected germination backs off its kind in its layer instead of being resent",
+          "[tamiyo][controller]") {
+    View v;
+    Recorder r{v, {}};
+    std::mt19937 rng(44);
+    test::populate(r, rng, 1, 4, 10);
+    // Seed 3 holds a residual_mlp slot; the executor's arena of that kind has no other.
+    TransitionEvent held;
+    held.layer = 0;
+    held.seed = 3;
+    held.step = 20;
+    held.to = SeedStage::kGerminated;
+    held.blueprint = BlueprintKind::kResidualMlp;
+    r.transition(held);
+    ControllerConfig cfg;
+    cfg.rejection_backoff_steps = 100;
+    Controller c(cfg, std::make_unique<ScriptedPolicy>("grow", ScriptedPolicy::Mode::kOk));
+
+    auto round = [&](uint64_t step) {
+        r.status(test::status_at(step, 1.0));
+        return c.decide(v, step);
+    };
+    std::vector<Decision> first = round(100);
+    REQUIRE(first.size() == 3);
+    for (const Decision& d : first) {
+        c.forget_pending(d.layer, d.seed);
+        c.germination_answered(d, false, v, 100);  // "gate failed: no free arena slot"
+    }
+    // The outside test saw the same rejected germination resent 44 times in 3,000 steps.
+    CHECK(round(150).empty());
+    CHECK(round(199).empty());
+    CHECK_THAT(c.journal().back().refusal, Catch::Contains("back off until step 200"));
+    // Back-off over: tried again; rejected again, the back-off doubles.
+    std::vector<Decision> again = round(200);
+    REQUIRE(again.size() == 3);
+    for (const Decision& d : again) {
+        c.forget_pending(d.layer, d.seed);
+        c.germination_answered(d, false, v, 200);
+    }
+    CHECK(round(399).empty());
+    // The held seed is culled: its slot is free, the arena has room, germinations resume at once.
+    held.step = 300;
+    held.from = SeedStage::kGerminated;
+    held.to = SeedStage::kCulled;
+    r.transition(held);
+    std::vector<Decision> freed = round(310);
+    CHECK(freed.size() == 3);
+    for (const Decision& d : freed) c.germination_answered(d, true, v, 310);
+    CHECK(c.backoffs() == 0);
+}

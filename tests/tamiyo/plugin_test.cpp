@@ -15,6 +15,7 @@
 #include "tamiyo/esper_policy_v1.h"
 #include "tamiyo/plugin_policy.h"
 #include "tamiyo_test_util.h"
+#include "tests/support/paths.h"
 
 // The C ABI layout is frozen for v1.
 static_assert(sizeof(esper_policy_seed_v1) == 52);
@@ -24,13 +25,20 @@ static_assert(sizeof(esper_policy_decision_v1) == 180);
 
 using namespace esper;
 using namespace esper::tamiyo;
+
+// The test plugins, found next to this binary (tests/support/paths.h).
+const std::string kExamplePlugin = esper::testing::test_library(ESPER_EXAMPLE_PLUGIN_NAME);
+const std::string kBadVersionPlugin = esper::testing::test_library(ESPER_BAD_VERSION_PLUGIN_NAME);
+const std::string kMissingSymbolPlugin =
+    esper::testing::test_library(ESPER_MISSING_SYMBOL_PLUGIN_NAME);
+const std::string kEvilPlugin = esper::testing::test_library(ESPER_EVIL_PLUGIN_NAME);
 using esper::tamiyo::test::Recorder;
 
 TEST_CASE("the example plugin loads and decides through the C ABI", "[tamiyo][plugin]") {
-    auto p = PluginPolicy::load(ESPER_EXAMPLE_PLUGIN);
+    auto p = PluginPolicy::load(kExamplePlugin);
     CHECK(p->name() == "example_plugin");
     CHECK(p->kind() == "plugin");
-    CHECK(p->source() == ESPER_EXAMPLE_PLUGIN);
+    CHECK(p->source() == kExamplePlugin);
 
     ViewConfig cfg;
     cfg.plateau.patience_steps = 100;
@@ -75,24 +83,24 @@ TEST_CASE("the example plugin loads and decides through the C ABI", "[tamiyo][pl
 }
 
 TEST_CASE("a plugin config the plugin rejects makes its init fail cleanly", "[tamiyo][plugin]") {
-    CHECK_NOTHROW(PluginPolicy::load(ESPER_EXAMPLE_PLUGIN, "training_steps=50"));
-    CHECK_THROWS_WITH(PluginPolicy::load(ESPER_EXAMPLE_PLUGIN, "bogus"),
+    CHECK_NOTHROW(PluginPolicy::load(kExamplePlugin, "training_steps=50"));
+    CHECK_THROWS_WITH(PluginPolicy::load(kExamplePlugin, "bogus"),
                       Catch::Contains("policy plugin init failed"));
 }
 
 TEST_CASE("plugins with another ABI version, a missing symbol or no file are refused",
           "[tamiyo][plugin]") {
-    CHECK_THROWS_WITH(PluginPolicy::load(ESPER_BAD_VERSION_PLUGIN),
+    CHECK_THROWS_WITH(PluginPolicy::load(kBadVersionPlugin),
                       Catch::Contains("ABI version 2 does not match this build's esper_policy_v1"));
-    CHECK_THROWS_WITH(PluginPolicy::load(ESPER_MISSING_SYMBOL_PLUGIN),
+    CHECK_THROWS_WITH(PluginPolicy::load(kMissingSymbolPlugin),
                       Catch::Contains("missing symbol 'esper_policy_decide'"));
     CHECK_THROWS_WITH(PluginPolicy::load("/nonexistent/libnothing.so"),
                       Catch::Contains("cannot load policy plugin"));
     try {
-        PluginPolicy::load(ESPER_BAD_VERSION_PLUGIN);
+        PluginPolicy::load(kBadVersionPlugin);
     } catch (const esper::Error& e) {
         CHECK(e.kind() == esper::ErrorKind::kInvalidInput);
-        CHECK(e.message().rfind(ESPER_BAD_VERSION_PLUGIN, 0) == 0);
+        CHECK(e.message().rfind(kBadVersionPlugin, 0) == 0);
     }
 }
 
@@ -100,10 +108,10 @@ TEST_CASE("a plugin is checked from its file before any of its code runs", "[tam
     const std::string marker = "/tmp/esper-evil-marker-" + std::to_string(::getpid());
     std::remove(marker.c_str());
     ::setenv("ESPER_EVIL_MARKER", marker.c_str(), 1);
-    CHECK_NOTHROW(check_plugin_file(ESPER_EXAMPLE_PLUGIN));
-    CHECK_THROWS_WITH(check_plugin_file(ESPER_EVIL_PLUGIN),
+    CHECK_NOTHROW(check_plugin_file(kExamplePlugin));
+    CHECK_THROWS_WITH(check_plugin_file(kEvilPlugin),
                       Catch::Contains("missing symbol 'esper_policy_decide'"));
-    CHECK_THROWS_WITH(PluginPolicy::load(ESPER_EVIL_PLUGIN),
+    CHECK_THROWS_WITH(PluginPolicy::load(kEvilPlugin),
                       Catch::Contains("missing symbol 'esper_policy_decide'"));
     // Refused without its constructor having run in this process.
     CHECK_FALSE(std::ifstream(marker).good());

@@ -8,12 +8,16 @@
 
 #include "core/error.h"
 #include "tamiyo/controller.h"
+#include "tests/support/paths.h"
 
 using namespace esper;
 using namespace esper::tamiyo;
 
+// The test plugins, found next to this binary (tests/support/paths.h).
+const std::string kExamplePlugin = esper::testing::test_library(ESPER_EXAMPLE_PLUGIN_NAME);
+
 TEST_CASE("policy specs pick the heuristic, a rules file or a plugin", "[tamiyo][policy]") {
-    const std::string examples = std::string(ESPER_SOURCE_DIR) + "/examples/policies/";
+    const std::string examples = esper::testing::test_data("examples/policies/");
     auto h = make_policy("heuristic");
     CHECK(h->kind() == "heuristic");
     CHECK(describe_policy(*h).find("TRAINING, after 200 steps") != std::string::npos);
@@ -25,16 +29,17 @@ TEST_CASE("policy specs pick the heuristic, a rules file or a plugin", "[tamiyo]
     CHECK(text.find("rule germinate-on-plateau") != std::string::npos);
     CHECK(text.find("when run.plateau == true") != std::string::npos);
 
-    auto p = make_policy(std::string(ESPER_EXAMPLE_PLUGIN) + ":training_steps=10");
+    auto p = make_policy(kExamplePlugin + ":training_steps=10");
     CHECK(p->kind() == "plugin");
-    CHECK(p->source() == ESPER_EXAMPLE_PLUGIN);
+    CHECK(p->source() == kExamplePlugin);
 
     CHECK_THROWS_WITH(make_policy("policy.json"), Catch::Contains("expected 'heuristic'"));
 }
 
 TEST_CASE("an invalid policy is refused with file:line and the active one keeps running",
           "[tamiyo][policy]") {
-    const std::string path = std::string(ESPER_BINARY_DIR) + "/tamiyo_invalid_policy_test.yaml";
+    const std::string path =
+        (esper::testing::scratch_dir("tamiyo") / "tamiyo_invalid_policy_test.yaml").string();
     {
         std::ofstream out(path);
         out << "version: 1\nname: broken\nrules:\n  - name: r\n    action: germinate\n"

@@ -12,6 +12,7 @@
 #include "tamiyo/heuristic_policy.h"
 #include "tamiyo/rules_policy.h"
 #include "tamiyo_test_util.h"
+#include "tests/support/paths.h"
 
 using namespace esper;
 using namespace esper::tamiyo;
@@ -19,7 +20,7 @@ using esper::tamiyo::test::Recorder;
 
 namespace {
 
-const std::string kExamples = std::string(ESPER_SOURCE_DIR) + "/examples/policies/";
+const std::string kExamples = esper::testing::test_data("examples/policies/");
 
 std::string error_of(const std::string& text) {
     try {
@@ -52,7 +53,7 @@ TEST_CASE("the shipped rules files load", "[tamiyo][rules]") {
     CHECK(fixed.rules.size() == 5);
     CHECK(fixed.rules[0].when.size() == 5);
     const RulesConfig quality =
-        load_rules_file(std::string(ESPER_SOURCE_DIR) + "/bench/quality/fixed_schedule.yaml");
+        load_rules_file(esper::testing::test_data("bench/quality/fixed_schedule.yaml"));
     CHECK(quality.name == "fixed_schedule_quality");
     CHECK(quality.rules.size() == 3);  // no fossilize rule: the seed fine-tunes to the end
     CHECK_THROWS_WITH(load_rules_file(kExamples + "no_such_file.yaml"),

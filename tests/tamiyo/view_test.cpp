@@ -231,3 +231,110 @@ TEST_CASE("seed ids beyond the configured bound are ignored", "[tamiyo][view]") 
     CHECK(v.ignored_messages() == 1);
     CHECK(v.layers().empty());
 }
+
+// ---- bounded trust (issue 18): the announced shape, steps, memory ----
+
+namespace {
+
+RunShape shape_of(std::vector<uint32_t> seeds, uint64_t total_steps = 0) {
+    RunShape s;
+    s.seeds_per_layer = std::move(seeds);
+    s.total_steps = total_steps;
+    return s;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "with an announced shape, telemetry naming a seed or layer outside it is dropped unstored",
+    "[tamiyo][view]") {
+    View v;
+    REQUIRE_FALSE(v.announce(shape_of({4, 4}, 10000)));
+    std::mt19937 rng(3);
+    // The outside test's packet: one record naming seed 4,194,303 grew Tamiyo by 3.1 GB.
+    CHECK(v.ingest_telemetry(test::random_telemetry(rng, 0, 4194303, 50)) == Drop::kOutOfShape);
+    CHECK(v.ingest_telemetry(test::random_telemetry(rng, 0, 4, 50)) == Drop::kOutOfShape);
+    CHECK(v.ingest_telemetry(test::random_telemetry(rng, 2, 0, 50)) == Drop::kOutOfShape);
+    TransitionEvent e;
+    e.layer = 7;
+    e.seed = 1;
+    e.step = 60;
+    e.to = SeedStage::kGerminated;
+    CHECK(v.ingest_transition(e) == Drop::kOutOfShape);
+    CHECK(v.layers().empty());
+    CHECK(v.drops(Drop::kOutOfShape) == 4);
+    CHECK(v.step() == 0);  // a dropped message does not move the clock either
+    // Inside the shape: taken, and the layer holds no more slots than the seed named.
+    CHECK_FALSE(v.ingest_telemetry(test::random_telemetry(rng, 1, 3, 50)));
+    CHECK(v.layer(1)->seeds.size() == 4);
+    CHECK(v.seed(1, 3) != nullptr);
+}
+
+TEST_CASE("a step beyond the announced run or far ahead of the newest is dropped and counted",
+          "[tamiyo][view]") {
+    ViewConfig cfg;
+    cfg.max_step_jump = 1000;
+    View v(cfg);
+    REQUIRE_FALSE(v.announce(shape_of({4}, 100000)));
+    CHECK_FALSE(v.ingest_run_status(test::status_at(500, 2.0)));
+    // The outside test's forged runStatus with step 2^62 silenced the controller for the rest of
+    // the run: here it is refused and the view's clock stays where the executor left it.
+    CHECK(v.ingest_run_status(test::status_at(uint64_t{1} << 62, 0.1)) == Drop::kStepBeyondRun);
+    CHECK(v.ingest_run_status(test::status_at(50000, 0.1)) == Drop::kStepJump);
+    std::mt19937 rng(5);
+    CHECK(v.ingest_telemetry(test::random_telemetry(rng, 0, 1, 90000)) == Drop::kStepJump);
+    CHECK(v.step() == 500);
+    CHECK(v.run().step == 500);
+    CHECK_FALSE(v.ingest_run_status(test::status_at(1400, 1.9)));
+    CHECK(v.step() == 1400);
+    // An older run status is stale (counted); older telemetry is consistent and taken.
+    CHECK(v.ingest_run_status(test::status_at(1000, 1.9)) == Drop::kStale);
+    CHECK_FALSE(v.ingest_telemetry(test::random_telemetry(rng, 0, 1, 1200)));
+    CHECK(v.drops(Drop::kStepBeyondRun) == 1);
+    CHECK(v.drops(Drop::kStepJump) == 2);
+    CHECK(v.drops(Drop::kStale) == 1);
+}
+
+TEST_CASE("a sender that truly leapt ahead is followed after consecutive agreeing messages",
+          "[tamiyo][view]") {
+    ViewConfig cfg;
+    cfg.max_step_jump = 1000;
+    cfg.resync_messages = 3;
+    View v(cfg);
+    CHECK_FALSE(v.ingest_run_status(test::status_at(100, 2.0)));
+    // One forged far step, then the executor again: the forgery never moves the clock.
+    CHECK(v.ingest_run_status(test::status_at(90000, 2.0)) == Drop::kStepJump);
+    CHECK_FALSE(v.ingest_run_status(test::status_at(150, 2.0)));
+    CHECK(v.ingest_run_status(test::status_at(90050, 2.0)) == Drop::kStepJump);
+    CHECK(v.step() == 150);
+    // Three in a row that agree with each other: the view follows.
+    CHECK(v.ingest_run_status(test::status_at(20000, 2.0)) == Drop::kStepJump);
+    CHECK(v.ingest_run_status(test::status_at(20050, 2.0)) == Drop::kStepJump);
+    CHECK_FALSE(v.ingest_run_status(test::status_at(20100, 2.0)));
+    CHECK(v.step() == 20100);
+    CHECK_FALSE(v.ingest_run_status(test::status_at(20150, 2.0)));
+}
+
+TEST_CASE("an announcement beyond the view's bounds is refused and a smaller one forgets the rest",
+          "[tamiyo][view]") {
+    ViewConfig cfg;
+    cfg.max_layers = 8;
+    cfg.max_seeds_per_layer = 1000;
+    cfg.max_seeds = 2000;
+    View v(cfg);
+    CHECK(v.announce(shape_of({})).has_value());
+    CHECK_THAT(*v.announce(shape_of(std::vector<uint32_t>(9, 1))), Catch::Contains("max_layers"));
+    CHECK_THAT(*v.announce(shape_of({1001})), Catch::Contains("max_seeds_per_layer"));
+    CHECK_THAT(*v.announce(shape_of({1000, 1000, 1})), Catch::Contains("max_seeds"));
+    CHECK_FALSE(v.shape().has_value());
+
+    REQUIRE_FALSE(v.announce(shape_of({8, 8})));
+    std::mt19937 rng(9);
+    for (uint32_t s = 0; s < 8; ++s) v.ingest_telemetry(test::random_telemetry(rng, 1, s, 50));
+    CHECK(v.layer(1)->stage_counts[0] == 8);
+    REQUIRE_FALSE(v.announce(shape_of({8, 2})));
+    CHECK(v.layer(1)->seeds.size() == 2);
+    CHECK(v.layer(1)->stage_counts[0] == 2);
+    REQUIRE_FALSE(v.announce(shape_of({8})));
+    CHECK(v.layer(1) == nullptr);
+}

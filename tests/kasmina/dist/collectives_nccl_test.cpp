@@ -24,11 +24,10 @@
 using namespace esper;
 using namespace esper::kasmina;
 using namespace std::chrono_literals;
-using esper::testing::require_devices;
 
 TEST_CASE("two nccl ranks sum exactly and broadcast on their streams",
           "[kasmina][dist][multi_gpu]") {
-    require_devices(2);
+    ESPER_REQUIRE_DEVICES(2);
     const int world = 2;
     const std::size_t n = 1 << 20;
     InMemoryKvStore store;
@@ -94,7 +93,7 @@ TEST_CASE("two nccl ranks sum exactly and broadcast on their streams",
 
 TEST_CASE("an nccl rank whose peer leaves mid-run aborts at its deadline instead of hanging",
           "[kasmina][dist][multi_gpu]") {
-    require_devices(2);
+    ESPER_REQUIRE_DEVICES(2);
     InMemoryKvStore store;
     std::atomic<bool> left{false};
     std::exception_ptr survivor_error;
@@ -144,7 +143,7 @@ TEST_CASE("an nccl rank whose peer leaves mid-run aborts at its deadline instead
 
 TEST_CASE("an nccl rank whose peer never joins fails disconnected within the timeout",
           "[kasmina][dist][gpu]") {
-    require_devices(1);
+    ESPER_REQUIRE_DEVICES(1);
     InMemoryKvStore store;
     NcclConfig config;
     config.rank = 0;
@@ -163,7 +162,7 @@ TEST_CASE("an nccl rank whose peer never joins fails disconnected within the tim
 
 TEST_CASE("an nccl rank waiting for the unique id fails disconnected when rank 0 is missing",
           "[kasmina][dist][gpu]") {
-    require_devices(1);
+    ESPER_REQUIRE_DEVICES(1);
     InMemoryKvStore store;
     NcclConfig config;
     config.rank = 1;

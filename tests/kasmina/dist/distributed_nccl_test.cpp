@@ -36,7 +36,6 @@
 using namespace esper;
 using namespace esper::kasmina;
 using esper::kasmina::test::make;
-using esper::testing::require_devices;
 
 namespace {
 
@@ -152,7 +151,7 @@ void on_ranks(int world, const std::function<void(int, Collectives&, NcclComm&)>
 
 TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tables",
           "[kasmina][dist][multi_gpu]") {
-    require_devices(2);
+    ESPER_REQUIRE_DEVICES(2);
     const int world = 2;
     const Config c = gpu_config();
     Script script;
@@ -201,7 +200,7 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
 // Benchmark: ESPER_BENCH_STEPS (default 300) timed steps after 30 warm-up steps.
 TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from 1 gpu",
           "[kasmina][dist][multi_gpu][.bench]") {
-    require_devices(2);
+    ESPER_REQUIRE_DEVICES(2);
     const char* env_steps = std::getenv("ESPER_BENCH_STEPS");
     const int64_t steps = env_steps != nullptr ? std::atoll(env_steps) : 300;
     const int64_t warm = 30;
@@ -399,13 +398,11 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
 
 #else
 
-#include <cstdio>
-#include <cstdlib>
+#include "tests/support/skip.h"
 
 TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tables",
           "[kasmina][dist][multi_gpu]") {
-    std::fprintf(stderr, "skipped: needs 2 CUDA devices (this build has no NCCL or no Gloo)\n");
-    std::exit(4);
+    ESPER_SKIP_TEST("needs 2 CUDA devices (this build has no NCCL or no Gloo)");
 }
 
 #endif

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "tests/support/paths.h"
 
 using namespace esper;
 using namespace esper::kasmina;
@@ -26,8 +27,8 @@ std::string config_error(const std::string& yaml, const std::string& name = "run
 }
 }  // namespace
 
-TEST_CASE("an empty config file gives every default", "[kasmina][config]") {
-    const Config c = parse_config("", "empty.yaml");
+TEST_CASE("an empty mapping gives every default", "[kasmina][config]") {
+    const Config c = parse_config("{}\n", "empty.yaml");
     CHECK(c == Config{});
     CHECK(c.run.seed == 42);
     CHECK(c.model.hidden == std::vector<int64_t>{128, 128});
@@ -170,7 +171,8 @@ TEST_CASE("config errors name file, line, field and reason", "[kasmina][config]"
 }
 
 TEST_CASE("load_config reads a file and names it in errors", "[kasmina][config]") {
-    const std::string path = std::string(ESPER_BINARY_DIR) + "/kasmina_config_test.yaml";
+    const std::string path =
+        (esper::testing::scratch_dir("kasmina") / "kasmina_config_test.yaml").string();
     {
         std::ofstream out(path);
         out << "run:\n  seed: 9\n  epochs: 1\ngovernor:\n  window: 0\n";
@@ -193,7 +195,7 @@ TEST_CASE("load_config reads a file and names it in errors", "[kasmina][config]"
 TEST_CASE("the example run configs load", "[kasmina][config]") {
     for (const char* name : {"fashion_mnist.yaml", "fashion_mnist_wide.yaml", "teacher.yaml",
                              "transformer_text.yaml", "transformer_text_gpu.yaml"}) {
-        const std::string path = std::string(ESPER_SOURCE_DIR) + "/examples/" + name;
+        const std::string path = esper::testing::test_data(std::string("examples/") + name);
         INFO(path);
         const Config c = load_config(path);
         CHECK(parse_config(config_to_yaml(c), "effective.yaml") == c);
@@ -201,13 +203,71 @@ TEST_CASE("the example run configs load", "[kasmina][config]") {
     // The learning-quality benchmark's hosts (docs/benchmarks.md): widening seeds on the narrow
     // one.
     for (const char* name : {"narrow.yaml", "wide.yaml"}) {
-        const std::string path = std::string(ESPER_SOURCE_DIR) + "/bench/quality/" + name;
+        const std::string path = esper::testing::test_data(std::string("bench/quality/") + name);
         INFO(path);
         const Config c = load_config(path);
         CHECK(parse_config(config_to_yaml(c), "effective.yaml") == c);
         CHECK(c.blueprints.input == (std::string(name) == "narrow.yaml" ? BlueprintInput::kLayer
                                                                         : BlueprintInput::kChunk));
     }
+}
+
+// ---- config holes (issue 18, item 7): each used to be accepted ----
+
+TEST_CASE("an empty or comment-only config is refused at its first line", "[kasmina][config]") {
+    for (const char* text : {"", "\n\n", "# only a comment\n# and another\n", "---\n"}) {
+        INFO("text: " << text);
+        const std::string msg = config_error(text);
+        CHECK_THAT(msg, Catch::Matches("run\\.yaml:[12]: \\(top level\\): the config is empty.*"));
+    }
+}
+
+TEST_CASE("a directory given as the config file is refused by name", "[kasmina][config]") {
+    const auto dir = esper::testing::scratch_dir("kasmina");
+    CHECK_THROWS_WITH(load_config(dir.string()),
+                      dir.string() + ":0: (file): is a directory, not a config file");
+}
+
+TEST_CASE("a key repeated in one mapping is refused with the line of each", "[kasmina][config]") {
+    // yaml-cpp keeps both and lookups return the first: the second value was silently lost.
+    CHECK(config_error("run:\n  seed: 1\n  epochs: 1\n  seed: 2\n") ==
+          "run.yaml:4: run.seed: duplicate key (first at line 2)");
+    CHECK(config_error("run: {seed: 1}\nmodel: {seeds_per_layer: 2}\nrun: {seed: 3}\n") ==
+          "run.yaml:3: run: duplicate key (first at line 1)");
+    CHECK(config_error("lifecycle:\n  gates: {min_stability: 0.1, min_stability: 0.2}\n") ==
+          "run.yaml:2: lifecycle.gates.min_stability: duplicate key (first at line 2)");
+    // The tamiyo: section shares the file; its repeats are refused here too.
+    CHECK(config_error("tamiyo:\n  policy: heuristic\n  policy: rules.yaml\n") ==
+          "run.yaml:3: tamiyo.policy: duplicate key (first at line 2)");
+}
+
+TEST_CASE("a config that cannot fit in memory is refused at validation, naming the size",
+          "[kasmina][config]") {
+    // The outside test's hidden: [200000, 200000] passed and died in std::bad_alloc: 4e10 host
+    // parameters, 449 GiB with gradients and momentum (and 50,000-wide chunks whose arenas need
+    // terabytes), beyond any machine this runs on.
+    const std::string huge = "model:\n  hidden: [200000, 200000]\n  seeds_per_layer: 4\n";
+    CHECK_THROWS_WITH(parse_config(huge, "big.yaml"),
+                      Catch::StartsWith("big.yaml:2: model.hidden: the run needs about ") &&
+                          Catch::Contains("GiB of memory (host parameters with gradients and "
+                                          "optimizer state 448.8 GiB") &&
+                          Catch::Contains("this machine has"));
+    // Against a stated budget: the default model fits 1 GiB, a wide one does not.
+    CHECK_NOTHROW(parse_config("{}", "small.yaml", uint64_t{1} << 30));
+    const std::string wide = "model: {hidden: [8192, 8192], seeds_per_layer: 4}\n";
+    CHECK_THROWS_WITH(parse_config(wide, "wide.yaml", uint64_t{1} << 30),
+                      Catch::Contains("needs about 5.1 GiB") && Catch::Contains("has 1.0 GiB"));
+    const MemoryEstimate m = estimate_memory(parse_config(wide, "wide.yaml", 0));
+    CHECK(m.host_bytes > 3.0 * 4 * 8192.0 * 8192.0);
+    CHECK(m.total_bytes > m.host_bytes);
+    // The transformer is estimated as the transformer (its MLP hidden: is not built).
+    const std::string big_tfm =
+        "data: {dataset: text}\nmodel:\n  kind: transformer\n"
+        "  transformer: {n_layer: 48, n_head: 64, d_model: 65536, context: 64}\n";
+    CHECK_THROWS_WITH(parse_config(big_tfm, "tfm.yaml", uint64_t{64} << 30),
+                      Catch::StartsWith("tfm.yaml:4: model.transformer: the run needs about"));
+    CHECK_NOTHROW(parse_config("data: {dataset: text}\nmodel: {kind: transformer}\n", "t.yaml",
+                               uint64_t{1} << 30));
 }
 
 TEST_CASE("a transformer config parses every key, defaults its corpus and round-trips",

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "kasmina/io/config.h"
 #include "kasmina/io/event_log.h"
+#include "tests/support/paths.h"
 
 using namespace esper;
 using namespace esper::kasmina;
@@ -420,7 +421,8 @@ TEST_CASE("set_alpha_schedule changes the strategy of a live seed only",
 }
 
 TEST_CASE("events.jsonl gets one flushed JSON line per transition", "[kasmina][seed_manager]") {
-    const std::string path = std::string(ESPER_BINARY_DIR) + "/kasmina_events_test.jsonl";
+    const std::string path =
+        (esper::testing::scratch_dir("kasmina") / "kasmina_events_test.jsonl").string();
     std::remove(path.c_str());
     {
         EventLog log(path);

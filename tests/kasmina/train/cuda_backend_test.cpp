@@ -17,10 +17,10 @@
 #include "kasmina/io/config.h"
 #include "kasmina/train/trainer.h"
 #include "tests/support/gpu.h"
+#include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
 using namespace esper::kasmina;
-using esper::testing::require_device;
 
 namespace {
 
@@ -32,7 +32,7 @@ constexpr double kRelTol = 2e-3;
 constexpr double kGpuGpuTol = 1e-4;
 
 Config fashion_config() {
-    Config c = load_config(std::string(ESPER_SOURCE_DIR) + "/examples/fashion_mnist.yaml");
+    Config c = load_config(esper::testing::test_data("examples/fashion_mnist.yaml"));
     if (const char* dir = std::getenv("ESPER_FASHION_MNIST_DIR")) c.data.path = dir;
     c.run.max_steps = 50;
     return c;
@@ -86,7 +86,7 @@ fs::path temp_dir(const std::string& tag) {
 
 TEST_CASE("the first 50 Fashion-MNIST steps on the GPU track the CPU losses",
           "[kasmina][cuda_backend][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     Config cpu_cfg = fashion_config();
     cpu_cfg.run.device = "cpu";
     Config gpu_cfg = fashion_config();
@@ -117,7 +117,7 @@ TEST_CASE("the first 50 Fashion-MNIST steps on the GPU track the CPU losses",
 
 TEST_CASE("a germination mid-run on the GPU walks the same stages as on the CPU",
           "[kasmina][cuda_backend][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     Config cpu_cfg = teacher_config();
     cpu_cfg.run.device = "cpu";
     Config gpu_cfg = teacher_config();
@@ -169,7 +169,7 @@ TEST_CASE("a germination mid-run on the GPU walks the same stages as on the CPU"
 
 TEST_CASE("graph capture and replay of the step give the loss of the uncaptured step",
           "[kasmina][cuda_backend][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     Config cfg = teacher_config();
     cfg.run.device = "cuda";
     Trainer graphed(cfg);
@@ -195,7 +195,7 @@ TEST_CASE("graph capture and replay of the step give the loss of the uncaptured 
 
 TEST_CASE("a checkpoint taken on the GPU resumes on the GPU and continues",
           "[kasmina][cuda_backend][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     Config cfg = teacher_config();
     cfg.run.device = "cuda";
     cfg.run.max_steps = 40;

@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "kasmina/model/mlp.h"
 #include "tests/kasmina/train/loop_test_util.h"
+#include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
 using namespace esper::kasmina;
@@ -208,6 +209,78 @@ TEST_CASE("the governor rolls back on an injected NaN and training continues",
     fs::remove_all(dir);
 }
 
+// Training data whose every batch holds a NaN feature: no step can have a finite loss, the
+// state a NaN-weight checkpoint used to resume into.
+class PoisonedData final : public TrainData {
+public:
+    explicit PoisonedData(std::unique_ptr<TrainData> inner) : inner_(std::move(inner)) {}
+    const std::string& description() const override { return inner_->description(); }
+    int64_t in_features() const override { return inner_->in_features(); }
+    int64_t classes() const override { return inner_->classes(); }
+    int64_t steps_per_epoch() const override { return inner_->steps_per_epoch(); }
+    Batch train_batch(int64_t step) override {
+        Batch b = inner_->train_batch(step);
+        x_.assign(b.features, b.features + size_t(b.samples) * size_t(in_features()));
+        x_[0] = std::nanf("");
+        b.features = x_.data();
+        return b;
+    }
+    int64_t eval_samples() const override { return inner_->eval_samples(); }
+    Batch eval_batch(int64_t first, int64_t count) override {
+        return inner_->eval_batch(first, count);
+    }
+
+private:
+    std::unique_ptr<TrainData> inner_;
+    std::vector<float> x_;
+};
+
+TEST_CASE("the governor stops a run whose loss is never finite instead of training on",
+          "[kasmina][trainer][governor]") {
+    // Before: every step tripped, restored the same state and trained on with loss: null, and
+    // the run exited 0.
+    Config c = small_config();
+    c.governor.max_consecutive_trips = 6;
+    Trainer t(c, std::make_unique<PoisonedData>(load_train_data(c, 0, 1)));
+    for (int i = 0; i < 5; ++i) CHECK(t.step().governor_tripped);
+    CHECK(t.governor().consecutive_trips() == 5);
+    CHECK_THROWS_WITH(t.step(), Catch::Contains("governor: 6 consecutive steps tripped") &&
+                                    Catch::Contains("cannot recover"));
+    // A healthy step between trips resets the count: the injected NaN alone never stops a run.
+    Config once = small_config();
+    once.governor.max_consecutive_trips = 1;
+    once.faults.nan_at_step = 3;
+    Trainer u(once);
+    for (int i = 0; i < 3; ++i) u.step();
+    CHECK_THROWS_WITH(u.step(), Catch::Contains("governor: 1 consecutive steps tripped"));
+    Config off = c;
+    off.governor.max_consecutive_trips = 0;  // 0: never stops
+    Trainer v(off, std::make_unique<PoisonedData>(load_train_data(off, 0, 1)));
+    for (int i = 0; i < 30; ++i) CHECK(v.step().governor_tripped);
+}
+
+TEST_CASE("a checkpoint with non-finite parameters is refused at load, hashes and all",
+          "[kasmina][trainer][checkpoint]") {
+    Config c = small_config();
+    const fs::path dir = temp_dir("nan");
+    Trainer t(c);
+    for (int i = 0; i < 3; ++i) t.step();
+    // As the outside test made it: NaN weights written through the writer, so every hash matches.
+    t.model().params()[0].value->span()[5] = std::nanf("");
+    t.save_checkpoint(dir / "3");
+    Trainer fresh(c);
+    try {
+        fresh.load_checkpoint(dir / "3");
+        FAIL("NaN-weight checkpoint accepted");
+    } catch (const esper::Error& e) {
+        CHECK(e.kind() == esper::ErrorKind::kIntegrity);
+        CHECK_THAT(std::string(e.what()), Catch::Contains("param.hidden0.weight.bin: value 5 is "
+                                                          "not finite"));
+    }
+    CHECK(fresh.steps_done() == 0);
+    fs::remove_all(dir);
+}
+
 TEST_CASE("resuming from a checkpoint continues bit-identically",
           "[kasmina][trainer][checkpoint]") {
     Config c = small_config();
@@ -348,7 +421,7 @@ TEST_CASE("the run writes metrics.jsonl train and test lines", "[kasmina][traine
 }
 
 TEST_CASE("Fashion-MNIST example reaches 0.83 test accuracy in two epochs", "[kasmina][.slow]") {
-    Config c = load_config(std::string(ESPER_SOURCE_DIR) + "/examples/fashion_mnist.yaml");
+    Config c = load_config(esper::testing::test_data("examples/fashion_mnist.yaml"));
     c.run.epochs = 2;
     c.run.max_steps = 0;
     Trainer t(c);

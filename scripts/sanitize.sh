@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Sanitizer builds of the tests (`ESPER_CI_SANITIZE=1 bash .ci/run` runs it after scripts/test.sh;
+# docs/fuzzing.md):
+#  1. ASan+UBSan (clang, CUDA off, undefined behaviour fatal) of the unit tests, the bus, agents
+#     and fault-injection integration tests, and the fuzz harnesses (one build: the harnesses carry
+#     the same sanitizers); runs those tests, then every fuzzer for FUZZ_SECONDS (default 20).
+#  2. TSan (clang) of the bus and agents unit tests, which own the threads (event loop, async RPC,
+#     supervisor); runs them.
+# Only the binaries named here are built. Exit code: the first failing step's.
+# Environment: JOBS (default all cores), FUZZ_SECONDS (20; 0 = replay the corpora only),
+# ASAN_BUILD_DIR (build-asan), TSAN_BUILD_DIR (build-tsan), SANITIZE_STEPS ("asan tsan").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-deps.sh
+JOBS=${JOBS:-$(nproc)}
+ASAN_DIR=${ASAN_BUILD_DIR:-build-asan}
+TSAN_DIR=${TSAN_BUILD_DIR:-build-tsan}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+STEPS=${SANITIZE_STEPS:-asan tsan}
+export CC=clang CXX=clang++
+launcher=()
+command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+
+t0=$(date +%s)
+stamp() { echo "== sanitize.sh: $* ($(( $(date +%s) - t0 )) s)"; }
+
+run_tests() {  # BUILD_DIR BINARY...: each test binary of the build, directly (skipped [gpu]: 4)
+  local dir=$1 rc
+  shift
+  for b in "$@"; do
+    stamp "$b"
+    set +e
+    "$dir/bin/$b" --use-colour no >"$dir/$b.log" 2>&1
+    rc=$?
+    set -e
+    tail -n 3 "$dir/$b.log"
+    if [ $rc -ne 0 ] && [ $rc -ne 4 ]; then
+      echo "sanitize.sh: $b failed (exit $rc); the report:" >&2
+      grep -n -m 5 -A 30 "ERROR: AddressSanitizer\|runtime error\|WARNING: ThreadSanitizer\|FAILED" \
+        "$dir/$b.log" >&2 || tail -n 60 "$dir/$b.log" >&2
+      exit $rc
+    fi
+  done
+}
+
+if [[ " $STEPS " == *" asan "* ]]; then
+  stamp "ASan+UBSan build"
+  cmake -S . -B "$ASAN_DIR" -DCMAKE_BUILD_TYPE=Release -DESPER_ENABLE_CUDA=OFF \
+    -DESPER_SANITIZE_ADDRESS=ON -DESPER_SANITIZE_UNDEFINED=ON -DESPER_FUZZ=ON "${launcher[@]}" \
+    >/dev/null
+  ASAN_TESTS=(esper_core_tests esper_bus_tests esper_tamiyo_tests esper_agents_tests
+              esper_kernels_tests esper_kasmina_tests esper_integration_tests
+              esper_agents_integration_tests esper_faults_tests)
+  FUZZERS=(envelope command tamiyo_ingest config policy manifest pub_json)
+  cmake --build "$ASAN_DIR" -j "$JOBS" --target esper "${ASAN_TESTS[@]}" \
+    $(printf 'esper_fuzz_%s ' "${FUZZERS[@]}")
+  # Leaks are reported (each binary exits non-zero on one); a failed allocation of an absurd size
+  # throws std::bad_alloc as in production instead of aborting.
+  export ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1:abort_on_error=0
+  export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+  run_tests "$ASAN_DIR" "${ASAN_TESTS[@]}"
+  stamp "fuzzers, ${FUZZ_SECONDS} s each"
+  if [ "$FUZZ_SECONDS" -gt 0 ]; then
+    FUZZ_BUILD_DIR="$ASAN_DIR" FUZZ_SKIP_BUILD=1 scripts/fuzz.sh "$FUZZ_SECONDS" "${FUZZERS[@]}"
+  else
+    for f in "${FUZZERS[@]}"; do "$ASAN_DIR/bin/esper_fuzz_$f" -runs=0 "tests/fuzz/corpus/$f"; done
+  fi
+  unset ASAN_OPTIONS UBSAN_OPTIONS
+fi
+
+if [[ " $STEPS " == *" tsan "* ]]; then
+  stamp "TSan build"
+  cmake -S . -B "$TSAN_DIR" -DCMAKE_BUILD_TYPE=Release -DESPER_ENABLE_CUDA=OFF \
+    -DESPER_SANITIZE_THREAD=ON "${launcher[@]}" >/dev/null
+  TSAN_TESTS=(esper_bus_tests esper_agents_tests)
+  cmake --build "$TSAN_DIR" -j "$JOBS" --target "${TSAN_TESTS[@]}"
+  export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+  run_tests "$TSAN_DIR" "${TSAN_TESTS[@]}"
+fi
+stamp "done"
