@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -305,7 +306,10 @@ public:
             s.setTestLoss(static_cast<float>(e.loss));
             s.setTestAccuracy(static_cast<float>(e.accuracy));
             s.setTestMeasured(true);
-            // TODO(soon): testBitsPerByte once EvalResult carries it (transformer host, §14).
+            if (e.bits_per_byte && std::isfinite(*e.bits_per_byte)) {  // text data only
+                s.setTestBitsPerByte(static_cast<float>(*e.bits_per_byte));
+                s.setTestBitsPerByteMeasured(true);
+            }
         }
         s.setState(state_);
         s.setStateReason(state_reason_);

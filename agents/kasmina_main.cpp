@@ -69,7 +69,7 @@ Germination parse_germination(const std::string& text) {
     const auto k = parse_blueprint_kind(kind);
     if (!k)
         throw cli::UsageError("--germinate '" + text + "': unknown blueprint kind '" + kind +
-                              "' (residual_mlp, lowrank, scale_shift)");
+                              "' (" + names_list(kBlueprintKindNames) + ")");
     g.command.kind = *k;
     return g;
 }
@@ -359,7 +359,7 @@ int kasmina_main(int argc, char** argv) {
     opt.nccl = comms.nccl.get();
     Trainer trainer(config, opt);
     std::printf("data: %s; %lld steps (%lld per epoch), %lld host parameters\n",
-                trainer.data().description.c_str(), (long long)trainer.total_steps(),
+                trainer.data().description().c_str(), (long long)trainer.total_steps(),
                 (long long)trainer.steps_per_epoch(), (long long)trainer.model().param_count());
     if (!f.resume.empty()) {
         trainer.load_checkpoint(f.resume);

@@ -30,6 +30,9 @@ constexpr Command kCommands[] = {
     {"ctl", "send an operator lifecycle command to a live run", esper::agents::ctl_main},
     {"status", "show the state of a live run", esper::agents::status_main},
     {"dash", "serve the live dashboard, /metrics and /api over HTTP", esper::agents::dash_main},
+    {"report", "write a run directory's report.html and print its summary",
+     esper::agents::report_main},
+    {"generate", "sample text from a transformer checkpoint", esper::agents::generate_main},
     {"version", "print the version and build configuration", esper::agents::version_main},
 };
 

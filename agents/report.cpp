@@ -250,9 +250,12 @@ RunSummary summarize_run(const std::filesystem::path& run_dir) {
         s.last_step = std::max<int64_t>(s.last_step, static_cast<int64_t>(num(*m, "step")));
         s.test_accuracy = num(*m, "accuracy");
         s.test_loss = num(*m, "loss");
+        s.test_bits_per_byte = num(*m, "bits_per_byte");
     }
     if (s.test_accuracy && !std::isfinite(*s.test_accuracy)) s.test_accuracy.reset();
     if (s.test_loss && !std::isfinite(*s.test_loss)) s.test_loss.reset();
+    if (s.test_bits_per_byte && !std::isfinite(*s.test_bits_per_byte))
+        s.test_bits_per_byte.reset();
     if (s.train_loss && !std::isfinite(*s.train_loss)) s.train_loss.reset();
     const Replay r = replay_events(events);
     s.seeds_in_stage = r.counts;
@@ -281,6 +284,7 @@ std::string format_summary(const RunSummary& s) {
     row("steps", s.last_step >= 0 ? fmt::format("{}", s.last_step) : "-");
     row("test accuracy", opt(s.test_accuracy));
     row("test loss", opt(s.test_loss));
+    if (s.test_bits_per_byte) row("test bits per byte", label(*s.test_bits_per_byte));
     row("train loss", opt(s.train_loss));
     row("params host", opt_i(s.host_params));
     row("params blueprints", opt_i(s.blueprint_params));
@@ -379,8 +383,8 @@ std::string render_report(const std::filesystem::path& run_dir) {
     row("steps", summary.last_step >= 0 ? fmt::format("{}", summary.last_step) : "-");
     if (summary.test_accuracy) row("final test accuracy", label(*summary.test_accuracy));
     if (summary.test_loss) row("final test loss", label(*summary.test_loss));
-    if (!test.empty() && std::isfinite(num(*test.back(), "bits_per_byte")))
-        row("final test bits per byte", label(num(*test.back(), "bits_per_byte")));
+    if (summary.test_bits_per_byte)
+        row("final validation bits per byte", label(*summary.test_bits_per_byte));
     if (summary.train_loss) row("final train loss", label(*summary.train_loss));
     if (summary.host_params) row("host parameters", fmt::format("{}", *summary.host_params));
     if (summary.blueprint_params)

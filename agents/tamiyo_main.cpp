@@ -141,6 +141,16 @@ tamiyo::Config load_tamiyo_config(const cli::Option& file) {
         std::min<int64_t>(k.lifecycle.max_active_per_layer, std::numeric_limits<uint32_t>::max()));
     s.max_blueprint_params_per_layer = k.blueprints.max_params_per_layer;
     tamiyo::set_executor_settings(c, s);
+    // A policy file named by a relative path in the config is found next to the config.
+    if (file.given() && c.policy != "heuristic") {
+        const std::filesystem::path spec(c.policy);
+        if (spec.is_relative() && !std::filesystem::exists(spec)) {
+            const std::filesystem::path beside =
+                std::filesystem::path(file.str()).parent_path() / spec;
+            const std::string plain = beside.string().substr(0, beside.string().find(':'));
+            if (std::filesystem::exists(plain)) c.policy = beside.string();
+        }
+    }
     return c;
 }
 

@@ -41,7 +41,11 @@ static_assert(static_cast<int>(schema::SeedStage::ROLLED_BACK) + 1 == kNumSeedSt
 static_assert(wire_detail::same(schema::BlueprintKind::RESIDUAL_MLP, BlueprintKind::kResidualMlp));
 static_assert(wire_detail::same(schema::BlueprintKind::LOWRANK, BlueprintKind::kLowrank));
 static_assert(wire_detail::same(schema::BlueprintKind::SCALE_SHIFT, BlueprintKind::kScaleShift));
-static_assert(static_cast<int>(schema::BlueprintKind::SCALE_SHIFT) + 1 == kNumBlueprintKinds);
+static_assert(wire_detail::same(schema::BlueprintKind::MLP_UNITS, BlueprintKind::kMlpUnits));
+static_assert(wire_detail::same(schema::BlueprintKind::ATTENTION_HEAD,
+                                BlueprintKind::kAttentionHead));
+static_assert(wire_detail::same(schema::BlueprintKind::LORA, BlueprintKind::kLora));
+static_assert(static_cast<int>(schema::BlueprintKind::LORA) + 1 == kNumBlueprintKinds);
 
 static_assert(wire_detail::same(schema::GraftingStrategy::LINEAR, GraftingStrategy::kLinear));
 static_assert(wire_detail::same(schema::GraftingStrategy::COSINE, GraftingStrategy::kCosine));

@@ -20,6 +20,7 @@ using esper::blueprint_param_count;
 using esper::blueprint_reads_layer_input;
 using esper::BlueprintKind;
 using esper::kNumBlueprintKinds;
+using esper::kNumChunkBlueprintKinds;
 using esper::kNumSeedStages;
 using esper::SeedStage;
 

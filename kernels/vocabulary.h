@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 
 #if defined(__CUDACC__)
@@ -36,8 +37,20 @@ enum class SeedStage : uint8_t {
 };
 inline constexpr int kNumSeedStages = 11;
 
-enum class BlueprintKind : uint8_t { kResidualMlp = 0, kLowrank = 1, kScaleShift = 2 };
-inline constexpr int kNumBlueprintKinds = 3;
+// residual_mlp, lowrank and scale_shift sit on a chunk of a seed layer (DESIGN §4.5); mlp_units,
+// attention_head and lora are the transformer host's widening sites (DESIGN §14): new MLP hidden
+// units, a new attention head, a low-rank adapter on the qkv projection.
+enum class BlueprintKind : uint8_t {
+    kResidualMlp = 0,
+    kLowrank = 1,
+    kScaleShift = 2,
+    kMlpUnits = 3,
+    kAttentionHead = 4,
+    kLora = 5,
+};
+inline constexpr int kNumBlueprintKinds = 6;
+// The chunk kinds come first: a seed layer's kernels only ever see these.
+inline constexpr int kNumChunkBlueprintKinds = 3;
 
 // α schedules (DESIGN §4.4); stored in the seed table's `strategy` column.
 enum class GraftingStrategy : uint8_t {
@@ -61,7 +74,7 @@ inline constexpr std::array<std::string_view, kNumSeedStages> kSeedStageNames = 
     "DORMANT",     "GERMINATED", "TRAINING", "GRAFTING",  "STABILIZATION", "EVALUATING",
     "FINE_TUNING", "FOSSILIZED", "CULLED",   "CANCELLED", "ROLLED_BACK"};
 inline constexpr std::array<std::string_view, kNumBlueprintKinds> kBlueprintKindNames = {
-    "residual_mlp", "lowrank", "scale_shift"};
+    "residual_mlp", "lowrank", "scale_shift", "mlp_units", "attention_head", "lora"};
 inline constexpr std::array<std::string_view, kNumGraftingStrategies> kGraftingStrategyNames = {
     "linear", "cosine", "sigmoid", "drift_controlled", "momentum", "stability", "adaptive"};
 inline constexpr std::array<std::string_view, kNumTransitionOrigins> kTransitionOriginNames = {
@@ -96,6 +109,17 @@ template <typename E, size_t N>
 constexpr std::optional<E> enum_from_value(uint64_t raw,
                                            const std::array<std::string_view, N>& /*names*/) {
     return raw < N ? std::optional<E>(static_cast<E>(raw)) : std::nullopt;
+}
+
+// "a, b, c": the spellings of a table, for "expected one of ..." messages.
+template <size_t N>
+std::string names_list(const std::array<std::string_view, N>& names) {
+    std::string out;
+    for (size_t i = 0; i < N; ++i) {
+        if (i) out += ", ";
+        out += names[i];
+    }
+    return out;
 }
 
 constexpr std::string_view stage_name(SeedStage s) { return enum_name(s, kSeedStageNames); }
@@ -152,19 +176,40 @@ ESPER_HD constexpr bool stage_has_gate(SeedStage s) {
 
 // ---- blueprint parameter formula (DESIGN §4.5, kernels/seed_layer.h slot layout) ----
 
+// The transformer's widening kinds: they sit on a widening site, not on a chunk, and fossilizing
+// folds them into the host (the units, head or adapter become host parameters).
+ESPER_HD constexpr bool blueprint_is_widening(BlueprintKind k) {
+    return k == BlueprintKind::kMlpUnits || k == BlueprintKind::kAttentionHead ||
+           k == BlueprintKind::kLora;
+}
 // True when blueprints of kind k in an arena with this in_width read the host layer's input
 // (widening blueprints) instead of their chunk. scale_shift always reads its chunk.
 ESPER_HD constexpr bool blueprint_reads_layer_input(BlueprintKind k, int64_t in_width) {
     return in_width > 0 && k != BlueprintKind::kScaleShift;
 }
-// Parameters a seed of chunk width w really uses: residual_mlp/lowrank r(x) = U·act(V·x + b1) + b2
-// with V [hidden, n], U [w, hidden] (n = w, or in_width for layer input); scale_shift 2·w.
-// hidden = expansion·max_chunk_width for residual_mlp, the rank for lowrank. The executor
-// publishes these counts; nothing else recomputes them.
+// Parameters a seed really uses. Chunk kinds, on a chunk of width w: residual_mlp/lowrank
+// r(x) = U·act(V·x + b1) + b2 with V [hidden, n], U [w, hidden] (n = w, or in_width for layer
+// input); scale_shift 2·w; hidden = expansion·max_chunk_width for residual_mlp, the rank for
+// lowrank. Widening kinds, on a block of d_model = in_width, w = the site's output width:
+// mlp_units V [k, C], c [k], U [C, k] (hidden = k); attention_head q/k/v [D, C] + biases and an
+// output [C, D] (hidden = D, w = C: 4·D·C + 3·D); lora A [r, C], B [3C, r] (hidden = r, w = 3C).
+// The executor publishes these counts; nothing else recomputes them.
 ESPER_HD constexpr int64_t blueprint_param_count(BlueprintKind k, int64_t w, int64_t hidden,
                                                  int64_t in_width = 0) {
+    switch (k) {
+        case BlueprintKind::kScaleShift:
+            return 2 * w;
+        case BlueprintKind::kMlpUnits:
+            return hidden * in_width + hidden + w * hidden;
+        case BlueprintKind::kAttentionHead:
+            return 3 * (hidden * in_width + hidden) + w * hidden;
+        case BlueprintKind::kLora:
+            return hidden * in_width + w * hidden;
+        default:
+            break;
+    }
     const int64_t n = blueprint_reads_layer_input(k, in_width) ? in_width : w;
-    return k == BlueprintKind::kScaleShift ? 2 * w : hidden * n + hidden + w * hidden + w;
+    return hidden * n + hidden + w * hidden + w;
 }
 
 }  // namespace esper

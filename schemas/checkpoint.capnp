@@ -50,6 +50,9 @@ struct TrainerState {
   governorWindow @4 :List(Float64);
   # The governor's recent healthy losses, oldest first.
   governorTrips @5 :Int64;
+  modelStructure @6 :List(Int64);
+  # What the host needs beyond its parameters to rebuild its shape (Model::structure: the
+  # transformer's extra units and heads in use per block); empty for the MLP.
 }
 
 struct OptimizerState {

@@ -24,6 +24,12 @@ enum BlueprintKind {
   residualMlp @0;
   lowrank @1;
   scaleShift @2;
+  mlpUnits @3;
+  # Transformer widening site: k new MLP hidden units of a block.
+  attentionHead @4;
+  # Transformer widening site: one new attention head of a block.
+  lora @5;
+  # Transformer widening site: a low-rank adapter on a block's qkv projection.
 }
 
 enum GraftingStrategy {

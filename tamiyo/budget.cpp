@@ -58,6 +58,9 @@ std::optional<std::string> Budget::admit(const Decision& d, const View& view) {
     if (!price)
         return fmt::format("budget: no {} germination price published for seed {}/{} yet",
                            blueprint_kind_name(d.blueprint), d.layer, d.seed);
+    if (*price < 0)
+        return fmt::format("budget: {} is not available on layer {} (the executor prices it -1)",
+                           blueprint_kind_name(d.blueprint), d.layer);
     int64_t& layer_params = params_[d.layer];
     if (config_.max_blueprint_params_per_layer > 0 &&
         layer_params + *price > config_.max_blueprint_params_per_layer)

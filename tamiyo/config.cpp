@@ -173,8 +173,9 @@ Config parse_config(const std::string& text, const std::string& filename) {
             r.get(h, "blueprint", f, name);
             auto k = parse_blueprint_kind(name);
             if (!k)
-                r.fail(n, f + ".blueprint",
-                       "unknown blueprint '" + name + "' (residual_mlp, lowrank, scale_shift)");
+                r.fail(
+                    n, f + ".blueprint",
+                    "unknown blueprint '" + name + "' (" + names_list(kBlueprintKindNames) + ")");
             hc.blueprint = *k;
         }
         r.get_int(h, "blueprint_size", f, hc.blueprint_size, 0, 1u << 16);

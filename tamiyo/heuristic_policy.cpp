@@ -28,12 +28,18 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
             d.layer = s.layer;
             d.seed = s.seed;
             switch (s.stage) {
-                case SeedStage::kDormant:
+                case SeedStage::kDormant: {
+                    // Only where the executor offers the blueprint (a negative price: the kind
+                    // is not available on this seed's layer, e.g. a chunk kind on a widening
+                    // site of the transformer).
+                    const auto& price = s.germination_params[size_t(config_.blueprint)];
+                    if (price && *price < 0) continue;
                     // Unmeasured health sorts last: prefer seeds we know are weak.
                     dormant.push_back(
                         {m.health ? *m.health : std::numeric_limits<double>::infinity(), s.layer,
                          s.seed});
                     continue;
+                }
                 case SeedStage::kTraining:
                     if (in_stage < config_.training_steps) continue;
                     if (m.gradient_health && *m.gradient_health >= config_.min_gradient_health) {

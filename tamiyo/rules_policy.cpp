@@ -245,7 +245,8 @@ private:
             auto k = parse_blueprint_kind(get_string(b, field + ".blueprint"));
             if (!k)
                 fail(line_of(b, 1), field + ".blueprint",
-                     "unknown blueprint '" + b.Scalar() + "' (residual_mlp, lowrank, scale_shift)");
+                     "unknown blueprint '" + b.Scalar() + "' (" + names_list(kBlueprintKindNames) +
+                         ")");
             r.blueprint = *k;
         }
         if (const YAML::Node s = n["size"])

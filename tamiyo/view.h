@@ -34,7 +34,8 @@ struct SeedMetrics {
 
 // What germinating one seed with each blueprint kind would cost in parameters, as the executor
 // publishes it for its configured arenas (indexed by BlueprintKind value). nullopt = not
-// published; Tamiyo never recomputes a price.
+// published, -1 = the kind cannot be germinated on that seed's layer; Tamiyo never recomputes a
+// price.
 using GerminationPrices = std::array<std::optional<int64_t>, kNumBlueprintKinds>;
 
 struct SeedTelemetry {

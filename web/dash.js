@@ -60,7 +60,7 @@
             yLabel: 'bits/byte',
             series: [
                 {label: 'train bits/byte', color: '#3182bd'},
-                {label: 'test bits/byte', color: '#e6550d', sparse: true}
+                {label: 'validation bits/byte', color: '#e6550d', sparse: true}
             ]
         }) :
                                new C.Curves($('chart-quality'), {
@@ -167,7 +167,7 @@
             card('samples/s', C.int(s.samples_per_s)),
             card('train loss', C.num(s.loss)),
             card(
-                s.test_bits_per_byte != null ? 'test bits/byte' : 'test accuracy',
+                s.test_bits_per_byte != null ? 'validation bits/byte' : 'test accuracy',
                 C.num(s.test_bits_per_byte != null ? s.test_bits_per_byte : s.test_accuracy)),
             card('seeds active / fossilized', `${active} / ${stage.FOSSILIZED || 0}`),
             card(

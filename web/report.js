@@ -19,7 +19,7 @@
   const quality = bpb
     ? new C.Curves($("chart-quality"), { title: "Bits per byte", yLabel: "bits/byte", series: [
       { label: "train bits/byte", color: "#3182bd" },
-      { label: "test bits/byte", color: "#e6550d", sparse: true }] })
+      { label: "validation bits/byte", color: "#e6550d", sparse: true }] })
     : new C.Curves($("chart-quality"), { title: "Test accuracy", yLabel: "accuracy", ratio: true,
       series: [{ label: "test accuracy", color: "#31a354", sparse: true }] });
   if (bpb) quality.set([tr.map(p => [p.step, p.loss == null ? null : p.loss / Math.LN2]),

@@ -33,6 +33,7 @@ struct TrainerScalars {
     int64_t epoch_loss_steps = 0;
     std::vector<double> governor_window;  // oldest first
     int64_t governor_trips = 0;
+    std::vector<int64_t> model_structure;  // Model::structure()
     bool operator==(const TrainerScalars&) const = default;
 };
 

@@ -210,12 +210,14 @@ void read_run(const Reader& r, const YAML::Node& n, RunConfig& c) {
 
 void read_data(const Reader& r, const YAML::Node& n, DataConfig& c) {
     const std::string p = "data";
-    r.section(n, p, {"dataset", "path", "batch_size", "teacher", "npy"});
+    r.section(n, p, {"dataset", "path", "batch_size", "teacher", "npy", "text"});
     r.get_string(n, p, "dataset", c.dataset);
-    if (c.dataset != "fashion_mnist" && c.dataset != "teacher" && c.dataset != "npy") {
+    if (c.dataset != "fashion_mnist" && c.dataset != "teacher" && c.dataset != "npy" &&
+        c.dataset != "text") {
         r.fail(r.at(n, "dataset"), "data.dataset",
-               "expected one of fashion_mnist, teacher, npy, got '" + c.dataset + "'");
+               "expected one of fashion_mnist, teacher, npy, text, got '" + c.dataset + "'");
     }
+    if (c.dataset == "text") c.path = kDefaultTextCorpus;  // unless data.path says otherwise
     r.get_string(n, p, "path", c.path);
     r.get_int(n, p, "batch_size", c.batch_size, 1, 1 << 24);
     if (auto t = r.child_map(n, p, "teacher")) {
@@ -237,15 +239,42 @@ void read_data(const Reader& r, const YAML::Node& n, DataConfig& c) {
         r.get_string(*t, tp, "test_features", c.npy.test_features);
         r.get_string(*t, tp, "test_labels", c.npy.test_labels);
     }
+    if (auto t = r.child_map(n, p, "text")) {
+        const std::string tp = "data.text";
+        r.section(*t, tp, {"validation_fraction", "eval_windows"});
+        r.get_double(*t, tp, "validation_fraction", c.text.validation_fraction, 0.0, 0.5, true);
+        r.get_int(*t, tp, "eval_windows", c.text.eval_windows, 1, 1 << 20);
+    }
     if (c.dataset == "npy" && (c.npy.train_features.empty() || c.npy.train_labels.empty())) {
         r.fail(r.at(n, "dataset"), "data.npy",
                "dataset npy needs npy.train_features and npy.train_labels");
     }
 }
 
+void read_transformer(const Reader& r, const YAML::Node& n, TransformerConfig& c) {
+    const std::string p = "model.transformer";
+    r.section(n, p,
+              {"n_layer", "n_head", "d_model", "context", "tie_embeddings", "widening_seeds",
+               "max_extra_units", "max_extra_heads"});
+    r.get_int(n, p, "n_layer", c.n_layer, 1, 1024);
+    r.get_int(n, p, "n_head", c.n_head, 1, 1024);
+    r.get_int(n, p, "d_model", c.d_model, 1, 1 << 16);
+    r.get_int(n, p, "context", c.context, 1, 1 << 16);
+    r.get_bool(n, p, "tie_embeddings", c.tie_embeddings);
+    r.get_int(n, p, "widening_seeds", c.widening_seeds, 0, 1 << 10);
+    r.get_int(n, p, "max_extra_units", c.max_extra_units, 0, 1 << 20);
+    r.get_int(n, p, "max_extra_heads", c.max_extra_heads, 0, 1024);
+    if (c.d_model % c.n_head != 0) {
+        r.fail(r.at(n, "d_model"), p + ".d_model",
+               fmt::format("{} is not a multiple of n_head {}", c.d_model, c.n_head));
+    }
+}
+
 void read_model(const Reader& r, const YAML::Node& n, ModelConfig& c) {
     const std::string p = "model";
-    r.section(n, p, {"hidden", "activation", "seeds_per_layer"});
+    r.section(n, p, {"kind", "hidden", "activation", "seeds_per_layer", "transformer"});
+    r.get_enum(n, p, "kind", c.kind, kModelKindNames);
+    if (auto t = r.child_map(n, p, "transformer")) read_transformer(r, *t, c.transformer);
     if (auto h = r.child(n, "hidden")) {
         if (!h->IsSequence() || h->size() == 0) {
             r.fail(*h, "model.hidden",
@@ -259,6 +288,15 @@ void read_model(const Reader& r, const YAML::Node& n, ModelConfig& c) {
     }
     r.get_enum(n, p, "activation", c.activation, kActivationNames);
     r.get_int(n, p, "seeds_per_layer", c.seeds_per_layer, 1, 1 << 24);
+    if (c.kind == ModelKind::kTransformer) {
+        const int64_t hidden = 4 * c.transformer.d_model;
+        if (c.seeds_per_layer > hidden)
+            r.fail(r.at(n, "seeds_per_layer"), "model.seeds_per_layer",
+                   fmt::format("seeds_per_layer {} exceeds the {} MLP hidden units of a block "
+                               "(4 · d_model; S > D)",
+                               c.seeds_per_layer, hidden));
+        return;
+    }
     for (size_t i = 0; i < c.hidden.size(); ++i) {
         if (c.seeds_per_layer > c.hidden[i]) {
             r.fail(r.at(n, "seeds_per_layer"), "model.seeds_per_layer",
@@ -290,7 +328,9 @@ void read_optimizer(const Reader& r, const YAML::Node& n, OptimizerConfig& c) {
 
 void read_blueprints(const Reader& r, const YAML::Node& n, BlueprintsConfig& c) {
     const std::string p = "blueprints";
-    r.section(n, p, {"residual_mlp", "lowrank", "scale_shift", "max_params_per_layer", "input"});
+    r.section(n, p,
+              {"residual_mlp", "lowrank", "scale_shift", "mlp_units", "attention_head", "lora",
+               "max_params_per_layer", "input"});
     r.get_enum(n, p, "input", c.input, kBlueprintInputNames);
     if (auto b = r.child_map(n, p, "residual_mlp")) {
         r.section(*b, "blueprints.residual_mlp", {"expansion", "slots"});
@@ -305,6 +345,20 @@ void read_blueprints(const Reader& r, const YAML::Node& n, BlueprintsConfig& c) 
     if (auto b = r.child_map(n, p, "scale_shift")) {
         r.section(*b, "blueprints.scale_shift", {"slots"});
         r.get_int(*b, "blueprints.scale_shift", "slots", c.scale_shift.slots, 0, 1 << 24);
+    }
+    if (auto b = r.child_map(n, p, "mlp_units")) {
+        r.section(*b, "blueprints.mlp_units", {"units", "slots"});
+        r.get_int(*b, "blueprints.mlp_units", "units", c.mlp_units.units, 1, 1 << 16);
+        r.get_int(*b, "blueprints.mlp_units", "slots", c.mlp_units.slots, 0, 1 << 16);
+    }
+    if (auto b = r.child_map(n, p, "attention_head")) {
+        r.section(*b, "blueprints.attention_head", {"slots"});
+        r.get_int(*b, "blueprints.attention_head", "slots", c.attention_head.slots, 0, 1 << 16);
+    }
+    if (auto b = r.child_map(n, p, "lora")) {
+        r.section(*b, "blueprints.lora", {"rank", "slots"});
+        r.get_int(*b, "blueprints.lora", "rank", c.lora.rank, 1, 1 << 16);
+        r.get_int(*b, "blueprints.lora", "slots", c.lora.slots, 0, 1 << 16);
     }
     r.get_int(n, p, "max_params_per_layer", c.max_params_per_layer);
 }
@@ -400,6 +454,20 @@ Config read_root(const Reader& r, const YAML::Node& root) {
         r.fail(r.at(bp, "input"), "blueprints.input",
                "'layer' (widening blueprints) runs on the CPU only; set run.device: cpu or auto");
     }
+    // The transformer reads bytes, and bytes need the transformer.
+    const bool transformer = c.model.kind == ModelKind::kTransformer;
+    if (transformer != (c.data.dataset == "text")) {
+        const YAML::Node where = transformer ? root["data"] : root["model"];
+        r.fail(where ? r.at(where, transformer ? "dataset" : "kind") : root,
+               transformer ? "data.dataset" : "model.kind",
+               transformer ? "model.kind: transformer reads bytes: set data.dataset: text"
+                           : "data.dataset: text needs model.kind: transformer");
+    }
+    if (transformer && c.run.device == "cuda") {
+        r.fail(r.at(root["run"], "device"), "run.device",
+               "model.kind: transformer runs on the CPU for now (the CUDA transformer is not "
+               "built yet); set run.device: cpu or auto");
+    }
     return c;
 }
 
@@ -489,6 +557,12 @@ void emit_config(YAML::Emitter& out, const Config& c) {
             .put("path", c.data.path)
             .put("batch_size", c.data.batch_size);
         {
+            m.key("text");
+            YamlMap(out)
+                .put("validation_fraction", c.data.text.validation_fraction)
+                .put("eval_windows", c.data.text.eval_windows);
+        }
+        {
             m.key("teacher");
             YamlMap t(out);
             const TeacherConfig& tc = c.data.teacher;
@@ -511,9 +585,23 @@ void emit_config(YAML::Emitter& out, const Config& c) {
     {
         root.key("model");
         YamlMap m(out);
+        m.put("kind", model_kind_name(c.model.kind));
         m.key("hidden") << YAML::Flow << c.model.hidden;
         m.put("activation", activation_name(c.model.activation))
             .put("seeds_per_layer", c.model.seeds_per_layer);
+        {
+            const TransformerConfig& t = c.model.transformer;
+            m.key("transformer");
+            YamlMap(out)
+                .put("n_layer", t.n_layer)
+                .put("n_head", t.n_head)
+                .put("d_model", t.d_model)
+                .put("context", t.context)
+                .put("tie_embeddings", t.tie_embeddings)
+                .put("widening_seeds", t.widening_seeds)
+                .put("max_extra_units", t.max_extra_units)
+                .put("max_extra_heads", t.max_extra_heads);
+        }
     }
     {
         const OptimizerConfig& op = c.optimizer;
@@ -550,6 +638,18 @@ void emit_config(YAML::Emitter& out, const Config& c) {
         {
             m.key("scale_shift");
             YamlMap(out, true).put("slots", b.scale_shift.slots);
+        }
+        {
+            m.key("mlp_units");
+            YamlMap(out, true).put("units", b.mlp_units.units).put("slots", b.mlp_units.slots);
+        }
+        {
+            m.key("attention_head");
+            YamlMap(out, true).put("slots", b.attention_head.slots);
+        }
+        {
+            m.key("lora");
+            YamlMap(out, true).put("rank", b.lora.rank).put("slots", b.lora.slots);
         }
         m.put("max_params_per_layer", b.max_params_per_layer)
             .put("input", blueprint_input_name(b.input));

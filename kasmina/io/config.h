@@ -62,12 +62,27 @@ struct NpyConfig {
     bool operator==(const NpyConfig&) const = default;
 };
 
+// The default text corpus: the King James Bible from Debian's bible-kjv, extracted to plain
+// text by scripts/setup-deps.sh (docs/kasmina.md says why this text).
+inline constexpr const char* kDefaultTextCorpus = "/usr/local/share/esper/kjv.txt";
+
+// dataset: text (the transformer host): the last validation_fraction of the file is the
+// validation split, evaluated on eval_windows fixed windows of context + 1 bytes.
+struct TextConfig {
+    double validation_fraction = 0.1;  // (0, 0.5]
+    int64_t eval_windows = 64;
+    bool operator==(const TextConfig&) const = default;
+};
+
 struct DataConfig {
-    std::string dataset = "fashion_mnist";  // fashion_mnist | teacher | npy
+    std::string dataset = "fashion_mnist";  // fashion_mnist | teacher | npy | text
+    // fashion_mnist: the IDX directory; text: the byte file (default: the corpus setup-deps
+    // extracts, kasmina/train/text_data.h).
     std::string path = "/usr/share/datasets/fashion-mnist";
-    int64_t batch_size = 128;
+    int64_t batch_size = 128;  // samples per step (text: sequences of model.transformer.context)
     TeacherConfig teacher;
     NpyConfig npy;
+    TextConfig text;
     bool operator==(const DataConfig&) const = default;
 };
 

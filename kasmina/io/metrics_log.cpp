@@ -56,6 +56,8 @@ void MetricsLog::write(const TestMetrics& m) {
     j["split"] = "test";
     j["loss"] = number_or_null(m.loss);
     j["accuracy"] = number_or_null(m.accuracy);
+    if (m.bits_per_byte) j["bits_per_byte"] = number_or_null(*m.bits_per_byte);
+    if (m.perplexity) j["perplexity"] = number_or_null(*m.perplexity);
     write_line(finish(std::move(j)));
 }
 

@@ -1,16 +1,17 @@
 // The run's metrics.jsonl writer: one JSON object per line, appended and flushed as it happens.
 // A train line after every optimizer step {"step","epoch","split":"train","loss","lr",
 // "samples_per_s","host_params","blueprint_params","total_steps"} and a test line after every
-// evaluation {"step","epoch","split":"test","loss","accuracy"}; readers (`esper run`'s report,
-// tests) key on "split". A non-finite number (a NaN loss) is written as null. Every line ends
-// with "schema" (kRunFileSchemaVersion) and "time" (wall clock, ISO 8601 UTC). "epoch" is the
-// epoch of the step's batch (0-based) on both splits: a test line takes the epoch of the train
-// line of its step.
+// evaluation {"step","epoch","split":"test","loss","accuracy"} (text data adds "bits_per_byte" and
+// "perplexity"); readers (`esper run`'s report, tests) key on "split". A non-finite number (a NaN
+// loss) is written as null. Every line ends with "schema" (kRunFileSchemaVersion) and "time" (wall
+// clock, ISO 8601 UTC). "epoch" is the epoch of the step's batch (0-based) on both splits: a test
+// line takes the epoch of the train line of its step.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 
 namespace esper::kasmina {
@@ -34,6 +35,7 @@ struct TestMetrics {
     int64_t epoch = 0;
     double loss = 0.0;
     double accuracy = 0.0;
+    std::optional<double> bits_per_byte, perplexity;  // text data only
 };
 
 class MetricsLog {

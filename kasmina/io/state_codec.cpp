@@ -20,7 +20,7 @@ namespace {
 // The wire enums of schemas/common.capnp carry the vocabulary's values (agents/ ties them value
 // by value); the decoder range-checks every value it reads.
 static_assert(static_cast<int>(schema::SeedStage::ROLLED_BACK) + 1 == kNumSeedStages);
-static_assert(static_cast<int>(schema::BlueprintKind::SCALE_SHIFT) + 1 == kNumBlueprintKinds);
+static_assert(static_cast<int>(schema::BlueprintKind::LORA) + 1 == kNumBlueprintKinds);
 static_assert(static_cast<int>(schema::GraftingStrategy::ADAPTIVE) + 1 == kNumGraftingStrategies);
 
 template <typename Wire, typename E>
@@ -223,6 +223,9 @@ void write_trainer(schema::TrainerState::Builder b, const TrainerScalars& t) {
     for (size_t i = 0; i < t.governor_window.size(); ++i)
         w.set(static_cast<unsigned>(i), t.governor_window[i]);
     b.setGovernorTrips(t.governor_trips);
+    auto ms = b.initModelStructure(static_cast<unsigned>(t.model_structure.size()));
+    for (size_t i = 0; i < t.model_structure.size(); ++i)
+        ms.set(static_cast<unsigned>(i), t.model_structure[i]);
 }
 
 TrainerScalars read_trainer(const Decoder& d, schema::TrainerState::Reader b) {
@@ -233,6 +236,7 @@ TrainerScalars read_trainer(const Decoder& d, schema::TrainerState::Reader b) {
     t.epoch_loss_steps = b.getEpochLossSteps();
     t.governor_window = d.list<double>(b.getGovernorWindow());
     t.governor_trips = b.getGovernorTrips();
+    t.model_structure = d.list<int64_t>(b.getModelStructure());
     return t;
 }
 

@@ -37,21 +37,45 @@ SeedStage target_of(const Command& c) {
 
 }  // namespace
 
+namespace {
+std::vector<SeedSite> chunk_sites(const std::vector<int64_t>& widths,
+                                  const std::vector<int64_t>& inputs) {
+    std::vector<SeedSite> sites;
+    for (size_t i = 0; i < widths.size(); ++i)
+        sites.push_back({widths[i], i < inputs.size() ? inputs[i] : 0, SiteKind::kChunk, 0});
+    return sites;
+}
+}  // namespace
+
 SeedManager::SeedManager(const SeedManagerConfig& config, std::vector<int64_t> layer_widths,
                          EventSink* events, std::vector<int64_t> layer_inputs)
+    : SeedManager(config, chunk_sites(layer_widths, layer_inputs), events) {
+    const bool layer_input = config.blueprints.input == BlueprintInput::kLayer;
+    ESPER_CHECK_INPUT(!layer_input || layer_inputs.size() == layer_widths.size(),
+                      "blueprints.input: layer needs the input width of every seed layer");
+}
+
+SeedManager::SeedManager(const SeedManagerConfig& config, std::span<const SeedSite> sites,
+                         EventSink* events)
     : lifecycle_(config.lifecycle),
       blueprints_cfg_(config.blueprints),
       run_seed_(config.run_seed),
       log_(events) {
-    tables_.reserve(layer_widths.size());
-    arenas_.reserve(layer_widths.size());
+    tables_.reserve(sites.size());
+    arenas_.reserve(sites.size());
     const bool layer_input = config.blueprints.input == BlueprintInput::kLayer;
-    ESPER_CHECK_INPUT(!layer_input || layer_inputs.size() == layer_widths.size(),
-                      "blueprints.input: layer needs the input width of every seed layer");
-    for (size_t i = 0; i < layer_widths.size(); ++i) {
-        tables_.emplace_back(static_cast<int32_t>(i), layer_widths[i], config.seeds_per_layer);
-        arenas_.emplace_back(tables_.back().max_chunk_width(), blueprints_cfg_,
-                             layer_input ? layer_inputs[i] : 0);
+    for (size_t i = 0; i < sites.size(); ++i) {
+        const SeedSite& site = sites[i];
+        site_kinds_.push_back(site.kind);
+        if (site.kind == SiteKind::kWidening) {
+            tables_.emplace_back(static_cast<int32_t>(i), site.width, site.width);
+            arenas_.push_back(
+                BlueprintArenas::widening(site.input_width, site.head_dim, blueprints_cfg_));
+        } else {
+            tables_.emplace_back(static_cast<int32_t>(i), site.width, config.seeds_per_layer);
+            arenas_.emplace_back(tables_.back().max_chunk_width(), blueprints_cfg_,
+                                 layer_input ? site.input_width : 0);
+        }
         extra_.emplace_back(static_cast<size_t>(tables_.back().num_seeds()));
     }
 }
@@ -102,9 +126,21 @@ int64_t SeedManager::seed_blueprint_params(SeedRef s) const {
 }
 
 int64_t SeedManager::germination_params(SeedRef s, BlueprintKind kind) const {
-    const SeedTable& t = tables_[s.layer];
-    return blueprint_params(kind, t.chunk_width(s.seed), t.max_chunk_width(), blueprints_cfg_,
-                            arenas_[s.layer].in_width());
+    const BlueprintArenas& a = arenas_[s.layer];
+    if (!a.serves(kind)) return -1;
+    return a.params_for(kind, tables_[s.layer].chunk_width(s.seed));
+}
+
+bool SeedManager::release_folded(SeedRef s) {
+    if (!check_seed(s).empty()) return false;
+    SeedTable& t = tables_[s.layer];
+    SeedRow r = t.row(s.seed);
+    if (r.stage != SeedStage::kFossilized || r.slot < 0 || !blueprint_is_widening(r.kind))
+        return false;
+    arenas_[s.layer].release(r.kind, r.slot);
+    r.slot = -1;
+    t.set_row(s.seed, r);
+    return true;
 }
 
 std::optional<double> SeedManager::gradient_health(SeedRef s) const {
@@ -213,6 +249,10 @@ std::string SeedManager::germinate(const GerminateCommand& c, TransitionOrigin o
     const SeedRef s = c.target;
     if (auto bad = check_seed(s); !bad.empty()) return bad;
     if (static_cast<int>(c.kind) >= kNumBlueprintKinds) return "unknown blueprint kind";
+    if (!arenas_[s.layer].serves(c.kind))
+        return fmt::format("blueprint {} is not available on layer {} (a {} site)",
+                           blueprint_kind_name(c.kind), s.layer,
+                           enum_name(site_kinds_[s.layer], kSiteKindNames));
     if (c.strategy && static_cast<int>(*c.strategy) >= kNumGraftingStrategies) {
         return "unknown grafting strategy";
     }
@@ -619,7 +659,10 @@ void SeedManager::restore(const SeedManagerSnapshot& snap) {
                 ESPER_THROW(kIntegrity, "seed manager state: layer ", l, " seed ", s,
                             ": value out of range");
             }
-            const bool holds = stage_holds_slot(r.stage);
+            // A fossilized widening seed the host folded in holds no slot (release_folded).
+            const bool folded =
+                r.stage == SeedStage::kFossilized && blueprint_is_widening(r.kind) && r.slot < 0;
+            const bool holds = stage_holds_slot(r.stage) && !folded;
             if (holds != (r.slot >= 0))
                 ESPER_THROW(kIntegrity, "seed manager state: slot/stage mismatch");
             if (!holds) continue;

@@ -17,6 +17,7 @@
 #include "kasmina/lifecycle/seed_table.h"
 #include "kasmina/model/blueprints.h"
 #include "kasmina/model/config.h"
+#include "kasmina/model/model.h"
 #include "kernels/seed_layer.h"
 
 namespace esper::kasmina {
@@ -93,8 +94,13 @@ public:
     // config.blueprints.input is layer (widening blueprints) and ignored otherwise.
     SeedManager(const SeedManagerConfig& config, std::vector<int64_t> layer_widths,
                 EventSink* events = nullptr, std::vector<int64_t> layer_inputs = {});
+    // One seed layer per site of the host (Model::seed_sites): chunk sites get
+    // config.seeds_per_layer seeds, a widening site one seed per unit of its width.
+    SeedManager(const SeedManagerConfig& config, std::span<const SeedSite> sites,
+                EventSink* events = nullptr);
 
     int32_t num_layers() const { return static_cast<int32_t>(tables_.size()); }
+    SiteKind site_kind(int32_t layer) const { return site_kinds_[layer]; }
     const SeedTable& table(int32_t layer) const { return tables_[layer]; }
     BlueprintArenas& arenas(int32_t layer) { return arenas_[layer]; }
     const BlueprintArenas& arenas(int32_t layer) const { return arenas_[layer]; }
@@ -129,8 +135,12 @@ public:
     int64_t seed_blueprint_params(SeedRef s) const;
     // What a germination of `kind` on seed `s` would cost with the configured arenas (its chunk
     // width, or the layer's input width for widening arenas): seed_blueprint_params(s) after
-    // that germination. The executor publishes it; the controller prices with it.
+    // that germination. The executor publishes it; the controller prices with it. -1: the kind
+    // cannot be germinated on this layer (a chunk kind on a widening site or the other way).
     int64_t germination_params(SeedRef s, BlueprintKind kind) const;
+    // A FOSSILIZED widening seed whose parameters the host took in (Model::fold_widening):
+    // frees its arena slot; the row stays FOSSILIZED with slot -1. False for any other seed.
+    bool release_folded(SeedRef s);
     // Latest measured gradient health of a seed (nullopt = never measured).
     std::optional<double> gradient_health(SeedRef s) const;
 
@@ -164,6 +174,7 @@ private:
     BlueprintsConfig blueprints_cfg_;
     uint64_t run_seed_;
     std::vector<SeedTable> tables_;
+    std::vector<SiteKind> site_kinds_;
     std::vector<BlueprintArenas> arenas_;
     std::vector<std::vector<SeedMeasurements>> extra_;
     EventSink* log_;

@@ -26,6 +26,12 @@ int64_t blueprint_hidden(BlueprintKind k, int64_t max_width, const BlueprintsCon
             return cfg.lowrank.rank;
         case BlueprintKind::kScaleShift:
             return 0;
+        case BlueprintKind::kMlpUnits:
+            return cfg.mlp_units.units;
+        case BlueprintKind::kLora:
+            return cfg.lora.rank;
+        case BlueprintKind::kAttentionHead:
+            break;  // the head dimension comes from the host (widening())
     }
     return 0;
 }
@@ -38,8 +44,39 @@ int64_t blueprint_capacity(BlueprintKind k, const BlueprintsConfig& cfg) {
             return cfg.lowrank.slots;
         case BlueprintKind::kScaleShift:
             return cfg.scale_shift.slots;
+        case BlueprintKind::kMlpUnits:
+            return cfg.mlp_units.slots;
+        case BlueprintKind::kAttentionHead:
+            return cfg.attention_head.slots;
+        case BlueprintKind::kLora:
+            return cfg.lora.slots;
     }
     return 0;
+}
+
+WideningOffsets widening_offsets(BlueprintKind k, int64_t d_model, int64_t hidden) {
+    const int64_t C = d_model, H = hidden;
+    WideningOffsets o;
+    switch (k) {
+        case BlueprintKind::kMlpUnits:
+            o.in_b = H * C;
+            o.out_w = H * C + H;
+            o.floats = 2 * H * C + H;
+            break;
+        case BlueprintKind::kAttentionHead:
+            o.in_b = 3 * H * C;
+            o.out_w = 3 * H * C + 3 * H;
+            o.floats = 4 * H * C + 3 * H;
+            break;
+        case BlueprintKind::kLora:
+            o.in_b = H * C;
+            o.out_w = H * C;
+            o.floats = H * C + 3 * C * H;
+            break;
+        default:
+            ESPER_REQUIRE(false, "not a widening kind: ", int(k));
+    }
+    return o;
 }
 
 int64_t blueprint_params(BlueprintKind k, int64_t w, int64_t max_width, const BlueprintsConfig& cfg,
@@ -53,6 +90,8 @@ BlueprintArenas::BlueprintArenas(int64_t max_width, const BlueprintsConfig& cfg,
     for (int i = 0; i < kNumBlueprintKinds; ++i) {
         const auto k = static_cast<BlueprintKind>(i);
         Arena& a = arenas_[i];
+        a.serves = !blueprint_is_widening(k);
+        if (!a.serves) continue;
         a.capacity = static_cast<int32_t>(blueprint_capacity(k, cfg));
         a.hidden = static_cast<int32_t>(blueprint_hidden(k, max_width, cfg));
         a.stride =
@@ -63,6 +102,44 @@ BlueprintArenas::BlueprintArenas(int64_t max_width, const BlueprintsConfig& cfg,
         a.m.assign(n, 0.0f);
         a.v.assign(n, 0.0f);
         a.used.assign(static_cast<size_t>(a.capacity), 0);
+    }
+}
+
+BlueprintArenas BlueprintArenas::widening(int64_t d_model, int64_t head_dim,
+                                          const BlueprintsConfig& cfg) {
+    ESPER_REQUIRE(d_model > 0 && head_dim > 0, "d_model=", d_model, " head_dim=", head_dim);
+    BlueprintArenas out;
+    out.max_width_ = static_cast<int32_t>(d_model);
+    out.in_width_ = static_cast<int32_t>(d_model);
+    for (int i = 0; i < kNumBlueprintKinds; ++i) {
+        const auto k = static_cast<BlueprintKind>(i);
+        Arena& a = out.arenas_[i];
+        a.serves = blueprint_is_widening(k);
+        if (!a.serves) continue;
+        a.capacity = static_cast<int32_t>(blueprint_capacity(k, cfg));
+        a.hidden = static_cast<int32_t>(
+            k == BlueprintKind::kAttentionHead ? head_dim : blueprint_hidden(k, d_model, cfg));
+        a.stride = static_cast<int32_t>(widening_offsets(k, d_model, a.hidden).floats);
+        const auto n = static_cast<size_t>(a.capacity) * static_cast<size_t>(a.stride);
+        a.params.assign(n, 0.0f);
+        a.grads.assign(n, 0.0f);
+        a.m.assign(n, 0.0f);
+        a.v.assign(n, 0.0f);
+        a.used.assign(static_cast<size_t>(a.capacity), 0);
+    }
+    return out;
+}
+
+int64_t BlueprintArenas::params_for(BlueprintKind k, int64_t w) const {
+    const Arena& a = arena(k);
+    switch (k) {
+        case BlueprintKind::kMlpUnits:
+        case BlueprintKind::kAttentionHead:
+            return kernels::blueprint_param_count(k, max_width_, a.hidden, in_width_);
+        case BlueprintKind::kLora:
+            return kernels::blueprint_param_count(k, 3 * int64_t(max_width_), a.hidden, in_width_);
+        default:
+            return kernels::blueprint_param_count(k, w, a.hidden, in_width_);
     }
 }
 
@@ -112,19 +189,27 @@ void BlueprintArenas::init_slot(BlueprintKind k, int32_t slot, int32_t width, ui
     std::ranges::fill(opt_v(k, slot), 0.0f);
     if (k == BlueprintKind::kScaleShift) return;  // s = 0, b = 0: r ≡ 0
     const int64_t hidden = arena(k).hidden;
+    uint64_t state = rng_seed;
+    auto uniform = [&state](double bound) {
+        const double u = static_cast<double>(splitmix64(state) >> 11) * 0x1.0p-53;
+        return static_cast<float>((2.0 * u - 1.0) * bound);
+    };
+    if (blueprint_is_widening(k)) {
+        // The input side U(±1/√C) like a fresh Linear; the output side stays zero.
+        const WideningOffsets o = widening_offsets(k, max_width_, hidden);
+        const double bound = 1.0 / std::sqrt(static_cast<double>(max_width_));
+        const int64_t rows = k == BlueprintKind::kAttentionHead ? 3 * hidden : hidden;
+        for (int64_t i = 0; i < rows * max_width_; ++i) p[size_t(o.in_w + i)] = uniform(bound);
+        return;
+    }
     const auto off = kernels::mlp_slot_offsets(max_width_, hidden, in_width_);
     // Kaiming-uniform over the fan-in of V (the chunk width, or the layer input's width):
     // U(−√(6/n), √(6/n)).
     const int64_t fan_in = in_width_ > 0 ? in_width_ : width;
     const int64_t v_stride = in_width_ > 0 ? in_width_ : max_width_;
     const double bound = std::sqrt(6.0 / static_cast<double>(fan_in));
-    uint64_t state = rng_seed;
-    for (int64_t j = 0; j < hidden; ++j) {
-        for (int64_t i = 0; i < fan_in; ++i) {
-            const double u = static_cast<double>(splitmix64(state) >> 11) * 0x1.0p-53;
-            p[off.v + j * v_stride + i] = static_cast<float>((2.0 * u - 1.0) * bound);
-        }
-    }
+    for (int64_t j = 0; j < hidden; ++j)
+        for (int64_t i = 0; i < fan_in; ++i) p[off.v + j * v_stride + i] = uniform(bound);
 }
 
 std::span<float> BlueprintArenas::params(BlueprintKind k, int32_t slot) {

@@ -25,11 +25,31 @@ int64_t blueprint_capacity(BlueprintKind k, const BlueprintsConfig& cfg);
 int64_t blueprint_params(BlueprintKind k, int64_t w, int64_t max_width, const BlueprintsConfig& cfg,
                          int64_t in_width = 0);
 
+// Slot layouts of the widening kinds (C = d_model, D = head dim; floats from the slot start):
+//   mlp_units       V [k, C] | c [k] | U [C, k]                 r(m) = U·gelu(V·m + c)
+//   attention_head  Wq, Wk, Wv [D, C] | bq, bk, bv [D] | Wo [C, D]  r(a) = Wo·attention(q, k, v)
+//   lora            A [r, C] | B [3C, r]                         Δqkv = B·A·a
+// The output side (U, Wo, B) is zero at birth, so a germination leaves the function unchanged.
+struct WideningOffsets {
+    int64_t in_w = 0;    // V, Wq (Wk, Wv follow at +D·C each), A
+    int64_t in_b = 0;    // c, bq (bk, bv follow at +D each); lora: none
+    int64_t out_w = 0;   // U, Wo, B
+    int64_t floats = 0;  // the slot's stride
+};
+WideningOffsets widening_offsets(BlueprintKind k, int64_t d_model, int64_t hidden);
+
 class BlueprintArenas {
 public:
-    // in_width > 0: residual_mlp and lowrank slots read the layer's input of that many features
-    // (blueprints.input: layer); 0: they read their chunk.
+    // A chunk seed layer's arenas (the widening kinds get no slots). in_width > 0: residual_mlp
+    // and lowrank slots read the layer's input of that many features (blueprints.input: layer);
+    // 0: they read their chunk.
     BlueprintArenas(int64_t max_width, const BlueprintsConfig& cfg, int64_t in_width = 0);
+    // A transformer block's widening site: only the widening kinds get slots.
+    static BlueprintArenas widening(int64_t d_model, int64_t head_dim, const BlueprintsConfig& cfg);
+    // Whether kind k can be germinated here (it has an arena of this site's type).
+    bool serves(BlueprintKind k) const { return arena(k).serves; }
+    // Parameters a germination of kind k on a seed of chunk width w would use here.
+    int64_t params_for(BlueprintKind k, int64_t w) const;
 
     int32_t capacity(BlueprintKind k) const { return arena(k).capacity; }
     int32_t stride(BlueprintKind k) const { return arena(k).stride; }
@@ -69,7 +89,9 @@ public:
     kernels::BlueprintArena view(BlueprintKind k);
 
 private:
+    BlueprintArenas() = default;
     struct Arena {
+        bool serves = false;
         int32_t capacity = 0;
         int32_t stride = 0;
         int32_t hidden = 0;
@@ -79,8 +101,8 @@ private:
     Arena& arena(BlueprintKind k) { return arenas_[static_cast<int>(k)]; }
     const Arena& arena(BlueprintKind k) const { return arenas_[static_cast<int>(k)]; }
 
-    int32_t max_width_;
-    int32_t in_width_;
+    int32_t max_width_ = 0;
+    int32_t in_width_ = 0;
     Arena arenas_[kNumBlueprintKinds];
 };
 

@@ -33,10 +33,36 @@ constexpr std::string_view blueprint_input_name(BlueprintInput i) {
     return enum_name(i, kBlueprintInputNames);
 }
 
+// Which host network (DESIGN §4.1): the MLP over feature vectors, or the decoder-only
+// transformer over bytes (§14).
+enum class ModelKind : uint8_t { kMlp = 0, kTransformer = 1 };
+inline constexpr std::array<std::string_view, 2> kModelKindNames = {"mlp", "transformer"};
+constexpr std::string_view model_kind_name(ModelKind k) { return enum_name(k, kModelKindNames); }
+
+// model.kind: transformer (DESIGN §14): decoder-only, pre-LayerNorm blocks, causal multi-head
+// attention, GELU MLP of 4·d_model hidden units, learned positions, byte vocabulary (256).
+struct TransformerConfig {
+    int64_t n_layer = 4;
+    int64_t n_head = 4;  // d_model must be a multiple of it
+    int64_t d_model = 128;
+    int64_t context = 64;        // T: positions per sample
+    bool tie_embeddings = true;  // the output head reuses the token embedding
+    // Widening seeds per block (mlp_units, attention_head, lora germinate there) and how many
+    // fossilized units and heads each block can take in (the host's reserved room).
+    int64_t widening_seeds = 4;
+    int64_t max_extra_units = 64;
+    int64_t max_extra_heads = 2;
+    bool operator==(const TransformerConfig&) const = default;
+};
+
 struct ModelConfig {
-    std::vector<int64_t> hidden{128, 128};  // one seed layer per entry; each >= seeds_per_layer
-    Activation activation = Activation::kRelu;
+    ModelKind kind = ModelKind::kMlp;
+    std::vector<int64_t> hidden{128,
+                                128};  // mlp: one seed layer per entry; each >= seeds_per_layer
+    Activation activation = Activation::kRelu;  // mlp
+    // mlp: seeds of each hidden layer; transformer: seeds over each block's MLP hidden units.
     int64_t seeds_per_layer = 16;  // >= 1 (0 is refused: S = 0)
+    TransformerConfig transformer;
     bool operator==(const ModelConfig&) const = default;
 };
 
@@ -54,10 +80,28 @@ struct ScaleShiftBlueprintConfig {
     int64_t slots = 8;
     bool operator==(const ScaleShiftBlueprintConfig&) const = default;
 };
+// Widening kinds of the transformer host (DESIGN §14); arenas per block.
+struct MlpUnitsBlueprintConfig {
+    int64_t units = 16;  // k: hidden units a germination adds to a block's MLP
+    int64_t slots = 2;
+    bool operator==(const MlpUnitsBlueprintConfig&) const = default;
+};
+struct AttentionHeadBlueprintConfig {
+    int64_t slots = 1;  // one head of d_model / n_head dimensions each
+    bool operator==(const AttentionHeadBlueprintConfig&) const = default;
+};
+struct LoraBlueprintConfig {
+    int64_t rank = 4;  // r of the adapter on the qkv projection
+    int64_t slots = 2;
+    bool operator==(const LoraBlueprintConfig&) const = default;
+};
 struct BlueprintsConfig {
     ResidualMlpBlueprintConfig residual_mlp;
     LowrankBlueprintConfig lowrank;
     ScaleShiftBlueprintConfig scale_shift;
+    MlpUnitsBlueprintConfig mlp_units;
+    AttentionHeadBlueprintConfig attention_head;
+    LoraBlueprintConfig lora;
     int64_t max_params_per_layer = 1000000;  // budget over live blueprints of one layer
     BlueprintInput input = BlueprintInput::kChunk;
     bool operator==(const BlueprintsConfig&) const = default;

@@ -6,10 +6,12 @@
 // MLP, one per token position (samples · context) for a language model.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kasmina/model/config.h"
@@ -48,10 +50,17 @@ struct BatchResult {
     int32_t rows = 0;
 };
 
+// What a seed layer watches: a chunked host activation (the residual_mlp/lowrank/scale_shift
+// kinds), or a transformer block's widening site (mlp_units/attention_head/lora, DESIGN §14).
+enum class SiteKind : uint8_t { kChunk = 0, kWidening = 1 };
+inline constexpr std::array<std::string_view, 2> kSiteKindNames = {"chunk", "widening"};
+
 // Where seed layers sit: one per site, in the order of the seed tables.
 struct SeedSite {
-    int64_t width = 0;        // D: features the seed layer's chunks split
-    int64_t input_width = 0;  // input features of the host layer (what widening blueprints read)
+    int64_t width = 0;        // chunk: D, the features the chunks split; widening: the site's seeds
+    int64_t input_width = 0;  // input features of the host layer (widening: d_model)
+    SiteKind kind = SiteKind::kChunk;
+    int64_t head_dim = 0;  // widening: the block's head dimension (attention_head slots)
 };
 
 class Model {
@@ -72,8 +81,21 @@ public:
     virtual BatchResult eval_batch(const Batch& batch,
                                    std::span<const kernels::SeedLayerView> views) = 0;
 
-    // Host parameters (blueprints not included).
-    int64_t param_count() const;
+    // Host parameters (blueprints not included); a host with reserved room (the transformer's
+    // extra units and heads) counts only what is in use.
+    virtual int64_t param_count() const;
+    // A FOSSILIZED widening seed (mlp_units, attention_head, lora) of seed layer `layer`: its
+    // blueprint parameters (the arena slot) become host parameters. False when the host has no
+    // room left (the seed then stays a frozen blueprint) or does not fold.
+    virtual bool fold_widening(int32_t /*layer*/, BlueprintKind /*kind*/,
+                               std::span<const float> /*params*/) {
+        return false;
+    }
+    // What a checkpoint must keep beyond the parameters to rebuild the host's shape (the
+    // transformer: extra units and heads in use per block); empty for a fixed host.
+    virtual std::vector<int64_t> structure() const { return {}; }
+    // Throws esper::Error(kIntegrity) when `s` does not fit this host.
+    virtual void set_structure(std::span<const int64_t> s);
     int32_t num_seed_layers() const { return static_cast<int32_t>(seed_sites().size()); }
     std::vector<int64_t> seed_layer_widths() const;
     std::vector<int64_t> seed_layer_inputs() const;

@@ -14,14 +14,18 @@ Logger& backend_log() { return logger("kasmina.trainer"); }
 }  // namespace
 
 bool trainer_uses_cuda(const Config& config) {
-    // Widening (layer-input) blueprints have CPU kernels only; load_config refuses device: cuda.
-    if (config.blueprints.input != BlueprintInput::kLayer)
-        return resolve_use_cuda(config.run.device);
-    ESPER_CHECK_INPUT(config.run.device != "cuda",
-                      "blueprints.input: layer runs on the CPU only; set run.device: cpu or auto");
+    // Widening (layer-input) blueprints and the transformer host have CPU code only (load_config
+    // refuses device: cuda with either); `auto` then means the CPU.
+    const char* cpu_only = config.model.kind == ModelKind::kTransformer ? "model.kind: transformer"
+                           : config.blueprints.input == BlueprintInput::kLayer
+                               ? "blueprints.input: layer"
+                               : nullptr;
+    if (cpu_only == nullptr) return resolve_use_cuda(config.run.device);
+    ESPER_CHECK_INPUT(config.run.device != "cuda", cpu_only,
+                      " runs on the CPU only; set run.device: cpu or auto");
     if (config.run.device == "auto")
-        ESPER_LOG_AT(backend_log(), LogLevel::kInfo,
-                     "device=cpu (blueprints.input: layer has no CUDA kernels yet)");
+        ESPER_LOG_AT(backend_log(), LogLevel::kInfo, "device=cpu (", cpu_only,
+                     " has no CUDA kernels yet)");
     return false;
 }
 

@@ -20,9 +20,15 @@ Logger& trainer_log() { return logger("kasmina.trainer"); }
 }  // namespace
 
 Trainer::Trainer(const Config& config, TrainerOptions options)
-    : Trainer(config, load_data(config.data, config.run.seed), std::move(options)) {}
+    : Trainer(config, load_train_data(config, options.rank, options.world), std::move(options)) {}
 
 Trainer::Trainer(const Config& config, DataSplits data, TrainerOptions options)
+    : Trainer(config,
+              std::make_unique<FeatureData>(std::move(data), config.data.batch_size,
+                                            config.run.seed, options.rank, options.world),
+              std::move(options)) {}
+
+Trainer::Trainer(const Config& config, std::unique_ptr<TrainData> data, TrainerOptions options)
     : config_(config),
       options_(std::move(options)),
       data_(std::move(data)),
@@ -33,36 +39,31 @@ Trainer::Trainer(const Config& config, DataSplits data, TrainerOptions options)
 Trainer::~Trainer() = default;
 
 void Trainer::init() {
-    const Dataset& tr = data_.train;
     if (options_.rank != 0) options_.run_dir.clear();  // only rank 0 writes files
-    ESPER_CHECK_INPUT(tr.n >= config_.data.batch_size, "data.batch_size: ", config_.data.batch_size,
-                      " exceeds the ", tr.n, " training samples");
-    model_ = make_model(config_.model, tr.features, std::max(tr.classes, data_.test.classes),
-                        config_.run.seed);
+    model_ = make_model(config_.model, data_->in_features(), data_->classes(), config_.run.seed);
     if (!options_.run_dir.empty()) {
         fs::create_directories(options_.run_dir);
         events_ =
             std::make_unique<EventLog>((fs::path(options_.run_dir) / "events.jsonl").string());
         metrics_ = std::make_unique<MetricsLog>(fs::path(options_.run_dir) / "metrics.jsonl");
     }
-    seeds_ =
-        std::make_unique<SeedManager>(seed_manager_config(config_), model_->seed_layer_widths(),
-                                      events_.get(), model_->seed_layer_inputs());
+    const bool layer_input = config_.blueprints.input == BlueprintInput::kLayer;
+    ESPER_CHECK_INPUT(!layer_input || config_.model.kind == ModelKind::kMlp,
+                      "blueprints.input: layer is for the MLP host; the transformer widens through "
+                      "its mlp_units, attention_head and lora seeds");
+    seeds_ = std::make_unique<SeedManager>(seed_manager_config(config_), model_->seed_sites(),
+                                           events_.get());
     optimizer_ = std::make_unique<Optimizer>(config_.optimizer, model_->params(),
                                              model_->seed_layer_widths());
     std::vector<int32_t> per_layer;
     for (int32_t l = 0; l < seeds_->num_layers(); ++l)
         per_layer.push_back(seeds_->table(l).num_seeds());
     telemetry_ = std::make_unique<Telemetry>(per_layer);
-    sampler_ = std::make_unique<Sampler>(tr.n, config_.data.batch_size, config_.run.seed,
-                                         options_.rank, options_.world);
     total_steps_ = config_.run.max_steps > 0 ? config_.run.max_steps
-                                             : config_.run.epochs * sampler_->batches_per_epoch();
-    x_.resize(size_t(config_.data.batch_size * tr.features));
-    y_.resize(size_t(config_.data.batch_size));
+                                             : config_.run.epochs * data_->steps_per_epoch();
     init_distributed();
     StepBackendOptions o;
-    o.batch = int32_t(config_.data.batch_size);
+    o.batch = int32_t(config_.data.batch_size * data_->rows_per_sample());
     o.eval_batch = int32_t(options_.eval_batch);
     o.world = options_.world;
     o.dist = dist_.get();
@@ -96,11 +97,14 @@ TrainStep Trainer::step() {
     ESPER_REQUIRE(!done(), "step ", step_, " of ", total_steps_);
     Stopwatch sw;
     const int64_t s = step_;
-    const int64_t spe = sampler_->batches_per_epoch();
     const int32_t B = int32_t(config_.data.batch_size);
     TrainStep out;
-    out.epoch = s / spe;
-    gather_batch(data_.train, sampler_->batch(out.epoch, s % spe), x_.data(), y_.data());
+    out.epoch = s / data_->steps_per_epoch();
+    if (fold_fossils()) {  // the last-known-good state includes the folded host
+        capture(last_good_);
+        last_good_seeds_ = seeds_->snapshot();
+    }
+    const Batch batch = data_->train_batch(s);
 
     const StepRates rates{
         scheduled_lr(config_.optimizer, config_.optimizer.lr, s, total_steps_),
@@ -109,7 +113,7 @@ TrainStep Trainer::step() {
     telemetry_->begin_step();
     // CUDA runs the update too (one graph); a governor trip below restores the last-known-good
     // state over it.
-    StepResult r = backend_->run_step(features_batch(x_.data(), y_.data(), B), rates, *telemetry_);
+    StepResult r = backend_->run_step(batch, rates, *telemetry_);
     if (dist_) {
         dist_->reduce_step_stats(telemetry_->step_accums(), r.loss, r.correct);
         r.finite = r.finite && std::isfinite(r.loss);
@@ -164,31 +168,50 @@ TrainStep Trainer::step() {
 }
 
 EvalResult Trainer::evaluate() {
-    const Dataset& te = data_.test;
     EvalResult e;
     e.step = step_;
-    e.epoch = step_ / sampler_->batches_per_epoch();
+    e.epoch = step_ / data_->steps_per_epoch();
+    const int64_t n = data_->eval_samples();
+    const int64_t per = data_->rows_per_sample();
+    const int64_t chunk = std::max<int64_t>(1, options_.eval_batch / per);
     double loss_sum = 0.0;
     int64_t correct = 0;
-    std::vector<int64_t> idx;
-    AlignedVector<float> x;
-    std::vector<int32_t> y;
-    for (int64_t start = 0; start < te.n; start += options_.eval_batch) {
-        const int64_t b = std::min(options_.eval_batch, te.n - start);
-        idx.resize(size_t(b));
-        for (int64_t i = 0; i < b; ++i) idx[size_t(i)] = start + i;
-        x.resize(size_t(b * te.features));
-        y.resize(size_t(b));
-        gather_batch(te, idx, x.data(), y.data());
-        const BatchResult r = backend_->eval_batch(features_batch(x.data(), y.data(), int32_t(b)));
-        loss_sum += r.loss * double(b);
+    for (int64_t first = 0; first < n; first += chunk) {
+        const int64_t b = std::min(chunk, n - first);
+        const BatchResult r = backend_->eval_batch(data_->eval_batch(first, b));
+        loss_sum += r.loss * double(r.rows);
         correct += r.correct;
     }
-    e.samples = te.n;
-    e.loss = te.n > 0 ? loss_sum / double(te.n) : 0.0;
-    e.accuracy = te.n > 0 ? double(correct) / double(te.n) : 0.0;
+    const int64_t rows = n * per;
+    e.samples = n;
+    e.loss = rows > 0 ? loss_sum / double(rows) : 0.0;
+    e.accuracy = rows > 0 ? double(correct) / double(rows) : 0.0;
+    if (data_->bytes()) {
+        e.bits_per_byte = e.loss / std::log(2.0);
+        e.perplexity = std::exp(e.loss);
+    }
     last_eval_ = e;
     return e;
+}
+
+bool Trainer::fold_fossils() {
+    bool any = false;
+    for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
+        if (seeds_->site_kind(l) != SiteKind::kWidening) continue;
+        const SeedTable& t = seeds_->table(l);
+        for (int32_t s = 0; s < t.num_seeds(); ++s) {
+            if (t.stage(s) != SeedStage::kFossilized || t.slot(s) < 0) continue;
+            const BlueprintKind kind = t.kind(s);
+            if (!model_->fold_widening(l, kind, seeds_->arenas(l).params(kind, t.slot(s))))
+                continue;  // no room left: it stays a frozen blueprint
+            seeds_->release_folded({l, s});
+            ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "fold layer=", l, " seed=", s,
+                         " kind=", blueprint_kind_name(kind),
+                         " host_params=", model_->param_count());
+            any = true;
+        }
+    }
+    return any;
 }
 
 std::vector<SeedTelemetryRecord> Trainer::collect_telemetry() {
@@ -214,14 +237,15 @@ StepReport Trainer::after_step() {
     }
     const int64_t interval = config_.run.telemetry_interval_steps;
     if (interval > 0 && step_ % interval == 0) due.telemetry = collect_telemetry();
-    const int64_t spe = sampler_->batches_per_epoch();
+    const int64_t spe = data_->steps_per_epoch();
     const bool epoch_end = step_ % spe == 0 || done();
     const int64_t every = config_.run.eval_every_steps;
     if (epoch_end || (every > 0 && step_ % every == 0)) {
         due.eval = evaluate();
         if (metrics_)
-            metrics_->write(
-                TestMetrics{due.eval->step, due.eval->epoch, due.eval->loss, due.eval->accuracy});
+            metrics_->write(TestMetrics{due.eval->step, due.eval->epoch, due.eval->loss,
+                                        due.eval->accuracy, due.eval->bits_per_byte,
+                                        due.eval->perplexity});
         if (epoch_end) {
             EpochSummary sum;
             sum.epoch = (step_ + spe - 1) / spe;
@@ -260,6 +284,7 @@ void Trainer::capture(CheckpointData& out) const {
     out.trainer.epoch_loss_steps = epoch_loss_steps_;
     out.trainer.governor_window.assign(governor_.window().begin(), governor_.window().end());
     out.trainer.governor_trips = governor_.trips();
+    out.trainer.model_structure = model_->structure();
     for (const ParamRef& p : model_->params()) out.put_floats("param." + p.name, p.value->span());
     optimizer_->save(out);
     out.seeds = seeds_->snapshot();
@@ -275,6 +300,7 @@ void Trainer::capture(CheckpointData& out) const {
 }
 
 void Trainer::restore(const CheckpointData& in, bool with_seeds) {
+    model_->set_structure(in.trainer.model_structure);  // checks it fits before anything changes
     for (const ParamRef& p : model_->params()) in.floats_into("param." + p.name, p.value->span());
     optimizer_->load(in);
     for (int32_t l = 0; l < seeds_->num_layers(); ++l) {

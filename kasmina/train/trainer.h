@@ -29,6 +29,7 @@
 #include "kasmina/train/data.h"
 #include "kasmina/train/optimizer.h"
 #include "kasmina/train/step_backend.h"
+#include "kasmina/train/train_data.h"
 
 namespace esper::kasmina {
 
@@ -50,9 +51,11 @@ struct TrainStep {
 struct EvalResult {
     int64_t step = 0;
     int64_t epoch = 0;
-    double loss = 0.0;
-    double accuracy = 0.0;
+    double loss = 0.0;      // mean over the evaluation rows (text: nats per byte)
+    double accuracy = 0.0;  // rows predicted right (text: next bytes)
     int64_t samples = 0;
+    // Text (data.dataset: text): loss / ln 2 and exp(loss); absent for other data.
+    std::optional<double> bits_per_byte, perplexity;
 };
 
 struct EpochSummary {
@@ -102,14 +105,15 @@ public:
     Trainer(const Config& config, TrainerOptions options = {});
     // Tests: supply the data instead of loading config.data.
     Trainer(const Config& config, DataSplits data, TrainerOptions options = {});
+    Trainer(const Config& config, std::unique_ptr<TrainData> data, TrainerOptions options = {});
     ~Trainer();
     Trainer(const Trainer&) = delete;
     Trainer& operator=(const Trainer&) = delete;
 
     const Config& config() const { return config_; }
-    const DataSplits& data() const { return data_; }
+    const TrainData& data() const { return *data_; }
     int64_t steps_done() const { return step_; }
-    int64_t steps_per_epoch() const { return sampler_->batches_per_epoch(); }
+    int64_t steps_per_epoch() const { return data_->steps_per_epoch(); }
     int64_t total_steps() const { return total_steps_; }
     bool done() const { return step_ >= total_steps_; }
     // The loop stops at the next boundary() (SIGINT/SIGTERM in the agents).
@@ -159,25 +163,25 @@ private:
     TrainStep last_step_;
     EvalResult last_eval_;
     void capture(CheckpointData& out) const;
+    // FOSSILIZED widening seeds become host parameters (Model::fold_widening) and give their
+    // arena slot back; true when any did.
+    bool fold_fossils();
     // Restores parameters/optimizer/arenas (and, when `with_seeds`, seed tables and step).
     void restore(const CheckpointData& in, bool with_seeds);
 
     Config config_;
     TrainerOptions options_;
-    DataSplits data_;
+    std::unique_ptr<TrainData> data_;
     std::unique_ptr<Model> model_;
     std::unique_ptr<EventLog> events_;
     std::unique_ptr<SeedManager> seeds_;
     std::unique_ptr<Optimizer> optimizer_;
     std::unique_ptr<Telemetry> telemetry_;
     Governor governor_;
-    std::unique_ptr<Sampler> sampler_;
     std::unique_ptr<DistributedSync> dist_;
     std::unique_ptr<StepBackend> backend_;  // after what it refers to: destroyed first
     int64_t total_steps_ = 0;
     int64_t step_ = 0;
-    AlignedVector<float> x_;
-    std::vector<int32_t> y_;
     CheckpointData last_good_;
     SeedManagerSnapshot last_good_seeds_;
     std::unique_ptr<MetricsLog> metrics_;  // metrics.jsonl (rank 0 with a run_dir)

@@ -189,6 +189,33 @@ TEST_CASE("a failed run's report says it failed and why, with policy changes and
     fs::remove_all(dir);
 }
 
+TEST_CASE("a text run's report and summary carry its validation bits per byte",
+          "[agents][report]") {
+    fs::path dir = temp_dir("report_bpb");
+    {
+        std::ofstream m(dir / "metrics.jsonl");
+        m << R"({"step":1,"epoch":0,"split":"train","loss":3.0,"total_steps":2})" << "\n";
+        m << R"({"step":1,"epoch":0,"split":"test","loss":2.0,"accuracy":0.3,)"
+             R"("bits_per_byte":2.885,"perplexity":7.39})"
+          << "\n";
+        m << R"({"step":2,"epoch":0,"split":"train","loss":2.5,"total_steps":2})" << "\n";
+        m << R"({"step":2,"epoch":0,"split":"test","loss":1.5,"accuracy":0.4,)"
+             R"("bits_per_byte":2.164,"perplexity":4.48})"
+          << "\n";
+    }
+    const std::string html = esper::agents::render_report(dir);
+    const nlohmann::json d = report_data(html);
+    REQUIRE(d["test"].size() == 2);
+    CHECK(d["test"][0]["bits_per_byte"] == Approx(2.885));
+    CHECK(d["test"][1]["bits_per_byte"] == Approx(2.164));
+    CHECK_THAT(html, Catch::Contains("final validation bits per byte"));
+    const esper::agents::RunSummary s = esper::agents::summarize_run(dir);
+    REQUIRE(s.test_bits_per_byte);
+    CHECK(*s.test_bits_per_byte == Approx(2.164));
+    CHECK_THAT(esper::agents::format_summary(s), Catch::Contains("test bits per byte    2.164"));
+    fs::remove_all(dir);
+}
+
 TEST_CASE("a child process logs, exits and is stopped with a grace period", "[agents][process]") {
     fs::path dir = temp_dir("proc");
     {

@@ -124,6 +124,28 @@ TEST_CASE("/metrics has run, layer and stage labels only and no sample for what 
     CHECK_THAT(text, !Catch::Contains("seed=\""));
 }
 
+TEST_CASE("a text run's validation bits per byte reaches the curves, the status and /metrics",
+          "[agents][dash]") {
+    agents::DashState s("t1");
+    feed(s, "t1", "runStatus",
+         R"({"step":50,"loss":2.0,"testStep":50,"testLoss":1.5,"testAccuracy":0.4,)"
+         R"("testBitsPerByte":2.25,"testBitsPerByteMeasured":true})");
+    feed(s, "t1", "runStatus", R"({"step":60,"loss":1.9,"testStep":50,"testLoss":1.5,)"
+                               R"("testAccuracy":0.4,"testBitsPerByte":2.25})");
+    const json snap = s.snapshot(0);
+    REQUIRE(snap["test"].size() == 1);
+    CHECK(snap["test"][0]["step"] == 50);
+    CHECK(snap["test"][0]["bits_per_byte"].get<double>() == Approx(2.25));
+    CHECK(snap["status"]["test_bits_per_byte"].get<double>() == Approx(2.25));
+    CHECK_THAT(s.prometheus({}, 0), Catch::Contains("esper_test_bits_per_byte{run=\"t1\"} 2.25\n"));
+    // An image run measures no bits per byte: null in the JSON, no sample on /metrics.
+    agents::DashState img("i1");
+    feed(img, "i1", "runStatus",
+         R"({"step":10,"loss":1.0,"testStep":10,"testLoss":0.9,"testAccuracy":0.7})");
+    CHECK(img.snapshot(0)["test"][0]["bits_per_byte"].is_null());
+    CHECK_THAT(img.prometheus({}, 0), !Catch::Contains("esper_test_bits_per_byte{"));
+}
+
 TEST_CASE("bus endpoints accept HOST:PORT and PORT and explain anything else", "[agents][cli]") {
     CHECK(cli::normalize_endpoint("tcp://10.0.0.1:5557", "bus") == "tcp://10.0.0.1:5557");
     CHECK(cli::normalize_endpoint("127.0.0.1:5557", "bus") == "tcp://127.0.0.1:5557");

@@ -226,9 +226,11 @@ TEST_CASE("a duplicated command is applied once and an illegal one is rejected w
     // this command is residual_mlp, index 0), so Tamiyo's budget charges what Kasmina counts.
     // Without a controller the seed is culled at its TRAINING gate within ~100 steps: look at
     // every record the tap caught, not only the newest.
-    REQUIRE(dormant["germinationParams"].size() == 3);
+    REQUIRE(dormant["germinationParams"].size() == 6);  // one per blueprint kind
     const int64_t price = dormant["germinationParams"][0].get<int64_t>();
     CHECK(price > 0);
+    // The transformer's widening kinds cannot germinate on an MLP's chunk seed layer.
+    for (int k = 3; k < 6; ++k) CHECK(dormant["germinationParams"][k].get<int64_t>() == -1);
     auto held = [&] {
         std::vector<int64_t> counts;
         for (const auto& r : seed3())

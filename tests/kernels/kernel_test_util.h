@@ -85,14 +85,15 @@ inline HostSeedLayer make_layer(const LayerSpec& spec, std::mt19937& rng) {
         int st = spec.all_dormant
                      ? 0
                      : (spec.forced_stage >= 0 ? spec.forced_stage : s % kNumSeedStages);
-        int kd = spec.forced_kind >= 0 ? spec.forced_kind : (s / 2) % kNumBlueprintKinds;
+        int kd = spec.forced_kind >= 0 ? spec.forced_kind : (s / 2) % kNumChunkBlueprintKinds;
         L.stage.push_back(static_cast<uint8_t>(st));
         L.kind.push_back(static_cast<uint8_t>(kd));
         L.alpha.push_back(ad(rng));
         const bool has_slot = st >= 1 && st <= 7;
         L.slot.push_back(has_slot ? used[kd]++ : -1);
     }
-    for (int k = 0; k < kNumBlueprintKinds; ++k) {
+    // Chunk kinds only: the seed kernels never see a widening kind (kernels/vocabulary.h).
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k) {
         const auto kind = static_cast<BlueprintKind>(k);
         const int32_t hidden = kind == BlueprintKind::kResidualMlp ? spec.mlp_expansion * max_w
                                : kind == BlueprintKind::kLowrank   ? spec.lowrank

@@ -40,7 +40,7 @@ struct DeviceLayer {
     std::vector<std::unique_ptr<DevBuf>> params, grads;
     explicit DeviceLayer(HostSeedLayer& L)
         : off(L.chunk_offset), stage(L.stage), kind(L.kind), slot(L.slot), alpha(L.alpha) {
-        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k) {
             params.push_back(std::make_unique<DevBuf>(L.params[k]));
             grads.push_back(std::make_unique<DevBuf>(L.grads[k]));
         }
@@ -52,7 +52,7 @@ struct DeviceLayer {
         v.kind = kind.as<uint8_t>();
         v.slot = slot.as<int32_t>();
         v.alpha = alpha.as<float>();
-        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k) {
             v.arenas[k].params = params[k]->as<float>();
             v.arenas[k].grads = grads[k]->as<float>();
         }
@@ -184,7 +184,7 @@ TEST_CASE("seed_backward kernel matches the reference: dh, blueprint grads, tele
                             with_tel ? &hacc : nullptr);
     CUDA_OK(cudaDeviceSynchronize());
     std::string err = compare(ddh.download<float>(), dh_ref, 1e-4, 1e-4, "dh");
-    for (int k = 0; k < kNumBlueprintKinds; ++k)
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
         err += compare(D.grads[k]->download<float>(), L.grads[k], 2e-4, 1e-4, "grads");
     err +=
         compare(dt.grad_sq.download<double>(), tel.grad_sq, 1e-5, 1e-5, "grad_sq") +
@@ -203,7 +203,7 @@ TEST_CASE("seed_state_update kernel matches the reference", "[kernels][gpu]") {
     std::vector<uint32_t> steps(S);
     for (int32_t s = 0; s < S; ++s) {
         stage[s] = uint8_t(rng() % kNumSeedStages);
-        kind[s] = uint8_t(rng() % kNumBlueprintKinds);
+        kind[s] = uint8_t(rng() % kNumChunkBlueprintKinds);
         slot[s] = int32_t(rng() % 50) - 1;
         alpha[s] = float(rng() % 100) / 100.0f + 0.005f;
         steps[s] = rng() % 1000;
@@ -354,7 +354,7 @@ TEST_CASE("a captured CUDA graph of forward, backward and SGD replays like the r
     CUDA_OK(cudaMemset(bws.p, 0, bws.bytes));
     std::vector<std::unique_ptr<DevBuf>> mom;
     std::vector<std::vector<float>> hmom;
-    for (int k = 0; k < kNumBlueprintKinds; ++k) {
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k) {
         hmom.emplace_back(L.params[k].size(), 0.0f);
         mom.push_back(std::make_unique<DevBuf>(hmom.back()));
     }
@@ -366,23 +366,23 @@ TEST_CASE("a captured CUDA graph of forward, backward and SGD replays like the r
     cudaStream_t stream;
     CUDA_OK(cudaStreamCreate(&stream));
     auto enqueue = [&]() {
-        for (int k = 0; k < kNumBlueprintKinds; ++k)
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
             CUDA_OK(cudaMemsetAsync(D.grads[k]->p, 0, D.grads[k]->bytes, stream));
         CUDA_OK(launch_seed_forward(dv, dhb.as<float>(), dy.as<float>(), &dacc, fws.p, fws.bytes,
                                     stream));
         CUDA_OK(launch_seed_backward(dv, dhb.as<float>(), dgb.as<float>(), ddh.as<float>(), &dacc,
                                      bws.p, bws.bytes, stream));
-        for (int k = 0; k < kNumBlueprintKinds; ++k)
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
             CUDA_OK(launch_sgd_momentum_step(D.params[k]->as<float>(), D.grads[k]->as<float>(),
                                              mom[k]->as<float>(), int64_t(L.params[k].size()),
                                              dhyper.as<SgdHyper>(), stream));
     };
     auto reference_step = [&]() {
-        for (int k = 0; k < kNumBlueprintKinds; ++k)
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
             std::fill(L.grads[k].begin(), L.grads[k].end(), 0.f);
         seed_forward_reference(L.view(), h.data(), y.data(), &hacc);
         seed_backward_reference(L.view(), h.data(), g.data(), dh.data(), &hacc);
-        for (int k = 0; k < kNumBlueprintKinds; ++k)
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
             sgd_momentum_step_reference(L.params[k].data(), L.grads[k].data(), hmom[k].data(),
                                         int64_t(L.params[k].size()), hyper.lr, hyper.momentum,
                                         hyper.weight_decay);
@@ -405,7 +405,7 @@ TEST_CASE("a captured CUDA graph of forward, backward and SGD replays like the r
         compare(ddh.download<float>(), dh, 1e-4, 1e-4, "dh") +
         compare(dt.m2.download<double>(), tel.m2, 1e-4, 1e-4, "m2") +
         compare(dt.contribution.download<double>(), tel.contribution, 1e-3, 1e-4, "contribution");
-    for (int k = 0; k < kNumBlueprintKinds; ++k)
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
         err += compare(D.params[k]->download<float>(), L.params[k], 1e-5, 1e-4, "params");
     INFO(err);
     CHECK(err.empty());

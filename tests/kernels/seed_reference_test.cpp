@@ -186,7 +186,7 @@ TEST_CASE("telemetry merges match naive double statistics over every sample",
 TEST_CASE("seed backward reference matches finite differences for every stage and kind",
           "[kernels][reference]") {
     const int stage = GENERATE(range(0, kNumSeedStages));
-    const int kind = GENERATE(range(0, kNumBlueprintKinds));
+    const int kind = GENERATE(range(0, kNumChunkBlueprintKinds));
     CAPTURE(stage, kind);
     std::mt19937 rng(1000 + stage * 7 + kind);
     LayerSpec spec;
@@ -256,7 +256,7 @@ TEST_CASE("seed backward reference matches finite differences for every stage an
 
 TEST_CASE("grafting gradients equal direct finite differences of the blended loss",
           "[kernels][reference]") {
-    const int kind = GENERATE(range(0, kNumBlueprintKinds));
+    const int kind = GENERATE(range(0, kNumChunkBlueprintKinds));
     CAPTURE(kind);
     std::mt19937 rng(77 + kind);
     LayerSpec spec;
@@ -295,7 +295,7 @@ namespace {
 // Turns every arena of L into a layer-input arena reading `in_w` features (slot layout of
 // seed_layer.h with V [H, in_w]) and refills the parameters with random, non-zero values.
 void make_layer_input(HostSeedLayer& L, int32_t in_w, std::mt19937& rng) {
-    for (int k = 0; k < kNumBlueprintKinds; ++k) {
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k) {
         BlueprintArena& a = L.arena[k];
         a.in_width = in_w;
         a.stride = static_cast<int32_t>(
@@ -322,7 +322,7 @@ double loss_of_input(HostSeedLayer& L, const std::vector<float>& x, int32_t in_w
 
 TEST_CASE("layer-input blueprints read the whole layer input and send its gradient to d_input",
           "[kernels][reference]") {
-    const int kind = GENERATE(range(0, kNumBlueprintKinds));
+    const int kind = GENERATE(range(0, kNumChunkBlueprintKinds));
     const bool isolated = GENERATE(false, true);  // TRAINING (isolated) or FINE_TUNING
     CAPTURE(kind, isolated);
     std::mt19937 rng(4242 + kind * 3 + (isolated ? 1 : 0));

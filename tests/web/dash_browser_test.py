@@ -4,7 +4,8 @@ small run, headless Chromium (Debian's `chromium`) opens the page through the De
 (python3-websocket), and the test asserts that the page logged no console error or exception,
 that the loss chart holds exactly the published points, that the swimlane shows the published
 stages, and that a status published after the page loaded arrives live. It saves a screenshot
-to OUT_DIR/dashboard.png.
+to OUT_DIR/dashboard.png. Then a text run: the page, and report.html written by `esper report`,
+draw the validation bits per byte (a screenshot of the report in OUT_DIR/report.png).
 
 usage: dash_browser_test.py ESPER OUT_DIR
 Exit code 4 (ctest "Skipped") only when Chromium cannot start here; any other problem fails."""
@@ -130,6 +131,35 @@ PAGE_STATE = """(() => {
 })()"""
 
 
+def check_report(browser, esper, run_dir, out_dir):
+    """`esper report` on a text run's directory; report.html (a file, no server) draws the
+    validation bits per byte of every evaluation."""
+    os.makedirs(run_dir, exist_ok=True)
+    bpb = [[100, 3.5], [200, 2.75], [300, 2.25]]
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        for step in range(10, 301, 10):
+            f.write(json.dumps({"step": step, "epoch": 0, "split": "train", "loss": 3.0 - step / 200,
+                                "total_steps": 300, "host_params": 1000,
+                                "blueprint_params": 0}) + "\n")
+            for s, b in bpb:
+                if s == step:
+                    f.write(json.dumps({"step": s, "epoch": 0, "split": "test", "loss": b * 0.693,
+                                        "accuracy": 0.4, "bits_per_byte": b,
+                                        "perplexity": 2 ** b}) + "\n")
+    subprocess.run([esper, "report", run_dir, "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    browser.call("Page.navigate", url="file://" + os.path.join(run_dir, "report.html"))
+    got = browser.wait_for("(() => { const r = window.esperReport; "
+                           "const p = r && r.charts.quality.points()['validation bits/byte']; "
+                           "return p && p.length && p; })()")
+    assert got == bpb, f"report's validation bits/byte curve {got}"
+    text = browser.evaluate("document.body.textContent")
+    assert "Bits per byte" in text and "final validation bits per byte" in text, text[:400]
+    time.sleep(0.3)
+    shot = browser.call("Page.captureScreenshot", format="png")
+    with open(os.path.join(out_dir, "report.png"), "wb") as f:
+        f.write(base64.b64decode(shot["data"]))
+
+
 def main():
     esper, out_dir = sys.argv[1], sys.argv[2]
     os.makedirs(out_dir, exist_ok=True)
@@ -170,9 +200,20 @@ def main():
         with open(path, "wb") as f:
             f.write(base64.b64decode(shot["data"]))
         print(f"screenshot: {path}")
+        # A text run: validation bits per byte takes the quality chart's place.
+        bus.publish(f"telemetry.run.{bus.run}", "runStatus",
+                    {"step": 50, "loss": 1.0, "totalSteps": 100, "testStep": 50, "testLoss": 1.25,
+                     "testAccuracy": 0.5, "testBitsPerByte": 1.75})
+        bpb = browser.wait_for("(() => { const q = window.esperDash.charts.quality; "
+                               "const p = q && q.points()['validation bits/byte']; "
+                               "return p && p.length && p; })()")
+        assert bpb == [[50, 1.75]], f"validation bits/byte curve {bpb}"
+        assert "bits/byte" in browser.evaluate("document.getElementById('cards').textContent")
+        report_dir = os.path.join(bus.dir, "text-run")
+        check_report(browser, esper, report_dir, out_dir)
         browser.call("Runtime.evaluate", expression="1")  # drain late console events
         assert not browser.errors, "console errors:\n" + "\n".join(browser.errors)
-        print("dash browser test: 1 passed, 0 failed")
+        print("dash browser test: 2 passed, 0 failed")
     finally:
         if browser:
             browser.close()

@@ -40,7 +40,7 @@ CheckpointData sample(uint64_t seed, int64_t step) {
     c.put_floats("weights", w);
     c.put_floats("bias", std::vector<float>{1.5f, -2.0f});
     c.put_floats("empty", std::vector<float>{});
-    c.trainer = {step, 300, 12.5, 7, {0.5, 0.25}, 1};
+    c.trainer = {step, 300, 12.5, 7, {0.5, 0.25}, 1, {3, 1, 0, 0}};
     c.optimizer.host_steps = step;
     c.optimizer.slot_steps = {{}, {{3, 0}, {1}, {}}};
     c.optimizer.slot_owner = {{}, {{2, -1}, {0}, {}}};

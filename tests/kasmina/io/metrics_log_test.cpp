@@ -38,7 +38,7 @@ TEST_CASE("metrics lines carry the train and test fields, null for a NaN loss, a
         log.write(TrainMetrics{1, 0, 1.25, 0.05, 1000.5, 6532, 0, 60});
         log.write(TrainMetrics{2, 0, std::nan(""), 0.05, 900.0, 6532, 76, 60});
     }
-    MetricsLog(path).write(TestMetrics{2, 0, 0.75, 0.5});
+    MetricsLog(path).write(TestMetrics{2, 0, 0.75, 0.5, std::nullopt, std::nullopt});
     const std::vector<std::string> lines = read_lines(path);
     REQUIRE(lines.size() == 3);
     CHECK(lines[0].rfind("{\"step\":1,\"epoch\":0,\"split\":\"train\",\"loss\":1.25,\"lr\":0.05,"
@@ -71,8 +71,8 @@ TEST_CASE("a test line at a step has the epoch of that step's train line", "[kas
     {
         MetricsLog log(dir / "metrics.jsonl");
         log.write(TrainMetrics{32, 0, 1.0, 0.05, 100.0, 10, 0, 64});
-        log.write(TestMetrics{32, 1, 0.9, 0.6});  // the trainer counts it as the next epoch
-        log.write(TestMetrics{40, 1, 0.8, 0.7});  // no train line at 40: its own epoch
+        log.write(TestMetrics{32, 1, 0.9, 0.6, {}, {}});  // the trainer counts it as the next epoch
+        log.write(TestMetrics{40, 1, 0.8, 0.7, {}, {}});  // no train line at 40: its own epoch
     }
     const std::vector<std::string> lines = read_lines(dir / "metrics.jsonl");
     REQUIRE(lines.size() == 3);

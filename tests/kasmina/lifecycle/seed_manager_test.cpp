@@ -379,6 +379,12 @@ TEST_CASE("the germination price the executor publishes is what the germination 
             cfg.blueprints.input = input;
             cfg.lifecycle.max_active_per_layer = 4;
             SeedManager m(seed_manager_config(cfg), {30, 13}, nullptr, {784, 30});
+            if (blueprint_is_widening(kind)) {  // not on a chunk site: no price, refused
+                CHECK(m.germination_params({0, 0}, kind) == -1);
+                CHECK_THAT(m.apply(germinate(0, 0, kind)).reason,
+                           Catch::Contains("not available on layer 0 (a chunk site)"));
+                continue;
+            }
             for (int32_t l = 0; l < m.num_layers(); ++l) {
                 std::vector<int64_t> prices;
                 for (int32_t s = 0; s < m.table(l).num_seeds(); ++s) {
@@ -602,4 +608,37 @@ TEST_CASE("a newly grafted seed changes nothing in the forward pass", "[kasmina]
     for (float& x : h) x = nd(rng);
     kernels::seed_forward_reference(m.view(0, batch), h.data(), y.data(), nullptr);
     CHECK(y == h);  // U and b2 are zero at birth: bit-identical
+}
+
+TEST_CASE(
+    "a widening site prices and germinates only the widening kinds, and a folded fossil "
+    "gives its slot back",
+    "[kasmina][seed_manager]") {
+    Config cfg = small_config();
+    cfg.blueprints.mlp_units = {4, 1};
+    cfg.blueprints.attention_head = {1};
+    cfg.blueprints.lora = {2, 1};
+    cfg.lifecycle.max_active_per_layer = 4;
+    const std::vector<SeedSite> sites = {{32, 8, SiteKind::kChunk, 0},
+                                         {3, 8, SiteKind::kWidening, 4}};
+    SeedManager m(seed_manager_config(cfg), sites);
+    REQUIRE(m.num_layers() == 2);
+    CHECK(m.table(1).num_seeds() == 3);
+    CHECK(m.site_kind(1) == SiteKind::kWidening);
+    CHECK(m.germination_params({1, 0}, BlueprintKind::kResidualMlp) == -1);
+    CHECK_THAT(m.apply(germinate(1, 0, BlueprintKind::kResidualMlp)).reason,
+               Catch::Contains("not available on layer 1 (a widening site)"));
+    const BlueprintKind kinds[] = {BlueprintKind::kMlpUnits, BlueprintKind::kAttentionHead,
+                                   BlueprintKind::kLora};
+    const int64_t want[] = {2 * 4 * 8 + 4, 4 * 4 * 8 + 3 * 4, 2 * 8 + 3 * 8 * 2};
+    for (int32_t s = 0; s < 3; ++s) {
+        INFO(blueprint_kind_name(kinds[s]));
+        CHECK(m.germination_params({1, s}, kinds[s]) == want[s]);
+        REQUIRE(m.apply(germinate(1, s, kinds[s])).applied());
+        CHECK(m.seed_blueprint_params({1, s}) == want[s]);
+    }
+    // release_folded refuses anything but a FOSSILIZED widening seed.
+    CHECK_FALSE(m.release_folded({1, 0}));
+    CHECK_FALSE(m.release_folded({0, 0}));
+    CHECK_FALSE(m.release_folded({7, 0}));
 }

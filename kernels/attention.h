@@ -1,0 +1,32 @@
+// Causal multi-head scaled-dot-product attention (the transformer host's attention core, DESIGN
+// §14). Row (b, t) of q, k, v and out holds `heads` vectors of `head_dim` floats; rows are `ld`
+// floats apart, so q, k and v can point into one packed qkv buffer [B, T, 3·H·D] (ld = 3·H·D,
+// offsets 0, H·D, 2·H·D). Query t attends to keys 0..t. The forward saves the log-sum-exp of
+// every softmax row, so the backward recomputes the probabilities instead of storing a T×T
+// matrix (O(T) memory, as the fused GPU kernels do).
+#pragma once
+
+#include <cstdint>
+
+namespace esper::kernels {
+
+struct AttentionShape {
+    int32_t batch = 0;     // B
+    int32_t seq = 0;       // T
+    int32_t heads = 0;     // H
+    int32_t head_dim = 0;  // D
+    int64_t ld_qkv = 0;    // floats between rows (b, t) and (b, t + 1) of q, k, v, dq, dk, dv
+    int64_t ld_out = 0;    // floats between rows of out and dout
+    float scale = 0.0f;    // softmax(q·kᵀ·scale); usually 1/√D
+};
+
+// out: [B, T] rows of H·D; lse: [B, H, T] log-sum-exp of each scaled score row.
+void attention_forward_reference(const AttentionShape& s, const float* q, const float* k,
+                                 const float* v, float* out, float* lse);
+// Given the forward's inputs, out, lse and dout = ∂L/∂out: writes dq, dk, dv (overwritten; same
+// layout as q, k, v, so they may point into one packed dqkv buffer).
+void attention_backward_reference(const AttentionShape& s, const float* q, const float* k,
+                                  const float* v, const float* out, const float* dout,
+                                  const float* lse, float* dq, float* dk, float* dv);
+
+}  // namespace esper::kernels

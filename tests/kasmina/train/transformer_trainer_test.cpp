@@ -1,0 +1,179 @@
+// The transformer host through the whole trainer on a small text file it writes itself: the
+// validation loss falls and the metrics carry bits per byte, a widening seed germinates without
+// changing the loss and walks to FOSSILIZED where it folds into the host, and a checkpoint
+// resumes bit-identically on the CPU.
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "kasmina/model/transformer.h"
+#include "kasmina/train/trainer.h"
+#include "tests/kasmina/train/loop_test_util.h"
+
+namespace fs = std::filesystem;
+using namespace esper;
+using namespace esper::kasmina;
+
+namespace {
+
+fs::path temp_dir(const std::string& tag) {
+    fs::path d =
+        fs::temp_directory_path() / ("esper_tfm_trainer_" + tag + "_" + std::to_string(::getpid()));
+    fs::remove_all(d);
+    fs::create_directories(d);
+    return d;
+}
+
+// A text with structure a small model picks up in a few dozen steps.
+std::string corpus_text() {
+    const char* lines[] = {"the cat sat on the mat.\n", "the dog sat on the log.\n",
+                           "a bird sang in the tree.\n", "the sun rose over the hill.\n"};
+    std::string s;
+    for (int i = 0; i < 400; ++i) s += lines[(i * 7 + i / 3) % 4];
+    return s;
+}
+
+Config text_config(const fs::path& dir) {
+    const fs::path corpus = dir / "corpus.txt";
+    std::ofstream(corpus) << corpus_text();
+    Config c;
+    c.run.seed = 3;
+    c.run.max_steps = 60;
+    c.run.eval_every_steps = 20;
+    c.data.dataset = "text";
+    c.data.path = corpus.string();
+    c.data.batch_size = 8;
+    c.data.text.eval_windows = 16;
+    c.model.kind = ModelKind::kTransformer;
+    c.model.transformer.n_layer = 2;
+    c.model.transformer.n_head = 2;
+    c.model.transformer.d_model = 32;
+    c.model.transformer.context = 16;
+    c.model.transformer.widening_seeds = 2;
+    c.model.transformer.max_extra_units = 16;
+    c.model.transformer.max_extra_heads = 1;
+    c.model.seeds_per_layer = 4;
+    c.optimizer.kind = OptimizerKind::kAdamw;
+    c.optimizer.lr = 3e-3;
+    c.optimizer.blueprint_lr = 3e-3;
+    c.blueprints.mlp_units = {8, 1};
+    c.lifecycle.training_steps = 4;
+    c.lifecycle.stabilization_steps = 2;
+    c.lifecycle.evaluation_steps = 2;
+    c.lifecycle.fine_tuning_steps = 4;
+    c.lifecycle.grafting.ramp_steps = 4;
+    c.lifecycle.gates.min_gradient_health = 0.0;
+    c.lifecycle.gates.min_contribution = -1e9;
+    c.lifecycle.gates.min_improvement = -1e9;
+    c.governor.snapshot_every_steps = 5;
+    return c;
+}
+
+Command germinate(int32_t layer, int32_t seed, BlueprintKind kind) {
+    Command c;
+    c.origin = TransitionOrigin::kOperator;
+    c.body = GerminateCommand{SeedRef{layer, seed}, kind, std::nullopt};
+    return c;
+}
+
+}  // namespace
+
+TEST_CASE("a transformer learns a text file: validation loss falls, metrics carry bits per byte",
+          "[kasmina][trainer][transformer]") {
+    const fs::path dir = temp_dir("learn");
+    TrainerOptions o;
+    o.run_dir = (dir / "run").string();
+    Trainer t(text_config(dir), o);
+    CHECK(t.data().bytes());
+    const EvalResult first = t.evaluate();
+    test::run_loop(t);
+    const EvalResult last = t.evaluate();
+    CHECK(first.loss == Approx(std::log(256.0)).epsilon(0.05));  // untrained: ~uniform
+    CHECK(last.loss < first.loss - 1.0);
+    REQUIRE(last.bits_per_byte.has_value());
+    CHECK(*last.bits_per_byte == Approx(last.loss / std::log(2.0)));
+    CHECK(*last.perplexity == Approx(std::exp(last.loss)));
+    std::ifstream metrics(dir / "run" / "metrics.jsonl");
+    int test_lines = 0;
+    for (std::string line; std::getline(metrics, line);) {
+        const auto j = nlohmann::json::parse(line);
+        if (j["split"] != "test") continue;
+        ++test_lines;
+        CHECK(j["bits_per_byte"].get<double>() == Approx(j["loss"].get<double>() / std::log(2.0)));
+    }
+    CHECK(test_lines == 3);  // steps 20, 40, 60
+    fs::remove_all(dir);
+}
+
+TEST_CASE(
+    "a widening seed germinates without changing the loss and folds into the host once "
+    "fossilized",
+    "[kasmina][trainer][transformer]") {
+    const fs::path dir = temp_dir("fold");
+    Config c = text_config(dir);
+    c.run.max_steps = 40;
+    Trainer t(c);
+    auto& m = dynamic_cast<TransformerModel&>(t.model());
+    const int32_t layer = m.widening_layer(1);
+    const int64_t host_before = t.model().param_count();
+    const int64_t price = t.seeds().germination_params({layer, 0}, BlueprintKind::kMlpUnits);
+    CHECK(price == 2 * 8 * 32 + 8);
+    const double before = t.evaluate().loss;
+    REQUIRE(t.apply(germinate(layer, 0, BlueprintKind::kMlpUnits)).applied());
+    CHECK(t.evaluate().loss == before);  // germination leaves the function unchanged
+    std::vector<SeedStage> walked{t.seeds().table(layer).stage(0)};
+    test::run_loop(t, {}, [&](const StepReport&) {
+        const SeedStage s = t.seeds().table(layer).stage(0);
+        if (s != walked.back()) walked.push_back(s);
+    });
+    const std::vector<SeedStage> want = {SeedStage::kGerminated, SeedStage::kTraining,
+                                         SeedStage::kGrafting,   SeedStage::kStabilization,
+                                         SeedStage::kEvaluating, SeedStage::kFineTuning,
+                                         SeedStage::kFossilized};
+    CHECK(walked == want);
+    // Folded at the next step: the units are the host's, the slot is free again.
+    CHECK(t.seeds().table(layer).slot(0) == -1);
+    CHECK(m.extra_units(1) == 8);
+    CHECK(t.model().param_count() == host_before + price);
+    CHECK(t.seeds().blueprint_params_in_layer(layer) == 0);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("a transformer checkpoint resumes bit-identically on the CPU",
+          "[kasmina][trainer][transformer]") {
+    const fs::path dir = temp_dir("resume");
+    Config c = text_config(dir);
+    c.run.max_steps = 24;
+    c.run.checkpoint_every_steps = 12;
+    auto germ = [](Trainer& t) {  // a widening seed grows across the checkpoint
+        if (t.steps_done() == 2) {
+            auto& m = dynamic_cast<TransformerModel&>(t.model());
+            REQUIRE(t.apply(germinate(m.widening_layer(0), 1, BlueprintKind::kAttentionHead))
+                        .applied());
+        }
+    };
+    std::vector<double> full;
+    {
+        TrainerOptions o;
+        o.run_dir = (dir / "a").string();
+        Trainer t(c, o);
+        test::run_loop(t, germ, [&](const StepReport&) { full.push_back(t.last_step().loss); });
+    }
+    std::vector<double> resumed;
+    {
+        Trainer t(c);
+        t.load_checkpoint(dir / "a" / "checkpoints" / "12");
+        CHECK(t.steps_done() == 12);
+        test::run_loop(t, germ, [&](const StepReport&) { resumed.push_back(t.last_step().loss); });
+    }
+    REQUIRE(full.size() == 24);
+    REQUIRE(resumed.size() == 12);
+    for (size_t i = 0; i < 12; ++i) CHECK(resumed[i] == full[12 + i]);
+    fs::remove_all(dir);
+}
