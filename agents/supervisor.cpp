@@ -177,8 +177,8 @@ std::vector<std::string> TamiyoLaunch::argv(const fs::path& esper) const {
 }
 
 std::vector<std::string> DashLaunch::argv(const fs::path& esper) const {
-    return {esper.string(), "dash",   "--bus", bus.sub, "--bus-rpc", bus.rpc, "--run",
-            run_id,         "--http", http};
+    return {esper.string(), "dash",  "--bus", bus.sub,  "--bus-rpc",
+            bus.rpc,        "--run", run_id,  "--http", http};
 }
 
 std::vector<std::string> KasminaLaunch::argv(const fs::path& esper) const {
