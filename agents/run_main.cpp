@@ -122,6 +122,7 @@ private:
             }
         } else if (split == "test") {
             acc_ = number("accuracy", acc_);
+            bpb_ = number("bits_per_byte", bpb_);
             if (!tty_) print_line();
         }
     }
@@ -147,14 +148,14 @@ private:
             eta = s >= 60 ? std::to_string(s / 60) + "m" + std::to_string(s % 60) + "s"
                           : std::to_string(s) + "s";
         }
-        char buf[256];
-        std::snprintf(buf, sizeof buf,
-                      "epoch %ld step %ld loss %.4f test acc %s %.0f samples/s ETA %s seeds %d "
-                      "active %d fossilized",
-                      static_cast<long>(epoch_), static_cast<long>(step_), loss_,
-                      std::isnan(acc_) ? "-" : std::to_string(acc_).substr(0, 6).c_str(), rate_,
-                      eta.c_str(), active, fossilized);
-        return buf;
+        // A text run's quality is its validation bits per byte; other runs show test accuracy.
+        const std::string quality =
+            !std::isnan(bpb_)  ? fmt::format("val bits/byte {:.4f}", bpb_)
+            : std::isnan(acc_) ? std::string("test acc -")
+                               : fmt::format("test acc {:.4f}", acc_);
+        return fmt::format(
+            "epoch {} step {} loss {:.4f} {} {:.0f} samples/s ETA {} seeds {} active {} fossilized",
+            epoch_, step_, loss_, quality, rate_, eta, active, fossilized);
     }
     void print_line() {
         if (step_ < 0) return;
@@ -184,7 +185,7 @@ private:
     bool tty_;
     std::streamoff metrics_offset_ = 0, events_offset_ = 0;
     int64_t step_ = -1, epoch_ = 0, total_ = 0, first_step_ = -1;
-    double loss_ = NAN, acc_ = NAN, rate_ = 0;
+    double loss_ = NAN, acc_ = NAN, bpb_ = NAN, rate_ = 0;
     std::map<std::pair<int, int>, int> stage_of_;
     Stopwatch last_print_, first_clock_;
     bool drawn_ = false;

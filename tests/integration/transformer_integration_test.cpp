@@ -90,6 +90,9 @@ tamiyo: {policy: grow.yaml, decision_interval_steps: 5}
         CHECK(m["bits_per_byte"].get<double>() == Approx(m["loss"].get<double>() / std::log(2.0)));
     }
     CHECK(tests >= 4);  // every 100 steps, and at epoch ends
+    // The operator sees the validation bits per byte in the progress lines and the summary.
+    CHECK_THAT(slurp(dir / "run.log"),
+               Catch::Contains("val bits/byte ") && Catch::Contains("test bits per byte "));
     // Generation from the final checkpoint: cached and uncached agree at temperature 0.
     const fs::path ck = dir / "r" / "checkpoints" / "400";
     auto generate = [&](const std::string& tag, std::vector<std::string> extra) {
