@@ -327,6 +327,7 @@ std::string render_report(const std::filesystem::path& run_dir) {
         run.value("state", "") != "failed")
         max_step = std::max(max_step, planned);
     data["max_step"] = max_step;
+    data["last_step"] = summary.last_step;  // the lanes' live stages end here
     json marks = json::array();
     for (const json& e : events) {
         const std::string kind = e.value("kind", "");
