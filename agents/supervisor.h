@@ -53,6 +53,7 @@ struct TamiyoLaunch {
     std::string policy{};             // empty: the config's tamiyo.policy
     std::filesystem::path run_dir{};  // non-empty: the policy stack persists there (restarts)
     std::filesystem::path keys{};     // --keys: an agent key and broker.pub
+    std::vector<std::filesystem::path> plugin_dirs{};  // --plugin-dir: live plugin loads
 
     std::vector<std::string> argv(const std::filesystem::path& esper) const;
 };
