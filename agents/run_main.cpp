@@ -208,7 +208,8 @@ struct RunPlan {
     int resumes = 0;             // how often this run was resumed before
     std::string started;         // wall clock of the first start
     fs::path keys;               // --secure: RUN_DIR/keys, else empty
-    std::vector<fs::path> plugin_dirs;  // --plugin-dir: live plugin loads allowed from these
+    // --plugin-dir: the directories live plugin loads are allowed from.
+    std::vector<fs::path> plugin_dirs;
 };
 
 // The children of a run; the supervisor owns them. A restartable child is started again (up to
