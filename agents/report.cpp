@@ -254,8 +254,7 @@ RunSummary summarize_run(const std::filesystem::path& run_dir) {
     }
     if (s.test_accuracy && !std::isfinite(*s.test_accuracy)) s.test_accuracy.reset();
     if (s.test_loss && !std::isfinite(*s.test_loss)) s.test_loss.reset();
-    if (s.test_bits_per_byte && !std::isfinite(*s.test_bits_per_byte))
-        s.test_bits_per_byte.reset();
+    if (s.test_bits_per_byte && !std::isfinite(*s.test_bits_per_byte)) s.test_bits_per_byte.reset();
     if (s.train_loss && !std::isfinite(*s.train_loss)) s.train_loss.reset();
     const Replay r = replay_events(events);
     s.seeds_in_stage = r.counts;
@@ -328,6 +327,7 @@ std::string render_report(const std::filesystem::path& run_dir) {
         run.value("state", "") != "failed")
         max_step = std::max(max_step, planned);
     data["max_step"] = max_step;
+    data["last_step"] = summary.last_step;  // the lanes' live stages end here
     json marks = json::array();
     for (const json& e : events) {
         const std::string kind = e.value("kind", "");

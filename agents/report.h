@@ -22,7 +22,7 @@ struct RunSummary {
     std::optional<double> test_accuracy;  // last eval line
     std::optional<double> test_loss;
     std::optional<double> test_bits_per_byte;  // last eval line of a text run (validation)
-    std::optional<double> train_loss;  // last train line
+    std::optional<double> train_loss;          // last train line
     int64_t last_step = -1;
     std::optional<int64_t> host_params;  // last train line's host_params / blueprint_params
     std::optional<int64_t> blueprint_params;

@@ -657,8 +657,8 @@ int tamiyo_main(int argc, char** argv) {
         "esper tamiyo",
         "Run the Tamiyo controller: watch a run's telemetry and events on the bus, run the\n"
         "policy, and send lifecycle commands to the executor.");
-    auto& bus_rpc =
-        p.endpoint("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+    auto& bus_rpc = p.endpoint("bus", "tcp://HOST:RPC", "broker request/reply endpoint",
+                               "tcp://127.0.0.1:5557");
     auto& bus_pub =
         p.endpoint("bus-pub", "tcp://HOST:P", "broker publisher endpoint", "tcp://127.0.0.1:5555");
     auto& bus_sub =

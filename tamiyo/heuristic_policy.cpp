@@ -134,7 +134,8 @@ std::string HeuristicPolicy::describe() const {
         "seeds ({}/{} {})\n"
         "  TRAINING, after {} steps: approve if gradient health >= {:g}; cull once {} steps "
         "passed below it or unmeasured\n"
-        "  EVALUATING, after {} steps: approve if contribution > {:g}, cull if contribution <= {:g}\n"
+        "  EVALUATING, after {} steps: approve if contribution > {:g}, cull if contribution <= "
+        "{:g}\n"
         "  FINE_TUNING: cull if contribution < {:g}; otherwise fossilize after {} steps\n"
         "  a seed whose deciding metric is unmeasured waits (the executor's decision timeout is "
         "the safe default)\n",

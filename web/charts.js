@@ -222,6 +222,7 @@ const EsperCharts = (() => {
             el.append(this.canvas, this.note);
             this.lanes = {};
             this.maxStep = 1;
+            this.nowStep = 1;
             this.canvas.addEventListener('mousemove', ev => this.hover(ev));
             this.canvas.addEventListener('mouseleave', hideTip);
             if (typeof ResizeObserver !== 'undefined')
@@ -233,10 +234,12 @@ const EsperCharts = (() => {
                 return la - lb || sa - sb;
             });
         }
-        // lanes: {"layer:seed": [[step, stage, alpha], ...]}
-        set(lanes, maxStep) {
+        // lanes: {"layer:seed": [[step, stage, alpha], ...]}. A lane's last stage is drawn up to
+        // nowStep (the run's newest step; the axis runs on to maxStep, the planned end).
+        set(lanes, maxStep, nowStep) {
             this.lanes = lanes;
             this.maxStep = Math.max(1, maxStep || 1);
+            this.nowStep = nowStep > 0 ? Math.min(nowStep, this.maxStep) : this.maxStep;
             this.draw();
         }
         // The stage names the lanes draw (for tests).
@@ -272,7 +275,7 @@ const EsperCharts = (() => {
                 ctx.fillText(`L${l} S${s}`, 4, y + this.rowHeight / 2);
                 for (let i = 0; i < lane.length; i++) {
                     const [step, stage, alpha] = lane[i];
-                    const end = i + 1 < lane.length ? lane[i + 1][0] : this.maxStep;
+                    const end = i + 1 < lane.length ? lane[i + 1][0] : Math.max(step, this.nowStep);
                     const x0 = this.x(step, w), x1 = Math.max(x0 + 1.5, this.x(end, w));
                     ctx.globalAlpha = shade(stage, alpha);
                     ctx.fillStyle = COLORS[stage] || '#000';

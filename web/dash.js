@@ -206,7 +206,7 @@
         charts.params.set(
             [tr.map(p => [p.step, p.host_params]), tr.map(p => [p.step, p.blueprint_params])],
             maxStep);
-        charts.swimlane.set(state.lanes, maxStep);
+        charts.swimlane.set(state.lanes, maxStep, s.step || 0);
         charts.grid.set(Object.values(state.grid));
 
         const pol = state.policy, hist = (pol.history || []).slice().reverse();

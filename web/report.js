@@ -42,7 +42,7 @@
 
   C.legend($("legend"));
   const lanes = new C.Swimlane($("swimlane"));
-  lanes.set(d.lanes || {}, maxStep);
+  lanes.set(d.lanes || {}, maxStep, d.last_step || 0);
   const grid = new C.SeedGrid($("grid"));
   grid.set(d.grid || []);
   window.esperReport = { data: d, charts: { loss, quality, stages, params, lanes, grid } };

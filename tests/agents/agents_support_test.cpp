@@ -123,7 +123,8 @@ TEST_CASE("a one-epoch run's report shows its single test point on a sane axis",
             m << R"({"step":)" << step
               << R"(,"epoch":0,"split":"train","loss":1.0,"total_steps":468,"host_params":10})"
               << "\n";
-        m << R"({"step":468,"epoch":0,"split":"test","loss":0.8,"accuracy":0.79})" << "\n";
+        m << R"({"step":468,"epoch":0,"split":"test","loss":0.8,"accuracy":0.79})"
+          << "\n";
     }
     const nlohmann::json d = report_data(esper::agents::render_report(dir));
     REQUIRE(d["test"].size() == 1);
@@ -139,8 +140,7 @@ TEST_CASE("a resumed or repeated run never gives negative seed counts or doubled
     {
         std::ofstream m(dir / "metrics.jsonl");
         for (int step : {1, 2, 3, 4, 3, 4, 5})  // resumed from the checkpoint at step 2
-            m << R"({"step":)" << step << R"(,"epoch":0,"split":"train","loss":)" << step
-              << "}\n";
+            m << R"({"step":)" << step << R"(,"epoch":0,"split":"train","loss":)" << step << "}\n";
         std::ofstream e(dir / "events.jsonl");
         // The file starts mid-life (a seed already TRAINING), and a cull repeats after a resume.
         e << R"({"step":3,"layer":0,"seed":1,"from":"TRAINING","to":"CULLED","origin":"auto"})"
@@ -153,8 +153,8 @@ TEST_CASE("a resumed or repeated run never gives negative seed counts or doubled
     for (const auto& p : d["train"]) steps.push_back(p["step"].get<double>());
     CHECK(steps == std::vector<double>{1, 2, 3, 4, 5});
     CHECK(d["train"][2]["loss"] == 3);  // the newer line of step 3
-    for (const auto& [step, counts] : d["stage_counts"].get<std::vector<std::pair<double,
-                                                                                   std::vector<int>>>>())
+    for (const auto& [step, counts] :
+         d["stage_counts"].get<std::vector<std::pair<double, std::vector<int>>>>())
         for (int c : counts) CHECK(c >= 0);
     const esper::agents::RunSummary s = esper::agents::summarize_run(dir);
     for (int c : s.seeds_in_stage) CHECK(c >= 0);
@@ -194,11 +194,13 @@ TEST_CASE("a text run's report and summary carry its validation bits per byte",
     fs::path dir = temp_dir("report_bpb");
     {
         std::ofstream m(dir / "metrics.jsonl");
-        m << R"({"step":1,"epoch":0,"split":"train","loss":3.0,"total_steps":2})" << "\n";
+        m << R"({"step":1,"epoch":0,"split":"train","loss":3.0,"total_steps":2})"
+          << "\n";
         m << R"({"step":1,"epoch":0,"split":"test","loss":2.0,"accuracy":0.3,)"
              R"("bits_per_byte":2.885,"perplexity":7.39})"
           << "\n";
-        m << R"({"step":2,"epoch":0,"split":"train","loss":2.5,"total_steps":2})" << "\n";
+        m << R"({"step":2,"epoch":0,"split":"train","loss":2.5,"total_steps":2})"
+          << "\n";
         m << R"({"step":2,"epoch":0,"split":"test","loss":1.5,"accuracy":0.4,)"
              R"("bits_per_byte":2.164,"perplexity":4.48})"
           << "\n";

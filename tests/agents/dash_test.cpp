@@ -130,8 +130,9 @@ TEST_CASE("a text run's validation bits per byte reaches the curves, the status 
     feed(s, "t1", "runStatus",
          R"({"step":50,"loss":2.0,"testStep":50,"testLoss":1.5,"testAccuracy":0.4,)"
          R"("testBitsPerByte":2.25,"testBitsPerByteMeasured":true})");
-    feed(s, "t1", "runStatus", R"({"step":60,"loss":1.9,"testStep":50,"testLoss":1.5,)"
-                               R"("testAccuracy":0.4,"testBitsPerByte":2.25})");
+    feed(s, "t1", "runStatus",
+         R"({"step":60,"loss":1.9,"testStep":50,"testLoss":1.5,)"
+         R"("testAccuracy":0.4,"testBitsPerByte":2.25})");
     const json snap = s.snapshot(0);
     REQUIRE(snap["test"].size() == 1);
     CHECK(snap["test"][0]["step"] == 50);

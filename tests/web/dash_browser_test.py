@@ -188,6 +188,13 @@ def main():
         assert state["events"] >= 7, f"event rows {state['events']}"
         assert "heuristic" in state["policy"], state["policy"]
         assert bus.run in state["run"], state["run"]
+        # A live seed's lane ends at the run's newest step (30), not at the planned end (100).
+        painted = browser.evaluate("""(() => {
+          const c = document.querySelector('#swimlane canvas'), ctx = c.getContext('2d');
+          const w = c.clientWidth, x = step => 72 + step / 100 * (w - 72 - 8);
+          const at = step => ctx.getImageData(Math.round(x(step)), 6, 1, 1).data[3] > 0;
+          return [at(28), at(60)]; })()""")
+        assert painted == [True, False], f"lane 0:1 painted at steps 28 and 60: {painted}"
         # Live: a status published now reaches the open page over the event stream.
         bus.publish(f"telemetry.run.{bus.run}", "runStatus",
                     {"step": 40, "loss": 1.0, "totalSteps": 100})
