@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -298,6 +299,32 @@ public:
         auto list = s.initSeedsPerStage(kernels::kNumSeedStages);
         for (int i = 0; i < kernels::kNumSeedStages; ++i) list.set(i, counts[i]);
         s.setBackend(std::string(trainer_.backend().name()));
+        s.setTotalSteps(static_cast<uint64_t>(trainer_.total_steps()));
+        // The newest evaluation rides on every status, so rules on run.test_* see it.
+        if (const EvalResult& e = trainer_.last_eval(); e.samples > 0) {
+            s.setTestStep(static_cast<uint64_t>(e.step));
+            s.setTestLoss(static_cast<float>(e.loss));
+            s.setTestAccuracy(static_cast<float>(e.accuracy));
+            s.setTestMeasured(true);
+            if (e.bits_per_byte && std::isfinite(*e.bits_per_byte)) {  // text data only
+                s.setTestBitsPerByte(static_cast<float>(*e.bits_per_byte));
+                s.setTestBitsPerByteMeasured(true);
+            }
+        }
+        s.setState(state_);
+        s.setStateReason(state_reason_);
+    }
+
+    // The last status of the run: on telemetry.run.<run> as usual, and on events.run.<run>
+    // (control class, lossless) so `esper tap --until-end` and the dashboard learn the run ended.
+    void publish_final_status(bool stopped) {
+        state_ = stopped ? schema::RunState::STOPPED : schema::RunState::FINISHED;
+        state_reason_ = stopped ? "stop requested (signal)" : "all planned steps done";
+        const int64_t host = trainer_.model().param_count();
+        control_.publish("events.run." + o_.run_id, [&](schema::Envelope::Payload::Builder p) {
+            fill_status(p.initRunStatus(), host, trainer_.seeds());
+        });
+        publish_run_status();
     }
 
     // Publishes every lifecycle event since the last call (also written to events.jsonl).
@@ -399,6 +426,8 @@ private:
     int64_t last_seen_step_ = 0;
     double loss_sum_ = 0;
     int64_t correct_sum_ = 0, samples_ = 0, loss_steps_ = 0;
+    schema::RunState state_ = schema::RunState::TRAINING;
+    std::string state_reason_;
 };
 
 }  // namespace
@@ -415,7 +444,11 @@ int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
         if (!trainer.boundary()) break;
         trainer.step();
         StepReport due = trainer.after_step();
-        if (due.telemetry) agent.on_telemetry(std::move(*due.telemetry));
+        if (due.telemetry) {
+            agent.on_telemetry(std::move(*due.telemetry));  // its run status has the eval too
+        } else if (due.eval && options.rank == 0) {
+            agent.publish_run_status();  // test metrics reach the bus when they are measured
+        }
         if (due.epoch) print_epoch_summary(*due.epoch);
     }
     if (options.world > 1)  // before the last boundary: commands applied there reach rank 0 only
@@ -429,7 +462,7 @@ int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
         std::printf("stopped at step %lld: test_loss %.4f test_accuracy %.4f\n",
                     (long long)trainer.steps_done(), e.loss, e.accuracy);
     }
-    if (options.rank == 0) agent.publish_run_status();
+    if (options.rank == 0) agent.publish_final_status(trainer.stop_requested());
     if (options.rank == 0 && !options.run_dir.empty()) {
         fs::path dir =
             fs::path(options.run_dir) / "checkpoints" / std::to_string(trainer.steps_done());

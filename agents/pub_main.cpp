@@ -18,7 +18,7 @@ namespace esper::agents {
 
 int pub_main(int argc, char** argv) {
     cli::Parser p("esper pub", "Publish one message on the bus.", "TOPIC");
-    auto& bus_ep = p.option("bus", "ENDPOINT", "broker publisher endpoint", "tcp://127.0.0.1:5555");
+    auto& bus_ep = p.endpoint("bus", "ENDPOINT", "broker publisher endpoint", "tcp://127.0.0.1:5555");
     auto& type = p.option("type", "TYPE", "payload type, e.g. annotation, runStatus, heartbeat");
     auto& json = p.option("json", "JSON", "the payload as JSON", "{}");
     auto& sender = p.option("sender", "NAME", "sender name in the envelope", "pub");

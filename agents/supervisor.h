@@ -50,6 +50,16 @@ struct TamiyoLaunch {
     std::string run_id{};
     std::filesystem::path config{};  // empty: tamiyo's defaults
     std::string policy{};            // empty: the config's tamiyo.policy
+    std::filesystem::path run_dir{};  // non-empty: the policy stack persists there (restarts)
+
+    std::vector<std::string> argv(const std::filesystem::path& esper) const;
+};
+
+// `esper dash` for a run: ready line {"http": URL, "port": N} once it serves.
+struct DashLaunch {
+    BusEndpoints bus{};
+    std::string run_id{};
+    std::string http = "127.0.0.1:8080";
 
     std::vector<std::string> argv(const std::filesystem::path& esper) const;
 };
@@ -59,6 +69,7 @@ struct KasminaLaunch {
     std::string run_id{};
     std::filesystem::path config{}, run_dir{};
     std::string epochs{}, max_steps{}, seed{};  // overrides; empty: the config's
+    std::filesystem::path resume{};             // a checkpoint to continue from
     int world = 1;                              // > 1: --world/--rank and LOCAL_RANK = rank
     int rank = 0;
 

@@ -9,6 +9,8 @@ PACKAGES=(
   libboost-dev libyaml-cpp-dev libopenblas-dev libgloo-dev zlib1g-dev libssl-dev
   nlohmann-json3-dev libfmt-dev catch2 dataset-fashion-mnist python3 python3-zmq iproute2 procps
   patchelf bible-kjv
+  # the dashboard's tests: a real browser (headless, DevTools protocol) and Prometheus' parser
+  chromium python3-websocket python3-prometheus-client
 )
 
 missing=()
