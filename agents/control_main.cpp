@@ -21,6 +21,7 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/keys.h"
 #include "agents/tool_json.h"
 #include "agents/wire_vocabulary.h"
 #include "bus/rpc.h"
@@ -34,11 +35,24 @@ namespace {
 
 namespace fs = std::filesystem;
 
-bus::RpcClient make_client(zmq::context_t& ctx, const std::string& endpoint, int timeout_ms) {
+// The keys of --keys DIR: the first secret key of `roles` found in DIR (the broker decides what
+// the role may do, so an observer key is sent and answered "forbidden" rather than refused here).
+bus::ClientSecurity tool_keys(const cli::Option& keys, std::initializer_list<bus::Role> roles) {
+    return keys.given() ? client_security(keys.str(), roles) : bus::ClientSecurity{};
+}
+
+cli::Option& keys_option(cli::Parser& p) {
+    return p.option("keys", "DIR",
+                    "CURVE keys: DIR/broker.pub and this tool's secret key (docs/bus.md)");
+}
+
+bus::RpcClient make_client(zmq::context_t& ctx, const std::string& endpoint, int timeout_ms,
+                           const bus::ClientSecurity& security) {
     return bus::RpcClient(ctx, {.endpoint = endpoint,
                                 .sender = fmt::format("operator/{}", ::getpid()),
                                 .timeout_ms = timeout_ms,
-                                .max_attempts = 4});
+                                .max_attempts = 4,
+                                .security = security});
 }
 
 std::string new_key(const char* what) {
@@ -75,9 +89,10 @@ int print_reply(const bus::RpcReply& r, const std::string& agent) {
 }
 
 template <typename Fill>
-int control(const std::string& endpoint, const std::string& agent, int timeout_ms, Fill&& fill) {
+int control(const std::string& endpoint, const std::string& agent, int timeout_ms,
+            const bus::ClientSecurity& security, Fill&& fill) {
     zmq::context_t ctx;
-    bus::RpcClient client = make_client(ctx, endpoint, timeout_ms);
+    bus::RpcClient client = make_client(ctx, endpoint, timeout_ms, security);
     bus::RpcReply r =
         client.request(agent, new_key("ctl"),
                        [&](schema::Envelope::Payload::Builder p) { fill(p.initControlRequest()); });
@@ -210,10 +225,13 @@ int policy_main(int argc, char** argv) {
     auto& bus_ep = p.endpoint("bus", "tcp://HOST:RPC", "broker request/reply endpoint",
                               "tcp://127.0.0.1:5557");
     auto& timeout = p.option("timeout-ms", "MS", "per-attempt timeout", "1000");
+    auto& keys = keys_option(p);
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     const auto& pos = p.positional();
     if (pos.empty()) return p.usage_error("missing action (load, show, history, rollback)");
     int t = static_cast<int>(timeout.as_int());
+    const bus::ClientSecurity sec =
+        tool_keys(keys, {bus::Role::kOperator, bus::Role::kObserver, bus::Role::kAgent});
     const std::string& action = pos[0];
     if (action == "check") {
         if (pos.size() != 2) return p.usage_error("check needs exactly one FILE");
@@ -243,7 +261,7 @@ int policy_main(int argc, char** argv) {
             ss << in.rdbuf();
             text = ss.str();
         }
-        return control(bus_ep.str(), "tamiyo", t, [&](schema::ControlRequest::Builder r) {
+        return control(bus_ep.str(), "tamiyo", t, sec, [&](schema::ControlRequest::Builder r) {
             auto l = r.initPolicyLoad();
             l.setName(file.string());
             if (plugin) {
@@ -257,11 +275,11 @@ int policy_main(int argc, char** argv) {
     }
     if (pos.size() != 1) return p.usage_error("unexpected argument '" + pos[1] + "'");
     if (action == "show")
-        return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyShow(); });
+        return control(bus_ep.str(), "tamiyo", t, sec, [](auto r) { r.setPolicyShow(); });
     if (action == "history")
-        return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyHistory(); });
+        return control(bus_ep.str(), "tamiyo", t, sec, [](auto r) { r.setPolicyHistory(); });
     if (action == "rollback")
-        return control(bus_ep.str(), "tamiyo", t, [](auto r) { r.setPolicyRollback(); });
+        return control(bus_ep.str(), "tamiyo", t, sec, [](auto r) { r.setPolicyRollback(); });
     return p.usage_error("unknown action '" + action + "'");
 }
 
@@ -282,6 +300,7 @@ int ctl_main(int argc, char** argv) {
     auto& strategy = p.option("strategy", "S", "germinate: grafting strategy", "linear");
     auto& reason = p.option("reason", "TEXT", "recorded with the event", "operator command");
     auto& timeout = p.option("timeout-ms", "MS", "per-attempt timeout", "1000");
+    auto& keys = keys_option(p);
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     const auto& pos = p.positional();
     if (pos.size() < 3) return p.usage_error("need ACTION LAYER SEED");
@@ -302,7 +321,9 @@ int ctl_main(int argc, char** argv) {
     std::string key = new_key("op");
 
     zmq::context_t ctx;
-    bus::RpcClient client = make_client(ctx, bus_ep.str(), static_cast<int>(timeout.as_int()));
+    bus::RpcClient client = make_client(
+        ctx, bus_ep.str(), static_cast<int>(timeout.as_int()),
+        tool_keys(keys, {bus::Role::kOperator, bus::Role::kAgent, bus::Role::kObserver}));
     bus::RpcReply r = client.request(target.str(), key, [&](schema::Envelope::Payload::Builder pl) {
         auto c = pl.initCommand();
         c.setCommandId(key);
@@ -336,18 +357,22 @@ int status_main(int argc, char** argv) {
     auto& target = p.option("target", "AGENT", "executor to ask", "kasmina/0");
     auto& timeout = p.option("timeout-ms", "MS", "the whole command's time limit", "1500");
     auto& as_json = p.flag("json", "print one JSON object instead of the table");
+    auto& keys = keys_option(p);
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
     if (!p.positional().empty())
         return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
     const int64_t total_ms = timeout.as_int();
     if (total_ms < 100) return p.usage_error("--timeout-ms must be >= 100");
+    const bus::ClientSecurity sec =
+        tool_keys(keys, {bus::Role::kObserver, bus::Role::kOperator, bus::Role::kAgent});
     // One attempt per agent, half the budget each: a status request changes nothing, so a lost
     // reply is simply reported.
     zmq::context_t ctx;
     bus::RpcClient client(ctx, {.endpoint = bus_ep.str(),
                                 .sender = fmt::format("operator/{}", ::getpid()),
                                 .timeout_ms = static_cast<int>(total_ms / 2),
-                                .max_attempts = 1});
+                                .max_attempts = 1,
+                                .security = sec});
     StatusReplies replies;
     for (const std::string& agent : {target.str(), std::string("tamiyo")}) {
         bus::RpcReply r = client.request(agent, "", [](schema::Envelope::Payload::Builder pl) {

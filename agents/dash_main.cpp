@@ -15,6 +15,7 @@
 #include "agents/commands.h"
 #include "agents/dash_state.h"
 #include "agents/http_server.h"
+#include "agents/keys.h"
 #include "agents/supervisor.h"
 #include "agents/tool_json.h"
 #include "bus/event_loop.h"
@@ -85,17 +86,19 @@ public:
         std::string sub, rpc, run;
         HttpBind http;
         int ready_fd = -1;
+        bus::ClientSecurity security{};  // --keys: CURVE on both sockets
     };
 
     explicit Dash(Options o)
         : o_(std::move(o)),
           state_(o_.run),
-          sub_(ctx_, {.endpoint = o_.sub, .prefixes = prefixes(o_.run)}),
+          sub_(ctx_, {.endpoint = o_.sub, .prefixes = prefixes(o_.run), .security = o_.security}),
           client_(ctx_, loop_,
                   {.endpoint = o_.rpc,
                    .sender = fmt::format("dash/{}", ::getpid()),
                    .timeout_ms = 500,
-                   .max_attempts = 2}),
+                   .max_attempts = 2,
+                   .security = o_.security}),
           server_(
               loop_.context(), {.address = o_.http.address, .port = o_.http.port},
               [this](const HttpRequest& r) { return respond(r); },
@@ -245,6 +248,8 @@ int dash_main(int argc, char** argv) {
     auto& ready_fd = p.option("ready-fd", "N",
                               "once serving, write {\"http\":URL,\"port\":N} as one line to "
                               "this inherited descriptor (used by esper run)");
+    auto& keys =
+        p.option("keys", "DIR", "CURVE keys: DIR/broker.pub and an observer (or other) secret key");
     p.epilog(
         "Open the printed URL in a browser. Scrape /metrics with Prometheus; labels are run,\n"
         "layer and stage (never a seed). Example:\n"
@@ -268,6 +273,9 @@ int dash_main(int argc, char** argv) {
                      o.http.address.c_str());
     }
     if (ready_fd.given()) o.ready_fd = static_cast<int>(ready_fd.as_int());
+    if (keys.given())
+        o.security = client_security(
+            keys.str(), {bus::Role::kObserver, bus::Role::kOperator, bus::Role::kAgent});
     Dash dash(std::move(o));
     return dash.run();
 }

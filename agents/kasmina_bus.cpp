@@ -30,13 +30,34 @@ Logger& log() { return logger("kasmina.agent"); }
 
 // ---- wire → kasmina::Command (bus input: every field checked, nothing asserted) ----
 
-// Returns the command, or the reason it cannot be one (unknown variant, bad enum value, size).
-std::variant<Command, std::string> to_command(schema::Command::Reader c, const Config& config) {
-    Command out;
+// Who issued a command decides its origin. With keys it is the role the broker authenticated
+// (operator key: operator, agent key: the controller), never a field the sender wrote; without
+// keys nothing is authenticated and the self-declared issuedBy is all there is.
+TransitionOrigin origin_of(const bus::Peer& peer, schema::Command::Reader c) {
+    if (peer.authenticated())
+        return peer.role == bus::Role::kOperator ? TransitionOrigin::kOperator
+                                                 : TransitionOrigin::kController;
     std::string issued = c.getIssuedBy().cStr();
-    out.origin = issued == "operator" || issued.rfind("operator/", 0) == 0
-                     ? TransitionOrigin::kOperator
-                     : TransitionOrigin::kController;
+    return issued == "operator" || issued.rfind("operator/", 0) == 0
+               ? TransitionOrigin::kOperator
+               : TransitionOrigin::kController;
+}
+
+// Commands change the seed tables: an operator or agent key (observers may only ask for status).
+std::optional<std::string> authorize_request(const bus::Peer& peer, schema::Envelope::Reader req) {
+    auto p = req.getPayload();
+    const bool command =
+        p.isCommand() || (p.isControlRequest() && p.getControlRequest().isCommand());
+    if (!command || peer.allowed({bus::Role::kOperator, bus::Role::kAgent})) return std::nullopt;
+    return "commands need an operator or agent key; this is " +
+           std::string(bus::role_name(peer.role)) + " " + peer.name;
+}
+
+// Returns the command, or the reason it cannot be one (unknown variant, bad enum value, size).
+std::variant<Command, std::string> to_command(schema::Command::Reader c, const Config& config,
+                                              TransitionOrigin origin) {
+    Command out;
+    out.origin = origin;
     out.reason = c.getReason().cStr();
     auto ref = [](auto r) {
         return SeedRef{static_cast<int32_t>(r.getLayer()), static_cast<int32_t>(r.getSeed())};
@@ -102,7 +123,7 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
         case schema::Command::BATCH: {
             BatchCommand b;
             for (auto item : c.getBatch()) {
-                auto r = to_command(item, config);
+                auto r = to_command(item, config, origin);
                 if (auto* why = std::get_if<std::string>(&r)) return "batch item: " + *why;
                 b.commands.push_back(std::get<Command>(std::move(r)));
             }
@@ -122,12 +143,20 @@ public:
           o_(o),
           stop_(stop),
           name_("kasmina/" + std::to_string(o.rank)),
-          telemetry_(ctx_, {.endpoint = o.pub_endpoint, .sender = name_, .run_id = o.run_id}),
+          telemetry_(ctx_, {.endpoint = o.pub_endpoint,
+                            .sender = name_,
+                            .run_id = o.run_id,
+                            .security = o.security}),
           control_(ctx_, {.endpoint = o.pub_endpoint,
                           .sender = name_,
                           .run_id = o.run_id,
-                          .reliability = bus::Reliability::kControl}),
-          worker_(ctx_, {.endpoint = o.rpc_endpoint, .name = name_, .run_id = o.run_id}) {}
+                          .reliability = bus::Reliability::kControl,
+                          .security = o.security}),
+          worker_(ctx_, {.endpoint = o.rpc_endpoint,
+                         .name = name_,
+                         .run_id = o.run_id,
+                         .security = o.security,
+                         .authorize = authorize_request}) {}
 
     // At every step boundary, before Trainer::boundary().
     void boundary() {
@@ -363,7 +392,7 @@ public:
                 schema::CommandOutcome::REJECTED);
             return;
         }
-        auto cmd = to_command(c, trainer_.config());
+        auto cmd = to_command(c, trainer_.config(), origin_of(worker_.peer(), c));
         if (auto* why = std::get_if<std::string>(&cmd)) {
             bool unimpl = why->rfind("unimplemented", 0) == 0;
             ack(a, id, *why,

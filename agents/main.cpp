@@ -29,6 +29,7 @@ constexpr Command kCommands[] = {
      esper::agents::policy_main},
     {"ctl", "send an operator lifecycle command to a live run", esper::agents::ctl_main},
     {"status", "show the state of a live run", esper::agents::status_main},
+    {"keygen", "write CURVE key pairs for a secured bus", esper::agents::keygen_main},
     {"dash", "serve the live dashboard, /metrics and /api over HTTP", esper::agents::dash_main},
     {"report", "write a run directory's report.html and print its summary",
      esper::agents::report_main},

@@ -33,6 +33,7 @@
 #include "agents/cli.h"
 #include "agents/commands.h"
 #include "agents/default_config.h"
+#include "agents/keys.h"
 #include "agents/process.h"
 #include "agents/report.h"
 #include "agents/supervisor.h"
@@ -122,6 +123,7 @@ private:
             }
         } else if (split == "test") {
             acc_ = number("accuracy", acc_);
+            bpb_ = number("bits_per_byte", bpb_);  // text runs: validation bits per byte
             if (!tty_) print_line();
         }
     }
@@ -147,13 +149,17 @@ private:
             eta = s >= 60 ? std::to_string(s / 60) + "m" + std::to_string(s % 60) + "s"
                           : std::to_string(s) + "s";
         }
+        // A language model is judged by validation bits per byte, a classifier by test accuracy.
+        const bool text = !std::isnan(bpb_);
+        const double quality = text ? bpb_ : acc_;
         char buf[256];
         std::snprintf(buf, sizeof buf,
-                      "epoch %ld step %ld loss %.4f test acc %s %.0f samples/s ETA %s seeds %d "
+                      "epoch %ld step %ld loss %.4f %s %s %.0f samples/s ETA %s seeds %d "
                       "active %d fossilized",
                       static_cast<long>(epoch_), static_cast<long>(step_), loss_,
-                      std::isnan(acc_) ? "-" : std::to_string(acc_).substr(0, 6).c_str(), rate_,
-                      eta.c_str(), active, fossilized);
+                      text ? "val bpb" : "test acc",
+                      std::isnan(quality) ? "-" : std::to_string(quality).substr(0, 6).c_str(),
+                      rate_, eta.c_str(), active, fossilized);
         return buf;
     }
     void print_line() {
@@ -184,7 +190,7 @@ private:
     bool tty_;
     std::streamoff metrics_offset_ = 0, events_offset_ = 0;
     int64_t step_ = -1, epoch_ = 0, total_ = 0, first_step_ = -1;
-    double loss_ = NAN, acc_ = NAN, rate_ = 0;
+    double loss_ = NAN, acc_ = NAN, bpb_ = NAN, rate_ = 0;
     std::map<std::pair<int, int>, int> stage_of_;
     Stopwatch last_print_, first_clock_;
     bool drawn_ = false;
@@ -201,6 +207,7 @@ struct RunPlan {
     fs::path resume_checkpoint;  // --resume: the newest complete checkpoint
     int resumes = 0;             // how often this run was resumed before
     std::string started;         // wall clock of the first start
+    fs::path keys;               // --secure: RUN_DIR/keys, else empty
 };
 
 // The children of a run; the supervisor owns them. A restartable child is started again (up to
@@ -299,6 +306,12 @@ void install_signal_handlers() {
 // (kasmina writes the lifecycle transitions there), so the report and anyone reading the file
 // see them. It also publishes what only the supervisor knows: restarts (as annotations) and a
 // run that failed (its last status, state failed, on events.run.<run>).
+// --secure: the supervisor's own sockets hold the run's agent key (it publishes annotations).
+bus::ClientSecurity run_security(const RunPlan& plan) {
+    return plan.keys.empty() ? bus::ClientSecurity{}
+                             : client_security(plan.keys, {bus::Role::kAgent});
+}
+
 class RunRecorder {
 public:
     RunRecorder(const RunPlan& plan, const BusEndpoints& bus)
@@ -307,12 +320,14 @@ public:
           sub_(ctx_,
                {.endpoint = bus.sub,
                 .prefixes = {"events.policy." + plan.run_id, "events.annotations." + plan.run_id,
-                             "events.run." + plan.run_id}}),
+                             "events.run." + plan.run_id},
+                .security = run_security(plan)}),
           pub_(ctx_, {.endpoint = bus.pub,
                       .sender = "esper-run",
                       .run_id = plan.run_id,
                       .reliability = bus::Reliability::kControl,
-                      .control_send_timeout_ms = 500}) {}
+                      .control_send_timeout_ms = 500,
+                      .security = run_security(plan)}) {}
 
     void poll() {
         while (auto m = sub_.try_receive()) {
@@ -399,10 +414,13 @@ bool start_restartable(Supervisor& supervisor, Restartable& r, std::string& why)
 }
 
 void print_watch_hints(const RunPlan& plan, const BusEndpoints& bus) {
-    std::printf("  watch it: %s tap --bus %s telemetry.run.%s events.\n", plan.exe.c_str(),
-                bus.sub.c_str(), plan.run_id.c_str());
-    std::printf("  steer it: %s policy load FILE --bus %s\n", plan.exe.c_str(), bus.rpc.c_str());
-    std::printf("  status:   %s status --bus %s\n", plan.exe.c_str(), bus.rpc.c_str());
+    const std::string keys = plan.keys.empty() ? "" : " --keys " + plan.keys.string();
+    std::printf("  watch it: %s tap --bus %s%s telemetry.run.%s events.\n", plan.exe.c_str(),
+                bus.sub.c_str(), keys.c_str(), plan.run_id.c_str());
+    std::printf("  steer it: %s policy load FILE --bus %s%s\n", plan.exe.c_str(), bus.rpc.c_str(),
+                keys.c_str());
+    std::printf("  status:   %s status --bus %s%s\n", plan.exe.c_str(), bus.rpc.c_str(),
+                keys.c_str());
     std::fflush(stdout);
 }
 
@@ -417,6 +435,7 @@ bool start_children(Supervisor& supervisor, const RunPlan& plan, RunChildren& ch
     broker.pub_port = port(0);
     broker.sub_port = port(1);
     broker.rpc_port = port(2);
+    broker.keys = plan.keys;
     auto b = supervisor.start_ready("broker", broker.argv(plan.exe), std::chrono::seconds(10));
     children.broker = &b.child;
     std::optional<BusEndpoints> endpoints;
@@ -441,7 +460,8 @@ bool start_children(Supervisor& supervisor, const RunPlan& plan, RunChildren& ch
                         .run_id = plan.run_id,
                         .config = plan.config_path,
                         .policy = plan.policy,
-                        .run_dir = plan.run_dir};
+                        .run_dir = plan.run_dir,
+                        .keys = plan.keys};
     children.tamiyo = Restartable{.name = "tamiyo", .argv = tamiyo.argv(plan.exe)};
     if (!start_restartable(supervisor, children.tamiyo, why)) return false;
     // Only now does `esper policy load` find the controller.
@@ -459,7 +479,8 @@ bool start_children(Supervisor& supervisor, const RunPlan& plan, RunChildren& ch
                           .max_steps = plan.max_steps,
                           .seed = plan.seed,
                           .resume = plan.resume_checkpoint,
-                          .world = plan.ranks};
+                          .world = plan.ranks,
+                          .keys = plan.keys};
     children.kasmina = &supervisor.start("kasmina-0", kasmina.argv(plan.exe), kasmina.env());
     for (int r = 1; r < plan.ranks; ++r) {
         kasmina.rank = r;
@@ -469,7 +490,8 @@ bool start_children(Supervisor& supervisor, const RunPlan& plan, RunChildren& ch
     if (plan.dash_port) {
         DashLaunch dash{.bus = bus,
                         .run_id = plan.run_id,
-                        .http = "127.0.0.1:" + std::to_string(*plan.dash_port)};
+                        .http = "127.0.0.1:" + std::to_string(*plan.dash_port),
+                        .keys = plan.keys};
         children.dash = Restartable{.name = "dash", .argv = dash.argv(plan.exe)};
         if (!start_restartable(supervisor, children.dash, why)) return false;
         std::printf("  dashboard %s\n",
@@ -696,6 +718,9 @@ int run_main(int argc, char** argv) {
                                "data-parallel executors on this machine (GPU per rank over NCCL "
                                "when there are N, else CPU: Gloo)",
                                "1");
+    auto& secure = p.flag("secure",
+                          "CURVE on the bus: make a key set in RUN_DIR/keys (esper keygen --all) "
+                          "and give every process its key; tools then need --keys RUN_DIR/keys");
     auto& dash = p.option("dash", "PORT",
                           "also serve the live dashboard on http://127.0.0.1:PORT/ (esper dash)");
     p.epilog(
@@ -790,6 +815,12 @@ int run_main(int argc, char** argv) {
     if (!plan.resume_checkpoint.empty()) {
         run["resumes"] = plan.resumes;
         run["resumed_from"] = plan.resume_checkpoint.string();
+    }
+    // --secure (or a resumed secure run): the run's key set in RUN_DIR/keys, made once.
+    if (secure.on() || previous.value("options", json::object()).value("secure", false)) {
+        plan.keys = plan.run_dir / "keys";
+        if (!fs::exists(plan.keys / "broker.secret")) write_run_keys(plan.keys);
+        run["options"]["secure"] = true;
     }
     write_run_json(plan.run_dir, run);
 

@@ -153,6 +153,7 @@ std::vector<std::string> BrokerLaunch::argv(const fs::path& esper) const {
                                   "--agent-expiry-ms",
                                   std::to_string(agent_expiry_ms)};
     if (insecure) a.push_back("--insecure");
+    if (!keys.empty()) a.insert(a.end(), {"--keys", keys.string()});
     return a;
 }
 
@@ -172,13 +173,16 @@ std::vector<std::string> TamiyoLaunch::argv(const fs::path& esper) const {
                                   bus.sub,        "--bus",  bus.rpc,     "--run-id", run_id};
     if (!config.empty()) a.insert(a.end(), {"--config", config.string()});
     if (!policy.empty()) a.insert(a.end(), {"--policy", policy});
+    if (!keys.empty()) a.insert(a.end(), {"--keys", keys.string()});
     if (!run_dir.empty()) a.insert(a.end(), {"--run-dir", run_dir.string()});
     return a;
 }
 
 std::vector<std::string> DashLaunch::argv(const fs::path& esper) const {
-    return {esper.string(), "dash",   "--bus", bus.sub, "--bus-rpc", bus.rpc, "--run",
-            run_id,         "--http", http};
+    std::vector<std::string> a = {esper.string(), "dash",  "--bus", bus.sub,  "--bus-rpc",
+                                  bus.rpc,        "--run", run_id,  "--http", http};
+    if (!keys.empty()) a.insert(a.end(), {"--keys", keys.string()});
+    return a;
 }
 
 std::vector<std::string> KasminaLaunch::argv(const fs::path& esper) const {
@@ -192,6 +196,7 @@ std::vector<std::string> KasminaLaunch::argv(const fs::path& esper) const {
     if (!resume.empty()) a.insert(a.end(), {"--resume", resume.string()});
     if (world > 1)
         a.insert(a.end(), {"--world", std::to_string(world), "--rank", std::to_string(rank)});
+    if (!keys.empty()) a.insert(a.end(), {"--keys", keys.string()});
     return a;
 }
 

@@ -8,6 +8,8 @@
 // policy disabled for throwing or overrunning its time budget) are announced on
 // events.policy.<run>. A restarted Tamiyo rebuilds its view from what the bus delivers next.
 // With --ready-fd N it writes {"agent":"tamiyo"} to descriptor N once the broker routes to it.
+// With --keys the bus is CURVE (agent key) and only operator keys may load or roll back
+// policies; plugins go through agents/policy_guard.h before any of their code runs here.
 #include <fmt/format.h>
 #include <kj/exception.h>
 #include <unistd.h>
@@ -26,6 +28,9 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/keys.h"
+#include "agents/policy_guard.h"
+#include "agents/process.h"
 #include "agents/supervisor.h"
 #include "agents/wire_vocabulary.h"
 #include "bus/event_loop.h"
@@ -46,10 +51,17 @@ namespace fs = std::filesystem;
 
 Logger& log() { return logger("tamiyo.agent"); }
 
-// A policy from a PolicyLoad request: a plugin path, or rules YAML text named by its file.
-tamiyo::PolicyPtr policy_from_request(schema::PolicyLoad::Reader l) {
+// A policy from a PolicyLoad request: a plugin path (inside a --plugin-dir, checked before it
+// runs), or rules YAML text named by its file.
+tamiyo::PolicyPtr policy_from_request(schema::PolicyLoad::Reader l,
+                                      const std::vector<fs::path>& plugin_dirs) {
     std::string name = l.getName().cStr();
-    if (l.isPath()) return tamiyo::make_policy(l.getPath().cStr());
+    if (l.isPath()) {
+        const std::string spec = l.getPath().cStr();
+        const std::string path = plugin_path_of(spec);
+        check_plugin_dir(plugin_dirs, path.empty() ? spec : path);
+        return make_checked_policy(self_exe_dir() / "esper", spec);
+    }
     if (name == "heuristic") return tamiyo::make_policy("heuristic");
     return tamiyo::make_rules_policy_from_text(l.getSource().cStr(), name);
 }
@@ -90,7 +102,8 @@ PolicySpec spec_from_name(const std::string& policy) {
 
 tamiyo::PolicyPtr build_policy(const PolicySpec& s, const tamiyo::HeuristicConfig& heuristic) {
     if (s.kind == "heuristic") return tamiyo::make_policy("heuristic", heuristic);
-    if (s.kind == "plugin") return tamiyo::make_policy(s.text);
+    // A plugin (also one restored from the run dir) is checked in a child before it runs here.
+    if (s.kind == "plugin") return make_checked_policy(self_exe_dir() / "esper", s.text);
     return tamiyo::make_rules_policy_from_text(s.text, s.name);
 }
 
@@ -158,6 +171,8 @@ class TamiyoAgent {
 public:
     struct Options {
         std::string pub, sub, rpc, run_id, target = "kasmina/0";
+        bus::ClientSecurity security{};       // CURVE agent key (--keys)
+        std::vector<fs::path> plugin_dirs{};  // live plugin loads only from these
         int tick_ms = 50;       // how often the loop checks whether a decision is due
         int ready_fd = -1;      // >= 0: write the ready line here once registered
         std::string run_dir;    // non-empty: the policy stack persists in RUN_DIR/tamiyo/
@@ -173,18 +188,25 @@ public:
           sub_(ctx_,
                {.endpoint = o_.sub,
                 .prefixes = {"telemetry.seeds." + o_.run_id + ".", "telemetry.run." + o_.run_id,
-                             "events.lifecycle." + o_.run_id + "."}}),
+                             "events.lifecycle." + o_.run_id + "."},
+                .security = o_.security}),
           events_(ctx_, {.endpoint = o_.pub,
                          .sender = "tamiyo",
                          .run_id = o_.run_id,
-                         .reliability = bus::Reliability::kControl}),
-          worker_(ctx_, {.endpoint = o_.rpc, .name = "tamiyo", .run_id = o_.run_id}),
+                         .reliability = bus::Reliability::kControl,
+                         .security = o_.security}),
+          worker_(ctx_, {.endpoint = o_.rpc,
+                         .name = "tamiyo",
+                         .run_id = o_.run_id,
+                         .security = o_.security,
+                         .authorize = authorize_request}),
           client_(ctx_, loop_,
                   {.endpoint = o_.rpc,
                    .sender = "tamiyo",
                    .run_id = o_.run_id,
                    .timeout_ms = 300,
-                   .max_attempts = 4}) {
+                   .max_attempts = 4,
+                   .security = o_.security}) {
         // A restarted controller: the policies above the first one, in order.
         for (size_t i = 1; i < stack_.size(); ++i)
             controller_.load(build_policy(stack_[i], o_.config.heuristic),
@@ -234,6 +256,21 @@ public:
     }
 
 private:
+    // Policies are code and change what the run does: only an operator key may load or roll
+    // them back (not an agent key, which every node holds). Status and show are for anyone.
+    static std::optional<std::string> authorize_request(const bus::Peer& peer,
+                                                        schema::Envelope::Reader req) {
+        auto p = req.getPayload();
+        if (!p.isControlRequest()) return std::nullopt;
+        const auto which = p.getControlRequest().which();
+        if (which != schema::ControlRequest::POLICY_LOAD &&
+            which != schema::ControlRequest::POLICY_ROLLBACK)
+            return std::nullopt;
+        if (peer.allowed({bus::Role::kOperator})) return std::nullopt;
+        return "policy changes need an operator key; this is " +
+               std::string(bus::role_name(peer.role)) + " " + peer.name;
+    }
+
     // Registered once a ping through the broker comes back: then the ready line.
     void ping_self() {
         bool queued = client_.send(
@@ -577,7 +614,7 @@ private:
                     auto l = r.getPolicyLoad();
                     std::string name = l.getName().cStr();
                     try {
-                        tamiyo::PolicyPtr policy = policy_from_request(l);
+                        tamiyo::PolicyPtr policy = policy_from_request(l, o_.plugin_dirs);
                         std::string previous = controller_.active().name();
                         controller_.load(std::move(policy), "esper policy load", view_.step());
                         history_seen_ = controller_.history().size();
@@ -718,10 +755,28 @@ int tamiyo_main(int argc, char** argv) {
                               "and close it (used by esper run)");
     auto& check =
         p.flag("check-config", "validate the tamiyo section and the policy, print them, and exit");
+    auto& keys =
+        p.option("keys", "DIR", "CURVE keys: DIR/broker.pub and an agent secret key (docs/bus.md)");
+    auto& plugin_dirs = p.option("plugin-dir", "DIR",
+                                 "allow `esper policy load` of plugins inside DIR (default: "
+                                 "none, live plugin loads are refused)",
+                                 "", true);
+    auto& probe = p.option("probe-plugin", "SPEC",
+                           "internal: load a plugin in this throw-away process, print its name");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
+    if (probe.given()) return run_plugin_probe(probe.str());
+    const fs::path esper = self_exe_dir() / "esper";
     if (check.on()) {
         tamiyo::Config c = load_tamiyo_config(config);
         if (policy.given()) c.policy = policy.str();
+        if (!plugin_path_of(c.policy).empty()) {
+            // Validating a plugin never runs it here: symbols from the file, the rest in a child.
+            const std::string name = probe_plugin(esper, c.policy);
+            std::printf("%spolicy %s (plugin, %s): esper_policy_v1, checked in a child process\n",
+                        tamiyo::format_config(c).c_str(), name.c_str(),
+                        plugin_path_of(c.policy).c_str());
+            return 0;
+        }
         tamiyo::PolicyPtr checked = tamiyo::make_policy(c.policy, c.heuristic);
         std::printf("%s%s\n", tamiyo::format_config(c).c_str(),
                     tamiyo::describe_policy(*checked).c_str());
@@ -744,6 +799,11 @@ int tamiyo_main(int argc, char** argv) {
     }
     o.config = load_tamiyo_config(config);
     if (policy.given()) o.config.policy = policy.str();
+    if (keys.given()) o.security = client_security(keys.str(), {bus::Role::kAgent});
+    for (const std::string& d : plugin_dirs.values) {
+        if (!fs::is_directory(d)) return p.usage_error("--plugin-dir " + d + ": not a directory");
+        o.plugin_dirs.emplace_back(d);
+    }
     if (run_dir.given()) o.run_dir = run_dir.str();
     ESPER_LOG_INFO(log(), "effective config\n", tamiyo::format_config(o.config));
     std::optional<PersistedPolicies> previous = load_persisted(o.run_dir);
@@ -753,7 +813,8 @@ int tamiyo_main(int argc, char** argv) {
         ESPER_LOG_INFO(log(), "restoring ", stack.size(), " policies from ",
                        policy_state_path(o.run_dir).string());
     } else {
-        tamiyo::make_policy(o.config.policy, o.config.heuristic);  // validates, with file:line
+        // Validates with file:line; a plugin is checked in a child before it runs here.
+        make_checked_policy(esper, o.config.policy, o.config.heuristic);
         stack.push_back(spec_from_name(o.config.policy));
     }
     TamiyoAgent agent(std::move(o), std::move(stack), previous.value_or(PersistedPolicies{}));

@@ -11,6 +11,7 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/keys.h"
 #include "agents/tool_json.h"
 #include "bus/event_loop.h"
 #include "bus/pubsub.h"
@@ -31,6 +32,8 @@ int tap_main(int argc, char** argv) {
                              "exit after T ms without a message "
                              "(0 = never; exit code 1 if none arrived)",
                              "0");
+    auto& keys =
+        p.option("keys", "DIR", "CURVE keys: DIR/broker.pub and an observer (or other) secret key");
     p.epilog(
         "Topic prefixes use ZeroMQ prefix matching, e.g. 'telemetry.seeds.' or 'events.'.\n"
         "Output: "
@@ -53,7 +56,11 @@ int tap_main(int argc, char** argv) {
     // The end of a run comes on events.run.<run>; subscribed even when not printed.
     if (until_end.on() && !prefixes.empty()) prefixes.push_back("events.run.");
     zmq::context_t context(1);
-    bus::Subscriber sub(context, {.endpoint = bus_ep.str(), .prefixes = prefixes});
+    bus::SubscriberConfig sc{.endpoint = bus_ep.str(), .prefixes = prefixes};
+    if (keys.given())
+        sc.security = client_security(
+            keys.str(), {bus::Role::kObserver, bus::Role::kOperator, bus::Role::kAgent});
+    bus::Subscriber sub(context, sc);
     bus::EventLoop loop;
     int64_t received = 0;
     int64_t last_activity_ns = monotonic_ns();
