@@ -6,7 +6,12 @@
 // matrix (O(T) memory, as the fused GPU kernels do).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+
+#if ESPER_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 namespace esper::kernels {
 
@@ -28,5 +33,29 @@ void attention_forward_reference(const AttentionShape& s, const float* q, const 
 void attention_backward_reference(const AttentionShape& s, const float* q, const float* k,
                                   const float* v, const float* out, const float* dout,
                                   const float* lse, float* dq, float* dk, float* dv);
+
+#if ESPER_HAVE_CUDA
+// Element type of q, k, v, out, dout, dq, dk, dv on the device; lse and the workspace are fp32.
+// The kernels (kernels/attention.cu, FlashAttention-2 style) always multiply on bf16 tensor
+// cores with fp32 accumulation and fp32 softmax statistics: fp32 inputs are rounded to bf16 as
+// they are loaded, so kFloat32 saves the caller a conversion pass, not precision.
+enum class AttentionDtype : uint8_t { kFloat32 = 0, kBfloat16 = 1 };
+
+// Device pointers, same layout and contracts as the references. head_dim must be 32, 64 or 128,
+// ld_qkv and ld_out multiples of 8 and every pointer 16-byte aligned; otherwise (and for an empty
+// shape) the launchers return cudaErrorInvalidValue without launching. O(T) memory: nothing of
+// size T×T is stored. The backward is deterministic (no atomics).
+[[nodiscard]] cudaError_t launch_attention_forward(const AttentionShape& s, AttentionDtype dtype,
+                                                   const void* q, const void* k, const void* v,
+                                                   void* out, float* lse, cudaStream_t stream);
+// Workspace: attention_backward_workspace_bytes(s) bytes of device memory (Δ = dO·O per row).
+size_t attention_backward_workspace_bytes(const AttentionShape& s);
+[[nodiscard]] cudaError_t launch_attention_backward(const AttentionShape& s, AttentionDtype dtype,
+                                                    const void* q, const void* k, const void* v,
+                                                    const void* out, const void* dout,
+                                                    const float* lse, void* dq, void* dk, void* dv,
+                                                    void* workspace, size_t workspace_bytes,
+                                                    cudaStream_t stream);
+#endif
 
 }  // namespace esper::kernels

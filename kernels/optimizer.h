@@ -43,6 +43,21 @@ struct AdamwHyper {
 [[nodiscard]] cudaError_t launch_adamw_step(float* params, const float* grads, float* m, float* v,
                                             int64_t n, const AdamwHyper* hyper,
                                             cudaStream_t stream);
+
+// One tensor of a multi-tensor AdamW step (device pointers; n floats each).
+struct AdamwTensor {
+    float* params;
+    const float* grads;
+    float* m;
+    float* v;
+    int64_t n;
+};
+// AdamW over every tensor of `tensors` (a device array of `count` entries, uploaded once by the
+// owner so a captured graph keeps it) in one launch: the same math as launch_adamw_step, one
+// hyper-parameter struct for all. max_n: the largest n (sizes the grid).
+[[nodiscard]] cudaError_t launch_adamw_multi_step(const AdamwTensor* tensors, int32_t count,
+                                                  int64_t max_n, const AdamwHyper* hyper,
+                                                  cudaStream_t stream);
 #endif
 
 }  // namespace esper::kernels

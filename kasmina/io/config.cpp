@@ -193,13 +193,18 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 void read_run(const Reader& r, const YAML::Node& n, RunConfig& c) {
     const std::string p = "run";
     r.section(n, p,
-              {"seed", "device", "epochs", "max_steps", "checkpoint_every_steps",
+              {"seed", "device", "precision", "epochs", "max_steps", "checkpoint_every_steps",
                "telemetry_interval_steps", "eval_every_steps", "digest_every_steps"});
     r.get_uint(n, p, "seed", c.seed);
     r.get_string(n, p, "device", c.device);
     if (c.device != "auto" && c.device != "cpu" && c.device != "cuda") {
         r.fail(r.at(n, "device"), "run.device",
                "expected one of auto, cpu, cuda, got '" + c.device + "'");
+    }
+    r.get_string(n, p, "precision", c.precision);
+    if (c.precision != "fp32" && c.precision != "bf16") {
+        r.fail(r.at(n, "precision"), "run.precision",
+               "expected fp32 or bf16, got '" + c.precision + "'");
     }
     r.get_int(n, p, "epochs", c.epochs);
     r.get_int(n, p, "max_steps", c.max_steps);
@@ -593,11 +598,6 @@ Config read_root(const Reader& r, const YAML::Node& root, uint64_t memory_bytes)
                transformer ? "model.kind: transformer reads bytes: set data.dataset: text"
                            : "data.dataset: text needs model.kind: transformer");
     }
-    if (transformer && c.run.device == "cuda") {
-        r.fail(r.at(root["run"], "device"), "run.device",
-               "model.kind: transformer runs on the CPU for now (the CUDA transformer is not "
-               "built yet); set run.device: cpu or auto");
-    }
     refuse_what_cannot_fit(r, root, c, memory_bytes);
     return c;
 }
@@ -684,6 +684,7 @@ void emit_config(YAML::Emitter& out, const Config& c) {
         YamlMap m(out);
         m.put("seed", c.run.seed)
             .put("device", c.run.device)
+            .put("precision", c.run.precision)
             .put("epochs", c.run.epochs)
             .put("max_steps", c.run.max_steps)
             .put("checkpoint_every_steps", c.run.checkpoint_every_steps)

@@ -15,7 +15,9 @@
 #include "core/cuda_check.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "kasmina/model/transformer.h"
 #include "kasmina/train/cuda_handles.h"
+#include "kasmina/train/cuda_transformer_backend.h"
 #include "kernels/bias_act.h"
 #include "kernels/grad_ops.h"
 #include "kernels/optimizer.h"
@@ -1049,6 +1051,16 @@ double CudaBackend::last_grad_reduce_ms() const {
 std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Model& model,
                                                SeedManager& seeds, Optimizer& optimizer,
                                                const StepBackendOptions& options) {
+    if (auto* tfm = dynamic_cast<TransformerModel*>(&model)) {
+        ESPER_CHECK_INPUT(options.world == 1,
+                          "run.device: cuda trains the transformer on one GPU (", options.world,
+                          " ranks asked for); use run.device: cpu");
+        auto backend = std::make_unique<CudaTransformerBackend>(config, *tfm, optimizer,
+                                                                options.batch, options.eval_batch);
+        ESPER_LOG_AT(logger("kasmina.trainer"), LogLevel::kInfo,
+                     "device=cuda model=transformer precision=", config.run.precision);
+        return backend;
+    }
     auto* mlp = dynamic_cast<MlpModel*>(&model);
     ESPER_CHECK_INPUT(mlp != nullptr, "model ", model.kind(),
                       ": no CUDA backend yet (run.device: cpu)");

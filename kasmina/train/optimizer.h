@@ -42,7 +42,8 @@ public:
     void load(const CheckpointData& in);
 
 private:
-    friend class CudaBackend;  // mirrors m_/v_ and the step counters on the device
+    friend class CudaBackend;             // mirrors m_/v_ and the step counters on the device
+    friend class CudaTransformerBackend;  // likewise for the transformer host
     void update(float* p, const float* g, float* m, float* v, int64_t n, double lr,
                 int64_t t) const;
 

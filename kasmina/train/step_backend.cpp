@@ -14,12 +14,20 @@ Logger& backend_log() { return logger("kasmina.trainer"); }
 }  // namespace
 
 bool trainer_uses_cuda(const Config& config) {
-    // Widening (layer-input) blueprints and the transformer host have CPU code only (load_config
-    // refuses device: cuda with either); `auto` then means the CPU.
-    const char* cpu_only = config.model.kind == ModelKind::kTransformer ? "model.kind: transformer"
-                           : config.blueprints.input == BlueprintInput::kLayer
-                               ? "blueprints.input: layer"
-                               : nullptr;
+    // The transformer trains on the GPU only when asked (run.device: cuda): its seeds germinate
+    // on the CPU only, so `auto` keeps a growing run on the CPU.
+    if (config.model.kind == ModelKind::kTransformer) {
+        if (config.run.device == "cuda") return resolve_use_cuda(config.run.device);
+        if (config.run.device == "auto")
+            ESPER_LOG_AT(backend_log(), LogLevel::kInfo,
+                         "device=cpu (the transformer's seeds germinate on the CPU only; "
+                         "run.device: cuda trains the bare host on the GPU)");
+        return false;
+    }
+    // Widening (layer-input) blueprints have CPU code only (load_config refuses device: cuda
+    // with them); `auto` then means the CPU.
+    const char* cpu_only =
+        config.blueprints.input == BlueprintInput::kLayer ? "blueprints.input: layer" : nullptr;
     if (cpu_only == nullptr) return resolve_use_cuda(config.run.device);
     ESPER_CHECK_INPUT(config.run.device != "cuda", cpu_only,
                       " runs on the CPU only; set run.device: cpu or auto");

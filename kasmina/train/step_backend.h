@@ -56,6 +56,8 @@ public:
     virtual void download_all() = 0;
     // The CUDA backend's own knobs (graphs, timings); null on the CPU.
     virtual CudaBackend* cuda() { return nullptr; }
+    // Why a germination cannot run on this backend (one line), or empty when it can.
+    virtual std::string germination_refusal() const { return {}; }
 };
 
 struct StepBackendOptions {

@@ -3,6 +3,8 @@
 
 #include <cmath>
 #include <filesystem>
+#include <utility>
+#include <variant>
 
 #include "core/check.h"
 #include "core/clock.h"
@@ -91,7 +93,25 @@ int64_t Trainer::param_count() const {
     return n;
 }
 
-Outcome Trainer::apply(const Command& command) { return seeds_->apply(command); }
+namespace {
+
+bool has_germination(const Command& c) {
+    if (std::holds_alternative<GerminateCommand>(c.body)) return true;
+    if (const auto* b = std::get_if<BatchCommand>(&c.body))
+        for (const Command& inner : b->commands)
+            if (has_germination(inner)) return true;
+    return false;
+}
+
+}  // namespace
+
+Outcome Trainer::apply(const Command& command) {
+    if (has_germination(command)) {
+        std::string why = backend_->germination_refusal();
+        if (!why.empty()) return Outcome{OutcomeStatus::kRejected, std::move(why)};
+    }
+    return seeds_->apply(command);
+}
 
 TrainStep Trainer::step() {
     ESPER_REQUIRE(!done(), "step ", step_, " of ", total_steps_);

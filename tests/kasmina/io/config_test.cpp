@@ -314,9 +314,9 @@ TEST_CASE("transformer configs that cannot run are refused with file, line and f
     CHECK_THAT(config_error("data: {dataset: text}\nmodel:\n  kind: transformer\n"
                             "  seeds_per_layer: 600\n  transformer: {d_model: 128}\n"),
                Catch::Contains("model.seeds_per_layer: seeds_per_layer 600 exceeds the 512"));
-    CHECK_THAT(
-        config_error("run: {device: cuda}\ndata: {dataset: text}\nmodel: {kind: transformer}\n"),
-        Catch::Contains("run.yaml:1: run.device: model.kind: transformer runs on the CPU"));
+    CHECK_THAT(config_error("run: {precision: fp16}\ndata: {dataset: text}\n"
+                            "model: {kind: transformer}\n"),
+               Catch::Contains("run.yaml:1: run.precision: expected fp32 or bf16, got 'fp16'"));
     CHECK_THAT(config_error("data: {dataset: text, text: {validation_fraction: 0.9}}\n"
                             "model: {kind: transformer}\n"),
                Catch::Contains("data.text.validation_fraction: out of range"));

@@ -1,0 +1,518 @@
+// The transformer host's step on the GPU (see cuda_transformer_backend.h). Every host parameter,
+// gradient and optimizer moment lives in one flat fp32 device buffer each (the order of
+// Model::params()), so clipping and the optimizer are single launches over all parameters. The
+// forward keeps the activations the backward needs, as the CPU host does (transformer.cpp), and
+// the backward mirrors it op for op; in bf16 mode each GEMM operand is cast to bf16 right before
+// the product (the weights once per step), with fp32 accumulation and fp32 outputs.
+#include "kasmina/train/cuda_transformer_backend.h"
+
+#include <cublasLt.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "core/cuda_check.h"
+#include "core/error.h"
+#include "kasmina/train/cuda_handles.h"
+#include "kernels/attention.h"
+#include "kernels/bias_act.h"
+#include "kernels/embedding.h"
+#include "kernels/gemm.h"
+#include "kernels/grad_ops.h"
+#include "kernels/layernorm.h"
+#include "kernels/optimizer.h"
+#include "kernels/softmax_xent.h"
+
+namespace esper::kasmina {
+
+namespace {
+
+constexpr float kLnEps = 1e-5f;  // the CPU host's (transformer.cpp)
+constexpr size_t kLtWorkspace = size_t(32) << 20;
+
+struct BlockOff {
+    size_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b;
+};
+
+struct BlockAct {
+    DeviceBuffer<float> x_in, a, qkv, att, x_mid, m, f, h, mean1, rstd1, mean2, rstd2, lse;
+};
+
+}  // namespace
+
+struct CudaTransformerBackend::Impl {
+    TransformerModel* model = nullptr;
+    Optimizer* optimizer = nullptr;
+    OptimizerConfig opt;
+    bool bf16 = true, adamw = true;
+    int32_t C = 0, H = 0, D = 0, F = 0, T = 0, L = 0;
+    bool tied = true;
+
+    CudaStream stream;
+    cublasLtHandle_t lt = nullptr;
+    DeviceBuffer<uint8_t> lt_ws;
+
+    // ---- parameters (flat, Model::params() order) ----
+    std::vector<size_t> off;  // per param
+    size_t total = 0;
+    DeviceBuffer<float> p, g, m, v;
+    DeviceBuffer<uint16_t> w16;  // bf16 copy of p (bf16 mode)
+    size_t wte = 0, wpe = 0, lnf_w = 0, lnf_b = 0, head = 0;
+    std::vector<BlockOff> blocks;
+
+    // ---- activations and scratch, sized for `rows_cap` rows ----
+    int32_t rows_cap = 0;
+    std::vector<BlockAct> act;
+    DeviceBuffer<float> x_out, xf, meanf, rstdf, logits, gres, dtmp, dbig, dqkv;
+    DeviceBuffer<uint16_t> sa16, sb16;
+    DeviceBuffer<uint8_t> ln_ws, attn_ws, xent_ws, bias_ws;
+    DeviceBuffer<int32_t> tokens, targets, correct;
+    DeviceBuffer<float> loss;
+    DeviceBuffer<double> sumsq;
+    DeviceBuffer<kernels::AdamwHyper> adam_dev;
+    DeviceBuffer<kernels::SgdHyper> sgd_dev;
+    PinnedBuffer<kernels::AdamwHyper> adam_host;
+    PinnedBuffer<kernels::SgdHyper> sgd_host;
+    struct Result {
+        float loss;
+        int32_t correct;
+        double sumsq;
+    };
+    PinnedBuffer<Result> result;
+
+    float* P(size_t o) const { return p.get() + o; }
+    float* G(size_t o) const { return g.get() + o; }
+    const uint16_t* W16(size_t o) const { return bf16 ? w16.get() + o : nullptr; }
+    cudaStream_t s() const { return stream.get(); }
+
+    void ensure_rows(int32_t rows) {
+        if (rows <= rows_cap) return;
+        // sync-point: step boundary (activation buffers grow for a larger batch)
+        ESPER_CUDA_CHECK(cudaStreamSynchronize(s()));
+        const size_t n = size_t(rows);
+        act.clear();
+        act.resize(size_t(L));
+        const size_t lse_n = n * size_t(H);  // [samples, H, seq] ≤ rows · H
+        for (BlockAct& b : act) {
+            b.x_in = DeviceBuffer<float>(n * C);
+            b.a = DeviceBuffer<float>(n * C);
+            b.qkv = DeviceBuffer<float>(n * 3 * C);
+            b.att = DeviceBuffer<float>(n * C);
+            b.x_mid = DeviceBuffer<float>(n * C);
+            b.m = DeviceBuffer<float>(n * C);
+            b.f = DeviceBuffer<float>(n * F);
+            b.h = DeviceBuffer<float>(n * F);
+            b.mean1 = DeviceBuffer<float>(n);
+            b.rstd1 = DeviceBuffer<float>(n);
+            b.mean2 = DeviceBuffer<float>(n);
+            b.rstd2 = DeviceBuffer<float>(n);
+            b.lse = DeviceBuffer<float>(lse_n);
+        }
+        x_out = DeviceBuffer<float>(n * C);
+        xf = DeviceBuffer<float>(n * C);
+        meanf = DeviceBuffer<float>(n);
+        rstdf = DeviceBuffer<float>(n);
+        logits = DeviceBuffer<float>(n * kByteVocab);
+        gres = DeviceBuffer<float>(n * C);
+        dtmp = DeviceBuffer<float>(n * C);
+        dbig = DeviceBuffer<float>(n * F);
+        dqkv = DeviceBuffer<float>(n * 3 * C);
+        const size_t widest = size_t(std::max({F, 3 * C, kByteVocab, C}));
+        sa16 = DeviceBuffer<uint16_t>(bf16 ? n * widest : 0);
+        sb16 = DeviceBuffer<uint16_t>(bf16 ? n * widest : 0);
+        ln_ws = DeviceBuffer<uint8_t>(kernels::layernorm_backward_workspace_bytes(rows, C));
+        kernels::AttentionShape shape;
+        shape.batch = rows;  // an upper bound: samples · H · seq ≤ rows · H
+        shape.seq = 1;
+        shape.heads = H;
+        attn_ws = DeviceBuffer<uint8_t>(kernels::attention_backward_workspace_bytes(shape));
+        xent_ws = DeviceBuffer<uint8_t>(kernels::softmax_xent_workspace_bytes(rows));
+        bias_ws = DeviceBuffer<uint8_t>(
+            kernels::bias_act_backward_workspace_bytes(rows, std::max(F, 3 * C)));
+        tokens = DeviceBuffer<int32_t>(n);
+        targets = DeviceBuffer<int32_t>(n);
+        rows_cap = rows;
+        ESPER_CUDA_CHECK(cudaDeviceSynchronize());  // the zeroing memsets ran on the legacy stream
+    }
+
+    // Row-major D = op(A)·op(B) (+ epilogue) in the run's precision. a16/b16: a bf16 copy of the
+    // operand when it is a weight (bf16 mode); otherwise the fp32 operand is cast into scratch.
+    void gemm(kernels::GemmSpec spec, const float* a, const uint16_t* a16, const float* b,
+              const uint16_t* b16, float* d) {
+        spec.d_type = kernels::GemmDtype::kFloat32;
+        const void* pa = a;
+        const void* pb = b;
+        if (bf16) {
+            spec.ab_type = kernels::GemmDtype::kBfloat16;
+            if (a16 == nullptr) {
+                const int64_t n = int64_t(spec.trans_a ? spec.k : spec.m) * spec.lda;
+                ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(a, sa16.get(), n, s()));
+                a16 = sa16.get();
+            }
+            if (b16 == nullptr) {
+                const int64_t n = int64_t(spec.trans_b ? spec.n : spec.k) * spec.ldb;
+                ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(b, sb16.get(), n, s()));
+                b16 = sb16.get();
+            }
+            pa = a16;
+            pb = b16;
+        } else {
+            spec.ab_type = kernels::GemmDtype::kFloat32;
+        }
+        ESPER_CUDA_CHECK(kernels::launch_gemm(lt, spec, pa, pb, d, lt_ws.get(), lt_ws.size(), s()));
+    }
+    // y[n, out] = x[n, in]·W[out, in]ᵀ (+ bias) (+ y when accumulate)
+    void linear(const float* x, size_t w, const float* bias, float* y, int32_t n, int32_t in,
+                int32_t out, bool accumulate) {
+        kernels::GemmSpec sp;
+        sp.trans_b = true;
+        sp.m = n;
+        sp.n = out;
+        sp.k = in;
+        sp.lda = in;
+        sp.ldb = in;
+        sp.ldd = out;
+        sp.beta = accumulate ? 1.0f : 0.0f;
+        sp.epilogue = bias ? kernels::GemmEpilogue::kBias : kernels::GemmEpilogue::kNone;
+        sp.bias = bias;
+        gemm(sp, x, nullptr, P(w), W16(w), y);
+    }
+    // dx[n, in] = dy[n, out]·W[out, in]
+    void linear_dx(const float* dy, size_t w, float* dx, int32_t n, int32_t in, int32_t out) {
+        kernels::GemmSpec sp;
+        sp.m = n;
+        sp.n = in;
+        sp.k = out;
+        sp.lda = out;
+        sp.ldb = in;
+        sp.ldd = in;
+        gemm(sp, dy, nullptr, P(w), W16(w), dx);
+    }
+    // dW[out, in] += dy[n, out]ᵀ·x[n, in]
+    void linear_dw(const float* x, const float* dy, size_t w, int32_t n, int32_t in, int32_t out) {
+        kernels::GemmSpec sp;
+        sp.trans_a = true;
+        sp.m = out;
+        sp.n = in;
+        sp.k = n;
+        sp.lda = out;
+        sp.ldb = in;
+        sp.ldd = in;
+        sp.beta = 1.0f;
+        gemm(sp, dy, nullptr, x, nullptr, G(w));
+    }
+    // db[cols] = Σ_r dy[r, :] (deterministic column sums; dy is left as it was).
+    void bias_grad(float* dy, size_t b, int32_t n, int32_t cols) {
+        ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(dy, dy, dy, G(b), n, cols,
+                                                           kernels::Activation::kIdentity,
+                                                           bias_ws.get(), bias_ws.size(), s()));
+    }
+    kernels::AttentionShape attn_shape(int32_t samples, int32_t seq) const {
+        kernels::AttentionShape sh;
+        sh.batch = samples;
+        sh.seq = seq;
+        sh.heads = H;
+        sh.head_dim = D;
+        sh.ld_qkv = 3 * int64_t(C);
+        sh.ld_out = C;
+        sh.scale = 1.0f / std::sqrt(float(D));
+        return sh;
+    }
+
+    void forward(int32_t samples, int32_t seq) {
+        const int32_t n = samples * seq;
+        const size_t bytes = size_t(n) * C * sizeof(float);
+        if (bf16) ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(p.get(), w16.get(), total, s()));
+        ESPER_CUDA_CHECK(kernels::launch_embedding_forward(
+            tokens.get(), P(wte), P(wpe), act[0].x_in.get(), samples, seq, C, s()));
+        const kernels::AttentionShape sh = attn_shape(samples, seq);
+        for (int32_t l = 0; l < L; ++l) {
+            BlockAct& b = act[size_t(l)];
+            const BlockOff& o = blocks[size_t(l)];
+            ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(b.x_in.get(), P(o.ln1_w), P(o.ln1_b),
+                                                               b.a.get(), nullptr, b.mean1.get(),
+                                                               b.rstd1.get(), n, C, kLnEps, s()));
+            linear(b.a.get(), o.qkv_w, P(o.qkv_b), b.qkv.get(), n, C, 3 * C, false);
+            ESPER_CUDA_CHECK(kernels::launch_attention_forward(
+                sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
+                b.qkv.get() + 2 * C, b.att.get(), b.lse.get(), s()));
+            ESPER_CUDA_CHECK(
+                cudaMemcpyAsync(b.x_mid.get(), b.x_in.get(), bytes, cudaMemcpyDeviceToDevice, s()));
+            linear(b.att.get(), o.proj_w, P(o.proj_b), b.x_mid.get(), n, C, C, true);
+            ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
+                b.x_mid.get(), P(o.ln2_w), P(o.ln2_b), b.m.get(), nullptr, b.mean2.get(),
+                b.rstd2.get(), n, C, kLnEps, s()));
+            linear(b.m.get(), o.fc_w, nullptr, b.f.get(), n, C, F, false);
+            ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(b.f.get(), P(o.fc_b), b.h.get(), n, F,
+                                                              kernels::Activation::kGeluTanh, s()));
+            float* out = l + 1 < L ? act[size_t(l) + 1].x_in.get() : x_out.get();
+            ESPER_CUDA_CHECK(
+                cudaMemcpyAsync(out, b.x_mid.get(), bytes, cudaMemcpyDeviceToDevice, s()));
+            linear(b.h.get(), o.fc2_w, P(o.fc2_b), out, n, F, C, true);
+        }
+        ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(x_out.get(), P(lnf_w), P(lnf_b),
+                                                           xf.get(), nullptr, meanf.get(),
+                                                           rstdf.get(), n, C, kLnEps, s()));
+        linear(xf.get(), head, nullptr, logits.get(), n, C, kByteVocab, false);
+        // dlogits overwrite the logits (the backward reads only dlogits).
+        ESPER_CUDA_CHECK(kernels::launch_softmax_xent(logits.get(), targets.get(), n, kByteVocab,
+                                                      loss.get(), logits.get(), correct.get(),
+                                                      xent_ws.get(), xent_ws.size(), s()));
+    }
+
+    void backward(int32_t samples, int32_t seq) {
+        const int32_t n = samples * seq;
+        ESPER_CUDA_CHECK(cudaMemsetAsync(g.get(), 0, total * sizeof(float), s()));
+        linear_dx(logits.get(), head, dtmp.get(), n, C, kByteVocab);
+        linear_dw(xf.get(), logits.get(), head, n, C, kByteVocab);
+        ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
+            dtmp.get(), x_out.get(), P(lnf_w), meanf.get(), rstdf.get(), gres.get(), G(lnf_w),
+            G(lnf_b), n, C, false, ln_ws.get(), ln_ws.size(), s()));
+        const kernels::AttentionShape sh = attn_shape(samples, seq);
+        for (int32_t l = L - 1; l >= 0; --l) {
+            BlockAct& b = act[size_t(l)];
+            const BlockOff& o = blocks[size_t(l)];
+            // MLP: out = x_mid + gelu(m·Wfcᵀ + bfc)·Wfc2ᵀ + bfc2
+            linear_dx(gres.get(), o.fc2_w, dbig.get(), n, F, C);
+            linear_dw(b.h.get(), gres.get(), o.fc2_w, n, F, C);
+            bias_grad(gres.get(), o.fc2_b, n, C);
+            ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
+                dbig.get(), b.f.get(), dbig.get(), G(o.fc_b), n, F, kernels::Activation::kGeluTanh,
+                bias_ws.get(), bias_ws.size(), s()));
+            linear_dx(dbig.get(), o.fc_w, dtmp.get(), n, C, F);
+            linear_dw(b.m.get(), dbig.get(), o.fc_w, n, C, F);
+            ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
+                dtmp.get(), b.x_mid.get(), P(o.ln2_w), b.mean2.get(), b.rstd2.get(), gres.get(),
+                G(o.ln2_w), G(o.ln2_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
+            // attention: x_mid = x_in + attention(qkv(LN1(x_in)))·Wprojᵀ + bproj
+            linear_dx(gres.get(), o.proj_w, dtmp.get(), n, C, C);
+            linear_dw(b.att.get(), gres.get(), o.proj_w, n, C, C);
+            bias_grad(gres.get(), o.proj_b, n, C);
+            ESPER_CUDA_CHECK(kernels::launch_attention_backward(
+                sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
+                b.qkv.get() + 2 * C, b.att.get(), dtmp.get(), b.lse.get(), dqkv.get(),
+                dqkv.get() + C, dqkv.get() + 2 * C, attn_ws.get(), attn_ws.size(), s()));
+            bias_grad(dqkv.get(), o.qkv_b, n, 3 * C);
+            linear_dx(dqkv.get(), o.qkv_w, dtmp.get(), n, C, 3 * C);
+            linear_dw(b.a.get(), dqkv.get(), o.qkv_w, n, C, 3 * C);
+            ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
+                dtmp.get(), b.x_in.get(), P(o.ln1_w), b.mean1.get(), b.rstd1.get(), gres.get(),
+                G(o.ln1_w), G(o.ln1_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
+        }
+        ESPER_CUDA_CHECK(kernels::launch_embedding_backward(
+            tokens.get(), gres.get(), G(wte), G(wpe), samples, seq, C, kByteVocab, s()));
+    }
+
+    void update(double lr) {
+        ESPER_CUDA_CHECK(cudaMemsetAsync(sumsq.get(), 0, sizeof(double), s()));
+        ESPER_CUDA_CHECK(kernels::launch_sum_squares(g.get(), int64_t(total), sumsq.get(), s()));
+        if (opt.grad_clip > 0.0)
+            ESPER_CUDA_CHECK(kernels::launch_clip_scale(g.get(), int64_t(total), sumsq.get(),
+                                                        float(opt.grad_clip), s()));
+        if (adamw) {
+            adam_host[0] = {
+                float(lr),      float(opt.beta1),        float(opt.beta2),
+                float(opt.eps), float(opt.weight_decay), int32_t(optimizer->host_steps_ + 1)};
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(adam_dev.get(), adam_host.get(),
+                                             sizeof(kernels::AdamwHyper), cudaMemcpyHostToDevice,
+                                             s()));
+            ESPER_CUDA_CHECK(kernels::launch_adamw_step(p.get(), g.get(), m.get(), v.get(),
+                                                        int64_t(total), adam_dev.get(), s()));
+        } else {
+            sgd_host[0] = {float(lr), float(opt.momentum), float(opt.weight_decay)};
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(sgd_dev.get(), sgd_host.get(),
+                                             sizeof(kernels::SgdHyper), cudaMemcpyHostToDevice,
+                                             s()));
+            ESPER_CUDA_CHECK(kernels::launch_sgd_momentum_step(p.get(), g.get(), m.get(),
+                                                               int64_t(total), sgd_dev.get(), s()));
+        }
+    }
+
+    void set_batch(const Batch& batch) {
+        ESPER_REQUIRE(batch.tokens != nullptr && batch.targets != nullptr && batch.samples > 0 &&
+                          batch.rows % batch.samples == 0,
+                      "cuda transformer batch: samples=", batch.samples, " rows=", batch.rows);
+        const int32_t seq = batch.rows / batch.samples;
+        ESPER_REQUIRE(seq >= 1 && seq <= T, "cuda transformer batch: seq=", seq, " context=", T);
+        ensure_rows(batch.rows);
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), batch.tokens,
+                                         size_t(batch.rows) * sizeof(int32_t),
+                                         cudaMemcpyHostToDevice, s()));
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(targets.get(), batch.targets,
+                                         size_t(batch.rows) * sizeof(int32_t),
+                                         cudaMemcpyHostToDevice, s()));
+    }
+
+    Result read_result(bool with_sumsq) {
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].loss, loss.get(), sizeof(float),
+                                         cudaMemcpyDeviceToHost, s()));
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].correct, correct.get(), sizeof(int32_t),
+                                         cudaMemcpyDeviceToHost, s()));
+        if (with_sumsq)
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].sumsq, sumsq.get(), sizeof(double),
+                                             cudaMemcpyDeviceToHost, s()));
+        // sync-point: step boundary (loss and vitals feed the host lifecycle and governor)
+        ESPER_CUDA_CHECK(cudaStreamSynchronize(s()));
+        return result[0];
+    }
+
+    void copy_state(bool to_device) {
+        const std::vector<ParamRef>& ps = model->params();
+        const cudaMemcpyKind kind = to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+        auto copy = [&](float* dev, float* host, size_t n) {
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(to_device ? static_cast<void*>(dev) : host,
+                                             to_device ? static_cast<const void*>(host) : dev,
+                                             n * sizeof(float), kind, s()));
+        };
+        for (size_t i = 0; i < ps.size(); ++i) {
+            const size_t n = size_t(ps[i].value->numel());
+            copy(p.get() + off[i], ps[i].value->data(), n);
+            copy(m.get() + off[i], optimizer->m_[i].data(), n);
+            if (adamw) copy(v.get() + off[i], optimizer->v_[i].data(), n);
+        }
+        // sync-point: step boundary (restore / snapshot)
+        ESPER_CUDA_CHECK(cudaStreamSynchronize(s()));
+    }
+};
+
+CudaTransformerBackend::CudaTransformerBackend(const Config& config, TransformerModel& model,
+                                               Optimizer& optimizer, int32_t batch,
+                                               int32_t eval_batch)
+    : impl_(std::make_unique<Impl>()) {
+    Impl& d = *impl_;
+    const TransformerConfig& t = model.shape();
+    d.model = &model;
+    d.optimizer = &optimizer;
+    d.opt = config.optimizer;
+    d.bf16 = config.run.precision != "fp32";
+    d.adamw = config.optimizer.kind == OptimizerKind::kAdamw;
+    d.C = int32_t(t.d_model);
+    d.H = int32_t(t.n_head);
+    d.D = d.C / d.H;
+    d.F = 4 * d.C;
+    d.T = model.context();
+    d.L = model.n_layer();
+    d.tied = t.tie_embeddings;
+    ESPER_CHECK_INPUT(d.D == 32 || d.D == 64 || d.D == 128,
+                      "run.device: cuda: the transformer's head dimension d_model / n_head = ", d.D,
+                      " must be 32, 64 or 128 (the fused attention kernels)");
+    ESPER_CHECK_INPUT(d.C % 8 == 0, "run.device: cuda: model.transformer.d_model ", d.C,
+                      " must be a multiple of 8");
+    for (int32_t l = 0; l < d.L; ++l)
+        ESPER_CHECK_INPUT(model.extra_units(l) == 0 && model.extra_heads(l) == 0,
+                          "run.device: cuda trains the bare transformer host; block ", l,
+                          " holds folded units or heads (grown on the CPU): resume it with "
+                          "run.device: cpu");
+
+    const std::vector<ParamRef>& ps = model.params();
+    d.blocks.assign(size_t(d.L), BlockOff{});
+    for (const ParamRef& pr : ps) {
+        const size_t o = d.total;
+        d.off.push_back(o);
+        // 16-byte aligned starts (vector loads, cuBLASLt) for every tensor.
+        d.total += (size_t(pr.value->numel()) + 3) / 4 * 4;
+        const std::string& nm = pr.name;
+        if (nm == "wte") d.wte = o;
+        if (nm == "wpe") d.wpe = o;
+        if (nm == "lnf.weight") d.lnf_w = o;
+        if (nm == "lnf.bias") d.lnf_b = o;
+        if (nm == "head.weight") d.head = o;
+        if (nm.rfind("block", 0) == 0) {
+            const size_t dot = nm.find('.');
+            const int32_t l = std::stoi(nm.substr(5, dot - 5));
+            const std::string rest = nm.substr(dot + 1);
+            BlockOff& b = d.blocks[size_t(l)];
+            if (rest == "ln1.weight") b.ln1_w = o;
+            if (rest == "ln1.bias") b.ln1_b = o;
+            if (rest == "attn.qkv.weight") b.qkv_w = o;
+            if (rest == "attn.qkv.bias") b.qkv_b = o;
+            if (rest == "attn.proj.weight") b.proj_w = o;
+            if (rest == "attn.proj.bias") b.proj_b = o;
+            if (rest == "ln2.weight") b.ln2_w = o;
+            if (rest == "ln2.bias") b.ln2_b = o;
+            if (rest == "mlp.fc.weight") b.fc_w = o;
+            if (rest == "mlp.fc.bias") b.fc_b = o;
+            if (rest == "mlp.proj.weight") b.fc2_w = o;
+            if (rest == "mlp.proj.bias") b.fc2_b = o;
+        }
+    }
+    if (d.tied) d.head = d.wte;
+
+    d.stream = CudaStream(cudaStreamNonBlocking);
+    ESPER_CUBLAS_CHECK(cublasLtCreate(&d.lt));
+    d.lt_ws = DeviceBuffer<uint8_t>(kLtWorkspace);
+    d.p = DeviceBuffer<float>(d.total);
+    d.g = DeviceBuffer<float>(d.total);
+    d.m = DeviceBuffer<float>(d.total);
+    d.v = DeviceBuffer<float>(d.adamw ? d.total : 0);
+    d.w16 = DeviceBuffer<uint16_t>(d.bf16 ? d.total : 0);
+    d.loss = DeviceBuffer<float>(1);
+    d.correct = DeviceBuffer<int32_t>(1);
+    d.sumsq = DeviceBuffer<double>(1);
+    d.adam_dev = DeviceBuffer<kernels::AdamwHyper>(1);
+    d.sgd_dev = DeviceBuffer<kernels::SgdHyper>(1);
+    d.adam_host = PinnedBuffer<kernels::AdamwHyper>(1);
+    d.sgd_host = PinnedBuffer<kernels::SgdHyper>(1);
+    d.result = PinnedBuffer<Impl::Result>(1);
+    d.ensure_rows(std::max(batch, std::max(eval_batch, 1)));
+    ESPER_CUDA_CHECK(cudaDeviceSynchronize());  // setup memsets ran on the legacy stream
+    upload_all();
+}
+
+CudaTransformerBackend::~CudaTransformerBackend() {
+    if (!impl_) return;
+    if (impl_->stream.get() != nullptr) (void)cudaStreamSynchronize(impl_->stream.get());
+    if (impl_->lt != nullptr) (void)cublasLtDestroy(impl_->lt);
+}
+
+StepResult CudaTransformerBackend::run_step(const Batch& batch, const StepRates& rates,
+                                            Telemetry& /*telemetry*/) {
+    Impl& d = *impl_;
+    d.set_batch(batch);
+    const int32_t seq = batch.rows / batch.samples;
+    d.forward(batch.samples, seq);
+    d.backward(batch.samples, seq);
+    d.update(rates.lr);
+    const Impl::Result r = d.read_result(true);
+    StepResult out;
+    out.loss = r.loss;
+    out.correct = r.correct;
+    out.finite = std::isfinite(r.loss) && std::isfinite(r.sumsq);
+    return out;
+}
+
+void CudaTransformerBackend::commit_step(const StepRates&) { ++impl_->optimizer->host_steps_; }
+
+BatchResult CudaTransformerBackend::eval_batch(const Batch& batch) {
+    Impl& d = *impl_;
+    d.set_batch(batch);
+    d.forward(batch.samples, batch.rows / batch.samples);
+    const Impl::Result r = d.read_result(false);
+    BatchResult out;
+    out.loss = r.loss;
+    out.correct = r.correct;
+    out.rows = batch.rows;
+    return out;
+}
+
+void CudaTransformerBackend::upload_all() {
+    // sync-point: step boundary (restore)
+    ESPER_CUDA_CHECK(cudaStreamSynchronize(impl_->s()));
+    impl_->copy_state(true);
+}
+
+void CudaTransformerBackend::download_all() {
+    // sync-point: step boundary (snapshot)
+    ESPER_CUDA_CHECK(cudaStreamSynchronize(impl_->s()));
+    impl_->copy_state(false);
+}
+
+std::string CudaTransformerBackend::germination_refusal() const {
+    return "run.device: cuda trains the bare transformer host: seeds do not germinate on the GPU "
+           "yet (grow it with run.device: cpu)";
+}
+
+}  // namespace esper::kasmina
