@@ -35,6 +35,7 @@ void MetricsLog::write(const TrainMetrics& m) {
     j["host_params"] = m.host_params;
     j["blueprint_params"] = m.blueprint_params;
     j["total_steps"] = m.total_steps;
+    j["flops"] = number_or_null(m.flops);
     write_line(j.dump());
 }
 
