@@ -248,7 +248,7 @@ def main():
     task = args.task
     if args.config is None:
         args.config = os.path.join(HERE, "narrow.yaml" if task == "fashion" else "text_small.yaml")
-    if args.epochs is None and task == "fashion":
+    if args.epochs is None and task == "fashion" and not args.max_steps:
         args.epochs = 10
     if args.out is None:
         args.out = os.path.join(ROOT, "runs", "quality", task)
@@ -340,26 +340,34 @@ def main():
             time.sleep(0.2)
             for item in list(running):
                 seed, run_dir, proc, t0, cmd = item
-                if proc.poll() is None:
+                # wait4: the process's CPU time, its reaped children (broker, controller) included.
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid == 0:
                     continue
                 running.remove(item)
-                if proc.returncode != 0:
-                    raise SystemExit(f"{name} seed {seed}: exit status {proc.returncode}")
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0:
+                    raise SystemExit(f"{name} seed {seed}: exit status {code}")
                 r = summarize(run_dir, task)
                 r["seconds"] = time.time() - t0
+                r["cpu_seconds"] = usage.ru_utime + usage.ru_stime
                 r["seed"] = seed
                 with open(os.path.join(run_dir, "quality_run.json"), "w") as f:
-                    json.dump({"seconds": r["seconds"], "seed": seed, "command": cmd}, f)
+                    json.dump({"seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"], "seed": seed,
+                               "command": cmd}, f)
                 print(f"[quality]   {name} seed {seed}: quality {r['quality']:.4f} params {r['params']} "
                       f"{r['train_gflops']:.1f} GFLOPs in {r['seconds']:.0f} s", file=sys.stderr, flush=True)
                 done[seed] = r
         runs = [done[s] for s in args.seeds]
         qm, qs = mean_std([r["quality"] for r in runs])
         sm, ss = mean_std([r["seconds"] for r in runs])
+        cpu = [r["cpu_seconds"] for r in runs if r.get("cpu_seconds") is not None]
         results[name] = {"quality_mean": qm, "quality_std": qs,
                          "params": max(r["params"] for r in runs),
                          "train_gflops": sum(r["train_gflops"] for r in runs) / len(runs),
-                         "seconds_mean": sm, "seconds_std": ss, "runs": runs}
+                         "seconds_mean": sm, "seconds_std": ss,
+                         "cpu_seconds_mean": (sum(cpu) / len(cpu)) if len(cpu) == len(runs) else None,
+                         "runs": runs}
 
     # Compute-to-target against the matched variant's mean final quality.
     ref = results.get("matched")
@@ -381,8 +389,8 @@ def main():
     qname = "test accuracy" if task == "fashion" else "val. bits/byte"
     print(f"| variant | {qname} (mean ± std) | parameters (final) | training GFLOPs | "
           f"compute to target (× matched FLOPs; runs that reach it) | wall s (mean ± std) | "
-          f"wall to target (× matched) |")
-    print("|---|---|---|---|---|---|---|")
+          f"wall to target (× matched) | CPU s (mean) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         ctt = wtt = "—"
         if ref:
@@ -393,7 +401,8 @@ def main():
             if r["to_target_seconds_fraction"] is not None:
                 wtt = f"{r['to_target_seconds_fraction']:.2f}"
         print(f"| {name} | {r['quality_mean']:.4f} ± {r['quality_std']:.4f} | {r['params']} | "
-              f"{r['train_gflops']:.1f} | {ctt} | {r['seconds_mean']:.0f} ± {r['seconds_std']:.0f} | {wtt} |")
+              f"{r['train_gflops']:.1f} | {ctt} | {r['seconds_mean']:.0f} ± {r['seconds_std']:.0f} | {wtt} | "
+              f"{'—' if r.get('cpu_seconds_mean') is None else round(r['cpu_seconds_mean'])} |")
     summary = {"task": task, "seeds": args.seeds, "epochs": args.epochs, "max_steps": args.max_steps,
                "eval_every_steps": eval_every, "variants": results}
     with open(os.path.join(args.out, f"quality_{task}.json"), "w") as f:

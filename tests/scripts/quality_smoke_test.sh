@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of bench/quality/run_quality.py (the learning-quality benchmark, DESIGN §12): a few
-# steps of every fashion variant path (static narrow, grown under esper run, the matched host
-# built from the grown run's final size) with one seed, and of the text task's static host. It
+# steps of every fashion variant path (static narrow, grown under esper run, an extra grown
+# variant, the matched host built from its final size) with one seed, and of the text task's static host. It
 # checks the table, the JSON summary (FLOPs from the metrics, compute-to-target, the matched
 # host's parameter count) and the SVG plot; it does not measure quality. Exit 4: skipped (no
 # Fashion-MNIST or text corpus on this machine).
@@ -13,7 +13,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 python3 "$root/bench/quality/run_quality.py" --esper "$esper" --seeds 1 --max-steps 60 \
-    --variants narrow grown matched --extra fp=$root/bench/quality/ablation/narrow_fp.yaml:$root/bench/quality/ablation/fp_at_25.yaml \
+    --variants narrow grown matched --match fp --extra fp=$root/bench/quality/ablation/narrow_fp.yaml:$root/bench/quality/ablation/fp_at_25.yaml \
     --out "$out/fashion" > "$out/fashion.txt"
 python3 - "$out" <<'PY'
 import json, sys
@@ -30,8 +30,10 @@ assert n["params"] == 50890, n["params"]
 assert abs(n["train_gflops"] - 6 * 50890 * 128 * 60 / 1e9) < 1e-6, n["train_gflops"]
 # The fp variant germinates at step 25: it ends larger and costs more than the narrow host.
 assert fp["params"] > n["params"] and fp["train_gflops"] > n["train_gflops"], fp
-# The matched host is a static MLP as large as the grown run at its end (within one width step).
-assert abs(m["params"] - g["params"]) <= 795 // 2 + 1, (m["params"], g["params"])
+# The matched host is a static MLP as large as the grown run (fp, --match) at its end (within
+# half a width step of 795 parameters): 159,626 -> 784-201-10.
+assert fp["params"] == 159626 and m["params"] == 159805, (m["params"], fp["params"])
+assert g["params"] <= fp["params"], g
 for name, r in v.items():
     run = r["runs"][0]
     assert len(run["curve"]) >= 20, (name, len(run["curve"]))  # every <= 5 % of the run
