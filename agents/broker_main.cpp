@@ -3,8 +3,9 @@
 // (agents/kv_service.h). Once bound and the kv worker is registered, prints its endpoints as one
 // line on stdout for humans and scripts ("broker pub=tcp://... sub=tcp://... rpc=tcp://...") and,
 // with --ready-fd N, writes them as a JSON line to descriptor N for a supervisor
-// (agents/supervisor.h). Binding a non-loopback address needs --insecure until authentication
-// exists (like Redis's protected mode).
+// (agents/supervisor.h). With --keys DIR every endpoint speaks CURVE and only keys in the
+// allowlist connect, with their roles (agents/keys.h, bus/security.h); without keys, binding a
+// non-loopback address needs --insecure (like Redis's protected mode) and warns.
 #include <algorithm>
 #include <atomic>
 #include <csignal>
@@ -14,6 +15,7 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/keys.h"
 #include "agents/kv_service.h"
 #include "agents/supervisor.h"
 #include "bus/broker.h"
@@ -70,7 +72,13 @@ int broker_main(int argc, char** argv) {
                             "forget an agent after this long without "
                             "a heartbeat",
                             "3000");
-    auto& insecure = p.flag("insecure", "allow a non-loopback bind without authentication");
+    auto& insecure = p.flag("insecure", "allow a non-loopback bind without keys (warns)");
+    auto& keys = p.option("keys", "DIR",
+                          "CURVE on every endpoint: DIR/broker.secret is the broker's key, and "
+                          "DIR/*.pub the allowlist unless --allow (make them: esper keygen)");
+    auto& allow = p.option("allow", "DIR",
+                           "allowlist: client public keys (*.pub) with their roles; re-read when "
+                           "a file is added or removed (default: the --keys DIR)");
     auto& ready_fd = p.option("ready-fd", "N",
                               "once ready, write the endpoints as one JSON line "
                               "{\"pub\",\"sub\",\"rpc\"} to this inherited descriptor and "
@@ -84,12 +92,13 @@ int broker_main(int argc, char** argv) {
         return p.usage_error("unexpected argument '" + p.positional()[0] + "'");
     if (const char* spec = std::getenv("ESPER_LOG")) set_log_levels(spec);
 
-    if (!is_loopback(bind.str())) {
+    if (allow.given() && !keys.given()) return p.usage_error("--allow needs --keys");
+    if (!is_loopback(bind.str()) && !keys.given()) {
         if (!insecure.on())
             return p.usage_error("refusing to bind non-loopback address " + bind.str() +
                                  " without authentication; pass --insecure to do it anyway");
         std::fprintf(stderr,
-                     "esper broker: WARNING: binding %s without authentication; anyone "
+                     "esper broker: WARNING: binding %s without keys (--insecure); anyone "
                      "who can reach it can read telemetry and send commands\n",
                      bind.str().c_str());
     }
@@ -101,6 +110,11 @@ int broker_main(int argc, char** argv) {
     if (config.agent_expiry_ms <= 0) throw cli::UsageError("--agent-expiry-ms must be positive");
     const int ready = ready_fd.given() ? static_cast<int>(ready_fd.as_int()) : -1;
     if (ready_fd.given() && ready < 0) throw cli::UsageError("--ready-fd must be >= 0");
+    if (keys.given()) {
+        config.security = server_security(keys.str(), allow.given() ? allow.str() : keys.str());
+        ESPER_LOG_INFO(logger("bus.broker"), "security=curve keys=", keys.str(),
+                       " allowlist=", allow.given() ? allow.str() : keys.str());
+    }
     // The hosted kv worker reaches the router in-process, whatever --bind is.
     config.local_rpc_endpoint = "inproc://esper-broker-rpc";
 
@@ -128,7 +142,10 @@ int broker_main(int argc, char** argv) {
     const auto& s = broker.stats();
     ESPER_LOG_INFO(log, "stopped forwarded=", s.forwarded, " requests=", s.requests,
                    " replies=", s.replies, " unknown_agent=", s.unknown_agent,
-                   " malformed=", s.malformed);
+                   " malformed=", s.malformed, " auth_allowed=", s.auth_allowed,
+                   " auth_denied=", s.auth_denied, " handshake_failed=", s.handshake_failed,
+                   " forbidden=", s.forbidden, " name_conflicts=", s.name_conflicts,
+                   " forged_replies=", s.forged_replies);
     return 0;
 }
 

@@ -27,7 +27,8 @@ schema::ControlReply::Reader control_reply(const bus::RpcReply& r, const std::st
 }
 }  // namespace
 
-BusKvStore::BusKvStore(std::string rpc_endpoint, std::string sender, std::string run_id)
+BusKvStore::BusKvStore(std::string rpc_endpoint, std::string sender, std::string run_id,
+                       bus::ClientSecurity security)
     : endpoint_(rpc_endpoint) {
     bus::RpcClientConfig c;
     c.endpoint = std::move(rpc_endpoint);
@@ -35,6 +36,7 @@ BusKvStore::BusKvStore(std::string rpc_endpoint, std::string sender, std::string
     c.run_id = std::move(run_id);
     c.timeout_ms = 1000;
     c.max_attempts = 10;
+    c.security = std::move(security);
     client_ = std::make_unique<bus::RpcClient>(context_, c);
 }
 

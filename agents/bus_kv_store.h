@@ -19,8 +19,10 @@ namespace esper::agents {
 
 class BusKvStore final : public kasmina::KvStore {
 public:
-    // `rpc_endpoint`: the broker's request/reply endpoint; `sender`: this agent's name.
-    BusKvStore(std::string rpc_endpoint, std::string sender, std::string run_id);
+    // `rpc_endpoint`: the broker's request/reply endpoint; `sender`: this agent's name;
+    // `security`: the agent's CURVE keys when the bus has them (writes need an agent key).
+    BusKvStore(std::string rpc_endpoint, std::string sender, std::string run_id,
+               bus::ClientSecurity security = {});
     // Throws esper::Error(kDisconnected) when the broker does not answer.
     void set(const std::string& key, std::span<const std::uint8_t> value) override;
     std::optional<kasmina::Bytes> get(const std::string& key) override;

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <optional>
@@ -51,12 +52,79 @@ Option& Parser::option(const std::string& name, const std::string& metavar, cons
     return o;
 }
 
+Option& Parser::endpoint(const std::string& name, const std::string& metavar,
+                         const std::string& help, const std::string& default_value) {
+    Option& o = option(name, metavar, help, default_value);
+    o.is_endpoint = true;
+    return o;
+}
+
 Option& Parser::flag(const std::string& name, const std::string& help) {
     Option& o = options_.emplace_back();
     o.name = name;
     o.help = help;
     o.is_flag = true;
     return o;
+}
+
+std::string normalize_endpoint(const std::string& value, const std::string& option) {
+    const auto scheme = value.find("://");
+    if (scheme != std::string::npos) {
+        const std::string transport = value.substr(0, scheme);
+        if (transport == "tcp" || transport == "ipc" || transport == "inproc") return value;
+        throw UsageError(fmt::format("--{}: unsupported transport '{}://' (use tcp://HOST:PORT)",
+                                     option, transport));
+    }
+    const bool digits =
+        !value.empty() && value.find_first_not_of("0123456789") == std::string::npos;
+    if (digits) return "tcp://127.0.0.1:" + value;
+    const auto colon = value.rfind(':');
+    if (colon == std::string::npos || colon == 0 || colon + 1 == value.size() ||
+        value.find_first_not_of("0123456789", colon + 1) != std::string::npos)
+        throw UsageError(
+            fmt::format("--{}: '{}' is not an endpoint (expected tcp://HOST:PORT)", option, value));
+    return "tcp://" + value;
+}
+
+namespace {
+
+size_t edit_distance(const std::string& a, const std::string& b) {
+    std::vector<size_t> prev(b.size() + 1), cur(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) prev[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+        cur[0] = i;
+        for (size_t j = 1; j <= b.size(); ++j)
+            cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] != b[j - 1])});
+        std::swap(prev, cur);
+    }
+    return prev[b.size()];
+}
+
+std::string did_you_mean(const std::vector<std::string>& matches, const std::string& prefix) {
+    if (matches.empty()) return "";
+    std::string out = "; did you mean ";
+    for (size_t i = 0; i < matches.size() && i < 3; ++i)
+        out += (i ? " or '" : "'") + prefix + matches[i] + "'";
+    return out + "?";
+}
+
+}  // namespace
+
+std::vector<std::string> closest_matches(const std::string& word,
+                                         const std::vector<std::string>& candidates) {
+    const size_t limit = std::max<size_t>(2, word.size() / 3);
+    std::vector<std::pair<size_t, std::string>> scored;
+    for (const std::string& c : candidates) {
+        size_t d = edit_distance(word, c);
+        // A prefix of a candidate ("--epoch" for "--epochs") counts as close.
+        if (c.rfind(word, 0) == 0 && word.size() >= 3) d = std::min<size_t>(d, 1);
+        if (d <= limit) scored.emplace_back(d, c);
+    }
+    std::stable_sort(scored.begin(), scored.end(),
+                     [](const auto& x, const auto& y) { return x.first < y.first; });
+    std::vector<std::string> out;
+    for (auto& [d, c] : scored) out.push_back(std::move(c));
+    return out;
 }
 
 Option* Parser::find(const std::string& name) {
@@ -113,7 +181,12 @@ int Parser::parse(int argc, char** argv) {
             name = name.substr(0, eq);
         }
         Option* o = find(name);
-        if (o == nullptr) return usage_error("unknown option '--" + name + "'");
+        if (o == nullptr) {
+            std::vector<std::string> names;
+            for (const Option& known : options_) names.push_back(known.name);
+            return usage_error("unknown option '--" + name + "'" +
+                               did_you_mean(closest_matches(name, names), "--"));
+        }
         if (o->is_flag) {
             if (inline_value) return usage_error("--" + name + " takes no value");
             o->seen = true;
@@ -132,6 +205,13 @@ int Parser::parse(int argc, char** argv) {
             value = argv[++i];
         }
         if (o->seen && !o->repeatable) return usage_error("--" + name + " given twice");
+        if (o->is_endpoint) {
+            try {
+                value = normalize_endpoint(value, name);
+            } catch (const UsageError& e) {
+                return usage_error(e.what());
+            }
+        }
         o->seen = true;
         o->values.push_back(value);
     }

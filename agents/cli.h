@@ -25,6 +25,7 @@ struct Option {
     std::string default_value;
     bool repeatable = false;
     bool is_flag = false;
+    bool is_endpoint = false;  // values normalised by normalize_endpoint()
     bool seen = false;
     std::vector<std::string> values;
 
@@ -45,12 +46,24 @@ private:
     std::string message_;
 };
 
+// "tcp://HOST:PORT" as given; "HOST:PORT" and "PORT" (loopback) get "tcp://"; ipc:// and inproc://
+// pass. Anything else throws UsageError saying what is expected.
+std::string normalize_endpoint(const std::string& value, const std::string& option);
+
+// The candidates closest to `word` by edit distance (at most a third of its length, at least 2),
+// best first: the "did you mean" of unknown subcommands and flags.
+std::vector<std::string> closest_matches(const std::string& word,
+                                         const std::vector<std::string>& candidates);
+
 class Parser {
 public:
     Parser(std::string command, std::string summary, std::string positional_usage = "");
     Option& option(const std::string& name, const std::string& metavar, const std::string& help,
                    const std::string& default_value = "", bool repeatable = false);
     Option& flag(const std::string& name, const std::string& help);
+    // A bus endpoint: "tcp://HOST:PORT", also accepted as "HOST:PORT" or "PORT" (127.0.0.1).
+    Option& endpoint(const std::string& name, const std::string& metavar, const std::string& help,
+                     const std::string& default_value = "");
     // Adds free text printed after the flag list (examples, notes).
     void epilog(std::string text) { epilog_ = std::move(text); }
 

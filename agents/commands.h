@@ -15,6 +15,9 @@ int run_main(int argc, char** argv);
 int policy_main(int argc, char** argv);
 int ctl_main(int argc, char** argv);
 int status_main(int argc, char** argv);
+int keygen_main(int argc, char** argv);
+int dash_main(int argc, char** argv);
 int generate_main(int argc, char** argv);
+int report_main(int argc, char** argv);
 
 }  // namespace esper::agents

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <optional>
@@ -29,13 +30,34 @@ Logger& log() { return logger("kasmina.agent"); }
 
 // ---- wire → kasmina::Command (bus input: every field checked, nothing asserted) ----
 
-// Returns the command, or the reason it cannot be one (unknown variant, bad enum value, size).
-std::variant<Command, std::string> to_command(schema::Command::Reader c, const Config& config) {
-    Command out;
+// Who issued a command decides its origin. With keys it is the role the broker authenticated
+// (operator key: operator, agent key: the controller), never a field the sender wrote; without
+// keys nothing is authenticated and the self-declared issuedBy is all there is.
+TransitionOrigin origin_of(const bus::Peer& peer, schema::Command::Reader c) {
+    if (peer.authenticated())
+        return peer.role == bus::Role::kOperator ? TransitionOrigin::kOperator
+                                                 : TransitionOrigin::kController;
     std::string issued = c.getIssuedBy().cStr();
-    out.origin = issued == "operator" || issued.rfind("operator/", 0) == 0
-                     ? TransitionOrigin::kOperator
-                     : TransitionOrigin::kController;
+    return issued == "operator" || issued.rfind("operator/", 0) == 0
+               ? TransitionOrigin::kOperator
+               : TransitionOrigin::kController;
+}
+
+// Commands change the seed tables: an operator or agent key (observers may only ask for status).
+std::optional<std::string> authorize_request(const bus::Peer& peer, schema::Envelope::Reader req) {
+    auto p = req.getPayload();
+    const bool command =
+        p.isCommand() || (p.isControlRequest() && p.getControlRequest().isCommand());
+    if (!command || peer.allowed({bus::Role::kOperator, bus::Role::kAgent})) return std::nullopt;
+    return "commands need an operator or agent key; this is " +
+           std::string(bus::role_name(peer.role)) + " " + peer.name;
+}
+
+// Returns the command, or the reason it cannot be one (unknown variant, bad enum value, size).
+std::variant<Command, std::string> to_command(schema::Command::Reader c, const Config& config,
+                                              TransitionOrigin origin) {
+    Command out;
+    out.origin = origin;
     out.reason = c.getReason().cStr();
     auto ref = [](auto r) {
         return SeedRef{static_cast<int32_t>(r.getLayer()), static_cast<int32_t>(r.getSeed())};
@@ -101,7 +123,7 @@ std::variant<Command, std::string> to_command(schema::Command::Reader c, const C
         case schema::Command::BATCH: {
             BatchCommand b;
             for (auto item : c.getBatch()) {
-                auto r = to_command(item, config);
+                auto r = to_command(item, config, origin);
                 if (auto* why = std::get_if<std::string>(&r)) return "batch item: " + *why;
                 b.commands.push_back(std::get<Command>(std::move(r)));
             }
@@ -121,12 +143,20 @@ public:
           o_(o),
           stop_(stop),
           name_("kasmina/" + std::to_string(o.rank)),
-          telemetry_(ctx_, {.endpoint = o.pub_endpoint, .sender = name_, .run_id = o.run_id}),
+          telemetry_(ctx_, {.endpoint = o.pub_endpoint,
+                            .sender = name_,
+                            .run_id = o.run_id,
+                            .security = o.security}),
           control_(ctx_, {.endpoint = o.pub_endpoint,
                           .sender = name_,
                           .run_id = o.run_id,
-                          .reliability = bus::Reliability::kControl}),
-          worker_(ctx_, {.endpoint = o.rpc_endpoint, .name = name_, .run_id = o.run_id}) {}
+                          .reliability = bus::Reliability::kControl,
+                          .security = o.security}),
+          worker_(ctx_, {.endpoint = o.rpc_endpoint,
+                         .name = name_,
+                         .run_id = o.run_id,
+                         .security = o.security,
+                         .authorize = authorize_request}) {}
 
     // At every step boundary, before Trainer::boundary().
     void boundary() {
@@ -298,6 +328,32 @@ public:
         auto list = s.initSeedsPerStage(kernels::kNumSeedStages);
         for (int i = 0; i < kernels::kNumSeedStages; ++i) list.set(i, counts[i]);
         s.setBackend(std::string(trainer_.backend().name()));
+        s.setTotalSteps(static_cast<uint64_t>(trainer_.total_steps()));
+        // The newest evaluation rides on every status, so rules on run.test_* see it.
+        if (const EvalResult& e = trainer_.last_eval(); e.samples > 0) {
+            s.setTestStep(static_cast<uint64_t>(e.step));
+            s.setTestLoss(static_cast<float>(e.loss));
+            s.setTestAccuracy(static_cast<float>(e.accuracy));
+            s.setTestMeasured(true);
+            if (e.bits_per_byte && std::isfinite(*e.bits_per_byte)) {  // text data only
+                s.setTestBitsPerByte(static_cast<float>(*e.bits_per_byte));
+                s.setTestBitsPerByteMeasured(true);
+            }
+        }
+        s.setState(state_);
+        s.setStateReason(state_reason_);
+    }
+
+    // The last status of the run: on telemetry.run.<run> as usual, and on events.run.<run>
+    // (control class, lossless) so `esper tap --until-end` and the dashboard learn the run ended.
+    void publish_final_status(bool stopped) {
+        state_ = stopped ? schema::RunState::STOPPED : schema::RunState::FINISHED;
+        state_reason_ = stopped ? "stop requested (signal)" : "all planned steps done";
+        const int64_t host = trainer_.model().param_count();
+        control_.publish("events.run." + o_.run_id, [&](schema::Envelope::Payload::Builder p) {
+            fill_status(p.initRunStatus(), host, trainer_.seeds());
+        });
+        publish_run_status();
     }
 
     // Publishes every lifecycle event since the last call (also written to events.jsonl).
@@ -336,7 +392,7 @@ public:
                 schema::CommandOutcome::REJECTED);
             return;
         }
-        auto cmd = to_command(c, trainer_.config());
+        auto cmd = to_command(c, trainer_.config(), origin_of(worker_.peer(), c));
         if (auto* why = std::get_if<std::string>(&cmd)) {
             bool unimpl = why->rfind("unimplemented", 0) == 0;
             ack(a, id, *why,
@@ -399,6 +455,8 @@ private:
     int64_t last_seen_step_ = 0;
     double loss_sum_ = 0;
     int64_t correct_sum_ = 0, samples_ = 0, loss_steps_ = 0;
+    schema::RunState state_ = schema::RunState::TRAINING;
+    std::string state_reason_;
 };
 
 }  // namespace
@@ -415,7 +473,11 @@ int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
         if (!trainer.boundary()) break;
         trainer.step();
         StepReport due = trainer.after_step();
-        if (due.telemetry) agent.on_telemetry(std::move(*due.telemetry));
+        if (due.telemetry) {
+            agent.on_telemetry(std::move(*due.telemetry));  // its run status has the eval too
+        } else if (due.eval && options.rank == 0) {
+            agent.publish_run_status();  // test metrics reach the bus when they are measured
+        }
         if (due.epoch) print_epoch_summary(*due.epoch);
     }
     if (options.world > 1)  // before the last boundary: commands applied there reach rank 0 only
@@ -429,7 +491,7 @@ int run_kasmina_bus(Trainer& trainer, const KasminaBusOptions& options,
         std::printf("stopped at step %lld: test_loss %.4f test_accuracy %.4f\n",
                     (long long)trainer.steps_done(), e.loss, e.accuracy);
     }
-    if (options.rank == 0) agent.publish_run_status();
+    if (options.rank == 0) agent.publish_final_status(trainer.stop_requested());
     if (options.rank == 0 && !options.run_dir.empty()) {
         fs::path dir =
             fs::path(options.run_dir) / "checkpoints" / std::to_string(trainer.steps_done());

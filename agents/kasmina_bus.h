@@ -11,6 +11,7 @@
 #include <atomic>
 #include <string>
 
+#include "bus/security.h"
 #include "kasmina/io/config.h"
 #include "kasmina/train/trainer.h"
 
@@ -24,6 +25,7 @@ struct KasminaBusOptions {
     int world = 1;            // > 1: rank 0 serves commands, the others train and heartbeat
     std::string run_dir;      // where the final checkpoint goes ("" = none)
     std::string config_path;  // the run config file (published with the effective config)
+    bus::ClientSecurity security{};  // CURVE agent key (--keys); commands then need a role
 };
 
 // Trains until the trainer is done or `stop` becomes true; rank 0 writes a final checkpoint

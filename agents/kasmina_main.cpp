@@ -21,7 +21,9 @@
 #include "agents/bus_kv_store.h"
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/default_config.h"
 #include "agents/kasmina_bus.h"
+#include "agents/keys.h"
 #include "core/clock.h"
 #include "core/error.h"
 #include "core/log.h"
@@ -77,8 +79,8 @@ Germination parse_germination(const std::string& text) {
 // The command line, checked; nothing below parse_flags reads argv.
 struct KasminaFlags {
     bool standalone = false;
-    std::string config_path;
-    std::string run_dir;  // "" = runs/kasmina-<time>
+    std::string config_path;  // "" = the embedded default
+    std::string run_dir;      // "" = runs/kasmina-<time>
     std::optional<int64_t> epochs, max_steps, checkpoint_every_steps, seed;
     std::string resume;  // checkpoint dir, or ""
     std::vector<Germination> germinations;
@@ -88,6 +90,7 @@ struct KasminaFlags {
     std::optional<int> rank, world;
     std::string rendezvous_dir;  // "" = the broker's kv (bus) or RUN_DIR/rendezvous
     bool auto_gates = false;
+    std::string keys_dir;  // bus mode: CURVE keys (agents/keys.h); "" = none
 };
 
 // Returns -1 to continue, else the exit code (after --help or a usage error).
@@ -95,7 +98,8 @@ int parse_flags(int argc, char** argv, KasminaFlags& f) {
     cli::Parser p("esper kasmina", "Run the Kasmina executor (training with seed layers).");
     auto& standalone =
         p.flag("standalone", "train without a bus or controller (gates run in-process)");
-    auto& config_path = p.option("config", "FILE", "run configuration (YAML)");
+    auto& config_path = p.option("config", "FILE", "run configuration (YAML)",
+                                 "embedded fashion_mnist.yaml, as esper run");
     auto& run_dir = p.option("run-dir", "DIR", "run directory (default runs/kasmina-<time>)");
     auto& epochs = p.option("epochs", "N", "override run.epochs");
     auto& max_steps = p.option("max-steps", "N", "override run.max_steps");
@@ -123,6 +127,9 @@ int parse_flags(int argc, char** argv, KasminaFlags& f) {
                                 "world > 1: rendezvous through files in DIR instead of the broker",
                                 "broker kv; standalone: RUN_DIR/rendezvous");
     auto& auto_gates = p.flag("auto-gates", "bus mode: keep evaluating gates in-process");
+    auto& keys = p.option("keys", "DIR",
+                          "bus mode: CURVE keys (DIR/broker.pub and an agent secret key; "
+                          "docs/bus.md)");
     p.epilog(
         "examples:\n"
         "  esper kasmina --standalone --config examples/fashion_mnist.yaml --epochs 2\n"
@@ -131,14 +138,13 @@ int parse_flags(int argc, char** argv, KasminaFlags& f) {
         "  esper kasmina --standalone --config C.yaml --max-steps 300 --resume "
         "runs/x/checkpoints/150");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
-    if (!config_path.given()) return p.usage_error("--config FILE is required");
     if (!standalone.on() && !germinate.values.empty())
         return p.usage_error(
             "--germinate needs --standalone (on the bus use `esper ctl germinate`)");
     if (epochs.given() && max_steps.given())
         return p.usage_error("--epochs and --max-steps are mutually exclusive");
     f.standalone = standalone.on();
-    f.config_path = config_path.str();
+    if (config_path.given()) f.config_path = config_path.str();
     if (run_dir.given()) f.run_dir = run_dir.str();
     if (epochs.given()) f.epochs = epochs.as_int();
     if (max_steps.given()) f.max_steps = max_steps.as_int();
@@ -154,12 +160,17 @@ int parse_flags(int argc, char** argv, KasminaFlags& f) {
     if (world.given()) f.world = static_cast<int>(world.as_int());
     if (rendezvous.given()) f.rendezvous_dir = rendezvous.str();
     f.auto_gates = auto_gates.on();
+    if (keys.given()) f.keys_dir = keys.str();
     return -1;
 }
 
 // The config file with the command line's overrides.
 Config effective_config(const KasminaFlags& f) {
-    Config config = load_config(f.config_path);
+    // Without --config every rank runs the embedded default, as `esper run` does, so a launcher
+    // needs no file on the nodes.
+    Config config = f.config_path.empty()
+                        ? parse_config(kDefaultConfigYaml, "embedded fashion_mnist.yaml")
+                        : load_config(f.config_path);
     if (f.epochs) {
         if (*f.epochs < 1) throw cli::UsageError("--epochs must be >= 1");
         config.run.epochs = *f.epochs;
@@ -213,12 +224,12 @@ RankInfo resolve_rank(const KasminaFlags& f) {
 // --rendezvous-dir) through a FileKvStore in a directory every rank sees. `where` says which.
 std::unique_ptr<KvStore> make_rendezvous(const KasminaFlags& f, const RankInfo& ri,
                                          const std::string& dir, const std::string& run_id,
-                                         std::string& where) {
+                                         const bus::ClientSecurity& security, std::string& where) {
     if (ri.world <= 1) return nullptr;
     if (!f.standalone && f.rendezvous_dir.empty()) {
         where = "broker " + f.bus_rpc;
-        return std::make_unique<BusKvStore>(f.bus_rpc, "kasmina/" + std::to_string(ri.rank),
-                                            run_id);
+        return std::make_unique<BusKvStore>(f.bus_rpc, "kasmina/" + std::to_string(ri.rank), run_id,
+                                            security);
     }
     where = !f.rendezvous_dir.empty() ? f.rendezvous_dir : (fs::path(dir) / "rendezvous").string();
     return std::make_unique<FileKvStore>(where);
@@ -333,6 +344,10 @@ int kasmina_main(int argc, char** argv) {
         return 0;
     }
     const RankInfo ri = resolve_rank(f);
+    // Read (and its mode checked) before training starts, so a bad key fails fast.
+    const bus::ClientSecurity security = f.keys_dir.empty() || f.standalone
+                                             ? bus::ClientSecurity{}
+                                             : client_security(f.keys_dir, {bus::Role::kAgent});
     const std::string dir = !f.run_dir.empty() ? f.run_dir : default_run_dir();
     const std::string run_id = !f.run_id.empty() ? f.run_id : fs::path(dir).filename().string();
     fs::create_directories(dir);
@@ -346,7 +361,7 @@ int kasmina_main(int argc, char** argv) {
                 effective.c_str());
 
     std::string where;
-    std::unique_ptr<KvStore> store = make_rendezvous(f, ri, dir, run_id, where);
+    std::unique_ptr<KvStore> store = make_rendezvous(f, ri, dir, run_id, security, where);
     Comms comms = make_rank_comms(config, ri, run_id, store.get(), where);
     install_stop_signals();
 
@@ -376,6 +391,7 @@ int kasmina_main(int argc, char** argv) {
     bo.world = ri.world;
     bo.run_dir = dir;
     bo.config_path = f.config_path;
+    bo.security = security;
     return run_kasmina_bus(trainer, bo, g_stop);
 }
 

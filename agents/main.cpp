@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "agents/cli.h"
 #include "agents/commands.h"
@@ -28,6 +29,10 @@ constexpr Command kCommands[] = {
      esper::agents::policy_main},
     {"ctl", "send an operator lifecycle command to a live run", esper::agents::ctl_main},
     {"status", "show the state of a live run", esper::agents::status_main},
+    {"keygen", "write CURVE key pairs for a secured bus", esper::agents::keygen_main},
+    {"dash", "serve the live dashboard, /metrics and /api over HTTP", esper::agents::dash_main},
+    {"report", "write a run directory's report.html and print its summary",
+     esper::agents::report_main},
     {"generate", "sample text from a transformer checkpoint", esper::agents::generate_main},
     {"version", "print the version and build configuration", esper::agents::version_main},
 };
@@ -71,7 +76,14 @@ int main(int argc, char** argv) {
             return 1;
         }
     }
-    std::fprintf(stderr, "esper: unknown command '%s'\n\n", name.c_str());
+    std::vector<std::string> names;
+    for (const Command& c : kCommands) names.emplace_back(c.name);
+    const std::vector<std::string> close = esper::cli::closest_matches(name, names);
+    if (!close.empty())
+        std::fprintf(stderr, "esper: unknown command '%s'; did you mean '%s'?\n\n", name.c_str(),
+                     close[0].c_str());
+    else
+        std::fprintf(stderr, "esper: unknown command '%s'\n\n", name.c_str());
     print_help(stderr);
     return esper::cli::kExitUsage;
 }

@@ -9,6 +9,7 @@
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/keys.h"
 #include "agents/tool_json.h"
 #include "bus/pubsub.h"
 #include "core/error.h"
@@ -18,13 +19,15 @@ namespace esper::agents {
 
 int pub_main(int argc, char** argv) {
     cli::Parser p("esper pub", "Publish one message on the bus.", "TOPIC");
-    auto& bus_ep = p.option("bus", "ENDPOINT", "broker publisher endpoint", "tcp://127.0.0.1:5555");
+    auto& bus_ep = p.endpoint("bus", "ENDPOINT", "broker publisher endpoint", "tcp://127.0.0.1:5555");
     auto& type = p.option("type", "TYPE", "payload type, e.g. annotation, runStatus, heartbeat");
     auto& json = p.option("json", "JSON", "the payload as JSON", "{}");
     auto& sender = p.option("sender", "NAME", "sender name in the envelope", "pub");
     auto& run = p.option("run", "ID", "run id in the envelope", "");
     auto& wait =
         p.option("wait-ms", "MS", "wait this long for a subscriber first (0 = don't)", "1000");
+    auto& keys =
+        p.option("keys", "DIR", "CURVE keys: DIR/broker.pub and an operator (or agent) secret key");
     p.epilog(fmt::format("Types: {}", fmt::join(payload_type_names(), ", ")) +
              "\nExample: esper pub events.annotations.r1 --type annotation "
              "--json '{\"kind\":\"note\",\"text\":\"lr drop\"}'");
@@ -35,10 +38,15 @@ int pub_main(int argc, char** argv) {
     const std::string& topic = p.positional()[0];
 
     zmq::context_t context(1);
-    bus::Publisher pub(context, {.endpoint = bus_ep.str(),
-                                 .sender = sender.str(),
-                                 .run_id = run.str(),
-                                 .reliability = bus::Reliability::kControl});
+    bus::Publisher pub(
+        context, {.endpoint = bus_ep.str(),
+                  .sender = sender.str(),
+                  .run_id = run.str(),
+                  .reliability = bus::Reliability::kControl,
+                  .security = keys.given() ? client_security(keys.str(), {bus::Role::kOperator,
+                                                                          bus::Role::kAgent,
+                                                                          bus::Role::kObserver})
+                                           : bus::ClientSecurity{}});
     // Check the JSON before touching the network so a misfit is a usage error.
     {
         capnp::MallocMessageBuilder probe;

@@ -1,5 +1,6 @@
-// The run report and summary (agents/report.h). Stage names are the vocabulary's
-// (kernels/vocabulary.h), as in events.jsonl; numbers go through {fmt}.
+// The run report and summary (agents/report.h). The page is web/report.html with its
+// placeholders filled: the HTML text rendered here, the chart data as JSON (nlohmann), and the
+// scripts and styles of web/ inlined. Stage names are the vocabulary's (kernels/vocabulary.h).
 #include "agents/report.h"
 
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "web/assets.h"
 
 namespace esper::agents {
 
@@ -22,19 +24,9 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::array<const char*, kNumSeedStages> kStageColors = {
-    "#cccccc", "#9ecae1", "#3182bd", "#31a354", "#a1d99b", "#fdae6b",
-    "#e6550d", "#756bb1", "#de2d26", "#969696", "#636363"};
-
-struct Point {
-    double x, y;
-};
-struct Series {
-    std::string name;
-    std::string color;
-    std::vector<Point> points;
-    bool steps = false;  // draw as a step function (counts)
-};
+// Points the charts get at most; longer series are averaged in buckets.
+constexpr size_t kMaxPoints = 2000;
+constexpr size_t kMaxEventRows = 5000;
 
 std::string html_escape(const std::string& s) {
     std::string out;
@@ -88,81 +80,17 @@ std::vector<json> read_jsonl(const std::filesystem::path& path, int& malformed) 
     return out;
 }
 
-// A number for a tick, a table or a sentence: 4 significant digits, 2 for very large or small.
-std::string label(double v) {
-    const double a = std::fabs(v);
-    return a != 0 && (a >= 1e5 || a < 1e-3) ? fmt::format("{:.2g}", v) : fmt::format("{:.4g}", v);
+json read_json(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    if (!in) return json::object();
+    json j = json::parse(in, nullptr, false);
+    return j.is_object() ? j : json::object();
 }
 
-// A line chart with axes, ticks and a legend, as an inline <svg>. Coordinates are printed with
-// 6 significant digits ({:g}).
-std::string svg_chart(const std::string& title, const std::string& ylabel,
-                      const std::vector<Series>& series) {
-    constexpr double kW = 560, kH = 260, kL = 60, kR = 12, kT = 28, kB = 36;
-    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
-    for (const Series& s : series)
-        for (const Point& p : s.points) {
-            if (!std::isfinite(p.y)) continue;
-            x0 = std::min(x0, p.x), x1 = std::max(x1, p.x);
-            y0 = std::min(y0, p.y), y1 = std::max(y1, p.y);
-        }
-    std::string out;
-    auto os = std::back_inserter(out);
-    fmt::format_to(os,
-                   "<svg xmlns='http://www.w3.org/2000/svg' width='{:g}' height='{:g}' "
-                   "class='chart'><text x='{:g}' y='18' class='title'>{}</text>",
-                   kW, kH, kL, html_escape(title));
-    if (!(x0 <= x1)) {
-        fmt::format_to(os, "<text x='{:g}' y='{:g}' class='muted'>no data</text></svg>", kL,
-                       kH / 2);
-        return out;
-    }
-    if (x1 == x0) x1 = x0 + 1;
-    if (y1 == y0) y1 = y0 + 1;
-    double pad = (y1 - y0) * 0.05;
-    y0 -= pad, y1 += pad;
-    auto sx = [&](double x) { return kL + (x - x0) / (x1 - x0) * (kW - kL - kR); };
-    auto sy = [&](double y) { return kT + (1 - (y - y0) / (y1 - y0)) * (kH - kT - kB); };
-    fmt::format_to(os, "<rect x='{:g}' y='{:g}' width='{:g}' height='{:g}' class='frame'/>", kL, kT,
-                   kW - kL - kR, kH - kT - kB);
-    for (int i = 0; i <= 4; ++i) {
-        double y = y0 + (y1 - y0) * i / 4, x = x0 + (x1 - x0) * i / 4;
-        fmt::format_to(os,
-                       "<line x1='{:g}' x2='{:g}' y1='{:g}' y2='{:g}' class='grid'/><text x='{:g}' "
-                       "y='{:g}' class='tick' text-anchor='end'>{}</text>",
-                       kL, kW - kR, sy(y), sy(y), kL - 4, sy(y) + 4, label(y));
-        fmt::format_to(os, "<text x='{:g}' y='{:g}' class='tick' text-anchor='middle'>{}</text>",
-                       sx(x), kH - kB + 16, label(std::round(x)));
-    }
-    fmt::format_to(os, "<text x='{:g}' y='{:g}' class='tick' text-anchor='middle'>step</text>",
-                   (kL + kW - kR) / 2, kH - 4);
-    const double mid = (kT + kH - kB) / 2;
-    fmt::format_to(os,
-                   "<text x='12' y='{:g}' class='tick' text-anchor='middle' "
-                   "transform='rotate(-90 12 {:g})'>{}</text>",
-                   mid, mid, html_escape(ylabel));
-    double lx = kL + 8;
-    for (const Series& s : series) {
-        if (s.points.empty()) continue;
-        fmt::format_to(os, "<polyline fill='none' stroke='{}' stroke-width='1.6' points='",
-                       s.color);
-        double prev_y = NAN;
-        for (const Point& p : s.points) {
-            if (!std::isfinite(p.y)) continue;
-            if (s.steps && std::isfinite(prev_y))
-                fmt::format_to(os, "{:g},{:g} ", sx(p.x), sy(prev_y));
-            fmt::format_to(os, "{:g},{:g} ", sx(p.x), sy(p.y));
-            prev_y = p.y;
-        }
-        out += "'/>";
-        fmt::format_to(os,
-                       "<rect x='{:g}' y='{:g}' width='10' height='10' fill='{}'/><text x='{:g}' "
-                       "y='{:g}' class='legend'>{}</text>",
-                       lx, kT + 6, s.color, lx + 14, kT + 15, html_escape(s.name));
-        lx += 22 + 7.0 * static_cast<double>(s.name.size());
-    }
-    out += "</svg>";
-    return out;
+// A number for a table or a sentence: 4 significant digits, 2 for very large or small.
+std::string label(double v) {
+    const double a = std::fabs(v);
+    return a != 0 && (a >= 1e6 || a < 1e-3) ? fmt::format("{:.2g}", v) : fmt::format("{:.4g}", v);
 }
 
 double num(const json& j, const char* key, double fallback = NAN) {
@@ -170,39 +98,138 @@ double num(const json& j, const char* key, double fallback = NAN) {
     return it != j.end() && it->is_number() ? it->get<double>() : fallback;
 }
 
-// Trailing mean over `window` points (the per-step train loss is too noisy to read).
-Series smooth(const Series& in, size_t window) {
-    Series out = in;
-    double sum = 0;
-    size_t n = 0;  // finite values inside the window (a governor trip logs a non-finite loss)
-    for (size_t i = 0; i < in.points.size(); ++i) {
-        if (std::isfinite(in.points[i].y)) sum += in.points[i].y, ++n;
-        if (i >= window && std::isfinite(in.points[i - window].y))
-            sum -= in.points[i - window].y, --n;
-        out.points[i].y = n > 0 ? sum / static_cast<double>(n) : NAN;
+json num_or_null(const json& j, const char* key) {
+    const double v = num(j, key);
+    return std::isfinite(v) ? json(v) : json(nullptr);
+}
+
+// The lines of one split with a resumed run's overlap resolved: a line whose step is not past
+// the previous one restarts the series there (the newer lines win).
+std::vector<const json*> split_lines(const std::vector<json>& metrics, const std::string& split) {
+    std::vector<const json*> out;
+    for (const json& m : metrics) {
+        if (m.value("split", "") != split || !std::isfinite(num(m, "step"))) continue;
+        const double step = num(m, "step");
+        while (!out.empty() && num(*out.back(), "step") >= step) out.pop_back();
+        out.push_back(&m);
     }
     return out;
 }
 
-// Replays lifecycle events: seeds start DORMANT; counts of non-dormant seeds per stage after
-// each event go to `on_event(step, counts, from, to)`.
-template <typename F>
-void replay_events(const std::vector<json>& events, std::array<int, kNumSeedStages>& counts,
-                   std::array<int, kNumSeedStages>& totals, F&& on_event) {
-    std::map<std::pair<int, int>, int> stage_of;  // (layer, seed) -> stage
+// Seeds replayed from the transitions: stage counts after each event (never negative: a seed's
+// stage is what its own events said, whatever an event's "from" claims), and each seed's lane.
+struct Replay {
+    std::array<int, kNumSeedStages> counts{};
+    std::array<int, kNumSeedStages> into{};
+    std::map<std::pair<int, int>, int> stage_of;
+    json stage_counts = json::array();  // [[step, [11 counts]], ...]
+    json lanes = json::object();        // "layer:seed" -> [[step, stage, null], ...]
+};
+
+Replay replay_events(const std::vector<json>& events) {
+    Replay r;
     for (const json& e : events) {
-        double step = num(e, "step");
-        int to = stage_index(e.value("to", json()));
-        if (!std::isfinite(step) || to < 0) continue;
-        auto key = std::make_pair(e.value("layer", -1), e.value("seed", -1));
-        auto it = stage_of.find(key);
-        int from = it == stage_of.end() ? 0 : it->second;
-        if (from != 0) --counts[from];
-        if (to != 0) ++counts[to];
-        ++totals[to];
-        stage_of[key] = to;
-        on_event(step, from, to);
+        const double step = num(e, "step");
+        const int to = stage_index(e.value("to", json()));
+        if (!std::isfinite(step) || to < 0) continue;  // not a transition (policy, annotation)
+        const auto key = std::make_pair(e.value("layer", -1), e.value("seed", -1));
+        auto it = r.stage_of.find(key);
+        const int from = it == r.stage_of.end() ? 0 : it->second;
+        if (from != 0 && r.counts[from] > 0) --r.counts[from];
+        if (to != 0) ++r.counts[to];
+        ++r.into[to];
+        r.stage_of[key] = to;
+        r.stage_counts.push_back({step, r.counts});
+        const std::string lane = fmt::format("{}:{}", key.first, key.second);
+        if (to != 0 || r.lanes.contains(lane)) r.lanes[lane].push_back({step, to, nullptr});
     }
+    return r;
+}
+
+// Keeps at most kMaxPoints of a [[step, ...], ...] list (every k-th, the last always).
+json thin(const json& list) {
+    if (list.size() <= kMaxPoints) return list;
+    const size_t k = (list.size() + kMaxPoints - 1) / kMaxPoints;
+    json out = json::array();
+    for (size_t i = 0; i < list.size(); ++i)
+        if (i % k == k - 1 || i + 1 == list.size()) out.push_back(list[i]);
+    return out;
+}
+
+// Train points for the charts: the mean loss of each bucket of steps (the per-step loss is too
+// noisy to read), the bucket's last step, lr and parameter counts.
+json train_points(const std::vector<const json*>& lines) {
+    json out = json::array();
+    const size_t k = std::max<size_t>(1, (lines.size() + kMaxPoints - 1) / kMaxPoints);
+    for (size_t start = 0; start < lines.size(); start += k) {
+        const size_t end = std::min(lines.size(), start + k);
+        double sum = 0;
+        int n = 0;
+        for (size_t i = start; i < end; ++i)
+            if (const double l = num(*lines[i], "loss"); std::isfinite(l)) sum += l, ++n;
+        const json& last = *lines[end - 1];
+        out.push_back({{"step", num(last, "step")},
+                       {"loss", n > 0 ? json(sum / n) : json(nullptr)},
+                       {"lr", num_or_null(last, "lr")},
+                       {"host_params", num_or_null(last, "host_params")},
+                       {"blueprint_params", num_or_null(last, "blueprint_params")}});
+    }
+    return out;
+}
+
+std::string time_text(const json& j, const char* key) {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_string()) return "";
+    std::string t = it->get<std::string>();
+    if (t.size() >= 19) t = t.substr(0, 10) + " " + t.substr(11, 8);
+    return t + " UTC";
+}
+
+std::string describe_event(const json& e) {
+    auto str = [&](const char* k) {
+        auto it = e.find(k);
+        if (it == e.end()) return std::string();
+        return it->is_string() ? it->get<std::string>() : it->dump();
+    };
+    const std::string kind = e.value("kind", e.contains("to") ? "transition" : "");
+    if (kind == "transition") {
+        auto stage = [&](const char* k) {
+            const int i = stage_index(e.value(k, json()));
+            return i >= 0 ? stage_label(i) : str(k);
+        };
+        return fmt::format("L{} S{} {} → {} ({})", str("layer"), str("seed"), stage("from"),
+                           stage("to"), str("origin"));
+    }
+    if (kind == "policy")
+        return fmt::format("policy {}: {}{}", str("action"), str("name"),
+                           str("previous").empty() ? "" : " (was " + str("previous") + ")");
+    if (kind == "annotation") return fmt::format("[{}] {}", str("label"), str("text"));
+    if (kind == "run") return "run " + str("state");
+    return kind;
+}
+
+// Fills web/report.html: each @NAME@ of the template is replaced once, left to right, so text
+// inside the inserted files is never scanned for placeholders.
+std::string fill_template(std::string_view tpl, const std::map<std::string, std::string>& values) {
+    std::string out;
+    size_t pos = 0;
+    while (pos < tpl.size()) {
+        const size_t at = tpl.find('@', pos);
+        if (at == std::string_view::npos) break;
+        const size_t end = tpl.find('@', at + 1);
+        if (end == std::string_view::npos) break;
+        auto it = values.find(std::string(tpl.substr(at + 1, end - at - 1)));
+        if (it == values.end()) {
+            out.append(tpl.substr(pos, at + 1 - pos));
+            pos = at + 1;
+            continue;
+        }
+        out.append(tpl.substr(pos, at - pos));
+        out += it->second;
+        pos = end + 1;
+    }
+    out.append(tpl.substr(std::min(pos, tpl.size())));
+    return out;
 }
 
 }  // namespace
@@ -211,23 +238,31 @@ RunSummary summarize_run(const std::filesystem::path& run_dir) {
     RunSummary s;
     std::vector<json> metrics = read_jsonl(run_dir / "metrics.jsonl", s.malformed_lines);
     std::vector<json> events = read_jsonl(run_dir / "events.jsonl", s.malformed_lines);
-    for (const json& m : metrics) {
-        double step = num(m, "step");
-        if (std::isfinite(step))
-            s.last_step = std::max<int64_t>(s.last_step, static_cast<int64_t>(step));
-        std::string split = m.value("split", "");
-        if (split == "test") {
-            s.test_accuracy = num(m, "accuracy");
-            s.test_loss = num(m, "loss");
-        } else if (split == "train") {
-            s.train_loss = num(m, "loss");
-            if (double hp = num(m, "host_params"); std::isfinite(hp))
-                s.host_params = static_cast<int64_t>(hp);
-            if (double bp = num(m, "blueprint_params"); std::isfinite(bp))
-                s.blueprint_params = static_cast<int64_t>(bp);
-        }
+    for (const json* m : split_lines(metrics, "train")) {
+        s.last_step = std::max<int64_t>(s.last_step, static_cast<int64_t>(num(*m, "step")));
+        s.train_loss = num(*m, "loss");
+        if (double hp = num(*m, "host_params"); std::isfinite(hp))
+            s.host_params = static_cast<int64_t>(hp);
+        if (double bp = num(*m, "blueprint_params"); std::isfinite(bp))
+            s.blueprint_params = static_cast<int64_t>(bp);
     }
-    replay_events(events, s.seeds_in_stage, s.transitions_into, [](double, int, int) {});
+    for (const json* m : split_lines(metrics, "test")) {
+        s.last_step = std::max<int64_t>(s.last_step, static_cast<int64_t>(num(*m, "step")));
+        s.test_accuracy = num(*m, "accuracy");
+        s.test_loss = num(*m, "loss");
+        s.test_bits_per_byte = num(*m, "bits_per_byte");
+    }
+    if (s.test_accuracy && !std::isfinite(*s.test_accuracy)) s.test_accuracy.reset();
+    if (s.test_loss && !std::isfinite(*s.test_loss)) s.test_loss.reset();
+    if (s.test_bits_per_byte && !std::isfinite(*s.test_bits_per_byte))
+        s.test_bits_per_byte.reset();
+    if (s.train_loss && !std::isfinite(*s.train_loss)) s.train_loss.reset();
+    const Replay r = replay_events(events);
+    s.seeds_in_stage = r.counts;
+    s.transitions_into = r.into;
+    const json run = read_json(run_dir / "run.json");
+    s.state = run.value("state", "");
+    s.state_reason = run.value("reason", "");
     return s;
 }
 
@@ -244,9 +279,12 @@ std::string format_summary(const RunSummary& s) {
         row(fmt::format("into {}", stage_name(st)),
             fmt::format("{}", s.transitions_into[static_cast<size_t>(st)]));
     };
+    if (!s.state.empty())
+        row("ended", s.state + (s.state_reason.empty() ? "" : ": " + s.state_reason));
     row("steps", s.last_step >= 0 ? fmt::format("{}", s.last_step) : "-");
     row("test accuracy", opt(s.test_accuracy));
     row("test loss", opt(s.test_loss));
+    if (s.test_bits_per_byte) row("test bits per byte", label(*s.test_bits_per_byte));
     row("train loss", opt(s.train_loss));
     row("params host", opt_i(s.host_params));
     row("params blueprints", opt_i(s.blueprint_params));
@@ -267,111 +305,156 @@ std::string render_report(const std::filesystem::path& run_dir) {
     int malformed = 0;
     std::vector<json> metrics = read_jsonl(run_dir / "metrics.jsonl", malformed);
     std::vector<json> events = read_jsonl(run_dir / "events.jsonl", malformed);
+    const json run = read_json(run_dir / "run.json");
+    const std::vector<const json*> train = split_lines(metrics, "train");
+    const std::vector<const json*> test = split_lines(metrics, "test");
+    const Replay replay = replay_events(events);
+    const RunSummary summary = summarize_run(run_dir);
 
-    Series train_loss{"train loss", "#3182bd", {}}, test_loss{"test loss", "#e6550d", {}};
-    Series test_acc{"test accuracy", "#31a354", {}};
-    Series host_params{"host", "#636363", {}, true}, bp_params{"blueprints", "#756bb1", {}, true};
-    for (const json& m : metrics) {
-        double step = num(m, "step");
-        if (!std::isfinite(step)) continue;
-        std::string split = m.value("split", "");
-        if (split == "train") {
-            train_loss.points.push_back({step, num(m, "loss")});
-            if (double hp = num(m, "host_params"); std::isfinite(hp))
-                host_params.points.push_back({step, hp});
-            if (double bp = num(m, "blueprint_params"); std::isfinite(bp))
-                bp_params.points.push_back({step, bp});
-        } else if (split == "test") {
-            test_loss.points.push_back({step, num(m, "loss")});
-            test_acc.points.push_back({step, num(m, "accuracy")});
-        }
-    }
-
-    // Seeds per stage over time, replayed from the transitions (dormant seeds are not drawn).
-    std::array<Series, kNumSeedStages> per_stage;
-    std::array<int, kNumSeedStages> counts{};
-    std::array<int, kNumSeedStages> totals{};  // transitions into each stage
-    for (int s = 0; s < kNumSeedStages; ++s)
-        per_stage[s] = Series{stage_label(s), kStageColors[s], {}, true};
-    replay_events(events, counts, totals, [&](double step, int from, int to) {
-        for (int s = 1; s < kNumSeedStages; ++s)
-            if (!per_stage[s].points.empty() || s == to || s == from)
-                per_stage[s].points.push_back({step, static_cast<double>(counts[s])});
-    });
-    std::vector<Series> stage_series;
-    for (int s = 1; s < kNumSeedStages; ++s)
-        if (!per_stage[s].points.empty()) stage_series.push_back(per_stage[s]);
-
-    std::string out;
-    auto os = std::back_inserter(out);
-    const std::string run_name = html_escape(run_dir.filename().string());
-    fmt::format_to(
-        os,
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Esper run {}</title>"
-        "<style>"
-        "body{{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}}"
-        "h1{{font-size:20px}}h2{{font-size:16px;margin-top:28px}}"
-        ".chart{{margin:6px;border:1px solid #eee;background:#fff}}"
-        ".title{{font-size:13px;font-weight:600}}"
-        ".tick{{font-size:10px;fill:#555}}.legend{{font-size:11px}}"
-        ".muted{{fill:#999;font-size:12px}}"
-        ".frame{{fill:none;stroke:#bbb}}.grid{{stroke:#eee}}"
-        "table{{border-collapse:collapse;font-size:12px}}"
-        "td,th{{border:1px solid #ddd;padding:3px 8px;text-align:left}}"
-        "th{{background:#f4f4f4}}pre{{background:#f7f7f7;padding:8px;font-size:12px}}"
-        "</style></head><body><h1>Esper run {}</h1>",
-        run_name, run_name);
-    if (!test_acc.points.empty())
-        fmt::format_to(os, "<p>Final test accuracy <b>{}</b> at step {}.</p>",
-                       label(test_acc.points.back().y), label(test_acc.points.back().x));
-    out += "<h2>Learning curves</h2>";
-    out += svg_chart("Loss (train: mean of the last 50 steps)", "loss",
-                     {smooth(train_loss, 50), test_loss});
-    out += svg_chart("Test accuracy", "accuracy", {test_acc});
-    out += "<h2>Seeds</h2>";
-    out += svg_chart("Seeds per stage (non-dormant)", "seeds", stage_series);
-    const std::string host_note =
-        host_params.points.empty() ? std::string()
-                                   : fmt::format(" (host: {})", label(host_params.points.back().y));
-    out += svg_chart("Blueprint parameters" + host_note, "parameters", {bp_params});
-    out += "<table><tr><th>stage</th><th>transitions into</th><th>seeds now</th></tr>";
-    for (int s = 0; s < kNumSeedStages; ++s)
-        if (totals[s] != 0 || counts[s] != 0)
-            fmt::format_to(os, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", stage_label(s),
-                           totals[s], s == 0 ? std::string("—") : fmt::format("{}", counts[s]));
-    out += "</table>";
-    fmt::format_to(os, "<h2>Lifecycle events ({})</h2>", events.size());
-    out +=
-        "<table><tr><th>step</th><th>layer</th><th>seed</th><th>from</th><th>to</th>"
-        "<th>origin</th><th>reason</th></tr>";
+    // ---- the chart data ----
+    json data = json::object();
+    data["train"] = train_points(train);
+    json test_points = json::array();
+    for (const json* t : test)
+        test_points.push_back({{"step", num(*t, "step")},
+                               {"loss", num_or_null(*t, "loss")},
+                               {"accuracy", num_or_null(*t, "accuracy")},
+                               {"bits_per_byte", num_or_null(*t, "bits_per_byte")},
+                               {"perplexity", num_or_null(*t, "perplexity")}});
+    data["test"] = std::move(test_points);
+    double max_step = std::max<double>(1.0, static_cast<double>(summary.last_step));
+    if (const double planned = train.empty() ? NAN : num(*train.back(), "total_steps");
+        std::isfinite(planned) && run.value("state", "") != "stopped" &&
+        run.value("state", "") != "failed")
+        max_step = std::max(max_step, planned);
+    data["max_step"] = max_step;
+    json marks = json::array();
     for (const json& e : events) {
-        auto cell = [&](const char* k) {
-            auto it = e.find(k);
-            if (it == e.end()) return std::string();
-            return html_escape(it->is_string() ? it->get<std::string>() : it->dump());
-        };
-        // Stages in the vocabulary's spelling whatever the line used (older files, numbers).
-        auto stage_cell = [&](const char* k) {
-            const int i = stage_index(e.value(k, json()));
-            return i >= 0 ? stage_label(i) : cell(k);
-        };
-        fmt::format_to(os,
-                       "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
-                       "<td>{}</td></tr>",
-                       cell("step"), cell("layer"), cell("seed"), stage_cell("from"),
-                       stage_cell("to"), cell("origin"), cell("reason"));
+        const std::string kind = e.value("kind", "");
+        if (kind == "policy" || kind == "annotation" || kind == "run")
+            marks.push_back({{"kind", kind}, {"step", num(e, "step", 0)}});
     }
-    out += "</table>";
+    data["events"] = std::move(marks);
+    data["stage_counts"] = thin(replay.stage_counts);
+    data["lanes"] = replay.lanes;
+    std::map<int, std::vector<int>> grid;  // layer -> stage per seed (seeds never seen: DORMANT)
+    for (const auto& [key, stage] : replay.stage_of) {
+        if (key.first < 0 || key.second < 0 || key.second > 1'000'000) continue;
+        auto& row = grid[key.first];
+        if (row.size() <= static_cast<size_t>(key.second)) row.resize(size_t(key.second) + 1, 0);
+        row[size_t(key.second)] = stage;
+    }
+    json grid_json = json::array();
+    for (const auto& [layer, stages] : grid)
+        grid_json.push_back({{"layer", layer},
+                             {"stages", stages},
+                             {"alphas", std::vector<double>(stages.size(), 1.0)}});
+    data["grid"] = std::move(grid_json);
+    std::string data_text = data.dump(-1, ' ', false, json::error_handler_t::replace);
+    // Inside <script>, "</" could close the element early: JSON allows "<\/" for it.
+    for (size_t at = data_text.find("</"); at != std::string::npos;
+         at = data_text.find("</", at + 3))
+        data_text.replace(at, 2, "<\\/");
+
+    // ---- the text ----
+    std::string body;
+    auto os = std::back_inserter(body);
+    const std::string run_name = html_escape(run_dir.filename().string());
+    const std::string state = run.value("state", "");
+    fmt::format_to(os, "<header><h1>Esper run {}</h1>{}</header>", run_name,
+                   state.empty() ? ""
+                                 : fmt::format("<span class='badge {}'>{}</span>",
+                                               html_escape(state), html_escape(state)));
+    if (state == "failed")
+        fmt::format_to(os, "<p class='failed-box'><b>This run failed.</b> {}</p>",
+                       html_escape(run.value("reason", "no reason recorded")));
+    else if (state == "stopped")
+        fmt::format_to(os, "<p>Stopped early: {}.</p>", html_escape(run.value("reason", "")));
+    body += "<section class='panel'><table>";
+    auto row = [&](const std::string& k, const std::string& v) {
+        fmt::format_to(os, "<tr><th>{}</th><td>{}</td></tr>", k, html_escape(v));
+    };
+    if (run.contains("started")) row("started", time_text(run, "started"));
+    if (run.contains("ended")) row("ended", time_text(run, "ended"));
+    if (run.contains("duration_s"))
+        row("wall time", fmt::format("{:.1f} s", run.value("duration_s", 0.0)));
+    if (run.contains("controller_restarts"))
+        row("controller restarts", fmt::format("{}", run.value("controller_restarts", 0)));
+    row("steps", summary.last_step >= 0 ? fmt::format("{}", summary.last_step) : "-");
+    if (summary.test_accuracy) row("final test accuracy", label(*summary.test_accuracy));
+    if (summary.test_loss) row("final test loss", label(*summary.test_loss));
+    if (summary.test_bits_per_byte)
+        row("final validation bits per byte", label(*summary.test_bits_per_byte));
+    if (summary.train_loss) row("final train loss", label(*summary.train_loss));
+    if (summary.host_params) row("host parameters", fmt::format("{}", *summary.host_params));
+    if (summary.blueprint_params)
+        row("blueprint parameters", fmt::format("{}", *summary.blueprint_params));
+    std::string stages;
+    for (int i = 1; i < kNumSeedStages; ++i)
+        if (replay.counts[i] != 0)
+            stages += fmt::format("{}{}={}", stages.empty() ? "" : ", ", stage_label(i),
+                                  replay.counts[i]);
+    row("seeds at the end", stages.empty() ? "all dormant" : stages);
+    std::string into;
+    for (int i = 1; i < kNumSeedStages; ++i)
+        if (replay.into[i] != 0)
+            into +=
+                fmt::format("{}{}={}", into.empty() ? "" : ", ", stage_label(i), replay.into[i]);
+    row("transitions into", into.empty() ? "none" : into);
+    body += "</table></section>";
+    body +=
+        "<section class='row'><div class='panel'><div id='chart-loss'></div></div>"
+        "<div class='panel'><div id='chart-quality'></div></div></section>"
+        "<section class='panel'><h2>Seed swimlane <span class='muted'>(one row per seed that "
+        "left DORMANT)</span></h2><div id='legend' class='legend'></div><div id='swimlane'>"
+        "</div></section>"
+        "<section class='row'><div class='panel'><div id='chart-stages'></div></div>"
+        "<div class='panel'><div id='chart-params'></div></div></section>"
+        "<section class='panel'><h2>Seeds by layer at the end</h2><div id='grid'></div>"
+        "</section>";
+    fmt::format_to(os,
+                   "<section class='panel'><h2>Events ({})</h2><table><tr><th>time</th>"
+                   "<th>step</th><th>kind</th><th>what</th><th>reason</th></tr>",
+                   events.size());
+    for (size_t i = 0; i < events.size() && i < kMaxEventRows; ++i) {
+        const json& e = events[i];
+        const std::string kind = e.value("kind", e.contains("to") ? "transition" : "");
+        const std::string reason =
+            e.contains("reason") && e["reason"].is_string() ? e["reason"].get<std::string>() : "";
+        fmt::format_to(os,
+                       "<tr class='ev-{}'><td>{}</td><td class='num'>{}</td><td>{}</td><td>{}</td>"
+                       "<td>{}</td></tr>",
+                       html_escape(kind), html_escape(time_text(e, "time")),
+                       html_escape(e.contains("step") ? e["step"].dump() : ""), html_escape(kind),
+                       html_escape(describe_event(e)), html_escape(reason));
+    }
+    body += "</table>";
+    if (events.size() > kMaxEventRows)
+        fmt::format_to(os, "<p class='muted'>{} more events in events.jsonl.</p>",
+                       events.size() - kMaxEventRows);
+    body += "</section>";
     std::ifstream cfg(run_dir / "config.yaml");
     if (cfg) {
         std::stringstream ss;
         ss << cfg.rdbuf();
-        fmt::format_to(os, "<h2>Effective configuration</h2><pre>{}</pre>", html_escape(ss.str()));
+        fmt::format_to(os,
+                       "<section class='panel'><h2>Effective configuration</h2><pre>{}</pre>"
+                       "</section>",
+                       html_escape(ss.str()));
     }
     if (malformed > 0)
         fmt::format_to(os, "<p class='muted'>{} malformed lines skipped.</p>", malformed);
-    out += "</body></html>\n";
-    return out;
+
+    return fill_template(
+        web::asset_text("/report.html"),
+        {{"TITLE", run_name},
+         {"UPLOT_CSS", std::string(web::asset_text("/vendor/uplot/uPlot.min.css"))},
+         {"STYLE_CSS", std::string(web::asset_text("/style.css"))},
+         {"BODY", body},
+         {"DATA", data_text},
+         {"UPLOT_JS", std::string(web::asset_text("/vendor/uplot/uPlot.iife.min.js"))},
+         {"CHARTS_JS", std::string(web::asset_text("/charts.js"))},
+         {"REPORT_JS", std::string(web::asset_text("/report.js"))}});
 }
 
 std::filesystem::path write_report(const std::filesystem::path& run_dir) {

@@ -153,6 +153,7 @@ std::vector<std::string> BrokerLaunch::argv(const fs::path& esper) const {
                                   "--agent-expiry-ms",
                                   std::to_string(agent_expiry_ms)};
     if (insecure) a.push_back("--insecure");
+    if (!keys.empty()) a.insert(a.end(), {"--keys", keys.string()});
     return a;
 }
 
@@ -172,6 +173,15 @@ std::vector<std::string> TamiyoLaunch::argv(const fs::path& esper) const {
                                   bus.sub,        "--bus",  bus.rpc,     "--run-id", run_id};
     if (!config.empty()) a.insert(a.end(), {"--config", config.string()});
     if (!policy.empty()) a.insert(a.end(), {"--policy", policy});
+    if (!keys.empty()) a.insert(a.end(), {"--keys", keys.string()});
+    if (!run_dir.empty()) a.insert(a.end(), {"--run-dir", run_dir.string()});
+    return a;
+}
+
+std::vector<std::string> DashLaunch::argv(const fs::path& esper) const {
+    std::vector<std::string> a = {esper.string(), "dash",  "--bus", bus.sub,  "--bus-rpc",
+                                  bus.rpc,        "--run", run_id,  "--http", http};
+    if (!keys.empty()) a.insert(a.end(), {"--keys", keys.string()});
     return a;
 }
 
@@ -183,8 +193,10 @@ std::vector<std::string> KasminaLaunch::argv(const fs::path& esper) const {
     if (!epochs.empty()) a.insert(a.end(), {"--epochs", epochs});
     if (!max_steps.empty()) a.insert(a.end(), {"--max-steps", max_steps});
     if (!seed.empty()) a.insert(a.end(), {"--seed", seed});
+    if (!resume.empty()) a.insert(a.end(), {"--resume", resume.string()});
     if (world > 1)
         a.insert(a.end(), {"--world", std::to_string(world), "--rank", std::to_string(rank)});
+    if (!keys.empty()) a.insert(a.end(), {"--keys", keys.string()});
     return a;
 }
 

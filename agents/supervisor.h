@@ -37,7 +37,8 @@ struct BrokerLaunch {
     int sub_port = 5556;
     int rpc_port = 5557;
     int agent_expiry_ms = 3000;
-    bool insecure = false;  // needed for a non-loopback bind
+    bool insecure = false;         // needed for a non-loopback bind without keys
+    std::filesystem::path keys{};  // --keys: CURVE, DIR/*.pub the allowlist (agents/keys.h)
 
     std::vector<std::string> argv(const std::filesystem::path& esper) const;
 };
@@ -50,6 +51,18 @@ struct TamiyoLaunch {
     std::string run_id{};
     std::filesystem::path config{};  // empty: tamiyo's defaults
     std::string policy{};            // empty: the config's tamiyo.policy
+    std::filesystem::path run_dir{};  // non-empty: the policy stack persists there (restarts)
+    std::filesystem::path keys{};     // --keys: an agent key and broker.pub
+
+    std::vector<std::string> argv(const std::filesystem::path& esper) const;
+};
+
+// `esper dash` for a run: ready line {"http": URL, "port": N} once it serves.
+struct DashLaunch {
+    BusEndpoints bus{};
+    std::string run_id{};
+    std::string http = "127.0.0.1:8080";
+    std::filesystem::path keys{};  // --keys: broker.pub and a secret key
 
     std::vector<std::string> argv(const std::filesystem::path& esper) const;
 };
@@ -59,8 +72,10 @@ struct KasminaLaunch {
     std::string run_id{};
     std::filesystem::path config{}, run_dir{};
     std::string epochs{}, max_steps{}, seed{};  // overrides; empty: the config's
+    std::filesystem::path resume{};             // a checkpoint to continue from
     int world = 1;                              // > 1: --world/--rank and LOCAL_RANK = rank
     int rank = 0;
+    std::filesystem::path keys{};  // --keys: an agent key and broker.pub
 
     std::vector<std::string> argv(const std::filesystem::path& esper) const;
     std::vector<std::string> env() const;

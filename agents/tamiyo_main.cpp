@@ -8,6 +8,8 @@
 // policy disabled for throwing or overrunning its time budget) are announced on
 // events.policy.<run>. A restarted Tamiyo rebuilds its view from what the bus delivers next.
 // With --ready-fd N it writes {"agent":"tamiyo"} to descriptor N once the broker routes to it.
+// With --keys the bus is CURVE (agent key) and only operator keys may load or roll back
+// policies; plugins go through agents/policy_guard.h before any of their code runs here.
 #include <fmt/format.h>
 #include <kj/exception.h>
 #include <unistd.h>
@@ -19,11 +21,16 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <string>
 
 #include "agents/cli.h"
 #include "agents/commands.h"
+#include "agents/keys.h"
+#include "agents/policy_guard.h"
+#include "agents/process.h"
 #include "agents/supervisor.h"
 #include "agents/wire_vocabulary.h"
 #include "bus/event_loop.h"
@@ -44,10 +51,17 @@ namespace fs = std::filesystem;
 
 Logger& log() { return logger("tamiyo.agent"); }
 
-// A policy from a PolicyLoad request: a plugin path, or rules YAML text named by its file.
-tamiyo::PolicyPtr policy_from_request(schema::PolicyLoad::Reader l) {
+// A policy from a PolicyLoad request: a plugin path (inside a --plugin-dir, checked before it
+// runs), or rules YAML text named by its file.
+tamiyo::PolicyPtr policy_from_request(schema::PolicyLoad::Reader l,
+                                      const std::vector<fs::path>& plugin_dirs) {
     std::string name = l.getName().cStr();
-    if (l.isPath()) return tamiyo::make_policy(l.getPath().cStr());
+    if (l.isPath()) {
+        const std::string spec = l.getPath().cStr();
+        const std::string path = plugin_path_of(spec);
+        check_plugin_dir(plugin_dirs, path.empty() ? spec : path);
+        return make_checked_policy(self_exe_dir() / "esper", spec);
+    }
     if (name == "heuristic") return tamiyo::make_policy("heuristic");
     return tamiyo::make_rules_policy_from_text(l.getSource().cStr(), name);
 }
@@ -56,6 +70,74 @@ schema::PolicyKind policy_kind(const std::string& kind) {
     if (kind == "plugin") return schema::PolicyKind::PLUGIN;
     if (kind == "heuristic") return schema::PolicyKind::HEURISTIC;
     return schema::PolicyKind::RULES;
+}
+
+// ---- the policy stack persisted in RUN_DIR/tamiyo/policy.json ----
+// Each policy on the controller's stack as what it takes to build it again, so a controller that
+// `esper run` restarts comes back with the policy in force (and the ones under it for rollback)
+// and the history so far, instead of its initial one.
+struct PolicySpec {
+    std::string kind;  // heuristic | rules | plugin
+    std::string name;  // rules: the file name used in errors
+    std::string text;  // rules: the YAML; plugin: "path.so[:config]"
+};
+
+nlohmann::json spec_json(const PolicySpec& s) {
+    return {{"kind", s.kind}, {"name", s.name}, {"text", s.text}};
+}
+
+// What an initial --policy/tamiyo.policy names ("heuristic", a rules file, "lib.so[:CONFIG]").
+PolicySpec spec_from_name(const std::string& policy) {
+    if (policy == "heuristic") return {"heuristic", "heuristic", ""};
+    const auto so = policy.find(".so");
+    if (so != std::string::npos && (so + 3 == policy.size() || policy[so + 3] == ':')) {
+        const std::string path = fs::absolute(policy.substr(0, so + 3)).string();
+        return {"plugin", path, path + policy.substr(so + 3)};
+    }
+    std::ifstream in(policy);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return {"rules", policy, ss.str()};
+}
+
+tamiyo::PolicyPtr build_policy(const PolicySpec& s, const tamiyo::HeuristicConfig& heuristic) {
+    if (s.kind == "heuristic") return tamiyo::make_policy("heuristic", heuristic);
+    // A plugin (also one restored from the run dir) is checked in a child before it runs here.
+    if (s.kind == "plugin") return make_checked_policy(self_exe_dir() / "esper", s.text);
+    return tamiyo::make_rules_policy_from_text(s.text, s.name);
+}
+
+struct PersistedPolicies {
+    std::vector<PolicySpec> stack;
+    nlohmann::json history = nlohmann::json::array();
+    int restarts = 0;
+};
+
+fs::path policy_state_path(const std::string& run_dir) {
+    return fs::path(run_dir) / "tamiyo" / "policy.json";
+}
+
+std::optional<PersistedPolicies> load_persisted(const std::string& run_dir) {
+    if (run_dir.empty()) return std::nullopt;
+    std::ifstream in(policy_state_path(run_dir));
+    if (!in) return std::nullopt;
+    const nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    if (!j.is_object() || !j.contains("stack") || !j["stack"].is_array() || j["stack"].empty())
+        ESPER_THROW(kInvalidInput, policy_state_path(run_dir).string(),
+                    ": not a policy state file (remove it to start from the initial policy)");
+    PersistedPolicies p;
+    for (const nlohmann::json& s : j["stack"])
+        p.stack.push_back({s.value("kind", ""), s.value("name", ""), s.value("text", "")});
+    p.history = j.value("history", nlohmann::json::array());
+    p.restarts = j.value("restarts", 0);
+    return p;
+}
+
+PolicySpec spec_from_request(schema::PolicyLoad::Reader l) {
+    const std::string name = l.getName().cStr();
+    if (l.isPath()) return {"plugin", name, l.getPath().cStr()};
+    if (name == "heuristic") return {"heuristic", "heuristic", ""};
+    return {"rules", name, l.getSource().cStr()};
 }
 
 // Tamiyo's config from the run-config file: its `tamiyo:` section, plus the settings the executor
@@ -89,30 +171,46 @@ class TamiyoAgent {
 public:
     struct Options {
         std::string pub, sub, rpc, run_id, target = "kasmina/0";
+        bus::ClientSecurity security{};       // CURVE agent key (--keys)
+        std::vector<fs::path> plugin_dirs{};  // live plugin loads only from these
         int tick_ms = 50;       // how often the loop checks whether a decision is due
         int ready_fd = -1;      // >= 0: write the ready line here once registered
+        std::string run_dir;    // non-empty: the policy stack persists in RUN_DIR/tamiyo/
         tamiyo::Config config;  // decision_interval_steps, view, controller, heuristic, policy
     };
 
-    TamiyoAgent(Options o, tamiyo::PolicyPtr initial)
+    TamiyoAgent(Options o, std::vector<PolicySpec> stack, PersistedPolicies previous)
         : o_(std::move(o)),
           view_(o_.config.view),
-          controller_(o_.config.controller, std::move(initial)),
+          controller_(o_.config.controller, build_policy(stack.at(0), o_.config.heuristic)),
+          stack_(std::move(stack)),
+          previous_(std::move(previous)),
           sub_(ctx_,
                {.endpoint = o_.sub,
                 .prefixes = {"telemetry.seeds." + o_.run_id + ".", "telemetry.run." + o_.run_id,
-                             "events.lifecycle." + o_.run_id + "."}}),
+                             "events.lifecycle." + o_.run_id + "."},
+                .security = o_.security}),
           events_(ctx_, {.endpoint = o_.pub,
                          .sender = "tamiyo",
                          .run_id = o_.run_id,
-                         .reliability = bus::Reliability::kControl}),
-          worker_(ctx_, {.endpoint = o_.rpc, .name = "tamiyo", .run_id = o_.run_id}),
+                         .reliability = bus::Reliability::kControl,
+                         .security = o_.security}),
+          worker_(ctx_, {.endpoint = o_.rpc,
+                         .name = "tamiyo",
+                         .run_id = o_.run_id,
+                         .security = o_.security,
+                         .authorize = authorize_request}),
           client_(ctx_, loop_,
                   {.endpoint = o_.rpc,
                    .sender = "tamiyo",
                    .run_id = o_.run_id,
                    .timeout_ms = 300,
-                   .max_attempts = 4}) {
+                   .max_attempts = 4,
+                   .security = o_.security}) {
+        // A restarted controller: the policies above the first one, in order.
+        for (size_t i = 1; i < stack_.size(); ++i)
+            controller_.load(build_policy(stack_[i], o_.config.heuristic),
+                             "restored after a controller restart");
         history_seen_ = controller_.history().size();
     }
 
@@ -142,14 +240,37 @@ public:
         });
         ESPER_LOG_INFO(log(), "run=", o_.run_id, " policy=", controller_.active().name(),
                        " target=", o_.target, " rpc=", o_.rpc);
+        // The announcement is a lossless event, but a PUB socket drops what goes out before the
+        // broker forwarded a subscription: give a listener (esper run's recorder) a moment.
+        events_.wait_for_subscriber("events.policy." + o_.run_id, 500);
+        const bool restored = !previous_.stack.empty();
         announce(schema::PolicyAction::LOADED, controller_.active().name(),
-                 controller_.active().kind(), "", "initial policy");
+                 controller_.active().kind(), "",
+                 restored ? fmt::format("restored after a controller restart ({})",
+                                        previous_.restarts + 1)
+                          : "initial policy");
+        persist();
         if (o_.ready_fd >= 0) ping_self();
         loop_.run();
         return 0;
     }
 
 private:
+    // Policies are code and change what the run does: only an operator key may load or roll
+    // them back (not an agent key, which every node holds). Status and show are for anyone.
+    static std::optional<std::string> authorize_request(const bus::Peer& peer,
+                                                        schema::Envelope::Reader req) {
+        auto p = req.getPayload();
+        if (!p.isControlRequest()) return std::nullopt;
+        const auto which = p.getControlRequest().which();
+        if (which != schema::ControlRequest::POLICY_LOAD &&
+            which != schema::ControlRequest::POLICY_ROLLBACK)
+            return std::nullopt;
+        if (peer.allowed({bus::Role::kOperator})) return std::nullopt;
+        return "policy changes need an operator key; this is " +
+               std::string(bus::role_name(peer.role)) + " " + peer.name;
+    }
+
     // Registered once a ping through the broker comes back: then the ready line.
     void ping_self() {
         bool queued = client_.send(
@@ -226,6 +347,10 @@ private:
                 rs.epoch = s.getEpoch();
                 if (s.getLossMeasured()) rs.loss = s.getLoss();
                 if (s.getAccuracyMeasured()) rs.accuracy = s.getAccuracy();
+                if (s.getTestMeasured()) {  // rules on run.test_loss / run.test_accuracy
+                    rs.test_loss = s.getTestLoss();
+                    rs.test_accuracy = s.getTestAccuracy();
+                }
                 rs.learning_rate = s.getLr();
                 rs.host_params = static_cast<int64_t>(s.getHostParams());
                 rs.blueprint_params = static_cast<int64_t>(s.getBlueprintParams());
@@ -376,6 +501,10 @@ private:
     // Announces history entries the controller added by itself (a disabled policy).
     void announce_history() {
         const auto& h = controller_.history();
+        if (history_seen_ < h.size()) {
+            stack_.resize(std::min(stack_.size(), controller_.depth()));  // popped on a failure
+            persist_pending_ = true;
+        }
         for (; history_seen_ < h.size(); ++history_seen_) {
             const tamiyo::PolicyHistoryEntry& e = h[history_seen_];
             schema::PolicyAction a =
@@ -387,6 +516,46 @@ private:
                            " affected=", e.affected, " reason=", e.reason);
             announce(a, e.name, e.kind, e.affected, e.reason);
         }
+        if (persist_pending_) persist();
+    }
+
+    // RUN_DIR/tamiyo/policy.json: the stack and the history (temp file + rename). A failure is
+    // logged: the run goes on, only a restart would lose the policy.
+    void persist() {
+        persist_pending_ = false;
+        if (o_.run_dir.empty()) return;
+        nlohmann::json stack = nlohmann::json::array();
+        for (const PolicySpec& s : stack_) stack.push_back(spec_json(s));
+        nlohmann::json history = previous_.history;
+        for (const tamiyo::PolicyHistoryEntry& e : controller_.history()) {
+            if (&e == &controller_.history().front() && !previous_.stack.empty()) continue;
+            history.push_back({{"time_ns", e.wall_ns},
+                               {"step", e.step},
+                               {"action", std::string(tamiyo::policy_action_name(e.action))},
+                               {"name", e.name},
+                               {"kind", e.kind},
+                               {"affected", e.affected},
+                               {"reason", e.reason}});
+        }
+        const nlohmann::json j = {
+            {"schema", 1},
+            {"stack", stack},
+            {"history", history},
+            {"restarts", previous_.stack.empty() ? 0 : previous_.restarts + 1}};
+        const fs::path path = policy_state_path(o_.run_dir);
+        std::error_code ec;
+        fs::create_directories(path.parent_path(), ec);
+        const fs::path tmp = path.string() + ".tmp";
+        {
+            std::ofstream out(tmp, std::ios::trunc);
+            out << j.dump(1) << "\n";
+            if (!out) {
+                ESPER_LOG_WARN(log(), "cannot write ", tmp.string());
+                return;
+            }
+        }
+        fs::rename(tmp, path, ec);
+        if (ec) ESPER_LOG_WARN(log(), "cannot write ", path.string(), ": ", ec.message());
     }
 
     void fill_info(schema::PolicyInfo::Builder info, const tamiyo::PolicyHistoryEntry* e,
@@ -445,10 +614,12 @@ private:
                     auto l = r.getPolicyLoad();
                     std::string name = l.getName().cStr();
                     try {
-                        tamiyo::PolicyPtr policy = policy_from_request(l);
+                        tamiyo::PolicyPtr policy = policy_from_request(l, o_.plugin_dirs);
                         std::string previous = controller_.active().name();
                         controller_.load(std::move(policy), "esper policy load", view_.step());
                         history_seen_ = controller_.history().size();
+                        stack_.push_back(spec_from_request(l));
+                        persist();
                         announce(schema::PolicyAction::LOADED, controller_.active().name(),
                                  controller_.active().kind(), previous,
                                  "esper policy load " + name);
@@ -469,10 +640,26 @@ private:
                         true);
                     break;
                 case schema::ControlRequest::POLICY_HISTORY: {
+                    // What a controller before a restart did first (from the run dir), then ours.
                     const auto& h = controller_.history();
-                    auto list = reply.initPolicyHistory(static_cast<unsigned>(h.size()));
-                    for (size_t i = 0; i < h.size(); ++i)
-                        fill_info(list[i], &h[i], i + 1 == h.size());
+                    const nlohmann::json& prev = previous_.history;
+                    auto list =
+                        reply.initPolicyHistory(static_cast<unsigned>(prev.size() + h.size()));
+                    unsigned n = 0;
+                    for (const nlohmann::json& e : prev) {
+                        auto info = list[n++];
+                        info.setName(e.value("name", ""));
+                        info.setKind(policy_kind(e.value("kind", "")));
+                        info.setVersion(n);
+                        info.setLoadedAtStep(e.value("step", uint64_t{0}));
+                        info.setLoadedAtNs(e.value("time_ns", int64_t{0}));
+                        info.setActive(false);
+                    }
+                    for (size_t i = 0; i < h.size(); ++i) {
+                        auto info = list[n++];
+                        fill_info(info, &h[i], i + 1 == h.size());
+                        info.setVersion(n);
+                    }
                     break;
                 }
                 case schema::ControlRequest::POLICY_ROLLBACK: {
@@ -480,6 +667,8 @@ private:
                         std::string previous = controller_.active().name();
                         controller_.rollback("esper policy rollback", view_.step());
                         history_seen_ = controller_.history().size();
+                        stack_.resize(controller_.depth());
+                        persist();
                         announce(schema::PolicyAction::ROLLED_BACK, controller_.active().name(),
                                  controller_.active().kind(), previous, "esper policy rollback");
                         fill_info(reply.initPolicy(), &controller_.history().back(), true);
@@ -515,6 +704,8 @@ private:
     Options o_;
     tamiyo::View view_;
     tamiyo::Controller controller_;
+    std::vector<PolicySpec> stack_;  // how to rebuild each policy of controller_'s stack
+    PersistedPolicies previous_;     // what a restarted controller found in the run dir
     zmq::context_t ctx_;
     bus::Subscriber sub_;
     bus::Publisher events_;
@@ -522,6 +713,7 @@ private:
     bus::EventLoop loop_;
     bus::AsyncRpcClient client_;  // after loop_: it watches its socket on the loop
     size_t history_seen_ = 0;
+    bool persist_pending_ = false;
     bool decided_once_ = false;
     uint64_t last_decision_step_ = 0;
     uint64_t commands_sent_ = 0;
@@ -537,11 +729,11 @@ int tamiyo_main(int argc, char** argv) {
         "Run the Tamiyo controller: watch a run's telemetry and events on the bus, run the\n"
         "policy, and send lifecycle commands to the executor.");
     auto& bus_rpc =
-        p.option("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
+        p.endpoint("bus", "tcp://HOST:RPC", "broker request/reply endpoint", "tcp://127.0.0.1:5557");
     auto& bus_pub =
-        p.option("bus-pub", "tcp://HOST:P", "broker publisher endpoint", "tcp://127.0.0.1:5555");
+        p.endpoint("bus-pub", "tcp://HOST:P", "broker publisher endpoint", "tcp://127.0.0.1:5555");
     auto& bus_sub =
-        p.option("bus-sub", "tcp://HOST:S", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
+        p.endpoint("bus-sub", "tcp://HOST:S", "broker subscriber endpoint", "tcp://127.0.0.1:5556");
     auto& run_id = p.option("run-id", "ID", "the run to control (topic component)");
     auto& config =
         p.option("config", "FILE",
@@ -553,17 +745,38 @@ int tamiyo_main(int argc, char** argv) {
                             "heuristic, rules YAML or plugin .so");
     auto& target = p.option("target", "AGENT", "executor that receives commands", "kasmina/0");
     auto& tick = p.option("tick-ms", "MS", "how often to check whether a decision is due", "50");
-    p.option("run-dir", "DIR", "run directory (accepted for symmetry with the executor; unused)");
+    auto& run_dir = p.option("run-dir", "DIR",
+                             "run directory: the policy in force and its history persist in "
+                             "DIR/tamiyo/policy.json, and a controller restarted on the same "
+                             "directory continues with them");
     auto& ready_fd = p.option("ready-fd", "N",
                               "once registered with the broker, write "
                               "{\"agent\":\"tamiyo\"} as one line to this inherited descriptor "
                               "and close it (used by esper run)");
     auto& check =
         p.flag("check-config", "validate the tamiyo section and the policy, print them, and exit");
+    auto& keys =
+        p.option("keys", "DIR", "CURVE keys: DIR/broker.pub and an agent secret key (docs/bus.md)");
+    auto& plugin_dirs = p.option("plugin-dir", "DIR",
+                                 "allow `esper policy load` of plugins inside DIR (default: "
+                                 "none, live plugin loads are refused)",
+                                 "", true);
+    auto& probe = p.option("probe-plugin", "SPEC",
+                           "internal: load a plugin in this throw-away process, print its name");
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
+    if (probe.given()) return run_plugin_probe(probe.str());
+    const fs::path esper = self_exe_dir() / "esper";
     if (check.on()) {
         tamiyo::Config c = load_tamiyo_config(config);
         if (policy.given()) c.policy = policy.str();
+        if (!plugin_path_of(c.policy).empty()) {
+            // Validating a plugin never runs it here: symbols from the file, the rest in a child.
+            const std::string name = probe_plugin(esper, c.policy);
+            std::printf("%spolicy %s (plugin, %s): esper_policy_v1, checked in a child process\n",
+                        tamiyo::format_config(c).c_str(), name.c_str(),
+                        plugin_path_of(c.policy).c_str());
+            return 0;
+        }
         tamiyo::PolicyPtr checked = tamiyo::make_policy(c.policy, c.heuristic);
         std::printf("%s%s\n", tamiyo::format_config(c).c_str(),
                     tamiyo::describe_policy(*checked).c_str());
@@ -586,9 +799,25 @@ int tamiyo_main(int argc, char** argv) {
     }
     o.config = load_tamiyo_config(config);
     if (policy.given()) o.config.policy = policy.str();
+    if (keys.given()) o.security = client_security(keys.str(), {bus::Role::kAgent});
+    for (const std::string& d : plugin_dirs.values) {
+        if (!fs::is_directory(d)) return p.usage_error("--plugin-dir " + d + ": not a directory");
+        o.plugin_dirs.emplace_back(d);
+    }
+    if (run_dir.given()) o.run_dir = run_dir.str();
     ESPER_LOG_INFO(log(), "effective config\n", tamiyo::format_config(o.config));
-    tamiyo::PolicyPtr initial = tamiyo::make_policy(o.config.policy, o.config.heuristic);
-    TamiyoAgent agent(std::move(o), std::move(initial));
+    std::optional<PersistedPolicies> previous = load_persisted(o.run_dir);
+    std::vector<PolicySpec> stack;
+    if (previous) {
+        stack = previous->stack;
+        ESPER_LOG_INFO(log(), "restoring ", stack.size(), " policies from ",
+                       policy_state_path(o.run_dir).string());
+    } else {
+        // Validates with file:line; a plugin is checked in a child before it runs here.
+        make_checked_policy(esper, o.config.policy, o.config.heuristic);
+        stack.push_back(spec_from_name(o.config.policy));
+    }
+    TamiyoAgent agent(std::move(o), std::move(stack), previous.value_or(PersistedPolicies{}));
     return agent.run();
 }
 

@@ -21,10 +21,12 @@
 #include <span>
 
 #include "bus/envelope.h"
+#include "core/clock.h"
 #include "core/error.h"
 #include "kernels/vocabulary.h"
 #include "schemas/common.capnp.h"
 #include "schemas/events.capnp.h"
+#include "schemas/telemetry.capnp.h"
 
 namespace esper::agents {
 
@@ -64,6 +66,53 @@ Json enum_to_json(capnp::DynamicEnum v, capnp::EnumSchema schema) {
     return raw;  // a value from a newer schema: the number, not a guess
 }
 
+// ---- "not measured": a flag on the wire, null in JSON ----
+
+// A Bool field of a struct that says whether other fields hold a measurement. In JSON the flag is
+// not shown and an unmeasured value is null (never 0 next to a false flag); on input a number
+// for a governed field sets its flag, null leaves it unset.
+struct MeasuredFlag {
+    uint64_t struct_id;
+    std::string_view flag;
+    std::vector<std::string_view> fields;
+};
+
+const std::vector<MeasuredFlag>& measured_flags() {
+    static const std::vector<MeasuredFlag> flags = {
+        {capnp::typeId<schema::SeedRecord>(),
+         "activationMeasured",
+         {"actMean", "actVar", "deadFraction", "health"}},
+        {capnp::typeId<schema::SeedRecord>(),
+         "gradientMeasured",
+         {"gradNorm", "blueprintGradNorm"}},
+        {capnp::typeId<schema::SeedRecord>(), "contributionMeasured", {"contribution"}},
+        {capnp::typeId<schema::SeedRecord>(), "gradientHealthMeasured", {"gradientHealth"}},
+        // The interval's rates are measured together with its loss.
+        {capnp::typeId<schema::RunStatus>(), "lossMeasured", {"loss", "samplesPerS", "stepTimeMs"}},
+        {capnp::typeId<schema::RunStatus>(), "accuracyMeasured", {"accuracy"}},
+        {capnp::typeId<schema::RunStatus>(),
+         "testMeasured",
+         {"testStep", "testLoss", "testAccuracy"}},
+        {capnp::typeId<schema::RunStatus>(), "testBitsPerByteMeasured", {"testBitsPerByte"}},
+    };
+    return flags;
+}
+
+// The flag governing `field` of struct `id`, if any.
+const MeasuredFlag* governing_flag(uint64_t id, std::string_view field) {
+    for (const MeasuredFlag& f : measured_flags())
+        if (f.struct_id == id &&
+            std::find(f.fields.begin(), f.fields.end(), field) != f.fields.end())
+            return &f;
+    return nullptr;
+}
+
+bool is_flag(uint64_t id, std::string_view field) {
+    for (const MeasuredFlag& f : measured_flags())
+        if (f.struct_id == id && f.flag == field) return true;
+    return false;
+}
+
 // ---- capnp → JSON ----
 
 // Non-finite floats have no JSON number; capnp's codec spells them as these strings.
@@ -84,7 +133,15 @@ Json to_json(capnp::DynamicValue::Reader v, capnp::Type t);
 Json struct_to_json(capnp::DynamicStruct::Reader s) {
     Json out = Json::object();
     auto active = s.which();
+    const uint64_t id = s.getSchema().getProto().getId();
     for (auto f : s.getSchema().getFields()) {
+        const std::string_view name = f.getProto().getName().cStr();
+        if (is_flag(id, name)) continue;
+        if (const MeasuredFlag* flag = governing_flag(id, name)) {
+            const bool measured = s.get(std::string(flag->flag)).as<bool>();
+            out[std::string(name)] = measured ? to_json(s.get(f), f.getType()) : Json(nullptr);
+            continue;
+        }
         const bool in_union =
             f.getProto().getDiscriminantValue() != capnp::schema::Field::NO_DISCRIMINANT;
         if (in_union) {
@@ -437,9 +494,15 @@ void fill_list(const std::string& path, const Json& j, capnp::DynamicList::Build
 
 void fill_struct(const std::string& path, const Json& j, capnp::DynamicStruct::Builder out) {
     const capnp::StructSchema s = out.getSchema();
+    const uint64_t id = s.getProto().getId();
     bool union_seen = false;
+    std::vector<std::string_view> measured;  // flags set by a governed value
     for (const auto& [key, value] : j.items()) {
         const std::string at = path + "." + key;
+        if (const MeasuredFlag* flag = governing_flag(id, key)) {
+            if (value.is_null()) continue;  // not measured: the flag stays false
+            measured.push_back(flag->flag);
+        }
         KJ_IF_MAYBE (field, s.findFieldByName(key)) {
             if (field->getProto().getDiscriminantValue() != capnp::schema::Field::NO_DISCRIMINANT) {
                 if (union_seen) refuse(at, "more than one member of the same union");
@@ -453,6 +516,8 @@ void fill_struct(const std::string& path, const Json& j, capnp::DynamicStruct::B
                                    fmt::join(names, ", ")));
         }
     }
+    for (std::string_view flag : measured)
+        if (!j.contains(std::string(flag))) out.set(std::string(flag), true);
 }
 
 capnp::StructSchema::Field find_member(std::string_view type) {
@@ -480,7 +545,9 @@ std::string payload_to_json(schema::Envelope::Reader envelope) {
 }
 
 std::string envelope_to_json(std::string_view topic, schema::Envelope::Reader envelope) {
-    Json line = {{"topic", topic},
+    Json line = {{"schema", kTapSchemaVersion},
+                 {"time", utc_iso8601(envelope.getSentAtNs())},
+                 {"topic", topic},
                  {"type", bus::payload_type_name(envelope.getPayload().which())},
                  {"sender", envelope.getSender().cStr()},
                  {"seq", envelope.getSequence()},

@@ -1,7 +1,9 @@
 // JSON for the operator tools (`esper tap`, `esper pub`, the replies `esper ctl`/`status`/`policy`
 // print), built on nlohmann-json over Cap'n Proto's dynamic reflection. Output: one line per
-// message, {"topic","type","sender","seq","sent_at_ns","run_id","correlation_id","payload":{...}}
-// with 64-bit integers as exact JSON numbers, Float32 as its shortest text, non-finite numbers as
+// message, {"schema","time","topic","type","sender","seq","sent_at_ns","run_id","correlation_id",
+// "payload":{...}} ("schema": kTapSchemaVersion; "time": the sender's wall clock as ISO 8601 UTC)
+// with 64-bit integers as exact JSON numbers, an unmeasured value as null (the schema's
+// `*Measured` flags are not shown), Float32 as its shortest text, non-finite numbers as
 // "NaN"/"Infinity"/"-Infinity", and enums by name: stages, blueprint kinds, strategies and
 // origins in the vocabulary's spelling ("FINE_TUNING", "residual_mlp"), other enums in capnp's.
 // Input: JSON for one payload type, checked field by field against the schema, so a misfit is
@@ -15,6 +17,9 @@
 #include "schemas/envelope.capnp.h"
 
 namespace esper::agents {
+
+// The version of the tool JSON line layout ("schema" on every `esper tap` line).
+constexpr int kTapSchemaVersion = 1;
 
 // The payload member names usable with `esper pub --type` ("annotation", "seedTelemetry", ...).
 std::vector<std::string> payload_type_names();

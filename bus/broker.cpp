@@ -1,12 +1,17 @@
 // Broker implementation; see broker.h. One thread owns all three sockets.
 #include "bus/broker.h"
 
+#include <array>
 #include <chrono>
+#include <cstring>
 #include <iterator>
+#include <optional>
 #include <zmq_addon.hpp>
 
 #include "bus/rpc_protocol.h"
+#include "core/check.h"
 #include "core/clock.h"
+#include "core/error.h"
 #include "core/log.h"
 
 namespace esper::bus {
@@ -20,6 +25,11 @@ std::string_view view(const zmq::message_t& m) {
 }
 
 zmq::message_t frame(std::string_view s) { return zmq::message_t(s.data(), s.size()); }
+
+// ZAP domains of the three endpoints: what a key may do depends on where it connects.
+constexpr std::string_view kPubDomain = "esper.pub";
+constexpr std::string_view kSubDomain = "esper.sub";
+constexpr std::string_view kRpcDomain = "esper.rpc";
 
 }  // namespace
 
@@ -35,6 +45,35 @@ Broker::Broker(zmq::context_t& context, BrokerConfig config)
         s->set(zmq::sockopt::maxmsgsize, config_.max_frame_bytes);
     }
     router_.set(zmq::sockopt::router_mandatory, 1);
+    if (config_.security.enabled()) {
+        ESPER_REQUIRE(static_cast<bool>(config_.security.lookup), "security without an allowlist");
+        ESPER_CHECK_INPUT(curve_available(), "this libzmq has no CURVE support");
+        ESPER_CHECK_INPUT(is_z85_key(config_.security.own.secret_key),
+                          "broker secret key is not a Z85 key");
+        // One ZAP handler per context (the endpoint name is fixed by RFC 27).
+        zap_ = std::make_unique<zmq::socket_t>(context, zmq::socket_type::rep);
+        zap_->set(zmq::sockopt::linger, 0);
+        zap_->bind("inproc://zeromq.zap.01");
+        const std::pair<zmq::socket_t*, std::string_view> domains[] = {
+            {&xsub_, kPubDomain}, {&xpub_, kSubDomain}, {&router_, kRpcDomain}};
+        for (const auto& [s, domain] : domains) {
+            s->set(zmq::sockopt::curve_server, true);
+            s->set(zmq::sockopt::curve_secretkey, config_.security.own.secret_key);
+            s->set(zmq::sockopt::zap_domain, std::string(domain));
+            // Failed handshakes (no key, another broker's key) never reach ZAP: count them from
+            // the socket's monitor.
+            const std::string monitor = "inproc://esper-broker-monitor-" +
+                                        std::to_string(reinterpret_cast<uintptr_t>(this)) + "-" +
+                                        std::string(domain);
+            if (zmq_socket_monitor(s->handle(), monitor.c_str(),
+                                   ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+                                       ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL) != 0)
+                ESPER_THROW(kFailed, "zmq_socket_monitor: ", zmq_strerror(zmq_errno()));
+            zmq::socket_t& m = monitors_.emplace_back(context, zmq::socket_type::pair);
+            m.set(zmq::sockopt::linger, 0);
+            m.connect(monitor);
+        }
+    }
     xsub_.bind(config_.pub_endpoint);
     xpub_.bind(config_.sub_endpoint);
     router_.bind(config_.rpc_endpoint);
@@ -43,6 +82,12 @@ Broker::Broker(zmq::context_t& context, BrokerConfig config)
     endpoints_.rpc = router_.get(zmq::sockopt::last_endpoint);
     // After reading last_endpoint, which would otherwise name this one.
     if (!config_.local_rpc_endpoint.empty()) router_.bind(config_.local_rpc_endpoint);
+}
+
+Broker::~Broker() {
+    if (!monitors_.empty())
+        for (zmq::socket_t* s : {&xsub_, &xpub_, &router_})
+            zmq_socket_monitor(s->handle(), nullptr, 0);
 }
 
 std::string Broker::endpoints_line() const {
@@ -54,21 +99,85 @@ void Broker::run(const std::atomic<bool>& stop_requested) {
 }
 
 void Broker::poll_once(int timeout_ms) {
-    zmq::pollitem_t items[] = {
+    std::vector<zmq::pollitem_t> items = {
         {xsub_.handle(), 0, ZMQ_POLLIN, 0},
         {xpub_.handle(), 0, ZMQ_POLLIN, 0},
         {router_.handle(), 0, ZMQ_POLLIN, 0},
     };
+    if (zap_) items.push_back({zap_->handle(), 0, ZMQ_POLLIN, 0});
+    for (zmq::socket_t& m : monitors_) items.push_back({m.handle(), 0, ZMQ_POLLIN, 0});
     try {
-        zmq::poll(items, 3, std::chrono::milliseconds(timeout_ms));
+        zmq::poll(items.data(), items.size(), std::chrono::milliseconds(timeout_ms));
     } catch (const zmq::error_t& e) {
         if (e.num() != EINTR) throw;
         return;
     }
+    // ZAP first: a handshake waiting for its answer holds up that peer's traffic.
+    if (zap_ && (items[3].revents & ZMQ_POLLIN)) handle_zap();
     if (items[0].revents & ZMQ_POLLIN) forward(xsub_, xpub_, false);
     if (items[1].revents & ZMQ_POLLIN) forward(xpub_, xsub_, true);
     if (items[2].revents & ZMQ_POLLIN) handle_rpc();
+    if (!monitors_.empty()) drain_monitors();
     expire_agents();
+}
+
+void Broker::handle_zap() {
+    for (;;) {
+        std::vector<zmq::message_t> req;
+        if (!zmq::recv_multipart(*zap_, std::back_inserter(req), zmq::recv_flags::dontwait)) return;
+        // RFC 27: version, request id, domain, address, identity, mechanism, credentials...
+        std::string status = "400", text = "CURVE key required", user;
+        std::string address = req.size() > 3 ? req[3].to_string() : "";
+        if (req.size() == 7 && view(req[0]) == "1.0" && view(req[5]) == "CURVE" &&
+            req[6].size() == 32) {
+            std::array<char, 41> z85{};
+            zmq_z85_encode(z85.data(), static_cast<const uint8_t*>(req[6].data()), 32);
+            const std::string key(z85.data(), 40);
+            const std::string_view domain = view(req[2]);
+            std::optional<AllowedKey> allowed = config_.security.lookup(key);
+            if (!allowed || allowed->role == Role::kNone) {
+                text = "key not in the allowlist";
+            } else if (domain == kPubDomain && allowed->role == Role::kObserver) {
+                text = "role observer may not publish";
+            } else {
+                status = "200";
+                text = "OK";
+                Peer peer{.role = allowed->role, .name = allowed->name, .key = key};
+                user = encode_peer(peer);
+            }
+            if (status != "200")
+                ESPER_LOG_WARN_RATE(broker_log(), 5, "refused key=", key, " from=", address,
+                                    " endpoint=", domain, ": ", text);
+        }
+        if (status == "200")
+            ++stats_.auth_allowed;
+        else
+            ++stats_.auth_denied;
+        std::vector<zmq::message_t> rep;
+        rep.push_back(frame("1.0"));
+        rep.push_back(req.size() > 1 ? std::move(req[1]) : frame(""));
+        rep.push_back(frame(status));
+        rep.push_back(frame(text));
+        rep.push_back(frame(user));
+        rep.push_back(frame(""));  // no metadata
+        zmq::send_multipart(*zap_, rep);
+    }
+}
+
+void Broker::drain_monitors() {
+    for (zmq::socket_t& m : monitors_) {
+        for (;;) {
+            std::vector<zmq::message_t> ev;
+            if (!zmq::recv_multipart(m, std::back_inserter(ev), zmq::recv_flags::dontwait)) break;
+            if (ev.size() != 2 || ev[0].size() < 6) continue;
+            uint16_t event = 0;  // libzmq's monitor frame: event (16 bits), value (32 bits)
+            std::memcpy(&event, ev[0].data(), sizeof event);
+            ++stats_.handshake_failed;
+            ESPER_LOG_WARN_RATE(broker_log(), 5, "handshake failed endpoint=", ev[1].to_string(),
+                                " event=", event,
+                                " (a client without keys, or with another broker's key)");
+        }
+    }
 }
 
 void Broker::forward(zmq::socket_t& from, zmq::socket_t& to, bool subscriptions) {
@@ -104,6 +213,81 @@ bool Broker::send_frames(std::vector<zmq::message_t>& frames) {
     return true;
 }
 
+Peer Broker::peer_of(const zmq::message_t& frame, const std::string& identity) const {
+    Peer p;
+    p.connection = identity;
+    if (!config_.security.enabled()) return p;
+    // Our ZAP handler sets the User-Id of every tcp peer; in-process peers (the hosted kv
+    // worker) have none and are part of the broker.
+    const char* user = zmq_msg_gets(frame.handle(), "User-Id");
+    if (user == nullptr || *user == '\0') {
+        p.role = Role::kAgent;
+        p.name = "internal";
+        return p;
+    }
+    p = decode_peer(user, identity);
+    if (!p.authenticated()) p.role = Role::kObserver;  // never "unauthenticated" with keys on
+    return p;
+}
+
+bool Broker::reachable(const std::string& identity) {
+    std::vector<zmq::message_t> out;
+    out.push_back(frame(identity));
+    out.push_back(frame(proto::kPing));
+    try {
+        // A full queue (EAGAIN) still means the connection is there.
+        (void)router_.send(out[0], zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+        (void)router_.send(out[1], zmq::send_flags::dontwait);
+    } catch (const zmq::error_t& e) {
+        if (e.num() == EHOSTUNREACH) return false;
+        throw;
+    }
+    return true;
+}
+
+void Broker::refuse(const std::string& identity, const std::string& name, const std::string& why) {
+    ESPER_LOG_WARN_RATE(broker_log(), 5, "agent=", name, " registration refused: ", why);
+    std::vector<zmq::message_t> out;
+    out.push_back(frame(identity));
+    out.push_back(frame(proto::kRefused));
+    out.push_back(frame(name));
+    out.push_back(frame(why));
+    (void)send_frames(out);
+}
+
+void Broker::handle_hello(const std::string& identity, const std::string& name, const Peer& peer,
+                          int64_t now) {
+    if (config_.security.enabled() && peer.role != Role::kAgent) {
+        ++stats_.forbidden;
+        refuse(identity, name,
+               "forbidden: a key with role " + std::string(role_name(peer.role)) +
+                   " may not register an agent name (needs role agent)");
+        return;
+    }
+    auto it = agents_.find(name);
+    if (it != agents_.end() && it->second.identity != identity) {
+        // One owner per name: a second HELLO is refused while the first connection lives, and
+        // with keys only the same key may take over a name it held until that name expires.
+        if (reachable(it->second.identity)) {
+            ++stats_.name_conflicts;
+            refuse(identity, name, "name in use by another live connection");
+            return;
+        }
+        if (config_.security.enabled() && it->second.key != peer.key) {
+            ++stats_.name_conflicts;
+            refuse(identity, name, "name held by another key until it expires");
+            return;
+        }
+    }
+    if (it == agents_.end() || it->second.identity != identity) {
+        ++stats_.registrations;
+        ESPER_LOG_INFO(broker_log(), "agent=", name, " registered",
+                       peer.authenticated() ? " key=" + peer.name : std::string());
+        it = agents_.insert_or_assign(name, Agent{identity, peer.key, now}).first;
+    }
+    it->second.last_seen_ns = now;
+}
+
 void Broker::handle_rpc() {
     for (int i = 0; i < 1024; ++i) {
         std::vector<zmq::message_t> in;
@@ -117,14 +301,7 @@ void Broker::handle_rpc() {
         std::string_view tag = view(in[1]);
         int64_t now = monotonic_ns();
         if (tag == proto::kHello && in.size() == 3) {
-            std::string name = in[2].to_string();
-            auto [it, inserted] = agents_.try_emplace(name);
-            if (inserted || it->second.identity != identity) {
-                ++stats_.registrations;
-                ESPER_LOG_INFO(broker_log(), "agent=", name, " registered");
-            }
-            it->second.identity = identity;
-            it->second.last_seen_ns = now;
+            handle_hello(identity, in[2].to_string(), peer_of(in[1], identity), now);
         } else if (tag == proto::kBye && in.size() == 3) {
             auto it = agents_.find(in[2].to_string());
             if (it != agents_.end() && it->second.identity == identity) agents_.erase(it);
@@ -135,12 +312,19 @@ void Broker::handle_rpc() {
             auto it = agents_.find(agent);
             std::vector<zmq::message_t> out;
             if (it != agents_.end()) {
-                out.push_back(frame(it->second.identity));
+                const std::string worker = it->second.identity;
+                const std::string pending_key = identity + '\0' + req_id;
+                out.push_back(frame(worker));
                 out.push_back(frame(proto::kRequest));
-                out.push_back(std::move(in[0]));
+                out.push_back(frame(identity));
                 out.push_back(std::move(in[3]));
                 out.push_back(std::move(in[4]));
-                if (send_frames(out)) continue;
+                out.push_back(frame(encode_peer(peer_of(in[1], identity))));
+                if (send_frames(out)) {
+                    pending_.insert_or_assign(pending_key, worker);
+                    pending_order_.emplace_back(now, pending_key);
+                    continue;
+                }
                 ++stats_.undeliverable;
                 agents_.erase(it);
                 out.clear();
@@ -157,6 +341,15 @@ void Broker::handle_rpc() {
             }
             if (!send_frames(out)) ++stats_.undeliverable;
         } else if (tag == proto::kReply && in.size() == 5) {
+            // Only the worker a request went to may answer it: anyone else could forge acks.
+            auto p = pending_.find(in[2].to_string() + '\0' + in[3].to_string());
+            if (p == pending_.end() || p->second != identity) {
+                ++stats_.forged_replies;
+                ESPER_LOG_WARN_RATE(broker_log(), 5,
+                                    "dropped a reply to a request not forwarded to its sender");
+                continue;
+            }
+            pending_.erase(p);
             ++stats_.replies;
             std::vector<zmq::message_t> out;
             out.push_back(std::move(in[2]));
@@ -174,6 +367,8 @@ void Broker::handle_rpc() {
 
 void Broker::expire_agents() {
     int64_t now = monotonic_ns();
+    if (now - last_expiry_ns_ < 10'000'000) return;  // at most every 10 ms
+    last_expiry_ns_ = now;
     int64_t expiry_ns = int64_t{config_.agent_expiry_ms} * 1000000;
     for (auto it = agents_.begin(); it != agents_.end();) {
         if (now - it->second.last_seen_ns > expiry_ns) {
@@ -183,6 +378,18 @@ void Broker::expire_agents() {
         } else {
             ++it;
         }
+    }
+    // Forget answered requests, and those whose reply never came (a dead worker); a runaway
+    // table loses its oldest entries.
+    const int64_t pending_ns = int64_t{config_.pending_reply_ms} * 1000000;
+    while (!pending_order_.empty()) {
+        const auto& [at, key] = pending_order_.front();
+        auto it = pending_.find(key);
+        const bool keep =
+            it != pending_.end() && now - at <= pending_ns && pending_order_.size() <= 1'000'000;
+        if (keep) break;
+        if (it != pending_.end()) pending_.erase(it);
+        pending_order_.pop_front();
     }
 }
 

@@ -9,6 +9,14 @@
 //   agent req_id envelope  forwarded as  REQ client_id req_id envelope worker -> broker  REP
 //   client_id req_id env   forwarded as  REP req_id envelope broker -> client  ERR req_id reason
 //   e.g. "unknown agent kasmina/0"
+// Security (bus/security.h): with `security` set every tcp endpoint is a CURVE server and the
+// broker answers ZAP requests itself (its poll loop owns the handler socket): a key must be in the
+// allowlist, and publishing needs an operator or agent key. Names are bound to their owner: a
+// HELLO for a name registered by another live connection is refused (REFUSED name reason), and
+// with keys only an agent key may register, and only the key that holds a live name may take it
+// over. Requests reach the worker with the sender's authenticated role and key as a fifth frame
+// (REQ client_id req_id envelope peer; bus::decode_peer); a reply is forwarded only from the
+// worker the request went to. Peers on the in-process endpoint are trusted ("internal").
 // Services such as the rendezvous key-value store are ordinary workers behind the router (the
 // `kv` worker that `esper broker` hosts, agents/kv_service.h); a process that hosts one next to
 // the broker connects it through `local_rpc_endpoint`.
@@ -16,10 +24,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
 #include <zmq.hpp>
+
+#include "bus/security.h"
 
 namespace esper::bus {
 
@@ -33,6 +45,8 @@ struct BrokerConfig {
     int agent_expiry_ms = 3000;
     int hwm = 100000;                             // per-peer queue, messages
     int64_t max_frame_bytes = int64_t{64} << 20;  // a peer sending more is disconnected
+    ServerSecurity security{};                    // empty: no CURVE (bind loopback only)
+    int pending_reply_ms = 120000;                // forget a forwarded request after this long
 };
 
 struct BrokerEndpoints {
@@ -49,6 +63,12 @@ struct BrokerStats {
     uint64_t malformed = 0;      // rpc frames that fit no command
     uint64_t registrations = 0;
     uint64_t expired = 0;
+    uint64_t auth_allowed = 0;      // ZAP: known key, role fits the endpoint
+    uint64_t auth_denied = 0;       // ZAP: unknown key, or an observer publishing
+    uint64_t handshake_failed = 0;  // no key, wrong broker key, bad protocol (socket monitor)
+    uint64_t forbidden = 0;         // HELLO/BYE from a key without the agent role
+    uint64_t name_conflicts = 0;    // HELLO for a name another live connection holds
+    uint64_t forged_replies = 0;    // REP from a peer the request was not forwarded to
 };
 
 class Broker {
@@ -61,6 +81,8 @@ public:
     // One line for logs and for tests that parse it: "broker pub=... sub=... rpc=...".
     std::string endpoints_line() const;
 
+    ~Broker();
+
     // Runs until `stop_requested` is true (checked at least every 50 ms).
     void run(const std::atomic<bool>& stop_requested);
     // Waits up to timeout_ms for traffic, then moves everything queued.
@@ -70,19 +92,34 @@ public:
     const BrokerStats& stats() const { return stats_; }
 
 private:
-    void forward(zmq::socket_t& from, zmq::socket_t& to, bool subscriptions);
-    void handle_rpc();
-    void expire_agents();
-    bool send_frames(std::vector<zmq::message_t>& frames);
-
     struct Agent {
         std::string identity;
+        std::string key;  // the public key that registered it ("" without keys)
         int64_t last_seen_ns = 0;
     };
+    void forward(zmq::socket_t& from, zmq::socket_t& to, bool subscriptions);
+    void handle_rpc();
+    void handle_hello(const std::string& identity, const std::string& name, const Peer& peer,
+                      int64_t now);
+    void refuse(const std::string& identity, const std::string& name, const std::string& why);
+    bool reachable(const std::string& identity);
+    void expire_agents();
+    bool send_frames(std::vector<zmq::message_t>& frames);
+    Peer peer_of(const zmq::message_t& frame, const std::string& identity) const;
+    void handle_zap();
+    void drain_monitors();
+
     BrokerConfig config_;
+    // The ZAP handler is bound before the CURVE sockets, so no handshake can miss it.
+    std::unique_ptr<zmq::socket_t> zap_;
     zmq::socket_t xsub_, xpub_, router_;
+    std::vector<zmq::socket_t> monitors_;  // handshake-failure events of the three sockets
     BrokerEndpoints endpoints_;
     std::unordered_map<std::string, Agent> agents_;  // name -> agent
+    // Forwarded requests awaiting their reply: client id + req id -> worker identity.
+    std::unordered_map<std::string, std::string> pending_;
+    std::deque<std::pair<int64_t, std::string>> pending_order_;  // (forwarded at, key)
+    int64_t last_expiry_ns_ = 0;
     BrokerStats stats_;
 };
 

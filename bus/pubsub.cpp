@@ -22,10 +22,12 @@ Publisher::Publisher(zmq::context_t& context, PublisherConfig config)
     socket_.set(zmq::sockopt::xpub_nodrop, 1);
     if (config_.reliability == Reliability::kControl)
         socket_.set(zmq::sockopt::sndtimeo, config_.control_send_timeout_ms);
-    if (config_.bind)
+    if (config_.bind) {
         socket_.bind(config_.endpoint);
-    else
+    } else {
+        apply_client_security(socket_, config_.security);
         socket_.connect(config_.endpoint);
+    }
 }
 
 std::string Publisher::endpoint() const {
@@ -129,6 +131,7 @@ Subscriber::Subscriber(zmq::context_t& context, SubscriberConfig config)
     socket_.set(zmq::sockopt::linger, 0);
     if (config_.prefixes.empty()) socket_.set(zmq::sockopt::subscribe, "");
     for (const auto& p : config_.prefixes) socket_.set(zmq::sockopt::subscribe, p);
+    apply_client_security(socket_, config_.security);
     socket_.connect(config_.endpoint);
 }
 

@@ -23,6 +23,7 @@
 #include <zmq.hpp>
 
 #include "bus/envelope.h"
+#include "bus/security.h"
 
 namespace esper::bus {
 
@@ -41,6 +42,7 @@ struct PublisherConfig {
     int control_send_timeout_ms = 2000;
     bool bind = false;  // bind instead of connect (tests without a broker)
     size_t first_segment_words = 1024;
+    ClientSecurity security{};  // CURVE keys (bus/security.h); empty = none
 };
 
 struct PublisherStats {
@@ -129,6 +131,7 @@ struct SubscriberConfig {
     std::vector<std::string> prefixes{};  // empty = everything
     int receive_hwm = 100000;
     DecodeLimits limits{};
+    ClientSecurity security{};  // CURVE keys (bus/security.h); empty = none
 };
 
 struct SubscriberStats {

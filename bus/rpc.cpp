@@ -60,6 +60,7 @@ RpcClient::RpcClient(zmq::context_t& context, RpcClientConfig config)
     ESPER_REQUIRE(!config_.endpoint.empty(), "rpc client needs an endpoint");
     ESPER_REQUIRE(config_.max_attempts >= 1, "max_attempts=", config_.max_attempts);
     socket_.set(zmq::sockopt::linger, 0);
+    apply_client_security(socket_, config_.security);
     socket_.connect(config_.endpoint);
 }
 
@@ -149,6 +150,7 @@ AsyncRpcClient::AsyncRpcClient(zmq::context_t& context, EventLoop& loop, RpcClie
     ESPER_REQUIRE(config_.max_attempts >= 1, "max_attempts=", config_.max_attempts);
     ESPER_REQUIRE(config_.max_in_flight >= 1, "max_in_flight=", config_.max_in_flight);
     socket_.set(zmq::sockopt::linger, 0);
+    apply_client_security(socket_, config_.security);
     socket_.connect(config_.endpoint);
     loop_.watch(socket_, [this] { on_readable(); });
 }
@@ -328,6 +330,7 @@ RpcWorker::RpcWorker(zmq::context_t& context, RpcWorkerConfig config)
     : config_(std::move(config)), socket_(context, zmq::socket_type::dealer) {
     ESPER_REQUIRE(!config_.endpoint.empty() && !config_.name.empty(), "rpc worker needs both");
     socket_.set(zmq::sockopt::linger, 200);
+    apply_client_security(socket_, config_.security);
     socket_.connect(config_.endpoint);
     drops_left_ = config_.drop_first_replies;
     heartbeat();
@@ -375,9 +378,17 @@ int RpcWorker::process(const Handler& handler) {
         std::vector<zmq::message_t> in;
         if (!zmq::recv_multipart(socket_, std::back_inserter(in), zmq::recv_flags::dontwait))
             return answered;
+        if (!in.empty() && view(in[0]) == proto::kPing) continue;  // the broker's liveness probe
+        if (in.size() == 3 && view(in[0]) == proto::kRefused) {
+            ++stats_.refused;
+            refusal_ = in[2].to_string();
+            ESPER_LOG_WARN_RATE(rpc_log(), 1, "worker=", config_.name,
+                                " not registered by the broker: ", refusal_);
+            continue;
+        }
         ++stats_.requests;
-        // REQ client_id req_id envelope
-        if (in.size() != 4 || view(in[0]) != proto::kRequest) {
+        // REQ client_id req_id envelope [peer]
+        if ((in.size() != 4 && in.size() != 5) || view(in[0]) != proto::kRequest) {
             ++stats_.malformed;
             ESPER_LOG_WARN_RATE(rpc_log(), 5, "worker=", config_.name,
                                 " dropped frame parts=", in.size());
@@ -397,11 +408,25 @@ void RpcWorker::reply_error(schema::Envelope::Builder reply, std::string_view wh
 }
 
 void RpcWorker::answer(std::vector<zmq::message_t>& in, const Handler& handler) {
+    // A broker without keys sends no peer frame (or an empty one): nothing is authenticated.
+    peer_ = decode_peer(in.size() == 5 ? view(in[4]) : std::string_view(), view(in[1]));
     DecodeResult d = decode(std::move(in[3]), config_.limits);
     capnp::MallocMessageBuilder message;
     auto reply = message.initRoot<schema::Envelope>();
     std::string key;
-    if (!d.ok()) {
+    std::optional<std::string> refused;
+    if (d.ok() && config_.authorize) refused = config_.authorize(peer_, d.value->envelope());
+    if (refused) {
+        // Before the dedup window: a replayed frame from a key without the role is refused and
+        // counted, and its answer is never cached under the key.
+        ++stats_.forbidden;
+        ESPER_LOG_WARN_RATE(rpc_log(), 5, "worker=", config_.name, " forbidden: ", *refused,
+                            " from=", role_name(peer_.role), "/", peer_.name,
+                            " forbidden_total=", stats_.forbidden);
+        auto r = reply.getPayload().initControlReply();
+        r.setOk(false);
+        set_text("forbidden: " + *refused, [&](unsigned n) { return r.initError(n); });
+    } else if (!d.ok()) {
         ++stats_.malformed;
         ESPER_LOG_WARN_RATE(rpc_log(), 5, "worker=", config_.name,
                             " malformed request: ", decode_status_name(d.status), " ", d.detail);

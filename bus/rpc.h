@@ -36,6 +36,7 @@
 
 #include "bus/envelope.h"
 #include "bus/event_loop.h"
+#include "bus/security.h"
 
 namespace esper::bus {
 
@@ -52,6 +53,7 @@ struct RpcClientConfig {
     DecodeLimits limits{};
     size_t max_in_flight = 16;  // AsyncRpcClient: requests sent and not yet finished
     size_t max_queued = 1024;   // AsyncRpcClient: requests waiting for a slot; more are refused
+    ClientSecurity security{};  // CURVE keys (bus/security.h); empty = none
 };
 
 enum class RpcStatus { kOk, kTimeout, kUnknownAgent, kMalformedReply };
@@ -187,6 +189,12 @@ struct RpcWorkerConfig {
     size_t dedup_capacity = 4096;  // most recent keys whose replies are kept
     DecodeLimits limits{};
     int drop_first_replies = 0;  // fault injection for tests: handle, cache, don't send
+    ClientSecurity security{};   // CURVE keys (bus/security.h); empty = none
+    // Decides, before the dedup window and the handler, whether the request's sender may make
+    // it: nullopt = yes, else the reason. A refusal is answered controlReply {ok: false, error:
+    // "forbidden: <reason>"}, counted in stats().forbidden and never cached, so nothing changes.
+    std::function<std::optional<std::string>(const Peer& peer, schema::Envelope::Reader request)>
+        authorize{};
 };
 
 struct RpcWorkerStats {
@@ -195,6 +203,8 @@ struct RpcWorkerStats {
     uint64_t duplicates = 0;  // answered from the dedup window
     uint64_t malformed = 0;   // undecodable requests (answered with an error reply)
     uint64_t handler_errors = 0;
+    uint64_t forbidden = 0;  // refused by `authorize`
+    uint64_t refused = 0;    // REFUSED frames: the broker did not register our name
 };
 
 class RpcWorker {
@@ -218,6 +228,13 @@ public:
     const RpcWorkerStats& stats() const { return stats_; }
     const RpcWorkerConfig& config() const { return config_; }
     zmq::socket_t& socket() { return socket_; }
+    // The sender of the request being handled, as the broker authenticated it (role, key name,
+    // public key, connection). Valid inside the handler and `authorize`; Peer::identity() is
+    // the stable "who" for idempotency keys.
+    const Peer& peer() const { return peer_; }
+    // Why the broker last refused our registration ("" if never): another live connection
+    // holds the name, or our key lacks the agent role.
+    const std::string& refusal() const { return refusal_; }
 
 private:
     void answer(std::vector<zmq::message_t>& frames, const Handler& handler);
@@ -232,6 +249,8 @@ private:
     int64_t last_heartbeat_ns_ = 0;
     uint64_t sequence_ = 0;
     int drops_left_ = 0;
+    Peer peer_;
+    std::string refusal_;
     std::unordered_map<std::string, std::string> replies_;  // key -> encoded reply envelope
     std::deque<std::string> order_;                         // keys, oldest first
 };

@@ -3,11 +3,15 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace esper {
 
 int64_t monotonic_ns();
 int64_t wall_time_ns();
+// A wall time as ISO 8601 UTC with milliseconds, "2025-01-31T12:34:56.789Z" (the "time" of every
+// JSON line Esper writes: metrics.jsonl, events.jsonl, `esper tap`).
+std::string utc_iso8601(int64_t wall_ns);
 
 class Stopwatch {
 public:

@@ -1,5 +1,6 @@
 # Metrics-class payloads (best effort, DESIGN.md §6): per-seed telemetry for one seed layer and
-# one interval, and the per-run status line. "Not measured" is a flag, distinct from zero.
+# one interval, and the per-run status line. "Not measured" is a flag, distinct from zero (tool
+# JSON turns a value whose flag is false into null and drops the flag).
 @0xca8fed008e726660;
 
 using Cxx = import "/capnp/c++.capnp";
@@ -66,4 +67,31 @@ struct RunStatus {
   accuracyMeasured @11 :Bool;
   backend @12 :Text;
   # "cpu" or "cuda".
+  testStep @13 :UInt64;
+  # The step of the newest evaluation on the test/validation split (0 with testMeasured false:
+  # none yet). Every run status carries the newest one, so a late subscriber sees it too.
+  testLoss @14 :Float32;
+  testAccuracy @15 :Float32;
+  testMeasured @16 :Bool;
+  # testStep, testLoss and testAccuracy hold an evaluation (tool JSON shows them as null when not).
+  testBitsPerByte @17 :Float32;
+  # Byte-level language models: validation bits per byte (loss / ln 2).
+  testBitsPerByteMeasured @18 :Bool;
+  totalSteps @19 :UInt64;
+  # The run's planned optimizer steps (0 = unknown).
+  state @20 :RunState;
+  stateReason @21 :Text;
+  # Why the run ended when it is not `training` (a signal, a lost child, ...).
+}
+
+enum RunState {
+  # Where a run is. The last run status of a run (also on events.run.<run>, lossless) says how it
+  # ended; `esper tap --until-end` and the dashboard stop on it.
+  training @0;
+  finished @1;
+  # All planned steps done.
+  stopped @2;
+  # Stopped early on request (SIGINT/SIGTERM); a checkpoint was written.
+  failed @3;
+  # A process of the run died or could not start (`esper run` says so).
 }

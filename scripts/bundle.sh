@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# bundle.sh BUILD_DIR OUT_DIR: copies the built binaries (BUILD_DIR/bin) into OUT_DIR/bin and the
+# bundle.sh [--tar] BUILD_DIR OUT_DIR: copies the built binaries (BUILD_DIR/bin) into OUT_DIR/bin and the
 # non-system shared libraries they load (found with ldd) into OUT_DIR/lib, so the build runs on a
 # GPU node without the Debian packages. RPATH becomes $ORIGIN/../lib via patchelf when installed;
 # otherwise each binary gets a wrapper that sets LD_LIBRARY_PATH. libc/libm/libstdc++/libgcc,
 # the dynamic loader, libcuda (the driver's), libnccl and the CUDA toolkit's cuBLAS/cudart (the node's)
-# are never bundled.
+# are never bundled. --tar also writes OUT_DIR.tar.gz, one archive to copy to every node and
+# unpack at the same place (tar -xzf esper.tar.gz -C /opt gives /opt/esper/bin/esper).
 set -euo pipefail
 
+tar_out=0
+if [ "${1:-}" = "--tar" ]; then
+  tar_out=1
+  shift
+fi
 if [ $# -ne 2 ]; then
-  echo "usage: scripts/bundle.sh BUILD_DIR OUT_DIR" >&2
+  echo "usage: scripts/bundle.sh [--tar] BUILD_DIR OUT_DIR" >&2
   exit 2
 fi
 build_dir=$1
@@ -65,3 +71,9 @@ if [ $have_patchelf -eq 1 ]; then
   done
 fi
 echo "bundle.sh: $(ls "$out_dir/bin" | wc -l) binaries, $(ls "$out_dir/lib" | wc -l) libraries in $out_dir" >&2
+if [ $tar_out -eq 1 ]; then
+  out_abs=$(cd "$out_dir" && pwd)
+  archive="$out_abs.tar.gz"
+  tar -czf "$archive" -C "$(dirname "$out_abs")" "$(basename "$out_abs")"
+  echo "bundle.sh: wrote $archive ($(du -h "$archive" | cut -f1))" >&2
+fi

@@ -12,7 +12,8 @@ echo
 echo '```'
 "$ESPER" --help
 echo '```'
-for cmd in run kasmina tamiyo broker tap pub policy ctl status version; do
+# Every subcommand `esper --help` lists, in its order (a new one cannot be left out).
+for cmd in $("$ESPER" --help | awk '/^commands:/ {on = 1; next} on && /^  [a-z]/ {print $1}'); do
   echo
   echo "## esper $cmd"
   echo

@@ -4,17 +4,21 @@
 # RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT set, started through an rsh agent (ssh by
 # default; `--rsh 'ip netns exec'` makes "hosts" network namespaces). It watches the ranks; when
 # one fails it stops every process and restarts the job from the newest checkpoint
-# (`--resume DIR`) up to --max-restarts times. Run with --help for flags and exit codes;
-# docs/distributed.md explains ports, addresses and the failure model.
+# (`--resume DIR`) up to --max-restarts times. Every process's output is echoed with a
+# `[host:name]` label and kept in RUN_DIR/launcher/attempt-N/<name>.log; at the end the run's
+# report.html is written on the first host. Arguments after `--` go to every `esper kasmina`.
+# `--secure` makes a key set (esper keygen) and runs the bus on CURVE. Run with --help for flags
+# and exit codes; docs/distributed.md explains ports, addresses and the failure model.
 set -uo pipefail
 
 usage() {
     cat <<'EOF'
-usage: scripts/launch_cluster.sh --hostfile FILE [options]
+usage: scripts/launch_cluster.sh --hostfile FILE [options] [-- KASMINA_FLAGS...]
 
   --hostfile FILE       lines "host [slots=N] [addr=IP]"; '#' starts a comment; slots default 1;
                         addr is the address other hosts use to reach this one (default: host)
-  --config FILE         run config passed to every kasmina (--config)
+  --config FILE         run config passed to every kasmina and to tamiyo (default: the config
+                        embedded in esper, examples/fashion_mnist.yaml)
   --run-dir DIR         run directory (default runs/<run-id>); checkpoints in DIR/checkpoints
   --run-id ID           run id (default cluster-<date>-<time>)
   --dry-run             print every command that would run, then exit 0
@@ -27,7 +31,12 @@ usage: scripts/launch_cluster.sh --hostfile FILE [options]
   --esper PATH          esper binary on the nodes (default: this checkout's build/bin/esper,
                         or the bin/esper of a scripts/bundle.sh tarball unpacked on every node)
   --grace-s S           seconds between SIGTERM and SIGKILL when stopping (default 10)
+  --secure              CURVE on the bus: keys made in RUN_DIR/keys on the first host (broker.pub
+                        and agent.secret copied to the others); the broker binds all interfaces
+                        without --insecure; tools then need --keys RUN_DIR/keys
+  --quiet               do not echo the processes' output (it is still in the logs)
   -h, --help            this text
+  -- FLAGS...           passed to every `esper kasmina`, e.g. -- --epochs 3 --seed 7
 
 exit status: 0 every rank finished; 1 the job failed and no restart was left; 2 usage or
 hostfile error; 3 a process could not be started; 130 interrupted (everything was stopped).
@@ -53,6 +62,9 @@ master_port=""
 policy="heuristic"
 esper=""
 grace_s=10
+secure=0
+quiet=0
+kasmina_extra=()
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die_usage "$1 needs a value"; }
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
@@ -71,6 +83,9 @@ while [[ $# -gt 0 ]]; do
         --policy) need_value "$@"; policy="$2"; shift 2 ;;
         --esper) need_value "$@"; esper="$2"; shift 2 ;;
         --grace-s) need_value "$@"; grace_s="$2"; shift 2 ;;
+        --secure) secure=1; shift ;;
+        --quiet) quiet=1; shift ;;
+        --) shift; kasmina_extra=("$@"); break ;;
         -h|--help) usage; exit 0 ;;
         *) die_usage "unknown argument '$1'" ;;
     esac
@@ -91,6 +106,7 @@ fi
 [[ -n "$run_id" ]] || run_id="cluster-$(date +%Y%m%d-%H%M%S)"
 [[ "$run_id" =~ ^[A-Za-z0-9._-]+$ ]] || die_usage "--run-id '$run_id': use letters, digits, . _ -"
 [[ -n "$run_dir" ]] || run_dir="runs/$run_id"
+keys_dir="$run_dir/keys"
 if [[ -z "$esper" ]]; then
     esper="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/build/bin/esper"
 fi
@@ -174,24 +190,31 @@ build_commands() {
     cmds=()
     local -a common_env=(ESPER_RUN_ID="$run_id" ESPER_ATTEMPT="$attempt")
     [[ -n "${ESPER_LOG:-}" ]] && common_env+=(ESPER_LOG="$ESPER_LOG")
+    local -a bind_args=(--bind 0.0.0.0 --insecure) key_args=() config_args=()
+    if (( secure )); then
+        bind_args=(--bind 0.0.0.0)
+        key_args=(--keys "$keys_dir")
+    fi
+    [[ -n "$config" ]] && config_args=(--config "$config")
     names+=(broker)
     targets+=("$first_host")
     cmds+=("$(remote_argv "$first_host" env "${common_env[@]}" "$esper" broker \
-        --bind 0.0.0.0 --insecure --pub-port "$bus_port_base" \
+        "${bind_args[@]}" "${key_args[@]}" --pub-port "$bus_port_base" \
         --sub-port "$((bus_port_base + 1))" --rpc-port "$((bus_port_base + 2))" | tr '\0' '\1')")
     names+=(tamiyo)
     targets+=("$first_host")
     cmds+=("$(remote_argv "$first_host" env "${common_env[@]}" "$esper" tamiyo \
         --bus-pub "$pub_ep" --bus-sub "$sub_ep" --bus "$rpc_ep" --run-id "$run_id" \
-        --policy "$policy" --run-dir "$run_dir" | tr '\0' '\1')")
+        --policy "$policy" --run-dir "$run_dir" "${config_args[@]}" "${key_args[@]}" |
+        tr '\0' '\1')")
     local rank=0 h local_rank
     for h in "${!hosts[@]}"; do
         for ((local_rank = 0; local_rank < slots[h]; local_rank++)); do
-            local -a kargs=("$esper" kasmina)
-            [[ -n "$config" ]] && kargs+=(--config "$config")
+            local -a kargs=("$esper" kasmina "${config_args[@]}")
             kargs+=(--run-dir "$run_dir" --run-id "$run_id" --bus "$rpc_ep" --bus-pub "$pub_ep"
-                --bus-sub "$sub_ep")
+                --bus-sub "$sub_ep" "${key_args[@]}")
             [[ -n "$resume" ]] && kargs+=(--resume "$resume")
+            kargs+=("${kasmina_extra[@]}")
             names+=("rank$rank")
             targets+=("${hosts[h]}")
             cmds+=("$(remote_argv "${hosts[h]}" env "${common_env[@]}" RANK="$rank" \
@@ -201,6 +224,15 @@ build_commands() {
             rank=$((rank + 1))
         done
     done
+}
+
+# One-off commands on a host (key set, readiness, report): the rsh agent's argv, run here.
+on_host() {
+    local host="$1"
+    shift
+    local -a argv
+    mapfile -d '' argv < <(remote_argv "$host" "$@")
+    "${argv[@]}"
 }
 
 # cmds[] entries are argv joined with \x01 (bash strings cannot hold NUL).
@@ -244,8 +276,11 @@ if (( dry_run )); then
          "rendezvous $first_addr:$master_port"
     echo "# on a rank failure: stop all, restart with --resume <newest $run_dir/checkpoints/*>," \
          "at most $max_restarts time(s)"
+    (( secure )) && echo "# keys: $esper keygen --out $keys_dir --all on $first_host;" \
+        "broker.pub and agent.secret copied to the other hosts"
     build_commands "" 0
     for i in "${!cmds[@]}"; do print_command "${cmds[$i]}"; done
+    echo "# at the end, on $first_host: $esper report $run_dir"
     exit 0
 fi
 
@@ -288,6 +323,46 @@ stop_all() {
     done
 }
 
+# Copies the whole process output into its log and, unless --quiet, to our stdout with a
+# "[host:name]" label per line.
+label() {
+    local prefix="$1" log="$2"
+    if (( quiet )); then
+        cat >>"$log"
+    else
+        # Line by line as it comes (awk implementations may read their input in blocks).
+        local line
+        while IFS= read -r line || [[ -n "$line" ]]; do
+            printf '%s\n' "$line" >>"$log"
+            printf '%s %s\n' "$prefix" "$line"
+        done
+    fi
+}
+
+# Waits up to $2 seconds for process $1 to be ready: the broker's "broker pub=" line in its
+# log, Tamiyo answering `esper policy show` on the first host. Fails when the process died.
+wait_ready() {
+    local i="$1" timeout_s="$2"
+    local deadline=$((SECONDS + timeout_s))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+            why="${names[$i]} on ${targets[$i]} exited before it was ready (log ${logs[$i]})"
+            return 1
+        fi
+        case "${names[$i]}" in
+            broker) grep -q '^broker pub=' "${logs[$i]}" 2>/dev/null && return 0 ;;
+            tamiyo)
+                local -a probe=("$esper" policy show --bus "$rpc_ep" --timeout-ms 500)
+                (( secure )) && probe+=(--keys "$keys_dir")
+                on_host "$first_host" "${probe[@]}" >/dev/null 2>&1 && return 0 ;;
+            *) return 0 ;;
+        esac
+        sleep 0.2
+    done
+    why="${names[$i]} on ${targets[$i]} not ready within ${timeout_s} s (log ${logs[$i]})"
+    return 1
+}
+
 start_all() {
     local attempt_dir="$1" i
     pids=()
@@ -296,13 +371,31 @@ start_all() {
     for i in "${!cmds[@]}"; do
         argv_of "${cmds[$i]}"
         logs[i]="$attempt_dir/${names[$i]}.log"
+        : >"${logs[$i]}"
         print_command "${cmds[$i]}" >"$attempt_dir/${names[$i]}.cmd"
-        "${argv[@]}" >"${logs[$i]}" 2>&1 </dev/null &
+        "${argv[@]}" </dev/null > >(label "[${targets[$i]}:${names[$i]}]" "${logs[$i]}") 2>&1 &
         pids[i]=$!
-        # The broker must be listening before Tamiyo and the ranks connect.
-        if [[ "${names[$i]}" == broker ]]; then sleep 1; fi
+        # The broker must be bound, and Tamiyo registered, before the ranks start.
+        if [[ "${names[$i]}" == broker || "${names[$i]}" == tamiyo ]]; then
+            wait_ready "$i" 60 || return 1
+        fi
     done
     return 0
+}
+
+# --secure: a run's key set on the first host; the other hosts get broker.pub and agent.secret
+# unless they already see the directory (a shared file system, or the same machine).
+make_keys() {
+    on_host "$first_host" "$esper" keygen --out "$keys_dir" --all >/dev/null || return 1
+    local h f
+    for h in "${hosts[@]:1}"; do
+        for f in broker.pub agent.secret; do
+            # shellcheck disable=SC2016
+            on_host "$first_host" cat "$keys_dir/$f" | sed '/^esper-pid=/d' | on_host "$h" sh -c \
+                'umask 077; mkdir -p "$1" && { test -e "$1/$2" || cat >"$1/$2"; } && cat >/dev/null' \
+                sh "$keys_dir" "$f" | grep -v '^esper-pid=' || true
+        done
+    done
 }
 
 # Returns 0 when every rank finished with status 0, 1 on the first failure (names it in $why).
@@ -325,7 +418,7 @@ monitor() {
                 # Executors keep training without the controller; bring it back on its own.
                 log "tamiyo exited with status $st; restarting it (ranks keep running)"
                 argv_of "${cmds[$i]}"
-                "${argv[@]}" >>"${logs[$i]}" 2>&1 </dev/null &
+                "${argv[@]}" </dev/null > >(label "[${targets[$i]}:${names[$i]}]" "${logs[$i]}") 2>&1 &
                 pids[i]=$!
                 sleep 1
                 continue
@@ -348,13 +441,26 @@ monitor() {
 
 mkdir -p "$run_dir" || { log "cannot create run dir $run_dir"; exit 3; }
 trap 'stop_all' EXIT  # whatever ends the launcher, it leaves no process behind
+if (( secure )); then
+    make_keys || { log "cannot make the key set in $keys_dir on $first_host"; exit 3; }
+    log "keys in $keys_dir; steer with: $esper ctl --keys $keys_dir --bus $rpc_ep ..."
+fi
+
+# The run's report.html, written where rank 0 wrote its files (the first host).
+write_report() {
+    local out rc
+    out="$(on_host "$first_host" "$esper" report "$run_dir" 2>&1)"
+    rc=$?
+    grep -v '^esper-pid=' <<<"$out" >&2
+    ((rc == 0)) || log "no report written (esper report exited $rc)"
+}
 attempt=0
 resume=""
 while :; do
     build_commands "$resume" "$attempt"
     log "attempt $attempt: world=$world on ${#hosts[@]} host(s)${resume:+, resuming from $resume}"
     if ! start_all "$run_dir/launcher/attempt-$attempt"; then
-        log "cannot start processes (logs under $run_dir/launcher)"
+        log "cannot start processes: ${why:-spawn failed} (logs under $run_dir/launcher)"
         stop_all
         exit 3
     fi
@@ -363,6 +469,7 @@ while :; do
     if ((outcome == 0)); then
         log "all $world ranks finished; stopping broker and tamiyo"
         stop_all
+        write_report
         exit 0
     fi
     log "$why; stopping every process"
@@ -370,6 +477,7 @@ while :; do
     ((outcome == 2)) && exit 130
     if ((attempt >= max_restarts)); then
         log "job failed and no restart is left (--max-restarts $max_restarts)"
+        write_report
         exit 1
     fi
     attempt=$((attempt + 1))

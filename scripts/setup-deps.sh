@@ -8,7 +8,11 @@ PACKAGES=(
   libzmq3-dev cppzmq-dev capnproto libcapnp-dev
   libboost-dev libyaml-cpp-dev libopenblas-dev libgloo-dev zlib1g-dev libssl-dev
   nlohmann-json3-dev libfmt-dev catch2 dataset-fashion-mnist python3 python3-yaml python3-zmq iproute2 procps
-  patchelf bible-kjv
+  patchelf libelf-dev bible-kjv
+  # multi-node tests (tests/scripts): a real Slurm (controller, node daemon, munge) and Open MPI
+  slurmctld slurmd slurm-client munge openmpi-bin
+  # the dashboard's tests: a real browser (headless, DevTools protocol) and Prometheus' parser
+  chromium python3-websocket python3-prometheus-client
 )
 
 missing=()

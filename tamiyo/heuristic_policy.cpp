@@ -125,4 +125,22 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
     return out;
 }
 
+std::string HeuristicPolicy::describe() const {
+    const HeuristicConfig& c = config_;
+    // Each line states decide()'s comparison with the same operator (contribution > 0 means the
+    // seed helps: the loss would rise without it).
+    return fmt::format(
+        "  germinate: on a loss plateau, up to {} per layer and round, the lowest-health DORMANT "
+        "seeds ({}/{} {})\n"
+        "  TRAINING, after {} steps: approve if gradient health >= {:g}; cull once {} steps "
+        "passed below it or unmeasured\n"
+        "  EVALUATING, after {} steps: approve if contribution > {:g}, cull if contribution <= {:g}\n"
+        "  FINE_TUNING: cull if contribution < {:g}; otherwise fossilize after {} steps\n"
+        "  a seed whose deciding metric is unmeasured waits (the executor's decision timeout is "
+        "the safe default)\n",
+        c.germinations_per_round, blueprint_kind_name(c.blueprint), c.blueprint_size, c.strategy,
+        c.training_steps, c.min_gradient_health, c.training_patience_steps, c.evaluation_steps,
+        c.min_benefit, c.min_benefit, c.cull_contribution, c.fine_tuning_steps);
+}
+
 }  // namespace esper::tamiyo

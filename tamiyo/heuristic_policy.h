@@ -36,6 +36,9 @@ public:
     std::string kind() const override { return "heuristic"; }
     std::vector<Decision> decide(const View& view, uint64_t step) override;
     const HeuristicConfig& config() const { return config_; }
+    // What decide() does with this config, one rule per line (`esper policy show/check`,
+    // `esper tamiyo --check-config`). Kept next to decide() so the two cannot drift apart.
+    std::string describe() const;
 
 private:
     HeuristicConfig config_;

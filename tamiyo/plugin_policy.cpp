@@ -3,11 +3,18 @@
 #include "tamiyo/plugin_policy.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
+#include <gelf.h>
+#include <libelf.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <set>
 
 #include "core/error.h"
 #include "core/log.h"
@@ -21,10 +28,77 @@ float f(const std::optional<double>& v) {
 
 std::string bounded(const char* s, size_t cap) { return std::string(s, strnlen(s, cap)); }
 
+// This process's ELF class and machine: a plugin must match them to be loadable at all.
+constexpr int kHostClass = sizeof(void*) == 8 ? ELFCLASS64 : ELFCLASS32;
+#if defined(__x86_64__)
+constexpr int kHostMachine = EM_X86_64;
+#elif defined(__aarch64__)
+constexpr int kHostMachine = EM_AARCH64;
+#else
+constexpr int kHostMachine = -1;  // unknown: not checked
+#endif
+
+struct ElfDeleter {
+    void operator()(Elf* e) const { elf_end(e); }
+};
+
 }  // namespace
+
+void check_plugin_file(const std::string& path) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0)
+        ESPER_THROW(kInvalidInput, path, ": cannot load policy plugin: ", std::strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        ESPER_THROW(kInvalidInput, path, ": cannot load policy plugin: not a regular file");
+    if (elf_version(EV_CURRENT) == EV_NONE) ESPER_THROW(kFailed, "libelf: ", elf_errmsg(-1));
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        ESPER_THROW(kInvalidInput, path, ": cannot load policy plugin: ", std::strerror(errno));
+    std::set<std::string> defined;
+    std::string problem;
+    {
+        std::unique_ptr<Elf, ElfDeleter> elf(elf_begin(fd, ELF_C_READ, nullptr));
+        GElf_Ehdr eh;
+        if (!elf || elf_kind(elf.get()) != ELF_K_ELF || gelf_getehdr(elf.get(), &eh) == nullptr) {
+            problem = "not an ELF file";
+        } else if (eh.e_ident[EI_CLASS] != kHostClass ||
+                   (kHostMachine >= 0 && eh.e_machine != kHostMachine)) {
+            problem = "built for another architecture";
+        } else if (eh.e_type != ET_DYN) {
+            problem = "not a shared library";
+        } else {
+            // Exported = defined (a section index), global or weak, and a function.
+            Elf_Scn* scn = nullptr;
+            while ((scn = elf_nextscn(elf.get(), scn)) != nullptr) {
+                GElf_Shdr sh;
+                if (gelf_getshdr(scn, &sh) == nullptr || sh.sh_type != SHT_DYNSYM) continue;
+                Elf_Data* data = elf_getdata(scn, nullptr);
+                const size_t n = sh.sh_entsize ? sh.sh_size / sh.sh_entsize : 0;
+                for (size_t i = 0; data != nullptr && i < n; ++i) {
+                    GElf_Sym sym;
+                    if (gelf_getsym(data, static_cast<int>(i), &sym) == nullptr) continue;
+                    const int bind = GELF_ST_BIND(sym.st_info);
+                    if (sym.st_shndx == SHN_UNDEF || GELF_ST_TYPE(sym.st_info) != STT_FUNC ||
+                        (bind != STB_GLOBAL && bind != STB_WEAK))
+                        continue;
+                    if (const char* name = elf_strptr(elf.get(), sh.sh_link, sym.st_name))
+                        defined.insert(name);
+                }
+            }
+        }
+    }
+    ::close(fd);
+    if (!problem.empty())
+        ESPER_THROW(kInvalidInput, path, ": cannot load policy plugin: ", problem);
+    for (const char* name : kPluginSymbols)
+        if (defined.count(name) == 0)
+            ESPER_THROW(kInvalidInput, path, ": not an esper_policy_v1 plugin: missing symbol '",
+                        name, "'");
+}
 
 std::unique_ptr<PluginPolicy> PluginPolicy::load(const std::string& path,
                                                  const std::string& config) {
+    check_plugin_file(path);  // before dlopen runs any of its code
     std::unique_ptr<PluginPolicy> p(new PluginPolicy());
     p->path_ = path;
     dlerror();

@@ -1,8 +1,11 @@
 // The `plugin` policy: a shared library implementing the C ABI of tamiyo/esper_policy_v1.h,
-// loaded with dlopen (RTLD_LOCAL). Loading refuses, with Error(kInvalidInput) naming the file,
-// a library that cannot be opened, lacks a symbol, reports another ABI version, or whose init
-// fails. decide() converts the view to the C records; a negative return or an out-of-range
-// decision field throws, so the controller disables the plugin.
+// loaded with dlopen (RTLD_LOCAL). A plugin is code: before dlopen runs any of it (constructors
+// run at load), check_plugin_file() reads the file's ELF headers and dynamic symbol table and
+// refuses anything but a shared library for this machine exporting the four functions. Loading
+// refuses, with Error(kInvalidInput) naming the file, a library that fails that check, cannot be
+// opened, reports another ABI version, or whose init fails. decide() converts the view to the C
+// records; a negative return or an out-of-range decision field throws, so the controller disables
+// the plugin.
 #pragma once
 
 #include <memory>
@@ -13,6 +16,15 @@
 #include "tamiyo/policy.h"
 
 namespace esper::tamiyo {
+
+// The esper_policy_v1 functions a plugin must export.
+inline constexpr const char* kPluginSymbols[] = {"esper_policy_abi_version", "esper_policy_init",
+                                                 "esper_policy_decide", "esper_policy_destroy"};
+
+// Checks `path` without loading it: a regular file, an ELF shared object of this machine's
+// class and architecture, whose dynamic symbol table defines every kPluginSymbols function.
+// Throws Error(kInvalidInput) naming the file and what is wrong ("missing symbol 'X'").
+void check_plugin_file(const std::string& path);
 
 class PluginPolicy final : public Policy {
 public:

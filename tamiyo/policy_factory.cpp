@@ -61,18 +61,7 @@ std::string describe_policy(const Policy& policy) {
                 fmt::format_to(os, "    limit max_total {}\n", r.limits.max_total);
         }
     } else if (const auto* h = dynamic_cast<const HeuristicPolicy*>(&policy)) {
-        const HeuristicConfig& c = h->config();
-        // Contribution > 0 means the seed helps (the loss would rise without it).
-        fmt::format_to(os,
-                       "  germinate {} per layer on a plateau: {}/{} {}\n"
-                       "  TRAINING gate after {} steps: gradient health >= {:g} (cull after {})\n"
-                       "  EVALUATING gate after {} steps: approve if contribution > {:g}, else "
-                       "cull\n"
-                       "  FINE_TUNING: cull if contribution < {:g}, fossilize after {} steps\n",
-                       c.germinations_per_round, blueprint_kind_name(c.blueprint), c.blueprint_size,
-                       c.strategy, c.training_steps, c.min_gradient_health,
-                       c.training_patience_steps, c.evaluation_steps, c.min_benefit,
-                       c.cull_contribution, c.fine_tuning_steps);
+        out += h->describe();
     }
     return out;
 }

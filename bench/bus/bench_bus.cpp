@@ -2,7 +2,10 @@
 // like with like. (1) Seed telemetry batches (several seeds-per-message sizes) Publisher ->
 // broker (XSUB/XPUB) -> Subscriber with full decode; (2) the same frame sizes through raw libzmq
 // PUB -> SUB, no broker, pre-encoded bodies; (3) command round trips RpcClient -> broker ->
-// RpcWorker -> back. Last stdout line is JSON; the headline size is --headline-seeds.
+// RpcWorker -> back. Last stdout line is JSON; the headline size is --headline-seeds. With
+// --curve a second broker and every Esper socket on it use CURVE keys (bus/security.h), measured
+// interleaved with the plain broker (ratio_vs_plain: what encryption costs); raw libzmq stays
+// plain.
 #include <capnp/message.h>
 
 #include <algorithm>
@@ -10,7 +13,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 #include <zmq.hpp>
@@ -31,6 +37,7 @@ struct Options {
     unsigned headline_seeds = 256;
     int commands = 3000;
     int repeat = 3;  // best of N per case: the 2-core machine is shared and noisy
+    bool curve = false;
 };
 
 struct Rate {
@@ -75,13 +82,13 @@ Rate consume(Receive&& receive) {
     return r;
 }
 
-Rate esper_run(zmq::context_t& ctx, const bus::BrokerEndpoints& ep, unsigned n_seeds,
-               double seconds, size_t& frame_bytes, uint64_t& records) {
+Rate esper_run(zmq::context_t& ctx, const bus::BrokerEndpoints& ep, const bus::ClientSecurity& keys,
+               unsigned n_seeds, double seconds, size_t& frame_bytes, uint64_t& records) {
     std::atomic<bool> ready{false};
     Rate rate;
     uint64_t recs = 0;
     std::thread sub_thread([&] {
-        bus::Subscriber sub(ctx, {.endpoint = ep.sub, .prefixes = {"bench."}});
+        bus::Subscriber sub(ctx, {.endpoint = ep.sub, .prefixes = {"bench."}, .security = keys});
         ready = true;
         rate = consume([&] {
             auto m = sub.poll(500);
@@ -97,7 +104,8 @@ Rate esper_run(zmq::context_t& ctx, const bus::BrokerEndpoints& ep, unsigned n_s
                                       .sender = "bench",
                                       .run_id = "b",
                                       .send_hwm = 1000,
-                                      .first_segment_words = 2 + n_seeds * 8});
+                                      .first_segment_words = 2 + n_seeds * 8,
+                                      .security = keys});
     pub.wait_for_subscriber("bench.data", 5000);
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     Stopwatch sw;
@@ -183,11 +191,12 @@ Rate raw_run(zmq::context_t& ctx, size_t frame_bytes, double seconds, bool via_p
     return rate;
 }
 
-std::vector<double> command_rtts(zmq::context_t& ctx, const bus::BrokerEndpoints& ep, int n) {
+std::vector<double> command_rtts(zmq::context_t& ctx, const bus::BrokerEndpoints& ep,
+                                 const bus::ClientSecurity& keys, int n) {
     std::atomic<bool> stop{false};
     std::atomic<bool> ready{false};
     std::thread worker_thread([&] {
-        bus::RpcWorker worker(ctx, {.endpoint = ep.rpc, .name = "kasmina/0"});
+        bus::RpcWorker worker(ctx, {.endpoint = ep.rpc, .name = "kasmina/0", .security = keys});
         ready = true;
         while (!stop) {
             worker.poll(50,
@@ -199,7 +208,8 @@ std::vector<double> command_rtts(zmq::context_t& ctx, const bus::BrokerEndpoints
         }
     });
     while (!ready) std::this_thread::yield();
-    bus::RpcClient client(ctx, {.endpoint = ep.rpc, .sender = "tamiyo", .timeout_ms = 1000});
+    bus::RpcClient client(
+        ctx, {.endpoint = ep.rpc, .sender = "tamiyo", .timeout_ms = 1000, .security = keys});
     std::vector<double> us;
     for (int i = -100; i < n; ++i) {  // the first 100 warm up (and wait for registration)
         std::string id = "cmd-" + std::to_string(i + 100);
@@ -245,12 +255,15 @@ int main(int argc, char** argv) {
             o.commands = std::atoi(next().c_str());
         else if (a == "--repeat")
             o.repeat = std::max(1, std::atoi(next().c_str()));
+        else if (a == "--curve")
+            o.curve = true;
         else if (a == "--help" || a == "-h") {
             std::printf(
                 "usage: esper-bench-bus [--seconds S] [--repeat N] [--headline-seeds N] "
-                "[--commands N]\n"
+                "[--commands N] [--curve]\n"
                 "Telemetry through the broker vs raw libzmq PUB/SUB for 16/64/256/1024\n"
-                "seeds per message, then command round trips. Last line is JSON.\n");
+                "seeds per message, then command round trips. Last line is JSON. --curve:\n"
+                "the Esper cases on CURVE keys, beside the plain broker (ratio_vs_plain).\n");
             return 0;
         } else {
             std::fprintf(stderr, "esper-bench-bus: unknown argument %s\n", a.c_str());
@@ -259,28 +272,50 @@ int main(int argc, char** argv) {
     }
     zmq::context_t ctx(2);
     std::atomic<bool> stop{false};
-    bus::BrokerEndpoints ep;
-    std::atomic<bool> ready{false};
-    std::thread broker_thread([&] {
-        bus::Broker broker(ctx, {.pub_endpoint = "tcp://127.0.0.1:*",
-                                 .sub_endpoint = "tcp://127.0.0.1:*",
-                                 .rpc_endpoint = "tcp://127.0.0.1:*"});
-        ep = broker.endpoints();
-        ready = true;
-        broker.run(stop);
-    });
-    while (!ready) std::this_thread::yield();
+    // --curve: one agent key for every Esper socket, allowed by a second, CURVE broker; the plain
+    // broker runs beside it and the two are measured interleaved, so ratio_vs_plain compares
+    // like with like on a machine whose load drifts.
+    bus::ServerSecurity server;
+    bus::ClientSecurity keys;
+    if (o.curve) {
+        server.own = bus::generate_curve_key_pair();
+        keys = {server.own.public_key, bus::generate_curve_key_pair()};
+        server.lookup = [agent = keys.own.public_key](std::string_view k) {
+            return k == agent ? std::optional<bus::AllowedKey>({bus::Role::kAgent, "bench"})
+                              : std::nullopt;
+        };
+    }
+    std::vector<std::thread> brokers;
+    auto start_broker = [&](const bus::ServerSecurity& security) {
+        bus::BrokerEndpoints ep;
+        std::atomic<bool> ready{false};
+        brokers.emplace_back([&ctx, &stop, &ep, &ready, security] {
+            bus::Broker broker(ctx, {.pub_endpoint = "tcp://127.0.0.1:*",
+                                     .sub_endpoint = "tcp://127.0.0.1:*",
+                                     .rpc_endpoint = "tcp://127.0.0.1:*",
+                                     .security = security});
+            ep = broker.endpoints();
+            ready = true;
+            broker.run(stop);
+        });
+        while (!ready) std::this_thread::yield();
+        return ep;
+    };
+    const bus::BrokerEndpoints plain_ep = start_broker({});
+    const bus::BrokerEndpoints ep = o.curve ? start_broker(server) : plain_ep;
 
-    double head_records = 0, head_esper = 0, head_raw = 0, head_raw_proxy = 0;
+    double head_records = 0, head_esper = 0, head_raw = 0, head_raw_proxy = 0, head_plain = 0;
     for (unsigned n : o.seeds) {
         size_t frame_bytes = 0;
         uint64_t records = 0;
-        Rate e, r, rp;
+        Rate e, r, rp, plain;
         auto best = [](Rate& into, Rate x) {
             if (x.msgs_per_s() > into.msgs_per_s()) into = x;
         };
         for (int k = 0; k < o.repeat; ++k) {  // interleaved, so drifting load hits all alike
-            best(e, esper_run(ctx, ep, n, o.seconds, frame_bytes, records));
+            best(e, esper_run(ctx, ep, keys, n, o.seconds, frame_bytes, records));
+            if (o.curve)
+                best(plain, esper_run(ctx, plain_ep, {}, n, o.seconds, frame_bytes, records));
             best(r, raw_run(ctx, frame_bytes, o.seconds, false));
             best(rp, raw_run(ctx, frame_bytes, o.seconds, true));
         }
@@ -288,31 +323,51 @@ int main(int argc, char** argv) {
         std::printf(
             "seeds_per_msg=%u frame_bytes=%zu esper_msgs_per_s=%.0f records_per_s=%.0f "
             "raw_zmq_msgs_per_s=%.0f ratio_vs_raw=%.3f raw_proxy_msgs_per_s=%.0f "
-            "ratio_vs_raw_proxy=%.3f\n",
+            "ratio_vs_raw_proxy=%.3f",
             n, frame_bytes, e.msgs_per_s(), recs_per_s, r.msgs_per_s(),
             r.msgs_per_s() > 0 ? e.msgs_per_s() / r.msgs_per_s() : 0.0, rp.msgs_per_s(),
             rp.msgs_per_s() > 0 ? e.msgs_per_s() / rp.msgs_per_s() : 0.0);
+        if (o.curve)
+            std::printf(" plain_msgs_per_s=%.0f ratio_vs_plain=%.3f", plain.msgs_per_s(),
+                        plain.msgs_per_s() > 0 ? e.msgs_per_s() / plain.msgs_per_s() : 0.0);
+        std::printf("\n");
         std::fflush(stdout);
         if (n == o.headline_seeds) {
             head_records = recs_per_s;
             head_esper = e.msgs_per_s();
             head_raw = r.msgs_per_s();
             head_raw_proxy = rp.msgs_per_s();
+            head_plain = plain.msgs_per_s();
         }
         (void)records;
     }
-    auto rtts = command_rtts(ctx, ep, o.commands);
+    auto rtts = command_rtts(ctx, ep, keys, o.commands);
+    std::vector<double> plain_rtts;
+    if (o.curve) plain_rtts = command_rtts(ctx, plain_ep, {}, o.commands);
     stop = true;
-    broker_thread.join();
+    for (auto& t : brokers) t.join();
     std::printf("cmd_round_trips=%zu p50_us=%.1f p90_us=%.1f p99_us=%.1f max_us=%.1f\n",
                 rtts.size(), percentile(rtts, 0.5), percentile(rtts, 0.9), percentile(rtts, 0.99),
                 rtts.empty() ? -1.0 : rtts.back());
-    std::printf(
-        "{\"records_per_s\":%.0f,\"esper_msgs_per_s\":%.0f,\"raw_zmq_msgs_per_s\":%.0f,"
-        "\"ratio_vs_raw\":%.3f,\"cmd_rtt_p50_us\":%.1f,\"cmd_rtt_p99_us\":%.1f,"
-        "\"seeds_per_msg\":%u,\"raw_proxy_msgs_per_s\":%.0f,\"ratio_vs_raw_proxy\":%.3f}\n",
-        head_records, head_esper, head_raw, head_raw > 0 ? head_esper / head_raw : 0.0,
-        percentile(rtts, 0.5), percentile(rtts, 0.99), o.headline_seeds, head_raw_proxy,
-        head_raw_proxy > 0 ? head_esper / head_raw_proxy : 0.0);
+    auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
+    nlohmann::json j = {{"records_per_s", head_records},
+                        {"esper_msgs_per_s", head_esper},
+                        {"raw_zmq_msgs_per_s", head_raw},
+                        {"ratio_vs_raw", ratio(head_esper, head_raw)},
+                        {"cmd_rtt_p50_us", percentile(rtts, 0.5)},
+                        {"cmd_rtt_p99_us", percentile(rtts, 0.99)},
+                        {"seeds_per_msg", o.headline_seeds},
+                        {"raw_proxy_msgs_per_s", head_raw_proxy},
+                        {"ratio_vs_raw_proxy", ratio(head_esper, head_raw_proxy)},
+                        {"curve", o.curve}};
+    if (o.curve) {
+        std::printf("plain cmd_round_trips=%zu p50_us=%.1f p99_us=%.1f\n", plain_rtts.size(),
+                    percentile(plain_rtts, 0.5), percentile(plain_rtts, 0.99));
+        j["plain_msgs_per_s"] = head_plain;
+        j["ratio_vs_plain"] = ratio(head_esper, head_plain);
+        j["plain_cmd_rtt_p50_us"] = percentile(plain_rtts, 0.5);
+        j["plain_cmd_rtt_p99_us"] = percentile(plain_rtts, 0.99);
+    }
+    std::printf("%s\n", j.dump().c_str());
     return 0;
 }

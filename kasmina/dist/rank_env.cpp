@@ -11,9 +11,19 @@ namespace esper::kasmina {
 
 namespace {
 
-constexpr std::array<std::string_view, 10> kNames = {
-    "RANK",         "WORLD_SIZE",   "LOCAL_RANK",    "MASTER_ADDR",  "MASTER_PORT",
-    "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NPROCS", "SLURM_STEP_NUM_TASKS"};
+constexpr std::array<std::string_view, 13> kNames = {"RANK",
+                                                     "WORLD_SIZE",
+                                                     "LOCAL_RANK",
+                                                     "MASTER_ADDR",
+                                                     "MASTER_PORT",
+                                                     "SLURM_PROCID",
+                                                     "SLURM_NTASKS",
+                                                     "SLURM_LOCALID",
+                                                     "SLURM_NPROCS",
+                                                     "SLURM_STEP_NUM_TASKS",
+                                                     "OMPI_COMM_WORLD_RANK",
+                                                     "OMPI_COMM_WORLD_SIZE",
+                                                     "OMPI_COMM_WORLD_LOCAL_RANK"};
 
 std::optional<std::string> lookup(const EnvMap& env, std::string_view name) {
     auto it = env.find(name);
@@ -45,6 +55,8 @@ RankInfo resolve_rank_info(const EnvMap& env, const RankOverrides& overrides) {
     RankInfo info;
     const auto t_rank = env_int(env, "RANK");
     const auto t_world = env_int(env, "WORLD_SIZE");
+    const auto m_rank = env_int(env, "OMPI_COMM_WORLD_RANK");
+    const auto m_world = env_int(env, "OMPI_COMM_WORLD_SIZE");
     const auto s_rank = env_int(env, "SLURM_PROCID");
     auto s_world = env_int(env, "SLURM_NTASKS");
     if (!s_world) s_world = env_int(env, "SLURM_NPROCS");
@@ -66,6 +78,19 @@ RankInfo resolve_rank_info(const EnvMap& env, const RankOverrides& overrides) {
         rank_name = "RANK";
         world_name = "WORLD_SIZE";
         local_name = "LOCAL_RANK";
+    } else if (m_rank || m_world) {
+        if (!m_rank || !m_world) {
+            ESPER_THROW(kInvalidInput,
+                        "Open MPI environment: OMPI_COMM_WORLD_RANK and OMPI_COMM_WORLD_SIZE must "
+                        "be set together");
+        }
+        info.rank = *m_rank;
+        info.world = *m_world;
+        info.local_rank = env_int(env, "OMPI_COMM_WORLD_LOCAL_RANK").value_or(0);
+        info.source = "openmpi";
+        rank_name = "OMPI_COMM_WORLD_RANK";
+        world_name = "OMPI_COMM_WORLD_SIZE";
+        local_name = "OMPI_COMM_WORLD_LOCAL_RANK";
     } else if (s_rank || s_world) {
         if (!s_rank || !s_world) {
             ESPER_THROW(kInvalidInput,

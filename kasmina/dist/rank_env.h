@@ -1,8 +1,10 @@
 // Where this process sits in a data-parallel job: rank, world size, local rank (picks the GPU)
 // and the rendezvous address. Resolved by a pure function from an environment map that the
 // agent fills from getenv (nothing below agents/ reads the environment). Precedence: explicit
-// values (flags) > torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) > Slurm
-// (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID) > a single rank. Inconsistent values throw
+// values (flags) > torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) > Open MPI
+// (OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK: `mpirun -np N esper kasmina`) > Slurm (SLURM_PROCID,
+// SLURM_NTASKS, SLURM_LOCALID) > a single rank. Open MPI wins over Slurm because mpirun inside
+// an allocation leaves the batch step's SLURM_PROCID in every rank. Inconsistent values throw
 // esper::Error(kInvalidInput) naming the variable.
 #pragma once
 
@@ -20,7 +22,7 @@ struct RankInfo {
     int local_rank = 0;
     std::string master_addr = "127.0.0.1";
     int master_port = 29500;
-    // Where rank/world came from: "explicit", "torchrun", "slurm" or "default".
+    // Where rank/world came from: "explicit", "torchrun", "openmpi", "slurm" or "default".
     std::string source = "default";
 
     bool is_leader() const { return rank == 0; }

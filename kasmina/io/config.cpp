@@ -724,4 +724,29 @@ std::string config_to_yaml(const Config& c) {
     return std::string(out.c_str()) + "\n";
 }
 
+namespace {
+
+// Depth-first walk of two emitted YAML trees; returns the first differing key path.
+std::string first_difference(const YAML::Node& a, const YAML::Node& b, const std::string& path) {
+    if (a.IsMap() && b.IsMap()) {
+        for (const auto& kv : a) {
+            const std::string key = kv.first.as<std::string>();
+            const std::string d = first_difference(kv.second, b[key], path + "." + key);
+            if (!d.empty()) return d;
+        }
+        return "";
+    }
+    const std::string sa = YAML::Dump(a), sb = YAML::Dump(b);
+    return sa == sb ? ""
+                    : fmt::format("{} is {} in this config, {} in the checkpoint", path, sa, sb);
+}
+
+}  // namespace
+
+std::string model_difference(const Config& config, const Config& written) {
+    const YAML::Node a = YAML::Load(config_to_yaml(config));
+    const YAML::Node b = YAML::Load(config_to_yaml(written));
+    return first_difference(a["model"], b["model"], "model");
+}
+
 }  // namespace esper::kasmina

@@ -124,5 +124,9 @@ Config load_config(const std::string& path);
 Config parse_config(std::string_view yaml_text, std::string_view source_name = "<config>");
 // The effective config as YAML (every key, loadable by parse_config to an equal Config).
 std::string config_to_yaml(const Config& config);
+// The first `model.` key whose value differs, as "model.x is A in this config, B in the
+// checkpoint", or "" when the model sections agree (a checkpoint resumes only into the model that
+// wrote it).
+std::string model_difference(const Config& config, const Config& written);
 
 }  // namespace esper::kasmina

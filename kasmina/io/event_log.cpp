@@ -5,7 +5,9 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "core/clock.h"
 #include "core/error.h"
+#include "kasmina/io/metrics_log.h"
 
 namespace esper::kasmina {
 
@@ -17,7 +19,10 @@ std::string event_to_json(const LifecycleEvent& e) {
                                          {"from", stage_name(e.from)},
                                          {"to", stage_name(e.to)},
                                          {"reason", e.reason},
-                                         {"origin", origin_name(e.origin)}};
+                                         {"origin", origin_name(e.origin)},
+                                         {"kind", "transition"},
+                                         {"schema", kRunFileSchemaVersion},
+                                         {"time", utc_iso8601(wall_time_ns())}};
     // Replace, not throw, on invalid UTF-8: a reason is text from anywhere (a peer's command).
     return line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }

@@ -1,6 +1,7 @@
 // The run's events.jsonl writer: one JSON object per lifecycle event,
-// {"step","layer","seed","from","to","reason","origin"}, flushed after every line so a crash
-// never loses an acknowledged transition.
+// {"step","layer","seed","from","to","reason","origin","kind":"transition","schema","time"},
+// flushed after every line so a crash never loses an acknowledged transition. `esper run` appends
+// the run's other events to the same file ("kind": "policy", "annotation", "run").
 #pragma once
 
 #include <cstdint>

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "core/clock.h"
 #include "core/error.h"
 
 namespace esper::kasmina {
@@ -16,6 +17,13 @@ namespace {
 using Json = nlohmann::ordered_json;
 
 Json number_or_null(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
+
+// schema and time close every line (last, so readers of the older fields see no change).
+std::string finish(Json j) {
+    j["schema"] = kRunFileSchemaVersion;
+    j["time"] = utc_iso8601(wall_time_ns());
+    return j.dump();
+}
 
 }  // namespace
 
@@ -36,19 +44,22 @@ void MetricsLog::write(const TrainMetrics& m) {
     j["blueprint_params"] = m.blueprint_params;
     j["total_steps"] = m.total_steps;
     j["flops"] = number_or_null(m.flops);
-    write_line(j.dump());
+    last_train_step_ = m.step;
+    last_train_epoch_ = m.epoch;
+    write_line(finish(std::move(j)));
 }
 
 void MetricsLog::write(const TestMetrics& m) {
     Json j;
     j["step"] = m.step;
-    j["epoch"] = m.epoch;
+    // The trainer counts an evaluation at an epoch's end as the next epoch; one step, one epoch.
+    j["epoch"] = m.step == last_train_step_ ? last_train_epoch_ : m.epoch;
     j["split"] = "test";
     j["loss"] = number_or_null(m.loss);
     j["accuracy"] = number_or_null(m.accuracy);
     if (m.bits_per_byte) j["bits_per_byte"] = number_or_null(*m.bits_per_byte);
     if (m.perplexity) j["perplexity"] = number_or_null(*m.perplexity);
-    write_line(j.dump());
+    write_line(finish(std::move(j)));
 }
 
 void MetricsLog::write_line(const std::string& line) {

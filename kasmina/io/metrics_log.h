@@ -3,7 +3,9 @@
 // "samples_per_s","host_params","blueprint_params","total_steps"} and a test line after every
 // evaluation {"step","epoch","split":"test","loss","accuracy"} (text data adds "bits_per_byte" and
 // "perplexity"); readers (`esper run`'s report, tests) key on "split". A non-finite number (a NaN
-// loss) is written as null.
+// loss) is written as null. Every line ends with "schema" (kRunFileSchemaVersion) and "time" (wall
+// clock, ISO 8601 UTC). "epoch" is the epoch of the step's batch (0-based) on both splits: a test
+// line takes the epoch of the train line of its step.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +15,9 @@
 #include <string>
 
 namespace esper::kasmina {
+
+// The layout version of metrics.jsonl and events.jsonl lines ("schema" on every line).
+constexpr int kRunFileSchemaVersion = 1;
 
 struct TrainMetrics {
     int64_t step = 0;   // optimizer steps done
@@ -50,6 +55,7 @@ private:
 
     std::filesystem::path path_;
     std::ofstream out_;
+    int64_t last_train_step_ = -1, last_train_epoch_ = 0;
 };
 
 }  // namespace esper::kasmina

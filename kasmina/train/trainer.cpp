@@ -383,6 +383,12 @@ void Trainer::save_checkpoint(const fs::path& dir) {
 
 void Trainer::load_checkpoint(const fs::path& dir) {
     const CheckpointData data = read_checkpoint(dir);
+    // Refused before anything changes: a checkpoint resumes only into the model that wrote it.
+    const std::string diff =
+        model_difference(config_, parse_config(data.config_yaml, dir.string() + "/config"));
+    if (!diff.empty())
+        ESPER_THROW(kInvalidInput, "checkpoint ", dir.string(), " was written by another model (",
+                    diff, ")");
     restore(data, true);
     backend_->upload_all();
     capture(last_good_);

@@ -116,3 +116,58 @@ TEST_CASE("the kv worker stores and returns values per run behind the broker", "
         CHECK_THAT(r.error, Catch::Contains("unknown agent kv"));
     }
 }
+
+namespace {
+
+// Calls KvService::handle directly with a kvSet of `bytes` bytes for `run`; the reply's error.
+std::string direct_set(agents::KvService& kv, const std::string& run, const std::string& key,
+                       size_t bytes) {
+    capnp::MallocMessageBuilder req_msg, rep_msg;
+    auto req = req_msg.initRoot<schema::Envelope>();
+    req.setRunId(run);
+    auto s = req.getPayload().initControlRequest().initKvSet();
+    s.setKey(key);
+    std::string value(bytes, 'x');
+    s.setValue(
+        capnp::Data::Reader(reinterpret_cast<const capnp::byte*>(value.data()), value.size()));
+    auto rep = rep_msg.initRoot<schema::Envelope>();
+    kv.handle(req.asReader(), rep.getPayload());
+    auto c = rep.getPayload().getControlReply();
+    return c.getOk() ? "" : c.getError().cStr();
+}
+
+}  // namespace
+
+TEST_CASE("the kv store refuses writes past its per-run and total caps; replacing a value is free",
+          "[agents][kv]") {
+    agents::KvService kv({.max_run_bytes = 1000, .max_total_bytes = 2500, .max_value_bytes = 950});
+    CHECK(direct_set(kv, "a", "k1", 500).empty());
+    CHECK(direct_set(kv, "a", "k1", 590).empty());  // replaces: 2 + 590 bytes
+    CHECK_THAT(direct_set(kv, "a", "k2", 500), Catch::Contains("store full: run a"));
+    CHECK_THAT(direct_set(kv, "a", "k3", 990), Catch::Contains("over the cap"));
+    CHECK(direct_set(kv, "b", "k", 900).empty());
+    CHECK(direct_set(kv, "c", "k", 900).empty());
+    // Another run id does not escape the total cap: growing the store is bounded.
+    CHECK_THAT(direct_set(kv, "d", "k", 900), Catch::Contains("all runs"));
+    CHECK(kv.size() == 3);
+    CHECK(kv.bytes() == (2 + 590) + (1 + 900) + (1 + 900));
+}
+
+TEST_CASE("with keys only agents write to the kv store and observers cannot read it",
+          "[agents][kv]") {
+    capnp::MallocMessageBuilder set_msg, get_msg;
+    auto set = set_msg.initRoot<schema::Envelope>();
+    set.getPayload().initControlRequest().initKvSet().setKey("r/0/gloo/0");
+    auto get = get_msg.initRoot<schema::Envelope>();
+    get.getPayload().initControlRequest().setKvGet("r/0/gloo/0");
+    const bus::Peer none{}, agent{.role = bus::Role::kAgent, .name = "agent"},
+        op{.role = bus::Role::kOperator, .name = "operator"},
+        observer{.role = bus::Role::kObserver, .name = "observer"};
+    using agents::KvService;
+    CHECK_FALSE(KvService::authorize(none, set.asReader()));  // no keys: loopback trust
+    CHECK_FALSE(KvService::authorize(agent, set.asReader()));
+    CHECK_THAT(*KvService::authorize(op, set.asReader()), Catch::Contains("need an agent key"));
+    CHECK(KvService::authorize(observer, set.asReader()).has_value());
+    CHECK_FALSE(KvService::authorize(op, get.asReader()));
+    CHECK(KvService::authorize(observer, get.asReader()).has_value());
+}

@@ -31,13 +31,19 @@ TEST_CASE("every payload type survives JSON and back", "[agents][json]") {
             bus::testing::fill_random(payload.init(member).as<capnp::DynamicStruct>(), rng, 0);
         else
             payload.set(member, capnp::VOID);
+        // An unmeasured value is null in JSON, so the first trip drops what a false flag hid;
+        // from then on JSON -> payload -> JSON is exact.
         std::string json = agents::payload_to_json(env.asReader());
-        capnp::MallocMessageBuilder b;
+        capnp::MallocMessageBuilder b, c;
         auto env2 = b.initRoot<schema::Envelope>();
+        auto env3 = c.initRoot<schema::Envelope>();
         INFO(name << " " << json);
         agents::payload_from_json(name, json, env2.getPayload());
-        CHECK(std::string(kj::str(env2.getPayload().asReader()).cStr()) ==
-              std::string(kj::str(env.getPayload().asReader()).cStr()));
+        const std::string json2 = agents::payload_to_json(env2.asReader());
+        CHECK(json2 == json);
+        agents::payload_from_json(name, json2, env3.getPayload());
+        CHECK(std::string(kj::str(env3.getPayload().asReader()).cStr()) ==
+              std::string(kj::str(env2.getPayload().asReader()).cStr()));
     }
 }
 
@@ -154,9 +160,9 @@ TEST_CASE("tool JSON keeps the line's fields, escapes text, and survives odd val
     bus::stamp_envelope(env, "pub", "r1", 7, "corr-1");
     const std::string line = agents::envelope_to_json("events.annotations.r1", env.asReader());
     CHECK(line.find('\n') == std::string::npos);
-    CHECK(line.rfind(R"({"topic":"events.annotations.r1","type":"annotation","sender":"pub",)"
-                     R"("seq":7,"sent_at_ns":)",
-                     0) == 0);
+    CHECK(line.rfind(R"({"schema":1,"time":")", 0) == 0);
+    CHECK(line.find(R"("topic":"events.annotations.r1","type":"annotation","sender":"pub",)"
+                    R"("seq":7,"sent_at_ns":)") != std::string::npos);
     CHECK(line.find(R"("run_id":"r1","correlation_id":"corr-1","payload":{)") != std::string::npos);
     const auto parsed = nlohmann::json::parse(line);
     CHECK(parsed["payload"]["text"] == a.asReader().getText().cStr());
@@ -164,6 +170,7 @@ TEST_CASE("tool JSON keeps the line's fields, escapes text, and survives odd val
     // Non-finite floats are strings (JSON has no NaN) and read back; an enum value from a newer
     // schema prints as its number instead of a guessed name.
     auto seeds = env.getPayload().initSeedTelemetry().initSeeds(1);
+    seeds[0].setActivationMeasured(true);
     seeds[0].setActMean(std::numeric_limits<float>::quiet_NaN());
     seeds[0].setActVar(std::numeric_limits<float>::infinity());
     seeds[0].setStage(static_cast<schema::SeedStage>(42));
@@ -176,4 +183,38 @@ TEST_CASE("tool JSON keeps the line's fields, escapes text, and survives odd val
                               R"({"seeds":[{"actMean":"NaN","actVar":"Infinity"}]})", payload);
     CHECK(std::isnan(payload.getSeedTelemetry().getSeeds()[0].getActMean()));
     CHECK(std::isinf(payload.getSeedTelemetry().getSeeds()[0].getActVar()));
+}
+
+TEST_CASE("an unmeasured value is null in tool JSON, never 0 next to a flag", "[agents][json]") {
+    capnp::MallocMessageBuilder m;
+    auto env = m.initRoot<schema::Envelope>();
+    auto status = env.getPayload().initRunStatus();
+    status.setStep(40);
+    status.setLoss(0.5f);
+    status.setLossMeasured(true);
+    status.setTestAccuracy(0.0f);  // no evaluation yet: testMeasured stays false
+    bus::stamp_envelope(env, "kasmina/0", "r1", 1, "");
+    env.setSentAtNs(1733455292123456789);
+    const auto line = nlohmann::json::parse(agents::envelope_to_json("telemetry.run.r1", env));
+    CHECK(line["schema"] == agents::kTapSchemaVersion);
+    CHECK(line["time"] == "2024-12-06T03:21:32.123Z");
+    const auto& p = line["payload"];
+    CHECK(p["loss"] == 0.5);
+    CHECK(p["testAccuracy"].is_null());
+    CHECK(p["testLoss"].is_null());
+    CHECK(p["accuracy"].is_null());
+    CHECK_FALSE(p.contains("lossMeasured"));
+    CHECK_FALSE(p.contains("testMeasured"));
+
+    // esper pub: a number for a governed field sets its flag; null leaves it unmeasured.
+    capnp::MallocMessageBuilder b;
+    auto payload = b.initRoot<schema::Envelope>().getPayload();
+    agents::payload_from_json("runStatus", R"({"step":7,"testAccuracy":0.8,"loss":null})", payload);
+    CHECK(payload.getRunStatus().getTestMeasured());
+    CHECK(payload.getRunStatus().getTestAccuracy() == Approx(0.8));
+    CHECK_FALSE(payload.getRunStatus().getLossMeasured());
+    agents::payload_from_json("seedTelemetry", R"({"seeds":[{"seed":1,"contribution":-0.5}]})",
+                              payload);
+    CHECK(payload.getSeedTelemetry().getSeeds()[0].getContributionMeasured());
+    CHECK_FALSE(payload.getSeedTelemetry().getSeeds()[0].getGradientMeasured());
 }

@@ -231,10 +231,11 @@ TEST_CASE("the broker forwards a kv request it cannot parse like any other reque
         forwarded = receive(worker);
         if (forwarded.empty()) CHECK(receive(client).at(0) == "ERR");
     }
-    REQUIRE(forwarded.size() == 4);
+    REQUIRE(forwarded.size() == 5);
     CHECK(forwarded[0] == "REQ");
     CHECK(forwarded[2] == "2.1");
     CHECK(forwarded[3] == "not an envelope");
+    CHECK(forwarded[4].empty());  // the sender's peer frame: nothing authenticated without keys
 }
 
 // ---- AsyncRpcClient ----

@@ -74,3 +74,9 @@ TEST_CASE("monotonic clock never goes back and stopwatches measure", "[core][clo
     CHECK(sw.elapsed_ns() > 0);
     CHECK(esper::wall_time_ns() > 1'700'000'000'000'000'000LL);
 }
+
+TEST_CASE("wall times print as ISO 8601 UTC with milliseconds", "[core][clock]") {
+    CHECK(esper::utc_iso8601(0) == "1970-01-01T00:00:00.000Z");
+    CHECK(esper::utc_iso8601(1733455292123456789) == "2024-12-06T03:21:32.123Z");
+    CHECK(esper::utc_iso8601(-1) == "1969-12-31T23:59:59.999Z");
+}

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Stand-in for the esper binary in launcher tests: `broker` and `tamiyo` idle until stopped;
+# Stand-in for the esper binary in launcher tests: `broker` (after its ready line) and `tamiyo`
+# idle until stopped, `policy show`, `report` and `keygen` succeed;
 # `kasmina` behaves per FAKE_FAIL_RANK: on attempt 0 that rank fails (after rank 0 wrote a
 # checkpoint), on later attempts every rank records how it was started and exits 0.
 set -u
 cmd="$1"
 shift
 case "$cmd" in
-    broker|tamiyo) exec sleep 300 ;;
+    broker) echo "broker pub=tcp://fake:1 sub=tcp://fake:2 rpc=tcp://fake:3"; exec sleep 300 ;;
+    tamiyo) exec sleep 300 ;;
+    policy|report|keygen) exit 0 ;;  # readiness probe, the run's report, --secure keys
     kasmina) ;;
     *) echo "fake esper: unknown command $cmd" >&2; exit 2 ;;
 esac

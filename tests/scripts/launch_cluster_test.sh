@@ -39,6 +39,15 @@ dry_run)
     grep ' broker ' <<<"$out" | grep -q "node-a" || fail "broker not on the first host"
     out="$("$launcher" --hostfile "$tmp/hosts" --dry-run --run-id t --rsh 'ip netns exec')"
     grep -q "^ip netns exec node-b sh -c" <<<"$out" || fail "--rsh did not replace ssh"
+    # No --config: the ranks run esper's embedded config; flags after -- reach every rank.
+    grep ' kasmina ' <<<"$out" | grep -q -- "--config" && fail "a --config appeared from nowhere"
+    out="$("$launcher" --hostfile "$tmp/hosts" --dry-run --run-id t --secure -- --epochs 3 --seed 7)"
+    [[ $(grep ' kasmina ' <<<"$out" | grep -c -- "--epochs 3 --seed 7") == 5 ]] ||
+        fail "flags after -- did not reach every rank"
+    [[ $(grep -c -- "--keys runs/t/keys" <<<"$out") == 7 ]] || fail "--secure: not every process has --keys"
+    grep ' broker ' <<<"$out" | grep -q -- "--insecure" && fail "--secure still binds --insecure"
+    grep -q "keygen --out runs/t/keys --all" <<<"$out" || fail "--secure: no keygen step shown"
+    grep -q "report runs/t" <<<"$out" || fail "the report step is not shown"
     ;;
 bad_hostfile)
     printf 'node-a slots=2\n# fine\nnode-b slots=two\n' >"$tmp/hosts"

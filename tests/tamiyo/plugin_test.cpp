@@ -1,7 +1,13 @@
 // Tests of the plugin policy: the example plugin (built by examples/policies) loads and decides
-// through the C ABI, and libraries with another ABI version or a missing symbol are refused.
+// through the C ABI, libraries with another ABI version or a missing symbol are refused, and a
+// library's symbols are checked from its file before any of its code runs.
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <random>
 
 #include "core/error.h"
@@ -88,4 +94,26 @@ TEST_CASE("plugins with another ABI version, a missing symbol or no file are ref
         CHECK(e.kind() == esper::ErrorKind::kInvalidInput);
         CHECK(e.message().rfind(ESPER_BAD_VERSION_PLUGIN, 0) == 0);
     }
+}
+
+TEST_CASE("a plugin is checked from its file before any of its code runs", "[tamiyo][plugin]") {
+    const std::string marker = "/tmp/esper-evil-marker-" + std::to_string(::getpid());
+    std::remove(marker.c_str());
+    ::setenv("ESPER_EVIL_MARKER", marker.c_str(), 1);
+    CHECK_NOTHROW(check_plugin_file(ESPER_EXAMPLE_PLUGIN));
+    CHECK_THROWS_WITH(check_plugin_file(ESPER_EVIL_PLUGIN),
+                      Catch::Contains("missing symbol 'esper_policy_decide'"));
+    CHECK_THROWS_WITH(PluginPolicy::load(ESPER_EVIL_PLUGIN),
+                      Catch::Contains("missing symbol 'esper_policy_decide'"));
+    // Refused without its constructor having run in this process.
+    CHECK_FALSE(std::ifstream(marker).good());
+    // Not a shared library for this machine: a text file, a directory, an executable.
+    const std::string text = marker + ".so";
+    std::ofstream(text) << "not an ELF file\n";
+    CHECK_THROWS_WITH(check_plugin_file(text), Catch::Contains("not an ELF file"));
+    CHECK_THROWS_WITH(check_plugin_file("/tmp"), Catch::Contains("not a regular file"));
+    CHECK_THROWS_WITH(check_plugin_file("/bin/sh"),
+                      Catch::Contains("not a shared library") || Catch::Contains("missing symbol"));
+    std::remove(text.c_str());
+    ::unsetenv("ESPER_EVIL_MARKER");
 }

@@ -16,7 +16,7 @@ TEST_CASE("policy specs pick the heuristic, a rules file or a plugin", "[tamiyo]
     const std::string examples = std::string(ESPER_SOURCE_DIR) + "/examples/policies/";
     auto h = make_policy("heuristic");
     CHECK(h->kind() == "heuristic");
-    CHECK(describe_policy(*h).find("TRAINING gate after 200 steps") != std::string::npos);
+    CHECK(describe_policy(*h).find("TRAINING, after 200 steps") != std::string::npos);
 
     auto r = make_policy(examples + "plateau_germinate.yaml");
     CHECK(r->kind() == "rules");

@@ -69,6 +69,30 @@ TEST_CASE("slurm variables are used when torchrun's are absent, torchrun wins wh
     CHECK(info.source == "torchrun");
 }
 
+TEST_CASE("open mpi variables give the rank under mpirun and win over the batch step's slurm ones",
+          "[kasmina][dist]") {
+    EnvMap ompi = {{"OMPI_COMM_WORLD_RANK", "2"},
+                   {"OMPI_COMM_WORLD_SIZE", "3"},
+                   {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                   {"SLURM_PROCID", "0"},
+                   {"SLURM_NTASKS", "1"}};
+    RankInfo info = resolve_rank_info(ompi);
+    CHECK(info.rank == 2);
+    CHECK(info.world == 3);
+    CHECK(info.local_rank == 1);
+    CHECK(info.source == "openmpi");
+
+    ompi["RANK"] = "1";  // torchrun's names still come first
+    ompi["WORLD_SIZE"] = "2";
+    CHECK(resolve_rank_info(ompi).source == "torchrun");
+
+    CHECK_THROWS_WITH(resolve_rank_info({{"OMPI_COMM_WORLD_RANK", "1"}}),
+                      Catch::Contains("OMPI_COMM_WORLD_SIZE must be set together"));
+    CHECK_THROWS_WITH(
+        resolve_rank_info({{"OMPI_COMM_WORLD_RANK", "4"}, {"OMPI_COMM_WORLD_SIZE", "4"}}),
+        Catch::Contains("OMPI_COMM_WORLD_RANK=4: must be < OMPI_COMM_WORLD_SIZE=4"));
+}
+
 TEST_CASE("explicit values override the environment", "[kasmina][dist]") {
     EnvMap env = {{"RANK", "1"}, {"WORLD_SIZE", "2"}};
     RankOverrides o;
@@ -107,7 +131,8 @@ TEST_CASE("inconsistent or malformed rank values are refused naming the variable
 TEST_CASE("the list of rank variables names every variable the resolver reads", "[kasmina][dist]") {
     auto names = rank_env_names();
     for (const char* n : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT",
-                          "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"}) {
+                          "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "OMPI_COMM_WORLD_RANK",
+                          "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"}) {
         CHECK(std::find(names.begin(), names.end(), n) != names.end());
     }
 }

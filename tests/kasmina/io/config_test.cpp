@@ -192,7 +192,7 @@ TEST_CASE("load_config reads a file and names it in errors", "[kasmina][config]"
 
 TEST_CASE("the example run configs load", "[kasmina][config]") {
     for (const char* name : {"fashion_mnist.yaml", "fashion_mnist_wide.yaml", "teacher.yaml",
-                             "transformer_text.yaml"}) {
+                             "transformer_text.yaml", "transformer_text_gpu.yaml"}) {
         const std::string path = std::string(ESPER_SOURCE_DIR) + "/examples/" + name;
         INFO(path);
         const Config c = load_config(path);

@@ -434,10 +434,16 @@ TEST_CASE("events.jsonl gets one flushed JSON line per transition", "[kasmina][s
         std::string l1, l2;
         std::getline(in, l1);
         std::getline(in, l2);
-        CHECK(l1 == R"({"step":0,"layer":0,"seed":3,"from":"DORMANT","to":"GERMINATED",)"
-                    R"("reason":"germinate residual_mlp: say \"hi\"","origin":"controller"})");
-        CHECK(l2 == R"({"step":0,"layer":0,"seed":3,"from":"GERMINATED","to":"TRAINING",)"
-                    R"("reason":"training slot free","origin":"auto"})");
+        // The documented fields in order, then kind, schema and the wall time.
+        CHECK(l1.rfind(R"({"step":0,"layer":0,"seed":3,"from":"DORMANT","to":"GERMINATED",)"
+                       R"("reason":"germinate residual_mlp: say \"hi\"","origin":"controller",)"
+                       R"("kind":"transition","schema":1,"time":"20)",
+                       0) == 0);
+        CHECK(l2.rfind(R"({"step":0,"layer":0,"seed":3,"from":"GERMINATED","to":"TRAINING",)"
+                       R"("reason":"training slot free","origin":"auto","kind":"transition",)",
+                       0) == 0);
+        CHECK(l2.size() - l2.rfind("\"time\":\"") ==
+              std::string("\"time\":\"2025-01-31T12:34:56.789Z\"}").size());
         CHECK(log.lines_written() == 2);
     }
     std::remove(path.c_str());
@@ -457,7 +463,7 @@ TEST_CASE("an event line escapes any reason and keeps UTF-8", "[kasmina][seed_ma
     CHECK_THAT(line, Catch::Contains(R"("from":"EVALUATING","to":"FINE_TUNING")") &&
                          Catch::Contains(R"(\u0001)") && Catch::Contains("→"));
     CHECK(line.rfind(R"({"step":9000000000,)", 0) == 0);
-    CHECK(line.find(R"("origin":"operator"})") != std::string::npos);
+    CHECK(line.find(R"("origin":"operator",)") != std::string::npos);
     // Invalid UTF-8 in a reason (bus input) is replaced, never a throw.
     e.reason = "bad \xff byte";
     CHECK_NOTHROW(event_to_json(e));

@@ -175,5 +175,13 @@ TEST_CASE("a transformer checkpoint resumes bit-identically on the CPU",
     REQUIRE(full.size() == 24);
     REQUIRE(resumed.size() == 12);
     for (size_t i = 0; i < 12; ++i) CHECK(resumed[i] == full[12 + i]);
+    // Another context (or any other model key) is refused before anything changes.
+    Config longer = c;
+    longer.model.transformer.context *= 2;
+    Trainer other(longer);
+    CHECK_THROWS_WITH(other.load_checkpoint(dir / "a" / "checkpoints" / "12"),
+                      Catch::Contains("was written by another model (model.transformer.context "
+                                      "is 32 in this config, 16 in the checkpoint)"));
+    CHECK(other.steps_done() == 0);
     fs::remove_all(dir);
 }
