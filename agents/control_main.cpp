@@ -22,6 +22,8 @@
 #include "agents/cli.h"
 #include "agents/commands.h"
 #include "agents/keys.h"
+#include "agents/policy_guard.h"
+#include "agents/process.h"
 #include "agents/tool_json.h"
 #include "agents/wire_vocabulary.h"
 #include "bus/rpc.h"
@@ -235,6 +237,13 @@ int policy_main(int argc, char** argv) {
     const std::string& action = pos[0];
     if (action == "check") {
         if (pos.size() != 2) return p.usage_error("check needs exactly one FILE");
+        // A plugin is validated in a throw-away child, never loaded here (agents/policy_guard.h).
+        if (!plugin_path_of(pos[1]).empty()) {
+            const std::string name = probe_plugin(self_exe_dir() / "esper", pos[1]);
+            fmt::print("{}: ok\npolicy {} (plugin, esper_policy_v1, checked in a child process)\n",
+                       pos[1], name);
+            return 0;
+        }
         // The loaders the controller uses; an error names file:line and the field (exit 1).
         tamiyo::PolicyPtr checked = tamiyo::make_policy(pos[1]);
         fmt::print("{}: ok\n{}", pos[1], tamiyo::describe_policy(*checked));

@@ -22,9 +22,9 @@ struct KasminaBusOptions {
     std::string pub_endpoint;  // broker XSUB endpoint (we publish)
     std::string run_id;
     int rank = 0;
-    int world = 1;            // > 1: rank 0 serves commands, the others train and heartbeat
-    std::string run_dir;      // where the final checkpoint goes ("" = none)
-    std::string config_path;  // the run config file (published with the effective config)
+    int world = 1;                   // > 1: rank 0 serves commands, the others train and heartbeat
+    std::string run_dir;             // where the final checkpoint goes ("" = none)
+    std::string config_path;         // the run config file (published with the effective config)
     bus::ClientSecurity security{};  // CURVE agent key (--keys); commands then need a role
 };
 

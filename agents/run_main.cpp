@@ -204,10 +204,11 @@ struct RunPlan {
     int ranks = 1;
     std::string policy, epochs, max_steps, seed;  // empty: not given
     std::optional<int> dash_port;
-    fs::path resume_checkpoint;  // --resume: the newest complete checkpoint
-    int resumes = 0;             // how often this run was resumed before
-    std::string started;         // wall clock of the first start
-    fs::path keys;               // --secure: RUN_DIR/keys, else empty
+    fs::path resume_checkpoint;         // --resume: the newest complete checkpoint
+    int resumes = 0;                    // how often this run was resumed before
+    std::string started;                // wall clock of the first start
+    fs::path keys;                      // --secure: RUN_DIR/keys, else empty
+    std::vector<fs::path> plugin_dirs;  // --plugin-dir: live plugin loads only from these
 };
 
 // The children of a run; the supervisor owns them. A restartable child is started again (up to
@@ -461,7 +462,8 @@ bool start_children(Supervisor& supervisor, const RunPlan& plan, RunChildren& ch
                         .config = plan.config_path,
                         .policy = plan.policy,
                         .run_dir = plan.run_dir,
-                        .keys = plan.keys};
+                        .keys = plan.keys,
+                        .plugin_dirs = plan.plugin_dirs};
     children.tamiyo = Restartable{.name = "tamiyo", .argv = tamiyo.argv(plan.exe)};
     if (!start_restartable(supervisor, children.tamiyo, why)) return false;
     // Only now does `esper policy load` find the controller.
@@ -721,6 +723,10 @@ int run_main(int argc, char** argv) {
     auto& secure = p.flag("secure",
                           "CURVE on the bus: make a key set in RUN_DIR/keys (esper keygen --all) "
                           "and give every process its key; tools then need --keys RUN_DIR/keys");
+    auto& plugin_dirs = p.option("plugin-dir", "DIR",
+                                 "allow `esper policy load` of plugins inside DIR on this run "
+                                 "(default: none, live plugin loads are refused)",
+                                 "", true);
     auto& dash = p.option("dash", "PORT",
                           "also serve the live dashboard on http://127.0.0.1:PORT/ (esper dash)");
     p.epilog(
@@ -743,6 +749,10 @@ int run_main(int argc, char** argv) {
     if (seed.given()) plan.seed = std::to_string(checked_int(seed, 0, int64_t(1) << 62));
     if (dash.given()) plan.dash_port = static_cast<int>(checked_int(dash, 0, 65535));
     if (policy.given()) plan.policy = policy.str();
+    for (const std::string& d : plugin_dirs.values) {
+        if (!fs::is_directory(d)) return p.usage_error("--plugin-dir " + d + ": not a directory");
+        plan.plugin_dirs.push_back(fs::absolute(d));
+    }
     if (resume.given() && (run_dir_opt.given() || config.given() || overwrite.on()))
         return p.usage_error("--resume DIR takes the run's own directory and config");
     plan.exe = self_exe_dir() / "esper";

@@ -175,6 +175,7 @@ std::vector<std::string> TamiyoLaunch::argv(const fs::path& esper) const {
     if (!policy.empty()) a.insert(a.end(), {"--policy", policy});
     if (!keys.empty()) a.insert(a.end(), {"--keys", keys.string()});
     if (!run_dir.empty()) a.insert(a.end(), {"--run-dir", run_dir.string()});
+    for (const auto& d : plugin_dirs) a.insert(a.end(), {"--plugin-dir", d.string()});
     return a;
 }
 

@@ -49,10 +49,11 @@ std::optional<BusEndpoints> broker_endpoints(const nlohmann::json& ready_line);
 struct TamiyoLaunch {
     BusEndpoints bus{};
     std::string run_id{};
-    std::filesystem::path config{};  // empty: tamiyo's defaults
-    std::string policy{};            // empty: the config's tamiyo.policy
+    std::filesystem::path config{};   // empty: tamiyo's defaults
+    std::string policy{};             // empty: the config's tamiyo.policy
     std::filesystem::path run_dir{};  // non-empty: the policy stack persists there (restarts)
     std::filesystem::path keys{};     // --keys: an agent key and broker.pub
+    std::vector<std::filesystem::path> plugin_dirs{};  // live plugin loads only from these
 
     std::vector<std::string> argv(const std::filesystem::path& esper) const;
 };

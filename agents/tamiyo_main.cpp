@@ -173,8 +173,8 @@ public:
         std::string pub, sub, rpc, run_id, target = "kasmina/0";
         bus::ClientSecurity security{};       // CURVE agent key (--keys)
         std::vector<fs::path> plugin_dirs{};  // live plugin loads only from these
-        int tick_ms = 50;       // how often the loop checks whether a decision is due
-        int ready_fd = -1;      // >= 0: write the ready line here once registered
+        int tick_ms = 50;                     // how often the loop checks whether a decision is due
+        int ready_fd = -1;                    // >= 0: write the ready line here once registered
         std::string run_dir;    // non-empty: the policy stack persists in RUN_DIR/tamiyo/
         tamiyo::Config config;  // decision_interval_steps, view, controller, heuristic, policy
     };

@@ -87,7 +87,7 @@ TEST_CASE("a secret key readable by others or not matching its public half is re
     CHECK_THROWS_WITH(agents::read_key_file(d.path / "junk.pub"), Catch::Contains("junk.pub"));
 }
 
-TEST_CASE("--keys picks the broker's public key and the tool's secret key by role",
+TEST_CASE("a tool's --keys DIR picks the broker's public key and its secret key by role",
           "[agents][keys]") {
     TempDir d;
     agents::write_run_keys(d.path);

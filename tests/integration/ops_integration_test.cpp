@@ -221,7 +221,8 @@ TEST_CASE("esper status prints a labelled table, or fails within 2 s when nothin
     CHECK(sw.elapsed_s() < 2.0);
     CHECK_THAT(file_text(dir / "none.log"), Catch::Contains("no answer"));
 
-    Run run(400000);
+    // A live run loads plugins only from a --plugin-dir (DESIGN §16).
+    Run run(400000, {"--plugin-dir", fs::path(ESPER_EXAMPLE_PLUGIN).parent_path().string()});
     REQUIRE(wait_until([&] { return last_train_step(run.run_dir) > 50; }, 30));
     REQUIRE(run.esper({"status", "--bus", run.rpc}, "status") == 0);
     const std::string table = file_text(run.dir / "status.log");

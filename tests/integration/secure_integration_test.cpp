@@ -234,6 +234,18 @@ TEST_CASE("a plugin is refused or validated without its code running in Tamiyo",
     CHECK(run_to_exit({kEsper, "tamiyo", "--check-config", "--policy", example.string()},
                       run.dir / "check-example.log") == 0);
     CHECK_THAT(file_text(run.dir / "check-example.log"), Catch::Contains("example_plugin"));
+    // `esper policy check` (the operator's offline check) validates the same way.
+    ChildProcess pcheck("pcheck", {kEsper, "policy", "check", evil_v2.string()},
+                        run.dir / "pcheck-v2.log");
+    const pid_t pchecker = pcheck.pid();
+    CHECK(pcheck.wait_for(milliseconds(20000)).value_or(-1) == 1);
+    CHECK_THAT(file_text(run.dir / "pcheck-v2.log"), Catch::Contains("ABI version 2"));
+    REQUIRE(fs::exists(marker));
+    CHECK(std::stoi(file_text(marker)) != pchecker);
+    fs::remove(marker);
+    CHECK(run_to_exit({kEsper, "policy", "check", example.string()},
+                      run.dir / "pcheck-example.log") == 0);
+    CHECK_THAT(file_text(run.dir / "pcheck-example.log"), Catch::Contains("example_plugin"));
 
     // Live loads: outside --plugin-dir refused before anything else; inside, checked first.
     CHECK(run.tool("operator", {"policy", "load", evil_v2.string()}) == 1);

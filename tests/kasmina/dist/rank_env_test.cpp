@@ -82,8 +82,9 @@ TEST_CASE("open mpi variables give the rank under mpirun and win over the batch 
     CHECK(info.local_rank == 1);
     CHECK(info.source == "openmpi");
 
-    ompi["RANK"] = "1";  // torchrun's names still come first
-    ompi["WORLD_SIZE"] = "2";
+    // torchrun's names still come first (emplace: GCC 12 warns falsely on map[k] = "literal")
+    ompi.emplace("RANK", "1");
+    ompi.emplace("WORLD_SIZE", "2");
     CHECK(resolve_rank_info(ompi).source == "torchrun");
 
     CHECK_THROWS_WITH(resolve_rank_info({{"OMPI_COMM_WORLD_RANK", "1"}}),

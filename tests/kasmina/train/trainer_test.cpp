@@ -319,8 +319,12 @@ TEST_CASE("the trainer refuses a tampered checkpoint or one of another model sha
         wrong.load_checkpoint(dir / "ok");
         FAIL("checkpoint of another shape accepted");
     } catch (const esper::Error& e) {
-        CHECK(e.kind() == esper::ErrorKind::kIntegrity);
+        // The config asks for another model: refused as input, naming the key, before any read.
+        CHECK(e.kind() == esper::ErrorKind::kInvalidInput);
+        CHECK_THAT(std::string(e.what()),
+                   Catch::Contains("was written by another model (model.hidden"));
     }
+    CHECK(wrong.steps_done() == 0);
     fs::remove_all(dir);
 }
 
