@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential cmake pkg-config git clang-format
   libzmq3-dev cppzmq-dev capnproto libcapnp-dev
   libboost-dev libyaml-cpp-dev libopenblas-dev libgloo-dev zlib1g-dev libssl-dev
-  nlohmann-json3-dev libfmt-dev catch2 dataset-fashion-mnist python3 python3-zmq iproute2 procps
+  nlohmann-json3-dev libfmt-dev catch2 dataset-fashion-mnist python3 python3-yaml python3-zmq iproute2 procps
   patchelf libelf-dev bible-kjv
   # multi-node tests (tests/scripts): a real Slurm (controller, node daemon, munge) and Open MPI
   slurmctld slurmd slurm-client munge openmpi-bin

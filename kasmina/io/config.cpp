@@ -339,8 +339,9 @@ void read_blueprints(const Reader& r, const YAML::Node& n, BlueprintsConfig& c) 
     const std::string p = "blueprints";
     r.section(n, p,
               {"residual_mlp", "lowrank", "scale_shift", "mlp_units", "attention_head", "lora",
-               "max_params_per_layer", "input"});
+               "max_params_per_layer", "input", "init"});
     r.get_enum(n, p, "input", c.input, kBlueprintInputNames);
+    r.get_enum(n, p, "init", c.init, kBlueprintInitNames);
     if (auto b = r.child_map(n, p, "residual_mlp")) {
         r.section(*b, "blueprints.residual_mlp", {"expansion", "slots"});
         r.get_int(*b, "blueprints.residual_mlp", "expansion", c.residual_mlp.expansion, 1, 64);
@@ -794,7 +795,8 @@ void emit_config(YAML::Emitter& out, const Config& c) {
             YamlMap(out, true).put("rank", b.lora.rank).put("slots", b.lora.slots);
         }
         m.put("max_params_per_layer", b.max_params_per_layer)
-            .put("input", blueprint_input_name(b.input));
+            .put("input", blueprint_input_name(b.input))
+            .put("init", blueprint_init_name(b.init));
     }
     {
         const LifecycleConfig& l = c.lifecycle;

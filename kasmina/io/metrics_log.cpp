@@ -43,6 +43,7 @@ void MetricsLog::write(const TrainMetrics& m) {
     j["host_params"] = m.host_params;
     j["blueprint_params"] = m.blueprint_params;
     j["total_steps"] = m.total_steps;
+    j["flops"] = number_or_null(m.flops);
     last_train_step_ = m.step;
     last_train_epoch_ = m.epoch;
     write_line(finish(std::move(j)));

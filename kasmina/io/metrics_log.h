@@ -28,6 +28,7 @@ struct TrainMetrics {
     int64_t host_params = 0;
     int64_t blueprint_params = 0;
     int64_t total_steps = 0;
+    double flops = 0.0;  // training FLOPs of this step, all ranks (host + live blueprints)
 };
 
 struct TestMetrics {

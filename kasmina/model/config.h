@@ -95,6 +95,16 @@ struct LoraBlueprintConfig {
     int64_t slots = 2;
     bool operator==(const LoraBlueprintConfig&) const = default;
 };
+// How a layer-input residual_mlp seed's hidden units start (its output side is zero either way,
+// so germination preserves the function): `random` Kaiming-uniform, `split` copies of the host
+// layer's own trained units (weights and bias of unit c0 + j mod w of the seed's chunk) plus a
+// little noise, so the new units start as features the host already found useful (MLP only).
+enum class BlueprintInit : uint8_t { kRandom = 0, kSplit = 1 };
+inline constexpr std::array<std::string_view, 2> kBlueprintInitNames = {"random", "split"};
+constexpr std::string_view blueprint_init_name(BlueprintInit i) {
+    return enum_name(i, kBlueprintInitNames);
+}
+
 struct BlueprintsConfig {
     ResidualMlpBlueprintConfig residual_mlp;
     LowrankBlueprintConfig lowrank;
@@ -104,6 +114,7 @@ struct BlueprintsConfig {
     LoraBlueprintConfig lora;
     int64_t max_params_per_layer = 1000000;  // budget over live blueprints of one layer
     BlueprintInput input = BlueprintInput::kChunk;
+    BlueprintInit init = BlueprintInit::kRandom;
     bool operator==(const BlueprintsConfig&) const = default;
 };
 

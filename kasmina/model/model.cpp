@@ -13,6 +13,10 @@ int64_t Model::param_count() const {
     return n;
 }
 
+double Model::train_flops(int32_t /*samples*/, int32_t rows) const {
+    return 6.0 * double(param_count()) * double(rows);
+}
+
 void Model::set_structure(std::span<const int64_t> s) {
     if (!s.empty())
         ESPER_THROW(kIntegrity, "checkpoint: a ", s.size(), "-value host structure for a ", kind(),

@@ -84,6 +84,10 @@ public:
     // Host parameters (blueprints not included); a host with reserved room (the transformer's
     // extra units and heads) counts only what is in use.
     virtual int64_t param_count() const;
+    // Training FLOPs (forward + backward) of one batch of `samples` samples and `rows` rows
+    // through the host as it is now, blueprints not included: 6 · param_count · rows (2 forward,
+    // 4 backward per weight and row), the dense-layer count; the transformer adds attention.
+    virtual double train_flops(int32_t samples, int32_t rows) const;
     // A FOSSILIZED widening seed (mlp_units, attention_head, lora) of seed layer `layer`: its
     // blueprint parameters (the arena slot) become host parameters. False when the host has no
     // room left (the seed then stays a frozen blueprint) or does not fold.

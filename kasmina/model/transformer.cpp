@@ -178,6 +178,15 @@ int64_t TransformerModel::param_count() const {
     return n;
 }
 
+double TransformerModel::train_flops(int32_t samples, int32_t rows) const {
+    const double dense = 6.0 * double(param_count() - wpe_.numel()) * double(rows);
+    const double seq = samples > 0 ? double(rows) / double(samples) : 0.0;
+    double heads = 0.0;
+    for (const Block& b : blocks_) heads += double(H_ + b.heads_active);
+    // Per head and sequence: forward 2·(2·seq²·Dh), backward twice that.
+    return dense + 12.0 * seq * seq * double(Dh_) * heads * double(samples);
+}
+
 std::vector<int64_t> TransformerModel::structure() const {
     std::vector<int64_t> s;
     for (const Block& b : blocks_) {

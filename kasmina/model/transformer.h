@@ -44,6 +44,9 @@ public:
     BatchResult eval_batch(const Batch& batch,
                            std::span<const kernels::SeedLayerView> views) override;
     int64_t param_count() const override;
+    // Dense layers (position embeddings excluded: a lookup) plus causal attention's two T×T
+    // products per head and sequence (QKᵀ and PV, full T² as the kernels compute it).
+    double train_flops(int32_t samples, int32_t rows) const override;
     bool fold_widening(int32_t layer, BlueprintKind kind, std::span<const float> params) override;
     // Per block: extra units in use, extra heads in use.
     std::vector<int64_t> structure() const override;

@@ -120,6 +120,7 @@ TrainStep Trainer::step() {
     const int32_t B = int32_t(config_.data.batch_size);
     TrainStep out;
     out.epoch = s / data_->steps_per_epoch();
+    split_germinated();
     if (fold_fossils()) {  // the last-known-good state includes the folded host
         capture(last_good_);
         last_good_seeds_ = seeds_->snapshot();
@@ -187,8 +188,13 @@ TrainStep Trainer::step() {
     out.samples_per_s = secs > 0 ? double(B) * options_.world / secs : 0.0;
     if (metrics_) {
         const int64_t host = model_->param_count();
+        const int64_t bp = param_count() - host;
+        // Blueprints are dense layers over the seed layer's rows (6 FLOPs per weight and row).
+        const double flops = (model_->train_flops(batch.samples, batch.rows) +
+                              6.0 * double(bp) * double(batch.rows)) *
+                             double(options_.world);
         metrics_->write(TrainMetrics{out.step, out.epoch, out.loss, out.lr, out.samples_per_s, host,
-                                     param_count() - host, total_steps_});
+                                     bp, total_steps_, flops});
     }
     last_step_ = out;
     return out;
@@ -219,6 +225,48 @@ EvalResult Trainer::evaluate() {
     }
     last_eval_ = e;
     return e;
+}
+
+void Trainer::split_germinated() {
+    if (config_.blueprints.init != BlueprintInit::kSplit || model_->kind() != "mlp") return;
+    split_done_.resize(size_t(seeds_->num_layers()));
+    for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
+        const SeedTable& t = seeds_->table(l);
+        std::vector<uint8_t>& done = split_done_[size_t(l)];
+        done.resize(size_t(t.num_seeds()), 0);
+        BlueprintArenas& arenas = seeds_->arenas(l);
+        const int64_t n = arenas.in_width();
+        for (int32_t s = 0; s < t.num_seeds(); ++s) {
+            if (t.stage(s) != SeedStage::kGerminated) {
+                done[size_t(s)] = 0;
+                continue;
+            }
+            if (done[size_t(s)] || t.kind(s) != BlueprintKind::kResidualMlp || t.slot(s) < 0 ||
+                arenas.in_width() <= 0)
+                continue;
+            done[size_t(s)] = 1;
+            // MLP parameters in order: hidden<l>.weight [D, n], hidden<l>.bias [D], ...
+            const Tensor& w = *model_->params()[size_t(2 * l)].value;
+            const Tensor& b = *model_->params()[size_t(2 * l + 1)].value;
+            std::span<float> p = arenas.params(BlueprintKind::kResidualMlp, t.slot(s));
+            const int64_t hidden = arenas.hidden(BlueprintKind::kResidualMlp);
+            const auto o = kernels::mlp_slot_offsets(arenas.max_width(), hidden, n);
+            const int32_t c0 = t.chunk_begin(s), cw = t.chunk_width(s);
+            // Noise breaks the symmetry between copies of one unit (their output rows start at 0
+            // and would otherwise get the same gradient forever).
+            Rng rng(
+                mix_seed(config_.run.seed, uint64_t(step_) * 131 + uint64_t(l) * 17 + uint64_t(s)));
+            const float noise = 0.1f / std::sqrt(float(n));
+            for (int64_t j = 0; j < hidden; ++j) {
+                const int64_t unit = c0 + j % cw;
+                for (int64_t i = 0; i < n; ++i)
+                    p[size_t(o.v + j * n + i)] = w[unit * n + i] + rng.uniform(-noise, noise);
+                p[size_t(o.b1 + j)] = b[unit];
+            }
+            ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "split layer=", l, " seed=", s,
+                         " units=", hidden, " from host units ", c0, "..", c0 + cw - 1);
+        }
+    }
 }
 
 bool Trainer::fold_fossils() {

@@ -166,6 +166,10 @@ private:
     // FOSSILIZED widening seeds become host parameters (Model::fold_widening) and give their
     // arena slot back; true when any did.
     bool fold_fossils();
+    // blueprints.init: split — a layer-input residual_mlp seed just GERMINATED on an MLP host
+    // gets copies of its chunk's host units as its hidden units (its output side stays zero).
+    void split_germinated();
+    std::vector<std::vector<uint8_t>> split_done_;  // [layer][seed]: this germination is split
     // Restores parameters/optimizer/arenas (and, when `with_seeds`, seed tables and step).
     void restore(const CheckpointData& in, bool with_seeds);
 

@@ -35,7 +35,7 @@ TEST_CASE("metrics lines carry the train and test fields, null for a NaN loss, a
     const fs::path path = dir / "metrics.jsonl";
     {
         MetricsLog log(path);
-        log.write(TrainMetrics{1, 0, 1.25, 0.05, 1000.5, 6532, 0, 60});
+        log.write(TrainMetrics{1, 0, 1.25, 0.05, 1000.5, 6532, 0, 60, 1.5e9});
         log.write(TrainMetrics{2, 0, std::nan(""), 0.05, 900.0, 6532, 76, 60});
     }
     MetricsLog(path).write(TestMetrics{2, 0, 0.75, 0.5, std::nullopt, std::nullopt});
@@ -43,7 +43,7 @@ TEST_CASE("metrics lines carry the train and test fields, null for a NaN loss, a
     REQUIRE(lines.size() == 3);
     CHECK(lines[0].rfind("{\"step\":1,\"epoch\":0,\"split\":\"train\",\"loss\":1.25,\"lr\":0.05,"
                          "\"samples_per_s\":1000.5,\"host_params\":6532,\"blueprint_params\":0,"
-                         "\"total_steps\":60,\"schema\":1,\"time\":\"20",
+                         "\"total_steps\":60,\"flops\":1500000000.0,\"schema\":1,\"time\":\"20",
                          0) == 0);
     const nlohmann::json nan_line = nlohmann::json::parse(lines[1]);
     CHECK(nan_line["loss"].is_null());

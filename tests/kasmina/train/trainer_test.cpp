@@ -103,6 +103,45 @@ TEST_CASE("a seed in TRAINING is straight-through: host bit-identical, seed para
     CHECK(moved > 0.0);
 }
 
+TEST_CASE(
+    "blueprints.init split starts a widening seed's units as noisy copies of its chunk's host "
+    "units",
+    "[kasmina][trainer]") {
+    for (const BlueprintInit init : {BlueprintInit::kSplit, BlueprintInit::kRandom}) {
+        Config c = small_config();
+        c.run.device = "auto";
+        c.blueprints.input = BlueprintInput::kLayer;
+        c.blueprints.init = init;
+        c.model.seeds_per_layer = 2;  // layer 1: 20 units in chunks of 10, input of 24 features
+        Trainer t(c);
+        const int64_t in = 24, H = 20;  // residual_mlp hidden = expansion 2 · chunk 10
+        const Tensor w = *t.model().params()[2].value, b = *t.model().params()[3].value;
+        REQUIRE(t.model().params()[2].name == "hidden1.weight");
+        REQUIRE(t.apply(germinate(1, 1)).applied());  // chunk 10..19
+        t.step();                                     // the split happens before the step
+        const auto p =
+            t.seeds().arenas(1).params(BlueprintKind::kResidualMlp, t.seeds().table(1).slot(1));
+        const float noise = 0.1f / std::sqrt(float(in));
+        double worst = 0.0, bias_off = 0.0, twins = 0.0;
+        for (int64_t j = 0; j < H; ++j) {
+            const int64_t unit = 10 + j % 10;
+            for (int64_t i = 0; i < in; ++i) {
+                worst = std::max(worst, std::abs(double(p[size_t(j * in + i)]) - w[unit * in + i]));
+                if (j < 10)
+                    twins += std::abs(double(p[size_t(j * in + i)]) - p[size_t((j + 10) * in + i)]);
+            }
+            bias_off += std::abs(double(p[size_t(H * in + j)]) - b[unit]);
+        }
+        if (init == BlueprintInit::kSplit) {
+            CHECK(worst <= noise * 1.0001);
+            CHECK(bias_off == 0.0);
+            CHECK(twins > 0.0);  // the noise tells two copies of one unit apart
+        } else {
+            CHECK(worst > noise);
+        }
+    }
+}
+
 TEST_CASE("widening blueprints read the layer input, count its width and train the host through it",
           "[kasmina][trainer]") {
     Config c = small_config();
