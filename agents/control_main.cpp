@@ -449,12 +449,11 @@ int status_main(int argc, char** argv) {
     // that is not there still fails within the budget.
     nlohmann::json broker;
     if (!sub_ep.empty() && replies.executor.error.empty()) {
-        bus::Subscriber sub(ctx, {.endpoint = sub_ep,
-                                  .prefixes = {"heartbeat.broker"},
-                                  .security = sec});
+        bus::Subscriber sub(
+            ctx, {.endpoint = sub_ep, .prefixes = {"heartbeat.broker"}, .security = sec});
         if (auto m = sub.poll(1500))
-            broker = nlohmann::json::parse(envelope_to_json(m->topic, m->envelope()), nullptr,
-                                           false);
+            broker =
+                nlohmann::json::parse(envelope_to_json(m->topic, m->envelope()), nullptr, false);
         else
             broker = {{"error", "no heartbeat from the broker within 1500 ms"}};
     }

@@ -24,7 +24,6 @@ using namespace esper::kernels;
 using esper::kernels::test::compare;
 using esper::kernels::test::fill_uniform;
 using esper::testing::DevBuf;
-using esper::testing::require_device;
 
 namespace {
 
@@ -77,7 +76,7 @@ bool all_finite(const std::vector<float>& v) {
 }  // namespace
 
 TEST_CASE("layernorm kernels match the references over ragged shapes", "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICES(1);
     const int32_t rows = GENERATE(1, 7, 130, 1000);
     const int32_t cols = GENERATE(3, 32, 130, 768);
     CAPTURE(rows, cols);
@@ -133,7 +132,7 @@ TEST_CASE("layernorm kernels match the references over ragged shapes", "[kernels
 
 TEST_CASE("embedding kernels match the references and the backward is deterministic",
           "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICES(1);
     const int32_t B = GENERATE(1, 3, 16);
     const int32_t T = GENERATE(1, 37, 256);
     const int32_t C = GENERATE(5, 128, 384);
@@ -182,7 +181,7 @@ struct AttnCase {
 
 TEST_CASE("fused causal attention matches the reference forward and backward (bf16 operands)",
           "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICES(1);
     const AttnCase c = GENERATE(AttnCase{1, 1, 1, 32, false}, AttnCase{2, 17, 3, 32, true},
                                 AttnCase{1, 64, 2, 64, false}, AttnCase{2, 130, 3, 64, true},
                                 AttnCase{1, 65, 2, 128, false}, AttnCase{1, 200, 1, 128, true},
@@ -278,7 +277,7 @@ TEST_CASE("fused causal attention matches the reference forward and backward (bf
 }
 
 TEST_CASE("attention launchers refuse unsupported shapes without launching", "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICES(1);
     AttentionShape s;
     s.batch = 1;
     s.seq = 8;
@@ -297,7 +296,7 @@ TEST_CASE("attention launchers refuse unsupported shapes without launching", "[k
 
 TEST_CASE("multi-tensor AdamW matches the reference on every tensor over several steps",
           "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICES(1);
     const std::vector<int64_t> sizes = {1, 1000, 3, 70000, 385};
     std::mt19937 rng(42);
     std::vector<std::vector<float>> p, g, m, v;
@@ -350,7 +349,7 @@ struct GemmCase {
 
 TEST_CASE("cuBLASLt GEMMs match the reference for every transpose, precision and epilogue",
           "[kernels][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICES(1);
     const GemmCase c = GENERATE(GemmCase{1, 8, 1}, GemmCase{37, 48, 64}, GemmCase{130, 384, 128},
                                 GemmCase{256, 1152, 384}, GemmCase{64, 256, 1536});
     const bool trans_a = GENERATE(false, true);

@@ -233,7 +233,7 @@ namespace {
 // The transformer example (examples/transformer_text.yaml) for the first 50 steps; its text
 // corpus from ESPER_TEXT_PATH when set (GPU nodes lack Debian's bible-kjv).
 Config transformer_config(const std::string& device, const std::string& precision) {
-    Config c = load_config(std::string(ESPER_SOURCE_DIR) + "/examples/transformer_text.yaml");
+    Config c = load_config(esper::testing::test_data("examples/transformer_text.yaml"));
     if (const char* path = std::getenv("ESPER_TEXT_PATH")) c.data.path = path;
     c.run.max_steps = 50;
     c.run.device = device;
@@ -249,7 +249,7 @@ Config transformer_config(const std::string& device, const std::string& precisio
 // H100 (2026-12-06): max |fp32 − cpu| = 3.0e-4, max |bf16 − fp32| = 1.9e-3.
 TEST_CASE("the first 50 transformer steps on the GPU in fp32 track the CPU, bf16 tracks fp32",
           "[kasmina][cuda_backend][transformer][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     Trainer cpu(transformer_config("cpu", "fp32"));
     Trainer fp32(transformer_config("cuda", "fp32"));
     Trainer bf16(transformer_config("cuda", "bf16"));
@@ -282,7 +282,7 @@ TEST_CASE("the first 50 transformer steps on the GPU in fp32 track the CPU, bf16
 
 TEST_CASE("germinating a seed of the GPU transformer is refused with a one-line reason",
           "[kasmina][cuda_backend][transformer][gpu]") {
-    require_device();
+    ESPER_REQUIRE_DEVICE();
     Trainer gpu(transformer_config("cuda", "bf16"));
     for (const BlueprintKind k : {BlueprintKind::kResidualMlp, BlueprintKind::kMlpUnits}) {
         const int32_t layer = k == BlueprintKind::kResidualMlp ? 0 : 1;
