@@ -168,8 +168,8 @@ struct LiveRun {
     }
     // `esper status` (both agents and the broker's heartbeat), its output.
     std::string status() {
-        const int rc = run_to_exit({kEsper, "status", "--bus", broker.rpc, "--bus-sub", broker.sub,
-                                    "--timeout-ms", "2000"},
+        const int rc = run_to_exit({kEsper, "status", "--json", "--bus", broker.rpc, "--bus-sub",
+                                    broker.sub, "--timeout-ms", "2000"},
                                    dir / "status.log", 20000);
         CHECK(rc == 0);
         return file_text(dir / "status.log");
