@@ -19,6 +19,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "agents/cli.h"
 #include "agents/commands.h"
@@ -399,7 +400,7 @@ int status_main(int argc, char** argv) {
                              "counters ('' = skip)",
                              "tcp://127.0.0.1:5556");
     auto& target = p.option("target", "AGENT", "executor to ask", "kasmina/0");
-    auto& timeout = p.option("timeout-ms", "MS", "the whole command's time limit", "1500");
+    auto& timeout = p.option("timeout-ms", "MS", "the whole command's time limit", "1200");
     auto& as_json = p.flag("json", "print one JSON object instead of the table");
     auto& keys = keys_option(p);
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
@@ -415,34 +416,39 @@ int status_main(int argc, char** argv) {
     }
     const bus::ClientSecurity sec =
         tool_keys(keys, {bus::Role::kObserver, bus::Role::kOperator, bus::Role::kAgent});
-    // One attempt per agent, half the budget each: a status request changes nothing, so a lost
-    // reply is simply reported.
+    // One attempt per agent, both at once with the whole budget each (so a loaded run has the
+    // time to answer and a missing one fails within it): a status request changes nothing, so a
+    // lost reply is simply reported.
     zmq::context_t ctx;
-    bus::RpcClient client(ctx, {.endpoint = bus_ep.str(),
-                                .sender = fmt::format("operator/{}", ::getpid()),
-                                .timeout_ms = static_cast<int>(total_ms / 2),
-                                .max_attempts = 1,
-                                .security = sec});
     StatusReplies replies;
-    for (const std::string& agent : {target.str(), std::string("tamiyo")}) {
+    auto ask = [&](const std::string& agent, StatusReply& out) {
+        bus::RpcClient client(ctx, {.endpoint = bus_ep.str(),
+                                    .sender = fmt::format("operator/{}/{}", ::getpid(), agent),
+                                    .timeout_ms = static_cast<int>(total_ms),
+                                    .max_attempts = 1,
+                                    .security = sec});
         bus::RpcReply r = client.request(agent, "", [](schema::Envelope::Payload::Builder pl) {
             pl.initControlRequest().setStatus();
         });
-        StatusReply& out = agent == "tamiyo" ? replies.controller : replies.executor;
         out.agent = agent;
         if (!r.ok()) {
             out.error = fmt::format("{}{}{}", bus::rpc_status_name(r.status),
                                     r.error.empty() ? "" : ": ", r.error);
-            continue;
+            return;
         }
         auto reply = r.reply->envelope().getPayload();
         if (!reply.isControlReply() || !reply.getControlReply().getOk() ||
             !reply.getControlReply().isStatus()) {
             out.error = "no status in the reply";
-            continue;
+            return;
         }
         out.status = nlohmann::json::parse(payload_to_json(r.reply->envelope()), nullptr, false)
                          .value("status", nlohmann::json::object());
+    };
+    {
+        std::thread executor([&] { ask(target.str(), replies.executor); });
+        ask("tamiyo", replies.controller);
+        executor.join();
     }
     // The broker answers no requests (it only routes): its counters come in its heartbeat,
     // published every second on heartbeat.broker. Asked only of a run that answered, so a run
