@@ -400,7 +400,7 @@ int status_main(int argc, char** argv) {
                              "counters ('' = skip)",
                              "tcp://127.0.0.1:5556");
     auto& target = p.option("target", "AGENT", "executor to ask", "kasmina/0");
-    auto& timeout = p.option("timeout-ms", "MS", "the whole command's time limit", "1200");
+    auto& timeout = p.option("timeout-ms", "MS", "the whole command's time limit", "800");
     auto& as_json = p.flag("json", "print one JSON object instead of the table");
     auto& keys = keys_option(p);
     if (int rc = p.parse(argc, argv); rc >= 0) return rc;
