@@ -380,19 +380,18 @@ capnp::DynamicEnum enum_from_json(const std::string& path, const Json& j, capnp:
 void fill_struct(const std::string& path, const Json& j, capnp::DynamicStruct::Builder out);
 void fill_list(const std::string& path, const Json& j, capnp::DynamicList::Builder out);
 
-// Sets field `f` of `out` from `j`.
-void set_field(const std::string& path, const Json& j, capnp::DynamicStruct::Builder out,
-               capnp::StructSchema::Field f) {
-    const capnp::Type t = f.getType();
+// The value of a field or list element of a scalar type (Void, Bool, numbers, Text, enums) read
+// from `j`; nullopt for the types the callers build in place (Data, lists, structs). A Text
+// reader points into `j`, which outlives the set() it is passed to.
+std::optional<capnp::DynamicValue::Reader> scalar_from_json(const std::string& path, const Json& j,
+                                                            capnp::Type t) {
     switch (t.which()) {
         case Type::VOID:
             if (!j.is_null() && !(j.is_object() && j.empty())) refuse(path, "expected null (Void)");
-            out.set(f, capnp::VOID);
-            return;
+            return capnp::DynamicValue::Reader(capnp::VOID);
         case Type::BOOL:
             if (!j.is_boolean()) refuse(path, "expected true or false");
-            out.set(f, j.get<bool>());
-            return;
+            return capnp::DynamicValue::Reader(j.get<bool>());
         case Type::INT8:
         case Type::INT16:
         case Type::INT32:
@@ -401,18 +400,31 @@ void set_field(const std::string& path, const Json& j, capnp::DynamicStruct::Bui
         case Type::UINT16:
         case Type::UINT32:
         case Type::UINT64:
-            out.set(f, integer_from_json(path, j, t));
-            return;
+            return integer_from_json(path, j, t);
         case Type::FLOAT32:
         case Type::FLOAT64:
-            out.set(f, real_from_json(path, j, t));
-            return;
+            return capnp::DynamicValue::Reader(real_from_json(path, j, t));
         case Type::TEXT: {
             if (!j.is_string()) refuse(path, "expected a string");
             const std::string& s = j.get_ref<const std::string&>();
-            out.set(f, capnp::Text::Reader(s.c_str(), s.size()));
-            return;
+            return capnp::DynamicValue::Reader(capnp::Text::Reader(s.c_str(), s.size()));
         }
+        case Type::ENUM:
+            return capnp::DynamicValue::Reader(enum_from_json(path, j, t.asEnum()));
+        default:
+            return std::nullopt;
+    }
+}
+
+// Sets field `f` of `out` from `j`.
+void set_field(const std::string& path, const Json& j, capnp::DynamicStruct::Builder out,
+               capnp::StructSchema::Field f) {
+    const capnp::Type t = f.getType();
+    if (const auto v = scalar_from_json(path, j, t)) {
+        out.set(f, *v);
+        return;
+    }
+    switch (t.which()) {
         case Type::DATA: {
             if (!j.is_array()) refuse(path, "expected an array of bytes");
             auto bytes = out.init(f, static_cast<unsigned>(j.size())).as<capnp::Data>();
@@ -429,9 +441,6 @@ void set_field(const std::string& path, const Json& j, capnp::DynamicStruct::Bui
             fill_list(path, j,
                       out.init(f, static_cast<unsigned>(j.size())).as<capnp::DynamicList>());
             return;
-        case Type::ENUM:
-            out.set(f, enum_from_json(path, j, t.asEnum()));
-            return;
         case Type::STRUCT:
             if (!j.is_object()) refuse(path, "expected an object (" + type_name(t) + ")");
             fill_struct(path, j, out.init(f).as<capnp::DynamicStruct>());
@@ -446,37 +455,11 @@ void fill_list(const std::string& path, const Json& j, capnp::DynamicList::Build
     for (unsigned i = 0; i < j.size(); ++i) {
         const std::string at = fmt::format("{}[{}]", path, i);
         const Json& v = j[i];
+        if (const auto scalar = scalar_from_json(at, v, element)) {
+            out.set(i, *scalar);
+            continue;
+        }
         switch (element.which()) {
-            case Type::VOID:
-                out.set(i, capnp::VOID);
-                break;
-            case Type::BOOL:
-                if (!v.is_boolean()) refuse(at, "expected true or false");
-                out.set(i, v.get<bool>());
-                break;
-            case Type::INT8:
-            case Type::INT16:
-            case Type::INT32:
-            case Type::INT64:
-            case Type::UINT8:
-            case Type::UINT16:
-            case Type::UINT32:
-            case Type::UINT64:
-                out.set(i, integer_from_json(at, v, element));
-                break;
-            case Type::FLOAT32:
-            case Type::FLOAT64:
-                out.set(i, real_from_json(at, v, element));
-                break;
-            case Type::TEXT: {
-                if (!v.is_string()) refuse(at, "expected a string");
-                const std::string& s = v.get_ref<const std::string&>();
-                out.set(i, capnp::Text::Reader(s.c_str(), s.size()));
-                break;
-            }
-            case Type::ENUM:
-                out.set(i, enum_from_json(at, v, element.asEnum()));
-                break;
             case Type::STRUCT:
                 if (!v.is_object()) refuse(at, "expected an object (" + type_name(element) + ")");
                 fill_struct(at, v, out[i].as<capnp::DynamicStruct>());
