@@ -12,17 +12,12 @@
 #include "agents/process.h"
 #include "agents/report.h"
 #include "core/error.h"
+#include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
+using esper::testing::scratch_dir;
 
 namespace {
-fs::path temp_dir(const std::string& tag) {
-    fs::path p =
-        fs::temp_directory_path() / ("esper_agents_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-    return p;
-}
 int parse(esper::cli::Parser& p, std::vector<std::string> args) {
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -58,7 +53,7 @@ TEST_CASE("the flag parser reports usage errors with exit code 2", "[agents][cli
 }
 
 TEST_CASE("the run summary and report are derived from metrics and events", "[agents][report]") {
-    fs::path dir = temp_dir("report");
+    fs::path dir = scratch_dir("report");
     {
         std::ofstream m(dir / "metrics.jsonl");
         m << R"({"step":10,"epoch":0,"split":"train","loss":2.0,"lr":0.1,"samples_per_s":100,"host_params":1000,"blueprint_params":0})"
@@ -116,7 +111,7 @@ nlohmann::json report_data(const std::string& html) {
 
 TEST_CASE("a one-epoch run's report shows its single test point on a sane axis",
           "[agents][report]") {
-    fs::path dir = temp_dir("report1");
+    fs::path dir = scratch_dir("report1");
     {
         std::ofstream m(dir / "metrics.jsonl");
         for (int step = 1; step <= 468; ++step)
@@ -136,7 +131,7 @@ TEST_CASE("a one-epoch run's report shows its single test point on a sane axis",
 
 TEST_CASE("a resumed or repeated run never gives negative seed counts or doubled steps",
           "[agents][report]") {
-    fs::path dir = temp_dir("report2");
+    fs::path dir = scratch_dir("report2");
     {
         std::ofstream m(dir / "metrics.jsonl");
         for (int step : {1, 2, 3, 4, 3, 4, 5})  // resumed from the checkpoint at step 2
@@ -163,7 +158,7 @@ TEST_CASE("a resumed or repeated run never gives negative seed counts or doubled
 
 TEST_CASE("a failed run's report says it failed and why, with policy changes and annotations",
           "[agents][report]") {
-    fs::path dir = temp_dir("report3");
+    fs::path dir = scratch_dir("report3");
     {
         std::ofstream(dir / "run.json")
             << R"x({"state":"failed","reason":"kasmina-0 exited unexpectedly (status 134)",)x"
@@ -191,7 +186,7 @@ TEST_CASE("a failed run's report says it failed and why, with policy changes and
 
 TEST_CASE("a text run's report and summary carry its validation bits per byte",
           "[agents][report]") {
-    fs::path dir = temp_dir("report_bpb");
+    fs::path dir = scratch_dir("report_bpb");
     {
         std::ofstream m(dir / "metrics.jsonl");
         m << R"({"step":1,"epoch":0,"split":"train","loss":3.0,"total_steps":2})"
@@ -219,7 +214,7 @@ TEST_CASE("a text run's report and summary carry its validation bits per byte",
 }
 
 TEST_CASE("a child process logs, exits and is stopped with a grace period", "[agents][process]") {
-    fs::path dir = temp_dir("proc");
+    fs::path dir = scratch_dir("proc");
     {
         esper::agents::ChildProcess c("echo", {"/bin/sh", "-c", "echo one; echo two; exit 3"},
                                       dir / "echo.log");

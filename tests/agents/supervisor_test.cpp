@@ -11,19 +11,14 @@
 #include <filesystem>
 #include <string>
 
+#include "tests/support/paths.h"
+
 namespace fs = std::filesystem;
+using esper::testing::scratch_dir;
 using namespace esper::agents;
 using std::chrono::milliseconds;
 
 namespace {
-
-fs::path temp_dir(const std::string& tag) {
-    fs::path p =
-        fs::temp_directory_path() / ("esper_supervisor_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(p);
-    fs::create_directories(p);
-    return p;
-}
 
 // `sh -c SCRIPT sh --ready-fd 3`: the script sees the descriptor as $2.
 std::vector<std::string> shell(const std::string& script) {
@@ -33,7 +28,7 @@ std::vector<std::string> shell(const std::string& script) {
 }  // namespace
 
 TEST_CASE("a child's ready line comes through the pipe it inherits", "[agents][supervisor]") {
-    fs::path dir = temp_dir("ready");
+    fs::path dir = scratch_dir("ready");
     Supervisor supervisor(dir);
     auto s = supervisor.start_ready(
         "child", shell("echo starting; echo '{\"agent\":\"x\",\"fd\":'$2'}' >&$2; exec sleep 5"),
@@ -49,7 +44,7 @@ TEST_CASE("a child's ready line comes through the pipe it inherits", "[agents][s
 
 TEST_CASE("a child that exits before it is ready is reported with its log",
           "[agents][supervisor]") {
-    fs::path dir = temp_dir("exit");
+    fs::path dir = scratch_dir("exit");
     Supervisor supervisor(dir);
     auto s = supervisor.start_ready("child", shell("echo 'cannot bind: address in use'; exit 3"),
                                     milliseconds(5000));
@@ -63,7 +58,7 @@ TEST_CASE("a child that exits before it is ready is reported with its log",
 
 TEST_CASE("a child that never gets ready times out and stays the caller's to stop",
           "[agents][supervisor]") {
-    fs::path dir = temp_dir("timeout");
+    fs::path dir = scratch_dir("timeout");
     Supervisor supervisor(dir);
     auto started = std::chrono::steady_clock::now();
     auto s =
@@ -78,7 +73,7 @@ TEST_CASE("a child that never gets ready times out and stays the caller's to sto
 }
 
 TEST_CASE("a ready pipe closed without a JSON object line is a bad line", "[agents][supervisor]") {
-    fs::path dir = temp_dir("bad");
+    fs::path dir = scratch_dir("bad");
     Supervisor supervisor(dir);
     SECTION("not JSON") {
         auto s = supervisor.start_ready("child", shell("echo 'pub=tcp://x' >&$2; exec sleep 5"),

@@ -15,19 +15,13 @@
 #include "core/error.h"
 #include "kasmina/model/tensor.h"
 #include "schemas/checkpoint.capnp.h"
+#include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
+using esper::testing::scratch_dir;
 using namespace esper::kasmina;
 
 namespace {
-
-fs::path temp_dir(const std::string& tag) {
-    fs::path d =
-        fs::temp_directory_path() / ("esper_ckpt_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
-}
 
 CheckpointData sample(uint64_t seed, int64_t step) {
     Rng rng(seed);
@@ -120,7 +114,7 @@ void edit_manifest(const fs::path& dir, F&& edit) {
 }  // namespace
 
 TEST_CASE("a checkpoint round-trips every entry bit for bit", "[kasmina][checkpoint]") {
-    const fs::path d = temp_dir("rt");
+    const fs::path d = scratch_dir("rt");
     const CheckpointData c = sample(1, 150);
     write_checkpoint(d / "150", c);
     const CheckpointData r = read_checkpoint(d / "150");
@@ -145,7 +139,7 @@ TEST_CASE("a checkpoint round-trips every entry bit for bit", "[kasmina][checkpo
 
 TEST_CASE("a flipped byte in any checkpoint file is refused with an integrity error",
           "[kasmina][checkpoint]") {
-    const fs::path d = temp_dir("tamper");
+    const fs::path d = scratch_dir("tamper");
     const CheckpointData c = sample(2, 10);
     std::vector<fs::path> files;
     write_checkpoint(d / "ref", c);
@@ -177,7 +171,7 @@ TEST_CASE("a flipped byte in any checkpoint file is refused with an integrity er
 }
 
 TEST_CASE("truncated, missing and wrong-version checkpoints are refused", "[kasmina][checkpoint]") {
-    const fs::path d = temp_dir("trunc");
+    const fs::path d = scratch_dir("trunc");
     const CheckpointData c = sample(3, 10);
     write_checkpoint(d / "a", c);
     fs::resize_file(d / "a" / "weights.bin", 100);
@@ -210,7 +204,7 @@ TEST_CASE("truncated, missing and wrong-version checkpoints are refused", "[kasm
 
 TEST_CASE("a crash mid-write leaves the old checkpoint loadable and a temp dir behind",
           "[kasmina][checkpoint]") {
-    const fs::path d = temp_dir("crash");
+    const fs::path d = scratch_dir("crash");
     const CheckpointData old_c = sample(4, 100), new_c = sample(5, 200);
     write_checkpoint(d / "ckpt", old_c);
     CheckpointWriteOptions crash;
@@ -232,7 +226,7 @@ TEST_CASE("a crash mid-write leaves the old checkpoint loadable and a temp dir b
 
 TEST_CASE("a checkpoint of format version 1 (text manifest) is refused with the way forward",
           "[kasmina][checkpoint]") {
-    const fs::path d = temp_dir("v1");
+    const fs::path d = scratch_dir("v1");
     fs::create_directories(d / "150");
     std::ofstream(d / "150" / "manifest.txt") << "esper-checkpoint 1\nrun_id seed-42\nstep 150\n"
                                                  "manifest-sha256 0000\n";
@@ -246,7 +240,7 @@ TEST_CASE("a checkpoint of format version 1 (text manifest) is refused with the 
 
 TEST_CASE("tensor names that could escape or shadow the directory layout are refused",
           "[kasmina][checkpoint]") {
-    const fs::path d = temp_dir("names");
+    const fs::path d = scratch_dir("names");
     write_checkpoint(d / "ok", sample(6, 1));
     // A manifest (under a valid hash) naming a file outside the directory, or one that would be
     // the manifest itself.

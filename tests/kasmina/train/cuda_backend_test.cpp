@@ -20,6 +20,7 @@
 #include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
+using esper::testing::scratch_dir;
 using namespace esper::kasmina;
 
 namespace {
@@ -72,14 +73,6 @@ Command germinate(int32_t layer, int32_t seed, BlueprintKind kind) {
 
 bool close(double a, double b, double abs_tol, double rel_tol) {
     return std::fabs(a - b) <= abs_tol + rel_tol * std::fabs(b);
-}
-
-fs::path temp_dir(const std::string& tag) {
-    fs::path d =
-        fs::temp_directory_path() / ("esper_cuda_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
 }
 
 }  // namespace
@@ -199,7 +192,7 @@ TEST_CASE("a checkpoint taken on the GPU resumes on the GPU and continues",
     Config cfg = teacher_config();
     cfg.run.device = "cuda";
     cfg.run.max_steps = 40;
-    const fs::path dir = temp_dir("ckpt");
+    const fs::path dir = scratch_dir("ckpt");
     std::vector<double> straight;
     {
         Trainer t(cfg);

@@ -10,19 +10,13 @@
 #include <set>
 
 #include "core/error.h"
+#include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
+using esper::testing::scratch_dir;
 using namespace esper::kasmina;
 
 namespace {
-
-fs::path temp_dir(const std::string& tag) {
-    fs::path d =
-        fs::temp_directory_path() / ("esper_data_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
-}
 
 void write_gz(const fs::path& p, const std::vector<uint8_t>& bytes) {
     gzFile f = gzopen(p.c_str(), "wb");
@@ -70,7 +64,7 @@ std::string error_of(const std::function<void()>& fn) {
 }  // namespace
 
 TEST_CASE("IDX images and labels round-trip through gzip", "[kasmina][data]") {
-    const fs::path d = temp_dir("idx");
+    const fs::path d = scratch_dir("idx");
     std::vector<uint8_t> pix(3 * 2 * 2);
     for (size_t i = 0; i < pix.size(); ++i) pix[i] = uint8_t(17 * i + 3);
     write_gz(d / "img.gz", idx_bytes(3, {3, 2, 2}, pix));
@@ -84,7 +78,7 @@ TEST_CASE("IDX images and labels round-trip through gzip", "[kasmina][data]") {
 }
 
 TEST_CASE("malformed IDX files are refused naming the file", "[kasmina][data]") {
-    const fs::path d = temp_dir("badidx");
+    const fs::path d = scratch_dir("badidx");
     write_gz(d / "trunc.gz", idx_bytes(3, {3, 2, 2}, std::vector<uint8_t>(11, 5)));
     write_gz(d / "magic.gz", {1, 2, 3, 4, 5, 6, 7, 8});
     write_gz(d / "dims.gz", idx_bytes(1, {3}, {1, 2, 3}));
@@ -107,7 +101,7 @@ TEST_CASE("a missing Fashion-MNIST directory names the Debian package", "[kasmin
     const std::string msg = error_of([] { load_fashion_mnist("/nonexistent/fashion"); });
     CHECK_THAT(msg,
                Catch::Contains("dataset-fashion-mnist") && Catch::Contains("/nonexistent/fashion"));
-    const fs::path d = temp_dir("emptyfm");
+    const fs::path d = scratch_dir("emptyfm");
     CHECK_THAT(
         error_of([&] { load_fashion_mnist(d.string()); }),
         Catch::Contains("train-images-idx3-ubyte.gz") && Catch::Contains("dataset-fashion-mnist"));
@@ -130,7 +124,7 @@ TEST_CASE("the installed Fashion-MNIST files load with the expected shapes", "[k
 }
 
 TEST_CASE(".npy features and labels load and malformed ones are refused", "[kasmina][data]") {
-    const fs::path d = temp_dir("npy");
+    const fs::path d = scratch_dir("npy");
     std::vector<float> x = {0.5f, -1.25f, 3.0f, 4.5f, 2.0f, -7.0f};
     std::vector<int64_t> y = {2, 0, 1};
     write_npy(d / "x.npy", "<f4", "(3, 2)", x.data(), x.size() * 4);

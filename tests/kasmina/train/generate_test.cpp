@@ -14,20 +14,14 @@
 #include "core/error.h"
 #include "kasmina/train/trainer.h"
 #include "tests/kasmina/train/loop_test_util.h"
+#include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
+using esper::testing::scratch_dir;
 using namespace esper;
 using namespace esper::kasmina;
 
 namespace {
-
-fs::path temp_dir(const std::string& tag) {
-    fs::path d =
-        fs::temp_directory_path() / ("esper_generate_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
-}
 
 Config text_config(const fs::path& dir) {
     std::string text;
@@ -48,14 +42,7 @@ Config text_config(const fs::path& dir) {
     c.optimizer.lr = 1e-2;
     c.optimizer.blueprint_lr = 1e-2;
     c.blueprints.mlp_units = {4, 1};
-    c.lifecycle.training_steps = 3;
-    c.lifecycle.stabilization_steps = 2;
-    c.lifecycle.evaluation_steps = 2;
-    c.lifecycle.fine_tuning_steps = 3;
-    c.lifecycle.grafting.ramp_steps = 3;
-    c.lifecycle.gates.min_gradient_health = 0.0;
-    c.lifecycle.gates.min_contribution = -1e9;
-    c.lifecycle.gates.min_improvement = -1e9;
+    test::timer_driven_lifecycle(c, 3);
     return c;
 }
 
@@ -88,7 +75,7 @@ std::span<const uint8_t> bytes(const std::string& s) {
 
 TEST_CASE("KV-cache generation equals recomputing the window at temperature 0, past the context",
           "[kasmina][generate][transformer]") {
-    const fs::path dir = temp_dir("cache");
+    const fs::path dir = scratch_dir("cache");
     const fs::path ck = trained_checkpoint(dir, text_config(dir));
     TextGenerator gen(ck);
     CHECK(gen.context() == 12);
@@ -109,7 +96,7 @@ TEST_CASE("KV-cache generation equals recomputing the window at temperature 0, p
 
 TEST_CASE("sampling is reproducible by seed and top-k 1 is greedy",
           "[kasmina][generate][transformer]") {
-    const fs::path dir = temp_dir("sample");
+    const fs::path dir = scratch_dir("sample");
     TextGenerator gen(trained_checkpoint(dir, text_config(dir)));
     GenerateOptions o;
     o.tokens = 20;
@@ -131,7 +118,7 @@ TEST_CASE(
     "generation refuses a prompt longer than the context, an empty prompt, zero tokens and "
     "a checkpoint of another model kind",
     "[kasmina][generate][transformer]") {
-    const fs::path dir = temp_dir("bad");
+    const fs::path dir = scratch_dir("bad");
     TextGenerator gen(trained_checkpoint(dir, text_config(dir)));
     GenerateOptions o;
     CHECK_THROWS_WITH(gen.generate(bytes("thirteen byte"), o),

@@ -20,4 +20,18 @@ inline void run_loop(Trainer& t, const std::function<void(Trainer&)>& before_ste
     }
 }
 
+// A lifecycle that walks on its timers: TRAINING, FINE_TUNING and the graft ramp of `steps`
+// each, two steps of STABILIZATION and EVALUATION, and gates that pass whatever a seed measures,
+// so a short run sees every stage.
+inline void timer_driven_lifecycle(Config& c, int64_t steps) {
+    c.lifecycle.training_steps = steps;
+    c.lifecycle.stabilization_steps = 2;
+    c.lifecycle.evaluation_steps = 2;
+    c.lifecycle.fine_tuning_steps = steps;
+    c.lifecycle.grafting.ramp_steps = steps;
+    c.lifecycle.gates.min_gradient_health = 0.0;
+    c.lifecycle.gates.min_contribution = -1e9;
+    c.lifecycle.gates.min_improvement = -1e9;
+}
+
 }  // namespace esper::kasmina::test

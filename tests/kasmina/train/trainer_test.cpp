@@ -17,6 +17,7 @@
 #include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
+using esper::testing::scratch_dir;
 using namespace esper::kasmina;
 
 namespace {
@@ -45,14 +46,6 @@ Command germinate(int32_t layer, int32_t seed, BlueprintKind kind = BlueprintKin
     c.origin = TransitionOrigin::kOperator;
     c.body = GerminateCommand{SeedRef{layer, seed}, kind, std::nullopt};
     return c;
-}
-
-fs::path temp_dir(const std::string& tag) {
-    fs::path d =
-        fs::temp_directory_path() / ("esper_trainer_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
 }
 
 // The MLP behind a trainer (its activations are test-only accessors).
@@ -218,7 +211,7 @@ TEST_CASE("the governor rolls back on an injected NaN and training continues",
     Config c = small_config();
     c.faults.nan_at_step = 34;
     c.governor.snapshot_every_steps = 20;
-    const fs::path dir = temp_dir("gov");
+    const fs::path dir = scratch_dir("gov");
     TrainerOptions opt;
     opt.run_dir = dir.string();
     Trainer t(c, opt);
@@ -301,7 +294,7 @@ TEST_CASE("the governor stops a run whose loss is never finite instead of traini
 TEST_CASE("a checkpoint with non-finite parameters is refused at load, hashes and all",
           "[kasmina][trainer][checkpoint]") {
     Config c = small_config();
-    const fs::path dir = temp_dir("nan");
+    const fs::path dir = scratch_dir("nan");
     Trainer t(c);
     for (int i = 0; i < 3; ++i) t.step();
     // As the outside test made it: NaN weights written through the writer, so every hash matches.
@@ -325,7 +318,7 @@ TEST_CASE("resuming from a checkpoint continues bit-identically",
     Config c = small_config();
     c.run.max_steps = 80;
     const int64_t kCut = 40;
-    const fs::path dir = temp_dir("resume");
+    const fs::path dir = scratch_dir("resume");
     auto drive = [&](Trainer& t, int64_t until, std::vector<double>& losses) {
         while (t.steps_done() < until) {
             if (t.steps_done() == 5) REQUIRE(t.apply(germinate(0, 1)).applied());
@@ -365,7 +358,7 @@ TEST_CASE("resuming from a checkpoint continues bit-identically",
 TEST_CASE("the trainer refuses a tampered checkpoint or one of another model shape",
           "[kasmina][trainer][checkpoint]") {
     Config c = small_config();
-    const fs::path dir = temp_dir("refuse");
+    const fs::path dir = scratch_dir("refuse");
     Trainer t(c);
     for (int i = 0; i < 3; ++i) t.step();
     t.save_checkpoint(dir / "3");
@@ -404,7 +397,7 @@ TEST_CASE("the trainer refuses a tampered checkpoint or one of another model sha
 TEST_CASE("faults.checkpoint_crash_after_files fails a checkpoint write and keeps the old one",
           "[kasmina][trainer][checkpoint]") {
     Config c = small_config();
-    const fs::path dir = temp_dir("crash");
+    const fs::path dir = scratch_dir("crash");
     Trainer t(c);
     for (int i = 0; i < 3; ++i) t.step();
     t.save_checkpoint(dir / "ck");
@@ -434,7 +427,7 @@ TEST_CASE("run.device cuda without a usable CUDA device is refused naming the fi
 TEST_CASE("the run writes metrics.jsonl train and test lines", "[kasmina][trainer]") {
     Config c = small_config();
     c.run.max_steps = 40;  // 32 steps per epoch: one epoch end + the final one
-    const fs::path dir = temp_dir("metrics");
+    const fs::path dir = scratch_dir("metrics");
     TrainerOptions opt;
     opt.run_dir = dir.string();
     int epochs_seen = 0;

@@ -15,20 +15,14 @@
 #include "kasmina/model/transformer.h"
 #include "kasmina/train/trainer.h"
 #include "tests/kasmina/train/loop_test_util.h"
+#include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
+using esper::testing::scratch_dir;
 using namespace esper;
 using namespace esper::kasmina;
 
 namespace {
-
-fs::path temp_dir(const std::string& tag) {
-    fs::path d =
-        fs::temp_directory_path() / ("esper_tfm_trainer_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(d);
-    fs::create_directories(d);
-    return d;
-}
 
 // A text with structure a small model picks up in a few dozen steps.
 std::string corpus_text() {
@@ -63,14 +57,7 @@ Config text_config(const fs::path& dir) {
     c.optimizer.lr = 3e-3;
     c.optimizer.blueprint_lr = 3e-3;
     c.blueprints.mlp_units = {8, 1};
-    c.lifecycle.training_steps = 4;
-    c.lifecycle.stabilization_steps = 2;
-    c.lifecycle.evaluation_steps = 2;
-    c.lifecycle.fine_tuning_steps = 4;
-    c.lifecycle.grafting.ramp_steps = 4;
-    c.lifecycle.gates.min_gradient_health = 0.0;
-    c.lifecycle.gates.min_contribution = -1e9;
-    c.lifecycle.gates.min_improvement = -1e9;
+    test::timer_driven_lifecycle(c, 4);
     c.governor.snapshot_every_steps = 5;
     return c;
 }
@@ -86,7 +73,7 @@ Command germinate(int32_t layer, int32_t seed, BlueprintKind kind) {
 
 TEST_CASE("a transformer learns a text file: validation loss falls, metrics carry bits per byte",
           "[kasmina][trainer][transformer]") {
-    const fs::path dir = temp_dir("learn");
+    const fs::path dir = scratch_dir("learn");
     TrainerOptions o;
     o.run_dir = (dir / "run").string();
     Trainer t(text_config(dir), o);
@@ -115,7 +102,7 @@ TEST_CASE(
     "a widening seed germinates without changing the loss and folds into the host once "
     "fossilized",
     "[kasmina][trainer][transformer]") {
-    const fs::path dir = temp_dir("fold");
+    const fs::path dir = scratch_dir("fold");
     Config c = text_config(dir);
     c.run.max_steps = 40;
     Trainer t(c);
@@ -147,7 +134,7 @@ TEST_CASE(
 
 TEST_CASE("a transformer checkpoint resumes bit-identically on the CPU",
           "[kasmina][trainer][transformer]") {
-    const fs::path dir = temp_dir("resume");
+    const fs::path dir = scratch_dir("resume");
     Config c = text_config(dir);
     c.run.max_steps = 24;
     c.run.checkpoint_every_steps = 12;
