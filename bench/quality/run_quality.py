@@ -8,8 +8,8 @@ Per task, several random seeds of each variant:
     runs' final parameter count: the hidden widths of the narrow host scaled until the static
     host has as many parameters), wide (static 784-256-10);
   text (byte-level transformer LM, CPU): static (the host, nothing germinated), grown (esper run
-    with the config's policy), matched (--matched-config: the transformer host has no setting
-    that starts it at a grown shape, so the matched host is given).
+    with the config's policy), matched (the static host with the grown runs' final extra units
+    and heads per block in use from step 0: model.transformer.initial_extra_{units,heads}).
 Extra grown variants (ablations) come from --extra NAME=CONFIG[:POLICY].
 
 Every run evaluates at least every --eval-fraction of its steps (run.eval_every_steps is set in a
@@ -98,6 +98,27 @@ def matched_hidden(narrow_hidden, params):
         if best is None or d < best[0]:
             best = (d, hidden)
     return best[1]
+
+
+def transformer_params(t, units=0, heads=0, vocab=256):
+    """Parameters of a transformer host (kasmina/model/transformer.cpp) with `units` extra MLP
+    units and `heads` extra heads in use in every block."""
+    C, L, T = int(t.get("d_model", 128)), int(t.get("n_layer", 4)), int(t.get("context", 64))
+    Dh = C // int(t.get("n_head", 4))
+    block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (4 * C * C + 4 * C) + (4 * C * C + C)
+    n = vocab * C + T * C + L * block + 2 * C + (0 if t.get("tie_embeddings", True) else vocab * C)
+    return n + L * (units * (2 * C + 1) + heads * (4 * Dh * C + 3 * Dh))
+
+
+def matched_room(t, params):
+    """(extra units, extra heads) per block whose static host comes closest to `params`."""
+    best = None
+    for h in range(int(t.get("max_extra_heads", 2)) + 1):
+        for u in range(int(t.get("max_extra_units", 64)) + 1):
+            d = abs(transformer_params(t, u, h) - params)
+            if best is None or d < best[0]:
+                best = (d, u, h)
+    return best[1], best[2]
 
 
 # ---- runs ----
@@ -242,7 +263,7 @@ def main():
     ap.add_argument("--fixed-policy", default=os.path.join(HERE, "fixed_schedule.yaml"))
     ap.add_argument("--grown-policy", default=None, help="default: heuristic (fashion), the config's (text)")
     ap.add_argument("--matched-config", default=None,
-                    help="a static config for the matched variant (text: required for it)")
+                    help="a static config for the matched variant (default: built from the grown runs)")
     args = ap.parse_args()
 
     task = args.task
@@ -283,18 +304,28 @@ def main():
             if args.matched_config:
                 cfg = prepared_config(args.matched_config, args.out, name, eval_every)
             else:
-                if task != "fashion":
-                    raise SystemExit("text: the matched variant needs --matched-config")
                 grown = results.get(args.match)
                 if not grown:
                     raise SystemExit(f"matched: run the variant '{args.match}' first")
                 p = round(sum(r["params"] for r in grown["runs"]) / len(grown["runs"]))
-                hidden = matched_hidden(base["model"]["hidden"], p)
-                print(f"[quality] matched: {args.match} ends at {p} parameters -> hidden {hidden} "
-                      f"({mlp_params(hidden)} parameters)", file=sys.stderr, flush=True)
+                if task == "fashion":
+                    hidden = matched_hidden(base["model"]["hidden"], p)
+                    print(f"[quality] matched: {args.match} ends at {p} parameters -> hidden "
+                          f"{hidden} ({mlp_params(hidden)} parameters)", file=sys.stderr, flush=True)
 
-                def edit(c):
-                    c["model"]["hidden"] = hidden
+                    def edit(c):
+                        c["model"]["hidden"] = hidden
+                else:  # the host's reserved room in use from step 0, as the grown run ends
+                    t = base["model"]["transformer"]
+                    units, heads = matched_room(t, p)
+                    print(f"[quality] matched: {args.match} ends at {p} parameters -> "
+                          f"{units} extra units and {heads} extra heads per block "
+                          f"({transformer_params(t, units, heads)} parameters)",
+                          file=sys.stderr, flush=True)
+
+                    def edit(c):
+                        c["model"]["transformer"]["initial_extra_units"] = units
+                        c["model"]["transformer"]["initial_extra_heads"] = heads
                 cfg = prepared_config(args.config, args.out, name, eval_every, edit)
             return [args.esper, "kasmina", "--standalone", "--config", cfg]
         if name == "grown":

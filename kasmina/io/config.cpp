@@ -264,7 +264,7 @@ void read_transformer(const Reader& r, const YAML::Node& n, TransformerConfig& c
     const std::string p = "model.transformer";
     r.section(n, p,
               {"n_layer", "n_head", "d_model", "context", "tie_embeddings", "widening_seeds",
-               "max_extra_units", "max_extra_heads"});
+               "max_extra_units", "max_extra_heads", "initial_extra_units", "initial_extra_heads"});
     r.get_int(n, p, "n_layer", c.n_layer, 1, 1024);
     r.get_int(n, p, "n_head", c.n_head, 1, 1024);
     r.get_int(n, p, "d_model", c.d_model, 1, 1 << 16);
@@ -273,6 +273,8 @@ void read_transformer(const Reader& r, const YAML::Node& n, TransformerConfig& c
     r.get_int(n, p, "widening_seeds", c.widening_seeds, 0, 1 << 10);
     r.get_int(n, p, "max_extra_units", c.max_extra_units, 0, 1 << 20);
     r.get_int(n, p, "max_extra_heads", c.max_extra_heads, 0, 1024);
+    r.get_int(n, p, "initial_extra_units", c.initial_extra_units, 0, c.max_extra_units);
+    r.get_int(n, p, "initial_extra_heads", c.initial_extra_heads, 0, c.max_extra_heads);
     if (c.d_model % c.n_head != 0) {
         r.fail(r.at(n, "d_model"), p + ".d_model",
                fmt::format("{} is not a multiple of n_head {}", c.d_model, c.n_head));
@@ -743,7 +745,9 @@ void emit_config(YAML::Emitter& out, const Config& c) {
                 .put("tie_embeddings", t.tie_embeddings)
                 .put("widening_seeds", t.widening_seeds)
                 .put("max_extra_units", t.max_extra_units)
-                .put("max_extra_heads", t.max_extra_heads);
+                .put("max_extra_heads", t.max_extra_heads)
+                .put("initial_extra_units", t.initial_extra_units)
+                .put("initial_extra_heads", t.initial_extra_heads);
         }
     }
     {

@@ -52,6 +52,10 @@ struct TransformerConfig {
     int64_t widening_seeds = 4;
     int64_t max_extra_units = 64;
     int64_t max_extra_heads = 2;
+    // Reserved room in use from step 0, randomly initialised like the rest of the block: a static
+    // host of a grown run's final shape (the matched baseline of bench/quality).
+    int64_t initial_extra_units = 0;  // <= max_extra_units
+    int64_t initial_extra_heads = 0;  // <= max_extra_heads
     bool operator==(const TransformerConfig&) const = default;
 };
 

@@ -167,6 +167,37 @@ TransformerModel::TransformerModel(const ModelConfig& config, uint64_t seed)
         param("head.weight", head_w_, d_head_w_, {kByteVocab, C_});
         normal_init(head_w_, rng, 0.02f);
     }
+    init_initial_room(mix_seed(seed, 0x9e11), proj_std);
+}
+
+void TransformerModel::init_initial_room(uint64_t seed, float proj_std) {
+    const TransformerConfig& c = cfg_;
+    ESPER_CHECK_INPUT(c.initial_extra_units >= 0 && c.initial_extra_units <= Umax_,
+                      "model.transformer.initial_extra_units: ", c.initial_extra_units,
+                      " is not within max_extra_units ", Umax_);
+    ESPER_CHECK_INPUT(c.initial_extra_heads >= 0 && c.initial_extra_heads <= Hmax_,
+                      "model.transformer.initial_extra_heads: ", c.initial_extra_heads,
+                      " is not within max_extra_heads ", Hmax_);
+    // Its own stream, so a host without initial room draws exactly what it drew before.
+    Rng rng(seed);
+    const int64_t C = C_;
+    const WideningOffsets ho = widening_offsets(BlueprintKind::kAttentionHead, C, Dh_);
+    for (Block& b : blocks_) {
+        b.units_active = int32_t(c.initial_extra_units);
+        b.heads_active = int32_t(c.initial_extra_heads);
+        // Units as the block's own MLP: fc rows N(0, 0.02), zero bias, projection N(0, proj_std).
+        for (int64_t i = 0; i < int64_t(b.units_active) * C; ++i) {
+            b.xu_v[i] = rng.normal() * 0.02f;
+            b.xu_u[i] = rng.normal() * proj_std;
+        }
+        // Heads as the block's own attention: Wq, Wk, Wv N(0, 0.02), zero biases, Wo N(0,
+        // proj_std).
+        for (int32_t h = 0; h < b.heads_active; ++h) {
+            float* w = b.xh.data() + int64_t(h) * head_floats_;
+            for (int64_t i = 0; i < ho.in_b; ++i) w[ho.in_w + i] = rng.normal() * 0.02f;
+            for (int64_t i = ho.out_w; i < ho.floats; ++i) w[i] = rng.normal() * proj_std;
+        }
+    }
 }
 
 int64_t TransformerModel::param_count() const {

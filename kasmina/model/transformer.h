@@ -82,6 +82,9 @@ public:
                                        std::span<const kernels::SeedLayerView> views);
 
 private:
+    // Puts model.transformer.initial_extra_{units,heads} of every block's reserved room in use.
+    void init_initial_room(uint64_t seed, float proj_std);
+
     // A widening blueprint (or an extra unit group / extra head of the host) active in the last
     // forward: where its parameters are and the activations its backward needs.
     struct Widening {

@@ -404,7 +404,8 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
     for (int32_t l = 0; l < d.L; ++l)
         ESPER_CHECK_INPUT(model.extra_units(l) == 0 && model.extra_heads(l) == 0,
                           "run.device: cuda trains the bare transformer host; block ", l,
-                          " holds folded units or heads (grown on the CPU): resume it with "
+                          " holds extra units or heads (seeds folded on the CPU, or "
+                          "model.transformer.initial_extra_units/heads): run it with "
                           "run.device: cpu");
 
     const std::vector<ParamRef>& ps = model.params();

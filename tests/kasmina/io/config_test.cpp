@@ -278,7 +278,8 @@ model:
   kind: transformer
   seeds_per_layer: 8
   transformer: {n_layer: 3, n_head: 2, d_model: 32, context: 16, tie_embeddings: false,
-                widening_seeds: 5, max_extra_units: 12, max_extra_heads: 3}
+                widening_seeds: 5, max_extra_units: 12, max_extra_heads: 3,
+                initial_extra_units: 4, initial_extra_heads: 1}
 blueprints:
   mlp_units: {units: 6, slots: 3}
   attention_head: {slots: 2}
@@ -290,7 +291,7 @@ blueprints:
     CHECK(c.data.text.validation_fraction == 0.2);
     CHECK(c.data.text.eval_windows == 7);
     const TransformerConfig& t = c.model.transformer;
-    CHECK(t == TransformerConfig{3, 2, 32, 16, false, 5, 12, 3});
+    CHECK(t == TransformerConfig{3, 2, 32, 16, false, 5, 12, 3, 4, 1});
     CHECK(c.blueprints.mlp_units == MlpUnitsBlueprintConfig{6, 3});
     CHECK(c.blueprints.attention_head.slots == 2);
     CHECK(c.blueprints.lora == LoraBlueprintConfig{2, 4});
@@ -322,4 +323,7 @@ TEST_CASE("transformer configs that cannot run are refused with file, line and f
                Catch::Contains("data.text.validation_fraction: out of range"));
     CHECK_THAT(config_error("model: {kind: gpt}\n"),
                Catch::Contains("model.kind: expected one of"));
+    CHECK_THAT(config_error("data: {dataset: text}\nmodel:\n  kind: transformer\n  transformer:\n"
+                            "    max_extra_units: 16\n    initial_extra_units: 17\n"),
+               Catch::Contains("run.yaml:6: model.transformer.initial_extra_units"));
 }

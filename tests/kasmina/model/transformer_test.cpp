@@ -329,6 +329,48 @@ TEST_CASE("a FOSSILIZED widening seed folds into the host without changing the f
     CHECK_THROWS_AS(other.set_structure(bad_structure), esper::Error);
 }
 
+TEST_CASE("a host started with initial extra units and heads is a static host of that shape",
+          "[kasmina][transformer]") {
+    ModelConfig c = tiny();
+    c.transformer.initial_extra_units = 6;
+    c.transformer.initial_extra_heads = 1;
+    TransformerModel m(c, 12);
+    TransformerModel base(tiny(), 12);
+    const int64_t C = 8, Dh = 4, L = 2, head = 4 * Dh * C + 3 * Dh;
+    CHECK(m.param_count() == base.param_count() + L * (6 * (2 * C + 1) + head));
+    CHECK(m.structure() == std::vector<int64_t>{6, 1, 6, 1});
+    // The room draws from its own stream: every other parameter is the base host's, bit for bit.
+    REQUIRE(m.params().size() == base.params().size());
+    bool room_random = false;
+    for (size_t k = 0; k < m.params().size(); ++k) {
+        const auto a = m.params()[k].value->span();
+        const auto b = base.params()[k].value->span();
+        if (m.params()[k].name.find("extra") == std::string::npos) {
+            CHECK(std::equal(a.begin(), a.end(), b.begin(), b.end()));
+        } else {
+            for (float v : a) room_random |= v != 0.0f;
+        }
+    }
+    CHECK(room_random);
+    // The room is in the function, and trains: its gradients match finite differences.
+    Sites sm(m, tiny_blueprints(), 4), sb(base, tiny_blueprints(), 4);
+    const Data d = token_data(2, 5, 8);
+    const int32_t rows = d.samples * d.seq;
+    CHECK(m.eval_batch(d.batch(), sm.views(rows)).loss !=
+          base.eval_batch(d.batch(), sb.views(rows)).loss);
+    m.train_batch(d.batch(), sm.views(rows), {});
+    const auto grads = copy_grads(m);
+    auto loss = [&] { return m.eval_batch(d.batch(), sm.views(rows)).loss; };
+    int bad = 0;
+    for (size_t k = 0; k < m.params().size(); ++k)
+        if (m.params()[k].name.find("extra") != std::string::npos)
+            bad += check_fd(m.params()[k].value->span(), grads[k], loss, m.params()[k].name);
+    CHECK(bad == 0);
+    // More than the reserved room is refused by name.
+    c.transformer.initial_extra_heads = 2;
+    CHECK_THROWS_WITH(TransformerModel(c, 12), Catch::Contains("initial_extra_heads: 2"));
+}
+
 TEST_CASE("a transformer's logits at position t ignore every later token",
           "[kasmina][transformer]") {
     TransformerModel m(tiny(), 21);
