@@ -2,7 +2,9 @@
 // issue-13 shapes (B, H, T, D): forward, backward and forward+backward in ms (median of timed
 // launches with device events), TFLOP/s with the causal FLOP count (forward 2·B·H·T²·D, the
 // backward 2.5× that) and the fraction of the GPU's dense bf16 tensor peak. Human lines on stderr;
-// the last stdout line is one JSON object. Usage: esper-bench-attention [--iters N]
+// the last stdout line is one JSON object.
+// Usage: esper-bench-attention [--iters N] [--shape B,H,T,D]   (--shape: that one shape instead
+// of the four, e.g. to profile it with ncu)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -79,8 +81,21 @@ double median_ms(F&& f, int iters, cudaStream_t stream) {
 
 int main(int argc, char** argv) {
     int iters = 50;
+    int only[4] = {0, 0, 0, 0};  // --shape: B, H, T, D
     for (int i = 1; i < argc; ++i) {
-        if (std::strcmp(argv[i], "--iters") == 0 && i + 1 < argc) iters = std::atoi(argv[++i]);
+        if (std::strcmp(argv[i], "--iters") == 0 && i + 1 < argc) {
+            iters = std::atoi(argv[++i]);
+        } else if (std::strcmp(argv[i], "--shape") == 0 && i + 1 < argc) {
+            if (std::sscanf(argv[++i], "%d,%d,%d,%d", &only[0], &only[1], &only[2], &only[3]) !=
+                4) {
+                std::fprintf(stderr, "esper-bench-attention: --shape wants B,H,T,D, got '%s'\n",
+                             argv[i]);
+                return 2;
+            }
+        } else {
+            std::fprintf(stderr, "usage: esper-bench-attention [--iters N] [--shape B,H,T,D]\n");
+            return 2;
+        }
     }
     cudaDeviceProp prop{};
     BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
@@ -92,8 +107,9 @@ int main(int argc, char** argv) {
     struct Shape {
         int b, h, t, d;
     };
-    const Shape shapes[] = {
+    std::vector<Shape> shapes = {
         {16, 12, 256, 64}, {8, 12, 1024, 64}, {2, 12, 4096, 64}, {4, 16, 2048, 128}};
+    if (only[0] > 0) shapes = {{only[0], only[1], only[2], only[3]}};
     nlohmann::json results = nlohmann::json::array();
     std::mt19937 rng(7);
     for (const Shape& sh : shapes) {
