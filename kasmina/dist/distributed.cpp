@@ -131,8 +131,9 @@ void DistributedSync::apply_pending() {
         const Outcome o = seeds_.apply(c);
         if (o.applied()) continue;
         ++dropped_;
-        ESPER_LOG_AT(dist_log(), LogLevel::kWarn, "command submitted a step earlier dropped at step ",
-                     seeds_.next_step(), ": ", o.reason);
+        ESPER_LOG_AT(dist_log(), LogLevel::kWarn,
+                     "command submitted a step earlier dropped at step ", seeds_.next_step(), ": ",
+                     o.reason);
     }
     pending_.clear();
 }

@@ -94,10 +94,10 @@ private:
     std::vector<double> stats_;
     uint64_t applied_at_last_step_ = 0;  // seeds_.applied_commands() after the last step
     bool fold_;
-    double flags_[2] = {0.0, 0.0};  // {changed, stop} of the last statistics all-reduce
-    bool flags_fresh_ = false;      // a statistics all-reduce ran since the last boundary
-    bool stop_local_ = false;       // this rank's stop request at the last boundary
-    std::vector<Command> pending_;  // rank 0: submitted, applied at the next sync
+    double flags_[2] = {0.0, 0.0};        // {changed, stop} of the last statistics all-reduce
+    bool flags_fresh_ = false;            // a statistics all-reduce ran since the last boundary
+    bool stop_local_ = false;             // this rank's stop request at the last boundary
+    std::vector<Command> pending_;        // rank 0: submitted, applied at the next sync
     std::unique_ptr<SeedManager> probe_;  // scratch copy that answers submit(); no events
     bool probe_valid_ = false;            // probe_ = seeds_ + this boundary's submissions
     int64_t dropped_ = 0;
