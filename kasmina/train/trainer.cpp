@@ -71,6 +71,7 @@ void Trainer::init() {
     o.dist = dist_.get();
     o.nccl = options_.nccl;
     o.time_grad_reduce = options_.time_grad_reduce;
+    o.grad_bucket_bytes = options_.grad_bucket_bytes;
     backend_ = make_step_backend(config_, *model_, *seeds_, *optimizer_, o);
     capture(last_good_);
     last_good_seeds_ = seeds_->snapshot();

@@ -101,6 +101,9 @@ struct TrainerOptions {
     bool fold_sync_flags = true;
     // Benchmarks: CudaBackendOptions::time_grad_reduce (cuda()->last_grad_reduce_ms()).
     bool time_grad_reduce = false;
+    // CUDA data parallelism: CudaBackendOptions::grad_bucket_bytes (< 0: its default; 0: one
+    // all-reduce after backward, no overlap).
+    int64_t grad_bucket_bytes = -1;
     int64_t eval_batch = 1000;
 };
 
