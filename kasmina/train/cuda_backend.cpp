@@ -15,8 +15,8 @@
 #include "core/cuda_check.h"
 #include "core/error.h"
 #include "core/log.h"
-#include "kasmina/model/transformer.h"
 #include "kasmina/dist/collectives.h"
+#include "kasmina/model/transformer.h"
 #include "kasmina/train/cuda_handles.h"
 #include "kasmina/train/cuda_transformer_backend.h"
 #include "kernels/bias_act.h"
@@ -173,9 +173,9 @@ struct CudaBackend::Impl {
         size_t lo = 0, hi = 0;
         size_t flat_begin = 0, flat_end = 0;
     };
-    std::vector<GradBucket> buckets;        // empty: one group after backward (no overlap)
-    std::vector<int32_t> bucket_closing;    // per layer index 0..L: bucket closing after it, or -1
-    size_t next_bucket = 0;                 // capture-time cursor
+    std::vector<GradBucket> buckets;      // empty: one group after backward (no overlap)
+    std::vector<int32_t> bucket_closing;  // per layer index 0..L: bucket closing after it, or -1
+    size_t next_bucket = 0;               // capture-time cursor
 
     // ---- streams, events, cuBLAS, the graph: declared last, so they are released first
     // (graph, cuBLAS, events, streams), before the buffers whose work they ordered ----
@@ -187,7 +187,7 @@ struct CudaBackend::Impl {
     std::vector<CudaEvent> side_grads;    // per hidden layer: its slot grads final on `side`
     CudaEvent comm_done;                  // the last bucket, for `stream` to wait on
     CudaEvent reduce_begin, reduce_end;  // time_grad_reduce
-    CudaEvent backward_end;               // time_grad_reduce: the exposed part starts here
+    CudaEvent backward_end;              // time_grad_reduce: the exposed part starts here
     CudaEvent updates_done;
     CudaEvent done;
     CublasHandle cublas;
@@ -391,8 +391,8 @@ struct CudaBackend::Impl {
         // External: inside a stream capture a plain record is only a dependency marker; this
         // makes it an event-record node, so cudaEventElapsedTime works after a replay.
         if (opt.time_grad_reduce && b == 0)
-            ESPER_CUDA_CHECK(cudaEventRecordWithFlags(reduce_begin.get(), comm.get(),
-                                                      cudaEventRecordExternal));
+            ESPER_CUDA_CHECK(
+                cudaEventRecordWithFlags(reduce_begin.get(), comm.get(), cudaEventRecordExternal));
         NcclComm& c = *opt.nccl;
         c.group_start();
         c.all_reduce_mean(grads.get() + k.flat_begin, grads.get() + k.flat_begin,

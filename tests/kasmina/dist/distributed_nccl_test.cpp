@@ -532,8 +532,8 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
                 v.fold ? "true" : "false", reduce_ms, exposed_ms, t0.bare_ms,
                 reduce_ms > 0 ? t0.bare_ms / reduce_ms : -1.0,
                 exposed_ms > 0 ? t0.bare_ms / exposed_ms : -1.0, sync_ms, step_ms,
-                sync_ms / (step_ms + sync_ms), (long long)t0.syncs,
-                (long long)t0.flag_collectives, (long long)t0.sync_bytes, step_ms1, sps1, spsw,
+                sync_ms / (step_ms + sync_ms), (long long)t0.syncs, (long long)t0.flag_collectives,
+                (long long)t0.sync_bytes, step_ms1, sps1, spsw,
                 pr.on() ? -1.0 : spsw / (double(world) * sps1), (long long)burst,
                 t0.max_sync_s * 1e3);
             std::printf("%s\n", line);
