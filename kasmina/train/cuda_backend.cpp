@@ -180,14 +180,14 @@ struct CudaBackend::Impl {
     // ---- streams, events, cuBLAS, the graph: declared last, so they are released first
     // (graph, cuBLAS, events, streams), before the buffers whose work they ordered ----
     CudaStream stream;
-    CudaStream side;                     // bypassed seed layers' kernels
-    CudaStream comm;                     // bucketed gradient all-reduces
-    std::vector<CudaEvent> events;       // fork points (2 per layer) + the join
+    CudaStream side;                      // bypassed seed layers' kernels
+    CudaStream comm;                      // bucketed gradient all-reduces
+    std::vector<CudaEvent> events;        // fork points (2 per layer) + the join
     std::vector<CudaEvent> bucket_ready;  // per bucket: its layers' grads final on `stream`
     std::vector<CudaEvent> side_grads;    // per hidden layer: its slot grads final on `side`
     CudaEvent comm_done;                  // the last bucket, for `stream` to wait on
-    CudaEvent reduce_begin, reduce_end;  // time_grad_reduce
-    CudaEvent backward_end;              // time_grad_reduce: the exposed part starts here
+    CudaEvent reduce_begin, reduce_end;   // time_grad_reduce
+    CudaEvent backward_end;               // time_grad_reduce: the exposed part starts here
     CudaEvent updates_done;
     CudaEvent done;
     CublasHandle cublas;
