@@ -227,4 +227,20 @@ void GradientBuckets::all_reduce_average() {
     for (std::size_t b = 0; b < buckets_.size(); ++b) reduce_bucket(b);
 }
 
+std::vector<LayerBucket> plan_layer_buckets(std::span<const std::size_t> floats,
+                                            std::int64_t bucket_bytes) {
+    std::vector<LayerBucket> out;
+    if (bucket_bytes <= 0) return out;
+    std::size_t first = 0, bytes = 0;
+    for (std::size_t i = 0; i < floats.size(); ++i) {
+        bytes += floats[i] * sizeof(float);
+        if (bytes >= std::size_t(bucket_bytes) || i + 1 == floats.size()) {
+            out.push_back({first, i});
+            first = i + 1;
+            bytes = 0;
+        }
+    }
+    return out;
+}
+
 }  // namespace esper::kasmina

@@ -161,4 +161,16 @@ private:
     std::vector<float> staging_;
 };
 
+// Device gradient buckets (the CUDA backend's overlapped all-reduce): layers whose gradients
+// come out whole, one after another. `floats[i]` is the i-th layer in the order backward
+// finishes them; consecutive layers are packed until a bucket holds at least `bucket_bytes`
+// (the last bucket takes what is left). Returns [first, last] index pairs in that order; empty
+// when bucket_bytes <= 0 (no buckets: one all-reduce after backward).
+struct LayerBucket {
+    std::size_t first = 0, last = 0;
+    bool operator==(const LayerBucket&) const = default;
+};
+std::vector<LayerBucket> plan_layer_buckets(std::span<const std::size_t> floats,
+                                            std::int64_t bucket_bytes);
+
 }  // namespace esper::kasmina

@@ -8,6 +8,11 @@
 // grad_sq is Σ_r grad_sq_r / W² and the global contribution Σ_r contribution_r / W. The raw
 // moment form loses some precision against a Chan merge when |mean| ≫ σ; the result is still
 // bit-identical on every rank, which is what the lifecycle needs (identical decisions).
+//
+// Boundary flags (fold_flags): the statistics buffer ends with {changed, stop}: rank 0 sets
+// changed when commands wait in its queue (or its seed state moved outside the step), any rank
+// sets stop. The next sync_boundary() reads them instead of running a collective, so the seed
+// state moves, and the run stops, one boundary after the request, on every rank at once.
 #include "kasmina/dist/distributed.h"
 
 #include <algorithm>
@@ -35,8 +40,13 @@ std::span<const std::uint8_t> float_bytes(std::span<const float> v) {
 }  // namespace
 
 DistributedSync::DistributedSync(Collectives& comm, const Config& config, Model& model,
-                                 SeedManager& seeds)
-    : comm_(comm), config_(config), model_(model), seeds_(seeds), buckets_(comm) {
+                                 SeedManager& seeds, bool fold_flags)
+    : comm_(comm),
+      config_(config),
+      model_(model),
+      seeds_(seeds),
+      buckets_(comm),
+      fold_(fold_flags) {
     for (const ParamRef& p : model_.params()) buckets_.add(p.grad->span());
     for (int32_t l = 0; l < seeds_.num_layers(); ++l)
         for (int k = 0; k < kNumBlueprintKinds; ++k) {
@@ -62,7 +72,12 @@ void DistributedSync::reduce_step_stats(std::span<kernels::SeedTelemetryAccum* c
     }
     stats_.push_back(loss);
     stats_.push_back(double(correct));
+    if (fold_) {
+        stats_.push_back(leader_changed() ? 1.0 : 0.0);
+        stats_.push_back(stop_local_ ? 1.0 : 0.0);
+    }
     comm_.all_reduce_sum(stats_.data(), stats_.size());
+    probe_valid_ = false;  // the step moved the seed state the probe copied
     const double w = double(comm_.world());
     size_t i = 0;
     for (int32_t l = 0; l < seeds_.num_layers(); ++l) {
@@ -80,20 +95,68 @@ void DistributedSync::reduce_step_stats(std::span<kernels::SeedTelemetryAccum* c
     }
     loss = stats_[i] / w;
     correct = int32_t(stats_[i + 1]);
+    if (fold_) {
+        flags_[0] = stats_[i + 2];
+        flags_[1] = stats_[i + 3];
+        flags_fresh_ = true;
+    }
+}
+
+bool DistributedSync::leader_changed() const {
+    // Steps change the seed state identically on every rank; only commands on rank 0 make it
+    // differ (queued ones, or ones applied to the manager directly since the last step).
+    return comm_.rank() == 0 &&
+           (!pending_.empty() || seeds_.applied_commands() != applied_at_last_step_);
+}
+
+Outcome DistributedSync::submit(const Command& command) {
+    if (!fold_) return seeds_.apply(command);
+    if (!probe_) {
+        probe_ = std::make_unique<SeedManager>(seed_manager_config(config_), model_.seed_sites(),
+                                               nullptr);
+        probe_valid_ = false;
+    }
+    if (!probe_valid_) {
+        probe_->restore(seeds_.snapshot());
+        for (const Command& c : pending_) (void)probe_->apply(c);
+        probe_valid_ = true;
+    }
+    Outcome o = probe_->apply(command);
+    if (o.applied() && comm_.rank() == 0) pending_.push_back(command);
+    return o;
+}
+
+void DistributedSync::apply_pending() {
+    for (const Command& c : pending_) {
+        const Outcome o = seeds_.apply(c);
+        if (o.applied()) continue;
+        ++dropped_;
+        ESPER_LOG_AT(dist_log(), LogLevel::kWarn,
+                     "command submitted a step earlier dropped at step ", seeds_.next_step(), ": ",
+                     o.reason);
+    }
+    pending_.clear();
 }
 
 bool DistributedSync::sync_boundary(bool stop_requested) {
     if (!corrupted_ && config_.faults.corrupt_digest_rank == comm_.rank() && seeds_.next_step() > 0)
         corrupt_for_test();
-    // One all-reduce: slot 0 only rank 0 fills (changed), slot 1 any rank (stop).
-    double flags[2] = {0.0, stop_requested ? 1.0 : 0.0};
-    // Steps change the seed state identically on every rank; only commands applied on rank 0
-    // since the last step make it differ.
-    if (comm_.rank() == 0)
-        flags[0] = (first_ || seeds_.applied_commands() != applied_at_last_step_) ? 1.0 : 0.0;
-    comm_.all_reduce_sum(flags, 2);
+    stop_local_ = stop_requested;
+    probe_valid_ = false;
+    double flags[2] = {flags_[0], flags_[1]};
+    if (!fold_ || !flags_fresh_) {
+        // A flag all-reduce of its own: slot 0 only rank 0 fills (changed), slot 1 any rank.
+        flags[0] = comm_.rank() == 0 && (first_ || leader_changed()) ? 1.0 : 0.0;
+        flags[1] = stop_requested ? 1.0 : 0.0;
+        comm_.all_reduce_sum(flags, 2);
+        ++flag_collectives_;
+    }
+    flags_fresh_ = false;
     first_ = false;
-    if (flags[0] > 0) broadcast_seed_state();
+    if (flags[0] > 0) {
+        if (comm_.rank() == 0) apply_pending();
+        broadcast_seed_state();
+    }
     applied_at_last_step_ = seeds_.applied_commands();
     return flags[1] > 0;
 }

@@ -15,6 +15,7 @@
 #include "core/cuda_check.h"
 #include "core/error.h"
 #include "core/log.h"
+#include "kasmina/dist/collectives.h"
 #include "kasmina/model/transformer.h"
 #include "kasmina/train/cuda_handles.h"
 #include "kasmina/train/cuda_transformer_backend.h"
@@ -165,12 +166,28 @@ struct CudaBackend::Impl {
     DeviceBuffer<double> slot_sumsq;
     std::vector<int64_t> slot_t;  // pending AdamW step per trained slot
 
+    // ---- data parallelism: gradient buckets in backward order (layer index L = the head, then
+    // L-1 … 0). Bucket b covers layers [lo, hi], i.e. the flat range [flat_begin, flat_end),
+    // plus the live slots of hidden layers lo..min(hi, L-1); it closes after layer lo's dW ----
+    struct GradBucket {
+        size_t lo = 0, hi = 0;
+        size_t flat_begin = 0, flat_end = 0;
+    };
+    std::vector<GradBucket> buckets;      // empty: one group after backward (no overlap)
+    std::vector<int32_t> bucket_closing;  // per layer index 0..L: bucket closing after it, or -1
+    size_t next_bucket = 0;               // capture-time cursor
+
     // ---- streams, events, cuBLAS, the graph: declared last, so they are released first
     // (graph, cuBLAS, events, streams), before the buffers whose work they ordered ----
     CudaStream stream;
-    CudaStream side;                     // bypassed seed layers' kernels
-    std::vector<CudaEvent> events;       // fork points (2 per layer) + the join
-    CudaEvent reduce_begin, reduce_end;  // time_grad_reduce
+    CudaStream side;                      // bypassed seed layers' kernels
+    CudaStream comm;                      // bucketed gradient all-reduces
+    std::vector<CudaEvent> events;        // fork points (2 per layer) + the join
+    std::vector<CudaEvent> bucket_ready;  // per bucket: its layers' grads final on `stream`
+    std::vector<CudaEvent> side_grads;    // per hidden layer: its slot grads final on `side`
+    CudaEvent comm_done;                  // the last bucket, for `stream` to wait on
+    CudaEvent reduce_begin, reduce_end;   // time_grad_reduce
+    CudaEvent backward_end;               // time_grad_reduce: the exposed part starts here
     CudaEvent updates_done;
     CudaEvent done;
     CublasHandle cublas;
@@ -290,6 +307,7 @@ struct CudaBackend::Impl {
             int32_t(head.out), kernels::Activation::kIdentity, bias_ws.get(), bias_ws_bytes,
             stream.get()));
         gemm_dw(layer_out(L - 1, overlap), head.dz.get(), head, b);
+        if (reduce_overlapped()) layer_grads_done(L, overlap);
         gemm_dx(head.dz.get(), head, hidden[L - 1].dy.get(), b);
         for (size_t l = L; l-- > 0;) {
             HostLayerDev& H = hidden[l];
@@ -303,12 +321,15 @@ struct CudaBackend::Impl {
                 ESPER_CUDA_CHECK(kernels::launch_seed_backward(
                     view(l, b), H.a.get(), H.dy.get(), H.dh.get(), &t, layers[l].bwd_ws.get(),
                     layers[l].bwd_ws.size(), off_path ? side.get() : stream.get()));
+                if (off_path && reduce_overlapped())
+                    ESPER_CUDA_CHECK(cudaEventRecord(side_grads[l].get(), side.get()));
                 if (!off_path) g = H.dh.get();
             }
             ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
                 g, H.z.get(), H.dz.get(), grads.get() + H.b_off, b, int32_t(H.out), H.act,
                 bias_ws.get(), bias_ws_bytes, stream.get()));
             gemm_dw(l == 0 ? x.get() : layer_out(l - 1, overlap), H.dz.get(), H, b);
+            if (reduce_overlapped()) layer_grads_done(l, overlap);
             if (l > 0) gemm_dx(H.dz.get(), H, hidden[l - 1].dy.get(), b);
         }
     }
@@ -328,15 +349,92 @@ struct CudaBackend::Impl {
 #endif
     }
 
-    // Data parallelism: every gradient the optimizer reads becomes the mean over ranks (NCCL's
-    // ring/tree result is the same on every rank). One group, so one launch.
-    void reduce_gradients() {
+    // Buckets over the layers in backward order (head first), closing once they hold
+    // grad_bucket_bytes of host gradients; structural (depends only on the layer shapes).
+    void plan_buckets() {
+        buckets.clear();
+        const size_t L = hidden.size();
+        bucket_closing.assign(L + 1, -1);
+        // Layer li's flat range: [param_off[2 li], param_off[2 li + 2]) (the head ends at n_flat).
+        auto begin_of = [&](size_t li) { return param_off[2 * li]; };
+        auto end_of = [&](size_t li) { return li == L ? n_flat : param_off[2 * li + 2]; };
+        std::vector<size_t> floats;  // backward order: li = L, L-1, …, 0
+        for (size_t li = L + 1; li-- > 0;) floats.push_back(end_of(li) - begin_of(li));
+        for (const LayerBucket& p : plan_layer_buckets(floats, opt.grad_bucket_bytes)) {
+            GradBucket k;
+            k.hi = L - p.first;
+            k.lo = L - p.last;
+            k.flat_begin = begin_of(k.lo);
+            k.flat_end = end_of(k.hi);
+            bucket_closing[k.lo] = int32_t(buckets.size());
+            buckets.push_back(k);
+        }
+    }
+
+    bool reduce_overlapped() const { return data_parallel() && !buckets.empty(); }
+
+    // Inside backward (reduce_overlapped): layer li's weight gradient was just enqueued on
+    // `stream`. When it closes a bucket, the communication stream waits for it (and for the
+    // side stream's blueprint gradients of the bucket's bypassed layers) and all-reduces it while
+    // `stream` goes on with the earlier layers.
+    void layer_grads_done(size_t li, bool overlap) {
 #if ESPER_HAVE_NCCL
+        const int32_t b = bucket_closing[li];
+        if (b < 0) return;
+        const GradBucket& k = buckets[size_t(b)];
+        ESPER_CUDA_CHECK(cudaEventRecord(bucket_ready[size_t(b)].get(), stream.get()));
+        ESPER_CUDA_CHECK(cudaStreamWaitEvent(comm.get(), bucket_ready[size_t(b)].get(), 0));
+        const size_t L = hidden.size();
+        for (size_t l = k.lo; l <= std::min(k.hi, L - 1); ++l)
+            if (opt.seed_layers && overlap && bypass[l])
+                ESPER_CUDA_CHECK(cudaStreamWaitEvent(comm.get(), side_grads[l].get(), 0));
         // External: inside a stream capture a plain record is only a dependency marker; this
         // makes it an event-record node, so cudaEventElapsedTime works after a replay.
-        if (opt.time_grad_reduce)
+        if (opt.time_grad_reduce && b == 0)
+            ESPER_CUDA_CHECK(
+                cudaEventRecordWithFlags(reduce_begin.get(), comm.get(), cudaEventRecordExternal));
+        NcclComm& c = *opt.nccl;
+        c.group_start();
+        c.all_reduce_mean(grads.get() + k.flat_begin, grads.get() + k.flat_begin,
+                          k.flat_end - k.flat_begin, NcclType::kFloat32, comm.get());
+        for (const LiveSlot& e : live) {
+            if (size_t(e.layer) < k.lo || size_t(e.layer) > k.hi) continue;
+            float* g = slot_ptr(layers[e.layer].arenas[e.kind].grads, e);
+            c.all_reduce_mean(g, g, slot_floats(e), NcclType::kFloat32, comm.get());
+        }
+        c.group_end();
+        next_bucket = size_t(b) + 1;
+#else
+        (void)li;
+        (void)overlap;
+#endif
+    }
+
+    // Data parallelism: every gradient the optimizer reads becomes the mean over ranks (NCCL's
+    // ring/tree result is the same on every rank). With buckets, they were enqueued during
+    // backward: `stream` joins the communication stream here. Without, one group, one launch.
+    void reduce_gradients() {
+#if ESPER_HAVE_NCCL
+        if (reduce_overlapped()) {
+            ESPER_REQUIRE(next_bucket == buckets.size(), "buckets enqueued ", next_bucket, " of ",
+                          buckets.size());
+            next_bucket = 0;
+            if (opt.time_grad_reduce) {
+                ESPER_CUDA_CHECK(cudaEventRecordWithFlags(backward_end.get(), stream.get(),
+                                                          cudaEventRecordExternal));
+                ESPER_CUDA_CHECK(cudaEventRecordWithFlags(reduce_end.get(), comm.get(),
+                                                          cudaEventRecordExternal));
+            }
+            ESPER_CUDA_CHECK(cudaEventRecord(comm_done.get(), comm.get()));
+            ESPER_CUDA_CHECK(cudaStreamWaitEvent(stream.get(), comm_done.get(), 0));
+            return;
+        }
+        if (opt.time_grad_reduce) {
             ESPER_CUDA_CHECK(cudaEventRecordWithFlags(reduce_begin.get(), stream.get(),
                                                       cudaEventRecordExternal));
+            ESPER_CUDA_CHECK(cudaEventRecordWithFlags(backward_end.get(), stream.get(),
+                                                      cudaEventRecordExternal));
+        }
         NcclComm& c = *opt.nccl;
         c.group_start();
         c.all_reduce_mean(grads.get(), grads.get(), n_flat, NcclType::kFloat32, stream.get());
@@ -593,6 +691,7 @@ CudaBackend::CudaBackend(const Config& config, MlpModel& model, SeedManager* see
     if (options.time_grad_reduce) {
         d.reduce_begin = CudaEvent(cudaEventDefault);
         d.reduce_end = CudaEvent(cudaEventDefault);
+        d.backward_end = CudaEvent(cudaEventDefault);
     }
     d.side = CudaStream(cudaStreamNonBlocking);
     d.done = CudaEvent(cudaEventDisableTiming);
@@ -649,6 +748,17 @@ CudaBackend::CudaBackend(const Config& config, MlpModel& model, SeedManager* see
             d.hidden.push_back(std::move(L));
     }
     d.bypass.assign(d.hidden.size(), 0);
+    if (d.data_parallel()) {
+        d.plan_buckets();
+        if (!d.buckets.empty()) {
+            d.comm = CudaStream(cudaStreamNonBlocking);
+            d.comm_done = CudaEvent(cudaEventDisableTiming);
+            for (size_t b = 0; b < d.buckets.size(); ++b)
+                d.bucket_ready.emplace_back(cudaEventDisableTiming);
+            for (size_t l = 0; l < d.hidden.size(); ++l)
+                d.side_grads.emplace_back(cudaEventDisableTiming);
+        }
+    }
     d.kJoinEvent = 2 * d.hidden.size();
     d.events.clear();
     for (size_t i = 0; i <= d.kJoinEvent; ++i) d.events.emplace_back(cudaEventDisableTiming);
@@ -1037,6 +1147,23 @@ int64_t CudaBackend::grad_reduce_bytes() const {
     return impl_->data_parallel() ? impl_->reduce_floats() * int64_t(sizeof(float)) : 0;
 }
 
+double CudaBackend::last_grad_reduce_exposed_ms() const {
+    const Impl& d = *impl_;
+    if (!d.opt.time_grad_reduce || !d.data_parallel()) return 0.0;
+    float ms = 0.0f;
+    if (cudaEventElapsedTime(&ms, d.backward_end.get(), d.reduce_end.get()) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return -1.0;
+    }
+    return std::max(0.0, double(ms));  // the buckets finished before backward did
+}
+
+int32_t CudaBackend::grad_buckets() const {
+    const Impl& d = *impl_;
+    if (!d.data_parallel()) return 0;
+    return d.buckets.empty() ? 1 : int32_t(d.buckets.size());
+}
+
 double CudaBackend::last_grad_reduce_ms() const {
     const Impl& d = *impl_;
     if (!d.opt.time_grad_reduce || !d.data_parallel()) return 0.0;
@@ -1068,6 +1195,7 @@ std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Model& mode
     o.batch = options.batch;
     o.eval_batch = options.eval_batch;
     o.time_grad_reduce = options.time_grad_reduce;
+    if (options.grad_bucket_bytes >= 0) o.grad_bucket_bytes = options.grad_bucket_bytes;
     if (options.world > 1) {
         ESPER_CHECK_INPUT(options.nccl != nullptr, "run.device: cuda with ", options.world,
                           " ranks needs an NCCL communicator per rank (none was given); "

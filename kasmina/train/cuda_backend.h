@@ -43,6 +43,14 @@ struct CudaBackendOptions {
     // ncclAllReduce/ncclAvg), and rank 0's gradient sums of squares are broadcast so clipping
     // and finiteness agree bit for bit on every rank. Needs an NCCL build.
     NcclComm* nccl = nullptr;
+    // Gradient buckets (data parallelism): consecutive layers in backward order (head first)
+    // whose gradients reach about this many bytes form a bucket; its ncclAllReduce is enqueued
+    // on a communication stream as soon as the bucket's last layer has its weight gradient
+    // (event dependencies inside the captured graph), so it overlaps the earlier layers'
+    // backward. Live blueprint slots travel with their layer's bucket. 0: one grouped
+    // all-reduce after backward on the step's stream (no overlap).
+    static constexpr int64_t kDefaultGradBucketBytes = int64_t{4} << 20;
+    int64_t grad_bucket_bytes = kDefaultGradBucketBytes;
     // Records timing events around the gradient all-reduce (benchmarks: last_grad_reduce_ms).
     bool time_grad_reduce = false;
 };
@@ -96,9 +104,14 @@ public:
     // Bytes the gradient all-reduce moves per step (flat host grads + live slots' grads).
     int64_t grad_reduce_bytes() const;
     // With time_grad_reduce and an NcclComm: the all-reduce time of the last finished step
-    // (device events inside the graph), in ms; 0 otherwise, -1 when the events gave no time.
-    // Call after finish_step.
+    // (device events inside the graph: first bucket enqueued → last bucket done), in ms; 0
+    // otherwise, -1 when the events gave no time. Call after finish_step.
     double last_grad_reduce_ms() const;
+    // As last_grad_reduce_ms, the part not hidden behind backward: end of backward → last
+    // bucket done (≥ 0; equal to last_grad_reduce_ms without buckets).
+    double last_grad_reduce_exposed_ms() const;
+    // Buckets the gradient all-reduce runs in (1 without grad_bucket_bytes; 0 on one rank).
+    int32_t grad_buckets() const;
 
 private:
     struct Impl;

@@ -70,6 +70,8 @@ struct StepBackendOptions {
     NcclComm* nccl = nullptr;
     // Benchmarks: CUDA events around the gradient all-reduce (CudaBackend::last_grad_reduce_ms).
     bool time_grad_reduce = false;
+    // CUDA data parallelism: CudaBackendOptions::grad_bucket_bytes (< 0: its default).
+    int64_t grad_bucket_bytes = -1;
 };
 
 // Whether a run of this config trains on the GPU: run.device resolved as resolve_use_cuda does,

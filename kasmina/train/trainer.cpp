@@ -71,6 +71,7 @@ void Trainer::init() {
     o.dist = dist_.get();
     o.nccl = options_.nccl;
     o.time_grad_reduce = options_.time_grad_reduce;
+    o.grad_bucket_bytes = options_.grad_bucket_bytes;
     backend_ = make_step_backend(config_, *model_, *seeds_, *optimizer_, o);
     capture(last_good_);
     last_good_seeds_ = seeds_->snapshot();
@@ -84,7 +85,8 @@ void Trainer::init_distributed() {
         "world ", options_.world, " needs matching TrainerOptions::collectives");
     // CUDA: gradients are averaged on the device (NcclComm, in the backend's step graph);
     // DistributedSync's host gradient buckets are then unused (the CPU backend uses them).
-    dist_ = std::make_unique<DistributedSync>(*options_.collectives, config_, *model_, *seeds_);
+    dist_ = std::make_unique<DistributedSync>(*options_.collectives, config_, *model_, *seeds_,
+                                              options_.fold_sync_flags);
 }
 
 int64_t Trainer::param_count() const {
@@ -110,6 +112,8 @@ Outcome Trainer::apply(const Command& command) {
         std::string why = backend_->germination_refusal();
         if (!why.empty()) return Outcome{OutcomeStatus::kRejected, std::move(why)};
     }
+    // world > 1: rank 0's commands reach every rank at the next boundary (DistributedSync).
+    if (dist_) return dist_->submit(command);
     return seeds_->apply(command);
 }
 
@@ -298,8 +302,12 @@ bool Trainer::boundary() {
         loop_started_ = true;
         epoch_clock_.reset();
     }
-    if (dist_ && dist_->sync_boundary(stop_requested_)) stop_requested_ = true;
-    return !stop_requested_;
+    if (!dist_) return !stop_requested_;
+    // A stop requested here reaches the other ranks with the next step's statistics (fold_flags),
+    // so every rank leaves at the same boundary: only the agreed answer counts.
+    if (!dist_->sync_boundary(stop_requested_)) return true;
+    stop_requested_ = true;
+    return false;
 }
 
 StepReport Trainer::after_step() {

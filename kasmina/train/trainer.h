@@ -95,8 +95,15 @@ struct TrainerOptions {
     // The CUDA backend averages the device gradients with it inside the captured step; the
     // host-side work above (seed state, digests, loss and telemetry) stays on `collectives`.
     NcclComm* nccl = nullptr;
+    // world > 1: the boundary's {seed state changed, stop} flags ride on the step's statistics
+    // all-reduce (no collective of their own); commands then take effect one boundary later on
+    // every rank. false: a flag all-reduce per boundary, commands at once (benchmarks compare).
+    bool fold_sync_flags = true;
     // Benchmarks: CudaBackendOptions::time_grad_reduce (cuda()->last_grad_reduce_ms()).
     bool time_grad_reduce = false;
+    // CUDA data parallelism: CudaBackendOptions::grad_bucket_bytes (< 0: its default; 0: one
+    // all-reduce after backward, no overlap).
+    int64_t grad_bucket_bytes = -1;
     int64_t eval_batch = 1000;
 };
 
@@ -126,7 +133,8 @@ public:
     // The step boundary, after this rank's commands were applied; every rank calls it before
     // each step. With world > 1 it replicates rank 0's seed state (DistributedSync::
     // sync_boundary) and agrees on stopping. Returns false when the run stops here: a stop was
-    // requested on this rank or, with world > 1, on any rank.
+    // requested on this rank or, with world > 1, on any rank (with fold_sync_flags, one
+    // boundary after the request, on every rank at the same one).
     bool boundary();
     TrainStep step();
     // After each step, on every rank: the digest comparison (world > 1; the device state is
@@ -134,6 +142,9 @@ public:
     // metrics.jsonl, an epoch summary, a checkpoint into run_dir/checkpoints/<step>.
     StepReport after_step();
     EvalResult evaluate();
+    // A lifecycle command, between steps. world > 1 with fold_sync_flags: the outcome is that of
+    // applying it now (tried on a scratch copy); rank 0 applies it on every rank at the next
+    // boundary (DistributedSync::submit). Otherwise applied at once.
     Outcome apply(const Command& command);
     std::vector<SeedTelemetryRecord> collect_telemetry();
 

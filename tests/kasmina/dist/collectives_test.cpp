@@ -191,6 +191,26 @@ GlooConfig loopback(int rank, int world, std::chrono::milliseconds timeout = 100
 
 }  // namespace
 
+TEST_CASE("layer buckets pack whole layers in backward order until they reach the bucket size",
+          "[kasmina][dist]") {
+    // The benchmark MLP 512→2048→2048→10 in backward order: head, hidden 1, hidden 0 (floats,
+    // weights + biases, each padded to 64).
+    const std::vector<std::size_t> mlp = {20480 + 64, 4194304 + 2048, 1048576 + 2048};
+    using B = LayerBucket;
+    CHECK(plan_layer_buckets(mlp, 0).empty());
+    CHECK(plan_layer_buckets(mlp, -1).empty());
+    // Smaller than every layer: one bucket per layer.
+    CHECK(plan_layer_buckets(mlp, 4) == std::vector<B>{{0, 0}, {1, 1}, {2, 2}});
+    // 4 MiB: the head waits for hidden 1 (the bucket closes at 16.9 MB); hidden 0 alone.
+    CHECK(plan_layer_buckets(mlp, std::int64_t{4} << 20) == std::vector<B>{{0, 1}, {2, 2}});
+    // Larger than the model: one bucket, closed by the last layer.
+    CHECK(plan_layer_buckets(mlp, std::int64_t{1} << 30) == std::vector<B>{{0, 2}});
+    CHECK(plan_layer_buckets(std::vector<std::size_t>{}, 1024).empty());
+    // Exactly the size closes the bucket.
+    CHECK(plan_layer_buckets(std::vector<std::size_t>{4, 4, 8}, 32) ==
+          std::vector<B>{{0, 1}, {2, 2}});
+}
+
 TEST_CASE("gloo ranks on loopback sum exactly, broadcast and pass a barrier", "[kasmina][dist]") {
     const int world = GENERATE(2, 4);
     CAPTURE(world);

@@ -1,10 +1,13 @@
-// Data-parallel training on CUDA ranks (kasmina/distributed.h + CudaBackendOptions::nccl): two
-// ranks as threads of one process, one GPU each; device gradients averaged over NCCL inside the
-// captured step, seed state / digests / loss / telemetry over Gloo on the host. Checks identical
-// parameters and seed tables after germinations and a cull on rank 0, and (hidden [.bench]) times
-// the in-step gradient all-reduce against a bare ncclAllReduce of the same bytes, the seed-state
-// sync per step and the 1 → 2 GPU scaling, printing JSON on the last line.
-// Without two devices every case prints "skipped: fewer than 2 CUDA devices" and exits 4.
+// Data-parallel training on CUDA ranks (kasmina/distributed.h + CudaBackendOptions::nccl): ranks
+// as threads of one process, one GPU each, or (ESPER_DIST_RANK/WORLD/DIR) as processes, which
+// may share a GPU; device gradients averaged over NCCL inside the captured step (in buckets
+// overlapped with backward, or one all-reduce after it), seed state / digests / loss / telemetry
+// over Gloo on the host. Checks identical parameters and seed tables after germinations and a
+// cull on rank 0 for several bucket sizes, and (hidden [.bench]) times the in-step gradient
+// all-reduce against a bare ncclAllReduce of the same bytes over a bucket-size sweep, the
+// seed-state sync per step with the boundary flags folded and not, and the 1 → N GPU scaling,
+// printing JSON on the last line. Without two devices (one in process mode) every case prints
+// "skipped: ..." and exits 4.
 #include <catch2/catch.hpp>
 
 #if defined(ESPER_HAVE_NCCL) && defined(ESPER_HAVE_GLOO)
@@ -15,7 +18,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <filesystem>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -118,6 +123,35 @@ NcclConfig nccl_config(int rank, int world) {
     return n;
 }
 
+// Process mode: ESPER_DIST_RANK, ESPER_DIST_WORLD and ESPER_DIST_DIR (a directory every rank
+// sees) make this process one rank of the job, on device rank % visible devices. NCCL refuses
+// two ranks of one host on one GPU; give each process its own NCCL_HOSTID to share one (NCCL
+// then connects them through its network transport on loopback).
+struct ProcessRank {
+    int rank = -1, world = 0;
+    std::string dir;
+    bool on() const { return rank >= 0; }
+};
+
+const ProcessRank& process_rank() {
+    static const ProcessRank pr = [] {
+        ProcessRank p;
+        const char* r = std::getenv("ESPER_DIST_RANK");
+        const char* w = std::getenv("ESPER_DIST_WORLD");
+        const char* d = std::getenv("ESPER_DIST_DIR");
+        if (r == nullptr || w == nullptr || d == nullptr) return p;
+        p.rank = std::atoi(r);
+        p.world = std::atoi(w);
+        p.dir = d;
+        if (p.world < 2 || p.rank < 0 || p.rank >= p.world)
+            throw std::runtime_error("ESPER_DIST_RANK/ESPER_DIST_WORLD out of range");
+        return p;
+    }();
+    return pr;
+}
+
+int devices_needed() { return process_rank().on() ? 1 : 2; }
+
 std::string message_of(const std::exception_ptr& e) {
     try {
         std::rethrow_exception(e);
@@ -126,11 +160,33 @@ std::string message_of(const std::exception_ptr& e) {
     }
 }
 
-// Runs `body(rank, gloo, nccl)` on `world` threads, one device each.
-void on_ranks(int world, const std::function<void(int, Collectives&, NcclComm&)>& body,
+// Runs `body(rank, gloo, nccl, store)` on `world` threads, one device each; in process mode
+// only this process's rank, with a FileKvStore in a fresh subdirectory per call (every process
+// makes the same calls in the same order, so the subdirectories match).
+void on_ranks(int world, const std::function<void(int, Collectives&, NcclComm&, KvStore&)>& body,
               std::vector<std::exception_ptr>& errors) {
-    InMemoryKvStore store;
     errors.assign(size_t(world), nullptr);
+    const ProcessRank& pr = process_rank();
+    if (pr.on()) {
+        static int calls = 0;
+        if (world != pr.world)
+            throw std::runtime_error("process mode runs ESPER_DIST_WORLD ranks only");
+        FileKvStore store(std::filesystem::path(pr.dir) / ("job" + std::to_string(calls++)));
+        try {
+            int devices = 0;
+            ESPER_CUDA_CHECK(cudaGetDeviceCount(&devices));
+            ESPER_CUDA_CHECK(cudaSetDevice(pr.rank % devices));
+            GlooCollectives gloo(loopback(pr.rank, world), store);
+            NcclConfig nc = nccl_config(pr.rank, world);
+            nc.device = pr.rank % devices;
+            NcclComm nccl(nc, store);
+            body(pr.rank, gloo, nccl, store);
+        } catch (...) {
+            errors[size_t(pr.rank)] = std::current_exception();
+        }
+        return;
+    }
+    InMemoryKvStore store;
     std::vector<std::thread> threads;
     for (int r = 0; r < world; ++r) {
         threads.emplace_back([&, r] {
@@ -138,7 +194,7 @@ void on_ranks(int world, const std::function<void(int, Collectives&, NcclComm&)>
                 ESPER_CUDA_CHECK(cudaSetDevice(r));
                 GlooCollectives gloo(loopback(r, world), store);
                 NcclComm nccl(nccl_config(r, world), store);
-                body(r, gloo, nccl);
+                body(r, gloo, nccl, store);
             } catch (...) {
                 errors[size_t(r)] = std::current_exception();
             }
@@ -147,24 +203,65 @@ void on_ranks(int world, const std::function<void(int, Collectives&, NcclComm&)>
     for (auto& t : threads) t.join();
 }
 
+// What the ranks compare, as plain bytes through the store (process mode).
+struct Summary {
+    uint64_t seed_digest = 0, param_digest = 0, params_hash = 0, stages_hash = 0;
+    double last_loss = 0.0;
+    int64_t syncs = 0, steps = 0, captures = 0;
+};
+
+Summary summary_of(const RankResult& r) {
+    Summary s;
+    s.seed_digest = r.seed_digest;
+    s.param_digest = r.param_digest;
+    s.params_hash = digest64(std::span(reinterpret_cast<const std::uint8_t*>(r.params.data()),
+                                       r.params.size() * sizeof(float)));
+    s.stages_hash = digest64(std::span(reinterpret_cast<const std::uint8_t*>(r.stages.data()),
+                                       r.stages.size() * sizeof(int)));
+    s.last_loss = r.last_loss;
+    s.syncs = r.syncs;
+    s.steps = r.steps;
+    s.captures = r.captures;
+    return s;
+}
+
+// Every rank's summary on every rank (each publishes its own under "summary/<rank>").
+std::vector<Summary> share(KvStore& store, int rank, int world, const Summary& mine) {
+    store.set("summary/" + std::to_string(rank),
+              std::span(reinterpret_cast<const std::uint8_t*>(&mine), sizeof mine));
+    std::vector<Summary> all(static_cast<size_t>(world));
+    for (int r = 0; r < world; ++r) {
+        const Bytes b = wait_get(store, "summary/" + std::to_string(r), std::chrono::seconds(60));
+        if (b.size() != sizeof(Summary)) throw std::runtime_error("bad summary size");
+        std::memcpy(&all[size_t(r)], b.data(), sizeof(Summary));
+    }
+    return all;
+}
+
 }  // namespace
 
 TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tables",
           "[kasmina][dist][multi_gpu]") {
-    ESPER_REQUIRE_DEVICES(2);
+    ESPER_REQUIRE_DEVICES(devices_needed());
     const int world = 2;
+    // One all-reduce after backward; a bucket per layer (1 KiB is less than any layer here); the
+    // default 4 MiB (one bucket on the communication stream for this small model).
+    const int64_t bucket = GENERATE(int64_t{0}, int64_t{1024}, int64_t{-1});
+    INFO("grad_bucket_bytes " << bucket);
     const Config c = gpu_config();
     Script script;
+    std::vector<Summary> sums;
     std::vector<RankResult> res(world);
     std::vector<std::exception_ptr> errors;
     on_ranks(
         world,
-        [&](int r, Collectives& gloo, NcclComm& nccl) {
+        [&](int r, Collectives& gloo, NcclComm& nccl, KvStore& store) {
             TrainerOptions o;
             o.rank = r;
             o.world = world;
             o.collectives = &gloo;
             o.nccl = &nccl;
+            o.grad_bucket_bytes = bucket;
             Trainer t(c, o);
             if (t.cuda() == nullptr)
                 throw std::runtime_error("trainer did not take the CUDA backend");
@@ -173,34 +270,48 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
             test::run_loop(
                 t, before);  // digests compared every 5 steps (host copies downloaded first)
             res[size_t(r)] = summarize(t);
+            const std::vector<Summary> all = share(store, r, world, summary_of(res[size_t(r)]));
+            if (r == 0) sums = all;
         },
         errors);
+    const ProcessRank& pr = process_rank();
     for (int r = 0; r < world; ++r) {
+        if (pr.on() && r != pr.rank) continue;
         INFO("rank " << r << ": " << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
         REQUIRE(!errors[size_t(r)]);
     }
+    if (pr.on() && pr.rank != 0) return;  // rank 0 checks what every rank shared
     for (const std::string& line : script.log) INFO(line);
     REQUIRE(script.log.size() == 4);
     for (const std::string& line : script.log) CHECK(line.substr(line.size() - 2) == "ok");
-    CHECK(res[0].syncs >= 3);
-    CHECK(res[0].captures >= 2);  // the graph was re-captured after the germinations
-    CHECK(res[1].steps == c.run.max_steps);
-    CHECK(res[1].seed_digest == res[0].seed_digest);
-    CHECK(res[1].param_digest == res[0].param_digest);
-    CHECK(res[1].stages == res[0].stages);
-    REQUIRE(res[1].params.size() == res[0].params.size());
-    size_t differ = 0;
-    for (size_t i = 0; i < res[0].params.size(); ++i)
-        differ += res[0].params[i] != res[1].params[i] ? 1 : 0;
-    CHECK(differ == 0);
-    CHECK(res[1].last_loss == res[0].last_loss);
-    CHECK(std::isfinite(res[0].last_loss));
+    REQUIRE(sums.size() == size_t(world));
+    CHECK(sums[0].syncs >= 3);
+    CHECK(sums[0].captures >= 2);  // the graph was re-captured after the germinations
+    CHECK(sums[1].steps == c.run.max_steps);
+    CHECK(sums[1].seed_digest == sums[0].seed_digest);
+    CHECK(sums[1].param_digest == sums[0].param_digest);
+    CHECK(sums[1].stages_hash == sums[0].stages_hash);
+    CHECK(sums[1].params_hash == sums[0].params_hash);  // host + every arena, bit for bit
+    CHECK(sums[1].last_loss == sums[0].last_loss);
+    CHECK(std::isfinite(sums[0].last_loss));
+    if (!pr.on()) {
+        size_t differ = 0;
+        REQUIRE(res[1].params.size() == res[0].params.size());
+        for (size_t i = 0; i < res[0].params.size(); ++i)
+            differ += res[0].params[i] != res[1].params[i] ? 1 : 0;
+        CHECK(differ == 0);
+    }
 }
 
-// Benchmark: ESPER_BENCH_STEPS (default 300) timed steps after 30 warm-up steps.
+// Benchmark: ESPER_BENCH_STEPS (default 300) timed steps after 30 warm-up steps, for each rank
+// count in ESPER_BENCH_WORLDS (default "2"), each gradient bucket size in ESPER_BENCH_BUCKETS
+// (bytes, default "0,65536,4194304,33554432": no buckets, one per layer, the default, one
+// bucket on the communication stream) with the boundary flags folded, and once more at the
+// default bucket size with a flag all-reduce per boundary (fold_sync_flags off).
 TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from 1 gpu",
           "[kasmina][dist][multi_gpu][.bench]") {
-    ESPER_REQUIRE_DEVICES(2);
+    ESPER_REQUIRE_DEVICES(devices_needed());
+    const ProcessRank& pr = process_rank();
     const char* env_steps = std::getenv("ESPER_BENCH_STEPS");
     const int64_t steps = env_steps != nullptr ? std::atoll(env_steps) : 300;
     const int64_t warm = 30;
@@ -229,10 +340,21 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
         c.blueprints.max_params_per_layer = int64_t(1) << 40;
         c.lifecycle.max_active_per_layer = burst;
     }
+    auto int_list = [](const char* env, const char* fallback) {
+        std::vector<int64_t> out;
+        for (std::string rest = env != nullptr ? env : fallback; !rest.empty();) {
+            const size_t comma = rest.find(',');
+            out.push_back(std::atoll(rest.substr(0, comma).c_str()));
+            rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
+        }
+        return out;
+    };
 
     struct Timing {
-        double loop_s = 0, step_s = 0, sync_s = 0, max_sync_s = 0, reduce_ms = 0, bare_ms = 0;
-        int64_t reduce_samples = 0, grad_bytes = 0, syncs = 0, sync_bytes = 0;
+        double loop_s = 0, step_s = 0, sync_s = 0, max_sync_s = 0, reduce_ms = 0, exposed_ms = 0,
+               bare_ms = 0;
+        int64_t reduce_samples = 0, grad_bytes = 0, syncs = 0, sync_bytes = 0, flag_collectives = 0;
+        int32_t buckets = 0;
         std::string device;
     };
     // Germinations on rank 0 during the timed loop, so seed state really changes.
@@ -251,13 +373,16 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
             (void)t.apply(
                 make(GerminateCommand{SeedRef{1, 5}, BlueprintKind::kLowrank, std::nullopt}));
     };
-    auto run_rank = [&](int r, int world, Collectives* gloo, NcclComm* nccl, Timing& out) {
+    auto run_rank = [&](int r, int world, Collectives* gloo, NcclComm* nccl, int64_t bucket,
+                        bool fold, Timing& out) {
         TrainerOptions o;
         o.rank = r;
         o.world = world;
         o.collectives = gloo;
         o.nccl = nccl;
         o.time_grad_reduce = nccl != nullptr;
+        o.grad_bucket_bytes = bucket;
+        o.fold_sync_flags = fold;
         Trainer t(c, o);
         DistributedSync* dist = t.distributed();
         Stopwatch loop;
@@ -281,14 +406,17 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
             const double ms = t.cuda()->last_grad_reduce_ms();
             if (ms > 0) {
                 out.reduce_ms += ms;
+                out.exposed_ms += t.cuda()->last_grad_reduce_exposed_ms();
                 ++out.reduce_samples;
             }
         }
         out.loop_s = loop.elapsed_s();
         out.device = t.cuda()->device_name();
+        out.buckets = t.cuda()->grad_buckets();
         if (dist != nullptr) {
             out.syncs = dist->syncs();
             out.sync_bytes = dist->sync_bytes();
+            out.flag_collectives = dist->flag_collectives();
         }
         if (nccl == nullptr) return;
         // The bare collective: one ncclAllReduce of the same bytes, same communicator.
@@ -320,78 +448,100 @@ TEST_CASE("benchmark: nccl gradient all-reduce, seed-state sync and scaling from
         (void)cudaFree(buf);
     };
 
+    // The 1-GPU baseline (not in process mode: the ranks would time it together on one GPU).
     Timing one;
-    std::exception_ptr err1;
-    std::thread single([&] {
-        try {
-            ESPER_CUDA_CHECK(cudaSetDevice(0));
-            run_rank(0, 1, nullptr, nullptr, one);
-        } catch (...) {
-            err1 = std::current_exception();
-        }
-    });
-    single.join();
-    if (err1) FAIL("1 gpu: " << message_of(err1));
+    if (!pr.on()) {
+        std::exception_ptr err1;
+        std::thread single([&] {
+            try {
+                ESPER_CUDA_CHECK(cudaSetDevice(0));
+                run_rank(0, 1, nullptr, nullptr, 0, true, one);
+            } catch (...) {
+                err1 = std::current_exception();
+            }
+        });
+        single.join();
+        if (err1) FAIL("1 gpu: " << message_of(err1));
+    }
 
     // ESPER_BENCH_WORLDS="2,4,8": the rank counts to measure (those above the device count are
-    // skipped). One JSON line per world; the last stdout line holds them all.
-    std::vector<int> worlds;
-    const char* env_worlds = std::getenv("ESPER_BENCH_WORLDS");
-    for (std::string rest = env_worlds != nullptr ? env_worlds : "2"; !rest.empty();) {
-        const size_t comma = rest.find(',');
-        worlds.push_back(std::atoi(rest.substr(0, comma).c_str()));
-        rest = comma == std::string::npos ? "" : rest.substr(comma + 1);
-    }
+    // skipped; process mode: ESPER_DIST_WORLD). One JSON line per run; the last stdout line
+    // holds them all.
+    std::vector<int64_t> worlds = int_list(std::getenv("ESPER_BENCH_WORLDS"), "2");
+    if (pr.on()) worlds = {pr.world};
+    const std::vector<int64_t> bucket_sizes =
+        int_list(std::getenv("ESPER_BENCH_BUCKETS"), "0,65536,4194304,33554432");
+    struct Variant {
+        int64_t bucket;
+        bool fold;
+    };
+    std::vector<Variant> variants;
+    for (int64_t b : bucket_sizes) variants.push_back({b, true});
+    variants.push_back({CudaBackendOptions::kDefaultGradBucketBytes, false});
     int devices = 0;
     ESPER_CUDA_CHECK(cudaGetDeviceCount(&devices));
     const double B = double(c.data.batch_size);
-    const double sps1 = B * double(steps) / one.loop_s;
-    const double step_ms1 = one.step_s * 1e3 / double(steps);
-    CHECK(sps1 > 0);
+    const double sps1 = pr.on() ? -1.0 : B * double(steps) / one.loop_s;
+    const double step_ms1 = pr.on() ? -1.0 : one.step_s * 1e3 / double(steps);
     std::string all;
-    for (int world : worlds) {
-        if (world < 2 || world > devices) continue;
-        std::vector<Timing> ranks(static_cast<size_t>(world));
-        std::vector<std::exception_ptr> errors;
-        on_ranks(
-            world,
-            [&](int r, Collectives& gloo, NcclComm& nccl) {
-                run_rank(r, world, &gloo, &nccl, ranks[size_t(r)]);
-            },
-            errors);
-        for (int r = 0; r < world; ++r) {
-            INFO("world " << world << " rank " << r << ": "
-                          << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
-            REQUIRE(!errors[size_t(r)]);
+    for (int64_t world64 : worlds) {
+        const int world = int(world64);
+        if (world < 2 || (!pr.on() && world > devices)) continue;
+        for (const Variant& v : variants) {
+            std::vector<Timing> ranks(static_cast<size_t>(world));
+            std::vector<std::exception_ptr> errors;
+            on_ranks(
+                world,
+                [&](int r, Collectives& gloo, NcclComm& nccl, KvStore&) {
+                    run_rank(r, world, &gloo, &nccl, v.bucket, v.fold, ranks[size_t(r)]);
+                },
+                errors);
+            for (int r = 0; r < world; ++r) {
+                if (pr.on() && r != pr.rank) continue;
+                INFO("world " << world << " rank " << r << " bucket " << v.bucket << ": "
+                              << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
+                REQUIRE(!errors[size_t(r)]);
+            }
+            if (pr.on() && pr.rank != 0) continue;  // rank 0 reports
+            const Timing& t0 = ranks[0];
+            const double spsw = double(world) * B * double(steps) / t0.loop_s;
+            const double step_ms = t0.step_s * 1e3 / double(steps);
+            const double n = double(std::max<int64_t>(t0.reduce_samples, 1));
+            const double reduce_ms = t0.reduce_samples > 0 ? t0.reduce_ms / n : -1;
+            const double exposed_ms = t0.reduce_samples > 0 ? t0.exposed_ms / n : -1;
+            const double sync_ms = t0.sync_s * 1e3 / double(steps);
+            CHECK(spsw > 0);
+            CHECK(t0.grad_bytes > 0);
+            CHECK(t0.syncs >= 2);
+            CHECK(t0.flag_collectives == (v.fold ? 1 : warm + steps));
+            char line[1600];
+            std::snprintf(
+                line, sizeof line,
+                "{\"bench\":\"nccl_data_parallel\",\"device\":\"%s\",\"world\":%d,"
+                "\"ranks_as\":\"%s\",\"local_batch\":%d,\"hidden\":[2048,2048],\"features\":512,"
+                "\"steps\":%lld,\"grad_bytes\":%lld,\"grad_bucket_bytes\":%lld,"
+                "\"grad_buckets\":%d,\"fold_sync_flags\":%s,\"grad_reduce_in_step_ms\":%.4f,"
+                "\"grad_reduce_exposed_ms\":%.4f,\"bare_allreduce_ms\":%.4f,"
+                "\"reduce_efficiency\":%.3f,\"exposed_efficiency\":%.3f,"
+                "\"seed_sync_ms_per_step\":%.4f,\"step_ms\":%.4f,\"seed_sync_fraction\":%.4f,"
+                "\"seed_syncs\":%lld,\"flag_collectives\":%lld,\"seed_sync_bytes\":%lld,"
+                "\"step_ms_1gpu\":%.4f,\"samples_per_s_1gpu\":%.0f,\"samples_per_s\":%.0f,"
+                "\"scaling_efficiency\":%.3f,\"burst\":%lld,\"max_seed_sync_ms\":%.3f}",
+                t0.device.c_str(), world, pr.on() ? "processes" : "threads", int(B),
+                (long long)steps, (long long)t0.grad_bytes, (long long)v.bucket, t0.buckets,
+                v.fold ? "true" : "false", reduce_ms, exposed_ms, t0.bare_ms,
+                reduce_ms > 0 ? t0.bare_ms / reduce_ms : -1.0,
+                exposed_ms > 0 ? t0.bare_ms / exposed_ms : -1.0, sync_ms, step_ms,
+                sync_ms / (step_ms + sync_ms), (long long)t0.syncs, (long long)t0.flag_collectives,
+                (long long)t0.sync_bytes, step_ms1, sps1, spsw,
+                pr.on() ? -1.0 : spsw / (double(world) * sps1), (long long)burst,
+                t0.max_sync_s * 1e3);
+            std::printf("%s\n", line);
+            if (!all.empty()) all.push_back(',');
+            all.append(line);
         }
-        const Timing& t0 = ranks[0];
-        const double spsw = double(world) * B * double(steps) / t0.loop_s;
-        const double step_ms = t0.step_s * 1e3 / double(steps);
-        const double reduce_ms =
-            t0.reduce_samples > 0 ? t0.reduce_ms / double(t0.reduce_samples) : -1;
-        const double sync_ms = t0.sync_s * 1e3 / double(steps);
-        CHECK(spsw > 0);
-        CHECK(t0.grad_bytes > 0);
-        CHECK(t0.syncs >= 2);
-        char line[1280];
-        std::snprintf(
-            line, sizeof line,
-            "{\"bench\":\"nccl_data_parallel\",\"device\":\"%s\",\"world\":%d,"
-            "\"local_batch\":%d,\"hidden\":[2048,2048],\"features\":512,\"steps\":%lld,"
-            "\"grad_bytes\":%lld,\"grad_reduce_in_step_ms\":%.4f,\"bare_allreduce_ms\":%.4f,"
-            "\"reduce_efficiency\":%.3f,\"seed_sync_ms_per_step\":%.4f,"
-            "\"step_ms\":%.4f,\"seed_sync_fraction\":%.4f,\"seed_syncs\":%lld,"
-            "\"seed_sync_bytes\":%lld,\"step_ms_1gpu\":%.4f,\"samples_per_s_1gpu\":%.0f,"
-            "\"samples_per_s\":%.0f,\"scaling_efficiency\":%.3f,\"burst\":%lld,"
-            "\"max_seed_sync_ms\":%.3f}",
-            t0.device.c_str(), world, int(B), (long long)steps, (long long)t0.grad_bytes, reduce_ms,
-            t0.bare_ms, reduce_ms > 0 ? t0.bare_ms / reduce_ms : -1.0, sync_ms, step_ms,
-            sync_ms / (step_ms + sync_ms), (long long)t0.syncs, (long long)t0.sync_bytes, step_ms1,
-            sps1, spsw, spsw / (double(world) * sps1), (long long)burst, t0.max_sync_s * 1e3);
-        std::printf("%s\n", line);
-        if (!all.empty()) all.push_back(',');
-        all.append(line);
     }
+    if (pr.on() && pr.rank != 0) return;
     std::printf("{\"bench\":\"nccl_data_parallel_sweep\",\"results\":[%s]}\n", all.c_str());
     std::fflush(stdout);
 }
