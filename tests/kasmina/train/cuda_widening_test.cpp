@@ -391,7 +391,7 @@ TEST_CASE(
         CHECK(rb[i].stage == ra[i].stage);
         CHECK(rb[i].contribution.has_value() == ra[i].contribution.has_value());
         if (ra[i].contribution && rb[i].contribution)
-            CHECK(close(*rb[i].contribution, *ra[i].contribution, 1e-4, 5e-2));
+            CHECK(close(*rb[i].contribution, *ra[i].contribution, 2e-3, 5e-2));
     }
     std::fprintf(stderr, "widening walk 70 steps: max |gpu - cpu| loss = %.3g, captures %lld\n",
                  max_diff, static_cast<long long>(gpu.cuda()->graph_captures()));
@@ -421,6 +421,6 @@ TEST_CASE("graph replay of a step with widening seeds gives the loss of the unca
     CHECK(direct.cuda()->graph_captures() == 0);
     // A capture per change of the running seeds' stages (a handful per seed), not per step.
     CHECK(graphed.cuda()->graph_captures() >= 3);
-    CHECK(graphed.cuda()->graph_captures() <= 20);
+    CHECK(graphed.cuda()->graph_captures() <= 24);
     CHECK(graphed.seeds().table(1).stage(1) == SeedStage::kFossilized);
 }
