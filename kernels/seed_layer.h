@@ -69,8 +69,9 @@ ESPER_HD constexpr float stage_input_grad_alpha(SeedStage s, float alpha) {
 // holds *layer-input* blueprints (docs/kasmina.md, "Widening blueprints"): x is the host layer's
 // whole input row (SeedLayerView::input, in_width features), so a seed adds `hidden` new units
 // that see everything the host layer sees and write into its chunk: the layer grows wider, not
-// deeper. kScaleShift always reads its chunk. Layer-input arenas are CPU-only for now: the CUDA
-// kernels assume in_width == 0 and the CUDA backend refuses such a config.
+// deeper. kScaleShift always reads its chunk. The fused CUDA seed kernels assume in_width == 0:
+// the CUDA backend hides layer-input seeds from them (slot −1) and runs those as cuBLAS GEMMs
+// around kernels/widening.h, as kasmina/model/widening.h does with BLAS on the CPU.
 struct BlueprintArena {
     float* params = nullptr;  // [capacity, stride]
     float* grads = nullptr;   // [capacity, stride]; backward accumulates (+=), the owner zeroes

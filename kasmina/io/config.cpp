@@ -587,11 +587,6 @@ Config read_root(const Reader& r, const YAML::Node& root, uint64_t memory_bytes)
     if (auto s = r.child_map(root, "", "lifecycle")) read_lifecycle(r, *s, c.lifecycle);
     if (auto s = r.child_map(root, "", "governor")) read_governor(r, *s, c.governor);
     if (auto s = r.child_map(root, "", "faults")) read_faults(r, *s, c.faults);
-    if (c.blueprints.input == BlueprintInput::kLayer && c.run.device == "cuda") {
-        const YAML::Node bp = root["blueprints"];
-        r.fail(r.at(bp, "input"), "blueprints.input",
-               "'layer' (widening blueprints) runs on the CPU only; set run.device: cpu or auto");
-    }
     // The transformer reads bytes, and bytes need the transformer.
     const bool transformer = c.model.kind == ModelKind::kTransformer;
     if (transformer != (c.data.dataset == "text")) {

@@ -26,7 +26,7 @@ inline constexpr std::array<std::string_view, 2> kActivationNames = {"relu", "ge
 constexpr std::string_view activation_name(Activation a) { return enum_name(a, kActivationNames); }
 
 // What residual_mlp / lowrank blueprints read: their chunk of h (DESIGN §4.5) or the host layer's
-// whole input ("widening" blueprints, CPU only; docs/kasmina.md).
+// whole input ("widening" blueprints; docs/kasmina.md).
 enum class BlueprintInput : uint8_t { kChunk = 0, kLayer = 1 };
 inline constexpr std::array<std::string_view, 2> kBlueprintInputNames = {"chunk", "layer"};
 constexpr std::string_view blueprint_input_name(BlueprintInput i) {

@@ -26,6 +26,7 @@
 #include "kernels/seed_forward.h"
 #include "kernels/seed_state_update.h"
 #include "kernels/softmax_xent.h"
+#include "kernels/widening.h"
 #if ESPER_HAVE_NCCL
 #include "kasmina/dist/collectives_nccl.h"
 #endif
@@ -83,6 +84,11 @@ struct SeedLayerDev {
     DeviceBuffer<uint8_t> fwd_ws, bwd_ws;
     PinnedBuffer<kernels::SeedUpdate> updates_host;
     DeviceBuffer<kernels::SeedUpdate> updates;
+    // blueprints.input: layer: the slot column the fused seed kernels read, with the layer-input
+    // seeds' slots masked to −1 (identity there; the widening path below adds their blueprint),
+    // and its host shadow.
+    DeviceBuffer<int32_t> masked_slot;
+    std::vector<int32_t> masked_shadow;
     // Host shadow of what the device table holds (diffed at step boundaries).
     std::vector<uint8_t> stage_shadow, kind_shadow;
     std::vector<int32_t> slot_shadow;
@@ -98,6 +104,25 @@ struct LiveSlot {
     int32_t seed = 0;
     bool trains = false;
     bool operator==(const LiveSlot&) const = default;
+};
+
+// A layer-input (widening) seed whose blueprint runs: what the captured step does for it is fixed
+// by its stage (which products run), its α is read on the device. Scratch: z (pre-activation), a,
+// r ([max_batch, ·]: evaluation too) and the backward's g, gs = g_scale·g, da, dzs = g_scale·dz,
+// dzi = a_in·dz ([batch, ·]).
+struct WideningDev {
+    int32_t layer = 0, seed = 0, slot = 0, c0 = 0, w = 0, hidden = 0, in = 0;
+    BlueprintKind kind = BlueprintKind::kResidualMlp;
+    bool param_grads = false;  // the stage trains the blueprint
+    bool input_grads = false;  // the stage sends gradient into the layer's input (layer > 0)
+    DeviceBuffer<float> z, a, r, g, gs, da, dzs, dzi;
+};
+
+// What a captured step assumed about the running widening seeds; a change means re-capture.
+struct WideningKey {
+    int32_t layer = 0, seed = 0, slot = 0;
+    uint8_t kind = 0, stage = 0;
+    bool operator==(const WideningKey&) const = default;
 };
 
 struct StepResultHost {
@@ -177,6 +202,12 @@ struct CudaBackend::Impl {
     std::vector<int32_t> bucket_closing;  // per layer index 0..L: bucket closing after it, or -1
     size_t next_bucket = 0;               // capture-time cursor
 
+    // ---- widening (blueprints.input: layer): the running layer-input seeds, cuBLAS GEMMs
+    // around the kernels/widening.h pieces, as kasmina/model/widening.cpp does on the CPU ----
+    bool layer_input = false;
+    std::vector<WideningDev> widening;
+    std::vector<WideningKey> widening_key;
+
     // ---- streams, events, cuBLAS, the graph: declared last, so they are released first
     // (graph, cuBLAS, events, streams), before the buffers whose work they ordered ----
     CudaStream stream;
@@ -203,6 +234,9 @@ struct CudaBackend::Impl {
                 const SeedStage st = t.stage(s);
                 pass = kernels::stage_forward_alpha(st, 1.0f) == 0.0f &&
                        kernels::stage_input_grad_alpha(st, 1.0f) == 0.0f;
+                // The widening GEMMs run on the main stream (one cuBLAS handle and workspace),
+                // so a layer with a running layer-input seed is never bypassed.
+                if (widening_seed(l, s) && kernels::stage_runs_blueprint(st)) pass = false;
             }
             out[l] = pass ? 1 : 0;
         }
@@ -238,7 +272,7 @@ struct CudaBackend::Impl {
         vw.chunk_offset = d.offsets.get();
         vw.stage = d.stage.get();
         vw.kind = d.kind.get();
-        vw.slot = d.slot.get();
+        vw.slot = layer_input ? d.masked_slot.get() : d.slot.get();
         vw.alpha = d.alpha.get();
         for (int k = 0; k < kNumBlueprintKinds; ++k) vw.arenas[k] = d.arenas[k].view;
         return vw;
@@ -287,6 +321,7 @@ struct CudaBackend::Impl {
                 ESPER_CUDA_CHECK(kernels::launch_seed_forward(
                     view(l, b), L.a.get(), L.y.get(), train ? &t : nullptr, layers[l].fwd_ws.get(),
                     layers[l].fwd_ws.size(), off_path ? side.get() : stream.get()));
+                widening_forward(l, in, L.y.get(), b);
             }
             in = layer_out(l, overlap);
         }
@@ -324,14 +359,181 @@ struct CudaBackend::Impl {
                 if (off_path && reduce_overlapped())
                     ESPER_CUDA_CHECK(cudaEventRecord(side_grads[l].get(), side.get()));
                 if (!off_path) g = H.dh.get();
+                widening_backward(l, l == 0 ? x.get() : layer_out(l - 1, overlap), H.dy.get(), b);
             }
             ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
                 g, H.z.get(), H.dz.get(), grads.get() + H.b_off, b, int32_t(H.out), H.act,
                 bias_ws.get(), bias_ws_bytes, stream.get()));
             gemm_dw(l == 0 ? x.get() : layer_out(l - 1, overlap), H.dz.get(), H, b);
             if (reduce_overlapped()) layer_grads_done(l, overlap);
-            if (l > 0) gemm_dx(H.dz.get(), H, hidden[l - 1].dy.get(), b);
+            if (l > 0) {
+                gemm_dx(H.dz.get(), H, hidden[l - 1].dy.get(), b);
+                // After the host layer's dx (which overwrites): the widening seeds' input grads.
+                if (opt.seed_layers) widening_input_grads(l, hidden[l - 1].dy.get(), b);
+            }
         }
+    }
+
+    // ---- widening (layer-input) seeds ----
+
+    // Row-major C[m, n] = op(A)·op(B) + beta·C on the main stream (cuBLAS sees the transposed
+    // problem: Cᵀ = op(B)ᵀ·op(A)ᵀ, and a row-major X is a column-major Xᵀ).
+    void gemm_rm(bool trans_a, bool trans_b, int32_t m, int32_t n, int32_t k, const float* a,
+                 int32_t lda, const float* b, int32_t ldb, float beta, float* c, int32_t ldc) {
+        const float one = 1.0f;
+        ESPER_CUBLAS_CHECK(cublasSgemm(cublas.get(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                       trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &one, b, ldb,
+                                       a, lda, &beta, c, ldc));
+    }
+
+    // Seed s of layer l holds a layer-input blueprint (host table; mirrors WideningPath::handled).
+    bool widening_seed(size_t l, int32_t s) const {
+        if (!layer_input || seeds == nullptr) return false;
+        const SeedTable& t = seeds->table(int32_t(l));
+        const int32_t slot = t.slot(s);
+        if (slot < 0) return false;
+        const kernels::BlueprintArena& a = layers[l].arenas[int(t.kind(s))].view;
+        return kernels::blueprint_reads_layer_input(t.kind(s), a.in_width) && slot < a.capacity;
+    }
+
+    kernels::WideningSeedRef widening_ref(const WideningDev& e) const {
+        return {layers[size_t(e.layer)].stage.get(), layers[size_t(e.layer)].alpha.get(), e.seed};
+    }
+
+    const float* widening_params(const WideningDev& e) const {
+        const ArenaDev& ar = layers[size_t(e.layer)].arenas[int(e.kind)];
+        return ar.params.get() + size_t(e.slot) * size_t(ar.view.stride);
+    }
+    float* widening_grads(const WideningDev& e) const {
+        const ArenaDev& ar = layers[size_t(e.layer)].arenas[int(e.kind)];
+        return ar.grads.get() + size_t(e.slot) * size_t(ar.view.stride);
+    }
+    kernels::MlpSlotOffsets widening_offsets(const WideningDev& e) const {
+        const ArenaDev& ar = layers[size_t(e.layer)].arenas[int(e.kind)];
+        return kernels::mlp_slot_offsets(ar.view.max_width, e.hidden, e.in);
+    }
+
+    // y[:, chunk] += a_fwd·(U·act(V·input + b1) + b2) for the running widening seeds of layer l
+    // (after the seed kernel wrote y = h there); keeps z, a, r for the backward.
+    void widening_forward(size_t l, const float* input, float* y, int32_t b) {
+        for (WideningDev& e : widening) {
+            if (size_t(e.layer) != l) continue;
+            const float* p = widening_params(e);
+            const kernels::MlpSlotOffsets o = widening_offsets(e);
+            gemm_rm(false, true, b, e.hidden, e.in, input, e.in, p + o.v, e.in, 0.0f, e.z.get(),
+                    e.hidden);
+            ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(
+                e.z.get(), p + o.b1, e.a.get(), b, e.hidden,
+                e.kind == BlueprintKind::kResidualMlp ? kernels::Activation::kRelu
+                                                      : kernels::Activation::kIdentity,
+                stream.get()));
+            gemm_rm(false, true, b, e.w, e.hidden, e.a.get(), e.hidden, p + o.u, e.hidden, 0.0f,
+                    e.r.get(), e.w);
+            ESPER_CUDA_CHECK(kernels::launch_widening_output_forward(
+                widening_ref(e), p + o.b2, e.r.get(), y, b, e.w, int32_t(hidden[l].out), e.c0,
+                stream.get()));
+        }
+    }
+
+    // Contribution telemetry and blueprint gradients of layer l's running widening seeds (dy:
+    // ∂L/∂y of the layer); dzi is left for widening_input_grads.
+    void widening_backward(size_t l, const float* input, const float* dy, int32_t b) {
+        for (WideningDev& e : widening) {
+            if (size_t(e.layer) != l) continue;
+            const float* p = widening_params(e);
+            float* gp = widening_grads(e);
+            const kernels::MlpSlotOffsets o = widening_offsets(e);
+            const kernels::SeedTelemetryAccum t = tel(l);
+            ESPER_CUDA_CHECK(kernels::launch_widening_output_backward(
+                widening_ref(e), dy, int32_t(hidden[l].out), e.c0, e.r.get(), b, e.w, e.g.get(),
+                e.param_grads ? e.gs.get() : nullptr, e.param_grads ? gp + o.b2 : nullptr,
+                t.contribution + e.seed, stream.get()));
+            if (!e.param_grads && !e.input_grads) continue;
+            if (e.param_grads)  // gU[w, H] += gsᵀ·a
+                gemm_rm(true, false, e.w, e.hidden, b, e.gs.get(), e.w, e.a.get(), e.hidden, 1.0f,
+                        gp + o.u, e.hidden);
+            gemm_rm(false, false, b, e.hidden, e.w, e.g.get(), e.w, p + o.u, e.hidden, 0.0f,
+                    e.da.get(), e.hidden);  // da = g·U
+            ESPER_CUDA_CHECK(kernels::launch_widening_hidden_backward(
+                widening_ref(e), e.kind, e.da.get(), e.z.get(), b, e.hidden,
+                e.param_grads ? e.dzs.get() : nullptr, e.param_grads ? gp + o.b1 : nullptr,
+                e.input_grads ? e.dzi.get() : nullptr, stream.get()));
+            if (e.param_grads)  // gV[H, in] += dzsᵀ·input
+                gemm_rm(true, false, e.hidden, e.in, b, e.dzs.get(), e.hidden, input, e.in, 1.0f,
+                        gp + o.v, e.in);
+        }
+    }
+
+    // d_input[B, in] += dzi·V for layer l's widening seeds that send gradient to their input.
+    void widening_input_grads(size_t l, float* d_input, int32_t b) {
+        for (WideningDev& e : widening) {
+            if (size_t(e.layer) != l || !e.input_grads) continue;
+            gemm_rm(false, false, b, e.in, e.hidden, e.dzi.get(), e.hidden,
+                    widening_params(e) + widening_offsets(e).v, e.in, 1.0f, d_input, e.in);
+        }
+    }
+
+    // Step boundary, after the tables were mirrored: the masked slot columns the seed kernels
+    // read, and the plan of running widening seeds. A plan change (a seed starts or stops running,
+    // changes stage or slot) is structural: new scratch, re-capture.
+    void refresh_widening() {
+        if (!layer_input || seeds == nullptr) return;
+        std::vector<WideningKey> key;
+        for (size_t l = 0; l < layers.size(); ++l) {
+            SeedLayerDev& s = layers[l];
+            const SeedTable& t = seeds->table(int32_t(l));
+            std::vector<int32_t> masked(t.slot_data(), t.slot_data() + s.num_seeds);
+            for (int32_t i = 0; i < s.num_seeds; ++i) {
+                if (!widening_seed(l, i)) continue;
+                masked[size_t(i)] = -1;
+                if (kernels::stage_runs_blueprint(t.stage(i)))
+                    key.push_back(
+                        {int32_t(l), i, t.slot(i), uint8_t(t.kind(i)), uint8_t(t.stage(i))});
+            }
+            if (masked != s.masked_shadow) {
+                s.masked_shadow = std::move(masked);
+                // Pageable source: the copy is staged before the call returns.
+                ESPER_CUDA_CHECK(cudaMemcpyAsync(s.masked_slot.get(), s.masked_shadow.data(),
+                                                 size_t(s.num_seeds) * sizeof(int32_t),
+                                                 cudaMemcpyHostToDevice, stream.get()));
+            }
+        }
+        if (key == widening_key) return;
+        // sync-point: structural edit (the old plan's scratch may still be in use).
+        ESPER_CUDA_CHECK(cudaStreamSynchronize(stream.get()));
+        widening.clear();
+        const size_t MB = size_t(max_batch), B = size_t(opt.batch);
+        for (const WideningKey& k : key) {
+            const SeedTable& t = seeds->table(k.layer);
+            const kernels::BlueprintArena& a = layers[size_t(k.layer)].arenas[k.kind].view;
+            const SeedStage stage = SeedStage(k.stage);
+            WideningDev& e = widening.emplace_back();
+            e.layer = k.layer;
+            e.seed = k.seed;
+            e.slot = k.slot;
+            e.kind = BlueprintKind(k.kind);
+            e.c0 = t.chunk_begin(k.seed);
+            e.w = t.chunk_width(k.seed);
+            e.hidden = a.hidden;
+            e.in = a.in_width;
+            e.param_grads = kernels::stage_blueprint_grad_scale(stage, 1.0f) != 0.0f;
+            e.input_grads = k.layer > 0 && kernels::stage_input_grad_alpha(stage, 1.0f) != 0.0f;
+            const size_t H = size_t(e.hidden), W = size_t(e.w);
+            e.z = DeviceBuffer<float>(MB * H);
+            e.a = DeviceBuffer<float>(MB * H);
+            e.r = DeviceBuffer<float>(MB * W);
+            e.g = DeviceBuffer<float>(B * W);
+            e.da = DeviceBuffer<float>(B * H);
+            if (e.param_grads) {
+                e.gs = DeviceBuffer<float>(B * W);
+                e.dzs = DeviceBuffer<float>(B * H);
+            }
+            if (e.input_grads) e.dzi = DeviceBuffer<float>(B * H);
+        }
+        widening_key = std::move(key);
+        // The new buffers were zeroed on the legacy stream; finish that before `stream` uses them.
+        ESPER_CUDA_CHECK(cudaDeviceSynchronize());
+        graph_valid = false;
     }
 
     float* slot_ptr(const DeviceBuffer<float>& buf, const LiveSlot& e) const {
@@ -681,6 +883,7 @@ CudaBackend::CudaBackend(const Config& config, MlpModel& model, SeedManager* see
     d.in_features = model.in_features();
     d.classes = model.classes();
     d.adamw = config.optimizer.kind == OptimizerKind::kAdamw;
+    d.layer_input = options.seed_layers && config.blueprints.input == BlueprintInput::kLayer;
 
 #if !ESPER_HAVE_NCCL
     ESPER_CHECK_INPUT(options.nccl == nullptr,
@@ -800,6 +1003,7 @@ CudaBackend::CudaBackend(const Config& config, MlpModel& model, SeedManager* see
             s.bwd_ws = DeviceBuffer<uint8_t>(kernels::seed_backward_workspace_bytes(s.num_seeds));
             s.updates_host = PinnedBuffer<kernels::SeedUpdate>(S);
             s.updates = DeviceBuffer<kernels::SeedUpdate>(S);
+            if (d.layer_input) s.masked_slot = DeviceBuffer<int32_t>(S);
             BlueprintArenas& a = d.seeds->arenas(int32_t(l));
             for (int k = 0; k < kNumBlueprintKinds; ++k) {
                 const BlueprintKind bk = BlueprintKind(k);
@@ -884,6 +1088,7 @@ void CudaBackend::upload_all() {
         for (const LiveSlot& e : d.live_slots()) d.upload_slot(e.layer, e.kind, e.slot);
         std::vector<LiveSlot> next = d.live_slots();
         if (next != d.live || d.live_off.size() != d.live.size()) d.set_live(std::move(next));
+        d.refresh_widening();
         std::vector<uint8_t> bypass = d.compute_bypass();
         if (bypass != d.bypass) {
             d.bypass = std::move(bypass);
@@ -900,6 +1105,12 @@ void CudaBackend::download_all() {
     copy_optimizer_state(false);
     if (d.seeds != nullptr) {
         for (const LiveSlot& e : d.live_slots()) {
+            // A slot taken since the last step boundary is not on the device yet: the host holds
+            // its initialisation (the split init downloads right after a germination).
+            const SeedLayerDev& sd = d.layers[size_t(e.layer)];
+            if (sd.slot_shadow[size_t(e.seed)] != e.slot ||
+                sd.kind_shadow[size_t(e.seed)] != uint8_t(e.kind))
+                continue;
             BlueprintArenas& a = d.seeds->arenas(e.layer);
             const BlueprintKind k = BlueprintKind(e.kind);
             ArenaDev& ar = d.layers[size_t(e.layer)].arenas[e.kind];
@@ -970,6 +1181,7 @@ void CudaBackend::sync_structure() {
     if (any) ESPER_CUDA_CHECK(cudaEventRecord(d.updates_done.get(), d.stream.get()));
     std::vector<LiveSlot> next = d.live_slots();
     if (next != d.live) d.set_live(std::move(next));
+    d.refresh_widening();
     std::vector<uint8_t> bypass = d.compute_bypass();
     if (bypass != d.bypass) {
         d.bypass = std::move(bypass);

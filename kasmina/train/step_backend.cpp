@@ -24,17 +24,8 @@ bool trainer_uses_cuda(const Config& config) {
                          "run.device: cuda trains the bare host on the GPU)");
         return false;
     }
-    // Widening (layer-input) blueprints have CPU code only (load_config refuses device: cuda
-    // with them); `auto` then means the CPU.
-    const char* cpu_only =
-        config.blueprints.input == BlueprintInput::kLayer ? "blueprints.input: layer" : nullptr;
-    if (cpu_only == nullptr) return resolve_use_cuda(config.run.device);
-    ESPER_CHECK_INPUT(config.run.device != "cuda", cpu_only,
-                      " runs on the CPU only; set run.device: cpu or auto");
-    if (config.run.device == "auto")
-        ESPER_LOG_AT(backend_log(), LogLevel::kInfo, "device=cpu (", cpu_only,
-                     " has no CUDA kernels yet)");
-    return false;
+    // Widening (layer-input) blueprints run on both backends (the CUDA one since issue 14).
+    return resolve_use_cuda(config.run.device);
 }
 
 std::unique_ptr<StepBackend> make_step_backend(const Config& config, Model& model,

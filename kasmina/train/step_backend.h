@@ -75,8 +75,8 @@ struct StepBackendOptions {
 };
 
 // Whether a run of this config trains on the GPU: run.device resolved as resolve_use_cuda does,
-// except that widening blueprints (blueprints.input: layer) have CPU kernels only — `auto` then
-// means the CPU and `cuda` is an error.
+// except that the transformer, whose seeds germinate on the CPU only, trains on the GPU only when
+// run.device is `cuda` (`auto` keeps it on the CPU).
 bool trainer_uses_cuda(const Config& config);
 
 // The backend trainer_uses_cuda(config) picks, over `model`, `seeds` and `optimizer` (all must

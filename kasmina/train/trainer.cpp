@@ -234,6 +234,7 @@ EvalResult Trainer::evaluate() {
 void Trainer::split_germinated() {
     if (config_.blueprints.init != BlueprintInit::kSplit || model_->kind() != "mlp") return;
     split_done_.resize(size_t(seeds_->num_layers()));
+    bool downloaded = false;
     for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
         const SeedTable& t = seeds_->table(l);
         std::vector<uint8_t>& done = split_done_[size_t(l)];
@@ -249,6 +250,8 @@ void Trainer::split_germinated() {
                 arenas.in_width() <= 0)
                 continue;
             done[size_t(s)] = 1;
+            // On the GPU the host copy of the weights is refreshed only by a download.
+            if (!std::exchange(downloaded, true)) backend_->download_all();
             // MLP parameters in order: hidden<l>.weight [D, n], hidden<l>.bias [D], ...
             const Tensor& w = *model_->params()[size_t(2 * l)].value;
             const Tensor& b = *model_->params()[size_t(2 * l + 1)].value;
@@ -271,6 +274,7 @@ void Trainer::split_germinated() {
                          " units=", hidden, " from host units ", c0, "..", c0 + cw - 1);
         }
     }
+    if (downloaded) backend_->upload_all();  // the device may already hold the unsplit slot
 }
 
 bool Trainer::fold_fossils() {

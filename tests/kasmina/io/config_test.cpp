@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "kasmina/train/step_backend.h"
 #include "tests/support/paths.h"
 
 using namespace esper;
@@ -147,11 +148,6 @@ TEST_CASE("config errors name file, line, field and reason", "[kasmina][config]"
               "run.yaml:1: model.activation: expected one of relu, gelu, got 'tanh'");
         CHECK(config_error("blueprints:\n  input: pixels\n") ==
               "run.yaml:2: blueprints.input: expected one of chunk, layer, got 'pixels'");
-    }
-    SECTION("widening blueprints are CPU-only") {
-        CHECK(config_error("run: {device: cuda}\nblueprints:\n  input: layer\n") ==
-              "run.yaml:3: blueprints.input: 'layer' (widening blueprints) runs on the CPU only; "
-              "set run.device: cpu or auto");
     }
     SECTION("cross-field checks") {
         CHECK(config_error("model:\n  hidden: [64, 6]\n  seeds_per_layer: 8\n") ==
@@ -326,4 +322,18 @@ TEST_CASE("transformer configs that cannot run are refused with file, line and f
     CHECK_THAT(config_error("data: {dataset: text}\nmodel:\n  kind: transformer\n  transformer:\n"
                             "    max_extra_units: 16\n    initial_extra_units: 17\n"),
                Catch::Contains("run.yaml:6: model.transformer.initial_extra_units"));
+}
+
+TEST_CASE("widening blueprints load with run.device: cuda (they have CUDA kernels now)",
+          "[kasmina][config]") {
+    const Config c =
+        parse_config("run: {device: cuda}\nblueprints:\n  input: layer\n", "widening.yaml");
+    CHECK(c.run.device == "cuda");
+    CHECK(c.blueprints.input == BlueprintInput::kLayer);
+    // Without a visible device (or a CUDA build) the step backend, not the config, refuses
+    // `cuda`; with one, the run trains there.
+    if (!cuda_device_available())
+        CHECK_THROWS_WITH(trainer_uses_cuda(c), Catch::Contains("run.device: cuda: "));
+    else
+        CHECK(trainer_uses_cuda(c));
 }

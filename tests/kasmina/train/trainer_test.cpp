@@ -9,6 +9,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
@@ -100,9 +102,17 @@ TEST_CASE(
     "blueprints.init split starts a widening seed's units as noisy copies of its chunk's host "
     "units",
     "[kasmina][trainer]") {
-    for (const BlueprintInit init : {BlueprintInit::kSplit, BlueprintInit::kRandom}) {
+    // Both backends where a GPU is visible (the CUDA one splits from downloaded weights).
+    std::vector<std::pair<std::string, BlueprintInit>> runs;
+    for (const char* device : {"cpu", "cuda"}) {
+        if (std::string(device) == "cuda" && !cuda_device_available()) continue;
+        for (const BlueprintInit init : {BlueprintInit::kSplit, BlueprintInit::kRandom})
+            runs.emplace_back(device, init);
+    }
+    for (const auto& [device, init] : runs) {
+        CAPTURE(device);
         Config c = small_config();
-        c.run.device = "auto";
+        c.run.device = device;
         c.blueprints.input = BlueprintInput::kLayer;
         c.blueprints.init = init;
         c.model.seeds_per_layer = 2;  // layer 1: 20 units in chunks of 10, input of 24 features
@@ -138,7 +148,7 @@ TEST_CASE(
 TEST_CASE("widening blueprints read the layer input, count its width and train the host through it",
           "[kasmina][trainer]") {
     Config c = small_config();
-    c.run.device = "auto";  // layer-input blueprints pick the CPU
+    c.run.device = "cpu";  // reads the CPU model's activations
     c.blueprints.input = BlueprintInput::kLayer;
     c.model.seeds_per_layer = 2;                // layer 1: chunks of 10, input of 24 features
     c.lifecycle.gates.min_contribution = -1e9;  // pass the EVALUATING gate whatever it measures
