@@ -1,6 +1,7 @@
 // Launcher of the fused seed-layer backward on the GPU: dh = dy + a_in·J_rᵀdy, blueprint
-// gradients accumulated (+=, float atomics: summation order varies run to run) into the arenas'
-// grads, and grad_sq / contribution added to the telemetry accumulators. Device pointers only.
+// gradients accumulated (+=) into the arenas' grads, and grad_sq / contribution added to the
+// telemetry accumulators. Blueprint gradients and contributions are summed in a fixed order (no
+// float atomics): the same inputs give the same bits on every run. Device pointers only.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -11,8 +12,13 @@
 
 namespace esper::kernels {
 
-// Workspace for num_seeds seeds; zero it once after allocation, launches leave it zeroed.
+// Workspace for num_seeds seeds; zero it once after allocation, launches leave it zeroed. Past a
+// small header it holds per-row-group gradient partials: the num_seeds size has 16 MiB of them,
+// the view size (host fields only: batch, arenas) enough to split every listed seed's rows over
+// the whole GPU (at most 512 MiB). A smaller workspace still gives the same bits, just fewer
+// row groups (less parallel).
 size_t seed_backward_workspace_bytes(int32_t num_seeds);
+size_t seed_backward_workspace_bytes(const SeedLayerView& view);
 
 // h, dy, dh: [batch, width] row-major, dh aliasing neither h nor dy; tel: a host struct of device
 // pointers, or null for no telemetry. Order on `stream`: one streaming pass over dy, one pass

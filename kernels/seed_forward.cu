@@ -4,6 +4,8 @@
 // warp of a block that covers all rows is Chan-merged right there. Pass 2 evaluates blueprints for
 // the listed seeds only (persistent blocks over (seed, row tile) items); pass 3 Chan-merges the
 // seeds that were reduced through the workspace.
+#include <cublas_v2.h>
+
 #include "kernels/seed_common.cuh"
 #include "kernels/seed_forward.h"
 
@@ -193,6 +195,9 @@ __device__ inline void merge_stats(const SeedTelemetryAccum& tel, int32_t s, dou
 // gathers the seed's row with shuffles and evaluates its own output from registers.
 constexpr int kInlineWidth = 2;
 constexpr int kInlineHidden = 4;
+// Rows each streaming thread keeps in flight: at 1 M seeds a thread sees only 64 rows, so the
+// loads of one iteration are what hides the memory latency.
+constexpr int kRowUnroll = 8;
 
 struct InlineBlueprint {
     float v[kInlineHidden][kInlineWidth];  // V (scale_shift: unused)
@@ -269,7 +274,7 @@ __global__ void __launch_bounds__(detail::kStreamThreads)
     bool inline_lane = false;
     InlineBlueprint ib;
     if (valid) {
-        s = detail::seed_of_column(v.chunk_offset, v.num_seeds, c);
+        s = detail::seed_of_column(v.chunk_offset, v.num_seeds, v.width, c);
         blend = seed_blends(v, s, &a);
         const int32_t k0 = v.chunk_offset[s], k1 = v.chunk_offset[s + 1];
         if constexpr (kInline) {
@@ -294,31 +299,31 @@ __global__ void __launch_bounds__(detail::kStreamThreads)
     const float* hp = h + int64_t(r0) * ld + cc;
     float* yp = y + int64_t(r0) * ld + cc;
     int32_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        float x[4];
+    for (; r + kRowUnroll <= r1; r += kRowUnroll) {
+        float x[kRowUnroll];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) x[k] = valid ? __ldcs(hp + k * ld) : 0.0f;
+        for (int k = 0; k < kRowUnroll; ++k) x[k] = valid ? __ldcs(hp + k * ld) : 0.0f;
         if (write_plain)
 #pragma unroll
-            for (int k = 0; k < 4; ++k) __stcs(yp + k * ld, x[k]);
+            for (int k = 0; k < kRowUnroll; ++k) __stcs(yp + k * ld, x[k]);
         if constexpr (kInline) {
             if (warp_inline)
 #pragma unroll
-                for (int k = 0; k < 4; ++k) {
+                for (int k = 0; k < kRowUnroll; ++k) {
                     const float out = eval_inline(ib, x[k], inline_lane);
                     if (inline_lane) __stcs(yp + k * ld, x[k] + a * out);
                 }
         }
         if (valid)
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
+            for (int k = 0; k < kRowUnroll; ++k) {
                 const float d = x[k] - shift;
                 sum += d;
                 sq = fmaf(d, d, sq);
                 dead += fabsf(x[k]) < kDeadThreshold ? 1.0f : 0.0f;
             }
-        hp += 4 * ld;
-        yp += 4 * ld;
+        hp += kRowUnroll * ld;
+        yp += kRowUnroll * ld;
     }
     for (; r < r1; ++r) {
         const float x = valid ? __ldcs(hp) : 0.0f;
@@ -341,9 +346,14 @@ __global__ void __launch_bounds__(detail::kStreamThreads)
     if (!with_stats) return;
     double ds = sum, dq = sq, dd = dead;
     const int32_t key = s;
-    bool tail = detail::segmented_warp_sum(key, ds);
-    detail::segmented_warp_sum(key, dq);
-    detail::segmented_warp_sum(key, dd);
+    // Chunks of one column (every seed at >= 64 k seeds) need no cross-lane sum at all.
+    const int32_t prev_key = __shfl_up_sync(0xffffffffu, key, 1);
+    bool tail = true;
+    if (!__all_sync(0xffffffffu, lane == 0 || prev_key != key)) {
+        tail = detail::segmented_warp_sum(key, ds);
+        detail::segmented_warp_sum(key, dq);
+        detail::segmented_warp_sum(key, dd);
+    }
     if (!tail || key < 0) return;
     // This lane holds the warp's total for `key`. When one block covers every row and the
     // seed's chunk lies inside this warp's 32 columns, that total is the seed's: merge now.
@@ -360,7 +370,7 @@ __global__ void __launch_bounds__(detail::kStreamThreads)
 
 __global__ void __launch_bounds__(detail::kActiveThreads)
     forward_active_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
-                          ForwardWorkspace ws, int32_t row_tile) {
+                          ForwardWorkspace ws, int32_t row_tile, uint32_t skip_kinds) {
     extern __shared__ float smem[];
     const int32_t row_tiles = (v.batch + row_tile - 1) / row_tile;
     const int64_t n_items = int64_t(ws.counts[0]) * row_tiles;
@@ -375,6 +385,7 @@ __global__ void __launch_bounds__(detail::kActiveThreads)
         seed_blends(v, s, &a);
         const DeviceBlueprint bp = detail::blueprint_of(v, s);
         const float* p = bp.params;
+        if ((skip_kinds >> unsigned(bp.kind)) & 1u) continue;  // done by the batched GEMMs
         if (bp.kind == BlueprintKind::kScaleShift) {
             for (int32_t idx = threadIdx.x; idx < rt * w; idx += blockDim.x) {
                 const int32_t r = idx / w, i = idx - r * w;
@@ -431,6 +442,146 @@ __global__ void __launch_bounds__(detail::kActiveThreads)
     }
 }
 
+// ---- wide chunks: cuBLAS strided-batched GEMMs ----
+// An MLP arena of max_width >= kWideWidth whose weights do not fit in shared memory runs as two
+// fp32 SGEMMs batched over the arena's slots (slot q's weights are `stride` floats after slot
+// q-1's, exactly a strided batch): the listed seeds' chunks are gathered into X[q] (zero past the
+// chunk width), Z[q] and R[q] start as the biases, Z += X·Vᵀ, act(Z), R += act(Z)·Uᵀ, and the
+// blend y = h + a·R is scattered back. Idle slots are computed too (their rows are never read),
+// so the cost is the arena's capacity, not its active seeds. No TF32: results match the fp32
+// kernels to the usual summation-order tolerance.
+constexpr int32_t kWideWidth = 256;
+
+struct WideArena {
+    bool on = false;
+    int64_t x_off = 0, z_off = 0, r_off = 0;  // floats from the scratch start
+};
+
+struct WidePlan {
+    WideArena arena[2];  // kResidualMlp, kLowrank
+    size_t bytes = 0;
+    uint32_t kinds = 0;  // bit k: kind k goes through the GEMMs
+};
+
+WidePlan wide_plan(const SeedLayerView& v) {
+    WidePlan wp;
+    int64_t floats = 0;
+    for (int k = 0; k < 2; ++k) {
+        const BlueprintArena& a = v.arenas[k];
+        if (a.params == nullptr || a.max_width < kWideWidth || a.capacity <= 0 || a.in_width > 0)
+            continue;
+        WideArena& w = wp.arena[k];
+        w.on = true;
+        const int64_t rows = int64_t(a.capacity) * v.batch;
+        w.x_off = floats;
+        floats += (rows * a.max_width + 63) & ~int64_t(63);
+        w.z_off = floats;
+        floats += (rows * a.hidden + 63) & ~int64_t(63);
+        w.r_off = floats;
+        floats += (rows * a.max_width + 63) & ~int64_t(63);
+        wp.kinds |= 1u << k;
+    }
+    wp.bytes = size_t(floats) * sizeof(float);
+    return wp;
+}
+
+// Item = (listed seed of kind `kind`, row): X row = chunk (zero padded), Z row = b1, R row = b2.
+__global__ void wide_gather_kernel(SeedLayerView v, const float* __restrict__ h,
+                                   ForwardWorkspace ws, int kind, float* __restrict__ xs,
+                                   float* __restrict__ zs, float* __restrict__ rs) {
+    const BlueprintArena& arena = v.arenas[kind];
+    const int32_t M = arena.max_width, H = arena.hidden;
+    const MlpSlotOffsets o = mlp_slot_offsets(M, H);
+    const int64_t n_items = int64_t(ws.counts[0]) * v.batch;
+    for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
+        const int32_t s = ws.active_list[item / v.batch];
+        if (v.kind[s] != kind) continue;
+        const int32_t r = int32_t(item % v.batch);
+        const int32_t q = v.slot[s];
+        const int32_t c0 = v.chunk_offset[s], w = v.chunk_offset[s + 1] - c0;
+        const float* p = arena.params + int64_t(q) * arena.stride;
+        const int64_t row = int64_t(q) * v.batch + r;
+        const float* hr = h + int64_t(r) * v.width + c0;
+        for (int32_t i = threadIdx.x; i < M; i += blockDim.x) {
+            xs[row * M + i] = i < w ? hr[i] : 0.0f;
+            rs[row * M + i] = p[o.b2 + i];
+        }
+        for (int32_t j = threadIdx.x; j < H; j += blockDim.x) zs[row * H + j] = p[o.b1 + j];
+    }
+}
+
+__global__ void wide_relu_kernel(float* __restrict__ z, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x)
+        z[i] = fmaxf(z[i], 0.0f);
+}
+
+__global__ void wide_scatter_kernel(SeedLayerView v, const float* __restrict__ h,
+                                    float* __restrict__ y, ForwardWorkspace ws, int kind,
+                                    const float* __restrict__ rs) {
+    const int32_t M = v.arenas[kind].max_width;
+    const int64_t n_items = int64_t(ws.counts[0]) * v.batch;
+    for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
+        const int32_t s = ws.active_list[item / v.batch];
+        if (v.kind[s] != kind) continue;
+        const int32_t r = int32_t(item % v.batch);
+        float a;
+        seed_blends(v, s, &a);
+        const int32_t c0 = v.chunk_offset[s], w = v.chunk_offset[s + 1] - c0;
+        const float* rr = rs + (int64_t(v.slot[s]) * v.batch + r) * M;
+        const int64_t off = int64_t(r) * v.width + c0;
+        for (int32_t i = threadIdx.x; i < w; i += blockDim.x) y[off + i] = fmaf(a, rr[i], h[off + i]);
+    }
+}
+
+cudaError_t from_cublas(cublasStatus_t st) {
+    return st == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
+}
+
+// One cuBLAS handle per host thread (cuBLAS handles are not thread-safe), made on first use:
+// run a wide layer once before capturing it into a graph. Never destroyed: a destructor at thread
+// exit could run after the CUDA runtime has shut down.
+cudaError_t wide_handle(cublasHandle_t* out) {
+    thread_local cublasHandle_t handle = nullptr;
+    thread_local cublasStatus_t status = cublasCreate(&handle);
+    *out = handle;
+    return from_cublas(status);
+}
+
+cudaError_t launch_wide(const SeedLayerView& v, const WidePlan& wp, const float* h, float* y,
+                        const ForwardWorkspace& ws, float* scratch, int blocks,
+                        cudaStream_t stream) {
+    cublasHandle_t handle = nullptr;
+    cudaError_t e = wide_handle(&handle);
+    if (e != cudaSuccess) return e;
+    if ((e = from_cublas(cublasSetStream(handle, stream))) != cudaSuccess) return e;
+    for (int k = 0; k < 2; ++k) {
+        if (!wp.arena[k].on) continue;
+        const BlueprintArena& a = v.arenas[k];
+        const int32_t M = a.max_width, H = a.hidden, B = v.batch;
+        float* xs = scratch + wp.arena[k].x_off;
+        float* zs = scratch + wp.arena[k].z_off;
+        float* rs = scratch + wp.arena[k].r_off;
+        const MlpSlotOffsets o = mlp_slot_offsets(M, H);
+        wide_gather_kernel<<<blocks, 256, 0, stream>>>(v, h, ws, k, xs, zs, rs);
+        const float one = 1.0f;
+        // Column-major view: Z_q[H, B] += V_q[M, H]ᵀ · X_q[M, B].
+        e = from_cublas(cublasSgemmStridedBatched(
+            handle, CUBLAS_OP_T, CUBLAS_OP_N, H, B, M, &one, a.params + o.v, M, a.stride, xs, M,
+            int64_t(B) * M, &one, zs, H, int64_t(B) * H, a.capacity));
+        if (e != cudaSuccess) return e;
+        if (k == int(BlueprintKind::kResidualMlp))
+            wide_relu_kernel<<<blocks, 256, 0, stream>>>(zs, int64_t(a.capacity) * B * H);
+        // R_q[M, B] += U_q[H, M]ᵀ · act(Z_q)[H, B].
+        e = from_cublas(cublasSgemmStridedBatched(
+            handle, CUBLAS_OP_T, CUBLAS_OP_N, M, B, H, &one, a.params + o.u, H, a.stride, zs, H,
+            int64_t(B) * H, &one, rs, M, int64_t(B) * M, a.capacity));
+        if (e != cudaSuccess) return e;
+        wide_scatter_kernel<<<blocks, 256, 0, stream>>>(v, h, y, ws, k, rs);
+    }
+    return cudaGetLastError();
+}
+
 __global__ void forward_finalize_kernel(SeedLayerView v, SeedTelemetryAccum tel,
                                         ForwardWorkspace ws) {
     const int32_t n = ws.counts[1];
@@ -469,6 +620,10 @@ size_t seed_forward_workspace_bytes(int32_t num_seeds) {
            2 * align_up(sizeof(int32_t) * size_t(num_seeds));
 }
 
+size_t seed_forward_workspace_bytes(const SeedLayerView& view) {
+    return seed_forward_workspace_bytes(view.num_seeds) + wide_plan(view).bytes;
+}
+
 cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float* y,
                                 const SeedTelemetryAccum* tel, void* workspace,
                                 size_t workspace_bytes, cudaStream_t stream) {
@@ -480,9 +635,7 @@ cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float
     const SeedTelemetryAccum t = with_stats ? *tel : SeedTelemetryAccum{};
 
     const int32_t col_tiles = (view.width + detail::kStreamThreads - 1) / detail::kStreamThreads;
-    const int32_t target_blocks = sm_count() * 16;
-    int32_t splits = (target_blocks + col_tiles - 1) / col_tiles;
-    splits = max(1, min(splits, (view.batch + 3) / 4));
+    int32_t splits = detail::stream_row_splits(col_tiles, view.batch, sm_count());
     const int32_t rows_per_block = (view.batch + splits - 1) / splits;
     splits = (view.batch + rows_per_block - 1) / rows_per_block;
     const int32_t max_w = detail::view_max_width(view);
@@ -502,7 +655,15 @@ cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float
 
     constexpr size_t kSmemBudget = 160 * 1024;
     const size_t fast_smem = fast_smem_floats(max_w, max_hidden) * sizeof(float);
-    if (fast_smem <= kSmemBudget) {
+    const size_t base_bytes = seed_forward_workspace_bytes(view.num_seeds);
+    WidePlan wp;
+    if (fast_smem > kSmemBudget) wp = wide_plan(view);
+    // Wide arenas take the GEMM path when the workspace was sized for it (the view overload of
+    // seed_forward_workspace_bytes); otherwise the generic kernel below does them.
+    const bool wide = wp.kinds != 0 && workspace_bytes >= base_bytes + wp.bytes;
+    if (!any_arena) {
+        // No seed can blend: the streaming pass listed none.
+    } else if (fast_smem <= kSmemBudget) {
         if (fast_smem > 48 * 1024) {
             const cudaError_t e =
                 cudaFuncSetAttribute(forward_active_smem_kernel,
@@ -520,7 +681,12 @@ cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float
             if (e != cudaSuccess) return e;
         }
         forward_active_kernel<<<sm_count() * 4, detail::kActiveThreads, smem, stream>>>(
-            view, h, y, ws, row_tile);
+            view, h, y, ws, row_tile, wide ? wp.kinds : 0u);
+        if (wide) {
+            float* scratch = reinterpret_cast<float*>(static_cast<char*>(workspace) + base_bytes);
+            const cudaError_t e = launch_wide(view, wp, h, y, ws, scratch, sm_count() * 8, stream);
+            if (e != cudaSuccess) return e;
+        }
     }
     if (with_stats)
         forward_finalize_kernel<<<min(sm_count() * 8, (view.num_seeds + 255) / 256), 256, 0,
