@@ -334,12 +334,11 @@ constexpr int kTinyW = 2;
 constexpr int kTinyH = 4;
 constexpr int kTinyWarps = detail::kActiveThreads / 32;
 constexpr int kTinyGrads = 2 * kTinyH * kTinyW + kTinyH + kTinyW;  // gV, gU, gb1, gb2
-constexpr int kTinyRows = 4;                                        // rows in flight per lane
+constexpr int kTinyRows = 4;                                       // rows in flight per lane
 
 __global__ void __launch_bounds__(detail::kActiveThreads)
-    backward_tiny_kernel(SeedLayerView v, const float* __restrict__ h,
-                         const float* __restrict__ dy, float* __restrict__ dh,
-                         SeedTelemetryAccum tel, bool with_tel) {
+    backward_tiny_kernel(SeedLayerView v, const float* __restrict__ h, const float* __restrict__ dy,
+                         float* __restrict__ dh, SeedTelemetryAccum tel, bool with_tel) {
     __shared__ float red[kTinyWarps][kTinyGrads][32];
     __shared__ double red_c[kTinyWarps][32];
     const int32_t lane = int32_t(threadIdx.x & 31u), warp = int32_t(threadIdx.x >> 5);
@@ -459,8 +458,7 @@ __global__ void __launch_bounds__(detail::kActiveThreads)
                     if (write_dh && r < v.batch)
 #pragma unroll
                         for (int i = 0; i < kTinyW; ++i)
-                            if (i < w)
-                                dh[int64_t(r) * ld + c0 + i] = fmaf(pl.a_in, dx[i], g[q][i]);
+                            if (i < w) dh[int64_t(r) * ld + c0 + i] = fmaf(pl.a_in, dx[i], g[q][i]);
                 }
             }
         }
@@ -523,7 +521,6 @@ int sm_count() {
     }();
     return n;
 }
-
 
 // Geometry of pass 2 for a view, shared by the launcher and the workspace sizing.
 struct ActiveGeometry {

@@ -530,7 +530,8 @@ __global__ void wide_scatter_kernel(SeedLayerView v, const float* __restrict__ h
         const int32_t c0 = v.chunk_offset[s], w = v.chunk_offset[s + 1] - c0;
         const float* rr = rs + (int64_t(v.slot[s]) * v.batch + r) * M;
         const int64_t off = int64_t(r) * v.width + c0;
-        for (int32_t i = threadIdx.x; i < w; i += blockDim.x) y[off + i] = fmaf(a, rr[i], h[off + i]);
+        for (int32_t i = threadIdx.x; i < w; i += blockDim.x)
+            y[off + i] = fmaf(a, rr[i], h[off + i]);
     }
 }
 

@@ -278,14 +278,14 @@ TEST_CASE("seed_backward gives bit-identical blueprint gradients and contributio
         CUDA_OK(cudaMemset(dt.contribution.p, 0, dt.contribution.bytes));
         CUDA_OK(cudaDeviceSynchronize());
         if (which == 0) {
-            CUDA_OK(launch_seed_backward(dv, dhbuf.as<float>(), dgbuf.as<float>(),
-                                         ddh.as<float>(), &dacc, ws.p, ws.bytes, s1));
+            CUDA_OK(launch_seed_backward(dv, dhbuf.as<float>(), dgbuf.as<float>(), ddh.as<float>(),
+                                         &dacc, ws.p, ws.bytes, s1));
         } else {  // a forward first, a concurrent memory hog, another stream
             CUDA_OK(launch_seed_forward(dv, dhbuf.as<float>(), dy.as<float>(), &dacc, fws.p,
                                         fws.bytes, s2));
             CUDA_OK(cudaMemsetAsync(noise.p, which, noise.bytes, s3));
-            CUDA_OK(launch_seed_backward(dv, dhbuf.as<float>(), dgbuf.as<float>(),
-                                         ddh.as<float>(), &dacc, ws.p, ws.bytes, s2));
+            CUDA_OK(launch_seed_backward(dv, dhbuf.as<float>(), dgbuf.as<float>(), ddh.as<float>(),
+                                         &dacc, ws.p, ws.bytes, s2));
             CUDA_OK(cudaMemsetAsync(noise.p, which + 1, noise.bytes, s3));
         }
         CUDA_OK(cudaDeviceSynchronize());
