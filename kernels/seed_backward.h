@@ -13,10 +13,10 @@
 namespace esper::kernels {
 
 // Workspace for num_seeds seeds; zero it once after allocation, launches leave it zeroed. Past a
-// small header it holds per-row-group gradient partials: the num_seeds size has 16 MiB of them,
-// the view size (host fields only: batch, arenas) enough to split every listed seed's rows over
-// the whole GPU (at most 512 MiB). A smaller workspace still gives the same bits, just fewer
-// row groups (less parallel).
+// small header it holds per-row-tile gradient partials: the num_seeds size has 16 MiB of them,
+// the view size (host fields only: batch, arenas) one per arena slot and row tile (at most
+// 512 MiB). A smaller workspace gives the same bits, with fewer, longer items in the
+// blueprint pass.
 size_t seed_backward_workspace_bytes(int32_t num_seeds);
 size_t seed_backward_workspace_bytes(const SeedLayerView& view);
 

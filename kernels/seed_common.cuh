@@ -2,6 +2,7 @@
 // per-seed blueprint descriptor, segmented warp reductions and launch geometry.
 #pragma once
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -13,6 +14,30 @@ namespace esper::kernels::detail {
 inline constexpr int kStreamThreads = 256;
 inline constexpr int kActiveThreads = 256;
 inline constexpr int kHiddenChunk = 32;
+// MLP arenas at least this wide (and this hidden) run as cuBLAS strided-batched fp32 GEMMs over
+// their slots when the workspace was sized for it (the view overloads of *_workspace_bytes).
+inline constexpr int32_t kWideWidth = 64;
+inline constexpr int32_t kWideHidden = 16;
+
+inline bool arena_is_wide(const BlueprintArena& a) {
+    return a.params != nullptr && a.max_width >= kWideWidth && a.hidden >= kWideHidden &&
+           a.capacity > 0 && a.in_width == 0;
+}
+inline int64_t align64(int64_t floats) { return (floats + 63) & ~int64_t(63); }
+
+inline cudaError_t from_cublas(cublasStatus_t st) {
+    return st == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
+}
+
+// One cuBLAS handle per host thread (cuBLAS handles are not thread-safe), made on first use:
+// run a wide layer once before capturing it into a graph. Never destroyed: a destructor at thread
+// exit could run after the CUDA runtime has shut down.
+inline cudaError_t seed_cublas_handle(cublasHandle_t* out) {
+    thread_local cublasHandle_t handle = nullptr;
+    thread_local cublasStatus_t status = cublasCreate(&handle);
+    *out = handle;
+    return from_cublas(status);
+}
 
 // Largest s with chunk_offset[s] <= c (the seed owning column c). Equal chunks, the usual
 // layout, put that seed at c·S/D give or take one, so two probes around that guess settle it in

@@ -4,8 +4,6 @@
 // warp of a block that covers all rows is Chan-merged right there. Pass 2 evaluates blueprints for
 // the listed seeds only (persistent blocks over (seed, row tile) items); pass 3 Chan-merges the
 // seeds that were reduced through the workspace.
-#include <cublas_v2.h>
-
 #include "kernels/seed_common.cuh"
 #include "kernels/seed_forward.h"
 
@@ -17,7 +15,7 @@ using detail::DeviceBlueprint;
 
 struct ForwardWorkspace {
     double* stats;  // [S][3]: Σ(x−K), Σ(x−K)², dead count (seeds reduced across blocks/warps)
-    int32_t* counts;        // [0]: active seeds, [1]: pending seeds
+    int32_t* counts;        // [0]: active seeds, [1]: pending seeds, [2]: finalize blocks done
     int32_t* active_list;   // [S] seeds that blend
     int32_t* pending_list;  // [S] seeds whose statistics went through `stats`
 };
@@ -63,7 +61,7 @@ __host__ __device__ inline size_t fast_smem_floats(int32_t w, int32_t hidden) {
 
 __global__ void __launch_bounds__(detail::kActiveThreads)
     forward_active_smem_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
-                               ForwardWorkspace ws) {
+                               ForwardWorkspace ws, uint32_t skip_kinds) {
     extern __shared__ float smem[];
     const int32_t row_tiles = (v.batch + kFastRows - 1) / kFastRows;
     const int64_t n_items = int64_t(ws.counts[0]) * row_tiles;
@@ -79,6 +77,7 @@ __global__ void __launch_bounds__(detail::kActiveThreads)
         seed_blends(v, s, &a);
         const DeviceBlueprint bp = detail::blueprint_of(v, s);
         const float* p = bp.params;
+        if ((skip_kinds >> unsigned(bp.kind)) & 1u) continue;  // done by the batched GEMMs
         if (bp.kind == BlueprintKind::kScaleShift) {
             for (int32_t idx = tid; idx < rt * w; idx += blockDim.x) {
                 const int32_t r = idx / w, i = idx - r * w;
@@ -268,6 +267,18 @@ __global__ void __launch_bounds__(detail::kStreamThreads)
     const int32_t lane = int32_t(threadIdx.x & 31u);
     const int32_t warp_c0 = c - lane;
     const bool valid = c < v.width;
+    const int32_t r0 = blockIdx.y * rows_per_block;
+    const int32_t r1 = min(v.batch, r0 + rows_per_block);
+    const int64_t ld = v.width;
+    const int64_t cc = valid ? c : 0;
+    const float* hp = h + int64_t(r0) * ld + cc;
+    float* yp = y + int64_t(r0) * ld + cc;
+    // The first rows' loads go out before the seed lookup and the table reads, which they do not
+    // depend on (at 1 M seeds a thread streams only 64 rows: that latency is not negligible).
+    const bool prefetched = r0 + kRowUnroll <= r1;
+    float x0[kRowUnroll];
+#pragma unroll
+    for (int k = 0; k < kRowUnroll; ++k) x0[k] = prefetched && valid ? __ldcs(hp + k * ld) : 0.0f;
     int32_t s = -1;
     bool blend = false;
     float shift = 0.0f, a = 0.0f;
@@ -291,18 +302,17 @@ __global__ void __launch_bounds__(detail::kStreamThreads)
     bool warp_inline = false;
     if constexpr (kInline) warp_inline = __any_sync(0xffffffffu, inline_lane);
     const bool write_plain = valid && !blend;
-    const int32_t r0 = blockIdx.y * rows_per_block;
-    const int32_t r1 = min(v.batch, r0 + rows_per_block);
     float sum = 0.0f, sq = 0.0f, dead = 0.0f;
-    const int64_t ld = v.width;
-    const int64_t cc = valid ? c : 0;
-    const float* hp = h + int64_t(r0) * ld + cc;
-    float* yp = y + int64_t(r0) * ld + cc;
     int32_t r = r0;
     for (; r + kRowUnroll <= r1; r += kRowUnroll) {
         float x[kRowUnroll];
+        if (r == r0) {  // the prefetched rows
 #pragma unroll
-        for (int k = 0; k < kRowUnroll; ++k) x[k] = valid ? __ldcs(hp + k * ld) : 0.0f;
+            for (int k = 0; k < kRowUnroll; ++k) x[k] = x0[k];
+        } else {
+#pragma unroll
+            for (int k = 0; k < kRowUnroll; ++k) x[k] = valid ? __ldcs(hp + k * ld) : 0.0f;
+        }
         if (write_plain)
 #pragma unroll
             for (int k = 0; k < kRowUnroll; ++k) __stcs(yp + k * ld, x[k]);
@@ -443,15 +453,13 @@ __global__ void __launch_bounds__(detail::kActiveThreads)
 }
 
 // ---- wide chunks: cuBLAS strided-batched GEMMs ----
-// An MLP arena of max_width >= kWideWidth whose weights do not fit in shared memory runs as two
-// fp32 SGEMMs batched over the arena's slots (slot q's weights are `stride` floats after slot
+// An MLP arena of max_width >= kWideWidth and hidden >= kWideHidden (seed_common.cuh) runs as
+// two fp32 SGEMMs batched over the arena's slots (slot q's weights are `stride` floats after slot
 // q-1's, exactly a strided batch): the listed seeds' chunks are gathered into X[q] (zero past the
 // chunk width), Z[q] and R[q] start as the biases, Z += X·Vᵀ, act(Z), R += act(Z)·Uᵀ, and the
 // blend y = h + a·R is scattered back. Idle slots are computed too (their rows are never read),
 // so the cost is the arena's capacity, not its active seeds. No TF32: results match the fp32
 // kernels to the usual summation-order tolerance.
-constexpr int32_t kWideWidth = 256;
-
 struct WideArena {
     bool on = false;
     int64_t x_off = 0, z_off = 0, r_off = 0;  // floats from the scratch start
@@ -468,8 +476,7 @@ WidePlan wide_plan(const SeedLayerView& v) {
     int64_t floats = 0;
     for (int k = 0; k < 2; ++k) {
         const BlueprintArena& a = v.arenas[k];
-        if (a.params == nullptr || a.max_width < kWideWidth || a.capacity <= 0 || a.in_width > 0)
-            continue;
+        if (!detail::arena_is_wide(a)) continue;
         WideArena& w = wp.arena[k];
         w.on = true;
         const int64_t rows = int64_t(a.capacity) * v.batch;
@@ -535,25 +542,12 @@ __global__ void wide_scatter_kernel(SeedLayerView v, const float* __restrict__ h
     }
 }
 
-cudaError_t from_cublas(cublasStatus_t st) {
-    return st == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
-}
-
-// One cuBLAS handle per host thread (cuBLAS handles are not thread-safe), made on first use:
-// run a wide layer once before capturing it into a graph. Never destroyed: a destructor at thread
-// exit could run after the CUDA runtime has shut down.
-cudaError_t wide_handle(cublasHandle_t* out) {
-    thread_local cublasHandle_t handle = nullptr;
-    thread_local cublasStatus_t status = cublasCreate(&handle);
-    *out = handle;
-    return from_cublas(status);
-}
-
 cudaError_t launch_wide(const SeedLayerView& v, const WidePlan& wp, const float* h, float* y,
                         const ForwardWorkspace& ws, float* scratch, int blocks,
                         cudaStream_t stream) {
+    using detail::from_cublas;
     cublasHandle_t handle = nullptr;
-    cudaError_t e = wide_handle(&handle);
+    cudaError_t e = detail::seed_cublas_handle(&handle);
     if (e != cudaSuccess) return e;
     if ((e = from_cublas(cublasSetStream(handle, stream))) != cudaSuccess) return e;
     for (int k = 0; k < 2; ++k) {
@@ -583,6 +577,8 @@ cudaError_t launch_wide(const SeedLayerView& v, const WidePlan& wp, const float*
     return cudaGetLastError();
 }
 
+// Chan-merges the pending seeds, then the last block to finish resets the counters (one launch
+// instead of a merge and a reset).
 __global__ void forward_finalize_kernel(SeedLayerView v, SeedTelemetryAccum tel,
                                         ForwardWorkspace ws) {
     const int32_t n = ws.counts[1];
@@ -596,11 +592,12 @@ __global__ void forward_finalize_kernel(SeedLayerView v, SeedTelemetryAccum tel,
         merge_stats(tel, s, double(v.batch) * double(v.chunk_offset[s + 1] - v.chunk_offset[s]), s1,
                     s2, dead);
     }
-}
-
-__global__ void forward_reset_kernel(ForwardWorkspace ws) {
-    ws.counts[0] = 0;
-    ws.counts[1] = 0;
+    __syncthreads();  // every thread of this block has read counts[1]
+    if (threadIdx.x == 0 && atomicAdd(ws.counts + 2, 1) == int32_t(gridDim.x) - 1) {
+        ws.counts[0] = 0;
+        ws.counts[1] = 0;
+        ws.counts[2] = 0;
+    }
 }
 
 int sm_count() {
@@ -655,15 +652,24 @@ cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float
             view, h, y, t, with_stats, ws, rows_per_block);
 
     constexpr size_t kSmemBudget = 160 * 1024;
-    const size_t fast_smem = fast_smem_floats(max_w, max_hidden) * sizeof(float);
     const size_t base_bytes = seed_forward_workspace_bytes(view.num_seeds);
-    WidePlan wp;
-    if (fast_smem > kSmemBudget) wp = wide_plan(view);
     // Wide arenas take the GEMM path when the workspace was sized for it (the view overload of
-    // seed_forward_workspace_bytes); otherwise the generic kernel below does them.
+    // seed_forward_workspace_bytes); the kernels below do every other arena.
+    const WidePlan wp = wide_plan(view);
     const bool wide = wp.kinds != 0 && workspace_bytes >= base_bytes + wp.bytes;
-    if (!any_arena) {
-        // No seed can blend: the streaming pass listed none.
+    const uint32_t skip = wide ? wp.kinds : 0u;
+    int32_t rest_w = 1, rest_hidden = 0;
+    bool rest = false;
+    for (int k = 0; k < kNumBlueprintKinds; ++k) {
+        const BlueprintArena& a = view.arenas[k];
+        if (a.params == nullptr || ((skip >> k) & 1u)) continue;
+        rest = true;
+        rest_w = max(rest_w, a.max_width);
+        if (k < 2) rest_hidden = max(rest_hidden, a.hidden);
+    }
+    const size_t fast_smem = fast_smem_floats(rest_w, rest_hidden) * sizeof(float);
+    if (!rest) {
+        // No seed left for the kernels (none blends, or the GEMMs take them all).
     } else if (fast_smem <= kSmemBudget) {
         if (fast_smem > 48 * 1024) {
             const cudaError_t e =
@@ -672,27 +678,26 @@ cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float
             if (e != cudaSuccess) return e;
         }
         forward_active_smem_kernel<<<sm_count() * 8, detail::kActiveThreads, fast_smem, stream>>>(
-            view, h, y, ws);
+            view, h, y, ws, skip);
     } else {
-        const int32_t row_tile = detail::active_row_tile(max_w, 2, view.batch, kSmemBudget);
-        const size_t smem = size_t(row_tile) * (2 * size_t(max_w) + detail::kHiddenChunk) * 4;
+        const int32_t row_tile = detail::active_row_tile(rest_w, 2, view.batch, kSmemBudget);
+        const size_t smem = size_t(row_tile) * (2 * size_t(rest_w) + detail::kHiddenChunk) * 4;
         if (smem > 48 * 1024) {
             const cudaError_t e = cudaFuncSetAttribute(
                 forward_active_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
             if (e != cudaSuccess) return e;
         }
         forward_active_kernel<<<sm_count() * 4, detail::kActiveThreads, smem, stream>>>(
-            view, h, y, ws, row_tile, wide ? wp.kinds : 0u);
-        if (wide) {
-            float* scratch = reinterpret_cast<float*>(static_cast<char*>(workspace) + base_bytes);
-            const cudaError_t e = launch_wide(view, wp, h, y, ws, scratch, sm_count() * 8, stream);
-            if (e != cudaSuccess) return e;
-        }
+            view, h, y, ws, row_tile, skip);
     }
-    if (with_stats)
-        forward_finalize_kernel<<<min(sm_count() * 8, (view.num_seeds + 255) / 256), 256, 0,
-                                  stream>>>(view, t, ws);
-    forward_reset_kernel<<<1, 1, 0, stream>>>(ws);
+    if (wide) {
+        float* scratch = reinterpret_cast<float*>(static_cast<char*>(workspace) + base_bytes);
+        const cudaError_t e = launch_wide(view, wp, h, y, ws, scratch, sm_count() * 8, stream);
+        if (e != cudaSuccess) return e;
+    }
+    // Pending seeds exist only with telemetry; without it this only resets the counters.
+    const int32_t fin_blocks = with_stats ? min(sm_count() * 2, (view.num_seeds + 255) / 256) : 1;
+    forward_finalize_kernel<<<fin_blocks, 256, 0, stream>>>(view, t, ws);
     return cudaGetLastError();
 }
 

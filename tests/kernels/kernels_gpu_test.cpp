@@ -153,17 +153,20 @@ TEST_CASE("seed_forward kernel matches the reference with telemetry over ragged 
     CHECK(err.empty());
 }
 
-TEST_CASE("seed_forward runs wide chunks as batched GEMMs and matches the reference",
+TEST_CASE("seed_forward and seed_backward run wide chunks as batched GEMMs like the reference",
           "[kernels][gpu]") {
     ESPER_REQUIRE_DEVICE();
     const int forced_stage = GENERATE(-1, int(SeedStage::kGrafting));
-    CAPTURE(forced_stage);
-    std::mt19937 rng(4242 + forced_stage);
+    const int32_t min_width = GENERATE(64, 256);  // wide: max_width >= 64 (residual_mlp only;
+                                                  // lowrank rank 3 and scale_shift stay on the
+                                                  // kernels, which skip the GEMMs' seeds)
+    CAPTURE(forced_stage, min_width);
+    std::mt19937 rng(4242 + forced_stage + min_width);
     LayerSpec spec;
     spec.batch = 37;
     spec.num_seeds = 8;
-    spec.min_width = 256;  // wide: max_width >= 256 and the weights do not fit shared memory
-    spec.max_chunk = 300;
+    spec.min_width = min_width;
+    spec.max_chunk = min_width + 44;
     spec.forced_stage = forced_stage;
     HostSeedLayer L = make_layer(spec, rng);
     const size_t n = size_t(L.batch) * L.width;
@@ -188,8 +191,48 @@ TEST_CASE("seed_forward runs wide chunks as batched GEMMs and matches the refere
     CUDA_OK(cudaDeviceSynchronize());
     // fp32 GEMMs (no TF32) over up to 600 hidden units: summation order differs from the
     // double reference by a few ulps of |r| ~ 10.
-    const std::string err = compare(dy.download<float>(), y_ref, 1e-4, 1e-4, "y") +
-                            compare(dt.m2.download<double>(), tel.m2, 1e-4, 1e-4, "m2");
+    std::string err = compare(dy.download<float>(), y_ref, 1e-4, 1e-4, "y") +
+                      compare(dt.m2.download<double>(), tel.m2, 1e-4, 1e-4, "m2");
+
+    // The backward of the same layer through its GEMMs: twice, the same bits, and the reference.
+    std::vector<float> g(n), dh_ref(n);
+    fill_uniform(g, rng, -1.0f, 1.0f);
+    DevBuf dgbuf(g), ddh(n * sizeof(float));
+    REQUIRE(seed_backward_workspace_bytes(dv) > seed_backward_workspace_bytes(L.num_seeds));
+    DevBuf bws(seed_backward_workspace_bytes(dv));
+    CUDA_OK(cudaMemset(bws.p, 0, bws.bytes));
+    std::vector<std::vector<float>> first;
+    std::vector<double> first_contribution;
+    for (int rep = 0; rep < 2; ++rep) {
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+            CUDA_OK(cudaMemset(D.grads[k]->p, 0, D.grads[k]->bytes));
+        CUDA_OK(cudaMemset(dt.contribution.p, 0, dt.contribution.bytes));
+        CUDA_OK(cudaMemset(ddh.p, 0xFF, ddh.bytes));
+        CUDA_OK(launch_seed_backward(dv, dh_in.as<float>(), dgbuf.as<float>(), ddh.as<float>(),
+                                     &dacc, bws.p, bws.bytes, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        std::vector<std::vector<float>> got;
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+            got.push_back(D.grads[k]->download<float>());
+        const std::vector<double> contribution = dt.contribution.download<double>();
+        if (rep == 0) {
+            first = got;
+            first_contribution = contribution;
+            continue;
+        }
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+            CHECK(std::memcmp(first[k].data(), got[k].data(), got[k].size() * 4) == 0);
+        CHECK(std::memcmp(first_contribution.data(), contribution.data(),
+                          contribution.size() * sizeof(double)) == 0);
+    }
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+        std::fill(L.grads[k].begin(), L.grads[k].end(), 0.0f);
+    std::fill(tel.contribution.begin(), tel.contribution.end(), 0.0);
+    seed_backward_reference(L.view(), h.data(), g.data(), dh_ref.data(), &hacc);
+    err += compare(ddh.download<float>(), dh_ref, 1e-4, 1e-4, "dh");
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+        err += compare(first[k], L.grads[k], 2e-4, 1e-4, "grads");
+    err += compare(first_contribution, tel.contribution, 1e-3, 1e-4, "contribution");
     INFO(err);
     CHECK(err.empty());
 }
