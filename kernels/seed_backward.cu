@@ -160,8 +160,7 @@ __global__ void __launch_bounds__(detail::kActiveThreads)
     constexpr int HC = detail::kHiddenChunk;
     const int32_t row_tiles = (v.batch + row_tile - 1) / row_tile;
     const int32_t n_listed = *ws.active_count;
-    const int32_t groups =
-        row_groups(n_listed, row_tiles, region_floats, ws.partial_floats);
+    const int32_t groups = row_groups(n_listed, row_tiles, region_floats, ws.partial_floats);
     const int64_t n_items = int64_t(n_listed) * groups;
     const int64_t ld = v.width;
     for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
@@ -251,8 +250,8 @@ __global__ void __launch_bounds__(detail::kActiveThreads)
                             const float* gr = gs + r * w;
                             float z = p[o.b1 + j], da = 0.0f;
                             for (int32_t i = 0; i < w; ++i) {
-                                const float vji = stage_v ? vts[i * (HC + 1) + jj]
-                                                          : p[o.v + int64_t(j) * M + i];
+                                const float vji =
+                                    stage_v ? vts[i * (HC + 1) + jj] : p[o.v + int64_t(j) * M + i];
                                 z = fmaf(vji, xr[i], z);
                                 da = fmaf(p[o.u + int64_t(i) * H + j], gr[i], da);
                             }
@@ -325,8 +324,7 @@ __global__ void backward_reduce_kernel(SeedLayerView v, SeedTelemetryAccum tel, 
                                        BackwardWorkspace ws, int32_t row_tiles,
                                        int64_t region_floats, uint32_t skip_kinds) {
     const int32_t n_listed = *ws.active_count;
-    const int32_t groups =
-        row_groups(n_listed, row_tiles, region_floats, ws.partial_floats);
+    const int32_t groups = row_groups(n_listed, row_tiles, region_floats, ws.partial_floats);
     if (groups == 1) return;
     for (int32_t pos = blockIdx.x; pos < n_listed; pos += gridDim.x) {
         const int32_t s = ws.active_list[pos];
@@ -341,11 +339,11 @@ __global__ void backward_reduce_kernel(SeedLayerView v, SeedTelemetryAccum tel, 
             const bool ss = bp.kind == BlueprintKind::kScaleShift;
             for (int32_t k = threadIdx.x; k < bp.stride; k += blockDim.x) {
                 // The column (or output row) this entry belongs to; >= w: never written.
-                const int64_t i = ss                ? (k < M ? k : k - M)
-                                  : k < o.b1        ? k % M
-                                  : k < o.u         ? 0
-                                  : k < o.b2        ? (k - o.u) / H
-                                                    : k - o.b2;
+                const int64_t i = ss         ? (k < M ? k : k - M)
+                                  : k < o.b1 ? k % M
+                                  : k < o.u  ? 0
+                                  : k < o.b2 ? (k - o.u) / H
+                                             : k - o.b2;
                 if (i >= w) continue;
                 float t = 0.0f;
                 for (int32_t g = 0; g < groups; ++g) t += base[g * region_floats + k];
@@ -614,8 +612,8 @@ __global__ void wide_fill_ones_kernel(float* ones, int32_t n) {
 
 // Item = (listed seed of `kind`, row): X = h chunk, G = dy chunk (both zero past w), Z = b1.
 __global__ void wide_bwd_gather_kernel(SeedLayerView v, const float* __restrict__ h,
-                                       const float* __restrict__ dy, BackwardWorkspace ws,
-                                       int kind, float* __restrict__ xs, float* __restrict__ gs,
+                                       const float* __restrict__ dy, BackwardWorkspace ws, int kind,
+                                       float* __restrict__ xs, float* __restrict__ gs,
                                        float* __restrict__ zs) {
     const BlueprintArena& arena = v.arenas[kind];
     const int32_t M = arena.max_width, H = arena.hidden;
@@ -664,7 +662,8 @@ __global__ void wide_bwd_act_kernel(SeedLayerView v, BackwardWorkspace ws, int k
             das[row * H + j] = (relu && !(z > 0.0f)) ? 0.0f : da;
             c = fmaf(a, da, c);
         }
-        for (int32_t i = threadIdx.x; i < M; i += blockDim.x) c = fmaf(gs[row * M + i], p[o.b2 + i], c);
+        for (int32_t i = threadIdx.x; i < M; i += blockDim.x)
+            c = fmaf(gs[row * M + i], p[o.b2 + i], c);
         const double total = block_sum(double(c), red);
         if (threadIdx.x == 0) cr[row] = total;
     }
@@ -767,13 +766,12 @@ cudaError_t launch_wide_backward(const SeedLayerView& v, const WideBwdPlan& wp, 
         if ((e = gemm(N, N, H, 1, B, das, H, BH, ones, B, 0, &zero, gp + o.b1, H, S)) !=
             cudaSuccess)
             return e;  // gb1
-        if ((e = gemm(N, N, M, 1, B, gs, M, BM, ones, B, 0, &zero, gp + o.b2, M, S)) !=
-            cudaSuccess)
+        if ((e = gemm(N, N, M, 1, B, gs, M, BM, ones, B, 0, &zero, gp + o.b2, M, S)) != cudaSuccess)
             return e;  // gb2
         if ((e = gemm(N, N, M, B, H, vw, M, S, das, H, BH, &zero, dxs, M, BM)) != cudaSuccess)
             return e;  // dX
-        wide_bwd_finish_kernel<<<blocks, detail::kActiveThreads, 0, stream>>>(v, tel, with_tel,
-                                                                              ws, k, gp, cr);
+        wide_bwd_finish_kernel<<<blocks, detail::kActiveThreads, 0, stream>>>(v, tel, with_tel, ws,
+                                                                              k, gp, cr);
         wide_bwd_dh_kernel<<<blocks, 256, 0, stream>>>(v, ws, k, gs, dxs, dh);
     }
     return cudaGetLastError();
@@ -887,8 +885,8 @@ cudaError_t launch_seed_backward(const SeedLayerView& view, const float* h, cons
             view, t, with_tel, ws, g.row_tiles(view.batch), g.region_floats(), wp.kinds);
     }
     if (wp.kinds != 0) {
-        float* scratch = reinterpret_cast<float*>(static_cast<char*>(workspace) +
-                                                  base_bytes(view.num_seeds));
+        float* scratch =
+            reinterpret_cast<float*>(static_cast<char*>(workspace) + base_bytes(view.num_seeds));
         const cudaError_t e = launch_wide_backward(view, wp, h, dy, dh, t, with_tel, ws, scratch,
                                                    sm_count() * 8, stream);
         if (e != cudaSuccess) return e;

@@ -15,8 +15,8 @@ namespace esper::kernels {
 // launch leaves it zeroed again, so a captured graph can replay without a memset.
 size_t seed_forward_workspace_bytes(int32_t num_seeds);
 // The same plus the scratch of the wide-chunk path (host fields of the view only: batch and
-// arenas): residual_mlp / lowrank arenas with max_width >= 64 and hidden >= 16 then run as cuBLAS fp32
-// strided-batched GEMMs over their slots (capacity·batch·(2·max_width + hidden) floats each).
+// arenas): residual_mlp / lowrank arenas with max_width >= 64 and hidden >= 16 then run as cuBLAS
+// fp32 strided-batched GEMMs over their slots (capacity·batch·(2·max_width + hidden) floats each).
 // With the num_seeds size they run in the generic kernel instead. The first wide launch on a
 // host thread creates that thread's cuBLAS handle: do it before capturing a graph.
 size_t seed_forward_workspace_bytes(const SeedLayerView& view);
