@@ -3,8 +3,9 @@
 // need their blueprint (input grads, parameter grads or a contribution term). Pass 2 recomputes
 // r for those seeds without float atomics, so blueprint gradients and contributions are the same
 // bits on every run: tiny blueprints (the streaming pass's inline kind) in blocks that own 32
-// seeds and all rows; others per (seed, row group) item, each group summing its row tiles in a
-// fixed order into the arena (one group) or a workspace partial that pass 3 adds up in order.
+// seeds, their columns and all their rows; wide arenas as cuBLAS strided-batched GEMMs; others
+// per (seed, row group) item, each group summing its row tiles in a fixed order into the arena
+// (one group) or a workspace partial that pass 3 adds up in order.
 #include <algorithm>
 
 #include "kernels/seed_backward.h"

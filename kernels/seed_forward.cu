@@ -2,8 +2,9 @@
 // seed blends, accumulates shifted per-seed sums for the telemetry (shift = the accumulated mean,
 // so the variance does not cancel) and lists the blending seeds; a seed whose columns sit in one
 // warp of a block that covers all rows is Chan-merged right there. Pass 2 evaluates blueprints for
-// the listed seeds only (persistent blocks over (seed, row tile) items); pass 3 Chan-merges the
-// seeds that were reduced through the workspace.
+// the listed seeds only (persistent blocks over (seed, row tile) items; wide arenas as cuBLAS
+// strided-batched GEMMs); pass 3 Chan-merges the seeds that were reduced through the workspace
+// and resets the counters.
 #include "kernels/seed_common.cuh"
 #include "kernels/seed_forward.h"
 
