@@ -2,6 +2,7 @@
 // per-seed blueprint descriptor, segmented warp reductions and launch geometry.
 #pragma once
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -13,11 +14,51 @@ namespace esper::kernels::detail {
 inline constexpr int kStreamThreads = 256;
 inline constexpr int kActiveThreads = 256;
 inline constexpr int kHiddenChunk = 32;
+// MLP arenas at least this wide (and this hidden) run as cuBLAS strided-batched fp32 GEMMs over
+// their slots when the workspace was sized for it (the view overloads of *_workspace_bytes).
+inline constexpr int32_t kWideWidth = 64;
+inline constexpr int32_t kWideHidden = 16;
 
-// Largest s with chunk_offset[s] <= c (the seed owning column c).
+inline bool arena_is_wide(const BlueprintArena& a) {
+    return a.params != nullptr && a.max_width >= kWideWidth && a.hidden >= kWideHidden &&
+           a.capacity > 0 && a.in_width == 0;
+}
+inline int64_t align64(int64_t floats) { return (floats + 63) & ~int64_t(63); }
+
+inline cudaError_t from_cublas(cublasStatus_t st) {
+    return st == CUBLAS_STATUS_SUCCESS ? cudaSuccess : cudaErrorUnknown;
+}
+
+// One cuBLAS handle per host thread (cuBLAS handles are not thread-safe), made on first use:
+// run a wide layer once before capturing it into a graph. Never destroyed: a destructor at thread
+// exit could run after the CUDA runtime has shut down.
+inline cudaError_t seed_cublas_handle(cublasHandle_t* out) {
+    thread_local cublasHandle_t handle = nullptr;
+    thread_local cublasStatus_t status = cublasCreate(&handle);
+    *out = handle;
+    return from_cublas(status);
+}
+
+// Largest s with chunk_offset[s] <= c (the seed owning column c). Equal chunks, the usual
+// layout, put that seed at c·S/D give or take one, so two probes around that guess settle it in
+// O(1) (two loads of one sector each); a ragged layout falls back to bisecting what is left.
 __device__ inline int32_t seed_of_column(const int32_t* chunk_offset, int32_t num_seeds,
-                                         int32_t c) {
+                                         int32_t width, int32_t c) {
     int32_t lo = 0, hi = num_seeds - 1;
+    int32_t s = static_cast<int32_t>((int64_t(c) * num_seeds) / width);
+    if (s > hi) s = hi;
+#pragma unroll
+    for (int probe = 0; probe < 2; ++probe) {
+        if (__ldg(chunk_offset + s) > c) {
+            hi = s - 1;
+            s = hi;
+        } else if (__ldg(chunk_offset + s + 1) <= c) {
+            lo = s + 1;
+            s = lo;
+        } else {
+            return s;
+        }
+    }
     while (lo < hi) {
         const int32_t mid = (lo + hi + 1) >> 1;
         if (__ldg(chunk_offset + mid) <= c)
@@ -26,6 +67,16 @@ __device__ inline int32_t seed_of_column(const int32_t* chunk_offset, int32_t nu
             hi = mid - 1;
     }
     return lo;
+}
+
+// Row splits of the streaming passes: enough blocks to fill the GPU twice, but a layer wide
+// enough to fill it with one block per column tile gets no split at all, so every seed's
+// statistics stay in one block and merge without the workspace.
+inline int32_t stream_row_splits(int32_t col_tiles, int32_t batch, int32_t sms) {
+    if (col_tiles >= 4 * sms) return 1;
+    int32_t splits = (sms * 16 + col_tiles - 1) / col_tiles;
+    splits = splits < (batch + 3) / 4 ? splits : (batch + 3) / 4;
+    return splits < 1 ? 1 : splits;
 }
 
 struct DeviceBlueprint {

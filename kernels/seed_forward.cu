@@ -2,8 +2,9 @@
 // seed blends, accumulates shifted per-seed sums for the telemetry (shift = the accumulated mean,
 // so the variance does not cancel) and lists the blending seeds; a seed whose columns sit in one
 // warp of a block that covers all rows is Chan-merged right there. Pass 2 evaluates blueprints for
-// the listed seeds only (persistent blocks over (seed, row tile) items); pass 3 Chan-merges the
-// seeds that were reduced through the workspace.
+// the listed seeds only (persistent blocks over (seed, row tile) items; wide arenas as cuBLAS
+// strided-batched GEMMs); pass 3 Chan-merges the seeds that were reduced through the workspace
+// and resets the counters.
 #include "kernels/seed_common.cuh"
 #include "kernels/seed_forward.h"
 
@@ -15,7 +16,7 @@ using detail::DeviceBlueprint;
 
 struct ForwardWorkspace {
     double* stats;  // [S][3]: Σ(x−K), Σ(x−K)², dead count (seeds reduced across blocks/warps)
-    int32_t* counts;        // [0]: active seeds, [1]: pending seeds
+    int32_t* counts;        // [0]: active seeds, [1]: pending seeds, [2]: finalize blocks done
     int32_t* active_list;   // [S] seeds that blend
     int32_t* pending_list;  // [S] seeds whose statistics went through `stats`
 };
@@ -61,7 +62,7 @@ __host__ __device__ inline size_t fast_smem_floats(int32_t w, int32_t hidden) {
 
 __global__ void __launch_bounds__(detail::kActiveThreads)
     forward_active_smem_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
-                               ForwardWorkspace ws) {
+                               ForwardWorkspace ws, uint32_t skip_kinds) {
     extern __shared__ float smem[];
     const int32_t row_tiles = (v.batch + kFastRows - 1) / kFastRows;
     const int64_t n_items = int64_t(ws.counts[0]) * row_tiles;
@@ -77,6 +78,7 @@ __global__ void __launch_bounds__(detail::kActiveThreads)
         seed_blends(v, s, &a);
         const DeviceBlueprint bp = detail::blueprint_of(v, s);
         const float* p = bp.params;
+        if ((skip_kinds >> unsigned(bp.kind)) & 1u) continue;  // done by the batched GEMMs
         if (bp.kind == BlueprintKind::kScaleShift) {
             for (int32_t idx = tid; idx < rt * w; idx += blockDim.x) {
                 const int32_t r = idx / w, i = idx - r * w;
@@ -193,6 +195,9 @@ __device__ inline void merge_stats(const SeedTelemetryAccum& tel, int32_t s, dou
 // gathers the seed's row with shuffles and evaluates its own output from registers.
 constexpr int kInlineWidth = 2;
 constexpr int kInlineHidden = 4;
+// Rows each streaming thread keeps in flight: at 1 M seeds a thread sees only 64 rows, so the
+// loads of one iteration are what hides the memory latency.
+constexpr int kRowUnroll = 8;
 
 struct InlineBlueprint {
     float v[kInlineHidden][kInlineWidth];  // V (scale_shift: unused)
@@ -263,13 +268,25 @@ __global__ void __launch_bounds__(detail::kStreamThreads)
     const int32_t lane = int32_t(threadIdx.x & 31u);
     const int32_t warp_c0 = c - lane;
     const bool valid = c < v.width;
+    const int32_t r0 = blockIdx.y * rows_per_block;
+    const int32_t r1 = min(v.batch, r0 + rows_per_block);
+    const int64_t ld = v.width;
+    const int64_t cc = valid ? c : 0;
+    const float* hp = h + int64_t(r0) * ld + cc;
+    float* yp = y + int64_t(r0) * ld + cc;
+    // The first rows' loads go out before the seed lookup and the table reads, which they do not
+    // depend on (at 1 M seeds a thread streams only 64 rows: that latency is not negligible).
+    const bool prefetched = r0 + kRowUnroll <= r1;
+    float x0[kRowUnroll];
+#pragma unroll
+    for (int k = 0; k < kRowUnroll; ++k) x0[k] = prefetched && valid ? __ldcs(hp + k * ld) : 0.0f;
     int32_t s = -1;
     bool blend = false;
     float shift = 0.0f, a = 0.0f;
     bool inline_lane = false;
     InlineBlueprint ib;
     if (valid) {
-        s = detail::seed_of_column(v.chunk_offset, v.num_seeds, c);
+        s = detail::seed_of_column(v.chunk_offset, v.num_seeds, v.width, c);
         blend = seed_blends(v, s, &a);
         const int32_t k0 = v.chunk_offset[s], k1 = v.chunk_offset[s + 1];
         if constexpr (kInline) {
@@ -286,39 +303,38 @@ __global__ void __launch_bounds__(detail::kStreamThreads)
     bool warp_inline = false;
     if constexpr (kInline) warp_inline = __any_sync(0xffffffffu, inline_lane);
     const bool write_plain = valid && !blend;
-    const int32_t r0 = blockIdx.y * rows_per_block;
-    const int32_t r1 = min(v.batch, r0 + rows_per_block);
     float sum = 0.0f, sq = 0.0f, dead = 0.0f;
-    const int64_t ld = v.width;
-    const int64_t cc = valid ? c : 0;
-    const float* hp = h + int64_t(r0) * ld + cc;
-    float* yp = y + int64_t(r0) * ld + cc;
     int32_t r = r0;
-    for (; r + 4 <= r1; r += 4) {
-        float x[4];
+    for (; r + kRowUnroll <= r1; r += kRowUnroll) {
+        float x[kRowUnroll];
+        if (r == r0) {  // the prefetched rows
 #pragma unroll
-        for (int k = 0; k < 4; ++k) x[k] = valid ? __ldcs(hp + k * ld) : 0.0f;
+            for (int k = 0; k < kRowUnroll; ++k) x[k] = x0[k];
+        } else {
+#pragma unroll
+            for (int k = 0; k < kRowUnroll; ++k) x[k] = valid ? __ldcs(hp + k * ld) : 0.0f;
+        }
         if (write_plain)
 #pragma unroll
-            for (int k = 0; k < 4; ++k) __stcs(yp + k * ld, x[k]);
+            for (int k = 0; k < kRowUnroll; ++k) __stcs(yp + k * ld, x[k]);
         if constexpr (kInline) {
             if (warp_inline)
 #pragma unroll
-                for (int k = 0; k < 4; ++k) {
+                for (int k = 0; k < kRowUnroll; ++k) {
                     const float out = eval_inline(ib, x[k], inline_lane);
                     if (inline_lane) __stcs(yp + k * ld, x[k] + a * out);
                 }
         }
         if (valid)
 #pragma unroll
-            for (int k = 0; k < 4; ++k) {
+            for (int k = 0; k < kRowUnroll; ++k) {
                 const float d = x[k] - shift;
                 sum += d;
                 sq = fmaf(d, d, sq);
                 dead += fabsf(x[k]) < kDeadThreshold ? 1.0f : 0.0f;
             }
-        hp += 4 * ld;
-        yp += 4 * ld;
+        hp += kRowUnroll * ld;
+        yp += kRowUnroll * ld;
     }
     for (; r < r1; ++r) {
         const float x = valid ? __ldcs(hp) : 0.0f;
@@ -341,9 +357,14 @@ __global__ void __launch_bounds__(detail::kStreamThreads)
     if (!with_stats) return;
     double ds = sum, dq = sq, dd = dead;
     const int32_t key = s;
-    bool tail = detail::segmented_warp_sum(key, ds);
-    detail::segmented_warp_sum(key, dq);
-    detail::segmented_warp_sum(key, dd);
+    // Chunks of one column (every seed at >= 64 k seeds) need no cross-lane sum at all.
+    const int32_t prev_key = __shfl_up_sync(0xffffffffu, key, 1);
+    bool tail = true;
+    if (!__all_sync(0xffffffffu, lane == 0 || prev_key != key)) {
+        tail = detail::segmented_warp_sum(key, ds);
+        detail::segmented_warp_sum(key, dq);
+        detail::segmented_warp_sum(key, dd);
+    }
     if (!tail || key < 0) return;
     // This lane holds the warp's total for `key`. When one block covers every row and the
     // seed's chunk lies inside this warp's 32 columns, that total is the seed's: merge now.
@@ -360,7 +381,7 @@ __global__ void __launch_bounds__(detail::kStreamThreads)
 
 __global__ void __launch_bounds__(detail::kActiveThreads)
     forward_active_kernel(SeedLayerView v, const float* __restrict__ h, float* __restrict__ y,
-                          ForwardWorkspace ws, int32_t row_tile) {
+                          ForwardWorkspace ws, int32_t row_tile, uint32_t skip_kinds) {
     extern __shared__ float smem[];
     const int32_t row_tiles = (v.batch + row_tile - 1) / row_tile;
     const int64_t n_items = int64_t(ws.counts[0]) * row_tiles;
@@ -375,6 +396,7 @@ __global__ void __launch_bounds__(detail::kActiveThreads)
         seed_blends(v, s, &a);
         const DeviceBlueprint bp = detail::blueprint_of(v, s);
         const float* p = bp.params;
+        if ((skip_kinds >> unsigned(bp.kind)) & 1u) continue;  // done by the batched GEMMs
         if (bp.kind == BlueprintKind::kScaleShift) {
             for (int32_t idx = threadIdx.x; idx < rt * w; idx += blockDim.x) {
                 const int32_t r = idx / w, i = idx - r * w;
@@ -431,6 +453,133 @@ __global__ void __launch_bounds__(detail::kActiveThreads)
     }
 }
 
+// ---- wide chunks: cuBLAS strided-batched GEMMs ----
+// An MLP arena of max_width >= kWideWidth and hidden >= kWideHidden (seed_common.cuh) runs as
+// two fp32 SGEMMs batched over the arena's slots (slot q's weights are `stride` floats after slot
+// q-1's, exactly a strided batch): the listed seeds' chunks are gathered into X[q] (zero past the
+// chunk width), Z[q] and R[q] start as the biases, Z += X·Vᵀ, act(Z), R += act(Z)·Uᵀ, and the
+// blend y = h + a·R is scattered back. Idle slots are computed too (their rows are never read),
+// so the cost is the arena's capacity, not its active seeds. No TF32: results match the fp32
+// kernels to the usual summation-order tolerance.
+struct WideArena {
+    bool on = false;
+    int64_t x_off = 0, z_off = 0, r_off = 0;  // floats from the scratch start
+};
+
+struct WidePlan {
+    WideArena arena[2];  // kResidualMlp, kLowrank
+    size_t bytes = 0;
+    uint32_t kinds = 0;  // bit k: kind k goes through the GEMMs
+};
+
+WidePlan wide_plan(const SeedLayerView& v) {
+    WidePlan wp;
+    int64_t floats = 0;
+    for (int k = 0; k < 2; ++k) {
+        const BlueprintArena& a = v.arenas[k];
+        if (!detail::arena_is_wide(a)) continue;
+        WideArena& w = wp.arena[k];
+        w.on = true;
+        const int64_t rows = int64_t(a.capacity) * v.batch;
+        w.x_off = floats;
+        floats += (rows * a.max_width + 63) & ~int64_t(63);
+        w.z_off = floats;
+        floats += (rows * a.hidden + 63) & ~int64_t(63);
+        w.r_off = floats;
+        floats += (rows * a.max_width + 63) & ~int64_t(63);
+        wp.kinds |= 1u << k;
+    }
+    wp.bytes = size_t(floats) * sizeof(float);
+    return wp;
+}
+
+// Item = (listed seed of kind `kind`, row): X row = chunk (zero padded), Z row = b1, R row = b2.
+__global__ void wide_gather_kernel(SeedLayerView v, const float* __restrict__ h,
+                                   ForwardWorkspace ws, int kind, float* __restrict__ xs,
+                                   float* __restrict__ zs, float* __restrict__ rs) {
+    const BlueprintArena& arena = v.arenas[kind];
+    const int32_t M = arena.max_width, H = arena.hidden;
+    const MlpSlotOffsets o = mlp_slot_offsets(M, H);
+    const int64_t n_items = int64_t(ws.counts[0]) * v.batch;
+    for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
+        const int32_t s = ws.active_list[item / v.batch];
+        if (v.kind[s] != kind) continue;
+        const int32_t r = int32_t(item % v.batch);
+        const int32_t q = v.slot[s];
+        const int32_t c0 = v.chunk_offset[s], w = v.chunk_offset[s + 1] - c0;
+        const float* p = arena.params + int64_t(q) * arena.stride;
+        const int64_t row = int64_t(q) * v.batch + r;
+        const float* hr = h + int64_t(r) * v.width + c0;
+        for (int32_t i = threadIdx.x; i < M; i += blockDim.x) {
+            xs[row * M + i] = i < w ? hr[i] : 0.0f;
+            rs[row * M + i] = p[o.b2 + i];
+        }
+        for (int32_t j = threadIdx.x; j < H; j += blockDim.x) zs[row * H + j] = p[o.b1 + j];
+    }
+}
+
+__global__ void wide_relu_kernel(float* __restrict__ z, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x)
+        z[i] = fmaxf(z[i], 0.0f);
+}
+
+__global__ void wide_scatter_kernel(SeedLayerView v, const float* __restrict__ h,
+                                    float* __restrict__ y, ForwardWorkspace ws, int kind,
+                                    const float* __restrict__ rs) {
+    const int32_t M = v.arenas[kind].max_width;
+    const int64_t n_items = int64_t(ws.counts[0]) * v.batch;
+    for (int64_t item = blockIdx.x; item < n_items; item += gridDim.x) {
+        const int32_t s = ws.active_list[item / v.batch];
+        if (v.kind[s] != kind) continue;
+        const int32_t r = int32_t(item % v.batch);
+        float a;
+        seed_blends(v, s, &a);
+        const int32_t c0 = v.chunk_offset[s], w = v.chunk_offset[s + 1] - c0;
+        const float* rr = rs + (int64_t(v.slot[s]) * v.batch + r) * M;
+        const int64_t off = int64_t(r) * v.width + c0;
+        for (int32_t i = threadIdx.x; i < w; i += blockDim.x)
+            y[off + i] = fmaf(a, rr[i], h[off + i]);
+    }
+}
+
+cudaError_t launch_wide(const SeedLayerView& v, const WidePlan& wp, const float* h, float* y,
+                        const ForwardWorkspace& ws, float* scratch, int blocks,
+                        cudaStream_t stream) {
+    using detail::from_cublas;
+    cublasHandle_t handle = nullptr;
+    cudaError_t e = detail::seed_cublas_handle(&handle);
+    if (e != cudaSuccess) return e;
+    if ((e = from_cublas(cublasSetStream(handle, stream))) != cudaSuccess) return e;
+    for (int k = 0; k < 2; ++k) {
+        if (!wp.arena[k].on) continue;
+        const BlueprintArena& a = v.arenas[k];
+        const int32_t M = a.max_width, H = a.hidden, B = v.batch;
+        float* xs = scratch + wp.arena[k].x_off;
+        float* zs = scratch + wp.arena[k].z_off;
+        float* rs = scratch + wp.arena[k].r_off;
+        const MlpSlotOffsets o = mlp_slot_offsets(M, H);
+        wide_gather_kernel<<<blocks, 256, 0, stream>>>(v, h, ws, k, xs, zs, rs);
+        const float one = 1.0f;
+        // Column-major view: Z_q[H, B] += V_q[M, H]ᵀ · X_q[M, B].
+        e = from_cublas(cublasSgemmStridedBatched(
+            handle, CUBLAS_OP_T, CUBLAS_OP_N, H, B, M, &one, a.params + o.v, M, a.stride, xs, M,
+            int64_t(B) * M, &one, zs, H, int64_t(B) * H, a.capacity));
+        if (e != cudaSuccess) return e;
+        if (k == int(BlueprintKind::kResidualMlp))
+            wide_relu_kernel<<<blocks, 256, 0, stream>>>(zs, int64_t(a.capacity) * B * H);
+        // R_q[M, B] += U_q[H, M]ᵀ · act(Z_q)[H, B].
+        e = from_cublas(cublasSgemmStridedBatched(
+            handle, CUBLAS_OP_T, CUBLAS_OP_N, M, B, H, &one, a.params + o.u, H, a.stride, zs, H,
+            int64_t(B) * H, &one, rs, M, int64_t(B) * M, a.capacity));
+        if (e != cudaSuccess) return e;
+        wide_scatter_kernel<<<blocks, 256, 0, stream>>>(v, h, y, ws, k, rs);
+    }
+    return cudaGetLastError();
+}
+
+// Chan-merges the pending seeds, then the last block to finish resets the counters (one launch
+// instead of a merge and a reset).
 __global__ void forward_finalize_kernel(SeedLayerView v, SeedTelemetryAccum tel,
                                         ForwardWorkspace ws) {
     const int32_t n = ws.counts[1];
@@ -444,11 +593,12 @@ __global__ void forward_finalize_kernel(SeedLayerView v, SeedTelemetryAccum tel,
         merge_stats(tel, s, double(v.batch) * double(v.chunk_offset[s + 1] - v.chunk_offset[s]), s1,
                     s2, dead);
     }
-}
-
-__global__ void forward_reset_kernel(ForwardWorkspace ws) {
-    ws.counts[0] = 0;
-    ws.counts[1] = 0;
+    __syncthreads();  // every thread of this block has read counts[1]
+    if (threadIdx.x == 0 && atomicAdd(ws.counts + 2, 1) == int32_t(gridDim.x) - 1) {
+        ws.counts[0] = 0;
+        ws.counts[1] = 0;
+        ws.counts[2] = 0;
+    }
 }
 
 int sm_count() {
@@ -469,6 +619,10 @@ size_t seed_forward_workspace_bytes(int32_t num_seeds) {
            2 * align_up(sizeof(int32_t) * size_t(num_seeds));
 }
 
+size_t seed_forward_workspace_bytes(const SeedLayerView& view) {
+    return seed_forward_workspace_bytes(view.num_seeds) + wide_plan(view).bytes;
+}
+
 cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float* y,
                                 const SeedTelemetryAccum* tel, void* workspace,
                                 size_t workspace_bytes, cudaStream_t stream) {
@@ -480,9 +634,7 @@ cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float
     const SeedTelemetryAccum t = with_stats ? *tel : SeedTelemetryAccum{};
 
     const int32_t col_tiles = (view.width + detail::kStreamThreads - 1) / detail::kStreamThreads;
-    const int32_t target_blocks = sm_count() * 16;
-    int32_t splits = (target_blocks + col_tiles - 1) / col_tiles;
-    splits = max(1, min(splits, (view.batch + 3) / 4));
+    int32_t splits = detail::stream_row_splits(col_tiles, view.batch, sm_count());
     const int32_t rows_per_block = (view.batch + splits - 1) / splits;
     splits = (view.batch + rows_per_block - 1) / rows_per_block;
     const int32_t max_w = detail::view_max_width(view);
@@ -501,8 +653,25 @@ cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float
             view, h, y, t, with_stats, ws, rows_per_block);
 
     constexpr size_t kSmemBudget = 160 * 1024;
-    const size_t fast_smem = fast_smem_floats(max_w, max_hidden) * sizeof(float);
-    if (fast_smem <= kSmemBudget) {
+    const size_t base_bytes = seed_forward_workspace_bytes(view.num_seeds);
+    // Wide arenas take the GEMM path when the workspace was sized for it (the view overload of
+    // seed_forward_workspace_bytes); the kernels below do every other arena.
+    const WidePlan wp = wide_plan(view);
+    const bool wide = wp.kinds != 0 && workspace_bytes >= base_bytes + wp.bytes;
+    const uint32_t skip = wide ? wp.kinds : 0u;
+    int32_t rest_w = 1, rest_hidden = 0;
+    bool rest = false;
+    for (int k = 0; k < kNumBlueprintKinds; ++k) {
+        const BlueprintArena& a = view.arenas[k];
+        if (a.params == nullptr || ((skip >> k) & 1u)) continue;
+        rest = true;
+        rest_w = max(rest_w, a.max_width);
+        if (k < 2) rest_hidden = max(rest_hidden, a.hidden);
+    }
+    const size_t fast_smem = fast_smem_floats(rest_w, rest_hidden) * sizeof(float);
+    if (!rest) {
+        // No seed left for the kernels (none blends, or the GEMMs take them all).
+    } else if (fast_smem <= kSmemBudget) {
         if (fast_smem > 48 * 1024) {
             const cudaError_t e =
                 cudaFuncSetAttribute(forward_active_smem_kernel,
@@ -510,22 +679,26 @@ cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float
             if (e != cudaSuccess) return e;
         }
         forward_active_smem_kernel<<<sm_count() * 8, detail::kActiveThreads, fast_smem, stream>>>(
-            view, h, y, ws);
+            view, h, y, ws, skip);
     } else {
-        const int32_t row_tile = detail::active_row_tile(max_w, 2, view.batch, kSmemBudget);
-        const size_t smem = size_t(row_tile) * (2 * size_t(max_w) + detail::kHiddenChunk) * 4;
+        const int32_t row_tile = detail::active_row_tile(rest_w, 2, view.batch, kSmemBudget);
+        const size_t smem = size_t(row_tile) * (2 * size_t(rest_w) + detail::kHiddenChunk) * 4;
         if (smem > 48 * 1024) {
             const cudaError_t e = cudaFuncSetAttribute(
                 forward_active_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
             if (e != cudaSuccess) return e;
         }
         forward_active_kernel<<<sm_count() * 4, detail::kActiveThreads, smem, stream>>>(
-            view, h, y, ws, row_tile);
+            view, h, y, ws, row_tile, skip);
     }
-    if (with_stats)
-        forward_finalize_kernel<<<min(sm_count() * 8, (view.num_seeds + 255) / 256), 256, 0,
-                                  stream>>>(view, t, ws);
-    forward_reset_kernel<<<1, 1, 0, stream>>>(ws);
+    if (wide) {
+        float* scratch = reinterpret_cast<float*>(static_cast<char*>(workspace) + base_bytes);
+        const cudaError_t e = launch_wide(view, wp, h, y, ws, scratch, sm_count() * 8, stream);
+        if (e != cudaSuccess) return e;
+    }
+    // Pending seeds exist only with telemetry; without it this only resets the counters.
+    const int32_t fin_blocks = with_stats ? min(sm_count() * 2, (view.num_seeds + 255) / 256) : 1;
+    forward_finalize_kernel<<<fin_blocks, 256, 0, stream>>>(view, t, ws);
     return cudaGetLastError();
 }
 

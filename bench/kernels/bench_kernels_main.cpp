@@ -1,14 +1,18 @@
 // esper-bench-kernels: times launch_seed_forward (with telemetry) against a cudaMemcpyAsync
 // device-to-device copy of the same bytes in the same run, over a seed-count sweep at fixed B·D
 // and 0 / 10 / 100 % active seeds (GRAFTING, residual_mlp w→2w→w). Human lines on stderr; the
-// last stdout line is one JSON object. Usage: esper-bench-kernels [--quick] [--iters N]
+// last stdout line is one JSON object.
+// Usage: esper-bench-kernels [--quick] [--iters N] [--seeds S,S,...] [--active P,P,...]
+// (--seeds / --active run only those rows of the sweep, e.g. for a profiler).
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -127,8 +131,8 @@ Result run_case(int64_t B, int64_t D, int64_t S, int active_pct, int iters, floa
     }
     SeedTelemetryAccum tel{tel_bufs[0], tel_bufs[1], tel_bufs[2],
                            tel_bufs[3], tel_bufs[4], tel_bufs[5]};
-    const size_t fws_bytes = seed_forward_workspace_bytes(int32_t(S));
-    const size_t bws_bytes = seed_backward_workspace_bytes(int32_t(S));
+    const size_t fws_bytes = seed_forward_workspace_bytes(v);
+    const size_t bws_bytes = seed_backward_workspace_bytes(v);
     void* fws = dev_alloc(fws_bytes);
     void* bws = dev_alloc(bws_bytes);
     BENCH_CHECK(cudaMemset(fws, 0, fws_bytes));
@@ -166,13 +170,26 @@ Result run_case(int64_t B, int64_t D, int64_t S, int active_pct, int iters, floa
 int main(int argc, char** argv) {
     bool quick = false;
     int iters = 20;
+    std::vector<int64_t> only_seeds, only_active;
+    auto parse_list = [](const char* text) {
+        std::vector<int64_t> out;
+        std::stringstream in(text);
+        for (std::string item; std::getline(in, item, ',');) out.push_back(std::stoll(item));
+        return out;
+    };
     for (int i = 1; i < argc; ++i) {
         if (std::strcmp(argv[i], "--quick") == 0)
             quick = true;
         else if (std::strcmp(argv[i], "--iters") == 0 && i + 1 < argc)
             iters = std::atoi(argv[++i]);
+        else if (std::strcmp(argv[i], "--seeds") == 0 && i + 1 < argc)
+            only_seeds = parse_list(argv[++i]);
+        else if (std::strcmp(argv[i], "--active") == 0 && i + 1 < argc)
+            only_active = parse_list(argv[++i]);
         else if (std::strcmp(argv[i], "--help") == 0) {
-            std::printf("usage: esper-bench-kernels [--quick] [--iters N]\n");
+            std::printf(
+                "usage: esper-bench-kernels [--quick] [--iters N] [--seeds S,S,...] "
+                "[--active P,P,...]\n");
             return 0;
         } else {
             std::fprintf(stderr, "unknown argument %s\n", argv[i]);
@@ -203,12 +220,17 @@ int main(int argc, char** argv) {
     // Fixed B·D; D grows with the seed count once chunks reach one feature.
     std::vector<int64_t> seed_counts = {16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576};
     if (quick) seed_counts = {16, 1024, 16384, 262144};
+    auto wanted = [](const std::vector<int64_t>& only, int64_t x) {
+        return only.empty() || std::find(only.begin(), only.end(), x) != only.end();
+    };
     std::vector<Result> results;
     for (int64_t S : seed_counts) {
+        if (!wanted(only_seeds, S)) continue;
         int64_t D = quick ? 4096 : 16384;
         while (D < S) D *= 4;
         const int64_t B = total / D;
         for (int pct : {0, 10, 100}) {
+            if (!wanted(only_active, pct)) continue;
             Result r = run_case(B, D, S, pct, iters, h, y, dy, dh, stream);
             if (r.skipped)
                 std::fprintf(

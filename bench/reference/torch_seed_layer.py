@@ -6,7 +6,7 @@ Same math and shapes as bench/kernels: h[B, D] cut into S equal chunks, a fracti
 telemetry). Variants: eager and torch.compile, each gathering the active chunks into a batched
 [n_active, B, w] tensor, running two bmm's, and scattering back. Also times a copy of h into y.
 Human lines on stderr, one JSON object on the last stdout line.
-Usage: torch_seed_layer.py [--quick] [--iters N]
+Usage: torch_seed_layer.py [--quick] [--iters N] [--no-compile] [--seeds S,S,...]
 """
 import argparse
 import json
@@ -52,7 +52,9 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--seeds", default="", help="comma-separated seed counts: only these rows")
     args = ap.parse_args()
+    only = {int(x) for x in args.seeds.split(",") if x}
     if not torch.cuda.is_available():
         print("torch_seed_layer.py: no CUDA device", file=sys.stderr)
         return 1
@@ -65,6 +67,8 @@ def main():
     compiled = None if args.no_compile else torch.compile(seed_layer, dynamic=False)
     results = []
     for S in seed_counts:
+        if only and S not in only:
+            continue
         D = 4096 if args.quick else 16384
         while D < S:
             D *= 4

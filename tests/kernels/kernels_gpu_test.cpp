@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
@@ -152,6 +153,90 @@ TEST_CASE("seed_forward kernel matches the reference with telemetry over ragged 
     CHECK(err.empty());
 }
 
+TEST_CASE("seed_forward and seed_backward run wide chunks as batched GEMMs like the reference",
+          "[kernels][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    const int forced_stage = GENERATE(-1, int(SeedStage::kGrafting));
+    const int32_t min_width = GENERATE(64, 256);  // wide: max_width >= 64 (residual_mlp only;
+                                                  // lowrank rank 3 and scale_shift stay on the
+                                                  // kernels, which skip the GEMMs' seeds)
+    CAPTURE(forced_stage, min_width);
+    std::mt19937 rng(4242 + forced_stage + min_width);
+    LayerSpec spec;
+    spec.batch = 37;
+    spec.num_seeds = 8;
+    spec.min_width = min_width;
+    spec.max_chunk = min_width + 44;
+    spec.forced_stage = forced_stage;
+    HostSeedLayer L = make_layer(spec, rng);
+    const size_t n = size_t(L.batch) * L.width;
+    std::vector<float> h(n);
+    fill_uniform(h, rng, -1.5f, 2.0f);
+    Telemetry tel = prefilled_telemetry(L.num_seeds, rng);
+    DeviceLayer D(L);
+    DevBuf dh_in(h), dy(n * sizeof(float));
+    DeviceTelemetry dt(tel);
+    const SeedLayerView dv = D.view(L);
+    REQUIRE(seed_forward_workspace_bytes(dv) > seed_forward_workspace_bytes(L.num_seeds));
+    DevBuf ws(seed_forward_workspace_bytes(dv));
+    CUDA_OK(cudaMemset(ws.p, 0, ws.bytes));
+    SeedTelemetryAccum dacc = dt.accum(), hacc = tel.accum();
+    std::vector<float> y_ref(n);
+    for (int rep = 0; rep < 2; ++rep) {
+        CUDA_OK(cudaMemset(dy.p, 0xFF, dy.bytes));
+        CUDA_OK(launch_seed_forward(dv, dh_in.as<float>(), dy.as<float>(), &dacc, ws.p, ws.bytes,
+                                    nullptr));
+        seed_forward_reference(L.view(), h.data(), y_ref.data(), &hacc);
+    }
+    CUDA_OK(cudaDeviceSynchronize());
+    // fp32 GEMMs (no TF32) over up to 600 hidden units: summation order differs from the
+    // double reference by a few ulps of |r| ~ 10.
+    std::string err = compare(dy.download<float>(), y_ref, 1e-4, 1e-4, "y") +
+                      compare(dt.m2.download<double>(), tel.m2, 1e-4, 1e-4, "m2");
+
+    // The backward of the same layer through its GEMMs: twice, the same bits, and the reference.
+    std::vector<float> g(n), dh_ref(n);
+    fill_uniform(g, rng, -1.0f, 1.0f);
+    DevBuf dgbuf(g), ddh(n * sizeof(float));
+    REQUIRE(seed_backward_workspace_bytes(dv) > seed_backward_workspace_bytes(L.num_seeds));
+    DevBuf bws(seed_backward_workspace_bytes(dv));
+    CUDA_OK(cudaMemset(bws.p, 0, bws.bytes));
+    std::vector<std::vector<float>> first;
+    std::vector<double> first_contribution;
+    for (int rep = 0; rep < 2; ++rep) {
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+            CUDA_OK(cudaMemset(D.grads[k]->p, 0, D.grads[k]->bytes));
+        CUDA_OK(cudaMemset(dt.contribution.p, 0, dt.contribution.bytes));
+        CUDA_OK(cudaMemset(ddh.p, 0xFF, ddh.bytes));
+        CUDA_OK(launch_seed_backward(dv, dh_in.as<float>(), dgbuf.as<float>(), ddh.as<float>(),
+                                     &dacc, bws.p, bws.bytes, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        std::vector<std::vector<float>> got;
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+            got.push_back(D.grads[k]->download<float>());
+        const std::vector<double> contribution = dt.contribution.download<double>();
+        if (rep == 0) {
+            first = got;
+            first_contribution = contribution;
+            continue;
+        }
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+            CHECK(std::memcmp(first[k].data(), got[k].data(), got[k].size() * 4) == 0);
+        CHECK(std::memcmp(first_contribution.data(), contribution.data(),
+                          contribution.size() * sizeof(double)) == 0);
+    }
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+        std::fill(L.grads[k].begin(), L.grads[k].end(), 0.0f);
+    std::fill(tel.contribution.begin(), tel.contribution.end(), 0.0);
+    seed_backward_reference(L.view(), h.data(), g.data(), dh_ref.data(), &hacc);
+    err += compare(ddh.download<float>(), dh_ref, 1e-4, 1e-4, "dh");
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+        err += compare(first[k], L.grads[k], 2e-4, 1e-4, "grads");
+    err += compare(first_contribution, tel.contribution, 1e-3, 1e-4, "contribution");
+    INFO(err);
+    CHECK(err.empty());
+}
+
 TEST_CASE("seed_backward kernel matches the reference: dh, blueprint grads, telemetry",
           "[kernels][gpu]") {
     ESPER_REQUIRE_DEVICE();
@@ -190,6 +275,97 @@ TEST_CASE("seed_backward kernel matches the reference: dh, blueprint grads, tele
         compare(dt.contribution.download<double>(), tel.contribution, 1e-3, 1e-4, "contribution");
     INFO(err);
     CHECK(err.empty());
+}
+
+TEST_CASE("seed_backward gives bit-identical blueprint gradients and contributions on every run",
+          "[kernels][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    // Few listed seeds over many rows (row groups + the ordered sum), many listed seeds (one
+    // group each, written straight into the arena), tiny blueprints (blocks owning 32 seeds).
+    const Shape sh = GENERATE(Shape{512, 6, 16, 40}, Shape{300, 40, 1, 9}, Shape{4, 3000, 1, 5},
+                              Shape{333, 500, 1, 2}, Shape{1024, 3, 100, 160});
+    CAPTURE(sh.batch, sh.seeds, sh.min_w, sh.max_w);
+    std::mt19937 rng(sh.batch * 17 + sh.seeds);
+    LayerSpec spec;
+    spec.batch = sh.batch;
+    spec.num_seeds = sh.seeds;
+    spec.min_width = sh.min_w;
+    spec.max_chunk = sh.max_w;
+    HostSeedLayer L = make_layer(spec, rng);
+    const size_t n = size_t(L.batch) * L.width;
+    std::vector<float> h(n), g(n);
+    fill_uniform(h, rng, -1.5f, 2.0f);
+    fill_uniform(g, rng, -1.0f, 1.0f);
+    Telemetry tel(L.num_seeds);
+    DeviceLayer D(L);
+    DeviceTelemetry dt(tel);
+    DevBuf dhbuf(h), dgbuf(g), ddh(n * sizeof(float)), dy(n * sizeof(float));
+    DevBuf fws(seed_forward_workspace_bytes(L.num_seeds));
+    DevBuf ws(seed_backward_workspace_bytes(L.num_seeds));
+    CUDA_OK(cudaMemset(fws.p, 0, fws.bytes));
+    CUDA_OK(cudaMemset(ws.p, 0, ws.bytes));
+    DevBuf noise(size_t(256) << 20);  // another stream keeps the memory system busy in run 2
+    SeedTelemetryAccum dacc = dt.accum();
+    const SeedLayerView dv = D.view(L);
+    cudaStream_t s1, s2, s3;
+    CUDA_OK(cudaStreamCreate(&s1));
+    CUDA_OK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+    CUDA_OK(cudaStreamCreateWithFlags(&s3, cudaStreamNonBlocking));
+    struct Run {
+        std::vector<std::vector<float>> grads;
+        std::vector<double> contribution;
+    };
+    auto run = [&](int which) {
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+            CUDA_OK(cudaMemset(D.grads[k]->p, 0, D.grads[k]->bytes));
+        CUDA_OK(cudaMemset(dt.contribution.p, 0, dt.contribution.bytes));
+        CUDA_OK(cudaDeviceSynchronize());
+        if (which == 0) {
+            CUDA_OK(launch_seed_backward(dv, dhbuf.as<float>(), dgbuf.as<float>(), ddh.as<float>(),
+                                         &dacc, ws.p, ws.bytes, s1));
+        } else {  // a forward first, a concurrent memory hog, another stream
+            CUDA_OK(launch_seed_forward(dv, dhbuf.as<float>(), dy.as<float>(), &dacc, fws.p,
+                                        fws.bytes, s2));
+            CUDA_OK(cudaMemsetAsync(noise.p, which, noise.bytes, s3));
+            CUDA_OK(launch_seed_backward(dv, dhbuf.as<float>(), dgbuf.as<float>(), ddh.as<float>(),
+                                         &dacc, ws.p, ws.bytes, s2));
+            CUDA_OK(cudaMemsetAsync(noise.p, which + 1, noise.bytes, s3));
+        }
+        CUDA_OK(cudaDeviceSynchronize());
+        Run r;
+        for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+            r.grads.push_back(D.grads[k]->download<float>());
+        r.contribution = dt.contribution.download<double>();
+        return r;
+    };
+    const Run a = run(0), b = run(1), c = run(2);
+    size_t nonzero = 0;
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k) {
+        REQUIRE(a.grads[k].size() == b.grads[k].size());
+        CHECK(std::memcmp(a.grads[k].data(), b.grads[k].data(), a.grads[k].size() * 4) == 0);
+        CHECK(std::memcmp(a.grads[k].data(), c.grads[k].data(), a.grads[k].size() * 4) == 0);
+        for (float x : a.grads[k]) nonzero += x != 0.0f;
+    }
+    CHECK(std::memcmp(a.contribution.data(), b.contribution.data(),
+                      a.contribution.size() * sizeof(double)) == 0);
+    CHECK(std::memcmp(a.contribution.data(), c.contribution.data(),
+                      a.contribution.size() * sizeof(double)) == 0);
+    CHECK(nonzero > 0);  // the runs did produce gradients
+    // And they are the right ones.
+    std::vector<float> dh_ref(n);
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+        std::fill(L.grads[k].begin(), L.grads[k].end(), 0.0f);
+    SeedTelemetryAccum hacc = tel.accum();
+    seed_backward_reference(L.view(), h.data(), g.data(), dh_ref.data(), &hacc);
+    std::string err = compare(ddh.download<float>(), dh_ref, 1e-4, 1e-4, "dh");
+    for (int k = 0; k < kNumChunkBlueprintKinds; ++k)
+        err += compare(c.grads[k], L.grads[k], 2e-4, 1e-4, "grads");
+    err += compare(c.contribution, tel.contribution, 1e-3, 1e-4, "contribution");
+    INFO(err);
+    CHECK(err.empty());
+    CUDA_OK(cudaStreamDestroy(s1));
+    CUDA_OK(cudaStreamDestroy(s2));
+    CUDA_OK(cudaStreamDestroy(s3));
 }
 
 TEST_CASE("seed_state_update kernel matches the reference", "[kernels][gpu]") {
