@@ -6,9 +6,15 @@
 #include <kj/exception.h>
 #include <kj/io.h>
 
+#include <algorithm>
+#include <array>
+#include <cstdlib>
 #include <cstring>
+#include <new>
+#include <optional>
 #include <vector>
 
+#include "core/check.h"
 #include "core/clock.h"
 
 namespace esper::bus {
@@ -35,7 +41,7 @@ struct Decoded::Impl {
     zmq::message_t frame;         // used when the frame was aligned
     kj::Array<capnp::word> copy;  // used otherwise
     kj::ArrayPtr<const capnp::word> words;
-    std::unique_ptr<capnp::FlatArrayMessageReader> reader;
+    std::optional<capnp::FlatArrayMessageReader> reader;  // in place: one allocation per decode
     schema::Envelope::Reader root;
 };
 
@@ -93,7 +99,7 @@ DecodeResult finish(std::unique_ptr<Decoded::Impl> impl, const DecodeLimits& lim
     options.traversalLimitInWords = limits.traversal_limit_words;
     options.nestingLimit = limits.nesting_limit;
     try {
-        impl->reader = std::make_unique<capnp::FlatArrayMessageReader>(impl->words, options);
+        impl->reader.emplace(impl->words, options);
         impl->root = impl->reader->getRoot<schema::Envelope>();
         // One full walk: any bad pointer or limit violation surfaces here, not in a handler.
         (void)impl->root.totalSize();
@@ -168,6 +174,50 @@ zmq::message_t encode(capnp::MessageBuilder& message) {
     kj::ArrayOutputStream out(kj::arrayPtr(static_cast<kj::byte*>(frame.data()), frame.size()));
     capnp::writeMessage(out, segments);
     return frame;
+}
+
+FrameBuilder::FrameBuilder(size_t first_segment_words)
+    : first_words_(std::clamp<size_t>(first_segment_words, 8, size_t{1} << 26)) {}
+
+FrameBuilder::~FrameBuilder() noexcept(false) {
+    if (!released_) std::free(first_);
+    for (void* p : more_) std::free(p);
+}
+
+kj::ArrayPtr<capnp::word> FrameBuilder::allocateSegment(unsigned minimum_size) {
+    if (first_ == nullptr && !released_ && minimum_size <= first_words_) {
+        // calloc: capnp needs zeroed segments; word 0 is the frame's segment table.
+        first_ = static_cast<capnp::word*>(std::calloc(first_words_ + 1, sizeof(capnp::word)));
+        if (first_ == nullptr) throw std::bad_alloc();
+        allocated_words_ += first_words_;
+        return kj::arrayPtr(first_ + 1, first_words_);
+    }
+    // Grow like MallocMessageBuilder's GROW_HEURISTICALLY: each segment as large as all before.
+    const size_t words = std::max<size_t>(minimum_size, std::max<size_t>(allocated_words_, 1024));
+    void* p = std::calloc(words, sizeof(capnp::word));
+    if (p == nullptr) throw std::bad_alloc();
+    more_.push_back(p);
+    allocated_words_ += words;
+    return kj::arrayPtr(static_cast<capnp::word*>(p), words);
+}
+
+size_t FrameBuilder::size_words() {
+    size_t words = 0;
+    for (auto segment : getSegmentsForOutput()) words += segment.size();
+    return words;
+}
+
+zmq::message_t FrameBuilder::release_frame() {
+    ESPER_REQUIRE(!released_, "FrameBuilder::release_frame called twice");
+    auto segments = getSegmentsForOutput();
+    if (segments.size() != 1 || segments[0].begin() != first_ + 1) return encode(*this);
+    // The stream format's table for one segment: (segment count - 1) = 0, then its size in words.
+    const auto table = std::array<uint32_t, 2>{0, static_cast<uint32_t>(segments[0].size())};
+    std::memcpy(static_cast<void*>(first_), table.data(), sizeof(capnp::word));
+    released_ = true;
+    const size_t bytes = (segments[0].size() + 1) * sizeof(capnp::word);
+    return zmq::message_t(
+        first_, bytes, [](void* data, void*) { std::free(data); }, nullptr);
 }
 
 namespace {

@@ -65,6 +65,35 @@ DecodeResult decode(std::span<const std::byte> bytes, const DecodeLimits& limits
 // Serialises a message into one frame (segment table + segments, the capnp stream format).
 zmq::message_t encode(capnp::MessageBuilder& message);
 
+// A message builder whose first segment is allocated with one spare word in front, so that a
+// message that fits in it becomes a frame without a copy: release_frame() writes the segment
+// table into that word and hands the block to ZeroMQ (zmq_msg_init_data), which frees it once
+// the frame is sent or dropped. A message that outgrew the first segment is encode()d (one
+// copy), as with any builder. Size the first segment from what such messages need (the
+// Publisher remembers it per topic); later segments grow like capnp's MallocMessageBuilder.
+class FrameBuilder : public capnp::MessageBuilder {
+public:
+    explicit FrameBuilder(size_t first_segment_words = 1024);
+    FrameBuilder(const FrameBuilder&) = delete;
+    FrameBuilder& operator=(const FrameBuilder&) = delete;
+    ~FrameBuilder() noexcept(false) override;
+
+    // The whole message as one frame; the builder is spent afterwards (no further use).
+    zmq::message_t release_frame();
+    // Words of the message so far (all segments).
+    size_t size_words();
+
+protected:
+    kj::ArrayPtr<capnp::word> allocateSegment(unsigned minimum_size) override;
+
+private:
+    size_t first_words_;
+    capnp::word* first_ = nullptr;  // the block: 1 word of segment table + first_words_ words
+    std::vector<void*> more_;       // later segments
+    size_t allocated_words_ = 0;
+    bool released_ = false;
+};
+
 // The capnp type id of the struct carried by a payload member (0 for Void members), and the
 // member's name ("seedTelemetry"). Both come from schema reflection, so new members need no code.
 uint64_t payload_type_id(schema::Envelope::Payload::Which which);
