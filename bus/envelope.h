@@ -8,10 +8,12 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -65,15 +67,53 @@ DecodeResult decode(std::span<const std::byte> bytes, const DecodeLimits& limits
 // Serialises a message into one frame (segment table + segments, the capnp stream format).
 zmq::message_t encode(capnp::MessageBuilder& message);
 
-// A message builder whose first segment is allocated with one spare word in front, so that a
-// message that fits in it becomes a frame without a copy: release_frame() writes the segment
-// table into that word and hands the block to ZeroMQ (zmq_msg_init_data), which frees it once
-// the frame is sent or dropped. A message that outgrew the first segment is encode()d (one
-// copy), as with any builder. Size the first segment from what such messages need (the
-// Publisher remembers it per topic); later segments grow like capnp's MallocMessageBuilder.
+// Blocks for frames that a publisher recycles: ZeroMQ hands a block back (from its I/O thread)
+// once its frame is sent or dropped, and a later message is built in it. Big frames then cost no
+// fresh pages: glibc returns the pages of a freed large block to the kernel and faults them in
+// again on the next one, 3-10x the cost of building a 1024-seed batch (docs/bus.md). Thread-safe.
+// Reference-counted: the owner calls close(); the pool goes once every frame has come back.
+class FramePool {
+public:
+    struct Closer {
+        void operator()(FramePool* pool) const { pool->close(); }
+    };
+    using Handle = std::unique_ptr<FramePool, Closer>;
+    static Handle create(size_t max_free_blocks = 8);
+    FramePool(const FramePool&) = delete;
+    FramePool& operator=(const FramePool&) = delete;
+    void close();
+
+    // A block with 2 header words (its capacity, then the frame's segment table) and at least
+    // `words` more; the first `words` of those are zero.
+    capnp::word* take(size_t words);
+    // Keeps `block` for a later take() (or frees it when the pool is full or closed).
+    void put(capnp::word* block);
+    // ZeroMQ's free function for a frame whose data starts at a block's second word; `hint` is
+    // the pool (which counts the frame as out until then: call frame_out() when handing it over).
+    static void frame_done(void* data, void* hint);
+    void frame_out();
+
+private:
+    explicit FramePool(size_t max_free_blocks) : max_free_(max_free_blocks) {}
+    ~FramePool();
+    void unref();
+    std::mutex mutex_;
+    std::vector<capnp::word*> free_;
+    size_t max_free_;
+    bool closed_ = false;
+    std::atomic<size_t> refs_{1};  // the owner + frames out
+};
+
+// A message builder whose first segment sits in a block with spare words in front (FramePool's
+// layout), so that a message that fits in it becomes a frame without a copy: release_frame()
+// writes the segment table into the word before the segment and hands the block to ZeroMQ
+// (zmq_msg_init_data), which gives it back to the pool (or frees it, without a pool) once the
+// frame is sent or dropped. A message that outgrew the first segment is encode()d (one copy), as
+// with any builder. Size the first segment from what such messages need (the Publisher remembers
+// it per topic); later segments grow like capnp's MallocMessageBuilder.
 class FrameBuilder : public capnp::MessageBuilder {
 public:
-    explicit FrameBuilder(size_t first_segment_words = 1024);
+    explicit FrameBuilder(size_t first_segment_words = 1024, FramePool* pool = nullptr);
     FrameBuilder(const FrameBuilder&) = delete;
     FrameBuilder& operator=(const FrameBuilder&) = delete;
     ~FrameBuilder() noexcept(false) override;
@@ -88,7 +128,8 @@ protected:
 
 private:
     size_t first_words_;
-    capnp::word* first_ = nullptr;  // the block: 1 word of segment table + first_words_ words
+    FramePool* pool_;
+    capnp::word* block_ = nullptr;  // FramePool layout: capacity, table, first_words_ words
     std::vector<void*> more_;       // later segments
     size_t allocated_words_ = 0;
     bool released_ = false;

@@ -14,7 +14,9 @@ Logger& bus_log() { return logger("bus"); }
 }  // namespace
 
 Publisher::Publisher(zmq::context_t& context, PublisherConfig config)
-    : config_(std::move(config)), socket_(context, zmq::socket_type::xpub) {
+    : config_(std::move(config)),
+      frames_(FramePool::create()),
+      socket_(context, zmq::socket_type::xpub) {
     ESPER_REQUIRE(!config_.endpoint.empty(), "publisher needs an endpoint");
     socket_.set(zmq::sockopt::sndhwm, config_.send_hwm);
     socket_.set(zmq::sockopt::linger, config_.reliability == Reliability::kControl ? 2000 : 200);

@@ -64,7 +64,7 @@ public:
     template <typename Fill>
     PublishResult publish(std::string_view topic, Fill&& fill,
                           std::string_view correlation_id = {}) {
-        FrameBuilder message(stream(topic).segment_words);
+        FrameBuilder message(stream(topic).segment_words, frames_.get());
         auto envelope = message.initRoot<schema::Envelope>();
         fill(envelope.getPayload());
         return send(topic, message, correlation_id);
@@ -102,6 +102,9 @@ private:
         size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
     };
     PublisherConfig config_;
+    // Blocks of sent frames, reused. Declared before the socket, so it is closed after it;
+    // frames still queued in ZeroMQ keep the pool until they are done.
+    FramePool::Handle frames_;
     zmq::socket_t socket_;
     std::unordered_map<std::string, Stream, StringHash, std::equal_to<>> streams_;
     std::unordered_set<std::string> subscriptions_;

@@ -130,6 +130,49 @@ TEST_CASE("a FrameBuilder message that outgrew its first segment is encoded with
     for (unsigned i = 0; i < out.size(); ++i) CHECK(out[i].getSeed() == i * 7);
 }
 
+TEST_CASE("a frame's block goes back to its pool and the next message starts from zeros",
+          "[bus][envelope]") {
+    bus::FramePool::Handle pool = bus::FramePool::create();
+    const void* first_data = nullptr;
+    {
+        bus::FrameBuilder message(4096, pool.get());
+        auto seeds =
+            message.initRoot<schema::Envelope>().getPayload().initSeedTelemetry().initSeeds(50);
+        for (unsigned i = 0; i < seeds.size(); ++i) {
+            seeds[i].setSeed(i + 1);
+            seeds[i].setAlpha(0.25f);
+        }
+        zmq::message_t frame = message.release_frame();
+        first_data = frame.data();
+    }  // the frame is done: its block is back in the pool
+    bus::FrameBuilder message(4096, pool.get());
+    // Nothing set: a reused block that kept old bytes would show them here.
+    auto env = message.initRoot<schema::Envelope>();
+    env.getPayload().initSeedTelemetry().initSeeds(50);
+    bus::stamp_envelope(env, "kasmina/0", "run-1", 2);
+    zmq::message_t frame = message.release_frame();
+    CHECK(frame.data() == first_data);
+    auto d = bus::decode(std::move(frame));
+    REQUIRE(d.ok());
+    for (auto s : d.value->envelope().getPayload().getSeedTelemetry().getSeeds()) {
+        CHECK(s.getSeed() == 0);
+        CHECK(s.getAlpha() == 0.0f);
+    }
+}
+
+TEST_CASE("a frame may outlive the pool's owner", "[bus][envelope]") {
+    bus::FramePool::Handle pool = bus::FramePool::create();
+    bus::FrameBuilder message(64, pool.get());
+    auto env = message.initRoot<schema::Envelope>();
+    env.getPayload().initHeartbeat().setStep(7);
+    bus::stamp_envelope(env, "kasmina/0", "run-1", 1);
+    zmq::message_t frame = message.release_frame();
+    pool.reset();  // the publisher is gone; ZeroMQ still holds the frame
+    auto d = bus::decode(std::move(frame));
+    REQUIRE(d.ok());
+    CHECK(d.value->envelope().getPayload().getHeartbeat().getStep() == 7);
+}  // the frame is done last: the pool goes with it
+
 TEST_CASE("decode rejects every truncation of a valid frame", "[bus][envelope]") {
     std::mt19937_64 rng(7);
     std::string before;
