@@ -79,6 +79,13 @@ Broker::Broker(zmq::context_t& context, BrokerConfig config)
         s->set(zmq::sockopt::rcvhwm, q);
         s->set(zmq::sockopt::maxmsgsize, hard_cap);
     }
+    // Every published message is read by the XSUB and written by the XPUB: with two or more I/O
+    // threads, pin their connections to different ones, so the two directions run in parallel
+    // (ZeroMQ would otherwise pick by load at connect time, and often picks the same thread).
+    if (zmq_ctx_get(context.handle(), ZMQ_IO_THREADS) >= 2) {
+        xsub_.set(zmq::sockopt::affinity, uint64_t{1});
+        xpub_.set(zmq::sockopt::affinity, uint64_t{2});
+    }
     started_ns_ = monotonic_ns();
     router_.set(zmq::sockopt::router_mandatory, 1);
     if (config_.security.enabled()) {

@@ -176,8 +176,8 @@ zmq::message_t encode(capnp::MessageBuilder& message) {
     return frame;
 }
 
-FramePool::Handle FramePool::create(size_t max_free_blocks) {
-    return Handle(new FramePool(max_free_blocks));
+FramePool::Handle FramePool::create(size_t max_free_bytes) {
+    return Handle(new FramePool(max_free_bytes));
 }
 
 FramePool::~FramePool() {
@@ -194,6 +194,7 @@ void FramePool::close() {
         closed_ = true;
         for (capnp::word* b : free_) std::free(b);
         free_.clear();
+        free_bytes_ = 0;
     }
     unref();
 }
@@ -226,6 +227,7 @@ capnp::word* FramePool::take(size_t words) {
                 block = free_[i];
                 free_[i] = free_.back();
                 free_.pop_back();
+                free_bytes_ -= block_capacity(block) * sizeof(capnp::word);
                 break;
             }
         }
@@ -236,17 +238,13 @@ capnp::word* FramePool::take(size_t words) {
 }
 
 void FramePool::put(capnp::word* block) {
+    const size_t bytes = block_capacity(block) * sizeof(capnp::word);
     {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (!closed_ && free_.size() < max_free_) {
+        if (!closed_ && free_bytes_ + bytes <= max_free_bytes_ && free_.size() < 256) {
             free_.push_back(block);
+            free_bytes_ += bytes;
             return;
-        }
-        if (!closed_ && !free_.empty()) {  // full: keep the larger of the block and the smallest
-            auto smallest = std::min_element(free_.begin(), free_.end(), [](auto* a, auto* b) {
-                return block_capacity(a) < block_capacity(b);
-            });
-            if (block_capacity(*smallest) < block_capacity(block)) std::swap(*smallest, block);
         }
     }
     std::free(block);

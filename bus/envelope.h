@@ -78,7 +78,8 @@ public:
         void operator()(FramePool* pool) const { pool->close(); }
     };
     using Handle = std::unique_ptr<FramePool, Closer>;
-    static Handle create(size_t max_free_blocks = 8);
+    // Keeps at most max_free_bytes of blocks (and 256 blocks) for reuse; more are freed.
+    static Handle create(size_t max_free_bytes = size_t{8} << 20);
     FramePool(const FramePool&) = delete;
     FramePool& operator=(const FramePool&) = delete;
     void close();
@@ -94,12 +95,13 @@ public:
     void frame_out();
 
 private:
-    explicit FramePool(size_t max_free_blocks) : max_free_(max_free_blocks) {}
+    explicit FramePool(size_t max_free_bytes) : max_free_bytes_(max_free_bytes) {}
     ~FramePool();
     void unref();
     std::mutex mutex_;
     std::vector<capnp::word*> free_;
-    size_t max_free_;
+    size_t max_free_bytes_;
+    size_t free_bytes_ = 0;
     bool closed_ = false;
     std::atomic<size_t> refs_{1};  // the owner + frames out
 };

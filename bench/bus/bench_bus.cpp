@@ -2,7 +2,8 @@
 // like with like. (1) Seed telemetry batches (several seeds-per-message sizes) Publisher ->
 // broker (XSUB/XPUB) -> Subscriber with full decode; (2) the same frame sizes through raw libzmq
 // PUB -> SUB, no broker, pre-encoded bodies; (3) the same raw frames through a bare zmq::proxy;
-// (4) command round trips RpcClient -> broker -> RpcWorker -> back. Per case it also reports
+// (4) command round trips RpcClient -> broker -> RpcWorker -> back. Each role has a ZeroMQ
+// context of its own, as separate processes would. Per case it also reports
 // where the CPU goes (publisher, broker or proxy, subscriber, ZeroMQ's I/O threads) per
 // delivered message. --transport tcp,ipc runs every telemetry case over each transport (raw over
 // the same one); --copy-path adds the publisher path that encodes into a fresh frame (a copy),
@@ -44,9 +45,10 @@ struct Options {
     int repeat = 3;  // best of N per case: the 2-core machine is shared and noisy
     bool curve = false;
     bool copy_path = false;
-    // The broker and the bare proxy each get a context of their own, as the broker is a process
-    // of its own (esper broker --io-threads, default 2); --shared-context puts everything on the
-    // clients' context (the layout before 2026-12-06: four sessions on two I/O threads).
+    // Each role gets a context of its own, as in a deployment where each is a process: the
+    // broker and the bare proxy with hop_io_threads I/O threads (esper broker --io-threads,
+    // default 2), a publisher and a subscriber with one each. --shared-context puts everything on
+    // one context of two I/O threads (the layout before 2026-12-06).
     int hop_io_threads = 2;
     bool shared_context = false;
     std::vector<std::string> transports = {"tcp"};
@@ -70,6 +72,13 @@ clockid_t clock_of(pthread_t thread) {
 struct Cpu {
     int64_t pub = 0, hop = 0, sub = 0, total = 0;
     int64_t io() const { return total - pub - hop - sub; }
+};
+
+// A publisher and a subscriber are processes of their own in a deployment, each with a context
+// (one I/O thread); --shared-context puts both on one context of two I/O threads.
+struct Contexts {
+    zmq::context_t& pub;
+    zmq::context_t& sub;
 };
 
 struct Rate {
@@ -156,7 +165,8 @@ Rate consume(Receive&& receive, int64_t& sub_ns) {
 // The Esper path: TelemetryPublisher -> broker -> Subscriber (full decode, records counted).
 // With copy_path the publisher builds a MallocMessageBuilder and send()s it, which encodes it
 // into a fresh frame (the path publish() took before it sent the segment itself).
-Rate esper_run(zmq::context_t& ctx, const bus::BrokerEndpoints& ep, clockid_t broker_clock,
+// `ctx`: the clients' contexts (publisher, subscriber).
+Rate esper_run(const Contexts& ctx, const bus::BrokerEndpoints& ep, clockid_t broker_clock,
                const bus::ClientSecurity& keys, unsigned n_seeds, double seconds, bool copy_path,
                size_t& frame_bytes, uint64_t& records) {
     std::atomic<bool> ready{false};
@@ -165,7 +175,8 @@ Rate esper_run(zmq::context_t& ctx, const bus::BrokerEndpoints& ep, clockid_t br
     int64_t sub_ns = 0;
     const CpuSpan span(broker_clock, true);
     std::thread sub_thread([&] {
-        bus::Subscriber sub(ctx, {.endpoint = ep.sub, .prefixes = {"bench."}, .security = keys});
+        bus::Subscriber sub(ctx.sub,
+                            {.endpoint = ep.sub, .prefixes = {"bench."}, .security = keys});
         ready = true;
         rate = consume(
             [&] {
@@ -181,7 +192,7 @@ Rate esper_run(zmq::context_t& ctx, const bus::BrokerEndpoints& ep, clockid_t br
     // The telemetry path as agents use it: never blocks, drops at a full queue (like raw PUB).
     // The first segment hint is the publisher's default: publish() learns each topic's size.
     bus::TelemetryPublisher pub(
-        ctx,
+        ctx.pub,
         {.endpoint = ep.pub, .sender = "bench", .run_id = "b", .send_hwm = 1000, .security = keys});
     pub.wait_for_subscriber("bench.data", 5000);
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -216,15 +227,19 @@ Rate esper_run(zmq::context_t& ctx, const bus::BrokerEndpoints& ep, clockid_t br
 
 // Raw libzmq PUB -> SUB with pre-built frames of `frame_bytes`. With `via_proxy`, the frames
 // go through a bare zmq::proxy (XSUB/XPUB), the same topology as the broker, without Esper.
-Rate raw_run(zmq::context_t& ctx, zmq::context_t& hop_ctx, const std::string& any_endpoint,
+Rate raw_run(const Contexts& ctx, zmq::context_t& hop_ctx, const std::string& any_endpoint,
              size_t frame_bytes, double seconds, bool via_proxy) {
-    zmq::socket_t pub(ctx, zmq::socket_type::pub);
+    zmq::socket_t pub(ctx.pub, zmq::socket_type::pub);
     pub.set(zmq::sockopt::sndhwm, 1000);
     std::string endpoint;
     std::thread proxy_thread;
     zmq::socket_t xsub(hop_ctx, zmq::socket_type::xsub), xpub(hop_ctx, zmq::socket_type::xpub);
     zmq::socket_t control_in(hop_ctx, zmq::socket_type::pair),
         control_out(hop_ctx, zmq::socket_type::pair);
+    // Frames still queued when a case ends go nowhere: closing must not wait for them (ZeroMQ's
+    // default linger is forever, which would hang the context's termination at exit).
+    for (zmq::socket_t* s : {&pub, &xsub, &xpub, &control_in, &control_out})
+        s->set(zmq::sockopt::linger, 0);
     if (via_proxy) {
         xsub.bind(any_endpoint);
         xpub.bind(any_endpoint);
@@ -244,7 +259,8 @@ Rate raw_run(zmq::context_t& ctx, zmq::context_t& hop_ctx, const std::string& an
     Rate rate;
     int64_t sub_ns = 0;
     std::thread sub_thread([&] {
-        zmq::socket_t sub(ctx, zmq::socket_type::sub);
+        zmq::socket_t sub(ctx.sub, zmq::socket_type::sub);
+        sub.set(zmq::sockopt::linger, 0);
         sub.set(zmq::sockopt::rcvhwm, 100000);
         sub.set(zmq::sockopt::subscribe, "bench.");
         sub.connect(endpoint);
@@ -404,9 +420,10 @@ int main(int argc, char** argv) {
                 "delivered message by stage; then command round trips (on the first transport).\n"
                 "Last line is JSON. --copy-path: also the publisher path that copies each\n"
                 "message into its frame. --curve: the Esper cases on CURVE keys, beside the\n"
-                "plain broker (ratio_vs_plain). The broker and the bare proxy run on a\n"
-                "context of their own with --hop-io-threads I/O threads (2); --shared-context:\n"
-                "on the clients' context instead. --only: profile one case.\n");
+                "plain broker (ratio_vs_plain). Each role has a ZeroMQ context of its own,\n"
+                "like separate processes: the broker and the bare proxy with --hop-io-threads\n"
+                "I/O threads (2), publishers and subscribers with one; --shared-context: all\n"
+                "on one context of two. --only: profile one case.\n");
             return 0;
         } else {
             std::fprintf(stderr, "esper-bench-bus: unknown argument %s\n", a.c_str());
@@ -418,8 +435,10 @@ int main(int argc, char** argv) {
         return 2;
     }
     zmq::context_t ctx(2);
-    zmq::context_t own_hop_ctx(o.hop_io_threads);
+    zmq::context_t own_hop_ctx(o.hop_io_threads), own_pub_ctx(1), own_sub_ctx(1);
     zmq::context_t& hop_ctx = o.shared_context ? ctx : own_hop_ctx;
+    const Contexts clients{o.shared_context ? ctx : own_pub_ctx,
+                           o.shared_context ? ctx : own_sub_ctx};
     std::atomic<bool> stop{false};
     // --curve: one agent key for every Esper socket, allowed by a second, CURVE broker; the plain
     // broker runs beside it and the two are measured interleaved, so ratio_vs_plain compares
@@ -477,19 +496,19 @@ int main(int argc, char** argv) {
             for (int k = 0; k < o.repeat; ++k) {  // interleaved, so drifting load hits all alike
                 if (on("esper") || frame_bytes == 0)
                     best(c.esper,
-                         esper_run(ctx, broker.ep, broker.clock, keys, n,
+                         esper_run(clients, broker.ep, broker.clock, keys, n,
                                    on("esper") ? o.seconds : 0.01, false, frame_bytes, records));
                 if (o.curve && on("esper"))
-                    best(c.plain, esper_run(ctx, plain_b.ep, plain_b.clock, {}, n, o.seconds, false,
-                                            frame_bytes, records));
+                    best(c.plain, esper_run(clients, plain_b.ep, plain_b.clock, {}, n, o.seconds,
+                                            false, frame_bytes, records));
                 if (o.copy_path && on("copy"))
-                    best(c.copy, esper_run(ctx, broker.ep, broker.clock, keys, n, o.seconds, true,
-                                           frame_bytes, records));
+                    best(c.copy, esper_run(clients, broker.ep, broker.clock, keys, n, o.seconds,
+                                           true, frame_bytes, records));
                 if (on("raw"))
-                    best(c.raw, raw_run(ctx, hop_ctx, any_endpoint(transport), frame_bytes,
+                    best(c.raw, raw_run(clients, hop_ctx, any_endpoint(transport), frame_bytes,
                                         o.seconds, false));
                 if (on("proxy"))
-                    best(c.proxy, raw_run(ctx, hop_ctx, any_endpoint(transport), frame_bytes,
+                    best(c.proxy, raw_run(clients, hop_ctx, any_endpoint(transport), frame_bytes,
                                           o.seconds, true));
             }
             const double e = c.esper.msgs_per_s(), r = c.raw.msgs_per_s();
