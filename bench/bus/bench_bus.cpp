@@ -19,11 +19,14 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <deque>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 #include <zmq.hpp>
 
@@ -45,6 +48,7 @@ struct Options {
     int repeat = 3;  // best of N per case: the 2-core machine is shared and noisy
     bool curve = false;
     bool copy_path = false;
+    int publisher_cost_messages = 0;  // --publisher-cost N: only that measurement
     // Each role gets a context of its own, as in a deployment where each is a process: the
     // broker and the bare proxy with hop_io_threads I/O threads (esper broker --io-threads,
     // default 2), a publisher and a subscriber with one each. --shared-context puts everything on
@@ -346,6 +350,70 @@ double percentile(const std::vector<double>& sorted, double p) {
     return sorted[std::min(i, sorted.size() - 1)];
 }
 
+// --publisher-cost: the CPU time of building one message and making it a frame, with the
+// frames handed to another thread that frees them a little later (as ZeroMQ's I/O thread does
+// once a frame is sent). Three ways: publish()'s (a FrameBuilder in blocks the publisher
+// recycles), a FrameBuilder in fresh blocks (malloc/free per frame), and a MallocMessageBuilder
+// copied into its frame by encode() (the path before zero-copy sends).
+void publisher_cost(const std::vector<unsigned>& sizes, int messages, int repeat) {
+    enum Way { kPooled, kFresh, kCopied };
+    const char* names[] = {"pooled", "fresh", "copied"};
+    for (unsigned n : sizes) {
+        double best[3] = {0, 0, 0};
+        for (int k = 0; k < repeat; ++k) {
+            for (int w = kPooled; w <= kCopied; ++w) {
+                std::mutex mutex;
+                std::deque<zmq::message_t> queued;
+                std::atomic<bool> stop{false};
+                std::thread freer([&] {
+                    while (!stop) {
+                        std::deque<zmq::message_t> mine;
+                        {
+                            std::lock_guard<std::mutex> lock(mutex);
+                            mine.swap(queued);
+                        }
+                        mine.clear();
+                        std::this_thread::sleep_for(std::chrono::microseconds(50));
+                    }
+                });
+                bus::FramePool::Handle pool = bus::FramePool::create();
+                size_t words = 1024;  // then sized from the last message, as publish() does
+                const int64_t cpu0 = cpu_ns(CLOCK_THREAD_CPUTIME_ID);
+                for (int i = 0; i < messages; ++i) {
+                    zmq::message_t frame;
+                    if (w == kCopied) {
+                        capnp::MallocMessageBuilder message(2 + n * 9 + 64);
+                        auto env = message.initRoot<schema::Envelope>();
+                        fill_batch(env.getPayload(), n, static_cast<uint64_t>(i));
+                        bus::stamp_envelope(env, "bench", "b", static_cast<uint64_t>(i) + 1);
+                        frame = bus::encode(message);
+                    } else {
+                        bus::FrameBuilder message(words, w == kPooled ? pool.get() : nullptr);
+                        auto env = message.initRoot<schema::Envelope>();
+                        fill_batch(env.getPayload(), n, static_cast<uint64_t>(i));
+                        bus::stamp_envelope(env, "bench", "b", static_cast<uint64_t>(i) + 1);
+                        const size_t used = message.size_words();
+                        words = used + used / 8 + 16;
+                        frame = message.release_frame();
+                    }
+                    std::lock_guard<std::mutex> lock(mutex);
+                    queued.push_back(std::move(frame));
+                }
+                const double us =
+                    static_cast<double>(cpu_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0) * 1e-3 / messages;
+                stop = true;
+                freer.join();
+                if (best[w] == 0 || us < best[w]) best[w] = us;
+            }
+        }
+        std::printf("publisher_cost seeds_per_msg=%u", n);
+        for (int w = kPooled; w <= kCopied; ++w) std::printf(" %s_us=%.2f", names[w], best[w]);
+        std::printf(" copied_over_pooled=%.2f\n",
+                    best[kPooled] > 0 ? best[kCopied] / best[kPooled] : 0);
+        std::fflush(stdout);
+    }
+}
+
 std::vector<std::string> split(const std::string& list) {
     std::vector<std::string> out;
     for (size_t p = 0; p <= list.size();) {
@@ -391,6 +459,8 @@ int main(int argc, char** argv) {
             o.curve = true;
         } else if (a == "--copy-path") {
             o.copy_path = true;
+        } else if (a == "--publisher-cost") {
+            o.publisher_cost_messages = std::max(1, std::atoi(next().c_str()));
         } else if (a == "--hop-io-threads") {
             o.hop_io_threads = std::max(1, std::atoi(next().c_str()));
         } else if (a == "--shared-context") {
@@ -414,7 +484,7 @@ int main(int argc, char** argv) {
                 "usage: esper-bench-bus [--seconds S] [--repeat N] [--seeds 16,64,256,1024]\n"
                 "       [--headline-seeds N] [--transport tcp,ipc] [--copy-path] [--commands N]\n"
                 "       [--hop-io-threads N] [--shared-context] [--curve]\n"
-                "       [--only esper|copy|raw|proxy]\n"
+                "       [--only esper|copy|raw|proxy] [--publisher-cost N]\n"
                 "Telemetry through the broker vs raw libzmq PUB/SUB (direct and via a bare\n"
                 "proxy) at the same frame sizes, per transport, with CPU microseconds per\n"
                 "delivered message by stage; then command round trips (on the first transport).\n"
@@ -423,7 +493,8 @@ int main(int argc, char** argv) {
                 "plain broker (ratio_vs_plain). Each role has a ZeroMQ context of its own,\n"
                 "like separate processes: the broker and the bare proxy with --hop-io-threads\n"
                 "I/O threads (2), publishers and subscribers with one; --shared-context: all\n"
-                "on one context of two. --only: profile one case.\n");
+                "on one context of two. --only: profile one case. --publisher-cost N: only\n"
+                "the CPU time to build N messages into frames (pooled, fresh, copied).\n");
             return 0;
         } else {
             std::fprintf(stderr, "esper-bench-bus: unknown argument %s\n", a.c_str());
@@ -433,6 +504,10 @@ int main(int argc, char** argv) {
     if (o.transports.empty() || o.seeds.empty()) {
         std::fprintf(stderr, "esper-bench-bus: empty --transport or --seeds\n");
         return 2;
+    }
+    if (o.publisher_cost_messages > 0) {
+        publisher_cost(o.seeds, o.publisher_cost_messages, o.repeat);
+        return 0;
     }
     zmq::context_t ctx(2);
     zmq::context_t own_hop_ctx(o.hop_io_threads), own_pub_ctx(1), own_sub_ctx(1);
