@@ -82,6 +82,10 @@ int broker_main(int argc, char** argv) {
     auto& pubsub_bytes = p.option("max-pubsub-frame-bytes", "N",
                                   "largest published message; larger ones are dropped",
                                   std::to_string(bus::BrokerConfig{}.max_pubsub_frame_bytes));
+    auto& io_threads = p.option("io-threads", "N",
+                                "ZeroMQ I/O threads: the publishers' and the subscribers' "
+                                "connections are served in parallel from 2",
+                                "2");
     auto& insecure = p.flag("insecure", "allow a non-loopback bind without keys (warns)");
     auto& keys = p.option("keys", "DIR",
                           "CURVE on every endpoint: DIR/broker.secret is the broker's key, and "
@@ -123,6 +127,9 @@ int broker_main(int argc, char** argv) {
     config.max_pubsub_frame_bytes = pubsub_bytes.as_int();
     for (const cli::Option* o : {&queue_bytes, &frame_bytes, &pubsub_bytes})
         if (o->as_int() < 1024) throw cli::UsageError("--" + o->name + " must be >= 1024");
+    const int64_t n_io_threads = io_threads.as_int();
+    if (n_io_threads < 1 || n_io_threads > 64)
+        throw cli::UsageError("--io-threads must be between 1 and 64");
     const int ready = ready_fd.given() ? static_cast<int>(ready_fd.as_int()) : -1;
     if (ready_fd.given() && ready < 0) throw cli::UsageError("--ready-fd must be >= 0");
     if (keys.given()) {
@@ -139,7 +146,9 @@ int broker_main(int argc, char** argv) {
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
 
-    zmq::context_t context(1);
+    // Every message crosses the broker twice (in from a publisher, out to each subscriber): with
+    // one I/O thread both directions queue on it (docs/benchmarks.md, "Bus").
+    zmq::context_t context(static_cast<int>(n_io_threads));
     bus::Broker broker(context, config);
     Logger& log = logger("bus.broker");
     // Heartbeats well inside the expiry, so the broker never forgets its own service.

@@ -79,6 +79,13 @@ Broker::Broker(zmq::context_t& context, BrokerConfig config)
         s->set(zmq::sockopt::rcvhwm, q);
         s->set(zmq::sockopt::maxmsgsize, hard_cap);
     }
+    // Every published message is read by the XSUB and written by the XPUB: with two or more I/O
+    // threads, pin their connections to different ones, so the two directions run in parallel
+    // (ZeroMQ would otherwise pick by load at connect time, and often picks the same thread).
+    if (zmq_ctx_get(context.handle(), ZMQ_IO_THREADS) >= 2) {
+        xsub_.set(zmq::sockopt::affinity, uint64_t{1});
+        xpub_.set(zmq::sockopt::affinity, uint64_t{2});
+    }
     started_ns_ = monotonic_ns();
     router_.set(zmq::sockopt::router_mandatory, 1);
     if (config_.security.enabled()) {
@@ -241,8 +248,9 @@ void Broker::drain_monitors() {
 
 void Broker::forward(zmq::socket_t& from, zmq::socket_t& to, bool subscriptions) {
     // Bounded batch so one busy direction cannot starve the others.
+    std::vector<zmq::message_t>& parts = parts_;  // reused: no allocation per message
     for (int i = 0; i < 4096; ++i) {
-        std::vector<zmq::message_t> parts;
+        parts.clear();
         if (!zmq::recv_multipart(from, std::back_inserter(parts), zmq::recv_flags::dontwait))
             return;
         size_t bytes = 0;
@@ -344,7 +352,8 @@ void Broker::refuse(const std::string& identity, const std::string& name, const 
     std::vector<zmq::message_t> out;
     out.push_back(frame(identity));
     out.push_back(frame(proto::kRefused));
-    out.push_back(frame(name));
+    // The answer names at most max_agent_name_bytes of it (the log line notes the full length).
+    out.push_back(frame(std::string_view(name).substr(0, config_.max_agent_name_bytes)));
     out.push_back(frame(why));
     (void)send_frames(out);
 }
@@ -363,7 +372,7 @@ void Broker::handle_hello(const std::string& identity, const std::string& name, 
         const bool bad_name = name.empty() || name.size() > config_.max_agent_name_bytes;
         if (bad_name || agents_.size() >= config_.max_agents) {
             ++stats_.refused_registrations;
-            refuse(identity, name.substr(0, config_.max_agent_name_bytes),
+            refuse(identity, name,
                    bad_name ? "bad name (empty or longer than " +
                                   std::to_string(config_.max_agent_name_bytes) + " bytes)"
                             : "too many agents");

@@ -148,6 +148,7 @@ private:
     std::deque<std::pair<int64_t, std::string>> pending_order_;  // (forwarded at, key)
     int64_t last_expiry_ns_ = 0;
     std::unordered_set<std::string> subscriptions_;  // prefixes passed on to publishers
+    std::vector<zmq::message_t> parts_;              // forward()'s message being moved
     BrokerStats stats_;
     int64_t started_ns_ = 0;
     int64_t last_heartbeat_ns_ = 0;

@@ -6,9 +6,15 @@
 #include <kj/exception.h>
 #include <kj/io.h>
 
+#include <algorithm>
+#include <array>
+#include <cstdlib>
 #include <cstring>
+#include <new>
+#include <optional>
 #include <vector>
 
+#include "core/check.h"
 #include "core/clock.h"
 
 namespace esper::bus {
@@ -35,7 +41,7 @@ struct Decoded::Impl {
     zmq::message_t frame;         // used when the frame was aligned
     kj::Array<capnp::word> copy;  // used otherwise
     kj::ArrayPtr<const capnp::word> words;
-    std::unique_ptr<capnp::FlatArrayMessageReader> reader;
+    std::optional<capnp::FlatArrayMessageReader> reader;  // in place: one allocation per decode
     schema::Envelope::Reader root;
 };
 
@@ -93,7 +99,7 @@ DecodeResult finish(std::unique_ptr<Decoded::Impl> impl, const DecodeLimits& lim
     options.traversalLimitInWords = limits.traversal_limit_words;
     options.nestingLimit = limits.nesting_limit;
     try {
-        impl->reader = std::make_unique<capnp::FlatArrayMessageReader>(impl->words, options);
+        impl->reader.emplace(impl->words, options);
         impl->root = impl->reader->getRoot<schema::Envelope>();
         // One full walk: any bad pointer or limit violation surfaces here, not in a handler.
         (void)impl->root.totalSize();
@@ -168,6 +174,140 @@ zmq::message_t encode(capnp::MessageBuilder& message) {
     kj::ArrayOutputStream out(kj::arrayPtr(static_cast<kj::byte*>(frame.data()), frame.size()));
     capnp::writeMessage(out, segments);
     return frame;
+}
+
+FramePool::Handle FramePool::create(size_t max_free_bytes) {
+    return Handle(new FramePool(max_free_bytes));
+}
+
+FramePool::~FramePool() {
+    for (capnp::word* b : free_) std::free(b);
+}
+
+void FramePool::unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+}
+
+void FramePool::close() {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        closed_ = true;
+        for (capnp::word* b : free_) std::free(b);
+        free_.clear();
+        free_bytes_ = 0;
+    }
+    unref();
+}
+
+namespace {
+
+size_t block_capacity(const capnp::word* block) {
+    uint64_t words = 0;
+    std::memcpy(&words, static_cast<const void*>(block), sizeof words);
+    return static_cast<size_t>(words);
+}
+
+capnp::word* new_block(size_t words) {
+    // calloc: capnp needs zeroed segments (fresh pages come zeroed from the kernel).
+    auto* block = static_cast<capnp::word*>(std::calloc(words + 2, sizeof(capnp::word)));
+    if (block == nullptr) throw std::bad_alloc();
+    const uint64_t capacity = words;
+    std::memcpy(static_cast<void*>(block), &capacity, sizeof capacity);
+    return block;
+}
+
+}  // namespace
+
+capnp::word* FramePool::take(size_t words) {
+    capnp::word* block = nullptr;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (size_t i = 0; i < free_.size(); ++i) {
+            if (block_capacity(free_[i]) >= words) {
+                block = free_[i];
+                free_[i] = free_.back();
+                free_.pop_back();
+                free_bytes_ -= block_capacity(block) * sizeof(capnp::word);
+                break;
+            }
+        }
+    }
+    if (block == nullptr) return new_block(words);
+    std::memset(static_cast<void*>(block + 1), 0, (words + 1) * sizeof(capnp::word));
+    return block;
+}
+
+void FramePool::put(capnp::word* block) {
+    const size_t bytes = block_capacity(block) * sizeof(capnp::word);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!closed_ && free_bytes_ + bytes <= max_free_bytes_ && free_.size() < 256) {
+            free_.push_back(block);
+            free_bytes_ += bytes;
+            return;
+        }
+    }
+    std::free(block);
+}
+
+void FramePool::frame_out() { refs_.fetch_add(1, std::memory_order_relaxed); }
+
+void FramePool::frame_done(void* data, void* hint) {
+    auto* block = static_cast<capnp::word*>(data) - 1;
+    if (hint == nullptr) {
+        std::free(block);
+        return;
+    }
+    auto* pool = static_cast<FramePool*>(hint);
+    pool->put(block);
+    pool->unref();
+}
+
+FrameBuilder::FrameBuilder(size_t first_segment_words, FramePool* pool)
+    : first_words_(std::clamp<size_t>(first_segment_words, 8, size_t{1} << 26)), pool_(pool) {}
+
+FrameBuilder::~FrameBuilder() noexcept(false) {
+    if (!released_ && block_ != nullptr) {
+        if (pool_ != nullptr)
+            pool_->put(block_);
+        else
+            std::free(block_);
+    }
+    for (void* p : more_) std::free(p);
+}
+
+kj::ArrayPtr<capnp::word> FrameBuilder::allocateSegment(unsigned minimum_size) {
+    if (block_ == nullptr && !released_ && minimum_size <= first_words_) {
+        block_ = pool_ != nullptr ? pool_->take(first_words_) : new_block(first_words_);
+        allocated_words_ += first_words_;
+        return kj::arrayPtr(block_ + 2, first_words_);
+    }
+    // Grow like MallocMessageBuilder's GROW_HEURISTICALLY: each segment as large as all before.
+    const size_t words = std::max<size_t>(minimum_size, std::max<size_t>(allocated_words_, 1024));
+    void* p = std::calloc(words, sizeof(capnp::word));
+    if (p == nullptr) throw std::bad_alloc();
+    more_.push_back(p);
+    allocated_words_ += words;
+    return kj::arrayPtr(static_cast<capnp::word*>(p), words);
+}
+
+size_t FrameBuilder::size_words() {
+    size_t words = 0;
+    for (auto segment : getSegmentsForOutput()) words += segment.size();
+    return words;
+}
+
+zmq::message_t FrameBuilder::release_frame() {
+    ESPER_REQUIRE(!released_, "FrameBuilder::release_frame called twice");
+    auto segments = getSegmentsForOutput();
+    if (segments.size() != 1 || segments[0].begin() != block_ + 2) return encode(*this);
+    // The stream format's table for one segment: (segment count - 1) = 0, then its size in words.
+    const auto table = std::array<uint32_t, 2>{0, static_cast<uint32_t>(segments[0].size())};
+    std::memcpy(static_cast<void*>(block_ + 1), table.data(), sizeof(capnp::word));
+    released_ = true;
+    const size_t bytes = (segments[0].size() + 1) * sizeof(capnp::word);
+    if (pool_ != nullptr) pool_->frame_out();
+    return zmq::message_t(block_ + 1, bytes, &FramePool::frame_done, pool_);
 }
 
 namespace {

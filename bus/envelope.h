@@ -8,10 +8,12 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -64,6 +66,76 @@ DecodeResult decode(std::span<const std::byte> bytes, const DecodeLimits& limits
 
 // Serialises a message into one frame (segment table + segments, the capnp stream format).
 zmq::message_t encode(capnp::MessageBuilder& message);
+
+// Blocks for frames that a publisher recycles: ZeroMQ hands a block back (from its I/O thread)
+// once its frame is sent or dropped, and a later message is built in it, so a frame costs no
+// malloc/free pair and reuses pages already mapped (esper-bench-bus --publisher-cost compares
+// pooled, fresh and copied frames). Thread-safe.
+// Reference-counted: the owner calls close(); the pool goes once every frame has come back.
+class FramePool {
+public:
+    struct Closer {
+        void operator()(FramePool* pool) const { pool->close(); }
+    };
+    using Handle = std::unique_ptr<FramePool, Closer>;
+    // Keeps at most max_free_bytes of blocks (and 256 blocks) for reuse; more are freed.
+    static Handle create(size_t max_free_bytes = size_t{8} << 20);
+    FramePool(const FramePool&) = delete;
+    FramePool& operator=(const FramePool&) = delete;
+    void close();
+
+    // A block with 2 header words (its capacity, then the frame's segment table) and at least
+    // `words` more; the first `words` of those are zero.
+    capnp::word* take(size_t words);
+    // Keeps `block` for a later take() (or frees it when the pool is full or closed).
+    void put(capnp::word* block);
+    // ZeroMQ's free function for a frame whose data starts at a block's second word; `hint` is
+    // the pool (which counts the frame as out until then: call frame_out() when handing it over).
+    static void frame_done(void* data, void* hint);
+    void frame_out();
+
+private:
+    explicit FramePool(size_t max_free_bytes) : max_free_bytes_(max_free_bytes) {}
+    ~FramePool();
+    void unref();
+    std::mutex mutex_;
+    std::vector<capnp::word*> free_;
+    size_t max_free_bytes_;
+    size_t free_bytes_ = 0;
+    bool closed_ = false;
+    std::atomic<size_t> refs_{1};  // the owner + frames out
+};
+
+// A message builder whose first segment sits in a block with spare words in front (FramePool's
+// layout), so that a message that fits in it becomes a frame without a copy: release_frame()
+// writes the segment table into the word before the segment and hands the block to ZeroMQ
+// (zmq_msg_init_data), which gives it back to the pool (or frees it, without a pool) once the
+// frame is sent or dropped. A message that outgrew the first segment is encode()d (one copy), as
+// with any builder. Size the first segment from what such messages need (the Publisher remembers
+// it per topic); later segments grow like capnp's MallocMessageBuilder.
+class FrameBuilder : public capnp::MessageBuilder {
+public:
+    explicit FrameBuilder(size_t first_segment_words = 1024, FramePool* pool = nullptr);
+    FrameBuilder(const FrameBuilder&) = delete;
+    FrameBuilder& operator=(const FrameBuilder&) = delete;
+    ~FrameBuilder() noexcept(false) override;
+
+    // The whole message as one frame; the builder is spent afterwards (no further use).
+    zmq::message_t release_frame();
+    // Words of the message so far (all segments).
+    size_t size_words();
+
+protected:
+    kj::ArrayPtr<capnp::word> allocateSegment(unsigned minimum_size) override;
+
+private:
+    size_t first_words_;
+    FramePool* pool_;
+    capnp::word* block_ = nullptr;  // FramePool layout: capacity, table, first_words_ words
+    std::vector<void*> more_;       // later segments
+    size_t allocated_words_ = 0;
+    bool released_ = false;
+};
 
 // The capnp type id of the struct carried by a payload member (0 for Void members), and the
 // member's name ("seedTelemetry"). Both come from schema reflection, so new members need no code.

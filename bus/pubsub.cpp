@@ -14,7 +14,9 @@ Logger& bus_log() { return logger("bus"); }
 }  // namespace
 
 Publisher::Publisher(zmq::context_t& context, PublisherConfig config)
-    : config_(std::move(config)), socket_(context, zmq::socket_type::xpub) {
+    : config_(std::move(config)),
+      frames_(FramePool::create()),
+      socket_(context, zmq::socket_type::xpub) {
     ESPER_REQUIRE(!config_.endpoint.empty(), "publisher needs an endpoint");
     socket_.set(zmq::sockopt::sndhwm, config_.send_hwm);
     socket_.set(zmq::sockopt::linger, config_.reliability == Reliability::kControl ? 2000 : 200);
@@ -34,29 +36,52 @@ std::string Publisher::endpoint() const {
     return config_.bind ? socket_.get(zmq::sockopt::last_endpoint) : config_.endpoint;
 }
 
-PublishResult Publisher::send(std::string_view topic, capnp::MallocMessageBuilder& message,
-                              std::string_view correlation_id) {
+Publisher::Stream& Publisher::stream(std::string_view topic) {
+    auto it = streams_.find(topic);
+    if (it == streams_.end())
+        it = streams_.emplace(std::string(topic), Stream{0, config_.first_segment_words}).first;
+    return it->second;
+}
+
+template <typename MakeFrame>
+PublishResult Publisher::send_stamped(std::string_view topic, capnp::MessageBuilder& message,
+                                      std::string_view correlation_id, MakeFrame&& make_frame) {
     if (++sends_since_drain_ >= 256) drain_subscriptions();
-    auto it = sequences_.find(topic);
-    if (it == sequences_.end()) it = sequences_.emplace(std::string(topic), 0).first;
-    uint64_t sequence = it->second + 1;
+    Stream& s = stream(topic);
+    uint64_t sequence = s.sequence + 1;
     auto envelope = message.getRoot<schema::Envelope>();
     stamp_envelope(envelope, config_.sender, config_.run_id, sequence, correlation_id);
-    zmq::message_t body = encode(message);
+    zmq::message_t body = make_frame(s);
 
     bool metrics = config_.reliability == Reliability::kMetrics;
     zmq::send_flags flags = metrics ? zmq::send_flags::dontwait : zmq::send_flags::none;
     zmq::send_result_t r = socket_.send(zmq::const_buffer(topic.data(), topic.size()),
                                         flags | zmq::send_flags::sndmore);
     if (r) r = socket_.send(std::move(body), flags);
-    if (metrics) it->second = sequence;  // a dropped metric leaves a visible gap
+    if (metrics) s.sequence = sequence;  // a dropped metric leaves a visible gap
     if (!r) {
         ++stats_.dropped;
         return PublishResult::kDropped;
     }
-    it->second = sequence;
+    s.sequence = sequence;
     ++stats_.sent;
     return PublishResult::kSent;
+}
+
+PublishResult Publisher::send(std::string_view topic, capnp::MessageBuilder& message,
+                              std::string_view correlation_id) {
+    return send_stamped(topic, message, correlation_id, [&](Stream&) { return encode(message); });
+}
+
+PublishResult Publisher::send(std::string_view topic, FrameBuilder& message,
+                              std::string_view correlation_id) {
+    return send_stamped(topic, message, correlation_id, [&](Stream& s) {
+        // The next message of this topic gets a first segment that fits this one with some room,
+        // so it too leaves without a copy (its size drifts little: same layer, same seeds).
+        const size_t words = message.size_words();
+        s.segment_words = words + words / 8 + 16;
+        return message.release_frame();
+    });
 }
 
 void Publisher::drain_subscriptions() {
@@ -99,18 +124,17 @@ TelemetryPublisher::TelemetryPublisher(zmq::context_t& context, PublisherConfig 
 
 SequenceTracker::Outcome SequenceTracker::observe(std::string_view sender, std::string_view topic,
                                                   uint64_t sequence) {
-    std::string key;
-    key.reserve(sender.size() + topic.size() + 1);
-    key.append(sender).push_back('\0');
-    key.append(topic);
+    // The key is built in a kept buffer: no allocation per message once a stream is known.
+    key_.assign(sender);
+    key_.push_back('\0');
+    key_.append(topic);
     Outcome out;
-    if (last_.size() >= max_streams_ && last_.find(key) == last_.end()) {
-        ++untracked_;
-        out.first = true;
-        return out;
-    }
-    auto [it, inserted] = last_.try_emplace(std::move(key), sequence);
-    if (inserted) {
+    auto it = last_.find(key_);
+    if (it == last_.end()) {
+        if (last_.size() >= max_streams_)
+            ++untracked_;
+        else
+            last_.emplace(key_, sequence);
         out.first = true;
         return out;
     }

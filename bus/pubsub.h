@@ -41,6 +41,8 @@ struct PublisherConfig {
     int send_hwm = 10000;  // messages queued before metrics are dropped
     int control_send_timeout_ms = 2000;
     bool bind = false;  // bind instead of connect (tests without a broker)
+    // First segment of a topic's first message; later ones are sized from the topic's last
+    // message, so each fits one segment and goes out without a copy (bus::FrameBuilder).
     size_t first_segment_words = 1024;
     ClientSecurity security{};  // CURVE keys (bus/security.h); empty = none
 };
@@ -56,18 +58,23 @@ public:
     Publisher(const Publisher&) = delete;
     Publisher& operator=(const Publisher&) = delete;
 
-    // Builds the payload with `fill(schema::Envelope::Payload::Builder)` and sends it. An
-    // exception from `fill` propagates before anything is sent or a sequence is used.
+    // Builds the payload with `fill(schema::Envelope::Payload::Builder)` and sends it without
+    // copying the message (bus::FrameBuilder). An exception from `fill` propagates before
+    // anything is sent or a sequence is used.
     template <typename Fill>
     PublishResult publish(std::string_view topic, Fill&& fill,
                           std::string_view correlation_id = {}) {
-        capnp::MallocMessageBuilder message(static_cast<unsigned>(config_.first_segment_words));
+        FrameBuilder message(stream(topic).segment_words, frames_.get());
         auto envelope = message.initRoot<schema::Envelope>();
         fill(envelope.getPayload());
         return send(topic, message, correlation_id);
     }
-    // Sends an already-built Envelope message; stamps its header fields.
-    PublishResult send(std::string_view topic, capnp::MallocMessageBuilder& message,
+    // Sends an already-built Envelope message; stamps its header fields. The message is copied
+    // into the frame (the caller keeps it).
+    PublishResult send(std::string_view topic, capnp::MessageBuilder& message,
+                       std::string_view correlation_id = {});
+    // The same, without the copy: `message` is spent (bus::FrameBuilder::release_frame).
+    PublishResult send(std::string_view topic, FrameBuilder& message,
                        std::string_view correlation_id = {});
 
     // Waits until the broker has forwarded a subscription that matches `topic` (so a one-shot
@@ -80,14 +87,26 @@ public:
     zmq::socket_t& socket() { return socket_; }
 
 private:
+    struct Stream {
+        uint64_t sequence = 0;     // of the last message sent (or dropped, for metrics)
+        size_t segment_words = 0;  // first segment for the next message
+    };
+    Stream& stream(std::string_view topic);
+    // Stamps the header with the next sequence, sends [topic, make_frame()], counts the outcome.
+    template <typename MakeFrame>
+    PublishResult send_stamped(std::string_view topic, capnp::MessageBuilder& message,
+                               std::string_view correlation_id, MakeFrame&& make_frame);
     void drain_subscriptions();
     struct StringHash {
         using is_transparent = void;
         size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
     };
     PublisherConfig config_;
+    // Blocks of sent frames, reused. Declared before the socket, so it is closed after it;
+    // frames still queued in ZeroMQ keep the pool until they are done.
+    FramePool::Handle frames_;
     zmq::socket_t socket_;
-    std::unordered_map<std::string, uint64_t, StringHash, std::equal_to<>> sequences_;
+    std::unordered_map<std::string, Stream, StringHash, std::equal_to<>> streams_;
     std::unordered_set<std::string> subscriptions_;
     PublisherStats stats_;
     uint64_t sends_since_drain_ = 0;
@@ -125,6 +144,7 @@ public:
 
 private:
     size_t max_streams_;
+    std::string key_;  // sender NUL topic of the message being observed
     uint64_t untracked_ = 0;
     std::unordered_map<std::string, uint64_t> last_;
     uint64_t gaps_ = 0;

@@ -88,6 +88,91 @@ TEST_CASE("decode copies frames that are not 8-byte aligned", "[bus][envelope]")
     // span overload (which always copies) and by the alignment check in decode(message_t).
 }
 
+TEST_CASE("a FrameBuilder message in one segment becomes its frame without a copy",
+          "[bus][envelope]") {
+    std::mt19937_64 rng(11);
+    auto member = capnp::Schema::from<schema::Envelope::Payload>().getFieldByName("runStatus");
+    bus::FrameBuilder message(4096);
+    auto env = message.initRoot<schema::Envelope>();
+    capnp::DynamicStruct::Builder payload = env.getPayload();
+    bus::testing::fill_random(payload.init(member).as<capnp::DynamicStruct>(), rng, 0);
+    bus::stamp_envelope(env, "kasmina/0", "run-1", 3);
+    const std::string before = kj::str(env.asReader()).cStr();
+    zmq::message_t copied = bus::encode(message);
+    auto segments = message.getSegmentsForOutput();
+    REQUIRE(segments.size() == 1);
+    const auto* segment = reinterpret_cast<const std::byte*>(segments[0].begin());
+    CHECK(message.size_words() == segments[0].size());
+    zmq::message_t frame = message.release_frame();
+    // The frame is the builder's own block: the segment table sits in the word before it.
+    CHECK(static_cast<const std::byte*>(frame.data()) + sizeof(capnp::word) == segment);
+    CHECK(bytes_of(frame) == bytes_of(copied));  // the same bytes encode() writes
+    auto d = bus::decode(std::move(frame));
+    REQUIRE(d.ok());
+    CHECK(std::string(kj::str(d.value->envelope()).cStr()) == before);
+}
+
+TEST_CASE("a FrameBuilder message that outgrew its first segment is encoded with a copy",
+          "[bus][envelope]") {
+    bus::FrameBuilder message(8);  // far too small: the payload lands in later segments
+    auto env = message.initRoot<schema::Envelope>();
+    auto seeds = env.getPayload().initSeedTelemetry().initSeeds(300);
+    for (unsigned i = 0; i < seeds.size(); ++i) seeds[i].setSeed(i * 7);
+    bus::stamp_envelope(env, "kasmina/0", "run-1", 1);
+    REQUIRE(message.getSegmentsForOutput().size() > 1);
+    zmq::message_t copied = bus::encode(message);
+    zmq::message_t frame = message.release_frame();
+    CHECK(bytes_of(frame) == bytes_of(copied));
+    auto d = bus::decode(std::move(frame));
+    REQUIRE(d.ok());
+    auto out = d.value->envelope().getPayload().getSeedTelemetry().getSeeds();
+    REQUIRE(out.size() == 300);
+    for (unsigned i = 0; i < out.size(); ++i) CHECK(out[i].getSeed() == i * 7);
+}
+
+TEST_CASE("a frame's block goes back to its pool and the next message starts from zeros",
+          "[bus][envelope]") {
+    bus::FramePool::Handle pool = bus::FramePool::create();
+    const void* first_data = nullptr;
+    {
+        bus::FrameBuilder message(4096, pool.get());
+        auto seeds =
+            message.initRoot<schema::Envelope>().getPayload().initSeedTelemetry().initSeeds(50);
+        for (unsigned i = 0; i < seeds.size(); ++i) {
+            seeds[i].setSeed(i + 1);
+            seeds[i].setAlpha(0.25f);
+        }
+        zmq::message_t frame = message.release_frame();
+        first_data = frame.data();
+    }  // the frame is done: its block is back in the pool
+    bus::FrameBuilder message(4096, pool.get());
+    // Nothing set: a reused block that kept old bytes would show them here.
+    auto env = message.initRoot<schema::Envelope>();
+    env.getPayload().initSeedTelemetry().initSeeds(50);
+    bus::stamp_envelope(env, "kasmina/0", "run-1", 2);
+    zmq::message_t frame = message.release_frame();
+    CHECK(frame.data() == first_data);
+    auto d = bus::decode(std::move(frame));
+    REQUIRE(d.ok());
+    for (auto s : d.value->envelope().getPayload().getSeedTelemetry().getSeeds()) {
+        CHECK(s.getSeed() == 0);
+        CHECK(s.getAlpha() == 0.0f);
+    }
+}
+
+TEST_CASE("a frame may outlive the pool's owner", "[bus][envelope]") {
+    bus::FramePool::Handle pool = bus::FramePool::create();
+    bus::FrameBuilder message(64, pool.get());
+    auto env = message.initRoot<schema::Envelope>();
+    env.getPayload().initHeartbeat().setStep(7);
+    bus::stamp_envelope(env, "kasmina/0", "run-1", 1);
+    zmq::message_t frame = message.release_frame();
+    pool.reset();  // the publisher is gone; ZeroMQ still holds the frame
+    auto d = bus::decode(std::move(frame));
+    REQUIRE(d.ok());
+    CHECK(d.value->envelope().getPayload().getHeartbeat().getStep() == 7);
+}  // the frame is done last: the pool goes with it
+
 TEST_CASE("decode rejects every truncation of a valid frame", "[bus][envelope]") {
     std::mt19937_64 rng(7);
     std::string before;

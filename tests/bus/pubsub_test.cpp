@@ -86,6 +86,38 @@ TEST_CASE("published messages arrive stamped, in order, with per-topic sequences
     CHECK(p.sub.sequences().gaps() == 0);
 }
 
+TEST_CASE("messages of a topic that grow and shrink arrive intact, copied or not",
+          "[bus][pubsub]") {
+    // publish() sizes each topic's first segment from its last message: a larger message spills
+    // into more segments (sent with a copy), the next of that size leaves without one. Every
+    // case must deliver the same records.
+    InprocPair p("pubsub-sizes");
+    const unsigned sizes[] = {4, 600, 600, 3, 2000, 2000, 1};
+    for (unsigned n : sizes) {
+        auto r = p.pub.publish("telemetry.seeds.r1.0", [&](schema::Envelope::Payload::Builder b) {
+            auto seeds = b.initSeedTelemetry().initSeeds(n);
+            for (unsigned i = 0; i < n; ++i) seeds[i].setSeed(n * 10000 + i);
+        });
+        REQUIRE(r == bus::PublishResult::kSent);
+    }
+    // A caller's own builder is copied and stays the caller's.
+    capnp::MallocMessageBuilder own;
+    own.initRoot<schema::Envelope>().getPayload().initSeedTelemetry().initSeeds(5)[4].setSeed(9);
+    REQUIRE(p.pub.send("telemetry.seeds.r1.0", own) == bus::PublishResult::kSent);
+    CHECK(own.getRoot<schema::Envelope>().getSequence() == 8);
+    for (unsigned n : sizes) {
+        auto m = p.sub.poll(2000);
+        REQUIRE(m);
+        auto seeds = m->envelope().getPayload().getSeedTelemetry().getSeeds();
+        REQUIRE(seeds.size() == n);
+        for (unsigned i = 0; i < n; ++i) CHECK(seeds[i].getSeed() == n * 10000 + i);
+    }
+    auto m = p.sub.poll(2000);
+    REQUIRE(m);
+    CHECK(m->envelope().getPayload().getSeedTelemetry().getSeeds()[4].getSeed() == 9);
+    CHECK(p.sub.sequences().gaps() == 0);
+}
+
 TEST_CASE("a subscriber counts sequence gaps from a sender", "[bus][pubsub]") {
     zmq::context_t ctx(1);
     zmq::socket_t raw(ctx, zmq::socket_type::pub);
