@@ -340,11 +340,12 @@ bool Broker::reachable(const std::string& identity) {
 }
 
 void Broker::refuse(const std::string& identity, const std::string& name, const std::string& why) {
+    // The log names the name escaped, cut and with its full size; the reply echoes it cut.
     ESPER_LOG_WARN_RATE(broker_log(), 5, "agent=", printable(name), " registration refused: ", why);
     std::vector<zmq::message_t> out;
     out.push_back(frame(identity));
     out.push_back(frame(proto::kRefused));
-    out.push_back(frame(name));
+    out.push_back(frame(name.substr(0, config_.max_agent_name_bytes)));
     out.push_back(frame(why));
     (void)send_frames(out);
 }
@@ -363,7 +364,7 @@ void Broker::handle_hello(const std::string& identity, const std::string& name, 
         const bool bad_name = name.empty() || name.size() > config_.max_agent_name_bytes;
         if (bad_name || agents_.size() >= config_.max_agents) {
             ++stats_.refused_registrations;
-            refuse(identity, name.substr(0, config_.max_agent_name_bytes),
+            refuse(identity, name,
                    bad_name ? "bad name (empty or longer than " +
                                   std::to_string(config_.max_agent_name_bytes) + " bytes)"
                             : "too many agents");
