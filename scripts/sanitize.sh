@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Sanitizer builds of the tests (`ESPER_CI_SANITIZE=1 bash .ci/run` runs it after scripts/test.sh;
-# docs/fuzzing.md):
+# Sanitizer builds of the tests (`.ci/run` runs it after scripts/test.sh unless
+# ESPER_CI_SANITIZE=0; its measured cost is in docs/fuzzing.md):
 #  1. ASan+UBSan (clang, CUDA off, undefined behaviour fatal) of the unit tests, the bus, agents
 #     and fault-injection integration tests, and the fuzz harnesses (one build: the harnesses carry
-#     the same sanitizers); runs those tests, then every fuzzer for FUZZ_SECONDS (default 20).
+#     the same sanitizers); runs those tests, then every fuzzer for FUZZ_SECONDS (default 10).
 #  2. TSan (clang) of the bus and agents unit tests, which own the threads (event loop, async RPC,
-#     supervisor); runs them.
-# Only the binaries named here are built. Exit code: the first failing step's.
+#     supervisor); runs them with tests/sanitizers/tsan.supp.
+# Only the binaries named here are built, at -O1. Every step runs; the exit code is the first
+# failing step's.
 # Environment: JOBS (default all cores), FUZZ_SECONDS (10; 0 = replay the corpora only),
 # ASAN_BUILD_DIR (build-asan), TSAN_BUILD_DIR (build-tsan), SANITIZE_STEPS ("asan tsan").
 set -euo pipefail
