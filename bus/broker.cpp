@@ -348,6 +348,7 @@ bool Broker::reachable(const std::string& identity) {
 }
 
 void Broker::refuse(const std::string& identity, const std::string& name, const std::string& why) {
+    // The log names the name escaped, cut and with its full size; the reply echoes it cut.
     ESPER_LOG_WARN_RATE(broker_log(), 5, "agent=", printable(name), " registration refused: ", why);
     std::vector<zmq::message_t> out;
     out.push_back(frame(identity));

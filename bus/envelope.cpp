@@ -96,7 +96,10 @@ DecodeResult finish(std::unique_ptr<Decoded::Impl> impl, const DecodeLimits& lim
     if (DecodeStatus s = check_segment_table(impl->words, detail); s != DecodeStatus::kOk)
         return fail(s, std::move(detail));
     capnp::ReaderOptions options;
-    options.traversalLimitInWords = limits.traversal_limit_words;
+    options.traversalLimitInWords =
+        std::min(limits.traversal_limit_words,
+                 std::max(limits.min_traversal_limit_words,
+                          limits.traversal_words_per_frame_word * uint64_t(impl->words.size())));
     options.nestingLimit = limits.nesting_limit;
     try {
         impl->reader.emplace(impl->words, options);

@@ -30,6 +30,13 @@ inline constexpr uint16_t kEnvelopeVersion = schema::CURRENT_VERSION;
 struct DecodeLimits {
     size_t max_frame_bytes = size_t{16} << 20;           // larger frames are refused unread
     uint64_t traversal_limit_words = uint64_t{4} << 20;  // 32 MiB of reads per message
+    // ... and at most this many words read per word received (never under the floor): a list of
+    // void or empty structs costs nothing to send, so without it a 424-byte frame could claim
+    // millions of elements that every reader then walks (the tools' JSON printer spent minutes and
+    // gigabytes on one: tests/fuzz/corpus/envelope/amplified-void-list). Reading such a list
+    // throws kj::Exception, like a Text without its NUL: bus readers catch it and drop the frame.
+    uint64_t traversal_words_per_frame_word = 16;
+    uint64_t min_traversal_limit_words = uint64_t{16} << 10;
     int nesting_limit = 32;
 };
 

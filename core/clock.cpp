@@ -19,9 +19,11 @@ int64_t wall_time_ns() {
 }
 
 std::string utc_iso8601(int64_t wall_ns) {
-    const int64_t ms_total = wall_ns >= 0 ? wall_ns / 1000000 : (wall_ns - 999999) / 1000000;
+    // Floor divisions that cannot overflow: a time from the wire may be any int64 (UBSan caught
+    // `wall_ns - 999999` overflowing at INT64_MIN + 1).
+    const int64_t ms_total = wall_ns / 1000000 - (wall_ns % 1000000 < 0 ? 1 : 0);
     const std::time_t secs =
-        static_cast<std::time_t>(ms_total >= 0 ? ms_total / 1000 : (ms_total - 999) / 1000);
+        static_cast<std::time_t>(ms_total / 1000 - (ms_total % 1000 < 0 ? 1 : 0));
     const int ms = static_cast<int>(ms_total - static_cast<int64_t>(secs) * 1000);
     std::tm tm{};
     gmtime_r(&secs, &tm);

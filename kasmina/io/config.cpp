@@ -8,6 +8,7 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -611,9 +612,43 @@ SeedManagerConfig seed_manager_config(const Config& config) {
     return c;
 }
 
+namespace {
+
+// The offset of the first byte that does not belong to well-formed UTF-8 (RFC 3629), or npos.
+size_t invalid_utf8_at(std::string_view s) {
+    for (size_t i = 0; i < s.size();) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        const size_t n = c < 0x80                 ? 0
+                         : c >= 0xC2 && c <= 0xDF ? 1
+                         : c >= 0xE0 && c <= 0xEF ? 2
+                         : c >= 0xF0 && c <= 0xF4 ? 3
+                                                  : 4;
+        if (n > 3 || s.size() - i <= n) return i;
+        if (n > 0) {  // the second byte's range excludes overlongs, surrogates, > U+10FFFF
+            const auto c1 = static_cast<unsigned char>(s[i + 1]);
+            const unsigned lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80;
+            const unsigned hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+            if (c1 < lo || c1 > hi) return i;
+        }
+        for (size_t k = 2; k <= n; ++k)
+            if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return i;
+        i += n + 1;
+    }
+    return std::string_view::npos;
+}
+
+}  // namespace
+
 Config parse_config(std::string_view yaml_text, std::string_view source_name,
                     uint64_t memory_bytes) {
     Reader r(source_name);
+    // YAML is Unicode text; yaml-cpp reads other bytes as they come, and its writer cannot write
+    // them back (a path of bytes 0xFF 0x1F read back as another path: found by fuzz_config).
+    if (const size_t at = invalid_utf8_at(yaml_text); at != std::string_view::npos) {
+        const auto line = std::count(yaml_text.begin(), yaml_text.begin() + at, '\n') + 1;
+        ESPER_THROW(kInvalidInput, source_name, ":", line, ": (yaml): not UTF-8 text (byte 0x",
+                    fmt::format("{:02X}", static_cast<unsigned char>(yaml_text[at])), ")");
+    }
     YAML::Node root;
     try {
         root = YAML::Load(std::string(yaml_text));

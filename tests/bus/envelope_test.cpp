@@ -5,6 +5,7 @@
 #include <capnp/dynamic.h>
 #include <capnp/message.h>
 #include <capnp/schema.h>
+#include <kj/exception.h>
 #include <kj/string.h>
 
 #include <catch2/catch.hpp>
@@ -214,6 +215,43 @@ TEST_CASE("decode enforces the traversal limit", "[bus][envelope]") {
     auto d = bus::decode(std::span<const std::byte>(bytes), limits);
     CHECK(d.status == DecodeStatus::kMalformed);
     CHECK(bus::decode(std::span<const std::byte>(bytes)).ok());
+}
+
+TEST_CASE("a frame of a few hundred bytes cannot claim millions of empty list elements",
+          "[bus][envelope]") {
+    // Found by fuzzing (tests/fuzz/corpus/envelope/amplified-void-list): a list of void costs no
+    // bytes, so a 424-byte frame claimed 2 million seeds, which the tools' JSON printer then
+    // walked for minutes and gigabytes. Reads are now bounded by the frame's size as well.
+    capnp::MallocMessageBuilder message;
+    auto env = message.initRoot<schema::Envelope>();
+    env.getPayload().initSeedTelemetry().initSeeds(1)[0].setSeed(1);
+    bus::stamp_envelope(env, "k", "r", 1);
+    auto bytes = bytes_of(bus::encode(message));
+    REQUIRE(bus::decode(std::span<const std::byte>(bytes)).ok());
+    // The seeds list is the frame's one struct list (element size 7); make it 2 million voids.
+    int patched = 0;
+    for (size_t at = 8; at + 8 <= bytes.size(); at += 8) {
+        uint64_t word;
+        std::memcpy(&word, bytes.data() + at, 8);
+        if ((word & 3) != 1 || ((word >> 32) & 7) != 7) continue;
+        word = (word & 0xffffffffu) | (uint64_t{2000000} << 35);  // element size 0: void
+        std::memcpy(bytes.data() + at, &word, 8);
+        ++patched;
+    }
+    REQUIRE(patched == 1);
+    CHECK(bytes.size() < 512);
+    // Its structure is sound, so decode() takes it; reading the list throws (as a malformed Text
+    // does: every bus reader catches kj::Exception and drops the message).
+    auto d = bus::decode(std::span<const std::byte>(bytes));
+    REQUIRE(d.ok());
+    CHECK_THROWS_AS(d.value->envelope().getPayload().getSeedTelemetry().getSeeds(), kj::Exception);
+    // With a budget as large as the old fixed one it reads as 2 million seeds: the bound is what
+    // refuses it.
+    bus::DecodeLimits unbounded;
+    unbounded.min_traversal_limit_words = unbounded.traversal_limit_words;
+    auto old = bus::decode(std::span<const std::byte>(bytes), unbounded);
+    REQUIRE(old.ok());
+    CHECK(old.value->envelope().getPayload().getSeedTelemetry().getSeeds().size() == 2000000);
 }
 
 TEST_CASE("decode enforces the nesting limit on nested command batches", "[bus][envelope]") {

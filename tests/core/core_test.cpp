@@ -1,5 +1,6 @@
 // Tests of core/: errors, check macros' context, log level specs, clocks.
 #include <catch2/catch.hpp>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 
@@ -79,4 +80,10 @@ TEST_CASE("wall times print as ISO 8601 UTC with milliseconds", "[core][clock]")
     CHECK(esper::utc_iso8601(0) == "1970-01-01T00:00:00.000Z");
     CHECK(esper::utc_iso8601(1733455292123456789) == "2024-12-06T03:21:32.123Z");
     CHECK(esper::utc_iso8601(-1) == "1969-12-31T23:59:59.999Z");
+    CHECK(esper::utc_iso8601(-1000000) == "1969-12-31T23:59:59.999Z");
+    CHECK(esper::utc_iso8601(-1000001) == "1969-12-31T23:59:59.998Z");
+    // Any int64 can arrive in an envelope's timestamp; the ends used to overflow (UBSan).
+    CHECK(esper::utc_iso8601(INT64_MIN) == "1677-09-21T00:12:43.145Z");
+    CHECK(esper::utc_iso8601(INT64_MIN + 1) == "1677-09-21T00:12:43.145Z");
+    CHECK(esper::utc_iso8601(INT64_MAX) == "2262-04-11T23:47:16.854Z");
 }

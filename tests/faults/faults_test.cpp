@@ -32,40 +32,6 @@ namespace {
 
 constexpr const char* kRunId = "flt";
 
-// Teacher task with short lifecycle timers (as in the agents integration tests).
-std::string fast_config(int64_t max_steps, int64_t plateau_patience) {
-    return "run: {seed: 5, epochs: 0, max_steps: " + std::to_string(max_steps) +
-           ", telemetry_interval_steps: 10}\n"
-           "data:\n"
-           "  dataset: teacher\n"
-           "  batch_size: 64\n"
-           "  teacher: {train_samples: 4096, test_samples: 512, features: 16, classes: 4, hidden: "
-           "32}\n"
-           "model: {hidden: [32, 32], activation: gelu, seeds_per_layer: 4}\n"
-           "optimizer: {kind: sgd, lr: 0.05, momentum: 0.9}\n"
-           "lifecycle: {training_steps: 30, stabilization_steps: 10, evaluation_steps: 10,\n"
-           "            fine_tuning_steps: 30, embargo_steps: 50, decision_timeout_steps: 60,\n"
-           "            grafting: {strategy: linear, ramp_steps: 10}}\n"
-           "tamiyo:\n"
-           "  decision_interval_steps: 10\n"
-           "  plateau: {patience_steps: " +
-           std::to_string(plateau_patience) +
-           ", min_delta: 0.01}\n"
-           "  heuristic: {training_patience_steps: 200, cull_contribution: -1.0}\n";
-}
-
-std::string file_text(const fs::path& p) {
-    std::ifstream in(p);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-int64_t last_train_step(const fs::path& run_dir) {
-    int64_t step = 0;
-    for (const auto& m : json_lines(run_dir / "metrics.jsonl"))
-        if (m.value("split", "") == "train") step = m.value("step", step);
-    return step;
-}
-
 // Resident memory of a process in MiB (0 when it is gone).
 double rss_mib(pid_t pid) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -119,63 +85,6 @@ int64_t counter(const std::string& text, const std::string& name, const std::str
     return found;
 }
 
-// A broker plus the run's executor and controller as separate processes.
-struct LiveRun {
-    BrokerProcess broker;
-    fs::path dir = broker.dir;
-    fs::path run_dir = dir / "run";
-    fs::path config = dir / "run.yaml";
-    std::unique_ptr<ChildProcess> kasmina, tamiyo;
-
-    explicit LiveRun(const std::string& config_text) { std::ofstream(config) << config_text; }
-    ~LiveRun() {
-        if (tamiyo) tamiyo->stop(milliseconds(3000));
-        if (kasmina) kasmina->stop(milliseconds(5000));
-    }
-    void start_kasmina() {
-        kasmina = std::make_unique<ChildProcess>(
-            "kasmina",
-            std::vector<std::string>{kEsper, "kasmina", "--config", config.string(), "--run-dir",
-                                     run_dir.string(), "--run-id", kRunId, "--bus", broker.rpc,
-                                     "--bus-pub", broker.pub},
-            dir / "kasmina.log");
-        REQUIRE(wait_until([&] { return steps_done() > 0; }, 30));
-    }
-    void start_tamiyo() {
-        tamiyo = std::make_unique<ChildProcess>(
-            "tamiyo",
-            std::vector<std::string>{kEsper, "tamiyo", "--config", config.string(), "--run-id",
-                                     kRunId, "--bus", broker.rpc, "--bus-pub", broker.pub,
-                                     "--bus-sub", broker.sub},
-            dir / "tamiyo.log");
-        REQUIRE(wait_until(
-            [&] {
-                return esper({"policy", "show", "--timeout-ms", "300"}, "probe") == 0;
-            },
-            20));
-    }
-    int esper(std::vector<std::string> args, const std::string& tag) {
-        args.insert(args.begin(), kEsper);
-        args.insert(args.end(), {"--bus", broker.rpc});
-        return run_to_exit(args, dir / (tag + ".log"), 20000);
-    }
-    int64_t steps_done() const { return last_train_step(run_dir); }
-    int controller_germinations() const {
-        int n = 0;
-        for (const auto& e : json_lines(run_dir / "events.jsonl"))
-            if (e["to"] == "GERMINATED" && e["origin"] == "controller") ++n;
-        return n;
-    }
-    // `esper status` (both agents and the broker's heartbeat), its output.
-    std::string status() {
-        const int rc = run_to_exit({kEsper, "status", "--json", "--bus", broker.rpc, "--bus-sub",
-                                    broker.sub, "--timeout-ms", "2000"},
-                                   dir / "status.log", 20000);
-        CHECK(rc == 0);
-        return file_text(dir / "status.log");
-    }
-};
-
 // Publishes [topic, frame] on the broker's publisher side, as any process on the host can.
 struct Forger {
     zmq::context_t ctx;
@@ -208,7 +117,7 @@ TEST_CASE("forged telemetry, run status and transitions neither grow the control
           "[faults]") {
     // Before: one seedTelemetry naming seed 4,194,303 grew Tamiyo by 3.1 GB, one runStatus at step
     // 2^62 silenced it for the rest of the run, forged transitions falsified its view.
-    LiveRun run(fast_config(200000, 50));
+    LiveRun run(teacher_config(200000, 50), kRunId);
     run.start_kasmina();
     run.start_tamiyo();
     const double rss_before = rss_mib(run.tamiyo->pid());
@@ -260,7 +169,7 @@ TEST_CASE(
     "[faults]") {
     // Before: dedup was keyed on the key alone, so a different command reusing a key got the
     // cached 'applied' and never ran (60 of 62 controller commands pre-answered this way).
-    LiveRun run(fast_config(200000, 1000000));
+    LiveRun run(teacher_config(200000, 1000000), kRunId);
     run.start_kasmina();
     zmq::context_t ctx;
     bus::RpcClient alice(ctx, {.endpoint = run.broker.rpc, .sender = "op/a", .timeout_ms = 2000});
@@ -301,7 +210,7 @@ TEST_CASE(
 
 TEST_CASE("floods of garbage frames and requests leave the run training and answering",
           "[faults]") {
-    LiveRun run(fast_config(200000, 1000000));
+    LiveRun run(teacher_config(200000, 1000000), kRunId);
     run.start_kasmina();
     run.start_tamiyo();
     std::mt19937_64 rng(18);
@@ -344,7 +253,7 @@ TEST_CASE("floods of garbage frames and requests leave the run training and answ
 
 TEST_CASE("a subscriber that never reads costs the run its pace and the broker bounded memory",
           "[faults]") {
-    LiveRun run(fast_config(200000, 1000000));
+    LiveRun run(teacher_config(200000, 1000000), kRunId);
     run.start_kasmina();
     zmq::context_t ctx;
     zmq::socket_t stalled(ctx, zmq::socket_type::sub);
@@ -374,23 +283,18 @@ TEST_CASE("kill -9 of the executor or of the broker under esper run ends it with
           "[faults]") {
     for (const std::string role : {"kasmina", "broker"}) {
         DYNAMIC_SECTION(role) {
-            const fs::path dir = scratch_dir();
-            std::ofstream(dir / "run.yaml") << fast_config(200000, 50);
-            ChildProcess run("esper-run",
-                             {kEsper, "run", "--config", (dir / "run.yaml").string(), "--run-dir",
-                              (dir / "run").string(), "--bus-port-base", "0"},
-                             dir / "run.log");
-            REQUIRE(wait_until([&] { return last_train_step(dir / "run") >= 50; }, 60));
-            const pid_t victim = child_with_role(run.pid(), role);
+            EsperRun run(teacher_config(200000, 50));
+            REQUIRE(wait_until([&] { return last_train_step(run.run_dir) >= 50; }, 60));
+            const pid_t victim = child_with_role(run.proc->pid(), role);
             REQUIRE(victim > 0);
             REQUIRE(::kill(victim, SIGKILL) == 0);
-            const auto rc = run.wait_for(milliseconds(45000));
-            INFO(file_text(dir / "run.log"));
+            const auto rc = run.wait(45);
+            INFO(file_text(run.log));
             REQUIRE(rc);
             CHECK(*rc != 0);
-            CHECK_THAT(file_text(dir / "run.log"), Catch::Contains(role));
+            CHECK_THAT(file_text(run.log), Catch::Contains(role));
             std::error_code ec;
-            fs::remove_all(dir, ec);
+            fs::remove_all(run.dir, ec);
         }
     }
 }
@@ -400,7 +304,7 @@ TEST_CASE("kill -9 during checkpoint writes leaves the newest checkpoint resumab
     // newest checkpoint directory (the writer renames a complete temp directory into place)
     // resumes.
     const fs::path dir = scratch_dir();
-    std::ofstream(dir / "run.yaml") << fast_config(200000, 1000000);
+    std::ofstream(dir / "run.yaml") << teacher_config(200000, 1000000);
     std::mt19937_64 rng(9);
     for (int trial = 0; trial < 3; ++trial) {
         const fs::path run_dir = dir / ("run" + std::to_string(trial));

@@ -28,95 +28,11 @@ namespace {
 
 constexpr const char* kRunId = "it";
 
-// Teacher task, 4 seeds per layer, lifecycle minimums of tens of steps, gates by the controller.
-std::string fast_config(int64_t max_steps, int64_t plateau_patience) {
-    return "run: {seed: 5, epochs: 0, max_steps: " + std::to_string(max_steps) +
-           ", telemetry_interval_steps: 10}\n"
-           "data:\n"
-           "  dataset: teacher\n"
-           "  batch_size: 64\n"
-           "  teacher: {train_samples: 4096, test_samples: 512, features: 16, classes: 4, hidden: "
-           "32}\n"
-           "model: {hidden: [32, 32], activation: gelu, seeds_per_layer: 4}\n"
-           "optimizer: {kind: sgd, lr: 0.05, momentum: 0.9}\n"
-           "lifecycle: {training_steps: 30, stabilization_steps: 10, evaluation_steps: 10,\n"
-           "            fine_tuning_steps: 30, embargo_steps: 50, decision_timeout_steps: 60,\n"
-           "            grafting: {strategy: linear, ramp_steps: 10}}\n"
-           "tamiyo:\n"
-           "  decision_interval_steps: 10\n"
-           "  plateau: {patience_steps: " +
-           std::to_string(plateau_patience) +
-           ", min_delta: 0.01}\n"
-           "  heuristic: {training_patience_steps: 200, cull_contribution: -1.0}\n";
-}
-
-// A broker plus the run's executor and controller as separate processes.
-struct LiveRun {
-    BrokerProcess broker;
-    fs::path dir = broker.dir;
-    fs::path run_dir = dir / "run";
-    fs::path config = dir / "run.yaml";
-    std::unique_ptr<ChildProcess> kasmina, tamiyo;
-    int tamiyo_starts = 0;
-
-    explicit LiveRun(const std::string& config_text) { std::ofstream(config) << config_text; }
-    ~LiveRun() {
-        if (tamiyo) tamiyo->stop(milliseconds(3000));
-        if (kasmina) kasmina->stop(milliseconds(5000));
-    }
-
-    void start_kasmina() {
-        kasmina = std::make_unique<ChildProcess>(
-            "kasmina",
-            std::vector<std::string>{kEsper, "kasmina", "--config", config.string(), "--run-dir",
-                                     run_dir.string(), "--run-id", kRunId, "--bus", broker.rpc,
-                                     "--bus-pub", broker.pub},
-            dir / "kasmina.log");
-        REQUIRE(wait_until([&] { return steps_done() > 0; }, 30));
-    }
-    void start_tamiyo(const std::string& policy = "") {
-        std::vector<std::string> argv{kEsper,      "tamiyo",   "--config",  config.string(),
-                                      "--run-id",  kRunId,     "--bus",     broker.rpc,
-                                      "--bus-pub", broker.pub, "--bus-sub", broker.sub};
-        if (!policy.empty()) argv.insert(argv.end(), {"--policy", policy});
-        tamiyo = std::make_unique<ChildProcess>(
-            "tamiyo", argv, dir / ("tamiyo-" + std::to_string(++tamiyo_starts) + ".log"));
-        // Registered once it answers a control request.
-        REQUIRE(wait_until(
-            [&] {
-                return esper({"policy", "show", "--timeout-ms", "300"}) == 0;
-            },
-            20));
-    }
-    int esper(std::vector<std::string> args, const std::string& tag = "cmd") {
-        args.insert(args.begin(), kEsper);
-        args.insert(args.end(), {"--bus", broker.rpc});
-        return run_to_exit(args, dir / (tag + ".log"), 20000);
-    }
-    std::vector<nlohmann::json> events() const { return json_lines(run_dir / "events.jsonl"); }
-    int64_t steps_done() const {
-        int64_t step = 0;
-        for (const auto& m : json_lines(run_dir / "metrics.jsonl"))
-            if (m.value("split", "") == "train") step = m.value("step", step);
-        return step;
-    }
-    bool has_event(const std::function<bool(const nlohmann::json&)>& pred) const {
-        for (const auto& e : events())
-            if (pred(e)) return true;
-        return false;
-    }
-};
-
-std::string file_text(const fs::path& p) {
-    std::ifstream in(p);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 }  // namespace
 
 TEST_CASE("under the heuristic a plateau leads to germination and a seed passes its gates",
           "[integration][agents]") {
-    LiveRun run(fast_config(200000, 50));
+    LiveRun run(teacher_config(200000, 50), kRunId);
     run.start_kasmina();
     run.start_tamiyo();
     // Germinated by the controller on a plateau, then approved at the TRAINING gate.
@@ -139,7 +55,7 @@ TEST_CASE("under the heuristic a plateau leads to germination and a seed passes 
 
 TEST_CASE("a rules policy loaded into a live run takes effect; an invalid one is refused",
           "[integration][agents]") {
-    LiveRun run(fast_config(200000, 1000000));  // the heuristic never sees a plateau
+    LiveRun run(teacher_config(200000, 1000000), kRunId);  // the heuristic never sees a plateau
     run.start_kasmina();
     run.start_tamiyo();
     fs::path good = run.dir / "grow_now.yaml";
@@ -183,7 +99,7 @@ TEST_CASE("a rules policy loaded into a live run takes effect; an invalid one is
 
 TEST_CASE("a duplicated command is applied once and an illegal one is rejected with the reason",
           "[integration][agents]") {
-    LiveRun run(fast_config(200000, 1000000));
+    LiveRun run(teacher_config(200000, 1000000), kRunId);
     run.start_kasmina();
     zmq::context_t ctx;
     bus::RpcClient client(
@@ -254,7 +170,7 @@ TEST_CASE(
     "killing Tamiyo leaves Kasmina training, waiting seeds get the safe default, and a "
     "restarted Tamiyo resumes control",
     "[integration][agents]") {
-    LiveRun run(fast_config(200000, 50));
+    LiveRun run(teacher_config(200000, 50), kRunId);
     run.start_kasmina();
     std::ofstream(run.dir / "hold.yaml")
         << "version: 1\nname: hold\nrules:\n"
@@ -292,7 +208,7 @@ TEST_CASE(
 TEST_CASE("esper run stops on SIGINT within seconds with a final checkpoint and a report",
           "[integration][agents]") {
     fs::path dir = scratch_dir();
-    std::ofstream(dir / "run.yaml") << fast_config(200000, 50);
+    std::ofstream(dir / "run.yaml") << teacher_config(200000, 50);
     ChildProcess run("esper-run",
                      {kEsper, "run", "--config", (dir / "run.yaml").string(), "--run-dir",
                       (dir / "run").string(), "--bus-port-base", "0"},
@@ -352,7 +268,7 @@ TEST_CASE("esper run refuses an invalid config or policy before anything starts"
 
 TEST_CASE("the executor publishes its effective config on config.<run> at startup",
           "[integration][agents]") {
-    LiveRun run(fast_config(200000, 1000000));
+    LiveRun run(teacher_config(200000, 1000000), kRunId);
     ChildProcess tap("tap",
                      {kEsper, "tap", "--bus", run.broker.sub, "config.", "--count", "1",
                       "--timeout-ms", "20000"},

@@ -42,60 +42,6 @@ std::string fast_config(int64_t max_steps) {
            "  plateau: {patience_steps: 1000000, min_delta: 0.01}\n";
 }
 
-std::string file_text(const fs::path& p) {
-    std::ifstream in(p);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-int64_t last_train_step(const fs::path& run_dir) {
-    int64_t step = 0;
-    for (const auto& m : json_lines(run_dir / "metrics.jsonl"))
-        if (m.value("split", "") == "train") step = m.value("step", step);
-    return step;
-}
-
-// `esper run` on ephemeral ports in a scratch directory; the bus endpoints from its banner.
-struct Run {
-    fs::path dir = scratch_dir();
-    fs::path run_dir = dir / "run";
-    fs::path log = dir / "run.log";
-    std::unique_ptr<ChildProcess> proc;
-    std::string pub, sub, rpc;
-
-    Run(int64_t max_steps, std::vector<std::string> extra = {}) {
-        std::ofstream(dir / "run.yaml") << fast_config(max_steps);
-        start(std::vector<std::string>{kEsper, "run", "--config", (dir / "run.yaml").string(),
-                                       "--run-dir", run_dir.string(), "--bus-port-base", "0"},
-              extra);
-    }
-    Run(const fs::path& resume_dir, fs::path log_path) : log(std::move(log_path)) {
-        run_dir = resume_dir;
-        start({kEsper, "run", "--resume", resume_dir.string(), "--bus-port-base", "0"}, {});
-    }
-    ~Run() {
-        if (proc) proc->stop(milliseconds(15000));
-    }
-    void start(std::vector<std::string> argv, const std::vector<std::string>& extra) {
-        argv.insert(argv.end(), extra.begin(), extra.end());
-        proc = std::make_unique<ChildProcess>("esper-run", argv, log);
-        const std::regex bus("bus +pub (\\S+) +sub (\\S+) +rpc (\\S+)");
-        REQUIRE(wait_until(
-            [&] {
-                std::smatch m;
-                const std::string text = file_text(log);
-                if (!std::regex_search(text, m, bus)) return false;
-                pub = m[1], sub = m[2], rpc = m[3];
-                return text.find("steer it:") != std::string::npos;
-            },
-            30));
-    }
-    int esper(std::vector<std::string> args, const std::string& tag) {
-        args.insert(args.begin(), kEsper);
-        return run_to_exit(args, dir / (tag + ".log"), 20000);
-    }
-    std::optional<int> wait(int seconds) { return proc->wait_for(milliseconds(seconds * 1000)); }
-};
-
 // The pid of this run's controller (its command line names the run directory).
 pid_t controller_pid(const fs::path& run_dir) {
     for (const auto& entry : fs::directory_iterator("/proc")) {
@@ -166,7 +112,7 @@ TEST_CASE(
            "    when: [\"run.test_accuracy > 0.05\", \"seed.layer == 0\", \"seed.id == 1\",\n"
            "           \"seed.stage == DORMANT\", \"seed.germinations == 0\"]\n"
            "    action: germinate\n";
-    Run run(2500, {"--policy", (dir / "on_test.yaml").string(), "--dash", "0"});
+    EsperRun run(fast_config(2500), {"--policy", (dir / "on_test.yaml").string(), "--dash", "0"});
     ChildProcess tap(
         "tap", {kEsper, "tap", "--bus", run.sub, "--until-end", "--run", "run", "telemetry.run."},
         run.dir / "tap.log");
@@ -222,7 +168,8 @@ TEST_CASE("esper status prints a labelled table, or fails within 2 s when nothin
     CHECK_THAT(file_text(dir / "none.log"), Catch::Contains("no answer"));
 
     // A live run loads plugins only from a --plugin-dir (DESIGN §16).
-    Run run(400000, {"--plugin-dir", fs::path(ESPER_EXAMPLE_PLUGIN).parent_path().string()});
+    EsperRun run(fast_config(400000),
+                 {"--plugin-dir", fs::path(ESPER_EXAMPLE_PLUGIN).parent_path().string()});
     REQUIRE(wait_until([&] { return last_train_step(run.run_dir) > 50; }, 30));
     REQUIRE(run.esper({"status", "--bus", run.rpc}, "status") == 0);
     const std::string table = file_text(run.dir / "status.log");
@@ -259,7 +206,7 @@ TEST_CASE(
     std::ofstream(dir / "hold.yaml") << "version: 1\nname: hold\nrules:\n"
                                         "  - when: [\"seed.stage == TRAINING\"]\n"
                                         "    action: deny\n";
-    Run run(400000, {"--policy", (dir / "hold.yaml").string()});
+    EsperRun run(fast_config(400000), {"--policy", (dir / "hold.yaml").string()});
     // The policy in force changes at runtime; a restarted controller must come back with it.
     std::ofstream(run.dir / "grow.yaml") << "version: 1\nname: grow_now\nrules:\n"
                                             "  - when: [\"seed.stage == DORMANT\"]\n"
@@ -306,7 +253,7 @@ TEST_CASE("esper run --resume continues a stopped run to its end", "[integration
     fs::path dir;
     fs::path run_dir;
     {
-        Run run(3000);
+        EsperRun run(fast_config(3000));
         dir = run.dir;
         run_dir = run.run_dir;
         REQUIRE(wait_until([&] { return last_train_step(run.run_dir) >= 300; }, 30));
@@ -319,7 +266,7 @@ TEST_CASE("esper run --resume continues a stopped run to its end", "[integration
     }
     const int64_t stopped_at = last_train_step(run_dir);
     REQUIRE(stopped_at < 3000);
-    Run resumed(run_dir, dir / "resume.log");
+    EsperRun resumed(EsperRun::Resume{run_dir, dir / "resume.log"});
     auto rc = resumed.wait(120);
     INFO(file_text(dir / "resume.log"));
     REQUIRE(rc);

@@ -44,11 +44,6 @@ std::string slow_config() {
            "  plateau: {patience_steps: 1000000, min_delta: 0.01}\n";
 }
 
-std::string file_text(const fs::path& p) {
-    std::ifstream in(p);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 // A secured broker and run: keys in DIR/keys (all roles), one directory per tool role holding
 // only broker.pub and that role's secret, as an operator's or observer's machine would.
 struct SecureRun {

@@ -237,6 +237,23 @@ TEST_CASE("a key repeated in one mapping is refused with the line of each", "[ka
           "run.yaml:3: tamiyo.policy: duplicate key (first at line 2)");
 }
 
+TEST_CASE("a config that is not UTF-8 is refused with the line of the first bad byte",
+          "[kasmina][config]") {
+    // Found by fuzz_config (corpus config/crash-not-utf8): a path of bytes 0xFF 0x1F was read,
+    // written to the effective config and read back as another path.
+    CHECK(config_error("run: {seed: 1}\ndata:\n path: \xff\x1f") ==
+          "run.yaml:3: (yaml): not UTF-8 text (byte 0xFF)");
+    CHECK(config_error("data: {path: \"a\xc3\"}\n") ==
+          "run.yaml:1: (yaml): not UTF-8 text (byte 0xC3)");
+    CHECK(config_error("data: {path: \"\xed\xa0\x80\"}\n") ==
+          "run.yaml:1: (yaml): not UTF-8 text (byte 0xED)");  // a surrogate
+    // Well-formed UTF-8 passes.
+    CHECK(
+        parse_config("data: {dataset: teacher, path: \"d\xc3\xa9j\xe2\x86\x92\xf0\x9f\x98\x80\"}\n",
+                     "run.yaml", 0)
+            .data.path == "d\xc3\xa9j\xe2\x86\x92\xf0\x9f\x98\x80");
+}
+
 TEST_CASE("a config that cannot fit in memory is refused at validation, naming the size",
           "[kasmina][config]") {
     // The outside test's hidden: [200000, 200000] passed and died in std::bad_alloc: 4e10 host
