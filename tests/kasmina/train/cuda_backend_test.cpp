@@ -16,6 +16,7 @@
 
 #include "kasmina/io/config.h"
 #include "kasmina/train/trainer.h"
+#include "tests/kasmina/train/teacher_test_util.h"
 #include "tests/support/gpu.h"
 #include "tests/support/paths.h"
 
@@ -36,38 +37,6 @@ Config fashion_config() {
     Config c = load_config(esper::testing::test_data("examples/fashion_mnist.yaml"));
     if (const char* dir = std::getenv("ESPER_FASHION_MNIST_DIR")) c.data.path = dir;
     c.run.max_steps = 50;
-    return c;
-}
-
-Config teacher_config() {
-    Config c;
-    c.run.seed = 7;
-    c.run.max_steps = 60;
-    c.data.dataset = "teacher";
-    c.data.batch_size = 32;
-    c.data.teacher = {1024, 256, 16, 4, 24, 0.0};
-    c.model.hidden = {24, 20};
-    c.model.seeds_per_layer = 4;
-    c.lifecycle.training_steps = 5;
-    c.lifecycle.stabilization_steps = 5;
-    c.lifecycle.evaluation_steps = 5;
-    c.lifecycle.fine_tuning_steps = 5;
-    // Gates that always pass: the stage walk is timer-driven, so CPU and GPU cannot part on a
-    // contribution that happens to sit near zero.
-    c.lifecycle.gates.min_gradient_health = 0.0;
-    c.lifecycle.gates.min_contribution = -1e9;
-    c.lifecycle.gates.cull_contribution = 1e9;
-    c.lifecycle.gates.min_improvement = -1e9;
-    c.lifecycle.gates.max_error_rate = 1.0;
-    c.lifecycle.grafting.ramp_steps = 10;
-    c.governor.snapshot_every_steps = 10;
-    return c;
-}
-
-Command germinate(int32_t layer, int32_t seed, BlueprintKind kind) {
-    Command c;
-    c.origin = TransitionOrigin::kOperator;
-    c.body = GerminateCommand{SeedRef{layer, seed}, kind, std::nullopt};
     return c;
 }
 
@@ -111,9 +80,9 @@ TEST_CASE("the first 50 Fashion-MNIST steps on the GPU track the CPU losses",
 TEST_CASE("a germination mid-run on the GPU walks the same stages as on the CPU",
           "[kasmina][cuda_backend][gpu]") {
     ESPER_REQUIRE_DEVICE();
-    Config cpu_cfg = teacher_config();
+    Config cpu_cfg = test::timer_driven_teacher_config();
     cpu_cfg.run.device = "cpu";
-    Config gpu_cfg = teacher_config();
+    Config gpu_cfg = test::timer_driven_teacher_config();
     gpu_cfg.run.device = "cuda";
     Trainer cpu(cpu_cfg);
     Trainer gpu(gpu_cfg);
@@ -123,8 +92,8 @@ TEST_CASE("a germination mid-run on the GPU walks the same stages as on the CPU"
     for (int i = 0; i < 60; ++i) {
         if (i == 8) {
             for (int l = 0; l < 2; ++l) {
-                REQUIRE(cpu.apply(germinate(l, 1, kinds[l])).applied());
-                REQUIRE(gpu.apply(germinate(l, 1, kinds[l])).applied());
+                REQUIRE(cpu.apply(test::operator_germinate(l, 1, kinds[l])).applied());
+                REQUIRE(gpu.apply(test::operator_germinate(l, 1, kinds[l])).applied());
             }
         }
         const TrainStep a = cpu.step();
@@ -163,15 +132,17 @@ TEST_CASE("a germination mid-run on the GPU walks the same stages as on the CPU"
 TEST_CASE("graph capture and replay of the step give the loss of the uncaptured step",
           "[kasmina][cuda_backend][gpu]") {
     ESPER_REQUIRE_DEVICE();
-    Config cfg = teacher_config();
+    Config cfg = test::timer_driven_teacher_config();
     cfg.run.device = "cuda";
     Trainer graphed(cfg);
     Trainer direct(cfg);
     direct.cuda()->set_use_graphs(false);
     for (int i = 0; i < 30; ++i) {
         if (i == 4) {
-            REQUIRE(graphed.apply(germinate(0, 2, BlueprintKind::kResidualMlp)).applied());
-            REQUIRE(direct.apply(germinate(0, 2, BlueprintKind::kResidualMlp)).applied());
+            REQUIRE(graphed.apply(test::operator_germinate(0, 2, BlueprintKind::kResidualMlp))
+                        .applied());
+            REQUIRE(direct.apply(test::operator_germinate(0, 2, BlueprintKind::kResidualMlp))
+                        .applied());
         }
         const TrainStep a = direct.step();
         const TrainStep b = graphed.step();
@@ -189,7 +160,7 @@ TEST_CASE("graph capture and replay of the step give the loss of the uncaptured 
 TEST_CASE("a checkpoint taken on the GPU resumes on the GPU and continues",
           "[kasmina][cuda_backend][gpu]") {
     ESPER_REQUIRE_DEVICE();
-    Config cfg = teacher_config();
+    Config cfg = test::timer_driven_teacher_config();
     cfg.run.device = "cuda";
     cfg.run.max_steps = 40;
     const fs::path dir = scratch_dir("ckpt");
@@ -197,14 +168,18 @@ TEST_CASE("a checkpoint taken on the GPU resumes on the GPU and continues",
     {
         Trainer t(cfg);
         for (int i = 0; i < 40; ++i) {
-            if (i == 5) REQUIRE(t.apply(germinate(1, 0, BlueprintKind::kResidualMlp)).applied());
+            if (i == 5)
+                REQUIRE(
+                    t.apply(test::operator_germinate(1, 0, BlueprintKind::kResidualMlp)).applied());
             straight.push_back(t.step().loss);
         }
     }
     {
         Trainer t(cfg);
         for (int i = 0; i < 20; ++i) {
-            if (i == 5) REQUIRE(t.apply(germinate(1, 0, BlueprintKind::kResidualMlp)).applied());
+            if (i == 5)
+                REQUIRE(
+                    t.apply(test::operator_germinate(1, 0, BlueprintKind::kResidualMlp)).applied());
             t.step();
         }
         t.save_checkpoint(dir / "ck");
@@ -279,7 +254,7 @@ TEST_CASE("germinating a seed of the GPU transformer is refused with a one-line 
     Trainer gpu(transformer_config("cuda", "bf16"));
     for (const BlueprintKind k : {BlueprintKind::kResidualMlp, BlueprintKind::kMlpUnits}) {
         const int32_t layer = k == BlueprintKind::kResidualMlp ? 0 : 1;
-        const Outcome o = gpu.apply(germinate(layer, 0, k));
+        const Outcome o = gpu.apply(test::operator_germinate(layer, 0, k));
         CHECK_FALSE(o.applied());
         CHECK(o.reason.find("seeds do not germinate on the GPU") != std::string::npos);
         CHECK(o.reason.find('\n') == std::string::npos);

@@ -19,6 +19,7 @@
 #include "kasmina/train/cuda_handles.h"
 #include "kasmina/train/trainer.h"
 #include "kernels/widening.h"
+#include "tests/kasmina/train/teacher_test_util.h"
 #include "tests/support/gpu.h"
 
 using namespace esper::kasmina;
@@ -50,42 +51,10 @@ double rel_diff(const A& got, const B& want) {
 // Two hidden layers (24, 20) on a 16-feature teacher, 4 seeds per layer: chunks of 6 and 5, the
 // widening seeds of layer 0 read 16 features and those of layer 1 read 24.
 Config widening_config() {
-    Config c;
+    Config c = test::timer_driven_teacher_config();
     c.run.seed = 11;
     c.run.max_steps = 70;
-    c.data.dataset = "teacher";
-    c.data.batch_size = 32;
-    c.data.teacher = {1024, 256, 16, 4, 24, 0.0};
-    c.model.hidden = {24, 20};
-    c.model.seeds_per_layer = 4;
     c.blueprints.input = BlueprintInput::kLayer;
-    c.lifecycle.training_steps = 5;
-    c.lifecycle.stabilization_steps = 5;
-    c.lifecycle.evaluation_steps = 5;
-    c.lifecycle.fine_tuning_steps = 5;
-    // Gates that always pass: the walk is timer-driven, so the backends cannot part on a
-    // measurement that sits near a threshold.
-    c.lifecycle.gates.min_gradient_health = 0.0;
-    c.lifecycle.gates.min_contribution = -1e9;
-    c.lifecycle.gates.cull_contribution = 1e9;
-    c.lifecycle.gates.min_improvement = -1e9;
-    c.lifecycle.gates.max_error_rate = 1.0;
-    c.lifecycle.grafting.ramp_steps = 10;
-    c.governor.snapshot_every_steps = 10;
-    return c;
-}
-
-Command germinate(int32_t layer, int32_t seed, BlueprintKind kind) {
-    Command c;
-    c.origin = TransitionOrigin::kOperator;
-    c.body = GerminateCommand{SeedRef{layer, seed}, kind, std::nullopt};
-    return c;
-}
-
-Command cull(int32_t layer, int32_t seed) {
-    Command c;
-    c.origin = TransitionOrigin::kOperator;
-    c.body = CullCommand{SeedRef{layer, seed}};
     return c;
 }
 
@@ -218,7 +187,7 @@ TEST_CASE(
     Rng rng(77);
     for (World* w : {&cw, &gw})
         for (const Plan& p : plan)
-            REQUIRE(w->seeds->apply(germinate(p.layer, p.seed, p.kind)).applied());
+            REQUIRE(w->seeds->apply(test::operator_germinate(p.layer, p.seed, p.kind)).applied());
     SeedManagerSnapshot snap = cw.seeds->snapshot();
     for (const Plan& p : plan) {
         SeedRow& row = snap.layers[size_t(p.layer)].rows[size_t(p.seed)];
@@ -325,16 +294,19 @@ TEST_CASE(
     for (int i = 0; i < 70; ++i) {
         if (i == 8) {
             for (Trainer* t : {&cpu, &gpu}) {
-                REQUIRE(t->apply(germinate(0, 1, BlueprintKind::kResidualMlp)).applied());
-                REQUIRE(t->apply(germinate(1, 2, BlueprintKind::kLowrank)).applied());
+                REQUIRE(t->apply(test::operator_germinate(0, 1, BlueprintKind::kResidualMlp))
+                            .applied());
+                REQUIRE(
+                    t->apply(test::operator_germinate(1, 2, BlueprintKind::kLowrank)).applied());
             }
         }
         if (i == 25)
             for (Trainer* t : {&cpu, &gpu})
-                REQUIRE(t->apply(germinate(1, 0, BlueprintKind::kResidualMlp)).applied());
+                REQUIRE(t->apply(test::operator_germinate(1, 0, BlueprintKind::kResidualMlp))
+                            .applied());
         if (i == 29) {  // seed (1, 0) trains behind the host by now: cull it
             REQUIRE(cpu.seeds().table(1).stage(0) == SeedStage::kTraining);
-            for (Trainer* t : {&cpu, &gpu}) REQUIRE(t->apply(cull(1, 0)).applied());
+            for (Trainer* t : {&cpu, &gpu}) REQUIRE(t->apply(test::operator_cull(1, 0)).applied());
         }
         const TrainStep a = cpu.step();
         const TrainStep b = gpu.step();
@@ -409,8 +381,10 @@ TEST_CASE("graph replay of a step with widening seeds gives the loss of the unca
     for (int i = 0; i < 50; ++i) {
         if (i == 4)
             for (Trainer* t : {&graphed, &direct}) {
-                REQUIRE(t->apply(germinate(1, 1, BlueprintKind::kResidualMlp)).applied());
-                REQUIRE(t->apply(germinate(0, 3, BlueprintKind::kLowrank)).applied());
+                REQUIRE(t->apply(test::operator_germinate(1, 1, BlueprintKind::kResidualMlp))
+                            .applied());
+                REQUIRE(
+                    t->apply(test::operator_germinate(0, 3, BlueprintKind::kLowrank)).applied());
             }
         const TrainStep a = direct.step();
         const TrainStep b = graphed.step();
