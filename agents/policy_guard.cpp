@@ -24,7 +24,8 @@ std::string plugin_path_of(const std::string& spec) {
     return spec.substr(0, so + 3);
 }
 
-std::string probe_plugin(const fs::path& esper, const std::string& spec) {
+std::string probe_plugin(const fs::path& esper, const std::string& spec,
+                         const WhileWaiting& while_waiting) {
     const std::string path = plugin_path_of(spec);
     tamiyo::check_plugin_file(path);
     static std::atomic<int> counter{0};
@@ -35,7 +36,11 @@ std::string probe_plugin(const fs::path& esper, const std::string& spec) {
     std::vector<std::string> lines;
     {
         ChildProcess child("plugin-probe", {esper.string(), "tamiyo", "--probe-plugin", spec}, log);
-        status = child.wait_for(std::chrono::seconds(20));
+        // Up to 20 s in slices, so the caller's heartbeat keeps going while the child works.
+        for (int slice = 0; slice < 100 && !status; ++slice) {
+            status = child.wait_for(std::chrono::milliseconds(200));
+            if (!status && while_waiting) while_waiting();
+        }
         if (!status) status = child.stop(std::chrono::milliseconds(500));
         lines = child.last_log_lines(20);
     }
@@ -79,8 +84,9 @@ void check_plugin_dir(const std::vector<fs::path>& dirs, const std::string& path
 }
 
 tamiyo::PolicyPtr make_checked_policy(const fs::path& esper, const std::string& spec,
-                                      const tamiyo::HeuristicConfig& heuristic) {
-    if (!plugin_path_of(spec).empty()) probe_plugin(esper, spec);
+                                      const tamiyo::HeuristicConfig& heuristic,
+                                      const WhileWaiting& while_waiting) {
+    if (!plugin_path_of(spec).empty()) probe_plugin(esper, spec, while_waiting);
     return tamiyo::make_policy(spec, heuristic);
 }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -20,9 +21,14 @@ namespace esper::agents {
 // PATH of "PATH.so[:CONFIG]", or "" when `spec` names no plugin.
 std::string plugin_path_of(const std::string& spec);
 
+// Called every ~200 ms while a probe child runs (a controller keeps its bus heartbeat going, so
+// a slow probe does not make the broker forget it).
+using WhileWaiting = std::function<void()>;
+
 // Steps 2 and 3: returns the plugin's display name; throws Error(kInvalidInput) with the
 // child's reason. `esper` is this binary (the probe runs `esper tamiyo --probe-plugin SPEC`).
-std::string probe_plugin(const std::filesystem::path& esper, const std::string& spec);
+std::string probe_plugin(const std::filesystem::path& esper, const std::string& spec,
+                         const WhileWaiting& while_waiting = {});
 
 // The child's side of step 3: loads SPEC, prints {"name":…} on stdout; 0, or 1 with the reason
 // on stderr.
@@ -34,6 +40,7 @@ void check_plugin_dir(const std::vector<std::filesystem::path>& dirs, const std:
 
 // make_policy with steps 2-4 for plugins.
 tamiyo::PolicyPtr make_checked_policy(const std::filesystem::path& esper, const std::string& spec,
-                                      const tamiyo::HeuristicConfig& heuristic = {});
+                                      const tamiyo::HeuristicConfig& heuristic = {},
+                                      const WhileWaiting& while_waiting = {});
 
 }  // namespace esper::agents

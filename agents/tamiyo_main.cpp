@@ -58,13 +58,14 @@ Logger& log() { return logger("tamiyo.agent"); }
 // A policy from a PolicyLoad request: a plugin path (inside a --plugin-dir, checked before it
 // runs), or rules YAML text named by its file.
 tamiyo::PolicyPtr policy_from_request(schema::PolicyLoad::Reader l,
-                                      const std::vector<fs::path>& plugin_dirs) {
+                                      const std::vector<fs::path>& plugin_dirs,
+                                      const WhileWaiting& while_waiting) {
     std::string name = l.getName().cStr();
     if (l.isPath()) {
         const std::string spec = l.getPath().cStr();
         const std::string path = plugin_path_of(spec);
         check_plugin_dir(plugin_dirs, path.empty() ? spec : path);
-        return make_checked_policy(self_exe_dir() / "esper", spec);
+        return make_checked_policy(self_exe_dir() / "esper", spec, {}, while_waiting);
     }
     if (name == "heuristic") return tamiyo::make_policy("heuristic");
     return tamiyo::make_rules_policy_from_text(l.getSource().cStr(), name);
@@ -539,7 +540,10 @@ private:
                     auto l = r.getPolicyLoad();
                     std::string name = l.getName().cStr();
                     try {
-                        tamiyo::PolicyPtr policy = policy_from_request(l, o_.plugin_dirs);
+                        // The probe of a plugin can take seconds on a loaded machine: keep the
+                        // broker's registration alive meanwhile.
+                        tamiyo::PolicyPtr policy =
+                            policy_from_request(l, o_.plugin_dirs, [this] { worker_.heartbeat(); });
                         std::string previous = controller_.active().name();
                         controller_.load(std::move(policy), "esper policy load",
                                          ingest_.view().step());

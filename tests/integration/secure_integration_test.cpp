@@ -100,11 +100,12 @@ struct SecureRun {
         INFO(file_text(dir / "kasmina.log"));
         REQUIRE(wait_until([&] { return tool("operator", {"status"}) == 0; }, 30));
     }
-    // `esper ARGS --bus RPC --keys DIR/ROLE`; output in DIR/<tag>.log.
-    int tool(const std::string& role, std::vector<std::string> args) {
+    // `esper ARGS --bus RPC --keys DIR/ROLE`; output in DIR/<tag>.log. A policy load of a plugin
+    // waits for its probe child, which takes seconds on a loaded machine: more time for those.
+    int tool(const std::string& role, std::vector<std::string> args, int timeout_ms = 500) {
         const std::string tag = "tool-" + std::to_string(++commands);
         args.insert(args.begin(), kEsper);
-        args.insert(args.end(), {"--bus", bus.rpc, "--timeout-ms", "500"});
+        args.insert(args.end(), {"--bus", bus.rpc, "--timeout-ms", std::to_string(timeout_ms)});
         if (!role.empty()) args.insert(args.end(), {"--keys", (dir / role).string()});
         return run_to_exit(args, dir / (tag + ".log"), 20000);
     }
@@ -203,6 +204,9 @@ TEST_CASE(
     }
 }
 
+// How long a tool waits for a live plugin load (the controller probes it in a child first).
+constexpr int kProbeMs = 8000;
+
 TEST_CASE("a plugin is refused or validated without its code running in Tamiyo",
           "[integration][security]") {
     SecureRun run;
@@ -249,14 +253,18 @@ TEST_CASE("a plugin is refused or validated without its code running in Tamiyo",
     fs::copy_file(evil, run.plugins / "evil.so");
     fs::copy_file(evil_v2, run.plugins / "evil_v2.so");
     fs::copy_file(example, run.plugins / "example.so");
-    CHECK(run.tool("operator", {"policy", "load", (run.plugins / "evil.so").string()}) == 1);
+    CHECK(run.tool("operator", {"policy", "load", (run.plugins / "evil.so").string()}, kProbeMs) ==
+          1);
     CHECK_FALSE(fs::exists(marker));
-    CHECK(run.tool("operator", {"policy", "load", (run.plugins / "evil_v2.so").string()}) == 1);
+    CHECK(run.tool("operator", {"policy", "load", (run.plugins / "evil_v2.so").string()},
+                   kProbeMs) == 1);
     CHECK_THAT(run.last_tool_log(), Catch::Contains("ABI version 2"));
     if (fs::exists(marker)) CHECK(std::stoi(file_text(marker)) != run.tamiyo->pid());
-    CHECK(run.tool("observer", {"policy", "load", (run.plugins / "example.so").string()}) == 1);
+    CHECK(run.tool("observer", {"policy", "load", (run.plugins / "example.so").string()},
+                   kProbeMs) == 1);
     CHECK_THAT(run.last_tool_log(), Catch::Contains("forbidden"));
-    CHECK(run.tool("operator", {"policy", "load", (run.plugins / "example.so").string()}) == 0);
+    CHECK(run.tool("operator", {"policy", "load", (run.plugins / "example.so").string()},
+                   kProbeMs) == 0);
     CHECK_THAT(run.last_tool_log(), Catch::Contains("example_plugin"));
     CHECK(run.tamiyo->running());
     ::unsetenv("ESPER_EVIL_MARKER");
