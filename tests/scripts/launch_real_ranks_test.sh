@@ -26,7 +26,7 @@ data:
 model: {hidden: [32, 32], activation: gelu, seeds_per_layer: 4}
 YAML
 "$launcher" --hostfile "$tmp/hosts" --rsh local --config "$tmp/c.yaml" --run-dir "$tmp/run" \
-    --bus-port-base "$(( 20000 + RANDOM % 40000 ))" --esper "$esper" --max-restarts 1 --grace-s 3 >"$tmp/out.log" 2>&1 &
+    --bus-port-base "$(free_port_base 4)" --esper "$esper" --max-restarts 1 --grace-s 3 >"$tmp/out.log" 2>&1 &
 launcher_pid=$!
 kill_rank_and_check "$launcher_pid" "$max_steps"
 echo "PASS: restarted after a killed rank; final ${digests[0]}"

@@ -7,6 +7,8 @@
 # (ctest: skipped) without mpirun.
 set -uo pipefail
 esper=${1:?usage: mpirun_real_test.sh ESPER}
+here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/real_ranks_lib.sh"
 tmp="$(mktemp -d)"
 broker_pid=""
 trap '[[ -n "$broker_pid" ]] && kill "$broker_pid" 2>/dev/null; pkill -KILL -f "kasmina --config $tmp/c.yaml" 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -22,7 +24,7 @@ data:
   teacher: {train_samples: 4096, test_samples: 512, features: 16, classes: 4, hidden: 32}
 model: {hidden: [32, 32], activation: gelu, seeds_per_layer: 4}
 YAML
-base=$((20000 + RANDOM % 40000))
+base=$(free_port_base 3)
 "$esper" broker --pub-port "$base" --sub-port $((base + 1)) --rpc-port $((base + 2)) \
     >"$tmp/broker.log" 2>&1 &
 broker_pid=$!
