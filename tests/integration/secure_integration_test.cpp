@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <zmq.hpp>
 
 #include "agents/keys.h"
@@ -260,6 +261,20 @@ TEST_CASE("a plugin is refused or validated without its code running in Tamiyo",
                    kProbeMs) == 1);
     CHECK_THAT(run.last_tool_log(), Catch::Contains("ABI version 2"));
     if (fs::exists(marker)) CHECK(std::stoi(file_text(marker)) != run.tamiyo->pid());
+    // A probe child slower (3 s) than the broker's agent expiry (2 s): Tamiyo heartbeats while it
+    // waits, so its refusal reaches the tool and the controller stays registered for what follows.
+    fs::copy_file(esper::testing::test_library("libesper_test_policy_slow.so"),
+                  run.plugins / "slow.so");
+    ChildProcess slow("slow-load",
+                      {kEsper, "policy", "load", (run.plugins / "slow.so").string(), "--bus",
+                       run.bus.rpc, "--timeout-ms", std::to_string(kProbeMs + 3000), "--keys",
+                       (run.dir / "operator").string()},
+                      run.dir / "slow-load.log");
+    std::this_thread::sleep_for(milliseconds(2500));  // past the expiry, inside the probe
+    CHECK(run.tool("operator", {"policy", "show"}, kProbeMs) == 0);
+    CHECK_THAT(run.last_tool_log(), !Catch::Contains("unknown agent"));
+    CHECK(slow.wait_for(milliseconds(kProbeMs + 5000)).value_or(-1) == 1);
+    CHECK_THAT(file_text(run.dir / "slow-load.log"), Catch::Contains("ABI version 2"));
     CHECK(run.tool("observer", {"policy", "load", (run.plugins / "example.so").string()},
                    kProbeMs) == 1);
     CHECK_THAT(run.last_tool_log(), Catch::Contains("forbidden"));
