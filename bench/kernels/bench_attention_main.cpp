@@ -18,26 +18,14 @@
 #include <string>
 #include <vector>
 
+#include "bench/kernels/bench_cuda.h"
 #include "kernels/attention.h"
 
 using namespace esper::kernels;
 
 namespace {
 
-#define BENCH_CHECK(expr)                                                           \
-    do {                                                                            \
-        const cudaError_t e_ = (expr);                                              \
-        if (e_ != cudaSuccess) {                                                    \
-            std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(e_)); \
-            std::exit(1);                                                           \
-        }                                                                           \
-    } while (0)
-
-void* dev_alloc(size_t bytes) {
-    void* p = nullptr;
-    BENCH_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
-    return p;
-}
+using esper::bench::dev_alloc;
 
 // Random bf16 values in [-1, 1) (never all zeros: zeros time faster than real data).
 void* random_bf16(size_t n, std::mt19937& rng) {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/kernels/bench_cuda.h"
 #include "kernels/seed_backward.h"
 #include "kernels/seed_forward.h"
 
@@ -23,20 +24,7 @@ using namespace esper::kernels;
 
 namespace {
 
-#define BENCH_CHECK(expr)                                                           \
-    do {                                                                            \
-        const cudaError_t e_ = (expr);                                              \
-        if (e_ != cudaSuccess) {                                                    \
-            std::fprintf(stderr, "%s failed: %s\n", #expr, cudaGetErrorString(e_)); \
-            std::exit(1);                                                           \
-        }                                                                           \
-    } while (0)
-
-void* dev_alloc(size_t bytes) {
-    void* p = nullptr;
-    BENCH_CHECK(cudaMalloc(&p, bytes ? bytes : 1));
-    return p;
-}
+using esper::bench::dev_alloc;
 
 template <typename T>
 T* upload(const std::vector<T>& v) {
