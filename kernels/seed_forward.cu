@@ -623,6 +623,11 @@ size_t seed_forward_workspace_bytes(const SeedLayerView& view) {
     return seed_forward_workspace_bytes(view.num_seeds) + wide_plan(view).bytes;
 }
 
+cudaError_t prepare_seed_gemms() {
+    cublasHandle_t handle = nullptr;
+    return detail::seed_cublas_handle(&handle);
+}
+
 cudaError_t launch_seed_forward(const SeedLayerView& view, const float* h, float* y,
                                 const SeedTelemetryAccum* tel, void* workspace,
                                 size_t workspace_bytes, cudaStream_t stream) {

@@ -20,6 +20,9 @@ size_t seed_forward_workspace_bytes(int32_t num_seeds);
 // With the num_seeds size the kernels run them instead. The first wide launch on a host thread
 // creates that thread's cuBLAS handle: do it before capturing a graph.
 size_t seed_forward_workspace_bytes(const SeedLayerView& view);
+// Creates this host thread's cuBLAS handle of the wide path (seed_forward and seed_backward);
+// call it before capturing a graph that may contain wide launches. Cheap once created.
+[[nodiscard]] cudaError_t prepare_seed_gemms();
 
 // h, y: [batch, width] row-major (y must not alias h); tel: a host struct of device pointers, or
 // null for no telemetry. Precondition: a seed with a blueprint has chunk width <= its arena's

@@ -782,6 +782,9 @@ struct CudaBackend::Impl {
 
     void capture() {
         graph.destroy();
+        // The wide seed GEMMs use this thread's cuBLAS handle: created here, never inside a
+        // capture.
+        if (opt.seed_layers) ESPER_CUDA_CHECK(kernels::prepare_seed_gemms());
         ESPER_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
         // Ends a capture that an exception interrupted, so the stream stays usable.
         struct CaptureGuard {
@@ -999,8 +1002,6 @@ CudaBackend::CudaBackend(const Config& config, MlpModel& model, SeedManager* see
             s.steps = DeviceBuffer<uint32_t>(S);
             s.tel = DeviceBuffer<double>(kTelemetryColumns * S);
             s.tel_host = PinnedBuffer<double>(kTelemetryColumns * S);
-            s.fwd_ws = DeviceBuffer<uint8_t>(kernels::seed_forward_workspace_bytes(s.num_seeds));
-            s.bwd_ws = DeviceBuffer<uint8_t>(kernels::seed_backward_workspace_bytes(s.num_seeds));
             s.updates_host = PinnedBuffer<kernels::SeedUpdate>(S);
             s.updates = DeviceBuffer<kernels::SeedUpdate>(S);
             if (d.layer_input) s.masked_slot = DeviceBuffer<int32_t>(S);
@@ -1019,6 +1020,12 @@ CudaBackend::CudaBackend(const Config& config, MlpModel& model, SeedManager* see
             }
             ESPER_CUDA_CHECK(cudaMemcpy(s.offsets.get(), t.chunk_offset_data(),
                                         (S + 1) * sizeof(int32_t), cudaMemcpyHostToDevice));
+            // Sized from the view at the largest batch: wide arenas (max_width >= 64, hidden >= 16)
+            // then run as cuBLAS batched GEMMs, and the backward keeps one gradient partial per
+            // slot and row tile (seed_forward.h, seed_backward.h).
+            const kernels::SeedLayerView v = d.view(l, d.max_batch);
+            s.fwd_ws = DeviceBuffer<uint8_t>(kernels::seed_forward_workspace_bytes(v));
+            s.bwd_ws = DeviceBuffer<uint8_t>(kernels::seed_backward_workspace_bytes(v));
         }
     }
     ESPER_CUDA_CHECK(cudaDeviceSynchronize());  // setup memsets/copies ran on the legacy stream
