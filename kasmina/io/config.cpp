@@ -506,6 +506,17 @@ MemoryEstimate estimate_memory(const Config& c) {
         widths += double(h);
     }
     params += in * classes + classes;
+    // mlp_units: each hidden layer's reserved room and its widening site's arena (4 buffers).
+    in = features;
+    for (size_t l = 0; l < c.model.hidden.size(); ++l) {
+        const double out = l + 1 < c.model.hidden.size() ? double(c.model.hidden[l + 1]) : classes;
+        const double unit = in + 1.0 + out;
+        params += double(c.model.max_extra_units) * unit;
+        if (c.model.widening_seeds > 0)
+            m.arena_bytes += 4.0 * kFloat * double(c.blueprints.mlp_units.slots) *
+                             double(c.blueprints.mlp_units.units) * unit;
+        in = double(c.model.hidden[l]);
+    }
     m.host_bytes = params * per_param * kFloat;
     // Activations kept for the backward pass (h, y and their gradients per layer), per sample.
     m.activation_bytes = 4.0 * double(c.data.batch_size) * (widths + classes + features) * kFloat;

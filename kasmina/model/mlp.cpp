@@ -158,8 +158,8 @@ MlpModel::MlpModel(const ModelConfig& config, int64_t in_features, int64_t class
     widening_layer_.assign(hidden_.size(), -1);
     for (size_t l = 0; l < hidden_.size() && config.widening_seeds > 0; ++l) {
         widening_layer_[l] = int32_t(sites_.size());
-        sites_.push_back(
-            {config.widening_seeds, hidden_[l]->in_features(), SiteKind::kWidening, 0, out_next(l)});
+        sites_.push_back({config.widening_seeds, hidden_[l]->in_features(), SiteKind::kWidening, 0,
+                          out_next(l)});
     }
     h_.resize(hidden_.size());
     y_.resize(hidden_.size());
@@ -277,8 +277,8 @@ void MlpModel::units_forward(int32_t l, const float* x, int32_t batch, float* z)
     }
 }
 
-void MlpModel::units_backward(int32_t l, const float* x, int32_t batch, const float* dz,
-                              float* dx, kernels::SeedTelemetryAccum* tel) {
+void MlpModel::units_backward(int32_t l, const float* x, int32_t batch, const float* dz, float* dx,
+                              kernels::SeedTelemetryAccum* tel) {
     Extra& e = extras_[size_t(l)];
     const auto in = int32_t(hidden_[size_t(l)]->in_features());
     const auto out = int32_t(out_next(size_t(l)));

@@ -55,8 +55,7 @@ TEST_CASE(
         REQUIRE(layer == 2 + hidden);  // after the two chunk sites
         const int64_t host_before = m.param_count();
         const int64_t in = hidden == 0 ? 16 : 24, out = hidden == 0 ? 20 : 4;
-        const int64_t price =
-            t.seeds().germination_params({layer, 0}, BlueprintKind::kMlpUnits);
+        const int64_t price = t.seeds().germination_params({layer, 0}, BlueprintKind::kMlpUnits);
         CHECK(price == 8 * in + 8 + out * 8);
         for (int i = 0; i < 5; ++i) {  // a host that is not at its initialisation
             REQUIRE(t.boundary());
@@ -91,8 +90,9 @@ TEST_CASE(
     }
 }
 
-TEST_CASE("an MLP grown by mlp_units has the parameter count and FLOPs of a static MLP of its shape",
-          "[kasmina][mlp_units]") {
+TEST_CASE(
+    "an MLP grown by mlp_units has the parameter count and FLOPs of a static MLP of its shape",
+    "[kasmina][mlp_units]") {
     ModelConfig grown_cfg;
     grown_cfg.hidden = {8, 6};
     grown_cfg.seeds_per_layer = 2;
@@ -117,15 +117,17 @@ TEST_CASE("an MLP grown by mlp_units has the parameter count and FLOPs of a stat
     CHECK(grown.extra_units(1) == 5);
     // Each folded unit counts its input weights, its bias and its outgoing weights (with several
     // hidden layers the rooms of consecutive layers are not connected to each other).
-    const int64_t grown_params = (16 * 8 + 8 + 8 * 6 + 6 + 6 * 4 + 4) + 12 * (16 + 1 + 6) +
-                                 5 * (8 + 1 + 4);
+    const int64_t grown_params =
+        (16 * 8 + 8 + 8 * 6 + 6 + 6 * 4 + 4) + 12 * (16 + 1 + 6) + 5 * (8 + 1 + 4);
     CHECK(grown.param_count() == grown_params);
-    const MlpModel one_layer_wide([] {
-        ModelConfig c;
-        c.hidden = {64 + 128};
-        c.seeds_per_layer = 1;
-        return c;
-    }(), 784, 10, 1);
+    const MlpModel one_layer_wide(
+        [] {
+            ModelConfig c;
+            c.hidden = {64 + 128};
+            c.seeds_per_layer = 1;
+            return c;
+        }(),
+        784, 10, 1);
     ModelConfig narrow784;
     narrow784.hidden = {64};
     narrow784.seeds_per_layer = 1;
@@ -149,9 +151,9 @@ TEST_CASE("an MLP checkpoint written after an mlp_units fold resumes bit-identic
     auto germ = [](Trainer& t) {
         if (t.steps_done() == 2) {
             auto& m = dynamic_cast<MlpModel&>(t.model());
-            REQUIRE(t.apply(test::operator_germinate(m.widening_layer(0), 0,
-                                                     BlueprintKind::kMlpUnits))
-                        .applied());
+            REQUIRE(
+                t.apply(test::operator_germinate(m.widening_layer(0), 0, BlueprintKind::kMlpUnits))
+                    .applied());
         }
     };
     std::vector<double> full;
@@ -183,10 +185,9 @@ TEST_CASE("the config refuses MLP mlp_units seeds that cannot fold or run, with 
     const std::string base =
         "model: {hidden: [32], seeds_per_layer: 1, widening_seeds: 1, max_extra_units: 64}\n";
     CHECK_NOTHROW(parse_config(base + "blueprints: {mlp_units: {units: 64, slots: 1}}\n"));
-    CHECK_THROWS_WITH(
-        parse_config(base + "blueprints: {mlp_units: {units: 96, slots: 1}}\n"),
-        Catch::Contains("model.max_extra_units") &&
-            Catch::Contains("64 leaves no room for one mlp_units seed of 96 units"));
+    CHECK_THROWS_WITH(parse_config(base + "blueprints: {mlp_units: {units: 96, slots: 1}}\n"),
+                      Catch::Contains("model.max_extra_units") &&
+                          Catch::Contains("64 leaves no room for one mlp_units seed of 96 units"));
     CHECK_THROWS_WITH(parse_config("model: {hidden: [32], widening_seeds: 1}\n"),
                       Catch::Contains("0 leaves no room for one mlp_units seed"));
     CHECK_THROWS_WITH(parse_config(base + "blueprints: {mlp_units: {units: 8}}\n"
