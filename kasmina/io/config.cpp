@@ -305,12 +305,16 @@ void read_model(const Reader& r, const YAML::Node& n, ModelConfig& c) {
     r.get_int(n, p, "widening_seeds", c.widening_seeds, 0, 1 << 10);
     r.get_int(n, p, "max_extra_units", c.max_extra_units, 0, 1 << 20);
     if (c.kind == ModelKind::kTransformer) {
-        for (const char* key : {"widening_seeds", "max_extra_units"})
-            if (r.child(n, key))
+        // The effective config writes both keys (0) for every host: only a value is refused.
+        auto mlp_only = [&](const char* key, int64_t value) {
+            if (value != 0)
                 r.fail(r.at(n, key), std::string("model.") + key,
                        fmt::format("is for the MLP host; the transformer's is "
                                    "model.transformer.{}",
                                    key));
+        };
+        mlp_only("widening_seeds", c.widening_seeds);
+        mlp_only("max_extra_units", c.max_extra_units);
         const int64_t hidden = 4 * c.transformer.d_model;
         if (c.seeds_per_layer > hidden)
             r.fail(r.at(n, "seeds_per_layer"), "model.seeds_per_layer",
