@@ -284,7 +284,9 @@ void read_transformer(const Reader& r, const YAML::Node& n, TransformerConfig& c
 
 void read_model(const Reader& r, const YAML::Node& n, ModelConfig& c) {
     const std::string p = "model";
-    r.section(n, p, {"kind", "hidden", "activation", "seeds_per_layer", "transformer"});
+    r.section(n, p,
+              {"kind", "hidden", "activation", "seeds_per_layer", "widening_seeds",
+               "max_extra_units", "transformer"});
     r.get_enum(n, p, "kind", c.kind, kModelKindNames);
     if (auto t = r.child_map(n, p, "transformer")) read_transformer(r, *t, c.transformer);
     if (auto h = r.child(n, "hidden")) {
@@ -300,7 +302,19 @@ void read_model(const Reader& r, const YAML::Node& n, ModelConfig& c) {
     }
     r.get_enum(n, p, "activation", c.activation, kActivationNames);
     r.get_int(n, p, "seeds_per_layer", c.seeds_per_layer, 1, 1 << 24);
+    r.get_int(n, p, "widening_seeds", c.widening_seeds, 0, 1 << 10);
+    r.get_int(n, p, "max_extra_units", c.max_extra_units, 0, 1 << 20);
     if (c.kind == ModelKind::kTransformer) {
+        // The effective config writes both keys (0) for every host: only a value is refused.
+        auto mlp_only = [&](const char* key, int64_t value) {
+            if (value != 0)
+                r.fail(r.at(n, key), std::string("model.") + key,
+                       fmt::format("is for the MLP host; the transformer's is "
+                                   "model.transformer.{}",
+                                   key));
+        };
+        mlp_only("widening_seeds", c.widening_seeds);
+        mlp_only("max_extra_units", c.max_extra_units);
         const int64_t hidden = 4 * c.transformer.d_model;
         if (c.seeds_per_layer > hidden)
             r.fail(r.at(n, "seeds_per_layer"), "model.seeds_per_layer",
@@ -496,6 +510,17 @@ MemoryEstimate estimate_memory(const Config& c) {
         widths += double(h);
     }
     params += in * classes + classes;
+    // mlp_units: each hidden layer's reserved room and its widening site's arena (4 buffers).
+    in = features;
+    for (size_t l = 0; l < c.model.hidden.size(); ++l) {
+        const double out = l + 1 < c.model.hidden.size() ? double(c.model.hidden[l + 1]) : classes;
+        const double unit = in + 1.0 + out;
+        params += double(c.model.max_extra_units) * unit;
+        if (c.model.widening_seeds > 0)
+            m.arena_bytes += 4.0 * kFloat * double(c.blueprints.mlp_units.slots) *
+                             double(c.blueprints.mlp_units.units) * unit;
+        in = double(c.model.hidden[l]);
+    }
     m.host_bytes = params * per_param * kFloat;
     // Activations kept for the backward pass (h, y and their gradients per layer), per sample.
     m.activation_bytes = 4.0 * double(c.data.batch_size) * (widths + classes + features) * kFloat;
@@ -596,6 +621,21 @@ Config read_root(const Reader& r, const YAML::Node& root, uint64_t memory_bytes)
                transformer ? "data.dataset" : "model.kind",
                transformer ? "model.kind: transformer reads bytes: set data.dataset: text"
                            : "data.dataset: text needs model.kind: transformer");
+    }
+    // MLP widening (mlp_units) seeds need room to fold into, and run on the CPU only.
+    if (!transformer && c.model.widening_seeds > 0) {
+        const YAML::Node model = root["model"];
+        if (c.model.max_extra_units < c.blueprints.mlp_units.units)
+            r.fail(model && model["max_extra_units"] ? r.at(model, "max_extra_units") : model,
+                   "model.max_extra_units",
+                   fmt::format("{} leaves no room for one mlp_units seed of {} units "
+                               "(blueprints.mlp_units.units): a FOSSILIZED seed could never fold "
+                               "into the host",
+                               c.model.max_extra_units, c.blueprints.mlp_units.units));
+        if (c.run.device == "cuda")
+            r.fail(root["run"] ? r.at(root["run"], "device") : root, "run.device",
+                   "cuda does not run the MLP's mlp_units seeds (model.widening_seeds > 0) yet; "
+                   "use run.device: cpu or auto");
     }
     refuse_what_cannot_fit(r, root, c, memory_bytes);
     return c;
@@ -763,7 +803,9 @@ void emit_config(YAML::Emitter& out, const Config& c) {
         m.put("kind", model_kind_name(c.model.kind));
         m.key("hidden") << YAML::Flow << c.model.hidden;
         m.put("activation", activation_name(c.model.activation))
-            .put("seeds_per_layer", c.model.seeds_per_layer);
+            .put("seeds_per_layer", c.model.seeds_per_layer)
+            .put("widening_seeds", c.model.widening_seeds)
+            .put("max_extra_units", c.model.max_extra_units);
         {
             const TransformerConfig& t = c.model.transformer;
             m.key("transformer");

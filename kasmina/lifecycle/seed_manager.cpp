@@ -69,8 +69,8 @@ SeedManager::SeedManager(const SeedManagerConfig& config, std::span<const SeedSi
         site_kinds_.push_back(site.kind);
         if (site.kind == SiteKind::kWidening) {
             tables_.emplace_back(static_cast<int32_t>(i), site.width, site.width);
-            arenas_.push_back(
-                BlueprintArenas::widening(site.input_width, site.head_dim, blueprints_cfg_));
+            arenas_.push_back(BlueprintArenas::widening(site.input_width, site.head_dim,
+                                                        blueprints_cfg_, site.output_width));
         } else {
             tables_.emplace_back(static_cast<int32_t>(i), site.width, config.seeds_per_layer);
             arenas_.emplace_back(tables_.back().max_chunk_width(), blueprints_cfg_,

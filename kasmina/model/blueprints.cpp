@@ -54,14 +54,15 @@ int64_t blueprint_capacity(BlueprintKind k, const BlueprintsConfig& cfg) {
     return 0;
 }
 
-WideningOffsets widening_offsets(BlueprintKind k, int64_t d_model, int64_t hidden) {
-    const int64_t C = d_model, H = hidden;
+WideningOffsets widening_offsets(BlueprintKind k, int64_t d_model, int64_t hidden,
+                                 int64_t out_width) {
+    const int64_t C = d_model, H = hidden, O = out_width > 0 ? out_width : d_model;
     WideningOffsets o;
     switch (k) {
         case BlueprintKind::kMlpUnits:
             o.in_b = H * C;
             o.out_w = H * C + H;
-            o.floats = 2 * H * C + H;
+            o.floats = H * C + H + O * H;
             break;
         case BlueprintKind::kAttentionHead:
             o.in_b = 3 * H * C;
@@ -106,20 +107,24 @@ BlueprintArenas::BlueprintArenas(int64_t max_width, const BlueprintsConfig& cfg,
 }
 
 BlueprintArenas BlueprintArenas::widening(int64_t d_model, int64_t head_dim,
-                                          const BlueprintsConfig& cfg) {
-    ESPER_REQUIRE(d_model > 0 && head_dim > 0, "d_model=", d_model, " head_dim=", head_dim);
+                                          const BlueprintsConfig& cfg, int64_t out_width) {
+    ESPER_REQUIRE(d_model > 0 && (head_dim > 0 || out_width > 0), "d_model=", d_model,
+                  " head_dim=", head_dim, " out_width=", out_width);
+    const bool mlp_host = head_dim == 0;  // only mlp_units: no heads, no qkv to adapt
     BlueprintArenas out;
-    out.max_width_ = static_cast<int32_t>(d_model);
+    // max_width_ is what mlp_units write (O), in_width_ what they read (C).
+    out.max_width_ = static_cast<int32_t>(out_width > 0 ? out_width : d_model);
     out.in_width_ = static_cast<int32_t>(d_model);
     for (int i = 0; i < kNumBlueprintKinds; ++i) {
         const auto k = static_cast<BlueprintKind>(i);
         Arena& a = out.arenas_[i];
-        a.serves = blueprint_is_widening(k);
+        a.serves = blueprint_is_widening(k) && (!mlp_host || k == BlueprintKind::kMlpUnits);
         if (!a.serves) continue;
         a.capacity = static_cast<int32_t>(blueprint_capacity(k, cfg));
         a.hidden = static_cast<int32_t>(
             k == BlueprintKind::kAttentionHead ? head_dim : blueprint_hidden(k, d_model, cfg));
-        a.stride = static_cast<int32_t>(widening_offsets(k, d_model, a.hidden).floats);
+        a.stride =
+            static_cast<int32_t>(widening_offsets(k, d_model, a.hidden, out.max_width_).floats);
         const auto n = static_cast<size_t>(a.capacity) * static_cast<size_t>(a.stride);
         a.params.assign(n, 0.0f);
         a.grads.assign(n, 0.0f);
@@ -196,10 +201,10 @@ void BlueprintArenas::init_slot(BlueprintKind k, int32_t slot, int32_t width, ui
     };
     if (blueprint_is_widening(k)) {
         // The input side U(±1/√C) like a fresh Linear; the output side stays zero.
-        const WideningOffsets o = widening_offsets(k, max_width_, hidden);
-        const double bound = 1.0 / std::sqrt(static_cast<double>(max_width_));
+        const WideningOffsets o = widening_offsets(k, in_width_, hidden, max_width_);
+        const double bound = 1.0 / std::sqrt(static_cast<double>(in_width_));
         const int64_t rows = k == BlueprintKind::kAttentionHead ? 3 * hidden : hidden;
-        for (int64_t i = 0; i < rows * max_width_; ++i) p[size_t(o.in_w + i)] = uniform(bound);
+        for (int64_t i = 0; i < rows * in_width_; ++i) p[size_t(o.in_w + i)] = uniform(bound);
         return;
     }
     const auto off = kernels::mlp_slot_offsets(max_width_, hidden, in_width_);

@@ -26,7 +26,9 @@ int64_t blueprint_params(BlueprintKind k, int64_t w, int64_t max_width, const Bl
                          int64_t in_width = 0);
 
 // Slot layouts of the widening kinds (C = d_model, D = head dim; floats from the slot start):
-//   mlp_units       V [k, C] | c [k] | U [C, k]                 r(m) = U·gelu(V·m + c)
+//   mlp_units       V [k, C] | c [k] | U [O, k]                 r(m) = U·gelu(V·m + c)
+// (O = out_width: C on the transformer; on the MLP host C is the hidden layer's input width and
+// O the next layer's width, and the MLP's activation replaces gelu.)
 //   attention_head  Wq, Wk, Wv [D, C] | bq, bk, bv [D] | Wo [C, D]  r(a) = Wo·attention(q, k, v)
 //   lora            A [r, C] | B [3C, r]                         Δqkv = B·A·a
 // The output side (U, Wo, B) is zero at birth, so a germination leaves the function unchanged.
@@ -36,7 +38,8 @@ struct WideningOffsets {
     int64_t out_w = 0;   // U, Wo, B
     int64_t floats = 0;  // the slot's stride
 };
-WideningOffsets widening_offsets(BlueprintKind k, int64_t d_model, int64_t hidden);
+WideningOffsets widening_offsets(BlueprintKind k, int64_t d_model, int64_t hidden,
+                                 int64_t out_width = 0);
 
 class BlueprintArenas {
 public:
@@ -44,8 +47,11 @@ public:
     // and lowrank slots read the layer's input of that many features (blueprints.input: layer);
     // 0: they read their chunk.
     BlueprintArenas(int64_t max_width, const BlueprintsConfig& cfg, int64_t in_width = 0);
-    // A transformer block's widening site: only the widening kinds get slots.
-    static BlueprintArenas widening(int64_t d_model, int64_t head_dim, const BlueprintsConfig& cfg);
+    // A transformer block's widening site: only the widening kinds get slots. head_dim 0 with
+    // out_width > 0: an MLP hidden layer's widening site (input d_model features, output into
+    // out_width): only mlp_units get slots.
+    static BlueprintArenas widening(int64_t d_model, int64_t head_dim, const BlueprintsConfig& cfg,
+                                    int64_t out_width = 0);
     // Whether kind k can be germinated here (it has an arena of this site's type).
     bool serves(BlueprintKind k) const { return arena(k).serves; }
     // Parameters a germination of kind k on a seed of chunk width w would use here.

@@ -66,6 +66,11 @@ struct ModelConfig {
     Activation activation = Activation::kRelu;  // mlp
     // mlp: seeds of each hidden layer; transformer: seeds over each block's MLP hidden units.
     int64_t seeds_per_layer = 16;  // >= 1 (0 is refused: S = 0)
+    // mlp: mlp_units seeds per hidden layer (a widening site each, seed layers L..2L-1 after the
+    // L chunk sites) and how many folded units each hidden layer can take in (its reserved room:
+    // a FOSSILIZED seed's k units become the layer's, its output weights the next layer's).
+    int64_t widening_seeds = 0;
+    int64_t max_extra_units = 0;
     TransformerConfig transformer;
     bool operator==(const ModelConfig&) const = default;
 };

@@ -61,6 +61,10 @@ struct SeedSite {
     int64_t input_width = 0;  // input features of the host layer (widening: d_model)
     SiteKind kind = SiteKind::kChunk;
     int64_t head_dim = 0;  // widening: the block's head dimension (attention_head slots)
+    // widening: the features mlp_units seeds write (0: input_width, the transformer's residual
+    // stream); the MLP's next layer's width. head_dim 0 and output_width > 0: an MLP site
+    // where only mlp_units germinate.
+    int64_t output_width = 0;
 };
 
 class Model {

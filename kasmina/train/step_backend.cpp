@@ -24,7 +24,17 @@ bool trainer_uses_cuda(const Config& config) {
                          "run.device: cuda trains the bare host on the GPU)");
         return false;
     }
-    // Widening (layer-input) blueprints run on both backends (the CUDA one since issue 14).
+    // Widening (layer-input) blueprints run on both backends (the CUDA one since issue 14); the
+    // MLP's mlp_units seeds and their reserved room on the CPU only: `auto` stays there.
+    if (config.model.widening_seeds > 0 || config.model.max_extra_units > 0) {
+        ESPER_CHECK_INPUT(config.run.device != "cuda",
+                          "run.device: cuda does not run the MLP's mlp_units seeds "
+                          "(model.widening_seeds, model.max_extra_units) yet; use cpu or auto");
+        if (config.run.device == "auto")
+            ESPER_LOG_AT(backend_log(), LogLevel::kInfo,
+                         "device=cpu (the MLP's mlp_units seeds run on the CPU only)");
+        return false;
+    }
     return resolve_use_cuda(config.run.device);
 }
 
