@@ -3,7 +3,9 @@
 // byte by byte. With the KV cache each byte costs one decode step; without it (use_cache false,
 // the reference the tests compare with) each byte reruns the full forward over the window. Both
 // see the same window: when the context fills, the newest context/2 bytes are kept and the
-// cache is rebuilt from them. Temperature 0 is greedy (arg-max).
+// cache is rebuilt from them. Temperature 0 is greedy (arg-max). With use_gpu the same runs on
+// the GPU (kasmina/train/cuda_generate.h: bf16 weights and KV cache, one graph per byte) for the
+// host and its folded units and heads; a seed whose blueprint still runs keeps it on the CPU.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +27,8 @@ struct GenerateOptions {
     int64_t top_k = 0;         // 0: every byte; else the k most likely
     uint64_t seed = 0;         // the sampling RNG
     bool use_cache = true;
+    bool use_gpu = false;  // the GPU decoder (gpu_unavailable() and gpu_refusal() must be "")
+    int32_t batch = 1;     // generate_batch: independent samples of one prompt (>= 1)
 };
 
 struct Generated {
@@ -32,22 +36,36 @@ struct Generated {
     std::vector<double> logprobs;  // log p of each, under the model (temperature 1)
 };
 
+class CudaDecoder;
+
 class TextGenerator {
 public:
     // Reads and verifies the checkpoint; throws esper::Error(kInvalidInput) when it holds
     // another model kind, kIntegrity when it is damaged (read_checkpoint's checks).
     explicit TextGenerator(const std::filesystem::path& checkpoint);
+    ~TextGenerator();
     int32_t context() const { return model_->context(); }
     const Config& config() const { return config_; }
     int64_t step() const { return step_; }
     // Refuses (esper::Error kInvalidInput) an empty prompt or one longer than the context.
     Generated generate(std::span<const uint8_t> prompt, const GenerateOptions& options);
+    // options.batch samples of the prompt: on the GPU one batched decode (each sample its own
+    // row of device draws); on the CPU sample i is generate() with seed options.seed + i.
+    std::vector<Generated> generate_batch(std::span<const uint8_t> prompt,
+                                          const GenerateOptions& options);
+    // Why no GPU can decode here ("" when one can): a build without CUDA or no device visible.
+    static std::string gpu_unavailable();
+    // Why this checkpoint's state keeps generation on the CPU ("" when the GPU decoder takes
+    // it): a seed whose blueprint runs (TRAINING..FOSSILIZED with a slot; the decoder runs only
+    // the host with its folded units and heads), or a head size the decode kernels do not take.
+    std::string gpu_refusal();
 
 private:
     Config config_;
     int64_t step_ = 0;
     std::unique_ptr<TransformerModel> model_;
     std::unique_ptr<SeedManager> seeds_;
+    std::unique_ptr<CudaDecoder> gpu_;  // made at the first GPU generation, again per batch size
 };
 
 }  // namespace esper::kasmina

@@ -94,12 +94,13 @@ tamiyo: {policy: grow.yaml, decision_interval_steps: 5}
         CHECK(m["bits_per_byte"].get<double>() == Approx(m["loss"].get<double>() / std::log(2.0)));
     }
     CHECK(tests >= 4);  // every 100 steps, and at epoch ends
-    // Generation from the final checkpoint: cached and uncached agree at temperature 0.
+    // Generation from the final checkpoint: cached and uncached agree at temperature 0 (on the
+    // CPU: the GPU decoder's bf16 has its own [gpu] test, kasmina/train/cuda_generate_test.cpp).
     const fs::path ck = dir / "r" / "checkpoints" / "400";
     auto generate = [&](const std::string& tag, std::vector<std::string> extra) {
         std::vector<std::string> argv{kEsper,          "generate", "--checkpoint", ck.string(),
                                       "--prompt",      "the lamb", "--tokens",     "40",
-                                      "--temperature", "0"};
+                                      "--temperature", "0",        "--device",     "cpu"};
         argv.insert(argv.end(), extra.begin(), extra.end());
         ChildProcess g(tag, argv, dir / (tag + ".log"));
         REQUIRE(g.wait_for(milliseconds(30000)).value_or(-1) == 0);
@@ -117,5 +118,12 @@ tamiyo: {policy: grow.yaml, decision_interval_steps: 5}
     CHECK(bad.wait_for(milliseconds(30000)).value_or(0) == 1);
     CHECK_THAT(slurp(dir / "bad.log"),
                Catch::Contains("17 bytes exceed the model's context of 16 bytes"));
+    ChildProcess bad_device(
+        "bad_device",
+        {kEsper, "generate", "--checkpoint", ck.string(), "--prompt", "the", "--device", "tpu"},
+        dir / "bad_device.log");
+    CHECK(bad_device.wait_for(milliseconds(30000)).value_or(0) != 0);
+    CHECK_THAT(slurp(dir / "bad_device.log"),
+               Catch::Contains("--device must be auto, cpu or cuda"));
     fs::remove_all(dir);
 }

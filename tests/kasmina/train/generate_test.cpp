@@ -10,9 +10,14 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
+#include "kasmina/train/cuda_generate.h"
 #include "kasmina/train/trainer.h"
+#include "kernels/bias_act.h"
+#include "kernels/decode.h"
+#include "kernels/layernorm.h"
 #include "tests/kasmina/train/loop_test_util.h"
 #include "tests/support/paths.h"
 
@@ -65,6 +70,31 @@ fs::path trained_checkpoint(const fs::path& dir, const Config& c) {
         }
     });
     return dir / "run" / "checkpoints" / "30";
+}
+
+// The same run with the head germinated early too, trained until both widenings folded: a host
+// with folded units and a folded head and no seed left running a blueprint.
+fs::path folded_checkpoint(const fs::path& dir) {
+    Config c = text_config(dir);
+    c.run.max_steps = 40;
+    c.run.checkpoint_every_steps = 40;
+    c.lifecycle.gates.cull_contribution = 1e9;  // the head must reach FOSSILIZED and fold
+    TrainerOptions o;
+    o.run_dir = (dir / "run").string();
+    Trainer t(c, o);
+    test::run_loop(t, [](Trainer& tr) {
+        Command g;
+        g.origin = TransitionOrigin::kOperator;
+        if (tr.steps_done() == 1) {
+            g.body = GerminateCommand{SeedRef{1, 0}, BlueprintKind::kMlpUnits, std::nullopt};
+            REQUIRE(tr.apply(g).applied());
+        }
+        if (tr.steps_done() == 2) {
+            g.body = GerminateCommand{SeedRef{3, 1}, BlueprintKind::kAttentionHead, std::nullopt};
+            REQUIRE(tr.apply(g).applied());
+        }
+    });
+    return dir / "run" / "checkpoints" / "40";
 }
 
 std::span<const uint8_t> bytes(const std::string& s) {
@@ -140,4 +170,123 @@ TEST_CASE(
     CHECK_THROWS_WITH(TextGenerator(dir / "mlp"),
                       Catch::Contains("holds a mlp model; esper generate needs a transformer"));
     fs::remove_all(dir);
+}
+
+TEST_CASE(
+    "the GPU decoder is refused with the reason while a seed runs a blueprint and taken once "
+    "everything folded",
+    "[kasmina][generate][transformer]") {
+    const fs::path dir = scratch_dir("gpu_refusal");
+    {
+        TextGenerator gen(trained_checkpoint(dir, text_config(dir)));
+        const std::string why = gen.gpu_refusal();
+        CHECK_THAT(why,
+                   Catch::Contains("seed 1 of seed layer 3 runs its attention_head blueprint ("));
+        GenerateOptions o;
+        o.use_gpu = true;
+        if (TextGenerator::gpu_unavailable().empty())
+            CHECK_THROWS_WITH(gen.generate(bytes("amen"), o), Catch::Contains("runs its"));
+        else  // no device here: that is said first
+            CHECK_THROWS_WITH(gen.generate(bytes("amen"), o),
+                              Catch::Contains(TextGenerator::gpu_unavailable()));
+    }
+    fs::remove_all(dir / "run");
+    TextGenerator folded(folded_checkpoint(dir));
+    CHECK(folded.gpu_refusal().empty());
+    fs::remove_all(dir);
+}
+
+TEST_CASE("a CPU batch is one generation per seed, the first with the given seed",
+          "[kasmina][generate][transformer]") {
+    const fs::path dir = scratch_dir("batch");
+    TextGenerator gen(trained_checkpoint(dir, text_config(dir)));
+    GenerateOptions o;
+    o.tokens = 15;
+    o.temperature = 1.0;
+    o.seed = 11;
+    o.batch = 3;
+    const std::vector<Generated> all = gen.generate_batch(bytes("amen"), o);
+    REQUIRE(all.size() == 3);
+    for (uint64_t i = 0; i < 3; ++i) {
+        GenerateOptions one = o;
+        one.seed = 11 + i;
+        CHECK(gen.generate(bytes("amen"), one).tokens == all[size_t(i)].tokens);
+    }
+    CHECK(all[0].tokens != all[1].tokens);
+    o.batch = 0;
+    CHECK_THROWS_WITH(gen.generate_batch(bytes("amen"), o), Catch::Contains("--batch: 0"));
+    fs::remove_all(dir);
+}
+
+TEST_CASE(
+    "the GPU decoder's merged weights (folded heads and units, padded MLP) give the CPU decode "
+    "step's logits",
+    "[kasmina][generate][transformer]") {
+    ModelConfig mc;
+    mc.kind = ModelKind::kTransformer;
+    mc.transformer = {2, 2, 32, 10, false, 2, 8, 2, 5, 2};  // 5 folded units, 2 folded heads
+    TransformerModel model(mc, 3);
+    const DecodeWeights w = decode_weights(model);
+    REQUIRE(w.layers.size() == 2);
+    CHECK(w.layers[0].heads == 4);
+    CHECK(w.layers[0].fc == 136);  // 4·32 + 5, padded to a multiple of 8
+    const int32_t C = 32, D = 16, T = 10, V = kByteVocab;
+    auto linear = [](const std::vector<float>& x, const std::vector<float>& wt,
+                     const std::vector<float>& b, int32_t in, int32_t out) {
+        std::vector<float> y(static_cast<size_t>(out));
+        for (int32_t o = 0; o < out; ++o) {
+            double s = b.empty() ? 0.0 : b[size_t(o)];
+            for (int32_t i = 0; i < in; ++i) s += double(x[size_t(i)]) * wt[size_t(o) * in + i];
+            y[size_t(o)] = float(s);
+        }
+        return y;
+    };
+    std::vector<std::vector<float>> kc(2), vc(2);
+    for (size_t l = 0; l < 2; ++l) {
+        kc[l].assign(size_t(T) * w.layers[l].heads * D, 0.0f);
+        vc[l] = kc[l];
+    }
+    TransformerModel::KvCache cache = model.new_cache();
+    const std::vector<int32_t> tokens = {5, 200, 17, 17, 99, 0, 255, 42};
+    float st[2];
+    for (int32_t pos = 0; pos < int32_t(tokens.size()); ++pos) {
+        const std::span<const float> want = model.decode_step(cache, tokens[size_t(pos)], {});
+        std::vector<float> x(static_cast<size_t>(C)), a(x.size());
+        kernels::decode_embed_reference(&tokens[size_t(pos)], w.wte.data(), w.wpe.data(), pos,
+                                        false, x.data(), 1, C);
+        for (size_t l = 0; l < 2; ++l) {
+            const DecodeWeights::Layer& L = w.layers[l];
+            const int32_t HD = L.heads * D;
+            kernels::layernorm_forward_reference(x.data(), L.ln1_w.data(), L.ln1_b.data(), a.data(),
+                                                 st, st + 1, 1, C, 1e-5f);
+            const std::vector<float> qkv = linear(a, L.qkv_w, L.qkv_b, C, 3 * HD);
+            kernels::DecodeShape s;
+            s.rows = 1;
+            s.heads = L.heads;
+            s.head_dim = D;
+            s.context = T;
+            s.ld_q = 3 * HD;
+            s.ld_out = HD;
+            s.scale = 0.25f;
+            kernels::decode_append_reference(s, qkv.data() + HD, qkv.data() + 2 * HD, pos,
+                                             kc[l].data(), vc[l].data());
+            std::vector<float> att(static_cast<size_t>(HD));
+            kernels::decode_attention_reference(s, qkv.data(), kc[l].data(), vc[l].data(), pos,
+                                                att.data());
+            const std::vector<float> pr = linear(att, L.proj_w, L.proj_b, HD, C);
+            for (int32_t i = 0; i < C; ++i) x[size_t(i)] += pr[size_t(i)];
+            kernels::layernorm_forward_reference(x.data(), L.ln2_w.data(), L.ln2_b.data(), a.data(),
+                                                 st, st + 1, 1, C, 1e-5f);
+            std::vector<float> f = linear(a, L.fc_w, {}, C, L.fc), h(f.size());
+            kernels::bias_act_forward_reference(f.data(), L.fc_b.data(), h.data(), 1, L.fc,
+                                                kernels::Activation::kGeluTanh);
+            const std::vector<float> o = linear(h, L.fc2_w, L.fc2_b, L.fc, C);
+            for (int32_t i = 0; i < C; ++i) x[size_t(i)] += o[size_t(i)];
+        }
+        kernels::layernorm_forward_reference(x.data(), w.lnf_w.data(), w.lnf_b.data(), a.data(), st,
+                                             st + 1, 1, C, 1e-5f);
+        const std::vector<float> logits = linear(a, w.head, {}, C, V);
+        for (int32_t i = 0; i < V; ++i)
+            REQUIRE(logits[size_t(i)] == Approx(want[size_t(i)]).margin(1e-4));
+    }
 }

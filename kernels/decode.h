@@ -1,0 +1,96 @@
+// Autoregressive decoding of the transformer host on the GPU (esper generate, DESIGN §14): the
+// small kernels one decode step needs around the cuBLASLt GEMMs — the embedding of the newest
+// byte at a device-held position, the append of its keys and values to a bf16 KV cache,
+// attention of one query per (row, head) over the cache (split over the cache length, then
+// merged), and the pick of the next byte from the logits (greedy or sampled with a counter-based
+// device RNG). Positions live on the device, so one captured step is replayed for every byte.
+// The CPU references define the math (double accumulation, bf16 values given as floats).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#if ESPER_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace esper::kernels {
+
+// Query rows of one step and the cache they read. The cache of one layer holds `caches`
+// sequences of `context` positions, each position a row of heads·head_dim values (K and V in
+// separate arrays). Row r sits at position p_r and attends to positions 0..p_r of cache c_r:
+//   decode  (shared = false): p_r = pos,     c_r = cache_base + r   (one row per sequence)
+//   prefill (shared = true):  p_r = pos + r, c_r = cache_base       (a prompt, row by row)
+// where pos is read from the device (the number of positions cached before this step).
+// Precondition: p_r < context for every row (rows past it are skipped by the kernels).
+struct DecodeShape {
+    int32_t rows = 0;
+    int32_t heads = 0;
+    int32_t head_dim = 0;  // D <= 128 on the device
+    int32_t context = 0;   // T
+    int64_t ld_q = 0;      // floats between rows of q (and of the new k, v)
+    int64_t ld_out = 0;    // elements between rows of out
+    bool shared = false;
+    int32_t cache_base = 0;
+    float scale = 0.0f;  // softmax(q·kᵀ·scale), usually 1/√D
+};
+
+// The pick of the next byte from 256 logits per row. temperature 0: the first arg-max (as the
+// CPU generator); else a draw from softmax(logits / temperature) restricted to the top_k most
+// likely bytes (0: all; ties ranked by index), with u = uniform(seed, step, row) from a
+// splitmix64 hash (decode_uniform). logprob: log p of the byte at temperature 1.
+struct DecodePick {
+    float temperature = 0.0f;
+    int32_t top_k = 0;
+    uint64_t seed = 0;
+};
+
+inline constexpr int32_t kDecodeVocab = 256;
+inline constexpr int32_t kDecodeChunk = 64;  // cache positions per attention split
+
+// uniform [0, 1) of (seed, step, row); the same on host and device.
+double decode_uniform(uint64_t seed, int64_t step, int32_t row);
+
+// x[r] = wte[tokens[r]] + wpe[p_r] (rows of `channels` floats).
+void decode_embed_reference(const int32_t* tokens, const float* wte, const float* wpe, int32_t pos,
+                            bool shared, float* x, int32_t rows, int32_t channels);
+// Writes k_new[r], v_new[r] (rows ld_q apart, heads·head_dim floats) at position p_r of cache c_r.
+void decode_append_reference(const DecodeShape& s, const float* k_new, const float* v_new,
+                             int32_t pos, float* k_cache, float* v_cache);
+// out[r, h·D..] = softmax(q_h · K_hᵀ · scale) · V_h over positions 0..p_r of cache c_r.
+void decode_attention_reference(const DecodeShape& s, const float* q, const float* k_cache,
+                                const float* v_cache, int32_t pos, float* out);
+// next[r] = the picked byte; out_tokens / out_logprobs [step · rows + r] (when not null).
+void decode_pick_reference(const float* logits, int32_t rows, const DecodePick& o, int64_t step,
+                           int32_t* next, int32_t* out_tokens, float* out_logprobs);
+
+#if ESPER_HAVE_CUDA
+// Device pointers; pos and step are device int32 values read when the kernels run (a captured
+// graph replays with the values of the moment). Caches and out are bf16; q, k_new, v_new fp32.
+// Return cudaErrorInvalidValue for an impossible shape (head_dim > 128, no rows) without
+// launching, otherwise the launch's status. Never allocate or sync.
+[[nodiscard]] cudaError_t launch_decode_embed(const int32_t* tokens, const float* wte,
+                                              const float* wpe, const int32_t* pos, bool shared,
+                                              float* x, int32_t rows, int32_t channels,
+                                              cudaStream_t stream);
+[[nodiscard]] cudaError_t launch_decode_append(const DecodeShape& s, const float* k_new,
+                                               const float* v_new, const int32_t* pos,
+                                               void* k_cache, void* v_cache, cudaStream_t stream);
+// Workspace: decode_attention_workspace_bytes(s) bytes (the partial softmax of every split).
+size_t decode_attention_workspace_bytes(const DecodeShape& s);
+[[nodiscard]] cudaError_t launch_decode_attention(const DecodeShape& s, const float* q,
+                                                  const void* k_cache, const void* v_cache,
+                                                  const int32_t* pos, void* out, void* workspace,
+                                                  size_t workspace_bytes, cudaStream_t stream);
+// Picks rows bytes into next (device) and, while step < capacity, into out_tokens and
+// out_logprobs [step · rows + r] (device or mapped pinned host memory; may be null).
+[[nodiscard]] cudaError_t launch_decode_pick(const float* logits, int32_t rows, const DecodePick& o,
+                                             const int32_t* step, int32_t* next,
+                                             int32_t* out_tokens, float* out_logprobs,
+                                             int64_t capacity, cudaStream_t stream);
+// After a step: *pos = set_pos when set_pos >= 0, else *pos += 1; then *step += 1.
+[[nodiscard]] cudaError_t launch_decode_advance(int32_t* pos, int32_t* step, int32_t set_pos,
+                                                cudaStream_t stream);
+#endif
+
+}  // namespace esper::kernels

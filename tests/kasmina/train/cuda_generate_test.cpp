@@ -1,0 +1,113 @@
+// [gpu] GPU generation (kasmina/train/cuda_generate.h) against the CPU generator on a checkpoint
+// a trainer writes here with a folded MLP-units widening and a folded head: at temperature 0 the
+// GPU's cached decode (bf16 weights and KV cache) gives the same bytes as the CPU's uncached
+// reference over 40 bytes (past the context of 12: the window slides and the caches are rebuilt
+// by a prefill), log-probabilities within 0.05 nats (bf16 rounding of the weights); every sample
+// of a batch decodes the same at temperature 0; sampling is reproducible by seed and top-k 1 is
+// greedy.
+#include "kasmina/train/cuda_generate.h"
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "kasmina/train/generate.h"
+#include "kasmina/train/trainer.h"
+#include "tests/kasmina/train/loop_test_util.h"
+#include "tests/support/gpu.h"
+#include "tests/support/paths.h"
+
+namespace fs = std::filesystem;
+using esper::testing::scratch_dir;
+using namespace esper;
+using namespace esper::kasmina;
+
+namespace {
+
+fs::path folded_checkpoint(const fs::path& dir) {
+    std::string text;
+    for (int i = 0; i < 300; ++i) text += i % 3 ? "in the beginning was the word. " : "amen. ";
+    std::ofstream(dir / "corpus.txt") << text;
+    Config c;
+    c.run.seed = 9;
+    c.run.max_steps = 40;
+    c.run.checkpoint_every_steps = 40;
+    c.data.dataset = "text";
+    c.data.path = (dir / "corpus.txt").string();
+    c.data.batch_size = 4;
+    c.data.text.eval_windows = 4;
+    c.model.kind = ModelKind::kTransformer;
+    c.model.transformer = {2, 2, 16, 12, true, 2, 8, 1};
+    c.model.seeds_per_layer = 4;
+    c.optimizer.kind = OptimizerKind::kAdamw;
+    c.optimizer.lr = 1e-2;
+    c.optimizer.blueprint_lr = 1e-2;
+    c.blueprints.mlp_units = {4, 1};
+    test::timer_driven_lifecycle(c, 3);
+    c.lifecycle.gates.cull_contribution = 1e9;  // the head must reach FOSSILIZED and fold
+    TrainerOptions o;
+    o.run_dir = (dir / "run").string();
+    Trainer t(c, o);
+    test::run_loop(t, [](Trainer& tr) {
+        Command g;
+        g.origin = TransitionOrigin::kOperator;
+        if (tr.steps_done() == 1) {
+            g.body = GerminateCommand{SeedRef{1, 0}, BlueprintKind::kMlpUnits, std::nullopt};
+            REQUIRE(tr.apply(g).applied());
+        }
+        if (tr.steps_done() == 2) {
+            g.body = GerminateCommand{SeedRef{3, 1}, BlueprintKind::kAttentionHead, std::nullopt};
+            REQUIRE(tr.apply(g).applied());
+        }
+    });
+    return dir / "run" / "checkpoints" / "40";
+}
+
+std::span<const uint8_t> bytes(const std::string& s) {
+    return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+}
+
+}  // namespace
+
+TEST_CASE("GPU generation equals the CPU's uncached reference at temperature 0, past the context",
+          "[kasmina][generate][gpu]") {
+    ESPER_REQUIRE_DEVICES(1);
+    const fs::path dir = scratch_dir("cuda_generate");
+    TextGenerator gen(folded_checkpoint(dir));
+    REQUIRE(gen.gpu_refusal().empty());
+    GenerateOptions o;
+    o.tokens = 40;
+    o.temperature = 0.0;
+    o.use_cache = false;
+    for (const std::string prompt : {"in the", "amen. in the"}) {  // the second fills the context
+        CAPTURE(prompt);
+        o.use_cache = false;
+        o.use_gpu = false;
+        const Generated cpu = gen.generate(bytes(prompt), o);
+        o.use_cache = true;
+        o.use_gpu = true;
+        const Generated gpu = gen.generate(bytes(prompt), o);
+        CHECK(gpu.tokens == cpu.tokens);
+        REQUIRE(gpu.logprobs.size() == 40);
+        for (size_t i = 0; i < 40 && gpu.tokens[i] == cpu.tokens[i]; ++i)
+            CHECK(gpu.logprobs[i] == Approx(cpu.logprobs[i]).margin(0.05));
+        o.batch = 3;
+        for (const Generated& g : gen.generate_batch(bytes(prompt), o))
+            CHECK(g.tokens == gpu.tokens);
+        o.batch = 1;
+    }
+    o.temperature = 1.0;
+    o.seed = 4;
+    const Generated a = gen.generate(bytes("amen"), o);
+    CHECK(gen.generate(bytes("amen"), o).tokens == a.tokens);
+    o.seed = 5;
+    CHECK(gen.generate(bytes("amen"), o).tokens != a.tokens);
+    o.top_k = 1;
+    const Generated k1 = gen.generate(bytes("amen"), o);
+    o.top_k = 0;
+    o.temperature = 0.0;
+    CHECK(gen.generate(bytes("amen"), o).tokens == k1.tokens);
+    fs::remove_all(dir);
+}

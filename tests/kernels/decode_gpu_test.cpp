@@ -1,0 +1,179 @@
+// [gpu] tests of the decode kernels (kernels/decode.h) against their CPU references: append and
+// split attention over bf16 caches at ragged lengths (decode rows at one position, prefill rows at
+// consecutive ones, head sizes that are not multiples of 32), the embedding at a device position,
+// and the pick (greedy, top-k 1, sampled) with the position update; outputs poisoned (NaN) first.
+#include <cuda_runtime_api.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kernels/decode.h"
+#include "tests/kernels/kernel_test_util.h"
+#include "tests/support/gpu.h"
+
+using namespace esper::kernels;
+using esper::kernels::test::fill_uniform;
+using esper::testing::DevBuf;
+
+namespace {
+
+#define CUDA_OK(expr) REQUIRE((expr) == cudaSuccess)
+
+uint16_t bf16_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return uint16_t(u >> 16);
+}
+float bf16_value(uint16_t b) {
+    const uint32_t u = uint32_t(b) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+float round_bf16(float f) { return bf16_value(bf16_bits(f)); }
+
+}  // namespace
+
+TEST_CASE("decode append and attention match the references over ragged cache lengths",
+          "[kernels][decode][gpu]") {
+    ESPER_REQUIRE_DEVICES(1);
+    struct Case {
+        int32_t rows, heads, head_dim, context, pos;
+    };
+    const Case c =
+        GENERATE(Case{1, 12, 64, 1024, 0}, Case{1, 12, 64, 1024, 700}, Case{8, 6, 64, 256, 63},
+                 Case{8, 6, 64, 256, 64}, Case{3, 2, 40, 100, 99}, Case{2, 1, 128, 130, 129},
+                 Case{5, 3, 8, 12, 6}, Case{37, 4, 32, 200, 0}, Case{70, 2, 64, 300, 129});
+    CAPTURE(c.rows, c.heads, c.head_dim, c.context, c.pos);
+    std::mt19937 rng(uint32_t(c.rows * 131 + c.pos));
+    const int64_t HD = int64_t(c.heads) * c.head_dim, ld_q = 3 * HD + 8;
+    DecodeShape s;
+    s.rows = c.rows;
+    s.heads = c.heads;
+    s.head_dim = c.head_dim;
+    s.context = c.context;
+    s.ld_q = ld_q;
+    s.ld_out = HD + 16;
+    s.shared = c.rows > 8;  // the long row sets are prefills
+    s.cache_base = s.shared ? 1 : 0;
+    s.scale = 1.0f / std::sqrt(float(c.head_dim));
+    const int32_t ncache = s.shared ? 2 : c.rows;
+    std::vector<float> kc(size_t(ncache) * c.context * HD), vc(kc.size()), q(size_t(c.rows) * ld_q);
+    fill_uniform(kc, rng, -1.0f, 1.0f);
+    fill_uniform(vc, rng, -1.0f, 1.0f);
+    fill_uniform(q, rng, -1.5f, 1.5f);
+    for (float& v : kc) v = round_bf16(v);
+    for (float& v : vc) v = round_bf16(v);
+    std::vector<float> q_ref = q;  // the new k, v go through the bf16 cache
+    for (int32_t r = 0; r < c.rows; ++r)
+        for (int64_t i = HD; i < 3 * HD; ++i)
+            q_ref[size_t(r * ld_q + i)] = round_bf16(q[size_t(r * ld_q + i)]);
+    std::vector<uint16_t> kc16(kc.size()), vc16(vc.size());
+    for (size_t i = 0; i < kc.size(); ++i) {
+        kc16[i] = bf16_bits(kc[i]);
+        vc16[i] = bf16_bits(vc[i]);
+    }
+    DevBuf dq(q), dk(kc16), dv(vc16), dpos(std::vector<int32_t>{c.pos});
+    DevBuf dout(size_t(c.rows) * s.ld_out * 2);  // poisoned
+    DevBuf ws(decode_attention_workspace_bytes(s));
+    CUDA_OK(launch_decode_append(s, dq.as<float>() + HD, dq.as<float>() + 2 * HD,
+                                 dpos.as<int32_t>(), dk.p, dv.p, nullptr));
+    CUDA_OK(launch_decode_attention(s, dq.as<float>(), dk.p, dv.p, dpos.as<int32_t>(), dout.p, ws.p,
+                                    ws.bytes, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    decode_append_reference(s, q_ref.data() + HD, q_ref.data() + 2 * HD, c.pos, kc.data(),
+                            vc.data());
+    std::vector<float> want(size_t(c.rows) * s.ld_out, 0.0f);
+    decode_attention_reference(s, q.data(), kc.data(), vc.data(), c.pos, want.data());
+    const std::vector<uint16_t> gk = dk.download<uint16_t>(), gv = dv.download<uint16_t>();
+    size_t cache_bad = 0;
+    for (size_t i = 0; i < kc.size(); ++i)
+        cache_bad += (bf16_value(gk[i]) != kc[i]) + (bf16_value(gv[i]) != vc[i]);
+    CHECK(cache_bad == 0);
+    const std::vector<uint16_t> got = dout.download<uint16_t>();
+    double worst = 0.0;
+    for (int32_t r = 0; r < c.rows; ++r) {
+        if (c.pos + (s.shared ? r : 0) >= c.context) continue;
+        for (int64_t i = 0; i < HD; ++i) {
+            const double g = bf16_value(got[size_t(r * s.ld_out + i)]);
+            const double w = want[size_t(r * s.ld_out + i)];
+            REQUIRE(std::isfinite(g));
+            worst = std::max(worst, std::fabs(g - w) / (2e-3 + 1e-2 * std::fabs(w)));
+        }
+    }
+    CHECK(worst <= 1.0);
+    // An impossible shape is refused without a launch.
+    DecodeShape bad = s;
+    bad.head_dim = 136;
+    CHECK(launch_decode_attention(bad, dq.as<float>(), dk.p, dv.p, dpos.as<int32_t>(), dout.p, ws.p,
+                                  ws.bytes, nullptr) == cudaErrorInvalidValue);
+}
+
+TEST_CASE("decode embedding, pick and advance match the references", "[kernels][decode][gpu]") {
+    ESPER_REQUIRE_DEVICES(1);
+    std::mt19937 rng(21);
+    const int32_t rows = GENERATE(1, 8, 33), C = 72, T = 50;
+    CAPTURE(rows);
+    std::vector<float> wte(size_t(256) * C), wpe(size_t(T) * C);
+    fill_uniform(wte, rng, -1.0f, 1.0f);
+    fill_uniform(wpe, rng, -1.0f, 1.0f);
+    std::vector<int32_t> toks(static_cast<size_t>(rows));
+    for (int32_t& t : toks) t = int32_t(rng() % 256);
+    const int32_t pos = 7;
+    for (bool shared : {false, true}) {
+        DevBuf dt(toks), dwte(wte), dwpe(wpe), dpos(std::vector<int32_t>{pos});
+        DevBuf dx(size_t(rows) * C * 4);
+        CUDA_OK(launch_decode_embed(dt.as<int32_t>(), dwte.as<float>(), dwpe.as<float>(),
+                                    dpos.as<int32_t>(), shared, dx.as<float>(), rows, C, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        std::vector<float> want(size_t(rows) * C);
+        decode_embed_reference(toks.data(), wte.data(), wpe.data(), pos, shared, want.data(), rows,
+                               C);
+        CHECK(dx.download<float>() == want);
+    }
+    std::vector<float> logits(size_t(rows) * kDecodeVocab);
+    fill_uniform(logits, rng, -4.0f, 4.0f);
+    logits[3] = logits[200] = 8.0f;  // a tie in row 0
+    for (const DecodePick pick : {DecodePick{0.0f, 0, 1}, DecodePick{0.8f, 1, 2},
+                                  DecodePick{1.0f, 0, 3}, DecodePick{0.7f, 6, 4}}) {
+        CAPTURE(pick.temperature, pick.top_k);
+        const int64_t step = 2, cap = 4;
+        DevBuf dl(logits), dnext(size_t(rows) * 4), dtok(size_t(rows) * cap * 4),
+            dlp(size_t(rows) * cap * 4);
+        DevBuf dints(std::vector<int32_t>{pos, int32_t(step)});
+        CUDA_OK(launch_decode_pick(dl.as<float>(), rows, pick, dints.as<int32_t>() + 1,
+                                   dnext.as<int32_t>(), dtok.as<int32_t>(), dlp.as<float>(), cap,
+                                   nullptr));
+        CUDA_OK(launch_decode_advance(dints.as<int32_t>(), dints.as<int32_t>() + 1, -1, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        std::vector<int32_t> next(static_cast<size_t>(rows)), wt(size_t(rows) * cap, -1);
+        std::vector<float> wl(wt.size(), 0.0f);
+        decode_pick_reference(logits.data(), rows, pick, step, next.data(), wt.data(), wl.data());
+        const std::vector<int32_t> gn = dnext.download<int32_t>(), gt = dtok.download<int32_t>();
+        const std::vector<float> gl = dlp.download<float>();
+        int32_t differ = 0;
+        for (int32_t r = 0; r < rows; ++r) {
+            differ += gn[size_t(r)] != next[size_t(r)];
+            CHECK(gt[size_t(step * rows + r)] == gn[size_t(r)]);
+            const float* l = logits.data() + int64_t(r) * kDecodeVocab;
+            double lse = 0.0;
+            for (int32_t i = 0; i < kDecodeVocab; ++i) lse += std::exp(double(l[i]) - 8.0);
+            lse = 8.0 + std::log(lse);
+            CHECK(gl[size_t(step * rows + r)] ==
+                  Approx(double(l[gn[size_t(r)]]) - lse).margin(1e-4));
+        }
+        if (pick.temperature == 0.0f || pick.top_k == 1) {
+            CHECK(differ == 0);
+            CHECK(gn[0] == 3);
+        } else {
+            // A draw differs only when u falls within float rounding of a boundary.
+            CHECK(differ <= 1);
+        }
+        CHECK(dints.download<int32_t>() == std::vector<int32_t>{pos + 1, int32_t(step + 1)});
+    }
+}
