@@ -98,6 +98,15 @@ inline int run_to_exit(const std::vector<std::string>& argv, const std::filesyst
     return *rc;
 }
 
+// Seconds the esper binary takes to start and exit (`esper --version`) on this machine now: a
+// test that bounds how fast a command fails adds it, so a loaded machine's process start-up (the
+// binary maps the CUDA libraries) is not mistaken for the command's own delay.
+inline double esper_startup_s(const std::filesystem::path& log) {
+    Stopwatch sw;
+    REQUIRE(run_to_exit({kEsper, "--version"}, log) == 0);
+    return sw.elapsed_s();
+}
+
 // Polls `pred` every 20 ms until it holds or `timeout_s` passes.
 inline bool wait_until(const std::function<bool()>& pred, double timeout_s) {
     for (Stopwatch sw; sw.elapsed_s() < timeout_s; std::this_thread::sleep_for(milliseconds(20)))
