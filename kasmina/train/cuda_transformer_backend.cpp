@@ -4,12 +4,18 @@
 // forward keeps the activations the backward needs, as the CPU host does (transformer.cpp), and
 // the backward mirrors it op for op; in bf16 mode each GEMM operand is cast to bf16 right before
 // the product (the weights once per step), with fp32 accumulation and fp32 outputs.
+// The training step (forward, backward, clipping, optimizer, the results' copy into pinned memory)
+// is captured once per batch shape as a CUDA graph and replayed (run.cuda_graph); its inputs
+// (tokens, targets, optimizer hyper-parameters) are copied into fixed device buffers before each
+// replay, so a new learning rate needs no re-capture. Deliberate host syncs are marked
+// `// sync-point:`; nothing inside enqueue_step() syncs.
 #include "kasmina/train/cuda_transformer_backend.h"
 
 #include <cublasLt.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -32,6 +38,9 @@ namespace {
 
 constexpr float kLnEps = 1e-5f;  // the CPU host's (transformer.cpp)
 constexpr size_t kLtWorkspace = size_t(32) << 20;
+// Captured step graphs kept at once, one per batch shape (the training batch, a smaller last
+// batch, ...); the oldest is dropped beyond this.
+constexpr size_t kMaxGraphs = 4;
 
 struct BlockOff {
     size_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b;
@@ -70,6 +79,7 @@ struct CudaTransformerBackend::Impl {
     DeviceBuffer<uint16_t> sa16, sb16;
     DeviceBuffer<uint8_t> ln_ws, attn_ws, xent_ws, bias_ws;
     DeviceBuffer<int32_t> tokens, targets, correct;
+    PinnedBuffer<int32_t> tokens_host, targets_host;  // staging of the batch (rows_cap each)
     DeviceBuffer<float> loss;
     DeviceBuffer<double> sumsq;
     DeviceBuffer<kernels::AdamwHyper> adam_dev;
@@ -82,6 +92,16 @@ struct CudaTransformerBackend::Impl {
         double sumsq;
     };
     PinnedBuffer<Result> result;
+
+    // ---- the captured step: declared last, so the graphs and the event go first ----
+    bool use_graph = true;
+    int64_t captures = 0;
+    struct ShapeGraph {
+        int32_t samples = 0, seq = 0;
+        CudaGraphExec exec;
+    };
+    std::vector<ShapeGraph> graphs;  // most recently captured last
+    CudaEvent done;                  // recorded after each step: its results are in `result`
 
     float* P(size_t o) const { return p.get() + o; }
     float* G(size_t o) const { return g.get() + o; }
@@ -134,7 +154,10 @@ struct CudaTransformerBackend::Impl {
             kernels::bias_act_backward_workspace_bytes(rows, std::max(F, 3 * C)));
         tokens = DeviceBuffer<int32_t>(n);
         targets = DeviceBuffer<int32_t>(n);
+        tokens_host = PinnedBuffer<int32_t>(n);
+        targets_host = PinnedBuffer<int32_t>(n);
         rows_cap = rows;
+        graphs.clear();                             // they name the buffers just replaced
         ESPER_CUDA_CHECK(cudaDeviceSynchronize());  // the zeroing memsets ran on the legacy stream
     }
 
@@ -306,12 +329,9 @@ struct CudaTransformerBackend::Impl {
             tokens.get(), gres.get(), G(wte), G(wpe), samples, seq, C, kByteVocab, s()));
     }
 
-    void update(double lr) {
-        ESPER_CUDA_CHECK(cudaMemsetAsync(sumsq.get(), 0, sizeof(double), s()));
-        ESPER_CUDA_CHECK(kernels::launch_sum_squares(g.get(), int64_t(total), sumsq.get(), s()));
-        if (opt.grad_clip > 0.0)
-            ESPER_CUDA_CHECK(kernels::launch_clip_scale(g.get(), int64_t(total), sumsq.get(),
-                                                        float(opt.grad_clip), s()));
+    // The optimizer's hyper-parameters of this step (learning rate, AdamW's step count) into
+    // device memory, ahead of the step that reads them (outside the graph).
+    void upload_hyper(double lr) {
         if (adamw) {
             adam_host[0] = {
                 float(lr),      float(opt.beta1),        float(opt.beta2),
@@ -319,16 +339,87 @@ struct CudaTransformerBackend::Impl {
             ESPER_CUDA_CHECK(cudaMemcpyAsync(adam_dev.get(), adam_host.get(),
                                              sizeof(kernels::AdamwHyper), cudaMemcpyHostToDevice,
                                              s()));
-            ESPER_CUDA_CHECK(kernels::launch_adamw_step(p.get(), g.get(), m.get(), v.get(),
-                                                        int64_t(total), adam_dev.get(), s()));
         } else {
             sgd_host[0] = {float(lr), float(opt.momentum), float(opt.weight_decay)};
             ESPER_CUDA_CHECK(cudaMemcpyAsync(sgd_dev.get(), sgd_host.get(),
                                              sizeof(kernels::SgdHyper), cudaMemcpyHostToDevice,
                                              s()));
+        }
+    }
+
+    void update() {
+        ESPER_CUDA_CHECK(cudaMemsetAsync(sumsq.get(), 0, sizeof(double), s()));
+        ESPER_CUDA_CHECK(kernels::launch_sum_squares(g.get(), int64_t(total), sumsq.get(), s()));
+        if (opt.grad_clip > 0.0)
+            ESPER_CUDA_CHECK(kernels::launch_clip_scale(g.get(), int64_t(total), sumsq.get(),
+                                                        float(opt.grad_clip), s()));
+        if (adamw)
+            ESPER_CUDA_CHECK(kernels::launch_adamw_step(p.get(), g.get(), m.get(), v.get(),
+                                                        int64_t(total), adam_dev.get(), s()));
+        else
             ESPER_CUDA_CHECK(kernels::launch_sgd_momentum_step(p.get(), g.get(), m.get(),
                                                                int64_t(total), sgd_dev.get(), s()));
+    }
+
+    // Loss, correct count and gradient sum of squares into the pinned `result` (stream-ordered).
+    void copy_result(bool with_sumsq) {
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].loss, loss.get(), sizeof(float),
+                                         cudaMemcpyDeviceToHost, s()));
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].correct, correct.get(), sizeof(int32_t),
+                                         cudaMemcpyDeviceToHost, s()));
+        if (with_sumsq)
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].sumsq, sumsq.get(), sizeof(double),
+                                             cudaMemcpyDeviceToHost, s()));
+    }
+
+    // The training step after its inputs are on the device: what the graph captures.
+    void enqueue_step(int32_t samples, int32_t seq) {
+        forward(samples, seq);
+        backward(samples, seq);
+        update();
+        copy_result(true);
+    }
+
+    // Captures enqueue_step for this batch shape (the stream must be idle of other capture).
+    cudaGraphExec_t capture(int32_t samples, int32_t seq) {
+        ESPER_CUDA_CHECK(cudaStreamBeginCapture(s(), cudaStreamCaptureModeThreadLocal));
+        // Ends a capture that an exception interrupted, so the stream stays usable.
+        struct CaptureGuard {
+            cudaStream_t s;
+            bool open = true;
+            ~CaptureGuard() {
+                if (!open) return;
+                cudaGraph_t g = nullptr;
+                (void)cudaStreamEndCapture(s, &g);
+                if (g != nullptr) (void)cudaGraphDestroy(g);
+            }
+        } guard{s()};
+        enqueue_step(samples, seq);
+        guard.open = false;
+        cudaGraph_t graph = nullptr;
+        ESPER_CUDA_CHECK(cudaStreamEndCapture(s(), &graph));
+        cudaGraphExec_t exec = nullptr;
+        const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+        (void)cudaGraphDestroy(graph);
+        ESPER_CUDA_CHECK(inst);
+        if (graphs.size() >= kMaxGraphs) graphs.erase(graphs.begin());
+        graphs.push_back(ShapeGraph{samples, seq, CudaGraphExec{}});
+        graphs.back().exec.reset(exec);
+        ++captures;
+        return exec;
+    }
+
+    // Replays this shape's graph (capturing it first when new), or enqueues the step directly.
+    void launch_step(int32_t samples, int32_t seq) {
+        if (!use_graph) {
+            enqueue_step(samples, seq);
+            return;
         }
+        cudaGraphExec_t exec = nullptr;
+        for (const ShapeGraph& sg : graphs)
+            if (sg.samples == samples && sg.seq == seq) exec = sg.exec.get();
+        if (exec == nullptr) exec = capture(samples, seq);
+        ESPER_CUDA_CHECK(cudaGraphLaunch(exec, s()));
     }
 
     void set_batch(const Batch& batch) {
@@ -338,24 +429,22 @@ struct CudaTransformerBackend::Impl {
         const int32_t seq = batch.rows / batch.samples;
         ESPER_REQUIRE(seq >= 1 && seq <= T, "cuda transformer batch: seq=", seq, " context=", T);
         ensure_rows(batch.rows);
-        ESPER_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), batch.tokens,
-                                         size_t(batch.rows) * sizeof(int32_t),
-                                         cudaMemcpyHostToDevice, s()));
-        ESPER_CUDA_CHECK(cudaMemcpyAsync(targets.get(), batch.targets,
-                                         size_t(batch.rows) * sizeof(int32_t),
-                                         cudaMemcpyHostToDevice, s()));
+        // The previous step finished (its result was read), so the staging buffers are free.
+        const size_t bytes = size_t(batch.rows) * sizeof(int32_t);
+        std::memcpy(tokens_host.get(), batch.tokens, bytes);
+        std::memcpy(targets_host.get(), batch.targets, bytes);
+        ESPER_CUDA_CHECK(
+            cudaMemcpyAsync(tokens.get(), tokens_host.get(), bytes, cudaMemcpyHostToDevice, s()));
+        ESPER_CUDA_CHECK(
+            cudaMemcpyAsync(targets.get(), targets_host.get(), bytes, cudaMemcpyHostToDevice, s()));
     }
 
-    Result read_result(bool with_sumsq) {
-        ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].loss, loss.get(), sizeof(float),
-                                         cudaMemcpyDeviceToHost, s()));
-        ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].correct, correct.get(), sizeof(int32_t),
-                                         cudaMemcpyDeviceToHost, s()));
-        if (with_sumsq)
-            ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].sumsq, sumsq.get(), sizeof(double),
-                                             cudaMemcpyDeviceToHost, s()));
-        // sync-point: step boundary (loss and vitals feed the host lifecycle and governor)
-        ESPER_CUDA_CHECK(cudaStreamSynchronize(s()));
+    // sync-point: step boundary — the step's loss and vitals feed the governor and the seed
+    // lifecycle of this same step (Trainer::step), so the host waits for the event recorded after
+    // the step's last work (the copy into the pinned `result`).
+    Result wait_result() {
+        ESPER_CUDA_CHECK(cudaEventRecord(done.get(), s()));
+        ESPER_CUDA_CHECK(cudaEventSynchronize(done.get()));
         return result[0];
     }
 
@@ -458,6 +547,8 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
     d.adam_host = PinnedBuffer<kernels::AdamwHyper>(1);
     d.sgd_host = PinnedBuffer<kernels::SgdHyper>(1);
     d.result = PinnedBuffer<Impl::Result>(1);
+    d.use_graph = config.run.cuda_graph;
+    d.done = CudaEvent(cudaEventDisableTiming);
     d.ensure_rows(std::max(batch, std::max(eval_batch, 1)));
     ESPER_CUDA_CHECK(cudaDeviceSynchronize());  // setup memsets ran on the legacy stream
     upload_all();
@@ -473,11 +564,9 @@ StepResult CudaTransformerBackend::run_step(const Batch& batch, const StepRates&
                                             Telemetry& /*telemetry*/) {
     Impl& d = *impl_;
     d.set_batch(batch);
-    const int32_t seq = batch.rows / batch.samples;
-    d.forward(batch.samples, seq);
-    d.backward(batch.samples, seq);
-    d.update(rates.lr);
-    const Impl::Result r = d.read_result(true);
+    d.upload_hyper(rates.lr);
+    d.launch_step(batch.samples, batch.rows / batch.samples);
+    const Impl::Result r = d.wait_result();
     StepResult out;
     out.loss = r.loss;
     out.correct = r.correct;
@@ -490,8 +579,9 @@ void CudaTransformerBackend::commit_step(const StepRates&) { ++impl_->optimizer-
 BatchResult CudaTransformerBackend::eval_batch(const Batch& batch) {
     Impl& d = *impl_;
     d.set_batch(batch);
-    d.forward(batch.samples, batch.rows / batch.samples);
-    const Impl::Result r = d.read_result(false);
+    d.forward(batch.samples, batch.rows / batch.samples);  // uncaptured: evaluation is rare
+    d.copy_result(false);
+    const Impl::Result r = d.wait_result();
     BatchResult out;
     out.loss = r.loss;
     out.correct = r.correct;
@@ -510,6 +600,8 @@ void CudaTransformerBackend::download_all() {
     ESPER_CUDA_CHECK(cudaStreamSynchronize(impl_->s()));
     impl_->copy_state(false);
 }
+
+int64_t CudaTransformerBackend::graph_captures() const { return impl_->captures; }
 
 std::string CudaTransformerBackend::germination_refusal() const {
     return "run.device: cuda trains the bare transformer host: seeds do not germinate on the GPU "
