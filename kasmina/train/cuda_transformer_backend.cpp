@@ -5,7 +5,8 @@
 // the backward mirrors it op for op; in bf16 mode each GEMM operand is cast to bf16 right before
 // the product (the weights once per step), with fp32 accumulation and fp32 outputs.
 // The training step (forward, backward, clipping, optimizer, the results' copy into pinned memory)
-// is captured once per batch shape as a CUDA graph and replayed (run.cuda_graph); its inputs
+// is captured per batch shape (at the shape's second step; the first runs uncaptured) as a CUDA
+// graph and replayed (run.cuda_graph); its inputs
 // (tokens, targets, optimizer hyper-parameters) are copied into fixed device buffers before each
 // replay, so a new learning rate needs no re-capture. Deliberate host syncs are marked
 // `// sync-point:`; nothing inside enqueue_step() syncs.
@@ -17,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
@@ -101,7 +103,11 @@ struct CudaTransformerBackend::Impl {
         CudaGraphExec exec;
     };
     std::vector<ShapeGraph> graphs;  // most recently captured last
-    CudaEvent done;                  // recorded after each step: its results are in `result`
+    // Shapes whose step ran once uncaptured: the first step of a shape warms up outside a capture
+    // (lazy kernel loading, cuBLASLt's first use of a shape, kernel attributes); the second
+    // captures it.
+    std::vector<std::pair<int32_t, int32_t>> warmed;
+    CudaEvent done;  // recorded after each step: its results are in `result`
 
     float* P(size_t o) const { return p.get() + o; }
     float* G(size_t o) const { return g.get() + o; }
@@ -157,7 +163,8 @@ struct CudaTransformerBackend::Impl {
         tokens_host = PinnedBuffer<int32_t>(n);
         targets_host = PinnedBuffer<int32_t>(n);
         rows_cap = rows;
-        graphs.clear();                             // they name the buffers just replaced
+        graphs.clear();  // they name the buffers just replaced
+        warmed.clear();
         ESPER_CUDA_CHECK(cudaDeviceSynchronize());  // the zeroing memsets ran on the legacy stream
     }
 
@@ -418,7 +425,15 @@ struct CudaTransformerBackend::Impl {
         cudaGraphExec_t exec = nullptr;
         for (const ShapeGraph& sg : graphs)
             if (sg.samples == samples && sg.seq == seq) exec = sg.exec.get();
-        if (exec == nullptr) exec = capture(samples, seq);
+        if (exec == nullptr) {
+            const std::pair<int32_t, int32_t> shape{samples, seq};
+            if (std::find(warmed.begin(), warmed.end(), shape) == warmed.end()) {
+                warmed.push_back(shape);
+                enqueue_step(samples, seq);
+                return;
+            }
+            exec = capture(samples, seq);
+        }
         ESPER_CUDA_CHECK(cudaGraphLaunch(exec, s()));
     }
 

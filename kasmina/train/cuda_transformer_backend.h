@@ -5,9 +5,9 @@
 // gradient clipping and the optimizer as kernels/ launchers. The bare host only: germinating a
 // seed on it is refused with a one-line reason (germination_refusal), and a host grown by folded
 // units or heads (a resumed checkpoint) is refused at construction. Built in CUDA builds only.
-// With run.cuda_graph (the default) the step is one CUDA graph per batch shape, replayed; the host
-// still waits once per step for its loss (run_step's contract: the governor and the seed
-// lifecycle read it within the step).
+// With run.cuda_graph (the default) the step is one CUDA graph per batch shape, captured at the
+// shape's second step and replayed after; the host still waits once per step for its loss
+// (run_step's contract: the governor and the seed lifecycle read it within the same step).
 #pragma once
 
 #include <memory>

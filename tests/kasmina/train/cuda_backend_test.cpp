@@ -302,14 +302,15 @@ GraphRun run_transformer_steps(const std::string& precision, bool graph) {
     Optimizer opt(c.optimizer, model.params(), model.seed_layer_widths());
     CudaTransformerBackend gpu(c, model, opt, 8 * 32, 8 * 32);
     Telemetry tel(std::vector<int32_t>(model.seed_sites().size(), 1));
-    // (samples, seq, lr): a rate change at step 3, a smaller last batch, a shorter sequence, and
-    // the first shape again (its graph is kept).
+    // (samples, seq, lr): a rate change at step 3, a smaller batch, a shorter sequence, and the
+    // first shape again (its graph is kept). A shape's first step runs uncaptured, its second is
+    // captured, later ones replay.
     struct Step {
         int32_t samples, seq;
         double lr;
     };
-    const Step steps[] = {{8, 32, 1e-3}, {8, 32, 1e-3}, {8, 32, 3e-4}, {5, 32, 3e-4},
-                          {8, 16, 2e-4}, {8, 32, 2e-4}, {8, 32, 1e-4}};
+    const Step steps[] = {{8, 32, 1e-3}, {8, 32, 1e-3}, {8, 32, 3e-4}, {5, 32, 3e-4}, {5, 32, 2e-4},
+                          {8, 16, 2e-4}, {8, 16, 2e-4}, {8, 32, 1e-4}, {8, 32, 1e-4}};
     Rng rng(11);
     GraphRun out;
     for (const Step& st : steps) {
@@ -326,7 +327,7 @@ GraphRun run_transformer_steps(const std::string& precision, bool graph) {
         gpu.commit_step(rates);
         out.losses.push_back(r.loss);
         out.correct.push_back(r.correct);
-        if (out.losses.size() == 5) {  // an evaluation batch between two captured steps
+        if (out.losses.size() == 7) {  // an evaluation batch between two captured steps
             out.eval_loss =
                 gpu.eval_batch(Batch{4, nullptr, tokens.data(), targets.data(), 4 * st.seq}).loss;
         }
