@@ -48,8 +48,11 @@ struct BlockOff {
     size_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b;
 };
 
+// In bf16 mode the GEMM-only inputs a, m, h are kept as bf16 copies only (a16, m16, h16: the
+// forward's operands, reused by the backward's weight gradients) and att also as att16.
 struct BlockAct {
     DeviceBuffer<float> x_in, a, qkv, att, x_mid, m, f, h, mean1, rstd1, mean2, rstd2, lse;
+    DeviceBuffer<uint16_t> a16, att16, m16, h16;
 };
 
 }  // namespace
@@ -78,7 +81,7 @@ struct CudaTransformerBackend::Impl {
     int32_t rows_cap = 0;
     std::vector<BlockAct> act;
     DeviceBuffer<float> x_out, xf, meanf, rstdf, logits, gres, dtmp, dbig, dqkv;
-    DeviceBuffer<uint16_t> sa16, sb16;
+    DeviceBuffer<uint16_t> sa16, sb16, xf16;
     DeviceBuffer<uint8_t> ln_ws, attn_ws, xent_ws, bias_ws;
     DeviceBuffer<int32_t> tokens, targets, correct;
     PinnedBuffer<int32_t> tokens_host, targets_host;  // staging of the batch (rows_cap each)
@@ -122,15 +125,21 @@ struct CudaTransformerBackend::Impl {
         act.clear();
         act.resize(size_t(L));
         const size_t lse_n = n * size_t(H);  // [samples, H, seq] ≤ rows · H
+        const size_t n32 = bf16 ? 0 : n;     // rows of the fp32-only GEMM inputs
+        const size_t n16 = bf16 ? n : 0;
         for (BlockAct& b : act) {
             b.x_in = DeviceBuffer<float>(n * C);
-            b.a = DeviceBuffer<float>(n * C);
+            b.a = DeviceBuffer<float>(n32 * C);
             b.qkv = DeviceBuffer<float>(n * 3 * C);
             b.att = DeviceBuffer<float>(n * C);
             b.x_mid = DeviceBuffer<float>(n * C);
-            b.m = DeviceBuffer<float>(n * C);
+            b.m = DeviceBuffer<float>(n32 * C);
             b.f = DeviceBuffer<float>(n * F);
-            b.h = DeviceBuffer<float>(n * F);
+            b.h = DeviceBuffer<float>(n32 * F);
+            b.a16 = DeviceBuffer<uint16_t>(n16 * C);
+            b.att16 = DeviceBuffer<uint16_t>(n16 * C);
+            b.m16 = DeviceBuffer<uint16_t>(n16 * C);
+            b.h16 = DeviceBuffer<uint16_t>(n16 * F);
             b.mean1 = DeviceBuffer<float>(n);
             b.rstd1 = DeviceBuffer<float>(n);
             b.mean2 = DeviceBuffer<float>(n);
@@ -138,7 +147,8 @@ struct CudaTransformerBackend::Impl {
             b.lse = DeviceBuffer<float>(lse_n);
         }
         x_out = DeviceBuffer<float>(n * C);
-        xf = DeviceBuffer<float>(n * C);
+        xf = DeviceBuffer<float>((bf16 ? 0 : n) * C);
+        xf16 = DeviceBuffer<uint16_t>((bf16 ? n : 0) * C);
         meanf = DeviceBuffer<float>(n);
         rstdf = DeviceBuffer<float>(n);
         logits = DeviceBuffer<float>(n * kByteVocab);
@@ -194,9 +204,16 @@ struct CudaTransformerBackend::Impl {
         }
         ESPER_CUDA_CHECK(kernels::launch_gemm(lt, spec, pa, pb, d, lt_ws.get(), lt_ws.size(), s()));
     }
-    // y[n, out] = x[n, in]·W[out, in]ᵀ (+ bias) (+ y when accumulate)
-    void linear(const float* x, size_t w, const float* bias, float* y, int32_t n, int32_t in,
-                int32_t out, bool accumulate) {
+    // In bf16 mode: a bf16 copy of x[count] in sa16 (one cast for both products of a gradient);
+    // null in fp32 mode.
+    const uint16_t* cast_a(const float* x, int64_t count) {
+        if (!bf16) return nullptr;
+        ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(x, sa16.get(), count, s()));
+        return sa16.get();
+    }
+    // y[n, out] = x[n, in]·W[out, in]ᵀ (+ bias) (+ y when accumulate); x16: x in bf16, or null.
+    void linear(const float* x, const uint16_t* x16, size_t w, const float* bias, float* y,
+                int32_t n, int32_t in, int32_t out, bool accumulate) {
         kernels::GemmSpec sp;
         sp.trans_b = true;
         sp.m = n;
@@ -208,10 +225,11 @@ struct CudaTransformerBackend::Impl {
         sp.beta = accumulate ? 1.0f : 0.0f;
         sp.epilogue = bias ? kernels::GemmEpilogue::kBias : kernels::GemmEpilogue::kNone;
         sp.bias = bias;
-        gemm(sp, x, nullptr, P(w), W16(w), y);
+        gemm(sp, x, x16, P(w), W16(w), y);
     }
-    // dx[n, in] = dy[n, out]·W[out, in]
-    void linear_dx(const float* dy, size_t w, float* dx, int32_t n, int32_t in, int32_t out) {
+    // dx[n, in] = dy[n, out]·W[out, in]; dy16: dy in bf16, or null.
+    void linear_dx(const float* dy, const uint16_t* dy16, size_t w, float* dx, int32_t n,
+                   int32_t in, int32_t out) {
         kernels::GemmSpec sp;
         sp.m = n;
         sp.n = in;
@@ -219,10 +237,11 @@ struct CudaTransformerBackend::Impl {
         sp.lda = out;
         sp.ldb = in;
         sp.ldd = in;
-        gemm(sp, dy, nullptr, P(w), W16(w), dx);
+        gemm(sp, dy, dy16, P(w), W16(w), dx);
     }
-    // dW[out, in] += dy[n, out]ᵀ·x[n, in]
-    void linear_dw(const float* x, const float* dy, size_t w, int32_t n, int32_t in, int32_t out) {
+    // dW[out, in] += dy[n, out]ᵀ·x[n, in]; x16, dy16: bf16 copies, or null.
+    void linear_dw(const float* x, const uint16_t* x16, const float* dy, const uint16_t* dy16,
+                   size_t w, int32_t n, int32_t in, int32_t out) {
         kernels::GemmSpec sp;
         sp.trans_a = true;
         sp.m = out;
@@ -232,7 +251,7 @@ struct CudaTransformerBackend::Impl {
         sp.ldb = in;
         sp.ldd = in;
         sp.beta = 1.0f;
-        gemm(sp, dy, nullptr, x, nullptr, G(w));
+        gemm(sp, dy, dy16, x, x16, G(w));
     }
     // db[cols] = Σ_r dy[r, :] (deterministic column sums; dy is left as it was).
     void bias_grad(float* dy, size_t b, int32_t n, int32_t cols) {
@@ -262,31 +281,38 @@ struct CudaTransformerBackend::Impl {
         for (int32_t l = 0; l < L; ++l) {
             BlockAct& b = act[size_t(l)];
             const BlockOff& o = blocks[size_t(l)];
-            ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(b.x_in.get(), P(o.ln1_w), P(o.ln1_b),
-                                                               b.a.get(), nullptr, b.mean1.get(),
-                                                               b.rstd1.get(), n, C, kLnEps, s()));
-            linear(b.a.get(), o.qkv_w, P(o.qkv_b), b.qkv.get(), n, C, 3 * C, false);
+            ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
+                b.x_in.get(), P(o.ln1_w), P(o.ln1_b), b.a.get(), b.a16.get(), b.mean1.get(),
+                b.rstd1.get(), n, C, kLnEps, s()));
+            linear(b.a.get(), b.a16.get(), o.qkv_w, P(o.qkv_b), b.qkv.get(), n, C, 3 * C, false);
             ESPER_CUDA_CHECK(kernels::launch_attention_forward(
                 sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
                 b.qkv.get() + 2 * C, b.att.get(), b.lse.get(), s()));
             ESPER_CUDA_CHECK(
                 cudaMemcpyAsync(b.x_mid.get(), b.x_in.get(), bytes, cudaMemcpyDeviceToDevice, s()));
-            linear(b.att.get(), o.proj_w, P(o.proj_b), b.x_mid.get(), n, C, C, true);
+            if (bf16)
+                ESPER_CUDA_CHECK(
+                    kernels::launch_cast_to_bf16(b.att.get(), b.att16.get(), int64_t(n) * C, s()));
+            linear(b.att.get(), b.att16.get(), o.proj_w, P(o.proj_b), b.x_mid.get(), n, C, C, true);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
-                b.x_mid.get(), P(o.ln2_w), P(o.ln2_b), b.m.get(), nullptr, b.mean2.get(),
+                b.x_mid.get(), P(o.ln2_w), P(o.ln2_b), b.m.get(), b.m16.get(), b.mean2.get(),
                 b.rstd2.get(), n, C, kLnEps, s()));
-            linear(b.m.get(), o.fc_w, nullptr, b.f.get(), n, C, F, false);
-            ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(b.f.get(), P(o.fc_b), b.h.get(), n, F,
+            linear(b.m.get(), b.m16.get(), o.fc_w, nullptr, b.f.get(), n, C, F, false);
+            // bf16: h goes through the backward's scratch (free until the backward) into h16.
+            float* h = bf16 ? dbig.get() : b.h.get();
+            ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(b.f.get(), P(o.fc_b), h, n, F,
                                                               kernels::Activation::kGeluTanh, s()));
+            if (bf16)
+                ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(h, b.h16.get(), int64_t(n) * F, s()));
             float* out = l + 1 < L ? act[size_t(l) + 1].x_in.get() : x_out.get();
             ESPER_CUDA_CHECK(
                 cudaMemcpyAsync(out, b.x_mid.get(), bytes, cudaMemcpyDeviceToDevice, s()));
-            linear(b.h.get(), o.fc2_w, P(o.fc2_b), out, n, F, C, true);
+            linear(h, b.h16.get(), o.fc2_w, P(o.fc2_b), out, n, F, C, true);
         }
         ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(x_out.get(), P(lnf_w), P(lnf_b),
-                                                           xf.get(), nullptr, meanf.get(),
+                                                           xf.get(), xf16.get(), meanf.get(),
                                                            rstdf.get(), n, C, kLnEps, s()));
-        linear(xf.get(), head, nullptr, logits.get(), n, C, kByteVocab, false);
+        linear(xf.get(), xf16.get(), head, nullptr, logits.get(), n, C, kByteVocab, false);
         // dlogits overwrite the logits (the backward reads only dlogits).
         ESPER_CUDA_CHECK(kernels::launch_softmax_xent(logits.get(), targets.get(), n, kByteVocab,
                                                       loss.get(), logits.get(), correct.get(),
@@ -296,8 +322,9 @@ struct CudaTransformerBackend::Impl {
     void backward(int32_t samples, int32_t seq) {
         const int32_t n = samples * seq;
         ESPER_CUDA_CHECK(cudaMemsetAsync(g.get(), 0, total * sizeof(float), s()));
-        linear_dx(logits.get(), head, dtmp.get(), n, C, kByteVocab);
-        linear_dw(xf.get(), logits.get(), head, n, C, kByteVocab);
+        const uint16_t* dl16 = cast_a(logits.get(), int64_t(n) * kByteVocab);
+        linear_dx(logits.get(), dl16, head, dtmp.get(), n, C, kByteVocab);
+        linear_dw(xf.get(), xf16.get(), logits.get(), dl16, head, n, C, kByteVocab);
         ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
             dtmp.get(), x_out.get(), P(lnf_w), meanf.get(), rstdf.get(), gres.get(), G(lnf_w),
             G(lnf_b), n, C, false, ln_ws.get(), ln_ws.size(), s()));
@@ -306,28 +333,32 @@ struct CudaTransformerBackend::Impl {
             BlockAct& b = act[size_t(l)];
             const BlockOff& o = blocks[size_t(l)];
             // MLP: out = x_mid + gelu(m·Wfcᵀ + bfc)·Wfc2ᵀ + bfc2
-            linear_dx(gres.get(), o.fc2_w, dbig.get(), n, F, C);
-            linear_dw(b.h.get(), gres.get(), o.fc2_w, n, F, C);
+            const uint16_t* d16 = cast_a(gres.get(), int64_t(n) * C);
+            linear_dx(gres.get(), d16, o.fc2_w, dbig.get(), n, F, C);
+            linear_dw(b.h.get(), b.h16.get(), gres.get(), d16, o.fc2_w, n, F, C);
             bias_grad(gres.get(), o.fc2_b, n, C);
             ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
                 dbig.get(), b.f.get(), dbig.get(), G(o.fc_b), n, F, kernels::Activation::kGeluTanh,
                 bias_ws.get(), bias_ws.size(), s()));
-            linear_dx(dbig.get(), o.fc_w, dtmp.get(), n, C, F);
-            linear_dw(b.m.get(), dbig.get(), o.fc_w, n, C, F);
+            d16 = cast_a(dbig.get(), int64_t(n) * F);
+            linear_dx(dbig.get(), d16, o.fc_w, dtmp.get(), n, C, F);
+            linear_dw(b.m.get(), b.m16.get(), dbig.get(), d16, o.fc_w, n, C, F);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
                 dtmp.get(), b.x_mid.get(), P(o.ln2_w), b.mean2.get(), b.rstd2.get(), gres.get(),
                 G(o.ln2_w), G(o.ln2_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
             // attention: x_mid = x_in + attention(qkv(LN1(x_in)))·Wprojᵀ + bproj
-            linear_dx(gres.get(), o.proj_w, dtmp.get(), n, C, C);
-            linear_dw(b.att.get(), gres.get(), o.proj_w, n, C, C);
+            d16 = cast_a(gres.get(), int64_t(n) * C);
+            linear_dx(gres.get(), d16, o.proj_w, dtmp.get(), n, C, C);
+            linear_dw(b.att.get(), b.att16.get(), gres.get(), d16, o.proj_w, n, C, C);
             bias_grad(gres.get(), o.proj_b, n, C);
             ESPER_CUDA_CHECK(kernels::launch_attention_backward(
                 sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
                 b.qkv.get() + 2 * C, b.att.get(), dtmp.get(), b.lse.get(), dqkv.get(),
                 dqkv.get() + C, dqkv.get() + 2 * C, attn_ws.get(), attn_ws.size(), s()));
             bias_grad(dqkv.get(), o.qkv_b, n, 3 * C);
-            linear_dx(dqkv.get(), o.qkv_w, dtmp.get(), n, C, 3 * C);
-            linear_dw(b.a.get(), dqkv.get(), o.qkv_w, n, C, 3 * C);
+            d16 = cast_a(dqkv.get(), int64_t(n) * 3 * C);
+            linear_dx(dqkv.get(), d16, o.qkv_w, dtmp.get(), n, C, 3 * C);
+            linear_dw(b.a.get(), b.a16.get(), dqkv.get(), d16, o.qkv_w, n, C, 3 * C);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
                 dtmp.get(), b.x_in.get(), P(o.ln1_w), b.mean1.get(), b.rstd1.get(), gres.get(),
                 G(o.ln1_w), G(o.ln1_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
