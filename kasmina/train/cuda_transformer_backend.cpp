@@ -2,14 +2,15 @@
 // gradient and optimizer moment lives in one flat fp32 device buffer each (the order of
 // Model::params()), so clipping and the optimizer are single launches over all parameters. The
 // forward keeps the activations the backward needs, as the CPU host does (transformer.cpp), and
-// the backward mirrors it op for op; in bf16 mode each GEMM operand is cast to bf16 right before
-// the product (the weights once per step), with fp32 accumulation and fp32 outputs.
+// the backward mirrors it op for op. In bf16 mode every GEMM operand is cast to bf16 once: the
+// weights once per step, a linear layer's input when it is made (kept as bf16 only, for the
+// weight gradient), an output gradient once for its two products; fp32 accumulation and outputs.
 // The training step (forward, backward, clipping, optimizer, the results' copy into pinned memory)
-// is captured per batch shape (at the shape's second step; the first runs uncaptured) as a CUDA
-// graph and replayed (run.cuda_graph); its inputs
-// (tokens, targets, optimizer hyper-parameters) are copied into fixed device buffers before each
-// replay, so a new learning rate needs no re-capture. Deliberate host syncs are marked
-// `// sync-point:`; nothing inside enqueue_step() syncs.
+// is captured per batch shape as a CUDA graph (at the shape's second step; the first runs
+// uncaptured) and replayed (run.cuda_graph). Its inputs (tokens, targets, the optimizer's
+// hyper-parameters) are copied into fixed device buffers before each replay, so a new learning
+// rate needs no re-capture. Deliberate host syncs are marked `// sync-point:`; nothing inside
+// enqueue_step() syncs.
 #include "kasmina/train/cuda_transformer_backend.h"
 
 #include <cublasLt.h>
