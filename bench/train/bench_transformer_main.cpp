@@ -2,9 +2,11 @@
 // (CudaTransformerBackend: forward, loss, backward, clip, AdamW; one step = Trainer::step()'s
 // device work, with the loss read back every step) at 6×384, T = 256, batch 64 (issue 13), in
 // bf16 and fp32, with MFU (6·params·tokens + attention FLOPs over the dense bf16 peak) and the
-// device memory the process holds. Human lines on stderr, one JSON object on the last stdout
-// line. Usage: esper-bench-transformer [--iters N] [--layers L --width C --heads H --context T
-// --batch B]
+// device memory the process holds; each precision with the step as one replayed CUDA graph
+// (run.cuda_graph: true, the default) and enqueued kernel by kernel (false). Human lines on
+// stderr, one JSON object on the last stdout line. Usage: esper-bench-transformer [--iters N]
+// [--layers L --width C --heads H --context T --batch B] [--precision bf16|fp32|both]
+// [--graph on|off|both]
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
@@ -12,6 +14,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/clock.h"
@@ -26,10 +29,21 @@ using namespace esper::kasmina;
 
 int main(int argc, char** argv) {
     int iters = 30, layers = 6, width = 384, heads = 6, context = 256, batch = 64;
+    std::vector<std::string> precisions = {"bf16", "fp32"};
+    std::vector<bool> graph_modes = {true, false};
     for (int i = 1; i + 1 < argc; i += 2) {
         const std::string a = argv[i];
+        const std::string value = argv[i + 1];
         const int v = std::atoi(argv[i + 1]);
-        if (a == "--iters")
+        if (a == "--precision" && (value == "bf16" || value == "fp32"))
+            precisions = {value};
+        else if (a == "--precision" && value == "both")
+            precisions = {"bf16", "fp32"};
+        else if (a == "--graph" && (value == "on" || value == "off"))
+            graph_modes = {value == "on"};
+        else if (a == "--graph" && value == "both")
+            graph_modes = {true, false};
+        else if (a == "--iters")
             iters = v;
         else if (a == "--layers")
             layers = v;
@@ -54,10 +68,14 @@ int main(int argc, char** argv) {
     if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return 1;
     const double peak = prop.major == 9 ? 989.4e12 : 0.0;  // dense bf16, SXM Hopper
     nlohmann::json results = nlohmann::json::array();
-    for (const char* precision : {"bf16", "fp32"}) {
+    std::vector<std::pair<std::string, bool>> runs;  // (precision, CUDA graph)
+    for (const std::string& p : precisions)
+        for (const bool g : graph_modes) runs.emplace_back(p, g);
+    for (const auto& [precision, graph] : runs) {
         Config c;
         c.run.seed = 1;
         c.run.precision = precision;
+        c.run.cuda_graph = graph;
         c.model.kind = ModelKind::kTransformer;
         c.model.seeds_per_layer = 1;
         c.model.transformer.n_layer = layers;
@@ -104,11 +122,13 @@ int main(int argc, char** argv) {
         const double mfu = peak > 0 ? tok_s * flops_per_token / peak : 0.0;
         const double mem_gib = double(free0 - free1) / double(1ull << 30);
         std::fprintf(stderr,
-                     "%s %dx%d T=%d B=%d: %.2f ms/step, %.0f tokens/s, MFU %.1f%%, %.2f GiB, "
-                     "loss %.3f\n",
-                     precision, layers, width, context, batch, step_s * 1e3, tok_s, 100 * mfu,
-                     mem_gib, loss);
+                     "%s graph %s %dx%d T=%d B=%d: %.2f ms/step, %.0f tokens/s, MFU %.1f%%, "
+                     "%.2f GiB, loss %.3f\n",
+                     precision.c_str(), graph ? "on" : "off", layers, width, context, batch,
+                     step_s * 1e3, tok_s, 100 * mfu, mem_gib, loss);
         results.push_back({{"precision", precision},
+                           {"cuda_graph", graph},
+                           {"graph_captures", gpu.graph_captures()},
                            {"layers", layers},
                            {"width", width},
                            {"heads", heads},

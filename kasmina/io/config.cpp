@@ -194,8 +194,9 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 void read_run(const Reader& r, const YAML::Node& n, RunConfig& c) {
     const std::string p = "run";
     r.section(n, p,
-              {"seed", "device", "precision", "epochs", "max_steps", "checkpoint_every_steps",
-               "telemetry_interval_steps", "eval_every_steps", "digest_every_steps"});
+              {"seed", "device", "precision", "cuda_graph", "epochs", "max_steps",
+               "checkpoint_every_steps", "telemetry_interval_steps", "eval_every_steps",
+               "digest_every_steps"});
     r.get_uint(n, p, "seed", c.seed);
     r.get_string(n, p, "device", c.device);
     if (c.device != "auto" && c.device != "cpu" && c.device != "cuda") {
@@ -207,6 +208,7 @@ void read_run(const Reader& r, const YAML::Node& n, RunConfig& c) {
         r.fail(r.at(n, "precision"), "run.precision",
                "expected fp32 or bf16, got '" + c.precision + "'");
     }
+    r.get_bool(n, p, "cuda_graph", c.cuda_graph);
     r.get_int(n, p, "epochs", c.epochs);
     r.get_int(n, p, "max_steps", c.max_steps);
     r.get_int(n, p, "checkpoint_every_steps", c.checkpoint_every_steps);
@@ -758,6 +760,7 @@ void emit_config(YAML::Emitter& out, const Config& c) {
         m.put("seed", c.run.seed)
             .put("device", c.run.device)
             .put("precision", c.run.precision)
+            .put("cuda_graph", c.run.cuda_graph)
             .put("epochs", c.run.epochs)
             .put("max_steps", c.run.max_steps)
             .put("checkpoint_every_steps", c.run.checkpoint_every_steps)

@@ -36,6 +36,7 @@ struct RunConfig {
     uint64_t seed = 42;
     std::string device = "auto";            // auto | cpu | cuda
     std::string precision = "bf16";         // fp32 | bf16: GEMM operands on a GPU (transformer)
+    bool cuda_graph = true;                 // GPU: the training step as one replayed CUDA graph
     int64_t epochs = 2;                     // >= 0; max_steps > 0 wins
     int64_t max_steps = 0;                  // 0 = run `epochs` epochs
     int64_t checkpoint_every_steps = 0;     // 0 = never

@@ -1414,6 +1414,7 @@ std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Model& mode
     o.batch = options.batch;
     o.eval_batch = options.eval_batch;
     o.time_grad_reduce = options.time_grad_reduce;
+    o.use_graphs = config.run.cuda_graph;
     if (options.grad_bucket_bytes >= 0) o.grad_bucket_bytes = options.grad_bucket_bytes;
     if (options.world > 1) {
         ESPER_CHECK_INPUT(options.nccl != nullptr, "run.device: cuda with ", options.world,

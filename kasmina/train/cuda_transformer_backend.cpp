@@ -2,15 +2,24 @@
 // gradient and optimizer moment lives in one flat fp32 device buffer each (the order of
 // Model::params()), so clipping and the optimizer are single launches over all parameters. The
 // forward keeps the activations the backward needs, as the CPU host does (transformer.cpp), and
-// the backward mirrors it op for op; in bf16 mode each GEMM operand is cast to bf16 right before
-// the product (the weights once per step), with fp32 accumulation and fp32 outputs.
+// the backward mirrors it op for op. In bf16 mode every GEMM operand is cast to bf16 once: the
+// weights once per step, a linear layer's input when it is made (kept as bf16 only, for the
+// weight gradient), an output gradient once for its two products; fp32 accumulation and outputs.
+// The training step (forward, backward, clipping, optimizer, the results' copy into pinned memory)
+// is captured per batch shape as a CUDA graph (at the shape's second step; the first runs
+// uncaptured) and replayed (run.cuda_graph). Its inputs (tokens, targets, the optimizer's
+// hyper-parameters) are copied into fixed device buffers before each replay, so a new learning
+// rate needs no re-capture. Deliberate host syncs are marked `// sync-point:`; nothing inside
+// enqueue_step() syncs.
 #include "kasmina/train/cuda_transformer_backend.h"
 
 #include <cublasLt.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
@@ -32,13 +41,19 @@ namespace {
 
 constexpr float kLnEps = 1e-5f;  // the CPU host's (transformer.cpp)
 constexpr size_t kLtWorkspace = size_t(32) << 20;
+// Captured step graphs kept at once, one per batch shape (the training batch, a smaller last
+// batch, ...); the oldest is dropped beyond this.
+constexpr size_t kMaxGraphs = 4;
 
 struct BlockOff {
     size_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b;
 };
 
+// In bf16 mode the GEMM-only inputs a, m, h are kept as bf16 copies only (a16, m16, h16: the
+// forward's operands, reused by the backward's weight gradients) and att also as att16.
 struct BlockAct {
     DeviceBuffer<float> x_in, a, qkv, att, x_mid, m, f, h, mean1, rstd1, mean2, rstd2, lse;
+    DeviceBuffer<uint16_t> a16, att16, m16, h16;
 };
 
 }  // namespace
@@ -67,9 +82,10 @@ struct CudaTransformerBackend::Impl {
     int32_t rows_cap = 0;
     std::vector<BlockAct> act;
     DeviceBuffer<float> x_out, xf, meanf, rstdf, logits, gres, dtmp, dbig, dqkv;
-    DeviceBuffer<uint16_t> sa16, sb16;
+    DeviceBuffer<uint16_t> sa16, sb16, xf16;
     DeviceBuffer<uint8_t> ln_ws, attn_ws, xent_ws, bias_ws;
     DeviceBuffer<int32_t> tokens, targets, correct;
+    PinnedBuffer<int32_t> tokens_host, targets_host;  // staging of the batch (rows_cap each)
     DeviceBuffer<float> loss;
     DeviceBuffer<double> sumsq;
     DeviceBuffer<kernels::AdamwHyper> adam_dev;
@@ -82,6 +98,20 @@ struct CudaTransformerBackend::Impl {
         double sumsq;
     };
     PinnedBuffer<Result> result;
+
+    // ---- the captured step: declared last, so the graphs and the event go first ----
+    bool use_graph = true;
+    int64_t captures = 0;
+    struct ShapeGraph {
+        int32_t samples = 0, seq = 0;
+        CudaGraphExec exec;
+    };
+    std::vector<ShapeGraph> graphs;  // most recently captured last
+    // Shapes whose step ran once uncaptured: the first step of a shape warms up outside a capture
+    // (lazy kernel loading, cuBLASLt's first use of a shape, kernel attributes); the second
+    // captures it.
+    std::vector<std::pair<int32_t, int32_t>> warmed;
+    CudaEvent done;  // recorded after each step: its results are in `result`
 
     float* P(size_t o) const { return p.get() + o; }
     float* G(size_t o) const { return g.get() + o; }
@@ -96,15 +126,21 @@ struct CudaTransformerBackend::Impl {
         act.clear();
         act.resize(size_t(L));
         const size_t lse_n = n * size_t(H);  // [samples, H, seq] ≤ rows · H
+        const size_t n32 = bf16 ? 0 : n;     // rows of the fp32-only GEMM inputs
+        const size_t n16 = bf16 ? n : 0;
         for (BlockAct& b : act) {
             b.x_in = DeviceBuffer<float>(n * C);
-            b.a = DeviceBuffer<float>(n * C);
+            b.a = DeviceBuffer<float>(n32 * C);
             b.qkv = DeviceBuffer<float>(n * 3 * C);
             b.att = DeviceBuffer<float>(n * C);
             b.x_mid = DeviceBuffer<float>(n * C);
-            b.m = DeviceBuffer<float>(n * C);
+            b.m = DeviceBuffer<float>(n32 * C);
             b.f = DeviceBuffer<float>(n * F);
-            b.h = DeviceBuffer<float>(n * F);
+            b.h = DeviceBuffer<float>(n32 * F);
+            b.a16 = DeviceBuffer<uint16_t>(n16 * C);
+            b.att16 = DeviceBuffer<uint16_t>(n16 * C);
+            b.m16 = DeviceBuffer<uint16_t>(n16 * C);
+            b.h16 = DeviceBuffer<uint16_t>(n16 * F);
             b.mean1 = DeviceBuffer<float>(n);
             b.rstd1 = DeviceBuffer<float>(n);
             b.mean2 = DeviceBuffer<float>(n);
@@ -112,7 +148,8 @@ struct CudaTransformerBackend::Impl {
             b.lse = DeviceBuffer<float>(lse_n);
         }
         x_out = DeviceBuffer<float>(n * C);
-        xf = DeviceBuffer<float>(n * C);
+        xf = DeviceBuffer<float>((bf16 ? 0 : n) * C);
+        xf16 = DeviceBuffer<uint16_t>((bf16 ? n : 0) * C);
         meanf = DeviceBuffer<float>(n);
         rstdf = DeviceBuffer<float>(n);
         logits = DeviceBuffer<float>(n * kByteVocab);
@@ -134,7 +171,11 @@ struct CudaTransformerBackend::Impl {
             kernels::bias_act_backward_workspace_bytes(rows, std::max(F, 3 * C)));
         tokens = DeviceBuffer<int32_t>(n);
         targets = DeviceBuffer<int32_t>(n);
+        tokens_host = PinnedBuffer<int32_t>(n);
+        targets_host = PinnedBuffer<int32_t>(n);
         rows_cap = rows;
+        graphs.clear();  // they name the buffers just replaced
+        warmed.clear();
         ESPER_CUDA_CHECK(cudaDeviceSynchronize());  // the zeroing memsets ran on the legacy stream
     }
 
@@ -164,9 +205,16 @@ struct CudaTransformerBackend::Impl {
         }
         ESPER_CUDA_CHECK(kernels::launch_gemm(lt, spec, pa, pb, d, lt_ws.get(), lt_ws.size(), s()));
     }
-    // y[n, out] = x[n, in]·W[out, in]ᵀ (+ bias) (+ y when accumulate)
-    void linear(const float* x, size_t w, const float* bias, float* y, int32_t n, int32_t in,
-                int32_t out, bool accumulate) {
+    // In bf16 mode: a bf16 copy of x[count] in sa16 (one cast for both products of a gradient);
+    // null in fp32 mode.
+    const uint16_t* cast_a(const float* x, int64_t count) {
+        if (!bf16) return nullptr;
+        ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(x, sa16.get(), count, s()));
+        return sa16.get();
+    }
+    // y[n, out] = x[n, in]·W[out, in]ᵀ (+ bias) (+ y when accumulate); x16: x in bf16, or null.
+    void linear(const float* x, const uint16_t* x16, size_t w, const float* bias, float* y,
+                int32_t n, int32_t in, int32_t out, bool accumulate) {
         kernels::GemmSpec sp;
         sp.trans_b = true;
         sp.m = n;
@@ -178,10 +226,11 @@ struct CudaTransformerBackend::Impl {
         sp.beta = accumulate ? 1.0f : 0.0f;
         sp.epilogue = bias ? kernels::GemmEpilogue::kBias : kernels::GemmEpilogue::kNone;
         sp.bias = bias;
-        gemm(sp, x, nullptr, P(w), W16(w), y);
+        gemm(sp, x, x16, P(w), W16(w), y);
     }
-    // dx[n, in] = dy[n, out]·W[out, in]
-    void linear_dx(const float* dy, size_t w, float* dx, int32_t n, int32_t in, int32_t out) {
+    // dx[n, in] = dy[n, out]·W[out, in]; dy16: dy in bf16, or null.
+    void linear_dx(const float* dy, const uint16_t* dy16, size_t w, float* dx, int32_t n,
+                   int32_t in, int32_t out) {
         kernels::GemmSpec sp;
         sp.m = n;
         sp.n = in;
@@ -189,10 +238,11 @@ struct CudaTransformerBackend::Impl {
         sp.lda = out;
         sp.ldb = in;
         sp.ldd = in;
-        gemm(sp, dy, nullptr, P(w), W16(w), dx);
+        gemm(sp, dy, dy16, P(w), W16(w), dx);
     }
-    // dW[out, in] += dy[n, out]ᵀ·x[n, in]
-    void linear_dw(const float* x, const float* dy, size_t w, int32_t n, int32_t in, int32_t out) {
+    // dW[out, in] += dy[n, out]ᵀ·x[n, in]; x16, dy16: bf16 copies, or null.
+    void linear_dw(const float* x, const uint16_t* x16, const float* dy, const uint16_t* dy16,
+                   size_t w, int32_t n, int32_t in, int32_t out) {
         kernels::GemmSpec sp;
         sp.trans_a = true;
         sp.m = out;
@@ -202,7 +252,7 @@ struct CudaTransformerBackend::Impl {
         sp.ldb = in;
         sp.ldd = in;
         sp.beta = 1.0f;
-        gemm(sp, dy, nullptr, x, nullptr, G(w));
+        gemm(sp, dy, dy16, x, x16, G(w));
     }
     // db[cols] = Σ_r dy[r, :] (deterministic column sums; dy is left as it was).
     void bias_grad(float* dy, size_t b, int32_t n, int32_t cols) {
@@ -232,31 +282,38 @@ struct CudaTransformerBackend::Impl {
         for (int32_t l = 0; l < L; ++l) {
             BlockAct& b = act[size_t(l)];
             const BlockOff& o = blocks[size_t(l)];
-            ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(b.x_in.get(), P(o.ln1_w), P(o.ln1_b),
-                                                               b.a.get(), nullptr, b.mean1.get(),
-                                                               b.rstd1.get(), n, C, kLnEps, s()));
-            linear(b.a.get(), o.qkv_w, P(o.qkv_b), b.qkv.get(), n, C, 3 * C, false);
+            ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
+                b.x_in.get(), P(o.ln1_w), P(o.ln1_b), b.a.get(), b.a16.get(), b.mean1.get(),
+                b.rstd1.get(), n, C, kLnEps, s()));
+            linear(b.a.get(), b.a16.get(), o.qkv_w, P(o.qkv_b), b.qkv.get(), n, C, 3 * C, false);
             ESPER_CUDA_CHECK(kernels::launch_attention_forward(
                 sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
                 b.qkv.get() + 2 * C, b.att.get(), b.lse.get(), s()));
             ESPER_CUDA_CHECK(
                 cudaMemcpyAsync(b.x_mid.get(), b.x_in.get(), bytes, cudaMemcpyDeviceToDevice, s()));
-            linear(b.att.get(), o.proj_w, P(o.proj_b), b.x_mid.get(), n, C, C, true);
+            if (bf16)
+                ESPER_CUDA_CHECK(
+                    kernels::launch_cast_to_bf16(b.att.get(), b.att16.get(), int64_t(n) * C, s()));
+            linear(b.att.get(), b.att16.get(), o.proj_w, P(o.proj_b), b.x_mid.get(), n, C, C, true);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
-                b.x_mid.get(), P(o.ln2_w), P(o.ln2_b), b.m.get(), nullptr, b.mean2.get(),
+                b.x_mid.get(), P(o.ln2_w), P(o.ln2_b), b.m.get(), b.m16.get(), b.mean2.get(),
                 b.rstd2.get(), n, C, kLnEps, s()));
-            linear(b.m.get(), o.fc_w, nullptr, b.f.get(), n, C, F, false);
-            ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(b.f.get(), P(o.fc_b), b.h.get(), n, F,
+            linear(b.m.get(), b.m16.get(), o.fc_w, nullptr, b.f.get(), n, C, F, false);
+            // bf16: h goes through the backward's scratch (free until the backward) into h16.
+            float* h = bf16 ? dbig.get() : b.h.get();
+            ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(b.f.get(), P(o.fc_b), h, n, F,
                                                               kernels::Activation::kGeluTanh, s()));
+            if (bf16)
+                ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(h, b.h16.get(), int64_t(n) * F, s()));
             float* out = l + 1 < L ? act[size_t(l) + 1].x_in.get() : x_out.get();
             ESPER_CUDA_CHECK(
                 cudaMemcpyAsync(out, b.x_mid.get(), bytes, cudaMemcpyDeviceToDevice, s()));
-            linear(b.h.get(), o.fc2_w, P(o.fc2_b), out, n, F, C, true);
+            linear(h, b.h16.get(), o.fc2_w, P(o.fc2_b), out, n, F, C, true);
         }
         ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(x_out.get(), P(lnf_w), P(lnf_b),
-                                                           xf.get(), nullptr, meanf.get(),
+                                                           xf.get(), xf16.get(), meanf.get(),
                                                            rstdf.get(), n, C, kLnEps, s()));
-        linear(xf.get(), head, nullptr, logits.get(), n, C, kByteVocab, false);
+        linear(xf.get(), xf16.get(), head, nullptr, logits.get(), n, C, kByteVocab, false);
         // dlogits overwrite the logits (the backward reads only dlogits).
         ESPER_CUDA_CHECK(kernels::launch_softmax_xent(logits.get(), targets.get(), n, kByteVocab,
                                                       loss.get(), logits.get(), correct.get(),
@@ -266,8 +323,9 @@ struct CudaTransformerBackend::Impl {
     void backward(int32_t samples, int32_t seq) {
         const int32_t n = samples * seq;
         ESPER_CUDA_CHECK(cudaMemsetAsync(g.get(), 0, total * sizeof(float), s()));
-        linear_dx(logits.get(), head, dtmp.get(), n, C, kByteVocab);
-        linear_dw(xf.get(), logits.get(), head, n, C, kByteVocab);
+        const uint16_t* dl16 = cast_a(logits.get(), int64_t(n) * kByteVocab);
+        linear_dx(logits.get(), dl16, head, dtmp.get(), n, C, kByteVocab);
+        linear_dw(xf.get(), xf16.get(), logits.get(), dl16, head, n, C, kByteVocab);
         ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
             dtmp.get(), x_out.get(), P(lnf_w), meanf.get(), rstdf.get(), gres.get(), G(lnf_w),
             G(lnf_b), n, C, false, ln_ws.get(), ln_ws.size(), s()));
@@ -276,28 +334,32 @@ struct CudaTransformerBackend::Impl {
             BlockAct& b = act[size_t(l)];
             const BlockOff& o = blocks[size_t(l)];
             // MLP: out = x_mid + gelu(m·Wfcᵀ + bfc)·Wfc2ᵀ + bfc2
-            linear_dx(gres.get(), o.fc2_w, dbig.get(), n, F, C);
-            linear_dw(b.h.get(), gres.get(), o.fc2_w, n, F, C);
+            const uint16_t* d16 = cast_a(gres.get(), int64_t(n) * C);
+            linear_dx(gres.get(), d16, o.fc2_w, dbig.get(), n, F, C);
+            linear_dw(b.h.get(), b.h16.get(), gres.get(), d16, o.fc2_w, n, F, C);
             bias_grad(gres.get(), o.fc2_b, n, C);
             ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
                 dbig.get(), b.f.get(), dbig.get(), G(o.fc_b), n, F, kernels::Activation::kGeluTanh,
                 bias_ws.get(), bias_ws.size(), s()));
-            linear_dx(dbig.get(), o.fc_w, dtmp.get(), n, C, F);
-            linear_dw(b.m.get(), dbig.get(), o.fc_w, n, C, F);
+            d16 = cast_a(dbig.get(), int64_t(n) * F);
+            linear_dx(dbig.get(), d16, o.fc_w, dtmp.get(), n, C, F);
+            linear_dw(b.m.get(), b.m16.get(), dbig.get(), d16, o.fc_w, n, C, F);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
                 dtmp.get(), b.x_mid.get(), P(o.ln2_w), b.mean2.get(), b.rstd2.get(), gres.get(),
                 G(o.ln2_w), G(o.ln2_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
             // attention: x_mid = x_in + attention(qkv(LN1(x_in)))·Wprojᵀ + bproj
-            linear_dx(gres.get(), o.proj_w, dtmp.get(), n, C, C);
-            linear_dw(b.att.get(), gres.get(), o.proj_w, n, C, C);
+            d16 = cast_a(gres.get(), int64_t(n) * C);
+            linear_dx(gres.get(), d16, o.proj_w, dtmp.get(), n, C, C);
+            linear_dw(b.att.get(), b.att16.get(), gres.get(), d16, o.proj_w, n, C, C);
             bias_grad(gres.get(), o.proj_b, n, C);
             ESPER_CUDA_CHECK(kernels::launch_attention_backward(
                 sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
                 b.qkv.get() + 2 * C, b.att.get(), dtmp.get(), b.lse.get(), dqkv.get(),
                 dqkv.get() + C, dqkv.get() + 2 * C, attn_ws.get(), attn_ws.size(), s()));
             bias_grad(dqkv.get(), o.qkv_b, n, 3 * C);
-            linear_dx(dqkv.get(), o.qkv_w, dtmp.get(), n, C, 3 * C);
-            linear_dw(b.a.get(), dqkv.get(), o.qkv_w, n, C, 3 * C);
+            d16 = cast_a(dqkv.get(), int64_t(n) * 3 * C);
+            linear_dx(dqkv.get(), d16, o.qkv_w, dtmp.get(), n, C, 3 * C);
+            linear_dw(b.a.get(), b.a16.get(), dqkv.get(), d16, o.qkv_w, n, C, 3 * C);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
                 dtmp.get(), b.x_in.get(), P(o.ln1_w), b.mean1.get(), b.rstd1.get(), gres.get(),
                 G(o.ln1_w), G(o.ln1_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
@@ -306,12 +368,9 @@ struct CudaTransformerBackend::Impl {
             tokens.get(), gres.get(), G(wte), G(wpe), samples, seq, C, kByteVocab, s()));
     }
 
-    void update(double lr) {
-        ESPER_CUDA_CHECK(cudaMemsetAsync(sumsq.get(), 0, sizeof(double), s()));
-        ESPER_CUDA_CHECK(kernels::launch_sum_squares(g.get(), int64_t(total), sumsq.get(), s()));
-        if (opt.grad_clip > 0.0)
-            ESPER_CUDA_CHECK(kernels::launch_clip_scale(g.get(), int64_t(total), sumsq.get(),
-                                                        float(opt.grad_clip), s()));
+    // The optimizer's hyper-parameters of this step (learning rate, AdamW's step count) into
+    // device memory, ahead of the step that reads them (outside the graph).
+    void upload_hyper(double lr) {
         if (adamw) {
             adam_host[0] = {
                 float(lr),      float(opt.beta1),        float(opt.beta2),
@@ -319,16 +378,95 @@ struct CudaTransformerBackend::Impl {
             ESPER_CUDA_CHECK(cudaMemcpyAsync(adam_dev.get(), adam_host.get(),
                                              sizeof(kernels::AdamwHyper), cudaMemcpyHostToDevice,
                                              s()));
-            ESPER_CUDA_CHECK(kernels::launch_adamw_step(p.get(), g.get(), m.get(), v.get(),
-                                                        int64_t(total), adam_dev.get(), s()));
         } else {
             sgd_host[0] = {float(lr), float(opt.momentum), float(opt.weight_decay)};
             ESPER_CUDA_CHECK(cudaMemcpyAsync(sgd_dev.get(), sgd_host.get(),
                                              sizeof(kernels::SgdHyper), cudaMemcpyHostToDevice,
                                              s()));
+        }
+    }
+
+    void update() {
+        ESPER_CUDA_CHECK(cudaMemsetAsync(sumsq.get(), 0, sizeof(double), s()));
+        ESPER_CUDA_CHECK(kernels::launch_sum_squares(g.get(), int64_t(total), sumsq.get(), s()));
+        if (opt.grad_clip > 0.0)
+            ESPER_CUDA_CHECK(kernels::launch_clip_scale(g.get(), int64_t(total), sumsq.get(),
+                                                        float(opt.grad_clip), s()));
+        if (adamw)
+            ESPER_CUDA_CHECK(kernels::launch_adamw_step(p.get(), g.get(), m.get(), v.get(),
+                                                        int64_t(total), adam_dev.get(), s()));
+        else
             ESPER_CUDA_CHECK(kernels::launch_sgd_momentum_step(p.get(), g.get(), m.get(),
                                                                int64_t(total), sgd_dev.get(), s()));
+    }
+
+    // Loss, correct count and gradient sum of squares into the pinned `result` (stream-ordered).
+    void copy_result(bool with_sumsq) {
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].loss, loss.get(), sizeof(float),
+                                         cudaMemcpyDeviceToHost, s()));
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].correct, correct.get(), sizeof(int32_t),
+                                         cudaMemcpyDeviceToHost, s()));
+        if (with_sumsq)
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].sumsq, sumsq.get(), sizeof(double),
+                                             cudaMemcpyDeviceToHost, s()));
+    }
+
+    // The training step after its inputs are on the device: what the graph captures.
+    void enqueue_step(int32_t samples, int32_t seq) {
+        forward(samples, seq);
+        backward(samples, seq);
+        update();
+        copy_result(true);
+    }
+
+    // Captures enqueue_step for this batch shape (the stream must be idle of other capture).
+    cudaGraphExec_t capture(int32_t samples, int32_t seq) {
+        ESPER_CUDA_CHECK(cudaStreamBeginCapture(s(), cudaStreamCaptureModeThreadLocal));
+        // Ends a capture that an exception interrupted, so the stream stays usable.
+        struct CaptureGuard {
+            cudaStream_t s;
+            bool open = true;
+            ~CaptureGuard() {
+                if (!open) return;
+                cudaGraph_t g = nullptr;
+                (void)cudaStreamEndCapture(s, &g);
+                if (g != nullptr) (void)cudaGraphDestroy(g);
+            }
+        } guard{s()};
+        enqueue_step(samples, seq);
+        guard.open = false;
+        cudaGraph_t graph = nullptr;
+        ESPER_CUDA_CHECK(cudaStreamEndCapture(s(), &graph));
+        cudaGraphExec_t exec = nullptr;
+        const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+        (void)cudaGraphDestroy(graph);
+        ESPER_CUDA_CHECK(inst);
+        if (graphs.size() >= kMaxGraphs) graphs.erase(graphs.begin());
+        graphs.push_back(ShapeGraph{samples, seq, CudaGraphExec{}});
+        graphs.back().exec.reset(exec);
+        ++captures;
+        return exec;
+    }
+
+    // Replays this shape's graph (capturing it first when new), or enqueues the step directly.
+    void launch_step(int32_t samples, int32_t seq) {
+        if (!use_graph) {
+            enqueue_step(samples, seq);
+            return;
         }
+        cudaGraphExec_t exec = nullptr;
+        for (const ShapeGraph& sg : graphs)
+            if (sg.samples == samples && sg.seq == seq) exec = sg.exec.get();
+        if (exec == nullptr) {
+            const std::pair<int32_t, int32_t> shape{samples, seq};
+            if (std::find(warmed.begin(), warmed.end(), shape) == warmed.end()) {
+                warmed.push_back(shape);
+                enqueue_step(samples, seq);
+                return;
+            }
+            exec = capture(samples, seq);
+        }
+        ESPER_CUDA_CHECK(cudaGraphLaunch(exec, s()));
     }
 
     void set_batch(const Batch& batch) {
@@ -338,24 +476,22 @@ struct CudaTransformerBackend::Impl {
         const int32_t seq = batch.rows / batch.samples;
         ESPER_REQUIRE(seq >= 1 && seq <= T, "cuda transformer batch: seq=", seq, " context=", T);
         ensure_rows(batch.rows);
-        ESPER_CUDA_CHECK(cudaMemcpyAsync(tokens.get(), batch.tokens,
-                                         size_t(batch.rows) * sizeof(int32_t),
-                                         cudaMemcpyHostToDevice, s()));
-        ESPER_CUDA_CHECK(cudaMemcpyAsync(targets.get(), batch.targets,
-                                         size_t(batch.rows) * sizeof(int32_t),
-                                         cudaMemcpyHostToDevice, s()));
+        // The previous step finished (its result was read), so the staging buffers are free.
+        const size_t bytes = size_t(batch.rows) * sizeof(int32_t);
+        std::memcpy(tokens_host.get(), batch.tokens, bytes);
+        std::memcpy(targets_host.get(), batch.targets, bytes);
+        ESPER_CUDA_CHECK(
+            cudaMemcpyAsync(tokens.get(), tokens_host.get(), bytes, cudaMemcpyHostToDevice, s()));
+        ESPER_CUDA_CHECK(
+            cudaMemcpyAsync(targets.get(), targets_host.get(), bytes, cudaMemcpyHostToDevice, s()));
     }
 
-    Result read_result(bool with_sumsq) {
-        ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].loss, loss.get(), sizeof(float),
-                                         cudaMemcpyDeviceToHost, s()));
-        ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].correct, correct.get(), sizeof(int32_t),
-                                         cudaMemcpyDeviceToHost, s()));
-        if (with_sumsq)
-            ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].sumsq, sumsq.get(), sizeof(double),
-                                             cudaMemcpyDeviceToHost, s()));
-        // sync-point: step boundary (loss and vitals feed the host lifecycle and governor)
-        ESPER_CUDA_CHECK(cudaStreamSynchronize(s()));
+    // sync-point: step boundary — the step's loss and vitals feed the governor and the seed
+    // lifecycle of this same step (Trainer::step), so the host waits for the event recorded after
+    // the step's last work (the copy into the pinned `result`).
+    Result wait_result() {
+        ESPER_CUDA_CHECK(cudaEventRecord(done.get(), s()));
+        ESPER_CUDA_CHECK(cudaEventSynchronize(done.get()));
         return result[0];
     }
 
@@ -458,6 +594,8 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
     d.adam_host = PinnedBuffer<kernels::AdamwHyper>(1);
     d.sgd_host = PinnedBuffer<kernels::SgdHyper>(1);
     d.result = PinnedBuffer<Impl::Result>(1);
+    d.use_graph = config.run.cuda_graph;
+    d.done = CudaEvent(cudaEventDisableTiming);
     d.ensure_rows(std::max(batch, std::max(eval_batch, 1)));
     ESPER_CUDA_CHECK(cudaDeviceSynchronize());  // setup memsets ran on the legacy stream
     upload_all();
@@ -473,11 +611,9 @@ StepResult CudaTransformerBackend::run_step(const Batch& batch, const StepRates&
                                             Telemetry& /*telemetry*/) {
     Impl& d = *impl_;
     d.set_batch(batch);
-    const int32_t seq = batch.rows / batch.samples;
-    d.forward(batch.samples, seq);
-    d.backward(batch.samples, seq);
-    d.update(rates.lr);
-    const Impl::Result r = d.read_result(true);
+    d.upload_hyper(rates.lr);
+    d.launch_step(batch.samples, batch.rows / batch.samples);
+    const Impl::Result r = d.wait_result();
     StepResult out;
     out.loss = r.loss;
     out.correct = r.correct;
@@ -490,8 +626,9 @@ void CudaTransformerBackend::commit_step(const StepRates&) { ++impl_->optimizer-
 BatchResult CudaTransformerBackend::eval_batch(const Batch& batch) {
     Impl& d = *impl_;
     d.set_batch(batch);
-    d.forward(batch.samples, batch.rows / batch.samples);
-    const Impl::Result r = d.read_result(false);
+    d.forward(batch.samples, batch.rows / batch.samples);  // uncaptured: evaluation is rare
+    d.copy_result(false);
+    const Impl::Result r = d.wait_result();
     BatchResult out;
     out.loss = r.loss;
     out.correct = r.correct;
@@ -510,6 +647,8 @@ void CudaTransformerBackend::download_all() {
     ESPER_CUDA_CHECK(cudaStreamSynchronize(impl_->s()));
     impl_->copy_state(false);
 }
+
+int64_t CudaTransformerBackend::graph_captures() const { return impl_->captures; }
 
 std::string CudaTransformerBackend::germination_refusal() const {
     return "run.device: cuda trains the bare transformer host: seeds do not germinate on the GPU "

@@ -5,6 +5,9 @@
 // gradient clipping and the optimizer as kernels/ launchers. The bare host only: germinating a
 // seed on it is refused with a one-line reason (germination_refusal), and a host grown by folded
 // units or heads (a resumed checkpoint) is refused at construction. Built in CUDA builds only.
+// With run.cuda_graph (the default) the step is one CUDA graph per batch shape, captured at the
+// shape's second step and replayed after; the host still waits once per step for its loss
+// (run_step's contract: the governor and the seed lifecycle read it within the same step).
 #pragma once
 
 #include <memory>
@@ -33,6 +36,9 @@ public:
     void upload_all() override;
     void download_all() override;
     std::string germination_refusal() const override;
+
+    // Step graphs captured so far (one per new batch shape; 0 with run.cuda_graph: false).
+    int64_t graph_captures() const;
 
 private:
     struct Impl;

@@ -92,6 +92,7 @@ TEST_CASE("the effective config YAML loads back to an equal config", "[kasmina][
     c.data.path = "/data/with \"quotes\"";
     c.model.hidden = {33, 17};
     c.model.seeds_per_layer = 5;
+    c.run.cuda_graph = false;
     c.optimizer.lr = 0.1 + 1e-12;  // needs full precision
     c.optimizer.kind = OptimizerKind::kAdamw;
     c.lifecycle.grafting.strategy = GraftingStrategy::kDriftControlled;
@@ -331,6 +332,7 @@ TEST_CASE("transformer configs that cannot run are refused with file, line and f
     CHECK_THAT(config_error("run: {precision: fp16}\ndata: {dataset: text}\n"
                             "model: {kind: transformer}\n"),
                Catch::Contains("run.yaml:1: run.precision: expected fp32 or bf16, got 'fp16'"));
+    CHECK_THAT(config_error("run: {cuda_graph: sometimes}\n"), Catch::Contains("run.cuda_graph"));
     CHECK_THAT(config_error("data: {dataset: text, text: {validation_fraction: 0.9}}\n"
                             "model: {kind: transformer}\n"),
                Catch::Contains("data.text.validation_fraction: out of range"));

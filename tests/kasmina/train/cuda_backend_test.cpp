@@ -12,9 +12,15 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include "kasmina/io/config.h"
+#include "kasmina/lifecycle/telemetry.h"
+#include "kasmina/model/transformer.h"
+#include "kasmina/train/cuda_transformer_backend.h"
 #include "kasmina/train/trainer.h"
 #include "tests/kasmina/train/teacher_test_util.h"
 #include "tests/support/gpu.h"
@@ -267,4 +273,112 @@ TEST_CASE("germinating a seed of the GPU transformer is refused with a one-line 
     }
     const TrainStep s = gpu.step();  // the host still trains
     CHECK(std::isfinite(s.loss));
+}
+
+namespace {
+
+// One run of the captured-step test below: a 2×64 transformer (T = 32) over a fixed sequence of
+// batches and rates, with or without the step graph.
+struct GraphRun {
+    std::vector<double> losses;
+    std::vector<int32_t> correct;
+    std::vector<float> params;  // every parameter after the last step, Model::params() order
+    double eval_loss = 0.0;
+    int64_t captures = 0;
+};
+
+GraphRun run_transformer_steps(const std::string& precision, bool graph) {
+    Config c;
+    c.run.seed = 3;
+    c.run.precision = precision;
+    c.run.cuda_graph = graph;
+    c.model.kind = ModelKind::kTransformer;
+    c.model.seeds_per_layer = 1;
+    c.model.transformer.n_layer = 2;
+    c.model.transformer.n_head = 2;
+    c.model.transformer.d_model = 64;
+    c.model.transformer.context = 32;
+    c.model.transformer.widening_seeds = 0;
+    c.model.transformer.max_extra_units = 0;
+    c.model.transformer.max_extra_heads = 0;
+    c.optimizer.kind = OptimizerKind::kAdamw;
+    c.optimizer.weight_decay = 0.1;
+    c.optimizer.grad_clip = 1.0;
+    TransformerModel model(c.model, c.run.seed);
+    Optimizer opt(c.optimizer, model.params(), model.seed_layer_widths());
+    CudaTransformerBackend gpu(c, model, opt, 8 * 32, 8 * 32);
+    Telemetry tel(std::vector<int32_t>(model.seed_sites().size(), 1));
+    // (samples, seq, lr): a rate change at step 3, a smaller batch, a shorter sequence, and the
+    // first shape again (its graph is kept). A shape's first step runs uncaptured, its second is
+    // captured, later ones replay.
+    struct Step {
+        int32_t samples, seq;
+        double lr;
+    };
+    const Step steps[] = {{8, 32, 1e-3}, {8, 32, 1e-3}, {8, 32, 3e-4}, {5, 32, 3e-4}, {5, 32, 2e-4},
+                          {8, 16, 2e-4}, {8, 16, 2e-4}, {8, 32, 1e-4}, {8, 32, 1e-4}};
+    Rng rng(11);
+    GraphRun out;
+    for (const Step& st : steps) {
+        const int32_t rows = st.samples * st.seq;
+        std::vector<int32_t> tokens(static_cast<size_t>(rows)), targets(static_cast<size_t>(rows));
+        // Targets follow the tokens (next byte = token + 1), so the model has something to learn.
+        for (int32_t i = 0; i < rows; ++i) {
+            tokens[size_t(i)] = int32_t(rng.below(64));
+            targets[size_t(i)] = (tokens[size_t(i)] + 1) % 256;
+        }
+        const StepRates rates{st.lr, st.lr};
+        const StepResult r = gpu.run_step(
+            Batch{st.samples, nullptr, tokens.data(), targets.data(), rows}, rates, tel);
+        gpu.commit_step(rates);
+        out.losses.push_back(r.loss);
+        out.correct.push_back(r.correct);
+        if (out.losses.size() == 7) {  // an evaluation batch between two captured steps
+            out.eval_loss =
+                gpu.eval_batch(Batch{4, nullptr, tokens.data(), targets.data(), 4 * st.seq}).loss;
+        }
+    }
+    gpu.download_all();
+    for (const ParamRef& p : model.params())
+        out.params.insert(out.params.end(), p.value->data(), p.value->data() + p.value->numel());
+    out.captures = gpu.graph_captures();
+    return out;
+}
+
+}  // namespace
+
+// The replayed graph runs the very kernels of the uncaptured step on the same inputs; the one
+// order-dependent sum is the gradient sum of squares (double atomics) that sets the clipping
+// scale, so losses and parameters agree within 1e-6 (bitwise in practice: the count is printed).
+TEST_CASE("the transformer step replayed as a CUDA graph equals the uncaptured step",
+          "[kasmina][cuda_backend][transformer][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    const std::string precision = GENERATE("bf16", "fp32");
+    const GraphRun direct = run_transformer_steps(precision, false);
+    const GraphRun replay = run_transformer_steps(precision, true);
+    CHECK(direct.captures == 0);
+    CHECK(replay.captures == 3);  // (8, 32), (5, 32), (8, 16); (8, 32) again replays its graph
+    REQUIRE(replay.losses.size() == direct.losses.size());
+    for (size_t i = 0; i < direct.losses.size(); ++i) {
+        INFO(precision << " step " << i << " direct " << direct.losses[i] << " graph "
+                       << replay.losses[i]);
+        REQUIRE(std::isfinite(replay.losses[i]));
+        CHECK(std::fabs(replay.losses[i] - direct.losses[i]) <= 1e-6);
+        CHECK(replay.correct[i] == direct.correct[i]);
+    }
+    CHECK(replay.losses.back() < replay.losses.front());  // the steps did update the weights
+    CHECK(std::fabs(replay.eval_loss - direct.eval_loss) <= 1e-6);
+    REQUIRE(replay.params.size() == direct.params.size());
+    double max_diff = 0.0;
+    size_t bitwise = 0;
+    for (size_t i = 0; i < direct.params.size(); ++i) {
+        max_diff = std::max(max_diff, double(std::fabs(replay.params[i] - direct.params[i])));
+        bitwise += std::memcmp(&replay.params[i], &direct.params[i], sizeof(float)) == 0;
+    }
+    CHECK(max_diff <= 1e-6);
+    std::fprintf(stderr,
+                 "transformer graph replay (%s): max |param diff| = %.3g, %zu of %zu parameters "
+                 "bitwise equal, losses %s\n",
+                 precision.c_str(), max_diff, bitwise, direct.params.size(),
+                 replay.losses == direct.losses ? "bitwise equal" : "differ");
 }
