@@ -275,4 +275,22 @@ kernels::BlueprintArena BlueprintArenas::view(BlueprintKind k) {
     return v;
 }
 
+void merge_activation_stats(kernels::SeedTelemetryAccum* t, int32_t seed, const float* v,
+                            int64_t n) {
+    if (n <= 0) return;
+    double mean = 0.0, m2 = 0.0, dead = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        const double d = v[i] - mean;
+        mean += d / double(i + 1);
+        m2 += d * (v[i] - mean);
+        dead += std::fabs(v[i]) < kernels::kDeadThreshold ? 1.0 : 0.0;
+    }
+    double& na = t->count[seed];
+    const double nb = double(n), total = na + nb, delta = mean - t->mean[seed];
+    t->mean[seed] += delta * (nb / total);
+    t->m2[seed] = std::max(0.0, t->m2[seed] + m2 + delta * delta * (na * nb / total));
+    na = total;
+    t->dead[seed] += dead;
+}
+
 }  // namespace esper::kasmina

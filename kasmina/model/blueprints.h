@@ -112,4 +112,9 @@ private:
     Arena arenas_[kNumBlueprintKinds];
 };
 
+// Merges n values of v (mean and m2 by Welford in double, the dead count) into seed `seed`'s
+// activation accumulators (Chan's merge): the telemetry of widening seeds, MLP and transformer.
+void merge_activation_stats(kernels::SeedTelemetryAccum* t, int32_t seed, const float* v,
+                            int64_t n);
+
 }  // namespace esper::kasmina

@@ -38,24 +38,6 @@ double dot(const float* a, const float* b, int64_t n) {
     for (int64_t i = 0; i < n; ++i) s += double(a[i]) * double(b[i]);
     return s;
 }
-// Merges n values of v (mean, m2 by Welford in double) into a seed's activation accumulators
-// (the transformer's widening telemetry does the same).
-void merge_stats(kernels::SeedTelemetryAccum* t, int32_t seed, const float* v, int64_t n) {
-    if (n <= 0) return;
-    double mean = 0.0, m2 = 0.0, dead = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-        const double d = v[i] - mean;
-        mean += d / double(i + 1);
-        m2 += d * (v[i] - mean);
-        dead += std::fabs(v[i]) < kernels::kDeadThreshold ? 1.0 : 0.0;
-    }
-    double& na = t->count[seed];
-    const double nb = double(n), total = na + nb, delta = mean - t->mean[seed];
-    t->mean[seed] += delta * (nb / total);
-    t->m2[seed] = std::max(0.0, t->m2[seed] + m2 + delta * delta * (na * nb / total));
-    na = total;
-    t->dead[seed] += dead;
-}
 }  // namespace
 
 kernels::Activation kernel_activation(Activation a) {
@@ -382,12 +364,12 @@ void MlpModel::forward(const float* x, int32_t batch, std::span<const kernels::S
         for (const Units& u : extras_[l].units) {
             if (u.seed < 0) continue;
             live[size_t(u.seed)] = 1;
-            merge_stats(tel[size_t(wl)], u.seed, u.act.data(), int64_t(u.act.size()));
+            merge_activation_stats(tel[size_t(wl)], u.seed, u.act.data(), int64_t(u.act.size()));
         }
         for (int32_t s = 0; s < n; ++s)
             if (!live[size_t(s)])
-                merge_stats(tel[size_t(wl)], s, h_[l].data(),
-                            int64_t(batch) * hidden_[l]->out_features());
+                merge_activation_stats(tel[size_t(wl)], s, h_[l].data(),
+                                       int64_t(batch) * hidden_[l]->out_features());
     }
 }
 

@@ -76,23 +76,6 @@ kernels::AttentionShape attention_shape(int32_t samples, int32_t seq, int32_t he
     s.scale = 1.0f / std::sqrt(float(d));
     return s;
 }
-// Merges n values of v (mean, m2 by Welford in double) into a seed's activation accumulators.
-void merge_stats(kernels::SeedTelemetryAccum* t, int32_t seed, const float* v, int64_t n) {
-    if (n <= 0) return;
-    double mean = 0.0, m2 = 0.0, dead = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-        const double d = v[i] - mean;
-        mean += d / double(i + 1);
-        m2 += d * (v[i] - mean);
-        dead += std::fabs(v[i]) < kernels::kDeadThreshold ? 1.0 : 0.0;
-    }
-    double& na = t->count[seed];
-    const double nb = double(n), total = na + nb, delta = mean - t->mean[seed];
-    t->mean[seed] += delta * (nb / total);
-    t->m2[seed] = std::max(0.0, t->m2[seed] + m2 + delta * delta * (na * nb / total));
-    na = total;
-    t->dead[seed] += dead;
-}
 
 }  // namespace
 
@@ -479,10 +462,10 @@ void TransformerModel::widening_telemetry(const Block& b, int32_t n,
         for (const Widening& w : *list) {
             if (w.seed < 0) continue;
             live[size_t(w.seed)] = 1;
-            merge_stats(tel, w.seed, w.act.data(), int64_t(w.act.size()));
+            merge_activation_stats(tel, w.seed, w.act.data(), int64_t(w.act.size()));
         }
     for (int32_t s = 0; s < view.num_seeds; ++s)
-        if (!live[size_t(s)]) merge_stats(tel, s, b.h.data(), int64_t(n) * F_);
+        if (!live[size_t(s)]) merge_activation_stats(tel, s, b.h.data(), int64_t(n) * F_);
 }
 
 void TransformerModel::backward(const int32_t* tokens, int32_t samples, int32_t seq,

@@ -785,27 +785,7 @@ struct CudaBackend::Impl {
         // The wide seed GEMMs use this thread's cuBLAS handle: created here, never inside a
         // capture.
         if (opt.seed_layers) ESPER_CUDA_CHECK(kernels::prepare_seed_gemms());
-        ESPER_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-        // Ends a capture that an exception interrupted, so the stream stays usable.
-        struct CaptureGuard {
-            cudaStream_t s;
-            bool open = true;
-            ~CaptureGuard() {
-                if (!open) return;
-                cudaGraph_t g = nullptr;
-                (void)cudaStreamEndCapture(s, &g);
-                if (g != nullptr) (void)cudaGraphDestroy(g);
-            }
-        } guard{stream.get()};
-        enqueue_step();
-        guard.open = false;
-        cudaGraph_t g = nullptr;
-        ESPER_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &g));
-        cudaGraphExec_t exec = nullptr;
-        const cudaError_t inst = cudaGraphInstantiate(&exec, g, 0);
-        (void)cudaGraphDestroy(g);
-        ESPER_CUDA_CHECK(inst);
-        graph.reset(exec);
+        graph = capture_graph(stream.get(), [&] { enqueue_step(); });
         graph_valid = true;
         ++captures;
     }

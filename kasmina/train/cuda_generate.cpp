@@ -217,22 +217,10 @@ struct CudaDecoder::Impl {
 
     void capture(const kernels::DecodePick& pick, int64_t capacity) {
         graph.destroy();
-        cudaGraph_t g = nullptr;
-        ESPER_CUDA_CHECK(cudaStreamBeginCapture(stream.get(), cudaStreamCaptureModeThreadLocal));
-        try {
+        graph = capture_graph(stream.get(), [&] {
             decode_once();
             tail(x.get(), pick, out_tokens.dev, out_logprobs.dev, capacity, -1);
-        } catch (...) {
-            (void)cudaStreamEndCapture(stream.get(), &g);
-            if (g) (void)cudaGraphDestroy(g);
-            throw;
-        }
-        ESPER_CUDA_CHECK(cudaStreamEndCapture(stream.get(), &g));
-        cudaGraphExec_t e = nullptr;
-        const cudaError_t st = cudaGraphInstantiate(&e, g, 0);
-        (void)cudaGraphDestroy(g);
-        ESPER_CUDA_CHECK(st);
-        graph.reset(e);
+        });
         graph_pick = pick;
         graph_out = out_tokens.dev;
     }

@@ -144,6 +144,29 @@ private:
     std::unique_ptr<std::remove_pointer_t<cudaGraphExec_t>, detail::GraphExecDestroy> h_;
 };
 
+// Records what `enqueue` puts on `stream` (thread-local capture mode) and instantiates it. An
+// exception from enqueue ends the capture before it propagates, so the stream stays usable.
+template <typename Enqueue>
+CudaGraphExec capture_graph(cudaStream_t stream, Enqueue&& enqueue) {
+    ESPER_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    cudaGraph_t g = nullptr;
+    try {
+        enqueue();
+    } catch (...) {
+        (void)cudaStreamEndCapture(stream, &g);
+        if (g != nullptr) (void)cudaGraphDestroy(g);
+        throw;
+    }
+    ESPER_CUDA_CHECK(cudaStreamEndCapture(stream, &g));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t inst = cudaGraphInstantiate(&exec, g, 0);
+    (void)cudaGraphDestroy(g);
+    ESPER_CUDA_CHECK(inst);
+    CudaGraphExec out;
+    out.reset(exec);
+    return out;
+}
+
 // A cuBLAS context made with cublasCreate.
 class CublasHandle {
 public:

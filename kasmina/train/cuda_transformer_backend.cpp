@@ -421,31 +421,11 @@ struct CudaTransformerBackend::Impl {
 
     // Captures enqueue_step for this batch shape (the stream must be idle of other capture).
     cudaGraphExec_t capture(int32_t samples, int32_t seq) {
-        ESPER_CUDA_CHECK(cudaStreamBeginCapture(s(), cudaStreamCaptureModeThreadLocal));
-        // Ends a capture that an exception interrupted, so the stream stays usable.
-        struct CaptureGuard {
-            cudaStream_t s;
-            bool open = true;
-            ~CaptureGuard() {
-                if (!open) return;
-                cudaGraph_t g = nullptr;
-                (void)cudaStreamEndCapture(s, &g);
-                if (g != nullptr) (void)cudaGraphDestroy(g);
-            }
-        } guard{s()};
-        enqueue_step(samples, seq);
-        guard.open = false;
-        cudaGraph_t graph = nullptr;
-        ESPER_CUDA_CHECK(cudaStreamEndCapture(s(), &graph));
-        cudaGraphExec_t exec = nullptr;
-        const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-        (void)cudaGraphDestroy(graph);
-        ESPER_CUDA_CHECK(inst);
+        CudaGraphExec exec = capture_graph(s(), [&] { enqueue_step(samples, seq); });
         if (graphs.size() >= kMaxGraphs) graphs.erase(graphs.begin());
-        graphs.push_back(ShapeGraph{samples, seq, CudaGraphExec{}});
-        graphs.back().exec.reset(exec);
+        graphs.push_back(ShapeGraph{samples, seq, std::move(exec)});
         ++captures;
-        return exec;
+        return graphs.back().exec.get();
     }
 
     // Replays this shape's graph (capturing it first when new), or enqueues the step directly.

@@ -10,12 +10,11 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <string>
 
 #include "kasmina/train/generate.h"
 #include "kasmina/train/trainer.h"
-#include "tests/kasmina/train/loop_test_util.h"
+#include "tests/kasmina/train/generate_test_util.h"
 #include "tests/support/gpu.h"
 #include "tests/support/paths.h"
 
@@ -24,52 +23,8 @@ using esper::testing::scratch_dir;
 using namespace esper;
 using namespace esper::kasmina;
 
-namespace {
-
-fs::path folded_checkpoint(const fs::path& dir) {
-    std::string text;
-    for (int i = 0; i < 300; ++i) text += i % 3 ? "in the beginning was the word. " : "amen. ";
-    std::ofstream(dir / "corpus.txt") << text;
-    Config c;
-    c.run.seed = 9;
-    c.run.max_steps = 40;
-    c.run.checkpoint_every_steps = 40;
-    c.data.dataset = "text";
-    c.data.path = (dir / "corpus.txt").string();
-    c.data.batch_size = 4;
-    c.data.text.eval_windows = 4;
-    c.model.kind = ModelKind::kTransformer;
-    c.model.transformer = {2, 2, 16, 12, true, 2, 8, 1};
-    c.model.seeds_per_layer = 4;
-    c.optimizer.kind = OptimizerKind::kAdamw;
-    c.optimizer.lr = 1e-2;
-    c.optimizer.blueprint_lr = 1e-2;
-    c.blueprints.mlp_units = {4, 1};
-    test::timer_driven_lifecycle(c, 3);
-    c.lifecycle.gates.cull_contribution = 1e9;  // the head must reach FOSSILIZED and fold
-    TrainerOptions o;
-    o.run_dir = (dir / "run").string();
-    Trainer t(c, o);
-    test::run_loop(t, [](Trainer& tr) {
-        Command g;
-        g.origin = TransitionOrigin::kOperator;
-        if (tr.steps_done() == 1) {
-            g.body = GerminateCommand{SeedRef{1, 0}, BlueprintKind::kMlpUnits, std::nullopt};
-            REQUIRE(tr.apply(g).applied());
-        }
-        if (tr.steps_done() == 2) {
-            g.body = GerminateCommand{SeedRef{3, 1}, BlueprintKind::kAttentionHead, std::nullopt};
-            REQUIRE(tr.apply(g).applied());
-        }
-    });
-    return dir / "run" / "checkpoints" / "40";
-}
-
-std::span<const uint8_t> bytes(const std::string& s) {
-    return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
-}
-
-}  // namespace
+using test::bytes;
+using test::folded_checkpoint;
 
 TEST_CASE("GPU generation equals the CPU's uncached reference at temperature 0, past the context",
           "[kasmina][generate][gpu]") {

@@ -8,7 +8,6 @@
 
 #include <catch2/catch.hpp>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <vector>
 
@@ -18,7 +17,7 @@
 #include "kernels/bias_act.h"
 #include "kernels/decode.h"
 #include "kernels/layernorm.h"
-#include "tests/kasmina/train/loop_test_util.h"
+#include "tests/kasmina/train/generate_test_util.h"
 #include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
@@ -26,79 +25,15 @@ using esper::testing::scratch_dir;
 using namespace esper;
 using namespace esper::kasmina;
 
+using test::bytes;
+using test::folded_checkpoint;
+using test::text_config;
+
 namespace {
 
-Config text_config(const fs::path& dir) {
-    std::string text;
-    for (int i = 0; i < 300; ++i) text += i % 3 ? "in the beginning was the word. " : "amen. ";
-    std::ofstream(dir / "corpus.txt") << text;
-    Config c;
-    c.run.seed = 9;
-    c.run.max_steps = 30;
-    c.run.checkpoint_every_steps = 30;
-    c.data.dataset = "text";
-    c.data.path = (dir / "corpus.txt").string();
-    c.data.batch_size = 4;
-    c.data.text.eval_windows = 4;
-    c.model.kind = ModelKind::kTransformer;
-    c.model.transformer = {2, 2, 16, 12, true, 2, 8, 1};
-    c.model.seeds_per_layer = 4;
-    c.optimizer.kind = OptimizerKind::kAdamw;
-    c.optimizer.lr = 1e-2;
-    c.optimizer.blueprint_lr = 1e-2;
-    c.blueprints.mlp_units = {4, 1};
-    test::timer_driven_lifecycle(c, 3);
-    return c;
-}
-
-// Trains the config to its checkpoint with a head and units germinated early (the units fold,
-// the head is still grafting at the end) and returns the checkpoint directory.
+// The head germinated at step 20: units fold, the head is still grafting at the checkpoint (30).
 fs::path trained_checkpoint(const fs::path& dir, const Config& c) {
-    TrainerOptions o;
-    o.run_dir = (dir / "run").string();
-    Trainer t(c, o);
-    test::run_loop(t, [](Trainer& tr) {
-        Command g;
-        g.origin = TransitionOrigin::kOperator;
-        if (tr.steps_done() == 1) {
-            g.body = GerminateCommand{SeedRef{1, 0}, BlueprintKind::kMlpUnits, std::nullopt};
-            REQUIRE(tr.apply(g).applied());
-        }
-        if (tr.steps_done() == 20) {
-            g.body = GerminateCommand{SeedRef{3, 1}, BlueprintKind::kAttentionHead, std::nullopt};
-            REQUIRE(tr.apply(g).applied());
-        }
-    });
-    return dir / "run" / "checkpoints" / "30";
-}
-
-// The same run with the head germinated early too, trained until both widenings folded: a host
-// with folded units and a folded head and no seed left running a blueprint.
-fs::path folded_checkpoint(const fs::path& dir) {
-    Config c = text_config(dir);
-    c.run.max_steps = 40;
-    c.run.checkpoint_every_steps = 40;
-    c.lifecycle.gates.cull_contribution = 1e9;  // the head must reach FOSSILIZED and fold
-    TrainerOptions o;
-    o.run_dir = (dir / "run").string();
-    Trainer t(c, o);
-    test::run_loop(t, [](Trainer& tr) {
-        Command g;
-        g.origin = TransitionOrigin::kOperator;
-        if (tr.steps_done() == 1) {
-            g.body = GerminateCommand{SeedRef{1, 0}, BlueprintKind::kMlpUnits, std::nullopt};
-            REQUIRE(tr.apply(g).applied());
-        }
-        if (tr.steps_done() == 2) {
-            g.body = GerminateCommand{SeedRef{3, 1}, BlueprintKind::kAttentionHead, std::nullopt};
-            REQUIRE(tr.apply(g).applied());
-        }
-    });
-    return dir / "run" / "checkpoints" / "40";
-}
-
-std::span<const uint8_t> bytes(const std::string& s) {
-    return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
+    return test::widened_checkpoint(dir, c, 20);
 }
 
 }  // namespace
