@@ -2,7 +2,9 @@
 // row), four warps taking every fourth position with an online softmax each, lanes holding the
 // head's dimensions (D <= 128: up to 4 per lane); the splits' partial (max, sum, Σ e·v) are then
 // merged per (row, head). Positions come from the device, so the grid is sized for the full
-// context and splits past a row's length return at once.
+// context and splits past a row's length return at once. Linear layers: one warp per output,
+// its lanes streaming the output's bf16 weight row 16 bytes at a time (four loads in flight)
+// against every row of a, which sits in shared memory when the block normalised it itself.
 #include <cuda_bf16.h>
 
 #include <cfloat>
@@ -23,11 +25,49 @@ __device__ __forceinline__ uint64_t splitmix64_d(uint64_t x) {
     return x ^ (x >> 31);
 }
 
+// Programmatic dependent launch (sm_90): a kernel launched with `overlap` may start while its
+// predecessor runs; it lets its own successor start (launch_dependents) and waits for its
+// predecessor's completion and memory (wait) before it reads or writes anything the predecessor
+// touches. Outside such a launch both are no-ops.
+__device__ __forceinline__ void overlap_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void overlap_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Launches `kernel` on `stream`, with programmatic stream serialisation when overlap is set.
+template <typename... Params, typename... Args>
+cudaError_t launch(bool overlap, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                   cudaStream_t stream, Args... args) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = overlap ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, Params(args)...);
+}
+
 __device__ __forceinline__ int row_pos(const DecodeShape& s, int pos, int r) {
     return pos + (s.shared ? r : 0);
 }
 __device__ __forceinline__ int row_cache(const DecodeShape& s, int r) {
     return s.cache_base + (s.shared ? 0 : r);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
 }
 
 __global__ void embed_kernel(const int32_t* tokens, const float* wte, const float* wpe,
@@ -41,6 +81,8 @@ __global__ void embed_kernel(const int32_t* tokens, const float* wte, const floa
 
 __global__ void append_kernel(DecodeShape s, const float* k_new, const float* v_new,
                               const int32_t* pos, __nv_bfloat16* kc, __nv_bfloat16* vc) {
+    overlap_begin();
+    overlap_wait();
     const int r = blockIdx.x;
     const int p = row_pos(s, *pos, r);
     if (p >= s.context) return;
@@ -55,6 +97,8 @@ __global__ void append_kernel(DecodeShape s, const float* k_new, const float* v_
 __global__ void __launch_bounds__(kWarps * 32)
     attention_split_kernel(DecodeShape s, const float* q, const __nv_bfloat16* kc,
                            const __nv_bfloat16* vc, const int32_t* pos, float* ws, int splits) {
+    overlap_begin();
+    overlap_wait();
     const int split = blockIdx.x, h = blockIdx.y, r = blockIdx.z;
     const int p = row_pos(s, *pos, r);
     const int j0 = split * kDecodeChunk;
@@ -69,28 +113,42 @@ __global__ void __launch_bounds__(kWarps * 32)
         qv[c] = i < D ? q[r * s.ld_q + h * D + i] * s.scale : 0.0f;
         acc[c] = 0.0f;
     }
-    float m = -INFINITY, l = 0.0f;
+    // A warp's kPer positions at once: every key load in flight together, then every value load
+    // (a loop carrying the running softmax would wait for memory once per position).
+    constexpr int kPer = kDecodeChunk / kWarps;
     const int64_t base = int64_t(row_cache(s, r)) * s.context * width + h * D;
-    for (int j = j0 + warp; j < j1; j += kWarps) {
-        const __nv_bfloat16* k = kc + base + j * width;
-        float d = 0.0f;
+    float d[kPer];
+#pragma unroll
+    for (int t = 0; t < kPer; ++t) {
+        const int j = j0 + warp + kWarps * t;
+        const __nv_bfloat16* k = kc + base + int64_t(j) * width;
+        float dt = 0.0f;
 #pragma unroll
         for (int c = 0; c < kMaxPerLane; ++c) {
             const int i = lane + 32 * c;
-            if (i < D) d += qv[c] * __bfloat162float(k[i]);
+            if (j < j1 && i < D) dt += qv[c] * __bfloat162float(k[i]);
         }
+        d[t] = dt;
+    }
+    float m = -INFINITY;
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-        const float mn = fmaxf(m, d);
-        const float corr = __expf(m - mn), e = __expf(d - mn);
-        l = l * corr + e;
-        const __nv_bfloat16* v = vc + base + j * width;
+    for (int t = 0; t < kPer; ++t) {
+        d[t] = warp_sum(d[t]);
+        if (j0 + warp + kWarps * t < j1) m = fmaxf(m, d[t]);
+    }
+    float l = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kPer; ++t) {
+        const int j = j0 + warp + kWarps * t;
+        if (j >= j1) break;
+        const float e = __expf(d[t] - m);
+        l += e;
+        const __nv_bfloat16* v = vc + base + int64_t(j) * width;
 #pragma unroll
         for (int c = 0; c < kMaxPerLane; ++c) {
             const int i = lane + 32 * c;
-            acc[c] = acc[c] * corr + (i < D ? e * __bfloat162float(v[i]) : 0.0f);
+            if (i < D) acc[c] += e * __bfloat162float(v[i]);
         }
-        m = mn;
     }
     __shared__ float sm_m[kWarps], sm_l[kWarps], sm_acc[kWarps][32 * kMaxPerLane];
     if (lane == 0) {
@@ -120,6 +178,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 __global__ void attention_merge_kernel(DecodeShape s, const int32_t* pos, const float* ws,
                                        int splits, __nv_bfloat16* out) {
+    overlap_begin();
+    overlap_wait();
     const int h = blockIdx.x, r = blockIdx.y;
     const int p = row_pos(s, *pos, r);
     if (p >= s.context) return;
@@ -222,6 +282,129 @@ __global__ void advance_kernel(int32_t* pos, int32_t* step, int32_t set_pos) {
     *step += 1;
 }
 
+constexpr int kLinWarps = 4;
+constexpr int kLinUnroll = 4;
+constexpr int kLnPer = 32;  // LayerNorm values per lane held at once (rows of <= 1024 read once)
+constexpr float kGeluC = 0.7978845608028654f, kGeluK = 0.044715f;
+
+__device__ __forceinline__ void unpack_bf16x8(const uint4& v, float (&f)[8]) {
+    const auto* p = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 t = __bfloat1622float2(p[i]);
+        f[2 * i] = t.x;
+        f[2 * i + 1] = t.y;
+    }
+}
+
+__global__ void __launch_bounds__(kLinWarps * 32) linear_kernel(DecodeLinear s) {
+    extern __shared__ __align__(16) unsigned char lin_smem[];
+    constexpr int kRows = kDecodeLinearMaxRows;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int R = s.rows, in = s.in;
+    // The weights do not depend on the predecessor: the first loads are issued before the wait.
+    const int n = blockIdx.x * kLinWarps + warp;
+    const bool active = n < s.out;
+    const int nvec = in / 8;
+    const uint4* wrow = static_cast<const uint4*>(s.w) + int64_t(active ? n : 0) * nvec;
+    uint4 wv[kLinUnroll];
+#pragma unroll
+    for (int u = 0; u < kLinUnroll; ++u) {
+        const int v = lane + 32 * u;
+        wv[u] = active && v < nvec ? __ldg(wrow + v) : make_uint4(0, 0, 0, 0);
+    }
+    overlap_begin();
+    overlap_wait();
+    const __nv_bfloat16* a = static_cast<const __nv_bfloat16*>(s.a_in);
+    if (s.ln_w) {  // the prologue: LayerNorm of every row into shared memory, a warp per row
+        auto* sa = reinterpret_cast<__nv_bfloat16*>(lin_smem);
+        for (int r = warp; r < R; r += kLinWarps) {
+            const float* xr = s.x + int64_t(r) * in;
+            // One pass with every load of a piece in flight: sums shifted by x[0] (no
+            // cancellation when the mean is large against the spread), then the normalised
+            // values from the registers (rows longer than a piece are read twice).
+            const float shift = xr[0];
+            float sum = 0.0f, sq = 0.0f, v[kLnPer];
+            for (int k0 = 0; k0 < in; k0 += 32 * kLnPer) {
+#pragma unroll
+                for (int i = 0; i < kLnPer; ++i) {
+                    const int k = k0 + lane + 32 * i;
+                    v[i] = k < in ? xr[k] - shift : 0.0f;
+                }
+#pragma unroll
+                for (int i = 0; i < kLnPer; ++i) {
+                    sum += v[i];
+                    sq += v[i] * v[i];
+                }
+            }
+            const float mean_s = warp_sum(sum) / float(in);
+            const float var = fmaxf(warp_sum(sq) / float(in) - mean_s * mean_s, 0.0f);
+            const float rstd = rsqrtf(var + s.eps);
+            for (int k0 = 0; k0 < in; k0 += 32 * kLnPer) {
+                if (in > 32 * kLnPer) {
+#pragma unroll
+                    for (int i = 0; i < kLnPer; ++i) {
+                        const int k = k0 + lane + 32 * i;
+                        v[i] = k < in ? xr[k] - shift : 0.0f;
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < kLnPer; ++i) {
+                    const int k = k0 + lane + 32 * i;
+                    if (k < in)
+                        sa[r * in + k] =
+                            __float2bfloat16((v[i] - mean_s) * rstd * s.ln_w[k] + s.ln_b[k]);
+                }
+            }
+        }
+        __syncthreads();
+        a = sa;
+    }
+    if (!active) return;
+    float acc[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[r] = 0.0f;
+    for (int v0 = lane; v0 < nvec; v0 += 32 * kLinUnroll) {
+        if (v0 != lane) {
+#pragma unroll
+            for (int u = 0; u < kLinUnroll; ++u) {
+                const int v = v0 + 32 * u;
+                wv[u] = v < nvec ? __ldg(wrow + v) : make_uint4(0, 0, 0, 0);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kLinUnroll; ++u) {
+            const int v = v0 + 32 * u;
+            if (v >= nvec) break;
+            float wf[8];
+            unpack_bf16x8(wv[u], wf);
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+                if (r >= R) break;
+                float af[8];
+                unpack_bf16x8(*reinterpret_cast<const uint4*>(a + int64_t(r) * in + v * 8), af);
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[r] = fmaf(af[i], wf[i], acc[r]);
+            }
+        }
+    }
+    const float bias = s.bias ? s.bias[n] : 0.0f;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+        if (r >= R) break;
+        float z = warp_sum(acc[r]) + bias;
+        if (lane != r) continue;
+        if (s.gelu) z = 0.5f * z * (1.0f + tanhf(kGeluC * (z + kGeluK * z * z * z)));
+        const int64_t at = int64_t(r) * s.out + n;
+        if (s.y_bf16)
+            static_cast<__nv_bfloat16*>(s.y_bf16)[at] = __float2bfloat16(z);
+        else
+            s.y[at] = s.beta != 0.0f ? s.beta * s.y[at] + z : z;
+    }
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 bool shape_ok(const DecodeShape& s) {
     return s.rows > 0 && s.heads > 0 && s.head_dim > 0 && s.head_dim <= 32 * kMaxPerLane &&
            s.context > 0;
@@ -243,10 +426,8 @@ cudaError_t launch_decode_append(const DecodeShape& s, const float* k_new, const
                                  const int32_t* pos, void* k_cache, void* v_cache,
                                  cudaStream_t stream) {
     if (!shape_ok(s)) return cudaErrorInvalidValue;
-    append_kernel<<<s.rows, 256, 0, stream>>>(s, k_new, v_new, pos,
-                                              static_cast<__nv_bfloat16*>(k_cache),
-                                              static_cast<__nv_bfloat16*>(v_cache));
-    return cudaGetLastError();
+    return launch(s.overlap, append_kernel, s.rows, 256, 0, stream, s, k_new, v_new, pos,
+                  static_cast<__nv_bfloat16*>(k_cache), static_cast<__nv_bfloat16*>(v_cache));
 }
 
 size_t decode_attention_workspace_bytes(const DecodeShape& s) {
@@ -261,13 +442,26 @@ cudaError_t launch_decode_attention(const DecodeShape& s, const float* q, const 
         return cudaErrorInvalidValue;
     const int splits = splits_of(s);
     auto* ws = static_cast<float*>(workspace);
-    attention_split_kernel<<<dim3(splits, s.heads, s.rows), kWarps * 32, 0, stream>>>(
-        s, q, static_cast<const __nv_bfloat16*>(k_cache),
-        static_cast<const __nv_bfloat16*>(v_cache), pos, ws, splits);
-    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-    attention_merge_kernel<<<dim3(s.heads, s.rows), 128, 0, stream>>>(
-        s, pos, ws, splits, static_cast<__nv_bfloat16*>(out));
-    return cudaGetLastError();
+    if (cudaError_t e =
+            launch(s.overlap, attention_split_kernel, dim3(splits, s.heads, s.rows), kWarps * 32, 0,
+                   stream, s, q, static_cast<const __nv_bfloat16*>(k_cache),
+                   static_cast<const __nv_bfloat16*>(v_cache), pos, ws, splits);
+        e != cudaSuccess)
+        return e;
+    return launch(s.overlap, attention_merge_kernel, dim3(s.heads, s.rows), 128, 0, stream, s, pos,
+                  ws, splits, static_cast<__nv_bfloat16*>(out));
+}
+
+cudaError_t launch_decode_linear(const DecodeLinear& s, cudaStream_t stream) {
+    const bool ln = s.ln_w != nullptr;
+    const bool input_ok = ln ? (s.x && s.ln_b) : (s.a_in && aligned16(s.a_in));
+    if (!decode_linear_fits(s.rows, s.in, ln) || s.out <= 0 || !input_ok || !s.w ||
+        !aligned16(s.w) || (s.y == nullptr) == (s.y_bf16 == nullptr) ||
+        (s.beta != 0.0f && (s.y_bf16 || s.gelu)))
+        return cudaErrorInvalidValue;
+    const size_t smem = ln ? size_t(s.rows) * size_t(s.in) * 2 : 0;
+    return launch(s.overlap, linear_kernel, (s.out + kLinWarps - 1) / kLinWarps, kLinWarps * 32,
+                  smem, stream, s);
 }
 
 cudaError_t launch_decode_pick(const float* logits, int32_t rows, const DecodePick& o,

@@ -33,6 +33,9 @@ struct DecodeShape {
     bool shared = false;
     int32_t cache_base = 0;
     float scale = 0.0f;  // softmax(q·kᵀ·scale), usually 1/√D
+    // Programmatic dependent launch (sm_90): the kernels may start while the stream's previous
+    // kernel runs, waiting on the device for its completion before they touch what it wrote.
+    bool overlap = false;
 };
 
 // The pick of the next byte from 256 logits per row. temperature 0: the first arg-max (as the
@@ -47,6 +50,37 @@ struct DecodePick {
 
 inline constexpr int32_t kDecodeVocab = 256;
 inline constexpr int32_t kDecodeChunk = 64;  // cache positions per attention split
+
+// One linear layer of a decode step for a few rows (rows <= kDecodeLinearMaxRows): W is read once
+// for all rows, each warp streaming one output's weight row (a GEMV rather than a tiled GEMM, which
+// at m = 1…8 rows leaves the tensor cores idle and the weights under-streamed). Math, in the order
+// of the references:
+//   a = ln ? bf16(LayerNorm(x; ln_w, ln_b, eps)) : a_in            (both [rows, in], bf16 values)
+//   z[r, n] = Σ_k a[r, k]·W[n, k] + bias[n]                        (fp32 accumulation; W bf16 [out,
+//   in]) z = gelu(z) (tanh form) when gelu;  y = beta·y + z (fp32 out) or y_bf16 = bf16(z) (beta 0)
+// so the LayerNorm before a product (its prologue), the bias, GELU, the residual add (beta 1)
+// and the bf16 cast after it (its epilogue) cost no launches of their own.
+inline constexpr int32_t kDecodeLinearMaxRows = 8;
+struct DecodeLinear {
+    int32_t rows = 0, in = 0, out = 0;
+    const float* x = nullptr;  // [rows, in] fp32, normalised when ln_w is given
+    const float* ln_w = nullptr;
+    const float* ln_b = nullptr;
+    float eps = 1e-5f;
+    const void* a_in = nullptr;   // [rows, in] bf16, used when ln_w is null
+    const void* w = nullptr;      // [out, in] bf16
+    const float* bias = nullptr;  // [out] or null
+    bool gelu = false;
+    float beta = 0.0f;       // 0, or 1 for the residual add (fp32 output without gelu only)
+    float* y = nullptr;      // [rows, out] fp32, or
+    void* y_bf16 = nullptr;  // [rows, out] bf16 (exactly one of y, y_bf16)
+    bool overlap = false;    // as DecodeShape::overlap; the first weight loads precede the wait
+};
+// Whether launch_decode_linear takes the layer: rows in 1..kDecodeLinearMaxRows, in a multiple of
+// 8 (16-byte weight rows), the normalised rows within 48 KiB of shared memory.
+bool decode_linear_fits(int32_t rows, int32_t in, bool ln);
+// Reference on floats (the bf16 tensors given as their values; y_bf16 written as floats into y).
+void decode_linear_reference(const DecodeLinear& s, const float* x_or_a, const float* w, float* y);
 
 // uniform [0, 1) of (seed, step, row); the same on host and device.
 double decode_uniform(uint64_t seed, int64_t step, int32_t row);
@@ -88,6 +122,9 @@ size_t decode_attention_workspace_bytes(const DecodeShape& s);
                                              const int32_t* step, int32_t* next,
                                              int32_t* out_tokens, float* out_logprobs,
                                              int64_t capacity, cudaStream_t stream);
+// Device pointers of s; cudaErrorInvalidValue (nothing launched) unless decode_linear_fits and
+// exactly one of y / y_bf16 is given (y_bf16 with beta 0), 16-byte aligned a_in and w.
+[[nodiscard]] cudaError_t launch_decode_linear(const DecodeLinear& s, cudaStream_t stream);
 // After a step: *pos = set_pos when set_pos >= 0, else *pos += 1; then *step += 1.
 [[nodiscard]] cudaError_t launch_decode_advance(int32_t* pos, int32_t* step, int32_t set_pos,
                                                 cudaStream_t stream);

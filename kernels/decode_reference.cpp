@@ -2,9 +2,11 @@
 // output values given as floats.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "kernels/decode.h"
+#include "kernels/layernorm.h"
 
 namespace esper::kernels {
 
@@ -19,6 +21,15 @@ uint64_t splitmix64(uint64_t x) {
 
 int32_t row_pos(const DecodeShape& s, int32_t pos, int32_t r) { return pos + (s.shared ? r : 0); }
 int32_t row_cache(const DecodeShape& s, int32_t r) { return s.cache_base + (s.shared ? 0 : r); }
+
+float round_bf16(float f) {  // round to nearest even, as __float2bfloat16
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u += 0x7FFFu + ((u >> 16) & 1u);
+    u &= 0xFFFF0000u;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
 
 }  // namespace
 
@@ -36,6 +47,32 @@ void decode_embed_reference(const int32_t* tokens, const float* wte, const float
             x[int64_t(r) * channels + c] =
                 wte[int64_t(tokens[r]) * channels + c] + wpe[p * channels + c];
     }
+}
+
+bool decode_linear_fits(int32_t rows, int32_t in, bool ln) {
+    return rows >= 1 && rows <= kDecodeLinearMaxRows && in >= 8 && in % 8 == 0 &&
+           (!ln || size_t(rows) * size_t(in) * 2 <= size_t(48) << 10);
+}
+
+void decode_linear_reference(const DecodeLinear& s, const float* x_or_a, const float* w, float* y) {
+    const int64_t in = s.in;
+    std::vector<float> a(x_or_a, x_or_a + s.rows * in);
+    if (s.ln_w) {
+        std::vector<float> mean(size_t(s.rows)), rstd(size_t(s.rows));
+        layernorm_forward_reference(x_or_a, s.ln_w, s.ln_b, a.data(), mean.data(), rstd.data(),
+                                    s.rows, s.in, s.eps);
+        for (float& v : a) v = round_bf16(v);
+    }
+    constexpr double kC = 0.7978845608028654, kK = 0.044715;
+    for (int32_t r = 0; r < s.rows; ++r)
+        for (int32_t n = 0; n < s.out; ++n) {
+            double z = s.bias ? double(s.bias[n]) : 0.0;
+            for (int64_t k = 0; k < in; ++k) z += double(a[r * in + k]) * w[n * in + k];
+            if (s.gelu) z = 0.5 * z * (1.0 + std::tanh(kC * (z + kK * z * z * z)));
+            float& out = y[int64_t(r) * s.out + n];
+            out = s.y_bf16 ? round_bf16(float(z))
+                           : float((s.beta != 0.0f ? double(s.beta) * out : 0.0) + z);
+        }
 }
 
 void decode_append_reference(const DecodeShape& s, const float* k_new, const float* v_new,

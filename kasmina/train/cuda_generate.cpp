@@ -1,12 +1,14 @@
 // The GPU decoder (see cuda_generate.h). One step over `rows` rows: embed → per block LN1 →
 // qkv (bf16 GEMM, bias epilogue, fp32 out) → append K, V to the bf16 cache → decode attention
 // (bf16 out) → x += proj (GEMM with β = 1 and the bias epilogue) → LN2 → fc (bias+GELU epilogue)
-// → bf16 → x += fc2; the tail: LNf → logits (bf16 GEMM, fp32 out) → pick → advance. Decode steps
-// (one row per sequence) are one captured graph; a prefill (one sequence's window, row by row) runs
-// the same body uncaptured. Folded extra heads become more heads of the block's attention (their
-// Wq/Wk/Wv rows appended to qkv, Wo columns to proj), folded units more fc rows and fc2 columns;
-// fc is padded to a multiple of 8 rows (zero rows: gelu(0) = 0) so every bf16 operand row stays
-// 16-byte aligned for cuBLASLt.
+// → bf16 → x += fc2; the tail: LNf → logits (bf16 GEMM, fp32 out) → pick → advance. Steps of at
+// most 8 rows (see CudaDecodePath) run the products as kernels::launch_decode_linear instead:
+// LN1+qkv, x += proj, LN2+fc+GELU→bf16, x += fc2, LNf+logits. Decode steps (one row per sequence)
+// are one captured graph; a prefill (one sequence's window, row by row) runs the same body
+// uncaptured. Folded extra heads become more heads of the block's attention (their Wq/Wk/Wv rows
+// appended to qkv, Wo columns to proj), folded units more fc rows and fc2 columns; fc is padded to
+// a multiple of 8 rows (zero rows: gelu(0) = 0) so every bf16 operand row stays 16-byte aligned for
+// cuBLASLt.
 #include "kasmina/train/cuda_generate.h"
 
 #include <cublasLt.h>
@@ -96,6 +98,7 @@ struct CudaDecoder::Impl {
         DeviceBuffer<uint16_t> qkv_w, proj_w, fc_w, fc2_w, k_cache, v_cache;
     };
     int32_t B = 0, C = 0, D = 0, T = 0, R = 0, max_heads = 0, max_fc = 0;
+    CudaDecodePath path = CudaDecodePath::kFused;
     std::vector<Layer> layers;
     DeviceBuffer<float> wte, wpe, lnf_w, lnf_b;
     DeviceBuffer<uint16_t> head;
@@ -136,17 +139,46 @@ struct CudaDecoder::Impl {
             kernels::launch_gemm(lt.h, s, a, w, d, gemm_ws.get(), gemm_ws.size(), stream.get()));
     }
 
+    // A product of the fused path: y (fp32; += when residual) or y16 (bf16) = a·Wᵀ + bias,
+    // a = bf16(LN(x)) when ln_w is given, else a16.
+    void fused_linear(int32_t rows, int32_t in, int32_t out, const float* xs, const float* ln_w,
+                      const float* ln_b, const uint16_t* a16_in, const uint16_t* w,
+                      const float* bias, bool gelu, bool residual, float* y, uint16_t* y16) {
+        kernels::DecodeLinear l;
+        l.rows = rows;
+        l.in = in;
+        l.out = out;
+        l.x = xs;
+        l.ln_w = ln_w;
+        l.ln_b = ln_b;
+        l.eps = kLnEps;
+        l.a_in = a16_in;
+        l.w = w;
+        l.bias = bias;
+        l.gelu = gelu;
+        l.beta = residual ? 1.0f : 0.0f;
+        l.y = y;
+        l.y_bf16 = y16;
+        l.overlap = path == CudaDecodePath::kFused;
+        ESPER_CUDA_CHECK(kernels::launch_decode_linear(l, stream.get()));
+    }
+
+    bool fused_rows(int32_t rows) const {
+        if (path == CudaDecodePath::kGemm || !kernels::decode_linear_fits(rows, C, true))
+            return false;
+        return std::all_of(layers.begin(), layers.end(), [&](const Layer& L) {
+            return kernels::decode_linear_fits(rows, L.heads * D, false) &&
+                   kernels::decode_linear_fits(rows, L.fc, false);
+        });
+    }
+
     // The blocks over `rows` rows of x (embedded already); pos_dev: see kernels::DecodeShape.
     void body(int32_t rows, bool shared, int32_t cache_base, const int32_t* pos_dev) {
         cudaStream_t s = stream.get();
         using kernels::GemmEpilogue;
+        const bool fused = fused_rows(rows);
         for (Layer& L : layers) {
             const int32_t HD = L.heads * D;
-            ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
-                x.get(), L.ln1_w.get(), L.ln1_b.get(), nullptr, a16.get(), mean.get(), rstd.get(),
-                rows, C, kLnEps, s));
-            linear(a16.get(), L.qkv_w.get(), qkv.get(), rows, C, 3 * HD, L.qkv_b.get(),
-                   GemmEpilogue::kBias, 0.0f);
             kernels::DecodeShape sh;
             sh.rows = rows;
             sh.heads = L.heads;
@@ -157,12 +189,32 @@ struct CudaDecoder::Impl {
             sh.shared = shared;
             sh.cache_base = cache_base;
             sh.scale = 1.0f / std::sqrt(float(D));
+            sh.overlap = fused && path == CudaDecodePath::kFused;
+            if (fused) {
+                fused_linear(rows, C, 3 * HD, x.get(), L.ln1_w.get(), L.ln1_b.get(), nullptr,
+                             L.qkv_w.get(), L.qkv_b.get(), false, false, qkv.get(), nullptr);
+            } else {
+                ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
+                    x.get(), L.ln1_w.get(), L.ln1_b.get(), nullptr, a16.get(), mean.get(),
+                    rstd.get(), rows, C, kLnEps, s));
+                linear(a16.get(), L.qkv_w.get(), qkv.get(), rows, C, 3 * HD, L.qkv_b.get(),
+                       GemmEpilogue::kBias, 0.0f);
+            }
             ESPER_CUDA_CHECK(kernels::launch_decode_append(sh, qkv.get() + HD, qkv.get() + 2 * HD,
                                                            pos_dev, L.k_cache.get(),
                                                            L.v_cache.get(), s));
             ESPER_CUDA_CHECK(kernels::launch_decode_attention(sh, qkv.get(), L.k_cache.get(),
                                                               L.v_cache.get(), pos_dev, att16.get(),
                                                               attn_ws.get(), attn_ws.size(), s));
+            if (fused) {
+                fused_linear(rows, HD, C, nullptr, nullptr, nullptr, att16.get(), L.proj_w.get(),
+                             L.proj_b.get(), false, true, x.get(), nullptr);
+                fused_linear(rows, C, L.fc, x.get(), L.ln2_w.get(), L.ln2_b.get(), nullptr,
+                             L.fc_w.get(), L.fc_b.get(), true, false, nullptr, f16.get());
+                fused_linear(rows, L.fc, C, nullptr, nullptr, nullptr, f16.get(), L.fc2_w.get(),
+                             L.fc2_b.get(), false, true, x.get(), nullptr);
+                continue;
+            }
             linear(att16.get(), L.proj_w.get(), x.get(), rows, HD, C, L.proj_b.get(),
                    GemmEpilogue::kBias, 1.0f);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
@@ -181,11 +233,16 @@ struct CudaDecoder::Impl {
     void tail(const float* xs, const kernels::DecodePick& pick, int32_t* out_tok, float* out_lp,
               int64_t capacity, int32_t set_pos) {
         cudaStream_t s = stream.get();
-        ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(xs, lnf_w.get(), lnf_b.get(), nullptr,
-                                                           xf16.get(), mean.get(), rstd.get(), B, C,
-                                                           kLnEps, s));
-        linear(xf16.get(), head.get(), logits.get(), B, C, kByteVocab, nullptr,
-               kernels::GemmEpilogue::kNone, 0.0f);
+        if (path != CudaDecodePath::kGemm && kernels::decode_linear_fits(B, C, true)) {
+            fused_linear(B, C, kByteVocab, xs, lnf_w.get(), lnf_b.get(), nullptr, head.get(),
+                         nullptr, false, false, logits.get(), nullptr);
+        } else {
+            ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(xs, lnf_w.get(), lnf_b.get(),
+                                                               nullptr, xf16.get(), mean.get(),
+                                                               rstd.get(), B, C, kLnEps, s));
+            linear(xf16.get(), head.get(), logits.get(), B, C, kByteVocab, nullptr,
+                   kernels::GemmEpilogue::kNone, 0.0f);
+        }
         ESPER_CUDA_CHECK(kernels::launch_decode_pick(logits.get(), B, pick, step(), next.get(),
                                                      out_tok, out_lp, capacity, s));
         ESPER_CUDA_CHECK(kernels::launch_decode_advance(pos(), step(), set_pos, s));
@@ -226,7 +283,7 @@ struct CudaDecoder::Impl {
     }
 };
 
-CudaDecoder::CudaDecoder(const TransformerModel& model, int32_t batch)
+CudaDecoder::CudaDecoder(const TransformerModel& model, int32_t batch, CudaDecodePath path)
     : impl_(std::make_unique<Impl>()) {
     if (const std::string why = cuda_decoder_refusal(model); !why.empty())
         ESPER_THROW(kInvalidInput, "GPU generation: ", why);
@@ -234,6 +291,7 @@ CudaDecoder::CudaDecoder(const TransformerModel& model, int32_t batch)
     Impl& m = *impl_;
     const TransformerConfig& cfg = model.shape();
     m.B = batch;
+    m.path = path;
     m.C = int32_t(cfg.d_model);
     m.D = int32_t(cfg.d_model / cfg.n_head);
     m.T = model.context();

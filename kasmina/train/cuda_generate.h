@@ -56,12 +56,23 @@ struct DecodeWeights {
 };
 DecodeWeights decode_weights(const TransformerModel& model);
 
+// How the decoder runs its linear layers. kFused (the default): steps of at most
+// kernels::kDecodeLinearMaxRows rows (every decode step of a batch <= 8, short prefills) through
+// kernels::launch_decode_linear, with the LayerNorms, biases, GELU, residual adds and the bf16
+// cast folded into the products (7 launches per block instead of 11); longer prefills through
+// cuBLASLt; the decode kernels launched with programmatic dependent launch, so each starts (and
+// issues its first weight loads) while its predecessor finishes. kFusedSerial: the same kernels
+// launched one after the other. kGemm: cuBLASLt for every product (the earlier path). The last
+// two are the benchmark's baselines.
+enum class CudaDecodePath : uint8_t { kFused, kFusedSerial, kGemm };
+
 class CudaDecoder {
 public:
     // Uploads the host's parameters; caches for `batch` >= 1 sequences. Throws esper::Error
     // kUnimplemented in a build without CUDA, kInvalidInput for cuda_decoder_refusal's reasons,
     // kFailed for a CUDA error.
-    CudaDecoder(const TransformerModel& model, int32_t batch);
+    CudaDecoder(const TransformerModel& model, int32_t batch,
+                CudaDecodePath path = CudaDecodePath::kFused);
     ~CudaDecoder();
     CudaDecoder(const CudaDecoder&) = delete;
     CudaDecoder& operator=(const CudaDecoder&) = delete;

@@ -9,7 +9,7 @@ struct CudaDecoder::Impl {
     CudaDecodeStats stats;
 };
 
-CudaDecoder::CudaDecoder(const TransformerModel&, int32_t) {
+CudaDecoder::CudaDecoder(const TransformerModel&, int32_t, CudaDecodePath) {
     ESPER_THROW(kUnimplemented, "GPU generation: this build has no CUDA");
 }
 CudaDecoder::~CudaDecoder() = default;

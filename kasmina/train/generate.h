@@ -47,6 +47,7 @@ public:
     int32_t context() const { return model_->context(); }
     const Config& config() const { return config_; }
     int64_t step() const { return step_; }
+    const TransformerModel& model() const { return *model_; }  // the checkpoint's host
     // Refuses (esper::Error kInvalidInput) an empty prompt or one longer than the context.
     Generated generate(std::span<const uint8_t> prompt, const GenerateOptions& options);
     // options.batch samples of the prompt: on the GPU one batched decode (each sample its own

@@ -177,3 +177,98 @@ TEST_CASE("decode embedding, pick and advance match the references", "[kernels][
         CHECK(dints.download<int32_t>() == std::vector<int32_t>{pos + 1, int32_t(step + 1)});
     }
 }
+
+TEST_CASE(
+    "decode linear layers match the reference: LayerNorm prologue, bias/GELU/residual/bf16 "
+    "epilogues, one to eight rows",
+    "[kernels][decode][gpu]") {
+    ESPER_REQUIRE_DEVICES(1);
+    struct Case {
+        int32_t rows, in, out;
+        bool ln, gelu, residual, bf16_out, bias;
+    };
+    const Case c = GENERATE(Case{1, 768, 2304, true, false, false, false, true},  // qkv
+                            Case{8, 768, 2304, true, false, false, false, true},  // qkv, batch 8
+                            Case{3, 768, 768, false, false, true, false, true},   // proj + x
+                            Case{5, 3080, 384, false, false, true, false, true},  // fc2 + x
+                            Case{2, 384, 1544, true, true, false, true, true},    // fc, GELU
+                            Case{7, 24, 5, true, true, false, false, false},      // tiny, no bias
+                            Case{8, 3072, 3, true, false, false, false, true},    // 48 KiB of a
+                            Case{1, 8, 1, false, true, false, true, true});
+    CAPTURE(c.rows, c.in, c.out, c.ln, c.gelu, c.residual, c.bf16_out);
+    std::mt19937 rng(uint32_t(c.rows * 7919 + c.in * 31 + c.out));
+    std::vector<float> x(size_t(c.rows) * c.in), w(size_t(c.out) * c.in), bias(size_t(c.out)),
+        ln_w(size_t(c.in)), ln_b(size_t(c.in)), y0(size_t(c.rows) * c.out);
+    fill_uniform(x, rng, -2.0f, 2.0f);
+    fill_uniform(w, rng, -0.06f, 0.06f);
+    fill_uniform(bias, rng, -0.5f, 0.5f);
+    fill_uniform(ln_w, rng, 0.5f, 1.5f);
+    fill_uniform(ln_b, rng, -0.2f, 0.2f);
+    fill_uniform(y0, rng, -1.0f, 1.0f);
+    for (float& v : w) v = round_bf16(v);
+    if (!c.ln)
+        for (float& v : x) v = round_bf16(v);  // a bf16 input
+    std::vector<uint16_t> w16(w.size()), x16(x.size());
+    for (size_t i = 0; i < w.size(); ++i) w16[i] = bf16_bits(w[i]);
+    for (size_t i = 0; i < x.size(); ++i) x16[i] = bf16_bits(x[i]);
+    DevBuf dx(x), dx16(x16), dw(w16), dbias(bias), dlnw(ln_w), dlnb(ln_b);
+    DevBuf dy = c.residual ? DevBuf(y0) : DevBuf(y0.size() * (c.bf16_out ? 2 : 4));  // poisoned
+    DecodeLinear s;
+    s.rows = c.rows;
+    s.in = c.in;
+    s.out = c.out;
+    if (c.ln) {
+        s.x = dx.as<float>();
+        s.ln_w = dlnw.as<float>();
+        s.ln_b = dlnb.as<float>();
+    } else {
+        s.a_in = dx16.p;
+    }
+    s.w = dw.p;
+    s.bias = c.bias ? dbias.as<float>() : nullptr;
+    s.gelu = c.gelu;
+    s.beta = c.residual ? 1.0f : 0.0f;
+    s.overlap = c.rows % 2 == 0;  // a programmatic launch after the uploads: the same contract
+    if (c.bf16_out)
+        s.y_bf16 = dy.p;
+    else
+        s.y = dy.as<float>();
+    REQUIRE(decode_linear_fits(c.rows, c.in, c.ln));
+    CUDA_OK(launch_decode_linear(s, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    DecodeLinear host = s;
+    host.bias = c.bias ? bias.data() : nullptr;
+    host.ln_w = c.ln ? ln_w.data() : nullptr;
+    host.ln_b = c.ln ? ln_b.data() : nullptr;
+    std::vector<float> want = y0;
+    decode_linear_reference(host, x.data(), w.data(), want.data());
+    std::vector<float> got(want.size());
+    if (c.bf16_out) {
+        const std::vector<uint16_t> g = dy.download<uint16_t>();
+        for (size_t i = 0; i < got.size(); ++i) got[i] = bf16_value(g[i]);
+    } else {
+        got = dy.download<float>();
+    }
+    double worst = 0.0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        REQUIRE(std::isfinite(got[i]));
+        worst = std::max(worst,
+                         std::fabs(double(got[i]) - want[i]) / (2e-3 + 1e-2 * std::fabs(want[i])));
+    }
+    CHECK(worst <= 1.0);
+
+    // What the kernel cannot take is refused without a launch.
+    DecodeLinear bad = s;
+    bad.rows = kDecodeLinearMaxRows + 1;
+    CHECK(launch_decode_linear(bad, nullptr) == cudaErrorInvalidValue);
+    bad = s;
+    bad.in = c.in + 4;
+    CHECK(launch_decode_linear(bad, nullptr) == cudaErrorInvalidValue);
+    bad = s;
+    bad.y = dy.as<float>();
+    bad.y_bf16 = dy.p;
+    CHECK(launch_decode_linear(bad, nullptr) == cudaErrorInvalidValue);
+    bad = s;
+    bad.w = static_cast<const char*>(s.w) + 2;
+    CHECK(launch_decode_linear(bad, nullptr) == cudaErrorInvalidValue);
+}

@@ -66,3 +66,33 @@ TEST_CASE("GPU generation equals the CPU's uncached reference at temperature 0, 
     CHECK(gen.generate(bytes("amen"), o).tokens == k1.tokens);
     fs::remove_all(dir);
 }
+
+TEST_CASE(
+    "the GPU decoder's fused small-row products equal its cuBLASLt products, overlapped "
+    "launches change no bit",
+    "[kasmina][generate][gpu]") {
+    ESPER_REQUIRE_DEVICES(1);
+    const fs::path dir = scratch_dir("cuda_generate_paths");
+    TextGenerator gen(folded_checkpoint(dir));
+    GenerateOptions o;
+    o.tokens = 40;  // past the context of 12: the window slides, prefills of 6 rows (fused)
+    o.temperature = 0.0;
+    // A 10-byte prompt is prefilled through cuBLASLt (more than 8 rows) on either path.
+    for (const std::string prompt : {"amen. in t", "amen. in the"})
+        for (const int32_t batch : {1, 3, 8}) {
+            CAPTURE(prompt, batch);
+            CudaDecoder fused(gen.model(), batch, CudaDecodePath::kFused);
+            CudaDecoder gemm(gen.model(), batch, CudaDecodePath::kGemm);
+            const std::vector<Generated> a = fused.generate(bytes(prompt), o);
+            const std::vector<Generated> b = gemm.generate(bytes(prompt), o);
+            REQUIRE(a.size() == size_t(batch));
+            REQUIRE(b.size() == size_t(batch));
+            for (int32_t c = 0; c < batch; ++c) {
+                CHECK(a[size_t(c)].tokens == b[size_t(c)].tokens);
+                for (size_t i = 0; i < a[size_t(c)].logprobs.size(); ++i)
+                    CHECK(a[size_t(c)].logprobs[i] ==
+                          Approx(b[size_t(c)].logprobs[i]).margin(0.02));
+            }
+        }
+    fs::remove_all(dir);
+}
