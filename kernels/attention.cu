@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/attention.h"
 
@@ -108,6 +109,78 @@ __device__ inline void load_tile(bf16* dst, int lds, const T* head_base, int64_t
     }
 }
 
+// cp.async of 16 bytes into shared memory; zeros when !valid (src must still be a valid address).
+__device__ inline void cp_async16(bf16* dst, const bf16* src, bool valid) {
+    const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ inline void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// The two tiles of ROWS rows (K and V, or Q and dO) each step of a kernel's loop reads, in
+// kStages shared-memory buffers. bf16 sources are copied with cp.async, the next step's tiles in
+// flight while this step computes; fp32 sources are converted through registers, one step at a
+// time (the layout and the zero rows past seq are load_tile's). The loop:
+//   pipe.fill(first, 0);
+//   for (it = 0, step = first; step < end; ++it, ++step) {
+//       __syncthreads();                                    // the buffer to refill is free
+//       const int st = pipe.advance(it, step, step + 1 < end);
+//       __syncthreads();                                    // this step's tiles are visible
+//       ... read pipe.a(st), pipe.b(st) ...
+//   }
+template <int ROWS, int D, typename T>
+struct TilePipe {
+    static constexpr int kStages = std::is_same_v<T, bf16> ? 2 : 1;
+    static constexpr int kLds = D + 8;
+    bf16* a0;  // stage st's tiles: a0 + st·a_stride, b0 + st·b_stride
+    bf16* b0;
+    int a_stride = 0, b_stride = 0;
+    const T* ga;
+    int64_t lda;
+    const T* gb;
+    int64_t ldb;
+    int seq;
+
+    __device__ bf16* a(int st) const { return a0 + st * a_stride; }
+    __device__ bf16* b(int st) const { return b0 + st * b_stride; }
+    __device__ void fill(int step, int st) {
+        if constexpr (kStages == 2) {
+            constexpr int kVec = D / 8;
+            for (int idx = threadIdx.x; idx < ROWS * kVec; idx += kThreads) {
+                const int r = idx / kVec, c = (idx % kVec) * 8;
+                const int t = step * ROWS + r;
+                const int64_t row = t < seq ? t : 0;
+                cp_async16(a(st) + r * kLds + c, ga + row * lda + c, t < seq);
+                cp_async16(b(st) + r * kLds + c, gb + row * ldb + c, t < seq);
+            }
+            cp_async_commit();
+        } else {
+            load_tile<ROWS, D, T>(a(st), kLds, ga, lda, step * ROWS, seq);
+            load_tile<ROWS, D, T>(b(st), kLds, gb, ldb, step * ROWS, seq);
+        }
+    }
+    // Starts the next step's copies and waits for this step's own; returns the buffer to read.
+    __device__ int advance(int it, int step, bool has_next) {
+        if constexpr (kStages == 2) {
+            const int st = it & 1;
+            if (has_next) {
+                fill(step + 1, st ^ 1);
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+            return st;
+        } else {
+            if (it > 0) fill(step, 0);
+            return 0;
+        }
+    }
+};
+
 // A fragments (16 rows × D) of rows [16w, 16w + 16) of a row-major smem tile.
 template <int D>
 __device__ inline void load_a_frags(uint32_t a[D / 16][4], const bf16* tile, int lds, int warp,
@@ -126,8 +199,9 @@ __device__ inline void load_a_frags(uint32_t a[D / 16][4], const bf16* tile, int
 template <int D, typename T>
 __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(Params p) {
     constexpr int BR = 64, BC = 64, LDS = D + 8;
-    __shared__ __align__(16) bf16 ks[BC * LDS];
-    __shared__ __align__(16) bf16 vs[BC * LDS];
+    using Pipe = TilePipe<BC, D, T>;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    bf16* const sm = reinterpret_cast<bf16*>(smem_raw);  // [2·kStages][BC][LDS]: K, V per stage
     const AttentionShape& s = p.s;
     const int seq = s.seq;
     const int qb = gridDim.x - 1 - blockIdx.x;  // longest (last) query blocks first
@@ -139,9 +213,9 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(Params p) {
     const T* vg = static_cast<const T*>(p.v) + head_off;
 
     uint32_t qa[D / 16][4];
-    load_tile<BR, D, T>(ks, LDS, qg, s.ld_qkv, qb * BR, seq);
+    load_tile<BR, D, T>(sm, LDS, qg, s.ld_qkv, qb * BR, seq);
     __syncthreads();
-    load_a_frags<D>(qa, ks, LDS, warp, g, t4);
+    load_a_frags<D>(qa, sm, LDS, warp, g, t4);
 
     float o[D / 8][4];
 #pragma unroll
@@ -150,12 +224,23 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(Params p) {
     const int row[2] = {qb * BR + warp * 16 + g, qb * BR + warp * 16 + g + 8};
     const float sl2 = s.scale * kLog2e;
     const int nkb = min((seq + BC - 1) / BC, qb + 1);
+    Pipe pipe;
+    pipe.a0 = sm;
+    pipe.b0 = sm + BC * LDS;
+    pipe.a_stride = pipe.b_stride = 2 * BC * LDS;
+    pipe.ga = kg;
+    pipe.gb = vg;
+    pipe.lda = pipe.ldb = s.ld_qkv;
+    pipe.seq = seq;
+    __syncthreads();  // Q's fragments are read: its staging buffer becomes K's
+    pipe.fill(0, 0);
 
     for (int j = 0; j < nkb; ++j) {
         __syncthreads();
-        load_tile<BC, D, T>(ks, LDS, kg, s.ld_qkv, j * BC, seq);
-        load_tile<BC, D, T>(vs, LDS, vg, s.ld_qkv, j * BC, seq);
+        const int st = pipe.advance(j, j, j + 1 < nkb);
         __syncthreads();
+        const bf16* ks = pipe.a(st);
+        const bf16* vs = pipe.b(st);
         float sc[BC / 8][4];
 #pragma unroll
         for (int nt = 0; nt < BC / 8; ++nt) {
@@ -260,8 +345,9 @@ template <int D, typename T>
 __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(Params p) {
     constexpr int BR = 64, BC = D > 64 ? 32 : 64, LDS = D + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16* ks = reinterpret_cast<bf16*>(smem_raw);  // [max(BR, BC)][LDS] (first Q, dO staging)
-    bf16* vs = ks + (BR > BC ? BR : BC) * LDS;     // [BC][LDS]
+    using Pipe = TilePipe<BC, D, T>;
+    // [max(BR, BC)][LDS] (Q, dO staging, then K of stage 0), V of stage 0, K and V of stage 1
+    bf16* const sm = reinterpret_cast<bf16*>(smem_raw);
     const AttentionShape& s = p.s;
     const int seq = s.seq;
     const int qb = gridDim.x - 1 - blockIdx.x;
@@ -271,13 +357,13 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(Params p) {
     const int64_t out_off = int64_t(b) * seq * s.ld_out + int64_t(h) * D;
 
     uint32_t qa[D / 16][4], da[D / 16][4];
-    load_tile<BR, D, T>(ks, LDS, static_cast<const T*>(p.q) + head_off, s.ld_qkv, qb * BR, seq);
+    load_tile<BR, D, T>(sm, LDS, static_cast<const T*>(p.q) + head_off, s.ld_qkv, qb * BR, seq);
     __syncthreads();
-    load_a_frags<D>(qa, ks, LDS, warp, g, t4);
+    load_a_frags<D>(qa, sm, LDS, warp, g, t4);
     __syncthreads();
-    load_tile<BR, D, T>(ks, LDS, static_cast<const T*>(p.dout) + out_off, s.ld_out, qb * BR, seq);
+    load_tile<BR, D, T>(sm, LDS, static_cast<const T*>(p.dout) + out_off, s.ld_out, qb * BR, seq);
     __syncthreads();
-    load_a_frags<D>(da, ks, LDS, warp, g, t4);
+    load_a_frags<D>(da, sm, LDS, warp, g, t4);
 
     const int row[2] = {qb * BR + warp * 16 + g, qb * BR + warp * 16 + g + 8};
     float lse2[2], dlt[2];
@@ -295,12 +381,24 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(Params p) {
     const int nkb = last_key / BC + 1;
     const T* kg = static_cast<const T*>(p.k) + head_off;
     const T* vg = static_cast<const T*>(p.v) + head_off;
+    Pipe pipe;  // stage 1: K, V after stage 0's V
+    pipe.a0 = sm;
+    pipe.b0 = sm + (BR > BC ? BR : BC) * LDS;
+    pipe.a_stride = (BR > BC ? BR : BC) * LDS + BC * LDS;
+    pipe.b_stride = 2 * BC * LDS;
+    pipe.ga = kg;
+    pipe.gb = vg;
+    pipe.lda = pipe.ldb = s.ld_qkv;
+    pipe.seq = seq;
+    __syncthreads();  // dO's fragments are read: its staging buffer becomes K's
+    pipe.fill(0, 0);
 
     for (int j = 0; j < nkb; ++j) {
         __syncthreads();
-        load_tile<BC, D, T>(ks, LDS, kg, s.ld_qkv, j * BC, seq);
-        load_tile<BC, D, T>(vs, LDS, vg, s.ld_qkv, j * BC, seq);
+        const int st = pipe.advance(j, j, j + 1 < nkb);
         __syncthreads();
+        const bf16* ks = pipe.a(st);
+        const bf16* vs = pipe.b(st);
         float sc[BC / 8][4], dp[BC / 8][4];
 #pragma unroll
         for (int nt = 0; nt < BC / 8; ++nt) {
@@ -358,12 +456,12 @@ template <int D, typename T>
 __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(Params p) {
     constexpr int BKV = 64, BQ = D > 64 ? 32 : 64, LDS = D + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16* ks = reinterpret_cast<bf16*>(smem_raw);            // [BKV][LDS]
-    bf16* vs = ks + BKV * LDS;                               // [BKV][LDS]
-    bf16* qs = vs + BKV * LDS;                               // [BQ][LDS]
-    bf16* ds = qs + BQ * LDS;                                // [BQ][LDS] (dO)
-    float* lse_s = reinterpret_cast<float*>(ds + BQ * LDS);  // [BQ], log2 units
-    float* dlt_s = lse_s + BQ;                               // [BQ]
+    using Pipe = TilePipe<BQ, D, T>;
+    bf16* ks = reinterpret_cast<bf16*>(smem_raw);  // [BKV][LDS]
+    bf16* vs = ks + BKV * LDS;                     // [BKV][LDS]
+    bf16* qd = vs + BKV * LDS;                     // per stage: Q [BQ][LDS], dO [BQ][LDS]
+    float* lse_s = reinterpret_cast<float*>(qd + 2 * Pipe::kStages * BQ * LDS);  // [BQ], log2
+    float* dlt_s = lse_s + BQ;                                                   // [BQ]
     const AttentionShape& s = p.s;
     const int seq = s.seq;
     const int kb = blockIdx.x;
@@ -385,11 +483,22 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(Params p) {
     const float sl2 = s.scale * kLog2e;
     const int first_qb = (kb * BKV) / BQ;
     const int nqb = (seq + BQ - 1) / BQ;
+    Pipe pipe;
+    pipe.a0 = qd;
+    pipe.b0 = qd + BQ * LDS;
+    pipe.a_stride = pipe.b_stride = 2 * BQ * LDS;
+    pipe.ga = qg;
+    pipe.lda = s.ld_qkv;
+    pipe.gb = dog;
+    pipe.ldb = s.ld_out;
+    pipe.seq = seq;
+    pipe.fill(first_qb, 0);
 
     for (int i = first_qb; i < nqb; ++i) {
         __syncthreads();
-        load_tile<BQ, D, T>(qs, LDS, qg, s.ld_qkv, i * BQ, seq);
-        load_tile<BQ, D, T>(ds, LDS, dog, s.ld_out, i * BQ, seq);
+        const int st = pipe.advance(i - first_qb, i, i + 1 < nqb);
+        const bf16* qs = pipe.a(st);
+        const bf16* ds = pipe.b(st);
         for (int r = threadIdx.x; r < BQ; r += kThreads) {
             const int t = i * BQ + r;
             const int64_t idx = int64_t(bh) * seq + (t < seq ? t : seq - 1);
@@ -472,15 +581,25 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(Params p) {
     }
 }
 
-template <int D>
+template <typename T>
+constexpr int stages() {
+    return std::is_same_v<T, bf16> ? 2 : 1;
+}
+template <int D, typename T>
+constexpr size_t fwd_smem_bytes() {
+    return size_t(2 * stages<T>() * 64 * (D + 8)) * sizeof(bf16);
+}
+template <int D, typename T>
 constexpr size_t dq_smem_bytes() {
     constexpr int BR = 64, BC = D > 64 ? 32 : 64;
-    return size_t((BR > BC ? BR : BC) * (D + 8) + BC * (D + 8)) * sizeof(bf16);
+    return size_t((BR > BC ? BR : BC) * (D + 8) + (2 * stages<T>() - 1) * BC * (D + 8)) *
+           sizeof(bf16);
 }
-template <int D>
+template <int D, typename T>
 constexpr size_t dkdv_smem_bytes() {
     constexpr int BKV = 64, BQ = D > 64 ? 32 : 64;
-    return size_t(2 * BKV * (D + 8) + 2 * BQ * (D + 8)) * sizeof(bf16) + 2 * BQ * sizeof(float);
+    return size_t(2 * BKV * (D + 8) + 2 * stages<T>() * BQ * (D + 8)) * sizeof(bf16) +
+           2 * BQ * sizeof(float);
 }
 
 bool shape_ok(const AttentionShape& s, const void* const* ptrs, int n) {
@@ -496,8 +615,13 @@ bool shape_ok(const AttentionShape& s, const void* const* ptrs, int n) {
 
 template <int D, typename T>
 cudaError_t forward_d(const Params& p, cudaStream_t stream) {
+    constexpr size_t smem = fwd_smem_bytes<D, T>();
+    if (cudaError_t e = cudaFuncSetAttribute(
+            attn_fwd_kernel<D, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+        e != cudaSuccess)
+        return e;
     const dim3 grid((p.s.seq + 63) / 64, p.s.batch * p.s.heads);
-    attn_fwd_kernel<D, T><<<grid, kThreads, 0, stream>>>(p);
+    attn_fwd_kernel<D, T><<<grid, kThreads, smem, stream>>>(p);
     return cudaGetLastError();
 }
 
@@ -507,7 +631,7 @@ cudaError_t backward_d(const Params& p, cudaStream_t stream) {
     attn_delta_kernel<T><<<int((rows * 32 + 255) / 256), 256, 0, stream>>>(p, D);
     cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;
-    constexpr size_t dkdv = dkdv_smem_bytes<D>(), dq = dq_smem_bytes<D>();
+    constexpr size_t dkdv = dkdv_smem_bytes<D, T>(), dq = dq_smem_bytes<D, T>();
     // Idempotent and cheap; capture-safe (no stream work).
     e = cudaFuncSetAttribute(attn_bwd_dkdv_kernel<D, T>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, int(dkdv));
