@@ -113,42 +113,28 @@ __global__ void __launch_bounds__(kWarps * 32)
         qv[c] = i < D ? q[r * s.ld_q + h * D + i] * s.scale : 0.0f;
         acc[c] = 0.0f;
     }
-    // A warp's kPer positions at once: every key load in flight together, then every value load
-    // (a loop carrying the running softmax would wait for memory once per position).
-    constexpr int kPer = kDecodeChunk / kWarps;
+    float m = -INFINITY, l = 0.0f;
     const int64_t base = int64_t(row_cache(s, r)) * s.context * width + h * D;
-    float d[kPer];
-#pragma unroll
-    for (int t = 0; t < kPer; ++t) {
-        const int j = j0 + warp + kWarps * t;
-        const __nv_bfloat16* k = kc + base + int64_t(j) * width;
-        float dt = 0.0f;
+    for (int j = j0 + warp; j < j1; j += kWarps) {
+        const __nv_bfloat16* k = kc + base + j * width;
+        float d = 0.0f;
 #pragma unroll
         for (int c = 0; c < kMaxPerLane; ++c) {
             const int i = lane + 32 * c;
-            if (j < j1 && i < D) dt += qv[c] * __bfloat162float(k[i]);
+            if (i < D) d += qv[c] * __bfloat162float(k[i]);
         }
-        d[t] = dt;
-    }
-    float m = -INFINITY;
 #pragma unroll
-    for (int t = 0; t < kPer; ++t) {
-        d[t] = warp_sum(d[t]);
-        if (j0 + warp + kWarps * t < j1) m = fmaxf(m, d[t]);
-    }
-    float l = 0.0f;
-#pragma unroll
-    for (int t = 0; t < kPer; ++t) {
-        const int j = j0 + warp + kWarps * t;
-        if (j >= j1) break;
-        const float e = __expf(d[t] - m);
-        l += e;
-        const __nv_bfloat16* v = vc + base + int64_t(j) * width;
+        for (int o = 16; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+        const float mn = fmaxf(m, d);
+        const float corr = __expf(m - mn), e = __expf(d - mn);
+        l = l * corr + e;
+        const __nv_bfloat16* v = vc + base + j * width;
 #pragma unroll
         for (int c = 0; c < kMaxPerLane; ++c) {
             const int i = lane + 32 * c;
-            if (i < D) acc[c] += e * __bfloat162float(v[i]);
+            acc[c] = acc[c] * corr + (i < D ? e * __bfloat162float(v[i]) : 0.0f);
         }
+        m = mn;
     }
     __shared__ float sm_m[kWarps], sm_l[kWarps], sm_acc[kWarps][32 * kMaxPerLane];
     if (lane == 0) {
@@ -284,7 +270,6 @@ __global__ void advance_kernel(int32_t* pos, int32_t* step, int32_t set_pos) {
 
 constexpr int kLinWarps = 4;
 constexpr int kLinUnroll = 4;
-constexpr int kLnPer = 32;  // LayerNorm values per lane held at once (rows of <= 1024 read once)
 constexpr float kGeluC = 0.7978845608028654f, kGeluK = 0.044715f;
 
 __device__ __forceinline__ void unpack_bf16x8(const uint4& v, float (&f)[8]) {
@@ -320,42 +305,17 @@ __global__ void __launch_bounds__(kLinWarps * 32) linear_kernel(DecodeLinear s) 
         auto* sa = reinterpret_cast<__nv_bfloat16*>(lin_smem);
         for (int r = warp; r < R; r += kLinWarps) {
             const float* xr = s.x + int64_t(r) * in;
-            // One pass with every load of a piece in flight: sums shifted by x[0] (no
-            // cancellation when the mean is large against the spread), then the normalised
-            // values from the registers (rows longer than a piece are read twice).
-            const float shift = xr[0];
-            float sum = 0.0f, sq = 0.0f, v[kLnPer];
-            for (int k0 = 0; k0 < in; k0 += 32 * kLnPer) {
-#pragma unroll
-                for (int i = 0; i < kLnPer; ++i) {
-                    const int k = k0 + lane + 32 * i;
-                    v[i] = k < in ? xr[k] - shift : 0.0f;
-                }
-#pragma unroll
-                for (int i = 0; i < kLnPer; ++i) {
-                    sum += v[i];
-                    sq += v[i] * v[i];
-                }
+            float sum = 0.0f;
+            for (int k = lane; k < in; k += 32) sum += xr[k];
+            const float mean = warp_sum(sum) / float(in);
+            float sq = 0.0f;
+            for (int k = lane; k < in; k += 32) {
+                const float d = xr[k] - mean;
+                sq += d * d;
             }
-            const float mean_s = warp_sum(sum) / float(in);
-            const float var = fmaxf(warp_sum(sq) / float(in) - mean_s * mean_s, 0.0f);
-            const float rstd = rsqrtf(var + s.eps);
-            for (int k0 = 0; k0 < in; k0 += 32 * kLnPer) {
-                if (in > 32 * kLnPer) {
-#pragma unroll
-                    for (int i = 0; i < kLnPer; ++i) {
-                        const int k = k0 + lane + 32 * i;
-                        v[i] = k < in ? xr[k] - shift : 0.0f;
-                    }
-                }
-#pragma unroll
-                for (int i = 0; i < kLnPer; ++i) {
-                    const int k = k0 + lane + 32 * i;
-                    if (k < in)
-                        sa[r * in + k] =
-                            __float2bfloat16((v[i] - mean_s) * rstd * s.ln_w[k] + s.ln_b[k]);
-                }
-            }
+            const float rstd = rsqrtf(warp_sum(sq) / float(in) + s.eps);
+            for (int k = lane; k < in; k += 32)
+                sa[r * in + k] = __float2bfloat16((xr[k] - mean) * rstd * s.ln_w[k] + s.ln_b[k]);
         }
         __syncthreads();
         a = sa;

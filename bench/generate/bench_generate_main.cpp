@@ -6,9 +6,9 @@
 // attention reads, averaged over the run) / the HBM bandwidth from the device attributes (memory
 // clock · bus width · 2); the fraction reached is tokens/s over that bound. `--path
 // fused|serial|gemm|both` (default both): the decoder's fused small-row products with overlapped
-// launches (CudaDecodePath::kFused), the same launched one after another (kFusedSerial), its
-// cuBLASLt products (kGemm), or each in turn on the same model (the ratios of one run). Human
-// lines on stderr, one JSON object on the last stdout line.
+// launches (CudaDecodePath::kFused, forced up to 8 rows), the same launched one after another
+// (kFusedSerial), its cuBLASLt products (kGemm), or each in turn on the same model (the ratios of
+// one run). Human lines on stderr, one JSON object on the last stdout line.
 #include <cuda_runtime_api.h>
 
 #include <array>

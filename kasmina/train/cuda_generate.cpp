@@ -1,8 +1,9 @@
 // The GPU decoder (see cuda_generate.h). One step over `rows` rows: embed → per block LN1 →
 // qkv (bf16 GEMM, bias epilogue, fp32 out) → append K, V to the bf16 cache → decode attention
 // (bf16 out) → x += proj (GEMM with β = 1 and the bias epilogue) → LN2 → fc (bias+GELU epilogue)
-// → bf16 → x += fc2; the tail: LNf → logits (bf16 GEMM, fp32 out) → pick → advance. Steps of at
-// most 8 rows (see CudaDecodePath) run the products as kernels::launch_decode_linear instead:
+// → bf16 → x += fc2; the tail: LNf → logits (bf16 GEMM, fp32 out) → pick → advance. Steps the
+// path sends to the fused kernels (see CudaDecodePath) run the products as
+// kernels::launch_decode_linear instead:
 // LN1+qkv, x += proj, LN2+fc+GELU→bf16, x += fc2, LNf+logits. Decode steps (one row per sequence)
 // are one captured graph; a prefill (one sequence's window, row by row) runs the same body
 // uncaptured. Folded extra heads become more heads of the block's attention (their Wq/Wk/Wv rows
@@ -98,7 +99,7 @@ struct CudaDecoder::Impl {
         DeviceBuffer<uint16_t> qkv_w, proj_w, fc_w, fc2_w, k_cache, v_cache;
     };
     int32_t B = 0, C = 0, D = 0, T = 0, R = 0, max_heads = 0, max_fc = 0;
-    CudaDecodePath path = CudaDecodePath::kFused;
+    CudaDecodePath path = CudaDecodePath::kAuto;
     std::vector<Layer> layers;
     DeviceBuffer<float> wte, wpe, lnf_w, lnf_b;
     DeviceBuffer<uint16_t> head;
@@ -159,12 +160,14 @@ struct CudaDecoder::Impl {
         l.beta = residual ? 1.0f : 0.0f;
         l.y = y;
         l.y_bf16 = y16;
-        l.overlap = path == CudaDecodePath::kFused;
+        l.overlap = path != CudaDecodePath::kFusedSerial;
         ESPER_CUDA_CHECK(kernels::launch_decode_linear(l, stream.get()));
     }
 
     bool fused_rows(int32_t rows) const {
-        if (path == CudaDecodePath::kGemm || !kernels::decode_linear_fits(rows, C, true))
+        if (path == CudaDecodePath::kGemm ||
+            (path == CudaDecodePath::kAuto && rows > kCudaDecodeFusedRows) ||
+            !kernels::decode_linear_fits(rows, C, true))
             return false;
         return std::all_of(layers.begin(), layers.end(), [&](const Layer& L) {
             return kernels::decode_linear_fits(rows, L.heads * D, false) &&
@@ -189,7 +192,7 @@ struct CudaDecoder::Impl {
             sh.shared = shared;
             sh.cache_base = cache_base;
             sh.scale = 1.0f / std::sqrt(float(D));
-            sh.overlap = fused && path == CudaDecodePath::kFused;
+            sh.overlap = fused && path != CudaDecodePath::kFusedSerial;
             if (fused) {
                 fused_linear(rows, C, 3 * HD, x.get(), L.ln1_w.get(), L.ln1_b.get(), nullptr,
                              L.qkv_w.get(), L.qkv_b.get(), false, false, qkv.get(), nullptr);
@@ -233,7 +236,7 @@ struct CudaDecoder::Impl {
     void tail(const float* xs, const kernels::DecodePick& pick, int32_t* out_tok, float* out_lp,
               int64_t capacity, int32_t set_pos) {
         cudaStream_t s = stream.get();
-        if (path != CudaDecodePath::kGemm && kernels::decode_linear_fits(B, C, true)) {
+        if (fused_rows(B)) {
             fused_linear(B, C, kByteVocab, xs, lnf_w.get(), lnf_b.get(), nullptr, head.get(),
                          nullptr, false, false, logits.get(), nullptr);
         } else {

@@ -56,15 +56,17 @@ struct DecodeWeights {
 };
 DecodeWeights decode_weights(const TransformerModel& model);
 
-// How the decoder runs its linear layers. kFused (the default): steps of at most
-// kernels::kDecodeLinearMaxRows rows (every decode step of a batch <= 8, short prefills) through
-// kernels::launch_decode_linear, with the LayerNorms, biases, GELU, residual adds and the bf16
-// cast folded into the products (7 launches per block instead of 11); longer prefills through
-// cuBLASLt; the decode kernels launched with programmatic dependent launch, so each starts (and
-// issues its first weight loads) while its predecessor finishes. kFusedSerial: the same kernels
-// launched one after the other. kGemm: cuBLASLt for every product (the earlier path). The last
-// two are the benchmark's baselines.
-enum class CudaDecodePath : uint8_t { kFused, kFusedSerial, kGemm };
+// How the decoder runs its linear layers. kFused: steps of at most kernels::kDecodeLinearMaxRows
+// rows through kernels::launch_decode_linear — a GEMV per output with the LayerNorms, biases,
+// GELU, residual adds and the bf16 cast folded in (7 launches per block instead of 11) — and the
+// decode kernels launched with programmatic dependent launch, so each starts (and issues its
+// first weight loads) while its predecessor finishes; longer steps through cuBLASLt.
+// kFusedSerial: the same kernels launched one after the other. kGemm: cuBLASLt for every product
+// (the earlier path). kAuto (the default): kFused for steps of at most kCudaDecodeFusedRows rows,
+// kGemm above — the GEMV reads every row's activations once per output and loses to cuBLASLt's
+// tensor cores from a few rows up (docs/benchmarks.md, "Generation on the GPU").
+enum class CudaDecodePath : uint8_t { kAuto, kFused, kFusedSerial, kGemm };
+inline constexpr int32_t kCudaDecodeFusedRows = 1;
 
 class CudaDecoder {
 public:
@@ -72,7 +74,7 @@ public:
     // kUnimplemented in a build without CUDA, kInvalidInput for cuda_decoder_refusal's reasons,
     // kFailed for a CUDA error.
     CudaDecoder(const TransformerModel& model, int32_t batch,
-                CudaDecodePath path = CudaDecodePath::kFused);
+                CudaDecodePath path = CudaDecodePath::kAuto);
     ~CudaDecoder();
     CudaDecoder(const CudaDecoder&) = delete;
     CudaDecoder& operator=(const CudaDecoder&) = delete;
