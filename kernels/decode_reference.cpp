@@ -2,9 +2,9 @@
 // output values given as floats.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
+#include "kernels/bf16_host.h"
 #include "kernels/decode.h"
 #include "kernels/layernorm.h"
 
@@ -21,15 +21,6 @@ uint64_t splitmix64(uint64_t x) {
 
 int32_t row_pos(const DecodeShape& s, int32_t pos, int32_t r) { return pos + (s.shared ? r : 0); }
 int32_t row_cache(const DecodeShape& s, int32_t r) { return s.cache_base + (s.shared ? 0 : r); }
-
-float round_bf16(float f) {  // round to nearest even, as __float2bfloat16
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7f800000u) != 0x7f800000u) u += 0x7FFFu + ((u >> 16) & 1u);
-    u &= 0xFFFF0000u;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
 
 }  // namespace
 

@@ -5,7 +5,7 @@
 // never fills). The bandwidth bound of a step is (bytes of the weights + the KV-cache bytes its
 // attention reads, averaged over the run) / the HBM bandwidth from the device attributes (memory
 // clock · bus width · 2); the fraction reached is tokens/s over that bound. `--path
-// fused|serial|gemm|both` (default both): the decoder's fused small-row products with overlapped
+// fused|serial|gemm|all` (default all): the decoder's fused small-row products with overlapped
 // launches (CudaDecodePath::kFused, forced up to 8 rows), the same launched one after another
 // (kFusedSerial), its cuBLASLt products (kGemm), or each in turn on the same model (the ratios of
 // one run). Human lines on stderr, one JSON object on the last stdout line.
@@ -41,9 +41,9 @@ int main(int argc, char** argv) {
                 paths = {CudaDecodePath::kFusedSerial};
             else if (p == "gemm")
                 paths = {CudaDecodePath::kGemm};
-            else if (p != "both") {
+            else if (p != "all") {
                 std::fprintf(stderr,
-                             "esper-bench-generate: --path fused|serial|gemm|both, not '%s'\n",
+                             "esper-bench-generate: --path fused|serial|gemm|all, not '%s'\n",
                              p.c_str());
                 return 2;
             }

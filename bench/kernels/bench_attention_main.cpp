@@ -20,6 +20,7 @@
 
 #include "bench/kernels/bench_cuda.h"
 #include "kernels/attention.h"
+#include "kernels/bf16_host.h"
 
 using namespace esper::kernels;
 
@@ -31,12 +32,7 @@ using esper::bench::dev_alloc;
 void* random_bf16(size_t n, std::mt19937& rng) {
     std::vector<uint16_t> h(n);
     std::uniform_real_distribution<float> d(-1.f, 1.f);
-    for (auto& x : h) {
-        float f = d(rng);
-        uint32_t u;
-        std::memcpy(&u, &f, 4);
-        x = uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-    }
+    for (auto& x : h) x = esper::kernels::bf16_bits(d(rng));
     void* p = dev_alloc(n * 2);
     BENCH_CHECK(cudaMemcpy(p, h.data(), n * 2, cudaMemcpyHostToDevice));
     return p;

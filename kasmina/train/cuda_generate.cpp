@@ -23,6 +23,7 @@
 #include "core/cuda_check.h"
 #include "core/error.h"
 #include "kasmina/train/cuda_handles.h"
+#include "kernels/bf16_host.h"
 #include "kernels/decode.h"
 #include "kernels/gemm.h"
 #include "kernels/layernorm.h"
@@ -34,14 +35,6 @@ namespace {
 constexpr float kLnEps = 1e-5f;
 constexpr size_t kGemmWorkspace = size_t(32) << 20;
 
-uint16_t bf16_bits(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return uint16_t(u >> 16);  // inf / nan as is
-    u += 0x7FFFu + ((u >> 16) & 1u);                                 // round to nearest even
-    return uint16_t(u >> 16);
-}
-
 template <typename T>
 DeviceBuffer<T> upload(const std::vector<T>& host) {
     DeviceBuffer<T> d(host.size());
@@ -52,7 +45,7 @@ DeviceBuffer<T> upload(const std::vector<T>& host) {
 }
 DeviceBuffer<uint16_t> upload_bf16(const std::vector<float>& host) {
     std::vector<uint16_t> b(host.size());
-    for (size_t i = 0; i < host.size(); ++i) b[i] = bf16_bits(host[i]);
+    for (size_t i = 0; i < host.size(); ++i) b[i] = kernels::bf16_bits(host[i]);
     return upload(b);
 }
 

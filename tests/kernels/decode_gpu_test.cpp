@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "kernels/bf16_host.h"
 #include "kernels/decode.h"
 #include "tests/kernels/kernel_test_util.h"
 #include "tests/support/gpu.h"
@@ -22,20 +23,6 @@ using esper::testing::DevBuf;
 namespace {
 
 #define CUDA_OK(expr) REQUIRE((expr) == cudaSuccess)
-
-uint16_t bf16_bits(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    return uint16_t(u >> 16);
-}
-float bf16_value(uint16_t b) {
-    const uint32_t u = uint32_t(b) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-float round_bf16(float f) { return bf16_value(bf16_bits(f)); }
 
 }  // namespace
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/attention.h"
+#include "kernels/bf16_host.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
 #include "kernels/layernorm.h"
@@ -21,6 +22,8 @@
 #include "tests/support/gpu.h"
 
 using namespace esper::kernels;
+using esper::kernels::bf16_bits;
+using esper::kernels::bf16_value;
 using esper::kernels::test::compare;
 using esper::kernels::test::fill_uniform;
 using esper::testing::DevBuf;
@@ -29,31 +32,19 @@ namespace {
 
 #define CUDA_OK(expr) REQUIRE((expr) == cudaSuccess)
 
-uint16_t to_bf16_bits(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    u += 0x7FFFu + ((u >> 16) & 1u);  // round to nearest even (inputs are finite)
-    return uint16_t(u >> 16);
-}
-float from_bf16_bits(uint16_t b) {
-    const uint32_t u = uint32_t(b) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
 std::vector<uint16_t> to_bf16(const std::vector<float>& v) {
     std::vector<uint16_t> out(v.size());
-    for (size_t i = 0; i < v.size(); ++i) out[i] = to_bf16_bits(v[i]);
+    for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_bits(v[i]);
     return out;
 }
 std::vector<float> from_bf16(const std::vector<uint16_t>& v) {
     std::vector<float> out(v.size());
-    for (size_t i = 0; i < v.size(); ++i) out[i] = from_bf16_bits(v[i]);
+    for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_value(v[i]);
     return out;
 }
 // Rounds every element to the nearest bf16, so the reference sees the kernel's operands.
 void round_bf16(std::vector<float>& v) {
-    for (float& x : v) x = from_bf16_bits(to_bf16_bits(x));
+    for (float& x : v) x = esper::kernels::round_bf16(x);
 }
 
 // ‖got − want‖ / ‖want‖; a NaN anywhere makes it NaN (fails every bound).
