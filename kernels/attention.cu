@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "kernels/attention.h"
+#include "kernels/attention_cudnn.h"
 
 namespace esper::kernels {
 
@@ -138,8 +139,8 @@ struct TilePipe {
     static constexpr int kLds = D + 8;
     bf16* a0;  // stage st's tiles: a0 + st·a_stride, b0 + st·b_stride
     bf16* b0;
-    int a_stride = 0, b_stride = 0;
-    const T* ga;
+    int a_stride, b_stride;
+    const T* ga;  // the tiles' global rows: row t of a at ga + t·lda
     int64_t lda;
     const T* gb;
     int64_t ldb;
@@ -224,14 +225,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(Params p) {
     const int row[2] = {qb * BR + warp * 16 + g, qb * BR + warp * 16 + g + 8};
     const float sl2 = s.scale * kLog2e;
     const int nkb = min((seq + BC - 1) / BC, qb + 1);
-    Pipe pipe;
-    pipe.a0 = sm;
-    pipe.b0 = sm + BC * LDS;
-    pipe.a_stride = pipe.b_stride = 2 * BC * LDS;
-    pipe.ga = kg;
-    pipe.gb = vg;
-    pipe.lda = pipe.ldb = s.ld_qkv;
-    pipe.seq = seq;
+    Pipe pipe{sm, sm + BC * LDS, 2 * BC * LDS, 2 * BC * LDS, kg, s.ld_qkv, vg, s.ld_qkv, seq};
     __syncthreads();  // Q's fragments are read: its staging buffer becomes K's
     pipe.fill(0, 0);
 
@@ -381,15 +375,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(Params p) {
     const int nkb = last_key / BC + 1;
     const T* kg = static_cast<const T*>(p.k) + head_off;
     const T* vg = static_cast<const T*>(p.v) + head_off;
-    Pipe pipe;  // stage 1: K, V after stage 0's V
-    pipe.a0 = sm;
-    pipe.b0 = sm + (BR > BC ? BR : BC) * LDS;
-    pipe.a_stride = (BR > BC ? BR : BC) * LDS + BC * LDS;
-    pipe.b_stride = 2 * BC * LDS;
-    pipe.ga = kg;
-    pipe.gb = vg;
-    pipe.lda = pipe.ldb = s.ld_qkv;
-    pipe.seq = seq;
+    constexpr int kStage0 = (BR > BC ? BR : BC) * LDS;  // stage 1: K, V after stage 0's V
+    Pipe pipe{sm, sm + kStage0, kStage0 + BC * LDS, 2 * BC * LDS, kg, s.ld_qkv, vg, s.ld_qkv, seq};
     __syncthreads();  // dO's fragments are read: its staging buffer becomes K's
     pipe.fill(0, 0);
 
@@ -483,15 +470,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(Params p) {
     const float sl2 = s.scale * kLog2e;
     const int first_qb = (kb * BKV) / BQ;
     const int nqb = (seq + BQ - 1) / BQ;
-    Pipe pipe;
-    pipe.a0 = qd;
-    pipe.b0 = qd + BQ * LDS;
-    pipe.a_stride = pipe.b_stride = 2 * BQ * LDS;
-    pipe.ga = qg;
-    pipe.lda = s.ld_qkv;
-    pipe.gb = dog;
-    pipe.ldb = s.ld_out;
-    pipe.seq = seq;
+    Pipe pipe{qd, qd + BQ * LDS, 2 * BQ * LDS, 2 * BQ * LDS, qg, s.ld_qkv, dog, s.ld_out, seq};
     pipe.fill(first_qb, 0);
 
     for (int i = first_qb; i < nqb; ++i) {
@@ -679,11 +658,31 @@ size_t attention_backward_workspace_bytes(const AttentionShape& s) {
     return size_t(s.batch) * s.heads * s.seq * sizeof(float);
 }
 
+bool attention_cudnn_available() { return detail::cudnn_attention_loadable(); }
+
+std::string attention_cudnn_status() { return detail::cudnn_attention_status(); }
+
+namespace {
+
+// kCudnn and kAuto's choice of cuDNN for this call (see AttentionBackend).
+bool wants_cudnn(const AttentionShape& s, AttentionDtype dtype, AttentionBackend backend) {
+    if (backend == AttentionBackend::kCudnn) return true;
+    return backend == AttentionBackend::kAuto && dtype == AttentionDtype::kBfloat16 &&
+           s.seq >= kAttentionCudnnMinSeq && detail::cudnn_attention_loadable();
+}
+
+}  // namespace
+
 cudaError_t launch_attention_forward(const AttentionShape& s, AttentionDtype dtype, const void* q,
                                      const void* k, const void* v, void* out, float* lse,
-                                     cudaStream_t stream) {
+                                     cudaStream_t stream, AttentionBackend backend) {
     const void* ptrs[] = {q, k, v, out};
     if (!shape_ok(s, ptrs, 4) || lse == nullptr) return cudaErrorInvalidValue;
+    if (wants_cudnn(s, dtype, backend)) {
+        if (dtype != AttentionDtype::kBfloat16) return cudaErrorNotSupported;
+        const cudaError_t e = detail::cudnn_attention_forward(s, q, k, v, out, lse, stream);
+        if (e != cudaErrorNotSupported || backend == AttentionBackend::kCudnn) return e;
+    }
     Params p{};
     p.s = s;
     p.q = q;
@@ -699,11 +698,17 @@ cudaError_t launch_attention_backward(const AttentionShape& s, AttentionDtype dt
                                       const void* k, const void* v, const void* out,
                                       const void* dout, const float* lse, void* dq, void* dk,
                                       void* dv, void* workspace, size_t workspace_bytes,
-                                      cudaStream_t stream) {
+                                      cudaStream_t stream, AttentionBackend backend) {
     const void* ptrs[] = {q, k, v, out, dout, dq, dk, dv};
     if (!shape_ok(s, ptrs, 8) || lse == nullptr || workspace == nullptr ||
         workspace_bytes < attention_backward_workspace_bytes(s))
         return cudaErrorInvalidValue;
+    if (wants_cudnn(s, dtype, backend)) {
+        if (dtype != AttentionDtype::kBfloat16) return cudaErrorNotSupported;
+        const cudaError_t e = detail::cudnn_attention_backward(
+            s, q, k, v, out, dout, lse, dq, dk, dv, static_cast<float*>(workspace), stream);
+        if (e != cudaErrorNotSupported || backend == AttentionBackend::kCudnn) return e;
+    }
     Params p{};
     p.s = s;
     p.q = q;

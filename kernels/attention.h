@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #if ESPER_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -36,26 +37,39 @@ void attention_backward_reference(const AttentionShape& s, const float* q, const
 
 #if ESPER_HAVE_CUDA
 // Element type of q, k, v, out, dout, dq, dk, dv on the device; lse and the workspace are fp32.
-// The kernels (kernels/attention.cu, FlashAttention-2 style) always multiply on bf16 tensor
+// The own kernels (kernels/attention.cu, FlashAttention-2 style) always multiply on bf16 tensor
 // cores with fp32 accumulation and fp32 softmax statistics: fp32 inputs are rounded to bf16 as
 // they are loaded, so kFloat32 saves the caller a conversion pass, not precision.
 enum class AttentionDtype : uint8_t { kFloat32 = 0, kBfloat16 = 1 };
 
+// Which implementation runs. kOwn: the kernels in attention.cu. kCudnn: cuDNN's fused
+// flash-attention engines (kernels/attention_cudnn.*; bf16 only, loaded at run time), or
+// cudaErrorNotSupported when cuDNN is absent, has no engine for the shape, or the plan for a new
+// shape would have to be built inside a stream capture. kAuto: cuDNN for bf16 from
+// kAttentionCudnnMinSeq positions up when it can run, otherwise the own kernels — the faster of
+// the two at the shapes measured in docs/benchmarks.md ("Attention: own kernels and cuDNN").
+enum class AttentionBackend : uint8_t { kAuto = 0, kOwn = 1, kCudnn = 2 };
+inline constexpr int32_t kAttentionCudnnMinSeq = 128;
+// Whether cuDNN could be loaded, and a line saying which one (or why not, and the last failure).
+bool attention_cudnn_available();
+std::string attention_cudnn_status();
+
 // Device pointers, same layout and contracts as the references. head_dim must be 32, 64 or 128,
 // ld_qkv and ld_out multiples of 8 and every pointer 16-byte aligned; otherwise (and for an empty
 // shape) the launchers return cudaErrorInvalidValue without launching. O(T) memory: nothing of
-// size T×T is stored. The backward is deterministic (no atomics).
-[[nodiscard]] cudaError_t launch_attention_forward(const AttentionShape& s, AttentionDtype dtype,
-                                                   const void* q, const void* k, const void* v,
-                                                   void* out, float* lse, cudaStream_t stream);
+// size T×T is stored. The own backward is deterministic (no atomics); cuDNN's accumulates dQ
+// with atomics, so its bits may differ from run to run.
+[[nodiscard]] cudaError_t launch_attention_forward(
+    const AttentionShape& s, AttentionDtype dtype, const void* q, const void* k, const void* v,
+    void* out, float* lse, cudaStream_t stream, AttentionBackend backend = AttentionBackend::kAuto);
 // Workspace: attention_backward_workspace_bytes(s) bytes of device memory (Δ = dO·O per row).
+// cuDNN's own workspace and fp32 dQ accumulator are allocated once per shape and kept.
 size_t attention_backward_workspace_bytes(const AttentionShape& s);
-[[nodiscard]] cudaError_t launch_attention_backward(const AttentionShape& s, AttentionDtype dtype,
-                                                    const void* q, const void* k, const void* v,
-                                                    const void* out, const void* dout,
-                                                    const float* lse, void* dq, void* dk, void* dv,
-                                                    void* workspace, size_t workspace_bytes,
-                                                    cudaStream_t stream);
+[[nodiscard]] cudaError_t launch_attention_backward(
+    const AttentionShape& s, AttentionDtype dtype, const void* q, const void* k, const void* v,
+    const void* out, const void* dout, const float* lse, void* dq, void* dk, void* dv,
+    void* workspace, size_t workspace_bytes, cudaStream_t stream,
+    AttentionBackend backend = AttentionBackend::kAuto);
 #endif
 
 }  // namespace esper::kernels

@@ -3,8 +3,10 @@
 // launches with device events), TFLOP/s with the causal FLOP count (forward 2·B·H·T²·D, the
 // backward 2.5× that) and the fraction of the GPU's dense bf16 tensor peak. Human lines on stderr;
 // the last stdout line is one JSON object.
-// Usage: esper-bench-attention [--iters N] [--shape B,H,T,D]   (--shape: that one shape instead
-// of the four, e.g. to profile it with ncu)
+// Each shape runs on each backend asked for: the own kernels, cuDNN's fused engines (loaded at run
+// time) and kAuto, the launchers' default choice between them.
+// Usage: esper-bench-attention [--iters N] [--shape B,H,T,D] [--backend own|cudnn|auto|all]
+// (--shape: that one shape instead of the four, e.g. to profile it with ncu)
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -66,6 +68,10 @@ double median_ms(F&& f, int iters, cudaStream_t stream) {
 int main(int argc, char** argv) {
     int iters = 50;
     int only[4] = {0, 0, 0, 0};  // --shape: B, H, T, D
+    std::vector<std::pair<std::string, AttentionBackend>> backends = {
+        {"own", AttentionBackend::kOwn},
+        {"cudnn", AttentionBackend::kCudnn},
+        {"auto", AttentionBackend::kAuto}};
     for (int i = 1; i < argc; ++i) {
         if (std::strcmp(argv[i], "--iters") == 0 && i + 1 < argc) {
             iters = std::atoi(argv[++i]);
@@ -76,8 +82,22 @@ int main(int argc, char** argv) {
                              argv[i]);
                 return 2;
             }
+        } else if (std::strcmp(argv[i], "--backend") == 0 && i + 1 < argc) {
+            const std::string want = argv[++i];
+            if (want != "all") {
+                std::erase_if(backends, [&](const auto& b) { return b.first != want; });
+                if (backends.empty()) {
+                    std::fprintf(stderr,
+                                 "esper-bench-attention: --backend wants own, cudnn, auto or "
+                                 "all, got '%s'\n",
+                                 want.c_str());
+                    return 2;
+                }
+            }
         } else {
-            std::fprintf(stderr, "usage: esper-bench-attention [--iters N] [--shape B,H,T,D]\n");
+            std::fprintf(stderr,
+                         "usage: esper-bench-attention [--iters N] [--shape B,H,T,D] "
+                         "[--backend own|cudnn|auto|all]\n");
             return 2;
         }
     }
@@ -116,40 +136,67 @@ int main(int argc, char** argv) {
         float* lse = static_cast<float*>(dev_alloc(size_t(sh.b) * sh.h * sh.t * 4));
         const size_t ws_bytes = attention_backward_workspace_bytes(s);
         void* ws = dev_alloc(ws_bytes);
-        auto fwd = [&] {
-            BENCH_CHECK(
-                launch_attention_forward(s, AttentionDtype::kBfloat16, q, k, v, out, lse, stream));
-        };
-        auto bwd = [&] {
-            BENCH_CHECK(launch_attention_backward(s, AttentionDtype::kBfloat16, q, k, v, out, dout,
-                                                  lse, dq, dk, dv, ws, ws_bytes, stream));
-        };
-        const double fwd_ms = median_ms(fwd, iters, stream);
-        const double bwd_ms = median_ms(bwd, iters, stream);
-        const double both_ms = median_ms(
-            [&] {
-                fwd();
-                bwd();
-            },
-            iters, stream);
-        const double fwd_flop = 2.0 * sh.b * sh.h * double(sh.t) * sh.t * sh.d;  // causal half
-        const double total_flop = 3.5 * fwd_flop;
-        const double tflops = total_flop / (both_ms * 1e-3) / 1e12;
-        std::fprintf(stderr,
-                     "B=%d H=%d T=%d D=%d  fwd %.3f ms (%.0f TFLOP/s)  bwd %.3f ms  fwd+bwd %.3f "
-                     "ms (%.0f TFLOP/s, %.1f%% of peak)\n",
-                     sh.b, sh.h, sh.t, sh.d, fwd_ms, fwd_flop / (fwd_ms * 1e-3) / 1e12, bwd_ms,
-                     both_ms, tflops, peak_tflops > 0 ? 100.0 * tflops / peak_tflops : 0.0);
-        results.push_back({{"B", sh.b},
-                           {"H", sh.h},
-                           {"T", sh.t},
-                           {"D", sh.d},
-                           {"fwd_ms", fwd_ms},
-                           {"bwd_ms", bwd_ms},
-                           {"fwd_bwd_ms", both_ms},
-                           {"fwd_tflops", fwd_flop / (fwd_ms * 1e-3) / 1e12},
-                           {"fwd_bwd_tflops", tflops},
-                           {"fraction_of_peak", peak_tflops > 0 ? tflops / peak_tflops : 0.0}});
+        for (const auto& [name, backend] : backends) {
+            // One untimed call each way: cuDNN builds its plans on first use.
+            const cudaError_t f0 = launch_attention_forward(s, AttentionDtype::kBfloat16, q, k, v,
+                                                            out, lse, stream, backend);
+            const cudaError_t b0 =
+                f0 != cudaSuccess
+                    ? f0
+                    : launch_attention_backward(s, AttentionDtype::kBfloat16, q, k, v, out, dout,
+                                                lse, dq, dk, dv, ws, ws_bytes, stream, backend);
+            if (f0 != cudaSuccess || b0 != cudaSuccess) {
+                const std::string why =
+                    std::string(cudaGetErrorString(f0 != cudaSuccess ? f0 : b0)) + " (" +
+                    attention_cudnn_status() + ")";
+                std::fprintf(stderr, "B=%d H=%d T=%d D=%d  %-5s  cannot run: %s\n", sh.b, sh.h,
+                             sh.t, sh.d, name.c_str(), why.c_str());
+                results.push_back({{"B", sh.b},
+                                   {"H", sh.h},
+                                   {"T", sh.t},
+                                   {"D", sh.d},
+                                   {"backend", name},
+                                   {"error", why}});
+                continue;
+            }
+            auto fwd = [&] {
+                BENCH_CHECK(launch_attention_forward(s, AttentionDtype::kBfloat16, q, k, v, out,
+                                                     lse, stream, backend));
+            };
+            auto bwd = [&] {
+                BENCH_CHECK(launch_attention_backward(s, AttentionDtype::kBfloat16, q, k, v, out,
+                                                      dout, lse, dq, dk, dv, ws, ws_bytes, stream,
+                                                      backend));
+            };
+            const double fwd_ms = median_ms(fwd, iters, stream);
+            const double bwd_ms = median_ms(bwd, iters, stream);
+            const double both_ms = median_ms(
+                [&] {
+                    fwd();
+                    bwd();
+                },
+                iters, stream);
+            const double fwd_flop = 2.0 * sh.b * sh.h * double(sh.t) * sh.t * sh.d;  // causal half
+            const double total_flop = 3.5 * fwd_flop;
+            const double tflops = total_flop / (both_ms * 1e-3) / 1e12;
+            std::fprintf(stderr,
+                         "B=%d H=%d T=%d D=%d  %-5s  fwd %.3f ms (%.0f TFLOP/s)  bwd %.3f ms  "
+                         "fwd+bwd %.3f ms (%.0f TFLOP/s, %.1f%% of peak)\n",
+                         sh.b, sh.h, sh.t, sh.d, name.c_str(), fwd_ms,
+                         fwd_flop / (fwd_ms * 1e-3) / 1e12, bwd_ms, both_ms, tflops,
+                         peak_tflops > 0 ? 100.0 * tflops / peak_tflops : 0.0);
+            results.push_back({{"B", sh.b},
+                               {"H", sh.h},
+                               {"T", sh.t},
+                               {"D", sh.d},
+                               {"backend", name},
+                               {"fwd_ms", fwd_ms},
+                               {"bwd_ms", bwd_ms},
+                               {"fwd_bwd_ms", both_ms},
+                               {"fwd_tflops", fwd_flop / (fwd_ms * 1e-3) / 1e12},
+                               {"fwd_bwd_tflops", tflops},
+                               {"fraction_of_peak", peak_tflops > 0 ? tflops / peak_tflops : 0.0}});
+        }
         for (void* p : {q, k, v, dout, out, dq, dk, dv, static_cast<void*>(lse), ws})
             BENCH_CHECK(cudaFree(p));
     }
@@ -159,6 +206,7 @@ int main(int argc, char** argv) {
                         {"causal", true},
                         {"peak_bf16_tflops", peak_tflops},
                         {"iters", iters},
+                        {"cudnn", attention_cudnn_status()},
                         {"results", results}};
     std::printf("%s\n", j.dump().c_str());
     return 0;

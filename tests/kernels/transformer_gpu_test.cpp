@@ -178,7 +178,13 @@ TEST_CASE("fused causal attention matches the reference forward and backward (bf
                                 AttnCase{1, 65, 2, 128, false}, AttnCase{1, 200, 1, 128, true},
                                 AttnCase{3, 95, 5, 32, true}, AttnCase{1, 257, 2, 64, false});
     const bool bf16_io = GENERATE(true, false);
-    CAPTURE(c.batch, c.seq, c.heads, c.head_dim, c.packed, bf16_io);
+    const AttentionBackend backend = GENERATE(AttentionBackend::kOwn, AttentionBackend::kCudnn);
+    CAPTURE(c.batch, c.seq, c.heads, c.head_dim, c.packed, bf16_io, int(backend));
+    // cuDNN's engines take bf16 only (the refusal of fp32 is tested under the capture below).
+    if (backend == AttentionBackend::kCudnn && !bf16_io) return;
+    // The GPU node has cuDNN (PyTorch's); a machine without it runs the own kernels only.
+    if (backend == AttentionBackend::kCudnn && !attention_cudnn_available())
+        ESPER_SKIP_TEST("cuDNN not loadable: " + attention_cudnn_status());
     const int32_t HD = c.heads * c.head_dim;
     AttentionShape s;
     s.batch = c.batch;
@@ -225,8 +231,11 @@ TEST_CASE("fused causal attention matches the reference forward and backward (bf
     DevBuf dout_buf(rows * HD * esz), dlse(lse.size() * 4), ddqkv(qkv_elems * esz);
     DevBuf ws(attention_backward_workspace_bytes(s));
     const char* base = dq_in->as<char>();
-    CUDA_OK(launch_attention_forward(s, dtype, base, base + off_k * esz, base + off_v * esz,
-                                     dout_buf.p, dlse.as<float>(), nullptr));
+    const cudaError_t fwd =
+        launch_attention_forward(s, dtype, base, base + off_k * esz, base + off_v * esz, dout_buf.p,
+                                 dlse.as<float>(), nullptr, backend);
+    INFO(attention_cudnn_status());
+    REQUIRE(fwd == cudaSuccess);
     CUDA_OK(cudaDeviceSynchronize());
     const std::vector<float> got_out = download(dout_buf);
     const std::vector<float> got_lse = dlse.download<float>();
@@ -244,9 +253,10 @@ TEST_CASE("fused causal attention matches the reference forward and backward (bf
     for (int rep = 0; rep < 2; ++rep) {
         if (c.packed) CUDA_OK(cudaMemset(ddqkv.p, 0xFF, ddqkv.bytes));  // re-poison
         char* d = ddqkv.as<char>();
-        CUDA_OK(launch_attention_backward(
-            s, dtype, base, base + off_k * esz, base + off_v * esz, dout_in->p, ddout->p,
-            dlse_ref.as<float>(), d, d + off_k * esz, d + off_v * esz, ws.p, ws.bytes, nullptr));
+        CUDA_OK(launch_attention_backward(s, dtype, base, base + off_k * esz, base + off_v * esz,
+                                          dout_in->p, ddout->p, dlse_ref.as<float>(), d,
+                                          d + off_k * esz, d + off_v * esz, ws.p, ws.bytes, nullptr,
+                                          backend));
         CUDA_OK(cudaDeviceSynchronize());
         got_d[rep] = download(ddqkv);
     }
@@ -264,7 +274,59 @@ TEST_CASE("fused causal attention matches the reference forward and backward (bf
         REQUIRE(all_finite(g));
         CHECK(rel_error(g, w) < 2e-2);
     }
-    CHECK(std::memcmp(got_d[0].data(), got_d[1].data(), got_d[0].size() * 4) == 0);
+    // The own backward has no atomics; cuDNN's dQ accumulation does.
+    if (backend == AttentionBackend::kOwn)
+        CHECK(std::memcmp(got_d[0].data(), got_d[1].data(), got_d[0].size() * 4) == 0);
+}
+
+TEST_CASE(
+    "attention under a stream capture: kAuto falls back to the own kernel for a shape "
+    "cuDNN has no plan for yet, kCudnn refuses",
+    "[kernels][gpu]") {
+    ESPER_REQUIRE_DEVICES(1);
+    AttentionShape s;
+    s.batch = 1;
+    s.seq = 2 * kAttentionCudnnMinSeq + 8;  // a shape no other test plans
+    s.heads = 2;
+    s.head_dim = 64;
+    s.ld_qkv = s.ld_out = 128;
+    s.scale = 0.125f;
+    const size_t n = size_t(s.seq) * 128;
+    std::mt19937 rng(5);
+    std::vector<float> qkv(3 * n);
+    fill_uniform(qkv, rng, -1.f, 1.f);
+    round_bf16(qkv);
+    std::vector<float> want(n), lse(size_t(s.heads) * s.seq);
+    attention_forward_reference(s, qkv.data(), qkv.data() + n, qkv.data() + 2 * n, want.data(),
+                                lse.data());
+    DevBuf in(to_bf16(qkv)), out(n * 2), dlse(lse.size() * 4);
+    const char* q = in.as<char>();
+    cudaStream_t stream;
+    CUDA_OK(cudaStreamCreate(&stream));
+    cudaGraph_t graph;
+    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    const cudaError_t refused =
+        launch_attention_forward(s, AttentionDtype::kBfloat16, q, q + n * 2, q + n * 4, out.p,
+                                 dlse.as<float>(), stream, AttentionBackend::kCudnn);
+    const cudaError_t captured = launch_attention_forward(
+        s, AttentionDtype::kBfloat16, q, q + n * 2, q + n * 4, out.p, dlse.as<float>(), stream);
+    CUDA_OK(cudaStreamEndCapture(stream, &graph));
+    CHECK(refused == cudaErrorNotSupported);
+    REQUIRE(captured == cudaSuccess);
+    cudaGraphExec_t exec;
+    CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_OK(cudaMemset(out.p, 0xFF, out.bytes));  // poison: the replay must write every value
+    CUDA_OK(cudaGraphLaunch(exec, stream));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    const std::vector<float> got = from_bf16(out.download<uint16_t>());
+    REQUIRE(all_finite(got));
+    CHECK(rel_error(got, want) < 1e-2);
+    CUDA_OK(cudaGraphExecDestroy(exec));
+    CUDA_OK(cudaGraphDestroy(graph));
+    CUDA_OK(cudaStreamDestroy(stream));
+    // fp32 tensors never go to cuDNN.
+    CHECK(launch_attention_forward(s, AttentionDtype::kFloat32, q, q, q, out.p, dlse.as<float>(),
+                                   nullptr, AttentionBackend::kCudnn) == cudaErrorNotSupported);
 }
 
 TEST_CASE("attention launchers refuse unsupported shapes without launching", "[kernels][gpu]") {
