@@ -46,6 +46,12 @@ __global__ void cast_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* d
         dst[i] = __float2bfloat16(src[i]);
 }
 
+__global__ void uncast_bf16_kernel(const __nv_bfloat16* __restrict__ src, float* dst, int64_t n) {
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
+}
+
 #define LT_TRY(expr)                                           \
     do {                                                       \
         const cublasStatus_t st_ = (expr);                     \
@@ -115,6 +121,14 @@ cudaError_t launch_cast_to_bf16(const float* src, void* dst, int64_t n, cudaStre
     const int64_t blocks = (n + 255) / 256;
     cast_bf16_kernel<<<int(blocks < 8192 ? blocks : 8192), 256, 0, stream>>>(
         src, static_cast<__nv_bfloat16*>(dst), n);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_cast_from_bf16(const void* src, float* dst, int64_t n, cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    const int64_t blocks = (n + 255) / 256;
+    uncast_bf16_kernel<<<int(blocks < 8192 ? blocks : 8192), 256, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(src), dst, n);
     return cudaGetLastError();
 }
 

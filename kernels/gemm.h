@@ -50,6 +50,10 @@ void gemm_reference(const GemmSpec& s, const float* a, const float* b, float* d,
 // tensor (master weights, activations) for a bf16 GEMM.
 [[nodiscard]] cudaError_t launch_cast_to_bf16(const float* src, void* dst, int64_t n,
                                               cudaStream_t stream);
+// dst[i] = float(src[i]) for n bf16 values (exact): an fp32 copy of a bf16 result (the bf16
+// attention's gradients, for the fp32 bias-gradient sums).
+[[nodiscard]] cudaError_t launch_cast_from_bf16(const void* src, float* dst, int64_t n,
+                                                cudaStream_t stream);
 #endif
 
 }  // namespace esper::kernels

@@ -53,7 +53,7 @@ struct BlockOff {
 // forward's operands, reused by the backward's weight gradients) and att also as att16.
 struct BlockAct {
     DeviceBuffer<float> x_in, a, qkv, att, x_mid, m, f, h, mean1, rstd1, mean2, rstd2, lse;
-    DeviceBuffer<uint16_t> a16, att16, m16, h16;
+    DeviceBuffer<uint16_t> a16, qkv16, att16, m16, h16;
 };
 
 }  // namespace
@@ -83,6 +83,9 @@ struct CudaTransformerBackend::Impl {
     std::vector<BlockAct> act;
     DeviceBuffer<float> x_out, xf, meanf, rstdf, logits, gres, dtmp, dbig, dqkv;
     DeviceBuffer<uint16_t> sa16, sb16, xf16;
+    // bf16 mode: the attention's output gradient and its q, k, v gradients, in bf16 (the
+    // attention runs on bf16 tensors: cuDNN's fused kernels from 128 positions up).
+    DeviceBuffer<uint16_t> datt16, dqkv16;
     DeviceBuffer<uint8_t> ln_ws, attn_ws, xent_ws, bias_ws;
     DeviceBuffer<int32_t> tokens, targets, correct;
     PinnedBuffer<int32_t> tokens_host, targets_host;  // staging of the batch (rows_cap each)
@@ -131,13 +134,14 @@ struct CudaTransformerBackend::Impl {
         for (BlockAct& b : act) {
             b.x_in = DeviceBuffer<float>(n * C);
             b.a = DeviceBuffer<float>(n32 * C);
-            b.qkv = DeviceBuffer<float>(n * 3 * C);
-            b.att = DeviceBuffer<float>(n * C);
+            b.qkv = DeviceBuffer<float>(n32 * 3 * C);
+            b.att = DeviceBuffer<float>(n32 * C);
             b.x_mid = DeviceBuffer<float>(n * C);
             b.m = DeviceBuffer<float>(n32 * C);
             b.f = DeviceBuffer<float>(n * F);
             b.h = DeviceBuffer<float>(n32 * F);
             b.a16 = DeviceBuffer<uint16_t>(n16 * C);
+            b.qkv16 = DeviceBuffer<uint16_t>(n16 * 3 * C);
             b.att16 = DeviceBuffer<uint16_t>(n16 * C);
             b.m16 = DeviceBuffer<uint16_t>(n16 * C);
             b.h16 = DeviceBuffer<uint16_t>(n16 * F);
@@ -160,6 +164,8 @@ struct CudaTransformerBackend::Impl {
         const size_t widest = size_t(std::max({F, 3 * C, kByteVocab, C}));
         sa16 = DeviceBuffer<uint16_t>(bf16 ? n * widest : 0);
         sb16 = DeviceBuffer<uint16_t>(bf16 ? n * widest : 0);
+        datt16 = DeviceBuffer<uint16_t>(bf16 ? n * C : 0);
+        dqkv16 = DeviceBuffer<uint16_t>(bf16 ? n * 3 * C : 0);
         ln_ws = DeviceBuffer<uint8_t>(kernels::layernorm_backward_workspace_bytes(rows, C));
         kernels::AttentionShape shape;
         shape.batch = rows;  // an upper bound: samples · H · seq ≤ rows · H
@@ -181,9 +187,10 @@ struct CudaTransformerBackend::Impl {
 
     // Row-major D = op(A)·op(B) (+ epilogue) in the run's precision. a16/b16: a bf16 copy of the
     // operand when it is a weight (bf16 mode); otherwise the fp32 operand is cast into scratch.
+    // d16: write D in bf16 there instead of fp32 to d (bf16 mode, no epilogue).
     void gemm(kernels::GemmSpec spec, const float* a, const uint16_t* a16, const float* b,
-              const uint16_t* b16, float* d) {
-        spec.d_type = kernels::GemmDtype::kFloat32;
+              const uint16_t* b16, float* d, uint16_t* d16 = nullptr) {
+        spec.d_type = d16 ? kernels::GemmDtype::kBfloat16 : kernels::GemmDtype::kFloat32;
         const void* pa = a;
         const void* pb = b;
         if (bf16) {
@@ -203,7 +210,9 @@ struct CudaTransformerBackend::Impl {
         } else {
             spec.ab_type = kernels::GemmDtype::kFloat32;
         }
-        ESPER_CUDA_CHECK(kernels::launch_gemm(lt, spec, pa, pb, d, lt_ws.get(), lt_ws.size(), s()));
+        void* pd = d16 ? static_cast<void*>(d16) : static_cast<void*>(d);
+        ESPER_CUDA_CHECK(
+            kernels::launch_gemm(lt, spec, pa, pb, pd, lt_ws.get(), lt_ws.size(), s()));
     }
     // In bf16 mode: a bf16 copy of x[count] in sa16 (one cast for both products of a gradient);
     // null in fp32 mode.
@@ -228,9 +237,10 @@ struct CudaTransformerBackend::Impl {
         sp.bias = bias;
         gemm(sp, x, x16, P(w), W16(w), y);
     }
-    // dx[n, in] = dy[n, out]·W[out, in]; dy16: dy in bf16, or null.
+    // dx[n, in] = dy[n, out]·W[out, in]; dy16: dy in bf16, or null; dx16: write dx in bf16
+    // there instead of dx.
     void linear_dx(const float* dy, const uint16_t* dy16, size_t w, float* dx, int32_t n,
-                   int32_t in, int32_t out) {
+                   int32_t in, int32_t out, uint16_t* dx16 = nullptr) {
         kernels::GemmSpec sp;
         sp.m = n;
         sp.n = in;
@@ -238,7 +248,7 @@ struct CudaTransformerBackend::Impl {
         sp.lda = out;
         sp.ldb = in;
         sp.ldd = in;
-        gemm(sp, dy, dy16, P(w), W16(w), dx);
+        gemm(sp, dy, dy16, P(w), W16(w), dx, dx16);
     }
     // dW[out, in] += dy[n, out]ᵀ·x[n, in]; x16, dy16: bf16 copies, or null.
     void linear_dw(const float* x, const uint16_t* x16, const float* dy, const uint16_t* dy16,
@@ -285,15 +295,25 @@ struct CudaTransformerBackend::Impl {
             ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
                 b.x_in.get(), P(o.ln1_w), P(o.ln1_b), b.a.get(), b.a16.get(), b.mean1.get(),
                 b.rstd1.get(), n, C, kLnEps, s()));
-            linear(b.a.get(), b.a16.get(), o.qkv_w, P(o.qkv_b), b.qkv.get(), n, C, 3 * C, false);
-            ESPER_CUDA_CHECK(kernels::launch_attention_forward(
-                sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
-                b.qkv.get() + 2 * C, b.att.get(), b.lse.get(), s()));
+            if (bf16) {
+                // The product (fp32, with its bias) goes through the backward's scratch into
+                // qkv16; the attention reads and writes bf16 (att16 feeds the projection).
+                linear(b.a.get(), b.a16.get(), o.qkv_w, P(o.qkv_b), dqkv.get(), n, C, 3 * C, false);
+                ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(dqkv.get(), b.qkv16.get(),
+                                                              int64_t(n) * 3 * C, s()));
+                const uint16_t* q16 = b.qkv16.get();
+                ESPER_CUDA_CHECK(kernels::launch_attention_forward(
+                    sh, kernels::AttentionDtype::kBfloat16, q16, q16 + C, q16 + 2 * C,
+                    b.att16.get(), b.lse.get(), s()));
+            } else {
+                linear(b.a.get(), b.a16.get(), o.qkv_w, P(o.qkv_b), b.qkv.get(), n, C, 3 * C,
+                       false);
+                ESPER_CUDA_CHECK(kernels::launch_attention_forward(
+                    sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
+                    b.qkv.get() + 2 * C, b.att.get(), b.lse.get(), s()));
+            }
             ESPER_CUDA_CHECK(
                 cudaMemcpyAsync(b.x_mid.get(), b.x_in.get(), bytes, cudaMemcpyDeviceToDevice, s()));
-            if (bf16)
-                ESPER_CUDA_CHECK(
-                    kernels::launch_cast_to_bf16(b.att.get(), b.att16.get(), int64_t(n) * C, s()));
             linear(b.att.get(), b.att16.get(), o.proj_w, P(o.proj_b), b.x_mid.get(), n, C, C, true);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
                 b.x_mid.get(), P(o.ln2_w), P(o.ln2_b), b.m.get(), b.m16.get(), b.mean2.get(),
@@ -349,15 +369,30 @@ struct CudaTransformerBackend::Impl {
                 G(o.ln2_w), G(o.ln2_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
             // attention: x_mid = x_in + attention(qkv(LN1(x_in)))·Wprojᵀ + bproj
             d16 = cast_a(gres.get(), int64_t(n) * C);
-            linear_dx(gres.get(), d16, o.proj_w, dtmp.get(), n, C, C);
+            linear_dx(gres.get(), d16, o.proj_w, dtmp.get(), n, C, C,
+                      bf16 ? datt16.get() : nullptr);
             linear_dw(b.att.get(), b.att16.get(), gres.get(), d16, o.proj_w, n, C, C);
             bias_grad(gres.get(), o.proj_b, n, C);
-            ESPER_CUDA_CHECK(kernels::launch_attention_backward(
-                sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
-                b.qkv.get() + 2 * C, b.att.get(), dtmp.get(), b.lse.get(), dqkv.get(),
-                dqkv.get() + C, dqkv.get() + 2 * C, attn_ws.get(), attn_ws.size(), s()));
+            if (bf16) {
+                // bf16 attention gradients; an fp32 copy for the bias gradient's sums, the
+                // bf16 ones for both products.
+                const uint16_t* q16 = b.qkv16.get();
+                uint16_t* g16 = dqkv16.get();
+                ESPER_CUDA_CHECK(kernels::launch_attention_backward(
+                    sh, kernels::AttentionDtype::kBfloat16, q16, q16 + C, q16 + 2 * C,
+                    b.att16.get(), datt16.get(), b.lse.get(), g16, g16 + C, g16 + 2 * C,
+                    attn_ws.get(), attn_ws.size(), s()));
+                ESPER_CUDA_CHECK(
+                    kernels::launch_cast_from_bf16(g16, dqkv.get(), int64_t(n) * 3 * C, s()));
+                d16 = g16;
+            } else {
+                ESPER_CUDA_CHECK(kernels::launch_attention_backward(
+                    sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
+                    b.qkv.get() + 2 * C, b.att.get(), dtmp.get(), b.lse.get(), dqkv.get(),
+                    dqkv.get() + C, dqkv.get() + 2 * C, attn_ws.get(), attn_ws.size(), s()));
+                d16 = nullptr;
+            }
             bias_grad(dqkv.get(), o.qkv_b, n, 3 * C);
-            d16 = cast_a(dqkv.get(), int64_t(n) * 3 * C);
             linear_dx(dqkv.get(), d16, o.qkv_w, dtmp.get(), n, C, 3 * C);
             linear_dw(b.a.get(), b.a16.get(), dqkv.get(), d16, o.qkv_w, n, C, 3 * C);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(

@@ -400,6 +400,32 @@ struct GemmCase {
 
 }  // namespace
 
+TEST_CASE("bf16 casts round to nearest even and back exactly", "[kernels][gpu]") {
+    ESPER_REQUIRE_DEVICES(1);
+    std::mt19937 rng(11);
+    for (const int64_t n : {int64_t(1), int64_t(257), int64_t(3) * 8192 * 256 + 5}) {
+        CAPTURE(n);
+        std::vector<float> x(static_cast<size_t>(n));
+        fill_uniform(x, rng, -300.f, 300.f);
+        x[0] = 1.0f + 1.0f / 256.0f;  // a tie: rounds to even (1.0)
+        DevBuf dx(x), d16(size_t(n) * 2), back(size_t(n) * 4);
+        CUDA_OK(cudaMemset(back.p, 0xFF, back.bytes));  // poison
+        CUDA_OK(launch_cast_to_bf16(dx.as<float>(), d16.p, n, nullptr));
+        CUDA_OK(launch_cast_from_bf16(d16.p, back.as<float>(), n, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        const std::vector<uint16_t> bits = d16.download<uint16_t>();
+        const std::vector<float> got = back.download<float>();
+        size_t bad_bits = 0, bad_values = 0;
+        for (size_t i = 0; i < size_t(n); ++i) {
+            bad_bits += bits[i] != bf16_bits(x[i]);
+            bad_values += got[i] != bf16_value(bits[i]);
+        }
+        CHECK(bad_bits == 0);
+        CHECK(bad_values == 0);
+        CHECK(got[0] == 1.0f);
+    }
+}
+
 TEST_CASE("cuBLASLt GEMMs match the reference for every transpose, precision and epilogue",
           "[kernels][gpu]") {
     ESPER_REQUIRE_DEVICES(1);

@@ -22,6 +22,7 @@
 #include "kasmina/model/transformer.h"
 #include "kasmina/train/cuda_transformer_backend.h"
 #include "kasmina/train/trainer.h"
+#include "kernels/attention.h"
 #include "tests/kasmina/train/teacher_test_util.h"
 #include "tests/support/gpu.h"
 #include "tests/support/paths.h"
@@ -277,8 +278,8 @@ TEST_CASE("germinating a seed of the GPU transformer is refused with a one-line 
 
 namespace {
 
-// One run of the captured-step test below: a 2×64 transformer (T = 32) over a fixed sequence of
-// batches and rates, with or without the step graph.
+// One run of the captured-step tests below: a 2×64 transformer (T = 32, or `seq_scale` times
+// that) over a fixed sequence of batches and rates, with or without the step graph.
 struct GraphRun {
     std::vector<double> losses;
     std::vector<int32_t> correct;
@@ -287,7 +288,7 @@ struct GraphRun {
     int64_t captures = 0;
 };
 
-GraphRun run_transformer_steps(const std::string& precision, bool graph) {
+GraphRun run_transformer_steps(const std::string& precision, bool graph, int32_t seq_scale = 1) {
     Config c;
     c.run.seed = 3;
     c.run.precision = precision;
@@ -297,7 +298,7 @@ GraphRun run_transformer_steps(const std::string& precision, bool graph) {
     c.model.transformer.n_layer = 2;
     c.model.transformer.n_head = 2;
     c.model.transformer.d_model = 64;
-    c.model.transformer.context = 32;
+    c.model.transformer.context = 32 * seq_scale;
     c.model.transformer.widening_seeds = 0;
     c.model.transformer.max_extra_units = 0;
     c.model.transformer.max_extra_heads = 0;
@@ -306,7 +307,7 @@ GraphRun run_transformer_steps(const std::string& precision, bool graph) {
     c.optimizer.grad_clip = 1.0;
     TransformerModel model(c.model, c.run.seed);
     Optimizer opt(c.optimizer, model.params(), model.seed_layer_widths());
-    CudaTransformerBackend gpu(c, model, opt, 8 * 32, 8 * 32);
+    CudaTransformerBackend gpu(c, model, opt, 8 * 32 * seq_scale, 8 * 32 * seq_scale);
     Telemetry tel(std::vector<int32_t>(model.seed_sites().size(), 1));
     // (samples, seq, lr): a rate change at step 3, a smaller batch, a shorter sequence, and the
     // first shape again (its graph is kept). A shape's first step runs uncaptured, its second is
@@ -319,7 +320,8 @@ GraphRun run_transformer_steps(const std::string& precision, bool graph) {
                           {8, 16, 2e-4}, {8, 16, 2e-4}, {8, 32, 1e-4}, {8, 32, 1e-4}};
     Rng rng(11);
     GraphRun out;
-    for (const Step& st : steps) {
+    for (Step st : steps) {
+        st.seq *= seq_scale;
         const int32_t rows = st.samples * st.seq;
         std::vector<int32_t> tokens(static_cast<size_t>(rows)), targets(static_cast<size_t>(rows));
         // Targets follow the tokens (next byte = token + 1), so the model has something to learn.
@@ -381,4 +383,33 @@ TEST_CASE("the transformer step replayed as a CUDA graph equals the uncaptured s
                  "bitwise equal, losses %s\n",
                  precision.c_str(), max_diff, bitwise, direct.params.size(),
                  replay.losses == direct.losses ? "bitwise equal" : "differ");
+}
+
+// At T = 128 and 64 the bf16 step's attention runs on cuDNN's fused kernels (kAuto from 128
+// positions, where cuDNN is loadable) and the own ones: the plans are built in the uncaptured
+// first step of a shape and executed inside the capture of the second. cuDNN's backward adds dQ
+// with atomics, so the replay matches the uncaptured step within a tolerance, not bitwise.
+TEST_CASE("the bf16 transformer step with cuDNN's attention replays as a CUDA graph",
+          "[kasmina][cuda_backend][transformer][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    const GraphRun direct = run_transformer_steps("bf16", false, 4);
+    const GraphRun replay = run_transformer_steps("bf16", true, 4);
+    std::fprintf(stderr, "attention backends: %s\n",
+                 esper::kernels::attention_cudnn_status().c_str());
+    CHECK(replay.captures == 3);
+    REQUIRE(replay.losses.size() == direct.losses.size());
+    double max_loss = 0.0, max_param = 0.0;
+    for (size_t i = 0; i < direct.losses.size(); ++i) {
+        INFO("step " << i << " direct " << direct.losses[i] << " graph " << replay.losses[i]);
+        REQUIRE(std::isfinite(replay.losses[i]));
+        CHECK(std::fabs(replay.losses[i] - direct.losses[i]) <= 1e-4);
+        max_loss = std::max(max_loss, std::fabs(replay.losses[i] - direct.losses[i]));
+    }
+    CHECK(replay.losses.back() < replay.losses.front());
+    REQUIRE(replay.params.size() == direct.params.size());
+    for (size_t i = 0; i < direct.params.size(); ++i)
+        max_param = std::max(max_param, double(std::fabs(replay.params[i] - direct.params[i])));
+    CHECK(max_param <= 1e-4);
+    std::fprintf(stderr, "bf16 T=128 graph replay: max |loss diff| %.3g, max |param diff| %.3g\n",
+                 max_loss, max_param);
 }
