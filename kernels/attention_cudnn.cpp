@@ -7,6 +7,7 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <memory>
@@ -136,6 +137,16 @@ public:
     }
     static void finalize(Desc d, const char* what) { check(api().finalize(d), what); }
 
+    // One operation of the graph: its descriptor-valued attributes (null ones left unset).
+    void operation(cudnnBackendDescriptorType_t type,
+                   std::initializer_list<std::pair<cudnnBackendAttributeName_t, Desc>> attrs) {
+        Desc op = make(type);
+        for (const auto& [name, value] : attrs)
+            if (value != nullptr) desc(op, name, value);
+        finalize(op, "operation");
+        ops_.push_back(op);
+    }
+
     // A 4-d tensor; uid < 0 makes a virtual one with the next free id.
     Desc tensor(int64_t uid, cudnnDataType_t type, std::array<int64_t, 4> dims,
                 std::array<int64_t, 4> strides, bool by_value = false) {
@@ -165,14 +176,12 @@ public:
         set(pw, CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &compute);
         if (axis >= 0) set(pw, CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &axis);
         finalize(pw, "pointwise descriptor");
-        Desc op = make(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR);
-        desc(op, CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw);
-        desc(op, CUDNN_ATTR_OPERATION_POINTWISE_XDESC, x);
-        if (b != nullptr) desc(op, CUDNN_ATTR_OPERATION_POINTWISE_BDESC, b);
-        if (t != nullptr) desc(op, CUDNN_ATTR_OPERATION_POINTWISE_TDESC, t);
-        desc(op, CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y);
-        finalize(op, "pointwise operation");
-        ops_.push_back(op);
+        operation(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR,
+                  {{CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw},
+                   {CUDNN_ATTR_OPERATION_POINTWISE_XDESC, x},
+                   {CUDNN_ATTR_OPERATION_POINTWISE_BDESC, b},
+                   {CUDNN_ATTR_OPERATION_POINTWISE_TDESC, t},
+                   {CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y}});
     }
     void reduce(cudnnReduceTensorOp_t mode, Desc x, Desc y) {
         Desc r = make(CUDNN_BACKEND_REDUCTION_DESCRIPTOR);
@@ -180,32 +189,39 @@ public:
         set(r, CUDNN_ATTR_REDUCTION_OPERATOR, CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, 1, &mode);
         set(r, CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &compute);
         finalize(r, "reduction descriptor");
-        Desc op = make(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR);
-        desc(op, CUDNN_ATTR_OPERATION_REDUCTION_DESC, r);
-        desc(op, CUDNN_ATTR_OPERATION_REDUCTION_XDESC, x);
-        desc(op, CUDNN_ATTR_OPERATION_REDUCTION_YDESC, y);
-        finalize(op, "reduction operation");
-        ops_.push_back(op);
+        operation(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR,
+                  {{CUDNN_ATTR_OPERATION_REDUCTION_DESC, r},
+                   {CUDNN_ATTR_OPERATION_REDUCTION_XDESC, x},
+                   {CUDNN_ATTR_OPERATION_REDUCTION_YDESC, y}});
     }
     void matmul(Desc a, Desc b, Desc c) {
         Desc m = make(CUDNN_BACKEND_MATMUL_DESCRIPTOR);
         const cudnnDataType_t compute = CUDNN_DATA_FLOAT;
         set(m, CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &compute);
         finalize(m, "matmul descriptor");
-        Desc op = make(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR);
-        desc(op, CUDNN_ATTR_OPERATION_MATMUL_ADESC, a);
-        desc(op, CUDNN_ATTR_OPERATION_MATMUL_BDESC, b);
-        desc(op, CUDNN_ATTR_OPERATION_MATMUL_CDESC, c);
-        desc(op, CUDNN_ATTR_OPERATION_MATMUL_DESC, m);
-        finalize(op, "matmul operation");
-        ops_.push_back(op);
+        operation(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR,
+                  {{CUDNN_ATTR_OPERATION_MATMUL_ADESC, a},
+                   {CUDNN_ATTR_OPERATION_MATMUL_BDESC, b},
+                   {CUDNN_ATTR_OPERATION_MATMUL_CDESC, c},
+                   {CUDNN_ATTR_OPERATION_MATMUL_DESC, m}});
     }
     void reshape(Desc x, Desc y) {
-        Desc op = make(CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR);
-        desc(op, CUDNN_ATTR_OPERATION_RESHAPE_XDESC, x);
-        desc(op, CUDNN_ATTR_OPERATION_RESHAPE_YDESC, y);
-        finalize(op, "reshape operation");
-        ops_.push_back(op);
+        operation(
+            CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR,
+            {{CUDNN_ATTR_OPERATION_RESHAPE_XDESC, x}, {CUDNN_ATTR_OPERATION_RESHAPE_YDESC, y}});
+    }
+
+    // A new virtual fp32 tensor y = mode(x[, b]), or y = a·b.
+    Desc apply(cudnnPointwiseMode_t mode, Desc x, Desc b, std::array<int64_t, 4> dims,
+               std::array<int64_t, 4> strides) {
+        Desc y = tensor(-1, CUDNN_DATA_FLOAT, dims, strides);
+        pointwise(mode, x, b, nullptr, y);
+        return y;
+    }
+    Desc product(Desc a, Desc b, std::array<int64_t, 4> dims, std::array<int64_t, 4> strides) {
+        Desc c = tensor(-1, CUDNN_DATA_FLOAT, dims, strides);
+        matmul(a, b, c);
+        return c;
     }
 
     // scores → scores with every key after the query set to the lowest float (row ≥ col kept).
@@ -325,22 +341,17 @@ void build_forward(Graph& g, const Layout& l) {
     Desc stats = g.tensor(kStats, CUDNN_DATA_FLOAT, rd, l.stats);
     Desc scale = g.scalar(kScale);
     Desc lowest = g.scalar(kLowest);
-    Desc s1 = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.matmul(q, kt, s1);
-    Desc s2 = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.pointwise(CUDNN_POINTWISE_MUL, s1, scale, nullptr, s2);
-    Desc s3 = g.causal(s2, lowest, sd, l.scores);
+    Desc s = g.apply(CUDNN_POINTWISE_MUL, g.product(q, kt, sd, l.scores), scale, sd, l.scores);
+    s = g.causal(s, lowest, sd, l.scores);
+    // Softmax with its statistics: lse = max + log Σ exp(s − max).
     Desc mx = g.tensor(-1, CUDNN_DATA_FLOAT, rd, l.stats);
-    g.reduce(CUDNN_REDUCE_TENSOR_MAX, s3, mx);
-    Desc sub = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.pointwise(CUDNN_POINTWISE_SUB, s3, mx, nullptr, sub);
-    Desc e = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.pointwise(CUDNN_POINTWISE_EXP, sub, nullptr, nullptr, e);
+    g.reduce(CUDNN_REDUCE_TENSOR_MAX, s, mx);
+    Desc e = g.apply(CUDNN_POINTWISE_EXP, g.apply(CUDNN_POINTWISE_SUB, s, mx, sd, l.scores),
+                     nullptr, sd, l.scores);
     Desc z = g.tensor(-1, CUDNN_DATA_FLOAT, rd, l.stats);
     g.reduce(CUDNN_REDUCE_TENSOR_ADD, e, z);
-    Desc lz = g.tensor(-1, CUDNN_DATA_FLOAT, rd, l.stats);
-    g.pointwise(CUDNN_POINTWISE_LOG, z, nullptr, nullptr, lz);
-    g.pointwise(CUDNN_POINTWISE_ADD, mx, lz, nullptr, stats);
+    g.pointwise(CUDNN_POINTWISE_ADD, mx, g.apply(CUDNN_POINTWISE_LOG, z, nullptr, rd, l.stats),
+                nullptr, stats);
     // cuDNN wants the second product's A operand in the I/O type.
     Desc p = g.tensor(-1, CUDNN_DATA_BFLOAT16, sd, l.scores);
     g.pointwise(CUDNN_POINTWISE_DIV, e, z, nullptr, p);
@@ -364,35 +375,25 @@ void build_backward(Graph& g, const Layout& l) {
     Desc lowest = g.scalar(kLowest);
     Desc one = g.scalar(kOne);
     // Δ = rowsum(dO ∘ O) → softmax_sum (fp32, the caller's workspace).
-    Desc dodo = g.tensor(-1, CUDNN_DATA_FLOAT, qd, {l.h * l.t * l.d, l.t * l.d, l.h * l.d, 1});
-    g.pointwise(CUDNN_POINTWISE_MUL, d_o, o, nullptr, dodo);
     Desc delta = g.tensor(-1, CUDNN_DATA_FLOAT, rd, l.stats);
-    g.reduce(CUDNN_REDUCE_TENSOR_ADD, dodo, delta);
+    g.reduce(CUDNN_REDUCE_TENSOR_ADD,
+             g.apply(CUDNN_POINTWISE_MUL, d_o, o, qd, {l.h * l.t * l.d, l.t * l.d, l.h * l.d, 1}),
+             delta);
     Desc softmax_sum = g.tensor(kSoftmaxSum, CUDNN_DATA_FLOAT, rd, l.stats);
     g.pointwise(CUDNN_POINTWISE_MUL, delta, one, nullptr, softmax_sum);
     // P = exp(scale·Q·Kᵀ − lse), causal.
-    Desc s1 = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.matmul(q, kt, s1);
-    Desc s2 = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.pointwise(CUDNN_POINTWISE_MUL, s1, scale, nullptr, s2);
-    Desc s3 = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.pointwise(CUDNN_POINTWISE_SUB, s2, stats, nullptr, s3);
-    Desc s4 = g.causal(s3, lowest, sd, l.scores);
-    Desc p = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.pointwise(CUDNN_POINTWISE_EXP, s4, nullptr, nullptr, p);
+    Desc s = g.apply(CUDNN_POINTWISE_MUL, g.product(q, kt, sd, l.scores), scale, sd, l.scores);
+    s = g.causal(g.apply(CUDNN_POINTWISE_SUB, s, stats, sd, l.scores), lowest, sd, l.scores);
+    Desc p = g.apply(CUDNN_POINTWISE_EXP, s, nullptr, sd, l.scores);
     // dV = Pᵀ·dO
     Desc pt = g.tensor(-1, CUDNN_DATA_BFLOAT16, sd, transposed);
     g.reshape(p, pt);
     g.matmul(pt, d_o, dv);
     // dS = P ∘ (dO·Vᵀ − Δ) · scale
-    Desc dp = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.matmul(d_o, vt, dp);
-    Desc dp2 = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.pointwise(CUDNN_POINTWISE_SUB, dp, softmax_sum, nullptr, dp2);
-    Desc dp3 = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.pointwise(CUDNN_POINTWISE_MUL, dp2, p, nullptr, dp3);
-    Desc ds = g.tensor(-1, CUDNN_DATA_FLOAT, sd, l.scores);
-    g.pointwise(CUDNN_POINTWISE_MUL, dp3, scale, nullptr, ds);
+    Desc ds =
+        g.apply(CUDNN_POINTWISE_SUB, g.product(d_o, vt, sd, l.scores), softmax_sum, sd, l.scores);
+    ds = g.apply(CUDNN_POINTWISE_MUL, g.apply(CUDNN_POINTWISE_MUL, ds, p, sd, l.scores), scale, sd,
+                 l.scores);
     // dK = dSᵀ·Q
     Desc dst = g.tensor(-1, CUDNN_DATA_BFLOAT16, sd, transposed);
     g.reshape(ds, dst);
