@@ -95,10 +95,12 @@ int main(int argc, char** argv) {
                 }
             }
         } else {
-            std::fprintf(stderr,
+            const bool help =
+                std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0;
+            std::fprintf(help ? stdout : stderr,
                          "usage: esper-bench-attention [--iters N] [--shape B,H,T,D] "
                          "[--backend own|cudnn|auto|all]\n");
-            return 2;
+            return help ? 0 : 2;
         }
     }
     cudaDeviceProp prop{};
