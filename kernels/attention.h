@@ -47,7 +47,8 @@ enum class AttentionDtype : uint8_t { kFloat32 = 0, kBfloat16 = 1 };
 // cudaErrorNotSupported when cuDNN is absent, has no engine for the shape, or the plan for a new
 // shape would have to be built inside a stream capture. kAuto: cuDNN for bf16 from
 // kAttentionCudnnMinSeq positions up when it can run, otherwise the own kernels — the faster of
-// the two at the shapes measured in docs/benchmarks.md ("Attention: own kernels and cuDNN").
+// the two at the shapes measured in docs/benchmarks.md ("Transformer on CUDA": cuDNN's fused
+// attention behind the launcher).
 enum class AttentionBackend : uint8_t { kAuto = 0, kOwn = 1, kCudnn = 2 };
 inline constexpr int32_t kAttentionCudnnMinSeq = 128;
 // Whether cuDNN could be loaded, and a line saying which one (or why not, and the last failure).
