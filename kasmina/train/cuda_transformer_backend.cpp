@@ -50,7 +50,8 @@ struct BlockOff {
 };
 
 // In bf16 mode the GEMM-only inputs a, m, h are kept as bf16 copies only (a16, m16, h16: the
-// forward's operands, reused by the backward's weight gradients) and att also as att16.
+// forward's operands, reused by the backward's weight gradients), and the attention's q, k, v
+// and output only in bf16 (qkv16, att16); fp32 mode keeps qkv and att.
 struct BlockAct {
     DeviceBuffer<float> x_in, a, qkv, att, x_mid, m, f, h, mean1, rstd1, mean2, rstd2, lse;
     DeviceBuffer<uint16_t> a16, qkv16, att16, m16, h16;
