@@ -33,6 +33,8 @@ public:
 
     int rank() const { return comm_.rank(); }
     int world() const { return comm_.world(); }
+    // Sums v over ranks in place (every rank calls it at the same step).
+    void all_reduce_sum(std::span<float> v) { comm_.all_reduce_sum(v.data(), v.size()); }
 
     // After backward: every gradient becomes the mean over ranks.
     void reduce_gradients();

@@ -639,6 +639,14 @@ Config read_root(const Reader& r, const YAML::Node& root, uint64_t memory_bytes)
                    "cuda does not run the MLP's mlp_units seeds (model.widening_seeds > 0) yet; "
                    "use run.device: cpu or auto");
     }
+    // GradMax places the units of the MLP's mlp_units seeds; anywhere else it would do nothing.
+    if (c.blueprints.init == BlueprintInit::kGradmax &&
+        (transformer || c.model.widening_seeds == 0))
+        r.fail(r.at(root["blueprints"], "init"), "blueprints.init",
+               transformer ? "gradmax places the MLP host's mlp_units seeds; the transformer's "
+                             "seeds start random (use init: random)"
+                           : "gradmax places mlp_units seeds' units, and this MLP has no widening "
+                             "site for them: set model.widening_seeds (and max_extra_units)");
     refuse_what_cannot_fit(r, root, c, memory_bytes);
     return c;
 }

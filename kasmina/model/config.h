@@ -108,8 +108,11 @@ struct LoraBlueprintConfig {
 // so germination preserves the function): `random` Kaiming-uniform, `split` copies of the host
 // layer's own trained units (weights and bias of unit c0 + j mod w of the seed's chunk) plus a
 // little noise, so the new units start as features the host already found useful (MLP only).
-enum class BlueprintInit : uint8_t { kRandom = 0, kSplit = 1 };
-inline constexpr std::array<std::string_view, 2> kBlueprintInitNames = {"random", "split"};
+// `gradmax`: an mlp_units seed's first units read along the directions in which their (zero)
+// output weights get the largest gradient (GradMax, Evci et al. 2022; MLP only, docs/kasmina.md).
+enum class BlueprintInit : uint8_t { kRandom = 0, kSplit = 1, kGradmax = 2 };
+inline constexpr std::array<std::string_view, 3> kBlueprintInitNames = {"random", "split",
+                                                                        "gradmax"};
 constexpr std::string_view blueprint_init_name(BlueprintInit i) {
     return enum_name(i, kBlueprintInitNames);
 }

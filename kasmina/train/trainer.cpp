@@ -10,6 +10,8 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "kasmina/dist/distributed.h"
+#include "kasmina/model/gradmax.h"
+#include "kasmina/model/mlp.h"
 
 namespace esper::kasmina {
 
@@ -124,7 +126,7 @@ TrainStep Trainer::step() {
     const int32_t B = int32_t(config_.data.batch_size);
     TrainStep out;
     out.epoch = s / data_->steps_per_epoch();
-    split_germinated();
+    init_germinated();
     if (fold_fossils()) {  // the last-known-good state includes the folded host
         capture(last_good_);
         last_good_seeds_ = seeds_->snapshot();
@@ -231,50 +233,86 @@ EvalResult Trainer::evaluate() {
     return e;
 }
 
-void Trainer::split_germinated() {
-    if (config_.blueprints.init != BlueprintInit::kSplit || model_->kind() != "mlp") return;
-    split_done_.resize(size_t(seeds_->num_layers()));
+void Trainer::init_germinated() {
+    const BlueprintInit init = config_.blueprints.init;
+    if (init == BlueprintInit::kRandom || model_->kind() != "mlp") return;
+    // A seed germinated since the last step is GERMINATED with no step in the stage: a pure
+    // function of the seed table, so a resumed or rolled-back run re-initialises exactly what
+    // the uninterrupted one did.
     bool downloaded = false;
     for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
         const SeedTable& t = seeds_->table(l);
-        std::vector<uint8_t>& done = split_done_[size_t(l)];
-        done.resize(size_t(t.num_seeds()), 0);
-        BlueprintArenas& arenas = seeds_->arenas(l);
-        const int64_t n = arenas.in_width();
         for (int32_t s = 0; s < t.num_seeds(); ++s) {
-            if (t.stage(s) != SeedStage::kGerminated) {
-                done[size_t(s)] = 0;
+            if (t.stage(s) != SeedStage::kGerminated || t.steps_in_stage(s) != 0 || t.slot(s) < 0)
                 continue;
-            }
-            if (done[size_t(s)] || t.kind(s) != BlueprintKind::kResidualMlp || t.slot(s) < 0 ||
-                arenas.in_width() <= 0)
-                continue;
-            done[size_t(s)] = 1;
+            const BlueprintKind kind = t.kind(s);
+            const bool split = init == BlueprintInit::kSplit &&
+                               kind == BlueprintKind::kResidualMlp &&
+                               seeds_->arenas(l).in_width() > 0;
+            const bool gradmax =
+                init == BlueprintInit::kGradmax && kind == BlueprintKind::kMlpUnits;
+            if (!split && !gradmax) continue;
             // On the GPU the host copy of the weights is refreshed only by a download.
             if (!std::exchange(downloaded, true)) backend_->download_all();
-            // MLP parameters in order: hidden<l>.weight [D, n], hidden<l>.bias [D], ...
-            const Tensor& w = *model_->params()[size_t(2 * l)].value;
-            const Tensor& b = *model_->params()[size_t(2 * l + 1)].value;
-            std::span<float> p = arenas.params(BlueprintKind::kResidualMlp, t.slot(s));
-            const int64_t hidden = arenas.hidden(BlueprintKind::kResidualMlp);
-            const auto o = kernels::mlp_slot_offsets(arenas.max_width(), hidden, n);
-            const int32_t c0 = t.chunk_begin(s), cw = t.chunk_width(s);
-            // Noise breaks the symmetry between copies of one unit (their output rows start at 0
-            // and would otherwise get the same gradient forever).
-            Rng rng(
-                mix_seed(config_.run.seed, uint64_t(step_) * 131 + uint64_t(l) * 17 + uint64_t(s)));
-            const float noise = 0.1f / std::sqrt(float(n));
-            for (int64_t j = 0; j < hidden; ++j) {
-                const int64_t unit = c0 + j % cw;
-                for (int64_t i = 0; i < n; ++i)
-                    p[size_t(o.v + j * n + i)] = w[unit * n + i] + rng.uniform(-noise, noise);
-                p[size_t(o.b1 + j)] = b[unit];
-            }
-            ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "split layer=", l, " seed=", s,
-                         " units=", hidden, " from host units ", c0, "..", c0 + cw - 1);
+            if (split)
+                split_units(l, s);
+            else
+                gradmax_units(l, s);
         }
     }
-    if (downloaded) backend_->upload_all();  // the device may already hold the unsplit slot
+    if (downloaded) backend_->upload_all();  // the device may already hold the first draw
+}
+
+void Trainer::split_units(int32_t l, int32_t s) {
+    const SeedTable& t = seeds_->table(l);
+    BlueprintArenas& arenas = seeds_->arenas(l);
+    const int64_t n = arenas.in_width();
+    // MLP parameters in order: hidden<l>.weight [D, n], hidden<l>.bias [D], ...
+    const Tensor& w = *model_->params()[size_t(2 * l)].value;
+    const Tensor& b = *model_->params()[size_t(2 * l + 1)].value;
+    std::span<float> p = arenas.params(BlueprintKind::kResidualMlp, t.slot(s));
+    const int64_t hidden = arenas.hidden(BlueprintKind::kResidualMlp);
+    const auto o = kernels::mlp_slot_offsets(arenas.max_width(), hidden, n);
+    const int32_t c0 = t.chunk_begin(s), cw = t.chunk_width(s);
+    // Noise breaks the symmetry between copies of one unit (their output rows start at 0 and
+    // would otherwise get the same gradient forever).
+    Rng rng(mix_seed(config_.run.seed, uint64_t(step_) * 131 + uint64_t(l) * 17 + uint64_t(s)));
+    const float noise = 0.1f / std::sqrt(float(n));
+    for (int64_t j = 0; j < hidden; ++j) {
+        const int64_t unit = c0 + j % cw;
+        for (int64_t i = 0; i < n; ++i)
+            p[size_t(o.v + j * n + i)] = w[unit * n + i] + rng.uniform(-noise, noise);
+        p[size_t(o.b1 + j)] = b[unit];
+    }
+    ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "split layer=", l, " seed=", s, " units=", hidden,
+                 " from host units ", c0, "..", c0 + cw - 1);
+}
+
+void Trainer::gradmax_units(int32_t l, int32_t s) {
+    auto& mlp = dynamic_cast<MlpModel&>(*model_);
+    int32_t hl = 0;  // the hidden layer whose widening site seed layer l is
+    while (hl < mlp.num_hidden() && mlp.widening_layer(hl) != l) ++hl;
+    ESPER_ASSERT(hl < mlp.num_hidden(), "seed layer ", l, " is no widening site");
+    const int64_t in = seeds_->arenas(l).in_width(), out = mlp.widening_out(hl);
+    // G over the next few training batches of this rank (the step's own first), summed over
+    // ranks so that every rank places the same units.
+    std::vector<float> g(size_t(out * in), 0.0f);
+    for (int64_t k = 0; k < kGradmaxBatches; ++k)
+        mlp.widening_gradient(hl, data_->train_batch(step_ + k), g);
+    if (dist_) dist_->all_reduce_sum(g);
+    BlueprintArenas& arenas = seeds_->arenas(l);
+    const int64_t k = arenas.hidden(BlueprintKind::kMlpUnits);
+    const GradmaxDirections d = gradmax_directions(g, out, in, k);
+    // Each placed row gets the norm a random row of the U(±1/√in) draw has on average (1/√3);
+    // the units past G's rank keep that draw, and the bias and the output side stay zero.
+    std::span<float> p = arenas.params(BlueprintKind::kMlpUnits, seeds_->table(l).slot(s));
+    const WideningOffsets o = widening_offsets(BlueprintKind::kMlpUnits, in, k, out);
+    const float norm = 1.0f / std::sqrt(3.0f);
+    for (int64_t j = 0; j < d.rows; ++j)
+        for (int64_t i = 0; i < in; ++i)
+            p[size_t(o.in_w + j * in + i)] = norm * d.v[size_t(j * in + i)];
+    ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "gradmax layer=", l, " seed=", s, " units=", k,
+                 " placed=", d.rows, " sigma_max=", d.rows > 0 ? d.sigma[0] : 0.0);
 }
 
 bool Trainer::fold_fossils() {

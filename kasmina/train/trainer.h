@@ -177,10 +177,15 @@ private:
     // FOSSILIZED widening seeds become host parameters (Model::fold_widening) and give their
     // arena slot back; true when any did.
     bool fold_fossils();
-    // blueprints.init: split — a layer-input residual_mlp seed just GERMINATED on an MLP host
-    // gets copies of its chunk's host units as its hidden units (its output side stays zero).
-    void split_germinated();
-    std::vector<std::vector<uint8_t>> split_done_;  // [layer][seed]: this germination is split
+    // blueprints.init other than random, for the seeds germinated since the last step on an MLP
+    // host: split — a layer-input residual_mlp seed's hidden units start as copies of its
+    // chunk's host units; gradmax — an mlp_units seed's first units start along the directions
+    // where their zero output weights get the largest gradient (kasmina/model/gradmax.h).
+    void init_germinated();
+    void split_units(int32_t layer, int32_t seed);
+    void gradmax_units(int32_t layer, int32_t seed);
+    // Training batches (from the current step's on) that GradMax's gradient is summed over.
+    static constexpr int64_t kGradmaxBatches = 4;
     // Restores parameters/optimizer/arenas (and, when `with_seeds`, seed tables and step).
     void restore(const CheckpointData& in, bool with_seeds);
 

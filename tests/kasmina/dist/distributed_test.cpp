@@ -77,8 +77,9 @@ struct Script {
 struct RankResult {
     uint64_t seed_digest = 0;
     uint64_t param_digest = 0;
-    std::vector<float> params;  // host parameters, concatenated
-    std::vector<int> stages;    // [layer][seed] flattened
+    std::vector<float> params;      // host parameters, concatenated
+    std::vector<float> blueprints;  // the slots of the seeds that hold one, in seed order
+    std::vector<int> stages;        // [layer][seed] flattened
     double last_loss = 0.0;
     int64_t syncs = 0;
     int64_t steps = 0;
@@ -94,8 +95,13 @@ RankResult summarize(Trainer& t) {
     for (const ParamRef& p : t.model().params())
         r.params.insert(r.params.end(), p.value->span().begin(), p.value->span().end());
     for (int32_t l = 0; l < t.seeds().num_layers(); ++l)
-        for (int32_t s = 0; s < t.seeds().table(l).num_seeds(); ++s)
+        for (int32_t s = 0; s < t.seeds().table(l).num_seeds(); ++s) {
             r.stages.push_back(int(t.seeds().table(l).stage(s)));
+            const int32_t slot = t.seeds().table(l).slot(s);
+            if (slot < 0) continue;
+            const auto p = t.seeds().arenas(l).params(t.seeds().table(l).kind(s), slot);
+            r.blueprints.insert(r.blueprints.end(), p.begin(), p.end());
+        }
     r.last_loss = t.last_step().loss;
     r.steps = t.steps_done();
     return r;
@@ -111,7 +117,8 @@ GlooConfig loopback(int rank, int world) {
 }
 
 // Trains `world` ranks (threads); rank 0 runs `script`. Returns each rank's result and error.
-std::vector<RankResult> train_ranks(const Config& config, int world, Script* script,
+std::vector<RankResult> train_ranks(const Config& config, int world,
+                                    std::function<void(Trainer&)> script,
                                     std::vector<std::exception_ptr>& errors, bool fold = true) {
     InMemoryKvStore store;
     std::vector<RankResult> results(static_cast<size_t>(world));
@@ -127,9 +134,7 @@ std::vector<RankResult> train_ranks(const Config& config, int world, Script* scr
                 o.collectives = &comm;
                 o.fold_sync_flags = fold;
                 Trainer t(config, o);
-                std::function<void(Trainer&)> before;
-                if (r == 0 && script != nullptr) before = std::ref(*script);
-                test::run_loop(t, before);
+                test::run_loop(t, r == 0 ? script : std::function<void(Trainer&)>());
                 results[size_t(r)] = summarize(t);
             } catch (...) {
                 errors[size_t(r)] = std::current_exception();
@@ -158,7 +163,7 @@ TEST_CASE("gloo ranks train with bit-identical parameters and seed tables under 
     Config c = dist_config(kLocalBatch);
     Script script;
     std::vector<std::exception_ptr> errors;
-    const std::vector<RankResult> res = train_ranks(c, world, &script, errors, fold);
+    const std::vector<RankResult> res = train_ranks(c, world, std::ref(script), errors, fold);
     for (int r = 0; r < world; ++r) {
         INFO("rank " << r << ": " << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
         REQUIRE(!errors[size_t(r)]);
@@ -191,7 +196,7 @@ TEST_CASE("two gloo ranks match a single-rank run on the same global batch", "[k
     Script dist_script, single_script;
     std::vector<std::exception_ptr> errors;
     const std::vector<RankResult> res =
-        train_ranks(dist_config(kLocalBatch), world, &dist_script, errors, fold);
+        train_ranks(dist_config(kLocalBatch), world, std::ref(dist_script), errors, fold);
     for (auto& e : errors) REQUIRE(!e);
 
     Trainer single(dist_config(int64_t(kLocalBatch) * world));
@@ -321,6 +326,38 @@ std::vector<BoundaryTrace> trace_ranks(bool fold, std::vector<std::exception_ptr
 
 }  // namespace
 
+TEST_CASE("gloo ranks place gradmax units from the gradient summed over ranks, identically",
+          "[kasmina][dist][gradmax]") {
+    // Each rank's batches differ, so only the all-reduced G places the same units everywhere; a
+    // rank-local G would part the ranks' slots at once (the digest compares host parameters).
+    Config c = dist_config(kLocalBatch);
+    c.model.widening_seeds = 1;
+    c.model.max_extra_units = 16;
+    c.blueprints.mlp_units = {8, 1};
+    c.blueprints.init = BlueprintInit::kGradmax;
+    c.run.max_steps = 12;
+    c.lifecycle.fine_tuning_steps = 1000;  // keep the seeds in their slots to the end
+    std::vector<std::string> log;
+    auto script = [&](Trainer& t) {
+        if (t.steps_done() != 2) return;
+        for (int32_t layer : {2, 3}) {  // the widening sites of hidden layers 0 and 1
+            const Outcome o = t.apply(
+                make(GerminateCommand{SeedRef{layer, 0}, BlueprintKind::kMlpUnits, std::nullopt}));
+            log.push_back(o.applied() ? "ok" : o.reason);
+        }
+    };
+    std::vector<std::exception_ptr> errors;
+    const std::vector<RankResult> res = train_ranks(c, 2, script, errors);
+    for (int r = 0; r < 2; ++r) {
+        INFO("rank " << r << ": " << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
+        REQUIRE(!errors[size_t(r)]);
+    }
+    REQUIRE(log == std::vector<std::string>{"ok", "ok"});
+    REQUIRE(res[0].blueprints.size() == size_t((8 * 16 + 8 + 20 * 8) + (8 * 24 + 8 + 4 * 8)));
+    CHECK(res[1].blueprints == res[0].blueprints);
+    CHECK(res[1].params == res[0].params);
+}
+
 TEST_CASE("folded boundary flags: no collective at a boundary, commands and stops one step later",
           "[kasmina][dist]") {
     std::vector<std::exception_ptr> errors;
@@ -379,7 +416,7 @@ TEST_CASE("a forced seed-table divergence stops every rank with the digest error
     c.faults.corrupt_digest_rank = 1;
     c.run.digest_every_steps = 5;
     std::vector<std::exception_ptr> errors;
-    const std::vector<RankResult> res = train_ranks(c, 2, nullptr, errors);
+    const std::vector<RankResult> res = train_ranks(c, 2, {}, errors);
     for (int r = 0; r < 2; ++r) {
         INFO("rank " << r);
         REQUIRE(errors[size_t(r)]);
