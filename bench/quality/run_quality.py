@@ -217,7 +217,7 @@ def write_svg(path, task, results):
     if target is not None:
         s.append(f'<line x1="{L}" y1="{Y(target):.1f}" x2="{W - R}" y2="{Y(target):.1f}" '
                  f'stroke="black" stroke-dasharray="4 3"/>')
-        s.append(f'<text x="{W - R + 4}" y="{Y(target) + 4:.1f}">matched final</text>')
+        s.append(f'<text x="{L + 4}" y="{Y(target) - 4:.1f}">matched final</text>')
         f70 = 0.7 * results["matched"]["train_gflops"]
         s.append(f'<line x1="{X(f70):.1f}" y1="{T}" x2="{X(f70):.1f}" y2="{H - B}" stroke="black" '
                  f'stroke-dasharray="2 4"/>')
