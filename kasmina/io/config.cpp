@@ -639,12 +639,12 @@ Config read_root(const Reader& r, const YAML::Node& root, uint64_t memory_bytes)
                    "cuda does not run the MLP's mlp_units seeds (model.widening_seeds > 0) yet; "
                    "use run.device: cpu or auto");
     }
-    // GradMax places the units of the MLP's mlp_units seeds; anywhere else it would do nothing.
-    if (c.blueprints.init == BlueprintInit::kGradmax &&
-        (transformer || c.model.widening_seeds == 0))
+    // GradMax places mlp_units seeds' units; without widening sites it would do nothing.
+    const int64_t sites = transformer ? c.model.transformer.widening_seeds : c.model.widening_seeds;
+    if (c.blueprints.init == BlueprintInit::kGradmax && sites == 0)
         r.fail(r.at(root["blueprints"], "init"), "blueprints.init",
-               transformer ? "gradmax places the MLP host's mlp_units seeds; the transformer's "
-                             "seeds start random (use init: random)"
+               transformer ? "gradmax places mlp_units seeds' units, and this transformer has no "
+                             "widening site for them: set model.transformer.widening_seeds"
                            : "gradmax places mlp_units seeds' units, and this MLP has no widening "
                              "site for them: set model.widening_seeds (and max_extra_units)");
     refuse_what_cannot_fit(r, root, c, memory_bytes);

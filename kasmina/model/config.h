@@ -109,7 +109,7 @@ struct LoraBlueprintConfig {
 // layer's own trained units (weights and bias of unit c0 + j mod w of the seed's chunk) plus a
 // little noise, so the new units start as features the host already found useful (MLP only).
 // `gradmax`: an mlp_units seed's first units read along the directions in which their (zero)
-// output weights get the largest gradient (GradMax, Evci et al. 2022; MLP only, docs/kasmina.md).
+// output weights get the largest gradient (GradMax, Evci et al. 2022; docs/kasmina.md).
 enum class BlueprintInit : uint8_t { kRandom = 0, kSplit = 1, kGradmax = 2 };
 inline constexpr std::array<std::string_view, 3> kBlueprintInitNames = {"random", "split",
                                                                         "gradmax"};

@@ -418,15 +418,17 @@ BatchResult MlpModel::train_batch(const Batch& data, std::span<const kernels::Se
     return r;
 }
 
-void MlpModel::widening_gradient(int32_t l, const Batch& batch, std::span<float> g) {
-    ESPER_REQUIRE(l >= 0 && size_t(l) < hidden_.size(), "hidden layer ", l);
-    const int64_t in = hidden_[size_t(l)]->in_features(), out = out_next(size_t(l));
+bool MlpModel::widening_gradient(int32_t layer, const Batch& batch, std::span<float> g) {
+    const auto it = std::find(widening_layer_.begin(), widening_layer_.end(), layer);
+    if (it == widening_layer_.end()) return false;
+    const auto l = size_t(it - widening_layer_.begin());
+    const int64_t in = hidden_[l]->in_features(), out = out_next(l);
     ESPER_REQUIRE(int64_t(g.size()) == out * in, "g=", g.size(), " out=", out, " in=", in);
     train_batch(batch, {}, {});
-    const float* dz = size_t(l) + 1 < hidden_.size() ? hidden_[size_t(l) + 1]->preact_grad()
-                                                     : head_->preact_grad();
-    const float* x = l == 0 ? batch.features : y_[size_t(l) - 1].data();
+    const float* dz = l + 1 < hidden_.size() ? hidden_[l + 1]->preact_grad() : head_->preact_grad();
+    const float* x = l == 0 ? batch.features : y_[l - 1].data();
     linear_dw(x, dz, g.data(), batch.rows, int32_t(in), int32_t(out));
+    return true;
 }
 
 BatchResult MlpModel::eval_batch(const Batch& data, std::span<const kernels::SeedLayerView> views) {

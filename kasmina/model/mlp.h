@@ -98,13 +98,9 @@ public:
     std::span<const float> seed_output(int32_t l) const;
     std::span<const float> logits() const { return {logits_.data(), logits_.size()}; }
 
-    // g [out_next(l), in(l)] += Σ_b δ_b·x_bᵀ over `batch`: δ the loss gradient at the
-    // pre-activation that hidden layer l's widening units write into (the next layer's, or the
-    // head's), x the layer's input, for the host with its folded units (live seeds left out).
-    // What GradMax (kasmina/model/gradmax.h) reads. Overwrites the host's gradients, as any
-    // train_batch does.
-    void widening_gradient(int32_t l, const Batch& batch, std::span<float> g);
-    int64_t widening_out(int32_t l) const { return out_next(size_t(l)); }
+    // Seed layer `layer` is hidden layer l's widening site: its units read the layer's input and
+    // write into the next layer's pre-activation (the head's for the last layer).
+    bool widening_gradient(int32_t layer, const Batch& batch, std::span<float> g) override;
 
 private:
     // Units of hidden layer l beside its Linear: the folded ones (reserved room, host parameters)

@@ -99,6 +99,14 @@ public:
                                std::span<const float> /*params*/) {
         return false;
     }
+    // GradMax's G (kasmina/model/gradmax.h) for the mlp_units of widening site `layer`:
+    // g [out, in] += Σ_rows δ·xᵀ over `batch`, x what the units read (in features), δ the loss
+    // gradient where they write (out features), for the host alone (live seeds left out).
+    // Overwrites the host's gradients as any train_batch does. False: no such site here.
+    virtual bool widening_gradient(int32_t /*layer*/, const Batch& /*batch*/,
+                                   std::span<float> /*g*/) {
+        return false;
+    }
     // What a checkpoint must keep beyond the parameters to rebuild the host's shape (the
     // transformer: extra units and heads in use per block); empty for a fixed host.
     virtual std::vector<int64_t> structure() const { return {}; }

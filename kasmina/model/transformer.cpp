@@ -501,6 +501,7 @@ void TransformerModel::backward(const int32_t* tokens, int32_t samples, int32_t 
         kernels::SeedTelemetryAccum* wtel =
             tel.empty() || b.widening_layer < 0 ? nullptr : tel[size_t(b.widening_layer)];
         // ---- MLP: out = x_mid + fc2(hs) + extra units + unit seeds; dx_ = ∂L/∂out ----
+        if (int32_t(l) == gradmax_block_) linear_dw(b.m.data(), dx_.data(), gradmax_g_, n, C_, C_);
         linear_dw(b.hs.data(), dx_.data(), b.d_fc2_w.data(), n, F_, C_);
         bias_grad(dx_.data(), b.d_fc2_b.data(), n, C_);
         linear_dx(dx_.data(), b.fc2_w.data(), dhs, n, F_, C_);
@@ -613,6 +614,19 @@ BatchResult TransformerModel::train_batch(const Batch& batch,
     const BatchResult r = loss(batch.targets, batch.rows);
     backward(batch.tokens, batch.samples, seq, views, tel);
     return r;
+}
+
+bool TransformerModel::widening_gradient(int32_t layer, const Batch& batch, std::span<float> g) {
+    int32_t l = 0;
+    while (l < n_layer() && blocks_[size_t(l)].widening_layer != layer) ++l;
+    if (l == n_layer()) return false;
+    ESPER_REQUIRE(int64_t(g.size()) == int64_t(C_) * C_, "g=", g.size(), " d_model=", C_);
+    gradmax_block_ = l;
+    gradmax_g_ = g.data();
+    train_batch(batch, {}, {});
+    gradmax_block_ = -1;
+    gradmax_g_ = nullptr;
+    return true;
 }
 
 BatchResult TransformerModel::eval_batch(const Batch& batch,

@@ -48,6 +48,9 @@ public:
     // products per head and sequence (QKᵀ and PV, full T² as the kernels compute it).
     double train_flops(int32_t samples, int32_t rows) const override;
     bool fold_widening(int32_t layer, BlueprintKind kind, std::span<const float> params) override;
+    // Seed layer `layer` is block l's widening site: mlp_units read LN2's output and write into
+    // the residual stream after the block.
+    bool widening_gradient(int32_t layer, const Batch& batch, std::span<float> g) override;
     // Per block: extra units in use, extra heads in use.
     std::vector<int64_t> structure() const override;
     void set_structure(std::span<const int64_t> s) override;
@@ -137,6 +140,9 @@ private:
     AlignedVector<float> x_out_, xf_, logits_, dlogits_, dx_, dtmp_, dtmp2_, dbig_, dsmall_;
     std::vector<float> meanf_, rstdf_;
     std::vector<float> step_scratch_;  // decode_step's working rows
+    // widening_gradient's target: backward adds ∂L/∂(block output)ᵀ · LN2 output there.
+    int32_t gradmax_block_ = -1;
+    float* gradmax_g_ = nullptr;
 };
 
 }  // namespace esper::kasmina

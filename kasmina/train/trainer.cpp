@@ -235,7 +235,7 @@ EvalResult Trainer::evaluate() {
 
 void Trainer::init_germinated() {
     const BlueprintInit init = config_.blueprints.init;
-    if (init == BlueprintInit::kRandom || model_->kind() != "mlp") return;
+    if (init == BlueprintInit::kRandom) return;
     // A seed germinated since the last step is GERMINATED with no step in the stage: a pure
     // function of the seed table, so a resumed or rolled-back run re-initialises exactly what
     // the uninterrupted one did.
@@ -246,7 +246,7 @@ void Trainer::init_germinated() {
             if (t.stage(s) != SeedStage::kGerminated || t.steps_in_stage(s) != 0 || t.slot(s) < 0)
                 continue;
             const BlueprintKind kind = t.kind(s);
-            const bool split = init == BlueprintInit::kSplit &&
+            const bool split = init == BlueprintInit::kSplit && model_->kind() == "mlp" &&
                                kind == BlueprintKind::kResidualMlp &&
                                seeds_->arenas(l).in_width() > 0;
             const bool gradmax =
@@ -289,18 +289,17 @@ void Trainer::split_units(int32_t l, int32_t s) {
 }
 
 void Trainer::gradmax_units(int32_t l, int32_t s) {
-    auto& mlp = dynamic_cast<MlpModel&>(*model_);
-    int32_t hl = 0;  // the hidden layer whose widening site seed layer l is
-    while (hl < mlp.num_hidden() && mlp.widening_layer(hl) != l) ++hl;
-    ESPER_ASSERT(hl < mlp.num_hidden(), "seed layer ", l, " is no widening site");
-    const int64_t in = seeds_->arenas(l).in_width(), out = mlp.widening_out(hl);
+    BlueprintArenas& arenas = seeds_->arenas(l);
+    // mlp_units read in_width features and write max_width (widening_offsets' C and O).
+    const int64_t in = arenas.in_width(), out = arenas.max_width();
     // G over the next few training batches of this rank (the step's own first), summed over
     // ranks so that every rank places the same units.
     std::vector<float> g(size_t(out * in), 0.0f);
-    for (int64_t k = 0; k < kGradmaxBatches; ++k)
-        mlp.widening_gradient(hl, data_->train_batch(step_ + k), g);
+    for (int64_t k = 0; k < kGradmaxBatches; ++k) {
+        const bool site = model_->widening_gradient(l, data_->train_batch(step_ + k), g);
+        ESPER_ASSERT(site, "seed layer ", l, " is no widening site");
+    }
     if (dist_) dist_->all_reduce_sum(g);
-    BlueprintArenas& arenas = seeds_->arenas(l);
     const int64_t k = arenas.hidden(BlueprintKind::kMlpUnits);
     const GradmaxDirections d = gradmax_directions(g, out, in, k);
     // Each placed row gets the norm a random row of the U(±1/√in) draw has on average (1/√3);

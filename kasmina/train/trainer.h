@@ -119,6 +119,7 @@ public:
 
     const Config& config() const { return config_; }
     const TrainData& data() const { return *data_; }
+    TrainData& data() { return *data_; }
     int64_t steps_done() const { return step_; }
     int64_t steps_per_epoch() const { return data_->steps_per_epoch(); }
     int64_t total_steps() const { return total_steps_; }
@@ -177,10 +178,10 @@ private:
     // FOSSILIZED widening seeds become host parameters (Model::fold_widening) and give their
     // arena slot back; true when any did.
     bool fold_fossils();
-    // blueprints.init other than random, for the seeds germinated since the last step on an MLP
-    // host: split — a layer-input residual_mlp seed's hidden units start as copies of its
-    // chunk's host units; gradmax — an mlp_units seed's first units start along the directions
-    // where their zero output weights get the largest gradient (kasmina/model/gradmax.h).
+    // blueprints.init other than random, for the seeds germinated since the last step: split —
+    // a layer-input residual_mlp seed's hidden units on an MLP start as copies of its chunk's
+    // host units; gradmax — an mlp_units seed's first units start along the directions where
+    // their zero output weights get the largest gradient (kasmina/model/gradmax.h).
     void init_germinated();
     void split_units(int32_t layer, int32_t seed);
     void gradmax_units(int32_t layer, int32_t seed);

@@ -8,8 +8,10 @@
 #include <vector>
 
 #include "kasmina/model/tensor.h"
+#include "tests/kasmina/model/gradmax_test_util.h"
 
 using namespace esper::kasmina;
+using esper::kasmina::test::gradient_captured;
 
 namespace {
 
@@ -18,19 +20,6 @@ std::vector<float> random_matrix(int64_t rows, int64_t cols, uint64_t seed) {
     std::vector<float> m(size_t(rows * cols));
     for (float& x : m) x = rng.uniform(-1.0f, 1.0f);
     return m;
-}
-
-// ‖G·Vᵀ‖_F² for V [rows, in].
-double captured(const std::vector<float>& g, int64_t out, int64_t in, const float* v,
-                int64_t rows) {
-    double s = 0.0;
-    for (int64_t r = 0; r < out; ++r)
-        for (int64_t j = 0; j < rows; ++j) {
-            double d = 0.0;
-            for (int64_t i = 0; i < in; ++i) d += double(g[size_t(r * in + i)]) * v[j * in + i];
-            s += d * d;
-        }
-    return s;
 }
 
 }  // namespace
@@ -52,7 +41,8 @@ TEST_CASE("gradmax directions are the gradient's right singular vectors", "[kasm
                 dot += double(d.v[size_t(j * in + i)]) * d.v[size_t(k * in + i)];
             CHECK(dot == Approx(j == k ? 1.0 : 0.0).margin(1e-5));
         }
-        const double along = captured(g, out, in, d.v.data() + j * in, 1);
+        const double along =
+            gradient_captured(g, out, in, std::span(d.v).subspan(size_t(j * in)), 1);
         CHECK(std::sqrt(along) == Approx(d.sigma[size_t(j)]).epsilon(1e-4));
         if (j > 0) CHECK(d.sigma[size_t(j)] <= d.sigma[size_t(j - 1)]);
         held += along;
@@ -60,7 +50,7 @@ TEST_CASE("gradmax directions are the gradient's right singular vectors", "[kasm
     CHECK(held == Approx(total).epsilon(1e-4));
     // The top k beat any k random orthonormal-ish rows (unit rows, Gram-Schmidt).
     const int64_t k = std::max<int64_t>(1, out / 2);
-    const double best = captured(g, out, in, d.v.data(), k);
+    const double best = gradient_captured(g, out, in, d.v, k);
     for (uint64_t trial = 0; trial < 20; ++trial) {
         std::vector<float> v = random_matrix(k, in, 1000 + trial);
         for (int64_t j = 0; j < k; ++j) {
@@ -75,7 +65,7 @@ TEST_CASE("gradmax directions are the gradient's right singular vectors", "[kasm
             for (int64_t i = 0; i < in; ++i) n += double(row[i]) * row[i];
             for (int64_t i = 0; i < in; ++i) row[i] = float(row[i] / std::sqrt(n));
         }
-        CHECK(captured(g, out, in, v.data(), k) <= best * (1.0 + 1e-5));
+        CHECK(gradient_captured(g, out, in, v, k) <= best * (1.0 + 1e-5));
     }
 }
 

@@ -9,10 +9,9 @@
 
 #include "kasmina/io/config.h"
 #include "kasmina/model/blueprints.h"
-#include "kasmina/model/gradmax.h"
 #include "kasmina/model/mlp.h"
-#include "kasmina/train/train_data.h"
 #include "kasmina/train/trainer.h"
+#include "tests/kasmina/model/gradmax_test_util.h"
 #include "tests/kasmina/train/loop_test_util.h"
 #include "tests/kasmina/train/teacher_test_util.h"
 #include "tests/support/paths.h"
@@ -186,71 +185,17 @@ TEST_CASE(
     "blueprints.init gradmax starts an mlp_units seed's first units along the gradient's top "
     "directions",
     "[kasmina][mlp_units][gradmax]") {
-    for (int32_t hidden : {0, 1}) {  // writing into hidden layer 1 (20 wide), and into the head (4)
+    // Writing into hidden layer 1 (20 wide: 8 of 8 units placed) and into the 4-class head (the
+    // cross-entropy gradient's rows sum to zero over the classes: rank 3).
+    for (int32_t hidden : {0, 1}) {
         CAPTURE(hidden);
-        std::vector<std::vector<float>> v_of;  // [random, gradmax]: the seed's V after germination
-        double along_random = 0.0, along_gradmax = 0.0;
-        const int64_t k = 8, in = hidden == 0 ? 16 : 24, out = hidden == 0 ? 20 : 4;
-        for (const BlueprintInit init : {BlueprintInit::kRandom, BlueprintInit::kGradmax}) {
-            Config c = units_config();
-            c.blueprints.init = init;
-            Trainer t(c);
-            auto& m = dynamic_cast<MlpModel&>(t.model());
-            const int32_t layer = m.widening_layer(hidden);
-            for (int i = 0; i < 5; ++i) {
-                REQUIRE(t.boundary());
-                t.step();
-                t.after_step();
-            }
-            // G as GradMax sees it: the next four training batches on the host as it is now.
-            auto data = load_train_data(c, 0, 1);
-            std::vector<float> g(size_t(out * in), 0.0f);
-            for (int64_t b = 0; b < 4; ++b)
-                m.widening_gradient(hidden, data->train_batch(5 + b), g);
-            REQUIRE(
-                t.apply(test::operator_germinate(layer, 0, BlueprintKind::kMlpUnits)).applied());
-            REQUIRE(t.boundary());
-            t.step();  // the units are placed before the step runs
-            const int32_t slot = t.seeds().table(layer).slot(0);
-            const auto p = t.seeds().arenas(layer).params(BlueprintKind::kMlpUnits, slot);
-            const WideningOffsets o = widening_offsets(BlueprintKind::kMlpUnits, in, k, out);
-            v_of.emplace_back(p.begin() + o.in_w, p.begin() + o.in_w + k * in);
-            // Into the head the cross-entropy gradient's rows sum to zero over the classes, so
-            // G has rank classes − 1 there.
-            const int64_t placed = hidden == 0 ? k : out - 1;
-            double& along = init == BlueprintInit::kGradmax ? along_gradmax : along_random;
-            for (int64_t r = 0; r < out; ++r)
-                for (int64_t j = 0; j < placed; ++j) {
-                    double d = 0.0;
-                    for (int64_t i = 0; i < in; ++i)
-                        d += double(g[size_t(r * in + i)]) * v_of.back()[size_t(j * in + i)];
-                    along += d * d;
-                }
-            if (init == BlueprintInit::kGradmax) {
-                const GradmaxDirections d = gradmax_directions(g, out, in, k);
-                REQUIRE(d.rows == placed);
-                double best = 0.0;
-                for (int64_t j = 0; j < placed; ++j) {
-                    best += d.sigma[size_t(j)] * d.sigma[size_t(j)] / 3.0;
-                    double n = 0.0;
-                    for (int64_t i = 0; i < in; ++i) {
-                        const float x = v_of.back()[size_t(j * in + i)];
-                        n += double(x) * x;
-                        CHECK(x == Approx(d.v[size_t(j * in + i)] / std::sqrt(3.0)).margin(1e-4));
-                    }
-                    CHECK(n == Approx(1.0 / 3.0).epsilon(1e-4));
-                }
-                CHECK(along == Approx(best).epsilon(1e-4));  // the most rows of that norm can get
-            }
-        }
-        // The units past G's rank keep the random draw; the placed ones are the draw's no more.
-        const int64_t placed = hidden == 0 ? k : out - 1;
-        for (int64_t i = placed * in; i < k * in; ++i)
-            CHECK(v_of[1][size_t(i)] == v_of[0][size_t(i)]);
-        CHECK(v_of[1] != v_of[0]);
-        // Their zero output weights get a larger first gradient than from the random draw (at
-        // most in/placed times the draw's expectation: 2× for 8 of 16 inputs; 8× into the head).
-        CHECK(along_gradmax > 1.5 * along_random);
+        const int32_t layer = 2 + hidden;  // after the two chunk sites
+        const int64_t in = hidden == 0 ? 16 : 24, out = hidden == 0 ? 20 : 4;
+        const test::PlacedUnits random =
+            test::place_units(units_config(), BlueprintInit::kRandom, layer, in, out);
+        const test::PlacedUnits gradmax =
+            test::place_units(units_config(), BlueprintInit::kGradmax, layer, in, out);
+        test::check_gradmax_placement(random, gradmax, in, out, hidden == 0 ? 8 : 3);
     }
 }
 
@@ -278,10 +223,14 @@ TEST_CASE("the config refuses MLP mlp_units seeds that cannot fold or run, with 
     CHECK_THROWS_WITH(
         parse_config("model: {hidden: [32]}\nblueprints: {init: gradmax}\n"),
         Catch::Contains("blueprints.init") && Catch::Contains("this MLP has no widening site"));
-    CHECK_THROWS_WITH(parse_config("data: {dataset: text}\nmodel: {kind: transformer}\n"
-                                   "blueprints: {init: gradmax}\n"),
-                      Catch::Contains("blueprints.init") &&
-                          Catch::Contains("the transformer's seeds start random"));
+    CHECK_NOTHROW(
+        parse_config("data: {dataset: text}\nmodel: {kind: transformer}\n"
+                     "blueprints: {init: gradmax}\n"));
+    CHECK_THROWS_WITH(
+        parse_config("data: {dataset: text}\nmodel: {kind: transformer, "
+                     "transformer: {widening_seeds: 0}}\nblueprints: {init: gradmax}\n"),
+        Catch::Contains("blueprints.init") &&
+            Catch::Contains("this transformer has no widening site"));
     // The keys round-trip through the effective config.
     const Config c = parse_config(base + "blueprints: {mlp_units: {units: 16}}\n");
     CHECK(parse_config(config_to_yaml(c)).model == c.model);

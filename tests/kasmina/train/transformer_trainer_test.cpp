@@ -14,6 +14,7 @@
 
 #include "kasmina/model/transformer.h"
 #include "kasmina/train/trainer.h"
+#include "tests/kasmina/model/gradmax_test_util.h"
 #include "tests/kasmina/train/loop_test_util.h"
 #include "tests/support/paths.h"
 
@@ -170,5 +171,18 @@ TEST_CASE("a transformer checkpoint resumes bit-identically on the CPU",
                       Catch::Contains("was written by another model (model.transformer.context "
                                       "is 32 in this config, 16 in the checkpoint)"));
     CHECK(other.steps_done() == 0);
+    fs::remove_all(dir);
+}
+
+TEST_CASE("blueprints.init gradmax places a transformer mlp_units seed along the residual gradient",
+          "[kasmina][trainer][transformer][gradmax]") {
+    // Block 0's units read LN2's output (32 features) and write into the residual stream (32):
+    // G has full rank, so all 8 units are placed.
+    const fs::path dir = scratch_dir("gradmax");
+    const Config c = text_config(dir);
+    const int32_t layer = 1;  // block 0's widening site, after its chunk site
+    const test::PlacedUnits random = test::place_units(c, BlueprintInit::kRandom, layer, 32, 32);
+    const test::PlacedUnits gradmax = test::place_units(c, BlueprintInit::kGradmax, layer, 32, 32);
+    test::check_gradmax_placement(random, gradmax, 32, 32, 8);
     fs::remove_all(dir);
 }
