@@ -11,7 +11,6 @@
 #include "core/log.h"
 #include "kasmina/dist/distributed.h"
 #include "kasmina/model/gradmax.h"
-#include "kasmina/model/mlp.h"
 
 namespace esper::kasmina {
 
