@@ -36,6 +36,9 @@ public:
     }
     // Loss window (checkpointed so a resumed run judges divergence identically).
     const std::deque<double>& window() const { return window_; }
+    // Drops the loss history and keeps the trip counts: after a rollback that changed what the
+    // network computes, the old losses no longer describe it (divergence waits for a new one).
+    void forget_history() { window_.clear(); }
     void set_window(std::deque<double> w, int64_t trips) {
         window_ = std::move(w);
         trips_ = trips;

@@ -241,6 +241,7 @@ TEST_CASE("the governor rolls back on an injected NaN and training continues",
     for (size_t i = 0; i < at20.size(); ++i) CHECK(*t.model().params()[i].value == at20[i]);
     CHECK(t.seeds().table(0).stage(3) == SeedStage::kRolledBack);
     CHECK(t.seeds().table(0).slot(3) == -1);
+    CHECK(t.governor().window().empty());  // the seed's rollback changed the function
     bool governor_event = false;
     for (const std::string& line : read_lines(dir / "events.jsonl"))
         if (line.find("\"origin\":\"governor\"") != std::string::npos &&
@@ -249,6 +250,22 @@ TEST_CASE("the governor rolls back on an injected NaN and training continues",
     CHECK(governor_event);
     for (int i = 0; i < 10; ++i) CHECK(std::isfinite(t.step().loss));
     fs::remove_all(dir);
+}
+
+TEST_CASE("a governor that forgot its history judges divergence against the new losses only",
+          "[kasmina][trainer][governor]") {
+    GovernorConfig g;
+    g.window = 50;
+    Governor gov(g);
+    for (int i = 0; i < 20; ++i) REQUIRE(gov.check(0.0016, true) == Vitals::kOk);
+    CHECK(gov.check(0.03, true) == Vitals::kDivergence);  // 19x a near-zero mean
+    CHECK(gov.consecutive_trips() == 1);
+    gov.forget_history();
+    CHECK(gov.trips() == 1);
+    CHECK(gov.consecutive_trips() == 1);
+    for (int i = 0; i < 10; ++i) CHECK(gov.check(0.03 + 0.001 * i, true) == Vitals::kOk);
+    CHECK(gov.consecutive_trips() == 0);
+    CHECK(gov.check(1.0, true) == Vitals::kDivergence);  // a real blow-up still trips
 }
 
 // Training data whose every batch holds a NaN feature: no step can have a finite loss, the
