@@ -34,6 +34,23 @@ size_t bias_act_backward_workspace_bytes(int32_t rows, int32_t cols);
                                                    float* dbias, int32_t rows, int32_t cols,
                                                    Activation act, void* workspace,
                                                    size_t workspace_bytes, cudaStream_t stream);
+// bf16 ends for the bf16 GEMMs on either side (the transformer in run.precision: bf16): the same
+// arithmetic in fp32 with bf16 loads and stores (round to nearest even, as launch_cast_to_bf16).
+// Forward: z in bf16 (z_bf16: z + bias is stored rounded, and the activation reads the rounded
+// value, as the backward will) or fp32; a16 = bf16(act(z)) instead of an fp32 a, so no separate
+// cast pass.
+[[nodiscard]] cudaError_t launch_bias_act_forward_bf16(void* z, bool z_bf16, const float* bias,
+                                                       void* a16, int32_t rows, int32_t cols,
+                                                       Activation act, cudaStream_t stream);
+// Backward: da and z each in bf16 or fp32 (da_bf16, z_bf16); dz16 = bf16(dz), or null for the
+// bias gradient alone; z may be null for kIdentity (then dz = da: a cast fused with the bias
+// gradient's column sums). dbias, when not null, is the same sum in the same order as
+// launch_bias_act_backward's of the fp32 dz.
+[[nodiscard]] cudaError_t launch_bias_act_backward_bf16(const void* da, bool da_bf16, const void* z,
+                                                        bool z_bf16, void* dz16, float* dbias,
+                                                        int32_t rows, int32_t cols, Activation act,
+                                                        void* workspace, size_t workspace_bytes,
+                                                        cudaStream_t stream);
 #endif
 
 }  // namespace esper::kernels

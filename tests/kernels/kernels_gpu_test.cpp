@@ -12,7 +12,9 @@
 #include <random>
 #include <vector>
 
+#include "kernels/bf16_host.h"
 #include "kernels/bias_act.h"
+#include "kernels/gemm.h"
 #include "kernels/optimizer.h"
 #include "kernels/seed_backward.h"
 #include "kernels/seed_forward.h"
@@ -503,6 +505,116 @@ TEST_CASE("bias+activation kernels match the references", "[kernels][gpu]") {
                             compare(ddb.download<float>(), db_ref, 1e-4, 1e-4, "dbias");
     INFO(err);
     CHECK(err.empty());
+}
+
+TEST_CASE("bias+activation bf16 ends equal the fp32 kernels followed by a cast, bit for bit",
+          "[kernels][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    const int act = GENERATE(0, 1, 2);
+    const int32_t R = GENERATE(1, 63, 130, 1000);
+    const int32_t C = GENERATE(1, 33, 257, 1536);
+    CAPTURE(act, R, C);
+    const Activation a = Activation(act);
+    const size_t n = size_t(R) * C;
+    std::mt19937 rng(uint32_t(act * 11 + R * 17 + C));
+    std::vector<float> z(n), bias(C), da(n);
+    fill_uniform(z, rng, -3.f, 3.f);
+    fill_uniform(bias, rng, -1.f, 1.f);
+    fill_uniform(da, rng, -1.f, 1.f);
+    DevBuf db(bias), dda(da), ws(bias_act_backward_workspace_bytes(R, C));
+    auto bits = [](const DevBuf& b) { return b.download<uint16_t>(); };
+
+    // Forward: fp32 kernel + cast against the bf16 kernel (z written by both).
+    DevBuf z1(z), z2(z), a32(n * 4), a16_ref(n * 2), a16(n * 2);
+    CUDA_OK(
+        launch_bias_act_forward(z1.as<float>(), db.as<float>(), a32.as<float>(), R, C, a, nullptr));
+    CUDA_OK(launch_cast_to_bf16(a32.as<float>(), a16_ref.p, int64_t(n), nullptr));
+    CUDA_OK(launch_bias_act_forward_bf16(z2.p, false, db.as<float>(), a16.p, R, C, a, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    CHECK(z1.download<float>() == z2.download<float>());
+    CHECK(bits(a16) == bits(a16_ref));
+
+    // Backward from an fp32 da: fp32 kernel + cast against the bf16 kernel, and the bias
+    // gradient alone (no dz).
+    DevBuf dz32(n * 4), dz16_ref(n * 2), db32(size_t(C) * 4), dz16(n * 2), db16(size_t(C) * 4),
+        db_only(size_t(C) * 4);
+    CUDA_OK(launch_bias_act_backward(dda.as<float>(), z1.as<float>(), dz32.as<float>(),
+                                     db32.as<float>(), R, C, a, ws.p, ws.bytes, nullptr));
+    CUDA_OK(launch_cast_to_bf16(dz32.as<float>(), dz16_ref.p, int64_t(n), nullptr));
+    CUDA_OK(launch_bias_act_backward_bf16(dda.p, false, z1.p, false, dz16.p, db16.as<float>(), R, C,
+                                          a, ws.p, ws.bytes, nullptr));
+    CUDA_OK(launch_bias_act_backward_bf16(dda.p, false, z1.p, false, nullptr, db_only.as<float>(),
+                                          R, C, a, ws.p, ws.bytes, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    CHECK(bits(dz16) == bits(dz16_ref));
+    CHECK(db16.download<float>() == db32.download<float>());
+    CHECK(db_only.download<float>() == db32.download<float>());
+
+    // Backward from a bf16 da: equal to the fp32 kernel on its exact fp32 values; for kIdentity
+    // without z (a cast fused with the column sums), dz16 is da16 itself.
+    DevBuf da16(n * 2), da_wide(n * 4), dz32b(n * 4), dz16b_ref(n * 2), db32b(size_t(C) * 4),
+        dz16b(n * 2), db16b(size_t(C) * 4);
+    CUDA_OK(launch_cast_to_bf16(dda.as<float>(), da16.p, int64_t(n), nullptr));
+    CUDA_OK(launch_cast_from_bf16(da16.p, da_wide.as<float>(), int64_t(n), nullptr));
+    CUDA_OK(launch_bias_act_backward(da_wide.as<float>(), z1.as<float>(), dz32b.as<float>(),
+                                     db32b.as<float>(), R, C, a, ws.p, ws.bytes, nullptr));
+    CUDA_OK(launch_cast_to_bf16(dz32b.as<float>(), dz16b_ref.p, int64_t(n), nullptr));
+    const void* zp = a == Activation::kIdentity ? nullptr : z1.p;
+    CUDA_OK(launch_bias_act_backward_bf16(da16.p, true, zp, false, dz16b.p, db16b.as<float>(), R, C,
+                                          a, ws.p, ws.bytes, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    CHECK(bits(dz16b) == bits(dz16b_ref));
+    CHECK(db16b.download<float>() == db32b.download<float>());
+    if (a == Activation::kIdentity) CHECK(bits(dz16b) == bits(da16));
+
+    // z in bf16 (the fc product written in bf16): z + bias is stored rounded, the activation and
+    // its derivative read the rounded value — the fp32 kernels on those values, then a cast.
+    std::vector<uint16_t> z16_in(n), z16_want(n);
+    for (size_t i = 0; i < n; ++i) {
+        z16_in[i] = esper::kernels::bf16_bits(z[i]);
+        z16_want[i] =
+            esper::kernels::bf16_bits(esper::kernels::bf16_value(z16_in[i]) + bias[i % size_t(C)]);
+    }
+    DevBuf z16(z16_in), zr(n * 4), ar32(n * 4), ar16(n * 2), af16(n * 2);
+    CUDA_OK(launch_bias_act_forward_bf16(z16.p, true, db.as<float>(), af16.p, R, C, a, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    CHECK(bits(z16) == z16_want);
+    CUDA_OK(launch_cast_from_bf16(z16.p, zr.as<float>(), int64_t(n), nullptr));
+    CUDA_OK(launch_bias_act_forward(zr.as<float>(), nullptr, ar32.as<float>(), R, C, a, nullptr));
+    CUDA_OK(launch_cast_to_bf16(ar32.as<float>(), ar16.p, int64_t(n), nullptr));
+    DevBuf dzr32(n * 4), dzr16_ref(n * 2), dbr32(size_t(C) * 4), dzr16(n * 2), dbr16(size_t(C) * 4);
+    CUDA_OK(launch_bias_act_backward(da_wide.as<float>(), zr.as<float>(), dzr32.as<float>(),
+                                     dbr32.as<float>(), R, C, a, ws.p, ws.bytes, nullptr));
+    CUDA_OK(launch_cast_to_bf16(dzr32.as<float>(), dzr16_ref.p, int64_t(n), nullptr));
+    CUDA_OK(launch_bias_act_backward_bf16(da16.p, true, z16.p, true, dzr16.p, dbr16.as<float>(), R,
+                                          C, a, ws.p, ws.bytes, nullptr));
+    CUDA_OK(cudaDeviceSynchronize());
+    CHECK(bits(af16) == bits(ar16));
+    CHECK(bits(dzr16) == bits(dzr16_ref));
+    CHECK(dbr16.download<float>() == dbr32.download<float>());
+
+    // And against the CPU reference, within bf16's rounding.
+    std::vector<float> z_ref = z, a_ref(n), dz_ref(n), db_ref(C);
+    bias_act_forward_reference(z_ref.data(), bias.data(), a_ref.data(), R, C, a);
+    bias_act_backward_reference(da.data(), z_ref.data(), dz_ref.data(), db_ref.data(), R, C, a);
+    auto widen = [](const std::vector<uint16_t>& v) {
+        std::vector<float> out(v.size());
+        for (size_t i = 0; i < v.size(); ++i) out[i] = esper::kernels::bf16_value(v[i]);
+        return out;
+    };
+    const std::string err = compare(widen(bits(a16)), a_ref, 1e-2, 8e-3, "a16") +
+                            compare(widen(bits(dz16)), dz_ref, 1e-2, 8e-3, "dz16") +
+                            compare(db16.download<float>(), db_ref, 1e-3, 1e-4, "dbias");
+    INFO(err);
+    CHECK(err.empty());
+
+    // A GELU or ReLU backward needs z; an output-less call is refused.
+    if (a != Activation::kIdentity)
+        CHECK(launch_bias_act_backward_bf16(dda.p, false, nullptr, false, dz16.p, db16.as<float>(),
+                                            R, C, a, ws.p, ws.bytes,
+                                            nullptr) == cudaErrorInvalidValue);
+    CHECK(launch_bias_act_backward_bf16(dda.p, false, z1.p, false, nullptr, nullptr, R, C, a, ws.p,
+                                        ws.bytes, nullptr) == cudaErrorInvalidValue);
 }
 
 TEST_CASE("a captured CUDA graph of forward, backward and SGD replays like the references",
