@@ -1,14 +1,15 @@
-// Embedding gather (wte[token] + wpe[t]) and its deterministic scatter-add backward: dwpe sums
-// over the batch in a fixed order per (t, c); dwte gives each vocabulary row one block that scans
-// the tokens in order (through shared memory) and adds the rows that hold it, so no atomics and
-// the same bits on every run.
+// Embedding gather (wte[token] + wpe[t]) and its deterministic backward: dwpe sums over the
+// batch in a fixed order per (t, c); dwte is the product onehot(tokens)ᵀ · dx, an fp32 cuBLASLt
+// GEMM over a one-hot matrix written to the workspace (products by 0 and 1 are exact, so it is a
+// sum of the rows that hold each token, in the GEMM's fixed order). The scatter-add it replaces
+// gave each vocabulary row one block that added its rows one dependent load at a time: 1.3 ms of
+// an 11 ms step at 6 × 384 (docs/benchmarks.md), where the frequent bytes hold thousands of rows.
 #include "kernels/embedding.h"
+#include "kernels/gemm.h"
 
 namespace esper::kernels {
 
 namespace {
-
-constexpr int kTokenChunk = 256;
 
 __global__ void emb_forward_kernel(const int32_t* __restrict__ tokens,
                                    const float* __restrict__ wte, const float* __restrict__ wpe,
@@ -31,26 +32,13 @@ __global__ void emb_dwpe_kernel(const float* __restrict__ dx, float* dwpe, int32
     dwpe[i] += s;
 }
 
-// grid (vocab, ceil(C / blockDim)): block (v, cblock) sums dx rows whose token is v.
-__global__ void emb_dwte_kernel(const int32_t* __restrict__ tokens, const float* __restrict__ dx,
-                                float* dwte, int64_t rows, int32_t channels) {
-    __shared__ int32_t tok[kTokenChunk];
-    const int32_t v = blockIdx.x;
-    const int32_t c = blockIdx.y * blockDim.x + threadIdx.x;
-    float s = 0.0f;
-    bool any = false;
-    for (int64_t base = 0; base < rows; base += kTokenChunk) {
-        const int64_t n = rows - base < kTokenChunk ? rows - base : kTokenChunk;
-        __syncthreads();
-        for (int i = threadIdx.x; i < n; i += blockDim.x) tok[i] = tokens[base + i];
-        __syncthreads();
-        for (int i = 0; i < n; ++i)
-            if (tok[i] == v) {
-                any = true;
-                if (c < channels) s += dx[(base + i) * channels + c];
-            }
-    }
-    if (any && c < channels) dwte[int64_t(v) * channels + c] += s;
+// onehot[r, v] = (tokens[r] == v), rows × vocab.
+__global__ void emb_onehot_kernel(const int32_t* __restrict__ tokens, float* onehot, int64_t rows,
+                                  int32_t vocab) {
+    const int64_t n = rows * vocab;
+    for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x)
+        onehot[i] = tokens[i / vocab] == int32_t(i % vocab) ? 1.0f : 0.0f;
 }
 
 }  // namespace
@@ -66,16 +54,38 @@ cudaError_t launch_embedding_forward(const int32_t* tokens, const float* wte, co
     return cudaGetLastError();
 }
 
-cudaError_t launch_embedding_backward(const int32_t* tokens, const float* dx, float* dwte,
-                                      float* dwpe, int32_t batch, int32_t seq, int32_t channels,
-                                      int32_t vocab, cudaStream_t stream) {
+size_t embedding_backward_workspace_bytes(int32_t batch, int32_t seq, int32_t vocab) {
+    return size_t(batch) * size_t(seq) * size_t(vocab) * sizeof(float);
+}
+
+cudaError_t launch_embedding_backward(cublasLtHandle_t lt, const int32_t* tokens, const float* dx,
+                                      float* dwte, float* dwpe, int32_t batch, int32_t seq,
+                                      int32_t channels, int32_t vocab, void* workspace,
+                                      size_t workspace_bytes, void* gemm_workspace,
+                                      size_t gemm_workspace_bytes, cudaStream_t stream) {
     if (batch <= 0 || seq <= 0 || channels <= 0 || vocab <= 0) return cudaErrorInvalidValue;
+    if (workspace == nullptr ||
+        workspace_bytes < embedding_backward_workspace_bytes(batch, seq, vocab))
+        return cudaErrorInvalidValue;
     const int64_t tc = int64_t(seq) * channels;
     emb_dwpe_kernel<<<int((tc + 255) / 256), 256, 0, stream>>>(dx, dwpe, batch, seq, channels);
-    const int threads = channels < 128 ? 32 * ((channels + 31) / 32) : 128;
-    emb_dwte_kernel<<<dim3(vocab, (channels + threads - 1) / threads), threads, 0, stream>>>(
-        tokens, dx, dwte, int64_t(batch) * seq, channels);
-    return cudaGetLastError();
+    const int64_t rows = int64_t(batch) * seq;
+    auto* onehot = static_cast<float*>(workspace);
+    const int64_t blocks = (rows * vocab + 255) / 256;
+    emb_onehot_kernel<<<int(blocks < 8192 ? blocks : 8192), 256, 0, stream>>>(tokens, onehot, rows,
+                                                                              vocab);
+    if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    // dwte[vocab, C] += onehot[rows, vocab]ᵀ · dx[rows, C], fp32 throughout (no TF32).
+    GemmSpec sp;
+    sp.trans_a = true;
+    sp.m = vocab;
+    sp.n = channels;
+    sp.k = int32_t(rows);
+    sp.lda = vocab;
+    sp.ldb = channels;
+    sp.ldd = channels;
+    sp.beta = 1.0f;
+    return launch_gemm(lt, sp, onehot, dx, dwte, gemm_workspace, gemm_workspace_bytes, stream);
 }
 
 }  // namespace esper::kernels

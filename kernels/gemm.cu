@@ -64,8 +64,8 @@ cudaError_t launch_gemm(cublasLtHandle_t handle, const GemmSpec& s, const void* 
                         void* d, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
     if (s.m <= 0 || s.n <= 0 || s.k <= 0 || a == nullptr || b == nullptr || d == nullptr)
         return cudaErrorInvalidValue;
-    // cuBLASLt takes an fp32 bias only with an fp32 D (a bf16 D would need a bf16 bias).
-    if (s.epilogue != GemmEpilogue::kNone && (s.bias == nullptr || s.d_type != GemmDtype::kFloat32))
+    // cuBLASLt takes an fp32 bias with an fp32 D and a bf16 bias with a bf16 D.
+    if (s.epilogue != GemmEpilogue::kNone && (s.bias == nullptr || s.bias_type != s.d_type))
         return cudaErrorInvalidValue;
     // Column-major problem: D'[n, m] = A'[n, k] · B'[k, m] with A' = our B, B' = our A.
     const cublasOperation_t op_a = s.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -81,7 +81,7 @@ cudaError_t launch_gemm(cublasLtHandle_t handle, const GemmSpec& s, const void* 
         epi = s.aux ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_BIAS;
     LT_TRY(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
     if (s.epilogue != GemmEpilogue::kNone) {
-        const cudaDataType_t bias_type = CUDA_R_32F;
+        const cudaDataType_t bias_type = cuda_type(s.bias_type);
         LT_TRY(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type,
                                               sizeof(bias_type)));
         LT_TRY(cublasLtMatmulDescSetAttribute(x.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &s.bias,
@@ -111,7 +111,8 @@ cudaError_t launch_gemm(cublasLtHandle_t handle, const GemmSpec& s, const void* 
     LT_TRY(
         cublasLtMatmulAlgoGetHeuristic(handle, x.op, x.a, x.b, x.d, x.d, x.pref, 1, &heur, &found));
     if (found == 0) return cudaErrorNotSupported;
-    LT_TRY(cublasLtMatmul(handle, x.op, &s.alpha, b, x.a, a, x.b, &s.beta, d, x.d, d, x.d,
+    const void* c = s.c != nullptr ? s.c : d;
+    LT_TRY(cublasLtMatmul(handle, x.op, &s.alpha, b, x.a, a, x.b, &s.beta, c, x.d, d, x.d,
                           &heur.algo, workspace, workspace_bytes, stream));
     return cudaGetLastError();
 }

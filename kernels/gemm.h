@@ -24,15 +24,20 @@ struct GemmSpec {
     int32_t m = 0, n = 0, k = 0;
     int64_t lda = 0, ldb = 0, ldd = 0;        // row-major leading dimensions (elements)
     GemmDtype ab_type = GemmDtype::kFloat32;  // A and B
-    GemmDtype d_type = GemmDtype::kFloat32;   // D (kFloat32 with bf16 operands is allowed;
-                                              // the bias epilogues need kFloat32: fp32 bias)
+    GemmDtype d_type = GemmDtype::kFloat32;   // D (kFloat32 with bf16 operands is allowed)
     float alpha = 1.0f, beta = 0.0f;
     GemmEpilogue epilogue = GemmEpilogue::kNone;
-    const float* bias = nullptr;  // [n] for kBias / kBiasGelu
+    // [n] for kBias / kBiasGelu, in bias_type: fp32 with an fp32 D, bf16 with a bf16 D (the
+    // pairs cuBLASLt runs; the reference reads fp32 values, so a test hands it the bf16 ones).
+    const void* bias = nullptr;
+    GemmDtype bias_type = GemmDtype::kFloat32;
     // kBiasGelu: when not null, the pre-activation (D before GELU) is also written here, rows
     // ld_aux apart, in d_type (the backward needs it); ld_aux a multiple of 8.
     void* aux = nullptr;
     int64_t ld_aux = 0;
+    // When not null, β's term reads C from here instead of from D (same type and layout as D, not
+    // overlapping it): D = α·op(A)·op(B) + β·C, e.g. a residual added without copying it to D.
+    const void* c = nullptr;
 };
 
 // Reference on fp32 host arrays (bf16 specs are computed in fp32 on the values given).

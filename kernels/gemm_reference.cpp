@@ -17,8 +17,9 @@ void gemm_reference(const GemmSpec& s, const float* a, const float* b, float* d,
                 acc += av * bv;
             }
             float& out = d[int64_t(i) * s.ldd + j];
-            double v = s.alpha * acc + (s.beta != 0.0f ? double(s.beta) * out : 0.0);
-            if (s.epilogue != GemmEpilogue::kNone) v += s.bias[j];
+            const float cv = s.c ? static_cast<const float*>(s.c)[int64_t(i) * s.ldd + j] : out;
+            double v = s.alpha * acc + (s.beta != 0.0f ? double(s.beta) * cv : 0.0);
+            if (s.epilogue != GemmEpilogue::kNone) v += static_cast<const float*>(s.bias)[j];
             if (s.epilogue == GemmEpilogue::kBiasGelu) {
                 if (aux) aux[int64_t(i) * s.ld_aux + j] = float(v);
                 v = 0.5 * v * (1.0 + std::tanh(kC * (v + kK * v * v * v)));

@@ -50,11 +50,12 @@ struct BlockOff {
 };
 
 // In bf16 mode the GEMM-only inputs a, m, h are kept as bf16 copies only (a16, m16, h16: the
-// forward's operands, reused by the backward's weight gradients), and the attention's q, k, v
-// and output only in bf16 (qkv16, att16); fp32 mode keeps qkv and att.
+// forward's operands, reused by the backward's weight gradients), the attention's q, k, v and
+// output only in bf16 (qkv16, att16), and GELU's input only in bf16 (f16, as the fc product
+// writes it); fp32 mode keeps qkv, att and f.
 struct BlockAct {
     DeviceBuffer<float> x_in, a, qkv, att, x_mid, m, f, h, mean1, rstd1, mean2, rstd2, lse;
-    DeviceBuffer<uint16_t> a16, qkv16, att16, m16, h16;
+    DeviceBuffer<uint16_t> a16, qkv16, att16, m16, f16, h16;
 };
 
 }  // namespace
@@ -139,7 +140,8 @@ struct CudaTransformerBackend::Impl {
             b.att = DeviceBuffer<float>(n32 * C);
             b.x_mid = DeviceBuffer<float>(n * C);
             b.m = DeviceBuffer<float>(n32 * C);
-            b.f = DeviceBuffer<float>(n * F);
+            b.f = DeviceBuffer<float>(n32 * F);
+            b.f16 = DeviceBuffer<uint16_t>(n16 * F);
             b.h = DeviceBuffer<float>(n32 * F);
             b.a16 = DeviceBuffer<uint16_t>(n16 * C);
             b.qkv16 = DeviceBuffer<uint16_t>(n16 * 3 * C);
@@ -160,11 +162,11 @@ struct CudaTransformerBackend::Impl {
         logits = DeviceBuffer<float>(n * kByteVocab);
         gres = DeviceBuffer<float>(n * C);
         dtmp = DeviceBuffer<float>(n * C);
-        dbig = DeviceBuffer<float>(n * F);
-        dqkv = DeviceBuffer<float>(n * 3 * C);
+        dbig = DeviceBuffer<float>((bf16 ? 0 : n) * F);      // bf16: h's gradient goes to sb16
+        dqkv = DeviceBuffer<float>((bf16 ? 0 : n) * 3 * C);  // bf16: qkv16, dqkv16 instead
         const size_t widest = size_t(std::max({F, 3 * C, kByteVocab, C}));
         sa16 = DeviceBuffer<uint16_t>(bf16 ? n * widest : 0);
-        sb16 = DeviceBuffer<uint16_t>(bf16 ? n * widest : 0);
+        sb16 = DeviceBuffer<uint16_t>(bf16 ? n * F : 0);
         datt16 = DeviceBuffer<uint16_t>(bf16 ? n * C : 0);
         dqkv16 = DeviceBuffer<uint16_t>(bf16 ? n * 3 * C : 0);
         ln_ws = DeviceBuffer<uint8_t>(kernels::layernorm_backward_workspace_bytes(rows, C));
@@ -186,26 +188,19 @@ struct CudaTransformerBackend::Impl {
         ESPER_CUDA_CHECK(cudaDeviceSynchronize());  // the zeroing memsets ran on the legacy stream
     }
 
-    // Row-major D = op(A)·op(B) (+ epilogue) in the run's precision. a16/b16: a bf16 copy of the
-    // operand when it is a weight (bf16 mode); otherwise the fp32 operand is cast into scratch.
-    // d16: write D in bf16 there instead of fp32 to d (bf16 mode, no epilogue).
+    // Row-major D = op(A)·op(B) (+ epilogue) in the run's precision. a16/b16: the operands' bf16
+    // copies, which bf16 mode needs (every producer writes one: the weights' cast, LayerNorm,
+    // GELU, the attention, the output gradients' casts); fp32 mode reads a and b. d16: write D
+    // in bf16 there instead of fp32 to d (bf16 mode, no epilogue).
     void gemm(kernels::GemmSpec spec, const float* a, const uint16_t* a16, const float* b,
               const uint16_t* b16, float* d, uint16_t* d16 = nullptr) {
         spec.d_type = d16 ? kernels::GemmDtype::kBfloat16 : kernels::GemmDtype::kFloat32;
         const void* pa = a;
         const void* pb = b;
         if (bf16) {
+            ESPER_REQUIRE(a16 != nullptr && b16 != nullptr,
+                          "cuda transformer: a bf16 product without its bf16 operands");
             spec.ab_type = kernels::GemmDtype::kBfloat16;
-            if (a16 == nullptr) {
-                const int64_t n = int64_t(spec.trans_a ? spec.k : spec.m) * spec.lda;
-                ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(a, sa16.get(), n, s()));
-                a16 = sa16.get();
-            }
-            if (b16 == nullptr) {
-                const int64_t n = int64_t(spec.trans_b ? spec.n : spec.k) * spec.ldb;
-                ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(b, sb16.get(), n, s()));
-                b16 = sb16.get();
-            }
             pa = a16;
             pb = b16;
         } else {
@@ -222,9 +217,12 @@ struct CudaTransformerBackend::Impl {
         ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(x, sa16.get(), count, s()));
         return sa16.get();
     }
-    // y[n, out] = x[n, in]·W[out, in]ᵀ (+ bias) (+ y when accumulate); x16: x in bf16, or null.
-    void linear(const float* x, const uint16_t* x16, size_t w, const float* bias, float* y,
-                int32_t n, int32_t in, int32_t out, bool accumulate) {
+    // y[n, out] = x[n, in]·W[out, in]ᵀ (+ the bias at offset b, kNoBias for none) (+ residual
+    // [n, out], not overlapping y); x16: x in bf16, or null; y16: write y in bf16 there instead
+    // (bf16 mode; the bias then added in bf16, as autocast adds it).
+    static constexpr size_t kNoBias = ~size_t(0);
+    void linear(const float* x, const uint16_t* x16, size_t w, size_t b, float* y, int32_t n,
+                int32_t in, int32_t out, const float* residual = nullptr, uint16_t* y16 = nullptr) {
         kernels::GemmSpec sp;
         sp.trans_b = true;
         sp.m = n;
@@ -233,10 +231,14 @@ struct CudaTransformerBackend::Impl {
         sp.lda = in;
         sp.ldb = in;
         sp.ldd = out;
-        sp.beta = accumulate ? 1.0f : 0.0f;
-        sp.epilogue = bias ? kernels::GemmEpilogue::kBias : kernels::GemmEpilogue::kNone;
-        sp.bias = bias;
-        gemm(sp, x, x16, P(w), W16(w), y);
+        sp.beta = residual ? 1.0f : 0.0f;
+        sp.c = residual;
+        if (b != kNoBias) {
+            sp.epilogue = kernels::GemmEpilogue::kBias;
+            sp.bias_type = y16 ? kernels::GemmDtype::kBfloat16 : kernels::GemmDtype::kFloat32;
+            sp.bias = y16 ? static_cast<const void*>(W16(b)) : static_cast<const void*>(P(b));
+        }
+        gemm(sp, x, x16, P(w), W16(w), y, y16);
     }
     // dx[n, in] = dy[n, out]·W[out, in]; dy16: dy in bf16, or null; dx16: write dx in bf16
     // there instead of dx.
@@ -265,11 +267,24 @@ struct CudaTransformerBackend::Impl {
         sp.beta = 1.0f;
         gemm(sp, dy, dy16, x, x16, G(w));
     }
-    // db[cols] = Σ_r dy[r, :] (deterministic column sums; dy is left as it was).
-    void bias_grad(float* dy, size_t b, int32_t n, int32_t cols) {
-        ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(dy, dy, dy, G(b), n, cols,
-                                                           kernels::Activation::kIdentity,
-                                                           bias_ws.get(), bias_ws.size(), s()));
+    // db[cols] = Σ_r dy[r, :] (deterministic column sums; dy is left as it was); dy in bf16
+    // (dy_bf16) or fp32.
+    void bias_grad(const void* dy, bool dy_bf16, size_t b, int32_t n, int32_t cols) {
+        ESPER_CUDA_CHECK(kernels::launch_bias_act_backward_bf16(
+            dy, dy_bf16, nullptr, false, nullptr, G(b), n, cols, kernels::Activation::kIdentity,
+            bias_ws.get(), bias_ws.size(), s()));
+    }
+    // A linear layer's output gradient dy [n, cols]: its bias gradient, and in bf16 mode its
+    // bf16 copy for the two products (into sa16, one pass for both); null in fp32 mode.
+    const uint16_t* output_grad(const float* dy, size_t b, int32_t n, int32_t cols) {
+        if (!bf16) {
+            bias_grad(dy, false, b, n, cols);
+            return nullptr;
+        }
+        ESPER_CUDA_CHECK(kernels::launch_bias_act_backward_bf16(
+            dy, false, nullptr, false, sa16.get(), G(b), n, cols, kernels::Activation::kIdentity,
+            bias_ws.get(), bias_ws.size(), s()));
+        return sa16.get();
     }
     kernels::AttentionShape attn_shape(int32_t samples, int32_t seq) const {
         kernels::AttentionShape sh;
@@ -285,7 +300,6 @@ struct CudaTransformerBackend::Impl {
 
     void forward(int32_t samples, int32_t seq) {
         const int32_t n = samples * seq;
-        const size_t bytes = size_t(n) * C * sizeof(float);
         if (bf16) ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(p.get(), w16.get(), total, s()));
         ESPER_CUDA_CHECK(kernels::launch_embedding_forward(
             tokens.get(), P(wte), P(wpe), act[0].x_in.get(), samples, seq, C, s()));
@@ -297,44 +311,43 @@ struct CudaTransformerBackend::Impl {
                 b.x_in.get(), P(o.ln1_w), P(o.ln1_b), b.a.get(), b.a16.get(), b.mean1.get(),
                 b.rstd1.get(), n, C, kLnEps, s()));
             if (bf16) {
-                // The product (fp32, with its bias) goes through the backward's scratch into
-                // qkv16; the attention reads and writes bf16 (att16 feeds the projection).
-                linear(b.a.get(), b.a16.get(), o.qkv_w, P(o.qkv_b), dqkv.get(), n, C, 3 * C, false);
-                ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(dqkv.get(), b.qkv16.get(),
-                                                              int64_t(n) * 3 * C, s()));
+                // The product is written in bf16 (qkv16); the attention reads and writes bf16
+                // (att16 feeds the projection).
+                linear(b.a.get(), b.a16.get(), o.qkv_w, o.qkv_b, nullptr, n, C, 3 * C, nullptr,
+                       b.qkv16.get());
                 const uint16_t* q16 = b.qkv16.get();
                 ESPER_CUDA_CHECK(kernels::launch_attention_forward(
                     sh, kernels::AttentionDtype::kBfloat16, q16, q16 + C, q16 + 2 * C,
                     b.att16.get(), b.lse.get(), s()));
             } else {
-                linear(b.a.get(), b.a16.get(), o.qkv_w, P(o.qkv_b), b.qkv.get(), n, C, 3 * C,
-                       false);
+                linear(b.a.get(), b.a16.get(), o.qkv_w, o.qkv_b, b.qkv.get(), n, C, 3 * C);
                 ESPER_CUDA_CHECK(kernels::launch_attention_forward(
                     sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
                     b.qkv.get() + 2 * C, b.att.get(), b.lse.get(), s()));
             }
-            ESPER_CUDA_CHECK(
-                cudaMemcpyAsync(b.x_mid.get(), b.x_in.get(), bytes, cudaMemcpyDeviceToDevice, s()));
-            linear(b.att.get(), b.att16.get(), o.proj_w, P(o.proj_b), b.x_mid.get(), n, C, C, true);
+            linear(b.att.get(), b.att16.get(), o.proj_w, o.proj_b, b.x_mid.get(), n, C, C,
+                   b.x_in.get());
             ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
                 b.x_mid.get(), P(o.ln2_w), P(o.ln2_b), b.m.get(), b.m16.get(), b.mean2.get(),
                 b.rstd2.get(), n, C, kLnEps, s()));
-            linear(b.m.get(), b.m16.get(), o.fc_w, nullptr, b.f.get(), n, C, F, false);
-            // bf16: h goes through the backward's scratch (free until the backward) into h16.
-            float* h = bf16 ? dbig.get() : b.h.get();
-            ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(b.f.get(), P(o.fc_b), h, n, F,
-                                                              kernels::Activation::kGeluTanh, s()));
+            // bf16: the product is written in bf16 (f16) and GELU writes h in bf16 only (h16),
+            // the fc2 product's operand (PyTorch's autocast keeps the same two tensors).
+            linear(b.m.get(), b.m16.get(), o.fc_w, kNoBias, b.f.get(), n, C, F, nullptr,
+                   bf16 ? b.f16.get() : nullptr);
             if (bf16)
-                ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(h, b.h16.get(), int64_t(n) * F, s()));
+                ESPER_CUDA_CHECK(kernels::launch_bias_act_forward_bf16(
+                    b.f16.get(), true, P(o.fc_b), b.h16.get(), n, F, kernels::Activation::kGeluTanh,
+                    s()));
+            else
+                ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(
+                    b.f.get(), P(o.fc_b), b.h.get(), n, F, kernels::Activation::kGeluTanh, s()));
             float* out = l + 1 < L ? act[size_t(l) + 1].x_in.get() : x_out.get();
-            ESPER_CUDA_CHECK(
-                cudaMemcpyAsync(out, b.x_mid.get(), bytes, cudaMemcpyDeviceToDevice, s()));
-            linear(h, b.h16.get(), o.fc2_w, P(o.fc2_b), out, n, F, C, true);
+            linear(b.h.get(), b.h16.get(), o.fc2_w, o.fc2_b, out, n, F, C, b.x_mid.get());
         }
         ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(x_out.get(), P(lnf_w), P(lnf_b),
                                                            xf.get(), xf16.get(), meanf.get(),
                                                            rstdf.get(), n, C, kLnEps, s()));
-        linear(xf.get(), xf16.get(), head, nullptr, logits.get(), n, C, kByteVocab, false);
+        linear(xf.get(), xf16.get(), head, kNoBias, logits.get(), n, C, kByteVocab);
         // dlogits overwrite the logits (the backward reads only dlogits).
         ESPER_CUDA_CHECK(kernels::launch_softmax_xent(logits.get(), targets.get(), n, kByteVocab,
                                                       loss.get(), logits.get(), correct.get(),
@@ -355,53 +368,62 @@ struct CudaTransformerBackend::Impl {
             BlockAct& b = act[size_t(l)];
             const BlockOff& o = blocks[size_t(l)];
             // MLP: out = x_mid + gelu(m·Wfcᵀ + bfc)·Wfc2ᵀ + bfc2
-            const uint16_t* d16 = cast_a(gres.get(), int64_t(n) * C);
-            linear_dx(gres.get(), d16, o.fc2_w, dbig.get(), n, F, C);
+            const uint16_t* d16 = output_grad(gres.get(), o.fc2_b, n, C);
+            // bf16: h's gradient in bf16 (sb16), GELU's backward from it and the bf16 f into
+            // its bf16 result (sa16, the fc products' operand), as autocast would.
+            linear_dx(gres.get(), d16, o.fc2_w, dbig.get(), n, F, C, bf16 ? sb16.get() : nullptr);
             linear_dw(b.h.get(), b.h16.get(), gres.get(), d16, o.fc2_w, n, F, C);
-            bias_grad(gres.get(), o.fc2_b, n, C);
-            ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
-                dbig.get(), b.f.get(), dbig.get(), G(o.fc_b), n, F, kernels::Activation::kGeluTanh,
-                bias_ws.get(), bias_ws.size(), s()));
-            d16 = cast_a(dbig.get(), int64_t(n) * F);
+            if (bf16) {
+                ESPER_CUDA_CHECK(kernels::launch_bias_act_backward_bf16(
+                    sb16.get(), true, b.f16.get(), true, sa16.get(), G(o.fc_b), n, F,
+                    kernels::Activation::kGeluTanh, bias_ws.get(), bias_ws.size(), s()));
+                d16 = sa16.get();
+            } else {
+                ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
+                    dbig.get(), b.f.get(), dbig.get(), G(o.fc_b), n, F,
+                    kernels::Activation::kGeluTanh, bias_ws.get(), bias_ws.size(), s()));
+                d16 = nullptr;
+            }
             linear_dx(dbig.get(), d16, o.fc_w, dtmp.get(), n, C, F);
             linear_dw(b.m.get(), b.m16.get(), dbig.get(), d16, o.fc_w, n, C, F);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
                 dtmp.get(), b.x_mid.get(), P(o.ln2_w), b.mean2.get(), b.rstd2.get(), gres.get(),
                 G(o.ln2_w), G(o.ln2_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
             // attention: x_mid = x_in + attention(qkv(LN1(x_in)))·Wprojᵀ + bproj
-            d16 = cast_a(gres.get(), int64_t(n) * C);
+            d16 = output_grad(gres.get(), o.proj_b, n, C);
             linear_dx(gres.get(), d16, o.proj_w, dtmp.get(), n, C, C,
                       bf16 ? datt16.get() : nullptr);
             linear_dw(b.att.get(), b.att16.get(), gres.get(), d16, o.proj_w, n, C, C);
-            bias_grad(gres.get(), o.proj_b, n, C);
             if (bf16) {
-                // bf16 attention gradients; an fp32 copy for the bias gradient's sums, the
-                // bf16 ones for both products.
+                // bf16 attention gradients: the bias gradient sums them as they are (exact in
+                // fp32), both products read them.
                 const uint16_t* q16 = b.qkv16.get();
                 uint16_t* g16 = dqkv16.get();
                 ESPER_CUDA_CHECK(kernels::launch_attention_backward(
                     sh, kernels::AttentionDtype::kBfloat16, q16, q16 + C, q16 + 2 * C,
                     b.att16.get(), datt16.get(), b.lse.get(), g16, g16 + C, g16 + 2 * C,
                     attn_ws.get(), attn_ws.size(), s()));
-                ESPER_CUDA_CHECK(
-                    kernels::launch_cast_from_bf16(g16, dqkv.get(), int64_t(n) * 3 * C, s()));
+                bias_grad(g16, true, o.qkv_b, n, 3 * C);
                 d16 = g16;
             } else {
                 ESPER_CUDA_CHECK(kernels::launch_attention_backward(
                     sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
                     b.qkv.get() + 2 * C, b.att.get(), dtmp.get(), b.lse.get(), dqkv.get(),
                     dqkv.get() + C, dqkv.get() + 2 * C, attn_ws.get(), attn_ws.size(), s()));
+                bias_grad(dqkv.get(), false, o.qkv_b, n, 3 * C);
                 d16 = nullptr;
             }
-            bias_grad(dqkv.get(), o.qkv_b, n, 3 * C);
             linear_dx(dqkv.get(), d16, o.qkv_w, dtmp.get(), n, C, 3 * C);
             linear_dw(b.a.get(), b.a16.get(), dqkv.get(), d16, o.qkv_w, n, C, 3 * C);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
                 dtmp.get(), b.x_in.get(), P(o.ln1_w), b.mean1.get(), b.rstd1.get(), gres.get(),
                 G(o.ln1_w), G(o.ln1_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
         }
+        // The one-hot matrix of dwte's product goes into the logits' buffer (read only by the
+        // head's products above): rows · 256 floats, the size it asks for.
         ESPER_CUDA_CHECK(kernels::launch_embedding_backward(
-            tokens.get(), gres.get(), G(wte), G(wpe), samples, seq, C, kByteVocab, s()));
+            lt, tokens.get(), gres.get(), G(wte), G(wpe), samples, seq, C, kByteVocab, logits.get(),
+            logits.size() * sizeof(float), lt_ws.get(), lt_ws.size(), s()));
     }
 
     // The optimizer's hyper-parameters of this step (learning rate, AdamW's step count) into
@@ -565,8 +587,9 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
     for (const ParamRef& pr : ps) {
         const size_t o = d.total;
         d.off.push_back(o);
-        // 16-byte aligned starts (vector loads, cuBLASLt) for every tensor.
-        d.total += (size_t(pr.value->numel()) + 3) / 4 * 4;
+        // 32-byte aligned starts for every tensor, so its bf16 copy in w16 starts 16-byte aligned
+        // too (vector loads, cuBLASLt operands and bf16 biases).
+        d.total += (size_t(pr.value->numel()) + 7) / 8 * 8;
         const std::string& nm = pr.name;
         if (nm == "wte") d.wte = o;
         if (nm == "wpe") d.wpe = o;

@@ -143,15 +143,27 @@ TEST_CASE("embedding kernels match the references and the backward is determinis
     DevBuf dtok(tokens), dwte_in(wte), dwpe_in(wpe), ddx(dx), dxout(dx.size() * 4);
     CUDA_OK(launch_embedding_forward(dtok.as<int32_t>(), dwte_in.as<float>(), dwpe_in.as<float>(),
                                      dxout.as<float>(), B, T, C, nullptr));
+    cublasLtHandle_t lt;
+    REQUIRE(cublasLtCreate(&lt) == CUBLAS_STATUS_SUCCESS);
+    DevBuf ws(embedding_backward_workspace_bytes(B, T, kVocab)), lt_ws(size_t(32) << 20);
     std::vector<float> runs[2][2];
     for (int rep = 0; rep < 2; ++rep) {
         DevBuf gte(wte), gpe(wpe);
-        CUDA_OK(launch_embedding_backward(dtok.as<int32_t>(), ddx.as<float>(), gte.as<float>(),
-                                          gpe.as<float>(), B, T, C, kVocab, nullptr));
+        CUDA_OK(cudaMemset(ws.p, 0xFF, ws.bytes));  // the one-hot matrix overwrites NaNs
+        CUDA_OK(launch_embedding_backward(lt, dtok.as<int32_t>(), ddx.as<float>(), gte.as<float>(),
+                                          gpe.as<float>(), B, T, C, kVocab, ws.p, ws.bytes, lt_ws.p,
+                                          lt_ws.bytes, nullptr));
         CUDA_OK(cudaDeviceSynchronize());
         runs[rep][0] = gte.download<float>();
         runs[rep][1] = gpe.download<float>();
     }
+    // A workspace one float short is refused, and nothing is written.
+    DevBuf gte_short(wte), gpe_short(wpe);
+    CHECK(launch_embedding_backward(lt, dtok.as<int32_t>(), ddx.as<float>(), gte_short.as<float>(),
+                                    gpe_short.as<float>(), B, T, C, kVocab, ws.p, ws.bytes - 4,
+                                    lt_ws.p, lt_ws.bytes, nullptr) == cudaErrorInvalidValue);
+    CHECK(gte_short.download<float>() == wte);
+    cublasLtDestroy(lt);
     const std::string err = compare(dxout.download<float>(), x, 0.0, 1e-6, "x") +
                             compare(runs[0][0], dwte, 1e-4, 1e-5, "dwte") +
                             compare(runs[0][1], dwpe, 1e-4, 1e-5, "dwpe");
@@ -433,7 +445,8 @@ TEST_CASE("cuBLASLt GEMMs match the reference for every transpose, precision and
                                 GemmCase{256, 1152, 384}, GemmCase{64, 256, 1536});
     const bool trans_a = GENERATE(false, true);
     const bool trans_b = GENERATE(false, true);
-    const int mode = GENERATE(0, 1, 2);  // fp32; bf16 → bf16; bf16 → fp32 with beta = 1
+    // fp32; bf16 → bf16; bf16 → fp32 with beta = 1; the same with C read from its own buffer
+    const int mode = GENERATE(0, 1, 2, 3);
     const auto epi = GENERATE(GemmEpilogue::kNone, GemmEpilogue::kBias, GemmEpilogue::kBiasGelu);
     CAPTURE(c.m, c.n, c.k, trans_a, trans_b, mode, int(epi));
     GemmSpec s;
@@ -448,7 +461,7 @@ TEST_CASE("cuBLASLt GEMMs match the reference for every transpose, precision and
     s.ab_type = mode == 0 ? GemmDtype::kFloat32 : GemmDtype::kBfloat16;
     s.d_type = mode == 1 ? GemmDtype::kBfloat16 : GemmDtype::kFloat32;
     s.alpha = 0.75f;
-    s.beta = mode == 2 ? 1.0f : 0.0f;
+    s.beta = mode >= 2 ? 1.0f : 0.0f;
     s.epilogue = epi;
     s.ld_aux = (c.n + 7) / 8 * 8;
     std::mt19937 rng(uint32_t(c.m * 31 + c.n * 7 + c.k + mode * 1000 + int(epi) * 77));
@@ -462,8 +475,14 @@ TEST_CASE("cuBLASLt GEMMs match the reference for every transpose, precision and
         round_bf16(a);
         round_bf16(b);
     }
-    std::vector<float> d = d0, aux(size_t(c.m) * s.ld_aux, 0.f);
+    // A bf16 D takes a bf16 bias: the reference sees its rounded values.
+    if (mode == 1) round_bf16(bias);
+    s.bias_type = mode == 1 ? GemmDtype::kBfloat16 : GemmDtype::kFloat32;
+    // mode 3: C is d0 in its own buffer and D starts as NaNs (poisoned), which must not leak in.
+    std::vector<float> d = mode == 3 ? std::vector<float>(d0.size(), NAN) : d0,
+                       aux(size_t(c.m) * s.ld_aux, 0.f);
     s.bias = bias.data();  // host bias for the reference, the device copy for the launch below
+    if (mode == 3) s.c = d0.data();
     gemm_reference(s, a.data(), b.data(), d.data(), aux.data());
 
     cublasLtHandle_t lt;
@@ -474,16 +493,20 @@ TEST_CASE("cuBLASLt GEMMs match the reference for every transpose, precision and
     };
     auto da = up(a, bf), db = up(b, bf);
     const bool d_bf = s.d_type == GemmDtype::kBfloat16;
-    std::unique_ptr<DevBuf> dd =
-        s.beta != 0.f ? up(d0, d_bf) : std::make_unique<DevBuf>(d0.size() * (d_bf ? 2 : 4));
-    DevBuf dbias(bias), daux(aux.size() * (d_bf ? 2 : 4)), ws(32u << 20);
-    s.bias = dbias.as<float>();
+    std::unique_ptr<DevBuf> dd = s.beta != 0.f && mode != 3
+                                     ? up(d0, d_bf)
+                                     : std::make_unique<DevBuf>(d0.size() * (d_bf ? 2 : 4));
+    const std::unique_ptr<DevBuf> dc = up(d0, d_bf);
+    if (mode == 3) s.c = dc->p;
+    const std::unique_ptr<DevBuf> dbias = up(bias, mode == 1);
+    DevBuf daux(aux.size() * (d_bf ? 2 : 4)), ws(32u << 20);
+    s.bias = dbias->p;
     if (epi == GemmEpilogue::kBiasGelu) s.aux = daux.p;
-    if (d_bf && epi != GemmEpilogue::kNone) {  // fp32 bias with a bf16 D: refused, not launched
-        CHECK(launch_gemm(lt, s, da->p, db->p, dd->p, ws.p, ws.bytes, nullptr) ==
+    if (d_bf && epi != GemmEpilogue::kNone) {  // an fp32 bias with a bf16 D: refused
+        GemmSpec wrong = s;
+        wrong.bias_type = GemmDtype::kFloat32;
+        CHECK(launch_gemm(lt, wrong, da->p, db->p, dd->p, ws.p, ws.bytes, nullptr) ==
               cudaErrorInvalidValue);
-        cublasLtDestroy(lt);
-        return;
     }
     CUDA_OK(launch_gemm(lt, s, da->p, db->p, dd->p, ws.p, ws.bytes, nullptr));
     CUDA_OK(cudaDeviceSynchronize());
@@ -492,6 +515,7 @@ TEST_CASE("cuBLASLt GEMMs match the reference for every transpose, precision and
         d_bf ? from_bf16(dd->download<uint16_t>()) : dd->download<float>();
     REQUIRE(all_finite(got));
     const double tol = mode == 0 ? 1e-5 : (mode == 1 ? 1e-2 : 2e-3);
+    if (mode == 3) CHECK(dc->download<float>() == d0);  // C is read, never written
     CHECK(rel_error(got, d) < tol);
     if (epi == GemmEpilogue::kBiasGelu) {
         std::vector<float> got_aux =
