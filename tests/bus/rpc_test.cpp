@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <functional>
 #include <optional>
 #include <set>
@@ -186,6 +187,11 @@ TEST_CASE("a client reusing its key for a different request is refused; its retr
     CHECK(retry.reply->envelope().getPayload().getCommandAck().getOutcome() ==
           schema::CommandOutcome::APPLIED);
     CHECK(retry.reply->envelope().getPayload().getCommandAck().getStep() == 1);
+    // The worker thread copies its stats after poll() returns, that is after the reply went out:
+    // wait for the copy (bounded) instead of racing it (a TSan run lost that race in CI).
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (worker.duplicates != 1 && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     CHECK(worker.duplicates == 1);
 }
 
