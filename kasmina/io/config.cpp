@@ -397,7 +397,7 @@ void read_lifecycle(const Reader& r, const YAML::Node& n, LifecycleConfig& c) {
     r.section(n, p,
               {"training_steps", "stabilization_steps", "evaluation_steps", "fine_tuning_steps",
                "embargo_steps", "max_training_per_layer", "max_active_per_layer", "auto_gates",
-               "decision_timeout_steps", "grafting", "gates"});
+               "decision_timeout_steps", "contribution", "ablation_batches", "grafting", "gates"});
     r.get_int(n, p, "training_steps", c.training_steps);
     r.get_int(n, p, "stabilization_steps", c.stabilization_steps);
     r.get_int(n, p, "evaluation_steps", c.evaluation_steps);
@@ -407,6 +407,8 @@ void read_lifecycle(const Reader& r, const YAML::Node& n, LifecycleConfig& c) {
     r.get_int(n, p, "max_active_per_layer", c.max_active_per_layer, 1);
     r.get_bool(n, p, "auto_gates", c.auto_gates);
     r.get_int(n, p, "decision_timeout_steps", c.decision_timeout_steps, 1);
+    r.get_enum(n, p, "contribution", c.contribution, kContributionMeasureNames);
+    r.get_int(n, p, "ablation_batches", c.ablation_batches, 1, 1024);
     if (auto g = r.child_map(n, p, "grafting")) {
         const std::string gp = "lifecycle.grafting";
         GraftingConfig& s = c.grafting;
@@ -897,7 +899,9 @@ void emit_config(YAML::Emitter& out, const Config& c) {
             .put("max_training_per_layer", l.max_training_per_layer)
             .put("max_active_per_layer", l.max_active_per_layer)
             .put("auto_gates", l.auto_gates)
-            .put("decision_timeout_steps", l.decision_timeout_steps);
+            .put("decision_timeout_steps", l.decision_timeout_steps)
+            .put("contribution", contribution_measure_name(l.contribution))
+            .put("ablation_batches", l.ablation_batches);
         {
             const GraftingConfig& g = l.grafting;
             m.key("grafting");

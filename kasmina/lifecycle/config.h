@@ -3,7 +3,9 @@
 // YAML). Plain values.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <string_view>
 
 #include "kasmina/model/config.h"
 
@@ -34,6 +36,20 @@ struct GatesConfig {
     bool operator==(const GatesConfig&) const = default;
 };
 
+// How a seed's contribution (the EVALUATING and FINE_TUNING gates' measure, telemetry's
+// `contribution`) is measured. `gradient`: the first-order term −Σ⟨∂L/∂y, α·r(h)⟩ summed over the
+// telemetry window's steps (free: the backward computes it; ≈ 0 for a seed whose output the host
+// has adapted to). `ablation`: at the last step of each telemetry window, after the update, the
+// loss of the window's last `ablation_batches` training batches with the seed's output removed
+// minus the loss with them (per batch one forward per blending seed plus one; positive = the seed
+// helps), averaged over the batches and ranks.
+enum class ContributionMeasure : uint8_t { kGradient = 0, kAblation = 1 };
+inline constexpr std::array<std::string_view, 2> kContributionMeasureNames = {"gradient",
+                                                                              "ablation"};
+constexpr std::string_view contribution_measure_name(ContributionMeasure m) {
+    return enum_name(m, kContributionMeasureNames);
+}
+
 struct LifecycleConfig {
     int64_t training_steps = 200;
     int64_t stabilization_steps = 100;
@@ -44,6 +60,8 @@ struct LifecycleConfig {
     int64_t max_active_per_layer = 4;      // seeds in GERMINATED..FINE_TUNING per layer
     bool auto_gates = true;                // evaluate the default gates in-process
     int64_t decision_timeout_steps = 500;  // auto_gates false: safe default after this wait
+    ContributionMeasure contribution = ContributionMeasure::kGradient;
+    int64_t ablation_batches = 1;  // contribution: ablation — batches measured per window
     GraftingConfig grafting;
     GatesConfig gates;
     bool operator==(const LifecycleConfig&) const = default;

@@ -143,6 +143,22 @@ bool SeedManager::release_folded(SeedRef s) {
     return true;
 }
 
+SeedRow SeedManager::mute(SeedRef s) {
+    ESPER_REQUIRE(check_seed(s).empty(), check_seed(s));
+    SeedTable& t = tables_[s.layer];
+    const SeedRow saved = t.row(s.seed);
+    SeedRow muted = saved;
+    muted.stage = SeedStage::kGrafting;
+    muted.alpha = 0.0f;
+    t.set_row(s.seed, muted);
+    return saved;
+}
+
+void SeedManager::unmute(SeedRef s, const SeedRow& saved) {
+    ESPER_REQUIRE(check_seed(s).empty(), check_seed(s));
+    tables_[s.layer].set_row(s.seed, saved);
+}
+
 std::optional<double> SeedManager::gradient_health(SeedRef s) const {
     if (!check_seed(s).empty()) return std::nullopt;
     return extra_[s.layer][s.seed].gradient_health;

@@ -141,6 +141,12 @@ public:
     // A FOSSILIZED widening seed whose parameters the host took in (Model::fold_widening):
     // frees its arena slot; the row stays FOSSILIZED with slot -1. False for any other seed.
     bool release_folded(SeedRef s);
+    // lifecycle.contribution: ablation — a forward without seed s's output: the row reads as
+    // GRAFTING at α = 0, whose forward value is exactly the host's (blueprint, slot and arena
+    // stay). Writes no event and validates no transition: the caller puts the returned row back
+    // with unmute() right after its forward, before anything else reads the table.
+    SeedRow mute(SeedRef s);
+    void unmute(SeedRef s, const SeedRow& saved);
     // Latest measured gradient health of a seed (nullopt = never measured).
     std::optional<double> gradient_health(SeedRef s) const;
 

@@ -12,6 +12,7 @@ void TelemetryBuffers::resize(size_t s) {
     for (auto* v : {&count, &mean, &m2, &dead, &grad_sq, &contribution, &bp_grad_sq})
         v->assign(s, 0.0);
     backward_seen.assign(s, 0);
+    ablated.assign(s, 0);
 }
 
 void TelemetryBuffers::clear() { resize(count.size()); }
@@ -49,6 +50,13 @@ Telemetry::Telemetry(std::vector<int32_t> seeds_per_layer) {
 
 void Telemetry::begin_step() {
     for (auto& b : step_) b.clear();
+}
+
+void Telemetry::set_ablated(int32_t layer, int32_t seed, double contribution) {
+    ESPER_REQUIRE(ablation_, "set_ablated without lifecycle.contribution: ablation");
+    TelemetryBuffers& b = step_[size_t(layer)];
+    b.contribution[size_t(seed)] = contribution;
+    b.ablated[size_t(seed)] = 1;
 }
 
 void Telemetry::record_blueprint_grads(SeedManager& seeds) {
@@ -98,15 +106,17 @@ StepMetrics Telemetry::end_step(double loss, const SeedManager& seeds) {
                                     std::isfinite(st.grad_sq[s]);
                 sm.gradient_health = usable ? 1.0 : 0.0;
             }
-            if (table.slot(int32_t(s)) >= 0) {
+            const bool contributed = ablation_ ? st.ablated[s] != 0 : table.slot(int32_t(s)) >= 0;
+            if (contributed) {
                 sm.contribution = st.contribution[s];
-                if (!std::isfinite(st.contribution[s]) || !std::isfinite(st.bp_grad_sq[s]))
-                    sm.error = true;
+                if (!std::isfinite(st.contribution[s])) sm.error = true;
             }
+            if (table.slot(int32_t(s)) >= 0 && !std::isfinite(st.bp_grad_sq[s])) sm.error = true;
             chan_merge(w.count[s], w.mean[s], w.m2[s], st.count[s], st.mean[s], st.m2[s]);
             w.dead[s] += st.dead[s];
             w.grad_sq[s] += st.grad_sq[s];
-            w.contribution[s] += st.contribution[s];
+            if (!ablation_ || st.ablated[s]) w.contribution[s] += st.contribution[s];
+            w.ablated[s] |= st.ablated[s];
             w.bp_grad_sq[s] += st.bp_grad_sq[s];
             w.backward_seen[s] |= st.backward_seen[s];
         }
@@ -138,8 +148,9 @@ std::vector<SeedTelemetryRecord> Telemetry::collect(const SeedManager& seeds) {
             }
             if (t.slot(int32_t(s)) >= 0 && w.backward_seen[s]) {
                 r.blueprint_grad_norm = std::sqrt(w.bp_grad_sq[s]);
-                r.contribution = w.contribution[s];
+                if (!ablation_) r.contribution = w.contribution[s];
             }
+            if (ablation_ && w.ablated[s]) r.contribution = w.contribution[s];
             out.push_back(r);
         }
         w.clear();

@@ -4,7 +4,8 @@
 // health = 0.5·min(1, var/var_ref) + 0.5·(1 − dead_fraction), var_ref = the layer's pooled
 // activation variance over the same window. contribution c = −Σ⟨∂L/∂y, α·r(h)⟩ summed over the
 // window's steps (the loss is a batch mean, so c is the first-order change of the mean loss if
-// the seed were removed: positive = the seed helps).
+// the seed were removed: positive = the seed helps); with lifecycle.contribution: ablation it is
+// the measured loss change instead (set_ablated).
 #pragma once
 
 #include <cstdint>
@@ -37,6 +38,7 @@ struct TelemetryBuffers {
     std::vector<double> count, mean, m2, dead, grad_sq, contribution;
     std::vector<double> bp_grad_sq;  // blueprint gradient Σ g² (filled by the trainer)
     std::vector<uint8_t> backward_seen;
+    std::vector<uint8_t> ablated;  // contribution measured by ablation (set_ablated)
     void resize(size_t s);
     void clear();
     kernels::SeedTelemetryAccum accum();
@@ -62,11 +64,19 @@ public:
     std::vector<SeedTelemetryRecord> collect(const SeedManager& seeds);
     int64_t window_steps() const { return window_steps_; }
 
+    // lifecycle.contribution: ablation. The backward's first-order contributions are then
+    // ignored; a seed's contribution is what set_ablated wrote this step (nullopt on the steps
+    // and for the seeds it did not write). Call set_ablated after begin_step and before end_step.
+    void set_ablation(bool on) { ablation_ = on; }
+    bool ablation() const { return ablation_; }
+    void set_ablated(int32_t layer, int32_t seed, double contribution);
+
 private:
     std::vector<TelemetryBuffers> step_, window_;
     std::vector<kernels::SeedTelemetryAccum> step_views_;
     std::vector<kernels::SeedTelemetryAccum*> step_ptrs_;
     int64_t window_steps_ = 0;
+    bool ablation_ = false;
 };
 
 // Health from a variance, its reference and the dead fraction (the §4.6 formula).

@@ -1,6 +1,7 @@
 // The CPU training loop (see trainer.h).
 #include "kasmina/train/trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <utility>
@@ -11,6 +12,7 @@
 #include "core/log.h"
 #include "kasmina/dist/distributed.h"
 #include "kasmina/model/gradmax.h"
+#include "kernels/seed_layer.h"
 
 namespace esper::kasmina {
 
@@ -62,6 +64,7 @@ void Trainer::init() {
     for (int32_t l = 0; l < seeds_->num_layers(); ++l)
         per_layer.push_back(seeds_->table(l).num_seeds());
     telemetry_ = std::make_unique<Telemetry>(per_layer);
+    telemetry_->set_ablation(config_.lifecycle.contribution == ContributionMeasure::kAblation);
     total_steps_ = config_.run.max_steps > 0 ? config_.run.max_steps
                                              : config_.run.epochs * data_->steps_per_epoch();
     init_distributed();
@@ -125,6 +128,7 @@ TrainStep Trainer::step() {
     const int32_t B = int32_t(config_.data.batch_size);
     TrainStep out;
     out.epoch = s / data_->steps_per_epoch();
+    int64_t ablation_forwards = 0;
     init_germinated();
     if (fold_fossils()) {  // the last-known-good state includes the folded host
         capture(last_good_);
@@ -181,6 +185,8 @@ TrainStep Trainer::step() {
         seeds_->on_step_end(s, m);
     } else {
         backend_->commit_step(rates);
+        if (telemetry_->ablation() && (s + 1) % config_.run.telemetry_interval_steps == 0)
+            ablation_forwards = measure_ablation(s);
         const StepMetrics m = telemetry_->end_step(loss, *seeds_);
         seeds_->on_step_end(s, m);
         epoch_loss_sum_ += loss;
@@ -198,15 +204,55 @@ TrainStep Trainer::step() {
     if (metrics_) {
         const int64_t host = model_->param_count();
         const int64_t bp = param_count() - host;
-        // Blueprints are dense layers over the seed layer's rows (6 FLOPs per weight and row).
-        const double flops = (model_->train_flops(batch.samples, batch.rows) +
-                              6.0 * double(bp) * double(batch.rows)) *
-                             double(options_.world);
+        // Blueprints are dense layers over the seed layer's rows (6 FLOPs per weight and row);
+        // an ablation forward costs a third of that (a forward, no backward).
+        const double step_flops =
+            model_->train_flops(batch.samples, batch.rows) + 6.0 * double(bp) * double(batch.rows);
+        const double flops =
+            step_flops * (1.0 + double(ablation_forwards) / 3.0) * double(options_.world);
         metrics_->write(TrainMetrics{out.step, out.epoch, out.loss, out.lr, out.samples_per_s, host,
                                      bp, total_steps_, flops});
     }
     last_step_ = out;
     return out;
+}
+
+int64_t Trainer::measure_ablation(int64_t step) {
+    std::vector<SeedRef> measured;
+    for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
+        const SeedTable& t = seeds_->table(l);
+        for (int32_t s = 0; s < t.num_seeds(); ++s) {
+            // FOSSILIZED seeds are past every decision; a seed whose forward value is the host's
+            // (TRAINING, GRAFTING at α = 0) contributes exactly nothing.
+            if (t.slot(s) < 0 || t.stage(s) >= SeedStage::kFossilized) continue;
+            if (kernels::stage_forward_alpha(t.stage(s), t.alpha(s)) == 0.0f)
+                telemetry_->set_ablated(l, s, 0.0);
+            else
+                measured.push_back({l, s});
+        }
+    }
+    // Every rank holds the same seed table, so every rank measures the same seeds (or none).
+    if (measured.empty()) return 0;
+    const int64_t batches = std::min(config_.lifecycle.ablation_batches, step + 1);
+    std::vector<float> c(measured.size(), 0.0f);
+    for (int64_t k = 0; k < batches; ++k) {
+        // The step's own batch first; the data's buffer is refilled by each call.
+        const Batch batch = data_->train_batch(step - k);
+        const double with = backend_->eval_batch(batch).loss;
+        for (size_t i = 0; i < measured.size(); ++i) {
+            const SeedRow saved = seeds_->mute(measured[i]);
+            const double without = backend_->eval_batch(batch).loss;
+            seeds_->unmute(measured[i], saved);  // the device copy follows at the next sync
+            c[i] += float((without - with) / double(batches));
+        }
+    }
+    if (dist_) {
+        dist_->all_reduce_sum(c);
+        for (float& v : c) v /= float(options_.world);
+    }
+    for (size_t i = 0; i < measured.size(); ++i)
+        telemetry_->set_ablated(measured[i].layer, measured[i].seed, double(c[i]));
+    return batches * (int64_t(measured.size()) + 1);
 }
 
 EvalResult Trainer::evaluate() {

@@ -187,6 +187,12 @@ private:
     void gradmax_units(int32_t layer, int32_t seed);
     // Training batches (from the current step's on) that GradMax's gradient is summed over.
     static constexpr int64_t kGradmaxBatches = 4;
+    // lifecycle.contribution: ablation, at the last step `step` of each telemetry window (after
+    // the update): per seed that blends its output in, the loss of the training batches of steps
+    // step − ablation_batches + 1 … step without it minus the loss with it (an evaluation forward
+    // each), averaged over the batches and ranks, into the step's telemetry
+    // (Telemetry::set_ablated). Returns the forwards it ran, in batches of the step's size.
+    int64_t measure_ablation(int64_t step);
     // Restores parameters/optimizer/arenas (and, when `with_seeds`, seed tables and step).
     void restore(const CheckpointData& in, bool with_seeds);
 

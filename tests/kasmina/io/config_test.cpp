@@ -56,6 +56,7 @@ blueprints: {residual_mlp: {expansion: 3, slots: 4}, lowrank: {rank: 2, slots: 5
 lifecycle:  {training_steps: 20, stabilization_steps: 10, evaluation_steps: 11,
              fine_tuning_steps: 12, embargo_steps: 50, max_training_per_layer: 1,
              max_active_per_layer: 3, auto_gates: false, decision_timeout_steps: 40,
+             contribution: ablation, ablation_batches: 4,
              grafting: {strategy: momentum, ramp_steps: 30, steepness: 5.0, momentum: 0.25,
                         drift_threshold: 0.2},
              gates: {min_gradient_health: 0.6, min_contribution: 0.01, cull_contribution: 0.02,
@@ -77,6 +78,8 @@ faults:     {nan_at_step: 77, corrupt_digest_rank: 1, checkpoint_crash_after_fil
     CHECK(c.blueprints.lowrank.slots == 5);
     CHECK(c.blueprints.max_params_per_layer == 5000);
     CHECK_FALSE(c.lifecycle.auto_gates);
+    CHECK(c.lifecycle.contribution == ContributionMeasure::kAblation);
+    CHECK(c.lifecycle.ablation_batches == 4);
     CHECK(c.lifecycle.grafting.strategy == GraftingStrategy::kMomentum);
     CHECK(c.lifecycle.grafting.ramp_steps == 30);
     CHECK(c.lifecycle.gates.max_error_rate == 0.2);
@@ -97,6 +100,8 @@ TEST_CASE("the effective config YAML loads back to an equal config", "[kasmina][
     c.optimizer.kind = OptimizerKind::kAdamw;
     c.lifecycle.grafting.strategy = GraftingStrategy::kDriftControlled;
     c.lifecycle.gates.min_improvement = -0.5;
+    c.lifecycle.contribution = ContributionMeasure::kAblation;
+    c.lifecycle.ablation_batches = 7;
     c.faults.nan_at_step = 9;
     c.faults.checkpoint_crash_after_files = 3;
     const std::string yaml = config_to_yaml(c);
@@ -113,7 +118,7 @@ TEST_CASE("config errors name file, line, field and reason", "[kasmina][config]"
               "run.yaml:4: lifecycle.trainin_steps: unknown key (known: training_steps, "
               "stabilization_steps, evaluation_steps, fine_tuning_steps, embargo_steps, "
               "max_training_per_layer, max_active_per_layer, auto_gates, "
-              "decision_timeout_steps, grafting, gates)");
+              "decision_timeout_steps, contribution, ablation_batches, grafting, gates)");
     }
     SECTION("unknown top-level section") {
         CHECK(config_error("\n\nmodle: {}\n").rfind("run.yaml:3: modle: unknown key", 0) == 0);
@@ -136,6 +141,8 @@ TEST_CASE("config errors name file, line, field and reason", "[kasmina][config]"
               "run.yaml:2: optimizer.lr: out of range: -0.1 not in (0, inf)");
         CHECK(config_error("lifecycle:\n  grafting:\n    ramp_steps: 0\n") ==
               "run.yaml:3: lifecycle.grafting.ramp_steps: out of range: 0 not in [1, inf)");
+        CHECK(config_error("lifecycle:\n  ablation_batches: 0\n") ==
+              "run.yaml:2: lifecycle.ablation_batches: out of range: 0 not in [1, 1024]");
         CHECK(config_error("lifecycle:\n  gates: {max_error_rate: 1.5}\n") ==
               "run.yaml:2: lifecycle.gates.max_error_rate: out of range: 1.5 not in [0, 1]");
         CHECK(config_error("run:\n  seed: -3\n") ==
@@ -149,6 +156,9 @@ TEST_CASE("config errors name file, line, field and reason", "[kasmina][config]"
               "run.yaml:1: model.activation: expected one of relu, gelu, got 'tanh'");
         CHECK(config_error("blueprints:\n  input: pixels\n") ==
               "run.yaml:2: blueprints.input: expected one of chunk, layer, got 'pixels'");
+        CHECK(config_error("lifecycle:\n  contribution: first_order\n") ==
+              "run.yaml:2: lifecycle.contribution: expected one of gradient, ablation, got "
+              "'first_order'");
     }
     SECTION("cross-field checks") {
         CHECK(config_error("model:\n  hidden: [64, 6]\n  seeds_per_layer: 8\n") ==

@@ -15,7 +15,9 @@
 
 #include "core/error.h"
 #include "kasmina/model/mlp.h"
+#include "kernels/seed_layer.h"
 #include "tests/kasmina/train/loop_test_util.h"
+#include "tests/support/gpu.h"
 #include "tests/support/paths.h"
 
 namespace fs = std::filesystem;
@@ -488,4 +490,152 @@ TEST_CASE("Fashion-MNIST example reaches 0.83 test accuracy in two epochs", "[ka
     const EvalResult e = t.evaluate();
     INFO("test accuracy " << e.accuracy);
     CHECK(e.accuracy >= 0.83);
+}
+
+TEST_CASE(
+    "lifecycle.contribution ablation: a seed's worth is its batch's loss without it minus with "
+    "it, and measuring changes no bit of training",
+    "[kasmina][trainer]") {
+    // Two runs that walk the same stages (gates pass whatever is measured), one measuring by
+    // ablation at each telemetry window's end (every 4 steps), over the window's last k batches.
+    const int64_t k = GENERATE(1, 3);
+    CAPTURE(k);
+    auto make = [k](ContributionMeasure m) {
+        Config c = small_config();
+        c.run.max_steps = 40;
+        c.run.telemetry_interval_steps = 4;
+        test::timer_driven_lifecycle(c, 6);
+        c.lifecycle.gates.cull_contribution = 1e9;  // never cull on what was measured
+        c.lifecycle.contribution = m;
+        c.lifecycle.ablation_batches = k;
+        return c;
+    };
+    Trainer grad(make(ContributionMeasure::kGradient));
+    Trainer abl(make(ContributionMeasure::kAblation));
+    REQUIRE(grad.apply(germinate(1, 2)).applied());
+    REQUIRE(abl.apply(germinate(1, 2)).applied());
+    int measured = 0;
+    while (!abl.done()) {
+        const int64_t s = abl.steps_done();
+        // The measurement sees the table the step trained with (α and stages move after it).
+        const SeedTable& t = abl.seeds().table(1);
+        std::vector<uint8_t> stage(t.stage_data(), t.stage_data() + t.num_seeds());
+        std::vector<float> alpha(t.alpha_data(), t.alpha_data() + t.num_seeds());
+        grad.step();
+        abl.step();
+        if (abl.steps_done() % 4 != 0) continue;
+        (void)grad.collect_telemetry();  // the same windows on both
+        const std::vector<SeedTelemetryRecord> recs = abl.collect_telemetry();
+        const SeedTelemetryRecord* r = nullptr;
+        for (const auto& x : recs)
+            if (x.layer == 1 && x.seed == 2) r = &x;
+        REQUIRE(r != nullptr);
+        // Every other seed holds no blueprint: nothing to measure.
+        for (const auto& x : recs)
+            if (!(x.layer == 1 && x.seed == 2)) CHECK_FALSE(x.contribution.has_value());
+        const auto st = SeedStage(stage[2]);
+        CAPTURE(s, stage_name(st), alpha[2]);
+        if (st >= SeedStage::kFossilized) {
+            CHECK_FALSE(r->contribution.has_value());  // past every decision: not measured
+            continue;
+        }
+        REQUIRE(r->contribution.has_value());
+        if (esper::kernels::stage_forward_alpha(st, alpha[2]) == 0.0f) {
+            CHECK(*r->contribution == 0.0);  // the forward value is the host's
+            continue;
+        }
+        // The oracle: the same batches through the model with the seed as the step had it, and
+        // with it DORMANT (its blueprint not run at all), at the weights after the update.
+        double mean = 0.0;
+        for (int64_t j = 0; j < k; ++j) {
+            const Batch b = abl.data().train_batch(s - j);
+            std::vector<esper::kernels::SeedLayerView> views;
+            for (int32_t l = 0; l < abl.seeds().num_layers(); ++l)
+                views.push_back(abl.seeds().view(l, b.rows));
+            std::vector<uint8_t> st_copy = stage;
+            views[1].stage = st_copy.data();
+            views[1].alpha = alpha.data();
+            const double with = abl.model().eval_batch(b, views).loss;
+            st_copy[2] = uint8_t(SeedStage::kDormant);
+            const double without = abl.model().eval_batch(b, views).loss;
+            CHECK(without != with);
+            mean += (without - with) / double(k);
+        }
+        CHECK(*r->contribution == Approx(mean).margin(1e-6));
+        ++measured;
+    }
+    CHECK(measured >= 3);  // GRAFTING at α > 0 through FINE_TUNING
+    // The measuring forwards left the table and the weights as the gradient-measuring run has
+    // them: same stages at the same steps, every parameter equal bit for bit.
+    for (int32_t s = 0; s < abl.seeds().table(1).num_seeds(); ++s)
+        CHECK(abl.seeds().table(1).row(s) == grad.seeds().table(1).row(s));
+    const auto& pa = abl.model().params();
+    const auto& pg = grad.model().params();
+    REQUIRE(pa.size() == pg.size());
+    for (size_t i = 0; i < pa.size(); ++i) {
+        CAPTURE(pa[i].name);
+        CHECK(std::equal(pa[i].value->span().begin(), pa[i].value->span().end(),
+                         pg[i].value->span().begin()));
+    }
+    const auto ba = abl.seeds().arenas(1).all_params(BlueprintKind::kResidualMlp);
+    const auto bg = grad.seeds().arenas(1).all_params(BlueprintKind::kResidualMlp);
+    CHECK(std::equal(ba.begin(), ba.end(), bg.begin(), bg.end()));
+}
+
+TEST_CASE(
+    "lifecycle.contribution ablation on the CUDA backend measures what the CPU measures and "
+    "changes no bit of its training",
+    "[kasmina][trainer][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    auto make = [](const char* device, ContributionMeasure m) {
+        Config c = small_config();
+        c.run.device = device;
+        c.run.max_steps = 40;
+        c.run.telemetry_interval_steps = 4;
+        test::timer_driven_lifecycle(c, 6);
+        c.lifecycle.gates.cull_contribution = 1e9;
+        c.lifecycle.contribution = m;
+        c.lifecycle.ablation_batches = 2;
+        return c;
+    };
+    Trainer cpu(make("cpu", ContributionMeasure::kAblation));
+    Trainer gpu(make("cuda", ContributionMeasure::kAblation));
+    Trainer gpu_grad(make("cuda", ContributionMeasure::kGradient));
+    for (Trainer* t : {&cpu, &gpu, &gpu_grad}) REQUIRE(t->apply(germinate(1, 2)).applied());
+    int compared = 0;
+    while (!gpu.done()) {
+        for (Trainer* t : {&cpu, &gpu, &gpu_grad}) t->step();
+        if (gpu.steps_done() % 4 != 0) continue;
+        (void)gpu_grad.collect_telemetry();
+        const auto rc = cpu.collect_telemetry();
+        const auto rg = gpu.collect_telemetry();
+        REQUIRE(rc.size() == rg.size());
+        for (size_t i = 0; i < rc.size(); ++i) {
+            CAPTURE(gpu.steps_done(), rc[i].layer, rc[i].seed);
+            REQUIRE(rc[i].contribution.has_value() == rg[i].contribution.has_value());
+            if (!rc[i].contribution || *rc[i].contribution == 0.0) continue;
+            // cuBLAS against OpenBLAS, a few steps apart from the same start.
+            CHECK(std::fabs(*rg[i].contribution - *rc[i].contribution) <=
+                  2e-3 + 0.05 * std::fabs(*rc[i].contribution));
+            ++compared;
+        }
+    }
+    CHECK(compared >= 3);
+    // The measuring forwards left the device's table and weights as the gradient run has them
+    // (the host copies are refreshed by the governor's snapshot at step 40). Not bit for bit:
+    // the device's blueprint gradients are summed with float atomics (issue 17 item 4).
+    for (int32_t s = 0; s < gpu.seeds().table(1).num_seeds(); ++s)
+        CHECK(gpu.seeds().table(1).row(s) == gpu_grad.seeds().table(1).row(s));
+    const auto& pa = gpu.model().params();
+    const auto& pg = gpu_grad.model().params();
+    for (size_t i = 0; i < pa.size(); ++i) {
+        CAPTURE(pa[i].name);
+        double num = 0.0, den = 0.0;
+        for (int64_t j = 0; j < pa[i].value->numel(); ++j) {
+            const double a = (*pa[i].value)[j], b = (*pg[i].value)[j];
+            num += (a - b) * (a - b);
+            den += b * b;
+        }
+        CHECK(std::sqrt(num) <= 1e-5 * std::sqrt(den) + 1e-7);
+    }
 }
