@@ -164,7 +164,7 @@ Config parse_config(const std::string& text, const std::string& filename) {
             r.section(t, "heuristic", "tamiyo.heuristic",
                       {"germinations_per_round", "blueprint", "blueprint_size", "strategy",
                        "min_gradient_health", "training_patience_steps", "min_benefit",
-                       "cull_contribution"})) {
+                       "cull_contribution", "rent_per_param"})) {
         HeuristicConfig& hc = c.heuristic;
         const std::string f = "tamiyo.heuristic";
         r.get_int(h, "germinations_per_round", f, hc.germinations_per_round, 0, kMax32);
@@ -190,6 +190,7 @@ Config parse_config(const std::string& text, const std::string& filename) {
         r.get(h, "training_patience_steps", f, hc.training_patience_steps, 0, kMaxSteps);
         r.get(h, "min_benefit", f, hc.min_benefit, 0.0, 1e9);
         r.get(h, "cull_contribution", f, hc.cull_contribution, -1e9, 1e9);
+        r.get(h, "rent_per_param", f, hc.rent_per_param, 0.0, 1.0);
     }
     return c;
 }
@@ -250,6 +251,7 @@ std::string format_config(const Config& c) {
     out << YAML::Key << "training_patience_steps" << YAML::Value << h.training_patience_steps;
     out << YAML::Key << "min_benefit" << YAML::Value << number(h.min_benefit);
     out << YAML::Key << "cull_contribution" << YAML::Value << number(h.cull_contribution);
+    out << YAML::Key << "rent_per_param" << YAML::Value << number(h.rent_per_param);
     out << YAML::EndMap << YAML::EndMap << YAML::EndMap;
     out << YAML::Newline
         << YAML::Comment(

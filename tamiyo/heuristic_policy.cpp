@@ -10,6 +10,15 @@
 
 namespace esper::tamiyo {
 
+double HeuristicPolicy::rent(const SeedView& s) const {
+    return config_.rent_per_param * double(std::max<int64_t>(0, s.blueprint_params));
+}
+
+std::string HeuristicPolicy::rent_note(const SeedView& s) const {
+    if (config_.rent_per_param <= 0) return {};
+    return fmt::format(" (rent {:g} for {} parameters)", rent(s), s.blueprint_params);
+}
+
 std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
     std::vector<Decision> out;
     struct Candidate {
@@ -60,24 +69,28 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
                         continue;
                     }
                     break;
-                case SeedStage::kEvaluating:
+                case SeedStage::kEvaluating: {
                     if (in_stage < config_.evaluation_steps || !m.contribution) continue;
-                    if (*m.contribution > config_.min_benefit) {
+                    const double bar = config_.min_benefit + rent(s);
+                    if (*m.contribution > bar) {
                         d.kind = DecisionKind::kApprove;
-                        d.reason = fmt::format("heuristic: contribution {:g} > {:g} (seed helps)",
-                                               *m.contribution, config_.min_benefit);
+                        d.reason = fmt::format("heuristic: contribution {:g} > {:g}{} (seed helps)",
+                                               *m.contribution, bar, rent_note(s));
                     } else {
                         d.kind = DecisionKind::kCull;
-                        d.reason =
-                            fmt::format("heuristic: contribution {:g} <= {:g} (seed does not help)",
-                                        *m.contribution, config_.min_benefit);
+                        d.reason = fmt::format(
+                            "heuristic: contribution {:g} <= {:g}{} (seed does not help)",
+                            *m.contribution, bar, rent_note(s));
                     }
                     break;
-                case SeedStage::kFineTuning:
-                    if (m.contribution && *m.contribution < config_.cull_contribution) {
+                }
+                case SeedStage::kFineTuning: {
+                    const double bar = config_.cull_contribution + rent(s);
+                    if (m.contribution && *m.contribution < bar) {
                         d.kind = DecisionKind::kCull;
-                        d.reason = fmt::format("heuristic: contribution {:g} < {:g} (seed hurts)",
-                                               *m.contribution, config_.cull_contribution);
+                        d.reason = fmt::format("heuristic: contribution {:g} < {:g}{} (seed {})",
+                                               *m.contribution, bar, rent_note(s),
+                                               rent(s) > 0 ? "does not pay its rent" : "hurts");
                     } else if (in_stage >= config_.fine_tuning_steps) {
                         d.kind = DecisionKind::kFossilize;
                         d.reason =
@@ -89,6 +102,7 @@ std::vector<Decision> HeuristicPolicy::decide(const View& view, uint64_t step) {
                         continue;
                     }
                     break;
+                }
                 default:
                     continue;
             }
@@ -137,11 +151,17 @@ std::string HeuristicPolicy::describe() const {
         "  EVALUATING, after {} steps: approve if contribution > {:g}, cull if contribution <= "
         "{:g}\n"
         "  FINE_TUNING: cull if contribution < {:g}; otherwise fossilize after {} steps\n"
+        "{}"
         "  a seed whose deciding metric is unmeasured waits (the executor's decision timeout is "
         "the safe default)\n",
         c.germinations_per_round, blueprint_kind_name(c.blueprint), c.blueprint_size, c.strategy,
         c.training_steps, c.min_gradient_health, c.training_patience_steps, c.evaluation_steps,
-        c.min_benefit, c.min_benefit, c.cull_contribution, c.fine_tuning_steps);
+        c.min_benefit, c.min_benefit, c.cull_contribution, c.fine_tuning_steps,
+        c.rent_per_param > 0
+            ? fmt::format("  rent: both contribution thresholds rise by {:g} per blueprint "
+                          "parameter of the seed\n",
+                          c.rent_per_param)
+            : std::string());
 }
 
 }  // namespace esper::tamiyo

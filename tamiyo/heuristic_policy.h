@@ -2,8 +2,9 @@
 // seeds; approve TRAINING → GRAFTING when gradient health ≥ min_gradient_health; at the
 // EVALUATING gate keep seeds that help (contribution > min_benefit; positive = the loss would rise
 // without the seed, §4.6) and cull the others; fossilize after fine-tuning unless the seed hurts;
-// cull seeds that hurt. Seeds with unmeasured metrics are left waiting (the executor's gate timeout
-// is the safe default).
+// cull seeds that hurt. With rent_per_param > 0 both thresholds rise by the rent of the seed's
+// parameters (a seed must help by more than it costs). Seeds with unmeasured metrics are left
+// waiting (the executor's gate timeout is the safe default).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,9 @@ struct HeuristicConfig {
     double min_benefit = 0.0;                // approve when contribution > min_benefit
     uint64_t fine_tuning_steps = 200;        // FINE_TUNING gate due
     double cull_contribution = 0.0;          // contribution < this in FINE_TUNING → cull (hurts)
+    // Rent: a seed's parameters must pay for themselves. Both contribution thresholds above rise
+    // by rent_per_param × the seed's blueprint parameters (loss units per parameter; 0 = none).
+    double rent_per_param = 0.0;
 };
 
 class HeuristicPolicy final : public Policy {
@@ -41,6 +45,8 @@ public:
     std::string describe() const;
 
 private:
+    double rent(const SeedView& s) const;            // rent_per_param × its parameters
+    std::string rent_note(const SeedView& s) const;  // "" without rent
     HeuristicConfig config_;
 };
 

@@ -47,7 +47,8 @@ TEST_CASE("tamiyo config: defaults, every field, and other sections ignored", "[
         "    min_gradient_health: 0.65\n"
         "    training_patience_steps: 700\n"
         "    min_benefit: 0.002\n"
-        "    cull_contribution: 0.01\n",
+        "    cull_contribution: 0.01\n"
+        "    rent_per_param: 0.000001\n",
         "run.yaml");
     CHECK(c.policy == "examples/policies/fixed_schedule.yaml");
     CHECK(c.decision_interval_steps == 25);
@@ -64,6 +65,7 @@ TEST_CASE("tamiyo config: defaults, every field, and other sections ignored", "[
     CHECK(c.heuristic.min_gradient_health == 0.65);
     CHECK(c.heuristic.training_patience_steps == 700);
     CHECK(c.heuristic.min_benefit == 0.002);
+    CHECK(c.heuristic.rent_per_param == 1e-6);
     CHECK(c.heuristic.cull_contribution == 0.01);
 
     // The effective config parses back to the same values; the executor's settings are shown as
@@ -86,6 +88,13 @@ TEST_CASE("tamiyo config: defaults, every field, and other sections ignored", "[
     CHECK(again.controller.budget == with_executor.controller.budget);
     CHECK(again.heuristic.training_steps == 120);
     CHECK(again.heuristic.strategy == "sigmoid");
+}
+
+TEST_CASE("tamiyo config refuses a negative or runaway rent", "[tamiyo][config]") {
+    CHECK(error_of("tamiyo:\n  heuristic: {rent_per_param: -0.001}\n") ==
+          "run.yaml:2: tamiyo.heuristic.rent_per_param: out of range [0, 1]: -0.001");
+    CHECK(error_of("tamiyo:\n  heuristic: {rent_per_param: 2}\n") ==
+          "run.yaml:2: tamiyo.heuristic.rent_per_param: out of range [0, 1]: 2");
 }
 
 TEST_CASE("tamiyo config refuses the keys the executor's sections own, naming the one to set",
