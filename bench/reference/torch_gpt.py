@@ -5,10 +5,13 @@ positions, head tied to the token embedding, init N(0, 0.02) with the projection
 1/√(2L)), AdamW (fused, weight decay 0.1, grad-norm clip 1.0), bf16 autocast; eager and
 torch.compile. One step = zero_grad, forward, loss, backward, clip, step, with the loss read back
 (.item()) as esper's Trainer does. Tokens/s, MFU (same FLOP count as esper's bench) and peak
-memory (torch.cuda.max_memory_allocated). Human lines on stderr, JSON on the last stdout line.
+memory (torch.cuda.max_memory_allocated; also the allocator's peak reserve and the device memory the
+run took, free memory before the model minus after the timed steps, as esper's bench measures it).
+Human lines on stderr, JSON on the last stdout line.
 Usage: torch_gpt.py [--iters N] [--layers L --width C --heads H --context T --batch B]
 """
 import argparse
+import gc
 import json
 import math
 import sys
@@ -65,6 +68,12 @@ class GPT(nn.Module):
 
 
 def run(mode, args):
+    # Device memory the run takes, measured as esper-bench-transformer measures it (free device
+    # memory before the model and after the timed steps: the caching allocator's reserve, cuBLAS
+    # workspaces and kernels loaded on first use included); the previous mode's cache is emptied.
+    gc.collect()
+    torch.cuda.empty_cache()
+    free0 = torch.cuda.mem_get_info()[0]
     torch.manual_seed(1)
     model = GPT(args.layers, args.width, args.heads, args.context).cuda()
     n_params = sum(p.numel() for p in model.parameters())
@@ -95,9 +104,13 @@ def run(mode, args):
     flops_per_token = 6 * n_params + 6 * args.layers * args.context * args.width
     r = {"mode": mode, "params": n_params, "step_ms": step_s * 1e3, "tokens_per_s": tokens / step_s,
          "mfu": tokens / step_s * flops_per_token / PEAK_BF16,
-         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30, "loss": loss}
+         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+         "reserved_mem_gib": torch.cuda.max_memory_reserved() / 2**30,
+         "device_mem_gib": (free0 - torch.cuda.mem_get_info()[0]) / 2**30, "loss": loss}
     print(f"{mode:8s}: {r['step_ms']:.2f} ms/step, {r['tokens_per_s']:.0f} tokens/s, "
-          f"MFU {100 * r['mfu']:.1f}%, peak {r['peak_mem_gib']:.2f} GiB", file=sys.stderr)
+          f"MFU {100 * r['mfu']:.1f}%, peak {r['peak_mem_gib']:.2f} GiB allocated, "
+          f"{r['reserved_mem_gib']:.2f} GiB reserved, {r['device_mem_gib']:.2f} GiB of the device",
+          file=sys.stderr)
     return r
 
 
