@@ -9,11 +9,13 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "kasmina/model/transformer.h"
 #include "kasmina/train/trainer.h"
+#include "kernels/seed_layer.h"
 #include "tests/kasmina/model/gradmax_test_util.h"
 #include "tests/kasmina/train/loop_test_util.h"
 #include "tests/support/paths.h"
@@ -184,5 +186,70 @@ TEST_CASE("blueprints.init gradmax places a transformer mlp_units seed along the
     const test::PlacedUnits random = test::place_units(c, BlueprintInit::kRandom, layer, 32, 32);
     const test::PlacedUnits gradmax = test::place_units(c, BlueprintInit::kGradmax, layer, 32, 32);
     test::check_gradmax_placement(random, gradmax, 32, 32, 8);
+    fs::remove_all(dir);
+}
+
+TEST_CASE(
+    "lifecycle.contribution ablation measures a transformer's widening seed as the loss without "
+    "it minus with it, changing no bit of training",
+    "[kasmina][trainer][transformer]") {
+    const fs::path dir = scratch_dir("ablation");
+    auto make = [&](ContributionMeasure m) {
+        Config c = text_config(dir);
+        c.run.max_steps = 36;
+        c.run.telemetry_interval_steps = 3;
+        c.lifecycle.gates.cull_contribution = 1e9;  // the same walk whatever is measured
+        c.lifecycle.contribution = m;
+        return c;
+    };
+    Trainer grad(make(ContributionMeasure::kGradient));
+    Trainer abl(make(ContributionMeasure::kAblation));
+    const int32_t layer = dynamic_cast<TransformerModel&>(abl.model()).widening_layer(1);
+    for (Trainer* t : {&grad, &abl})
+        REQUIRE(t->apply(germinate(layer, 0, BlueprintKind::kMlpUnits)).applied());
+    int measured = 0;
+    while (!abl.done()) {
+        const int64_t s = abl.steps_done();
+        const SeedTable& t = abl.seeds().table(layer);
+        std::vector<uint8_t> stage(t.stage_data(), t.stage_data() + t.num_seeds());
+        std::vector<float> alpha(t.alpha_data(), t.alpha_data() + t.num_seeds());
+        grad.step();
+        abl.step();
+        if (abl.steps_done() % 3 != 0) continue;
+        (void)grad.collect_telemetry();
+        std::optional<double> c;
+        for (const auto& r : abl.collect_telemetry())
+            if (r.layer == layer && r.seed == 0) c = r.contribution;
+        const auto st = SeedStage(stage[0]);
+        CAPTURE(s, stage_name(st), alpha[0]);
+        if (st < SeedStage::kGrafting || st >= SeedStage::kFossilized ||
+            esper::kernels::stage_forward_alpha(st, alpha[0]) == 0.0f)
+            continue;
+        REQUIRE(c.has_value());
+        const Batch b = abl.data().train_batch(s);
+        std::vector<esper::kernels::SeedLayerView> views;
+        for (int32_t l = 0; l < abl.seeds().num_layers(); ++l)
+            views.push_back(abl.seeds().view(l, b.rows));
+        views[size_t(layer)].stage = stage.data();
+        views[size_t(layer)].alpha = alpha.data();
+        const double with = abl.model().eval_batch(b, views).loss;
+        stage[0] = uint8_t(SeedStage::kDormant);
+        const double without = abl.model().eval_batch(b, views).loss;
+        CHECK(without != with);
+        CHECK(*c == Approx(without - with).margin(1e-6));
+        ++measured;
+    }
+    CHECK(measured >= 2);
+    for (int32_t l = 0; l < abl.seeds().num_layers(); ++l)
+        for (int32_t s = 0; s < abl.seeds().table(l).num_seeds(); ++s)
+            CHECK(abl.seeds().table(l).row(s) == grad.seeds().table(l).row(s));
+    const auto& pa = abl.model().params();
+    const auto& pg = grad.model().params();
+    REQUIRE(pa.size() == pg.size());
+    for (size_t i = 0; i < pa.size(); ++i) {
+        CAPTURE(pa[i].name);
+        CHECK(std::equal(pa[i].value->span().begin(), pa[i].value->span().end(),
+                         pg[i].value->span().begin(), pg[i].value->span().end()));
+    }
     fs::remove_all(dir);
 }
