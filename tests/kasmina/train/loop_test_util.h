@@ -3,6 +3,8 @@
 // step boundary, `after` sees what each step made due.
 #pragma once
 
+#include <algorithm>
+#include <catch2/catch.hpp>
 #include <functional>
 
 #include "kasmina/train/trainer.h"
@@ -32,6 +34,23 @@ inline void timer_driven_lifecycle(Config& c, int64_t steps) {
     c.lifecycle.gates.min_gradient_health = 0.0;
     c.lifecycle.gates.min_contribution = -1e9;
     c.lifecycle.gates.min_improvement = -1e9;
+}
+
+// Two trainers that should have trained identically: every seed row of every layer and every
+// host parameter equal, bit for bit.
+inline void check_same_training(Trainer& a, Trainer& b) {
+    REQUIRE(a.seeds().num_layers() == b.seeds().num_layers());
+    for (int32_t l = 0; l < a.seeds().num_layers(); ++l)
+        for (int32_t s = 0; s < a.seeds().table(l).num_seeds(); ++s)
+            CHECK(a.seeds().table(l).row(s) == b.seeds().table(l).row(s));
+    const auto& pa = a.model().params();
+    const auto& pb = b.model().params();
+    REQUIRE(pa.size() == pb.size());
+    for (size_t i = 0; i < pa.size(); ++i) {
+        CAPTURE(pa[i].name);
+        CHECK(std::equal(pa[i].value->span().begin(), pa[i].value->span().end(),
+                         pb[i].value->span().begin(), pb[i].value->span().end()));
+    }
 }
 
 }  // namespace esper::kasmina::test

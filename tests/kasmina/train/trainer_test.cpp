@@ -567,16 +567,7 @@ TEST_CASE(
     CHECK(measured >= 3);  // GRAFTING at α > 0 through FINE_TUNING
     // The measuring forwards left the table and the weights as the gradient-measuring run has
     // them: same stages at the same steps, every parameter equal bit for bit.
-    for (int32_t s = 0; s < abl.seeds().table(1).num_seeds(); ++s)
-        CHECK(abl.seeds().table(1).row(s) == grad.seeds().table(1).row(s));
-    const auto& pa = abl.model().params();
-    const auto& pg = grad.model().params();
-    REQUIRE(pa.size() == pg.size());
-    for (size_t i = 0; i < pa.size(); ++i) {
-        CAPTURE(pa[i].name);
-        CHECK(std::equal(pa[i].value->span().begin(), pa[i].value->span().end(),
-                         pg[i].value->span().begin()));
-    }
+    test::check_same_training(abl, grad);
     const auto ba = abl.seeds().arenas(1).all_params(BlueprintKind::kResidualMlp);
     const auto bg = grad.seeds().arenas(1).all_params(BlueprintKind::kResidualMlp);
     CHECK(std::equal(ba.begin(), ba.end(), bg.begin(), bg.end()));

@@ -240,16 +240,6 @@ TEST_CASE(
         ++measured;
     }
     CHECK(measured >= 2);
-    for (int32_t l = 0; l < abl.seeds().num_layers(); ++l)
-        for (int32_t s = 0; s < abl.seeds().table(l).num_seeds(); ++s)
-            CHECK(abl.seeds().table(l).row(s) == grad.seeds().table(l).row(s));
-    const auto& pa = abl.model().params();
-    const auto& pg = grad.model().params();
-    REQUIRE(pa.size() == pg.size());
-    for (size_t i = 0; i < pa.size(); ++i) {
-        CAPTURE(pa[i].name);
-        CHECK(std::equal(pa[i].value->span().begin(), pa[i].value->span().end(),
-                         pg[i].value->span().begin(), pg[i].value->span().end()));
-    }
+    test::check_same_training(abl, grad);
     fs::remove_all(dir);
 }
