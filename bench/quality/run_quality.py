@@ -10,7 +10,9 @@ Per task, several random seeds of each variant:
   text (byte-level transformer LM, CPU): static (the host, nothing germinated), grown (esper run
     with the config's policy), matched (the static host with the grown runs' final extra units
     and heads per block in use from step 0: model.transformer.initial_extra_{units,heads}).
-Extra grown variants (ablations) come from --extra NAME=CONFIG[:POLICY].
+Extra grown variants (ablations) come from --extra NAME=CONFIG[:POLICY]; POLICY `standalone`
+runs the config without a controller (`esper kasmina --standalone`: growth the config schedules
+itself, e.g. model.transformer.grow_depth).
 
 Every run evaluates at least every --eval-fraction of its steps (run.eval_every_steps is set in a
 copy of the config under OUT/configs/). Training FLOPs are read from the run's own metrics: every
@@ -247,7 +249,8 @@ def main():
     ap.add_argument("--out", default=None, help="default: runs/quality/<task>")
     ap.add_argument("--variants", nargs="*", default=None)
     ap.add_argument("--extra", action="append", default=[], metavar="NAME=CONFIG[:POLICY]",
-                    help="an extra grown variant: esper run with CONFIG and POLICY (default heuristic)")
+                    help="an extra grown variant: esper run with CONFIG and POLICY (default heuristic; "
+                         "standalone: esper kasmina --standalone, no controller)")
     ap.add_argument("--match", default="grown", help="the grown variant whose final size the matched one takes")
     ap.add_argument("--eval-fraction", type=float, default=0.05,
                     help="evaluate at least this often (fraction of the run's steps)")
@@ -337,6 +340,8 @@ def main():
         if name in extras:
             src, pol = extras[name]
             cfg = prepared_config(src, args.out, name, eval_every)
+            if pol == "standalone":  # no bus, no controller: what the config alone does
+                return [args.esper, "kasmina", "--standalone", "--config", cfg]
             return [args.esper, "run", "--config", cfg, "--policy", pol]
         raise SystemExit(f"unknown variant {name}")
 

@@ -267,7 +267,8 @@ void read_transformer(const Reader& r, const YAML::Node& n, TransformerConfig& c
     const std::string p = "model.transformer";
     r.section(n, p,
               {"n_layer", "n_head", "d_model", "context", "tie_embeddings", "widening_seeds",
-               "max_extra_units", "max_extra_heads", "initial_extra_units", "initial_extra_heads"});
+               "max_extra_units", "max_extra_heads", "initial_extra_units", "initial_extra_heads",
+               "grow_depth"});
     r.get_int(n, p, "n_layer", c.n_layer, 1, 1024);
     r.get_int(n, p, "n_head", c.n_head, 1, 1024);
     r.get_int(n, p, "d_model", c.d_model, 1, 1 << 16);
@@ -281,6 +282,16 @@ void read_transformer(const Reader& r, const YAML::Node& n, TransformerConfig& c
     if (c.d_model % c.n_head != 0) {
         r.fail(r.at(n, "d_model"), p + ".d_model",
                fmt::format("{} is not a multiple of n_head {}", c.d_model, c.n_head));
+    }
+    if (auto g = r.child_map(n, p, "grow_depth")) {
+        const std::string gp = p + ".grow_depth";
+        r.section(*g, gp, {"blocks", "at_step", "init"});
+        r.get_int(*g, gp, "blocks", c.grow_depth.blocks, 0, 1024);
+        r.get_int(*g, gp, "at_step", c.grow_depth.at_step, 1, int64_t(1) << 40);
+        r.get_enum(*g, gp, "init", c.grow_depth.init, kDepthInitNames);
+        if (c.grow_depth.blocks > 0 && c.grow_depth.at_step == 0)
+            r.fail(r.at(*g, "at_step"), gp + ".at_step",
+                   "growing blocks needs the step they join at (>= 1)");
     }
 }
 
@@ -822,8 +833,8 @@ void emit_config(YAML::Emitter& out, const Config& c) {
         {
             const TransformerConfig& t = c.model.transformer;
             m.key("transformer");
-            YamlMap(out)
-                .put("n_layer", t.n_layer)
+            YamlMap tm(out);
+            tm.put("n_layer", t.n_layer)
                 .put("n_head", t.n_head)
                 .put("d_model", t.d_model)
                 .put("context", t.context)
@@ -833,6 +844,13 @@ void emit_config(YAML::Emitter& out, const Config& c) {
                 .put("max_extra_heads", t.max_extra_heads)
                 .put("initial_extra_units", t.initial_extra_units)
                 .put("initial_extra_heads", t.initial_extra_heads);
+            if (t.grow_depth.blocks > 0) {
+                tm.key("grow_depth");
+                YamlMap(out, true)
+                    .put("blocks", t.grow_depth.blocks)
+                    .put("at_step", t.grow_depth.at_step)
+                    .put("init", depth_init_name(t.grow_depth.init));
+            }
         }
     }
     {

@@ -41,6 +41,24 @@ constexpr std::string_view model_kind_name(ModelKind k) { return enum_name(k, kM
 
 // model.kind: transformer (DESIGN §14): decoder-only, pre-LayerNorm blocks, causal multi-head
 // attention, GELU MLP of 4·d_model hidden units, learned positions, byte vocabulary (256).
+// How grown blocks start (model.transformer.grow_depth.init): `copy` — the weights of a block
+// below (the whole stack repeated in order, as progressive stacking does: 2 blocks + 2 grown =
+// [b0, b1, b0', b1']); `zero_out` — the same copy with the two projections that write the residual
+// stream (attn.proj, mlp.proj) zeroed, so the grown network computes what it computed before.
+enum class DepthInit : uint8_t { kCopy = 0, kZeroOut = 1 };
+inline constexpr std::array<std::string_view, 2> kDepthInitNames = {"copy", "zero_out"};
+constexpr std::string_view depth_init_name(DepthInit i) { return enum_name(i, kDepthInitNames); }
+
+// Depth growth on a schedule (model.transformer.grow_depth): `blocks` more blocks join the top of
+// the stack at the start of step `at_step`; until then they are not computed, not counted and not
+// trained. A host-level experiment of issue 14 (docs/kasmina.md, "Growing depth"), not a seed.
+struct GrowDepthConfig {
+    int64_t blocks = 0;  // 0: off
+    int64_t at_step = 0;
+    DepthInit init = DepthInit::kCopy;
+    bool operator==(const GrowDepthConfig&) const = default;
+};
+
 struct TransformerConfig {
     int64_t n_layer = 4;
     int64_t n_head = 4;  // d_model must be a multiple of it
@@ -56,6 +74,7 @@ struct TransformerConfig {
     // host of a grown run's final shape (the matched baseline of bench/quality).
     int64_t initial_extra_units = 0;  // <= max_extra_units
     int64_t initial_extra_heads = 0;  // <= max_extra_heads
+    GrowDepthConfig grow_depth;
     bool operator==(const TransformerConfig&) const = default;
 };
 

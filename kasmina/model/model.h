@@ -107,6 +107,10 @@ public:
                                    std::span<float> /*g*/) {
         return false;
     }
+    // Host growth on a schedule (the transformer's model.transformer.grow_depth), called at the
+    // start of every training step: true when the host changed shape at `step` (its parameters
+    // are already in place, its structure() says so). Every rank calls it with the same step.
+    virtual bool grow_host(int64_t /*step*/) { return false; }
     // What a checkpoint must keep beyond the parameters to rebuild the host's shape (the
     // transformer: extra units and heads in use per block); empty for a fixed host.
     virtual std::vector<int64_t> structure() const { return {}; }

@@ -108,7 +108,12 @@ TransformerModel::TransformerModel(const ModelConfig& config, uint64_t seed)
     param("wpe", wpe_, d_wpe_, {T_, C_});
     normal_init(wte_, rng, 0.02f);
     normal_init(wpe_, rng, 0.02f);
-    blocks_.resize(size_t(c.n_layer));  // sized once: params_ points into the blocks
+    ESPER_CHECK_INPUT(c.grow_depth.blocks == 0 || c.grow_depth.at_step >= 1,
+                      "model.transformer.grow_depth.at_step: ", c.grow_depth.at_step,
+                      " (growing blocks needs the step they join at, >= 1)");
+    n_base_ = live_ = int32_t(c.n_layer);
+    // Sized once (params_ points into the blocks); the grown blocks wait at the end.
+    blocks_.resize(size_t(c.n_layer + c.grow_depth.blocks));
     for (size_t l = 0; l < blocks_.size(); ++l) {
         Block& b = blocks_[l];
         const std::string p = "block" + std::to_string(l) + ".";
@@ -130,6 +135,7 @@ TransformerModel::TransformerModel(const ModelConfig& config, uint64_t seed)
             param(p + "mlp.extra.proj.weight_t", b.xu_u, b.d_xu_u, {Umax_, C_});
         }
         if (Hmax_ > 0) param(p + "attn.extra_heads", b.xh, b.d_xh, {Hmax_, head_floats_});
+        if (int32_t(l) >= n_base_) continue;  // a grown block: filled when it joins (grow_host)
         b.ln1_w.fill(1.0f);
         b.ln2_w.fill(1.0f);
         normal_init(b.qkv_w, rng, 0.02f);
@@ -165,7 +171,7 @@ void TransformerModel::init_initial_room(uint64_t seed, float proj_std) {
     Rng rng(seed);
     const int64_t C = C_;
     const WideningOffsets ho = widening_offsets(BlueprintKind::kAttentionHead, C, Dh_);
-    for (Block& b : blocks_) {
+    for (Block& b : live_blocks()) {
         b.units_active = int32_t(c.initial_extra_units);
         b.heads_active = int32_t(c.initial_extra_heads);
         // Units as the block's own MLP: fc rows N(0, 0.02), zero bias, projection N(0, proj_std).
@@ -185,10 +191,14 @@ void TransformerModel::init_initial_room(uint64_t seed, float proj_std) {
 
 int64_t TransformerModel::param_count() const {
     int64_t n = Model::param_count();
-    for (const Block& b : blocks_) {  // the reserved room counts only where it is used
+    for (const Block& b : live_blocks()) {  // the reserved room counts only where it is used
         n -= int64_t(Umax_ - b.units_active) * (2 * C_ + 1);
         n -= int64_t(Hmax_ - b.heads_active) * head_floats_;
     }
+    // Grown blocks that have not joined yet count for nothing.
+    for (size_t l = size_t(live_); l < blocks_.size(); ++l)
+        for (const ParamRef& p : params_)
+            if (p.name.starts_with("block" + std::to_string(l) + ".")) n -= p.value->numel();
     return n;
 }
 
@@ -196,32 +206,74 @@ double TransformerModel::train_flops(int32_t samples, int32_t rows) const {
     const double dense = 6.0 * double(param_count() - wpe_.numel()) * double(rows);
     const double seq = samples > 0 ? double(rows) / double(samples) : 0.0;
     double heads = 0.0;
-    for (const Block& b : blocks_) heads += double(H_ + b.heads_active);
+    for (const Block& b : live_blocks()) heads += double(H_ + b.heads_active);
     // Per head and sequence: forward 2·(2·seq²·Dh), backward twice that.
     return dense + 12.0 * seq * seq * double(Dh_) * heads * double(samples);
 }
 
 std::vector<int64_t> TransformerModel::structure() const {
     std::vector<int64_t> s;
-    for (const Block& b : blocks_) {
-        s.push_back(b.units_active);
-        s.push_back(b.heads_active);
-    }
+    auto room = [&](size_t l) {
+        s.push_back(blocks_[l].units_active);
+        s.push_back(blocks_[l].heads_active);
+    };
+    for (size_t l = 0; l < size_t(n_base_); ++l) room(l);
+    if (cfg_.grow_depth.blocks == 0) return s;
+    s.push_back(live_ - n_base_);
+    for (size_t l = size_t(n_base_); l < blocks_.size(); ++l) room(l);
     return s;
 }
 
 void TransformerModel::set_structure(std::span<const int64_t> s) {
-    if (s.size() != 2 * blocks_.size())
+    const int64_t grow = cfg_.grow_depth.blocks;
+    const size_t want = 2 * blocks_.size() + (grow > 0 ? 1 : 0);
+    if (s.size() != want)
         ESPER_THROW(kIntegrity, "checkpoint: host structure of ", s.size(), " values, this ",
-                    blocks_.size(), "-block transformer keeps ", 2 * blocks_.size());
+                    n_base_, "-block transformer", grow > 0 ? " with grow_depth" : "", " keeps ",
+                    want);
+    const int64_t grown = grow > 0 ? s[2 * size_t(n_base_)] : 0;
+    if (grown != 0 && grown != grow)
+        ESPER_THROW(kIntegrity, "checkpoint: ", grown, " grown blocks in use; this model grows ",
+                    grow, " (model.transformer.grow_depth.blocks)");
+    // Values per block, the grown-block count skipped.
+    auto at = [&](size_t l, size_t k) { return s[2 * l + k + (l >= size_t(n_base_) ? 1 : 0)]; };
+    for (size_t l = 0; l < blocks_.size(); ++l)
+        if (at(l, 0) < 0 || at(l, 0) > Umax_ || at(l, 1) < 0 || at(l, 1) > Hmax_)
+            ESPER_THROW(kIntegrity, "checkpoint: block ", l, " uses ", at(l, 0),
+                        " extra units and ", at(l, 1), " extra heads; this model reserves ", Umax_,
+                        " and ", Hmax_);
     for (size_t l = 0; l < blocks_.size(); ++l) {
-        if (s[2 * l] < 0 || s[2 * l] > Umax_ || s[2 * l + 1] < 0 || s[2 * l + 1] > Hmax_)
-            ESPER_THROW(kIntegrity, "checkpoint: block ", l, " uses ", s[2 * l],
-                        " extra units and ", s[2 * l + 1], " extra heads; this model reserves ",
-                        Umax_, " and ", Hmax_);
-        blocks_[l].units_active = int32_t(s[2 * l]);
-        blocks_[l].heads_active = int32_t(s[2 * l + 1]);
+        blocks_[l].units_active = int32_t(at(l, 0));
+        blocks_[l].heads_active = int32_t(at(l, 1));
     }
+    live_ = n_base_ + int32_t(grown);
+}
+
+bool TransformerModel::grow_host(int64_t step) {
+    const GrowDepthConfig& g = cfg_.grow_depth;
+    if (g.blocks == 0 || live_ > n_base_ || step < g.at_step) return false;
+    // Block n_layer + i repeats block i mod n_layer: the trained stack, repeated in order.
+    for (size_t i = 0; i < size_t(g.blocks); ++i) {
+        const Block& src = blocks_[i % size_t(n_base_)];
+        Block& dst = blocks_[size_t(n_base_) + i];
+        for (auto t :
+             {&Block::ln1_w, &Block::ln1_b, &Block::qkv_w, &Block::qkv_b, &Block::proj_w,
+              &Block::proj_b, &Block::ln2_w, &Block::ln2_b, &Block::fc_w, &Block::fc_b,
+              &Block::fc2_w, &Block::fc2_b, &Block::xu_v, &Block::xu_c, &Block::xu_u, &Block::xh})
+            std::copy_n((src.*t).data(), (src.*t).numel(), (dst.*t).data());
+        dst.units_active = src.units_active;
+        dst.heads_active = src.heads_active;
+        if (g.init != DepthInit::kZeroOut) continue;
+        // What writes the residual stream starts at zero: the block computes the identity.
+        for (auto t : {&Block::proj_w, &Block::proj_b, &Block::fc2_w, &Block::fc2_b, &Block::xu_u})
+            (dst.*t).fill(0.0f);
+        const WideningOffsets ho = widening_offsets(BlueprintKind::kAttentionHead, C_, Dh_);
+        for (int32_t h = 0; h < Hmax_; ++h)
+            std::fill_n(dst.xh.data() + int64_t(h) * head_floats_ + ho.out_w, ho.floats - ho.out_w,
+                        0.0f);
+    }
+    live_ = n_base_ + int32_t(g.blocks);
+    return true;
 }
 
 bool TransformerModel::fold_widening(int32_t layer, BlueprintKind kind,
@@ -365,7 +417,7 @@ void TransformerModel::forward(const int32_t* tokens, int32_t samples, int32_t s
                                          samples, seq, C_);
     const kernels::AttentionShape host = attention_shape(samples, seq, H_, Dh_, 3 * C, C);
     const kernels::AttentionShape one = attention_shape(samples, seq, 1, Dh_, 3 * D, D);
-    for (size_t l = 0; l < blocks_.size(); ++l) {
+    for (size_t l = 0; l < size_t(live_); ++l) {
         Block& b = blocks_[l];
         collect_widening(b, views);
         // ---- attention ----
@@ -405,7 +457,7 @@ void TransformerModel::forward(const int32_t* tokens, int32_t samples, int32_t s
                                              kLnEps);
         linear(b.m.data(), b.fc_w.data(), b.f.data(), n, C_, F_);
         kernels::bias_act_forward_reference(b.f.data(), b.fc_b.data(), b.h.data(), n, F_, kGelu);
-        if (views.empty()) {
+        if (views.empty() || b.chunk_layer < 0) {
             std::memcpy(b.hs.data(), b.h.data(), size_t(n) * F_ * sizeof(float));
         } else {
             const kernels::SeedLayerView& v = views[size_t(b.chunk_layer)];
@@ -414,7 +466,7 @@ void TransformerModel::forward(const int32_t* tokens, int32_t samples, int32_t s
             kernels::seed_forward_reference(v, b.h.data(), b.hs.data(),
                                             tel.empty() ? nullptr : tel[size_t(b.chunk_layer)]);
         }
-        float* out = l + 1 < blocks_.size() ? blocks_[l + 1].x_in.data() : x_out_.data();
+        float* out = l + 1 < size_t(live_) ? blocks_[l + 1].x_in.data() : x_out_.data();
         std::memcpy(out, b.x_mid.data(), size_t(n) * C * sizeof(float));
         add_bias(out, b.fc2_b.data(), n, C_);
         linear(b.hs.data(), b.fc2_w.data(), out, n, F_, C_, 1.0f);
@@ -487,7 +539,7 @@ void TransformerModel::backward(const int32_t* tokens, int32_t samples, int32_t 
     float* dhs = dbig_.data();
     float* dh = dbig_.data() + size_t(n) * F_;
     int64_t small = 3 * D;
-    for (const Block& b : blocks_) {
+    for (const Block& b : live_blocks()) {
         small = std::max<int64_t>(small, b.units_active);
         for (const auto* list : {&b.units, &b.loras})
             for (const Widening& w : *list) small = std::max(small, w.hidden);
@@ -496,7 +548,7 @@ void TransformerModel::backward(const int32_t* tokens, int32_t samples, int32_t 
     float* g1 = dsmall_.data();                          // [n, small]
     float* g2 = dsmall_.data() + size_t(n) * small;      // [n, small]
     float* gb = dsmall_.data() + size_t(n) * small * 2;  // [small]
-    for (size_t l = blocks_.size(); l-- > 0;) {
+    for (size_t l = size_t(live_); l-- > 0;) {
         Block& b = blocks_[l];
         kernels::SeedTelemetryAccum* wtel =
             tel.empty() || b.widening_layer < 0 ? nullptr : tel[size_t(b.widening_layer)];
@@ -505,7 +557,7 @@ void TransformerModel::backward(const int32_t* tokens, int32_t samples, int32_t 
         linear_dw(b.hs.data(), dx_.data(), b.d_fc2_w.data(), n, F_, C_);
         bias_grad(dx_.data(), b.d_fc2_b.data(), n, C_);
         linear_dx(dx_.data(), b.fc2_w.data(), dhs, n, F_, C_);
-        if (views.empty()) {
+        if (views.empty() || b.chunk_layer < 0) {
             std::memcpy(dh, dhs, size_t(n) * F_ * sizeof(float));
         } else {
             kernels::seed_backward_reference(views[size_t(b.chunk_layer)], b.h.data(), dhs, dh,
@@ -700,7 +752,7 @@ std::span<const float> TransformerModel::decode_step(
         }
         for (int64_t i = 0; i < D; ++i) out[i] = float(acc[size_t(i)]);
     };
-    for (size_t l = 0; l < blocks_.size(); ++l) {
+    for (size_t l = 0; l < size_t(live_); ++l) {
         Block& b = blocks_[l];
         collect_widening(b, views);
         std::vector<float>& kc = cache.k[l];
@@ -741,7 +793,7 @@ std::span<const float> TransformerModel::decode_step(
                                              stats + 3, 1, C_, kLnEps);
         linear(m, b.fc_w.data(), f, 1, C_, F_);
         kernels::bias_act_forward_reference(f, b.fc_b.data(), h, 1, F_, kGelu);
-        if (views.empty()) {
+        if (views.empty() || b.chunk_layer < 0) {
             std::memcpy(hs, h, size_t(F_) * sizeof(float));
         } else {
             const kernels::SeedLayerView& v = views[size_t(b.chunk_layer)];

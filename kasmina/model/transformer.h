@@ -51,13 +51,17 @@ public:
     // Seed layer `layer` is block l's widening site: mlp_units read LN2's output and write into
     // the residual stream after the block.
     bool widening_gradient(int32_t layer, const Batch& batch, std::span<float> g) override;
-    // Per block: extra units in use, extra heads in use.
+    // model.transformer.grow_depth: at its step, the grown blocks join the top of the stack.
+    bool grow_host(int64_t step) override;
+    // Per block of n_layer: extra units in use, extra heads in use; with grow_depth, one more
+    // value: the grown blocks in use (0 or grow_depth.blocks).
     std::vector<int64_t> structure() const override;
     void set_structure(std::span<const int64_t> s) override;
 
     const TransformerConfig& shape() const { return cfg_; }
     int32_t context() const { return T_; }
-    int32_t n_layer() const { return int32_t(blocks_.size()); }
+    // Blocks computed now: n_layer, plus grow_depth.blocks once they joined.
+    int32_t n_layer() const { return live_; }
     // Seed layer of block l's chunk site and of its widening site (-1 when it has none).
     int32_t chunk_layer(int32_t l) const { return blocks_[size_t(l)].chunk_layer; }
     int32_t widening_layer(int32_t l) const { return blocks_[size_t(l)].widening_layer; }
@@ -115,6 +119,8 @@ private:
         std::vector<float> mean1, rstd1, mean2, rstd2, lse;
         std::vector<Widening> heads, units, loras;  // in forward order
     };
+    std::span<Block> live_blocks() { return {blocks_.data(), size_t(live_)}; }
+    std::span<const Block> live_blocks() const { return {blocks_.data(), size_t(live_)}; }
 
     void ensure_rows(int32_t samples, int32_t seq);
     void collect_widening(Block& b, std::span<const kernels::SeedLayerView> views);
@@ -131,6 +137,9 @@ private:
 
     TransformerConfig cfg_;
     int32_t C_ = 0, H_ = 0, Dh_ = 0, F_ = 0, T_ = 0, Umax_ = 0, Hmax_ = 0, head_floats_ = 0;
+    // blocks_ holds n_layer + grow_depth.blocks blocks; the first live_ are computed. Grown
+    // blocks have no seed sites.
+    int32_t n_base_ = 0, live_ = 0;
     Tensor wte_, wpe_, lnf_w_, lnf_b_, head_w_;
     Tensor d_wte_, d_wpe_, d_lnf_w_, d_lnf_b_, d_head_w_;
     std::vector<Block> blocks_;

@@ -130,7 +130,14 @@ TrainStep Trainer::step() {
     out.epoch = s / data_->steps_per_epoch();
     int64_t ablation_forwards = 0;
     init_germinated();
-    if (fold_fossils()) {  // the last-known-good state includes the folded host
+    const bool folded = fold_fossils();
+    const bool grew = model_->grow_host(s);
+    if (grew) {
+        backend_->upload_all();
+        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "grow_depth step=", s,
+                     " host_params=", model_->param_count());
+    }
+    if (folded || grew) {  // the last-known-good state includes the new host
         capture(last_good_);
         last_good_seeds_ = seeds_->snapshot();
     }

@@ -353,6 +353,34 @@ TEST_CASE("transformer configs that cannot run are refused with file, line and f
                Catch::Contains("run.yaml:6: model.transformer.initial_extra_units"));
 }
 
+TEST_CASE("model.transformer.grow_depth parses, round-trips, and its bad values are refused",
+          "[kasmina][config][transformer]") {
+    const std::string head = "data: {dataset: text}\nmodel:\n  kind: transformer\n  transformer:\n";
+    const Config c = parse_config(
+        head + "    grow_depth: {blocks: 2, at_step: 150, init: zero_out}\n", "g.yaml");
+    CHECK(c.model.transformer.grow_depth == GrowDepthConfig{2, 150, DepthInit::kZeroOut});
+    CHECK(parse_config(config_to_yaml(c), "again.yaml") == c);
+    CHECK(parse_config(head + "    grow_depth: {blocks: 1, at_step: 9}\n", "g.yaml")
+              .model.transformer.grow_depth.init == DepthInit::kCopy);
+    // Off by default, and then not written out.
+    CHECK(config_to_yaml(parse_config(head + "    n_layer: 2\n", "g.yaml")).find("grow_depth") ==
+          std::string::npos);
+    CHECK_THAT(config_error(head + "    grow_depth: {blocks: 2}\n"),
+               Catch::Contains("run.yaml:5: model.transformer.grow_depth.at_step: growing blocks "
+                               "needs the step they join at"));
+    CHECK_THAT(
+        config_error(head + "    grow_depth: {blocks: 2, at_step: 10, init: stack}\n"),
+        Catch::Contains("model.transformer.grow_depth.init: expected one of copy, zero_out"));
+    CHECK_THAT(config_error(head + "    grow_depth: {blocks: -1, at_step: 10}\n"),
+               Catch::Contains("model.transformer.grow_depth.blocks"));
+    CHECK_THAT(config_error(head + "    grow_depth: {blocks: 1, at_step: 0}\n"),
+               Catch::Contains("model.transformer.grow_depth.at_step"));
+    CHECK_THAT(config_error(head + "    grow_depth: {layers: 1}\n"),
+               Catch::Contains("model.transformer.grow_depth"));
+    CHECK_THAT(config_error(head + "    grow_depth: 2\n"),
+               Catch::Contains("model.transformer.grow_depth"));
+}
+
 TEST_CASE("widening blueprints load with run.device: cuda (they have CUDA kernels now)",
           "[kasmina][config]") {
     const Config c =

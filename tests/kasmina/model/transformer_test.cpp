@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -413,7 +414,10 @@ TEST_CASE("transformer parameter counts are exact for tied and untied embeddings
 TEST_CASE("KV-cache decoding gives the full forward's logits at every position",
           "[kasmina][transformer][generate]") {
     const bool with_seeds = GENERATE(false, true);
-    TransformerModel m(tiny(), 5);
+    const bool grown = GENERATE(false, true);  // + 2 blocks by grow_depth (copies, room included)
+    ModelConfig c = tiny();
+    if (grown) c.transformer.grow_depth = {2, 1, DepthInit::kCopy};
+    TransformerModel m(c, 5);
     Sites sites(m, tiny_blueprints(), 4);
     if (with_seeds) {  // live seeds of every kind, and folded units and a folded head
         const int32_t w = m.widening_layer(1);
@@ -431,6 +435,8 @@ TEST_CASE("KV-cache decoding gives the full forward's logits at every position",
         REQUIRE(m.fold_widening(w0, BlueprintKind::kAttentionHead, p));
         sites.slot[size_t(w0)][0] = -1;
     }
+    if (grown) REQUIRE(m.grow_host(1));
+    CHECK(m.n_layer() == (grown ? 4 : 2));
     const Data d = token_data(1, 5, 9);
     const auto full_span = m.forward_logits(d.tokens.data(), 1, 5, sites.views(5));
     const std::vector<float> full(full_span.begin(), full_span.end());
@@ -452,6 +458,120 @@ TEST_CASE("impossible transformer shapes are refused", "[kasmina][transformer]")
     c = tiny();
     c.seeds_per_layer = 100;
     CHECK_THROWS_WITH(TransformerModel(c, 1), Catch::Contains("S > D"));
+}
+
+namespace {
+
+bool starts_grown(const ParamRef& p) {
+    return p.name.starts_with("block2.") || p.name.starts_with("block3.");
+}
+
+}  // namespace
+
+TEST_CASE("grow_depth: the grown blocks wait uncounted, then join as the stack repeated",
+          "[kasmina][transformer]") {
+    const Data d = token_data(2, 5, 8);
+    const int32_t rows = d.samples * d.seq;
+    ModelConfig c = tiny();
+    c.transformer.initial_extra_units = 2;  // the room in use comes along with a copied block
+    TransformerModel base(c, 12);
+    c.transformer.grow_depth = {2, 7, DepthInit::kCopy};
+    TransformerModel grown(c, 12);
+    Sites sb(base, tiny_blueprints(), 4), sg(grown, tiny_blueprints(), 4);
+    CHECK(grown.seed_sites().size() == base.seed_sites().size());  // no seed sites on grown blocks
+    CHECK(grown.n_layer() == 2);
+    CHECK(grown.param_count() == base.param_count());
+    CHECK(grown.train_flops(2, rows) == base.train_flops(2, rows));
+    CHECK(grown.structure() == std::vector<int64_t>{2, 0, 2, 0, 0, 0, 0, 0, 0});
+    // Before at_step the host is the static one, bit for bit; the waiting blocks do not train.
+    CHECK(grown.train_batch(d.batch(), sg.views(rows), {}).loss ==
+          base.train_batch(d.batch(), sb.views(rows), {}).loss);
+    for (const ParamRef& p : grown.params())
+        if (starts_grown(p))
+            for (float g : p.grad->span()) REQUIRE(g == 0.0f);
+    CHECK_FALSE(grown.grow_host(6));
+    CHECK(grown.n_layer() == 2);
+    REQUIRE(grown.grow_host(7));
+    CHECK_FALSE(grown.grow_host(8));  // once
+    CHECK(grown.n_layer() == 4);
+    CHECK(grown.structure() == std::vector<int64_t>{2, 0, 2, 0, 2, 2, 0, 2, 0});
+    // copy: block 2 + i holds block i's weights, and the host is a 4-block static host with those
+    // weights: the same parameter count, FLOPs, loss and gradients.
+    ModelConfig c4 = tiny();
+    c4.transformer.n_layer = 4;
+    c4.transformer.initial_extra_units = 2;
+    TransformerModel four(c4, 99);
+    REQUIRE(four.params().size() == grown.params().size());
+    std::map<std::string, std::span<const float>> by_name;
+    for (const ParamRef& p : grown.params()) by_name[p.name] = p.value->span();
+    for (size_t k = 0; k < grown.params().size(); ++k) {
+        const ParamRef& g = grown.params()[k];
+        REQUIRE(four.params()[k].name == g.name);
+        std::copy_n(g.value->data(), g.value->numel(), four.params()[k].value->data());
+        if (!starts_grown(g)) continue;
+        const std::string below = "block" + std::to_string(g.name[5] - '2') + g.name.substr(6);
+        const auto a = g.value->span();
+        const auto b = by_name.at(below);
+        CHECK(std::equal(a.begin(), a.end(), b.begin(), b.end()));
+    }
+    CHECK(grown.param_count() == four.param_count());
+    CHECK(grown.train_flops(2, rows) == four.train_flops(2, rows));
+    CHECK(grown.train_batch(d.batch(), sg.views(rows), {}).loss ==
+          four.train_batch(d.batch(), {}, {}).loss);
+    for (size_t k = 0; k < grown.params().size(); ++k) {
+        const auto a = grown.params()[k].grad->span();
+        const auto b = four.params()[k].grad->span();
+        CHECK(std::equal(a.begin(), a.end(), b.begin(), b.end()));
+    }
+    // A checkpoint's structure brings the grown blocks back; one that does not fit is refused.
+    TransformerModel fresh(c, 5);
+    fresh.set_structure(grown.structure());
+    CHECK(fresh.n_layer() == 4);
+    CHECK(fresh.param_count() == grown.param_count());
+    CHECK_THROWS_WITH(fresh.set_structure(std::vector<int64_t>{2, 0, 2, 0, 1, 2, 0, 2, 0}),
+                      Catch::Contains("1 grown blocks in use; this model grows 2"));
+    CHECK_THROWS_WITH(fresh.set_structure(base.structure()),
+                      Catch::Contains("host structure of 4 values"));
+    CHECK(fresh.n_layer() == 4);  // a refused structure changes nothing
+}
+
+TEST_CASE("grow_depth zero_out: the grown network computes what it computed, then learns",
+          "[kasmina][transformer]") {
+    const Data d = token_data(2, 5, 9);
+    const int32_t rows = d.samples * d.seq;
+    ModelConfig c = tiny();
+    c.transformer.initial_extra_units = 2;
+    c.transformer.initial_extra_heads = 1;
+    c.transformer.grow_depth = {3, 1, DepthInit::kZeroOut};
+    TransformerModel m(c, 4);
+    Sites s(m, tiny_blueprints(), 4);
+    s.germinate(m.widening_layer(1), 0, BlueprintKind::kMlpUnits, SeedStage::kGrafting, 0.5f);
+    s.randomize(m.widening_layer(1), 0, 77);
+    for (int k = 0; k < 2; ++k) {  // a little training: the biases are no longer zero
+        m.train_batch(d.batch(), s.views(rows), {});
+        for (const ParamRef& p : m.params())
+            for (int64_t i = 0; i < p.value->numel(); ++i) (*p.value)[i] -= 0.5f * (*p.grad)[i];
+    }
+    const int64_t before_params = m.param_count();
+    const double before_flops = m.train_flops(2, rows);
+    const float before = m.eval_batch(d.batch(), s.views(rows)).loss;
+    REQUIRE(m.grow_host(1));
+    CHECK(m.n_layer() == 5);
+    CHECK(m.eval_batch(d.batch(), s.views(rows)).loss == before);
+    // Three blocks of tiny()'s shape, their room in use included (the third repeats block 0).
+    const int64_t C = 8, Dh = 4, head = 4 * Dh * C + 3 * Dh;
+    const int64_t block = 2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 * C * C + 4 * C +
+                          4 * C * C + C + 2 * (2 * C + 1) + head;
+    CHECK(m.param_count() == before_params + 3 * block);
+    CHECK(m.train_flops(2, rows) > before_flops);
+    // The projections that write the residual stream get gradients, so the blocks learn.
+    m.train_batch(d.batch(), s.views(rows), {});
+    for (const ParamRef& p : m.params())
+        if (p.name == "block2.attn.proj.weight" || p.name == "block4.mlp.proj.weight") {
+            double sq = 0.0;
+            for (float g : p.grad->span()) sq += double(g) * g;
+            CHECK(sq > 0.0);
+        }
 }
 
 TEST_CASE("benchmark: transformer train_batch on the CPU", "[kasmina][transformer][.bench]") {

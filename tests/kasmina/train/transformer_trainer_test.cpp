@@ -243,3 +243,53 @@ TEST_CASE(
     test::check_same_training(abl, grad);
     fs::remove_all(dir);
 }
+
+TEST_CASE(
+    "grow_depth through the trainer: blocks join at their step, are counted from then, "
+    "and a checkpoint on either side resumes bit-identically",
+    "[kasmina][trainer][transformer]") {
+    const fs::path dir = scratch_dir("grow_depth");
+    Config c = text_config(dir);
+    c.run.max_steps = 24;
+    c.run.checkpoint_every_steps = 6;
+    c.model.transformer.grow_depth = {2, 9, DepthInit::kZeroOut};
+    std::vector<double> full;
+    {
+        TrainerOptions o;
+        o.run_dir = (dir / "a").string();
+        Trainer t(c, o);
+        test::run_loop(t, {}, [&](const StepReport&) { full.push_back(t.last_step().loss); });
+        CHECK(dynamic_cast<TransformerModel&>(t.model()).n_layer() == 4);
+    }
+    // metrics.jsonl: the host's parameters and a step's FLOPs rise at step 10 (the step that
+    // starts at 9), and only there.
+    std::vector<int64_t> params;
+    std::vector<double> flops;
+    std::ifstream metrics(dir / "a" / "metrics.jsonl");
+    for (std::string line; std::getline(metrics, line);) {
+        const auto j = nlohmann::json::parse(line);
+        if (j["split"] != "train") continue;
+        params.push_back(j["host_params"].get<int64_t>());
+        flops.push_back(j["flops"].get<double>());
+    }
+    REQUIRE(params.size() == 24);
+    for (size_t i = 1; i < params.size(); ++i) {
+        CHECK((params[i] > params[i - 1]) == (i == 9));
+        CHECK((flops[i] > flops[i - 1]) == (i == 9));
+    }
+    // Resumed before the growth (step 6) and after it (step 12): the same losses, bit for bit.
+    for (const int64_t at : {6, 12}) {
+        std::vector<double> resumed;
+        Trainer t(c);
+        t.load_checkpoint(dir / "a" / "checkpoints" / std::to_string(at));
+        test::run_loop(t, {}, [&](const StepReport&) { resumed.push_back(t.last_step().loss); });
+        REQUIRE(resumed.size() == size_t(24 - at));
+        for (size_t i = 0; i < resumed.size(); ++i) CHECK(resumed[i] == full[size_t(at) + i]);
+    }
+    // The CUDA transformer step does not grow: refused by name before anything starts.
+    c.run.device = "cuda";
+    CHECK_THROWS_WITH(Trainer(c),
+                      Catch::Contains("run.device: cuda does not grow the "
+                                      "transformer's depth (model.transformer.grow_depth)"));
+    fs::remove_all(dir);
+}
