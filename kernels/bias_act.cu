@@ -4,7 +4,10 @@
 // and sum exactly as the fp32 kernels followed by a cast would.
 #include <cuda_bf16.h>
 
+#include <cstdint>
+
 #include "kernels/bias_act.h"
+#include "kernels/column_sums.cuh"
 
 namespace esper::kernels {
 
@@ -46,6 +49,40 @@ __device__ inline float held_as(float v) {
     return v;
 }
 
+// Four consecutive elements (16-byte fp32 / 8-byte bf16 accesses), each converted as
+// load_value / store_value convert one (__floats2bfloat162_rn rounds to nearest even too).
+__device__ inline void load4(const float* p, int64_t i, float (&o)[4]) {
+    const float4 v = *reinterpret_cast<const float4*>(p + i);
+    o[0] = v.x;
+    o[1] = v.y;
+    o[2] = v.z;
+    o[3] = v.w;
+}
+__device__ inline void load4(const __nv_bfloat16* p, int64_t i, float (&o)[4]) {
+    const uint2 u = *reinterpret_cast<const uint2*>(p + i);
+    const __nv_bfloat162 lo = *reinterpret_cast<const __nv_bfloat162*>(&u.x);
+    const __nv_bfloat162 hi = *reinterpret_cast<const __nv_bfloat162*>(&u.y);
+    o[0] = __low2float(lo);
+    o[1] = __high2float(lo);
+    o[2] = __low2float(hi);
+    o[3] = __high2float(hi);
+}
+__device__ inline void store4(float* p, int64_t i, const float (&v)[4]) {
+    *reinterpret_cast<float4*>(p + i) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ inline void store4(__nv_bfloat16* p, int64_t i, const float (&v)[4]) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v[0], v[1]);
+    const __nv_bfloat162 hi = __floats2bfloat162_rn(v[2], v[3]);
+    uint2 u;
+    u.x = *reinterpret_cast<const uint32_t*>(&lo);
+    u.y = *reinterpret_cast<const uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(p + i) = u;
+}
+template <typename T>
+bool aligned4(const T* p) {
+    return reinterpret_cast<uintptr_t>(p) % (4 * sizeof(T)) == 0;
+}
+
 // The activation reads z as stored (a bf16 z: after its rounding), as the backward will.
 template <typename Z, typename Out>
 __global__ void forward_kernel(Z* z, const float* __restrict__ bias, Out* a, int32_t rows,
@@ -59,6 +96,28 @@ __global__ void forward_kernel(Z* z, const float* __restrict__ bias, Out* a, int
             store_value(z, i, v);
         }
         store_value(a, i, act_value(v, act));
+    }
+}
+
+// forward_kernel four elements at a time (cols % 4 == 0, 4-element-aligned pointers): the same
+// arithmetic per element, so the same bits.
+template <typename Z, typename Out>
+__global__ void forward4_kernel(Z* z, const float* __restrict__ bias, Out* a, int32_t rows,
+                                int32_t cols, Activation act) {
+    const int64_t n4 = int64_t(rows) * cols / 4;
+    for (int64_t q = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; q < n4;
+         q += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t i = q * 4;
+        float v[4], y[4];
+        load4(z, i, v);
+        if (bias) {
+            float b[4];
+            load4(bias, i % cols, b);
+            for (int k = 0; k < 4; ++k) v[k] = held_as<Z>(v[k] + b[k]);
+            store4(z, i, v);
+        }
+        for (int k = 0; k < 4; ++k) y[k] = act_value(v[k], act);
+        store4(a, i, y);
     }
 }
 
@@ -92,12 +151,48 @@ __global__ void backward_kernel(const In* da, const Z* __restrict__ z, Out* dz, 
     }
 }
 
+// backward_kernel four columns per thread (cols % 4 == 0, aligned pointers): each column's rows
+// are added in the same order (r0 + y, step 8, then the 8 row sums in order), so the same bits.
+// grid (ceil(cols/128), ceil(rows/64)), block (32, 8).
+template <typename In, typename Z, typename Out>
+__global__ void backward4_kernel(const In* da, const Z* __restrict__ z, Out* dz, float* partial,
+                                 int32_t rows, int32_t cols, Activation act) {
+    __shared__ float red[8][4 * 32 + 1];
+    const int32_t c = (blockIdx.x * 32 + threadIdx.x) * 4;
+    const int32_t r0 = blockIdx.y * kRowsPerPartial;
+    const int32_t r1 = min(rows, r0 + kRowsPerPartial);
+    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (c < cols)
+        for (int32_t r = r0 + threadIdx.y; r < r1; r += 8) {
+            const int64_t i = int64_t(r) * cols + c;
+            float d[4], g[4];
+            load4(da, i, d);
+            if (z != nullptr) {
+                float zv[4];
+                load4(z, i, zv);
+                for (int k = 0; k < 4; ++k) g[k] = __fmul_rn(d[k], act_derivative(zv[k], act));
+            } else {
+                for (int k = 0; k < 4; ++k) g[k] = d[k];
+            }
+            if (dz != nullptr) store4(dz, i, g);
+            for (int k = 0; k < 4; ++k) t[k] += g[k];
+        }
+    if (partial == nullptr) return;
+    for (int k = 0; k < 4; ++k) red[threadIdx.y][threadIdx.x * 4 + k] = t[k];
+    __syncthreads();
+    if (threadIdx.y == 0 && c < cols)
+        for (int k = 0; k < 4; ++k) {
+            float s = 0.0f;
+            for (int y = 0; y < 8; ++y) s += red[y][threadIdx.x * 4 + k];
+            partial[int64_t(blockIdx.y) * cols + c + k] = s;
+        }
+}
+
+// grid ceil(cols / 32), block (32, kColumnSumRows)
 __global__ void dbias_kernel(const float* partial, int32_t parts, int32_t cols, float* dbias) {
-    const int32_t c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    float s = 0.0f;
-    for (int32_t p = 0; p < parts; ++p) s += partial[int64_t(p) * cols + c];
-    dbias[c] = s;
+    const int32_t c = blockIdx.x * 32 + threadIdx.x;
+    const float s = column_sum_block(partial, parts, cols, c, cols);
+    if (threadIdx.y == 0 && c < cols) dbias[c] = s;
 }
 
 template <typename Z, typename Out>
@@ -105,6 +200,12 @@ cudaError_t forward(Z* z, const float* bias, Out* a, int32_t rows, int32_t cols,
                     cudaStream_t stream) {
     const int64_t n = int64_t(rows) * cols;
     if (n <= 0) return cudaSuccess;
+    if (cols % 4 == 0 && aligned4(z) && aligned4(a) && (bias == nullptr || aligned4(bias))) {
+        const int64_t blocks = (n / 4 + 255) / 256;
+        forward4_kernel<<<int(blocks < 8192 ? blocks : 8192), 256, 0, stream>>>(z, bias, a, rows,
+                                                                                cols, act);
+        return cudaGetLastError();
+    }
     const int64_t blocks = (n + 255) / 256;
     forward_kernel<<<int(blocks < 8192 ? blocks : 8192), 256, 0, stream>>>(z, bias, a, rows, cols,
                                                                            act);
@@ -123,10 +224,16 @@ cudaError_t backward(const In* da, const Z* z, Out* dz, float* dbias, int32_t ro
             return cudaErrorInvalidValue;
         partial = static_cast<float*>(workspace);
     }
-    backward_kernel<<<dim3((cols + 31) / 32, parts), dim3(32, 8), 0, stream>>>(da, z, dz, partial,
-                                                                               rows, cols, act);
+    if (cols % 4 == 0 && aligned4(da) && (z == nullptr || aligned4(z)) &&
+        (dz == nullptr || aligned4(dz)) && (partial == nullptr || aligned4(partial)))
+        backward4_kernel<<<dim3((cols + 127) / 128, parts), dim3(32, 8), 0, stream>>>(
+            da, z, dz, partial, rows, cols, act);
+    else
+        backward_kernel<<<dim3((cols + 31) / 32, parts), dim3(32, 8), 0, stream>>>(
+            da, z, dz, partial, rows, cols, act);
     if (dbias != nullptr)
-        dbias_kernel<<<(cols + 255) / 256, 256, 0, stream>>>(partial, parts, cols, dbias);
+        dbias_kernel<<<(cols + 31) / 32, dim3(32, kColumnSumRows), 0, stream>>>(partial, parts,
+                                                                                cols, dbias);
     return cudaGetLastError();
 }
 

@@ -3,6 +3,7 @@
 // passes (per 64-row block partial column sums, then one sum per column).
 #include <cuda_bf16.h>
 
+#include "kernels/column_sums.cuh"
 #include "kernels/layernorm.h"
 
 namespace esper::kernels {
@@ -101,17 +102,16 @@ __global__ void ln_backward_partial_kernel(const float* __restrict__ dy,
     }
 }
 
+// grid ceil(cols / 32), block (32, kColumnSumRows)
 __global__ void ln_backward_reduce_kernel(const float* partial, int32_t parts, int32_t cols,
                                           float* dgamma, float* dbeta) {
-    const int32_t c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= cols) return;
-    float sg = 0.0f, sb = 0.0f;
-    for (int32_t p = 0; p < parts; ++p) {
-        sg += partial[(int64_t(p) * 2) * cols + c];
-        sb += partial[(int64_t(p) * 2 + 1) * cols + c];
+    const int32_t c = blockIdx.x * 32 + threadIdx.x;
+    const float sg = column_sum_block(partial, parts, 2 * int64_t(cols), c, cols);
+    const float sb = column_sum_block(partial + cols, parts, 2 * int64_t(cols), c, cols);
+    if (threadIdx.y == 0 && c < cols) {
+        dgamma[c] += sg;
+        dbeta[c] += sb;
     }
-    dgamma[c] += sg;
-    dbeta[c] += sb;
 }
 
 int warp_grid(int32_t rows) { return int((int64_t(rows) * 32 + 255) / 256); }
@@ -146,8 +146,8 @@ cudaError_t launch_layernorm_backward(const float* dy, const float* x, const flo
     float* partial = static_cast<float*>(workspace);
     ln_backward_partial_kernel<<<dim3((cols + 31) / 32, parts), dim3(32, 8), 0, stream>>>(
         dy, x, mean, rstd, partial, rows, cols);
-    ln_backward_reduce_kernel<<<(cols + 255) / 256, 256, 0, stream>>>(partial, parts, cols, dgamma,
-                                                                      dbeta);
+    ln_backward_reduce_kernel<<<(cols + 31) / 32, dim3(32, kColumnSumRows), 0, stream>>>(
+        partial, parts, cols, dgamma, dbeta);
     return cudaGetLastError();
 }
 

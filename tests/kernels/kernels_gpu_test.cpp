@@ -479,7 +479,7 @@ TEST_CASE("bias+activation kernels match the references", "[kernels][gpu]") {
     ESPER_REQUIRE_DEVICE();
     const int act = GENERATE(0, 1, 2);
     const int32_t R = GENERATE(1, 63, 130);
-    const int32_t C = GENERATE(1, 33, 257);
+    const int32_t C = GENERATE(1, 33, 256, 257);  // 256: the four-wide kernels
     CAPTURE(act, R, C);
     std::mt19937 rng(uint32_t(act * 7 + R * 13 + C));
     std::vector<float> z(size_t(R) * C), bias(C), da(z.size()), a_ref(z.size()), dz_ref(z.size()),
@@ -592,6 +592,30 @@ TEST_CASE("bias+activation bf16 ends equal the fp32 kernels followed by a cast, 
     CHECK(bits(af16) == bits(ar16));
     CHECK(bits(dzr16) == bits(dzr16_ref));
     CHECK(dbr16.download<float>() == dbr32.download<float>());
+
+    // The four-wide kernels (cols % 4 == 0, aligned) against the one-wide ones (the same tensors
+    // one element into their buffers, so not aligned): the same bits.
+    if (C % 4 == 0) {
+        DevBuf zo((n + 1) * 2), ao((n + 1) * 2), dao((n + 1) * 2), dzo((n + 1) * 2),
+            dbo(size_t(C) * 4);
+        auto* zo16 = zo.as<uint16_t>() + 1;
+        CUDA_OK(cudaMemcpy(zo16, z16_in.data(), n * 2, cudaMemcpyHostToDevice));
+        CUDA_OK(cudaMemcpy(dao.as<uint16_t>() + 1, da16.p, n * 2, cudaMemcpyDeviceToDevice));
+        CUDA_OK(launch_bias_act_forward_bf16(zo16, true, db.as<float>(), ao.as<uint16_t>() + 1, R,
+                                             C, a, nullptr));
+        CUDA_OK(launch_bias_act_backward_bf16(dao.as<uint16_t>() + 1, true, zo16, true,
+                                              dzo.as<uint16_t>() + 1, dbo.as<float>(), R, C, a,
+                                              ws.p, ws.bytes, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        auto tail = [&](const DevBuf& b) {
+            std::vector<uint16_t> v = bits(b);
+            return std::vector<uint16_t>(v.begin() + 1, v.end());
+        };
+        CHECK(tail(zo) == bits(z16));
+        CHECK(tail(ao) == bits(af16));
+        CHECK(tail(dzo) == bits(dzr16));
+        CHECK(dbo.download<float>() == dbr16.download<float>());
+    }
 
     // And against the CPU reference, within bf16's rounding.
     std::vector<float> z_ref = z, a_ref(n), dz_ref(n), db_ref(C);
