@@ -67,6 +67,33 @@ TEST_CASE("GPU generation equals the CPU's uncached reference at temperature 0, 
     fs::remove_all(dir);
 }
 
+TEST_CASE("GPU generation of a host grown in depth equals the CPU's at temperature 0",
+          "[kasmina][generate][gpu]") {
+    ESPER_REQUIRE_DEVICES(1);
+    const fs::path dir = scratch_dir("cuda_generate_grown");
+    Config c = test::text_config(dir);
+    c.run.max_steps = 40;
+    c.run.checkpoint_every_steps = 40;
+    c.lifecycle.gates.cull_contribution = 1e9;  // folded units and a folded head, as above
+    c.model.transformer.grow_depth = {2, 20, DepthInit::kZeroOut};  // 4 blocks, 2 trained 20 steps
+    TextGenerator gen(test::widened_checkpoint(dir, c, 2));
+    REQUIRE(gen.gpu_refusal().empty());
+    GenerateOptions o;
+    o.tokens = 40;
+    o.temperature = 0.0;
+    o.use_cache = false;
+    o.use_gpu = false;
+    const Generated cpu = gen.generate(bytes("amen. in the"), o);
+    o.use_cache = true;
+    o.use_gpu = true;
+    const Generated gpu = gen.generate(bytes("amen. in the"), o);
+    CHECK(gpu.tokens == cpu.tokens);
+    REQUIRE(gpu.logprobs.size() == 40);
+    for (size_t i = 0; i < 40 && gpu.tokens[i] == cpu.tokens[i]; ++i)
+        CHECK(gpu.logprobs[i] == Approx(cpu.logprobs[i]).margin(0.05));
+    fs::remove_all(dir);
+}
+
 TEST_CASE(
     "the GPU decoder's fused small-row products equal its cuBLASLt products, overlapped "
     "launches change no bit",

@@ -160,10 +160,14 @@ TEST_CASE(
     ModelConfig mc;
     mc.kind = ModelKind::kTransformer;
     mc.transformer = {2, 2, 32, 10, false, 2, 8, 2, 5, 2};  // 5 folded units, 2 folded heads
+    const bool grown = GENERATE(false, true);  // + a third block by grow_depth, block 0's copy
+    if (grown) mc.transformer.grow_depth = {1, 1, DepthInit::kCopy};
     TransformerModel model(mc, 3);
+    if (grown) REQUIRE(model.grow_host(1));
+    const size_t nl = grown ? 3 : 2;
     const DecodeWeights w = decode_weights(model);
-    REQUIRE(w.layers.size() == 2);
-    CHECK(w.layers[0].heads == 4);
+    REQUIRE(w.layers.size() == nl);
+    CHECK(w.layers[nl - 1].heads == 4);
     CHECK(w.layers[0].fc == 136);  // 4·32 + 5, padded to a multiple of 8
     const int32_t C = 32, D = 16, T = 10, V = kByteVocab;
     auto linear = [](const std::vector<float>& x, const std::vector<float>& wt,
@@ -176,8 +180,8 @@ TEST_CASE(
         }
         return y;
     };
-    std::vector<std::vector<float>> kc(2), vc(2);
-    for (size_t l = 0; l < 2; ++l) {
+    std::vector<std::vector<float>> kc(nl), vc(nl);
+    for (size_t l = 0; l < nl; ++l) {
         kc[l].assign(size_t(T) * w.layers[l].heads * D, 0.0f);
         vc[l] = kc[l];
     }
@@ -189,7 +193,7 @@ TEST_CASE(
         std::vector<float> x(static_cast<size_t>(C)), a(x.size());
         kernels::decode_embed_reference(&tokens[size_t(pos)], w.wte.data(), w.wpe.data(), pos,
                                         false, x.data(), 1, C);
-        for (size_t l = 0; l < 2; ++l) {
+        for (size_t l = 0; l < nl; ++l) {
             const DecodeWeights::Layer& L = w.layers[l];
             const int32_t HD = L.heads * D;
             kernels::layernorm_forward_reference(x.data(), L.ln1_w.data(), L.ln1_b.data(), a.data(),
