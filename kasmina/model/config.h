@@ -39,12 +39,10 @@ enum class ModelKind : uint8_t { kMlp = 0, kTransformer = 1 };
 inline constexpr std::array<std::string_view, 2> kModelKindNames = {"mlp", "transformer"};
 constexpr std::string_view model_kind_name(ModelKind k) { return enum_name(k, kModelKindNames); }
 
-// model.kind: transformer (DESIGN §14): decoder-only, pre-LayerNorm blocks, causal multi-head
-// attention, GELU MLP of 4·d_model hidden units, learned positions, byte vocabulary (256).
 // How grown blocks start (model.transformer.grow_depth.init): `copy` — the weights of a block
 // below (the whole stack repeated in order, as progressive stacking does: 2 blocks + 2 grown =
-// [b0, b1, b0', b1']); `zero_out` — the same copy with the two projections that write the residual
-// stream (attn.proj, mlp.proj) zeroed, so the grown network computes what it computed before.
+// [b0, b1, b0', b1']); `zero_out` — the same copy with what writes the residual stream (attn.proj,
+// mlp.proj, their biases, the room's output side) zeroed: the network computes what it did.
 enum class DepthInit : uint8_t { kCopy = 0, kZeroOut = 1 };
 inline constexpr std::array<std::string_view, 2> kDepthInitNames = {"copy", "zero_out"};
 constexpr std::string_view depth_init_name(DepthInit i) { return enum_name(i, kDepthInitNames); }
@@ -59,6 +57,8 @@ struct GrowDepthConfig {
     bool operator==(const GrowDepthConfig&) const = default;
 };
 
+// model.kind: transformer (DESIGN §14): decoder-only, pre-LayerNorm blocks, causal multi-head
+// attention, GELU MLP of 4·d_model hidden units, learned positions, byte vocabulary (256).
 struct TransformerConfig {
     int64_t n_layer = 4;
     int64_t n_head = 4;  // d_model must be a multiple of it
