@@ -74,7 +74,7 @@ struct TransformerConfig {
     // host of a grown run's final shape (the matched baseline of bench/quality).
     int64_t initial_extra_units = 0;  // <= max_extra_units
     int64_t initial_extra_heads = 0;  // <= max_extra_heads
-    GrowDepthConfig grow_depth;
+    GrowDepthConfig grow_depth{};
     bool operator==(const TransformerConfig&) const = default;
 };
 
