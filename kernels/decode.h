@@ -51,6 +51,19 @@ struct DecodePick {
 inline constexpr int32_t kDecodeVocab = 256;
 inline constexpr int32_t kDecodeChunk = 64;  // cache positions per attention split
 
+// The append of a decode step's keys and values folded into the qkv product (DecodeLinear::append):
+// outputs n in [width, 2·width) are K, [2·width, 3·width) V, written as bf16 at position p_r of
+// cache c_r (see DecodeShape; rows past the context skipped), as launch_decode_append would.
+struct DecodeAppend {
+    void* k_cache = nullptr;  // bf16 [caches, context, width]; null: no append
+    void* v_cache = nullptr;
+    const int32_t* pos = nullptr;  // device; read ahead of the wait (written before the step)
+    int32_t width = 0;             // heads · head_dim
+    int32_t context = 0;
+    int32_t cache_base = 0;
+    bool shared = false;
+};
+
 // One linear layer of a decode step for a few rows (rows <= kDecodeLinearMaxRows): W is read once
 // for all rows, each warp streaming one output's weight row (a GEMV rather than a tiled GEMM, which
 // at m = 1…8 rows leaves the tensor cores idle and the weights under-streamed). Math, in the order
@@ -75,9 +88,10 @@ struct DecodeLinear {
     float* y = nullptr;      // [rows, out] fp32, or
     void* y_bf16 = nullptr;  // [rows, out] bf16 (exactly one of y, y_bf16)
     bool overlap = false;    // as DecodeShape::overlap; the first weight loads precede the wait
+    DecodeAppend append{};   // with k_cache set: the K, V columns also go to the cache (y only)
 };
 // Whether launch_decode_linear takes the layer: rows in 1..kDecodeLinearMaxRows, in a multiple of
-// 8 (16-byte weight rows), the normalised rows within 48 KiB of shared memory.
+// 8 (16-byte weight rows), the normalised rows within 48 KiB of shared memory (less 256 bytes).
 bool decode_linear_fits(int32_t rows, int32_t in, bool ln);
 // Reference on floats (the bf16 tensors given as their values; y_bf16 written as floats into y).
 void decode_linear_reference(const DecodeLinear& s, const float* x_or_a, const float* w, float* y);
@@ -110,24 +124,30 @@ void decode_pick_reference(const float* logits, int32_t rows, const DecodePick& 
 [[nodiscard]] cudaError_t launch_decode_append(const DecodeShape& s, const float* k_new,
                                                const float* v_new, const int32_t* pos,
                                                void* k_cache, void* v_cache, cudaStream_t stream);
-// Workspace: decode_attention_workspace_bytes(s) bytes (the partial softmax of every split).
+// Workspace: decode_attention_workspace_bytes(s) bytes — the partial softmax of every split and
+// one counter per (row, head), by which the last split of a row's head to finish merges them.
+// The workspace must be zero before its first launch (cudaMemset); every launch leaves the
+// counters zero again, so a workspace is set up once and then reused (by any shape it fits).
 size_t decode_attention_workspace_bytes(const DecodeShape& s);
 [[nodiscard]] cudaError_t launch_decode_attention(const DecodeShape& s, const float* q,
                                                   const void* k_cache, const void* v_cache,
                                                   const int32_t* pos, void* out, void* workspace,
                                                   size_t workspace_bytes, cudaStream_t stream);
 // Picks rows bytes into next (device) and, while step < capacity, into out_tokens and
-// out_logprobs [step · rows + r] (device or mapped pinned host memory; may be null).
+// out_logprobs [step · rows + r] (device or mapped pinned host memory; may be null). overlap:
+// as DecodeShape::overlap (here and for the advance).
 [[nodiscard]] cudaError_t launch_decode_pick(const float* logits, int32_t rows, const DecodePick& o,
                                              const int32_t* step, int32_t* next,
                                              int32_t* out_tokens, float* out_logprobs,
-                                             int64_t capacity, cudaStream_t stream);
+                                             int64_t capacity, cudaStream_t stream,
+                                             bool overlap = false);
 // Device pointers of s; cudaErrorInvalidValue (nothing launched) unless decode_linear_fits and
-// exactly one of y / y_bf16 is given (y_bf16 with beta 0), 16-byte aligned a_in and w.
+// exactly one of y / y_bf16 is given (y_bf16 with beta 0), 16-byte aligned a_in and w, and an
+// append (when given) has both caches, a position, width > 0 and out == 3·width, with y.
 [[nodiscard]] cudaError_t launch_decode_linear(const DecodeLinear& s, cudaStream_t stream);
 // After a step: *pos = set_pos when set_pos >= 0, else *pos += 1; then *step += 1.
 [[nodiscard]] cudaError_t launch_decode_advance(int32_t* pos, int32_t* step, int32_t set_pos,
-                                                cudaStream_t stream);
+                                                cudaStream_t stream, bool overlap = false);
 #endif
 
 }  // namespace esper::kernels

@@ -41,8 +41,9 @@ void decode_embed_reference(const int32_t* tokens, const float* wte, const float
 }
 
 bool decode_linear_fits(int32_t rows, int32_t in, bool ln) {
+    const size_t rows_room = (size_t(48) << 10) - 256;  // 256 bytes: the block's sums
     return rows >= 1 && rows <= kDecodeLinearMaxRows && in >= 8 && in % 8 == 0 &&
-           (!ln || size_t(rows) * size_t(in) * 2 <= size_t(48) << 10);
+           (!ln || size_t(rows) * size_t(in) * 2 <= rows_room);
 }
 
 void decode_linear_reference(const DecodeLinear& s, const float* x_or_a, const float* w, float* y) {

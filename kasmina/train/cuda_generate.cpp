@@ -4,12 +4,12 @@
 // → bf16 → x += fc2; the tail: LNf → logits (bf16 GEMM, fp32 out) → pick → advance. Steps the
 // path sends to the fused kernels (see CudaDecodePath) run the products as
 // kernels::launch_decode_linear instead:
-// LN1+qkv, x += proj, LN2+fc+GELU→bf16, x += fc2, LNf+logits. Decode steps (one row per sequence)
-// are one captured graph; a prefill (one sequence's window, row by row) runs the same body
-// uncaptured. Folded extra heads become more heads of the block's attention (their Wq/Wk/Wv rows
-// appended to qkv, Wo columns to proj), folded units more fc rows and fc2 columns; fc is padded to
-// a multiple of 8 rows (zero rows: gelu(0) = 0) so every bf16 operand row stays 16-byte aligned for
-// cuBLASLt.
+// LN1+qkv+append, x += proj, LN2+fc+GELU→bf16, x += fc2, LNf+logits. Decode steps (one row per
+// sequence) are one captured graph; a prefill (one sequence's window, row by row) runs the same
+// body uncaptured. Folded extra heads become more heads of the block's attention (their Wq/Wk/Wv
+// rows appended to qkv, Wo columns to proj), folded units more fc rows and fc2 columns; fc is
+// padded to a multiple of 8 rows (zero rows: gelu(0) = 0) so every bf16 operand row stays 16-byte
+// aligned for cuBLASLt.
 #include "kasmina/train/cuda_generate.h"
 
 #include <cublasLt.h>
@@ -137,7 +137,8 @@ struct CudaDecoder::Impl {
     // a = bf16(LN(x)) when ln_w is given, else a16.
     void fused_linear(int32_t rows, int32_t in, int32_t out, const float* xs, const float* ln_w,
                       const float* ln_b, const uint16_t* a16_in, const uint16_t* w,
-                      const float* bias, bool gelu, bool residual, float* y, uint16_t* y16) {
+                      const float* bias, bool gelu, bool residual, float* y, uint16_t* y16,
+                      const kernels::DecodeAppend& append = {}) {
         kernels::DecodeLinear l;
         l.rows = rows;
         l.in = in;
@@ -154,6 +155,7 @@ struct CudaDecoder::Impl {
         l.y = y;
         l.y_bf16 = y16;
         l.overlap = path != CudaDecodePath::kFusedSerial;
+        l.append = append;
         ESPER_CUDA_CHECK(kernels::launch_decode_linear(l, stream.get()));
     }
 
@@ -186,19 +188,27 @@ struct CudaDecoder::Impl {
             sh.cache_base = cache_base;
             sh.scale = 1.0f / std::sqrt(float(D));
             sh.overlap = fused && path != CudaDecodePath::kFusedSerial;
-            if (fused) {
+            if (fused) {  // the K, V append is the qkv product's epilogue
+                kernels::DecodeAppend ap;
+                ap.k_cache = L.k_cache.get();
+                ap.v_cache = L.v_cache.get();
+                ap.pos = pos_dev;
+                ap.width = HD;
+                ap.context = T;
+                ap.cache_base = cache_base;
+                ap.shared = shared;
                 fused_linear(rows, C, 3 * HD, x.get(), L.ln1_w.get(), L.ln1_b.get(), nullptr,
-                             L.qkv_w.get(), L.qkv_b.get(), false, false, qkv.get(), nullptr);
+                             L.qkv_w.get(), L.qkv_b.get(), false, false, qkv.get(), nullptr, ap);
             } else {
                 ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
                     x.get(), L.ln1_w.get(), L.ln1_b.get(), nullptr, a16.get(), mean.get(),
                     rstd.get(), rows, C, kLnEps, s));
                 linear(a16.get(), L.qkv_w.get(), qkv.get(), rows, C, 3 * HD, L.qkv_b.get(),
                        GemmEpilogue::kBias, 0.0f);
+                ESPER_CUDA_CHECK(
+                    kernels::launch_decode_append(sh, qkv.get() + HD, qkv.get() + 2 * HD, pos_dev,
+                                                  L.k_cache.get(), L.v_cache.get(), s));
             }
-            ESPER_CUDA_CHECK(kernels::launch_decode_append(sh, qkv.get() + HD, qkv.get() + 2 * HD,
-                                                           pos_dev, L.k_cache.get(),
-                                                           L.v_cache.get(), s));
             ESPER_CUDA_CHECK(kernels::launch_decode_attention(sh, qkv.get(), L.k_cache.get(),
                                                               L.v_cache.get(), pos_dev, att16.get(),
                                                               attn_ws.get(), attn_ws.size(), s));
@@ -229,7 +239,8 @@ struct CudaDecoder::Impl {
     void tail(const float* xs, const kernels::DecodePick& pick, int32_t* out_tok, float* out_lp,
               int64_t capacity, int32_t set_pos) {
         cudaStream_t s = stream.get();
-        if (fused_rows(B)) {
+        const bool fused = fused_rows(B), overlap = fused && path != CudaDecodePath::kFusedSerial;
+        if (fused) {
             fused_linear(B, C, kByteVocab, xs, lnf_w.get(), lnf_b.get(), nullptr, head.get(),
                          nullptr, false, false, logits.get(), nullptr);
         } else {
@@ -240,8 +251,8 @@ struct CudaDecoder::Impl {
                    kernels::GemmEpilogue::kNone, 0.0f);
         }
         ESPER_CUDA_CHECK(kernels::launch_decode_pick(logits.get(), B, pick, step(), next.get(),
-                                                     out_tok, out_lp, capacity, s));
-        ESPER_CUDA_CHECK(kernels::launch_decode_advance(pos(), step(), set_pos, s));
+                                                     out_tok, out_lp, capacity, s, overlap));
+        ESPER_CUDA_CHECK(kernels::launch_decode_advance(pos(), step(), set_pos, s, overlap));
     }
 
     // Prefills every sequence with its window (B windows of equal length, [B, len] in staging).
@@ -349,7 +360,7 @@ CudaDecoder::CudaDecoder(const TransformerModel& model, int32_t batch, CudaDecod
     ws.heads = m.max_heads;
     ws.head_dim = m.D;
     ws.context = m.T;
-    m.attn_ws = DeviceBuffer<uint8_t>(kernels::decode_attention_workspace_bytes(ws));
+    m.attn_ws = DeviceBuffer<uint8_t>(kernels::decode_attention_workspace_bytes(ws));  // zeroed
     m.gemm_ws = DeviceBuffer<uint8_t>(kGemmWorkspace);
     m.next = DeviceBuffer<int32_t>(size_t(m.B));
     m.tokens_in = DeviceBuffer<int32_t>(size_t(m.B) * m.T);

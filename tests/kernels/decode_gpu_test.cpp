@@ -35,7 +35,8 @@ TEST_CASE("decode append and attention match the references over ragged cache le
     const Case c =
         GENERATE(Case{1, 12, 64, 1024, 0}, Case{1, 12, 64, 1024, 700}, Case{8, 6, 64, 256, 63},
                  Case{8, 6, 64, 256, 64}, Case{3, 2, 40, 100, 99}, Case{2, 1, 128, 130, 129},
-                 Case{5, 3, 8, 12, 6}, Case{37, 4, 32, 200, 0}, Case{70, 2, 64, 300, 129});
+                 Case{5, 3, 8, 12, 6}, Case{37, 4, 32, 200, 0}, Case{70, 2, 64, 300, 129},
+                 Case{2, 3, 20, 90, 70});  // D = 20: rows not 16-byte aligned, lanes half used
     CAPTURE(c.rows, c.heads, c.head_dim, c.context, c.pos);
     std::mt19937 rng(uint32_t(c.rows * 131 + c.pos));
     const int64_t HD = int64_t(c.heads) * c.head_dim, ld_q = 3 * HD + 8;
@@ -68,11 +69,21 @@ TEST_CASE("decode append and attention match the references over ragged cache le
     DevBuf dq(q), dk(kc16), dv(vc16), dpos(std::vector<int32_t>{c.pos});
     DevBuf dout(size_t(c.rows) * s.ld_out * 2);  // poisoned
     DevBuf ws(decode_attention_workspace_bytes(s));
+    CUDA_OK(cudaMemset(ws.p, 0, ws.bytes));  // the contract: zero before the first launch
     CUDA_OK(launch_decode_append(s, dq.as<float>() + HD, dq.as<float>() + 2 * HD,
                                  dpos.as<int32_t>(), dk.p, dv.p, nullptr));
-    CUDA_OK(launch_decode_attention(s, dq.as<float>(), dk.p, dv.p, dpos.as<int32_t>(), dout.p, ws.p,
-                                    ws.bytes, nullptr));
+    // Twice: the first launch must leave the merge counters as it found them.
+    for (int i = 0; i < 2; ++i)
+        CUDA_OK(launch_decode_attention(s, dq.as<float>(), dk.p, dv.p, dpos.as<int32_t>(), dout.p,
+                                        ws.p, ws.bytes, nullptr));
     CUDA_OK(cudaDeviceSynchronize());
+    {
+        const std::vector<uint32_t> w = ws.download<uint32_t>();
+        const size_t counters = size_t(c.rows) * size_t(c.heads);
+        size_t nonzero = 0;
+        for (size_t i = w.size() - counters; i < w.size(); ++i) nonzero += w[i] != 0;
+        CHECK(nonzero == 0);
+    }
     decode_append_reference(s, q_ref.data() + HD, q_ref.data() + 2 * HD, c.pos, kc.data(),
                             vc.data());
     std::vector<float> want(size_t(c.rows) * s.ld_out, 0.0f);
@@ -133,10 +144,12 @@ TEST_CASE("decode embedding, pick and advance match the references", "[kernels][
         DevBuf dl(logits), dnext(size_t(rows) * 4), dtok(size_t(rows) * cap * 4),
             dlp(size_t(rows) * cap * 4);
         DevBuf dints(std::vector<int32_t>{pos, int32_t(step)});
+        const bool overlap = pick.seed % 2 == 0;  // programmatic launches: the same results
         CUDA_OK(launch_decode_pick(dl.as<float>(), rows, pick, dints.as<int32_t>() + 1,
                                    dnext.as<int32_t>(), dtok.as<int32_t>(), dlp.as<float>(), cap,
-                                   nullptr));
-        CUDA_OK(launch_decode_advance(dints.as<int32_t>(), dints.as<int32_t>() + 1, -1, nullptr));
+                                   nullptr, overlap));
+        CUDA_OK(launch_decode_advance(dints.as<int32_t>(), dints.as<int32_t>() + 1, -1, nullptr,
+                                      overlap));
         CUDA_OK(cudaDeviceSynchronize());
         std::vector<int32_t> next(static_cast<size_t>(rows)), wt(size_t(rows) * cap, -1);
         std::vector<float> wl(wt.size(), 0.0f);
@@ -178,9 +191,10 @@ TEST_CASE(
                             Case{8, 768, 2304, true, false, false, false, true},  // qkv, batch 8
                             Case{3, 768, 768, false, false, true, false, true},   // proj + x
                             Case{5, 3080, 384, false, false, true, false, true},  // fc2 + x
+                            Case{1, 3072, 768, false, false, true, false, true},  // 4 warps each
                             Case{2, 384, 1544, true, true, false, true, true},    // fc, GELU
                             Case{7, 24, 5, true, true, false, false, false},      // tiny, no bias
-                            Case{8, 3072, 3, true, false, false, false, true},    // 48 KiB of a
+                            Case{8, 3048, 3, true, false, false, false, true},    // 48 KiB of a
                             Case{1, 8, 1, false, true, false, true, true});
     CAPTURE(c.rows, c.in, c.out, c.ln, c.gelu, c.residual, c.bf16_out);
     std::mt19937 rng(uint32_t(c.rows * 7919 + c.in * 31 + c.out));
@@ -221,6 +235,7 @@ TEST_CASE(
     else
         s.y = dy.as<float>();
     REQUIRE(decode_linear_fits(c.rows, c.in, c.ln));
+    CHECK_FALSE(decode_linear_fits(8, 3072, true));  // 48 KiB of rows leave no room for the sums
     CUDA_OK(launch_decode_linear(s, nullptr));
     CUDA_OK(cudaDeviceSynchronize());
     DecodeLinear host = s;
@@ -243,6 +258,58 @@ TEST_CASE(
                          std::fabs(double(got[i]) - want[i]) / (2e-3 + 1e-2 * std::fabs(want[i])));
     }
     CHECK(worst <= 1.0);
+
+    // A qkv product also appends its K and V columns to a bf16 cache (two caches of 6 positions,
+    // the second used; at 8 rows a prefill from position 2, so rows past the context are skipped):
+    // the cache then holds exactly the bf16 of what the product wrote, nothing else changes.
+    if (c.out % 3 == 0 && !c.bf16_out && !c.residual) {
+        const int32_t width = c.out / 3, context = 6, pos = 2;
+        DecodeShape sh;
+        sh.rows = c.rows;
+        sh.heads = 1;
+        sh.head_dim = width;
+        sh.context = context;
+        sh.ld_q = c.out;
+        sh.shared = c.rows > 1;
+        sh.cache_base = 1;
+        std::vector<float> kc(size_t(2) * context * width), vc(kc.size());
+        fill_uniform(kc, rng, -1.0f, 1.0f);
+        fill_uniform(vc, rng, -1.0f, 1.0f);
+        for (float& v : kc) v = round_bf16(v);
+        for (float& v : vc) v = round_bf16(v);
+        std::vector<uint16_t> kc16(kc.size()), vc16(vc.size());
+        for (size_t i = 0; i < kc.size(); ++i) {
+            kc16[i] = bf16_bits(kc[i]);
+            vc16[i] = bf16_bits(vc[i]);
+        }
+        DevBuf dk(kc16), dv(vc16), dpos(std::vector<int32_t>{pos});
+        DecodeLinear sa = s;
+        sa.append.k_cache = dk.p;
+        sa.append.v_cache = dv.p;
+        sa.append.pos = dpos.as<int32_t>();
+        sa.append.width = width;
+        sa.append.context = context;
+        sa.append.cache_base = sh.cache_base;
+        sa.append.shared = sh.shared;
+        CUDA_OK(launch_decode_linear(sa, nullptr));
+        CUDA_OK(cudaDeviceSynchronize());
+        std::vector<float> y = dy.download<float>();
+        CHECK(y == got);  // the same product as without the append
+        for (float& v : y) v = round_bf16(v);
+        decode_append_reference(sh, y.data() + width, y.data() + 2 * width, pos, kc.data(),
+                                vc.data());
+        const std::vector<uint16_t> gk = dk.download<uint16_t>(), gv = dv.download<uint16_t>();
+        size_t cache_bad = 0;
+        for (size_t i = 0; i < kc.size(); ++i)
+            cache_bad += (bf16_value(gk[i]) != kc[i]) + (bf16_value(gv[i]) != vc[i]);
+        CHECK(cache_bad == 0);
+        DecodeLinear bad = sa;
+        bad.append.width = width + 1;  // out != 3·width
+        CHECK(launch_decode_linear(bad, nullptr) == cudaErrorInvalidValue);
+        bad = sa;
+        bad.append.pos = nullptr;
+        CHECK(launch_decode_linear(bad, nullptr) == cudaErrorInvalidValue);
+    }
 
     // What the kernel cannot take is refused without a launch.
     DecodeLinear bad = s;
