@@ -280,9 +280,12 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 __global__ void __launch_bounds__(kDecodeVocab)
     pick_kernel(const float* logits, int32_t rows, DecodePick o, const int32_t* step_p,
-                int32_t* next, int32_t* out_tokens, float* out_logprobs, int64_t capacity) {
+                int32_t* next, int32_t* out_tokens, float* out_logprobs, int64_t capacity,
+                DecodeNext nx) {
     constexpr int V = kDecodeVocab;
     overlap_begin();
+    // The position is written only by the advance, after every kernel of the step has read it.
+    const int next_pos = nx.set_pos >= 0 ? nx.set_pos : (nx.pos ? *nx.pos + 1 : 0);
     overlap_wait();
     const int r = blockIdx.x, i = threadIdx.x;
     __shared__ float sl[V], cum[V];
@@ -315,17 +318,14 @@ __global__ void __launch_bounds__(kDecodeVocab)
             mx = red_v[w];
             best = red_i[w];
         }
-    // Σ exp(l - max) in index order (a scan also serves the draw below)
-    cum[i] = __expf(li - mx);
+    // Σ exp(l - max): warp sums, then the eight warps' in order
+    const float se = warp_sum(__expf(li - mx));
+    __syncthreads();  // every thread has read red_v
+    if ((i & 31) == 0) red_v[i >> 5] = se;
     __syncthreads();
-    for (int off = 1; off < V; off <<= 1) {
-        const float add = i >= off ? cum[i - off] : 0.0f;
-        __syncthreads();
-        cum[i] += add;
-        __syncthreads();
-    }
-    const float lse = mx + logf(cum[V - 1]);
-    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < V / 32; ++w) total += red_v[w];
+    const float lse = mx + logf(total);
     const int64_t step = *step_p;
     if (i == 0) chosen = best;
     if (o.temperature > 0.0f) {
@@ -349,14 +349,22 @@ __global__ void __launch_bounds__(kDecodeVocab)
         __syncthreads();
     }
     __syncthreads();
+    const int b = chosen;
     if (i == 0) {
-        const int b = chosen;
         next[r] = b;
         if (step < capacity) {
             if (out_tokens) out_tokens[step * rows + r] = b;
             if (out_logprobs) out_logprobs[step * rows + r] = sl[b] - lse;
         }
+        if (nx.advance) {  // one row: every read of pos and step in this grid is done
+            *nx.pos = next_pos;
+            *nx.step_out += 1;
+        }
     }
+    if (nx.wte && next_pos < nx.context)
+        for (int c = i; c < nx.channels; c += V)
+            nx.x[int64_t(r) * nx.channels + c] =
+                nx.wte[int64_t(b) * nx.channels + c] + nx.wpe[int64_t(next_pos) * nx.channels + c];
 }
 
 __global__ void advance_kernel(int32_t* pos, int32_t* step, int32_t set_pos) {
@@ -644,10 +652,13 @@ cudaError_t launch_decode_linear(const DecodeLinear& s, cudaStream_t stream) {
 cudaError_t launch_decode_pick(const float* logits, int32_t rows, const DecodePick& o,
                                const int32_t* step, int32_t* next, int32_t* out_tokens,
                                float* out_logprobs, int64_t capacity, cudaStream_t stream,
-                               bool overlap) {
-    if (rows <= 0) return cudaErrorInvalidValue;
+                               bool overlap, const DecodeNext& nx) {
+    const bool embed_ok = !nx.wte || (nx.wpe && nx.x && nx.channels > 0 && nx.context > 0 &&
+                                      (nx.pos || nx.set_pos >= 0));
+    const bool advance_ok = !nx.advance || (rows == 1 && nx.pos && nx.step_out);
+    if (rows <= 0 || !embed_ok || !advance_ok) return cudaErrorInvalidValue;
     return launch(overlap, pick_kernel, rows, kDecodeVocab, 0, stream, logits, rows, o, step, next,
-                  out_tokens, out_logprobs, capacity);
+                  out_tokens, out_logprobs, capacity, nx);
 }
 
 cudaError_t launch_decode_advance(int32_t* pos, int32_t* step, int32_t set_pos, cudaStream_t stream,

@@ -133,14 +133,32 @@ size_t decode_attention_workspace_bytes(const DecodeShape& s);
                                                   const void* k_cache, const void* v_cache,
                                                   const int32_t* pos, void* out, void* workspace,
                                                   size_t workspace_bytes, cudaStream_t stream);
+// What the pick may do beyond picking, so that a decode step needs no kernel of its own for it:
+// - wte set: embed the picked bytes for the next step, x[r] = wte[byte_r] + wpe[p] (rows of
+//   `channels` floats) with p = set_pos >= 0 ? set_pos : *pos + 1 — the position the advance
+//   leaves — skipped when p >= context (the window is full; the host rebuilds it);
+// - advance (one row only): the position update of launch_decode_advance(pos, step_out, set_pos).
+struct DecodeNext {
+    const float* wte = nullptr;
+    const float* wpe = nullptr;
+    float* x = nullptr;
+    int32_t channels = 0;
+    int32_t context = 0;
+    int32_t* pos = nullptr;  // device; read before the programmatic wait
+    int32_t set_pos = -1;
+    bool advance = false;
+    int32_t* step_out = nullptr;  // the step counter the pick reads, for the advance
+};
 // Picks rows bytes into next (device) and, while step < capacity, into out_tokens and
-// out_logprobs [step · rows + r] (device or mapped pinned host memory; may be null). overlap:
-// as DecodeShape::overlap (here and for the advance).
+// out_logprobs [step · rows + r] (device or mapped pinned host memory; may be null); then what
+// nx asks for (cudaErrorInvalidValue, nothing launched, for an embedding without wpe, x,
+// channels, context and a position, or an advance of more than one row or without pos and
+// step_out). overlap: as DecodeShape::overlap (here and for the advance).
 [[nodiscard]] cudaError_t launch_decode_pick(const float* logits, int32_t rows, const DecodePick& o,
                                              const int32_t* step, int32_t* next,
                                              int32_t* out_tokens, float* out_logprobs,
                                              int64_t capacity, cudaStream_t stream,
-                                             bool overlap = false);
+                                             bool overlap = false, const DecodeNext& nx = {});
 // Device pointers of s; cudaErrorInvalidValue (nothing launched) unless decode_linear_fits and
 // exactly one of y / y_bf16 is given (y_bf16 with beta 0), 16-byte aligned a_in and w, and an
 // append (when given) has both caches, a position, width > 0 and out == 3·width, with y.

@@ -1,15 +1,15 @@
-// The GPU decoder (see cuda_generate.h). One step over `rows` rows: embed → per block LN1 →
-// qkv (bf16 GEMM, bias epilogue, fp32 out) → append K, V to the bf16 cache → decode attention
-// (bf16 out) → x += proj (GEMM with β = 1 and the bias epilogue) → LN2 → fc (bias+GELU epilogue)
-// → bf16 → x += fc2; the tail: LNf → logits (bf16 GEMM, fp32 out) → pick → advance. Steps the
-// path sends to the fused kernels (see CudaDecodePath) run the products as
-// kernels::launch_decode_linear instead:
-// LN1+qkv+append, x += proj, LN2+fc+GELU→bf16, x += fc2, LNf+logits. Decode steps (one row per
-// sequence) are one captured graph; a prefill (one sequence's window, row by row) runs the same
-// body uncaptured. Folded extra heads become more heads of the block's attention (their Wq/Wk/Wv
-// rows appended to qkv, Wo columns to proj), folded units more fc rows and fc2 columns; fc is
-// padded to a multiple of 8 rows (zero rows: gelu(0) = 0) so every bf16 operand row stays 16-byte
-// aligned for cuBLASLt.
+// The GPU decoder (see cuda_generate.h). One step over `rows` rows of x (embedded by the previous
+// step's pick, or by the prefill): per block LN1 → qkv (bf16 GEMM, bias epilogue, fp32 out) →
+// append K, V to the bf16 cache → decode attention (bf16 out) → x += proj (GEMM with β = 1 and
+// the bias epilogue) → LN2 → fc (bias+GELU epilogue) → bf16 → x += fc2; the tail: LNf → logits
+// (bf16 GEMM, fp32 out) → pick, which also embeds the picked bytes into x for the next step →
+// advance (in the pick at one row). Steps the path sends to the fused kernels (see
+// CudaDecodePath) run the products as kernels::launch_decode_linear instead: LN1+qkv+append,
+// x += proj, LN2+fc+GELU→bf16, x += fc2, LNf+logits. Decode steps (one row per sequence) are one
+// captured graph; a prefill (one sequence's window, row by row) runs the same body uncaptured.
+// Folded extra heads become more heads of the block's attention (their Wq/Wk/Wv rows appended to
+// qkv, Wo columns to proj), folded units more fc rows and fc2 columns; fc is padded to a multiple
+// of 8 rows (zero rows: gelu(0) = 0) so every bf16 operand row stays 16-byte aligned for cuBLASLt.
 #include "kasmina/train/cuda_generate.h"
 
 #include <cublasLt.h>
@@ -235,7 +235,8 @@ struct CudaDecoder::Impl {
         }
     }
 
-    // LNf → logits → pick for the B rows of `xs`, then the position update.
+    // LNf → logits → pick for the B rows of `xs`, the picked bytes' embeddings into x for the next
+    // step, then the position update (in the pick at one row).
     void tail(const float* xs, const kernels::DecodePick& pick, int32_t* out_tok, float* out_lp,
               int64_t capacity, int32_t set_pos) {
         cudaStream_t s = stream.get();
@@ -250,9 +251,20 @@ struct CudaDecoder::Impl {
             linear(xf16.get(), head.get(), logits.get(), B, C, kByteVocab, nullptr,
                    kernels::GemmEpilogue::kNone, 0.0f);
         }
+        kernels::DecodeNext nx;  // the next step's embedding, and at one row its advance
+        nx.wte = wte.get();
+        nx.wpe = wpe.get();
+        nx.x = x.get();
+        nx.channels = C;
+        nx.context = T;
+        nx.pos = pos();
+        nx.set_pos = set_pos;
+        nx.advance = B == 1;
+        nx.step_out = step();
         ESPER_CUDA_CHECK(kernels::launch_decode_pick(logits.get(), B, pick, step(), next.get(),
-                                                     out_tok, out_lp, capacity, s, overlap));
-        ESPER_CUDA_CHECK(kernels::launch_decode_advance(pos(), step(), set_pos, s, overlap));
+                                                     out_tok, out_lp, capacity, s, overlap, nx));
+        if (!nx.advance)
+            ESPER_CUDA_CHECK(kernels::launch_decode_advance(pos(), step(), set_pos, s, overlap));
     }
 
     // Prefills every sequence with its window (B windows of equal length, [B, len] in staging).
@@ -273,16 +285,11 @@ struct CudaDecoder::Impl {
         tail(xlast.get(), pick, out_tokens.dev, out_logprobs.dev, capacity, len);
     }
 
-    void decode_once() {
-        ESPER_CUDA_CHECK(kernels::launch_decode_embed(next.get(), wte.get(), wpe.get(), pos(),
-                                                      false, x.get(), B, C, stream.get()));
-        body(B, false, 0, pos());
-    }
-
+    // One decode step; x holds the rows' embeddings already (the previous tail's pick wrote them).
     void capture(const kernels::DecodePick& pick, int64_t capacity) {
         graph.destroy();
         graph = capture_graph(stream.get(), [&] {
-            decode_once();
+            body(B, false, 0, pos());
             tail(x.get(), pick, out_tokens.dev, out_logprobs.dev, capacity, -1);
         });
         graph_pick = pick;

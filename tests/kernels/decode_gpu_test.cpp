@@ -145,11 +145,27 @@ TEST_CASE("decode embedding, pick and advance match the references", "[kernels][
             dlp(size_t(rows) * cap * 4);
         DevBuf dints(std::vector<int32_t>{pos, int32_t(step)});
         const bool overlap = pick.seed % 2 == 0;  // programmatic launches: the same results
+        // The pick also embeds its bytes for the next step — at pos + 1, at a set position, or
+        // (set to the context) not at all — and at one row advances itself.
+        const int32_t set_pos = pick.seed == 3 ? T : pick.seed == 4 ? 20 : -1;
+        const int32_t next_pos = set_pos >= 0 ? set_pos : pos + 1;
+        DevBuf dwte(wte), dwpe(wpe), dx(size_t(rows) * C * 4);  // x poisoned
+        DecodeNext nx;
+        nx.wte = dwte.as<float>();
+        nx.wpe = dwpe.as<float>();
+        nx.x = dx.as<float>();
+        nx.channels = C;
+        nx.context = T;
+        nx.pos = dints.as<int32_t>();
+        nx.set_pos = set_pos;
+        nx.advance = rows == 1;
+        nx.step_out = dints.as<int32_t>() + 1;
         CUDA_OK(launch_decode_pick(dl.as<float>(), rows, pick, dints.as<int32_t>() + 1,
                                    dnext.as<int32_t>(), dtok.as<int32_t>(), dlp.as<float>(), cap,
-                                   nullptr, overlap));
-        CUDA_OK(launch_decode_advance(dints.as<int32_t>(), dints.as<int32_t>() + 1, -1, nullptr,
-                                      overlap));
+                                   nullptr, overlap, nx));
+        if (!nx.advance)
+            CUDA_OK(launch_decode_advance(dints.as<int32_t>(), dints.as<int32_t>() + 1, set_pos,
+                                          nullptr, overlap));
         CUDA_OK(cudaDeviceSynchronize());
         std::vector<int32_t> next(static_cast<size_t>(rows)), wt(size_t(rows) * cap, -1);
         std::vector<float> wl(wt.size(), 0.0f);
@@ -174,7 +190,30 @@ TEST_CASE("decode embedding, pick and advance match the references", "[kernels][
             // A draw differs only when u falls within float rounding of a boundary.
             CHECK(differ <= 1);
         }
-        CHECK(dints.download<int32_t>() == std::vector<int32_t>{pos + 1, int32_t(step + 1)});
+        CHECK(dints.download<int32_t>() == std::vector<int32_t>{next_pos, int32_t(step + 1)});
+        const std::vector<float> gx = dx.download<float>();
+        if (next_pos < T) {
+            std::vector<float> want(size_t(rows) * C);
+            decode_embed_reference(gn.data(), wte.data(), wpe.data(), next_pos, false, want.data(),
+                                   rows, C);
+            CHECK(gx == want);
+        } else {
+            size_t written = 0;  // past the context nothing is embedded: x keeps its poison
+            for (const float v : gx) written += !std::isnan(v);
+            CHECK(written == 0);
+        }
+        // An advance of more than one row, or an embedding without its table, is refused.
+        DecodeNext bad = nx;
+        bad.advance = true;
+        if (rows > 1)
+            CHECK(launch_decode_pick(dl.as<float>(), rows, pick, dints.as<int32_t>() + 1,
+                                     dnext.as<int32_t>(), nullptr, nullptr, cap, nullptr, false,
+                                     bad) == cudaErrorInvalidValue);
+        bad = nx;
+        bad.wpe = nullptr;
+        CHECK(launch_decode_pick(dl.as<float>(), rows, pick, dints.as<int32_t>() + 1,
+                                 dnext.as<int32_t>(), nullptr, nullptr, cap, nullptr, false,
+                                 bad) == cudaErrorInvalidValue);
     }
 }
 
