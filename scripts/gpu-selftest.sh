@@ -3,7 +3,7 @@
 # logs into OUT_DIR: the [gpu] kernel and kasmina tests (the transformer's among them), a short
 # `esper run` on the CUDA backend with the Fashion-MNIST files in DATA_DIR (the node may lack
 # Debian's package), a short transformer run on the GPU (bf16) over the text in ESPER_TEXT_PATH
-# (default /usr/local/share/esper/kjv.txt), and the attention benchmark.
+# (default /usr/local/share/esper/kjv.txt), and the attention and generation benchmarks.
 #   [ESPER_TEXT_PATH=FILE] scripts/gpu-selftest.sh BUNDLE_DIR DATA_DIR OUT_DIR
 # Exit status: the number of failed steps (0 = all passed).
 set -uo pipefail
@@ -37,5 +37,6 @@ tdir=$(mktemp -d)/run
 step esper_run_transformer_cuda "$bundle/bin/esper" kasmina --standalone --config "$out/transformer.yaml" --run-dir "$tdir"
 cp "$tdir/metrics.jsonl" "$out/transformer_metrics.jsonl" 2>/dev/null
 [ -x "$bundle/bin/esper-bench-attention" ] && step bench_attention "$bundle/bin/esper-bench-attention"
+[ -x "$bundle/bin/esper-bench-generate" ] && step bench_generate "$bundle/bin/esper-bench-generate" --tokens 256
 echo "failed steps: $failed"
 exit $failed
