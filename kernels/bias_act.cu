@@ -125,7 +125,7 @@ __global__ void forward4_kernel(Z* z, const float* __restrict__ bias, Out* a, in
 // when only dbias is wanted.
 template <typename In, typename Z, typename Out>
 __global__ void backward_kernel(const In* da, const Z* __restrict__ z, Out* dz, float* partial,
-                                int32_t rows, int32_t cols, Activation act) {
+                                int32_t rows, int32_t cols, Activation act, Out* a_out) {
     __shared__ float red[8][33];
     const int32_t c = blockIdx.x * 32 + threadIdx.x;
     const int32_t r0 = blockIdx.y * kRowsPerPartial;
@@ -135,10 +135,12 @@ __global__ void backward_kernel(const In* da, const Z* __restrict__ z, Out* dz, 
         for (int32_t r = r0 + threadIdx.y; r < r1; r += 8) {
             const int64_t i = int64_t(r) * cols + c;
             const float d = load_value(da, i);
+            const float zi = z != nullptr ? load_value(z, i) : 0.0f;
             // __fmul_rn: no contraction into the sum below, so every instantiation (fp32 or
             // bf16 ends, with or without dz) gives the same bits.
-            const float g = z != nullptr ? __fmul_rn(d, act_derivative(load_value(z, i), act)) : d;
+            const float g = z != nullptr ? __fmul_rn(d, act_derivative(zi, act)) : d;
             if (dz != nullptr) store_value(dz, i, g);
+            if (a_out != nullptr) store_value(a_out, i, act_value(zi, act));
             t += g;
         }
     if (partial == nullptr) return;
@@ -156,7 +158,7 @@ __global__ void backward_kernel(const In* da, const Z* __restrict__ z, Out* dz, 
 // grid (ceil(cols/128), ceil(rows/64)), block (32, 8).
 template <typename In, typename Z, typename Out>
 __global__ void backward4_kernel(const In* da, const Z* __restrict__ z, Out* dz, float* partial,
-                                 int32_t rows, int32_t cols, Activation act) {
+                                 int32_t rows, int32_t cols, Activation act, Out* a_out) {
     __shared__ float red[8][4 * 32 + 1];
     const int32_t c = (blockIdx.x * 32 + threadIdx.x) * 4;
     const int32_t r0 = blockIdx.y * kRowsPerPartial;
@@ -171,6 +173,11 @@ __global__ void backward4_kernel(const In* da, const Z* __restrict__ z, Out* dz,
                 float zv[4];
                 load4(z, i, zv);
                 for (int k = 0; k < 4; ++k) g[k] = __fmul_rn(d[k], act_derivative(zv[k], act));
+                if (a_out != nullptr) {
+                    float y[4];
+                    for (int k = 0; k < 4; ++k) y[k] = act_value(zv[k], act);
+                    store4(a_out, i, y);
+                }
             } else {
                 for (int k = 0; k < 4; ++k) g[k] = d[k];
             }
@@ -214,9 +221,11 @@ cudaError_t forward(Z* z, const float* bias, Out* a, int32_t rows, int32_t cols,
 
 template <typename In, typename Z, typename Out>
 cudaError_t backward(const In* da, const Z* z, Out* dz, float* dbias, int32_t rows, int32_t cols,
-                     Activation act, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+                     Activation act, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                     Out* a_out = nullptr) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
-    if (z == nullptr && act != Activation::kIdentity) return cudaErrorInvalidValue;
+    if (z == nullptr && (act != Activation::kIdentity || a_out != nullptr))
+        return cudaErrorInvalidValue;
     float* partial = nullptr;
     const int32_t parts = (rows + kRowsPerPartial - 1) / kRowsPerPartial;
     if (dbias != nullptr) {
@@ -225,12 +234,13 @@ cudaError_t backward(const In* da, const Z* z, Out* dz, float* dbias, int32_t ro
         partial = static_cast<float*>(workspace);
     }
     if (cols % 4 == 0 && aligned4(da) && (z == nullptr || aligned4(z)) &&
-        (dz == nullptr || aligned4(dz)) && (partial == nullptr || aligned4(partial)))
+        (dz == nullptr || aligned4(dz)) && (partial == nullptr || aligned4(partial)) &&
+        (a_out == nullptr || aligned4(a_out)))
         backward4_kernel<<<dim3((cols + 127) / 128, parts), dim3(32, 8), 0, stream>>>(
-            da, z, dz, partial, rows, cols, act);
+            da, z, dz, partial, rows, cols, act, a_out);
     else
         backward_kernel<<<dim3((cols + 31) / 32, parts), dim3(32, 8), 0, stream>>>(
-            da, z, dz, partial, rows, cols, act);
+            da, z, dz, partial, rows, cols, act, a_out);
     if (dbias != nullptr)
         dbias_kernel<<<(cols + 31) / 32, dim3(32, kColumnSumRows), 0, stream>>>(partial, parts,
                                                                                 cols, dbias);
@@ -266,16 +276,17 @@ cudaError_t launch_bias_act_backward(const float* da, const float* z, float* dz,
 cudaError_t launch_bias_act_backward_bf16(const void* da, bool da_bf16, const void* z, bool z_bf16,
                                           void* dz16, float* dbias, int32_t rows, int32_t cols,
                                           Activation act, void* workspace, size_t workspace_bytes,
-                                          cudaStream_t stream) {
+                                          cudaStream_t stream, void* a16) {
     if (da == nullptr || (dz16 == nullptr && dbias == nullptr)) return cudaErrorInvalidValue;
     using bf16 = __nv_bfloat16;
     auto* out = static_cast<bf16*>(dz16);
+    auto* a_out = static_cast<bf16*>(a16);
     auto run = [&](auto* d) {
         if (z_bf16)
             return backward(d, static_cast<const bf16*>(z), out, dbias, rows, cols, act, workspace,
-                            workspace_bytes, stream);
+                            workspace_bytes, stream, a_out);
         return backward(d, static_cast<const float*>(z), out, dbias, rows, cols, act, workspace,
-                        workspace_bytes, stream);
+                        workspace_bytes, stream, a_out);
     };
     if (da_bf16) return run(static_cast<const bf16*>(da));
     return run(static_cast<const float*>(da));

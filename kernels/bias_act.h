@@ -45,12 +45,14 @@ size_t bias_act_backward_workspace_bytes(int32_t rows, int32_t cols);
 // Backward: da and z each in bf16 or fp32 (da_bf16, z_bf16); dz16 = bf16(dz), or null for the
 // bias gradient alone; z may be null for kIdentity (then dz = da: a cast fused with the bias
 // gradient's column sums). dbias, when not null, is the same sum in the same order as
-// launch_bias_act_backward's of the fp32 dz.
+// launch_bias_act_backward's of the fp32 dz. dz16 may be da itself (bf16, in place). a16, when
+// not null (z required): the forward's activation written again, bf16(act(z)) — the same bits
+// as launch_bias_act_forward_bf16 wrote — for a caller that did not keep it.
 [[nodiscard]] cudaError_t launch_bias_act_backward_bf16(const void* da, bool da_bf16, const void* z,
                                                         bool z_bf16, void* dz16, float* dbias,
                                                         int32_t rows, int32_t cols, Activation act,
                                                         void* workspace, size_t workspace_bytes,
-                                                        cudaStream_t stream);
+                                                        cudaStream_t stream, void* a16 = nullptr);
 #endif
 
 }  // namespace esper::kernels

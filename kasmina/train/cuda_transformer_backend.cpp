@@ -49,13 +49,16 @@ struct BlockOff {
     size_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b;
 };
 
-// In bf16 mode the GEMM-only inputs a, m, h are kept as bf16 copies only (a16, m16, h16: the
-// forward's operands, reused by the backward's weight gradients), the attention's q, k, v and
-// output only in bf16 (qkv16, att16), and GELU's input only in bf16 (f16, as the fc product
-// writes it); fp32 mode keeps qkv, att and f.
+// In bf16 mode the GEMM-only inputs a, m are kept as bf16 copies only (a16, m16: the forward's
+// operands, reused by the backward's weight gradients), the attention's q, k, v and output only
+// in bf16 (qkv16, att16), and GELU's input only in bf16 (f16, as the fc product writes it);
+// GELU's output h is not kept per block at all (one bf16 buffer, Impl::h16, serves every block's
+// fc2 product; GELU's backward writes it again from f16 for fc2's weight gradient — from the
+// rounded pre-activation, so within bf16 rounding of the forward's h, which the fc product's
+// epilogue computed before rounding). fp32 mode keeps qkv, att, f and h.
 struct BlockAct {
     DeviceBuffer<float> x_in, a, qkv, att, x_mid, m, f, h, mean1, rstd1, mean2, rstd2, lse;
-    DeviceBuffer<uint16_t> a16, qkv16, att16, m16, f16, h16;
+    DeviceBuffer<uint16_t> a16, qkv16, att16, m16, f16;
 };
 
 }  // namespace
@@ -84,7 +87,7 @@ struct CudaTransformerBackend::Impl {
     int32_t rows_cap = 0;
     std::vector<BlockAct> act;
     DeviceBuffer<float> x_out, xf, meanf, rstdf, logits, gres, dtmp, dbig, dqkv;
-    DeviceBuffer<uint16_t> sa16, sb16, xf16;
+    DeviceBuffer<uint16_t> sa16, sb16, xf16, h16;  // h16: GELU's output, bf16 mode, any block
     // bf16 mode: the attention's output gradient and its q, k, v gradients, in bf16 (the
     // attention runs on bf16 tensors: cuDNN's fused kernels from 128 positions up).
     DeviceBuffer<uint16_t> datt16, dqkv16;
@@ -147,7 +150,6 @@ struct CudaTransformerBackend::Impl {
             b.qkv16 = DeviceBuffer<uint16_t>(n16 * 3 * C);
             b.att16 = DeviceBuffer<uint16_t>(n16 * C);
             b.m16 = DeviceBuffer<uint16_t>(n16 * C);
-            b.h16 = DeviceBuffer<uint16_t>(n16 * F);
             b.mean1 = DeviceBuffer<float>(n);
             b.rstd1 = DeviceBuffer<float>(n);
             b.mean2 = DeviceBuffer<float>(n);
@@ -164,9 +166,11 @@ struct CudaTransformerBackend::Impl {
         dtmp = DeviceBuffer<float>(n * C);
         dbig = DeviceBuffer<float>((bf16 ? 0 : n) * F);      // bf16: h's gradient goes to sb16
         dqkv = DeviceBuffer<float>((bf16 ? 0 : n) * 3 * C);  // bf16: qkv16, dqkv16 instead
-        const size_t widest = size_t(std::max({F, 3 * C, kByteVocab, C}));
+        // sa16: the bf16 dlogits, then each block's bf16 output gradients (C wide).
+        const size_t widest = size_t(std::max(kByteVocab, C));
         sa16 = DeviceBuffer<uint16_t>(bf16 ? n * widest : 0);
         sb16 = DeviceBuffer<uint16_t>(bf16 ? n * F : 0);
+        h16 = DeviceBuffer<uint16_t>(bf16 ? n * F : 0);
         datt16 = DeviceBuffer<uint16_t>(bf16 ? n * C : 0);
         dqkv16 = DeviceBuffer<uint16_t>(bf16 ? n * 3 * C : 0);
         ln_ws = DeviceBuffer<uint8_t>(kernels::layernorm_backward_workspace_bytes(rows, C));
@@ -221,8 +225,7 @@ struct CudaTransformerBackend::Impl {
     // [n, out], not overlapping y); x16: x in bf16, or null; y16: write y in bf16 there instead
     // (bf16 mode; the bias then added in bf16, as autocast adds it).
     static constexpr size_t kNoBias = ~size_t(0);
-    void linear(const float* x, const uint16_t* x16, size_t w, size_t b, float* y, int32_t n,
-                int32_t in, int32_t out, const float* residual = nullptr, uint16_t* y16 = nullptr) {
+    static kernels::GemmSpec linear_spec(int32_t n, int32_t in, int32_t out) {
         kernels::GemmSpec sp;
         sp.trans_b = true;
         sp.m = n;
@@ -231,6 +234,11 @@ struct CudaTransformerBackend::Impl {
         sp.lda = in;
         sp.ldb = in;
         sp.ldd = out;
+        return sp;
+    }
+    void linear(const float* x, const uint16_t* x16, size_t w, size_t b, float* y, int32_t n,
+                int32_t in, int32_t out, const float* residual = nullptr, uint16_t* y16 = nullptr) {
+        kernels::GemmSpec sp = linear_spec(n, in, out);
         sp.beta = residual ? 1.0f : 0.0f;
         sp.c = residual;
         if (b != kNoBias) {
@@ -239,6 +247,18 @@ struct CudaTransformerBackend::Impl {
             sp.bias = y16 ? static_cast<const void*>(W16(b)) : static_cast<const void*>(P(b));
         }
         gemm(sp, x, x16, P(w), W16(w), y, y16);
+    }
+    // bf16 mode: y16[n, out] = bf16(gelu(x16·W[out, in]ᵀ + b)) and aux16 = bf16(x16·Wᵀ + b), the
+    // pre-activation GELU's backward reads — one product with cuBLASLt's GELU_AUX_BIAS epilogue.
+    void linear_gelu_bf16(const uint16_t* x16, size_t w, size_t b, uint16_t* y16, uint16_t* aux16,
+                          int32_t n, int32_t in, int32_t out) {
+        kernels::GemmSpec sp = linear_spec(n, in, out);
+        sp.epilogue = kernels::GemmEpilogue::kBiasGelu;
+        sp.bias_type = kernels::GemmDtype::kBfloat16;
+        sp.bias = W16(b);
+        sp.aux = aux16;
+        sp.ld_aux = out;
+        gemm(sp, nullptr, x16, P(w), W16(w), nullptr, y16);
     }
     // dx[n, in] = dy[n, out]·W[out, in]; dy16: dy in bf16, or null; dx16: write dx in bf16
     // there instead of dx.
@@ -330,19 +350,18 @@ struct CudaTransformerBackend::Impl {
             ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
                 b.x_mid.get(), P(o.ln2_w), P(o.ln2_b), b.m.get(), b.m16.get(), b.mean2.get(),
                 b.rstd2.get(), n, C, kLnEps, s()));
-            // bf16: the product is written in bf16 (f16) and GELU writes h in bf16 only (h16),
-            // the fc2 product's operand (PyTorch's autocast keeps the same two tensors).
-            linear(b.m.get(), b.m16.get(), o.fc_w, kNoBias, b.f.get(), n, C, F, nullptr,
-                   bf16 ? b.f16.get() : nullptr);
-            if (bf16)
-                ESPER_CUDA_CHECK(kernels::launch_bias_act_forward_bf16(
-                    b.f16.get(), true, P(o.fc_b), b.h16.get(), n, F, kernels::Activation::kGeluTanh,
-                    s()));
-            else
+            // bf16: one product writes the pre-activation (f16, kept for GELU's backward) and
+            // GELU's output into the one h16 all blocks share, fc2's operand (autocast would keep
+            // both per block; the backward writes h again from f16).
+            if (bf16) {
+                linear_gelu_bf16(b.m16.get(), o.fc_w, o.fc_b, h16.get(), b.f16.get(), n, C, F);
+            } else {
+                linear(b.m.get(), nullptr, o.fc_w, kNoBias, b.f.get(), n, C, F);
                 ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(
                     b.f.get(), P(o.fc_b), b.h.get(), n, F, kernels::Activation::kGeluTanh, s()));
+            }
             float* out = l + 1 < L ? act[size_t(l) + 1].x_in.get() : x_out.get();
-            linear(b.h.get(), b.h16.get(), o.fc2_w, o.fc2_b, out, n, F, C, b.x_mid.get());
+            linear(b.h.get(), h16.get(), o.fc2_w, o.fc2_b, out, n, F, C, b.x_mid.get());
         }
         ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(x_out.get(), P(lnf_w), P(lnf_b),
                                                            xf.get(), xf16.get(), meanf.get(),
@@ -370,15 +389,17 @@ struct CudaTransformerBackend::Impl {
             // MLP: out = x_mid + gelu(m·Wfcᵀ + bfc)·Wfc2ᵀ + bfc2
             const uint16_t* d16 = output_grad(gres.get(), o.fc2_b, n, C);
             // bf16: h's gradient in bf16 (sb16), GELU's backward from it and the bf16 f into
-            // its bf16 result (sa16, the fc products' operand), as autocast would.
+            // its bf16 result in place (sb16, the fc products' operand), as autocast would; the
+            // same pass writes h again (h16) for fc2's weight gradient, which follows it.
             linear_dx(gres.get(), d16, o.fc2_w, dbig.get(), n, F, C, bf16 ? sb16.get() : nullptr);
-            linear_dw(b.h.get(), b.h16.get(), gres.get(), d16, o.fc2_w, n, F, C);
             if (bf16) {
                 ESPER_CUDA_CHECK(kernels::launch_bias_act_backward_bf16(
-                    sb16.get(), true, b.f16.get(), true, sa16.get(), G(o.fc_b), n, F,
-                    kernels::Activation::kGeluTanh, bias_ws.get(), bias_ws.size(), s()));
-                d16 = sa16.get();
+                    sb16.get(), true, b.f16.get(), true, sb16.get(), G(o.fc_b), n, F,
+                    kernels::Activation::kGeluTanh, bias_ws.get(), bias_ws.size(), s(), h16.get()));
+                linear_dw(b.h.get(), h16.get(), gres.get(), d16, o.fc2_w, n, F, C);
+                d16 = sb16.get();
             } else {
+                linear_dw(b.h.get(), nullptr, gres.get(), d16, o.fc2_w, n, F, C);
                 ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
                     dbig.get(), b.f.get(), dbig.get(), G(o.fc_b), n, F,
                     kernels::Activation::kGeluTanh, bias_ws.get(), bias_ws.size(), s()));

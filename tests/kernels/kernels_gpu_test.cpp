@@ -617,6 +617,30 @@ TEST_CASE("bias+activation bf16 ends equal the fp32 kernels followed by a cast, 
         CHECK(dbo.download<float>() == dbr16.download<float>());
     }
 
+    // The backward writing the activation again (a16), in place (dz16 = da), four-wide and
+    // one-wide: the forward's activation and the same gradients, bit for bit.
+    for (const size_t off : {size_t(0), size_t(1)}) {
+        CAPTURE(off);
+        DevBuf dai((n + 1) * 2), ai((n + 1) * 2), zi((n + 1) * 2), dbi(size_t(C) * 4);
+        auto* da_in = dai.as<uint16_t>() + off;
+        auto* z_in = zi.as<uint16_t>() + off;
+        CUDA_OK(cudaMemcpy(da_in, da16.p, n * 2, cudaMemcpyDeviceToDevice));
+        CUDA_OK(cudaMemcpy(z_in, z16.p, n * 2, cudaMemcpyDeviceToDevice));  // z + bias, bf16
+        CUDA_OK(launch_bias_act_backward_bf16(da_in, true, z_in, true, da_in, dbi.as<float>(), R, C,
+                                              a, ws.p, ws.bytes, nullptr, ai.as<uint16_t>() + off));
+        CUDA_OK(cudaDeviceSynchronize());
+        auto part = [&](const DevBuf& b) {
+            std::vector<uint16_t> v = bits(b);
+            return std::vector<uint16_t>(v.begin() + long(off), v.begin() + long(off + n));
+        };
+        CHECK(part(ai) == bits(af16));
+        CHECK(part(dai) == bits(dzr16));
+        CHECK(dbi.download<float>() == dbr16.download<float>());
+        CHECK(launch_bias_act_backward_bf16(da_in, true, nullptr, true, da_in, nullptr, R, C,
+                                            Activation::kIdentity, ws.p, ws.bytes, nullptr,
+                                            ai.p) == cudaErrorInvalidValue);  // a16 needs z
+    }
+
     // And against the CPU reference, within bf16's rounding.
     std::vector<float> z_ref = z, a_ref(n), dz_ref(n), db_ref(C);
     bias_act_forward_reference(z_ref.data(), bias.data(), a_ref.data(), R, C, a);
