@@ -1,7 +1,9 @@
 // [gpu] tests of the decode kernels (kernels/decode.h) against their CPU references: append and
 // split attention over bf16 caches at ragged lengths (decode rows at one position, prefill rows at
-// consecutive ones, head sizes that are not multiples of 32), the embedding at a device position,
-// and the pick (greedy, top-k 1, sampled) with the position update; outputs poisoned (NaN) first.
+// consecutive ones, head sizes that are not multiples of 32 or of 8; the merge counters left at
+// zero), the embedding at a device position, the pick (greedy, top-k 1, sampled) with the
+// position update and the next step's embedding, and the small-row linear layers with their
+// prologue and epilogues (the K, V append among them); outputs poisoned (NaN) first.
 #include <cuda_runtime_api.h>
 
 #include <catch2/catch.hpp>
