@@ -117,6 +117,7 @@ TransformerModel::TransformerModel(const ModelConfig& config, uint64_t seed)
     for (size_t l = 0; l < blocks_.size(); ++l) {
         Block& b = blocks_[l];
         const std::string p = "block" + std::to_string(l) + ".";
+        const size_t first = params_.size();
         param(p + "ln1.weight", b.ln1_w, b.d_ln1_w, {C_});
         param(p + "ln1.bias", b.ln1_b, b.d_ln1_b, {C_});
         param(p + "attn.qkv.weight", b.qkv_w, b.d_qkv_w, {3 * C_, C_});
@@ -135,6 +136,9 @@ TransformerModel::TransformerModel(const ModelConfig& config, uint64_t seed)
             param(p + "mlp.extra.proj.weight_t", b.xu_u, b.d_xu_u, {Umax_, C_});
         }
         if (Hmax_ > 0) param(p + "attn.extra_heads", b.xh, b.d_xh, {Hmax_, head_floats_});
+        if (l == 0)  // every block has the same tensors
+            for (size_t i = first; i < params_.size(); ++i)
+                block_floats_ += params_[i].value->numel();
         if (int32_t(l) >= n_base_) continue;  // a grown block: filled when it joins (grow_host)
         b.ln1_w.fill(1.0f);
         b.ln2_w.fill(1.0f);
@@ -196,10 +200,7 @@ int64_t TransformerModel::param_count() const {
         n -= int64_t(Hmax_ - b.heads_active) * head_floats_;
     }
     // Grown blocks that have not joined yet count for nothing.
-    for (size_t l = size_t(live_); l < blocks_.size(); ++l)
-        for (const ParamRef& p : params_)
-            if (p.name.starts_with("block" + std::to_string(l) + ".")) n -= p.value->numel();
-    return n;
+    return n - int64_t(blocks_.size() - size_t(live_)) * block_floats_;
 }
 
 double TransformerModel::train_flops(int32_t samples, int32_t rows) const {

@@ -140,6 +140,7 @@ private:
     // blocks_ holds n_layer + grow_depth.blocks blocks; the first live_ are computed. Grown
     // blocks have no seed sites.
     int32_t n_base_ = 0, live_ = 0;
+    int64_t block_floats_ = 0;  // the floats of one block's parameters (room included)
     Tensor wte_, wpe_, lnf_w_, lnf_b_, head_w_;
     Tensor d_wte_, d_wpe_, d_lnf_w_, d_lnf_b_, d_head_w_;
     std::vector<Block> blocks_;
