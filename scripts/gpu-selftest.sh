@@ -3,7 +3,8 @@
 # logs into OUT_DIR: the [gpu] kernel and kasmina tests (the transformer's among them), a short
 # `esper run` on the CUDA backend with the Fashion-MNIST files in DATA_DIR (the node may lack
 # Debian's package), a short transformer run on the GPU (bf16) over the text in ESPER_TEXT_PATH
-# (default /usr/local/share/esper/kjv.txt), and the attention and generation benchmarks.
+# (default /usr/local/share/esper/kjv.txt), the data-parallel cases on two ranks (two GPUs, or
+# two processes sharing one), and the attention and generation benchmarks.
 #   [ESPER_TEXT_PATH=FILE] scripts/gpu-selftest.sh BUNDLE_DIR DATA_DIR OUT_DIR
 # Exit status: the number of failed steps (0 = all passed).
 set -uo pipefail
@@ -36,6 +37,26 @@ sed "s|device: auto .*|device: cuda|; s|max_steps: 1200|max_steps: 200|; s|check
 tdir=$(mktemp -d)/run
 step esper_run_transformer_cuda "$bundle/bin/esper" kasmina --standalone --config "$out/transformer.yaml" --run-dir "$tdir"
 cp "$tdir/metrics.jsonl" "$out/transformer_metrics.jsonl" 2>/dev/null
+# Data parallelism over NCCL (the MLP's and the transformer's correctness cases): as threads on
+# two GPUs, or as two processes sharing one (each its own NCCL_HOSTID; loopback sockets).
+two_ranks() {  # two_ranks TEST-SPEC: both processes' logs; fails when either fails
+  local dir rc=0 pids=()
+  dir=$(mktemp -d)
+  for r in 0 1; do
+    ESPER_DIST_RANK=$r ESPER_DIST_WORLD=2 ESPER_DIST_DIR=$dir NCCL_HOSTID=esper-r$r \
+      NCCL_SOCKET_IFNAME=lo NCCL_IB_DISABLE=1 "$bundle/bin/esper_kasmina_tests" "$1" \
+      >"$dir/rank$r.log" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  cat "$dir"/rank*.log
+  return $rc
+}
+if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+  step multi_gpu "$bundle/bin/esper_kasmina_tests" "two cuda ranks*"
+else
+  step two_ranks_one_gpu two_ranks "two cuda ranks*"
+fi
 [ -x "$bundle/bin/esper-bench-attention" ] && step bench_attention "$bundle/bin/esper-bench-attention"
 [ -x "$bundle/bin/esper-bench-generate" ] && step bench_generate "$bundle/bin/esper-bench-generate" --tokens 256
 echo "failed steps: $failed"

@@ -111,6 +111,9 @@ public:
     // start of every training step: true when the host changed shape at `step` (its parameters
     // are already in place, its structure() says so). Every rank calls it with the same step.
     virtual bool grow_host(int64_t /*step*/) { return false; }
+    // Whether grow_host(step) would change the host: a device backend downloads the trained
+    // parameters first, since the grown blocks are made from them.
+    virtual bool host_growth_due(int64_t /*step*/) const { return false; }
     // What a checkpoint must keep beyond the parameters to rebuild the host's shape (the
     // transformer: extra units and heads in use per block); empty for a fixed host.
     virtual std::vector<int64_t> structure() const { return {}; }

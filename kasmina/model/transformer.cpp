@@ -250,9 +250,14 @@ void TransformerModel::set_structure(std::span<const int64_t> s) {
     live_ = n_base_ + int32_t(grown);
 }
 
+bool TransformerModel::host_growth_due(int64_t step) const {
+    const GrowDepthConfig& g = cfg_.grow_depth;
+    return g.blocks > 0 && live_ == n_base_ && step >= g.at_step;
+}
+
 bool TransformerModel::grow_host(int64_t step) {
     const GrowDepthConfig& g = cfg_.grow_depth;
-    if (g.blocks == 0 || live_ > n_base_ || step < g.at_step) return false;
+    if (!host_growth_due(step)) return false;
     // Block n_layer + i repeats block i mod n_layer: the trained stack, repeated in order.
     for (size_t i = 0; i < size_t(g.blocks); ++i) {
         const Block& src = blocks_[i % size_t(n_base_)];

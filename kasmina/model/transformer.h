@@ -53,6 +53,7 @@ public:
     bool widening_gradient(int32_t layer, const Batch& batch, std::span<float> g) override;
     // model.transformer.grow_depth: at its step, the grown blocks join the top of the stack.
     bool grow_host(int64_t step) override;
+    bool host_growth_due(int64_t step) const override;
     // Per block of n_layer: extra units in use, extra heads in use; with grow_depth, one more
     // value: the grown blocks in use (0 or grow_depth.blocks).
     std::vector<int64_t> structure() const override;

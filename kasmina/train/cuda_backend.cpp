@@ -1377,14 +1377,17 @@ double CudaBackend::last_grad_reduce_ms() const {
 std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Model& model,
                                                SeedManager& seeds, Optimizer& optimizer,
                                                const StepBackendOptions& options) {
+    if (options.world > 1)
+        ESPER_CHECK_INPUT(options.nccl != nullptr, "run.device: cuda with ", options.world,
+                          " ranks needs an NCCL communicator per rank (none was given); "
+                          "use run.device: cpu (Gloo)");
     if (auto* tfm = dynamic_cast<TransformerModel*>(&model)) {
-        ESPER_CHECK_INPUT(options.world == 1,
-                          "run.device: cuda trains the transformer on one GPU (", options.world,
-                          " ranks asked for); use run.device: cpu");
-        auto backend = std::make_unique<CudaTransformerBackend>(config, *tfm, optimizer,
-                                                                options.batch, options.eval_batch);
+        auto backend = std::make_unique<CudaTransformerBackend>(
+            config, *tfm, optimizer, options.batch, options.eval_batch,
+            options.world > 1 ? options.nccl : nullptr, options.grad_bucket_bytes);
         ESPER_LOG_AT(logger("kasmina.trainer"), LogLevel::kInfo,
-                     "device=cuda model=transformer precision=", config.run.precision);
+                     "device=cuda model=transformer precision=", config.run.precision,
+                     " grad_buckets=", backend->grad_buckets());
         return backend;
     }
     auto* mlp = dynamic_cast<MlpModel*>(&model);
@@ -1396,12 +1399,7 @@ std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Model& mode
     o.time_grad_reduce = options.time_grad_reduce;
     o.use_graphs = config.run.cuda_graph;
     if (options.grad_bucket_bytes >= 0) o.grad_bucket_bytes = options.grad_bucket_bytes;
-    if (options.world > 1) {
-        ESPER_CHECK_INPUT(options.nccl != nullptr, "run.device: cuda with ", options.world,
-                          " ranks needs an NCCL communicator per rank (none was given); "
-                          "use run.device: cpu (Gloo)");
-        o.nccl = options.nccl;
-    }
+    if (options.world > 1) o.nccl = options.nccl;
     auto backend = std::make_unique<CudaBackend>(config, *mlp, &seeds, optimizer, o);
     ESPER_LOG_AT(logger("kasmina.trainer"), LogLevel::kInfo,
                  "device=cuda name=", backend->device_name());

@@ -10,7 +10,9 @@
 // uncaptured) and replayed (run.cuda_graph). Its inputs (tokens, targets, the optimizer's
 // hyper-parameters) are copied into fixed device buffers before each replay, so a new learning
 // rate needs no re-capture. Deliberate host syncs are marked `// sync-point:`; nothing inside
-// enqueue_step() syncs.
+// enqueue_step() syncs. With several ranks the flat gradient buffer is all-reduced in ranges of
+// whole blocks (Model::params() keeps each block's tensors together), enqueued on a second
+// stream during backward and joined before the optimizer.
 #include "kasmina/train/cuda_transformer_backend.h"
 
 #include <cublasLt.h>
@@ -25,6 +27,8 @@
 #include "core/check.h"
 #include "core/cuda_check.h"
 #include "core/error.h"
+#include "kasmina/dist/collectives.h"
+#include "kasmina/train/cuda_backend.h"
 #include "kasmina/train/cuda_handles.h"
 #include "kernels/attention.h"
 #include "kernels/bias_act.h"
@@ -34,6 +38,9 @@
 #include "kernels/layernorm.h"
 #include "kernels/optimizer.h"
 #include "kernels/softmax_xent.h"
+#if ESPER_HAVE_NCCL
+#include "kasmina/dist/collectives_nccl.h"
+#endif
 
 namespace esper::kasmina {
 
@@ -68,7 +75,10 @@ struct CudaTransformerBackend::Impl {
     Optimizer* optimizer = nullptr;
     OptimizerConfig opt;
     bool bf16 = true, adamw = true;
-    int32_t C = 0, H = 0, D = 0, F = 0, T = 0, L = 0;
+    // L: the blocks computed now (TransformerModel::n_layer(); grow_depth adds to it); NB: the
+    // blocks the flat buffers hold (n_layer + grow_depth.blocks, the grown ones waiting at the
+    // end of the stack).
+    int32_t C = 0, H = 0, D = 0, F = 0, T = 0, L = 0, NB = 0;
     bool tied = true;
 
     CudaStream stream;
@@ -82,6 +92,26 @@ struct CudaTransformerBackend::Impl {
     DeviceBuffer<uint16_t> w16;  // bf16 copy of p (bf16 mode)
     size_t wte = 0, wpe = 0, lnf_w = 0, lnf_b = 0, head = 0;
     std::vector<BlockOff> blocks;
+    // block_begin[l]: block l's first float in the flat buffers; block_begin[NB]: the final
+    // LayerNorm's (the head, untied, follows it). Block l's tensors fill [block_begin[l],
+    // block_begin[l + 1]).
+    std::vector<size_t> block_begin;
+
+    // ---- data parallelism (world > 1) ----
+    NcclComm* nccl = nullptr;
+    int64_t bucket_bytes = CudaBackendOptions::kDefaultGradBucketBytes;
+    // A bucket: the flat range of blocks lo..hi (hi == L - 1 also takes the blocks still
+    // waiting to grow, the final LayerNorm and an untied head), all-reduced once block lo's
+    // backward is done.
+    struct GradBucket {
+        int32_t lo = 0, hi = 0;
+        size_t begin = 0, end = 0;
+    };
+    std::vector<GradBucket> buckets;
+    std::vector<int32_t> bucket_closing;  // per block: the bucket it closes, or -1
+    CudaStream comm;
+    std::vector<CudaEvent> grads_ready;  // per bucket, and one for the embeddings
+    CudaEvent comm_done;
 
     // ---- activations and scratch, sized for `rows_cap` rows ----
     int32_t rows_cap = 0;
@@ -318,6 +348,87 @@ struct CudaTransformerBackend::Impl {
         return sh;
     }
 
+    bool data_parallel() const {
+#if ESPER_HAVE_NCCL
+        return nccl != nullptr && nccl->world() > 1;
+#else
+        return false;
+#endif
+    }
+
+    // Buckets of whole blocks in the order backward finishes them (the last block first),
+    // closing once they hold bucket_bytes of gradients (plan_layer_buckets); none on one rank
+    // or with bucket_bytes == 0.
+    void plan_buckets() {
+        buckets.clear();
+        bucket_closing.assign(size_t(L), -1);
+        if (!data_parallel() || bucket_bytes <= 0) return;
+        auto end_of = [&](int32_t l) { return l == L - 1 ? total : block_begin[size_t(l) + 1]; };
+        std::vector<size_t> floats;  // backward order: l = L-1, ..., 0
+        for (int32_t l = L; l-- > 0;) floats.push_back(end_of(l) - block_begin[size_t(l)]);
+        for (const LayerBucket& pb : plan_layer_buckets(floats, bucket_bytes)) {
+            GradBucket k;
+            k.hi = L - 1 - int32_t(pb.first);
+            k.lo = L - 1 - int32_t(pb.last);
+            k.begin = block_begin[size_t(k.lo)];
+            k.end = end_of(k.hi);
+            bucket_closing[size_t(k.lo)] = int32_t(buckets.size());
+            buckets.push_back(k);
+        }
+        comm = CudaStream(cudaStreamNonBlocking);
+        grads_ready.clear();
+        for (size_t i = 0; i <= buckets.size(); ++i)
+            grads_ready.emplace_back(cudaEventDisableTiming);
+        comm_done = CudaEvent(cudaEventDisableTiming);
+    }
+
+    // The communication stream all-reduces g[begin, end) once the step's stream has written it
+    // (event `ready`); every collective of the step goes through it, so the ranks' NCCL calls
+    // keep one order.
+    void reduce_on_comm(size_t begin, size_t end, CudaEvent& ready) {
+#if ESPER_HAVE_NCCL
+        ESPER_CUDA_CHECK(cudaEventRecord(ready.get(), s()));
+        ESPER_CUDA_CHECK(cudaStreamWaitEvent(comm.get(), ready.get(), 0));
+        nccl->all_reduce_mean(G(begin), G(begin), end - begin, NcclType::kFloat32, comm.get());
+#else
+        (void)begin;
+        (void)end;
+        (void)ready;
+#endif
+    }
+
+    // Inside backward: block l's gradients are complete; a bucket it closes starts reducing.
+    void block_grads_done(int32_t l) {
+        if (buckets.empty()) return;
+        const int32_t b = bucket_closing[size_t(l)];
+        if (b < 0) return;
+        const GradBucket& k = buckets[size_t(b)];
+        reduce_on_comm(k.begin, k.end, grads_ready[size_t(b)]);
+    }
+
+    // After backward: the embeddings (written last, by the embedding backward) and, without
+    // buckets, everything; the step's stream then waits for the communication stream.
+    void reduce_gradients() {
+#if ESPER_HAVE_NCCL
+        if (!data_parallel()) return;
+        if (buckets.empty()) {
+            nccl->all_reduce_mean(g.get(), g.get(), total, NcclType::kFloat32, s());
+            return;
+        }
+        reduce_on_comm(0, block_begin[0], grads_ready.back());
+        ESPER_CUDA_CHECK(cudaEventRecord(comm_done.get(), comm.get()));
+        ESPER_CUDA_CHECK(cudaStreamWaitEvent(s(), comm_done.get(), 0));
+#endif
+    }
+
+    // The sum of squares comes from double atomics (order varies), so ranks with equal
+    // gradients may differ in its last bit: rank 0's decides clipping and finiteness.
+    void agree_sumsq() {
+#if ESPER_HAVE_NCCL
+        if (data_parallel()) nccl->broadcast(sumsq.get(), sumsq.get(), sizeof(double), 0, s());
+#endif
+    }
+
     void forward(int32_t samples, int32_t seq) {
         const int32_t n = samples * seq;
         if (bf16) ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(p.get(), w16.get(), total, s()));
@@ -439,12 +550,14 @@ struct CudaTransformerBackend::Impl {
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
                 dtmp.get(), b.x_in.get(), P(o.ln1_w), b.mean1.get(), b.rstd1.get(), gres.get(),
                 G(o.ln1_w), G(o.ln1_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
+            block_grads_done(l);
         }
         // The one-hot matrix of dwte's product goes into the logits' buffer (read only by the
         // head's products above): rows · 256 floats, the size it asks for.
         ESPER_CUDA_CHECK(kernels::launch_embedding_backward(
             lt, tokens.get(), gres.get(), G(wte), G(wpe), samples, seq, C, kByteVocab, logits.get(),
             logits.size() * sizeof(float), lt_ws.get(), lt_ws.size(), s()));
+        reduce_gradients();
     }
 
     // The optimizer's hyper-parameters of this step (learning rate, AdamW's step count) into
@@ -468,6 +581,7 @@ struct CudaTransformerBackend::Impl {
     void update() {
         ESPER_CUDA_CHECK(cudaMemsetAsync(sumsq.get(), 0, sizeof(double), s()));
         ESPER_CUDA_CHECK(kernels::launch_sum_squares(g.get(), int64_t(total), sumsq.get(), s()));
+        agree_sumsq();
         if (opt.grad_clip > 0.0)
             ESPER_CUDA_CHECK(kernels::launch_clip_scale(g.get(), int64_t(total), sumsq.get(),
                                                         float(opt.grad_clip), s()));
@@ -554,6 +668,19 @@ struct CudaTransformerBackend::Impl {
         return result[0];
     }
 
+    // The live blocks changed (grow_depth, or a checkpoint of another depth restored): the
+    // activations, the buckets and the captured graphs follow (the stream is idle).
+    void sync_depth() {
+        const int32_t live = model->n_layer();
+        if (live == L) return;
+        ESPER_REQUIRE(live >= 1 && live <= NB, "cuda transformer: ", live, " live blocks of ", NB);
+        L = live;
+        const int32_t cap = rows_cap;
+        rows_cap = 0;
+        ensure_rows(cap);
+        plan_buckets();
+    }
+
     void copy_state(bool to_device) {
         const std::vector<ParamRef>& ps = model->params();
         const cudaMemcpyKind kind = to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
@@ -575,7 +702,8 @@ struct CudaTransformerBackend::Impl {
 
 CudaTransformerBackend::CudaTransformerBackend(const Config& config, TransformerModel& model,
                                                Optimizer& optimizer, int32_t batch,
-                                               int32_t eval_batch)
+                                               int32_t eval_batch, NcclComm* nccl,
+                                               int64_t grad_bucket_bytes)
     : impl_(std::make_unique<Impl>()) {
     Impl& d = *impl_;
     const TransformerConfig& t = model.shape();
@@ -590,6 +718,7 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
     d.F = 4 * d.C;
     d.T = model.context();
     d.L = model.n_layer();
+    d.NB = int32_t(t.n_layer + t.grow_depth.blocks);
     d.tied = t.tie_embeddings;
     ESPER_CHECK_INPUT(d.D == 32 || d.D == 64 || d.D == 128,
                       "run.device: cuda: the transformer's head dimension d_model / n_head = ", d.D,
@@ -604,7 +733,8 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
                           "run.device: cpu");
 
     const std::vector<ParamRef>& ps = model.params();
-    d.blocks.assign(size_t(d.L), BlockOff{});
+    d.blocks.assign(size_t(d.NB), BlockOff{});
+    d.block_begin.assign(size_t(d.NB) + 1, 0);
     for (const ParamRef& pr : ps) {
         const size_t o = d.total;
         d.off.push_back(o);
@@ -614,7 +744,7 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
         const std::string& nm = pr.name;
         if (nm == "wte") d.wte = o;
         if (nm == "wpe") d.wpe = o;
-        if (nm == "lnf.weight") d.lnf_w = o;
+        if (nm == "lnf.weight") d.lnf_w = d.block_begin[size_t(d.NB)] = o;
         if (nm == "lnf.bias") d.lnf_b = o;
         if (nm == "head.weight") d.head = o;
         if (nm.rfind("block", 0) == 0) {
@@ -622,7 +752,7 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
             const int32_t l = std::stoi(nm.substr(5, dot - 5));
             const std::string rest = nm.substr(dot + 1);
             BlockOff& b = d.blocks[size_t(l)];
-            if (rest == "ln1.weight") b.ln1_w = o;
+            if (rest == "ln1.weight") b.ln1_w = d.block_begin[size_t(l)] = o;
             if (rest == "ln1.bias") b.ln1_b = o;
             if (rest == "attn.qkv.weight") b.qkv_w = o;
             if (rest == "attn.qkv.bias") b.qkv_b = o;
@@ -637,8 +767,19 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
         }
     }
     if (d.tied) d.head = d.wte;
+    for (int32_t l = 0; l < d.NB; ++l)  // the buckets' ranges need each block's tensors together
+        ESPER_REQUIRE(d.block_begin[size_t(l)] < d.block_begin[size_t(l) + 1] &&
+                          d.blocks[size_t(l)].fc2_b < d.block_begin[size_t(l) + 1],
+                      "cuda transformer: block ", l, "'s parameters are not contiguous");
 
     d.stream = CudaStream(cudaStreamNonBlocking);
+#if ESPER_HAVE_NCCL
+    d.nccl = nccl;
+#else
+    ESPER_CHECK_INPUT(nccl == nullptr, "run.device: cuda with several ranks needs an NCCL build");
+#endif
+    if (grad_bucket_bytes >= 0) d.bucket_bytes = grad_bucket_bytes;
+    d.plan_buckets();
     ESPER_CUBLAS_CHECK(cublasLtCreate(&d.lt));
     d.lt_ws = DeviceBuffer<uint8_t>(kLtWorkspace);
     d.p = DeviceBuffer<float>(d.total);
@@ -664,6 +805,7 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
 CudaTransformerBackend::~CudaTransformerBackend() {
     if (!impl_) return;
     if (impl_->stream.get() != nullptr) (void)cudaStreamSynchronize(impl_->stream.get());
+    if (impl_->comm.get() != nullptr) (void)cudaStreamSynchronize(impl_->comm.get());
     if (impl_->lt != nullptr) (void)cublasLtDestroy(impl_->lt);
 }
 
@@ -700,6 +842,7 @@ void CudaTransformerBackend::upload_all() {
     // sync-point: step boundary (restore)
     ESPER_CUDA_CHECK(cudaStreamSynchronize(impl_->s()));
     impl_->copy_state(true);
+    impl_->sync_depth();
 }
 
 void CudaTransformerBackend::download_all() {
@@ -709,6 +852,8 @@ void CudaTransformerBackend::download_all() {
 }
 
 int64_t CudaTransformerBackend::graph_captures() const { return impl_->captures; }
+
+int32_t CudaTransformerBackend::grad_buckets() const { return int32_t(impl_->buckets.size()); }
 
 std::string CudaTransformerBackend::germination_refusal() const {
     return "run.device: cuda trains the bare transformer host: seeds do not germinate on the GPU "

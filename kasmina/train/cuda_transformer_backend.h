@@ -1,13 +1,20 @@
-// The transformer host's training step on one GPU (DESIGN §14, issue 13): fp32 master weights,
-// activations and optimizer state on the device; GEMMs through cuBLASLt in bf16 on the tensor
-// cores with fp32 accumulation (run.precision: bf16, the default) or in fp32 (run.precision:
-// fp32, no TF32); LayerNorm, fused causal attention, GELU, embeddings, softmax cross-entropy,
-// gradient clipping and the optimizer as kernels/ launchers. The bare host only: germinating a
-// seed on it is refused with a one-line reason (germination_refusal), and a host grown by folded
-// units or heads (a resumed checkpoint) is refused at construction. Built in CUDA builds only.
-// With run.cuda_graph (the default) the step is one CUDA graph per batch shape, captured at the
-// shape's second step and replayed after; the host still waits once per step for its loss
-// (run_step's contract: the governor and the seed lifecycle read it within the same step).
+// The transformer host's training step on one GPU per rank (DESIGN §14, issue 13): fp32 master
+// weights, activations and optimizer state on the device; GEMMs through cuBLASLt in bf16 on the
+// tensor cores with fp32 accumulation (run.precision: bf16, the default) or in fp32
+// (run.precision: fp32, no TF32); LayerNorm, fused causal attention, GELU, embeddings, softmax
+// cross-entropy, gradient clipping and the optimizer as kernels/ launchers. The bare host only:
+// germinating a seed on it is refused with a one-line reason (germination_refusal), and a host
+// grown by folded units or heads (a resumed checkpoint) is refused at construction. Depth grows
+// on it (model.transformer.grow_depth): the flat buffers hold the waiting blocks from the start,
+// and upload_all() after TransformerModel::grow_host takes the new blocks into the step (the
+// activations, buckets and graphs follow). Built in CUDA builds only. With run.cuda_graph (the default) the step is one CUDA graph per batch shape,
+// captured at the shape's second step and replayed after; the host still waits once per step for
+// its loss (run_step's contract: the governor and the seed lifecycle read it within the same step).
+// Data parallelism (world > 1, an NcclComm per rank): inside the step, every gradient becomes
+// its mean over the ranks in buckets of whole blocks, each all-reduced on a communication stream
+// as soon as backward has finished its blocks, overlapping the earlier blocks' backward; the
+// embeddings' bucket follows the embedding backward. Rank 0's gradient sum of squares is
+// broadcast, so clipping and finiteness agree bit for bit and the ranks' parameters stay equal.
 #pragma once
 
 #include <memory>
@@ -20,11 +27,19 @@
 
 namespace esper::kasmina {
 
+class NcclComm;
+
 class CudaTransformerBackend final : public StepBackend {
 public:
-    // batch / eval_batch: sequences per training / largest evaluation batch.
+    // batch / eval_batch: rows per training / largest evaluation batch. nccl: the rank's
+    // communicator when world > 1 (not owned, must outlive the backend; needs an NCCL build).
+    // grad_bucket_bytes: consecutive blocks in backward order (the last first, with the final
+    // LayerNorm and an untied head) form a bucket once their gradients reach this many bytes;
+    // 0: one all-reduce of every gradient after backward (no overlap); < 0: the default
+    // (CudaBackendOptions::kDefaultGradBucketBytes).
     CudaTransformerBackend(const Config& config, TransformerModel& model, Optimizer& optimizer,
-                           int32_t batch, int32_t eval_batch);
+                           int32_t batch, int32_t eval_batch, NcclComm* nccl = nullptr,
+                           int64_t grad_bucket_bytes = -1);
     ~CudaTransformerBackend() override;
     CudaTransformerBackend(const CudaTransformerBackend&) = delete;
     CudaTransformerBackend& operator=(const CudaTransformerBackend&) = delete;
@@ -39,6 +54,8 @@ public:
 
     // Step graphs captured so far (one per new batch shape; 0 with run.cuda_graph: false).
     int64_t graph_captures() const;
+    // Gradient buckets all-reduced during backward (0 on one rank or without buckets).
+    int32_t grad_buckets() const;
 
 private:
     struct Impl;

@@ -15,12 +15,8 @@ Logger& backend_log() { return logger("kasmina.trainer"); }
 
 bool trainer_uses_cuda(const Config& config) {
     // The transformer trains on the GPU only when asked (run.device: cuda): its seeds germinate
-    // on the CPU only, so `auto` keeps a growing run on the CPU.
+    // on the CPU only, so `auto` keeps a growing run on the CPU (depth grows on both).
     if (config.model.kind == ModelKind::kTransformer) {
-        ESPER_CHECK_INPUT(
-            config.run.device != "cuda" || config.model.transformer.grow_depth.blocks == 0,
-            "run.device: cuda does not grow the transformer's depth "
-            "(model.transformer.grow_depth) yet; use cpu or auto");
         if (config.run.device == "cuda") return resolve_use_cuda(config.run.device);
         if (config.run.device == "auto")
             ESPER_LOG_AT(backend_log(), LogLevel::kInfo,

@@ -131,6 +131,8 @@ TrainStep Trainer::step() {
     int64_t ablation_forwards = 0;
     init_germinated();
     const bool folded = fold_fossils();
+    // A device backend holds the trained parameters the grown blocks are made from.
+    if (model_->host_growth_due(s)) backend_->download_all();
     const bool grew = model_->grow_host(s);
     if (grew) {
         backend_->upload_all();

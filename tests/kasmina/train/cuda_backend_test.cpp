@@ -23,6 +23,7 @@
 #include "kasmina/train/cuda_transformer_backend.h"
 #include "kasmina/train/trainer.h"
 #include "kernels/attention.h"
+#include "tests/kasmina/train/loop_test_util.h"
 #include "tests/kasmina/train/teacher_test_util.h"
 #include "tests/support/gpu.h"
 #include "tests/support/paths.h"
@@ -259,6 +260,79 @@ TEST_CASE("the first 50 transformer steps on the GPU in fp32 track the CPU, bf16
     const EvalResult ea = cpu.evaluate();
     const EvalResult eb = fp32.evaluate();
     CHECK(close(eb.loss, ea.loss, 0.005, 0.002));
+}
+
+// grow_depth on the GPU (4 blocks + 2 at step 10, both inits): fp32 tracks the CPU step by step
+// through the growth (a `copy` changes the function at once, so a GPU step that kept 4 blocks
+// would leave the tolerance at step 11), the grown blocks trained on the GPU match the CPU's,
+// and checkpoints before and after the growth resume on the GPU to the same losses.
+TEST_CASE("the transformer grows its depth mid-run on the GPU as on the CPU",
+          "[kasmina][cuda_backend][transformer][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    const DepthInit init = GENERATE(DepthInit::kCopy, DepthInit::kZeroOut);
+    INFO("init " << depth_init_name(init));
+    const fs::path dir = scratch_dir("grow_gpu");
+    auto config = [&](const std::string& device) {
+        Config c = transformer_config(device, "fp32");
+        c.run.max_steps = 30;
+        c.run.checkpoint_every_steps = 6;
+        c.model.transformer.grow_depth = {2, 10, init};
+        return c;
+    };
+    std::vector<double> cpu_loss, gpu_loss;
+    TrainerOptions oc, og;
+    oc.run_dir = (dir / "cpu").string();
+    og.run_dir = (dir / "gpu").string();
+    Trainer cpu(config("cpu"), oc);
+    Trainer gpu(config("cuda"), og);
+    REQUIRE(cpu.cuda() == nullptr);
+    REQUIRE(gpu.backend().name() == "cuda");
+    test::run_loop(cpu, {}, [&](const StepReport&) { cpu_loss.push_back(cpu.last_step().loss); });
+    test::run_loop(gpu, {}, [&](const StepReport&) { gpu_loss.push_back(gpu.last_step().loss); });
+    REQUIRE(gpu_loss.size() == 30);
+    REQUIRE(cpu_loss.size() == 30);
+    double max_diff = 0.0;
+    for (size_t i = 0; i < gpu_loss.size(); ++i) {
+        INFO("step " << i + 1 << " cpu " << cpu_loss[i] << " gpu " << gpu_loss[i]);
+        CHECK(close(gpu_loss[i], cpu_loss[i], 0.005, 0.002));
+        max_diff = std::max(max_diff, std::fabs(gpu_loss[i] - cpu_loss[i]));
+    }
+    CHECK(dynamic_cast<TransformerModel&>(gpu.model()).n_layer() == 6);
+    CHECK(dynamic_cast<TransformerModel&>(cpu.model()).n_layer() == 6);
+    // The grown blocks' parameters after 20 steps of training: on the GPU as on the CPU, and
+    // moved (zero_out starts their output projections at zero).
+    gpu.backend().download_all();
+    double grown_diff = 0.0, proj_max = 0.0;
+    const auto& pg = gpu.model().params();
+    const auto& pc = cpu.model().params();
+    REQUIRE(pg.size() == pc.size());
+    for (size_t i = 0; i < pg.size(); ++i) {
+        if (pg[i].name.rfind("block4.", 0) != 0 && pg[i].name.rfind("block5.", 0) != 0) continue;
+        for (int64_t j = 0; j < pg[i].value->numel(); ++j) {
+            const float a = pg[i].value->data()[j], b = pc[i].value->data()[j];
+            grown_diff = std::max(grown_diff, double(std::fabs(a - b)));
+            if (pg[i].name == "block5.attn.proj.weight")
+                proj_max = std::max(proj_max, double(std::fabs(a)));
+        }
+    }
+    CHECK(grown_diff < 1e-3);
+    CHECK(proj_max > 1e-4);
+    std::fprintf(stderr,
+                 "grow_depth on the gpu (%s): max |gpu - cpu| loss %.3g, grown parameters %.3g\n",
+                 std::string(depth_init_name(init)).c_str(), max_diff, grown_diff);
+    // Resumed on the GPU before the growth (step 6) and after it (step 12).
+    for (const int64_t at : {6, 12}) {
+        INFO("resumed at " << at);
+        std::vector<double> resumed;
+        Trainer t(config("cuda"));
+        t.load_checkpoint(dir / "gpu" / "checkpoints" / std::to_string(at));
+        test::run_loop(t, {}, [&](const StepReport&) { resumed.push_back(t.last_step().loss); });
+        REQUIRE(resumed.size() == size_t(30 - at));
+        for (size_t i = 0; i < resumed.size(); ++i)
+            CHECK(close(resumed[i], gpu_loss[size_t(at) + i], kGpuGpuTol, kGpuGpuTol));
+        CHECK(dynamic_cast<TransformerModel&>(t.model()).n_layer() == 6);
+    }
+    fs::remove_all(dir);
 }
 
 TEST_CASE("germinating a seed of the GPU transformer is refused with a one-line reason",

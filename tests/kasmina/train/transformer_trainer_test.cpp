@@ -286,10 +286,5 @@ TEST_CASE(
         REQUIRE(resumed.size() == size_t(24 - at));
         for (size_t i = 0; i < resumed.size(); ++i) CHECK(resumed[i] == full[size_t(at) + i]);
     }
-    // The CUDA transformer step does not grow: refused by name before anything starts.
-    c.run.device = "cuda";
-    CHECK_THROWS_WITH(Trainer(c),
-                      Catch::Contains("run.device: cuda does not grow the "
-                                      "transformer's depth (model.transformer.grow_depth)"));
     fs::remove_all(dir);
 }
