@@ -7,14 +7,15 @@
 // grown by folded units or heads (a resumed checkpoint) is refused at construction. Depth grows
 // on it (model.transformer.grow_depth): the flat buffers hold the waiting blocks from the start,
 // and upload_all() after TransformerModel::grow_host takes the new blocks into the step (the
-// activations, buckets and graphs follow). Built in CUDA builds only. With run.cuda_graph (the default) the step is one CUDA graph per batch shape,
-// captured at the shape's second step and replayed after; the host still waits once per step for
-// its loss (run_step's contract: the governor and the seed lifecycle read it within the same step).
-// Data parallelism (world > 1, an NcclComm per rank): inside the step, every gradient becomes
-// its mean over the ranks in buckets of whole blocks, each all-reduced on a communication stream
-// as soon as backward has finished its blocks, overlapping the earlier blocks' backward; the
-// embeddings' bucket follows the embedding backward. Rank 0's gradient sum of squares is
-// broadcast, so clipping and finiteness agree bit for bit and the ranks' parameters stay equal.
+// activations, buckets and graphs follow). Built in CUDA builds only. With run.cuda_graph (the
+// default) the step is one CUDA graph per batch shape, captured at the shape's second step and
+// replayed after; the host still waits once per step for its loss (run_step's contract: the
+// governor and the seed lifecycle read it within the same step). Data parallelism (world > 1, an
+// NcclComm per rank): inside the step, every gradient becomes its mean over the ranks in buckets of
+// whole blocks, each all-reduced on a communication stream as soon as backward has finished its
+// blocks, overlapping the earlier blocks' backward; the embeddings' bucket follows the embedding
+// backward. Rank 0's gradient sum of squares is broadcast, so clipping and finiteness agree bit for
+// bit and the ranks' parameters stay equal.
 #pragma once
 
 #include <memory>
