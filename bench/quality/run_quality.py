@@ -286,7 +286,7 @@ def main():
         extras[name] = (cfg, pol or args.grown_policy or "heuristic")
         if name not in args.variants:
             args.variants.append(name)
-    if "matched" in args.variants:  # it needs the grown variant's final size: run it last
+    if "matched" in args.variants and not args.matched_config:  # it needs the grown size: last
         args.variants = [v for v in args.variants if v != "matched"] + ["matched"]
     os.makedirs(args.out, exist_ok=True)
 
