@@ -101,7 +101,7 @@ int main(int argc, char** argv) {
         for (auto& t : tokens) t = int32_t(rng.below(256));
         for (auto& t : targets) t = int32_t(rng.below(256));
         Batch b{batch, nullptr, tokens.data(), targets.data(), rows};
-        const StepRates rates{3e-4, 3e-4};
+        const StepRates rates{3e-4, 3e-4, {}};
         for (int i = 0; i < 3; ++i) {
             gpu.run_step(b, rates, tel);
             gpu.commit_step(rates);

@@ -285,10 +285,11 @@ void read_transformer(const Reader& r, const YAML::Node& n, TransformerConfig& c
     }
     if (auto g = r.child_map(n, p, "grow_depth")) {
         const std::string gp = p + ".grow_depth";
-        r.section(*g, gp, {"blocks", "at_step", "init"});
+        r.section(*g, gp, {"blocks", "at_step", "init", "warmup_steps"});
         r.get_int(*g, gp, "blocks", c.grow_depth.blocks, 0, 1024);
         r.get_int(*g, gp, "at_step", c.grow_depth.at_step, 1, int64_t(1) << 40);
         r.get_enum(*g, gp, "init", c.grow_depth.init, kDepthInitNames);
+        r.get_int(*g, gp, "warmup_steps", c.grow_depth.warmup_steps, 0, int64_t(1) << 40);
         if (c.grow_depth.blocks > 0 && c.grow_depth.at_step == 0)
             r.fail(r.at(*g, "at_step"), gp + ".at_step",
                    "growing blocks needs the step they join at (>= 1)");
@@ -849,7 +850,8 @@ void emit_config(YAML::Emitter& out, const Config& c) {
                 YamlMap(out, true)
                     .put("blocks", t.grow_depth.blocks)
                     .put("at_step", t.grow_depth.at_step)
-                    .put("init", depth_init_name(t.grow_depth.init));
+                    .put("init", depth_init_name(t.grow_depth.init))
+                    .put("warmup_steps", t.grow_depth.warmup_steps);
             }
         }
     }

@@ -54,6 +54,9 @@ struct GrowDepthConfig {
     int64_t blocks = 0;  // 0: off
     int64_t at_step = 0;
     DepthInit init = DepthInit::kCopy;
+    // The grown blocks' learning rate ramps from 1/warmup_steps of the schedule's to all of it
+    // over this many steps from at_step (0: the schedule's rate at once).
+    int64_t warmup_steps = 0;
     bool operator==(const GrowDepthConfig&) const = default;
 };
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -114,6 +115,13 @@ public:
     // Whether grow_host(step) would change the host: a device backend downloads the trained
     // parameters first, since the grown blocks are made from them.
     virtual bool host_growth_due(int64_t /*step*/) const { return false; }
+    // Parameters whose learning rate is scaled at `step` (the transformer's grown blocks during
+    // grow_depth.warmup_steps): params()[begin, end) take scale × the schedule's rate.
+    struct LrRamp {
+        std::size_t begin = 0, end = 0;
+        double scale = 1.0;
+    };
+    virtual LrRamp host_lr_ramp(int64_t /*step*/) const { return {}; }
     // What a checkpoint must keep beyond the parameters to rebuild the host's shape (the
     // transformer: extra units and heads in use per block); empty for a fixed host.
     virtual std::vector<int64_t> structure() const { return {}; }

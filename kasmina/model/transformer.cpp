@@ -255,6 +255,25 @@ bool TransformerModel::host_growth_due(int64_t step) const {
     return g.blocks > 0 && live_ == n_base_ && step >= g.at_step;
 }
 
+Model::LrRamp TransformerModel::host_lr_ramp(int64_t step) const {
+    const GrowDepthConfig& g = cfg_.grow_depth;
+    LrRamp r;
+    if (live_ == n_base_ || g.warmup_steps <= 0) return r;
+    // The grown blocks' tensors: from block n_base's first to the final LayerNorm's.
+    const std::string first = "block" + std::to_string(n_base_) + ".";
+    bool found = false;
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+        if (!found && params_[i].name.rfind(first, 0) == 0) {
+            r.begin = i;
+            found = true;
+        }
+        if (params_[i].name == "lnf.weight") r.end = i;
+    }
+    ESPER_REQUIRE(found && r.end > r.begin, "grown blocks' parameters not found");
+    r.scale = std::min(1.0, double(step - g.at_step + 1) / double(g.warmup_steps));
+    return r;
+}
+
 bool TransformerModel::grow_host(int64_t step) {
     const GrowDepthConfig& g = cfg_.grow_depth;
     if (!host_growth_due(step)) return false;

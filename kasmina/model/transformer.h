@@ -54,6 +54,7 @@ public:
     // model.transformer.grow_depth: at its step, the grown blocks join the top of the stack.
     bool grow_host(int64_t step) override;
     bool host_growth_due(int64_t step) const override;
+    LrRamp host_lr_ramp(int64_t step) const override;
     // Per block of n_layer: extra units in use, extra heads in use; with grow_depth, one more
     // value: the grown blocks in use (0 or grow_depth.blocks).
     std::vector<int64_t> structure() const override;

@@ -46,7 +46,7 @@ bool CpuBackend::gradients_finite() const {
 }
 
 void CpuBackend::commit_step(const StepRates& rates) {
-    optimizer_.step_host(rates.lr);
+    optimizer_.step_host(rates.lr, rates.ramp);
     optimizer_.step_blueprints(seeds_, rates.blueprint_lr);
 }
 

@@ -113,6 +113,11 @@ struct CudaTransformerBackend::Impl {
     std::vector<CudaEvent> grads_ready;  // per bucket, and one for the embeddings
     CudaEvent comm_done;
 
+    // ---- grow_depth.warmup_steps: the grown blocks' flat range [ramp_lo, ramp_hi) steps with
+    // hyper-parameters of their own (adam_dev[1] / sgd_dev[1]: the ramped rate); fixed once the
+    // blocks joined, so a captured step keeps it ----
+    size_t ramp_lo = 0, ramp_hi = 0;
+
     // ---- activations and scratch, sized for `rows_cap` rows ----
     int32_t rows_cap = 0;
     std::vector<BlockAct> act;
@@ -562,20 +567,44 @@ struct CudaTransformerBackend::Impl {
 
     // The optimizer's hyper-parameters of this step (learning rate, AdamW's step count) into
     // device memory, ahead of the step that reads them (outside the graph).
-    void upload_hyper(double lr) {
+    void upload_hyper(const StepRates& rates) {
+        const double lr = rates.lr;
+        const bool ramp = ramp_hi > ramp_lo;
+        ESPER_REQUIRE(rates.ramp.end == rates.ramp.begin ||
+                          (off[rates.ramp.begin] == ramp_lo && off[rates.ramp.end] == ramp_hi),
+                      "cuda transformer: a learning-rate ramp over parameters the step does not "
+                      "hold apart");
+        const double lr1 = lr * rates.ramp.scale;
         if (adamw) {
-            adam_host[0] = {
-                float(lr),      float(opt.beta1),        float(opt.beta2),
-                float(opt.eps), float(opt.weight_decay), int32_t(optimizer->host_steps_ + 1)};
+            const int32_t t = int32_t(optimizer->host_steps_ + 1);
+            adam_host[0] = {float(lr),      float(opt.beta1),        float(opt.beta2),
+                            float(opt.eps), float(opt.weight_decay), t};
+            adam_host[1] = adam_host[0];
+            adam_host[1].lr = float(lr1);
             ESPER_CUDA_CHECK(cudaMemcpyAsync(adam_dev.get(), adam_host.get(),
-                                             sizeof(kernels::AdamwHyper), cudaMemcpyHostToDevice,
-                                             s()));
+                                             (ramp ? 2 : 1) * sizeof(kernels::AdamwHyper),
+                                             cudaMemcpyHostToDevice, s()));
         } else {
             sgd_host[0] = {float(lr), float(opt.momentum), float(opt.weight_decay)};
+            sgd_host[1] = sgd_host[0];
+            sgd_host[1].lr = float(lr1);
             ESPER_CUDA_CHECK(cudaMemcpyAsync(sgd_dev.get(), sgd_host.get(),
-                                             sizeof(kernels::SgdHyper), cudaMemcpyHostToDevice,
-                                             s()));
+                                             (ramp ? 2 : 1) * sizeof(kernels::SgdHyper),
+                                             cudaMemcpyHostToDevice, s()));
         }
+    }
+
+    // The optimizer over p[lo, hi) with hyper-parameters `which` (0: the schedule's, 1: ramped).
+    void optimizer_step(size_t lo, size_t hi, int which) {
+        if (hi <= lo) return;
+        const int64_t n = int64_t(hi - lo);
+        if (adamw)
+            ESPER_CUDA_CHECK(kernels::launch_adamw_step(p.get() + lo, g.get() + lo, m.get() + lo,
+                                                        v.get() + lo, n, adam_dev.get() + which,
+                                                        s()));
+        else
+            ESPER_CUDA_CHECK(kernels::launch_sgd_momentum_step(
+                p.get() + lo, g.get() + lo, m.get() + lo, n, sgd_dev.get() + which, s()));
     }
 
     void update() {
@@ -585,12 +614,13 @@ struct CudaTransformerBackend::Impl {
         if (opt.grad_clip > 0.0)
             ESPER_CUDA_CHECK(kernels::launch_clip_scale(g.get(), int64_t(total), sumsq.get(),
                                                         float(opt.grad_clip), s()));
-        if (adamw)
-            ESPER_CUDA_CHECK(kernels::launch_adamw_step(p.get(), g.get(), m.get(), v.get(),
-                                                        int64_t(total), adam_dev.get(), s()));
-        else
-            ESPER_CUDA_CHECK(kernels::launch_sgd_momentum_step(p.get(), g.get(), m.get(),
-                                                               int64_t(total), sgd_dev.get(), s()));
+        if (ramp_hi <= ramp_lo) {
+            optimizer_step(0, total, 0);
+        } else {
+            optimizer_step(0, ramp_lo, 0);
+            optimizer_step(ramp_lo, ramp_hi, 1);
+            optimizer_step(ramp_hi, total, 0);
+        }
     }
 
     // Loss, correct count and gradient sum of squares into the pinned `result` (stream-ordered).
@@ -675,6 +705,9 @@ struct CudaTransformerBackend::Impl {
         if (live == L) return;
         ESPER_REQUIRE(live >= 1 && live <= NB, "cuda transformer: ", live, " live blocks of ", NB);
         L = live;
+        const Model::LrRamp r = model->host_lr_ramp(0);  // its range does not depend on the step
+        ramp_lo = r.end > r.begin ? off[r.begin] : 0;
+        ramp_hi = r.end > r.begin ? off[r.end] : 0;
         const int32_t cap = rows_cap;
         rows_cap = 0;
         ensure_rows(cap);
@@ -790,10 +823,10 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
     d.loss = DeviceBuffer<float>(1);
     d.correct = DeviceBuffer<int32_t>(1);
     d.sumsq = DeviceBuffer<double>(1);
-    d.adam_dev = DeviceBuffer<kernels::AdamwHyper>(1);
-    d.sgd_dev = DeviceBuffer<kernels::SgdHyper>(1);
-    d.adam_host = PinnedBuffer<kernels::AdamwHyper>(1);
-    d.sgd_host = PinnedBuffer<kernels::SgdHyper>(1);
+    d.adam_dev = DeviceBuffer<kernels::AdamwHyper>(2);
+    d.sgd_dev = DeviceBuffer<kernels::SgdHyper>(2);
+    d.adam_host = PinnedBuffer<kernels::AdamwHyper>(2);
+    d.sgd_host = PinnedBuffer<kernels::SgdHyper>(2);
     d.result = PinnedBuffer<Impl::Result>(1);
     d.use_graph = config.run.cuda_graph;
     d.done = CudaEvent(cudaEventDisableTiming);
@@ -813,7 +846,7 @@ StepResult CudaTransformerBackend::run_step(const Batch& batch, const StepRates&
                                             Telemetry& /*telemetry*/) {
     Impl& d = *impl_;
     d.set_batch(batch);
-    d.upload_hyper(rates.lr);
+    d.upload_hyper(rates);
     d.launch_step(batch.samples, batch.rows / batch.samples);
     const Impl::Result r = d.wait_result();
     StepResult out;

@@ -59,7 +59,7 @@ void Optimizer::update(float* p, const float* g, float* m, float* v, int64_t n, 
     }
 }
 
-void Optimizer::step_host(double lr) {
+void Optimizer::step_host(double lr, const Model::LrRamp& ramp) {
     if (config_.grad_clip > 0.0) {
         std::vector<std::span<float>> gs;
         for (const ParamRef& p : params_) gs.push_back(p.grad->span());
@@ -68,7 +68,8 @@ void Optimizer::step_host(double lr) {
     ++host_steps_;
     for (size_t i = 0; i < params_.size(); ++i)
         update(params_[i].value->data(), params_[i].grad->data(), m_[i].data(), v_[i].data(),
-               params_[i].value->numel(), lr, host_steps_);
+               params_[i].value->numel(), i >= ramp.begin && i < ramp.end ? lr * ramp.scale : lr,
+               host_steps_);
 }
 
 void Optimizer::step_blueprints(SeedManager& seeds, double lr) {

@@ -30,8 +30,9 @@ public:
     Optimizer(const OptimizerConfig& config, const std::vector<ParamRef>& params,
               std::vector<int64_t> seed_layer_widths);
 
-    // One update of the host parameters with learning rate lr.
-    void step_host(double lr);
+    // One update of the host parameters with learning rate lr (lr × ramp.scale for
+    // params[ramp.begin, ramp.end)).
+    void step_host(double lr, const Model::LrRamp& ramp = {});
     // One update of every training blueprint (blueprint_lr scaled like the host schedule).
     void step_blueprints(SeedManager& seeds, double lr);
     int64_t host_steps() const { return host_steps_; }

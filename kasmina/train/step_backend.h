@@ -26,6 +26,8 @@ class NcclComm;
 struct StepRates {
     double lr = 0.0;
     double blueprint_lr = 0.0;
+    // Host parameters whose rate is lr × ramp.scale this step (Model::host_lr_ramp).
+    Model::LrRamp ramp;
 };
 
 struct StepResult {

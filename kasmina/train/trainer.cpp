@@ -147,7 +147,8 @@ TrainStep Trainer::step() {
 
     const StepRates rates{
         scheduled_lr(config_.optimizer, config_.optimizer.lr, s, total_steps_),
-        scheduled_lr(config_.optimizer, config_.optimizer.blueprint_lr, s, total_steps_)};
+        scheduled_lr(config_.optimizer, config_.optimizer.blueprint_lr, s, total_steps_),
+        model_->host_lr_ramp(s)};
     out.lr = rates.lr;
     telemetry_->begin_step();
     // CUDA runs the update too (one graph); a governor trip below restores the last-known-good

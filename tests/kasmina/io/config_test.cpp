@@ -360,6 +360,13 @@ TEST_CASE("model.transformer.grow_depth parses, round-trips, and its bad values 
         head + "    grow_depth: {blocks: 2, at_step: 150, init: zero_out}\n", "g.yaml");
     CHECK(c.model.transformer.grow_depth == GrowDepthConfig{2, 150, DepthInit::kZeroOut});
     CHECK(parse_config(config_to_yaml(c), "again.yaml") == c);
+    const Config w = parse_config(
+        head + "    grow_depth: {blocks: 2, at_step: 150, init: zero_out, warmup_steps: 40}\n",
+        "g.yaml");
+    CHECK(w.model.transformer.grow_depth == GrowDepthConfig{2, 150, DepthInit::kZeroOut, 40});
+    CHECK(parse_config(config_to_yaml(w), "again.yaml") == w);
+    CHECK_THAT(config_error(head + "    grow_depth: {blocks: 2, at_step: 10, warmup_steps: -1}\n"),
+               Catch::Contains("model.transformer.grow_depth.warmup_steps"));
     CHECK(parse_config(head + "    grow_depth: {blocks: 1, at_step: 9}\n", "g.yaml")
               .model.transformer.grow_depth.init == DepthInit::kCopy);
     // Off by default, and then not written out.

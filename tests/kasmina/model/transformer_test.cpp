@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "kasmina/lifecycle/seed_table.h"
 #include "kasmina/model/blueprints.h"
+#include "kasmina/train/optimizer.h"
 
 using namespace esper;
 using namespace esper::kasmina;
@@ -533,6 +534,51 @@ TEST_CASE("grow_depth: the grown blocks wait uncounted, then join as the stack r
     CHECK_THROWS_WITH(fresh.set_structure(base.structure()),
                       Catch::Contains("host structure of 4 values"));
     CHECK(fresh.n_layer() == 4);  // a refused structure changes nothing
+}
+
+// grow_depth.warmup_steps: the grown blocks' tensors, and only they, take a ramped rate from the
+// step they join (1/w, 2/w, ..., 1); the optimizer scales exactly those (scale 0: they stay put).
+TEST_CASE("grow_depth warmup_steps ramps the grown blocks' learning rate, and only theirs",
+          "[kasmina][transformer]") {
+    const Data d = token_data(2, 5, 8);
+    ModelConfig c = tiny();
+    c.transformer.grow_depth = {2, 7, DepthInit::kCopy, 4};
+    TransformerModel m(c, 3);
+    CHECK(m.host_lr_ramp(7).end == 0);  // nothing to ramp before the blocks join
+    REQUIRE(m.grow_host(7));
+    const Model::LrRamp r = m.host_lr_ramp(7);
+    REQUIRE(r.end > r.begin);
+    for (size_t i = 0; i < m.params().size(); ++i)
+        CHECK((i >= r.begin && i < r.end) == starts_grown(m.params()[i]));
+    CHECK(r.scale == Approx(0.25));
+    CHECK(m.host_lr_ramp(8).scale == Approx(0.5));
+    CHECK(m.host_lr_ramp(10).scale == 1.0);
+    CHECK(m.host_lr_ramp(500).scale == 1.0);
+    c.transformer.grow_depth.warmup_steps = 0;
+    TransformerModel plain(c, 3);
+    REQUIRE(plain.grow_host(7));
+    CHECK(plain.host_lr_ramp(7).end == 0);
+    // The optimizer: scale 0 leaves the ramped tensors as they were and moves the others.
+    OptimizerConfig oc;
+    oc.kind = OptimizerKind::kAdamw;
+    oc.lr = 0.01;
+    Optimizer opt(oc, m.params(), m.seed_layer_widths());
+    Sites s(m, tiny_blueprints(), 4);
+    const int32_t rows = d.samples * d.seq;
+    (void)m.train_batch(d.batch(), s.views(rows), {});
+    std::vector<std::vector<float>> before;
+    for (const ParamRef& p : m.params())
+        before.emplace_back(p.value->span().begin(), p.value->span().end());
+    opt.step_host(oc.lr, Model::LrRamp{r.begin, r.end, 0.0});
+    for (size_t i = 0; i < m.params().size(); ++i) {
+        const auto now = m.params()[i].value->span();
+        const bool same = std::equal(now.begin(), now.end(), before[i].begin(), before[i].end());
+        CAPTURE(m.params()[i].name);
+        if (i >= r.begin && i < r.end)
+            CHECK(same);
+        else if (m.params()[i].name.find("extra") == std::string::npos)
+            CHECK_FALSE(same);
+    }
 }
 
 TEST_CASE("grow_depth zero_out: the grown network computes what it computed, then learns",

@@ -264,7 +264,8 @@ TEST_CASE("the first 50 transformer steps on the GPU in fp32 track the CPU, bf16
 
 // grow_depth on the GPU (4 blocks + 2 at step 10, both inits): fp32 tracks the CPU step by step
 // through the growth (a `copy` changes the function at once, so a GPU step that kept 4 blocks
-// would leave the tolerance at step 11), the grown blocks trained on the GPU match the CPU's,
+// would leave the tolerance at step 11; zero_out with a 5-step warmup of the grown blocks' rate),
+// the grown blocks trained on the GPU match the CPU's,
 // and checkpoints before and after the growth resume on the GPU to the same losses.
 TEST_CASE("the transformer grows its depth mid-run on the GPU as on the CPU",
           "[kasmina][cuda_backend][transformer][gpu]") {
@@ -276,7 +277,8 @@ TEST_CASE("the transformer grows its depth mid-run on the GPU as on the CPU",
         Config c = transformer_config(device, "fp32");
         c.run.max_steps = 30;
         c.run.checkpoint_every_steps = 6;
-        c.model.transformer.grow_depth = {2, 10, init};
+        // zero_out also ramps the grown blocks' rate over 5 steps (the optimizer's split launches)
+        c.model.transformer.grow_depth = {2, 10, init, init == DepthInit::kZeroOut ? 5 : 0};
         return c;
     };
     std::vector<double> cpu_loss, gpu_loss;
@@ -403,7 +405,7 @@ GraphRun run_transformer_steps(const std::string& precision, bool graph, int32_t
             tokens[size_t(i)] = int32_t(rng.below(64));
             targets[size_t(i)] = (tokens[size_t(i)] + 1) % 256;
         }
-        const StepRates rates{st.lr, st.lr};
+        const StepRates rates{st.lr, st.lr, {}};
         const StepResult r = gpu.run_step(
             Batch{st.samples, nullptr, tokens.data(), targets.data(), rows}, rates, tel);
         gpu.commit_step(rates);

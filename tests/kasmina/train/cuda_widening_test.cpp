@@ -228,7 +228,7 @@ TEST_CASE(
     tg.begin_step();
     // lr 1, momentum buffer empty: the first SGD update is p −= g, so the GPU's host gradients
     // are read back as the change of its parameters.
-    const StepRates rates{1.0, 1.0};
+    const StepRates rates{1.0, 1.0, {}};
     const StepResult rc = cpu.run_step(batch, rates, tc);
     const StepResult rg = gpu.run_step(batch, rates, tg);
     CHECK(rg.finite);
