@@ -317,7 +317,11 @@ TEST_CASE("the transformer grows its depth mid-run on the GPU as on the CPU",
                 proj_max = std::max(proj_max, double(std::fabs(a)));
         }
     }
-    CHECK(grown_diff < 1e-3);
+    // AdamW moves a parameter by about lr (0.003) per step whatever its gradient's size, so where
+    // a gradient is near zero the two runs' rounding can send a step either way: a few steps'
+    // worth (an H100, 2026-12-07: 2.3e-3 with copy, 2.1e-3 with zero_out). A GPU step that did
+    // not train the grown blocks would be 20 steps off.
+    CHECK(grown_diff < 0.01);
     CHECK(proj_max > 1e-4);
     std::fprintf(stderr,
                  "grow_depth on the gpu (%s): max |gpu - cpu| loss %.3g, grown parameters %.3g\n",
