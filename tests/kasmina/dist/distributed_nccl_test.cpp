@@ -207,6 +207,16 @@ void on_ranks(int world, const std::function<void(int, Collectives&, NcclComm&, 
     for (auto& t : threads) t.join();
 }
 
+// Every rank this process ran (all of them as threads, its own as a process) finished cleanly.
+void require_no_errors(const std::vector<std::exception_ptr>& errors) {
+    const ProcessRank& pr = process_rank();
+    for (size_t r = 0; r < errors.size(); ++r) {
+        if (pr.on() && int(r) != pr.rank) continue;
+        INFO("rank " << r << ": " << (errors[r] ? message_of(errors[r]) : "ok"));
+        REQUIRE(!errors[r]);
+    }
+}
+
 // What the ranks compare, as plain bytes through the store (process mode).
 struct Summary {
     uint64_t seed_digest = 0, param_digest = 0, params_hash = 0, stages_hash = 0;
@@ -279,11 +289,7 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
         },
         errors);
     const ProcessRank& pr = process_rank();
-    for (int r = 0; r < world; ++r) {
-        if (pr.on() && r != pr.rank) continue;
-        INFO("rank " << r << ": " << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
-        REQUIRE(!errors[size_t(r)]);
-    }
+    require_no_errors(errors);
     if (pr.on() && pr.rank != 0) return;  // rank 0 checks what every rank shared
     for (const std::string& line : script.log) INFO(line);
     REQUIRE(script.log.size() == 4);
@@ -381,11 +387,7 @@ TEST_CASE(
         },
         errors);
     const ProcessRank& pr = process_rank();
-    for (int r = 0; r < world; ++r) {
-        if (pr.on() && r != pr.rank) continue;
-        INFO("rank " << r << ": " << (errors[size_t(r)] ? message_of(errors[size_t(r)]) : "ok"));
-        REQUIRE(!errors[size_t(r)]);
-    }
+    require_no_errors(errors);
     const int me = pr.on() ? pr.rank : 0;
     // No buckets: 0; a bucket per block: 4; the default 4 MiB: fewer than the blocks.
     if (v.bucket == 0) CHECK(buckets[size_t(me)] == 0);
