@@ -207,6 +207,15 @@ void on_ranks(int world, const std::function<void(int, Collectives&, NcclComm&, 
     for (auto& t : threads) t.join();
 }
 
+// A rank's trainer options: its place in the job and its Gloo collectives.
+TrainerOptions rank_options(int rank, int world, Collectives& gloo) {
+    TrainerOptions o;
+    o.rank = rank;
+    o.world = world;
+    o.collectives = &gloo;
+    return o;
+}
+
 // Every rank this process ran (all of them as threads, its own as a process) finished cleanly.
 void require_no_errors(const std::vector<std::exception_ptr>& errors) {
     const ProcessRank& pr = process_rank();
@@ -270,10 +279,7 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
     on_ranks(
         world,
         [&](int r, Collectives& gloo, NcclComm& nccl, KvStore& store) {
-            TrainerOptions o;
-            o.rank = r;
-            o.world = world;
-            o.collectives = &gloo;
+            TrainerOptions o = rank_options(r, world, gloo);
             o.nccl = &nccl;
             o.grad_bucket_bytes = bucket;
             Trainer t(c, o);
@@ -342,20 +348,13 @@ TEST_CASE(
     std::vector<int32_t> buckets(world, -1);
     std::vector<Summary> sums;
     std::vector<std::exception_ptr> errors;
-    auto train = [&](Trainer& t, std::vector<double>& losses) {
-        while (!t.done()) {
-            if (!t.boundary()) break;
-            losses.push_back(t.step().loss);
-            (void)t.after_step();
-        }
+    auto train = [](Trainer& t, std::vector<double>& losses) {
+        test::run_loop(t, {}, [&](const StepReport&) { losses.push_back(t.last_step().loss); });
     };
     on_ranks(
         world,
         [&](int r, Collectives& gloo, NcclComm& nccl, KvStore& store) {
-            TrainerOptions o;
-            o.rank = r;
-            o.world = world;
-            o.collectives = &gloo;
+            TrainerOptions o = rank_options(r, world, gloo);
             if (fp32) {
                 Config cc = c;
                 cc.run.device = "cpu";
