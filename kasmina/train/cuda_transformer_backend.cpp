@@ -28,6 +28,7 @@
 #include "core/cuda_check.h"
 #include "core/error.h"
 #include "kasmina/dist/collectives.h"
+#include "kasmina/model/blueprints.h"
 #include "kasmina/train/cuda_backend.h"
 #include "kasmina/train/cuda_handles.h"
 #include "kernels/attention.h"
@@ -54,6 +55,15 @@ constexpr size_t kMaxGraphs = 4;
 
 struct BlockOff {
     size_t ln1_w, ln1_b, qkv_w, qkv_b, proj_w, proj_b, ln2_w, ln2_b, fc_w, fc_b, fc2_w, fc2_b;
+    // The block's reserved room (model.transformer.max_extra_units / max_extra_heads): extra
+    // units' V [Umax, C], c [Umax], Uᵀ [Umax, C]; extra heads' slots [Hmax, head floats].
+    size_t xu_v, xu_c, xu_u, xh;
+};
+
+// One extra head's activations (fp32 mode: qkv, att; bf16 mode: qkv16, att16).
+struct HeadAct {
+    DeviceBuffer<float> qkv, att, lse;
+    DeviceBuffer<uint16_t> qkv16, att16;
 };
 
 // In bf16 mode the GEMM-only inputs a, m are kept as bf16 copies only (a16, m16: the forward's
@@ -63,9 +73,15 @@ struct BlockOff {
 // fc2 product; GELU's backward writes it again from f16 for fc2's weight gradient — from the
 // rounded pre-activation, so within bf16 rounding of the forward's h, which the fc product's
 // epilogue computed before rounding). fp32 mode keeps qkv, att, f and h.
+// The block's extra units keep their pre-activation (xu_pre, fp32 mode with their GELU output
+// xu_act; xu_pre16 in bf16 mode, where the output goes through the shared h16 as the host
+// units' does); its extra heads one HeadAct each.
 struct BlockAct {
     DeviceBuffer<float> x_in, a, qkv, att, x_mid, m, f, h, mean1, rstd1, mean2, rstd2, lse;
     DeviceBuffer<uint16_t> a16, qkv16, att16, m16, f16;
+    DeviceBuffer<float> xu_pre, xu_act;
+    DeviceBuffer<uint16_t> xu_pre16;
+    std::vector<HeadAct> xh;
 };
 
 }  // namespace
@@ -80,6 +96,13 @@ struct CudaTransformerBackend::Impl {
     // end of the stack).
     int32_t C = 0, H = 0, D = 0, F = 0, T = 0, L = 0, NB = 0;
     bool tied = true;
+    // The room (folded seeds, model.transformer.initial_extra_*): per block the extra units the
+    // step computes (those in use rounded up to a multiple of 8 for bf16 operand alignment; the
+    // rows past the ones in use are zero, so they add gelu(0)·0 = 0 and get zero gradients) and
+    // the extra heads in use. The room's tensors sit in the flat buffers whether used or not.
+    int32_t Umax = 0, Hmax = 0;
+    WideningOffsets ho;  // an extra head's slot layout
+    std::vector<int32_t> units, heads;
 
     CudaStream stream;
     cublasLtHandle_t lt = nullptr;
@@ -191,6 +214,24 @@ struct CudaTransformerBackend::Impl {
             b.rstd2 = DeviceBuffer<float>(n);
             b.lse = DeviceBuffer<float>(lse_n);
         }
+        for (int32_t l = 0; l < L; ++l) {
+            BlockAct& b = act[size_t(l)];
+            const size_t u = size_t(units[size_t(l)]);
+            b.xu_pre = DeviceBuffer<float>(n32 * u);
+            b.xu_act = DeviceBuffer<float>(n32 * u);
+            b.xu_pre16 = DeviceBuffer<uint16_t>(n16 * u);
+            b.xh.resize(size_t(heads[size_t(l)]));
+            for (HeadAct& e : b.xh) {
+                e.qkv = DeviceBuffer<float>(n32 * 3 * D);
+                e.att = DeviceBuffer<float>(n32 * D);
+                e.lse = DeviceBuffer<float>(n);
+                e.qkv16 = DeviceBuffer<uint16_t>(n16 * 3 * D);
+                e.att16 = DeviceBuffer<uint16_t>(n16 * D);
+            }
+        }
+        // The extra units' GELU output and gradients go through the host units' scratch
+        // (h16, dbig / sb16); an extra head's output and q, k, v gradients (4·D ≤ F) too.
+        const size_t wide = size_t(std::max(F, *std::max_element(units.begin(), units.end())));
         x_out = DeviceBuffer<float>(n * C);
         xf = DeviceBuffer<float>((bf16 ? 0 : n) * C);
         xf16 = DeviceBuffer<uint16_t>((bf16 ? n : 0) * C);
@@ -199,13 +240,13 @@ struct CudaTransformerBackend::Impl {
         logits = DeviceBuffer<float>(n * kByteVocab);
         gres = DeviceBuffer<float>(n * C);
         dtmp = DeviceBuffer<float>(n * C);
-        dbig = DeviceBuffer<float>((bf16 ? 0 : n) * F);      // bf16: h's gradient goes to sb16
+        dbig = DeviceBuffer<float>((bf16 ? 0 : n) * wide);   // bf16: h's gradient goes to sb16
         dqkv = DeviceBuffer<float>((bf16 ? 0 : n) * 3 * C);  // bf16: qkv16, dqkv16 instead
         // sa16: the bf16 dlogits, then each block's bf16 output gradients (C wide).
         const size_t widest = size_t(std::max(kByteVocab, C));
         sa16 = DeviceBuffer<uint16_t>(bf16 ? n * widest : 0);
-        sb16 = DeviceBuffer<uint16_t>(bf16 ? n * F : 0);
-        h16 = DeviceBuffer<uint16_t>(bf16 ? n * F : 0);
+        sb16 = DeviceBuffer<uint16_t>(bf16 ? n * wide : 0);
+        h16 = DeviceBuffer<uint16_t>(bf16 ? n * wide : 0);
         datt16 = DeviceBuffer<uint16_t>(bf16 ? n * C : 0);
         dqkv16 = DeviceBuffer<uint16_t>(bf16 ? n * 3 * C : 0);
         ln_ws = DeviceBuffer<uint8_t>(kernels::layernorm_backward_workspace_bytes(rows, C));
@@ -216,7 +257,7 @@ struct CudaTransformerBackend::Impl {
         attn_ws = DeviceBuffer<uint8_t>(kernels::attention_backward_workspace_bytes(shape));
         xent_ws = DeviceBuffer<uint8_t>(kernels::softmax_xent_workspace_bytes(rows));
         bias_ws = DeviceBuffer<uint8_t>(
-            kernels::bias_act_backward_workspace_bytes(rows, std::max(F, 3 * C)));
+            kernels::bias_act_backward_workspace_bytes(rows, std::max(int32_t(wide), 3 * C)));
         tokens = DeviceBuffer<int32_t>(n);
         targets = DeviceBuffer<int32_t>(n);
         tokens_host = PinnedBuffer<int32_t>(n);
@@ -295,10 +336,10 @@ struct CudaTransformerBackend::Impl {
         sp.ld_aux = out;
         gemm(sp, nullptr, x16, P(w), W16(w), nullptr, y16);
     }
-    // dx[n, in] = dy[n, out]·W[out, in]; dy16: dy in bf16, or null; dx16: write dx in bf16
-    // there instead of dx.
+    // dx[n, in] = dy[n, out]·W[out, in] (+ dx when beta = 1); dy16: dy in bf16, or null;
+    // dx16: write dx in bf16 there instead of dx.
     void linear_dx(const float* dy, const uint16_t* dy16, size_t w, float* dx, int32_t n,
-                   int32_t in, int32_t out, uint16_t* dx16 = nullptr) {
+                   int32_t in, int32_t out, uint16_t* dx16 = nullptr, float beta = 0.0f) {
         kernels::GemmSpec sp;
         sp.m = n;
         sp.n = in;
@@ -306,7 +347,15 @@ struct CudaTransformerBackend::Impl {
         sp.lda = out;
         sp.ldb = in;
         sp.ldd = in;
+        sp.beta = beta;
         gemm(sp, dy, dy16, P(w), W16(w), dx, dx16);
+    }
+    // y[n, out] += x[n, in]·W[out, in]ᵀ in place (fp32 y).
+    void linear_acc(const float* x, const uint16_t* x16, size_t w, float* y, int32_t n, int32_t in,
+                    int32_t out) {
+        kernels::GemmSpec sp = linear_spec(n, in, out);
+        sp.beta = 1.0f;
+        gemm(sp, x, x16, P(w), W16(w), y);
     }
     // dW[out, in] += dy[n, out]ᵀ·x[n, in]; x16, dy16: bf16 copies, or null.
     void linear_dw(const float* x, const uint16_t* x16, const float* dy, const uint16_t* dy16,
@@ -351,6 +400,134 @@ struct CudaTransformerBackend::Impl {
         sh.ld_out = C;
         sh.scale = 1.0f / std::sqrt(float(D));
         return sh;
+    }
+
+    // One extra head: its q, k, v rows 3·D apart (Wq, Wk, Wv are the slot's first 3·D rows).
+    kernels::AttentionShape head_shape(int32_t samples, int32_t seq) const {
+        kernels::AttentionShape sh = attn_shape(samples, seq);
+        sh.heads = 1;
+        sh.ld_qkv = 3 * int64_t(D);
+        sh.ld_out = D;
+        return sh;
+    }
+    size_t head_slot(int32_t l, int32_t h) const {
+        return blocks[size_t(l)].xh + size_t(h) * size_t(ho.floats);
+    }
+
+    // x_mid += Wo·attention(q, k, v) of block l's extra heads, (q, k, v) = Wqkv·a + bqkv (the
+    // CPU host's extra heads; transformer.cpp).
+    void heads_forward(int32_t l, int32_t samples, int32_t seq) {
+        BlockAct& b = act[size_t(l)];
+        const int32_t n = samples * seq;
+        const kernels::AttentionShape sh = head_shape(samples, seq);
+        for (int32_t h = 0; h < heads[size_t(l)]; ++h) {
+            HeadAct& e = b.xh[size_t(h)];
+            const size_t slot = head_slot(l, h);
+            if (bf16) {
+                linear(b.a.get(), b.a16.get(), slot + size_t(ho.in_w), slot + size_t(ho.in_b),
+                       nullptr, n, C, 3 * D, nullptr, e.qkv16.get());
+                const uint16_t* q16 = e.qkv16.get();
+                ESPER_CUDA_CHECK(kernels::launch_attention_forward(
+                    sh, kernels::AttentionDtype::kBfloat16, q16, q16 + D, q16 + 2 * D,
+                    e.att16.get(), e.lse.get(), s()));
+            } else {
+                linear(b.a.get(), nullptr, slot + size_t(ho.in_w), slot + size_t(ho.in_b),
+                       e.qkv.get(), n, C, 3 * D);
+                ESPER_CUDA_CHECK(kernels::launch_attention_forward(
+                    sh, kernels::AttentionDtype::kFloat32, e.qkv.get(), e.qkv.get() + D,
+                    e.qkv.get() + 2 * D, e.att.get(), e.lse.get(), s()));
+            }
+            linear_acc(e.att.get(), e.att16.get(), slot + size_t(ho.out_w), b.x_mid.get(), n, D, C);
+        }
+    }
+
+    // Block l's extra heads' gradients, after the host attention's (gmid: ∂L/∂x_mid, gmid16 its
+    // bf16 copy in bf16 mode): their input gradients are added into da (∂L/∂LN1's output).
+    void heads_backward(int32_t l, int32_t samples, int32_t seq, const float* gmid,
+                        const uint16_t* gmid16, float* da) {
+        BlockAct& b = act[size_t(l)];
+        const int32_t n = samples * seq;
+        const kernels::AttentionShape sh = head_shape(samples, seq);
+        const size_t nd = size_t(n) * size_t(D);
+        for (int32_t h = 0; h < heads[size_t(l)]; ++h) {
+            HeadAct& e = b.xh[size_t(h)];
+            const size_t slot = head_slot(l, h);
+            const size_t wo = slot + size_t(ho.out_w);
+            if (bf16) {
+                uint16_t* dho16 = sb16.get();  // [n, D]
+                uint16_t* dhq16 = dho16 + nd;  // [n, 3·D]
+                linear_dx(gmid, gmid16, wo, nullptr, n, D, C, dho16);
+                linear_dw(e.att.get(), e.att16.get(), gmid, gmid16, wo, n, D, C);
+                const uint16_t* q16 = e.qkv16.get();
+                ESPER_CUDA_CHECK(kernels::launch_attention_backward(
+                    sh, kernels::AttentionDtype::kBfloat16, q16, q16 + D, q16 + 2 * D,
+                    e.att16.get(), dho16, e.lse.get(), dhq16, dhq16 + D, dhq16 + 2 * D,
+                    attn_ws.get(), attn_ws.size(), s()));
+                bias_grad(dhq16, true, slot + size_t(ho.in_b), n, 3 * D);
+                linear_dw(b.a.get(), b.a16.get(), nullptr, dhq16, slot + size_t(ho.in_w), n, C,
+                          3 * D);
+                linear_dx(nullptr, dhq16, slot + size_t(ho.in_w), da, n, C, 3 * D, nullptr, 1.0f);
+            } else {
+                float* dho = dbig.get();
+                float* dhq = dho + nd;
+                linear_dx(gmid, nullptr, wo, dho, n, D, C);
+                linear_dw(e.att.get(), nullptr, gmid, nullptr, wo, n, D, C);
+                ESPER_CUDA_CHECK(kernels::launch_attention_backward(
+                    sh, kernels::AttentionDtype::kFloat32, e.qkv.get(), e.qkv.get() + D,
+                    e.qkv.get() + 2 * D, e.att.get(), dho, e.lse.get(), dhq, dhq + D, dhq + 2 * D,
+                    attn_ws.get(), attn_ws.size(), s()));
+                bias_grad(dhq, false, slot + size_t(ho.in_b), n, 3 * D);
+                linear_dw(b.a.get(), nullptr, dhq, nullptr, slot + size_t(ho.in_w), n, C, 3 * D);
+                linear_dx(dhq, nullptr, slot + size_t(ho.in_w), da, n, C, 3 * D, nullptr, 1.0f);
+            }
+        }
+    }
+
+    // out += gelu(m·Vᵀ + c)·U of block l's extra units (the CPU host's; transformer.cpp).
+    void units_forward(int32_t l, int32_t n, float* out) {
+        const int32_t u = units[size_t(l)];
+        if (u == 0) return;
+        BlockAct& b = act[size_t(l)];
+        const BlockOff& o = blocks[size_t(l)];
+        if (bf16) {
+            linear_gelu_bf16(b.m16.get(), o.xu_v, o.xu_c, h16.get(), b.xu_pre16.get(), n, C, u);
+            linear_dx(nullptr, h16.get(), o.xu_u, out, n, C, u, nullptr, 1.0f);
+        } else {
+            linear(b.m.get(), nullptr, o.xu_v, kNoBias, b.xu_pre.get(), n, C, u);
+            ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(b.xu_pre.get(), P(o.xu_c),
+                                                              b.xu_act.get(), n, u,
+                                                              kernels::Activation::kGeluTanh, s()));
+            linear_dx(b.xu_act.get(), nullptr, o.xu_u, out, n, C, u, nullptr, 1.0f);
+        }
+    }
+
+    // Block l's extra units' gradients (gout: ∂L/∂ the block's output, gout16 its bf16 copy in
+    // bf16 mode); their input gradient is added into dm (∂L/∂LN2's output).
+    void units_backward(int32_t l, int32_t n, const float* gout, const uint16_t* gout16,
+                        float* dm) {
+        const int32_t u = units[size_t(l)];
+        if (u == 0) return;
+        BlockAct& b = act[size_t(l)];
+        const BlockOff& o = blocks[size_t(l)];
+        if (bf16) {
+            // ∂L/∂act in bf16 (sb16), GELU's backward in place, its output again into h16.
+            linear(gout, gout16, o.xu_u, kNoBias, nullptr, n, C, u, nullptr, sb16.get());
+            ESPER_CUDA_CHECK(kernels::launch_bias_act_backward_bf16(
+                sb16.get(), true, b.xu_pre16.get(), true, sb16.get(), G(o.xu_c), n, u,
+                kernels::Activation::kGeluTanh, bias_ws.get(), bias_ws.size(), s(), h16.get()));
+            linear_dw(gout, gout16, nullptr, h16.get(), o.xu_u, n, C, u);
+            linear_dw(b.m.get(), b.m16.get(), nullptr, sb16.get(), o.xu_v, n, C, u);
+            linear_dx(nullptr, sb16.get(), o.xu_v, dm, n, C, u, nullptr, 1.0f);
+        } else {
+            float* dz = dbig.get();
+            linear(gout, nullptr, o.xu_u, kNoBias, dz, n, C, u);
+            linear_dw(gout, nullptr, b.xu_act.get(), nullptr, o.xu_u, n, C, u);
+            ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(dz, b.xu_pre.get(), dz, G(o.xu_c), n,
+                                                               u, kernels::Activation::kGeluTanh,
+                                                               bias_ws.get(), bias_ws.size(), s()));
+            linear_dw(b.m.get(), nullptr, dz, nullptr, o.xu_v, n, C, u);
+            linear_dx(dz, nullptr, o.xu_v, dm, n, C, u, nullptr, 1.0f);
+        }
     }
 
     bool data_parallel() const {
@@ -463,6 +640,7 @@ struct CudaTransformerBackend::Impl {
             }
             linear(b.att.get(), b.att16.get(), o.proj_w, o.proj_b, b.x_mid.get(), n, C, C,
                    b.x_in.get());
+            heads_forward(l, samples, seq);
             ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(
                 b.x_mid.get(), P(o.ln2_w), P(o.ln2_b), b.m.get(), b.m16.get(), b.mean2.get(),
                 b.rstd2.get(), n, C, kLnEps, s()));
@@ -478,6 +656,7 @@ struct CudaTransformerBackend::Impl {
             }
             float* out = l + 1 < L ? act[size_t(l) + 1].x_in.get() : x_out.get();
             linear(b.h.get(), h16.get(), o.fc2_w, o.fc2_b, out, n, F, C, b.x_mid.get());
+            units_forward(l, n, out);
         }
         ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(x_out.get(), P(lnf_w), P(lnf_b),
                                                            xf.get(), xf16.get(), meanf.get(),
@@ -504,6 +683,7 @@ struct CudaTransformerBackend::Impl {
             const BlockOff& o = blocks[size_t(l)];
             // MLP: out = x_mid + gelu(m·Wfcᵀ + bfc)·Wfc2ᵀ + bfc2
             const uint16_t* d16 = output_grad(gres.get(), o.fc2_b, n, C);
+            const uint16_t* gout16 = d16;  // sa16 keeps it through the MLP's backward
             // bf16: h's gradient in bf16 (sb16), GELU's backward from it and the bf16 f into
             // its bf16 result in place (sb16, the fc products' operand), as autocast would; the
             // same pass writes h again (h16) for fc2's weight gradient, which follows it.
@@ -523,11 +703,13 @@ struct CudaTransformerBackend::Impl {
             }
             linear_dx(dbig.get(), d16, o.fc_w, dtmp.get(), n, C, F);
             linear_dw(b.m.get(), b.m16.get(), dbig.get(), d16, o.fc_w, n, C, F);
+            units_backward(l, n, gres.get(), gout16, dtmp.get());
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
                 dtmp.get(), b.x_mid.get(), P(o.ln2_w), b.mean2.get(), b.rstd2.get(), gres.get(),
                 G(o.ln2_w), G(o.ln2_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
             // attention: x_mid = x_in + attention(qkv(LN1(x_in)))·Wprojᵀ + bproj
             d16 = output_grad(gres.get(), o.proj_b, n, C);
+            const uint16_t* gmid16 = d16;  // sa16 keeps it through the attention's backward
             linear_dx(gres.get(), d16, o.proj_w, dtmp.get(), n, C, C,
                       bf16 ? datt16.get() : nullptr);
             linear_dw(b.att.get(), b.att16.get(), gres.get(), d16, o.proj_w, n, C, C);
@@ -552,6 +734,7 @@ struct CudaTransformerBackend::Impl {
             }
             linear_dx(dqkv.get(), d16, o.qkv_w, dtmp.get(), n, C, 3 * C);
             linear_dw(b.a.get(), b.a16.get(), dqkv.get(), d16, o.qkv_w, n, C, 3 * C);
+            heads_backward(l, samples, seq, gres.get(), gmid16, dtmp.get());
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
                 dtmp.get(), b.x_in.get(), P(o.ln1_w), b.mean1.get(), b.rstd1.get(), gres.get(),
                 G(o.ln1_w), G(o.ln1_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
@@ -698,20 +881,36 @@ struct CudaTransformerBackend::Impl {
         return result[0];
     }
 
-    // The live blocks changed (grow_depth, or a checkpoint of another depth restored): the
-    // activations, the buckets and the captured graphs follow (the stream is idle).
-    void sync_depth() {
+    // The host's structure changed (grow_depth, the room's units or heads in use, or a
+    // checkpoint of another structure restored): the activations, the buckets and the captured
+    // graphs follow (the stream is idle).
+    void sync_structure() {
         const int32_t live = model->n_layer();
-        if (live == L) return;
         ESPER_REQUIRE(live >= 1 && live <= NB, "cuda transformer: ", live, " live blocks of ", NB);
-        L = live;
-        const Model::LrRamp r = model->host_lr_ramp(0);  // its range does not depend on the step
-        ramp_lo = r.end > r.begin ? off[r.begin] : 0;
-        ramp_hi = r.end > r.begin ? off[r.end] : 0;
+        std::vector<int32_t> u(size_t(NB), 0), h(size_t(NB), 0);
+        for (int32_t l = 0; l < live; ++l) {
+            const int32_t used = model->extra_units(l);
+            u[size_t(l)] = (used + 7) / 8 * 8;
+            ESPER_CHECK_INPUT(u[size_t(l)] <= Umax, "run.device: cuda: block ", l, " holds ", used,
+                              " extra units; the GPU step computes them in groups of 8, so "
+                              "model.transformer.max_extra_units must be at least ",
+                              u[size_t(l)], " (it is ", Umax, ")");
+            h[size_t(l)] = model->extra_heads(l);
+        }
+        if (live == L && u == units && h == heads) return;
+        units = std::move(u);
+        heads = std::move(h);
+        if (live != L) {
+            L = live;
+            const Model::LrRamp r =
+                model->host_lr_ramp(0);  // its range does not depend on the step
+            ramp_lo = r.end > r.begin ? off[r.begin] : 0;
+            ramp_hi = r.end > r.begin ? off[r.end] : 0;
+            plan_buckets();
+        }
         const int32_t cap = rows_cap;
         rows_cap = 0;
         ensure_rows(cap);
-        plan_buckets();
     }
 
     void copy_state(bool to_device) {
@@ -758,12 +957,11 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
                       " must be 32, 64 or 128 (the fused attention kernels)");
     ESPER_CHECK_INPUT(d.C % 8 == 0, "run.device: cuda: model.transformer.d_model ", d.C,
                       " must be a multiple of 8");
-    for (int32_t l = 0; l < d.L; ++l)
-        ESPER_CHECK_INPUT(model.extra_units(l) == 0 && model.extra_heads(l) == 0,
-                          "run.device: cuda trains the bare transformer host; block ", l,
-                          " holds extra units or heads (seeds folded on the CPU, or "
-                          "model.transformer.initial_extra_units/heads): run it with "
-                          "run.device: cpu");
+    d.Umax = int32_t(t.max_extra_units);
+    d.Hmax = int32_t(t.max_extra_heads);
+    d.ho = widening_offsets(BlueprintKind::kAttentionHead, d.C, d.D);
+    d.units.assign(size_t(d.NB), 0);  // sync_structure (upload_all) puts the room in use
+    d.heads.assign(size_t(d.NB), 0);
 
     const std::vector<ParamRef>& ps = model.params();
     d.blocks.assign(size_t(d.NB), BlockOff{});
@@ -797,6 +995,10 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
             if (rest == "mlp.fc.bias") b.fc_b = o;
             if (rest == "mlp.proj.weight") b.fc2_w = o;
             if (rest == "mlp.proj.bias") b.fc2_b = o;
+            if (rest == "mlp.extra.fc.weight") b.xu_v = o;
+            if (rest == "mlp.extra.fc.bias") b.xu_c = o;
+            if (rest == "mlp.extra.proj.weight_t") b.xu_u = o;
+            if (rest == "attn.extra_heads") b.xh = o;
         }
     }
     if (d.tied) d.head = d.wte;
@@ -875,7 +1077,7 @@ void CudaTransformerBackend::upload_all() {
     // sync-point: step boundary (restore)
     ESPER_CUDA_CHECK(cudaStreamSynchronize(impl_->s()));
     impl_->copy_state(true);
-    impl_->sync_depth();
+    impl_->sync_structure();
 }
 
 void CudaTransformerBackend::download_all() {

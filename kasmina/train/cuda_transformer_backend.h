@@ -2,9 +2,11 @@
 // weights, activations and optimizer state on the device; GEMMs through cuBLASLt in bf16 on the
 // tensor cores with fp32 accumulation (run.precision: bf16, the default) or in fp32
 // (run.precision: fp32, no TF32); LayerNorm, fused causal attention, GELU, embeddings, softmax
-// cross-entropy, gradient clipping and the optimizer as kernels/ launchers. The bare host only:
-// germinating a seed on it is refused with a one-line reason (germination_refusal), and a host
-// grown by folded units or heads (a resumed checkpoint) is refused at construction. Depth grows
+// cross-entropy, gradient clipping and the optimizer as kernels/ launchers. Germinating a seed
+// on it is refused with a one-line reason (germination_refusal); the host's reserved room trains
+// on it: extra units and heads in use (seeds folded on the CPU, a resumed checkpoint,
+// model.transformer.initial_extra_units/heads) run as the CPU host runs them, and upload_all()
+// takes a change of them into the step. Depth grows
 // on it (model.transformer.grow_depth): the flat buffers hold the waiting blocks from the start,
 // and upload_all() after TransformerModel::grow_host takes the new blocks into the step (the
 // activations, buckets and graphs follow). Built in CUDA builds only. With run.cuda_graph (the

@@ -341,6 +341,86 @@ TEST_CASE("the transformer grows its depth mid-run on the GPU as on the CPU",
     fs::remove_all(dir);
 }
 
+// The reserved room on the GPU: 20 extra units (computed as 24: the padding rows stay zero) and
+// one extra head per block, as a CPU-grown host or initial_extra_units/heads put them in use.
+// fp32 tracks the CPU step by step (a GPU step that skipped the room would change the function
+// at step 1), bf16 tracks fp32, and the room's parameters train as on the CPU.
+TEST_CASE("the transformer's extra units and heads train on the GPU as on the CPU",
+          "[kasmina][cuda_backend][transformer][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    auto config = [](const std::string& device, const std::string& precision) {
+        Config c = transformer_config(device, precision);
+        c.run.max_steps = 30;
+        c.model.transformer.initial_extra_units = 20;
+        c.model.transformer.initial_extra_heads = 1;
+        return c;
+    };
+    Trainer cpu(config("cpu", "fp32"));
+    Trainer fp32(config("cuda", "fp32"));
+    Trainer bf16(config("cuda", "bf16"));
+    REQUIRE(fp32.backend().name() == "cuda");
+    REQUIRE(dynamic_cast<TransformerModel&>(fp32.model()).extra_units(0) == 20);
+    std::vector<float> before;
+    for (const ParamRef& p : fp32.model().params())
+        if (p.name == "block0.mlp.extra.proj.weight_t" || p.name == "block0.attn.extra_heads")
+            before.insert(before.end(), p.value->data(), p.value->data() + p.value->numel());
+    double max_fp32 = 0.0, max_bf16 = 0.0;
+    for (int i = 0; i < 30; ++i) {
+        const TrainStep a = cpu.step();
+        const TrainStep b = fp32.step();
+        const TrainStep c = bf16.step();
+        INFO("step " << a.step << " cpu " << a.loss << " fp32 " << b.loss << " bf16 " << c.loss);
+        REQUIRE(std::isfinite(c.loss));
+        CHECK(close(b.loss, a.loss, 0.005, 0.002));
+        CHECK(close(c.loss, b.loss, 0.02, 0.01));
+        max_fp32 = std::max(max_fp32, std::fabs(a.loss - b.loss));
+        max_bf16 = std::max(max_bf16, std::fabs(c.loss - b.loss));
+    }
+    CHECK(close(fp32.evaluate().loss, cpu.evaluate().loss, 0.005, 0.002));
+    fp32.backend().download_all();
+    const int64_t C = 128;
+    double room_diff = 0.0, moved = 0.0, padding = 0.0;
+    std::vector<float> after;
+    const auto& pg = fp32.model().params();
+    const auto& pc = cpu.model().params();
+    REQUIRE(pg.size() == pc.size());
+    for (size_t i = 0; i < pg.size(); ++i) {
+        const std::string& nm = pg[i].name;
+        const bool units = nm.find("mlp.extra.") != std::string::npos;
+        if (!units && nm.find("attn.extra_heads") == std::string::npos) continue;
+        // Units' tensors are [64 rows, C] or [64]: rows 20.. are room not in use.
+        const int64_t row_floats = nm.find(".bias") != std::string::npos ? 1 : C;
+        for (int64_t j = 0; j < pg[i].value->numel(); ++j) {
+            const float a = pg[i].value->data()[j], b = pc[i].value->data()[j];
+            if (units && j / row_floats >= 20) {
+                padding = std::max(padding, double(std::fabs(a)));
+                continue;
+            }
+            room_diff = std::max(room_diff, double(std::fabs(a - b)));
+        }
+        if (nm == "block0.mlp.extra.proj.weight_t" || nm == "block0.attn.extra_heads")
+            after.insert(after.end(), pg[i].value->data(),
+                         pg[i].value->data() + pg[i].value->numel());
+    }
+    REQUIRE(after.size() == before.size());
+    for (size_t j = 0; j < after.size(); ++j)
+        moved = std::max(moved, double(std::fabs(after[j] - before[j])));
+    CHECK(room_diff < 0.01);  // AdamW's lr-sized steps, as in the depth test above
+    CHECK(moved > 1e-3);      // the room trained on the GPU
+    CHECK(padding == 0.0);    // the padding rows stayed zero
+    std::fprintf(stderr,
+                 "extra units and heads on the gpu: max |fp32 - cpu| loss %.3g, max |bf16 - fp32| "
+                 "%.3g, room parameters %.3g\n",
+                 max_fp32, max_bf16, room_diff);
+    SECTION("units that do not fit the room in groups of 8 are refused") {
+        Config c = config("cuda", "bf16");
+        c.model.transformer.max_extra_units = 62;
+        c.model.transformer.initial_extra_units = 61;
+        CHECK_THROWS_WITH(Trainer(c), Catch::Contains("groups of 8") &&
+                                          Catch::Contains("max_extra_units must be at least 64"));
+    }
+}
+
 TEST_CASE("germinating a seed of the GPU transformer is refused with a one-line reason",
           "[kasmina][cuda_backend][transformer][gpu]") {
     ESPER_REQUIRE_DEVICE();
