@@ -268,7 +268,7 @@ void read_transformer(const Reader& r, const YAML::Node& n, TransformerConfig& c
     r.section(n, p,
               {"n_layer", "n_head", "d_model", "context", "tie_embeddings", "widening_seeds",
                "max_extra_units", "max_extra_heads", "initial_extra_units", "initial_extra_heads",
-               "grow_depth"});
+               "grow_depth", "grow_width"});
     r.get_int(n, p, "n_layer", c.n_layer, 1, 1024);
     r.get_int(n, p, "n_head", c.n_head, 1, 1024);
     r.get_int(n, p, "d_model", c.d_model, 1, 1 << 16);
@@ -293,6 +293,17 @@ void read_transformer(const Reader& r, const YAML::Node& n, TransformerConfig& c
         if (c.grow_depth.blocks > 0 && c.grow_depth.at_step == 0)
             r.fail(r.at(*g, "at_step"), gp + ".at_step",
                    "growing blocks needs the step they join at (>= 1)");
+    }
+    if (auto g = r.child_map(n, p, "grow_width")) {
+        const std::string gp = p + ".grow_width";
+        r.section(*g, gp, {"units", "heads", "at_step"});
+        GrowWidthConfig& w = c.grow_width;
+        r.get_int(*g, gp, "units", w.units, 0, c.max_extra_units - c.initial_extra_units);
+        r.get_int(*g, gp, "heads", w.heads, 0, c.max_extra_heads - c.initial_extra_heads);
+        r.get_int(*g, gp, "at_step", w.at_step, 1, int64_t(1) << 40);
+        if ((w.units > 0 || w.heads > 0) && w.at_step == 0)
+            r.fail(r.at(*g, "at_step"), gp + ".at_step",
+                   "growing width needs the step it happens at (>= 1)");
     }
 }
 
@@ -852,6 +863,13 @@ void emit_config(YAML::Emitter& out, const Config& c) {
                     .put("at_step", t.grow_depth.at_step)
                     .put("init", depth_init_name(t.grow_depth.init))
                     .put("warmup_steps", t.grow_depth.warmup_steps);
+            }
+            if (t.grow_width.units > 0 || t.grow_width.heads > 0) {
+                tm.key("grow_width");
+                YamlMap(out, true)
+                    .put("units", t.grow_width.units)
+                    .put("heads", t.grow_width.heads)
+                    .put("at_step", t.grow_width.at_step);
             }
         }
     }

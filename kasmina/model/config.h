@@ -60,6 +60,18 @@ struct GrowDepthConfig {
     bool operator==(const GrowDepthConfig&) const = default;
 };
 
+// Width growth on a schedule (model.transformer.grow_width): at the start of step `at_step` every
+// block computed then puts `units` more MLP units and `heads` more attention heads of its reserved
+// room in use, their input side drawn as the block's (N(0, 0.02), zero biases) and their output
+// side zero, so the network computes what it did and the output side learns from the next step.
+// A host-level experiment of issue 14 beside grow_depth (docs/kasmina.md, "Growing width").
+struct GrowWidthConfig {
+    int64_t units = 0;  // 0 and heads 0: off
+    int64_t heads = 0;
+    int64_t at_step = 0;
+    bool operator==(const GrowWidthConfig&) const = default;
+};
+
 // model.kind: transformer (DESIGN §14): decoder-only, pre-LayerNorm blocks, causal multi-head
 // attention, GELU MLP of 4·d_model hidden units, learned positions, byte vocabulary (256).
 struct TransformerConfig {
@@ -78,6 +90,7 @@ struct TransformerConfig {
     int64_t initial_extra_units = 0;  // <= max_extra_units
     int64_t initial_extra_heads = 0;  // <= max_extra_heads
     GrowDepthConfig grow_depth{};
+    GrowWidthConfig grow_width{};
     bool operator==(const TransformerConfig&) const = default;
 };
 

@@ -161,6 +161,18 @@ TransformerModel::TransformerModel(const ModelConfig& config, uint64_t seed)
         normal_init(head_w_, rng, 0.02f);
     }
     init_initial_room(mix_seed(seed, 0x9e11), proj_std);
+    width_seed_ = mix_seed(seed, 0x9e12);
+    const GrowWidthConfig& w = c.grow_width;
+    ESPER_CHECK_INPUT(
+        w.units >= 0 && w.heads >= 0 && c.initial_extra_units + w.units <= c.max_extra_units &&
+            c.initial_extra_heads + w.heads <= c.max_extra_heads,
+        "model.transformer.grow_width: ", w.units, " units and ", w.heads,
+        " heads do not fit the room: initial_extra_units ", c.initial_extra_units,
+        " + units must be <= max_extra_units ", c.max_extra_units, ", initial_extra_heads ",
+        c.initial_extra_heads, " + heads <= max_extra_heads ", c.max_extra_heads);
+    ESPER_CHECK_INPUT((w.units == 0 && w.heads == 0) || w.at_step >= 1,
+                      "model.transformer.grow_width.at_step: ", w.at_step,
+                      " (growing width needs the step it happens at, >= 1)");
 }
 
 void TransformerModel::init_initial_room(uint64_t seed, float proj_std) {
@@ -222,16 +234,20 @@ std::vector<int64_t> TransformerModel::structure() const {
     if (cfg_.grow_depth.blocks == 0) return s;
     s.push_back(live_ - n_base_);
     for (size_t l = size_t(n_base_); l < blocks_.size(); ++l) room(l);
+    if (cfg_.grow_width.units > 0 || cfg_.grow_width.heads > 0) s.push_back(width_grown_ ? 1 : 0);
     return s;
 }
 
 void TransformerModel::set_structure(std::span<const int64_t> s) {
     const int64_t grow = cfg_.grow_depth.blocks;
-    const size_t want = 2 * blocks_.size() + (grow > 0 ? 1 : 0);
+    const bool widens = cfg_.grow_width.units > 0 || cfg_.grow_width.heads > 0;
+    const size_t want = 2 * blocks_.size() + (grow > 0 ? 1 : 0) + (widens ? 1 : 0);
     if (s.size() != want)
         ESPER_THROW(kIntegrity, "checkpoint: host structure of ", s.size(), " values, this ",
-                    n_base_, "-block transformer", grow > 0 ? " with grow_depth" : "", " keeps ",
-                    want);
+                    n_base_, "-block transformer", grow > 0 ? " with grow_depth" : "",
+                    widens ? " with grow_width" : "", " keeps ", want);
+    if (widens && s.back() != 0 && s.back() != 1)
+        ESPER_THROW(kIntegrity, "checkpoint: width grown = ", s.back(), " (0 or 1)");
     const int64_t grown = grow > 0 ? s[2 * size_t(n_base_)] : 0;
     if (grown != 0 && grown != grow)
         ESPER_THROW(kIntegrity, "checkpoint: ", grown, " grown blocks in use; this model grows ",
@@ -248,11 +264,49 @@ void TransformerModel::set_structure(std::span<const int64_t> s) {
         blocks_[l].heads_active = int32_t(at(l, 1));
     }
     live_ = n_base_ + int32_t(grown);
+    width_grown_ = widens && s.back() == 1;
+}
+
+bool TransformerModel::depth_growth_due(int64_t step) const {
+    const GrowDepthConfig& g = cfg_.grow_depth;
+    return g.blocks > 0 && live_ == n_base_ && step >= g.at_step;
+}
+
+bool TransformerModel::width_growth_due(int64_t step) const {
+    const GrowWidthConfig& w = cfg_.grow_width;
+    return (w.units > 0 || w.heads > 0) && !width_grown_ && step >= w.at_step;
 }
 
 bool TransformerModel::host_growth_due(int64_t step) const {
-    const GrowDepthConfig& g = cfg_.grow_depth;
-    return g.blocks > 0 && live_ == n_base_ && step >= g.at_step;
+    return depth_growth_due(step) || width_growth_due(step);
+}
+
+void TransformerModel::grow_width() {
+    const GrowWidthConfig& w = cfg_.grow_width;
+    const int64_t C = C_;
+    const WideningOffsets ho = widening_offsets(BlueprintKind::kAttentionHead, C, Dh_);
+    Rng rng(width_seed_);
+    for (Block& b : live_blocks()) {
+        ESPER_REQUIRE(b.units_active + w.units <= Umax_ && b.heads_active + w.heads <= Hmax_,
+                      "grow_width: the room is full");
+        // New units: V rows N(0, 0.02), c = 0, U rows 0 (as a germinated mlp_units seed).
+        for (int64_t j = b.units_active; j < b.units_active + w.units; ++j) {
+            for (int64_t i = 0; i < C; ++i) {
+                b.xu_v[j * C + i] = rng.normal() * 0.02f;
+                b.xu_u[j * C + i] = 0.0f;
+            }
+            b.xu_c[j] = 0.0f;
+        }
+        // New heads: Wq, Wk, Wv N(0, 0.02), zero biases, Wo 0.
+        for (int64_t h = b.heads_active; h < b.heads_active + w.heads; ++h) {
+            float* slot = b.xh.data() + h * head_floats_;
+            std::fill_n(slot, ho.floats, 0.0f);
+            for (int64_t i = 0; i < ho.in_b; ++i) slot[ho.in_w + i] = rng.normal() * 0.02f;
+        }
+        b.units_active += int32_t(w.units);
+        b.heads_active += int32_t(w.heads);
+    }
+    width_grown_ = true;
 }
 
 Model::LrRamp TransformerModel::host_lr_ramp(int64_t step) const {
@@ -277,6 +331,9 @@ Model::LrRamp TransformerModel::host_lr_ramp(int64_t step) const {
 bool TransformerModel::grow_host(int64_t step) {
     const GrowDepthConfig& g = cfg_.grow_depth;
     if (!host_growth_due(step)) return false;
+    // Width first when both are due: grown blocks copy the room in use.
+    if (width_growth_due(step)) grow_width();
+    if (!depth_growth_due(step)) return true;
     // Block n_layer + i repeats block i mod n_layer: the trained stack, repeated in order.
     for (size_t i = 0; i < size_t(g.blocks); ++i) {
         const Block& src = blocks_[i % size_t(n_base_)];

@@ -51,12 +51,14 @@ public:
     // Seed layer `layer` is block l's widening site: mlp_units read LN2's output and write into
     // the residual stream after the block.
     bool widening_gradient(int32_t layer, const Batch& batch, std::span<float> g) override;
-    // model.transformer.grow_depth: at its step, the grown blocks join the top of the stack.
+    // model.transformer.grow_depth: at its step, the grown blocks join the top of the stack;
+    // model.transformer.grow_width: at its step, every live block puts more of its room in use.
     bool grow_host(int64_t step) override;
     bool host_growth_due(int64_t step) const override;
     LrRamp host_lr_ramp(int64_t step) const override;
     // Per block of n_layer: extra units in use, extra heads in use; with grow_depth, one more
-    // value: the grown blocks in use (0 or grow_depth.blocks).
+    // value: the grown blocks in use (0 or grow_depth.blocks), then the grown blocks' pairs;
+    // with grow_width, a last value: whether the width grew (0 or 1).
     std::vector<int64_t> structure() const override;
     void set_structure(std::span<const int64_t> s) override;
 
@@ -93,6 +95,10 @@ public:
 private:
     // Puts model.transformer.initial_extra_{units,heads} of every block's reserved room in use.
     void init_initial_room(uint64_t seed, float proj_std);
+    bool depth_growth_due(int64_t step) const;
+    bool width_growth_due(int64_t step) const;
+    // grow_width: `units` and `heads` more of each live block's room in use, output side zero.
+    void grow_width();
 
     // A widening blueprint (or an extra unit group / extra head of the host) active in the last
     // forward: where its parameters are and the activations its backward needs.
@@ -142,6 +148,8 @@ private:
     // blocks_ holds n_layer + grow_depth.blocks blocks; the first live_ are computed. Grown
     // blocks have no seed sites.
     int32_t n_base_ = 0, live_ = 0;
+    bool width_grown_ = false;
+    uint64_t width_seed_ = 0;   // grow_width's draws
     int64_t block_floats_ = 0;  // the floats of one block's parameters (room included)
     Tensor wte_, wpe_, lnf_w_, lnf_b_, head_w_;
     Tensor d_wte_, d_wpe_, d_lnf_w_, d_lnf_b_, d_head_w_;

@@ -136,7 +136,7 @@ TrainStep Trainer::step() {
     const bool grew = model_->grow_host(s);
     if (grew) {
         backend_->upload_all();
-        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "grow_depth step=", s,
+        ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "grow_host step=", s,
                      " host_params=", model_->param_count());
     }
     if (folded || grew) {  // the last-known-good state includes the new host

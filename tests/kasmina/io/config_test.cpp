@@ -353,6 +353,31 @@ TEST_CASE("transformer configs that cannot run are refused with file, line and f
                Catch::Contains("run.yaml:6: model.transformer.initial_extra_units"));
 }
 
+TEST_CASE("model.transformer.grow_width parses, round-trips, and its bad values are refused",
+          "[kasmina][config][transformer]") {
+    const std::string head =
+        "data: {dataset: text}\nmodel:\n  kind: transformer\n  transformer:\n"
+        "    max_extra_units: 64\n    max_extra_heads: 2\n";
+    const Config c =
+        parse_config(head + "    grow_width: {units: 48, heads: 1, at_step: 300}\n", "w.yaml");
+    CHECK(c.model.transformer.grow_width == GrowWidthConfig{48, 1, 300});
+    CHECK(parse_config(config_to_yaml(c), "again.yaml") == c);
+    // Off by default, and then not written out.
+    CHECK(config_to_yaml(parse_config(head, "w.yaml")).find("grow_width") == std::string::npos);
+    CHECK_THAT(config_error(head + "    grow_width: {units: 8}\n"),
+               Catch::Contains("run.yaml:7: model.transformer.grow_width.at_step: growing width "
+                               "needs the step it happens at"));
+    // More than the room left after the initial units and heads.
+    CHECK_THAT(
+        config_error(head + "    initial_extra_units: 32\n"
+                            "    grow_width: {units: 40, at_step: 5}\n"),
+        Catch::Contains("model.transformer.grow_width.units: out of range: 40 not in [0, 32]"));
+    CHECK_THAT(config_error(head + "    grow_width: {heads: 3, at_step: 5}\n"),
+               Catch::Contains("model.transformer.grow_width.heads: out of range"));
+    CHECK_THAT(config_error(head + "    grow_width: {units: 8, at_step: 5, init: copy}\n"),
+               Catch::Contains("model.transformer.grow_width"));
+}
+
 TEST_CASE("model.transformer.grow_depth parses, round-trips, and its bad values are refused",
           "[kasmina][config][transformer]") {
     const std::string head = "data: {dataset: text}\nmodel:\n  kind: transformer\n  transformer:\n";

@@ -620,6 +620,68 @@ TEST_CASE("grow_depth zero_out: the grown network computes what it computed, the
         }
 }
 
+// grow_width: at its step every live block (the depth-grown ones too once they joined) puts more
+// of its room in use with a zero output side, so the function is unchanged bit for bit, the count
+// and FLOPs grow by exactly the new units and heads, the output side learns, and a checkpoint's
+// structure brings the grown width back.
+TEST_CASE("grow_width puts room in use at its step without changing the function",
+          "[kasmina][transformer]") {
+    const Data d = token_data(2, 5, 10);
+    const int32_t rows = d.samples * d.seq;
+    ModelConfig c = tiny();
+    c.transformer.initial_extra_units = 1;
+    c.transformer.grow_depth = {1, 2, DepthInit::kZeroOut};
+    c.transformer.grow_width = {4, 1, 3};
+    TransformerModel m(c, 21);
+    Sites s(m, tiny_blueprints(), 4);
+    CHECK(m.structure() == std::vector<int64_t>{1, 0, 1, 0, 0, 0, 0, 0});
+    CHECK_FALSE(m.host_growth_due(1));
+    REQUIRE(m.grow_host(2));  // depth first: 3 blocks
+    CHECK(m.n_layer() == 3);
+    CHECK_FALSE(m.host_growth_due(2));
+    CHECK(m.host_growth_due(3));
+    for (int k = 0; k < 2; ++k) {  // a little training, so nothing is at its initial value
+        m.train_batch(d.batch(), s.views(rows), {});
+        for (const ParamRef& p : m.params())
+            for (int64_t i = 0; i < p.value->numel(); ++i) (*p.value)[i] -= 0.5f * (*p.grad)[i];
+    }
+    const int64_t before_params = m.param_count();
+    const double before_flops = m.train_flops(2, rows);
+    const float before = m.eval_batch(d.batch(), s.views(rows)).loss;
+    REQUIRE(m.grow_host(3));
+    CHECK_FALSE(m.grow_host(4));  // once
+    CHECK(m.eval_batch(d.batch(), s.views(rows)).loss == before);
+    for (int32_t l = 0; l < 3; ++l) {
+        CHECK(m.extra_units(l) == 5);
+        CHECK(m.extra_heads(l) == 1);
+    }
+    const int64_t C = 8, Dh = 4, head = 4 * Dh * C + 3 * Dh;
+    CHECK(m.param_count() == before_params + 3 * (4 * (2 * C + 1) + head));
+    CHECK(m.train_flops(2, rows) > before_flops);
+    CHECK(m.structure() == std::vector<int64_t>{5, 1, 5, 1, 1, 5, 1, 1});
+    // The new units' and head's output side starts at zero and gets gradients.
+    m.train_batch(d.batch(), s.views(rows), {});
+    for (const ParamRef& p : m.params()) {
+        if (p.name != "block2.mlp.extra.proj.weight_t" && p.name != "block0.attn.extra_heads")
+            continue;
+        double sq = 0.0;
+        for (float g : p.grad->span()) sq += double(g) * g;
+        CAPTURE(p.name);
+        CHECK(sq > 0.0);
+    }
+    TransformerModel fresh(c, 5);
+    fresh.set_structure(m.structure());
+    CHECK(fresh.n_layer() == 3);
+    CHECK(fresh.extra_units(2) == 5);
+    CHECK(fresh.param_count() == m.param_count());
+    CHECK_FALSE(fresh.host_growth_due(1000));
+    CHECK_THROWS_WITH(fresh.set_structure(std::vector<int64_t>{1, 0, 1, 0, 0, 0, 0, 2}),
+                      Catch::Contains("width grown = 2"));
+    // Room it cannot take is refused when the model is built.
+    c.transformer.grow_width = {6, 0, 3};
+    CHECK_THROWS_WITH(TransformerModel(c, 1), Catch::Contains("do not fit the room"));
+}
+
 TEST_CASE("benchmark: transformer train_batch on the CPU", "[kasmina][transformer][.bench]") {
     ModelConfig c = tiny();
     c.transformer.n_layer = 4;

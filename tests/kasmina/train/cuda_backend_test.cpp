@@ -421,6 +421,49 @@ TEST_CASE("the transformer's extra units and heads train on the GPU as on the CP
     }
 }
 
+// grow_width on the GPU (20 units and a head per block at step 10; 20 units run as 24): fp32
+// tracks the CPU step by step through the growth (the new output sides start at zero, so a GPU
+// step that ignored the new room would still track at step 10 but drift after), and the grown
+// units' output side trains on the GPU as on the CPU.
+TEST_CASE("the transformer grows its width mid-run on the GPU as on the CPU",
+          "[kasmina][cuda_backend][transformer][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    auto config = [](const std::string& device) {
+        Config c = transformer_config(device, "fp32");
+        c.run.max_steps = 30;
+        c.model.transformer.grow_width = {20, 1, 10};
+        return c;
+    };
+    Trainer cpu(config("cpu"));
+    Trainer gpu(config("cuda"));
+    REQUIRE(gpu.backend().name() == "cuda");
+    double max_diff = 0.0;
+    for (int i = 0; i < 30; ++i) {
+        const TrainStep a = cpu.step();
+        const TrainStep b = gpu.step();
+        INFO("step " << a.step << " cpu " << a.loss << " gpu " << b.loss);
+        CHECK(close(b.loss, a.loss, 0.005, 0.002));
+        max_diff = std::max(max_diff, std::fabs(a.loss - b.loss));
+    }
+    CHECK(dynamic_cast<TransformerModel&>(gpu.model()).extra_units(3) == 20);
+    gpu.backend().download_all();
+    double out_max = 0.0, out_diff = 0.0;
+    const auto& pg = gpu.model().params();
+    const auto& pc = cpu.model().params();
+    for (size_t i = 0; i < pg.size(); ++i) {
+        if (pg[i].name != "block3.mlp.extra.proj.weight_t") continue;
+        for (int64_t j = 0; j < 20 * 128; ++j) {
+            out_max = std::max(out_max, double(std::fabs(pg[i].value->data()[j])));
+            out_diff = std::max(out_diff,
+                                double(std::fabs(pg[i].value->data()[j] - pc[i].value->data()[j])));
+        }
+    }
+    CHECK(out_max > 1e-3);   // zero at step 10, trained since
+    CHECK(out_diff < 0.01);  // as on the CPU (AdamW's lr-sized steps)
+    std::fprintf(stderr, "grow_width on the gpu: max |gpu - cpu| loss %.3g, grown U %.3g\n",
+                 max_diff, out_diff);
+}
+
 TEST_CASE("germinating a seed of the GPU transformer is refused with a one-line reason",
           "[kasmina][cuda_backend][transformer][gpu]") {
     ESPER_REQUIRE_DEVICE();
