@@ -296,11 +296,12 @@ void read_transformer(const Reader& r, const YAML::Node& n, TransformerConfig& c
     }
     if (auto g = r.child_map(n, p, "grow_width")) {
         const std::string gp = p + ".grow_width";
-        r.section(*g, gp, {"units", "heads", "at_step"});
+        r.section(*g, gp, {"units", "heads", "at_step", "init"});
         GrowWidthConfig& w = c.grow_width;
         r.get_int(*g, gp, "units", w.units, 0, c.max_extra_units - c.initial_extra_units);
         r.get_int(*g, gp, "heads", w.heads, 0, c.max_extra_heads - c.initial_extra_heads);
         r.get_int(*g, gp, "at_step", w.at_step, 1, int64_t(1) << 40);
+        r.get_enum(*g, gp, "init", w.init, kWidthInitNames);
         if ((w.units > 0 || w.heads > 0) && w.at_step == 0)
             r.fail(r.at(*g, "at_step"), gp + ".at_step",
                    "growing width needs the step it happens at (>= 1)");
@@ -869,7 +870,8 @@ void emit_config(YAML::Emitter& out, const Config& c) {
                 YamlMap(out, true)
                     .put("units", t.grow_width.units)
                     .put("heads", t.grow_width.heads)
-                    .put("at_step", t.grow_width.at_step);
+                    .put("at_step", t.grow_width.at_step)
+                    .put("init", width_init_name(t.grow_width.init));
             }
         }
     }

@@ -60,15 +60,24 @@ struct GrowDepthConfig {
     bool operator==(const GrowDepthConfig&) const = default;
 };
 
+// How grown width starts (model.transformer.grow_width.init): `zero_out` — input side drawn as
+// the block's (N(0, 0.02), zero biases), output side zero; `split` — each new unit (head) a copy
+// of a trained host unit (head) of the block, taken in order, that unit's output weights halved
+// and the other half given to the copy (Net2Net's widening). Both leave the function unchanged.
+enum class WidthInit : uint8_t { kZeroOut = 0, kSplit = 1 };
+inline constexpr std::array<std::string_view, 2> kWidthInitNames = {"zero_out", "split"};
+constexpr std::string_view width_init_name(WidthInit i) { return enum_name(i, kWidthInitNames); }
+
 // Width growth on a schedule (model.transformer.grow_width): at the start of step `at_step` every
 // block computed then puts `units` more MLP units and `heads` more attention heads of its reserved
-// room in use, their input side drawn as the block's (N(0, 0.02), zero biases) and their output
-// side zero, so the network computes what it did and the output side learns from the next step.
-// A host-level experiment of issue 14 beside grow_depth (docs/kasmina.md, "Growing width").
+// room in use, as `init` says, so the network computes what it did and the new parameters learn
+// from the next step. A host-level experiment of issue 14 beside grow_depth (docs/kasmina.md,
+// "Growing width").
 struct GrowWidthConfig {
     int64_t units = 0;  // 0 and heads 0: off
     int64_t heads = 0;
     int64_t at_step = 0;
+    WidthInit init = WidthInit::kZeroOut;
     bool operator==(const GrowWidthConfig&) const = default;
 };
 

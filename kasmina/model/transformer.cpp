@@ -289,19 +289,42 @@ void TransformerModel::grow_width() {
     for (Block& b : live_blocks()) {
         ESPER_REQUIRE(b.units_active + w.units <= Umax_ && b.heads_active + w.heads <= Hmax_,
                       "grow_width: the room is full");
-        // New units: V rows N(0, 0.02), c = 0, U rows 0 (as a germinated mlp_units seed).
-        for (int64_t j = b.units_active; j < b.units_active + w.units; ++j) {
+        const bool split = w.init == WidthInit::kSplit;
+        // New units. zero_out: V rows N(0, 0.02), c = 0, U rows 0 (as a germinated mlp_units
+        // seed). split: new unit t copies host unit t mod F (fc row and bias) and takes half of
+        // its fc2 column, which keeps the other half.
+        for (int64_t t = 0; t < w.units; ++t) {
+            const int64_t j = b.units_active + t, src = t % F_;
             for (int64_t i = 0; i < C; ++i) {
-                b.xu_v[j * C + i] = rng.normal() * 0.02f;
-                b.xu_u[j * C + i] = 0.0f;
+                b.xu_v[j * C + i] = split ? b.fc_w[src * C + i] : rng.normal() * 0.02f;
+                float& out = b.fc2_w[i * F_ + src];
+                if (split) out *= 0.5f;
+                b.xu_u[j * C + i] = split ? out : 0.0f;
             }
-            b.xu_c[j] = 0.0f;
+            b.xu_c[j] = split ? b.fc_b[src] : 0.0f;
         }
-        // New heads: Wq, Wk, Wv N(0, 0.02), zero biases, Wo 0.
-        for (int64_t h = b.heads_active; h < b.heads_active + w.heads; ++h) {
-            float* slot = b.xh.data() + h * head_floats_;
+        // New heads. zero_out: Wq, Wk, Wv N(0, 0.02), zero biases, Wo 0. split: new head t
+        // copies host head t mod H (its q, k, v rows and biases) and takes half of its proj
+        // columns, which keep the other half.
+        for (int64_t t = 0; t < w.heads; ++t) {
+            float* slot = b.xh.data() + (b.heads_active + t) * head_floats_;
             std::fill_n(slot, ho.floats, 0.0f);
-            for (int64_t i = 0; i < ho.in_b; ++i) slot[ho.in_w + i] = rng.normal() * 0.02f;
+            if (!split) {
+                for (int64_t i = 0; i < ho.in_b; ++i) slot[ho.in_w + i] = rng.normal() * 0.02f;
+                continue;
+            }
+            const int64_t src = t % H_, D = Dh_;
+            for (int64_t part = 0; part < 3; ++part) {  // Wq, Wk, Wv [D, C]; bq, bk, bv [D]
+                std::copy_n(b.qkv_w.data() + (part * C + src * D) * C, D * C,
+                            slot + ho.in_w + part * D * C);
+                std::copy_n(b.qkv_b.data() + part * C + src * D, D, slot + ho.in_b + part * D);
+            }
+            for (int64_t i = 0; i < C; ++i)  // Wo [C, D]: half of proj's columns of the head
+                for (int64_t e = 0; e < D; ++e) {
+                    float& out = b.proj_w[i * C + src * D + e];
+                    out *= 0.5f;
+                    slot[ho.out_w + i * D + e] = out;
+                }
         }
         b.units_active += int32_t(w.units);
         b.heads_active += int32_t(w.heads);

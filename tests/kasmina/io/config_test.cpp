@@ -360,8 +360,12 @@ TEST_CASE("model.transformer.grow_width parses, round-trips, and its bad values 
         "    max_extra_units: 64\n    max_extra_heads: 2\n";
     const Config c =
         parse_config(head + "    grow_width: {units: 48, heads: 1, at_step: 300}\n", "w.yaml");
-    CHECK(c.model.transformer.grow_width == GrowWidthConfig{48, 1, 300});
+    CHECK(c.model.transformer.grow_width == GrowWidthConfig{48, 1, 300, WidthInit::kZeroOut});
     CHECK(parse_config(config_to_yaml(c), "again.yaml") == c);
+    const Config sp =
+        parse_config(head + "    grow_width: {units: 48, at_step: 300, init: split}\n", "w.yaml");
+    CHECK(sp.model.transformer.grow_width.init == WidthInit::kSplit);
+    CHECK(parse_config(config_to_yaml(sp), "again.yaml") == sp);
     // Off by default, and then not written out.
     CHECK(config_to_yaml(parse_config(head, "w.yaml")).find("grow_width") == std::string::npos);
     CHECK_THAT(config_error(head + "    grow_width: {units: 8}\n"),
@@ -374,8 +378,9 @@ TEST_CASE("model.transformer.grow_width parses, round-trips, and its bad values 
         Catch::Contains("model.transformer.grow_width.units: out of range: 40 not in [0, 32]"));
     CHECK_THAT(config_error(head + "    grow_width: {heads: 3, at_step: 5}\n"),
                Catch::Contains("model.transformer.grow_width.heads: out of range"));
-    CHECK_THAT(config_error(head + "    grow_width: {units: 8, at_step: 5, init: copy}\n"),
-               Catch::Contains("model.transformer.grow_width"));
+    CHECK_THAT(
+        config_error(head + "    grow_width: {units: 8, at_step: 5, init: copy}\n"),
+        Catch::Contains("model.transformer.grow_width.init: expected one of zero_out, split"));
 }
 
 TEST_CASE("model.transformer.grow_depth parses, round-trips, and its bad values are refused",

@@ -682,6 +682,53 @@ TEST_CASE("grow_width puts room in use at its step without changing the function
     CHECK_THROWS_WITH(TransformerModel(c, 1), Catch::Contains("do not fit the room"));
 }
 
+// grow_width init split: each new unit (head) is a trained host unit (head) whose output weights
+// it shares half and half, so the function is unchanged up to the order of the sums, and the
+// copies are the host's.
+TEST_CASE("grow_width split copies trained units and heads and halves their outputs",
+          "[kasmina][transformer]") {
+    const Data d = token_data(2, 5, 11);
+    const int32_t rows = d.samples * d.seq;
+    ModelConfig c = tiny();
+    c.transformer.grow_width = {5, 1, 1, WidthInit::kSplit};
+    TransformerModel m(c, 8);
+    Sites s(m, tiny_blueprints(), 4);
+    for (int k = 0; k < 2; ++k) {
+        m.train_batch(d.batch(), s.views(rows), {});
+        for (const ParamRef& p : m.params())
+            for (int64_t i = 0; i < p.value->numel(); ++i) (*p.value)[i] -= 0.5f * (*p.grad)[i];
+    }
+    std::map<std::string, std::vector<float>> before;
+    for (const ParamRef& p : m.params())
+        before[p.name].assign(p.value->data(), p.value->data() + p.value->numel());
+    const float loss = m.eval_batch(d.batch(), s.views(rows)).loss;
+    REQUIRE(m.grow_host(1));
+    CHECK(m.eval_batch(d.batch(), s.views(rows)).loss == Approx(loss).epsilon(1e-5));
+    std::map<std::string, std::span<const float>> now;
+    for (const ParamRef& p : m.params()) now[p.name] = p.value->span();
+    const int64_t C = 8, F = 32, D = 4;
+    const auto& fc = before["block1.mlp.fc.weight"];
+    const auto& fc2 = before["block1.mlp.proj.weight"];
+    for (int64_t t = 0; t < 5; ++t)  // unit t copies host unit t, and they share its fc2 column
+        for (int64_t i = 0; i < C; ++i) {
+            CHECK(now["block1.mlp.extra.fc.weight"][size_t(t * C + i)] == fc[size_t(t * C + i)]);
+            CHECK(now["block1.mlp.extra.proj.weight_t"][size_t(t * C + i)] ==
+                  0.5f * fc2[size_t(i * F + t)]);
+            CHECK(now["block1.mlp.proj.weight"][size_t(i * F + t)] ==
+                  0.5f * fc2[size_t(i * F + t)]);
+        }
+    const auto& qkv = before["block0.attn.qkv.weight"];
+    const auto& proj = before["block0.attn.proj.weight"];
+    const WideningOffsets ho = widening_offsets(BlueprintKind::kAttentionHead, C, D);
+    const auto slot = now["block0.attn.extra_heads"];
+    for (int64_t part = 0; part < 3; ++part)  // the new head is host head 0's q, k, v rows
+        for (int64_t r = 0; r < D * C; ++r)
+            CHECK(slot[size_t(ho.in_w + part * D * C + r)] == qkv[size_t(part * C * C + r)]);
+    for (int64_t i = 0; i < C; ++i)
+        for (int64_t e = 0; e < D; ++e)
+            CHECK(slot[size_t(ho.out_w + i * D + e)] == 0.5f * proj[size_t(i * C + e)]);
+}
+
 TEST_CASE("benchmark: transformer train_batch on the CPU", "[kasmina][transformer][.bench]") {
     ModelConfig c = tiny();
     c.transformer.n_layer = 4;
