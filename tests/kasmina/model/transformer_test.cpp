@@ -183,6 +183,16 @@ std::vector<std::vector<float>> copy_grads(const Model& m) {
     return out;
 }
 
+// Two plain gradient steps (lr 0.5) on d's batch, so no parameter keeps its initial value.
+void train_a_little(TransformerModel& m, Sites& s, const Data& d) {
+    const int32_t rows = d.samples * d.seq;
+    for (int k = 0; k < 2; ++k) {
+        m.train_batch(d.batch(), s.views(rows), {});
+        for (const ParamRef& p : m.params())
+            for (int64_t i = 0; i < p.value->numel(); ++i) (*p.value)[i] -= 0.5f * (*p.grad)[i];
+    }
+}
+
 }  // namespace
 
 TEST_CASE("every transformer parameter's gradient matches finite differences of the loss",
@@ -593,11 +603,7 @@ TEST_CASE("grow_depth zero_out: the grown network computes what it computed, the
     Sites s(m, tiny_blueprints(), 4);
     s.germinate(m.widening_layer(1), 0, BlueprintKind::kMlpUnits, SeedStage::kGrafting, 0.5f);
     s.randomize(m.widening_layer(1), 0, 77);
-    for (int k = 0; k < 2; ++k) {  // a little training: the biases are no longer zero
-        m.train_batch(d.batch(), s.views(rows), {});
-        for (const ParamRef& p : m.params())
-            for (int64_t i = 0; i < p.value->numel(); ++i) (*p.value)[i] -= 0.5f * (*p.grad)[i];
-    }
+    train_a_little(m, s, d);  // nothing is at its initial value (the biases no longer zero)
     const int64_t before_params = m.param_count();
     const double before_flops = m.train_flops(2, rows);
     const float before = m.eval_batch(d.batch(), s.views(rows)).loss;
@@ -640,11 +646,7 @@ TEST_CASE("grow_width puts room in use at its step without changing the function
     CHECK(m.n_layer() == 3);
     CHECK_FALSE(m.host_growth_due(2));
     CHECK(m.host_growth_due(3));
-    for (int k = 0; k < 2; ++k) {  // a little training, so nothing is at its initial value
-        m.train_batch(d.batch(), s.views(rows), {});
-        for (const ParamRef& p : m.params())
-            for (int64_t i = 0; i < p.value->numel(); ++i) (*p.value)[i] -= 0.5f * (*p.grad)[i];
-    }
+    train_a_little(m, s, d);  // nothing is at its initial value (the biases no longer zero)
     const int64_t before_params = m.param_count();
     const double before_flops = m.train_flops(2, rows);
     const float before = m.eval_batch(d.batch(), s.views(rows)).loss;
@@ -693,11 +695,7 @@ TEST_CASE("grow_width split copies trained units and heads and halves their outp
     c.transformer.grow_width = {5, 1, 1, WidthInit::kSplit};
     TransformerModel m(c, 8);
     Sites s(m, tiny_blueprints(), 4);
-    for (int k = 0; k < 2; ++k) {
-        m.train_batch(d.batch(), s.views(rows), {});
-        for (const ParamRef& p : m.params())
-            for (int64_t i = 0; i < p.value->numel(); ++i) (*p.value)[i] -= 0.5f * (*p.grad)[i];
-    }
+    train_a_little(m, s, d);  // nothing is at its initial value (the biases no longer zero)
     std::map<std::string, std::vector<float>> before;
     for (const ParamRef& p : m.params())
         before[p.name].assign(p.value->data(), p.value->data() + p.value->numel());
