@@ -1,7 +1,11 @@
 // Gradient-norm kernels (see grad_ops.h; CPU references in grad_ops_reference.cpp).
+#include <cuda_bf16.h>
+
 #include <algorithm>
+#include <cstdint>
 
 #include "kernels/grad_ops.h"
+#include "kernels/seed_layer.h"
 
 namespace esper::kernels {
 
@@ -39,6 +43,55 @@ __global__ void clip_scale_kernel(float* __restrict__ x, int64_t n, const double
         x[i] *= scale;
 }
 
+// Element i of a float or bf16 array as a double.
+__device__ __forceinline__ double load_as_double(const void* x, bool bf16, int64_t i) {
+    if (bf16) {
+        const uint16_t bits = static_cast<const uint16_t*>(x)[i];
+        return double(__uint_as_float(uint32_t(bits) << 16));
+    }
+    return double(static_cast<const float*>(x)[i]);
+}
+
+// Block-wide sums of K doubles, added into out[0..K) by thread 0 of each block.
+template <int K>
+__device__ void block_add(double (&acc)[K], double* out) {
+    __shared__ double warp_sums[kThreads / 32][K];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    for (int k = 0; k < K; ++k) {
+        for (int off = 16; off > 0; off >>= 1) acc[k] += __shfl_down_sync(0xffffffffu, acc[k], off);
+        if (lane == 0) warp_sums[warp][k] = acc[k];
+    }
+    __syncthreads();
+    if (warp != 0) return;
+    for (int k = 0; k < K; ++k) {
+        double v = lane < kThreads / 32 ? warp_sums[lane][k] : 0.0;
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+        if (lane == 0) atomicAdd(out + k, v);
+    }
+}
+
+__global__ void dot_kernel(const void* a, bool a_bf16, const void* b, bool b_bf16, int64_t n,
+                           double* out) {
+    double acc[1] = {0.0};
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x)
+        acc[0] += load_as_double(a, a_bf16, i) * load_as_double(b, b_bf16, i);
+    block_add(acc, out);
+}
+
+__global__ void moments_kernel(const void* x, bool x_bf16, int64_t n, double* out) {
+    double acc[3] = {0.0, 0.0, 0.0};
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x) {
+        const double v = load_as_double(x, x_bf16, i);
+        acc[0] += v;
+        acc[1] += v * v;
+        acc[2] += fabs(v) < double(kDeadThreshold) ? 1.0 : 0.0;
+    }
+    block_add(acc, out);
+}
+
 int blocks_for(int64_t n) {
     return int(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 1024));
 }
@@ -55,6 +108,20 @@ cudaError_t launch_clip_scale(float* x, int64_t n, const double* sumsq, float ma
                               cudaStream_t stream) {
     if (n <= 0) return cudaSuccess;
     clip_scale_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, sumsq, max_norm);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_dot(const void* a, bool a_bf16, const void* b, bool b_bf16, int64_t n,
+                       double* out, cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    dot_kernel<<<blocks_for(n), kThreads, 0, stream>>>(a, a_bf16, b, b_bf16, n, out);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_moments(const void* x, bool x_bf16, int64_t n, double* out,
+                           cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    moments_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, x_bf16, n, out);
     return cudaGetLastError();
 }
 

@@ -2,6 +2,8 @@
 // scale that reads that sum (from device memory on the GPU, so clipping stays inside a captured
 // graph). The CPU references define the math; kasmina's clip_grad_norm runs them, and the CUDA
 // backend runs the launchers. Launchers take a stream and never allocate or sync.
+// Also the sums behind a seed's telemetry on the GPU (DESIGN §4.6): a dot product and an
+// activation's moments (Σx, Σx², dead count) in double, over fp32 or bf16 inputs.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +18,10 @@ namespace esper::kernels {
 double sum_squares_reference(const float* x, int64_t n);
 // x *= max_norm / (√sumsq + 1e-6) when √sumsq > max_norm and finite; else unchanged. x: [n].
 void clip_scale_reference(float* x, int64_t n, double sumsq, double max_norm);
+// Σ a[i]·b[i] in double. a, b: [n].
+double dot_reference(const float* a, const float* b, int64_t n);
+// out[0] += Σ x[i], out[1] += Σ x[i]², out[2] += #{i : |x[i]| < kDeadThreshold} (seed_layer.h).
+void moments_reference(const float* x, int64_t n, double out[3]);
 
 #if ESPER_HAVE_CUDA
 // *sumsq += Σ x[i]² (double atomics; zero *sumsq first). x: [n] device floats.
@@ -24,6 +30,14 @@ void clip_scale_reference(float* x, int64_t n, double sumsq, double max_norm);
 // The reference's clip with the sum of squares read from device memory.
 [[nodiscard]] cudaError_t launch_clip_scale(float* x, int64_t n, const double* sumsq,
                                             float max_norm, cudaStream_t stream);
+// *out += Σ a[i]·b[i] (double atomics); a, b: [n] device values, bf16 where *_bf16 (uint16_t
+// bits), else float.
+[[nodiscard]] cudaError_t launch_dot(const void* a, bool a_bf16, const void* b, bool b_bf16,
+                                     int64_t n, double* out, cudaStream_t stream);
+// The moments reference's three sums added into out[0..2] (double atomics); x: [n], bf16 where
+// x_bf16.
+[[nodiscard]] cudaError_t launch_moments(const void* x, bool x_bf16, int64_t n, double* out,
+                                         cudaStream_t stream);
 #endif
 
 }  // namespace esper::kernels

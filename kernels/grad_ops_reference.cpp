@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "kernels/grad_ops.h"
+#include "kernels/seed_layer.h"
 
 namespace esper::kernels {
 
@@ -16,6 +17,21 @@ void clip_scale_reference(float* x, int64_t n, double sumsq, double max_norm) {
     if (!(max_norm > 0.0 && norm > max_norm) || !std::isfinite(norm)) return;
     const float scale = float(max_norm / (norm + 1e-6));
     for (int64_t i = 0; i < n; ++i) x[i] *= scale;
+}
+
+double dot_reference(const float* a, const float* b, int64_t n) {
+    double acc = 0.0;
+    for (int64_t i = 0; i < n; ++i) acc += double(a[i]) * double(b[i]);
+    return acc;
+}
+
+void moments_reference(const float* x, int64_t n, double out[3]) {
+    for (int64_t i = 0; i < n; ++i) {
+        const double v = x[i];
+        out[0] += v;
+        out[1] += v * v;
+        out[2] += std::fabs(x[i]) < kDeadThreshold ? 1.0 : 0.0;
+    }
 }
 
 }  // namespace esper::kernels

@@ -16,6 +16,7 @@
 #include "kernels/bf16_host.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
+#include "kernels/grad_ops.h"
 #include "kernels/layernorm.h"
 #include "kernels/optimizer.h"
 #include "tests/kernels/kernel_test_util.h"
@@ -411,6 +412,43 @@ struct GemmCase {
 };
 
 }  // namespace
+
+// The telemetry sums of seeds on the GPU transformer: a dot product and an activation's moments
+// in double, over fp32 and bf16 inputs (bf16: the reference sees the rounded values), added to
+// what the accumulators held; a few zeros make the dead count non-trivial.
+TEST_CASE("dot and moments kernels match their references in fp32 and bf16", "[kernels][gpu]") {
+    ESPER_REQUIRE_DEVICES(1);
+    std::mt19937 rng(5);
+    for (const int64_t n : {int64_t(1), int64_t(1000), int64_t(300001)}) {
+        for (const bool bf16 : {false, true}) {
+            CAPTURE(n, bf16);
+            std::vector<float> a(static_cast<size_t>(n)), b(static_cast<size_t>(n));
+            fill_uniform(a, rng, -2.f, 3.f);
+            fill_uniform(b, rng, -1.f, 1.f);
+            for (size_t i = 0; i < a.size(); i += 7) a[i] = 0.0f;
+            if (bf16) {
+                round_bf16(a);
+                round_bf16(b);
+            }
+            DevBuf da = bf16 ? DevBuf(to_bf16(a)) : DevBuf(a);
+            DevBuf db = bf16 ? DevBuf(to_bf16(b)) : DevBuf(b);
+            const std::vector<double> start = {0.5, -1.0, 2.0, 3.0};
+            DevBuf out(start);
+            CUDA_OK(launch_dot(da.p, bf16, db.p, bf16, n, out.as<double>(), nullptr));
+            CUDA_OK(launch_moments(da.p, bf16, n, out.as<double>() + 1, nullptr));
+            CUDA_OK(cudaDeviceSynchronize());
+            const std::vector<double> got = out.download<double>();
+            double want[3] = {-1.0, 2.0, 3.0};
+            moments_reference(a.data(), n, want);
+            const double dot = 0.5 + dot_reference(a.data(), b.data(), n);
+            CHECK(got[0] == Approx(dot).epsilon(1e-9).margin(1e-9));
+            CHECK(got[1] == Approx(want[0]).epsilon(1e-9).margin(1e-9));
+            CHECK(got[2] == Approx(want[1]).epsilon(1e-9));
+            CHECK(got[3] == want[2]);
+            CHECK(want[2] >= 3.0 + double((n + 6) / 7));  // the zeros counted as dead
+        }
+    }
+}
 
 TEST_CASE("bf16 casts round to nearest even and back exactly", "[kernels][gpu]") {
     ESPER_REQUIRE_DEVICES(1);
