@@ -275,6 +275,21 @@ kernels::BlueprintArena BlueprintArenas::view(BlueprintKind k) {
     return v;
 }
 
+namespace {
+
+// Chan's merge of nb values (their mean, m2 and dead count) into seed `seed`'s accumulators.
+void merge_summary(kernels::SeedTelemetryAccum* t, int32_t seed, double nb, double mean, double m2,
+                   double dead) {
+    double& na = t->count[seed];
+    const double total = na + nb, delta = mean - t->mean[seed];
+    t->mean[seed] += delta * (nb / total);
+    t->m2[seed] = std::max(0.0, t->m2[seed] + m2 + delta * delta * (na * nb / total));
+    na = total;
+    t->dead[seed] += dead;
+}
+
+}  // namespace
+
 void merge_activation_stats(kernels::SeedTelemetryAccum* t, int32_t seed, const float* v,
                             int64_t n) {
     if (n <= 0) return;
@@ -285,12 +300,14 @@ void merge_activation_stats(kernels::SeedTelemetryAccum* t, int32_t seed, const 
         m2 += d * (v[i] - mean);
         dead += std::fabs(v[i]) < kernels::kDeadThreshold ? 1.0 : 0.0;
     }
-    double& na = t->count[seed];
-    const double nb = double(n), total = na + nb, delta = mean - t->mean[seed];
-    t->mean[seed] += delta * (nb / total);
-    t->m2[seed] = std::max(0.0, t->m2[seed] + m2 + delta * delta * (na * nb / total));
-    na = total;
-    t->dead[seed] += dead;
+    merge_summary(t, seed, double(n), mean, m2, dead);
+}
+
+void merge_activation_sums(kernels::SeedTelemetryAccum* t, int32_t seed, double n, double sum,
+                           double sum_sq, double dead) {
+    if (n <= 0.0) return;
+    const double mean = sum / n;
+    merge_summary(t, seed, n, mean, std::max(0.0, sum_sq - sum * mean), dead);
 }
 
 }  // namespace esper::kasmina

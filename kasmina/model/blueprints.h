@@ -116,5 +116,9 @@ private:
 // activation accumulators (Chan's merge): the telemetry of widening seeds, MLP and transformer.
 void merge_activation_stats(kernels::SeedTelemetryAccum* t, int32_t seed, const float* v,
                             int64_t n);
+// The same merge from sums of n values (a device's kernels::launch_moments): sum = Σv, sum_sq =
+// Σv², dead = the dead count; mean and m2 follow in double (m2 = Σv² − (Σv)²/n, at least 0).
+void merge_activation_sums(kernels::SeedTelemetryAccum* t, int32_t seed, double n, double sum,
+                           double sum_sq, double dead);
 
 }  // namespace esper::kasmina

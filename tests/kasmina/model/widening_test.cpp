@@ -11,6 +11,7 @@
 #include "kasmina/model/blueprints.h"
 #include "kasmina/model/tensor.h"
 #include "kernels/bias_act.h"
+#include "kernels/grad_ops.h"
 #include "kernels/seed_layer.h"
 #include "kernels/widening.h"
 
@@ -237,4 +238,31 @@ TEST_CASE(
     double moved = 0.0;
     for (size_t i = 0; i < y.size(); ++i) moved += std::abs(double(y[i]) - h[i]);
     CHECK((moved > 0.0) == (stage != SeedStage::kTraining));
+}
+
+// The GPU transformer's seed telemetry arrives as sums (kernels::launch_moments); merged with
+// merge_activation_sums they give the accumulators merge_activation_stats gives from the values.
+TEST_CASE("activation moments merged from sums equal the merge of the values",
+          "[kasmina][widening]") {
+    std::vector<float> first(300), second(517);
+    for (size_t i = 0; i < first.size(); ++i) first[i] = float(std::sin(0.1 * double(i))) + 0.3f;
+    for (size_t i = 0; i < second.size(); ++i)
+        second[i] = i % 5 == 0 ? 0.0f : float(std::cos(0.07 * double(i))) * 2.0f - 0.5f;
+    Tel by_values(2), by_sums(2);
+    SeedTelemetryAccum a = by_values.accum(), b = by_sums.accum();
+    for (const std::vector<float>* v : {&first, &second}) {
+        merge_activation_stats(&a, 1, v->data(), int64_t(v->size()));
+        double sums[3] = {0.0, 0.0, 0.0};
+        esper::kernels::moments_reference(v->data(), int64_t(v->size()), sums);
+        merge_activation_sums(&b, 1, double(v->size()), sums[0], sums[1], sums[2]);
+    }
+    CHECK(by_sums.count[1] == by_values.count[1]);
+    CHECK(by_sums.count[1] == 817.0);
+    CHECK(by_sums.mean[1] == Approx(by_values.mean[1]).epsilon(1e-12));
+    CHECK(by_sums.m2[1] == Approx(by_values.m2[1]).epsilon(1e-9));
+    CHECK(by_sums.dead[1] == by_values.dead[1]);
+    CHECK(by_sums.dead[1] == 104.0);  // every fifth value of the second
+    CHECK(by_sums.count[0] == 0.0);   // the other seed untouched
+    CHECK(esper::kernels::dot_reference(first.data(), first.data(), 300) ==
+          Approx(esper::kernels::sum_squares_reference(first.data(), 300)));
 }
