@@ -100,6 +100,13 @@ public:
                                std::span<const float> /*params*/) {
         return false;
     }
+    // Whether fold_widening of a seed of `kind` at `layer` (a slot of `floats` parameters) would
+    // succeed now (room left); true where the model cannot tell before trying. A device backend
+    // downloads the host parameters before a fold, and skips that for fossils that stay frozen.
+    virtual bool can_fold_widening(int32_t /*layer*/, BlueprintKind /*kind*/,
+                                   int64_t /*floats*/) const {
+        return true;
+    }
     // GradMax's G (kasmina/model/gradmax.h) for the mlp_units of widening site `layer`:
     // g [out, in] += Σ_rows δ·xᵀ over `batch`, x what the units read (in features), δ the loss
     // gradient where they write (out features), for the host alone (live seeds left out).

@@ -381,6 +381,22 @@ bool TransformerModel::grow_host(int64_t step) {
     return true;
 }
 
+bool TransformerModel::can_fold_widening(int32_t layer, BlueprintKind kind, int64_t floats) const {
+    auto it = std::find_if(blocks_.begin(), blocks_.end(),
+                           [layer](const Block& b) { return b.widening_layer == layer; });
+    if (it == blocks_.end()) return false;
+    switch (kind) {
+        case BlueprintKind::kMlpUnits:
+            return it->units_active + floats / (2 * int64_t(C_) + 1) <= Umax_;
+        case BlueprintKind::kAttentionHead:
+            return it->heads_active < Hmax_;
+        case BlueprintKind::kLora:
+            return true;
+        default:
+            return false;
+    }
+}
+
 bool TransformerModel::fold_widening(int32_t layer, BlueprintKind kind,
                                      std::span<const float> params) {
     auto it = std::find_if(blocks_.begin(), blocks_.end(),

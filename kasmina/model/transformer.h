@@ -48,6 +48,7 @@ public:
     // products per head and sequence (QKᵀ and PV, full T² as the kernels compute it).
     double train_flops(int32_t samples, int32_t rows) const override;
     bool fold_widening(int32_t layer, BlueprintKind kind, std::span<const float> params) override;
+    bool can_fold_widening(int32_t layer, BlueprintKind kind, int64_t floats) const override;
     // Seed layer `layer` is block l's widening site: mlp_units read LN2's output and write into
     // the residual stream after the block.
     bool widening_gradient(int32_t layer, const Batch& batch, std::span<float> g) override;

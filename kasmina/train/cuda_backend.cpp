@@ -1384,7 +1384,7 @@ std::unique_ptr<StepBackend> make_cuda_backend(const Config& config, Model& mode
     if (auto* tfm = dynamic_cast<TransformerModel*>(&model)) {
         auto backend = std::make_unique<CudaTransformerBackend>(
             config, *tfm, optimizer, options.batch, options.eval_batch,
-            options.world > 1 ? options.nccl : nullptr, options.grad_bucket_bytes);
+            options.world > 1 ? options.nccl : nullptr, options.grad_bucket_bytes, &seeds);
         ESPER_LOG_AT(logger("kasmina.trainer"), LogLevel::kInfo,
                      "device=cuda model=transformer precision=", config.run.precision,
                      " grad_buckets=", backend->grad_buckets());

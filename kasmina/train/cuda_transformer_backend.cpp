@@ -18,6 +18,7 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -103,6 +104,45 @@ struct CudaTransformerBackend::Impl {
     int32_t Umax = 0, Hmax = 0;
     WideningOffsets ho;  // an extra head's slot layout
     std::vector<int32_t> units, heads;
+
+    // ---- widening seeds (mlp_units, attention_head) germinated on the GPU ----
+    // The host arenas stay the seeds' state (the blueprint optimizer steps them on the host, as on
+    // the CPU); each step copies the live seeds' slots into a mirror past `total` in the flat
+    // buffers p, g, w16 (the host optimizer's range stops at `total`), computes them there with
+    // their stage factors, and copies their gradients and telemetry sums back.
+    SeedManager* seeds = nullptr;
+    struct SeedArena {                // a base block's arena of one kind, mirrored
+        size_t base = 0, stride = 0;  // first float; a slot's floats rounded up to 8
+        int32_t capacity = 0, hidden = 0;
+    };
+    static constexpr int kSeedKinds = 2;                         // 0: mlp_units, 1: attention_head
+    std::vector<std::array<SeedArena, kSeedKinds>> seed_arenas;  // per base block
+    size_t total_all = 0;                                        // total + the mirrors
+    struct LiveSeed {
+        int32_t block = 0, layer = 0, seed = 0, slot = 0;
+        BlueprintKind kind = BlueprintKind::kMlpUnits;
+        size_t off = 0;      // the slot's first float in the flat buffers
+        int32_t hidden = 0;  // units (mlp_units) or D (attention_head)
+        int64_t floats = 0;  // the host slot's
+        float a_fwd = 0.0f, a_grad = 0.0f, a_in = 0.0f;
+        HeadAct head;                  // attention_head
+        DeviceBuffer<float> pre, act;  // mlp_units, fp32 mode
+        DeviceBuffer<uint16_t> pre16;  // mlp_units, bf16 mode
+        bool same(const LiveSeed& o) const {
+            return block == o.block && seed == o.seed && slot == o.slot && kind == o.kind;
+        }
+    };
+    std::vector<LiveSeed> live;     // forward order: per block its heads, then its units
+    int32_t live_rows = 0;          // rows the live seeds' activations hold
+    int32_t live_rows_in_step = 0;  // rows of the last training step (telemetry counts)
+    // Telemetry sums of a step, in double: per block 3 (the moments of its MLP hidden units, what
+    // the seeds that are not running measure), then per live seed 5 (⟨act, g⟩, ⟨g, g⟩ with g its
+    // output gradient as if α = 1, and its activation's moments).
+    static constexpr size_t kLiveTel = 5;
+    DeviceBuffer<double> tel_dev;
+    PinnedBuffer<double> tel_host;
+    bool telemetry = false;  // the model has widening sites and a seed manager is attached
+    size_t live_tel(size_t i) const { return size_t(NB) * 3 + i * kLiveTel; }
 
     CudaStream stream;
     cublasLtHandle_t lt = nullptr;
@@ -263,6 +303,7 @@ struct CudaTransformerBackend::Impl {
         tokens_host = PinnedBuffer<int32_t>(n);
         targets_host = PinnedBuffer<int32_t>(n);
         rows_cap = rows;
+        live_rows = 0;   // the live seeds' activations are sized again
         graphs.clear();  // they name the buffers just replaced
         warmed.clear();
         ESPER_CUDA_CHECK(cudaDeviceSynchronize());  // the zeroing memsets ran on the legacy stream
@@ -339,8 +380,10 @@ struct CudaTransformerBackend::Impl {
     // dx[n, in] = dy[n, out]·W[out, in] (+ dx when beta = 1); dy16: dy in bf16, or null;
     // dx16: write dx in bf16 there instead of dx.
     void linear_dx(const float* dy, const uint16_t* dy16, size_t w, float* dx, int32_t n,
-                   int32_t in, int32_t out, uint16_t* dx16 = nullptr, float beta = 0.0f) {
+                   int32_t in, int32_t out, uint16_t* dx16 = nullptr, float beta = 0.0f,
+                   float alpha = 1.0f) {
         kernels::GemmSpec sp;
+        sp.alpha = alpha;
         sp.m = n;
         sp.n = in;
         sp.k = out;
@@ -350,10 +393,11 @@ struct CudaTransformerBackend::Impl {
         sp.beta = beta;
         gemm(sp, dy, dy16, P(w), W16(w), dx, dx16);
     }
-    // y[n, out] += x[n, in]·W[out, in]ᵀ in place (fp32 y).
+    // y[n, out] += alpha·x[n, in]·W[out, in]ᵀ in place (fp32 y).
     void linear_acc(const float* x, const uint16_t* x16, size_t w, float* y, int32_t n, int32_t in,
-                    int32_t out) {
+                    int32_t out, float alpha = 1.0f) {
         kernels::GemmSpec sp = linear_spec(n, in, out);
+        sp.alpha = alpha;
         sp.beta = 1.0f;
         gemm(sp, x, x16, P(w), W16(w), y);
     }
@@ -414,72 +458,107 @@ struct CudaTransformerBackend::Impl {
         return blocks[size_t(l)].xh + size_t(h) * size_t(ho.floats);
     }
 
-    // x_mid += Wo·attention(q, k, v) of block l's extra heads, (q, k, v) = Wqkv·a + bqkv (the
-    // CPU host's extra heads; transformer.cpp).
-    void heads_forward(int32_t l, int32_t samples, int32_t seq) {
+    // x_mid += a_fwd·Wo·attention(q, k, v) of one head with its slot at `slot`, (q, k, v) =
+    // Wqkv·a + bqkv (the CPU host's extra heads and attention_head seeds; transformer.cpp).
+    void head_forward(int32_t l, HeadAct& e, size_t slot, int32_t samples, int32_t seq,
+                      float a_fwd) {
         BlockAct& b = act[size_t(l)];
         const int32_t n = samples * seq;
         const kernels::AttentionShape sh = head_shape(samples, seq);
-        for (int32_t h = 0; h < heads[size_t(l)]; ++h) {
-            HeadAct& e = b.xh[size_t(h)];
-            const size_t slot = head_slot(l, h);
-            if (bf16) {
-                linear(b.a.get(), b.a16.get(), slot + size_t(ho.in_w), slot + size_t(ho.in_b),
-                       nullptr, n, C, 3 * D, nullptr, e.qkv16.get());
-                const uint16_t* q16 = e.qkv16.get();
-                ESPER_CUDA_CHECK(kernels::launch_attention_forward(
-                    sh, kernels::AttentionDtype::kBfloat16, q16, q16 + D, q16 + 2 * D,
-                    e.att16.get(), e.lse.get(), s()));
-            } else {
-                linear(b.a.get(), nullptr, slot + size_t(ho.in_w), slot + size_t(ho.in_b),
-                       e.qkv.get(), n, C, 3 * D);
-                ESPER_CUDA_CHECK(kernels::launch_attention_forward(
-                    sh, kernels::AttentionDtype::kFloat32, e.qkv.get(), e.qkv.get() + D,
-                    e.qkv.get() + 2 * D, e.att.get(), e.lse.get(), s()));
-            }
-            linear_acc(e.att.get(), e.att16.get(), slot + size_t(ho.out_w), b.x_mid.get(), n, D, C);
+        if (bf16) {
+            linear(b.a.get(), b.a16.get(), slot + size_t(ho.in_w), slot + size_t(ho.in_b), nullptr,
+                   n, C, 3 * D, nullptr, e.qkv16.get());
+            const uint16_t* q16 = e.qkv16.get();
+            ESPER_CUDA_CHECK(kernels::launch_attention_forward(
+                sh, kernels::AttentionDtype::kBfloat16, q16, q16 + D, q16 + 2 * D, e.att16.get(),
+                e.lse.get(), s()));
+        } else {
+            linear(b.a.get(), nullptr, slot + size_t(ho.in_w), slot + size_t(ho.in_b), e.qkv.get(),
+                   n, C, 3 * D);
+            ESPER_CUDA_CHECK(kernels::launch_attention_forward(
+                sh, kernels::AttentionDtype::kFloat32, e.qkv.get(), e.qkv.get() + D,
+                e.qkv.get() + 2 * D, e.att.get(), e.lse.get(), s()));
         }
+        if (a_fwd != 0.0f)
+            linear_acc(e.att.get(), e.att16.get(), slot + size_t(ho.out_w), b.x_mid.get(), n, D, C,
+                       a_fwd);
+    }
+    void heads_forward(int32_t l, int32_t samples, int32_t seq) {
+        for (int32_t h = 0; h < heads[size_t(l)]; ++h)
+            head_forward(l, act[size_t(l)].xh[size_t(h)], head_slot(l, h), samples, seq, 1.0f);
+        for (LiveSeed& e : live)
+            if (e.block == l && e.kind == BlueprintKind::kAttentionHead)
+                head_forward(l, e.head, e.off, samples, seq, e.a_fwd);
     }
 
-    // Block l's extra heads' gradients, after the host attention's (gmid: ∂L/∂x_mid, gmid16 its
-    // bf16 copy in bf16 mode): their input gradients are added into da (∂L/∂LN1's output).
-    void heads_backward(int32_t l, int32_t samples, int32_t seq, const float* gmid,
-                        const uint16_t* gmid16, float* da) {
+    // One head's gradients, after the host attention's (gmid: ∂L/∂x_mid, gmid16 its bf16 copy
+    // in bf16 mode), as if its α were 1: its parameters' into g at `slot`, its input gradient
+    // times a_in added into da (∂L/∂LN1's output). tel: a seed's 5 telemetry sums, or null.
+    void head_backward(int32_t l, HeadAct& e, size_t slot, int32_t samples, int32_t seq,
+                       const float* gmid, const uint16_t* gmid16, float* da, float a_in,
+                       double* tel) {
         BlockAct& b = act[size_t(l)];
         const int32_t n = samples * seq;
         const kernels::AttentionShape sh = head_shape(samples, seq);
         const size_t nd = size_t(n) * size_t(D);
-        for (int32_t h = 0; h < heads[size_t(l)]; ++h) {
-            HeadAct& e = b.xh[size_t(h)];
-            const size_t slot = head_slot(l, h);
-            const size_t wo = slot + size_t(ho.out_w);
-            if (bf16) {
-                uint16_t* dho16 = sb16.get();  // [n, D]
-                uint16_t* dhq16 = dho16 + nd;  // [n, 3·D]
-                linear_dx(gmid, gmid16, wo, nullptr, n, D, C, dho16);
-                linear_dw(e.att.get(), e.att16.get(), gmid, gmid16, wo, n, D, C);
-                const uint16_t* q16 = e.qkv16.get();
-                ESPER_CUDA_CHECK(kernels::launch_attention_backward(
-                    sh, kernels::AttentionDtype::kBfloat16, q16, q16 + D, q16 + 2 * D,
-                    e.att16.get(), dho16, e.lse.get(), dhq16, dhq16 + D, dhq16 + 2 * D,
-                    attn_ws.get(), attn_ws.size(), s()));
-                bias_grad(dhq16, true, slot + size_t(ho.in_b), n, 3 * D);
-                linear_dw(b.a.get(), b.a16.get(), nullptr, dhq16, slot + size_t(ho.in_w), n, C,
-                          3 * D);
-                linear_dx(nullptr, dhq16, slot + size_t(ho.in_w), da, n, C, 3 * D, nullptr, 1.0f);
-            } else {
-                float* dho = dbig.get();
-                float* dhq = dho + nd;
-                linear_dx(gmid, nullptr, wo, dho, n, D, C);
-                linear_dw(e.att.get(), nullptr, gmid, nullptr, wo, n, D, C);
-                ESPER_CUDA_CHECK(kernels::launch_attention_backward(
-                    sh, kernels::AttentionDtype::kFloat32, e.qkv.get(), e.qkv.get() + D,
-                    e.qkv.get() + 2 * D, e.att.get(), dho, e.lse.get(), dhq, dhq + D, dhq + 2 * D,
-                    attn_ws.get(), attn_ws.size(), s()));
-                bias_grad(dhq, false, slot + size_t(ho.in_b), n, 3 * D);
-                linear_dw(b.a.get(), nullptr, dhq, nullptr, slot + size_t(ho.in_w), n, C, 3 * D);
-                linear_dx(dhq, nullptr, slot + size_t(ho.in_w), da, n, C, 3 * D, nullptr, 1.0f);
+        const size_t wo = slot + size_t(ho.out_w);
+        if (bf16) {
+            uint16_t* dho16 = sb16.get();  // [n, D]
+            uint16_t* dhq16 = dho16 + nd;  // [n, 3·D]
+            linear_dx(gmid, gmid16, wo, nullptr, n, D, C, dho16);
+            if (tel != nullptr) {
+                ESPER_CUDA_CHECK(
+                    kernels::launch_dot(e.att16.get(), true, dho16, true, int64_t(nd), tel, s()));
+                ESPER_CUDA_CHECK(
+                    kernels::launch_dot(dho16, true, dho16, true, int64_t(nd), tel + 1, s()));
+                ESPER_CUDA_CHECK(
+                    kernels::launch_moments(e.att16.get(), true, int64_t(nd), tel + 2, s()));
             }
+            linear_dw(e.att.get(), e.att16.get(), gmid, gmid16, wo, n, D, C);
+            const uint16_t* q16 = e.qkv16.get();
+            ESPER_CUDA_CHECK(kernels::launch_attention_backward(
+                sh, kernels::AttentionDtype::kBfloat16, q16, q16 + D, q16 + 2 * D, e.att16.get(),
+                dho16, e.lse.get(), dhq16, dhq16 + D, dhq16 + 2 * D, attn_ws.get(), attn_ws.size(),
+                s()));
+            bias_grad(dhq16, true, slot + size_t(ho.in_b), n, 3 * D);
+            linear_dw(b.a.get(), b.a16.get(), nullptr, dhq16, slot + size_t(ho.in_w), n, C, 3 * D);
+            if (a_in != 0.0f)
+                linear_dx(nullptr, dhq16, slot + size_t(ho.in_w), da, n, C, 3 * D, nullptr, 1.0f,
+                          a_in);
+        } else {
+            float* dho = dbig.get();
+            float* dhq = dho + nd;
+            linear_dx(gmid, nullptr, wo, dho, n, D, C);
+            if (tel != nullptr) {
+                ESPER_CUDA_CHECK(
+                    kernels::launch_dot(e.att.get(), false, dho, false, int64_t(nd), tel, s()));
+                ESPER_CUDA_CHECK(
+                    kernels::launch_dot(dho, false, dho, false, int64_t(nd), tel + 1, s()));
+                ESPER_CUDA_CHECK(
+                    kernels::launch_moments(e.att.get(), false, int64_t(nd), tel + 2, s()));
+            }
+            linear_dw(e.att.get(), nullptr, gmid, nullptr, wo, n, D, C);
+            ESPER_CUDA_CHECK(kernels::launch_attention_backward(
+                sh, kernels::AttentionDtype::kFloat32, e.qkv.get(), e.qkv.get() + D,
+                e.qkv.get() + 2 * D, e.att.get(), dho, e.lse.get(), dhq, dhq + D, dhq + 2 * D,
+                attn_ws.get(), attn_ws.size(), s()));
+            bias_grad(dhq, false, slot + size_t(ho.in_b), n, 3 * D);
+            linear_dw(b.a.get(), nullptr, dhq, nullptr, slot + size_t(ho.in_w), n, C, 3 * D);
+            if (a_in != 0.0f)
+                linear_dx(dhq, nullptr, slot + size_t(ho.in_w), da, n, C, 3 * D, nullptr, 1.0f,
+                          a_in);
+        }
+    }
+    void heads_backward(int32_t l, int32_t samples, int32_t seq, const float* gmid,
+                        const uint16_t* gmid16, float* da) {
+        for (int32_t h = 0; h < heads[size_t(l)]; ++h)
+            head_backward(l, act[size_t(l)].xh[size_t(h)], head_slot(l, h), samples, seq, gmid,
+                          gmid16, da, 1.0f, nullptr);
+        for (size_t i = 0; i < live.size(); ++i) {
+            LiveSeed& e = live[i];
+            if (e.block == l && e.kind == BlueprintKind::kAttentionHead)
+                head_backward(l, e.head, e.off, samples, seq, gmid, gmid16, da, e.a_in,
+                              tel_dev.get() + live_tel(i));
         }
     }
 
@@ -498,6 +577,76 @@ struct CudaTransformerBackend::Impl {
                                                               b.xu_act.get(), n, u,
                                                               kernels::Activation::kGeluTanh, s()));
             linear_dx(b.xu_act.get(), nullptr, o.xu_u, out, n, C, u, nullptr, 1.0f);
+        }
+    }
+
+    // out += a_fwd·U·gelu(V·m + c) of block l's live mlp_units seeds (slot layout
+    // blueprints.h: V [k, C], c [k], U [C, k]).
+    void seed_units_forward(int32_t l, int32_t n, float* out) {
+        BlockAct& b = act[size_t(l)];
+        for (LiveSeed& e : live) {
+            if (e.block != l || e.kind != BlueprintKind::kMlpUnits) continue;
+            const WideningOffsets o = widening_offsets(e.kind, C, e.hidden);
+            const int32_t k = e.hidden;
+            if (bf16) {
+                linear_gelu_bf16(b.m16.get(), e.off + size_t(o.in_w), e.off + size_t(o.in_b),
+                                 h16.get(), e.pre16.get(), n, C, k);
+            } else {
+                linear(b.m.get(), nullptr, e.off + size_t(o.in_w), kNoBias, e.pre.get(), n, C, k);
+                ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(
+                    e.pre.get(), P(e.off + size_t(o.in_b)), e.act.get(), n, k,
+                    kernels::Activation::kGeluTanh, s()));
+            }
+            if (e.a_fwd != 0.0f)
+                linear_acc(e.act.get(), h16.get(), e.off + size_t(o.out_w), out, n, k, C, e.a_fwd);
+        }
+    }
+
+    // Block l's live mlp_units seeds' gradients as if α were 1 (gout: ∂L/∂ the block's output,
+    // gout16 its bf16 copy in bf16 mode), with their telemetry sums; their input gradients times
+    // a_in are added into dm.
+    void seed_units_backward(int32_t l, int32_t n, const float* gout, const uint16_t* gout16,
+                             float* dm) {
+        BlockAct& b = act[size_t(l)];
+        for (size_t i = 0; i < live.size(); ++i) {
+            LiveSeed& e = live[i];
+            if (e.block != l || e.kind != BlueprintKind::kMlpUnits) continue;
+            const WideningOffsets o = widening_offsets(e.kind, C, e.hidden);
+            const int32_t k = e.hidden;
+            const int64_t nk = int64_t(n) * k;
+            double* tel = tel_dev.get() + live_tel(i);
+            const size_t in_w = e.off + size_t(o.in_w), in_b = e.off + size_t(o.in_b),
+                         out_w = e.off + size_t(o.out_w);
+            if (bf16) {
+                // ∂L/∂act (g16), GELU's backward into dz16, the activation again into h16.
+                uint16_t* g16 = sb16.get();
+                uint16_t* dz16 = g16 + nk;
+                linear_dx(gout, gout16, out_w, nullptr, n, k, C, g16);
+                ESPER_CUDA_CHECK(kernels::launch_bias_act_backward_bf16(
+                    g16, true, e.pre16.get(), true, dz16, G(in_b), n, k,
+                    kernels::Activation::kGeluTanh, bias_ws.get(), bias_ws.size(), s(), h16.get()));
+                ESPER_CUDA_CHECK(kernels::launch_dot(h16.get(), true, g16, true, nk, tel, s()));
+                ESPER_CUDA_CHECK(kernels::launch_dot(g16, true, g16, true, nk, tel + 1, s()));
+                ESPER_CUDA_CHECK(kernels::launch_moments(h16.get(), true, nk, tel + 2, s()));
+                linear_dw(nullptr, h16.get(), gout, gout16, out_w, n, k, C);
+                linear_dw(b.m.get(), b.m16.get(), nullptr, dz16, in_w, n, C, k);
+                if (e.a_in != 0.0f)
+                    linear_dx(nullptr, dz16, in_w, dm, n, C, k, nullptr, 1.0f, e.a_in);
+            } else {
+                float* g = dbig.get();
+                float* dz = g + nk;
+                linear_dx(gout, nullptr, out_w, g, n, k, C);
+                ESPER_CUDA_CHECK(kernels::launch_dot(e.act.get(), false, g, false, nk, tel, s()));
+                ESPER_CUDA_CHECK(kernels::launch_dot(g, false, g, false, nk, tel + 1, s()));
+                ESPER_CUDA_CHECK(kernels::launch_moments(e.act.get(), false, nk, tel + 2, s()));
+                ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
+                    g, e.pre.get(), dz, G(in_b), n, k, kernels::Activation::kGeluTanh,
+                    bias_ws.get(), bias_ws.size(), s()));
+                linear_dw(e.act.get(), nullptr, gout, nullptr, out_w, n, k, C);
+                linear_dw(b.m.get(), nullptr, dz, nullptr, in_w, n, C, k);
+                if (e.a_in != 0.0f)
+                    linear_dx(dz, nullptr, in_w, dm, n, C, k, nullptr, 1.0f, e.a_in);
+            }
         }
     }
 
@@ -602,6 +751,13 @@ struct CudaTransformerBackend::Impl {
         ESPER_CUDA_CHECK(cudaStreamWaitEvent(s(), comm_done.get(), 0));
 #endif
     }
+    // The live seeds' gradients (the mirrors past `total`) as their mean over the ranks.
+    void reduce_seed_gradients() {
+#if ESPER_HAVE_NCCL
+        if (data_parallel() && !live.empty())
+            nccl->all_reduce_mean(G(total), G(total), total_all - total, NcclType::kFloat32, s());
+#endif
+    }
 
     // The sum of squares comes from double atomics (order varies), so ranks with equal
     // gradients may differ in its last bit: rank 0's decides clipping and finiteness.
@@ -613,7 +769,8 @@ struct CudaTransformerBackend::Impl {
 
     void forward(int32_t samples, int32_t seq) {
         const int32_t n = samples * seq;
-        if (bf16) ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(p.get(), w16.get(), total, s()));
+        if (bf16)
+            ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(p.get(), w16.get(), total_all, s()));
         ESPER_CUDA_CHECK(kernels::launch_embedding_forward(
             tokens.get(), P(wte), P(wpe), act[0].x_in.get(), samples, seq, C, s()));
         const kernels::AttentionShape sh = attn_shape(samples, seq);
@@ -657,6 +814,7 @@ struct CudaTransformerBackend::Impl {
             float* out = l + 1 < L ? act[size_t(l) + 1].x_in.get() : x_out.get();
             linear(b.h.get(), h16.get(), o.fc2_w, o.fc2_b, out, n, F, C, b.x_mid.get());
             units_forward(l, n, out);
+            seed_units_forward(l, n, out);
         }
         ESPER_CUDA_CHECK(kernels::launch_layernorm_forward(x_out.get(), P(lnf_w), P(lnf_b),
                                                            xf.get(), xf16.get(), meanf.get(),
@@ -670,7 +828,10 @@ struct CudaTransformerBackend::Impl {
 
     void backward(int32_t samples, int32_t seq) {
         const int32_t n = samples * seq;
-        ESPER_CUDA_CHECK(cudaMemsetAsync(g.get(), 0, total * sizeof(float), s()));
+        ESPER_CUDA_CHECK(cudaMemsetAsync(g.get(), 0, total_all * sizeof(float), s()));
+        if (telemetry)
+            ESPER_CUDA_CHECK(
+                cudaMemsetAsync(tel_dev.get(), 0, tel_dev.size() * sizeof(double), s()));
         const uint16_t* dl16 = cast_a(logits.get(), int64_t(n) * kByteVocab);
         linear_dx(logits.get(), dl16, head, dtmp.get(), n, C, kByteVocab);
         linear_dw(xf.get(), xf16.get(), logits.get(), dl16, head, n, C, kByteVocab);
@@ -703,7 +864,12 @@ struct CudaTransformerBackend::Impl {
             }
             linear_dx(dbig.get(), d16, o.fc_w, dtmp.get(), n, C, F);
             linear_dw(b.m.get(), b.m16.get(), dbig.get(), d16, o.fc_w, n, C, F);
+            if (telemetry)  // what the seeds that are not running measure: the MLP hidden units
+                ESPER_CUDA_CHECK(kernels::launch_moments(
+                    bf16 ? static_cast<const void*>(h16.get()) : b.h.get(), bf16, int64_t(n) * F,
+                    tel_dev.get() + size_t(l) * 3, s()));
             units_backward(l, n, gres.get(), gout16, dtmp.get());
+            seed_units_backward(l, n, gres.get(), gout16, dtmp.get());
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
                 dtmp.get(), b.x_mid.get(), P(o.ln2_w), b.mean2.get(), b.rstd2.get(), gres.get(),
                 G(o.ln2_w), G(o.ln2_b), n, C, true, ln_ws.get(), ln_ws.size(), s()));
@@ -746,6 +912,7 @@ struct CudaTransformerBackend::Impl {
             lt, tokens.get(), gres.get(), G(wte), G(wpe), samples, seq, C, kByteVocab, logits.get(),
             logits.size() * sizeof(float), lt_ws.get(), lt_ws.size(), s()));
         reduce_gradients();
+        reduce_seed_gradients();
     }
 
     // The optimizer's hyper-parameters of this step (learning rate, AdamW's step count) into
@@ -815,6 +982,10 @@ struct CudaTransformerBackend::Impl {
         if (with_sumsq)
             ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].sumsq, sumsq.get(), sizeof(double),
                                              cudaMemcpyDeviceToHost, s()));
+        if (with_sumsq && telemetry)
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(tel_host.get(), tel_dev.get(),
+                                             live_tel(live.size()) * sizeof(double),
+                                             cudaMemcpyDeviceToHost, s()));
     }
 
     // The training step after its inputs are on the device: what the graph captures.
@@ -836,7 +1007,8 @@ struct CudaTransformerBackend::Impl {
 
     // Replays this shape's graph (capturing it first when new), or enqueues the step directly.
     void launch_step(int32_t samples, int32_t seq) {
-        if (!use_graph) {
+        // Live seeds run uncaptured: their set and stage factors change at lifecycle steps.
+        if (!use_graph || !live.empty()) {
             enqueue_step(samples, seq);
             return;
         }
@@ -879,6 +1051,133 @@ struct CudaTransformerBackend::Impl {
         ESPER_CUDA_CHECK(cudaEventRecord(done.get(), s()));
         ESPER_CUDA_CHECK(cudaEventSynchronize(done.get()));
         return result[0];
+    }
+
+    // The live widening seeds of this step from the seed tables (TRAINING..FOSSILIZED with a
+    // slot, as TransformerModel::collect_widening), their activations sized for rows_cap, and
+    // their parameters copied into the mirrors.
+    void prepare_seeds() {
+        if (seeds == nullptr) return;
+        std::vector<LiveSeed> next;
+        for (const int kind_index : {1, 0})  // heads first, then units (forward order per block)
+            for (int32_t l = 0; l < int32_t(seed_arenas.size()) && l < L; ++l) {
+                const int32_t wl = model->widening_layer(l);
+                if (wl < 0) continue;
+                const SeedTable& t = seeds->table(wl);
+                for (int32_t sd = 0; sd < t.num_seeds(); ++sd) {
+                    const SeedStage st = t.stage(sd);
+                    if (!kernels::stage_runs_blueprint(st) || t.slot(sd) < 0) continue;
+                    const BlueprintKind k = t.kind(sd);
+                    ESPER_CHECK_INPUT(
+                        k == BlueprintKind::kMlpUnits || k == BlueprintKind::kAttentionHead,
+                        "run.device: cuda: seed ", sd, " of seed layer ", wl, " is a ",
+                        blueprint_kind_name(k),
+                        " blueprint, which the GPU transformer does not run "
+                        "(run.device: cpu)");
+                    if ((k == BlueprintKind::kMlpUnits) != (kind_index == 0)) continue;
+                    const SeedArena& a = seed_arenas[size_t(l)][size_t(kind_index)];
+                    LiveSeed e;
+                    e.block = l;
+                    e.layer = wl;
+                    e.seed = sd;
+                    e.slot = t.slot(sd);
+                    e.kind = k;
+                    e.off = a.base + size_t(e.slot) * a.stride;
+                    e.hidden = a.hidden;
+                    e.floats = int64_t(seeds->arenas(wl).params(k, e.slot).size());
+                    e.a_fwd = kernels::stage_forward_alpha(st, t.alpha(sd));
+                    e.a_grad = kernels::stage_blueprint_grad_scale(st, t.alpha(sd));
+                    e.a_in = kernels::stage_input_grad_alpha(st, t.alpha(sd));
+                    next.push_back(std::move(e));
+                }
+            }
+        // Blocks in forward order; within a block the heads, then the units, each in seed order.
+        std::stable_sort(next.begin(), next.end(),
+                         [](const LiveSeed& a, const LiveSeed& b) { return a.block < b.block; });
+        const bool same =
+            live_rows == rows_cap && next.size() == live.size() &&
+            std::equal(next.begin(), next.end(), live.begin(),
+                       [](const LiveSeed& a, const LiveSeed& b) { return a.same(b); });
+        if (same) {
+            for (size_t i = 0; i < next.size(); ++i) {
+                live[i].a_fwd = next[i].a_fwd;
+                live[i].a_grad = next[i].a_grad;
+                live[i].a_in = next[i].a_in;
+            }
+        } else {
+            // sync-point: lifecycle step (the live seeds' activations are allocated)
+            ESPER_CUDA_CHECK(cudaStreamSynchronize(s()));
+            const size_t n = size_t(rows_cap), n32 = bf16 ? 0 : n, n16 = bf16 ? n : 0;
+            for (LiveSeed& e : next) {
+                const size_t k = size_t(e.hidden);
+                if (e.kind == BlueprintKind::kAttentionHead) {
+                    e.head.qkv = DeviceBuffer<float>(n32 * 3 * D);
+                    e.head.att = DeviceBuffer<float>(n32 * D);
+                    e.head.lse = DeviceBuffer<float>(n);
+                    e.head.qkv16 = DeviceBuffer<uint16_t>(n16 * 3 * D);
+                    e.head.att16 = DeviceBuffer<uint16_t>(n16 * D);
+                } else {
+                    e.pre = DeviceBuffer<float>(n32 * k);
+                    e.act = DeviceBuffer<float>(n32 * k);
+                    e.pre16 = DeviceBuffer<uint16_t>(n16 * k);
+                }
+            }
+            live = std::move(next);
+            live_rows = rows_cap;
+        }
+        for (const LiveSeed& e : live) {
+            const std::span<const float> host = seeds->arenas(e.layer).params(e.kind, e.slot);
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(P(e.off), host.data(), host.size() * sizeof(float),
+                                             cudaMemcpyHostToDevice, s()));
+        }
+    }
+
+    // After the step's result was read: the live seeds' gradients into the host arenas (times
+    // a_grad, as the CPU host scales them), and the step's telemetry sums into `tel`. False when
+    // a seed's gradient is not finite.
+    bool finish_seeds(Telemetry& tel) {
+        if (seeds == nullptr) return true;
+        for (int32_t l = 0; l < seeds->num_layers(); ++l) seeds->arenas(l).zero_grads();
+        bool finite = true;
+        for (const LiveSeed& e : live) {
+            std::span<float> g = seeds->arenas(e.layer).grads(e.kind, e.slot);
+            // sync-point: step boundary (the blueprint optimizer steps on the host)
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(g.data(), G(e.off), g.size() * sizeof(float),
+                                             cudaMemcpyDeviceToHost, s()));
+        }
+        ESPER_CUDA_CHECK(cudaStreamSynchronize(s()));
+        for (const LiveSeed& e : live) {
+            std::span<float> g = seeds->arenas(e.layer).grads(e.kind, e.slot);
+            for (float& x : g) {
+                finite = finite && std::isfinite(x);
+                x = e.a_grad == 0.0f ? 0.0f : x * e.a_grad;
+            }
+        }
+        if (!telemetry) return finite;
+        std::vector<uint8_t> running;
+        for (int32_t l = 0; l < L && l < int32_t(seed_arenas.size()); ++l) {
+            const int32_t wl = model->widening_layer(l);
+            if (wl < 0) continue;
+            kernels::SeedTelemetryAccum* acc = tel.step_accum(wl);
+            const int32_t num = seeds->table(wl).num_seeds();
+            running.assign(size_t(num), 0);
+            for (size_t i = 0; i < live.size(); ++i) {
+                const LiveSeed& e = live[i];
+                if (e.block != l) continue;
+                const double* t = tel_host.get() + live_tel(i);
+                const double count =
+                    double(live_rows_in_step) * (e.kind == BlueprintKind::kMlpUnits ? e.hidden : D);
+                acc->contribution[e.seed] -= double(e.a_fwd) * t[0];
+                acc->grad_sq[e.seed] += t[1];
+                merge_activation_sums(acc, e.seed, count, t[2], t[3], t[4]);
+                running[size_t(e.seed)] = 1;
+            }
+            const double* h = tel_host.get() + size_t(l) * 3;
+            for (int32_t sd = 0; sd < num; ++sd)
+                if (!running[size_t(sd)])
+                    merge_activation_sums(acc, sd, double(live_rows_in_step) * F, h[0], h[1], h[2]);
+        }
+        return finite;
     }
 
     // The host's structure changed (grow_depth, the room's units or heads in use, or a
@@ -935,9 +1234,10 @@ struct CudaTransformerBackend::Impl {
 CudaTransformerBackend::CudaTransformerBackend(const Config& config, TransformerModel& model,
                                                Optimizer& optimizer, int32_t batch,
                                                int32_t eval_batch, NcclComm* nccl,
-                                               int64_t grad_bucket_bytes)
+                                               int64_t grad_bucket_bytes, SeedManager* seeds)
     : impl_(std::make_unique<Impl>()) {
     Impl& d = *impl_;
+    d.seeds = seeds;
     const TransformerConfig& t = model.shape();
     d.model = &model;
     d.optimizer = &optimizer;
@@ -1002,6 +1302,29 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
         }
     }
     if (d.tied) d.head = d.wte;
+    // The widening arenas' mirrors (mlp_units, attention_head) of the base blocks follow the
+    // parameters, every slot at a multiple of 8 floats (bf16 operand alignment).
+    d.total_all = d.total;
+    d.seed_arenas.assign(seeds != nullptr ? size_t(t.n_layer) : 0, {});
+    size_t live_cap = 0;
+    for (size_t l = 0; l < d.seed_arenas.size(); ++l) {
+        const int32_t wl = model.widening_layer(int32_t(l));
+        if (wl < 0) continue;
+        d.telemetry = true;
+        const BlueprintArenas& arenas = seeds->arenas(wl);
+        for (int ki = 0; ki < Impl::kSeedKinds; ++ki) {
+            const BlueprintKind k =
+                ki == 0 ? BlueprintKind::kMlpUnits : BlueprintKind::kAttentionHead;
+            if (!arenas.serves(k)) continue;
+            Impl::SeedArena& a = d.seed_arenas[l][size_t(ki)];
+            a.base = d.total_all;
+            a.stride = (size_t(arenas.stride(k)) + 7) / 8 * 8;
+            a.capacity = arenas.capacity(k);
+            a.hidden = k == BlueprintKind::kMlpUnits ? arenas.hidden(k) : d.D;
+            d.total_all += a.stride * size_t(a.capacity);
+            live_cap += size_t(a.capacity);
+        }
+    }
     for (int32_t l = 0; l < d.NB; ++l)  // the buckets' ranges need each block's tensors together
         ESPER_REQUIRE(d.block_begin[size_t(l)] < d.block_begin[size_t(l) + 1] &&
                           d.blocks[size_t(l)].fc2_b < d.block_begin[size_t(l) + 1],
@@ -1017,11 +1340,14 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
     d.plan_buckets();
     ESPER_CUBLAS_CHECK(cublasLtCreate(&d.lt));
     d.lt_ws = DeviceBuffer<uint8_t>(kLtWorkspace);
-    d.p = DeviceBuffer<float>(d.total);
-    d.g = DeviceBuffer<float>(d.total);
+    d.p = DeviceBuffer<float>(d.total_all);
+    d.g = DeviceBuffer<float>(d.total_all);
     d.m = DeviceBuffer<float>(d.total);
     d.v = DeviceBuffer<float>(d.adamw ? d.total : 0);
-    d.w16 = DeviceBuffer<uint16_t>(d.bf16 ? d.total : 0);
+    d.w16 = DeviceBuffer<uint16_t>(d.bf16 ? d.total_all : 0);
+    const size_t tel_n = d.telemetry ? d.live_tel(live_cap) : 0;
+    d.tel_dev = DeviceBuffer<double>(tel_n);
+    d.tel_host = PinnedBuffer<double>(tel_n);
     d.loss = DeviceBuffer<float>(1);
     d.correct = DeviceBuffer<int32_t>(1);
     d.sumsq = DeviceBuffer<double>(1);
@@ -1045,24 +1371,32 @@ CudaTransformerBackend::~CudaTransformerBackend() {
 }
 
 StepResult CudaTransformerBackend::run_step(const Batch& batch, const StepRates& rates,
-                                            Telemetry& /*telemetry*/) {
+                                            Telemetry& telemetry) {
     Impl& d = *impl_;
     d.set_batch(batch);
+    d.prepare_seeds();
     d.upload_hyper(rates);
+    d.live_rows_in_step = batch.rows;
     d.launch_step(batch.samples, batch.rows / batch.samples);
     const Impl::Result r = d.wait_result();
+    const bool seeds_finite = d.finish_seeds(telemetry);
     StepResult out;
     out.loss = r.loss;
     out.correct = r.correct;
-    out.finite = std::isfinite(r.loss) && std::isfinite(r.sumsq);
+    out.finite = std::isfinite(r.loss) && std::isfinite(r.sumsq) && seeds_finite;
     return out;
 }
 
-void CudaTransformerBackend::commit_step(const StepRates&) { ++impl_->optimizer->host_steps_; }
+void CudaTransformerBackend::commit_step(const StepRates& rates) {
+    ++impl_->optimizer->host_steps_;
+    if (impl_->seeds != nullptr)
+        impl_->optimizer->step_blueprints(*impl_->seeds, rates.blueprint_lr);
+}
 
 BatchResult CudaTransformerBackend::eval_batch(const Batch& batch) {
     Impl& d = *impl_;
     d.set_batch(batch);
+    d.prepare_seeds();
     d.forward(batch.samples, batch.rows / batch.samples);  // uncaptured: evaluation is rare
     d.copy_result(false);
     const Impl::Result r = d.wait_result();
@@ -1090,9 +1424,29 @@ int64_t CudaTransformerBackend::graph_captures() const { return impl_->captures;
 
 int32_t CudaTransformerBackend::grad_buckets() const { return int32_t(impl_->buckets.size()); }
 
-std::string CudaTransformerBackend::germination_refusal() const {
-    return "run.device: cuda trains the bare transformer host: seeds do not germinate on the GPU "
-           "yet (grow it with run.device: cpu)";
+std::string CudaTransformerBackend::germination_refusal(const GerminateCommand& g) const {
+    const Impl& d = *impl_;
+    const int32_t layer = g.target.layer;
+    int32_t block = -1;
+    for (int32_t l = 0; l < int32_t(d.seed_arenas.size()); ++l)
+        if (d.model->widening_layer(l) == layer) block = l;
+    if (block < 0)
+        return "run.device: cuda: seed layer " + std::to_string(layer) +
+               " is a chunk site; chunk seeds do not germinate on the GPU transformer yet (the "
+               "widening sites, odd seed layers, take mlp_units and attention_head; or use "
+               "run.device: cpu)";
+    if (g.kind == BlueprintKind::kAttentionHead) return {};
+    if (g.kind != BlueprintKind::kMlpUnits)
+        return "run.device: cuda: " + std::string(blueprint_kind_name(g.kind)) +
+               " seeds do not germinate on the GPU transformer yet (mlp_units and attention_head "
+               "do; or use run.device: cpu)";
+    const int32_t k = d.seed_arenas[size_t(block)][0].hidden;
+    if (k % 8 != 0 || d.Umax % 8 != 0)
+        return "run.device: cuda: mlp_units seeds germinate on the GPU transformer in groups of 8 "
+               "units: blueprints.mlp_units.units (" +
+               std::to_string(k) + ") and model.transformer.max_extra_units (" +
+               std::to_string(d.Umax) + ") must be multiples of 8";
+    return {};
 }
 
 }  // namespace esper::kasmina

@@ -2,9 +2,13 @@
 // weights, activations and optimizer state on the device; GEMMs through cuBLASLt in bf16 on the
 // tensor cores with fp32 accumulation (run.precision: bf16, the default) or in fp32
 // (run.precision: fp32, no TF32); LayerNorm, fused causal attention, GELU, embeddings, softmax
-// cross-entropy, gradient clipping and the optimizer as kernels/ launchers. Germinating a seed
-// on it is refused with a one-line reason (germination_refusal); the host's reserved room trains
-// on it: extra units and heads in use (seeds folded on the CPU, a resumed checkpoint,
+// cross-entropy, gradient clipping and the optimizer as kernels/ launchers. Widening seeds
+// (mlp_units, attention_head) germinate on it: with a SeedManager attached, each step copies the
+// live seeds' arena slots into device mirrors past the host parameters, runs them with the CPU
+// host's stage rules, and copies their gradients and telemetry back (the blueprint optimizer
+// steps the host arenas in commit_step); a step with live seeds runs uncaptured. Germinating a
+// chunk or LoRA seed is refused with a one-line reason (germination_refusal). The host's
+// reserved room trains on it: extra units and heads in use (folded seeds, a resumed checkpoint,
 // model.transformer.initial_extra_units/heads) run as the CPU host runs them, and upload_all()
 // takes a change of them into the step. Depth grows
 // on it (model.transformer.grow_depth): the flat buffers hold the waiting blocks from the start,
@@ -39,10 +43,11 @@ public:
     // grad_bucket_bytes: consecutive blocks in backward order (the last first, with the final
     // LayerNorm and an untied head) form a bucket once their gradients reach this many bytes;
     // 0: one all-reduce of every gradient after backward (no overlap); < 0: the default
-    // (CudaBackendOptions::kDefaultGradBucketBytes).
+    // (CudaBackendOptions::kDefaultGradBucketBytes). seeds: the trainer's seed manager (not owned,
+    // must outlive the backend), or null for a bare host (germinations then refused).
     CudaTransformerBackend(const Config& config, TransformerModel& model, Optimizer& optimizer,
                            int32_t batch, int32_t eval_batch, NcclComm* nccl = nullptr,
-                           int64_t grad_bucket_bytes = -1);
+                           int64_t grad_bucket_bytes = -1, SeedManager* seeds = nullptr);
     ~CudaTransformerBackend() override;
     CudaTransformerBackend(const CudaTransformerBackend&) = delete;
     CudaTransformerBackend& operator=(const CudaTransformerBackend&) = delete;
@@ -53,7 +58,7 @@ public:
     BatchResult eval_batch(const Batch& batch) override;
     void upload_all() override;
     void download_all() override;
-    std::string germination_refusal() const override;
+    std::string germination_refusal(const GerminateCommand& g) const override;
 
     // Step graphs captured so far (one per new batch shape; 0 with run.cuda_graph: false).
     int64_t graph_captures() const;

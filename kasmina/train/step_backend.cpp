@@ -14,14 +14,16 @@ Logger& backend_log() { return logger("kasmina.trainer"); }
 }  // namespace
 
 bool trainer_uses_cuda(const Config& config) {
-    // The transformer trains on the GPU only when asked (run.device: cuda): its seeds germinate
-    // on the CPU only, so `auto` keeps a growing run on the CPU (depth grows on both).
+    // The transformer trains on the GPU only when asked (run.device: cuda): its chunk and LoRA
+    // seeds germinate on the CPU only, so `auto` keeps a growing run on the CPU (depth, width and
+    // mlp_units / attention_head seeds grow on both).
     if (config.model.kind == ModelKind::kTransformer) {
         if (config.run.device == "cuda") return resolve_use_cuda(config.run.device);
         if (config.run.device == "auto")
             ESPER_LOG_AT(backend_log(), LogLevel::kInfo,
-                         "device=cpu (the transformer's seeds germinate on the CPU only; "
-                         "run.device: cuda trains the bare host on the GPU)");
+                         "device=cpu (the transformer's chunk and LoRA seeds germinate on the "
+                         "CPU only; run.device: cuda trains the host and its mlp_units and "
+                         "attention_head seeds on the GPU)");
         return false;
     }
     // Widening (layer-input) blueprints run on both backends (the CUDA one since issue 14); the

@@ -11,6 +11,7 @@
 #include <string_view>
 
 #include "kasmina/io/config.h"
+#include "kasmina/lifecycle/command.h"
 #include "kasmina/lifecycle/seed_manager.h"
 #include "kasmina/lifecycle/telemetry.h"
 #include "kasmina/model/model.h"
@@ -58,8 +59,8 @@ public:
     virtual void download_all() = 0;
     // The CUDA backend's own knobs (graphs, timings); null on the CPU.
     virtual CudaBackend* cuda() { return nullptr; }
-    // Why a germination cannot run on this backend (one line), or empty when it can.
-    virtual std::string germination_refusal() const { return {}; }
+    // Why this germination cannot run on this backend (one line), or empty when it can.
+    virtual std::string germination_refusal(const GerminateCommand& /*g*/) const { return {}; }
 };
 
 struct StepBackendOptions {
@@ -77,8 +78,8 @@ struct StepBackendOptions {
 };
 
 // Whether a run of this config trains on the GPU: run.device resolved as resolve_use_cuda does,
-// except that the transformer, whose seeds germinate on the CPU only, trains on the GPU only when
-// run.device is `cuda` (`auto` keeps it on the CPU).
+// except that the transformer, whose chunk and LoRA seeds germinate on the CPU only, trains on
+// the GPU only when run.device is `cuda` (`auto` keeps it on the CPU).
 bool trainer_uses_cuda(const Config& config);
 
 // The backend trainer_uses_cuda(config) picks, over `model`, `seeds` and `optimizer` (all must

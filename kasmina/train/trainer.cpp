@@ -101,21 +101,21 @@ int64_t Trainer::param_count() const {
 
 namespace {
 
-bool has_germination(const Command& c) {
-    if (std::holds_alternative<GerminateCommand>(c.body)) return true;
+// Why the backend cannot run a germination of `c` (a batch: its first refused one), or empty.
+std::string germination_refusal(const StepBackend& backend, const Command& c) {
+    if (const auto* g = std::get_if<GerminateCommand>(&c.body))
+        return backend.germination_refusal(*g);
     if (const auto* b = std::get_if<BatchCommand>(&c.body))
         for (const Command& inner : b->commands)
-            if (has_germination(inner)) return true;
-    return false;
+            if (std::string why = germination_refusal(backend, inner); !why.empty()) return why;
+    return {};
 }
 
 }  // namespace
 
 Outcome Trainer::apply(const Command& command) {
-    if (has_germination(command)) {
-        std::string why = backend_->germination_refusal();
-        if (!why.empty()) return Outcome{OutcomeStatus::kRejected, std::move(why)};
-    }
+    if (std::string why = germination_refusal(*backend_, command); !why.empty())
+        return Outcome{OutcomeStatus::kRejected, std::move(why)};
     // world > 1: rank 0's commands reach every rank at the next boundary (DistributedSync).
     if (dist_) return dist_->submit(command);
     return seeds_->apply(command);
@@ -375,13 +375,19 @@ void Trainer::gradmax_units(int32_t l, int32_t s) {
 
 bool Trainer::fold_fossils() {
     bool any = false;
+    bool downloaded = false;
     for (int32_t l = 0; l < seeds_->num_layers(); ++l) {
         if (seeds_->site_kind(l) != SiteKind::kWidening) continue;
         const SeedTable& t = seeds_->table(l);
         for (int32_t s = 0; s < t.num_seeds(); ++s) {
             if (t.stage(s) != SeedStage::kFossilized || t.slot(s) < 0) continue;
             const BlueprintKind kind = t.kind(s);
-            if (!model_->fold_widening(l, kind, seeds_->arenas(l).params(kind, t.slot(s))))
+            const std::span<const float> p = seeds_->arenas(l).params(kind, t.slot(s));
+            if (!model_->can_fold_widening(l, kind, int64_t(p.size()))) continue;
+            // On the GPU the host copy of the weights is refreshed only by a download; the
+            // upload below takes the folded room into the device step.
+            if (!std::exchange(downloaded, true)) backend_->download_all();
+            if (!model_->fold_widening(l, kind, p))
                 continue;  // no room left: it stays a frozen blueprint
             seeds_->release_folded({l, s});
             ESPER_LOG_AT(trainer_log(), LogLevel::kInfo, "fold layer=", l, " seed=", s,
@@ -390,6 +396,7 @@ bool Trainer::fold_fossils() {
             any = true;
         }
     }
+    if (downloaded) backend_->upload_all();
     return any;
 }
 

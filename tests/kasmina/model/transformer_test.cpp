@@ -313,6 +313,8 @@ TEST_CASE("a FOSSILIZED widening seed folds into the host without changing the f
     const double as_seed = m.eval_batch(d.batch(), sites.views(rows)).loss;
     const int64_t host_before = m.param_count();
     const std::vector<float> p(sites.params(w, 1).begin(), sites.params(w, 1).end());
+    REQUIRE(m.can_fold_widening(w, kind, int64_t(p.size())));
+    CHECK_FALSE(m.can_fold_widening(m.chunk_layer(0), kind, int64_t(p.size())));
     REQUIRE(m.fold_widening(w, kind, p));
     sites.slot[size_t(w)][1] = -1;  // the seed manager releases the slot (release_folded)
     const double folded = m.eval_batch(d.batch(), sites.views(rows)).loss;
@@ -331,7 +333,17 @@ TEST_CASE("a FOSSILIZED widening seed folds into the host without changing the f
             bad += check_fd(m.params()[k].value->span(), host[k], loss, m.params()[k].name);
     CHECK(bad == 0);
     // No room left: a second head does not fit (max_extra_heads: 1).
-    if (kind == BlueprintKind::kAttentionHead) CHECK_FALSE(m.fold_widening(w, kind, p));
+    // can_fold_widening says so before (the trainer's GPU fold downloads only what folds).
+    if (kind == BlueprintKind::kAttentionHead) {
+        CHECK_FALSE(m.can_fold_widening(w, kind, int64_t(p.size())));
+        CHECK_FALSE(m.fold_widening(w, kind, p));
+    }
+    if (kind == BlueprintKind::kMlpUnits) {  // 3 units in use, 3 more fill the room of 6
+        REQUIRE(m.can_fold_widening(w, kind, int64_t(p.size())));
+        REQUIRE(m.fold_widening(w, kind, p));
+        CHECK_FALSE(m.can_fold_widening(w, kind, int64_t(p.size())));
+        CHECK_FALSE(m.fold_widening(w, kind, p));
+    }
     // The structure travels in checkpoints and refuses a misfit.
     TransformerModel other(tiny(), 12);
     other.set_structure(m.structure());

@@ -464,19 +464,146 @@ TEST_CASE("the transformer grows its width mid-run on the GPU as on the CPU",
                  max_diff, out_diff);
 }
 
-TEST_CASE("germinating a seed of the GPU transformer is refused with a one-line reason",
-          "[kasmina][cuda_backend][transformer][gpu]") {
+// Where the GPU transformer does not germinate yet: chunk sites (even seed layers) and LoRA
+// seeds are refused with a one-line reason, before anything changes; the host still trains.
+TEST_CASE(
+    "germinating a chunk or LoRA seed of the GPU transformer is refused with a one-line reason",
+    "[kasmina][cuda_backend][transformer][gpu]") {
     ESPER_REQUIRE_DEVICE();
     Trainer gpu(transformer_config("cuda", "bf16"));
-    for (const BlueprintKind k : {BlueprintKind::kResidualMlp, BlueprintKind::kMlpUnits}) {
-        const int32_t layer = k == BlueprintKind::kResidualMlp ? 0 : 1;
-        const Outcome o = gpu.apply(test::operator_germinate(layer, 0, k));
+    const struct {
+        int32_t layer;
+        BlueprintKind kind;
+        const char* why;
+    } refused[] = {{0, BlueprintKind::kResidualMlp, "chunk seeds do not germinate"},
+                   {1, BlueprintKind::kLora, "lora seeds do not germinate"}};
+    for (const auto& r : refused) {
+        const Outcome o = gpu.apply(test::operator_germinate(r.layer, 0, r.kind));
+        INFO(o.reason);
         CHECK_FALSE(o.applied());
-        CHECK(o.reason.find("seeds do not germinate on the GPU") != std::string::npos);
+        CHECK(o.reason.find(r.why) != std::string::npos);
         CHECK(o.reason.find('\n') == std::string::npos);
+        CHECK(gpu.seeds().table(r.layer).stage(0) == SeedStage::kDormant);
     }
     const TrainStep s = gpu.step();  // the host still trains
     CHECK(std::isfinite(s.loss));
+    SECTION("mlp_units that the GPU step cannot group by 8 are refused") {
+        Config c = transformer_config("cuda", "bf16");
+        c.blueprints.mlp_units.units = 20;
+        Trainer odd(c);
+        const Outcome o = odd.apply(test::operator_germinate(1, 0, BlueprintKind::kMlpUnits));
+        CHECK_FALSE(o.applied());
+        CHECK(o.reason.find("multiples of 8") != std::string::npos);
+    }
+}
+
+// MLP units germinated at block 0's widening site and a head at block 1's, at step 5, on
+// timer-driven stages: the GPU walks the CPU's stages step for step, its losses track the CPU's
+// while the seeds train behind the host, graft in and join it, both seeds fold into the room on
+// both devices at the same step, and the GPU's seed telemetry (gradient norm, contribution,
+// activation moments; for the seeds not running, the block's MLP hidden units) tracks the CPU's.
+TEST_CASE("a germination of MLP units and of a head on the GPU transformer walks the CPU's stages",
+          "[kasmina][cuda_backend][transformer][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    const std::string precision = GENERATE(std::string("fp32"), std::string("bf16"));
+    const bool fp32 = precision == "fp32";
+    auto config = [&](const std::string& device) {
+        Config c = transformer_config(device, device == "cpu" ? "fp32" : precision);
+        c.run.max_steps = 40;
+        test::timer_driven_lifecycle(c, 4);
+        return c;
+    };
+    Trainer cpu(config("cpu"));
+    Trainer gpu(config("cuda"));
+    REQUIRE(gpu.backend().name() == "cuda");
+    auto& mc = dynamic_cast<TransformerModel&>(cpu.model());
+    auto& mg = dynamic_cast<TransformerModel&>(gpu.model());
+    const struct {
+        int32_t layer;
+        BlueprintKind kind;
+    } seeds[] = {{mc.widening_layer(0), BlueprintKind::kMlpUnits},
+                 {mc.widening_layer(1), BlueprintKind::kAttentionHead}};
+    const double abs_tol = fp32 ? 0.005 : 0.03, rel_tol = fp32 ? 0.002 : 0.01;
+    const double tel_tol = fp32 ? 0.03 : 0.1;  // relative, telemetry sums over a window
+    double max_diff = 0.0;
+    bool saw_grafting = false, folded = false;
+    int compared = 0;
+    for (int i = 0; i < 40; ++i) {
+        if (i == 5)
+            for (const auto& sd : seeds) {
+                REQUIRE(cpu.apply(test::operator_germinate(sd.layer, 0, sd.kind)).applied());
+                REQUIRE(gpu.apply(test::operator_germinate(sd.layer, 0, sd.kind)).applied());
+            }
+        const TrainStep a = cpu.step();
+        const TrainStep b = gpu.step();
+        INFO("step " << a.step << " cpu " << a.loss << " gpu " << b.loss);
+        REQUIRE(std::isfinite(b.loss));
+        CHECK(close(b.loss, a.loss, abs_tol, rel_tol));
+        max_diff = std::max(max_diff, std::fabs(a.loss - b.loss));
+        for (const auto& sd : seeds) {
+            const SeedTable& ta = cpu.seeds().table(sd.layer);
+            const SeedTable& tb = gpu.seeds().table(sd.layer);
+            INFO("seed layer " << sd.layer);
+            REQUIRE(int(tb.stage(0)) == int(ta.stage(0)));
+            CHECK(tb.alpha(0) == Approx(ta.alpha(0)).margin(1e-6));
+            saw_grafting = saw_grafting || ta.stage(0) == SeedStage::kGrafting;
+        }
+        folded = folded || mc.extra_units(0) > 0;
+        CHECK(mg.extra_units(0) == mc.extra_units(0));
+        CHECK(mg.extra_heads(1) == mc.extra_heads(1));
+        if (i % 4 != 3) continue;
+        // The telemetry windows of the last 4 steps, side by side.
+        const std::vector<SeedTelemetryRecord> ra = cpu.collect_telemetry();
+        const std::vector<SeedTelemetryRecord> rb = gpu.collect_telemetry();
+        REQUIRE(ra.size() == rb.size());
+        for (size_t j = 0; j < ra.size(); ++j) {
+            const SeedTelemetryRecord& x = ra[j];
+            const SeedTelemetryRecord& y = rb[j];
+            if (x.layer != seeds[0].layer && x.layer != seeds[1].layer) continue;  // chunk sites
+            INFO("telemetry layer " << x.layer << " seed " << x.seed << " stage " << int(x.stage));
+            REQUIRE(x.variance.has_value() == y.variance.has_value());
+            if (!x.variance) continue;
+            CHECK(y.samples == x.samples);
+            CHECK(close(*y.variance, *x.variance, 1e-6, tel_tol));
+            CHECK(close(*y.mean, *x.mean, tel_tol * std::sqrt(*x.variance), 0.0));
+            REQUIRE(x.grad_norm.has_value() == y.grad_norm.has_value());
+            if (x.grad_norm) CHECK(close(*y.grad_norm, *x.grad_norm, 1e-9, tel_tol));
+            REQUIRE(x.contribution.has_value() == y.contribution.has_value());
+            if (x.contribution && x.grad_norm)  // a sum of products: against its scale
+                CHECK(close(*y.contribution, *x.contribution,
+                            tel_tol * *x.grad_norm *
+                                std::sqrt(double(x.samples) * (*x.variance + *x.mean * *x.mean)),
+                            0.0));
+            ++compared;
+        }
+    }
+    CHECK(saw_grafting);
+    CHECK(compared > 0);
+    // Both seeds fossilized and folded into the room: 32 units in block 0, a head in block 1.
+    REQUIRE(folded);
+    CHECK(mc.extra_units(0) == 32);
+    CHECK(mc.extra_heads(1) == 1);
+    for (const auto& sd : seeds) CHECK(gpu.seeds().table(sd.layer).slot(0) == -1);
+    gpu.backend().download_all();
+    double room_diff = 0.0, room_max = 0.0;
+    const auto& pg = gpu.model().params();
+    const auto& pc = cpu.model().params();
+    for (size_t i = 0; i < pg.size(); ++i) {
+        const std::string& nm = pg[i].name;
+        if (nm != "block0.mlp.extra.proj.weight_t" && nm != "block1.attn.extra_heads") continue;
+        for (int64_t j = 0; j < pg[i].value->numel(); ++j) {
+            room_max = std::max(room_max, double(std::fabs(pc[i].value->data()[j])));
+            room_diff = std::max(
+                room_diff, double(std::fabs(pg[i].value->data()[j] - pc[i].value->data()[j])));
+        }
+    }
+    CHECK(room_max > 1e-3);                   // the seeds learnt an output side
+    CHECK(room_diff < (fp32 ? 0.01 : 0.03));  // as on the CPU (AdamW's lr-sized steps)
+    CHECK(close(gpu.evaluate().loss, cpu.evaluate().loss, abs_tol, rel_tol));
+    std::fprintf(stderr,
+                 "germination on the gpu transformer (%s): max |gpu - cpu| loss %.3g, folded room "
+                 "%.3g of %.3g, %d telemetry records compared\n",
+                 precision.c_str(), max_diff, room_diff, room_max, compared);
 }
 
 namespace {
