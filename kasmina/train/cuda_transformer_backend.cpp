@@ -1058,6 +1058,18 @@ struct CudaTransformerBackend::Impl {
     // their parameters copied into the mirrors.
     void prepare_seeds() {
         if (seeds == nullptr) return;
+        for (int32_t l = 0; l < int32_t(seed_arenas.size()) && l < L; ++l) {
+            // A live chunk seed (germinated on the CPU, then resumed here) is not computed here:
+            // say so instead of training without it.
+            const int32_t cl = model->chunk_layer(l);
+            if (cl < 0) continue;
+            const SeedTable& t = seeds->table(cl);
+            for (int32_t sd = 0; sd < t.num_seeds(); ++sd)
+                ESPER_CHECK_INPUT(!kernels::stage_runs_blueprint(t.stage(sd)) || t.slot(sd) < 0,
+                                  "run.device: cuda: seed ", sd, " of seed layer ", cl,
+                                  " is a live chunk seed, which the GPU transformer does not run "
+                                  "(continue this run with run.device: cpu)");
+        }
         std::vector<LiveSeed> next;
         for (const int kind_index : {1, 0})  // heads first, then units (forward order per block)
             for (int32_t l = 0; l < int32_t(seed_arenas.size()) && l < L; ++l) {
