@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "kasmina/io/config.h"
 #include "kasmina/lifecycle/telemetry.h"
 #include "kasmina/model/transformer.h"
@@ -487,6 +488,22 @@ TEST_CASE(
     }
     const TrainStep s = gpu.step();  // the host still trains
     CHECK(std::isfinite(s.loss));
+    SECTION("a live chunk seed in the seed tables (a CPU run resumed here) stops the step") {
+        // Straight into the seed manager, past the trainer's refusal, as a restored table is.
+        REQUIRE(gpu.seeds()
+                    .apply(test::operator_germinate(0, 0, BlueprintKind::kResidualMlp))
+                    .applied());
+        std::string what;
+        for (int i = 0; i < 3 && what.empty(); ++i) {  // GERMINATED, then TRAINING
+            try {
+                gpu.step();
+            } catch (const esper::Error& e) {
+                what = e.what();
+            }
+        }
+        CHECK(what.find("is a live chunk seed") != std::string::npos);
+        CHECK(what.find("run.device: cpu") != std::string::npos);
+    }
     SECTION("mlp_units that the GPU step cannot group by 8 are refused") {
         Config c = transformer_config("cuda", "bf16");
         c.blueprints.mlp_units.units = 20;
