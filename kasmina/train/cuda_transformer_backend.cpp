@@ -123,7 +123,6 @@ struct CudaTransformerBackend::Impl {
         BlueprintKind kind = BlueprintKind::kMlpUnits;
         size_t off = 0;      // the slot's first float in the flat buffers
         int32_t hidden = 0;  // units (mlp_units) or D (attention_head)
-        int64_t floats = 0;  // the host slot's
         float a_fwd = 0.0f, a_grad = 0.0f, a_in = 0.0f;
         HeadAct head;                  // attention_head
         DeviceBuffer<float> pre, act;  // mlp_units, fp32 mode
@@ -132,9 +131,10 @@ struct CudaTransformerBackend::Impl {
             return block == o.block && seed == o.seed && slot == o.slot && kind == o.kind;
         }
     };
-    std::vector<LiveSeed> live;     // forward order: per block its heads, then its units
-    int32_t live_rows = 0;          // rows the live seeds' activations hold
-    int32_t live_rows_in_step = 0;  // rows of the last training step (telemetry counts)
+    std::vector<LiveSeed> live;        // forward order: per block its heads, then its units
+    int32_t live_rows = 0;             // rows the live seeds' activations hold
+    int32_t live_rows_in_step = 0;     // rows of the last training step (telemetry counts)
+    bool arena_grads_written = false;  // the last step copied seed gradients into the arenas
     // Telemetry sums of a step, in double: per block 3 (the moments of its MLP hidden units, what
     // the seeds that are not running measure), then per live seed 5 (⟨act, g⟩, ⟨g, g⟩ with g its
     // output gradient as if α = 1, and its activation's moments).
@@ -1096,7 +1096,6 @@ struct CudaTransformerBackend::Impl {
                     e.kind = k;
                     e.off = a.base + size_t(e.slot) * a.stride;
                     e.hidden = a.hidden;
-                    e.floats = int64_t(seeds->arenas(wl).params(k, e.slot).size());
                     e.a_fwd = kernels::stage_forward_alpha(st, t.alpha(sd));
                     e.a_grad = kernels::stage_blueprint_grad_scale(st, t.alpha(sd));
                     e.a_in = kernels::stage_input_grad_alpha(st, t.alpha(sd));
@@ -1149,7 +1148,11 @@ struct CudaTransformerBackend::Impl {
     // a seed's gradient is not finite.
     bool finish_seeds(Telemetry& tel) {
         if (seeds == nullptr) return true;
-        for (int32_t l = 0; l < seeds->num_layers(); ++l) seeds->arenas(l).zero_grads();
+        // The copies below overwrite the live slots whole; the sweep clears what earlier steps
+        // wrote, so a step without live seeds after one without skips it (the graph step's path).
+        if (!live.empty() || arena_grads_written)
+            for (int32_t l = 0; l < seeds->num_layers(); ++l) seeds->arenas(l).zero_grads();
+        arena_grads_written = !live.empty();
         bool finite = true;
         for (const LiveSeed& e : live) {
             std::span<float> g = seeds->arenas(e.layer).grads(e.kind, e.slot);
