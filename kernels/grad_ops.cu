@@ -13,13 +13,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void sum_squares_kernel(const float* __restrict__ x, int64_t n, double* sumsq) {
-    double acc = 0.0;
-    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-         i += int64_t(gridDim.x) * blockDim.x) {
-        const double v = x[i];
-        acc += v * v;
-    }
+// Block-wide sum of acc added into *out by thread 0 of each block.
+__device__ void block_add_one(double acc, double* out) {
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
     __shared__ double warp_sums[kThreads / 32];
     const int lane = threadIdx.x & 31;
@@ -29,8 +24,30 @@ __global__ void sum_squares_kernel(const float* __restrict__ x, int64_t n, doubl
     if (warp == 0) {
         acc = lane < kThreads / 32 ? warp_sums[lane] : 0.0;
         for (int off = 16; off > 0; off >>= 1) acc += __shfl_down_sync(0xffffffffu, acc, off);
-        if (lane == 0) atomicAdd(sumsq, acc);
+        if (lane == 0) atomicAdd(out, acc);
     }
+}
+
+__global__ void sum_squares_kernel(const float* __restrict__ x, int64_t n, double* sumsq) {
+    double acc = 0.0;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x) {
+        const double v = x[i];
+        acc += v * v;
+    }
+    block_add_one(acc, sumsq);
+}
+
+__global__ void scale_sum_squares_kernel(float* __restrict__ x, int64_t n, float scale,
+                                         double* sumsq) {
+    double acc = 0.0;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+         i += int64_t(gridDim.x) * blockDim.x) {
+        const float v = scale == 0.0f ? 0.0f : x[i] * scale;
+        x[i] = v;
+        acc += double(v) * double(v);
+    }
+    block_add_one(acc, sumsq);
 }
 
 __global__ void clip_scale_kernel(float* __restrict__ x, int64_t n, const double* sumsq,
@@ -101,6 +118,13 @@ int blocks_for(int64_t n) {
 cudaError_t launch_sum_squares(const float* x, int64_t n, double* sumsq, cudaStream_t stream) {
     if (n <= 0) return cudaSuccess;
     sum_squares_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, sumsq);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_scale_sum_squares(float* x, int64_t n, float scale, double* sumsq,
+                                     cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    scale_sum_squares_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, n, scale, sumsq);
     return cudaGetLastError();
 }
 

@@ -18,6 +18,9 @@ namespace esper::kernels {
 double sum_squares_reference(const float* x, int64_t n);
 // x *= max_norm / (√sumsq + 1e-6) when √sumsq > max_norm and finite; else unchanged. x: [n].
 void clip_scale_reference(float* x, int64_t n, double sumsq, double max_norm);
+// x[i] *= scale (exactly 0 where scale == 0, whatever x[i] was), then returns Σ x[i]² of the
+// result in double. x: [n]. A seed's blueprint gradient at its stage's factor (kasmina).
+double scale_sum_squares_reference(float* x, int64_t n, float scale);
 // Σ a[i]·b[i] in double. a, b: [n].
 double dot_reference(const float* a, const float* b, int64_t n);
 // out[0] += Σ x[i], out[1] += Σ x[i]², out[2] += #{i : |x[i]| < kDeadThreshold} (seed_layer.h).
@@ -30,6 +33,10 @@ void moments_reference(const float* x, int64_t n, double out[3]);
 // The reference's clip with the sum of squares read from device memory.
 [[nodiscard]] cudaError_t launch_clip_scale(float* x, int64_t n, const double* sumsq,
                                             float max_norm, cudaStream_t stream);
+// The scale_sum_squares reference on the device: x scaled in place, *sumsq += Σ x[i]² of the
+// result (double atomics; zero *sumsq first).
+[[nodiscard]] cudaError_t launch_scale_sum_squares(float* x, int64_t n, float scale, double* sumsq,
+                                                   cudaStream_t stream);
 // *out += Σ a[i]·b[i] (double atomics); a, b: [n] device values, bf16 where *_bf16 (uint16_t
 // bits), else float.
 [[nodiscard]] cudaError_t launch_dot(const void* a, bool a_bf16, const void* b, bool b_bf16,

@@ -19,6 +19,15 @@ void clip_scale_reference(float* x, int64_t n, double sumsq, double max_norm) {
     for (int64_t i = 0; i < n; ++i) x[i] *= scale;
 }
 
+double scale_sum_squares_reference(float* x, int64_t n, float scale) {
+    double sq = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        x[i] = scale == 0.0f ? 0.0f : x[i] * scale;
+        sq += double(x[i]) * double(x[i]);
+    }
+    return sq;
+}
+
 double dot_reference(const float* a, const float* b, int64_t n) {
     double acc = 0.0;
     for (int64_t i = 0; i < n; ++i) acc += double(a[i]) * double(b[i]);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/bias_act.h"
+#include "kernels/grad_ops.h"
 #include "kernels/optimizer.h"
 #include "kernels/softmax_xent.h"
 #include "tests/kernels/kernel_test_util.h"
@@ -60,6 +61,20 @@ TEST_CASE("adamw reference follows torch.optim.AdamW with bias correction",
     const std::string err = compare(p, pd, 1e-5, 1e-4, "params");
     INFO(err);
     CHECK(err.empty());
+}
+
+TEST_CASE("scale_sum_squares scales in place and sums the scaled squares; scale 0 clears",
+          "[kernels][reference]") {
+    std::vector<float> x = {1.0f, -2.0f, 0.5f, 3.0f};
+    CHECK(scale_sum_squares_reference(x.data(), 4, 0.5f) == Approx(0.25 + 1.0 + 0.0625 + 2.25));
+    CHECK(x == std::vector<float>{0.5f, -1.0f, 0.25f, 1.5f});
+    // A frozen seed's gradient (factor 0) is exactly zero, even where it was not finite.
+    std::vector<float> y = {NAN, INFINITY, -1.0f};
+    CHECK(scale_sum_squares_reference(y.data(), 3, 0.0f) == 0.0);
+    CHECK(y == std::vector<float>{0.0f, 0.0f, 0.0f});
+    // A non-finite value under a nonzero factor stays visible in the sum.
+    std::vector<float> z = {1.0f, NAN};
+    CHECK(std::isnan(scale_sum_squares_reference(z.data(), 2, 1.0f)));
 }
 
 TEST_CASE("softmax cross-entropy reference gives mean loss, scaled gradient and accuracy",

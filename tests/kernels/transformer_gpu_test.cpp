@@ -450,6 +450,27 @@ TEST_CASE("dot and moments kernels match their references in fp32 and bf16", "[k
     }
 }
 
+TEST_CASE("scale_sum_squares kernel matches its reference", "[kernels][gpu]") {
+    ESPER_REQUIRE_DEVICES(1);
+    std::mt19937 rng(9);
+    for (const int64_t n : {int64_t(1), int64_t(1000), int64_t(300001)}) {
+        for (const float scale : {0.0f, 0.375f, 1.0f}) {
+            CAPTURE(n, scale);
+            std::vector<float> x(static_cast<size_t>(n));
+            fill_uniform(x, rng, -2.f, 3.f);
+            if (scale == 0.0f) x[0] = NAN;  // cleared, as the reference does
+            DevBuf dx(x);
+            const std::vector<double> start = {0.25};
+            DevBuf sq(start);
+            CUDA_OK(launch_scale_sum_squares(dx.as<float>(), n, scale, sq.as<double>(), nullptr));
+            CUDA_OK(cudaDeviceSynchronize());
+            const double want = 0.25 + scale_sum_squares_reference(x.data(), n, scale);
+            CHECK(sq.download<double>()[0] == Approx(want).epsilon(1e-9).margin(1e-12));
+            CHECK(dx.download<float>() == x);  // one float product each: bit-equal
+        }
+    }
+}
+
 TEST_CASE("bf16 casts round to nearest even and back exactly", "[kernels][gpu]") {
     ESPER_REQUIRE_DEVICES(1);
     std::mt19937 rng(11);
