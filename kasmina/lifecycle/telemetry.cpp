@@ -63,13 +63,19 @@ void Telemetry::record_blueprint_grads(SeedManager& seeds) {
     for (int32_t l = 0; l < seeds.num_layers(); ++l) {
         const SeedTable& t = seeds.table(l);
         for (int32_t s = 0; s < t.num_seeds(); ++s) {
-            if (t.slot(s) < 0) continue;
+            if (t.slot(s) < 0 || step_[l].backward_seen[s]) continue;
             double sq = 0.0;
             for (float g : seeds.arenas(l).grads(t.kind(s), t.slot(s))) sq += double(g) * g;
             step_[l].bp_grad_sq[s] = sq;
             step_[l].backward_seen[s] = 1;
         }
     }
+}
+
+void Telemetry::set_blueprint_grad_sq(int32_t layer, int32_t seed, double sq) {
+    TelemetryBuffers& b = step_[size_t(layer)];
+    b.bp_grad_sq[size_t(seed)] = sq;
+    b.backward_seen[size_t(seed)] = 1;
 }
 
 namespace {

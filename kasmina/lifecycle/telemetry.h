@@ -36,7 +36,9 @@ struct SeedTelemetryRecord {
 // One layer's raw sums: the accumulator layout of kernels/seed_layer.h, owned.
 struct TelemetryBuffers {
     std::vector<double> count, mean, m2, dead, grad_sq, contribution;
-    std::vector<double> bp_grad_sq;  // blueprint gradient Σ g² (filled by the trainer)
+    // Blueprint gradient Σ g² (a device backend's set_blueprint_grad_sq, else
+    // record_blueprint_grads).
+    std::vector<double> bp_grad_sq;
     std::vector<uint8_t> backward_seen;
     std::vector<uint8_t> ablated;  // contribution measured by ablation (set_ablated)
     void resize(size_t s);
@@ -55,8 +57,12 @@ public:
     kernels::SeedTelemetryAccum* step_accum(int32_t l) { return &step_views_[l]; }
     std::span<kernels::SeedTelemetryAccum* const> step_accums() { return step_ptrs_; }
     void begin_step();
-    // Blueprint gradient Σg² of every seed holding a slot (read from the arenas' grads).
+    // Blueprint gradient Σg² of every seed holding a slot (read from the arenas' grads), except
+    // those a backend already recorded this step with set_blueprint_grad_sq.
     void record_blueprint_grads(SeedManager& seeds);
+    // Σg² of seed `seed`'s blueprint gradient this step, measured where the gradient lives (the
+    // GPU transformer keeps its seeds' gradients on the device).
+    void set_blueprint_grad_sq(int32_t layer, int32_t seed, double sq);
     // Merges this step into the window and returns the per-seed metrics of this step for the
     // seed manager (gradient health, contribution; nullopt where nothing was measured).
     StepMetrics end_step(double loss, const SeedManager& seeds);

@@ -1190,17 +1190,9 @@ void CudaBackend::begin_blueprint_counts() {
         const int32_t ti = d.train_index[i];
         if (ti < 0) continue;
         const LiveSlot& e = d.live[i];
+        o.size_slot_counts(d.seeds->arenas(e.layer), e.layer);
         auto& steps = o.slot_steps_[size_t(e.layer)];
         auto& owner = o.slot_owner_[size_t(e.layer)];
-        if (steps.empty()) {
-            BlueprintArenas& a = d.seeds->arenas(e.layer);
-            steps.resize(kNumBlueprintKinds);
-            owner.resize(kNumBlueprintKinds);
-            for (int k = 0; k < kNumBlueprintKinds; ++k) {
-                steps[size_t(k)].assign(size_t(a.capacity(BlueprintKind(k))), 0);
-                owner[size_t(k)].assign(size_t(a.capacity(BlueprintKind(k))), -1);
-            }
-        }
         const bool same = owner[size_t(e.kind)][size_t(e.slot)] == e.seed;
         d.slot_t[size_t(ti)] = (same ? steps[size_t(e.kind)][size_t(e.slot)] : 0) + 1;
     }

@@ -106,10 +106,13 @@ struct CudaTransformerBackend::Impl {
     std::vector<int32_t> units, heads;
 
     // ---- widening seeds (mlp_units, attention_head) germinated on the GPU ----
-    // The host arenas stay the seeds' state (the blueprint optimizer steps them on the host, as on
-    // the CPU); each step copies the live seeds' slots into a mirror past `total` in the flat
-    // buffers p, g, w16 (the host optimizer's range stops at `total`), computes them there with
-    // their stage factors, and copies their gradients and telemetry sums back.
+    // A live seed's slot lives in a mirror past `total` in the flat buffers p, g, m, v, w16 (the
+    // host optimizer's range stops at `total`): uploaded from the host arenas when the seed starts
+    // running there (or after upload_all), computed with its stage factors, its gradient scaled
+    // by the stage's factor, clipped and stepped by the blueprint optimizer on the device. The
+    // trained slots' parameters come back to the host arenas after every step (the lifecycle
+    // reads them, e.g. a drift-controlled graft's weight norm); their optimizer moments in
+    // download_all. The telemetry sums and each seed's gradient Σg² come back every step.
     SeedManager* seeds = nullptr;
     struct SeedArena {                // a base block's arena of one kind, mirrored
         size_t base = 0, stride = 0;  // first float; a slot's floats rounded up to 8
@@ -122,8 +125,12 @@ struct CudaTransformerBackend::Impl {
         int32_t block = 0, layer = 0, seed = 0, slot = 0;
         BlueprintKind kind = BlueprintKind::kMlpUnits;
         size_t off = 0;      // the slot's first float in the flat buffers
+        size_t floats = 0;   // the slot's floats (the host arena's stride)
+        size_t staged = 0;   // its parameters' first float in seed_params_host
         int32_t hidden = 0;  // units (mlp_units) or D (attention_head)
         float a_fwd = 0.0f, a_grad = 0.0f, a_in = 0.0f;
+        bool trains = false;           // the stage trains the blueprint (the optimizer steps it)
+        int32_t t = 0;                 // this step's AdamW step count of the slot (1-based)
         HeadAct head;                  // attention_head
         DeviceBuffer<float> pre, act;  // mlp_units, fp32 mode
         DeviceBuffer<uint16_t> pre16;  // mlp_units, bf16 mode
@@ -131,10 +138,27 @@ struct CudaTransformerBackend::Impl {
             return block == o.block && seed == o.seed && slot == o.slot && kind == o.kind;
         }
     };
-    std::vector<LiveSeed> live;        // forward order: per block its heads, then its units
-    int32_t live_rows = 0;             // rows the live seeds' activations hold
-    int32_t live_rows_in_step = 0;     // rows of the last training step (telemetry counts)
-    bool arena_grads_written = false;  // the last step copied seed gradients into the arenas
+    std::vector<LiveSeed> live;     // forward order: per block its heads, then its units
+    int32_t live_rows = 0;          // rows the live seeds' activations hold
+    int32_t live_rows_in_step = 0;  // rows of the last training step (telemetry counts)
+    // Per base block, per seed of its widening layer: the slot (and kind) whose parameters and
+    // optimizer state the mirror holds for that seed, or slot -1. A seed that stops running
+    // gives it up (a later germination re-initialises the slot on the host).
+    struct Resident {
+        int32_t slot = -1;
+        BlueprintKind kind = BlueprintKind::kMlpUnits;
+    };
+    std::vector<std::vector<Resident>> resident;
+    // Per live seed: Σg² of its gradient at the stage's factor (finiteness, clipping and the
+    // blueprint gradient norm), its optimizer's hyper-parameters; the trained slots' parameters
+    // after the step, staged for the host arenas.
+    DeviceBuffer<double> seed_sq;
+    PinnedBuffer<double> seed_sq_host;
+    DeviceBuffer<kernels::AdamwHyper> seed_adam;
+    PinnedBuffer<kernels::AdamwHyper> seed_adam_host;
+    DeviceBuffer<kernels::SgdHyper> seed_sgd;
+    PinnedBuffer<kernels::SgdHyper> seed_sgd_host;
+    PinnedBuffer<float> seed_params_host;
     // Telemetry sums of a step, in double: per block 3 (the moments of its MLP hidden units, what
     // the seeds that are not running measure), then per live seed 5 (⟨act, g⟩, ⟨g, g⟩ with g its
     // output gradient as if α = 1, and its activation's moments).
@@ -766,6 +790,13 @@ struct CudaTransformerBackend::Impl {
         if (data_parallel()) nccl->broadcast(sumsq.get(), sumsq.get(), sizeof(double), 0, s());
 #endif
     }
+    // Likewise the live seeds' sums of squares (their clipping and finiteness).
+    void agree_seed_sumsq() {
+#if ESPER_HAVE_NCCL
+        if (data_parallel())
+            nccl->broadcast(seed_sq.get(), seed_sq.get(), live.size() * sizeof(double), 0, s());
+#endif
+    }
 
     void forward(int32_t samples, int32_t seq) {
         const int32_t n = samples * seq;
@@ -973,6 +1004,67 @@ struct CudaTransformerBackend::Impl {
         }
     }
 
+    // The live seeds' gradients at their stage's factor (as the CPU host scales them), their
+    // sums of squares, and the blueprint optimizer over the trained ones (each clipped by its own
+    // norm, Optimizer::step_blueprints' rule); the trained parameters and the sums then go to
+    // pinned memory (stream-ordered).
+    void update_seeds() {
+        if (live.empty()) return;
+        ESPER_CUDA_CHECK(cudaMemsetAsync(seed_sq.get(), 0, live.size() * sizeof(double), s()));
+        for (size_t i = 0; i < live.size(); ++i)
+            ESPER_CUDA_CHECK(kernels::launch_scale_sum_squares(
+                G(live[i].off), int64_t(live[i].floats), live[i].a_grad, seed_sq.get() + i, s()));
+        agree_seed_sumsq();
+        for (size_t i = 0; i < live.size(); ++i) {
+            const LiveSeed& e = live[i];
+            if (!e.trains) continue;
+            const int64_t n = int64_t(e.floats);
+            if (opt.grad_clip > 0.0)
+                ESPER_CUDA_CHECK(kernels::launch_clip_scale(G(e.off), n, seed_sq.get() + i,
+                                                            float(opt.grad_clip), s()));
+            if (adamw)
+                ESPER_CUDA_CHECK(kernels::launch_adamw_step(P(e.off), G(e.off), m.get() + e.off,
+                                                            v.get() + e.off, n, seed_adam.get() + i,
+                                                            s()));
+            else
+                ESPER_CUDA_CHECK(kernels::launch_sgd_momentum_step(
+                    P(e.off), G(e.off), m.get() + e.off, n, seed_sgd.get(), s()));
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(seed_params_host.get() + e.staged, P(e.off),
+                                             e.floats * sizeof(float), cudaMemcpyDeviceToHost,
+                                             s()));
+        }
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(seed_sq_host.get(), seed_sq.get(),
+                                         live.size() * sizeof(double), cudaMemcpyDeviceToHost,
+                                         s()));
+    }
+
+    // The blueprint optimizer's hyper-parameters of this step for the live seeds: the rate and
+    // each trained slot's step count (Optimizer's per-slot counts, which commit_step advances
+    // once the step is kept; AdamW's bias correction reads it).
+    void upload_seed_hyper(double lr) {
+        if (live.empty()) return;
+        for (size_t i = 0; i < live.size(); ++i) {
+            LiveSeed& e = live[i];
+            if (!e.trains) continue;
+            optimizer->size_slot_counts(seeds->arenas(e.layer), e.layer);
+            const size_t l = size_t(e.layer), ki = size_t(e.kind), slot = size_t(e.slot);
+            const bool same = optimizer->slot_owner_[l][ki][slot] == e.seed;
+            e.t = int32_t((same ? optimizer->slot_steps_[l][ki][slot] : 0) + 1);
+            seed_adam_host[i] = {float(lr),      float(opt.beta1),        float(opt.beta2),
+                                 float(opt.eps), float(opt.weight_decay), e.t};
+        }
+        if (!adamw) {
+            seed_sgd_host[0] = {float(lr), float(opt.momentum), float(opt.weight_decay)};
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(seed_sgd.get(), seed_sgd_host.get(),
+                                             sizeof(kernels::SgdHyper), cudaMemcpyHostToDevice,
+                                             s()));
+            return;
+        }
+        ESPER_CUDA_CHECK(cudaMemcpyAsync(seed_adam.get(), seed_adam_host.get(),
+                                         live.size() * sizeof(kernels::AdamwHyper),
+                                         cudaMemcpyHostToDevice, s()));
+    }
+
     // Loss, correct count and gradient sum of squares into the pinned `result` (stream-ordered).
     void copy_result(bool with_sumsq) {
         ESPER_CUDA_CHECK(cudaMemcpyAsync(&result[0].loss, loss.get(), sizeof(float),
@@ -993,6 +1085,7 @@ struct CudaTransformerBackend::Impl {
         forward(samples, seq);
         backward(samples, seq);
         update();
+        update_seeds();
         copy_result(true);
     }
 
@@ -1096,9 +1189,11 @@ struct CudaTransformerBackend::Impl {
                     e.kind = k;
                     e.off = a.base + size_t(e.slot) * a.stride;
                     e.hidden = a.hidden;
+                    e.floats = size_t(seeds->arenas(wl).stride(k));
                     e.a_fwd = kernels::stage_forward_alpha(st, t.alpha(sd));
                     e.a_grad = kernels::stage_blueprint_grad_scale(st, t.alpha(sd));
                     e.a_in = kernels::stage_input_grad_alpha(st, t.alpha(sd));
+                    e.trains = kernels::stage_blueprint_grad_scale(st, 1.0f) != 0.0f;
                     next.push_back(std::move(e));
                 }
             }
@@ -1114,6 +1209,7 @@ struct CudaTransformerBackend::Impl {
                 live[i].a_fwd = next[i].a_fwd;
                 live[i].a_grad = next[i].a_grad;
                 live[i].a_in = next[i].a_in;
+                live[i].trains = next[i].trains;
             }
         } else {
             // sync-point: lifecycle step (the live seeds' activations are allocated)
@@ -1135,38 +1231,81 @@ struct CudaTransformerBackend::Impl {
             }
             live = std::move(next);
             live_rows = rows_cap;
+            size_t staged = 0;
+            for (LiveSeed& e : live) {
+                e.staged = staged;
+                staged += e.floats;
+            }
+            if (seed_params_host.size() < staged) seed_params_host = PinnedBuffer<float>(staged);
         }
+        make_resident();
+    }
+
+    // The mirror takes each live seed's slot from the host arenas (parameters and optimizer
+    // state) when it does not hold it yet; seeds not running give theirs up.
+    void make_resident() {
+        for (size_t l = 0; l < resident.size(); ++l)
+            for (size_t sd = 0; sd < resident[l].size(); ++sd)
+                if (std::none_of(live.begin(), live.end(), [&](const LiveSeed& e) {
+                        return size_t(e.block) == l && size_t(e.seed) == sd;
+                    }))
+                    resident[l][sd].slot = -1;
         for (const LiveSeed& e : live) {
-            const std::span<const float> host = seeds->arenas(e.layer).params(e.kind, e.slot);
-            ESPER_CUDA_CHECK(cudaMemcpyAsync(P(e.off), host.data(), host.size() * sizeof(float),
+            Resident& r = resident[size_t(e.block)][size_t(e.seed)];
+            if (r.slot == e.slot && r.kind == e.kind) continue;
+            BlueprintArenas& a = seeds->arenas(e.layer);
+            const size_t bytes = e.floats * sizeof(float);
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(P(e.off), a.params(e.kind, e.slot).data(), bytes,
                                              cudaMemcpyHostToDevice, s()));
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(m.get() + e.off, a.opt_m(e.kind, e.slot).data(), bytes,
+                                             cudaMemcpyHostToDevice, s()));
+            if (adamw)
+                ESPER_CUDA_CHECK(cudaMemcpyAsync(v.get() + e.off, a.opt_v(e.kind, e.slot).data(),
+                                                 bytes, cudaMemcpyHostToDevice, s()));
+            r = Resident{e.slot, e.kind};
         }
     }
 
-    // After the step's result was read: the live seeds' gradients into the host arenas (times
-    // a_grad, as the CPU host scales them), and the step's telemetry sums into `tel`. False when
-    // a seed's gradient is not finite.
+    // Device → host of every resident slot a seed still holds (parameters, optimizer moments).
+    void download_seeds() {
+        for (size_t l = 0; l < resident.size(); ++l) {
+            if (resident[l].empty()) continue;
+            const int32_t wl = model->widening_layer(int32_t(l));
+            const SeedTable& t = seeds->table(wl);
+            for (int32_t sd = 0; sd < int32_t(resident[l].size()); ++sd) {
+                const Resident& r = resident[l][size_t(sd)];
+                if (r.slot < 0 || t.slot(sd) != r.slot || t.kind(sd) != r.kind) continue;
+                const int ki = r.kind == BlueprintKind::kMlpUnits ? 0 : 1;
+                const SeedArena& sa = seed_arenas[l][size_t(ki)];
+                const size_t off = sa.base + size_t(r.slot) * sa.stride;
+                BlueprintArenas& a = seeds->arenas(wl);
+                const size_t bytes = size_t(a.stride(r.kind)) * sizeof(float);
+                ESPER_CUDA_CHECK(cudaMemcpyAsync(a.params(r.kind, r.slot).data(), P(off), bytes,
+                                                 cudaMemcpyDeviceToHost, s()));
+                ESPER_CUDA_CHECK(cudaMemcpyAsync(a.opt_m(r.kind, r.slot).data(), m.get() + off,
+                                                 bytes, cudaMemcpyDeviceToHost, s()));
+                if (adamw)
+                    ESPER_CUDA_CHECK(cudaMemcpyAsync(a.opt_v(r.kind, r.slot).data(), v.get() + off,
+                                                     bytes, cudaMemcpyDeviceToHost, s()));
+            }
+        }
+    }
+
+    // After the step's result was read: the trained seeds' parameters into the host arenas, each
+    // live seed's gradient Σg² and the step's telemetry sums into `tel`. False when a seed's
+    // gradient is not finite (a governor trip then restores the host state and upload_all the
+    // mirrors).
     bool finish_seeds(Telemetry& tel) {
         if (seeds == nullptr) return true;
-        // The copies below overwrite the live slots whole; the sweep clears what earlier steps
-        // wrote, so a step without live seeds after one without skips it (the graph step's path).
-        if (!live.empty() || arena_grads_written)
-            for (int32_t l = 0; l < seeds->num_layers(); ++l) seeds->arenas(l).zero_grads();
-        arena_grads_written = !live.empty();
         bool finite = true;
-        for (const LiveSeed& e : live) {
-            std::span<float> g = seeds->arenas(e.layer).grads(e.kind, e.slot);
-            // sync-point: step boundary (the blueprint optimizer steps on the host)
-            ESPER_CUDA_CHECK(cudaMemcpyAsync(g.data(), G(e.off), g.size() * sizeof(float),
-                                             cudaMemcpyDeviceToHost, s()));
-        }
-        ESPER_CUDA_CHECK(cudaStreamSynchronize(s()));
-        for (const LiveSeed& e : live) {
-            std::span<float> g = seeds->arenas(e.layer).grads(e.kind, e.slot);
-            for (float& x : g) {
-                finite = finite && std::isfinite(x);
-                x = e.a_grad == 0.0f ? 0.0f : x * e.a_grad;
-            }
+        for (size_t i = 0; i < live.size(); ++i) {
+            const LiveSeed& e = live[i];
+            const double sq = seed_sq_host[i];
+            finite = finite && std::isfinite(sq);
+            tel.set_blueprint_grad_sq(e.layer, e.seed, sq);
+            if (e.trains)
+                std::memcpy(seeds->arenas(e.layer).params(e.kind, e.slot).data(),
+                            seed_params_host.get() + e.staged, e.floats * sizeof(float));
         }
         if (!telemetry) return finite;
         std::vector<uint8_t> running;
@@ -1321,12 +1460,14 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
     // parameters, every slot at a multiple of 8 floats (bf16 operand alignment).
     d.total_all = d.total;
     d.seed_arenas.assign(seeds != nullptr ? size_t(t.n_layer) : 0, {});
+    d.resident.assign(d.seed_arenas.size(), {});
     size_t live_cap = 0;
     for (size_t l = 0; l < d.seed_arenas.size(); ++l) {
         const int32_t wl = model.widening_layer(int32_t(l));
         if (wl < 0) continue;
         d.telemetry = true;
         const BlueprintArenas& arenas = seeds->arenas(wl);
+        d.resident[l].assign(size_t(seeds->table(wl).num_seeds()), {});
         for (int ki = 0; ki < Impl::kSeedKinds; ++ki) {
             const BlueprintKind k =
                 ki == 0 ? BlueprintKind::kMlpUnits : BlueprintKind::kAttentionHead;
@@ -1357,12 +1498,18 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
     d.lt_ws = DeviceBuffer<uint8_t>(kLtWorkspace);
     d.p = DeviceBuffer<float>(d.total_all);
     d.g = DeviceBuffer<float>(d.total_all);
-    d.m = DeviceBuffer<float>(d.total);
-    d.v = DeviceBuffer<float>(d.adamw ? d.total : 0);
+    d.m = DeviceBuffer<float>(d.total_all);
+    d.v = DeviceBuffer<float>(d.adamw ? d.total_all : 0);
     d.w16 = DeviceBuffer<uint16_t>(d.bf16 ? d.total_all : 0);
     const size_t tel_n = d.telemetry ? d.live_tel(live_cap) : 0;
     d.tel_dev = DeviceBuffer<double>(tel_n);
     d.tel_host = PinnedBuffer<double>(tel_n);
+    d.seed_sq = DeviceBuffer<double>(live_cap);
+    d.seed_sq_host = PinnedBuffer<double>(live_cap);
+    d.seed_adam = DeviceBuffer<kernels::AdamwHyper>(live_cap);
+    d.seed_adam_host = PinnedBuffer<kernels::AdamwHyper>(live_cap);
+    d.seed_sgd = DeviceBuffer<kernels::SgdHyper>(1);
+    d.seed_sgd_host = PinnedBuffer<kernels::SgdHyper>(1);
     d.loss = DeviceBuffer<float>(1);
     d.correct = DeviceBuffer<int32_t>(1);
     d.sumsq = DeviceBuffer<double>(1);
@@ -1391,6 +1538,7 @@ StepResult CudaTransformerBackend::run_step(const Batch& batch, const StepRates&
     d.set_batch(batch);
     d.prepare_seeds();
     d.upload_hyper(rates);
+    d.upload_seed_hyper(rates.blueprint_lr);
     d.live_rows_in_step = batch.rows;
     d.launch_step(batch.samples, batch.rows / batch.samples);
     const Impl::Result r = d.wait_result();
@@ -1402,10 +1550,16 @@ StepResult CudaTransformerBackend::run_step(const Batch& batch, const StepRates&
     return out;
 }
 
-void CudaTransformerBackend::commit_step(const StepRates& rates) {
-    ++impl_->optimizer->host_steps_;
-    if (impl_->seeds != nullptr)
-        impl_->optimizer->step_blueprints(*impl_->seeds, rates.blueprint_lr);
+void CudaTransformerBackend::commit_step(const StepRates&) {
+    Impl& d = *impl_;
+    ++d.optimizer->host_steps_;
+    // The blueprint update already ran on the device: the slots' step counts follow it.
+    for (const Impl::LiveSeed& e : d.live) {
+        if (!e.trains) continue;
+        const size_t l = size_t(e.layer), ki = size_t(e.kind), slot = size_t(e.slot);
+        d.optimizer->slot_owner_[l][ki][slot] = e.seed;
+        d.optimizer->slot_steps_[l][ki][slot] = e.t;
+    }
 }
 
 BatchResult CudaTransformerBackend::eval_batch(const Batch& batch) {
@@ -1427,11 +1581,14 @@ void CudaTransformerBackend::upload_all() {
     ESPER_CUDA_CHECK(cudaStreamSynchronize(impl_->s()));
     impl_->copy_state(true);
     impl_->sync_structure();
+    // The host arenas are the state now: the next step takes every live seed's slot from them.
+    for (std::vector<Impl::Resident>& r : impl_->resident) r.assign(r.size(), Impl::Resident{});
 }
 
 void CudaTransformerBackend::download_all() {
     // sync-point: step boundary (snapshot)
     ESPER_CUDA_CHECK(cudaStreamSynchronize(impl_->s()));
+    if (impl_->seeds != nullptr) impl_->download_seeds();
     impl_->copy_state(false);
 }
 

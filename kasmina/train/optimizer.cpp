@@ -72,21 +72,26 @@ void Optimizer::step_host(double lr, const Model::LrRamp& ramp) {
                host_steps_);
 }
 
+void Optimizer::size_slot_counts(const BlueprintArenas& arenas, int32_t l) {
+    auto& steps = slot_steps_[size_t(l)];
+    auto& owner = slot_owner_[size_t(l)];
+    if (!steps.empty()) return;
+    steps.resize(kNumBlueprintKinds);
+    owner.resize(kNumBlueprintKinds);
+    for (int k = 0; k < kNumBlueprintKinds; ++k) {
+        steps[size_t(k)].assign(size_t(arenas.capacity(BlueprintKind(k))), 0);
+        owner[size_t(k)].assign(size_t(arenas.capacity(BlueprintKind(k))), -1);
+    }
+}
+
 void Optimizer::step_blueprints(SeedManager& seeds, double lr) {
     ESPER_REQUIRE(seeds.num_layers() == int32_t(slot_steps_.size()));
     for (int32_t l = 0; l < seeds.num_layers(); ++l) {
         const SeedTable& table = seeds.table(l);
         BlueprintArenas& arenas = seeds.arenas(l);
+        size_slot_counts(arenas, l);
         auto& steps = slot_steps_[l];
         auto& owner = slot_owner_[l];
-        if (steps.empty()) {
-            steps.resize(kNumBlueprintKinds);
-            owner.resize(kNumBlueprintKinds);
-            for (int k = 0; k < kNumBlueprintKinds; ++k) {
-                steps[k].assign(size_t(arenas.capacity(BlueprintKind(k))), 0);
-                owner[k].assign(size_t(arenas.capacity(BlueprintKind(k))), -1);
-            }
-        }
         for (int32_t s = 0; s < table.num_seeds(); ++s) {
             const SeedStage st = table.stage(s);
             const int32_t slot = table.slot(s);

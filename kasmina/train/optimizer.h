@@ -47,6 +47,8 @@ private:
     friend class CudaTransformerBackend;  // likewise for the transformer host
     void update(float* p, const float* g, float* m, float* v, int64_t n, double lr,
                 int64_t t) const;
+    // Sizes layer l's slot_steps_ / slot_owner_ to its arenas on first use.
+    void size_slot_counts(const BlueprintArenas& arenas, int32_t l);
 
     OptimizerConfig config_;
     std::vector<ParamRef> params_;

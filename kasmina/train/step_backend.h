@@ -43,9 +43,11 @@ public:
 
     virtual std::string_view name() const = 0;  // "cpu" | "cuda"
     // One step's forward, loss and backward of `batch` at a step boundary: fills `telemetry`'s
-    // step accumulators and the live blueprint slots' gradients in the host arenas; with several
-    // ranks the gradients are already their mean over ranks. The CPU stops there; the CUDA
-    // backend also runs the update (one captured graph), which a governor trip then overwrites.
+    // step accumulators and the live blueprint slots' gradients in the host arenas (the GPU
+    // transformer keeps them on the device and records their Σg² with
+    // Telemetry::set_blueprint_grad_sq instead); with several ranks the gradients are already
+    // their mean over ranks. The CPU stops there; the CUDA backends also run the update (the
+    // blueprints' included), which a governor trip then overwrites.
     virtual StepResult run_step(const Batch& batch, const StepRates& rates,
                                 Telemetry& telemetry) = 0;
     // The step is kept: the CPU applies the optimizer update; the CUDA backend (update already

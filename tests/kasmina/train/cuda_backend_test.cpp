@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -589,6 +590,11 @@ TEST_CASE("a germination of MLP units and of a head on the GPU transformer walks
             CHECK(close(*y.mean, *x.mean, tel_tol * std::sqrt(*x.variance), 0.0));
             REQUIRE(x.grad_norm.has_value() == y.grad_norm.has_value());
             if (x.grad_norm) CHECK(close(*y.grad_norm, *x.grad_norm, 1e-9, tel_tol));
+            // The blueprint's own gradient norm: on the GPU from the device (Σg² at the stage's
+            // factor, set_blueprint_grad_sq), on the CPU from the host arenas.
+            REQUIRE(x.blueprint_grad_norm.has_value() == y.blueprint_grad_norm.has_value());
+            if (x.blueprint_grad_norm)
+                CHECK(close(*y.blueprint_grad_norm, *x.blueprint_grad_norm, 1e-9, tel_tol));
             REQUIRE(x.contribution.has_value() == y.contribution.has_value());
             if (x.contribution && x.grad_norm)  // a sum of products: against its scale
                 CHECK(close(*y.contribution, *x.contribution,
@@ -627,6 +633,88 @@ TEST_CASE("a germination of MLP units and of a head on the GPU transformer walks
                  "germination on the gpu transformer (%s): max |gpu - cpu| loss %.3g, folded room "
                  "%.3g of %.3g, %d telemetry records compared\n",
                  precision.c_str(), max_diff, room_diff, room_max, compared);
+}
+
+namespace {
+
+// The widening seeds' state of a GPU trainer after a download: their arena slots and the room
+// they fold into (blocks 0 and 1).
+std::vector<float> widening_state(Trainer& t) {
+    t.backend().download_all();
+    std::vector<float> out;
+    auto& m = dynamic_cast<TransformerModel&>(t.model());
+    for (const int32_t block : {0, 1}) {
+        BlueprintArenas& a = t.seeds().arenas(m.widening_layer(block));
+        for (const BlueprintKind k : {BlueprintKind::kMlpUnits, BlueprintKind::kAttentionHead}) {
+            if (!a.serves(k)) continue;
+            const std::span<const float> p = a.all_params(k);
+            out.insert(out.end(), p.begin(), p.end());
+        }
+    }
+    for (const ParamRef& p : t.model().params())
+        if (p.name.rfind("block0.mlp.extra.", 0) == 0 || p.name == "block1.attn.extra_heads")
+            out.insert(out.end(), p.value->data(), p.value->data() + p.value->numel());
+    return out;
+}
+
+}  // namespace
+
+// The seeds' parameters and optimizer moments live on the device while they run: a checkpoint
+// takes them from there, and a resumed run puts them back, so it continues as the run that was
+// not interrupted. A resume that lost the moments (AdamW restarting from zero at a late step
+// count) would move every trained seed parameter by about the rate per step differently; the
+// mean difference over the seeds' parameters stays far below that.
+TEST_CASE("a GPU transformer checkpoint with live widening seeds resumes on the GPU",
+          "[kasmina][cuda_backend][transformer][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    Config c = transformer_config("cuda", "fp32");
+    c.run.max_steps = 24;
+    test::timer_driven_lifecycle(c, 4);
+    const fs::path dir = scratch_dir("tckpt");
+    auto germinate = [](Trainer& t) {
+        auto& m = dynamic_cast<TransformerModel&>(t.model());
+        REQUIRE(t.apply(test::operator_germinate(m.widening_layer(0), 0, BlueprintKind::kMlpUnits))
+                    .applied());
+        REQUIRE(
+            t.apply(test::operator_germinate(m.widening_layer(1), 0, BlueprintKind::kAttentionHead))
+                .applied());
+    };
+    Trainer straight(c);
+    std::vector<double> losses;
+    for (int i = 0; i < 24; ++i) {
+        if (i == 5) germinate(straight);
+        losses.push_back(straight.step().loss);
+        if (i == 11) straight.save_checkpoint(dir / "ck");  // the seeds in TRAINING or GRAFTING
+    }
+    const std::vector<float> want = widening_state(straight);
+    Trainer resumed(c);
+    resumed.load_checkpoint(dir / "ck");
+    REQUIRE(resumed.steps_done() == 12);
+    const int32_t wl = dynamic_cast<TransformerModel&>(resumed.model()).widening_layer(0);
+    REQUIRE(resumed.seeds().table(wl).slot(0) >= 0);
+    for (int i = 12; i < 24; ++i) {
+        const double loss = resumed.step().loss;
+        INFO("step " << i + 1 << " straight " << losses[size_t(i)] << " resumed " << loss);
+        CHECK(close(loss, losses[size_t(i)], kGpuGpuTol, kGpuGpuTol));
+    }
+    const std::vector<float> got = widening_state(resumed);
+    REQUIRE(got.size() == want.size());
+    double sum = 0.0, scale = 0.0;
+    int64_t n = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+        if (got[i] == 0.0f && want[i] == 0.0f) continue;
+        sum += std::fabs(double(got[i]) - double(want[i]));
+        scale = std::max(scale, double(std::fabs(want[i])));
+        ++n;
+    }
+    REQUIRE(n > 0);
+    const double mean = sum / double(n);
+    std::fprintf(stderr,
+                 "resumed gpu transformer with seeds: mean |resumed - straight| %.3g over %lld "
+                 "seed parameters (largest %.3g)\n",
+                 mean, static_cast<long long>(n), scale);
+    CHECK(mean < 1e-4);
+    fs::remove_all(dir);
 }
 
 namespace {

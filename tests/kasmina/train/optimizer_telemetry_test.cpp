@@ -154,3 +154,36 @@ TEST_CASE("telemetry window records match a naive computation over all steps",
     CHECK_FALSE(empty[0].mean.has_value());
     CHECK_FALSE(empty[0].health.has_value());
 }
+
+TEST_CASE("a backend's blueprint gradient Σg² is kept over the host arenas' this step",
+          "[kasmina][telemetry]") {
+    Config c;
+    c.model.hidden = {10};
+    c.model.seeds_per_layer = 2;
+    SeedManager m(seed_manager_config(c), {10});
+    for (int32_t s : {0, 1}) {
+        Command cmd;
+        cmd.body = GerminateCommand{SeedRef{0, s}, BlueprintKind::kScaleShift, std::nullopt};
+        REQUIRE(m.apply(cmd).applied());
+    }
+    for (int32_t s : {0, 1}) {
+        auto g = m.arenas(0).grads(BlueprintKind::kScaleShift, m.table(0).slot(s));
+        std::fill(g.begin(), g.end(), 1.0f);
+    }
+    const double host_sq =
+        double(m.arenas(0).grads(BlueprintKind::kScaleShift, m.table(0).slot(0)).size());
+    Telemetry tel({2});
+    for (int step = 0; step < 2; ++step) {
+        tel.begin_step();
+        if (step == 0) tel.set_blueprint_grad_sq(0, 1, 9.0);  // seed 1's gradient is elsewhere
+        tel.record_blueprint_grads(m);
+        (void)tel.end_step(1.0, m);
+    }
+    const std::vector<SeedTelemetryRecord> recs = tel.collect(m);
+    REQUIRE(recs.size() == 2);
+    REQUIRE(recs[0].blueprint_grad_norm.has_value());
+    REQUIRE(recs[1].blueprint_grad_norm.has_value());
+    CHECK(*recs[0].blueprint_grad_norm == Approx(std::sqrt(2.0 * host_sq)));
+    // Step 0: the backend's 9 (the arenas' grads not read); step 1: the arenas' again.
+    CHECK(*recs[1].blueprint_grad_norm == Approx(std::sqrt(9.0 + host_sq)));
+}
