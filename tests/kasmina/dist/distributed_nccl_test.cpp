@@ -26,6 +26,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/clock.h"
@@ -34,6 +35,7 @@
 #include "kasmina/dist/collectives_nccl.h"
 #include "kasmina/dist/distributed.h"
 #include "kasmina/io/config.h"
+#include "kasmina/model/transformer.h"
 #include "kasmina/train/cuda_backend.h"
 #include "kasmina/train/cuda_transformer_backend.h"
 #include "kasmina/train/trainer.h"
@@ -325,7 +327,10 @@ TEST_CASE("two cuda ranks over nccl train with identical parameters and seed tab
 // fp32 each step's loss tracks two CPU ranks over Gloo on the same data within the single-GPU
 // tolerance (cuda_backend_test.cpp: 0.005 + 0.002·|cpu|); in bf16 (and in fp32) the two ranks'
 // parameters stay equal bit for bit, which they would not if a gradient were left unaveraged
-// (the ranks' batches differ).
+// (the ranks' batches differ). The `seeds` variant germinates MLP units and a head at step 3
+// (timer-driven stages: they train, graft and fold within the 30 steps): their gradients are
+// averaged and their per-seed clipping agreed on the device, so the seed tables, the arenas and
+// the folded room stay equal too, and the losses still track the CPU ranks'.
 TEST_CASE(
     "two cuda ranks train the transformer data-parallel: equal parameters, cpu-tracking losses",
     "[kasmina][dist][multi_gpu][transformer]") {
@@ -334,32 +339,53 @@ TEST_CASE(
     struct Variant {
         const char* precision;
         int64_t bucket;
+        bool seeds;
     };
-    const Variant v = GENERATE(Variant{"fp32", 0}, Variant{"fp32", 1024}, Variant{"bf16", -1});
-    INFO("precision " << v.precision << " grad_bucket_bytes " << v.bucket);
+    const Variant v = GENERATE(Variant{"fp32", 0, false}, Variant{"fp32", 1024, false},
+                               Variant{"bf16", -1, false}, Variant{"fp32", -1, true});
+    INFO("precision " << v.precision << " grad_bucket_bytes " << v.bucket << " seeds " << v.seeds);
     Config c = load_config(esper::testing::test_data("examples/transformer_text.yaml"));
     if (const char* path = std::getenv("ESPER_TEXT_PATH")) c.data.path = path;
     c.run.max_steps = 30;
     c.run.digest_every_steps = 10;
     c.run.precision = v.precision;
+    if (v.seeds) {
+        test::timer_driven_lifecycle(c, 4);
+        c.lifecycle.gates.cull_contribution = 1e9;  // the units fold, whatever they measure
+    }
+    // Rank 0 submits the germinations (the ranks apply them at the same boundary).
+    auto germinate = [&](Trainer& t) {
+        if (!v.seeds || t.steps_done() != 3) return;
+        auto& m = dynamic_cast<TransformerModel&>(t.model());
+        const Outcome a = t.apply(make(GerminateCommand{SeedRef{m.widening_layer(0), 0},
+                                                        BlueprintKind::kMlpUnits, std::nullopt}));
+        const Outcome b = t.apply(make(GerminateCommand{
+            SeedRef{m.widening_layer(1), 0}, BlueprintKind::kAttentionHead, std::nullopt}));
+        if (!a.applied() || !b.applied())
+            throw std::runtime_error("germination refused: " + a.reason + " / " + b.reason);
+    };
     const bool fp32 = std::string(v.precision) == "fp32";
     std::vector<std::vector<double>> cpu_loss(world), gpu_loss(world);
     std::vector<std::vector<float>> params(world);
     std::vector<int32_t> buckets(world, -1);
     std::vector<Summary> sums;
     std::vector<std::exception_ptr> errors;
-    auto train = [](Trainer& t, std::vector<double>& losses) {
-        test::run_loop(t, {}, [&](const StepReport&) { losses.push_back(t.last_step().loss); });
+    std::vector<int32_t> units(world, -1);
+    auto train = [](Trainer& t, std::vector<double>& losses,
+                    const std::function<void(Trainer&)>& before) {
+        test::run_loop(t, before, [&](const StepReport&) { losses.push_back(t.last_step().loss); });
     };
     on_ranks(
         world,
         [&](int r, Collectives& gloo, NcclComm& nccl, KvStore& store) {
             TrainerOptions o = rank_options(r, world, gloo);
+            std::function<void(Trainer&)> before;
+            if (r == 0) before = germinate;
             if (fp32) {
                 Config cc = c;
                 cc.run.device = "cpu";
                 Trainer cpu(cc, o);
-                train(cpu, cpu_loss[size_t(r)]);
+                train(cpu, cpu_loss[size_t(r)], before);
             }
             o.nccl = &nccl;
             o.grad_bucket_bytes = v.bucket;
@@ -370,12 +396,20 @@ TEST_CASE(
             if (backend == nullptr)
                 throw std::runtime_error("trainer did not take the CUDA transformer backend");
             buckets[size_t(r)] = backend->grad_buckets();
-            train(t, gpu_loss[size_t(r)]);
+            train(t, gpu_loss[size_t(r)], before);
             t.backend().download_all();
             Summary mine;
             std::vector<float>& p = params[size_t(r)];
             for (const ParamRef& pr : t.model().params())
                 p.insert(p.end(), pr.value->span().begin(), pr.value->span().end());
+            for (int32_t l = 0; l < t.seeds().num_layers(); ++l)
+                for (int k = 0; k < kNumBlueprintKinds; ++k) {
+                    const std::span<const float> a =
+                        std::as_const(t.seeds().arenas(l)).all_params(BlueprintKind(k));
+                    p.insert(p.end(), a.begin(), a.end());
+                }
+            units[size_t(r)] = dynamic_cast<TransformerModel&>(t.model()).extra_units(0);
+            mine.seed_digest = t.seeds().digest();
             mine.params_hash = digest64(std::span(reinterpret_cast<const std::uint8_t*>(p.data()),
                                                   p.size() * sizeof(float)));
             mine.param_digest = t.distributed()->param_digest();
@@ -405,16 +439,19 @@ TEST_CASE(
             max_diff = std::max(max_diff, std::fabs(g[i] - a[i]));
         }
     }
+    // The units fossilized and folded into block 0's room (32 of them) with seeds, none without.
+    CHECK(units[size_t(me)] == (v.seeds ? 32 : 0));
     std::fprintf(stderr,
-                 "transformer on 2 ranks (%s, bucket %lld, %d buckets): loss %.4f -> %.4f, "
+                 "transformer on 2 ranks (%s, bucket %lld, %d buckets%s): loss %.4f -> %.4f, "
                  "max |cuda - cpu| %.3g\n",
-                 v.precision, (long long)v.bucket, buckets[size_t(me)], g.front(), g.back(),
-                 max_diff);
+                 v.precision, (long long)v.bucket, buckets[size_t(me)], v.seeds ? ", seeds" : "",
+                 g.front(), g.back(), max_diff);
     if (pr.on() && pr.rank != 0) return;  // rank 0 checks what every rank shared
     REQUIRE(sums.size() == size_t(world));
     CHECK(sums[1].steps == sums[0].steps);
     CHECK(sums[1].param_digest == sums[0].param_digest);
     CHECK(sums[1].params_hash == sums[0].params_hash);
+    CHECK(sums[1].seed_digest == sums[0].seed_digest);
     if (!pr.on()) CHECK(params[0] == params[1]);
 }
 
