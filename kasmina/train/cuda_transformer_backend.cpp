@@ -118,7 +118,15 @@ struct CudaTransformerBackend::Impl {
         size_t base = 0, stride = 0;  // first float; a slot's floats rounded up to 8
         int32_t capacity = 0, hidden = 0;
     };
-    static constexpr int kSeedKinds = 2;                         // 0: mlp_units, 1: attention_head
+    // 0: mlp_units, 1: attention_head, 2: lora (seed_kind_index).
+    static constexpr int kSeedKinds = 3;
+    static constexpr BlueprintKind kSeedKindOf[kSeedKinds] = {
+        BlueprintKind::kMlpUnits, BlueprintKind::kAttentionHead, BlueprintKind::kLora};
+    static int seed_kind_index(BlueprintKind k) {
+        for (int i = 0; i < kSeedKinds; ++i)
+            if (kSeedKindOf[i] == k) return i;
+        return -1;
+    }
     std::vector<std::array<SeedArena, kSeedKinds>> seed_arenas;  // per base block
     size_t total_all = 0;                                        // total + the mirrors
     struct LiveSeed {
@@ -127,13 +135,13 @@ struct CudaTransformerBackend::Impl {
         size_t off = 0;      // the slot's first float in the flat buffers
         size_t floats = 0;   // the slot's floats (the host arena's stride)
         size_t staged = 0;   // its parameters' first float in seed_params_host
-        int32_t hidden = 0;  // units (mlp_units) or D (attention_head)
+        int32_t hidden = 0;  // units (mlp_units), D (attention_head) or the rank (lora)
         float a_fwd = 0.0f, a_grad = 0.0f, a_in = 0.0f;
         bool trains = false;           // the stage trains the blueprint (the optimizer steps it)
         int32_t t = 0;                 // this step's AdamW step count of the slot (1-based)
         HeadAct head;                  // attention_head
-        DeviceBuffer<float> pre, act;  // mlp_units, fp32 mode
-        DeviceBuffer<uint16_t> pre16;  // mlp_units, bf16 mode
+        DeviceBuffer<float> pre, act;  // mlp_units (pre, act), lora (act = A·a), fp32 mode
+        DeviceBuffer<uint16_t> pre16;  // mlp_units' pre, lora's act, bf16 mode
         bool same(const LiveSeed& o) const {
             return block == o.block && seed == o.seed && slot == o.slot && kind == o.kind;
         }
@@ -586,6 +594,58 @@ struct CudaTransformerBackend::Impl {
         }
     }
 
+    // qkv += a_fwd·(a·Aᵀ)·Bᵀ of block l's live lora seeds (slot layout blueprints.h: A [r, C],
+    // B [3C, r]; the CPU host's, transformer.cpp), into qkv16 in bf16 mode (the sum rounded to
+    // bf16 once more, as autocast would add it).
+    void loras_forward(int32_t l, int32_t n) {
+        BlockAct& b = act[size_t(l)];
+        for (LiveSeed& e : live) {
+            if (e.block != l || e.kind != BlueprintKind::kLora) continue;
+            const WideningOffsets o = widening_offsets(e.kind, C, e.hidden);
+            const int32_t r = e.hidden;
+            const size_t in_w = e.off + size_t(o.in_w), out_w = e.off + size_t(o.out_w);
+            linear(b.a.get(), b.a16.get(), in_w, kNoBias, e.act.get(), n, C, r, nullptr,
+                   bf16 ? e.pre16.get() : nullptr);
+            if (e.a_fwd == 0.0f) continue;
+            if (bf16) {
+                kernels::GemmSpec sp = linear_spec(n, r, 3 * C);
+                sp.alpha = e.a_fwd;
+                sp.beta = 1.0f;
+                gemm(sp, nullptr, e.pre16.get(), P(out_w), W16(out_w), nullptr, b.qkv16.get());
+            } else {
+                linear_acc(e.act.get(), nullptr, out_w, b.qkv.get(), n, r, 3 * C, e.a_fwd);
+            }
+        }
+    }
+
+    // Block l's live lora seeds' gradients as if α were 1 (dq: ∂L/∂qkv, dq16 its bf16 copy in
+    // bf16 mode), with their telemetry sums; their input gradients times a_in are added into da
+    // (∂L/∂LN1's output).
+    void loras_backward(int32_t l, int32_t n, const float* dq, const uint16_t* dq16, float* da) {
+        BlockAct& b = act[size_t(l)];
+        for (size_t i = 0; i < live.size(); ++i) {
+            LiveSeed& e = live[i];
+            if (e.block != l || e.kind != BlueprintKind::kLora) continue;
+            const WideningOffsets o = widening_offsets(e.kind, C, e.hidden);
+            const int32_t r = e.hidden;
+            const int64_t nr = int64_t(n) * r;
+            const size_t in_w = e.off + size_t(o.in_w), out_w = e.off + size_t(o.out_w);
+            double* tel = tel_dev.get() + live_tel(i);
+            // g = ∂L/∂(A·a) = dq·B [n, r], in bf16 (sb16) or fp32 (dbig).
+            float* g = bf16 ? nullptr : dbig.get();
+            uint16_t* g16 = bf16 ? sb16.get() : nullptr;
+            linear_dx(dq, dq16, out_w, g, n, r, 3 * C, g16);
+            const void* a_act = bf16 ? static_cast<const void*>(e.pre16.get()) : e.act.get();
+            const void* a_g = bf16 ? static_cast<const void*>(g16) : g;
+            ESPER_CUDA_CHECK(kernels::launch_dot(a_act, bf16, a_g, bf16, nr, tel, s()));
+            ESPER_CUDA_CHECK(kernels::launch_dot(a_g, bf16, a_g, bf16, nr, tel + 1, s()));
+            ESPER_CUDA_CHECK(kernels::launch_moments(a_act, bf16, nr, tel + 2, s()));
+            linear_dw(e.act.get(), e.pre16.get(), dq, dq16, out_w, n, r, 3 * C);  // gB
+            linear_dw(b.a.get(), b.a16.get(), g, g16, in_w, n, C, r);             // gA
+            if (e.a_in != 0.0f) linear_dx(g, g16, in_w, da, n, C, r, nullptr, 1.0f, e.a_in);
+        }
+    }
+
     // out += gelu(m·Vᵀ + c)·U of block l's extra units (the CPU host's; transformer.cpp).
     void units_forward(int32_t l, int32_t n, float* out) {
         const int32_t u = units[size_t(l)];
@@ -816,12 +876,14 @@ struct CudaTransformerBackend::Impl {
                 // (att16 feeds the projection).
                 linear(b.a.get(), b.a16.get(), o.qkv_w, o.qkv_b, nullptr, n, C, 3 * C, nullptr,
                        b.qkv16.get());
+                loras_forward(l, n);
                 const uint16_t* q16 = b.qkv16.get();
                 ESPER_CUDA_CHECK(kernels::launch_attention_forward(
                     sh, kernels::AttentionDtype::kBfloat16, q16, q16 + C, q16 + 2 * C,
                     b.att16.get(), b.lse.get(), s()));
             } else {
                 linear(b.a.get(), b.a16.get(), o.qkv_w, o.qkv_b, b.qkv.get(), n, C, 3 * C);
+                loras_forward(l, n);
                 ESPER_CUDA_CHECK(kernels::launch_attention_forward(
                     sh, kernels::AttentionDtype::kFloat32, b.qkv.get(), b.qkv.get() + C,
                     b.qkv.get() + 2 * C, b.att.get(), b.lse.get(), s()));
@@ -931,6 +993,7 @@ struct CudaTransformerBackend::Impl {
             }
             linear_dx(dqkv.get(), d16, o.qkv_w, dtmp.get(), n, C, 3 * C);
             linear_dw(b.a.get(), b.a16.get(), dqkv.get(), d16, o.qkv_w, n, C, 3 * C);
+            loras_backward(l, n, dqkv.get(), d16, dtmp.get());
             heads_backward(l, samples, seq, gres.get(), gmid16, dtmp.get());
             ESPER_CUDA_CHECK(kernels::launch_layernorm_backward(
                 dtmp.get(), b.x_in.get(), P(o.ln1_w), b.mean1.get(), b.rstd1.get(), gres.get(),
@@ -1164,7 +1227,8 @@ struct CudaTransformerBackend::Impl {
                                   "(continue this run with run.device: cpu)");
         }
         std::vector<LiveSeed> next;
-        for (const int kind_index : {1, 0})  // heads first, then units (forward order per block)
+        // Per block in forward order: the adapters (on qkv), the heads, then the units.
+        for (const int kind_index : {2, 1, 0})
             for (int32_t l = 0; l < int32_t(seed_arenas.size()) && l < L; ++l) {
                 const int32_t wl = model->widening_layer(l);
                 if (wl < 0) continue;
@@ -1173,13 +1237,11 @@ struct CudaTransformerBackend::Impl {
                     const SeedStage st = t.stage(sd);
                     if (!kernels::stage_runs_blueprint(st) || t.slot(sd) < 0) continue;
                     const BlueprintKind k = t.kind(sd);
-                    ESPER_CHECK_INPUT(
-                        k == BlueprintKind::kMlpUnits || k == BlueprintKind::kAttentionHead,
-                        "run.device: cuda: seed ", sd, " of seed layer ", wl, " is a ",
-                        blueprint_kind_name(k),
-                        " blueprint, which the GPU transformer does not run "
-                        "(run.device: cpu)");
-                    if ((k == BlueprintKind::kMlpUnits) != (kind_index == 0)) continue;
+                    ESPER_CHECK_INPUT(seed_kind_index(k) >= 0, "run.device: cuda: seed ", sd,
+                                      " of seed layer ", wl, " is a ", blueprint_kind_name(k),
+                                      " blueprint, which the GPU transformer does not run "
+                                      "(run.device: cpu)");
+                    if (seed_kind_index(k) != kind_index) continue;
                     const SeedArena& a = seed_arenas[size_t(l)][size_t(kind_index)];
                     LiveSeed e;
                     e.block = l;
@@ -1224,7 +1286,7 @@ struct CudaTransformerBackend::Impl {
                     e.head.qkv16 = DeviceBuffer<uint16_t>(n16 * 3 * D);
                     e.head.att16 = DeviceBuffer<uint16_t>(n16 * D);
                 } else {
-                    e.pre = DeviceBuffer<float>(n32 * k);
+                    if (e.kind == BlueprintKind::kMlpUnits) e.pre = DeviceBuffer<float>(n32 * k);
                     e.act = DeviceBuffer<float>(n32 * k);
                     e.pre16 = DeviceBuffer<uint16_t>(n16 * k);
                 }
@@ -1275,8 +1337,7 @@ struct CudaTransformerBackend::Impl {
             for (int32_t sd = 0; sd < int32_t(resident[l].size()); ++sd) {
                 const Resident& r = resident[l][size_t(sd)];
                 if (r.slot < 0 || t.slot(sd) != r.slot || t.kind(sd) != r.kind) continue;
-                const int ki = r.kind == BlueprintKind::kMlpUnits ? 0 : 1;
-                const SeedArena& sa = seed_arenas[l][size_t(ki)];
+                const SeedArena& sa = seed_arenas[l][size_t(seed_kind_index(r.kind))];
                 const size_t off = sa.base + size_t(r.slot) * sa.stride;
                 BlueprintArenas& a = seeds->arenas(wl);
                 const size_t bytes = size_t(a.stride(r.kind)) * sizeof(float);
@@ -1319,8 +1380,8 @@ struct CudaTransformerBackend::Impl {
                 const LiveSeed& e = live[i];
                 if (e.block != l) continue;
                 const double* t = tel_host.get() + live_tel(i);
-                const double count =
-                    double(live_rows_in_step) * (e.kind == BlueprintKind::kMlpUnits ? e.hidden : D);
+                const double count = double(live_rows_in_step) *
+                                     (e.kind == BlueprintKind::kAttentionHead ? D : e.hidden);
                 acc->contribution[e.seed] -= double(e.a_fwd) * t[0];
                 acc->grad_sq[e.seed] += t[1];
                 merge_activation_sums(acc, e.seed, count, t[2], t[3], t[4]);
@@ -1469,14 +1530,13 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
         const BlueprintArenas& arenas = seeds->arenas(wl);
         d.resident[l].assign(size_t(seeds->table(wl).num_seeds()), {});
         for (int ki = 0; ki < Impl::kSeedKinds; ++ki) {
-            const BlueprintKind k =
-                ki == 0 ? BlueprintKind::kMlpUnits : BlueprintKind::kAttentionHead;
+            const BlueprintKind k = Impl::kSeedKindOf[ki];
             if (!arenas.serves(k)) continue;
             Impl::SeedArena& a = d.seed_arenas[l][size_t(ki)];
             a.base = d.total_all;
             a.stride = (size_t(arenas.stride(k)) + 7) / 8 * 8;
             a.capacity = arenas.capacity(k);
-            a.hidden = k == BlueprintKind::kMlpUnits ? arenas.hidden(k) : d.D;
+            a.hidden = k == BlueprintKind::kAttentionHead ? d.D : arenas.hidden(k);
             d.total_all += a.stride * size_t(a.capacity);
             live_cap += size_t(a.capacity);
         }
@@ -1605,13 +1665,23 @@ std::string CudaTransformerBackend::germination_refusal(const GerminateCommand& 
     if (block < 0)
         return "run.device: cuda: seed layer " + std::to_string(layer) +
                " is a chunk site; chunk seeds do not germinate on the GPU transformer yet (the "
-               "widening sites, odd seed layers, take mlp_units and attention_head; or use "
+               "widening sites, odd seed layers, take mlp_units, attention_head and lora; or use "
                "run.device: cpu)";
     if (g.kind == BlueprintKind::kAttentionHead) return {};
+    if (g.kind == BlueprintKind::kLora) {
+        // bf16 operands: the adapter's activation [rows, rank] and B [3·d_model, rank] need rows
+        // of a multiple of 16 bytes for cuBLASLt.
+        const int32_t r = d.seed_arenas[size_t(block)][2].hidden;
+        if (d.bf16 && r % 8 != 0)
+            return "run.device: cuda: lora seeds germinate on the GPU transformer in bf16 with "
+                   "blueprints.lora.rank a multiple of 8 (it is " +
+                   std::to_string(r) + "; or use run.precision: fp32)";
+        return {};
+    }
     if (g.kind != BlueprintKind::kMlpUnits)
         return "run.device: cuda: " + std::string(blueprint_kind_name(g.kind)) +
-               " seeds do not germinate on the GPU transformer yet (mlp_units and attention_head "
-               "do; or use run.device: cpu)";
+               " seeds do not germinate on the GPU transformer yet (mlp_units, attention_head "
+               "and lora do; or use run.device: cpu)";
     const int32_t k = d.seed_arenas[size_t(block)][0].hidden;
     if (k % 8 != 0 || d.Umax % 8 != 0)
         return "run.device: cuda: mlp_units seeds germinate on the GPU transformer in groups of 8 "

@@ -80,7 +80,7 @@ struct StepBackendOptions {
 };
 
 // Whether a run of this config trains on the GPU: run.device resolved as resolve_use_cuda does,
-// except that the transformer, whose chunk and LoRA seeds germinate on the CPU only, trains on
+// except that the transformer, whose chunk seeds germinate on the CPU only, trains on
 // the GPU only when run.device is `cuda` (`auto` keeps it on the CPU).
 bool trainer_uses_cuda(const Config& config);
 

@@ -466,8 +466,9 @@ TEST_CASE("the transformer grows its width mid-run on the GPU as on the CPU",
                  max_diff, out_diff);
 }
 
-// Where the GPU transformer does not germinate yet: chunk sites (even seed layers) and LoRA
-// seeds are refused with a one-line reason, before anything changes; the host still trains.
+// Where the GPU transformer does not germinate: chunk sites (even seed layers), and in bf16 a
+// LoRA seed whose rank is not a multiple of 8 (examples/transformer_text.yaml's 4), are refused
+// with a one-line reason, before anything changes; the host still trains.
 TEST_CASE(
     "germinating a chunk or LoRA seed of the GPU transformer is refused with a one-line reason",
     "[kasmina][cuda_backend][transformer][gpu]") {
@@ -478,7 +479,7 @@ TEST_CASE(
         BlueprintKind kind;
         const char* why;
     } refused[] = {{0, BlueprintKind::kResidualMlp, "chunk seeds do not germinate"},
-                   {1, BlueprintKind::kLora, "lora seeds do not germinate"}};
+                   {1, BlueprintKind::kLora, "blueprints.lora.rank a multiple of 8 (it is 4"}};
     for (const auto& r : refused) {
         const Outcome o = gpu.apply(test::operator_germinate(r.layer, 0, r.kind));
         INFO(o.reason);
@@ -515,21 +516,24 @@ TEST_CASE(
     }
 }
 
-// MLP units germinated at block 0's widening site and a head at block 1's, at step 5, on
+// MLP units and a LoRA adapter (rank 8) germinated at block 0's widening site and a head at
+// block 1's, at step 5, on
 // timer-driven stages whose gates still read the measured contribution (a seed that hurts is
 // culled): the GPU walks the CPU's stages step for step, its losses track the CPU's while the
 // seeds train behind the host, graft in and join it, both devices take the same decision for
 // each seed from their own telemetry (on the H100, 2026-12-07: the units fossilized and folded,
 // the head was culled at evaluation), and the GPU's seed telemetry (gradient norm, contribution,
 // activation moments; for the seeds not running, the block's MLP hidden units) tracks the CPU's.
-TEST_CASE("a germination of MLP units and of a head on the GPU transformer walks the CPU's stages",
-          "[kasmina][cuda_backend][transformer][gpu]") {
+TEST_CASE(
+    "a germination of MLP units, a head and LoRA on the GPU transformer walks the CPU's stages",
+    "[kasmina][cuda_backend][transformer][gpu]") {
     ESPER_REQUIRE_DEVICE();
     const std::string precision = GENERATE(std::string("fp32"), std::string("bf16"));
     const bool fp32 = precision == "fp32";
     auto config = [&](const std::string& device) {
         Config c = transformer_config(device, device == "cpu" ? "fp32" : precision);
         c.run.max_steps = 40;
+        c.blueprints.lora.rank = 8;  // bf16 operands: a multiple of 8 (germination_refusal)
         test::timer_driven_lifecycle(c, 4);
         return c;
     };
@@ -538,11 +542,13 @@ TEST_CASE("a germination of MLP units and of a head on the GPU transformer walks
     REQUIRE(gpu.backend().name() == "cuda");
     auto& mc = dynamic_cast<TransformerModel&>(cpu.model());
     auto& mg = dynamic_cast<TransformerModel&>(gpu.model());
+    // Units and a LoRA adapter on block 0, a head on block 1.
     const struct {
-        int32_t layer;
+        int32_t layer, seed;
         BlueprintKind kind;
-    } seeds[] = {{mc.widening_layer(0), BlueprintKind::kMlpUnits},
-                 {mc.widening_layer(1), BlueprintKind::kAttentionHead}};
+    } seeds[] = {{mc.widening_layer(0), 0, BlueprintKind::kMlpUnits},
+                 {mc.widening_layer(1), 0, BlueprintKind::kAttentionHead},
+                 {mc.widening_layer(0), 1, BlueprintKind::kLora}};
     const double abs_tol = fp32 ? 0.005 : 0.03, rel_tol = fp32 ? 0.002 : 0.01;
     const double tel_tol = fp32 ? 0.03 : 0.1;  // relative, telemetry sums over a window
     double max_diff = 0.0;
@@ -551,8 +557,8 @@ TEST_CASE("a germination of MLP units and of a head on the GPU transformer walks
     for (int i = 0; i < 40; ++i) {
         if (i == 5)
             for (const auto& sd : seeds) {
-                REQUIRE(cpu.apply(test::operator_germinate(sd.layer, 0, sd.kind)).applied());
-                REQUIRE(gpu.apply(test::operator_germinate(sd.layer, 0, sd.kind)).applied());
+                REQUIRE(cpu.apply(test::operator_germinate(sd.layer, sd.seed, sd.kind)).applied());
+                REQUIRE(gpu.apply(test::operator_germinate(sd.layer, sd.seed, sd.kind)).applied());
             }
         const TrainStep a = cpu.step();
         const TrainStep b = gpu.step();
@@ -563,10 +569,10 @@ TEST_CASE("a germination of MLP units and of a head on the GPU transformer walks
         for (const auto& sd : seeds) {
             const SeedTable& ta = cpu.seeds().table(sd.layer);
             const SeedTable& tb = gpu.seeds().table(sd.layer);
-            INFO("seed layer " << sd.layer);
-            REQUIRE(int(tb.stage(0)) == int(ta.stage(0)));
-            CHECK(tb.alpha(0) == Approx(ta.alpha(0)).margin(1e-6));
-            saw_grafting = saw_grafting || ta.stage(0) == SeedStage::kGrafting;
+            INFO("seed layer " << sd.layer << " seed " << sd.seed);
+            REQUIRE(int(tb.stage(sd.seed)) == int(ta.stage(sd.seed)));
+            CHECK(tb.alpha(sd.seed) == Approx(ta.alpha(sd.seed)).margin(1e-6));
+            saw_grafting = saw_grafting || ta.stage(sd.seed) == SeedStage::kGrafting;
         }
         folded = folded || mc.extra_units(0) > 0;
         head_decided = head_decided || mc.extra_heads(1) > 0 ||
@@ -612,7 +618,7 @@ TEST_CASE("a germination of MLP units and of a head on the GPU transformer walks
     REQUIRE(folded);
     CHECK(mc.extra_units(0) == 32);
     CHECK(head_decided);
-    for (const auto& sd : seeds) CHECK(gpu.seeds().table(sd.layer).slot(0) == -1);
+    for (const auto& sd : seeds) CHECK(gpu.seeds().table(sd.layer).slot(sd.seed) == -1);
     gpu.backend().download_all();
     double room_diff = 0.0, room_max = 0.0;
     const auto& pg = gpu.model().params();
@@ -680,19 +686,26 @@ TEST_CASE("a GPU transformer checkpoint with live widening seeds resumes on the 
                 .applied());
     };
     Trainer straight(c);
+    const int32_t wl = dynamic_cast<TransformerModel&>(straight.model()).widening_layer(0);
     std::vector<double> losses;
+    int saved = -1;  // the steps done at the checkpoint
     for (int i = 0; i < 24; ++i) {
         if (i == 5) germinate(straight);
         losses.push_back(straight.step().loss);
-        if (i == 11) straight.save_checkpoint(dir / "ck");  // the seeds in TRAINING or GRAFTING
+        // The checkpoint: the units' second step of GRAFTING (they train, and blend in).
+        const SeedTable& t = straight.seeds().table(wl);
+        if (saved < 0 && t.stage(0) == SeedStage::kGrafting && t.steps_in_stage(0) == 1) {
+            straight.save_checkpoint(dir / "ck");
+            saved = i + 1;
+        }
     }
+    REQUIRE(saved > 0);
     const std::vector<float> want = widening_state(straight);
     Trainer resumed(c);
     resumed.load_checkpoint(dir / "ck");
-    REQUIRE(resumed.steps_done() == 12);
-    const int32_t wl = dynamic_cast<TransformerModel&>(resumed.model()).widening_layer(0);
-    REQUIRE(resumed.seeds().table(wl).slot(0) >= 0);
-    for (int i = 12; i < 24; ++i) {
+    REQUIRE(resumed.steps_done() == saved);
+    REQUIRE(resumed.seeds().table(wl).stage(0) == SeedStage::kGrafting);
+    for (int i = saved; i < 24; ++i) {
         const double loss = resumed.step().loss;
         INFO("step " << i + 1 << " straight " << losses[size_t(i)] << " resumed " << loss);
         CHECK(close(loss, losses[size_t(i)], kGpuGpuTol, kGpuGpuTol));
