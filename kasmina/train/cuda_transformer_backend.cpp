@@ -490,6 +490,15 @@ struct CudaTransformerBackend::Impl {
         return blocks[size_t(l)].xh + size_t(h) * size_t(ho.floats);
     }
 
+    // A running seed's telemetry sums into tel[0..5): ⟨act, g⟩, ⟨g, g⟩ (g: ∂L/∂act as if α = 1)
+    // and act's moments (Σx, Σx², dead count), over `count` values, bf16 or fp32 as the step
+    // keeps them.
+    void seed_sums(const void* act, const void* g, bool in_bf16, int64_t count, double* tel) {
+        ESPER_CUDA_CHECK(kernels::launch_dot(act, in_bf16, g, in_bf16, count, tel, s()));
+        ESPER_CUDA_CHECK(kernels::launch_dot(g, in_bf16, g, in_bf16, count, tel + 1, s()));
+        ESPER_CUDA_CHECK(kernels::launch_moments(act, in_bf16, count, tel + 2, s()));
+    }
+
     // x_mid += a_fwd·Wo·attention(q, k, v) of one head with its slot at `slot`, (q, k, v) =
     // Wqkv·a + bqkv (the CPU host's extra heads and attention_head seeds; transformer.cpp).
     void head_forward(int32_t l, HeadAct& e, size_t slot, int32_t samples, int32_t seq,
@@ -538,14 +547,7 @@ struct CudaTransformerBackend::Impl {
             uint16_t* dho16 = sb16.get();  // [n, D]
             uint16_t* dhq16 = dho16 + nd;  // [n, 3·D]
             linear_dx(gmid, gmid16, wo, nullptr, n, D, C, dho16);
-            if (tel != nullptr) {
-                ESPER_CUDA_CHECK(
-                    kernels::launch_dot(e.att16.get(), true, dho16, true, int64_t(nd), tel, s()));
-                ESPER_CUDA_CHECK(
-                    kernels::launch_dot(dho16, true, dho16, true, int64_t(nd), tel + 1, s()));
-                ESPER_CUDA_CHECK(
-                    kernels::launch_moments(e.att16.get(), true, int64_t(nd), tel + 2, s()));
-            }
+            if (tel != nullptr) seed_sums(e.att16.get(), dho16, true, int64_t(nd), tel);
             linear_dw(e.att.get(), e.att16.get(), gmid, gmid16, wo, n, D, C);
             const uint16_t* q16 = e.qkv16.get();
             ESPER_CUDA_CHECK(kernels::launch_attention_backward(
@@ -561,14 +563,7 @@ struct CudaTransformerBackend::Impl {
             float* dho = dbig.get();
             float* dhq = dho + nd;
             linear_dx(gmid, nullptr, wo, dho, n, D, C);
-            if (tel != nullptr) {
-                ESPER_CUDA_CHECK(
-                    kernels::launch_dot(e.att.get(), false, dho, false, int64_t(nd), tel, s()));
-                ESPER_CUDA_CHECK(
-                    kernels::launch_dot(dho, false, dho, false, int64_t(nd), tel + 1, s()));
-                ESPER_CUDA_CHECK(
-                    kernels::launch_moments(e.att.get(), false, int64_t(nd), tel + 2, s()));
-            }
+            if (tel != nullptr) seed_sums(e.att.get(), dho, false, int64_t(nd), tel);
             linear_dw(e.att.get(), nullptr, gmid, nullptr, wo, n, D, C);
             ESPER_CUDA_CHECK(kernels::launch_attention_backward(
                 sh, kernels::AttentionDtype::kFloat32, e.qkv.get(), e.qkv.get() + D,
@@ -635,11 +630,10 @@ struct CudaTransformerBackend::Impl {
             float* g = bf16 ? nullptr : dbig.get();
             uint16_t* g16 = bf16 ? sb16.get() : nullptr;
             linear_dx(dq, dq16, out_w, g, n, r, 3 * C, g16);
-            const void* a_act = bf16 ? static_cast<const void*>(e.pre16.get()) : e.act.get();
-            const void* a_g = bf16 ? static_cast<const void*>(g16) : g;
-            ESPER_CUDA_CHECK(kernels::launch_dot(a_act, bf16, a_g, bf16, nr, tel, s()));
-            ESPER_CUDA_CHECK(kernels::launch_dot(a_g, bf16, a_g, bf16, nr, tel + 1, s()));
-            ESPER_CUDA_CHECK(kernels::launch_moments(a_act, bf16, nr, tel + 2, s()));
+            if (bf16)
+                seed_sums(e.pre16.get(), g16, true, nr, tel);
+            else
+                seed_sums(e.act.get(), g, false, nr, tel);
             linear_dw(e.act.get(), e.pre16.get(), dq, dq16, out_w, n, r, 3 * C);  // gB
             linear_dw(b.a.get(), b.a16.get(), g, g16, in_w, n, C, r);             // gA
             if (e.a_in != 0.0f) linear_dx(g, g16, in_w, da, n, C, r, nullptr, 1.0f, e.a_in);
@@ -709,9 +703,7 @@ struct CudaTransformerBackend::Impl {
                 ESPER_CUDA_CHECK(kernels::launch_bias_act_backward_bf16(
                     g16, true, e.pre16.get(), true, dz16, G(in_b), n, k,
                     kernels::Activation::kGeluTanh, bias_ws.get(), bias_ws.size(), s(), h16.get()));
-                ESPER_CUDA_CHECK(kernels::launch_dot(h16.get(), true, g16, true, nk, tel, s()));
-                ESPER_CUDA_CHECK(kernels::launch_dot(g16, true, g16, true, nk, tel + 1, s()));
-                ESPER_CUDA_CHECK(kernels::launch_moments(h16.get(), true, nk, tel + 2, s()));
+                seed_sums(h16.get(), g16, true, nk, tel);
                 linear_dw(nullptr, h16.get(), gout, gout16, out_w, n, k, C);
                 linear_dw(b.m.get(), b.m16.get(), nullptr, dz16, in_w, n, C, k);
                 if (e.a_in != 0.0f)
@@ -720,9 +712,7 @@ struct CudaTransformerBackend::Impl {
                 float* g = dbig.get();
                 float* dz = g + nk;
                 linear_dx(gout, nullptr, out_w, g, n, k, C);
-                ESPER_CUDA_CHECK(kernels::launch_dot(e.act.get(), false, g, false, nk, tel, s()));
-                ESPER_CUDA_CHECK(kernels::launch_dot(g, false, g, false, nk, tel + 1, s()));
-                ESPER_CUDA_CHECK(kernels::launch_moments(e.act.get(), false, nk, tel + 2, s()));
+                seed_sums(e.act.get(), g, false, nk, tel);
                 ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
                     g, e.pre.get(), dz, G(in_b), n, k, kernels::Activation::kGeluTanh,
                     bias_ws.get(), bias_ws.size(), s()));
