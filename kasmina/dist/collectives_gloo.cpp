@@ -13,6 +13,7 @@
 #include <gloo/rendezvous/store.h>
 #include <gloo/transport/tcp/device.h>
 
+#include <csignal>
 #include <exception>
 #include <utility>
 
@@ -86,8 +87,23 @@ struct GlooCollectives::Impl {
         }                                                                                          \
     } while (0)
 
+namespace {
+
+// Gloo's TCP transport writes to its peers' sockets without MSG_NOSIGNAL, so a write to a peer
+// that has gone (a rank that crashed or aborted) raises SIGPIPE, whose default action kills this
+// process before Gloo can report the broken pipe — the survivor would die by a signal instead of
+// failing with kDisconnected. Ignored for the process, unless the program installed a handler.
+void ignore_sigpipe() {
+    struct sigaction old {};
+    if (sigaction(SIGPIPE, nullptr, &old) == 0 && old.sa_handler == SIG_DFL)
+        std::signal(SIGPIPE, SIG_IGN);
+}
+
+}  // namespace
+
 GlooCollectives::GlooCollectives(const GlooConfig& config, KvStore& store)
     : rank_(config.rank), world_(config.world), timeout_(config.timeout) {
+    ignore_sigpipe();
     ESPER_CHECK_INPUT(config.world >= 1, "gloo: world size must be >= 1, got ", config.world);
     ESPER_CHECK_INPUT(config.rank >= 0 && config.rank < config.world, "gloo: rank ", config.rank,
                       " is outside world size ", config.world);
