@@ -105,7 +105,7 @@ struct CudaTransformerBackend::Impl {
     WideningOffsets ho;  // an extra head's slot layout
     std::vector<int32_t> units, heads;
 
-    // ---- widening seeds (mlp_units, attention_head) germinated on the GPU ----
+    // ---- widening seeds (mlp_units, attention_head, lora) germinated on the GPU ----
     // A live seed's slot lives in a mirror past `total` in the flat buffers p, g, m, v, w16 (the
     // host optimizer's range stops at `total`): uploaded from the host arenas when the seed starts
     // running there (or after upload_all), computed with its stage factors, its gradient scaled
@@ -146,7 +146,7 @@ struct CudaTransformerBackend::Impl {
             return block == o.block && seed == o.seed && slot == o.slot && kind == o.kind;
         }
     };
-    std::vector<LiveSeed> live;     // forward order: per block its heads, then its units
+    std::vector<LiveSeed> live;     // forward order: per block its adapters, heads, then units
     int32_t live_rows = 0;          // rows the live seeds' activations hold
     int32_t live_rows_in_step = 0;  // rows of the last training step (telemetry counts)
     // Per base block, per seed of its widening layer: the slot (and kind) whose parameters and
@@ -1662,6 +1662,10 @@ std::string CudaTransformerBackend::germination_refusal(const GerminateCommand& 
         // bf16 operands: the adapter's activation [rows, rank] and B [3·d_model, rank] need rows
         // of a multiple of 16 bytes for cuBLASLt.
         const int32_t r = d.seed_arenas[size_t(block)][2].hidden;
+        if (r > d.F)  // its gradient [rows, rank] goes through the MLP hidden's scratch
+            return "run.device: cuda: lora seeds germinate on the GPU transformer with "
+                   "blueprints.lora.rank at most 4·d_model (" +
+                   std::to_string(d.F) + "; it is " + std::to_string(r) + ")";
         if (d.bf16 && r % 8 != 0)
             return "run.device: cuda: lora seeds germinate on the GPU transformer in bf16 with "
                    "blueprints.lora.rank a multiple of 8 (it is " +
