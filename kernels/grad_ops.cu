@@ -109,6 +109,49 @@ __global__ void moments_kernel(const void* x, bool x_bf16, int64_t n, double* ou
     block_add(acc, out);
 }
 
+// Block x covers columns [256·x, 256·x + 256), block y rows y, y + gridDim.y, ...: each thread
+// sums its column, the block merges its columns per chunk in shared memory (a tile meets at most
+// 256 chunks), then one double atomic per chunk and sum.
+__global__ void chunk_moments_kernel(const void* x, bool x_bf16, int64_t rows, int32_t width,
+                                     const int32_t* __restrict__ offsets, int32_t chunks,
+                                     double* out) {
+    __shared__ double sums[kThreads][3];
+    const int32_t first = int32_t(blockIdx.x) * kThreads;
+    const int32_t c = first + int32_t(threadIdx.x);
+    const int32_t last = min(first + kThreads, width) - 1;
+    // The chunk holding column col: the last chunk whose first column is <= col.
+    auto chunk_of = [&](int32_t col) {
+        int32_t lo = 0, hi = chunks - 1;
+        while (lo < hi) {
+            const int32_t mid = (lo + hi + 1) / 2;
+            if (offsets[mid] <= col)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        return lo;
+    };
+    const int32_t base = chunk_of(first);
+    const int32_t span = chunk_of(last) - base + 1;
+    for (int k = 0; k < 3; ++k) sums[threadIdx.x][k] = 0.0;
+    __syncthreads();
+    if (c < width) {
+        double acc[3] = {0.0, 0.0, 0.0};
+        for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+            const double v = load_as_double(x, x_bf16, r * width + c);
+            acc[0] += v;
+            acc[1] += v * v;
+            acc[2] += fabs(v) < double(kDeadThreshold) ? 1.0 : 0.0;
+        }
+        const int32_t local = chunk_of(c) - base;
+        for (int k = 0; k < 3; ++k) atomicAdd(&sums[local][k], acc[k]);
+    }
+    __syncthreads();
+    if (int32_t(threadIdx.x) < span)
+        for (int k = 0; k < 3; ++k)
+            atomicAdd(out + 3 * (base + int32_t(threadIdx.x)) + k, sums[threadIdx.x][k]);
+}
+
 int blocks_for(int64_t n) {
     return int(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, 1024));
 }
@@ -146,6 +189,17 @@ cudaError_t launch_moments(const void* x, bool x_bf16, int64_t n, double* out,
                            cudaStream_t stream) {
     if (n <= 0) return cudaSuccess;
     moments_kernel<<<blocks_for(n), kThreads, 0, stream>>>(x, x_bf16, n, out);
+    return cudaGetLastError();
+}
+
+cudaError_t launch_chunk_moments(const void* x, bool x_bf16, int64_t rows, int32_t width,
+                                 const int32_t* offsets, int32_t chunks, double* out,
+                                 cudaStream_t stream) {
+    if (rows <= 0 || width <= 0 || chunks <= 0) return cudaSuccess;
+    const dim3 grid(unsigned((width + kThreads - 1) / kThreads),
+                    unsigned(std::clamp<int64_t>(rows / 64, 1, 128)));
+    chunk_moments_kernel<<<grid, kThreads, 0, stream>>>(x, x_bf16, rows, width, offsets, chunks,
+                                                        out);
     return cudaGetLastError();
 }
 

@@ -25,6 +25,11 @@ double scale_sum_squares_reference(float* x, int64_t n, float scale);
 double dot_reference(const float* a, const float* b, int64_t n);
 // out[0] += Σ x[i], out[1] += Σ x[i]², out[2] += #{i : |x[i]| < kDeadThreshold} (seed_layer.h).
 void moments_reference(const float* x, int64_t n, double out[3]);
+// The same three sums per column chunk of x [rows, width] (row-major): chunk c holds columns
+// offsets[c] .. offsets[c + 1] (offsets: [chunks + 1], ascending, from 0 to width); its sums go
+// to out[3c .. 3c + 2] (+=). A seed layer's telemetry per seed (seed_layer.h's chunks).
+void chunk_moments_reference(const float* x, int64_t rows, int32_t width, const int32_t* offsets,
+                             int32_t chunks, double* out);
 
 #if ESPER_HAVE_CUDA
 // *sumsq += Σ x[i]² (double atomics; zero *sumsq first). x: [n] device floats.
@@ -45,6 +50,11 @@ void moments_reference(const float* x, int64_t n, double out[3]);
 // x_bf16.
 [[nodiscard]] cudaError_t launch_moments(const void* x, bool x_bf16, int64_t n, double* out,
                                          cudaStream_t stream);
+// The chunk_moments reference on the device (double atomics into out[3·chunks]); x: [rows, width]
+// device values, bf16 where x_bf16; offsets: device int32 [chunks + 1].
+[[nodiscard]] cudaError_t launch_chunk_moments(const void* x, bool x_bf16, int64_t rows,
+                                               int32_t width, const int32_t* offsets,
+                                               int32_t chunks, double* out, cudaStream_t stream);
 #endif
 
 }  // namespace esper::kernels

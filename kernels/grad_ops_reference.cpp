@@ -43,4 +43,11 @@ void moments_reference(const float* x, int64_t n, double out[3]) {
     }
 }
 
+void chunk_moments_reference(const float* x, int64_t rows, int32_t width, const int32_t* offsets,
+                             int32_t chunks, double* out) {
+    for (int32_t c = 0; c < chunks; ++c)
+        for (int64_t r = 0; r < rows; ++r)
+            moments_reference(x + r * width + offsets[c], offsets[c + 1] - offsets[c], out + 3 * c);
+}
+
 }  // namespace esper::kernels

@@ -77,6 +77,24 @@ TEST_CASE("scale_sum_squares scales in place and sums the scaled squares; scale 
     CHECK(std::isnan(scale_sum_squares_reference(z.data(), 2, 1.0f)));
 }
 
+TEST_CASE("chunk_moments sums each column chunk of every row, added to what out held",
+          "[kernels][reference]") {
+    // 2 rows × 5 columns, chunks {0, 1} {2} {3, 4}.
+    const std::vector<float> x = {1.0f, 2.0f, 0.0f, -1.0f, 3.0f,  //
+                                  4.0f, 0.0f, 5.0f, 2.0f,  -2.0f};
+    const int32_t offsets[] = {0, 2, 3, 5};
+    std::vector<double> out(9, 0.0);
+    out[0] = 10.0;
+    chunk_moments_reference(x.data(), 2, 5, offsets, 3, out.data());
+    const std::vector<double> want = {10.0 + 7.0, 1.0 + 4.0 + 16.0,
+                                      1.0,  //
+                                      5.0,        25.0,
+                                      1.0,  //
+                                      2.0,        1.0 + 9.0 + 4.0 + 4.0,
+                                      0.0};
+    CHECK(out == want);
+}
+
 TEST_CASE("softmax cross-entropy reference gives mean loss, scaled gradient and accuracy",
           "[kernels][reference]") {
     std::mt19937 rng(5);

@@ -450,6 +450,45 @@ TEST_CASE("dot and moments kernels match their references in fp32 and bf16", "[k
     }
 }
 
+// A seed layer's telemetry per chunk: ragged chunks (one column, one wider than a 256-column
+// tile, many inside one tile), fp32 and bf16, rows from 1 to more than a row group.
+TEST_CASE("chunk_moments kernel matches its reference on ragged chunks", "[kernels][gpu]") {
+    ESPER_REQUIRE_DEVICES(1);
+    std::mt19937 rng(13);
+    const std::vector<std::vector<int32_t>> layouts = {
+        {0, 1, 300, 301, 520, 777}, {0, 64, 128, 192, 256, 320, 384, 448, 512}, {0, 3}};
+    for (const std::vector<int32_t>& offsets : layouts) {
+        const int32_t width = offsets.back();
+        const auto chunks = int32_t(offsets.size() - 1);
+        for (const int64_t rows : {int64_t(1), int64_t(77), int64_t(9000)}) {
+            for (const bool bf16 : {false, true}) {
+                CAPTURE(width, rows, bf16);
+                std::vector<float> x(size_t(rows) * size_t(width));
+                fill_uniform(x, rng, -2.f, 3.f);
+                for (size_t i = 0; i < x.size(); i += 5) x[i] = 0.0f;
+                if (bf16) round_bf16(x);
+                DevBuf dx = bf16 ? DevBuf(to_bf16(x)) : DevBuf(x);
+                DevBuf doff(offsets);
+                std::vector<double> want(size_t(3 * chunks));
+                for (size_t i = 0; i < want.size(); ++i) want[i] = 0.25 * double(i);
+                DevBuf out(want);
+                CUDA_OK(launch_chunk_moments(dx.p, bf16, rows, width, doff.as<int32_t>(), chunks,
+                                             out.as<double>(), nullptr));
+                CUDA_OK(cudaDeviceSynchronize());
+                chunk_moments_reference(x.data(), rows, width, offsets.data(), chunks, want.data());
+                const std::vector<double> got = out.download<double>();
+                for (int32_t c = 0; c < chunks; ++c) {
+                    CAPTURE(c);
+                    CHECK(got[size_t(3 * c)] ==
+                          Approx(want[size_t(3 * c)]).epsilon(1e-9).margin(1e-9));
+                    CHECK(got[size_t(3 * c + 1)] == Approx(want[size_t(3 * c + 1)]).epsilon(1e-9));
+                    CHECK(got[size_t(3 * c + 2)] == want[size_t(3 * c + 2)]);
+                }
+            }
+        }
+    }
+}
+
 TEST_CASE("scale_sum_squares kernel matches its reference", "[kernels][gpu]") {
     ESPER_REQUIRE_DEVICES(1);
     std::mt19937 rng(9);
