@@ -303,6 +303,12 @@ void merge_activation_stats(kernels::SeedTelemetryAccum* t, int32_t seed, const 
     merge_summary(t, seed, double(n), mean, m2, dead);
 }
 
+void merge_activation_summary(kernels::SeedTelemetryAccum* t, int32_t seed, double n, double mean,
+                              double m2, double dead) {
+    if (n <= 0.0) return;
+    merge_summary(t, seed, n, mean, m2, dead);
+}
+
 void merge_activation_sums(kernels::SeedTelemetryAccum* t, int32_t seed, double n, double sum,
                            double sum_sq, double dead) {
     if (n <= 0.0) return;

@@ -120,5 +120,9 @@ void merge_activation_stats(kernels::SeedTelemetryAccum* t, int32_t seed, const 
 // Σv², dead = the dead count; mean and m2 follow in double (m2 = Σv² − (Σv)²/n, at least 0).
 void merge_activation_sums(kernels::SeedTelemetryAccum* t, int32_t seed, double n, double sum,
                            double sum_sq, double dead);
+// The same merge from a summary of n values: their mean, m2 = Σ(v − mean)² and dead count (a
+// device's seed-layer telemetry, merged over one step).
+void merge_activation_summary(kernels::SeedTelemetryAccum* t, int32_t seed, double n, double mean,
+                              double m2, double dead);
 
 }  // namespace esper::kasmina

@@ -21,6 +21,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,6 +40,8 @@
 #include "kernels/grad_ops.h"
 #include "kernels/layernorm.h"
 #include "kernels/optimizer.h"
+#include "kernels/seed_backward.h"
+#include "kernels/seed_forward.h"
 #include "kernels/softmax_xent.h"
 #if ESPER_HAVE_NCCL
 #include "kasmina/dist/collectives_nccl.h"
@@ -77,8 +80,11 @@ struct HeadAct {
 // The block's extra units keep their pre-activation (xu_pre, fp32 mode with their GELU output
 // xu_act; xu_pre16 in bf16 mode, where the output goes through the shared h16 as the host
 // units' does); its extra heads one HeadAct each.
+// While a chunk seed of the block runs: chs, the seed layer's output hs (fc2's operand), and in
+// bf16 mode ch, h in fp32 (the seed kernels read and write fp32).
 struct BlockAct {
     DeviceBuffer<float> x_in, a, qkv, att, x_mid, m, f, h, mean1, rstd1, mean2, rstd2, lse;
+    DeviceBuffer<float> ch, chs;
     DeviceBuffer<uint16_t> a16, qkv16, att16, m16, f16;
     DeviceBuffer<float> xu_pre, xu_act;
     DeviceBuffer<uint16_t> xu_pre16;
@@ -105,7 +111,8 @@ struct CudaTransformerBackend::Impl {
     WideningOffsets ho;  // an extra head's slot layout
     std::vector<int32_t> units, heads;
 
-    // ---- widening seeds (mlp_units, attention_head, lora) germinated on the GPU ----
+    // ---- seeds germinated on the GPU: widening (mlp_units, attention_head, lora) and chunk
+    // (residual_mlp, lowrank, scale_shift over the MLP hidden units) ----
     // A live seed's slot lives in a mirror past `total` in the flat buffers p, g, m, v, w16 (the
     // host optimizer's range stops at `total`): uploaded from the host arenas when the seed starts
     // running there (or after upload_all), computed with its stage factors, its gradient scaled
@@ -114,19 +121,25 @@ struct CudaTransformerBackend::Impl {
     // reads them, e.g. a drift-controlled graft's weight norm); their optimizer moments in
     // download_all. The telemetry sums and each seed's gradient Σg² come back every step.
     SeedManager* seeds = nullptr;
-    struct SeedArena {                // a base block's arena of one kind, mirrored
-        size_t base = 0, stride = 0;  // first float; a slot's floats rounded up to 8
+    struct SeedArena {  // a base block's arena of one kind, mirrored
+        // First float; a slot's floats (widening kinds: rounded up to 8; chunk kinds: the host
+        // arena's stride, which the seed kernels address slots by).
+        size_t base = 0, stride = 0;
         int32_t capacity = 0, hidden = 0;
     };
-    // 0: mlp_units, 1: attention_head, 2: lora (seed_kind_index).
-    static constexpr int kSeedKinds = 3;
+    // 0: mlp_units, 1: attention_head, 2: lora (the widening site's, seed_kind_index < 3);
+    // 3: residual_mlp, 4: lowrank, 5: scale_shift (the chunk site's).
+    static constexpr int kSeedKinds = 6;
+    static constexpr int kFirstChunkKind = 3;
     static constexpr BlueprintKind kSeedKindOf[kSeedKinds] = {
-        BlueprintKind::kMlpUnits, BlueprintKind::kAttentionHead, BlueprintKind::kLora};
+        BlueprintKind::kMlpUnits,    BlueprintKind::kAttentionHead, BlueprintKind::kLora,
+        BlueprintKind::kResidualMlp, BlueprintKind::kLowrank,       BlueprintKind::kScaleShift};
     static int seed_kind_index(BlueprintKind k) {
         for (int i = 0; i < kSeedKinds; ++i)
             if (kSeedKindOf[i] == k) return i;
         return -1;
     }
+    static bool chunk_kind(BlueprintKind k) { return seed_kind_index(k) >= kFirstChunkKind; }
     std::vector<std::array<SeedArena, kSeedKinds>> seed_arenas;  // per base block
     size_t total_all = 0;                                        // total + the mirrors
     struct LiveSeed {
@@ -135,7 +148,7 @@ struct CudaTransformerBackend::Impl {
         size_t off = 0;      // the slot's first float in the flat buffers
         size_t floats = 0;   // the slot's floats (the host arena's stride)
         size_t staged = 0;   // its parameters' first float in seed_params_host
-        int32_t hidden = 0;  // units (mlp_units), D (attention_head) or the rank (lora)
+        int32_t hidden = 0;  // units (mlp_units), D (attention_head), the rank (lora), the arena's
         float a_fwd = 0.0f, a_grad = 0.0f, a_in = 0.0f;
         bool trains = false;           // the stage trains the blueprint (the optimizer steps it)
         int32_t t = 0;                 // this step's AdamW step count of the slot (1-based)
@@ -146,17 +159,46 @@ struct CudaTransformerBackend::Impl {
             return block == o.block && seed == o.seed && slot == o.slot && kind == o.kind;
         }
     };
-    std::vector<LiveSeed> live;     // forward order: per block its adapters, heads, then units
+    // Per block in forward order: its adapters, heads, units, then its chunk seeds.
+    std::vector<LiveSeed> live;
     int32_t live_rows = 0;          // rows the live seeds' activations hold
     int32_t live_rows_in_step = 0;  // rows of the last training step (telemetry counts)
-    // Per base block, per seed of its widening layer: the slot (and kind) whose parameters and
+    // Per seed layer, per seed: the slot (and kind; off: its first float) whose parameters and
     // optimizer state the mirror holds for that seed, or slot -1. A seed that stops running
     // gives it up (a later germination re-initialises the slot on the host).
     struct Resident {
         int32_t slot = -1;
         BlueprintKind kind = BlueprintKind::kMlpUnits;
+        size_t off = 0;
     };
     std::vector<std::vector<Resident>> resident;
+    // A base block's chunk site. While one of its seeds runs a blueprint, the fused seed-layer
+    // kernels (kernels/seed_forward.h, seed_backward.h) run over its MLP hidden h, in fp32, with
+    // its seed table's state (uploaded every step: α moves) and the mirrored arenas, and their
+    // telemetry of all its seeds comes back with the step (SeedTelemetryAccum order). Otherwise
+    // its seeds' telemetry is measured by kernels::launch_chunk_moments: the moments of each
+    // chunk of h (forward) and of ∂L/∂h (backward: its Σ², the gradient norm), in that order.
+    struct ChunkSite {
+        int32_t layer = -1;  // its seed layer, or -1: the block has none
+        int32_t num_seeds = 0;
+        bool running = false;
+        int32_t rows = 0;  // rows its workspaces are sized for
+        // [S + 1] chunk offsets (int32), [S] slots (int32), [S] α (float), [S] stages, [S] kinds.
+        DeviceBuffer<uint8_t> state;
+        PinnedBuffer<uint8_t> state_host;
+        DeviceBuffer<int32_t> offsets;  // [S + 1], fixed: the dormant telemetry's chunks
+        DeviceBuffer<uint8_t> fwd_ws, bwd_ws;
+        size_t tel = 0;  // its 6·S telemetry doubles in chunk_tel
+        size_t state_bytes() const { return size_t(12 * num_seeds + 4 + 2 * num_seeds); }
+    };
+    std::vector<ChunkSite> chunks;  // per base block
+    DeviceBuffer<double> chunk_tel;
+    PinnedBuffer<double> chunk_tel_host;
+    bool chunk_running = false;  // some chunk site runs this step
+    // While a chunk seed runs: the seed layer's input gradient, and in bf16 mode its output
+    // gradient in fp32 ([rows_cap, F] each; fp32 mode has dbig for the latter).
+    DeviceBuffer<float> cdy, cdh;
+    bool training_pass = false;  // the forward is a training step's (telemetry) or evaluation's
     // Per live seed: Σg² of its gradient at the stage's factor (finiteness, clipping and the
     // blueprint gradient norm), its optimizer's hyper-parameters; the trained slots' parameters
     // after the step, staged for the host arenas.
@@ -753,6 +795,100 @@ struct CudaTransformerBackend::Impl {
         }
     }
 
+    // ---- chunk seeds (residual_mlp, lowrank, scale_shift over block l's MLP hidden) ----
+
+    // Block l's seed layer on the device: its state arrays, and the mirrors of its chunk arenas
+    // (the host arenas' shapes; a kind the site does not serve has none).
+    kernels::SeedLayerView chunk_view(int32_t l, int32_t n) const {
+        const ChunkSite& c = chunks[size_t(l)];
+        kernels::SeedLayerView v = seeds->view(c.layer, n);  // shapes: width, seeds, arenas
+        const int32_t S = c.num_seeds;
+        uint8_t* st = c.state.get();
+        v.chunk_offset = reinterpret_cast<const int32_t*>(st);
+        v.slot = reinterpret_cast<const int32_t*>(st + 4 * (S + 1));
+        v.alpha = reinterpret_cast<const float*>(st + 4 * (2 * S + 1));
+        v.stage = st + 4 * (3 * S + 1);
+        v.kind = st + 4 * (3 * S + 1) + S;
+        for (int k = 0; k < kNumBlueprintKinds; ++k) {
+            kernels::BlueprintArena& a = v.arenas[k];
+            const int ki = seed_kind_index(static_cast<BlueprintKind>(k));
+            if (ki < kFirstChunkKind || a.capacity == 0) {
+                a = kernels::BlueprintArena{};
+                continue;
+            }
+            const SeedArena& m = seed_arenas[size_t(l)][size_t(ki)];
+            a.params = P(m.base);
+            a.grads = G(m.base);
+        }
+        return v;
+    }
+    bool chunk_runs(int32_t l) const {
+        return size_t(l) < chunks.size() && chunks[size_t(l)].running;
+    }
+    // Block l's chunk site measures its seeds' telemetry by launch_chunk_moments (none running).
+    bool chunk_dormant(int32_t l) const {
+        return size_t(l) < chunks.size() && chunks[size_t(l)].layer >= 0 &&
+               !chunks[size_t(l)].running;
+    }
+    // The moments of each chunk of x [n, F] (bf16 in bf16 mode) into block l's telemetry:
+    // part 0 (h, forward) or 1 (∂L/∂h, backward).
+    void chunk_moments(int32_t l, int32_t n, const void* x, int part) {
+        const ChunkSite& c = chunks[size_t(l)];
+        ESPER_CUDA_CHECK(kernels::launch_chunk_moments(
+            x, bf16, n, F, c.offsets.get(), c.num_seeds,
+            chunk_tel.get() + c.tel + size_t(part) * 3 * size_t(c.num_seeds), s()));
+    }
+    kernels::SeedTelemetryAccum chunk_accum(int32_t l) const {
+        const ChunkSite& c = chunks[size_t(l)];
+        double* t = chunk_tel.get() + c.tel;
+        const size_t S = size_t(c.num_seeds);
+        return {t, t + S, t + 2 * S, t + 3 * S, t + 4 * S, t + 5 * S};
+    }
+    // The site's seed table into its device state (stream-ordered; the pinned copy is free: the
+    // previous step's result was read).
+    void upload_chunk_state(int32_t l) {
+        ChunkSite& c = chunks[size_t(l)];
+        const SeedTable& t = seeds->table(c.layer);
+        const int32_t S = c.num_seeds;
+        uint8_t* h = c.state_host.get();
+        std::memcpy(h, t.chunk_offsets().data(), 4 * size_t(S + 1));
+        for (int32_t sd = 0; sd < S; ++sd) {
+            const int32_t slot = t.slot(sd);
+            const float alpha = t.alpha(sd);
+            std::memcpy(h + 4 * (S + 1 + sd), &slot, 4);
+            std::memcpy(h + 4 * (2 * S + 1 + sd), &alpha, 4);
+            h[4 * (3 * S + 1) + sd] = uint8_t(t.stage(sd));
+            h[4 * (3 * S + 1) + S + sd] = uint8_t(t.kind(sd));
+        }
+        ESPER_CUDA_CHECK(
+            cudaMemcpyAsync(c.state.get(), h, c.state_bytes(), cudaMemcpyHostToDevice, s()));
+    }
+    // hs = the seed layer of h (into act[l].chs), with the site's telemetry in a training pass;
+    // bf16: h from h16 in fp32 first, hs back into h16 for fc2's product.
+    void chunk_forward(int32_t l, int32_t n) {
+        BlockAct& b = act[size_t(l)];
+        ChunkSite& c = chunks[size_t(l)];
+        const int64_t count = int64_t(n) * F;
+        if (bf16)
+            ESPER_CUDA_CHECK(kernels::launch_cast_from_bf16(h16.get(), b.ch.get(), count, s()));
+        const kernels::SeedTelemetryAccum t = chunk_accum(l);
+        ESPER_CUDA_CHECK(kernels::launch_seed_forward(
+            chunk_view(l, n), bf16 ? b.ch.get() : b.h.get(), b.chs.get(),
+            training_pass ? &t : nullptr, c.fwd_ws.get(), c.fwd_ws.size(), s()));
+        if (bf16)
+            ESPER_CUDA_CHECK(kernels::launch_cast_to_bf16(b.chs.get(), h16.get(), count, s()));
+    }
+    // Given dy = ∂L/∂hs (fp32), ∂L/∂h into cdh, the blueprints' gradients into the mirrors (at
+    // the stage's factor, as the CPU's seed layer scales them) and the site's gradient telemetry.
+    void chunk_backward(int32_t l, int32_t n, const float* dy) {
+        BlockAct& b = act[size_t(l)];
+        ChunkSite& c = chunks[size_t(l)];
+        const kernels::SeedTelemetryAccum t = chunk_accum(l);
+        ESPER_CUDA_CHECK(kernels::launch_seed_backward(chunk_view(l, n),
+                                                       bf16 ? b.ch.get() : b.h.get(), dy, cdh.get(),
+                                                       &t, c.bwd_ws.get(), c.bwd_ws.size(), s()));
+    }
+
     bool data_parallel() const {
 #if ESPER_HAVE_NCCL
         return nccl != nullptr && nccl->world() > 1;
@@ -894,8 +1030,13 @@ struct CudaTransformerBackend::Impl {
                 ESPER_CUDA_CHECK(kernels::launch_bias_act_forward(
                     b.f.get(), P(o.fc_b), b.h.get(), n, F, kernels::Activation::kGeluTanh, s()));
             }
+            const bool chunk = chunk_runs(l);
+            if (chunk) chunk_forward(l, n);  // hs: b.chs, and h16 in bf16 mode
+            if (training_pass && chunk_dormant(l))
+                chunk_moments(l, n, bf16 ? static_cast<const void*>(h16.get()) : b.h.get(), 0);
             float* out = l + 1 < L ? act[size_t(l) + 1].x_in.get() : x_out.get();
-            linear(b.h.get(), h16.get(), o.fc2_w, o.fc2_b, out, n, F, C, b.x_mid.get());
+            linear(chunk ? b.chs.get() : b.h.get(), h16.get(), o.fc2_w, o.fc2_b, out, n, F, C,
+                   b.x_mid.get());
             units_forward(l, n, out);
             seed_units_forward(l, n, out);
         }
@@ -931,14 +1072,41 @@ struct CudaTransformerBackend::Impl {
             // bf16: h's gradient in bf16 (sb16), GELU's backward from it and the bf16 f into
             // its bf16 result in place (sb16, the fc products' operand), as autocast would; the
             // same pass writes h again (h16) for fc2's weight gradient, which follows it.
-            linear_dx(gres.get(), d16, o.fc2_w, dbig.get(), n, F, C, bf16 ? sb16.get() : nullptr);
-            if (bf16) {
+            if (chunk_runs(l)) {
+                // A chunk seed runs: hs's gradient in fp32 (dbig, or cdy in bf16 mode); fc2's
+                // weight gradient reads hs (its bf16 copy again in h16); the seed layer's
+                // backward gives h's gradient (cdh), and GELU's backward reads that (bf16 mode:
+                // as it reads sb16 otherwise, and writes h into h16 again for the telemetry).
+                float* dy = bf16 ? cdy.get() : dbig.get();
+                linear_dx(gres.get(), d16, o.fc2_w, dy, n, F, C);
+                if (bf16)
+                    ESPER_CUDA_CHECK(
+                        kernels::launch_cast_to_bf16(b.chs.get(), h16.get(), int64_t(n) * F, s()));
+                linear_dw(b.chs.get(), h16.get(), gres.get(), d16, o.fc2_w, n, F, C);
+                chunk_backward(l, n, dy);
+                if (bf16) {
+                    ESPER_CUDA_CHECK(kernels::launch_bias_act_backward_bf16(
+                        cdh.get(), false, b.f16.get(), true, sb16.get(), G(o.fc_b), n, F,
+                        kernels::Activation::kGeluTanh, bias_ws.get(), bias_ws.size(), s(),
+                        h16.get()));
+                    d16 = sb16.get();
+                } else {
+                    ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
+                        cdh.get(), b.f.get(), dbig.get(), G(o.fc_b), n, F,
+                        kernels::Activation::kGeluTanh, bias_ws.get(), bias_ws.size(), s()));
+                    d16 = nullptr;
+                }
+            } else if (bf16) {
+                linear_dx(gres.get(), d16, o.fc2_w, dbig.get(), n, F, C, sb16.get());
+                if (chunk_dormant(l)) chunk_moments(l, n, sb16.get(), 1);
                 ESPER_CUDA_CHECK(kernels::launch_bias_act_backward_bf16(
                     sb16.get(), true, b.f16.get(), true, sb16.get(), G(o.fc_b), n, F,
                     kernels::Activation::kGeluTanh, bias_ws.get(), bias_ws.size(), s(), h16.get()));
                 linear_dw(b.h.get(), h16.get(), gres.get(), d16, o.fc2_w, n, F, C);
                 d16 = sb16.get();
             } else {
+                linear_dx(gres.get(), d16, o.fc2_w, dbig.get(), n, F, C);
+                if (chunk_dormant(l)) chunk_moments(l, n, dbig.get(), 1);
                 linear_dw(b.h.get(), nullptr, gres.get(), d16, o.fc2_w, n, F, C);
                 ESPER_CUDA_CHECK(kernels::launch_bias_act_backward(
                     dbig.get(), b.f.get(), dbig.get(), G(o.fc_b), n, F,
@@ -1131,10 +1299,18 @@ struct CudaTransformerBackend::Impl {
             ESPER_CUDA_CHECK(cudaMemcpyAsync(tel_host.get(), tel_dev.get(),
                                              live_tel(live.size()) * sizeof(double),
                                              cudaMemcpyDeviceToHost, s()));
+        if (with_sumsq && chunk_tel.size() != 0)
+            ESPER_CUDA_CHECK(cudaMemcpyAsync(chunk_tel_host.get(), chunk_tel.get(),
+                                             chunk_tel.size() * sizeof(double),
+                                             cudaMemcpyDeviceToHost, s()));
     }
 
     // The training step after its inputs are on the device: what the graph captures.
     void enqueue_step(int32_t samples, int32_t seq) {
+        training_pass = true;
+        if (chunk_tel.size() != 0)
+            ESPER_CUDA_CHECK(
+                cudaMemsetAsync(chunk_tel.get(), 0, chunk_tel.size() * sizeof(double), s()));
         forward(samples, seq);
         backward(samples, seq);
         update();
@@ -1204,18 +1380,6 @@ struct CudaTransformerBackend::Impl {
     // their parameters copied into the mirrors.
     void prepare_seeds() {
         if (seeds == nullptr) return;
-        for (int32_t l = 0; l < int32_t(seed_arenas.size()) && l < L; ++l) {
-            // A live chunk seed (germinated on the CPU, then resumed here) is not computed here:
-            // say so instead of training without it.
-            const int32_t cl = model->chunk_layer(l);
-            if (cl < 0) continue;
-            const SeedTable& t = seeds->table(cl);
-            for (int32_t sd = 0; sd < t.num_seeds(); ++sd)
-                ESPER_CHECK_INPUT(!kernels::stage_runs_blueprint(t.stage(sd)) || t.slot(sd) < 0,
-                                  "run.device: cuda: seed ", sd, " of seed layer ", cl,
-                                  " is a live chunk seed, which the GPU transformer does not run "
-                                  "(continue this run with run.device: cpu)");
-        }
         std::vector<LiveSeed> next;
         // Per block in forward order: the adapters (on qkv), the heads, then the units.
         for (const int kind_index : {2, 1, 0})
@@ -1249,7 +1413,39 @@ struct CudaTransformerBackend::Impl {
                     next.push_back(std::move(e));
                 }
             }
-        // Blocks in forward order; within a block the heads, then the units, each in seed order.
+        // The chunk seeds running a blueprint (the seed kernels scale their gradients by the
+        // stage's factor themselves: a_grad 1).
+        for (int32_t l = 0; l < int32_t(chunks.size()) && l < L; ++l) {
+            const int32_t cl = chunks[size_t(l)].layer;
+            if (cl < 0) continue;
+            const SeedTable& t = seeds->table(cl);
+            for (int32_t sd = 0; sd < t.num_seeds(); ++sd) {
+                const SeedStage st = t.stage(sd);
+                if (!kernels::stage_runs_blueprint(st) || t.slot(sd) < 0) continue;
+                const BlueprintKind k = t.kind(sd);
+                ESPER_CHECK_INPUT(chunk_kind(k), "run.device: cuda: seed ", sd, " of seed layer ",
+                                  cl, " is a ", blueprint_kind_name(k),
+                                  " blueprint at a chunk site, which the GPU transformer does "
+                                  "not run (run.device: cpu)");
+                const SeedArena& a = seed_arenas[size_t(l)][size_t(seed_kind_index(k))];
+                LiveSeed e;
+                e.block = l;
+                e.layer = cl;
+                e.seed = sd;
+                e.slot = t.slot(sd);
+                e.kind = k;
+                e.off = a.base + size_t(e.slot) * a.stride;
+                e.hidden = a.hidden;
+                e.floats = a.stride;
+                e.a_fwd = kernels::stage_forward_alpha(st, t.alpha(sd));
+                e.a_grad = 1.0f;
+                e.a_in = kernels::stage_input_grad_alpha(st, t.alpha(sd));
+                e.trains = kernels::stage_blueprint_grad_scale(st, 1.0f) != 0.0f;
+                next.push_back(std::move(e));
+            }
+        }
+        // Blocks in forward order; within a block the adapters, the heads, the units and the
+        // chunk seeds, each in seed order.
         std::stable_sort(next.begin(), next.end(),
                          [](const LiveSeed& a, const LiveSeed& b) { return a.block < b.block; });
         const bool same =
@@ -1269,6 +1465,7 @@ struct CudaTransformerBackend::Impl {
             const size_t n = size_t(rows_cap), n32 = bf16 ? 0 : n, n16 = bf16 ? n : 0;
             for (LiveSeed& e : next) {
                 const size_t k = size_t(e.hidden);
+                if (chunk_kind(e.kind)) continue;  // the chunk site's buffers (size_chunk_sites)
                 if (e.kind == BlueprintKind::kAttentionHead) {
                     e.head.qkv = DeviceBuffer<float>(n32 * 3 * D);
                     e.head.att = DeviceBuffer<float>(n32 * D);
@@ -1283,6 +1480,7 @@ struct CudaTransformerBackend::Impl {
             }
             live = std::move(next);
             live_rows = rows_cap;
+            size_chunk_sites();
             size_t staged = 0;
             for (LiveSeed& e : live) {
                 e.staged = staged;
@@ -1291,6 +1489,42 @@ struct CudaTransformerBackend::Impl {
             if (seed_params_host.size() < staged) seed_params_host = PinnedBuffer<float>(staged);
         }
         make_resident();
+        for (int32_t l = 0; l < int32_t(chunks.size()); ++l)
+            if (chunks[size_t(l)].running) upload_chunk_state(l);
+    }
+
+    // Which chunk sites run this step, and their activations, gradients and kernel workspaces
+    // for rows_cap rows (freed where none runs). The stream is idle.
+    void size_chunk_sites() {
+        chunk_running = false;
+        const size_t n = size_t(rows_cap);
+        for (int32_t l = 0; l < int32_t(chunks.size()); ++l) {
+            ChunkSite& c = chunks[size_t(l)];
+            c.running = std::any_of(live.begin(), live.end(), [&](const LiveSeed& e) {
+                return e.block == l && chunk_kind(e.kind);
+            });
+            chunk_running = chunk_running || c.running;
+            if (l >= int32_t(act.size())) continue;
+            BlockAct& b = act[size_t(l)];
+            if (!c.running) {
+                b.ch = DeviceBuffer<float>();
+                b.chs = DeviceBuffer<float>();
+                continue;
+            }
+            if (b.chs.size() == n * size_t(F) && c.rows == rows_cap) continue;
+            b.ch = DeviceBuffer<float>(bf16 ? n * size_t(F) : 0);
+            b.chs = DeviceBuffer<float>(n * size_t(F));
+            const kernels::SeedLayerView v = chunk_view(l, rows_cap);
+            c.fwd_ws = DeviceBuffer<uint8_t>(kernels::seed_forward_workspace_bytes(v));
+            c.bwd_ws = DeviceBuffer<uint8_t>(kernels::seed_backward_workspace_bytes(v));
+            // The kernels leave their counters zeroed after each launch; they start zeroed.
+            ESPER_CUDA_CHECK(cudaMemsetAsync(c.fwd_ws.get(), 0, c.fwd_ws.size(), s()));
+            ESPER_CUDA_CHECK(cudaMemsetAsync(c.bwd_ws.get(), 0, c.bwd_ws.size(), s()));
+            c.rows = rows_cap;
+        }
+        const size_t chunk_rows = chunk_running ? n : 0;
+        cdh = DeviceBuffer<float>(chunk_rows * size_t(F));
+        cdy = DeviceBuffer<float>(bf16 ? chunk_rows * size_t(F) : 0);
     }
 
     // The mirror takes each live seed's slot from the host arenas (parameters and optimizer
@@ -1299,11 +1533,11 @@ struct CudaTransformerBackend::Impl {
         for (size_t l = 0; l < resident.size(); ++l)
             for (size_t sd = 0; sd < resident[l].size(); ++sd)
                 if (std::none_of(live.begin(), live.end(), [&](const LiveSeed& e) {
-                        return size_t(e.block) == l && size_t(e.seed) == sd;
+                        return size_t(e.layer) == l && size_t(e.seed) == sd;
                     }))
                     resident[l][sd].slot = -1;
         for (const LiveSeed& e : live) {
-            Resident& r = resident[size_t(e.block)][size_t(e.seed)];
+            Resident& r = resident[size_t(e.layer)][size_t(e.seed)];
             if (r.slot == e.slot && r.kind == e.kind) continue;
             BlueprintArenas& a = seeds->arenas(e.layer);
             const size_t bytes = e.floats * sizeof(float);
@@ -1314,7 +1548,7 @@ struct CudaTransformerBackend::Impl {
             if (adamw)
                 ESPER_CUDA_CHECK(cudaMemcpyAsync(v.get() + e.off, a.opt_v(e.kind, e.slot).data(),
                                                  bytes, cudaMemcpyHostToDevice, s()));
-            r = Resident{e.slot, e.kind};
+            r = Resident{e.slot, e.kind, e.off};
         }
     }
 
@@ -1322,14 +1556,12 @@ struct CudaTransformerBackend::Impl {
     void download_seeds() {
         for (size_t l = 0; l < resident.size(); ++l) {
             if (resident[l].empty()) continue;
-            const int32_t wl = model->widening_layer(int32_t(l));
-            const SeedTable& t = seeds->table(wl);
+            const SeedTable& t = seeds->table(int32_t(l));
             for (int32_t sd = 0; sd < int32_t(resident[l].size()); ++sd) {
                 const Resident& r = resident[l][size_t(sd)];
                 if (r.slot < 0 || t.slot(sd) != r.slot || t.kind(sd) != r.kind) continue;
-                const SeedArena& sa = seed_arenas[l][size_t(seed_kind_index(r.kind))];
-                const size_t off = sa.base + size_t(r.slot) * sa.stride;
-                BlueprintArenas& a = seeds->arenas(wl);
+                const size_t off = r.off;
+                BlueprintArenas& a = seeds->arenas(int32_t(l));
                 const size_t bytes = size_t(a.stride(r.kind)) * sizeof(float);
                 ESPER_CUDA_CHECK(cudaMemcpyAsync(a.params(r.kind, r.slot).data(), P(off), bytes,
                                                  cudaMemcpyDeviceToHost, s()));
@@ -1358,6 +1590,28 @@ struct CudaTransformerBackend::Impl {
                 std::memcpy(seeds->arenas(e.layer).params(e.kind, e.slot).data(),
                             seed_params_host.get() + e.staged, e.floats * sizeof(float));
         }
+        // The chunk sites' telemetry of the step, of all their seeds.
+        for (int32_t l = 0; l < int32_t(chunks.size()) && l < L; ++l) {
+            const ChunkSite& c = chunks[size_t(l)];
+            if (c.layer < 0) continue;
+            kernels::SeedTelemetryAccum* acc = tel.step_accum(c.layer);
+            const double* t = chunk_tel_host.get() + c.tel;
+            const size_t S = size_t(c.num_seeds);
+            const SeedTable& table = seeds->table(c.layer);
+            for (size_t sd = 0; sd < S; ++sd) {
+                if (c.running) {  // the seed kernels' accumulators
+                    merge_activation_summary(acc, int32_t(sd), t[sd], t[S + sd], t[2 * S + sd],
+                                             t[3 * S + sd]);
+                    acc->grad_sq[sd] += t[4 * S + sd];
+                    acc->contribution[sd] += t[5 * S + sd];
+                } else {  // launch_chunk_moments' sums: h's, then ∂L/∂h's
+                    const double count = double(live_rows_in_step) * table.chunk_width(int32_t(sd));
+                    merge_activation_sums(acc, int32_t(sd), count, t[3 * sd], t[3 * sd + 1],
+                                          t[3 * sd + 2]);
+                    acc->grad_sq[sd] += t[3 * S + 3 * sd + 1];
+                }
+            }
+        }
         if (!telemetry) return finite;
         std::vector<uint8_t> running;
         for (int32_t l = 0; l < L && l < int32_t(seed_arenas.size()); ++l) {
@@ -1368,7 +1622,7 @@ struct CudaTransformerBackend::Impl {
             running.assign(size_t(num), 0);
             for (size_t i = 0; i < live.size(); ++i) {
                 const LiveSeed& e = live[i];
-                if (e.block != l) continue;
+                if (e.block != l || chunk_kind(e.kind)) continue;
                 const double* t = tel_host.get() + live_tel(i);
                 const double count = double(live_rows_in_step) *
                                      (e.kind == BlueprintKind::kAttentionHead ? D : e.hidden);
@@ -1507,30 +1761,54 @@ CudaTransformerBackend::CudaTransformerBackend(const Config& config, Transformer
         }
     }
     if (d.tied) d.head = d.wte;
-    // The widening arenas' mirrors (mlp_units, attention_head) of the base blocks follow the
-    // parameters, every slot at a multiple of 8 floats (bf16 operand alignment).
+    // The seed arenas' mirrors of the base blocks (widening site: mlp_units, attention_head,
+    // lora; chunk site: residual_mlp, lowrank, scale_shift) follow the parameters, every widening
+    // slot and every chunk arena at a multiple of 8 floats (bf16 operand alignment).
     d.total_all = d.total;
     d.seed_arenas.assign(seeds != nullptr ? size_t(t.n_layer) : 0, {});
-    d.resident.assign(d.seed_arenas.size(), {});
-    size_t live_cap = 0;
+    d.chunks.resize(d.seed_arenas.size());
+    d.resident.assign(seeds != nullptr ? size_t(seeds->num_layers()) : 0, {});
+    size_t live_cap = 0, chunk_tel_n = 0;
     for (size_t l = 0; l < d.seed_arenas.size(); ++l) {
         const int32_t wl = model.widening_layer(int32_t(l));
-        if (wl < 0) continue;
-        d.telemetry = true;
-        const BlueprintArenas& arenas = seeds->arenas(wl);
-        d.resident[l].assign(size_t(seeds->table(wl).num_seeds()), {});
-        for (int ki = 0; ki < Impl::kSeedKinds; ++ki) {
-            const BlueprintKind k = Impl::kSeedKindOf[ki];
-            if (!arenas.serves(k)) continue;
-            Impl::SeedArena& a = d.seed_arenas[l][size_t(ki)];
-            a.base = d.total_all;
-            a.stride = (size_t(arenas.stride(k)) + 7) / 8 * 8;
-            a.capacity = arenas.capacity(k);
-            a.hidden = k == BlueprintKind::kAttentionHead ? d.D : arenas.hidden(k);
-            d.total_all += a.stride * size_t(a.capacity);
-            live_cap += size_t(a.capacity);
+        const int32_t cl = model.chunk_layer(int32_t(l));
+        if (wl >= 0) d.telemetry = true;
+        for (const int32_t layer : {wl, cl}) {
+            if (layer < 0) continue;
+            const BlueprintArenas& arenas = seeds->arenas(layer);
+            d.resident[size_t(layer)].assign(size_t(seeds->table(layer).num_seeds()), {});
+            for (int ki = 0; ki < Impl::kSeedKinds; ++ki) {
+                const BlueprintKind k = Impl::kSeedKindOf[ki];
+                if ((ki >= Impl::kFirstChunkKind) != (layer == cl) || !arenas.serves(k)) continue;
+                Impl::SeedArena& a = d.seed_arenas[l][size_t(ki)];
+                a.base = d.total_all;
+                a.capacity = arenas.capacity(k);
+                a.hidden = k == BlueprintKind::kAttentionHead ? d.D : arenas.hidden(k);
+                if (layer == cl) {  // the seed kernels address slots by the host's stride
+                    a.stride = size_t(arenas.stride(k));
+                    d.total_all += (a.stride * size_t(a.capacity) + 7) / 8 * 8;
+                } else {
+                    a.stride = (size_t(arenas.stride(k)) + 7) / 8 * 8;
+                    d.total_all += a.stride * size_t(a.capacity);
+                }
+                live_cap += size_t(a.capacity);
+            }
         }
+        if (cl < 0) continue;
+        Impl::ChunkSite& c = d.chunks[l];
+        c.layer = cl;
+        c.num_seeds = seeds->table(cl).num_seeds();
+        c.state = DeviceBuffer<uint8_t>(c.state_bytes());
+        c.state_host = PinnedBuffer<uint8_t>(c.state_bytes());
+        const std::span<const int32_t> offsets = seeds->table(cl).chunk_offsets();
+        c.offsets = DeviceBuffer<int32_t>(offsets.size());
+        ESPER_CUDA_CHECK(cudaMemcpy(c.offsets.get(), offsets.data(),
+                                    offsets.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+        c.tel = chunk_tel_n;
+        chunk_tel_n += 6 * size_t(c.num_seeds);
     }
+    d.chunk_tel = DeviceBuffer<double>(chunk_tel_n);
+    d.chunk_tel_host = PinnedBuffer<double>(chunk_tel_n);
     for (int32_t l = 0; l < d.NB; ++l)  // the buckets' ranges need each block's tensors together
         ESPER_REQUIRE(d.block_begin[size_t(l)] < d.block_begin[size_t(l) + 1] &&
                           d.blocks[size_t(l)].fc2_b < d.block_begin[size_t(l) + 1],
@@ -1616,6 +1894,7 @@ BatchResult CudaTransformerBackend::eval_batch(const Batch& batch) {
     Impl& d = *impl_;
     d.set_batch(batch);
     d.prepare_seeds();
+    d.training_pass = false;
     d.forward(batch.samples, batch.rows / batch.samples);  // uncaptured: evaluation is rare
     d.copy_result(false);
     const Impl::Result r = d.wait_result();
@@ -1652,11 +1931,14 @@ std::string CudaTransformerBackend::germination_refusal(const GerminateCommand& 
     int32_t block = -1;
     for (int32_t l = 0; l < int32_t(d.seed_arenas.size()); ++l)
         if (d.model->widening_layer(l) == layer) block = l;
-    if (block < 0)
+    if (block < 0) {
+        // A chunk site: its kinds run in the fused seed kernels (the seed manager refuses the
+        // kinds a chunk site does not take).
+        for (const Impl::ChunkSite& c : d.chunks)
+            if (c.layer == layer) return {};
         return "run.device: cuda: seed layer " + std::to_string(layer) +
-               " is a chunk site; chunk seeds do not germinate on the GPU transformer yet (the "
-               "widening sites, odd seed layers, take mlp_units, attention_head and lora; or use "
-               "run.device: cpu)";
+               " has no seed site the GPU transformer runs (or use run.device: cpu)";
+    }
     if (g.kind == BlueprintKind::kAttentionHead) return {};
     if (g.kind == BlueprintKind::kLora) {
         // bf16 operands: the adapter's activation [rows, rank] and B [3·d_model, rank] need rows

@@ -225,6 +225,43 @@ Config transformer_config(const std::string& device, const std::string& precisio
     return c;
 }
 
+// The telemetry windows since the last collection of two trainers that took the same steps,
+// side by side at the given seed layers: activation moments, gradient norms (the chunk's and the
+// blueprint's own: on the GPU from the device, on the CPU from the host arenas) and the
+// contribution, within `tol` (relative). Returns the records compared.
+int compare_telemetry(Trainer& cpu, Trainer& gpu, const std::vector<int32_t>& layers, double tol) {
+    const std::vector<SeedTelemetryRecord> ra = cpu.collect_telemetry();
+    const std::vector<SeedTelemetryRecord> rb = gpu.collect_telemetry();
+    REQUIRE(ra.size() == rb.size());
+    int compared = 0;
+    for (size_t j = 0; j < ra.size(); ++j) {
+        const SeedTelemetryRecord& x = ra[j];
+        const SeedTelemetryRecord& y = rb[j];
+        if (std::find(layers.begin(), layers.end(), x.layer) == layers.end()) continue;
+        INFO("telemetry layer " << x.layer << " seed " << x.seed << " stage " << int(x.stage));
+        REQUIRE(y.layer == x.layer);
+        REQUIRE(y.seed == x.seed);
+        REQUIRE(x.variance.has_value() == y.variance.has_value());
+        if (!x.variance) continue;
+        CHECK(y.samples == x.samples);
+        CHECK(close(*y.variance, *x.variance, 1e-6, tol));
+        CHECK(close(*y.mean, *x.mean, tol * std::sqrt(*x.variance), 0.0));
+        REQUIRE(x.grad_norm.has_value() == y.grad_norm.has_value());
+        if (x.grad_norm) CHECK(close(*y.grad_norm, *x.grad_norm, 1e-9, tol));
+        REQUIRE(x.blueprint_grad_norm.has_value() == y.blueprint_grad_norm.has_value());
+        if (x.blueprint_grad_norm)
+            CHECK(close(*y.blueprint_grad_norm, *x.blueprint_grad_norm, 1e-9, tol));
+        REQUIRE(x.contribution.has_value() == y.contribution.has_value());
+        if (x.contribution && x.grad_norm)  // a sum of products: against its scale
+            CHECK(close(*y.contribution, *x.contribution,
+                        tol * *x.grad_norm *
+                            std::sqrt(double(x.samples) * (*x.variance + *x.mean * *x.mean)),
+                        0.0));
+        ++compared;
+    }
+    return compared;
+}
+
 }  // namespace
 
 // The fused attention multiplies on bf16 tensor cores in every precision (kernels/attention.h),
@@ -466,46 +503,22 @@ TEST_CASE("the transformer grows its width mid-run on the GPU as on the CPU",
                  max_diff, out_diff);
 }
 
-// Where the GPU transformer does not germinate: chunk sites (even seed layers), and in bf16 a
-// LoRA seed whose rank is not a multiple of 8 (examples/transformer_text.yaml's 4), are refused
-// with a one-line reason, before anything changes; the host still trains.
+// Where the GPU transformer does not germinate: in bf16 a LoRA seed whose rank is not a multiple
+// of 8 (examples/transformer_text.yaml's 4) is refused with a one-line reason, before anything
+// changes; the host still trains.
 TEST_CASE(
-    "germinating a chunk or LoRA seed of the GPU transformer is refused with a one-line reason",
+    "germinating a LoRA seed the GPU transformer cannot run is refused with a one-line reason",
     "[kasmina][cuda_backend][transformer][gpu]") {
     ESPER_REQUIRE_DEVICE();
     Trainer gpu(transformer_config("cuda", "bf16"));
-    const struct {
-        int32_t layer;
-        BlueprintKind kind;
-        const char* why;
-    } refused[] = {{0, BlueprintKind::kResidualMlp, "chunk seeds do not germinate"},
-                   {1, BlueprintKind::kLora, "blueprints.lora.rank a multiple of 8 (it is 4"}};
-    for (const auto& r : refused) {
-        const Outcome o = gpu.apply(test::operator_germinate(r.layer, 0, r.kind));
-        INFO(o.reason);
-        CHECK_FALSE(o.applied());
-        CHECK(o.reason.find(r.why) != std::string::npos);
-        CHECK(o.reason.find('\n') == std::string::npos);
-        CHECK(gpu.seeds().table(r.layer).stage(0) == SeedStage::kDormant);
-    }
+    const Outcome o = gpu.apply(test::operator_germinate(1, 0, BlueprintKind::kLora));
+    INFO(o.reason);
+    CHECK_FALSE(o.applied());
+    CHECK(o.reason.find("blueprints.lora.rank a multiple of 8 (it is 4") != std::string::npos);
+    CHECK(o.reason.find('\n') == std::string::npos);
+    CHECK(gpu.seeds().table(1).stage(0) == SeedStage::kDormant);
     const TrainStep s = gpu.step();  // the host still trains
     CHECK(std::isfinite(s.loss));
-    SECTION("a live chunk seed in the seed tables (a CPU run resumed here) stops the step") {
-        // Straight into the seed manager, past the trainer's refusal, as a restored table is.
-        REQUIRE(gpu.seeds()
-                    .apply(test::operator_germinate(0, 0, BlueprintKind::kResidualMlp))
-                    .applied());
-        std::string what;
-        for (int i = 0; i < 3 && what.empty(); ++i) {  // GERMINATED, then TRAINING
-            try {
-                gpu.step();
-            } catch (const esper::Error& e) {
-                what = e.what();
-            }
-        }
-        CHECK(what.find("is a live chunk seed") != std::string::npos);
-        CHECK(what.find("run.device: cpu") != std::string::npos);
-    }
     SECTION("mlp_units that the GPU step cannot group by 8 are refused") {
         Config c = transformer_config("cuda", "bf16");
         c.blueprints.mlp_units.units = 20;
@@ -580,35 +593,8 @@ TEST_CASE(
         CHECK(mg.extra_units(0) == mc.extra_units(0));
         CHECK(mg.extra_heads(1) == mc.extra_heads(1));
         if (i % 4 != 3) continue;
-        // The telemetry windows of the last 4 steps, side by side.
-        const std::vector<SeedTelemetryRecord> ra = cpu.collect_telemetry();
-        const std::vector<SeedTelemetryRecord> rb = gpu.collect_telemetry();
-        REQUIRE(ra.size() == rb.size());
-        for (size_t j = 0; j < ra.size(); ++j) {
-            const SeedTelemetryRecord& x = ra[j];
-            const SeedTelemetryRecord& y = rb[j];
-            if (x.layer != seeds[0].layer && x.layer != seeds[1].layer) continue;  // chunk sites
-            INFO("telemetry layer " << x.layer << " seed " << x.seed << " stage " << int(x.stage));
-            REQUIRE(x.variance.has_value() == y.variance.has_value());
-            if (!x.variance) continue;
-            CHECK(y.samples == x.samples);
-            CHECK(close(*y.variance, *x.variance, 1e-6, tel_tol));
-            CHECK(close(*y.mean, *x.mean, tel_tol * std::sqrt(*x.variance), 0.0));
-            REQUIRE(x.grad_norm.has_value() == y.grad_norm.has_value());
-            if (x.grad_norm) CHECK(close(*y.grad_norm, *x.grad_norm, 1e-9, tel_tol));
-            // The blueprint's own gradient norm: on the GPU from the device (Σg² at the stage's
-            // factor, set_blueprint_grad_sq), on the CPU from the host arenas.
-            REQUIRE(x.blueprint_grad_norm.has_value() == y.blueprint_grad_norm.has_value());
-            if (x.blueprint_grad_norm)
-                CHECK(close(*y.blueprint_grad_norm, *x.blueprint_grad_norm, 1e-9, tel_tol));
-            REQUIRE(x.contribution.has_value() == y.contribution.has_value());
-            if (x.contribution && x.grad_norm)  // a sum of products: against its scale
-                CHECK(close(*y.contribution, *x.contribution,
-                            tel_tol * *x.grad_norm *
-                                std::sqrt(double(x.samples) * (*x.variance + *x.mean * *x.mean)),
-                            0.0));
-            ++compared;
-        }
+        // The telemetry windows of the last 4 steps, side by side (the widening sites).
+        compared += compare_telemetry(cpu, gpu, {seeds[0].layer, seeds[1].layer}, tel_tol);
     }
     CHECK(saw_grafting);
     CHECK(compared > 0);
@@ -639,6 +625,97 @@ TEST_CASE(
                  "germination on the gpu transformer (%s): max |gpu - cpu| loss %.3g, folded room "
                  "%.3g of %.3g, %d telemetry records compared\n",
                  precision.c_str(), max_diff, room_diff, room_max, compared);
+}
+
+// Chunk seeds over the blocks' MLP hidden units — residual_mlp on block 0, lowrank on block 1,
+// scale_shift on block 2, beside MLP units on block 0's widening site — germinated at step 5 on
+// timer-driven stages: the GPU runs them in the fused seed kernels (fp32, in either precision),
+// walks the CPU's stages step for step, and its losses, the chunk sites' telemetry (every seed's,
+// before, while and after the seeds run) and the trained blueprints track the CPU's.
+TEST_CASE("chunk seeds on the GPU transformer walk the CPU's stages",
+          "[kasmina][cuda_backend][transformer][gpu]") {
+    ESPER_REQUIRE_DEVICE();
+    const std::string precision = GENERATE(std::string("fp32"), std::string("bf16"));
+    const bool fp32 = precision == "fp32";
+    auto config = [&](const std::string& device) {
+        Config c = transformer_config(device, device == "cpu" ? "fp32" : precision);
+        c.run.max_steps = 40;
+        test::timer_driven_lifecycle(c, 4);
+        return c;
+    };
+    Trainer cpu(config("cpu"));
+    Trainer gpu(config("cuda"));
+    REQUIRE(gpu.backend().name() == "cuda");
+    auto& mc = dynamic_cast<TransformerModel&>(cpu.model());
+    const struct {
+        int32_t layer, seed;
+        BlueprintKind kind;
+    } seeds[] = {{mc.chunk_layer(0), 0, BlueprintKind::kResidualMlp},
+                 {mc.chunk_layer(1), 2, BlueprintKind::kLowrank},
+                 {mc.chunk_layer(2), 5, BlueprintKind::kScaleShift},
+                 {mc.widening_layer(0), 0, BlueprintKind::kMlpUnits}};
+    const std::vector<int32_t> chunk_layers = {mc.chunk_layer(0), mc.chunk_layer(1),
+                                               mc.chunk_layer(2), mc.chunk_layer(3)};
+    const double abs_tol = fp32 ? 0.005 : 0.03, rel_tol = fp32 ? 0.002 : 0.01;
+    const double tel_tol = fp32 ? 0.03 : 0.1;
+    double max_diff = 0.0;
+    bool saw_grafting = false, saw_decided = false;
+    int compared = 0, before = 0;
+    for (int i = 0; i < 40; ++i) {
+        if (i == 5)
+            for (const auto& sd : seeds) {
+                REQUIRE(cpu.apply(test::operator_germinate(sd.layer, sd.seed, sd.kind)).applied());
+                REQUIRE(gpu.apply(test::operator_germinate(sd.layer, sd.seed, sd.kind)).applied());
+            }
+        const TrainStep a = cpu.step();
+        const TrainStep b = gpu.step();
+        INFO("step " << a.step << " cpu " << a.loss << " gpu " << b.loss);
+        REQUIRE(std::isfinite(b.loss));
+        CHECK(close(b.loss, a.loss, abs_tol, rel_tol));
+        max_diff = std::max(max_diff, std::fabs(a.loss - b.loss));
+        for (const auto& sd : seeds) {
+            const SeedTable& ta = cpu.seeds().table(sd.layer);
+            const SeedTable& tb = gpu.seeds().table(sd.layer);
+            INFO("seed layer " << sd.layer << " seed " << sd.seed);
+            REQUIRE(int(tb.stage(sd.seed)) == int(ta.stage(sd.seed)));
+            CHECK(tb.alpha(sd.seed) == Approx(ta.alpha(sd.seed)).margin(1e-6));
+            if (sd.kind == BlueprintKind::kMlpUnits) continue;
+            saw_grafting = saw_grafting || ta.stage(sd.seed) == SeedStage::kGrafting;
+            saw_decided = saw_decided || ta.stage(sd.seed) == SeedStage::kFossilized ||
+                          ta.stage(sd.seed) == SeedStage::kCulled;
+        }
+        if (i % 4 != 3) continue;
+        const int n = compare_telemetry(cpu, gpu, chunk_layers, tel_tol);
+        if (i == 3) before = n;  // no seed runs yet: the chunk moments' telemetry
+        compared += n;
+    }
+    CHECK(saw_grafting);
+    CHECK(saw_decided);
+    CHECK(before > 0);
+    CHECK(compared > before);  // and the seed kernels' telemetry while the seeds run
+    // The trained blueprints: the chunk seeds' arena slots (those not culled) as on the CPU.
+    gpu.backend().download_all();
+    double diff = 0.0, scale = 0.0;
+    for (int k = 0; k < 3; ++k) {
+        const auto& sd = seeds[k];
+        if (cpu.seeds().table(sd.layer).slot(sd.seed) < 0) continue;
+        const std::span<const float> pc =
+            cpu.seeds().arenas(sd.layer).params(sd.kind, cpu.seeds().table(sd.layer).slot(sd.seed));
+        const std::span<const float> pg =
+            gpu.seeds().arenas(sd.layer).params(sd.kind, gpu.seeds().table(sd.layer).slot(sd.seed));
+        REQUIRE(pc.size() == pg.size());
+        for (size_t j = 0; j < pc.size(); ++j) {
+            scale = std::max(scale, double(std::fabs(pc[j])));
+            diff = std::max(diff, double(std::fabs(pg[j] - pc[j])));
+        }
+    }
+    CHECK(scale > 1e-3);
+    CHECK(diff < (fp32 ? 0.01 : 0.03));
+    CHECK(close(gpu.evaluate().loss, cpu.evaluate().loss, abs_tol, rel_tol));
+    std::fprintf(stderr,
+                 "chunk seeds on the gpu transformer (%s): max |gpu - cpu| loss %.3g, blueprints "
+                 "%.3g of %.3g, %d telemetry records compared\n",
+                 precision.c_str(), max_diff, diff, scale, compared);
 }
 
 namespace {
