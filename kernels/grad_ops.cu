@@ -109,47 +109,104 @@ __global__ void moments_kernel(const void* x, bool x_bf16, int64_t n, double* ou
     block_add(acc, out);
 }
 
-// Block x covers columns [256·x, 256·x + 256), block y rows y, y + gridDim.y, ...: each thread
-// sums its column, the block merges its columns per chunk in shared memory (a tile meets at most
-// 256 chunks), then one double atomic per chunk and sum.
+// Block x covers columns [512·x, 512·x + 512) as 64 threads of 8 columns each (one 16-byte
+// load of bf16, two of fp32, where the rows allow it), over 4 rows at a time; block y takes rows
+// 4·y.., stepping 4·gridDim.y. A thread whose 8 columns lie in one chunk sums them together;
+// one that meets a chunk boundary (narrow chunks) sums column by column. The block merges its
+// sums per chunk in shared memory (a tile meets at most 512 chunks), then one double atomic per
+// chunk and sum.
+constexpr int kChunkTx = 64, kChunkTy = 4, kChunkCols = 8;
+constexpr int kChunkTile = kChunkTx * kChunkCols;
+
+__device__ __forceinline__ float load_as_float(const void* x, bool bf16, int64_t i) {
+    if (bf16) return __uint_as_float(uint32_t(static_cast<const uint16_t*>(x)[i]) << 16);
+    return static_cast<const float*>(x)[i];
+}
+
+// The chunk holding column col: the last chunk whose first column is <= col.
+__device__ int32_t chunk_of(const int32_t* __restrict__ offsets, int32_t chunks, int32_t col) {
+    int32_t lo = 0, hi = chunks - 1;
+    while (lo < hi) {
+        const int32_t mid = (lo + hi + 1) / 2;
+        if (offsets[mid] <= col)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
 __global__ void chunk_moments_kernel(const void* x, bool x_bf16, int64_t rows, int32_t width,
-                                     const int32_t* __restrict__ offsets, int32_t chunks,
+                                     const int32_t* __restrict__ offsets, int32_t chunks, bool vec,
                                      double* out) {
-    __shared__ double sums[kThreads][3];
-    const int32_t first = int32_t(blockIdx.x) * kThreads;
-    const int32_t c = first + int32_t(threadIdx.x);
-    const int32_t last = min(first + kThreads, width) - 1;
-    // The chunk holding column col: the last chunk whose first column is <= col.
-    auto chunk_of = [&](int32_t col) {
-        int32_t lo = 0, hi = chunks - 1;
-        while (lo < hi) {
-            const int32_t mid = (lo + hi + 1) / 2;
-            if (offsets[mid] <= col)
-                lo = mid;
-            else
-                hi = mid - 1;
-        }
-        return lo;
-    };
-    const int32_t base = chunk_of(first);
-    const int32_t span = chunk_of(last) - base + 1;
-    for (int k = 0; k < 3; ++k) sums[threadIdx.x][k] = 0.0;
+    __shared__ double sums[kChunkTile][3];
+    const int tid = int(threadIdx.y) * kChunkTx + int(threadIdx.x);
+    const int32_t first = int32_t(blockIdx.x) * kChunkTile;
+    const int32_t last = min(first + kChunkTile, width) - 1;
+    const int32_t base = chunk_of(offsets, chunks, first);
+    const int32_t span = chunk_of(offsets, chunks, last) - base + 1;
+    for (int i = tid; i < span * 3; i += kChunkTx * kChunkTy) sums[i / 3][i % 3] = 0.0;
     __syncthreads();
-    if (c < width) {
-        double acc[3] = {0.0, 0.0, 0.0};
-        for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-            const double v = load_as_double(x, x_bf16, r * width + c);
-            acc[0] += v;
-            acc[1] += v * v;
-            acc[2] += fabs(v) < double(kDeadThreshold) ? 1.0 : 0.0;
+    const int32_t c0 = first + int32_t(threadIdx.x) * kChunkCols;
+    if (c0 < width) {
+        const int32_t n = min(kChunkCols, width - c0);
+        const int32_t k0 = chunk_of(offsets, chunks, c0);
+        const int32_t row0 = int32_t(blockIdx.y) * kChunkTy + int32_t(threadIdx.y);
+        const int64_t step = int64_t(gridDim.y) * kChunkTy;
+        if (k0 == chunk_of(offsets, chunks, c0 + n - 1)) {
+            double a0 = 0.0, a1 = 0.0, a2 = 0.0;
+            for (int64_t r = row0; r < rows; r += step) {
+                const int64_t at = r * width + c0;
+                float v[kChunkCols];
+                if (vec && x_bf16) {
+                    const uint4 q =
+                        *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(x) + at);
+                    const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+                    for (int j = 0; j < 4; ++j) {
+                        v[2 * j] = __uint_as_float(w[j] << 16);
+                        v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+                    }
+                } else if (vec) {
+                    const float4* p =
+                        reinterpret_cast<const float4*>(static_cast<const float*>(x) + at);
+                    const float4 lo = p[0], hi = p[1];
+                    v[0] = lo.x, v[1] = lo.y, v[2] = lo.z, v[3] = lo.w;
+                    v[4] = hi.x, v[5] = hi.y, v[6] = hi.z, v[7] = hi.w;
+                } else {
+                    for (int j = 0; j < kChunkCols; ++j)
+                        v[j] = j < n ? load_as_float(x, x_bf16, at + j) : 0.0f;
+                }
+                for (int j = 0; j < kChunkCols; ++j) {
+                    if (j >= n) break;
+                    const double d = v[j];
+                    a0 += d;
+                    a1 += d * d;
+                    a2 += fabsf(v[j]) < kDeadThreshold ? 1.0 : 0.0;
+                }
+            }
+            atomicAdd(&sums[k0 - base][0], a0);
+            atomicAdd(&sums[k0 - base][1], a1);
+            atomicAdd(&sums[k0 - base][2], a2);
+        } else {
+            for (int32_t j = 0; j < n; ++j) {
+                double a0 = 0.0, a1 = 0.0, a2 = 0.0;
+                for (int64_t r = row0; r < rows; r += step) {
+                    const float f = load_as_float(x, x_bf16, r * width + c0 + j);
+                    const double d = f;
+                    a0 += d;
+                    a1 += d * d;
+                    a2 += fabsf(f) < kDeadThreshold ? 1.0 : 0.0;
+                }
+                const int32_t k = chunk_of(offsets, chunks, c0 + j) - base;
+                atomicAdd(&sums[k][0], a0);
+                atomicAdd(&sums[k][1], a1);
+                atomicAdd(&sums[k][2], a2);
+            }
         }
-        const int32_t local = chunk_of(c) - base;
-        for (int k = 0; k < 3; ++k) atomicAdd(&sums[local][k], acc[k]);
     }
     __syncthreads();
-    if (int32_t(threadIdx.x) < span)
-        for (int k = 0; k < 3; ++k)
-            atomicAdd(out + 3 * (base + int32_t(threadIdx.x)) + k, sums[threadIdx.x][k]);
+    for (int i = tid; i < span * 3; i += kChunkTx * kChunkTy)
+        atomicAdd(out + 3 * base + i, sums[i / 3][i % 3]);
 }
 
 int blocks_for(int64_t n) {
@@ -196,10 +253,15 @@ cudaError_t launch_chunk_moments(const void* x, bool x_bf16, int64_t rows, int32
                                  const int32_t* offsets, int32_t chunks, double* out,
                                  cudaStream_t stream) {
     if (rows <= 0 || width <= 0 || chunks <= 0) return cudaSuccess;
-    const dim3 grid(unsigned((width + kThreads - 1) / kThreads),
-                    unsigned(std::clamp<int64_t>(rows / 64, 1, 128)));
-    chunk_moments_kernel<<<grid, kThreads, 0, stream>>>(x, x_bf16, rows, width, offsets, chunks,
-                                                        out);
+    // 16-byte loads: every row's start 16-byte aligned and 8 columns a thread.
+    const bool vec = width % kChunkCols == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    const int64_t tiles = (width + kChunkTile - 1) / kChunkTile;
+    // About 16 rows a thread, at most ~2048 blocks.
+    const int64_t groups = std::clamp<int64_t>((rows + 16 * kChunkTy - 1) / (16 * kChunkTy), 1,
+                                               std::max<int64_t>(1, 2048 / tiles));
+    const dim3 grid(unsigned(tiles), unsigned(std::min<int64_t>(groups, 65535)));
+    chunk_moments_kernel<<<grid, dim3(kChunkTx, kChunkTy), 0, stream>>>(x, x_bf16, rows, width,
+                                                                        offsets, chunks, vec, out);
     return cudaGetLastError();
 }
 

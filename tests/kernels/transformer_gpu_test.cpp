@@ -450,13 +450,19 @@ TEST_CASE("dot and moments kernels match their references in fp32 and bf16", "[k
     }
 }
 
-// A seed layer's telemetry per chunk: ragged chunks (one column, one wider than a 256-column
+// A seed layer's telemetry per chunk: ragged chunks (one column, one wider than a 512-column
 // tile, many inside one tile), fp32 and bf16, rows from 1 to more than a row group.
 TEST_CASE("chunk_moments kernel matches its reference on ragged chunks", "[kernels][gpu]") {
     ESPER_REQUIRE_DEVICES(1);
     std::mt19937 rng(13);
-    const std::vector<std::vector<int32_t>> layouts = {
-        {0, 1, 300, 301, 520, 777}, {0, 64, 128, 192, 256, 320, 384, 448, 512}, {0, 3}};
+    // Widths not a multiple of 8 (element loads), 16-byte loads with chunk boundaries inside a
+    // thread's 8 columns, and the 6 × 384 model's MLP hidden (16 chunks of 96 over 1536).
+    std::vector<std::vector<int32_t>> layouts = {{0, 1, 300, 301, 520, 777},
+                                                 {0, 64, 128, 192, 256, 320, 384, 448, 512},
+                                                 {0, 3},
+                                                 {0, 1, 2, 5, 16, 24}};
+    layouts.emplace_back();
+    for (int32_t c = 0; c <= 1536; c += 96) layouts.back().push_back(c);
     for (const std::vector<int32_t>& offsets : layouts) {
         const int32_t width = offsets.back();
         const auto chunks = int32_t(offsets.size() - 1);
