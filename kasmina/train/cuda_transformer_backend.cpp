@@ -1115,7 +1115,9 @@ struct CudaTransformerBackend::Impl {
             }
             linear_dx(dbig.get(), d16, o.fc_w, dtmp.get(), n, C, F);
             linear_dw(b.m.get(), b.m16.get(), dbig.get(), d16, o.fc_w, n, C, F);
-            if (telemetry)  // what the seeds that are not running measure: the MLP hidden units
+            // What the widening seeds that are not running measure: the MLP hidden units (from
+            // the chunk site's sums where it measured them in the forward).
+            if (telemetry && !chunk_dormant(l))
                 ESPER_CUDA_CHECK(kernels::launch_moments(
                     bf16 ? static_cast<const void*>(h16.get()) : b.h.get(), bf16, int64_t(n) * F,
                     tel_dev.get() + size_t(l) * 3, s()));
@@ -1631,7 +1633,14 @@ struct CudaTransformerBackend::Impl {
                 merge_activation_sums(acc, e.seed, count, t[2], t[3], t[4]);
                 running[size_t(e.seed)] = 1;
             }
-            const double* h = tel_host.get() + size_t(l) * 3;
+            double h[3] = {0.0, 0.0, 0.0};
+            if (chunk_dormant(l)) {  // the sums of h's chunks, forward
+                const ChunkSite& c = chunks[size_t(l)];
+                for (size_t i = 0; i < 3 * size_t(c.num_seeds); ++i)
+                    h[i % 3] += chunk_tel_host[c.tel + i];
+            } else {
+                std::copy_n(tel_host.get() + size_t(l) * 3, 3, h);
+            }
             for (int32_t sd = 0; sd < num; ++sd)
                 if (!running[size_t(sd)])
                     merge_activation_sums(acc, sd, double(live_rows_in_step) * F, h[0], h[1], h[2]);
