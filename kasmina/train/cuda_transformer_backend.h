@@ -2,15 +2,17 @@
 // weights, activations and optimizer state on the device; GEMMs through cuBLASLt in bf16 on the
 // tensor cores with fp32 accumulation (run.precision: bf16, the default) or in fp32
 // (run.precision: fp32, no TF32); LayerNorm, fused causal attention, GELU, embeddings, softmax
-// cross-entropy, gradient clipping and the optimizer as kernels/ launchers. Widening seeds
-// (mlp_units, attention_head, lora) germinate on it: with a SeedManager attached, a live seed's
+// cross-entropy, gradient clipping and the optimizer as kernels/ launchers. Every seed kind
+// germinates on it: widening seeds (mlp_units, attention_head, lora) and chunk seeds
+// (residual_mlp, lowrank, scale_shift: the fused seed-layer kernels over the MLP hidden, in fp32,
+// while one of a site's seeds runs). With a SeedManager attached, a live seed's
 // arena slot (parameters and optimizer state) stays in a device mirror past the host parameters
 // from the step it starts running, computed with the CPU host's stage rules and stepped by the
 // blueprint optimizer on the device; the trained parameters, each seed's gradient Σg² and the
 // telemetry sums come back every step, the optimizer moments in download_all (upload_all takes
 // the host arenas as the state again). A step with live seeds runs uncaptured. Germinating a
-// chunk seed (or in bf16 a LoRA seed of a rank that is not a multiple of 8) is refused with a
-// one-line reason (germination_refusal). The host's
+// LoRA seed of a rank that is not a multiple of 8 in bf16, or mlp_units not in groups of 8, is
+// refused with a one-line reason (germination_refusal). The host's
 // reserved room trains on it: extra units and heads in use (folded seeds, a resumed checkpoint,
 // model.transformer.initial_extra_units/heads) run as the CPU host runs them, and upload_all()
 // takes a change of them into the step. Depth grows

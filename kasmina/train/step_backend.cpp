@@ -13,17 +13,35 @@ Logger& backend_log() { return logger("kasmina.trainer"); }
 
 }  // namespace
 
+std::string transformer_gpu_gap(const Config& config) {
+    const TransformerConfig& t = config.model.transformer;
+    const int64_t head_dim = t.n_head > 0 ? t.d_model / t.n_head : 0;
+    if (head_dim != 32 && head_dim != 64 && head_dim != 128)
+        return "its head dimension d_model / n_head = " + std::to_string(head_dim) +
+               " is not 32, 64 or 128 (the fused attention kernels)";
+    if (t.d_model % 8 != 0) return "model.transformer.d_model is not a multiple of 8";
+    if (t.widening_seeds <= 0) return {};
+    const BlueprintsConfig& b = config.blueprints;
+    if (b.mlp_units.units % 8 != 0 || t.max_extra_units % 8 != 0)
+        return "blueprints.mlp_units.units and model.transformer.max_extra_units are not both "
+               "multiples of 8 (the GPU computes units in groups of 8)";
+    if (b.lora.rank > 4 * t.d_model) return "blueprints.lora.rank exceeds 4·d_model";
+    if (config.run.precision != "fp32" && b.lora.rank % 8 != 0)
+        return "blueprints.lora.rank " + std::to_string(b.lora.rank) +
+               " is not a multiple of 8, which the GPU's bf16 adapters need";
+    return {};
+}
+
 bool trainer_uses_cuda(const Config& config) {
-    // The transformer trains on the GPU only when asked (run.device: cuda): its chunk and LoRA
-    // seeds germinate on the CPU only, so `auto` keeps a growing run on the CPU (depth, width and
-    // mlp_units / attention_head seeds grow on both).
+    // The transformer goes to a visible GPU under `auto` when the GPU step runs every seed this
+    // config can germinate; else `auto` keeps it on the CPU and says why.
     if (config.model.kind == ModelKind::kTransformer) {
-        if (config.run.device == "cuda") return resolve_use_cuda(config.run.device);
-        if (config.run.device == "auto")
-            ESPER_LOG_AT(backend_log(), LogLevel::kInfo,
-                         "device=cpu (the transformer's chunk and LoRA seeds germinate on the "
-                         "CPU only; run.device: cuda trains the host and its mlp_units and "
-                         "attention_head seeds on the GPU)");
+        if (config.run.device != "auto") return resolve_use_cuda(config.run.device);
+        if (!resolve_use_cuda("auto")) return false;
+        const std::string gap = transformer_gpu_gap(config);
+        if (gap.empty()) return true;
+        ESPER_LOG_AT(backend_log(), LogLevel::kInfo, "device=cpu (", gap,
+                     "; run.device: cuda trains there and refuses what it cannot run)");
         return false;
     }
     // Widening (layer-input) blueprints run on both backends (the CUDA one since issue 14); the

@@ -79,10 +79,14 @@ struct StepBackendOptions {
     int64_t grad_bucket_bytes = -1;
 };
 
-// Whether a run of this config trains on the GPU: run.device resolved as resolve_use_cuda does,
-// except that the transformer, whose chunk seeds germinate on the CPU only, trains on
-// the GPU only when run.device is `cuda` (`auto` keeps it on the CPU).
+// Whether a run of this config trains on the GPU: run.device resolved as resolve_use_cuda does;
+// under `auto` a transformer whose config the GPU step cannot fully run (transformer_gpu_gap)
+// stays on the CPU.
 bool trainer_uses_cuda(const Config& config);
+
+// Why the GPU transformer step would refuse part of what this config can grow or train (the
+// attention's head dimension, the bf16 operands' multiples of 8), or empty: it runs all of it.
+std::string transformer_gpu_gap(const Config& config);
 
 // The backend trainer_uses_cuda(config) picks, over `model`, `seeds` and `optimizer` (all must
 // outlive it). Throws esper::Error when CUDA is asked for and cannot be had.

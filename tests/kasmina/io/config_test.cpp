@@ -418,6 +418,29 @@ TEST_CASE("model.transformer.grow_depth parses, round-trips, and its bad values 
                Catch::Contains("model.transformer.grow_depth"));
 }
 
+// `auto` puts a transformer on a visible GPU only when the GPU step runs everything its config
+// can grow: examples/transformer_text_gpu.yaml does; examples/transformer_text.yaml's LoRA rank 4
+// is refused in bf16 (so it stays on the CPU under auto), not in fp32.
+TEST_CASE("transformer_gpu_gap names what the GPU transformer would refuse", "[kasmina][config]") {
+    Config gpu = load_config(esper::testing::test_data("examples/transformer_text_gpu.yaml"));
+    CHECK(transformer_gpu_gap(gpu).empty());
+    Config cpu = load_config(esper::testing::test_data("examples/transformer_text.yaml"));
+    cpu.run.precision = "bf16";
+    CHECK_THAT(transformer_gpu_gap(cpu),
+               Catch::Contains("blueprints.lora.rank 4 is not a multiple of 8"));
+    cpu.run.precision = "fp32";
+    CHECK(transformer_gpu_gap(cpu).empty());
+    Config odd = gpu;
+    odd.blueprints.mlp_units.units = 20;
+    CHECK_THAT(transformer_gpu_gap(odd), Catch::Contains("multiples of 8"));
+    odd = gpu;
+    odd.model.transformer.n_head = 4;  // 384 / 4 = 96
+    CHECK_THAT(transformer_gpu_gap(odd), Catch::Contains("d_model / n_head = 96"));
+    // Without a visible device `auto` trains on the CPU whatever the gap.
+    gpu.run.device = "auto";
+    if (!cuda_device_available()) CHECK_FALSE(trainer_uses_cuda(gpu));
+}
+
 TEST_CASE("widening blueprints load with run.device: cuda (they have CUDA kernels now)",
           "[kasmina][config]") {
     const Config c =
