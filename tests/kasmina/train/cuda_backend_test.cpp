@@ -720,8 +720,8 @@ TEST_CASE("chunk seeds on the GPU transformer walk the CPU's stages",
 
 namespace {
 
-// The widening seeds' state of a GPU trainer after a download: their arena slots and the room
-// they fold into (blocks 0 and 1).
+// The seeds' state of a GPU trainer after a download: the widening arenas and the room they fold
+// into (blocks 0 and 1), and block 0's residual_mlp chunk arena.
 std::vector<float> widening_state(Trainer& t) {
     t.backend().download_all();
     std::vector<float> out;
@@ -734,6 +734,9 @@ std::vector<float> widening_state(Trainer& t) {
             out.insert(out.end(), p.begin(), p.end());
         }
     }
+    const std::span<const float> chunk =
+        t.seeds().arenas(m.chunk_layer(0)).all_params(BlueprintKind::kResidualMlp);
+    out.insert(out.end(), chunk.begin(), chunk.end());
     for (const ParamRef& p : t.model().params())
         if (p.name.rfind("block0.mlp.extra.", 0) == 0 || p.name == "block1.attn.extra_heads")
             out.insert(out.end(), p.value->data(), p.value->data() + p.value->numel());
@@ -747,7 +750,7 @@ std::vector<float> widening_state(Trainer& t) {
 // not interrupted. A resume that lost the moments (AdamW restarting from zero at a late step
 // count) would move every trained seed parameter by about the rate per step differently; the
 // mean difference over the seeds' parameters stays far below that.
-TEST_CASE("a GPU transformer checkpoint with live widening seeds resumes on the GPU",
+TEST_CASE("a GPU transformer checkpoint with live widening and chunk seeds resumes on the GPU",
           "[kasmina][cuda_backend][transformer][gpu]") {
     ESPER_REQUIRE_DEVICE();
     Config c = transformer_config("cuda", "fp32");
@@ -761,6 +764,8 @@ TEST_CASE("a GPU transformer checkpoint with live widening seeds resumes on the 
         REQUIRE(
             t.apply(test::operator_germinate(m.widening_layer(1), 0, BlueprintKind::kAttentionHead))
                 .applied());
+        REQUIRE(t.apply(test::operator_germinate(m.chunk_layer(0), 0, BlueprintKind::kResidualMlp))
+                    .applied());
     };
     Trainer straight(c);
     const int32_t wl = dynamic_cast<TransformerModel&>(straight.model()).widening_layer(0);
