@@ -145,10 +145,11 @@ struct CudaTransformerBackend::Impl {
     struct LiveSeed {
         int32_t block = 0, layer = 0, seed = 0, slot = 0;
         BlueprintKind kind = BlueprintKind::kMlpUnits;
-        size_t off = 0;      // the slot's first float in the flat buffers
-        size_t floats = 0;   // the slot's floats (the host arena's stride)
-        size_t staged = 0;   // its parameters' first float in seed_params_host
-        int32_t hidden = 0;  // units (mlp_units), D (attention_head), the rank (lora), the arena's
+        size_t off = 0;     // the slot's first float in the flat buffers
+        size_t floats = 0;  // the slot's floats (the host arena's stride)
+        size_t staged = 0;  // its parameters' first float in seed_params_host
+        // units (mlp_units), D (attention_head), the rank (lora), the arena's hidden (chunk kinds)
+        int32_t hidden = 0;
         float a_fwd = 0.0f, a_grad = 0.0f, a_in = 0.0f;
         bool trains = false;           // the stage trains the blueprint (the optimizer steps it)
         int32_t t = 0;                 // this step's AdamW step count of the slot (1-based)
