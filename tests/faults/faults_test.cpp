@@ -117,7 +117,13 @@ TEST_CASE("forged telemetry, run status and transitions neither grow the control
           "[faults]") {
     // Before: one seedTelemetry naming seed 4,194,303 grew Tamiyo by 3.1 GB, one runStatus at step
     // 2^62 silenced it for the rest of the run, forged transitions falsified its view.
-    LiveRun run(teacher_config(200000, 50), kRunId);
+    // Every seed is culled at evaluation and comes back after its embargo, so the controller
+    // always has one to germinate: with fossils the 8 seeds could all be spent while a loaded
+    // machine forges (seen once in CI: no germination left to wait for).
+    std::string config = teacher_config(200000, 50);
+    const std::string heuristic = "cull_contribution: -1.0";
+    config.replace(config.find(heuristic), heuristic.size(), heuristic + ", min_benefit: 1.0e9");
+    LiveRun run(config, kRunId);
     run.start_kasmina();
     run.start_tamiyo();
     const double rss_before = rss_mib(run.tamiyo->pid());
