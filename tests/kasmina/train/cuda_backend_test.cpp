@@ -262,6 +262,36 @@ int compare_telemetry(Trainer& cpu, Trainer& gpu, const std::vector<int32_t>& la
     return compared;
 }
 
+struct Germination {
+    int32_t layer, seed;
+    BlueprintKind kind;
+};
+
+// Step i of two trainers in lockstep: the germinations on both at step 5, a step each, the losses
+// within tolerance (max_diff: the largest difference so far), and every germinated seed in the
+// same stage with the same α.
+void lockstep(Trainer& cpu, Trainer& gpu, std::span<const Germination> seeds, int i, double abs_tol,
+              double rel_tol, double& max_diff) {
+    if (i == 5)
+        for (const Germination& sd : seeds) {
+            REQUIRE(cpu.apply(test::operator_germinate(sd.layer, sd.seed, sd.kind)).applied());
+            REQUIRE(gpu.apply(test::operator_germinate(sd.layer, sd.seed, sd.kind)).applied());
+        }
+    const TrainStep a = cpu.step();
+    const TrainStep b = gpu.step();
+    INFO("step " << a.step << " cpu " << a.loss << " gpu " << b.loss);
+    REQUIRE(std::isfinite(b.loss));
+    CHECK(close(b.loss, a.loss, abs_tol, rel_tol));
+    max_diff = std::max(max_diff, std::fabs(a.loss - b.loss));
+    for (const Germination& sd : seeds) {
+        const SeedTable& ta = cpu.seeds().table(sd.layer);
+        const SeedTable& tb = gpu.seeds().table(sd.layer);
+        INFO("seed layer " << sd.layer << " seed " << sd.seed);
+        REQUIRE(int(tb.stage(sd.seed)) == int(ta.stage(sd.seed)));
+        CHECK(tb.alpha(sd.seed) == Approx(ta.alpha(sd.seed)).margin(1e-6));
+    }
+}
+
 }  // namespace
 
 // The fused attention multiplies on bf16 tensor cores in every precision (kernels/attention.h),
@@ -556,37 +586,19 @@ TEST_CASE(
     auto& mc = dynamic_cast<TransformerModel&>(cpu.model());
     auto& mg = dynamic_cast<TransformerModel&>(gpu.model());
     // Units and a LoRA adapter on block 0, a head on block 1.
-    const struct {
-        int32_t layer, seed;
-        BlueprintKind kind;
-    } seeds[] = {{mc.widening_layer(0), 0, BlueprintKind::kMlpUnits},
-                 {mc.widening_layer(1), 0, BlueprintKind::kAttentionHead},
-                 {mc.widening_layer(0), 1, BlueprintKind::kLora}};
+    const Germination seeds[] = {{mc.widening_layer(0), 0, BlueprintKind::kMlpUnits},
+                                 {mc.widening_layer(1), 0, BlueprintKind::kAttentionHead},
+                                 {mc.widening_layer(0), 1, BlueprintKind::kLora}};
     const double abs_tol = fp32 ? 0.005 : 0.03, rel_tol = fp32 ? 0.002 : 0.01;
     const double tel_tol = fp32 ? 0.03 : 0.1;  // relative, telemetry sums over a window
     double max_diff = 0.0;
     bool saw_grafting = false, folded = false, head_decided = false;
     int compared = 0;
     for (int i = 0; i < 40; ++i) {
-        if (i == 5)
-            for (const auto& sd : seeds) {
-                REQUIRE(cpu.apply(test::operator_germinate(sd.layer, sd.seed, sd.kind)).applied());
-                REQUIRE(gpu.apply(test::operator_germinate(sd.layer, sd.seed, sd.kind)).applied());
-            }
-        const TrainStep a = cpu.step();
-        const TrainStep b = gpu.step();
-        INFO("step " << a.step << " cpu " << a.loss << " gpu " << b.loss);
-        REQUIRE(std::isfinite(b.loss));
-        CHECK(close(b.loss, a.loss, abs_tol, rel_tol));
-        max_diff = std::max(max_diff, std::fabs(a.loss - b.loss));
-        for (const auto& sd : seeds) {
-            const SeedTable& ta = cpu.seeds().table(sd.layer);
-            const SeedTable& tb = gpu.seeds().table(sd.layer);
-            INFO("seed layer " << sd.layer << " seed " << sd.seed);
-            REQUIRE(int(tb.stage(sd.seed)) == int(ta.stage(sd.seed)));
-            CHECK(tb.alpha(sd.seed) == Approx(ta.alpha(sd.seed)).margin(1e-6));
-            saw_grafting = saw_grafting || ta.stage(sd.seed) == SeedStage::kGrafting;
-        }
+        lockstep(cpu, gpu, seeds, i, abs_tol, rel_tol, max_diff);
+        for (const Germination& sd : seeds)
+            saw_grafting =
+                saw_grafting || cpu.seeds().table(sd.layer).stage(sd.seed) == SeedStage::kGrafting;
         folded = folded || mc.extra_units(0) > 0;
         head_decided = head_decided || mc.extra_heads(1) > 0 ||
                        cpu.seeds().table(seeds[1].layer).stage(0) == SeedStage::kCulled;
@@ -647,13 +659,10 @@ TEST_CASE("chunk seeds on the GPU transformer walk the CPU's stages",
     Trainer gpu(config("cuda"));
     REQUIRE(gpu.backend().name() == "cuda");
     auto& mc = dynamic_cast<TransformerModel&>(cpu.model());
-    const struct {
-        int32_t layer, seed;
-        BlueprintKind kind;
-    } seeds[] = {{mc.chunk_layer(0), 0, BlueprintKind::kResidualMlp},
-                 {mc.chunk_layer(1), 2, BlueprintKind::kLowrank},
-                 {mc.chunk_layer(2), 5, BlueprintKind::kScaleShift},
-                 {mc.widening_layer(0), 0, BlueprintKind::kMlpUnits}};
+    const Germination seeds[] = {{mc.chunk_layer(0), 0, BlueprintKind::kResidualMlp},
+                                 {mc.chunk_layer(1), 2, BlueprintKind::kLowrank},
+                                 {mc.chunk_layer(2), 5, BlueprintKind::kScaleShift},
+                                 {mc.widening_layer(0), 0, BlueprintKind::kMlpUnits}};
     const std::vector<int32_t> chunk_layers = {mc.chunk_layer(0), mc.chunk_layer(1),
                                                mc.chunk_layer(2), mc.chunk_layer(3)};
     const double abs_tol = fp32 ? 0.005 : 0.03, rel_tol = fp32 ? 0.002 : 0.01;
@@ -662,27 +671,12 @@ TEST_CASE("chunk seeds on the GPU transformer walk the CPU's stages",
     bool saw_grafting = false, saw_decided = false;
     int compared = 0, before = 0;
     for (int i = 0; i < 40; ++i) {
-        if (i == 5)
-            for (const auto& sd : seeds) {
-                REQUIRE(cpu.apply(test::operator_germinate(sd.layer, sd.seed, sd.kind)).applied());
-                REQUIRE(gpu.apply(test::operator_germinate(sd.layer, sd.seed, sd.kind)).applied());
-            }
-        const TrainStep a = cpu.step();
-        const TrainStep b = gpu.step();
-        INFO("step " << a.step << " cpu " << a.loss << " gpu " << b.loss);
-        REQUIRE(std::isfinite(b.loss));
-        CHECK(close(b.loss, a.loss, abs_tol, rel_tol));
-        max_diff = std::max(max_diff, std::fabs(a.loss - b.loss));
-        for (const auto& sd : seeds) {
-            const SeedTable& ta = cpu.seeds().table(sd.layer);
-            const SeedTable& tb = gpu.seeds().table(sd.layer);
-            INFO("seed layer " << sd.layer << " seed " << sd.seed);
-            REQUIRE(int(tb.stage(sd.seed)) == int(ta.stage(sd.seed)));
-            CHECK(tb.alpha(sd.seed) == Approx(ta.alpha(sd.seed)).margin(1e-6));
+        lockstep(cpu, gpu, seeds, i, abs_tol, rel_tol, max_diff);
+        for (const Germination& sd : seeds) {
             if (sd.kind == BlueprintKind::kMlpUnits) continue;
-            saw_grafting = saw_grafting || ta.stage(sd.seed) == SeedStage::kGrafting;
-            saw_decided = saw_decided || ta.stage(sd.seed) == SeedStage::kFossilized ||
-                          ta.stage(sd.seed) == SeedStage::kCulled;
+            const SeedStage st = cpu.seeds().table(sd.layer).stage(sd.seed);
+            saw_grafting = saw_grafting || st == SeedStage::kGrafting;
+            saw_decided = saw_decided || st == SeedStage::kFossilized || st == SeedStage::kCulled;
         }
         if (i % 4 != 3) continue;
         const int n = compare_telemetry(cpu, gpu, chunk_layers, tel_tol);
